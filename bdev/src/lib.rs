@@ -1,0 +1,2 @@
+//! The block device layer (the bdev issue fills this in).
+#![forbid(unsafe_code)]

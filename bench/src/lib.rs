@@ -1,0 +1,2 @@
+//! Shared helpers for the benchmark programs.
+#![forbid(unsafe_code)]

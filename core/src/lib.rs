@@ -1,0 +1,9 @@
+//! Peerless framework: the reactor and lightweight threads, tagged memory and the
+//! CPU-touch gate, accel, JSON-RPC, config and logging.
+//!
+//! `unsafe` is allowed only in `mem` (raw memory and mappings); every other module
+//! denies it (DESIGN.md invariant 6).
+#![deny(unsafe_code)]
+
+pub mod log;
+pub mod reactor;

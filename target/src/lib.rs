@@ -1,0 +1,2 @@
+//! NVMe-oF target.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Client tools and the NVMe/TCP initiator library (later issues fill this in).
+#![forbid(unsafe_code)]
