@@ -1,0 +1,498 @@
+//! The application: reactors for a core mask, the app thread, the registry of
+//! lightweight threads, subsystem init and the orderly shutdown
+//! (stop -> subsystems finish in reverse init order -> threads exit -> reactors join).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+
+use crossbeam_queue::ArrayQueue;
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
+use parking_lot::{Condvar, Mutex};
+
+use super::cpumask::CoreMask;
+use super::run_loop::{self, ReactorShared, ReactorStat};
+use super::thread::{ThreadCtx, ThreadHandle, ThreadId, ThreadShared, DEFAULT_MSG_QUEUE_CAPACITY};
+
+/// Name of the thread that runs the control plane (RPC, config, subsystem init).
+pub const APP_THREAD_NAME: &str = "app_thread";
+
+#[derive(Clone, Debug)]
+pub struct AppOptions {
+    pub name: String,
+    pub cpumask: CoreMask,
+    pub interrupt_mode: bool,
+    pub msg_queue_capacity: usize,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions {
+            name: "peerless".to_string(),
+            cpumask: CoreMask::single(0),
+            interrupt_mode: false,
+            msg_queue_capacity: DEFAULT_MSG_QUEUE_CAPACITY,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("core {core} of mask {mask} is not available to this process (allowed: {allowed})")]
+    CoreUnavailable {
+        core: u32,
+        mask: CoreMask,
+        allowed: String,
+    },
+    #[error("core {0} is not in the application's core mask")]
+    CoreNotInMask(u32),
+    #[error("the application is shutting down; no new threads")]
+    ShuttingDown,
+    #[error("message queue capacity must be at least 1")]
+    BadQueueCapacity,
+    #[error("cannot set up reactor on core {core}: {source}")]
+    Reactor { core: u32, source: std::io::Error },
+}
+
+/// SPDK's framework states: STARTUP accepts only the RPCs allowed before subsystem init
+/// (`--wait-for-rpc`); RUNTIME once `framework_start_init` has run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AppState {
+    Startup = 0,
+    Initializing = 1,
+    Runtime = 2,
+    ShuttingDown = 3,
+}
+
+pub type InitDone = Box<dyn FnOnce(&mut ThreadCtx, Result<(), String>) + Send>;
+pub type FiniDone = Box<dyn FnOnce(&mut ThreadCtx) + Send>;
+
+/// A framework subsystem (bdev, nvmf, ...): initialised in registration order on the app
+/// thread, finished in reverse order at shutdown. Both steps may complete later, from
+/// any point on the app thread, by calling `done`.
+pub trait Subsystem: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+
+    fn depends_on(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn init(&self, ctx: &mut ThreadCtx, done: InitDone) {
+        done(ctx, Ok(()));
+    }
+
+    fn fini(&self, ctx: &mut ThreadCtx, done: FiniDone) {
+        done(ctx);
+    }
+}
+
+pub(crate) struct AppShared {
+    options: AppOptions,
+    reactors: Vec<Arc<ReactorShared>>,
+    threads: Mutex<Vec<ThreadHandle>>,
+    next_thread_id: AtomicU64,
+    next_reactor: AtomicUsize,
+    state: AtomicU8,
+    app_thread: OnceLock<ThreadHandle>,
+    subsystems: Mutex<Vec<Arc<dyn Subsystem>>>,
+    stop_requested: AtomicBool,
+    all_exited: AtomicBool,
+    /// Signalled when the state or the thread registry changes, for blocking waiters.
+    changed: (Mutex<()>, Condvar),
+}
+
+impl AppShared {
+    pub fn take_stop_request(&self, core: u32) -> bool {
+        core == self.options.cpumask.first() && self.stop_requested.swap(false, Ordering::SeqCst)
+    }
+
+    pub fn stop_requested_for(&self, core: u32) -> bool {
+        core == self.options.cpumask.first() && self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    pub fn is_app_thread(&self, id: ThreadId) -> bool {
+        self.app_thread
+            .get()
+            .is_some_and(|thread| thread.id() == id)
+    }
+
+    pub fn all_threads_exited(&self) -> bool {
+        self.all_exited.load(Ordering::SeqCst)
+    }
+
+    pub fn thread_exited(&self, id: ThreadId) {
+        let mut threads = self.threads.lock();
+        threads.retain(|thread| thread.id() != id);
+        if threads.is_empty() && self.state() == AppState::ShuttingDown {
+            self.all_exited.store(true, Ordering::SeqCst);
+            for reactor in &self.reactors {
+                reactor.waker.wake_always();
+            }
+        }
+        drop(threads);
+        self.notify();
+    }
+
+    fn state(&self) -> AppState {
+        match self.state.load(Ordering::SeqCst) {
+            0 => AppState::Startup,
+            1 => AppState::Initializing,
+            2 => AppState::Runtime,
+            _ => AppState::ShuttingDown,
+        }
+    }
+
+    fn set_state(&self, state: AppState) {
+        self.state.store(state as u8, Ordering::SeqCst);
+        self.notify();
+    }
+
+    fn notify(&self) {
+        let _guard = self.changed.0.lock();
+        self.changed.1.notify_all();
+    }
+}
+
+/// A running application. Dropping it without `wait` leaves the reactors running.
+pub struct App {
+    shared: Arc<AppShared>,
+    joins: Vec<JoinHandle<()>>,
+}
+
+/// A sendable handle to the application.
+#[derive(Clone)]
+pub struct AppHandle(pub(crate) Arc<AppShared>);
+
+impl App {
+    /// Starts one pinned reactor per core of the mask and the app thread on the first.
+    pub fn start(options: AppOptions) -> Result<App, AppError> {
+        if options.msg_queue_capacity == 0 {
+            return Err(AppError::BadQueueCapacity);
+        }
+        let allowed = sched_getaffinity(Pid::from_raw(0)).ok();
+        let mut reactors = Vec::new();
+        for core in options.cpumask.cores() {
+            if let Some(allowed) = &allowed {
+                if !allowed.is_set(core as usize).unwrap_or(false) {
+                    return Err(AppError::CoreUnavailable {
+                        core,
+                        mask: options.cpumask,
+                        allowed: describe_cpuset(allowed),
+                    });
+                }
+            }
+            let reactor = ReactorShared::new(core, options.interrupt_mode)
+                .map_err(|source| AppError::Reactor { core, source })?;
+            reactors.push(Arc::new(reactor));
+        }
+        let shared = Arc::new(AppShared {
+            options,
+            reactors,
+            threads: Mutex::new(Vec::new()),
+            next_thread_id: AtomicU64::new(1),
+            next_reactor: AtomicUsize::new(0),
+            state: AtomicU8::new(AppState::Startup as u8),
+            app_thread: OnceLock::new(),
+            subsystems: Mutex::new(Vec::new()),
+            stop_requested: AtomicBool::new(false),
+            all_exited: AtomicBool::new(false),
+            changed: (Mutex::new(()), Condvar::new()),
+        });
+        let handle = AppHandle(shared.clone());
+        let first_core = shared.options.cpumask.first();
+        let app_thread = handle.spawn_thread(APP_THREAD_NAME, Some(first_core))?;
+        let _ = shared.app_thread.set(app_thread);
+
+        let mut joins = Vec::new();
+        for reactor in shared.reactors.clone() {
+            let app = shared.clone();
+            let join = std::thread::Builder::new()
+                .name(format!("reactor_{}", reactor.core))
+                .spawn(move || {
+                    pin_to_core(reactor.core);
+                    run_loop::run(reactor, app);
+                })
+                .map_err(|source| AppError::Reactor {
+                    core: first_core,
+                    source,
+                })?;
+            joins.push(join);
+        }
+        crate::log_notice!(
+            "{}: {} reactor(s) on cores {} ({} mode)",
+            shared.options.name,
+            shared.reactors.len(),
+            shared.options.cpumask,
+            if shared.options.interrupt_mode {
+                "interrupt"
+            } else {
+                "poll"
+            }
+        );
+        Ok(App { shared, joins })
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        AppHandle(self.shared.clone())
+    }
+
+    /// Blocks until `stop` has run to completion and every reactor has returned.
+    pub fn wait(self) {
+        for join in self.joins {
+            if join.join().is_err() {
+                crate::log_error!("a reactor thread panicked");
+            }
+        }
+    }
+}
+
+fn pin_to_core(core: u32) {
+    let mut set = CpuSet::new();
+    let pinned = set
+        .set(core as usize)
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
+    if let Err(err) = pinned {
+        crate::log_warn!("reactor {core}: cannot pin to its core: {err}");
+    }
+}
+
+fn describe_cpuset(set: &CpuSet) -> String {
+    let cores: Vec<String> = (0..CpuSet::count())
+        .filter(|core| set.is_set(*core).unwrap_or(false))
+        .map(|core| core.to_string())
+        .collect();
+    format!("[{}]", cores.join(","))
+}
+
+impl AppHandle {
+    pub fn options(&self) -> &AppOptions {
+        &self.0.options
+    }
+
+    pub fn state(&self) -> AppState {
+        self.0.state()
+    }
+
+    pub fn app_thread(&self) -> ThreadHandle {
+        self.0
+            .app_thread
+            .get()
+            .cloned()
+            .expect("the app thread is created by App::start")
+    }
+
+    /// Creates a lightweight thread on `core` (round-robin over the mask when `None`).
+    pub fn spawn_thread(&self, name: &str, core: Option<u32>) -> Result<ThreadHandle, AppError> {
+        let reactor = match core {
+            Some(core) => self
+                .0
+                .reactors
+                .iter()
+                .find(|reactor| reactor.core == core)
+                .ok_or(AppError::CoreNotInMask(core))?,
+            None => {
+                let index =
+                    self.0.next_reactor.fetch_add(1, Ordering::Relaxed) % self.0.reactors.len();
+                &self.0.reactors[index]
+            }
+        };
+        let mut threads = self.0.threads.lock();
+        if self.0.state() == AppState::ShuttingDown {
+            return Err(AppError::ShuttingDown);
+        }
+        let id = ThreadId(self.0.next_thread_id.fetch_add(1, Ordering::Relaxed));
+        let shared = Arc::new(ThreadShared {
+            id,
+            name: name.to_string(),
+            core: reactor.core,
+            queue: ArrayQueue::new(self.0.options.msg_queue_capacity),
+            reactor: reactor.clone(),
+            exited: AtomicBool::new(false),
+        });
+        let handle = ThreadHandle(shared.clone());
+        threads.push(handle.clone());
+        drop(threads);
+        reactor.adopt(shared);
+        Ok(handle)
+    }
+
+    /// Every live lightweight thread, in creation order.
+    pub fn threads(&self) -> Vec<ThreadHandle> {
+        self.0.threads.lock().clone()
+    }
+
+    pub fn reactor_stats(&self) -> Vec<ReactorStat> {
+        self.0
+            .reactors
+            .iter()
+            .map(|reactor| reactor.stat())
+            .collect()
+    }
+
+    /// Subsystems are registered before `start_init`; they initialise in this order.
+    pub fn register_subsystem(&self, subsystem: Arc<dyn Subsystem>) {
+        self.0.subsystems.lock().push(subsystem);
+    }
+
+    pub fn subsystems(&self) -> Vec<Arc<dyn Subsystem>> {
+        self.0.subsystems.lock().clone()
+    }
+
+    /// Initialises every subsystem in order on the app thread (SPDK's
+    /// `framework_start_init`); `done` gets the first failure, if any.
+    pub fn start_init(
+        &self,
+        done: impl FnOnce(&mut ThreadCtx, Result<(), String>) + Send + 'static,
+    ) {
+        let subsystems = self.subsystems();
+        let shared = self.0.clone();
+        let started = self.app_thread().send_blocking(move |ctx| {
+            shared.set_state(AppState::Initializing);
+            init_next(ctx, subsystems, 0, Box::new(done));
+        });
+        if started.is_err() {
+            crate::log_error!("cannot start subsystem init: the app thread has exited");
+        }
+    }
+
+    /// Blocks an OS thread that is not a reactor until the state is at least `state`.
+    pub fn wait_for_state(&self, state: AppState) {
+        let mut guard = self.0.changed.0.lock();
+        while (self.0.state() as u8) < state as u8 {
+            self.0.changed.1.wait(&mut guard);
+        }
+    }
+
+    /// Starts the orderly shutdown. Safe from any thread, including signal pollers;
+    /// calling it again does nothing.
+    pub fn stop(&self) {
+        if self.0.state() == AppState::ShuttingDown {
+            return;
+        }
+        self.0.stop_requested.store(true, Ordering::SeqCst);
+        for reactor in &self.0.reactors {
+            if reactor.core == self.0.options.cpumask.first() {
+                reactor.waker.wake_always();
+            }
+        }
+    }
+
+    /// Visits every thread one after another, then runs `done` on the calling thread.
+    pub fn for_each_thread(
+        &self,
+        ctx: &mut ThreadCtx,
+        visit: impl Fn(&mut ThreadCtx) + Send + Sync + 'static,
+        done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
+    ) {
+        let walk = ThreadWalk {
+            targets: self.threads(),
+            next: 0,
+            visit: Arc::new(visit),
+            origin: ctx.handle(),
+            done: Box::new(done),
+        };
+        walk_next(ctx, walk);
+    }
+}
+
+fn init_next(
+    ctx: &mut ThreadCtx,
+    subsystems: Vec<Arc<dyn Subsystem>>,
+    index: usize,
+    done: InitDone,
+) {
+    let Some(subsystem) = subsystems.get(index).cloned() else {
+        let shared = ctx.app_shared().clone();
+        if shared.state() == AppState::Initializing {
+            shared.set_state(AppState::Runtime);
+        }
+        done(ctx, Ok(()));
+        return;
+    };
+    let name = subsystem.name();
+    subsystem.init(
+        ctx,
+        Box::new(move |ctx, result| match result {
+            Ok(()) => init_next(ctx, subsystems, index + 1, done),
+            Err(why) => done(
+                ctx,
+                Err(format!("subsystem '{name}' failed to initialise: {why}")),
+            ),
+        }),
+    );
+}
+
+/// Runs on the app thread when a stop was requested: finish subsystems in reverse, then
+/// ask every thread to exit.
+pub(crate) fn begin_shutdown(ctx: &mut ThreadCtx) {
+    let shared = ctx.app_shared().clone();
+    {
+        let _threads = shared.threads.lock();
+        if shared.state() == AppState::ShuttingDown {
+            return;
+        }
+        shared.set_state(AppState::ShuttingDown);
+    }
+    crate::log_notice!("shutting down: finishing subsystems");
+    let mut subsystems = shared.subsystems.lock().clone();
+    subsystems.reverse();
+    fini_next(ctx, subsystems, 0);
+}
+
+fn fini_next(ctx: &mut ThreadCtx, subsystems: Vec<Arc<dyn Subsystem>>, index: usize) {
+    let Some(subsystem) = subsystems.get(index).cloned() else {
+        exit_all_threads(ctx);
+        return;
+    };
+    subsystem.fini(
+        ctx,
+        Box::new(move |ctx| fini_next(ctx, subsystems, index + 1)),
+    );
+}
+
+fn exit_all_threads(ctx: &mut ThreadCtx) {
+    let threads = ctx.app().threads();
+    for thread in threads {
+        if thread.id() == ctx.id() {
+            ctx.exit();
+        } else {
+            // An exited thread needs no asking.
+            let _ = ctx.send_to(&thread, |ctx| ctx.exit());
+        }
+    }
+}
+
+struct ThreadWalk {
+    targets: Vec<ThreadHandle>,
+    next: usize,
+    visit: Arc<dyn Fn(&mut ThreadCtx) + Send + Sync>,
+    origin: ThreadHandle,
+    done: FiniDone,
+}
+
+fn walk_next(ctx: &mut ThreadCtx, mut walk: ThreadWalk) {
+    while let Some(target) = walk.targets.get(walk.next).cloned() {
+        walk.next += 1;
+        let slot = Arc::new(Mutex::new(Some(walk)));
+        let carried = slot.clone();
+        let sent = ctx.send_to(&target, move |ctx| {
+            let Some(walk) = carried.lock().take() else {
+                return;
+            };
+            (walk.visit)(ctx);
+            walk_next(ctx, walk);
+        });
+        if sent.is_ok() {
+            return;
+        }
+        let back = slot.lock().take();
+        match back {
+            Some(back) => walk = back,
+            None => return,
+        }
+    }
+    let (origin, done) = (walk.origin, walk.done);
+    let _ = ctx.send_to(&origin, move |ctx| done(ctx));
+}
