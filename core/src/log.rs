@@ -18,13 +18,7 @@ pub enum Level {
 }
 
 impl Level {
-    pub const ALL: [Level; 5] = [
-        Level::Error,
-        Level::Warning,
-        Level::Notice,
-        Level::Info,
-        Level::Debug,
-    ];
+    pub const ALL: [Level; 5] = [Level::Error, Level::Warning, Level::Notice, Level::Info, Level::Debug];
 
     /// SPDK's spelling, as `log_get_level` returns it.
     pub fn as_str(self) -> &'static str {
@@ -38,16 +32,11 @@ impl Level {
     }
 
     pub fn parse(text: &str) -> Option<Level> {
-        Level::ALL
-            .into_iter()
-            .find(|level| level.as_str().eq_ignore_ascii_case(text.trim()))
+        Level::ALL.into_iter().find(|level| level.as_str().eq_ignore_ascii_case(text.trim()))
     }
 
     fn from_u8(value: u8) -> Level {
-        Level::ALL
-            .get(value as usize)
-            .copied()
-            .unwrap_or(Level::Debug)
+        Level::ALL.get(value as usize).copied().unwrap_or(Level::Debug)
     }
 }
 
@@ -84,10 +73,7 @@ pub struct Flag {
 
 impl Flag {
     const fn new(name: &'static str) -> Self {
-        Flag {
-            name,
-            enabled: AtomicBool::new(false),
-        }
+        Flag { name, enabled: AtomicBool::new(false) }
     }
 
     pub fn enabled(&self) -> bool {
@@ -143,19 +129,13 @@ pub fn set_flag(name: &str, enabled: bool) -> Result<(), UnknownFlag> {
     if found {
         Ok(())
     } else {
-        Err(UnknownFlag {
-            name: name.to_string(),
-            known: ALL_FLAGS.map(|flag| flag.name).join(", "),
-        })
+        Err(UnknownFlag { name: name.to_string(), known: ALL_FLAGS.map(|flag| flag.name).join(", ") })
     }
 }
 
 /// Every flag and whether it is on, in table order (`log_get_flags`).
 pub fn flag_states() -> Vec<(&'static str, bool)> {
-    ALL_FLAGS
-        .iter()
-        .map(|flag| (flag.name, flag.enabled()))
-        .collect()
+    ALL_FLAGS.iter().map(|flag| (flag.name, flag.enabled())).collect()
 }
 
 #[doc(hidden)]
@@ -163,6 +143,8 @@ pub fn emit(level: Level, module: &str, args: fmt::Arguments<'_>) {
     if level > self::level() || level > print_level() {
         return;
     }
+    // `peerless_core::reactor::app` reads as `reactor::app`; the crate adds nothing.
+    let module = module.split_once("::").map_or(module, |(_, rest)| rest);
     let line = format!("[{}] {}: *{}*: {}\n", timestamp(), module, level, args);
     // One write per line so lines from different reactors do not interleave.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
@@ -170,9 +152,7 @@ pub fn emit(level: Level, module: &str, args: fmt::Arguments<'_>) {
 
 /// `YYYY-MM-DD HH:MM:SS.uuuuuu` in UTC, without a calendar crate.
 fn timestamp() -> String {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
     let of_day = seconds % 86_400;
@@ -190,16 +170,11 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 } as u32;
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }

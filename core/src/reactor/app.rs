@@ -40,11 +40,7 @@ impl Default for AppOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("core {core} of mask {mask} is not available to this process (allowed: {allowed})")]
-    CoreUnavailable {
-        core: u32,
-        mask: CoreMask,
-        allowed: String,
-    },
+    CoreUnavailable { core: u32, mask: CoreMask, allowed: String },
     #[error("core {0} is not in the application's core mask")]
     CoreNotInMask(u32),
     #[error("the application is shutting down; no new threads")]
@@ -86,6 +82,12 @@ pub trait Subsystem: Send + Sync + 'static {
     fn fini(&self, ctx: &mut ThreadCtx, done: FiniDone) {
         done(ctx);
     }
+
+    /// The calls that rebuild this subsystem's current state, as `{"method","params"}`
+    /// objects (`framework_get_config`, `save_config`). Runs on the app thread.
+    fn config(&self, _ctx: &mut ThreadCtx) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
 }
 
 pub(crate) struct AppShared {
@@ -113,9 +115,7 @@ impl AppShared {
     }
 
     pub fn is_app_thread(&self, id: ThreadId) -> bool {
-        self.app_thread
-            .get()
-            .is_some_and(|thread| thread.id() == id)
+        self.app_thread.get().is_some_and(|thread| thread.id() == id)
     }
 
     pub fn all_threads_exited(&self) -> bool {
@@ -214,10 +214,7 @@ impl App {
                     pin_to_core(reactor.core);
                     run_loop::run(reactor, app);
                 })
-                .map_err(|source| AppError::Reactor {
-                    core: first_core,
-                    source,
-                })?;
+                .map_err(|source| AppError::Reactor { core: first_core, source })?;
             joins.push(join);
         }
         crate::log_notice!(
@@ -225,11 +222,7 @@ impl App {
             shared.options.name,
             shared.reactors.len(),
             shared.options.cpumask,
-            if shared.options.interrupt_mode {
-                "interrupt"
-            } else {
-                "poll"
-            }
+            if shared.options.interrupt_mode { "interrupt" } else { "poll" }
         );
         Ok(App { shared, joins })
     }
@@ -250,19 +243,15 @@ impl App {
 
 fn pin_to_core(core: u32) {
     let mut set = CpuSet::new();
-    let pinned = set
-        .set(core as usize)
-        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
+    let pinned = set.set(core as usize).and_then(|()| sched_setaffinity(Pid::from_raw(0), &set));
     if let Err(err) = pinned {
         crate::log_warn!("reactor {core}: cannot pin to its core: {err}");
     }
 }
 
 fn describe_cpuset(set: &CpuSet) -> String {
-    let cores: Vec<String> = (0..CpuSet::count())
-        .filter(|core| set.is_set(*core).unwrap_or(false))
-        .map(|core| core.to_string())
-        .collect();
+    let cores: Vec<String> =
+        (0..CpuSet::count()).filter(|core| set.is_set(*core).unwrap_or(false)).map(|core| core.to_string()).collect();
     format!("[{}]", cores.join(","))
 }
 
@@ -276,25 +265,17 @@ impl AppHandle {
     }
 
     pub fn app_thread(&self) -> ThreadHandle {
-        self.0
-            .app_thread
-            .get()
-            .cloned()
-            .expect("the app thread is created by App::start")
+        self.0.app_thread.get().cloned().expect("the app thread is created by App::start")
     }
 
     /// Creates a lightweight thread on `core` (round-robin over the mask when `None`).
     pub fn spawn_thread(&self, name: &str, core: Option<u32>) -> Result<ThreadHandle, AppError> {
         let reactor = match core {
-            Some(core) => self
-                .0
-                .reactors
-                .iter()
-                .find(|reactor| reactor.core == core)
-                .ok_or(AppError::CoreNotInMask(core))?,
+            Some(core) => {
+                self.0.reactors.iter().find(|reactor| reactor.core == core).ok_or(AppError::CoreNotInMask(core))?
+            }
             None => {
-                let index =
-                    self.0.next_reactor.fetch_add(1, Ordering::Relaxed) % self.0.reactors.len();
+                let index = self.0.next_reactor.fetch_add(1, Ordering::Relaxed) % self.0.reactors.len();
                 &self.0.reactors[index]
             }
         };
@@ -324,11 +305,7 @@ impl AppHandle {
     }
 
     pub fn reactor_stats(&self) -> Vec<ReactorStat> {
-        self.0
-            .reactors
-            .iter()
-            .map(|reactor| reactor.stat())
-            .collect()
+        self.0.reactors.iter().map(|reactor| reactor.stat()).collect()
     }
 
     /// Subsystems are registered before `start_init`; they initialise in this order.
@@ -342,19 +319,27 @@ impl AppHandle {
 
     /// Initialises every subsystem in order on the app thread (SPDK's
     /// `framework_start_init`); `done` gets the first failure, if any.
-    pub fn start_init(
-        &self,
-        done: impl FnOnce(&mut ThreadCtx, Result<(), String>) + Send + 'static,
-    ) {
-        let subsystems = self.subsystems();
-        let shared = self.0.clone();
-        let started = self.app_thread().send_blocking(move |ctx| {
-            shared.set_state(AppState::Initializing);
-            init_next(ctx, subsystems, 0, Box::new(done));
-        });
+    pub fn start_init(&self, done: impl FnOnce(&mut ThreadCtx, Result<(), String>) + Send + 'static) {
+        let app = self.clone();
+        let started = self.app_thread().send_blocking(move |ctx| app.init_subsystems(ctx, done));
         if started.is_err() {
             crate::log_error!("cannot start subsystem init: the app thread has exited");
         }
+    }
+
+    /// `start_init` for code already on the app thread (the `framework_start_init` RPC).
+    pub fn init_subsystems(
+        &self,
+        ctx: &mut ThreadCtx,
+        done: impl FnOnce(&mut ThreadCtx, Result<(), String>) + Send + 'static,
+    ) {
+        debug_assert!(self.0.is_app_thread(ctx.id()), "subsystems initialise on the app thread");
+        if self.0.state() != AppState::Startup {
+            done(ctx, Err("the framework is already initialized".to_string()));
+            return;
+        }
+        self.0.set_state(AppState::Initializing);
+        init_next(ctx, self.subsystems(), 0, Box::new(done));
     }
 
     /// Blocks an OS thread that is not a reactor until the state is at least `state`.
@@ -397,12 +382,7 @@ impl AppHandle {
     }
 }
 
-fn init_next(
-    ctx: &mut ThreadCtx,
-    subsystems: Vec<Arc<dyn Subsystem>>,
-    index: usize,
-    done: InitDone,
-) {
+fn init_next(ctx: &mut ThreadCtx, subsystems: Vec<Arc<dyn Subsystem>>, index: usize, done: InitDone) {
     let Some(subsystem) = subsystems.get(index).cloned() else {
         let shared = ctx.app_shared().clone();
         if shared.state() == AppState::Initializing {
@@ -416,10 +396,7 @@ fn init_next(
         ctx,
         Box::new(move |ctx, result| match result {
             Ok(()) => init_next(ctx, subsystems, index + 1, done),
-            Err(why) => done(
-                ctx,
-                Err(format!("subsystem '{name}' failed to initialise: {why}")),
-            ),
+            Err(why) => done(ctx, Err(format!("subsystem '{name}' failed to initialise: {why}"))),
         }),
     );
 }
@@ -446,10 +423,7 @@ fn fini_next(ctx: &mut ThreadCtx, subsystems: Vec<Arc<dyn Subsystem>>, index: us
         exit_all_threads(ctx);
         return;
     };
-    subsystem.fini(
-        ctx,
-        Box::new(move |ctx| fini_next(ctx, subsystems, index + 1)),
-    );
+    subsystem.fini(ctx, Box::new(move |ctx| fini_next(ctx, subsystems, index + 1)));
 }
 
 fn exit_all_threads(ctx: &mut ThreadCtx) {

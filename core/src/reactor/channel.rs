@@ -34,9 +34,7 @@ pub struct IoDevice<T: 'static> {
 
 impl<T: 'static> Clone for IoDevice<T> {
     fn clone(&self) -> Self {
-        IoDevice {
-            inner: self.inner.clone(),
-        }
+        IoDevice { inner: self.inner.clone() }
     }
 }
 
@@ -74,17 +72,7 @@ impl<T: 'static> IoDevice<T> {
         let device = self.clone_sendable();
         let holders = self.holders();
         let origin = ctx.handle();
-        visit_next(
-            ctx,
-            ChannelWalk {
-                device,
-                holders,
-                next: 0,
-                visit: Arc::new(visit),
-                origin,
-                done: Box::new(done),
-            },
-        );
+        visit_next(ctx, ChannelWalk { device, holders, next: 0, visit: Arc::new(visit), origin, done: Box::new(done) });
     }
 
     fn clone_sendable(&self) -> SendableDevice<T> {
@@ -162,9 +150,7 @@ pub struct IoChannel<T: 'static> {
 
 impl<T: 'static> Clone for IoChannel<T> {
     fn clone(&self) -> Self {
-        IoChannel {
-            inner: self.inner.clone(),
-        }
+        IoChannel { inner: self.inner.clone() }
     }
 }
 
@@ -189,9 +175,7 @@ impl<T: 'static> IoChannel<T> {
 
 fn lookup<T: 'static>(ctx: &ThreadCtx, device_id: u64) -> Option<IoChannel<T>> {
     let any = ctx.channels.get(&device_id)?.upgrade()?;
-    any.downcast::<ChannelInner<T>>()
-        .ok()
-        .map(|inner| IoChannel { inner })
+    any.downcast::<ChannelInner<T>>().ok().map(|inner| IoChannel { inner })
 }
 
 impl ThreadCtx {
@@ -201,15 +185,11 @@ impl ThreadCtx {
             return channel;
         }
         let value = (device.inner.create)(self);
-        let inner = Rc::new(ChannelInner {
-            value: RefCell::new(value),
-            device: device.inner.clone(),
-            thread: self.handle(),
-        });
+        let inner =
+            Rc::new(ChannelInner { value: RefCell::new(value), device: device.inner.clone(), thread: self.handle() });
         device.inner.holders.lock().push(self.handle());
         let erased: Rc<dyn Any> = inner.clone();
-        self.channels
-            .insert(device.inner.id, Rc::downgrade(&erased));
+        self.channels.insert(device.inner.id, Rc::downgrade(&erased));
         IoChannel { inner }
     }
 

@@ -61,17 +61,11 @@ impl CoreMask {
 }
 
 fn syntax(mask: &str, why: &str) -> CoreMaskError {
-    CoreMaskError::Syntax {
-        mask: mask.to_string(),
-        why: why.to_string(),
-    }
+    CoreMaskError::Syntax { mask: mask.to_string(), why: why.to_string() }
 }
 
 fn parse_hex(text: &str) -> Result<u128, CoreMaskError> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
     if digits.is_empty() {
         return Err(CoreMaskError::Empty(text.to_string()));
     }
@@ -83,11 +77,7 @@ fn parse_hex(text: &str) -> Result<u128, CoreMaskError> {
 
 fn parse_list(text: &str, list: &str) -> Result<u128, CoreMaskError> {
     let mut mask = 0u128;
-    for item in list
-        .split(',')
-        .map(str::trim)
-        .filter(|item| !item.is_empty())
-    {
+    for item in list.split(',').map(str::trim).filter(|item| !item.is_empty()) {
         let (low, high) = match item.split_once('-') {
             Some((low, high)) => (parse_core(text, low)?, parse_core(text, high)?),
             None => {
@@ -106,15 +96,9 @@ fn parse_list(text: &str, list: &str) -> Result<u128, CoreMaskError> {
 }
 
 fn parse_core(text: &str, item: &str) -> Result<u32, CoreMaskError> {
-    let core: u32 = item
-        .trim()
-        .parse()
-        .map_err(|_| syntax(text, &format!("'{item}' is not a core number")))?;
+    let core: u32 = item.trim().parse().map_err(|_| syntax(text, &format!("'{item}' is not a core number")))?;
     if core >= MAX_CORES {
-        return Err(CoreMaskError::TooLarge {
-            mask: text.to_string(),
-            core,
-        });
+        return Err(CoreMaskError::TooLarge { mask: text.to_string(), core });
     }
     Ok(core)
 }
@@ -155,31 +139,13 @@ mod tests {
 
     #[test]
     fn bad_masks_say_why() {
-        assert!(matches!(
-            CoreMask::parse("0x0"),
-            Err(CoreMaskError::Empty(_))
-        ));
+        assert!(matches!(CoreMask::parse("0x0"), Err(CoreMaskError::Empty(_))));
         assert!(matches!(CoreMask::parse(""), Err(CoreMaskError::Empty(_))));
-        assert!(matches!(
-            CoreMask::parse("[]"),
-            Err(CoreMaskError::Empty(_))
-        ));
-        assert!(matches!(
-            CoreMask::parse("0xzz"),
-            Err(CoreMaskError::Syntax { .. })
-        ));
-        assert!(matches!(
-            CoreMask::parse("[3-1]"),
-            Err(CoreMaskError::Syntax { .. })
-        ));
-        assert!(matches!(
-            CoreMask::parse("[0"),
-            Err(CoreMaskError::Syntax { .. })
-        ));
-        assert!(matches!(
-            CoreMask::parse("[200]"),
-            Err(CoreMaskError::TooLarge { core: 200, .. })
-        ));
+        assert!(matches!(CoreMask::parse("[]"), Err(CoreMaskError::Empty(_))));
+        assert!(matches!(CoreMask::parse("0xzz"), Err(CoreMaskError::Syntax { .. })));
+        assert!(matches!(CoreMask::parse("[3-1]"), Err(CoreMaskError::Syntax { .. })));
+        assert!(matches!(CoreMask::parse("[0"), Err(CoreMaskError::Syntax { .. })));
+        assert!(matches!(CoreMask::parse("[200]"), Err(CoreMaskError::TooLarge { core: 200, .. })));
         let err = CoreMask::parse("[x]").unwrap_err().to_string();
         assert!(err.contains("'x' is not a core number"), "{err}");
     }

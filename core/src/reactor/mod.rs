@@ -13,16 +13,13 @@ mod poller;
 mod run_loop;
 mod thread;
 
-pub use app::{
-    App, AppError, AppHandle, AppOptions, AppState, FiniDone, InitDone, Subsystem, APP_THREAD_NAME,
-};
+pub use app::{App, AppError, AppHandle, AppOptions, AppState, FiniDone, InitDone, Subsystem, APP_THREAD_NAME};
 pub use channel::{IoChannel, IoDevice};
 pub use cpumask::{CoreMask, CoreMaskError, MAX_CORES};
 pub use poller::{PollStatus, PollerId, PollerStat, PollerState};
 pub use run_loop::ReactorStat;
 pub use thread::{
-    Msg, SendError, ThreadCtx, ThreadHandle, ThreadId, ThreadStats, DEFAULT_MSG_QUEUE_CAPACITY,
-    MSG_BATCH_SIZE,
+    Msg, SendError, ThreadCtx, ThreadHandle, ThreadId, ThreadStats, DEFAULT_MSG_QUEUE_CAPACITY, MSG_BATCH_SIZE,
 };
 
 #[cfg(test)]

@@ -95,13 +95,7 @@ pub(crate) struct Pollers {
 }
 
 impl Pollers {
-    pub fn register(
-        &mut self,
-        name: &str,
-        period: Duration,
-        poll_fn: PollFn,
-        now: Instant,
-    ) -> PollerId {
+    pub fn register(&mut self, name: &str, period: Duration, poll_fn: PollFn, now: Instant) -> PollerId {
         let entry = Entry {
             name: name.to_string(),
             period,
@@ -114,23 +108,14 @@ impl Pollers {
         let slot = match self.free_slots.pop() {
             Some(slot) => slot,
             None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    entry: None,
-                });
+                self.slots.push(Slot { generation: 0, entry: None });
                 u32::try_from(self.slots.len() - 1).expect("poller table exceeds u32 slots")
             }
         };
         let record = &mut self.slots[slot as usize];
-        debug_assert!(
-            record.entry.is_none(),
-            "free slot {slot} still holds a poller"
-        );
+        debug_assert!(record.entry.is_none(), "free slot {slot} still holds a poller");
         record.entry = Some(entry);
-        let id = PollerId {
-            slot,
-            generation: record.generation,
-        };
+        let id = PollerId { slot, generation: record.generation };
         if period.is_zero() {
             self.active.push(slot);
         } else {
@@ -148,12 +133,7 @@ impl Pollers {
     }
 
     fn schedule(&mut self, id: PollerId, at: Instant, epoch: u32) {
-        self.timed.push(Reverse(Deadline {
-            at,
-            slot: id.slot,
-            generation: id.generation,
-            epoch,
-        }));
+        self.timed.push(Reverse(Deadline { at, slot: id.slot, generation: id.generation, epoch }));
     }
 
     /// Returns false when the id names no live poller.
@@ -265,17 +245,9 @@ impl Pollers {
     }
 
     /// Puts a poller's function back after it ran, unless it unregistered itself.
-    fn put_back(
-        &mut self,
-        id: PollerId,
-        poll_fn: PollFn,
-        status: PollStatus,
-    ) -> Option<&mut Entry> {
+    fn put_back(&mut self, id: PollerId, poll_fn: PollFn, status: PollStatus) -> Option<&mut Entry> {
         let entry = self.entry_mut(id)?;
-        debug_assert!(
-            entry.poll_fn.is_none(),
-            "poller ran while its function was in place"
-        );
+        debug_assert!(entry.poll_fn.is_none(), "poller ran while its function was in place");
         entry.poll_fn = Some(poll_fn);
         entry.run_count += 1;
         if status == PollStatus::Busy {
@@ -287,8 +259,7 @@ impl Pollers {
     fn sweep(&mut self) {
         if self.needs_sweep {
             let slots = &self.slots;
-            self.active
-                .retain(|slot| slots[*slot as usize].entry.is_some());
+            self.active.retain(|slot| slots[*slot as usize].entry.is_some());
             self.needs_sweep = false;
         }
     }
@@ -332,10 +303,7 @@ pub(crate) fn run_pollers(ctx: &mut ThreadCtx, now: Instant) -> bool {
         if !ctx.pollers.deadline_is_live(&deadline) {
             continue;
         }
-        let id = PollerId {
-            slot: deadline.slot,
-            generation: deadline.generation,
-        };
+        let id = PollerId { slot: deadline.slot, generation: deadline.generation };
         let Some(mut poll_fn) = ctx.pollers.take_fn(id) else {
             continue;
         };

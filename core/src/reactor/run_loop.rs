@@ -80,31 +80,18 @@ pub struct ReactorStat {
 impl ReactorShared {
     pub fn new(core: u32, interrupt_mode: bool) -> std::io::Result<Self> {
         let (eventfd, interrupt) = if interrupt_mode {
-            let eventfd =
-                EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+            let eventfd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
             let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-            let timer = TimerFd::new(
-                ClockId::CLOCK_MONOTONIC,
-                TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK,
-            )?;
-            epoll.add(
-                eventfd.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN),
-            )?;
-            epoll.add(
-                timer.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN),
-            )?;
+            let timer = TimerFd::new(ClockId::CLOCK_MONOTONIC, TimerFlags::TFD_CLOEXEC | TimerFlags::TFD_NONBLOCK)?;
+            epoll.add(eventfd.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE_TOKEN))?;
+            epoll.add(timer.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, TIMER_TOKEN))?;
             (Some(eventfd), Some(InterruptFds { epoll, timer }))
         } else {
             (None, None)
         };
         Ok(ReactorShared {
             core,
-            waker: Waker {
-                eventfd,
-                sleeping: AtomicBool::new(false),
-            },
+            waker: Waker { eventfd, sleeping: AtomicBool::new(false) },
             interrupt,
             incoming: Mutex::new(Vec::new()),
             has_incoming: AtomicBool::new(false),
@@ -123,9 +110,7 @@ impl ReactorShared {
     pub fn watch_fd(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         if let Some(interrupt) = &self.interrupt {
             let token = fd.as_raw_fd() as u64;
-            interrupt
-                .epoll
-                .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+            interrupt.epoll.add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
         }
         Ok(())
     }
@@ -150,18 +135,13 @@ impl ReactorShared {
     fn add_time(&self, busy: bool, elapsed_ns: u64) {
         // Single writer: load + store, not a read-modify-write (DESIGN.md invariant 1).
         let counter = if busy { &self.busy_ns } else { &self.idle_ns };
-        counter.store(
-            counter.load(Ordering::Relaxed) + elapsed_ns,
-            Ordering::Relaxed,
-        );
+        counter.store(counter.load(Ordering::Relaxed) + elapsed_ns, Ordering::Relaxed);
     }
 }
 
 /// The reactor loop; returns once the app has stopped and this core's threads are gone.
 pub(crate) fn run(shared: Arc<ReactorShared>, app: Arc<AppShared>) {
-    shared
-        .os_tid
-        .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
+    shared.os_tid.store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
     let mut threads: Vec<ThreadCtx> = Vec::new();
     let mut events = [EpollEvent::empty(); EPOLL_EVENTS_PER_WAKE];
     let mut slice_start = Instant::now();
@@ -172,10 +152,7 @@ pub(crate) fn run(shared: Arc<ReactorShared>, app: Arc<AppShared>) {
             }
         }
         if app.take_stop_request(shared.core) {
-            if let Some(app_thread) = threads
-                .iter_mut()
-                .find(|thread| app.is_app_thread(thread.id()))
-            {
+            if let Some(app_thread) = threads.iter_mut().find(|thread| app.is_app_thread(thread.id())) {
                 super::app::begin_shutdown(app_thread);
             }
         }
@@ -192,10 +169,7 @@ pub(crate) fn run(shared: Arc<ReactorShared>, app: Arc<AppShared>) {
         }
         threads.retain_mut(|thread| !thread.try_finish());
 
-        if threads.is_empty()
-            && app.all_threads_exited()
-            && !shared.has_incoming.load(Ordering::SeqCst)
-        {
+        if threads.is_empty() && app.all_threads_exited() && !shared.has_incoming.load(Ordering::SeqCst) {
             return;
         }
         if let Some(interrupt) = &shared.interrupt {
@@ -222,10 +196,7 @@ fn sleep(
     threads: &mut [ThreadCtx],
     events: &mut [EpollEvent],
 ) {
-    let deadline = threads
-        .iter_mut()
-        .filter_map(|thread| thread.next_deadline())
-        .min();
+    let deadline = threads.iter_mut().filter_map(|thread| thread.next_deadline()).min();
     shared.waker.sleeping.store(true, Ordering::SeqCst);
     fence(Ordering::SeqCst);
     let work_waiting = threads.iter().any(|thread| thread.has_pending_work())
@@ -244,10 +215,7 @@ fn sleep(
         }
         Some(at) => {
             let expiration = Expiration::OneShot(TimeSpec::from_duration(at - now));
-            interrupt
-                .timer
-                .set(expiration, TimerSetTimeFlags::empty())
-                .is_ok()
+            interrupt.timer.set(expiration, TimerSetTimeFlags::empty()).is_ok()
         }
         None => {
             let _ = interrupt.timer.unset();
@@ -255,11 +223,7 @@ fn sleep(
         }
     };
     // Without a working timer, wake at least every millisecond rather than miss it.
-    let timeout = if armed {
-        EpollTimeout::NONE
-    } else {
-        EpollTimeout::from(1u8)
-    };
+    let timeout = if armed { EpollTimeout::NONE } else { EpollTimeout::from(1u8) };
     match interrupt.epoll.wait(events, timeout) {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(err) => crate::log_error!("reactor {}: epoll_wait failed: {err}", shared.core),

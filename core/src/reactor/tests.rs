@@ -17,20 +17,13 @@ fn start(mask: &str, interrupt_mode: bool) -> App {
 }
 
 fn start_with_queue(mask: &str, interrupt_mode: bool, msg_queue_capacity: usize) -> App {
-    let options = AppOptions {
-        name: "test".into(),
-        cpumask: CoreMask::parse(mask).unwrap(),
-        interrupt_mode,
-        msg_queue_capacity,
-    };
+    let options =
+        AppOptions { name: "test".into(), cpumask: CoreMask::parse(mask).unwrap(), interrupt_mode, msg_queue_capacity };
     App::start(options).unwrap()
 }
 
 /// Runs `work` on `thread` and waits for its result.
-fn run_on<R: Send + 'static>(
-    thread: &ThreadHandle,
-    work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static,
-) -> R {
+fn run_on<R: Send + 'static>(thread: &ThreadHandle, work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static) -> R {
     let (tx, rx) = mpsc::channel();
     thread
         .send_blocking(move |ctx| {
@@ -57,9 +50,7 @@ fn messages_keep_per_sender_order() {
             std::thread::spawn(move || {
                 for seq in 0..5_000u64 {
                     let seen = seen.clone();
-                    receiver
-                        .send_blocking(move |_| seen.lock().push((sender, seq)))
-                        .unwrap();
+                    receiver.send_blocking(move |_| seen.lock().push((sender, seq))).unwrap();
                 }
             })
         })
@@ -71,16 +62,8 @@ fn messages_keep_per_sender_order() {
     let seen = seen.lock();
     assert_eq!(seen.len(), 10_000);
     for sender in 0..2 {
-        let order: Vec<u64> = seen
-            .iter()
-            .filter(|(from, _)| *from == sender)
-            .map(|(_, seq)| *seq)
-            .collect();
-        assert_eq!(
-            order,
-            (0..5_000).collect::<Vec<_>>(),
-            "sender {sender} out of order"
-        );
+        let order: Vec<u64> = seen.iter().filter(|(from, _)| *from == sender).map(|(_, seq)| *seq).collect();
+        assert_eq!(order, (0..5_000).collect::<Vec<_>>(), "sender {sender} out of order");
     }
     stop(app);
 }
@@ -111,10 +94,7 @@ fn a_full_queue_pushes_back_and_loses_nothing() {
             }
         }
     }
-    assert!(
-        matches!(refused, Some(SendError::Full(_))),
-        "a bounded queue must push back"
-    );
+    assert!(matches!(refused, Some(SendError::Full(_))), "a bounded queue must push back");
     assert!(accepted <= 4, "accepted {accepted} into a queue of 4");
     // The refused message came back intact and can be sent once there is room.
     let retry = refused.unwrap().into_msg();
@@ -142,8 +122,7 @@ fn thread_to_thread_sends_park_in_the_outbox_and_arrive_in_order() {
     run_on(&sender, move |ctx| {
         for seq in 0..2_000u32 {
             let seen = seen_by_receiver.clone();
-            ctx.send_to(&target, move |_| seen.lock().push(seq))
-                .unwrap();
+            ctx.send_to(&target, move |_| seen.lock().push(seq)).unwrap();
         }
     });
     let deadline = Instant::now() + WAIT;
@@ -170,10 +149,7 @@ fn timed_pollers_keep_their_cadence() {
         std::thread::sleep(Duration::from_millis(300));
         let count = fired.load(Ordering::Relaxed);
         // 30 periods elapse; allow wide bounds for a loaded machine.
-        assert!(
-            (10..=40).contains(&count),
-            "10 ms poller fired {count} times in 300 ms (interrupt={interrupt_mode})"
-        );
+        assert!((10..=40).contains(&count), "10 ms poller fired {count} times in 300 ms (interrupt={interrupt_mode})");
         stop(app);
     }
 }
@@ -192,23 +168,13 @@ fn pollers_pause_resume_and_unregister_from_inside_and_outside() {
     });
     std::thread::sleep(Duration::from_millis(20));
     thread.pause_poller(id).unwrap();
-    assert_eq!(
-        run_on(&thread, move |ctx| ctx.poller_state(id)),
-        Some(PollerState::Paused)
-    );
+    assert_eq!(run_on(&thread, move |ctx| ctx.poller_state(id)), Some(PollerState::Paused));
     let paused_at = runs.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(
-        runs.load(Ordering::Relaxed),
-        paused_at,
-        "a paused poller ran"
-    );
+    assert_eq!(runs.load(Ordering::Relaxed), paused_at, "a paused poller ran");
     thread.resume_poller(id).unwrap();
     std::thread::sleep(Duration::from_millis(20));
-    assert!(
-        runs.load(Ordering::Relaxed) > paused_at,
-        "a resumed poller did not run"
-    );
+    assert!(runs.load(Ordering::Relaxed) > paused_at, "a resumed poller did not run");
 
     // A poller that pauses itself after three runs, and one that unregisters itself.
     let self_paused = Arc::new(AtomicU64::new(0));
@@ -239,19 +205,15 @@ fn pollers_pause_resume_and_unregister_from_inside_and_outside() {
     std::thread::sleep(Duration::from_millis(30));
     assert_eq!(self_paused.load(Ordering::Relaxed), 3);
     assert_eq!(self_removed.load(Ordering::Relaxed), 1);
-    let (pause_state, remove_state) = run_on(&thread, move |ctx| {
-        (ctx.poller_state(pause_id), ctx.poller_state(remove_id))
-    });
+    let (pause_state, remove_state) =
+        run_on(&thread, move |ctx| (ctx.poller_state(pause_id), ctx.poller_state(remove_id)));
     assert_eq!(pause_state, Some(PollerState::Paused));
     assert_eq!(remove_state, None, "an unregistered poller is gone");
 
     thread.unregister_poller(id).unwrap();
     let stats = run_on(&thread, |ctx| ctx.poller_stats());
     assert!(stats.iter().all(|stat| stat.name != "counter"));
-    let paused = stats
-        .iter()
-        .find(|stat| stat.name == "pauses-itself")
-        .unwrap();
+    let paused = stats.iter().find(|stat| stat.name == "pauses-itself").unwrap();
     assert_eq!((paused.run_count, paused.busy_count), (3, 3));
     stop(app);
 }
@@ -268,26 +230,16 @@ fn io_channels_live_and_die_on_their_own_thread() {
     }
     impl Drop for Channel {
         fn drop(&mut self) {
-            assert_eq!(
-                std::thread::current().id(),
-                self.os_thread,
-                "channel dropped on a foreign OS thread"
-            );
+            assert_eq!(std::thread::current().id(), self.os_thread, "channel dropped on a foreign OS thread");
             self.destroyed.lock().push((self.owner, self.os_thread));
         }
     }
     let (created_in, destroyed_in) = (created.clone(), destroyed.clone());
     let device = IoDevice::new("test_dev", move |ctx| {
         created_in.lock().push(ctx.id());
-        Channel {
-            owner: ctx.id(),
-            os_thread: std::thread::current().id(),
-            destroyed: destroyed_in.clone(),
-        }
+        Channel { owner: ctx.id(), os_thread: std::thread::current().id(), destroyed: destroyed_in.clone() }
     });
-    let threads: Vec<_> = (0..2)
-        .map(|core| app.handle().spawn_thread("worker", Some(core)).unwrap())
-        .collect();
+    let threads: Vec<_> = (0..2).map(|core| app.handle().spawn_thread("worker", Some(core)).unwrap()).collect();
     for thread in &threads {
         let device = device.clone();
         run_on(thread, move |ctx| {
@@ -329,10 +281,7 @@ fn io_channels_live_and_die_on_their_own_thread() {
             );
         })
         .unwrap();
-    assert!(
-        done_rx.recv_timeout(WAIT).unwrap(),
-        "for_each_channel must complete on the caller's thread"
-    );
+    assert!(done_rx.recv_timeout(WAIT).unwrap(), "for_each_channel must complete on the caller's thread");
     assert_eq!(visited.load(Ordering::SeqCst), 2);
 
     stop(app);
@@ -362,12 +311,7 @@ fn for_each_thread_visits_all_and_completes_on_the_caller() {
         })
         .unwrap();
     assert!(done_rx.recv_timeout(WAIT).unwrap());
-    let mut expected: Vec<ThreadId> = app
-        .handle()
-        .threads()
-        .iter()
-        .map(|thread| thread.id())
-        .collect();
+    let mut expected: Vec<ThreadId> = app.handle().threads().iter().map(|thread| thread.id()).collect();
     let mut seen = visited.lock().clone();
     expected.sort();
     seen.sort();
@@ -397,13 +341,7 @@ fn shutdown_with_messages_in_flight_finishes_and_leaks_nothing() {
     let app = start("0x3", false);
     let live = Arc::new(AtomicU64::new(0));
     let ran = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..4)
-        .map(|index| {
-            app.handle()
-                .spawn_thread("worker", Some(index % 2))
-                .unwrap()
-        })
-        .collect();
+    let workers: Vec<_> = (0..4).map(|index| app.handle().spawn_thread("worker", Some(index % 2)).unwrap()).collect();
     for worker in &workers {
         let live_in = live.clone();
         run_on(worker, move |ctx| {
@@ -438,11 +376,7 @@ fn shutdown_with_messages_in_flight_finishes_and_leaks_nothing() {
     }
     // Every payload either ran or was dropped with its queue: nothing leaked.
     drop(workers);
-    assert_eq!(
-        live.load(Ordering::SeqCst),
-        0,
-        "payloads leaked at shutdown"
-    );
+    assert_eq!(live.load(Ordering::SeqCst), 0, "payloads leaked at shutdown");
 }
 
 #[test]
@@ -467,27 +401,15 @@ fn subsystems_init_in_order_and_finish_in_reverse() {
     let app = start("0x1", true);
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     for name in ["accel", "bdev", "nvmf"] {
-        app.handle()
-            .register_subsystem(Arc::new(Recorder(name, log.clone())));
+        app.handle().register_subsystem(Arc::new(Recorder(name, log.clone())));
     }
     assert_eq!(app.handle().state(), AppState::Startup);
     let (tx, rx) = mpsc::channel();
-    app.handle()
-        .start_init(move |_, result| tx.send(result).unwrap());
+    app.handle().start_init(move |_, result| tx.send(result).unwrap());
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), Ok(()));
     assert_eq!(app.handle().state(), AppState::Runtime);
     stop(app);
-    assert_eq!(
-        *log.lock(),
-        [
-            "init accel",
-            "init bdev",
-            "init nvmf",
-            "fini nvmf",
-            "fini bdev",
-            "fini accel"
-        ]
-    );
+    assert_eq!(*log.lock(), ["init accel", "init bdev", "init nvmf", "fini nvmf", "fini bdev", "fini accel"]);
 }
 
 #[test]
@@ -498,10 +420,7 @@ fn interrupt_mode_wakes_on_a_message_and_on_a_timer() {
     std::thread::sleep(Duration::from_millis(50));
     let sent_at = Instant::now();
     let woke_after = run_on(&thread, move |_| sent_at.elapsed());
-    assert!(
-        woke_after < Duration::from_secs(1),
-        "a message took {woke_after:?} to wake the reactor"
-    );
+    assert!(woke_after < Duration::from_secs(1), "a message took {woke_after:?} to wake the reactor");
 
     let (tx, rx) = mpsc::channel();
     run_on(&thread, move |ctx| {
@@ -516,31 +435,20 @@ fn interrupt_mode_wakes_on_a_message_and_on_a_timer() {
         });
     });
     let fired_after = rx.recv_timeout(WAIT).expect("timer never woke the reactor");
-    assert!(
-        fired_after >= Duration::from_millis(29),
-        "timer fired early: {fired_after:?}"
-    );
+    assert!(fired_after >= Duration::from_millis(29), "timer fired early: {fired_after:?}");
 
     // Asleep, the reactor accounts its time as idle.
     std::thread::sleep(Duration::from_millis(100));
     let stat = app.handle().reactor_stats()[0].clone();
     assert!(stat.in_interrupt);
-    assert!(
-        stat.idle_ns > stat.busy_ns,
-        "an idle interrupt-mode reactor reported busy {stat:?}"
-    );
+    assert!(stat.idle_ns > stat.busy_ns, "an idle interrupt-mode reactor reported busy {stat:?}");
     stop(app);
 }
 
 #[test]
 fn bad_cores_are_refused_with_a_reason() {
-    let options = AppOptions {
-        cpumask: CoreMask::single(MAX_CORES - 1),
-        ..AppOptions::default()
-    };
-    let err = App::start(options)
-        .err()
-        .expect("a core beyond the machine must be refused");
+    let options = AppOptions { cpumask: CoreMask::single(MAX_CORES - 1), ..AppOptions::default() };
+    let err = App::start(options).err().expect("a core beyond the machine must be refused");
     assert!(err.to_string().contains("not available"), "{err}");
 
     let app = start("0x1", true);

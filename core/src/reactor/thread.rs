@@ -114,19 +114,13 @@ impl ThreadHandle {
         Ok(())
     }
 
-    pub fn send(
-        &self,
-        work: impl FnOnce(&mut ThreadCtx) + Send + 'static,
-    ) -> Result<(), SendError> {
+    pub fn send(&self, work: impl FnOnce(&mut ThreadCtx) + Send + 'static) -> Result<(), SendError> {
         self.try_send(Box::new(work))
     }
 
     /// Sends from an OS thread that is not a reactor (a test, the RPC listener): waits
     /// out back-pressure by yielding, since such a thread may block.
-    pub fn send_blocking(
-        &self,
-        work: impl FnOnce(&mut ThreadCtx) + Send + 'static,
-    ) -> Result<(), SendError> {
+    pub fn send_blocking(&self, work: impl FnOnce(&mut ThreadCtx) + Send + 'static) -> Result<(), SendError> {
         let mut msg: Msg = Box::new(work);
         loop {
             match self.try_send(msg) {
@@ -168,11 +162,7 @@ impl Eq for ThreadHandle {}
 
 impl fmt::Debug for ThreadHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Thread({} '{}' on core {})",
-            self.0.id, self.0.name, self.0.core
-        )
+        write!(f, "Thread({} '{}' on core {})", self.0.id, self.0.name, self.0.core)
     }
 }
 
@@ -282,8 +272,7 @@ impl ThreadCtx {
         poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
     ) -> PollerId {
         let poll_fn: PollFn = Box::new(poll);
-        self.pollers
-            .register(name, Duration::ZERO, poll_fn, self.now)
+        self.pollers.register(name, Duration::ZERO, poll_fn, self.now)
     }
 
     /// A poller that runs every `period_us` microseconds (0 makes it active).
@@ -295,8 +284,7 @@ impl ThreadCtx {
     ) -> PollerId {
         let poll_fn: PollFn = Box::new(poll);
         let now = Instant::now();
-        self.pollers
-            .register(name, Duration::from_micros(period_us), poll_fn, now)
+        self.pollers.register(name, Duration::from_micros(period_us), poll_fn, now)
     }
 
     pub fn unregister_poller(&mut self, id: PollerId) -> bool {

@@ -1,0 +1,145 @@
+//! The target application: reactors, the RPC server, signals, config, and the orderly
+//! stop. The binary is a thin shell around `run` so tests can drive the same code.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use peerless_core::log::{self, Level};
+use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus};
+use peerless_core::rpc::{framework, Registry, RpcServer};
+use peerless_core::{config, log_error, log_notice};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Start(String),
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetOptions {
+    pub cpumask: CoreMask,
+    pub config: Option<PathBuf>,
+    pub rpc_socket: PathBuf,
+    pub wait_for_rpc: bool,
+    pub interrupt_mode: bool,
+}
+
+impl TargetOptions {
+    /// Validates command-line values; an error here is a usage error (exit code 2).
+    pub fn from_flags(
+        cpumask: &str,
+        config: Option<PathBuf>,
+        rpc_socket: PathBuf,
+        wait_for_rpc: bool,
+        log_flags: &[String],
+        interrupt_mode: bool,
+    ) -> Result<Self, TargetError> {
+        let cpumask = CoreMask::parse(cpumask).map_err(|err| TargetError::Usage(format!("-m: {err}")))?;
+        for flag in log_flags {
+            log::set_flag(flag, true).map_err(|err| TargetError::Usage(format!("-L: {err}")))?;
+        }
+        if !log_flags.is_empty() {
+            // As SPDK: asking for a component's debug log means printing it.
+            log::set_level(Level::Debug);
+            log::set_print_level(Level::Debug);
+        }
+        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode })
+    }
+}
+
+/// Every RPC method this target answers.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new();
+    framework::register(&mut registry);
+    registry
+}
+
+/// Runs the target until SIGINT, SIGTERM or `spdk_kill_instance`.
+pub fn run(options: TargetOptions) -> Result<(), TargetError> {
+    // Block the stop signals before any thread starts, so every thread inherits the mask
+    // and they arrive only through the app thread's signalfd.
+    let mut stop_signals = SigSet::empty();
+    stop_signals.add(Signal::SIGINT);
+    stop_signals.add(Signal::SIGTERM);
+    stop_signals.thread_block().map_err(|err| TargetError::Start(format!("cannot block signals: {err}")))?;
+    let signals = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|err| TargetError::Start(format!("cannot open a signalfd: {err}")))?;
+
+    let app_options = AppOptions {
+        name: "peerless-tgt".into(),
+        cpumask: options.cpumask,
+        interrupt_mode: options.interrupt_mode,
+        ..AppOptions::default()
+    };
+    let app = App::start(app_options).map_err(|err| TargetError::Start(err.to_string()))?;
+    let handle = app.handle();
+    watch_signals(&handle, signals);
+
+    let registry = Arc::new(registry());
+    let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {
+        Ok(server) => server,
+        Err(err) => {
+            stop_and_wait(app);
+            return Err(TargetError::Start(err.to_string()));
+        }
+    };
+
+    let loaded = match &options.config {
+        Some(path) => config::load(path, &registry, &handle, !options.wait_for_rpc).map_err(TargetError::from),
+        None if options.wait_for_rpc => Ok(()),
+        None => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            handle.start_init(move |_, result| {
+                let _ = tx.send(result);
+            });
+            let result = rx.recv().unwrap_or_else(|_| Err("the app thread exited during init".into()));
+            result.map_err(TargetError::Start)
+        }
+    };
+    if let Err(err) = loaded {
+        log_error!("{err}");
+        stop_and_wait(app);
+        server.stop();
+        return Err(err);
+    }
+    if options.wait_for_rpc {
+        log_notice!("waiting for framework_start_init on {}", options.rpc_socket.display());
+    }
+    log_notice!("peerless-tgt ready; RPC on {}", options.rpc_socket.display());
+    app.wait();
+    server.stop();
+    log_notice!("peerless-tgt stopped");
+    Ok(())
+}
+
+fn stop_and_wait(app: App) {
+    app.handle().stop();
+    app.wait();
+}
+
+/// Polls the signalfd on the app thread; in interrupt mode the fd wakes the reactor.
+fn watch_signals(app: &AppHandle, signals: SignalFd) {
+    let sent = app.app_thread().send_blocking(move |ctx| {
+        use std::os::fd::AsFd;
+        if let Err(err) = ctx.watch_fd(signals.as_fd()) {
+            log_error!("cannot watch the signalfd: {err}; SIGINT/SIGTERM are only seen in poll mode");
+        }
+        ctx.register_timed_poller("signals", 10_000, move |ctx| match signals.read_signal() {
+            Ok(Some(info)) => {
+                log_notice!("received signal {}; stopping", info.ssi_signo);
+                ctx.app().stop();
+                PollStatus::Busy
+            }
+            _ => PollStatus::Idle,
+        });
+    });
+    if sent.is_err() {
+        log_error!("the app thread exited before signals could be watched");
+    }
+}
