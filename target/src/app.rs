@@ -92,7 +92,11 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
 
     let loaded = match &options.config {
         Some(path) => config::load(path, &registry, &handle, !options.wait_for_rpc).map_err(TargetError::from),
-        None if options.wait_for_rpc => Ok(()),
+        None if options.wait_for_rpc => {
+            log_notice!("waiting for framework_start_init on {}", options.rpc_socket.display());
+            handle.wait_for_state(peerless_core::reactor::AppState::Runtime);
+            Ok(())
+        }
         None => {
             let (tx, rx) = std::sync::mpsc::channel();
             handle.start_init(move |_, result| {
@@ -108,9 +112,7 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
         server.stop();
         return Err(err);
     }
-    if options.wait_for_rpc {
-        log_notice!("waiting for framework_start_init on {}", options.rpc_socket.display());
-    }
+    handle.mark_ready();
     log_notice!("peerless-tgt ready; RPC on {}", options.rpc_socket.display());
     app.wait();
     server.stop();

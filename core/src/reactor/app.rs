@@ -100,6 +100,8 @@ pub(crate) struct AppShared {
     app_thread: OnceLock<ThreadHandle>,
     subsystems: Mutex<Vec<Arc<dyn Subsystem>>>,
     stop_requested: AtomicBool,
+    /// Set by the embedding application once init and its config replay are complete.
+    ready: AtomicBool,
     all_exited: AtomicBool,
     /// Signalled when the state or the thread registry changes, for blocking waiters.
     changed: (Mutex<()>, Condvar),
@@ -197,6 +199,7 @@ impl App {
             app_thread: OnceLock::new(),
             subsystems: Mutex::new(Vec::new()),
             stop_requested: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
             all_exited: AtomicBool::new(false),
             changed: (Mutex::new(()), Condvar::new()),
         });
@@ -340,6 +343,17 @@ impl AppHandle {
         }
         self.0.set_state(AppState::Initializing);
         init_next(ctx, self.subsystems(), 0, Box::new(done));
+    }
+
+    /// Marks the application ready: subsystems initialised and the start-up config fully
+    /// applied. `framework_wait_init` answers from then on.
+    pub fn mark_ready(&self) {
+        self.0.ready.store(true, Ordering::SeqCst);
+        self.0.notify();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::SeqCst)
     }
 
     /// Blocks an OS thread that is not a reactor until the state is at least `state`.

@@ -71,7 +71,7 @@ fn rpc_get_methods(call: &CallContext<'_>, params: Option<Value>) -> Result<Valu
 }
 
 fn framework_wait_init(ctx: &mut ThreadCtx, responder: Responder) {
-    if ctx.app().state() == AppState::Runtime {
+    if ctx.app().is_ready() {
         responder.ok_true();
         return;
     }
@@ -79,12 +79,13 @@ fn framework_wait_init(ctx: &mut ThreadCtx, responder: Responder) {
     let poller = std::rc::Rc::new(std::cell::Cell::new(None));
     let own_id = poller.clone();
     let id = ctx.register_timed_poller("rpc_wait_init", WAIT_INIT_POLL_US, move |ctx| {
-        let state = ctx.app().state();
-        if state == AppState::Runtime || state == AppState::ShuttingDown {
+        let (ready, state) = (ctx.app().is_ready(), ctx.app().state());
+        if ready || state == AppState::ShuttingDown {
             if let Some(responder) = responder.take() {
-                match state {
-                    AppState::Runtime => responder.ok_true(),
-                    _ => responder.err(RpcError::internal("the target shut down before initialization finished")),
+                if ready {
+                    responder.ok_true();
+                } else {
+                    responder.err(RpcError::internal("the target shut down before initialization finished"));
                 }
             }
             if let Some(id) = own_id.get() {

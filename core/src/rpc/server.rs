@@ -35,6 +35,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// A client that does not read its answers is cut off past this much pending output.
 pub const MAX_PENDING_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// After a fatal error the server keeps reading, and discarding, up to this much of what
+/// the client was still sending, so the close does not reset the connection and destroy
+/// the error answer before the client reads it.
+const MAX_DISCARD_BYTES: usize = 4 * 1024 * 1024;
 const EVENTS_PER_WAIT: usize = 64;
 const LISTENER_TOKEN: u64 = 0;
 const WAKE_TOKEN: u64 = 1;
@@ -157,6 +161,9 @@ struct Conn {
     batches: HashMap<u64, Batch>,
     next_batch: u64,
     close_when_flushed: bool,
+    /// Output is shut down; input is read and dropped until EOF or the discard limit.
+    draining: bool,
+    discarded: usize,
     watching_writes: bool,
 }
 
@@ -230,6 +237,8 @@ impl Worker {
                 batches: HashMap::new(),
                 next_batch: 0,
                 close_when_flushed: false,
+                draining: false,
+                discarded: 0,
                 watching_writes: false,
             };
             self.conns.insert(token, conn);
@@ -249,13 +258,17 @@ impl Worker {
         let mut chunk = [0u8; READ_CHUNK_BYTES];
         loop {
             let Some(conn) = self.conns.get_mut(&token) else { return };
-            if conn.close_when_flushed {
-                return;
-            }
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
                     self.close(token);
                     return;
+                }
+                Ok(read) if conn.draining || conn.close_when_flushed => {
+                    conn.discarded += read;
+                    if conn.discarded > MAX_DISCARD_BYTES {
+                        self.close(token);
+                        return;
+                    }
                 }
                 Ok(read) => {
                     conn.received.extend_from_slice(&chunk[..read]);
@@ -409,8 +422,11 @@ impl Worker {
                 conn.watching_writes = pending;
             }
         }
-        if !pending && conn.close_when_flushed {
-            self.close(token);
+        if !pending && conn.close_when_flushed && !conn.draining {
+            conn.draining = true;
+            if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
+                self.close(token);
+            }
         }
     }
 

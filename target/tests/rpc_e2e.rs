@@ -1,0 +1,295 @@
+//! JSON-RPC against a real `peerless-tgt` process over its Unix socket.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::{Client, Target};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+
+#[test]
+fn requests_as_rpc_py_sends_them() {
+    let target = Target::start("rpcpy", &["--interrupt-mode"]);
+    let mut client = target.client();
+    // Several pretty-printed, unterminated requests in one write.
+    let (id1, first) = client.request_bytes("spdk_get_version", None);
+    let (id2, second) = client.request_bytes("rpc_get_methods", Some(json!({"current": true})));
+    let (id3, third) = client.request_bytes("log_get_level", None);
+    client.send_raw(&[first, second, third].concat());
+    let mut answers: Vec<Value> = (0..3).map(|_| client.read_value().unwrap()).collect();
+    answers.sort_by_key(|answer| answer["id"].as_u64());
+    assert_eq!(answers.iter().map(|a| a["id"].as_u64().unwrap()).collect::<Vec<_>>(), vec![id1, id2, id3]);
+    assert!(answers[0]["result"]["version"].as_str().unwrap().starts_with("SPDK v"));
+    assert_eq!(answers[0]["result"]["fields"]["major"], json!(25));
+    let methods: Vec<&str> = answers[1]["result"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+    for expected in ["spdk_get_version", "framework_get_reactors", "thread_get_stats", "log_set_flag"] {
+        assert!(methods.contains(&expected), "{expected} missing from {methods:?}");
+    }
+    assert!(!methods.contains(&"framework_start_init"), "a STARTUP-only method listed at RUNTIME");
+    assert_eq!(answers[2]["result"], json!("NOTICE"));
+
+    // A request split across writes, byte by byte at the start.
+    let (id, bytes) = client.request_bytes("spdk_get_version", None);
+    for byte in &bytes[..10] {
+        client.send_raw(std::slice::from_ref(byte));
+    }
+    client.send_raw(&bytes[10..]);
+    assert_eq!(client.read_value().unwrap()["id"], json!(id));
+
+    // The socket and its lock are private to the owner.
+    for path in [target.socket.clone(), target.socket.with_extension("sock.lock")] {
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+    }
+}
+
+#[test]
+fn errors_carry_spdk_codes_and_actionable_messages() {
+    let target = Target::start("errors", &["--interrupt-mode"]);
+    let mut client = target.client();
+    assert_eq!(client.call_err("no_such_method", None), (-32601, "Method not found".into()));
+
+    let (code, message) = client.call_err("log_set_flag", Some(json!({"flag": "bdev", "colour": 1})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("unknown field `colour`"), "{message}");
+
+    let (code, message) = client.call_err("log_set_flag", Some(json!({"flag": 7})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("field 'flag'"), "{message}");
+
+    let (code, message) = client.call_err("log_set_flag", Some(json!({"flag": "bdevv"})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("known flags"), "{message}");
+
+    let (code, message) = client.call_err("spdk_get_version", Some(json!({"x": 1})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("requires no parameters"), "{message}");
+
+    let (code, message) = client.call_err("framework_start_init", None);
+    assert_eq!(code, -1, "a STARTUP method at RUNTIME is a state error");
+    assert!(message.contains("before framework_start_init"), "{message}");
+
+    let (code, message) = client.call_err("framework_get_config", Some(json!({"name": "nope"})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("Subsystem 'nope' not found"), "{message}");
+
+    let (code, _) = client.call_err("spdk_kill_instance", Some(json!({"sig_name": "SIGWINCH"})));
+    assert_eq!(code, -32602);
+
+    // Invalid envelopes answer -32600 and keep the connection.
+    client.send_raw(br#"{"jsonrpc":"1.0","method":"spdk_get_version","id":9}"#);
+    let answer = client.read_value().unwrap();
+    assert_eq!(answer["error"]["code"], json!(-32600));
+    assert_eq!(answer["id"], json!(9));
+    client.send_raw(format!(r#"{{"method":"spdk_get_version","id":"{}"}}"#, "x".repeat(129)).as_bytes());
+    assert_eq!(client.read_value().unwrap()["error"]["code"], json!(-32600));
+    assert!(client.call("spdk_get_version", None).is_object());
+}
+
+#[test]
+fn log_settings_round_trip() {
+    let target = Target::start("log", &["--interrupt-mode"]);
+    let mut client = target.client();
+    assert_eq!(client.call("log_set_flag", Some(json!({"flag": "nvmf_tcp"}))), json!(true));
+    assert_eq!(client.call("log_get_flags", None)["nvmf_tcp"], json!(true));
+    assert_eq!(client.call("log_clear_flag", Some(json!({"flag": "nvmf_tcp"}))), json!(true));
+    assert_eq!(client.call("log_get_flags", None)["nvmf_tcp"], json!(false));
+    assert_eq!(client.call("log_set_level", Some(json!({"level": "DEBUG"}))), json!(true));
+    assert_eq!(client.call("log_get_level", None), json!("DEBUG"));
+    assert_eq!(client.call("log_set_print_level", Some(json!({"level": "ERROR"}))), json!(true));
+    assert_eq!(client.call("log_get_print_level", None), json!("ERROR"));
+    let (code, message) = client.call_err("log_set_level", Some(json!({"level": "LOUD"})));
+    assert_eq!(code, -32602);
+    assert!(message.contains("Unknown log level 'LOUD'"), "{message}");
+}
+
+#[test]
+fn batches_and_notifications() {
+    let target = Target::start("batch", &["--interrupt-mode"]);
+    let mut client = target.client();
+    client.send_raw(
+        br#"[{"jsonrpc":"2.0","method":"spdk_get_version","id":1},
+            {"jsonrpc":"2.0","method":"log_set_flag","params":{"flag":"rpc"}},
+            {"jsonrpc":"2.0","method":"nope","id":"b"},
+            {"jsonrpc":"2.0","method":"thread_get_stats","id":3}]"#,
+    );
+    let answer = client.read_value().unwrap();
+    let answers = answer.as_array().expect("a batch answers with an array");
+    assert_eq!(answers.len(), 3, "the notification has no answer: {answer}");
+    assert_eq!(answers[0]["id"], json!(1));
+    assert_eq!(answers[1]["error"]["code"], json!(-32601));
+    assert_eq!(answers[2]["result"]["threads"][0]["name"], json!("app_thread"), "{answer}");
+
+    client.send_raw(b"[]");
+    assert_eq!(client.read_value().unwrap()["error"]["code"], json!(-32600));
+
+    // A notification alone gets no answer; the next request's answer comes first.
+    client.send_raw(br#"{"jsonrpc":"2.0","method":"log_clear_flag","params":{"flag":"rpc"}}"#);
+    assert_eq!(client.call("log_get_flags", None)["rpc"], json!(false));
+}
+
+#[test]
+fn a_parse_error_ends_only_that_connection() {
+    let target = Target::start("parse", &["--interrupt-mode"]);
+    let mut healthy = target.client();
+    let mut broken = target.client();
+    broken.send_raw(b"{\"method\": oops}");
+    let answer = broken.read_value().unwrap();
+    assert_eq!(answer["error"]["code"], json!(-32700));
+    assert_eq!(answer["id"], Value::Null);
+    assert!(broken.read_value().is_none(), "the server closes after a parse error");
+    assert!(healthy.call("spdk_get_version", None).is_object());
+}
+
+#[test]
+fn an_oversized_request_is_refused_with_an_answer() {
+    let target = Target::start("limits", &["--interrupt-mode"]);
+    // An oversized request: more than 256 KiB without a complete value.
+    let mut big = target.client();
+    let mut payload = br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1,"params":{"pad":""#.to_vec();
+    payload.extend(std::iter::repeat_n(b'a', 300 * 1024));
+    let _ = std::io::Write::write_all(&mut big.stream, &payload);
+    let answer = big.read_value().unwrap();
+    assert_eq!(answer["error"]["code"], json!(-32700));
+    assert!(answer["error"]["message"].as_str().unwrap().contains("256 KiB"), "{answer}");
+    assert!(big.read_value().is_none(), "the server closes after the error");
+}
+
+#[test]
+fn connections_beyond_the_limit_are_refused() {
+    let target = Target::start("connlimit", &["--interrupt-mode"]);
+    // 64 connections are served; the 65th is closed at once.
+    let mut clients: Vec<Client> = (0..64).map(|_| target.client()).collect();
+    let mut extra = target.client();
+    let (_, bytes) = extra.request_bytes("spdk_get_version", None);
+    let _ = std::io::Write::write_all(&mut extra.stream, &bytes);
+    assert!(extra.read_value().is_none(), "connection 65 must be refused");
+    for client in clients.iter_mut().step_by(9) {
+        assert!(client.call("spdk_get_version", None).is_object());
+    }
+    drop(clients);
+    let mut after = target.client();
+    assert!(after.call("spdk_get_version", None).is_object());
+}
+
+#[test]
+fn framework_reports_reactors_threads_and_pollers() {
+    let target = Target::start("framework", &["-m", "0x3", "--interrupt-mode"]);
+    let mut client = target.client();
+    assert_eq!(client.call("framework_wait_init", None), json!(true));
+    let reactors = client.call("framework_get_reactors", None);
+    assert_eq!(reactors["tick_rate"], json!(1_000_000_000u64));
+    let lcores: Vec<u64> =
+        reactors["reactors"].as_array().unwrap().iter().map(|r| r["lcore"].as_u64().unwrap()).collect();
+    assert_eq!(lcores, vec![0, 1]);
+    assert_eq!(reactors["reactors"][0]["lw_threads"][0]["name"], json!("app_thread"));
+    assert_eq!(reactors["reactors"][0]["in_interrupt"], json!(true));
+
+    let pollers = client.call("thread_get_pollers", None);
+    let timed = &pollers["threads"][0]["timed_pollers"];
+    assert!(timed.as_array().unwrap().iter().any(|p| p["name"] == json!("signals")), "{pollers}");
+    let stats = client.call("thread_get_stats", None);
+    assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(1));
+    assert_eq!(client.call("framework_get_subsystems", None), json!([]));
+}
+
+#[test]
+fn wait_for_rpc_holds_init_until_framework_start_init() {
+    let target = Target::start("waitrpc", &["--wait-for-rpc", "--interrupt-mode"]);
+    let mut client = target.client();
+    let (code, message) = client.call_err("framework_get_reactors", None);
+    assert_eq!(code, -1);
+    assert!(message.contains("framework_start_init"), "{message}");
+    let methods = client.call("rpc_get_methods", Some(json!({"current": true})));
+    assert!(methods.as_array().unwrap().contains(&json!("framework_start_init")));
+
+    // framework_wait_init answers only once init has happened.
+    let mut waiter = target.client();
+    let (wait_id, wait_bytes) = waiter.request_bytes("framework_wait_init", None);
+    waiter.send_raw(&wait_bytes);
+    assert_eq!(client.call("framework_start_init", None), json!(true));
+    let answer = waiter.read_value().unwrap();
+    assert_eq!((answer["id"].clone(), answer["result"].clone()), (json!(wait_id), json!(true)));
+    assert!(client.call("framework_get_reactors", None).is_object());
+}
+
+#[test]
+fn sigterm_and_kill_instance_stop_cleanly() {
+    for how in ["SIGTERM", "SIGINT", "rpc"] {
+        let mut target = Target::start("stop", &["--interrupt-mode"]);
+        match how {
+            "SIGTERM" => target.signal(Signal::SIGTERM),
+            "SIGINT" => target.signal(Signal::SIGINT),
+            _ => assert_eq!(
+                target.client().call("spdk_kill_instance", Some(json!({"sig_name": "SIGTERM"}))),
+                json!(true)
+            ),
+        }
+        let status = target.wait_exit();
+        assert!(status.success(), "{how}: exit {status}");
+        assert!(!target.socket.exists(), "{how}: socket left behind");
+        assert!(!target.socket.with_extension("sock.lock").exists(), "{how}: lock left behind");
+    }
+}
+
+#[test]
+fn a_second_target_on_the_same_socket_is_refused() {
+    let target = Target::start("inuse", &["--interrupt-mode"]);
+    let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).arg("-r").arg(&target.socket).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another process"), "{stderr}");
+    // The first one still serves.
+    assert!(target.client().call("spdk_get_version", None).is_object());
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    for (args, needle) in [
+        (vec!["--bogus"], "unexpected argument"),
+        (vec!["-m", "0xg"], "-m: core mask"),
+        (vec!["-m", "0x0"], "is empty"),
+        (vec!["-L", "nvmf_tpc"], "unknown log flag 'nvmf_tpc'"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).args(&args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).arg("-h").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--cpumask", "--json", "--rpc-socket", "--wait-for-rpc", "--logflag", "--interrupt-mode"] {
+        assert!(text.contains(flag), "help lacks {flag}");
+    }
+}
+
+#[test]
+fn a_bad_config_names_the_line_and_field_and_exits_nonzero() {
+    let dir = common::scratch_dir("badconfig");
+    let cases = [
+        ("{\n  \"subsystems\": [\n    {\"subsystem\": \"bdev\",, }\n  ]\n}", "config.json:3:"),
+        (
+            "{\"subsystems\": [{\"subsystem\": \"vhost\", \"config\": [{\"method\": \"x\"}]}]}",
+            "subsystem 'vhost' is not part of this target",
+        ),
+    ];
+    for (text, needle) in cases {
+        let path = dir.join("config.json");
+        std::fs::write(&path, text).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt"))
+            .args(["--interrupt-mode", "-c"])
+            .arg(&path)
+            .arg("-r")
+            .arg(dir.join("rpc.sock"))
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{needle} not in: {stderr}");
+        assert!(!dir.join("rpc.sock").exists(), "a failed start leaves no socket");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
