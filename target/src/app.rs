@@ -125,14 +125,22 @@ fn stop_and_wait(app: App) {
     app.wait();
 }
 
-/// Polls the signalfd on the app thread; in interrupt mode the fd wakes the reactor.
+/// How often poll mode looks at the signalfd; a read per loop iteration would cost more
+/// than the whole iteration.
+const SIGNAL_POLL_US: u64 = 10_000;
+
+/// Polls the signalfd on the app thread. In interrupt mode the fd itself wakes the
+/// reactor, so the poller runs only on wake-ups and an idle target sleeps undisturbed.
 fn watch_signals(app: &AppHandle, signals: SignalFd) {
+    let interrupt_mode = app.options().interrupt_mode;
     let sent = app.app_thread().send_blocking(move |ctx| {
         use std::os::fd::AsFd;
+        let mut period_us = if interrupt_mode { 0 } else { SIGNAL_POLL_US };
         if let Err(err) = ctx.watch_fd(signals.as_fd()) {
-            log_error!("cannot watch the signalfd: {err}; SIGINT/SIGTERM are only seen in poll mode");
+            log_error!("cannot watch the signalfd: {err}; falling back to polling it");
+            period_us = SIGNAL_POLL_US;
         }
-        ctx.register_timed_poller("signals", 10_000, move |ctx| match signals.read_signal() {
+        ctx.register_timed_poller("signals", period_us, move |ctx| match signals.read_signal() {
             Ok(Some(info)) => {
                 log_notice!("received signal {}; stopping", info.ssi_signo);
                 ctx.app().stop();

@@ -109,7 +109,9 @@ pub(crate) struct AppShared {
 
 impl AppShared {
     pub fn take_stop_request(&self, core: u32) -> bool {
-        core == self.options.cpumask.first() && self.stop_requested.swap(false, Ordering::SeqCst)
+        core == self.options.cpumask.first()
+            && self.stop_requested.load(Ordering::Relaxed)
+            && self.stop_requested.swap(false, Ordering::SeqCst)
     }
 
     pub fn stop_requested_for(&self, core: u32) -> bool {

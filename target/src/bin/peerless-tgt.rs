@@ -1,5 +1,6 @@
 //! peerless-tgt: the NVMe-oF target application, flag-compatible with SPDK's `nvmf_tgt`
 //! where the two overlap.
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,29 @@
+# Helpers for the CI scripts: sourced, not run.
+
+step() {
+    printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"
+}
+
+# Debian packages the tests need beyond the base image (one per line in ci/packages).
+ci_packages() {
+    grep -v '^\s*#' ci/packages | grep -v '^\s*$' || true
+}
+
+# Installs whichever of the named Debian packages are missing; apt-get update runs once,
+# only when something is missing.
+ensure_packages() {
+    local missing=()
+    local package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "all ${#@} packages present"
+        return 0
+    fi
+    echo "installing: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
