@@ -5,5 +5,7 @@
 //! denies it (DESIGN.md invariant 6).
 #![deny(unsafe_code)]
 
+pub mod accel;
 pub mod log;
+pub mod mem;
 pub mod reactor;

@@ -1,0 +1,1 @@
+//! accel placeholder
