@@ -83,7 +83,7 @@ pub struct EmulatedCmb {
 impl EmulatedCmb {
     pub fn new(cfg: CmbConfig) -> Result<EmulatedCmb> {
         if cfg.size_bytes == 0
-            || cfg.size_bytes % CMB_GRANULE_BYTES != 0
+            || !cfg.size_bytes.is_multiple_of(CMB_GRANULE_BYTES)
             || cfg.size_bytes > CMB_MAX_BYTES
         {
             return Err(Error::Config(format!(

@@ -60,7 +60,7 @@ pub fn copy(dst: &mut Sgl<'_>, src: &Sgl<'_>) -> Result<usize> {
 /// Sets every byte of `dst` to `byte`.
 pub fn fill(dst: &mut Sgl<'_>, byte: u8) -> Result<()> {
     let mut staging = [byte; STAGING_CHUNK_BYTES];
-    for_each_chunk_mut(dst, &mut staging, usize::MAX, false, |b| {
+    for_each_chunk_mut::<Error>(dst, &mut staging, usize::MAX, false, |b| {
         b.fill(byte);
         Ok(())
     })
@@ -109,17 +109,14 @@ fn move_bytes(snap: Option<&Snapshot>, dst: Seg, src: Seg, staging: &mut [u8]) -
     debug_assert!(dst.is_writable());
     let n = src.len();
     use MemKind::{Device, Host, IoMem};
-    match (src.kind(), dst.kind()) {
-        (Host, Host) => {
-            // SAFETY: `src` is a Host piece of a shared-borrowed list, `dst` a writable
-            // Host piece of an exclusively borrowed one: both live, and distinct borrows
-            // cannot overlap.
-            let (s, d) = unsafe { (host_slice(&src), host_slice_mut(&dst)) };
-            d.copy_from_slice(s);
-            stats::cpu(Path::Direct, n);
-            return Ok(());
-        }
-        _ => {}
+    if (src.kind(), dst.kind()) == (Host, Host) {
+        // SAFETY: `src` is a Host piece of a shared-borrowed list, `dst` a writable
+        // Host piece of an exclusively borrowed one: both live, and distinct borrows
+        // cannot overlap.
+        let (s, d) = unsafe { (host_slice(&src), host_slice_mut(&dst)) };
+        d.copy_from_slice(s);
+        stats::cpu(Path::Direct, n);
+        return Ok(());
     }
     let snap = snap.expect("lists with device memory carry a snapshot");
     match (src.kind(), dst.kind()) {
@@ -232,7 +229,11 @@ mod tests {
                 by_kind[src_kind.index()] += LEN as u64;
                 by_kind[dst_kind.index()] += LEN as u64;
                 for k in MemKind::ALL {
-                    assert_eq!(delta.payload_bytes(k), by_kind[k.index()], "{src_kind}->{dst_kind}");
+                    assert_eq!(
+                        delta.payload_bytes(k),
+                        by_kind[k.index()],
+                        "{src_kind}->{dst_kind}"
+                    );
                 }
                 let expect_direct = if (src_kind, dst_kind) == (MemKind::Host, MemKind::Host) {
                     LEN as u64
@@ -248,7 +249,13 @@ mod tests {
     #[test]
     fn mixed_lists_copy_across_segment_boundaries() {
         let kit = Kit::new();
-        let src_kinds = [MemKind::Host, MemKind::IoMem, MemKind::Host, MemKind::IoMem, MemKind::Host];
+        let src_kinds = [
+            MemKind::Host,
+            MemKind::IoMem,
+            MemKind::Host,
+            MemKind::IoMem,
+            MemKind::Host,
+        ];
         let dst_kinds = [MemKind::Device, MemKind::Host, MemKind::Device];
         let mut src = kit.buffers(&src_kinds, 1000);
         Kit::fill_pattern(&mut src, 5);
@@ -259,7 +266,10 @@ mod tests {
             copy(&mut d, &s).expect("copy");
         }
         let got = Kit::read_all(&dst);
-        assert_eq!(&got[..5000], &Kit::expected_pattern(&src_kinds, 1000, 5)[..]);
+        assert_eq!(
+            &got[..5000],
+            &Kit::expected_pattern(&src_kinds, 1000, 5)[..]
+        );
     }
 
     #[test]
@@ -284,9 +294,11 @@ mod tests {
         let src = kit.no_dma.alloc(64).expect("alloc");
         let mut host = [7u8; 64];
         let before = stats::thread_snapshot();
-        let err = copy(&mut Sgl::from_host_mut(&mut host).expect("host"), &src.sgl())
-            .err()
-            .expect("no engine");
+        let err = copy(
+            &mut Sgl::from_host_mut(&mut host).expect("host"),
+            &src.sgl(),
+        )
+        .expect_err("no engine");
         assert!(matches!(err, Error::NoPath { .. }));
         let msg = err.to_string();
         assert!(msg.contains("Device@") && msg.contains("to Host"), "{msg}");

@@ -166,7 +166,11 @@ mod tests {
         );
         assert!(buf.seg_ref(9_995, 10).is_err());
         let sgl = buf.sgl_mut().expect("under 4 GiB");
-        assert!(sgl.cpu_view().expect("host").slices().all(|s| s.iter().all(|&b| b == 0)));
+        assert!(sgl
+            .cpu_view()
+            .expect("host")
+            .slices()
+            .all(|s| s.iter().all(|&b| b == 0)));
     }
 
     #[test]

@@ -288,13 +288,14 @@ impl<'s> ChunkReader<'s> {
                 }
                 MemKind::IoMem => {
                     let snap = self.snap.as_ref().expect("non-host list has a snapshot");
-                    let from = snap.find_seg(&piece)?.accessor(piece.addr(), n).ok_or(
-                        Error::NoPath {
-                            src: piece.tag(),
-                            dst: MemTag::HOST,
-                            reason: "the IoMem region has no accessor mapping",
-                        },
-                    )?;
+                    let from =
+                        snap.find_seg(&piece)?
+                            .accessor(piece.addr(), n)
+                            .ok_or(Error::NoPath {
+                                src: piece.tag(),
+                                dst: MemTag::HOST,
+                                reason: "the IoMem region has no accessor mapping",
+                            })?;
                     // SAFETY: bounded by the region, kept mapped by the snapshot.
                     unsafe { io::read(from, out) };
                     stats::cpu(Path::IoAccessor, n);
@@ -322,12 +323,12 @@ impl<'s> ChunkReader<'s> {
 /// Calls `f` with the list's bytes as host slices, in order: Host bytes in place, IoMem
 /// through accessors into `staging`, Device by DMA into `staging` (refused without an
 /// engine). Every byte is counted by kind and path.
-pub(crate) fn for_each_chunk(
+pub(crate) fn for_each_chunk<E: From<Error>>(
     sgl: &Sgl<'_>,
     staging: &mut [u8],
     max_chunk: usize,
-    mut f: impl FnMut(&[u8]) -> Result<()>,
-) -> Result<()> {
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
     assert!(!staging.is_empty() && max_chunk > 0);
     let cap = max_chunk.min(staging.len());
     for chunk in SgMiter::new(sgl).with_max_chunk(max_chunk) {
@@ -367,16 +368,16 @@ pub(crate) fn for_each_chunk(
 
 /// Calls `f` with the list's bytes as writable host slices, in order. For IoMem and
 /// Device the slice is `staging`, loaded first when `load` is set and written back after.
-pub(crate) fn for_each_chunk_mut(
+pub(crate) fn for_each_chunk_mut<E: From<Error>>(
     sgl: &mut Sgl<'_>,
     staging: &mut [u8],
     max_chunk: usize,
     load: bool,
-    mut f: impl FnMut(&mut [u8]) -> Result<()>,
-) -> Result<()> {
+    mut f: impl FnMut(&mut [u8]) -> Result<(), E>,
+) -> Result<(), E> {
     assert!(!staging.is_empty() && max_chunk > 0);
     if !sgl.is_writable() {
-        return Err(Error::ReadOnly);
+        return Err(Error::ReadOnly.into());
     }
     let cap = max_chunk.min(staging.len());
     let snap = (!sgl.is_host_only()).then(registry::snapshot);
@@ -470,7 +471,7 @@ mod tests {
         );
         let mut staging = [0u8; STAGING_CHUNK_BYTES];
         let mut seen = Vec::new();
-        for_each_chunk(&sgl, &mut staging, 1000, |b| {
+        for_each_chunk::<Error>(&sgl, &mut staging, 1000, |b| {
             assert!(b.len() <= 1000);
             seen.extend_from_slice(b);
             Ok(())
@@ -486,7 +487,7 @@ mod tests {
         let sgl = buf.sgl();
         let mut staging = [0u8; 64];
         let before = stats::thread_snapshot();
-        let err = for_each_chunk(&sgl, &mut staging, 64, |_| Ok(())).err().expect("refused");
+        let err = for_each_chunk::<Error>(&sgl, &mut staging, 64, |_| Ok(())).expect_err("refused");
         let msg = err.to_string();
         assert!(msg.contains("Device") && msg.contains("Host"), "{msg}");
         assert_eq!(stats::thread_snapshot().since(&before).refusals, 1);

@@ -20,8 +20,8 @@
 //! [`registry`].
 #![allow(unsafe_code)]
 
-mod copy;
 mod cmb;
+mod copy;
 mod dma;
 mod io;
 mod map;
@@ -38,11 +38,12 @@ mod tag;
 mod view;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use cmb::{CmbConfig, EmulatedCmb};
 pub use copy::{copy, fill};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
+pub(crate) use miter::{for_each_chunk, for_each_chunk_mut};
 pub use miter::{ChunkReader, DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::P2pMem;
 pub use pool::{IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig};
@@ -70,7 +71,9 @@ pub enum Error {
         dst: MemTag,
         reason: &'static str,
     },
-    #[error("a list may touch one device domain: it holds {held}, a segment of {offered} was added")]
+    #[error(
+        "a list may touch one device domain: it holds {held}, a segment of {offered} was added"
+    )]
     MixedDomains { held: DomainId, offered: DomainId },
     #[error("too many segments: the limit is {limit}")]
     TooManySegments { limit: usize },
@@ -98,7 +101,9 @@ pub enum Error {
         addr: usize,
         len: usize,
     },
-    #[error("{provider}: cannot allocate {requested} bytes ({available} free, largest piece {largest})")]
+    #[error(
+        "{provider}: cannot allocate {requested} bytes ({available} free, largest piece {largest})"
+    )]
     ProviderFull {
         provider: String,
         requested: usize,

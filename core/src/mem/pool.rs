@@ -381,7 +381,10 @@ mod tests {
         assert_eq!((a.len(), b.len()), (IOBUF_SMALL_BYTES, IOBUF_LARGE_BYTES));
         assert_ne!(a.seg(false).addr(), b.seg(false).addr());
         let mut sgl = a.sgl_mut();
-        sgl.cpu_view_mut().expect("host").slices_mut().for_each(|s| s.fill(1));
+        sgl.cpu_view_mut()
+            .expect("host")
+            .slices_mut()
+            .for_each(|s| s.fill(1));
         drop(sgl);
         assert!(b.sgl().is_host_only());
         cache.put(a);
@@ -402,7 +405,9 @@ mod tests {
         for tag in 0..3 {
             let got = Rc::clone(&got);
             let now = cache
-                .get_or_wait(IoBufClass::Small, move |buf| got.borrow_mut().push((tag, buf)))
+                .get_or_wait(IoBufClass::Small, move |buf| {
+                    got.borrow_mut().push((tag, buf))
+                })
                 .expect("room to wait");
             assert!(now.is_none());
         }
@@ -466,7 +471,8 @@ mod tests {
                             cache.put(b);
                         }
                         cache.poll();
-                        let waiting: usize = IoBufClass::ALL.iter().map(|c| cache.waiting(*c)).sum();
+                        let waiting: usize =
+                            IoBufClass::ALL.iter().map(|c| cache.waiting(*c)).sum();
                         if waiting == 0 && held.borrow().is_empty() {
                             break;
                         }

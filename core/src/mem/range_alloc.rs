@@ -20,7 +20,7 @@ pub(crate) struct Full {
 impl RangeAlloc {
     pub(crate) fn new(capacity: usize, granule: usize) -> RangeAlloc {
         assert!(granule.is_power_of_two());
-        assert!(capacity > 0 && capacity % granule == 0);
+        assert!(capacity > 0 && capacity.is_multiple_of(granule));
         RangeAlloc {
             granule,
             capacity,
@@ -55,14 +55,17 @@ impl RangeAlloc {
 
     pub(crate) fn free(&self, off: usize, len: usize) {
         let len = self.rounded(len);
-        assert!(off % self.granule == 0 && off + len <= self.capacity);
+        assert!(off.is_multiple_of(self.granule) && off + len <= self.capacity);
         let mut free = self.free.lock();
         let i = free.partition_point(|&(o, _)| o < off);
         assert!(
             i == 0 || free[i - 1].0 + free[i - 1].1 <= off,
             "double free at {off}"
         );
-        assert!(i == free.len() || off + len <= free[i].0, "double free at {off}");
+        assert!(
+            i == free.len() || off + len <= free[i].0,
+            "double free at {off}"
+        );
         free.insert(i, (off, len));
         if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
             free[i].1 += free[i + 1].1;
@@ -90,14 +93,12 @@ mod tests {
     #[test]
     fn fills_frees_and_coalesces() {
         let a = RangeAlloc::new(16 * 4096, 4096);
-        let offs: Vec<usize> = (0..16)
-            .map(|_| a.alloc(100).ok().expect("room"))
-            .collect();
+        let offs: Vec<usize> = (0..16).map(|_| a.alloc(100).ok().expect("room")).collect();
         assert!(a.alloc(1).is_err());
         for off in offs.iter().step_by(2) {
             a.free(*off, 100);
         }
-        let full = a.alloc(2 * 4096).err().expect("fragmented");
+        let full = a.alloc(2 * 4096).expect_err("fragmented");
         assert_eq!((full.available, full.largest), (8 * 4096, 4096));
         for off in offs.iter().skip(1).step_by(2) {
             a.free(*off, 4096);

@@ -178,7 +178,10 @@ impl Drop for RegionHandle {
         let mut current = REGISTRY.current.write();
         let mut next = Snapshot::clone(&current);
         let removed = next.by_domain.remove(&self.key);
-        debug_assert!(removed.is_some(), "region registered twice or removed twice");
+        debug_assert!(
+            removed.is_some(),
+            "region registered twice or removed twice"
+        );
         if removed.is_some_and(|r| r.has_cpu_address()) {
             next.by_cpu.remove(&self.key.1);
         }
@@ -264,7 +267,10 @@ mod tests {
         let domain = DomainId::allocate();
         let tag = MemTag::device_side(MemKind::Device, domain);
         let handle = register(region(tag, 0x4000, 0x2000)).expect("fresh domain");
-        assert!(register(region(tag, 0x5000, 0x100)).is_err(), "overlap refused");
+        assert!(
+            register(region(tag, 0x5000, 0x100)).is_err(),
+            "overlap refused"
+        );
         let info = lookup(domain, 0x5fff).expect("inside");
         assert_eq!((info.start, info.len, info.tag), (0x4000, 0x2000, tag));
         assert!(lookup(domain, 0x6000).is_none());
@@ -272,7 +278,10 @@ mod tests {
         let seg = Seg::new(0x4100, 0x100, tag, false);
         assert_eq!(translate(&seg).expect("registered"), 0x1000_0100);
         let too_long = Seg::new(0x5f00, 0x200, tag, false);
-        assert!(matches!(translate(&too_long), Err(Error::UnknownRegion { .. })));
+        assert!(matches!(
+            translate(&too_long),
+            Err(Error::UnknownRegion { .. })
+        ));
         drop(handle);
         assert!(lookup(domain, 0x4000).is_none());
     }

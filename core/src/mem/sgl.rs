@@ -162,7 +162,10 @@ fn seg_len(len: usize) -> Result<u32> {
 /// Segment storage: an array for the common case, a `Vec` beyond [`SGL_INLINE_SEGS`].
 #[derive(Clone)]
 enum Segs {
-    Inline { buf: [Seg; SGL_INLINE_SEGS], len: u8 },
+    Inline {
+        buf: [Seg; SGL_INLINE_SEGS],
+        len: u8,
+    },
     Spilled(Vec<Seg>),
 }
 

@@ -94,8 +94,8 @@ pub(crate) fn crc32c_update(crc: u32, data: &[u8]) -> Option<u32> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, _mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_cvtsi64_si128, _mm_crc32_u64,
-        _mm_crc32_u8,
+        __m128i, _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si64,
+        _mm_cvtsi64_si128,
     };
 
     fn word(bytes: &[u8]) -> u64 {

@@ -176,6 +176,12 @@ pub(crate) fn cpu(path: Path, bytes: usize) {
     add(idx, bytes as u64);
 }
 
+/// Host bytes processed in place by the CPU.
+pub(crate) fn count_direct(bytes: usize) {
+    payload(MemKind::Host, bytes);
+    cpu(Path::Direct, bytes);
+}
+
 pub(crate) fn dma(bytes: usize) {
     add(DMA_BYTES, bytes as u64);
 }

@@ -102,7 +102,9 @@ impl Kit {
 
     /// What [`Kit::fill_pattern`] writes into buffers of these kinds and length.
     pub(crate) fn expected_pattern(kinds: &[MemKind], len: usize, seed: u8) -> Vec<u8> {
-        (0..kinds.len() * len).map(|i| Self::pattern(i, seed)).collect()
+        (0..kinds.len() * len)
+            .map(|i| Self::pattern(i, seed))
+            .collect()
     }
 
     /// Writes a position-dependent pattern across all buffers, through `mem::copy`.

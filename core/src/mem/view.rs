@@ -10,13 +10,14 @@ use super::tag::MemKind;
 use super::{stats, Error, Result};
 
 /// Read access to an all-Host list.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub struct CpuView<'v> {
     segs: &'v [Seg],
     len: usize,
 }
 
 /// Write access to an all-Host, all-writable list.
+#[derive(Debug)]
 pub struct CpuViewMut<'v> {
     segs: &'v [Seg],
     len: usize,
@@ -184,7 +185,8 @@ mod tests {
         let mut a = [1u8, 2, 3];
         let mut b = [4u8, 5];
         let mut sgl = Sgl::from_host_mut(&mut a).expect("a");
-        sgl.push(SegRef::host_mut(&mut b).expect("b")).expect("push");
+        sgl.push(SegRef::host_mut(&mut b).expect("b"))
+            .expect("push");
         assert_eq!(sgl.cpu_view().expect("host").to_vec(), vec![1, 2, 3, 4, 5]);
         sgl.cpu_view_mut()
             .expect("writable")
@@ -208,7 +210,7 @@ mod tests {
             let mut bufs = kit.buffers(&combo, 64);
             let mut sgl = Kit::sgl_mut(&mut bufs);
             let before = stats::thread_snapshot();
-            let err = sgl.cpu_view().err().expect("refused");
+            let err = sgl.cpu_view().expect_err("refused");
             match err {
                 Error::NotCpuAccessible { kinds } => {
                     assert_eq!(kinds, sgl.kinds().non_host(), "{combo:?}");
