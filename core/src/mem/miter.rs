@@ -188,6 +188,7 @@ impl<'s> SgMiter<'s> {
         self
     }
 
+    #[inline]
     fn take(&mut self) -> Option<Seg> {
         let seg = *self.segs.get(self.idx)?;
         let cap = if seg.kind() == MemKind::Host {
@@ -209,6 +210,7 @@ impl<'s> SgMiter<'s> {
 impl<'s> Iterator for SgMiter<'s> {
     type Item = Result<MiterChunk<'s>>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let piece = self.take()?;
         Some(match piece.kind() {
