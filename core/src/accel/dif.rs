@@ -186,6 +186,24 @@ impl Walker {
         }
     }
 
+    /// Feeds the data bytes at the front of `bytes` to the guard; returns how many.
+    fn take_data(&mut self, bytes: &[u8]) -> usize {
+        if self.pos >= self.data_len {
+            return 0;
+        }
+        let n = (self.data_len - self.pos).min(bytes.len());
+        self.guard = crc16_t10dif(self.guard, &bytes[..n]);
+        self.pos += n;
+        n
+    }
+
+    /// Offset into the PI and how many of `avail` bytes belong to it.
+    fn pi_span(&self, avail: usize) -> (usize, usize) {
+        debug_assert!(self.pos >= self.data_len);
+        let pi_off = self.pos - self.data_len;
+        (pi_off, (DIF_PI_BYTES - pi_off).min(avail))
+    }
+
     fn advance_pi(&mut self, n: usize) {
         self.pos += n;
         debug_assert!(self.pos <= self.data_len + DIF_PI_BYTES);
@@ -205,14 +223,9 @@ pub fn dif_generate(sgl: &mut Sgl<'_>, ctx: &DifCtx) -> Result<()> {
     mem::for_each_chunk_mut::<Error>(sgl, &mut staging, usize::MAX, true, |chunk| {
         let mut at = 0;
         while at < chunk.len() {
-            if w.pos < w.data_len {
-                let n = (w.data_len - w.pos).min(chunk.len() - at);
-                w.guard = crc16_t10dif(w.guard, &chunk[at..at + n]);
-                w.pos += n;
-                at += n;
-            } else {
-                let pi_off = w.pos - w.data_len;
-                let n = (DIF_PI_BYTES - pi_off).min(chunk.len() - at);
+            at += w.take_data(&chunk[at..]);
+            if at < chunk.len() {
+                let (pi_off, n) = w.pi_span(chunk.len() - at);
                 let pi = ctx.pi(w.block, w.guard);
                 chunk[at..at + n].copy_from_slice(&pi[pi_off..pi_off + n]);
                 w.advance_pi(n);
@@ -234,14 +247,9 @@ pub fn dif_verify(sgl: &Sgl<'_>, ctx: &DifCtx) -> Result<()> {
     mem::for_each_chunk::<Error>(sgl, &mut staging, usize::MAX, |chunk| {
         let mut at = 0;
         while at < chunk.len() {
-            if w.pos < w.data_len {
-                let n = (w.data_len - w.pos).min(chunk.len() - at);
-                w.guard = crc16_t10dif(w.guard, &chunk[at..at + n]);
-                w.pos += n;
-                at += n;
-            } else {
-                let pi_off = w.pos - w.data_len;
-                let n = (DIF_PI_BYTES - pi_off).min(chunk.len() - at);
+            at += w.take_data(&chunk[at..]);
+            if at < chunk.len() {
+                let (pi_off, n) = w.pi_span(chunk.len() - at);
                 pi[pi_off..pi_off + n].copy_from_slice(&chunk[at..at + n]);
                 if pi_off + n == DIF_PI_BYTES {
                     ctx.verify_block(w.block, w.guard, &pi)?;

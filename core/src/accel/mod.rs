@@ -15,7 +15,9 @@ mod dif;
 mod ops;
 
 pub use crc32c::{crc32c, crc32c_bytes, crc32c_view, Crc32c};
-pub use dif::{crc16_t10dif, dif_generate, dif_verify, DifCheck, DifCtx, DIF_PI_BYTES};
+pub use dif::{
+    crc16_t10dif, dif_generate, dif_verify, DifCheck, DifCtx, DIF_MAX_BLOCK_BYTES, DIF_PI_BYTES,
+};
 pub use ops::{compare, copy, fill};
 
 use crate::mem;

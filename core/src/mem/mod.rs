@@ -40,13 +40,16 @@ mod view;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use cmb::{CmbConfig, EmulatedCmb};
+pub use cmb::{CmbConfig, EmulatedCmb, CMB_GRANULE_BYTES, CMB_MAX_BYTES};
 pub use copy::{copy, fill};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
 pub(crate) use miter::{for_each_chunk, for_each_chunk_mut};
 pub use miter::{ChunkReader, DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
-pub use p2pmem::P2pMem;
-pub use pool::{IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig};
+pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};
+pub use pool::{
+    IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX,
+    IOBUF_LARGE_BYTES, IOBUF_SMALL_BYTES, IOBUF_WAITERS_MAX,
+};
 pub use provider::{DmaEngine, P2pBuf, P2pProvider};
 pub use sgl::{Seg, SegRef, Sgl, SEG_MAX_BYTES, SGL_INLINE_SEGS, SGL_MAX_SEGS};
 pub use stats::{MemStats, Path};

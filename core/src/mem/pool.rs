@@ -294,7 +294,8 @@ impl<'p> IoBufCache<'p> {
 
     /// Returns a buffer: to the first waiter, else to this cache, else to the pool.
     pub fn put(&mut self, buf: IoBuf<'p>) {
-        debug_assert!(std::ptr::eq(buf.pool, self.pool), "buffer of another pool");
+        // A foreign index would name memory outside this pool: always checked.
+        assert!(std::ptr::eq(buf.pool, self.pool), "buffer of another pool");
         let class = buf.class;
         let i = class.index();
         if let Some(waiter) = self.waiters[i].pop_front() {
