@@ -2,7 +2,8 @@
 //! owning provider's DMA engine for Device, and a host staging chunk where two different
 //! mechanisms meet. A pair no mechanism can serve is refused, naming both tags.
 
-use super::miter::{engine_of, for_each_chunk_mut, STAGING_CHUNK_BYTES};
+use super::chunks::for_each_chunk_mut;
+use super::miter::{engine_of, STAGING_CHUNK_BYTES};
 use super::registry::{self, Snapshot};
 use super::sgl::{Seg, Sgl};
 use super::tag::{MemKind, MemTag};

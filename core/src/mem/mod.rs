@@ -20,6 +20,7 @@
 //! [`registry`].
 #![allow(unsafe_code)]
 
+mod chunks;
 mod cmb;
 mod copy;
 mod dma;
@@ -40,11 +41,12 @@ mod view;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use chunks::ChunkReader;
+pub(crate) use chunks::{for_each_chunk, for_each_chunk_mut};
 pub use cmb::{CmbConfig, EmulatedCmb, CMB_GRANULE_BYTES, CMB_MAX_BYTES};
 pub use copy::{copy, fill};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
-pub(crate) use miter::{for_each_chunk, for_each_chunk_mut};
-pub use miter::{ChunkReader, DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
+pub use miter::{DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};
 pub use pool::{
     IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX,
@@ -126,6 +128,8 @@ pub enum Error {
     },
     #[error("region {region} has no known bus address")]
     NoBusAddress { region: String },
+    #[error("{limit} waiters already queued for {class:?} iobufs on this cache; retry later")]
+    WaitQueueFull { class: IoBufClass, limit: usize },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

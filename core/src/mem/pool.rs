@@ -284,9 +284,10 @@ impl<'p> IoBufCache<'p> {
             }
         }
         if self.waiters[class.index()].len() >= IOBUF_WAITERS_MAX {
-            return Err(Error::Config(format!(
-                "more than {IOBUF_WAITERS_MAX} waiters for {class:?} iobufs on one cache"
-            )));
+            return Err(Error::WaitQueueFull {
+                class,
+                limit: IOBUF_WAITERS_MAX,
+            });
         }
         self.waiters[class.index()].push_back(Box::new(waiter));
         Ok(None)
@@ -487,6 +488,27 @@ mod tests {
         for class in IoBufClass::ALL {
             assert_eq!(pool.available(class), pool.capacity(class), "{class:?}");
         }
+    }
+
+    #[test]
+    fn the_wait_queue_is_bounded() {
+        let pool = small_pool(1, 1, 1);
+        let mut cache = pool.cache();
+        let held = cache.get(IoBufClass::Large).expect("the only one");
+        for _ in 0..IOBUF_WAITERS_MAX {
+            let queued = cache.get_or_wait(IoBufClass::Large, drop).expect("room");
+            assert!(queued.is_none());
+        }
+        assert!(matches!(
+            cache.get_or_wait(IoBufClass::Large, drop),
+            Err(Error::WaitQueueFull {
+                class: IoBufClass::Large,
+                limit: IOBUF_WAITERS_MAX
+            })
+        ));
+        // Small buffers have their own queue.
+        assert!(cache.get(IoBufClass::Small).is_some());
+        drop(held);
     }
 
     #[test]
