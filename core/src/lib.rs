@@ -5,7 +5,9 @@
 //! denies it (DESIGN.md invariant 6).
 #![deny(unsafe_code)]
 
+pub mod accel;
 pub mod config;
 pub mod log;
+pub mod mem;
 pub mod reactor;
 pub mod rpc;

@@ -1,0 +1,184 @@
+//! DMA-able host memory: page-aligned, mlock'ed anonymous mappings, on 2 MiB hugepages
+//! when the system has them. Never fails for want of hugepages or lockable memory: it
+//! falls back, says so once in the log, and carries on (the DPDK backend comes with
+//! spdk-sys). Every buffer is registered as Host memory with bus address = virtual
+//! address, as SPDK does in IOVA-as-VA mode.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::map::Mapping;
+use super::registry::{self, Region, RegionHandle};
+use super::sgl::{Seg, SegRef, Sgl};
+use super::tag::MemTag;
+use super::{Error, Result};
+
+/// Alignment and size granule of DMA memory: a page, what PRP entries name.
+pub const DMA_ALIGN_BYTES: usize = 4096;
+/// Hugepage size tried for buffers of at least this size.
+pub const HUGEPAGE_BYTES: usize = 2 << 20;
+
+static HUGEPAGE_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+static MLOCK_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+fn log_once(flag: &AtomicBool, msg: std::fmt::Arguments<'_>) {
+    // Control plane: start-up allocations only.
+    if !flag.swap(true, Ordering::Relaxed) {
+        eprintln!("peerless mem: {msg}");
+    }
+}
+
+/// An owned, zeroed block of DMA memory, unmapped and unregistered on drop.
+#[derive(Debug)]
+pub struct DmaBuf {
+    map: Mapping,
+    len: usize,
+    huge: bool,
+    locked: bool,
+    _region: RegionHandle,
+}
+
+impl DmaBuf {
+    /// At least `len` bytes (rounded up to a page, or a hugepage when huge).
+    pub fn alloc(len: usize) -> Result<DmaBuf> {
+        if len == 0 {
+            return Err(Error::Config("DMA buffer of zero bytes".into()));
+        }
+        let (map, huge) = map_memory(len)?;
+        let locked = map.lock();
+        if !locked {
+            log_once(
+                &MLOCK_FALLBACK_LOGGED,
+                format_args!(
+                    "mlock of {} bytes failed ({}); DMA memory stays pageable (raise RLIMIT_MEMLOCK)",
+                    map.len(),
+                    std::io::Error::last_os_error()
+                ),
+            );
+        }
+        let region = registry::register(Region {
+            name: Arc::from("dma"),
+            tag: MemTag::HOST,
+            start: map.addr(),
+            len: map.len(),
+            bus_base: Some(map.addr() as u64),
+            accessor_base: None,
+            provider: None,
+        })?;
+        debug_assert_eq!(map.addr() % DMA_ALIGN_BYTES, 0);
+        Ok(DmaBuf {
+            len,
+            map,
+            huge,
+            locked,
+            _region: region,
+        })
+    }
+
+    /// Bytes asked for (the mapping may be larger).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_huge(&self) -> bool {
+        self.huge
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.locked
+    }
+
+    pub(crate) fn addr(&self) -> usize {
+        self.map.addr()
+    }
+
+    fn piece(&self, off: usize, len: usize, writable: bool) -> Result<Seg> {
+        let end = off.checked_add(len).filter(|&e| e <= self.len);
+        let len32 = u32::try_from(len).map_err(|_| Error::SegmentTooLong {
+            len,
+            limit: super::SEG_MAX_BYTES,
+        })?;
+        end.map(|_| Seg::new(self.addr() + off, len32, MemTag::HOST, writable))
+            .ok_or(Error::OutOfRange {
+                offset: off,
+                len,
+                total: self.len,
+            })
+    }
+
+    /// Read-only segment over `off..off + len`.
+    pub fn seg_ref(&self, off: usize, len: usize) -> Result<SegRef<'_>> {
+        Ok(SegRef::from_owner(self.piece(off, len, false)?))
+    }
+
+    /// Writable segment over `off..off + len`; `&mut self` makes it the only one.
+    pub fn seg_ref_mut(&mut self, off: usize, len: usize) -> Result<SegRef<'_>> {
+        Ok(SegRef::from_owner(self.piece(off, len, true)?))
+    }
+
+    /// The whole buffer as a read-only list (buffers over 4 GiB are refused).
+    pub fn sgl(&self) -> Result<Sgl<'_>> {
+        Sgl::from_ref(self.seg_ref(0, self.len)?)
+    }
+
+    pub fn sgl_mut(&mut self) -> Result<Sgl<'_>> {
+        let len = self.len;
+        Sgl::from_ref(self.seg_ref_mut(0, len)?)
+    }
+}
+
+fn map_memory(len: usize) -> Result<(Mapping, bool)> {
+    if len >= HUGEPAGE_BYTES {
+        let huge_len = len.div_ceil(HUGEPAGE_BYTES) * HUGEPAGE_BYTES;
+        match Mapping::anonymous(huge_len, libc::MAP_HUGETLB | libc::MAP_POPULATE) {
+            Ok(m) => return Ok((m, true)),
+            Err(e) => log_once(
+                &HUGEPAGE_FALLBACK_LOGGED,
+                format_args!(
+                    "no 2 MiB hugepages for {huge_len} bytes ({e}); using 4 KiB pages \
+                     (reserve some in /proc/sys/vm/nr_hugepages)"
+                ),
+            ),
+        }
+    }
+    let len = len.div_ceil(DMA_ALIGN_BYTES) * DMA_ALIGN_BYTES;
+    Ok((Mapping::anonymous(len, libc::MAP_POPULATE)?, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_buffers_are_aligned_registered_and_zeroed() {
+        let mut buf = DmaBuf::alloc(10_000).expect("dma memory");
+        assert_eq!(buf.addr() % DMA_ALIGN_BYTES, 0);
+        assert!(!buf.is_huge());
+        assert_eq!(registry::classify(buf.addr() + 9_999), Some(MemTag::HOST));
+        let seg = buf.seg_ref(100, 10).expect("in range").seg();
+        assert_eq!(
+            registry::translate(&seg).expect("registered"),
+            buf.addr() as u64 + 100
+        );
+        assert!(buf.seg_ref(9_995, 10).is_err());
+        let sgl = buf.sgl_mut().expect("under 4 GiB");
+        assert!(sgl
+            .cpu_view()
+            .expect("host")
+            .slices()
+            .all(|s| s.iter().all(|&b| b == 0)));
+    }
+
+    #[test]
+    fn large_buffers_never_fail_for_want_of_hugepages() {
+        let buf = DmaBuf::alloc(HUGEPAGE_BYTES + 1).expect("hugepages or fallback");
+        assert!(buf.len() > HUGEPAGE_BYTES);
+        let addr = buf.addr();
+        drop(buf);
+        assert_eq!(registry::classify(addr), None, "unregistered on drop");
+    }
+}
