@@ -20,6 +20,8 @@ const WIRE_PATHS: &[&str] =
 /// Directories that hold build output or data, not source.
 const SKIPPED_DIRS: &[&str] = &["build", ".git", "corpus", "artifacts", "results"];
 const THIS_FILE: &str = "core/tests/tidy.rs";
+/// How far above an `unsafe` its `// SAFETY:` (or `# Safety`) line may stand.
+const SAFETY_LOOKBACK_LINES: usize = 8;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("core/ has a parent").to_path_buf()
@@ -90,7 +92,7 @@ fn unsafe_stays_where_design_allows_it_and_says_why() {
                 problems.push(format!("{path}:{}: `unsafe` outside the modules DESIGN.md allows", index + 1));
                 continue;
             }
-            let start = index.saturating_sub(6);
+            let start = index.saturating_sub(SAFETY_LOOKBACK_LINES);
             let justified =
                 lines[start..=index].iter().any(|near| near.contains("SAFETY:") || near.contains("# Safety"));
             if !justified {

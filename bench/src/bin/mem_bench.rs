@@ -58,24 +58,16 @@ fn ab(bytes: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
 }
 
 fn row(what: &str, a_name: &str, a: f64, b_name: &str, b: f64) {
-    println!(
-        "{what:<34} {a_name:>22} {a:>7.2} GB/s   {b_name:>22} {b:>7.2} GB/s   ratio {:.3}",
-        a / b
-    );
+    println!("{what:<34} {a_name:>22} {a:>7.2} GB/s   {b_name:>22} {b:>7.2} GB/s   ratio {:.3}", a / b);
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let data: Vec<u8> = (0..COPY_BUF_BYTES)
-        .map(|i| (i * 131 + i / 251) as u8)
-        .collect();
+    let data: Vec<u8> = (0..COPY_BUF_BYTES).map(|i| (i * 131 + i / 251) as u8).collect();
     let crc_data = &data[..CRC_BUF_BYTES];
     if accel::crc32c_bytes(crc_data, 0) != crc32c::crc32c(crc_data) {
         return Err("peerless and the crc32c crate disagree".into());
     }
-    println!(
-        "mem_bench: medians of {} interleaved runs each (A B B A)",
-        2 * ROUNDS
-    );
+    println!("mem_bench: medians of {} interleaved runs each (A B B A)", 2 * ROUNDS);
     println!();
 
     // crc32c on host memory.
@@ -88,13 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             black_box(crc32c::crc32c(black_box(crc_data)));
         },
     );
-    row(
-        "crc32c host 64 KiB",
-        "peerless",
-        ours,
-        "crc32c crate",
-        theirs,
-    );
+    row("crc32c host 64 KiB", "peerless", ours, "crc32c crate", theirs);
     let small = &data[..4096];
     let (ours4k, theirs4k) = ab(
         small.len(),
@@ -105,13 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             black_box(crc32c::crc32c(black_box(small)));
         },
     );
-    row(
-        "crc32c host 4 KiB",
-        "peerless",
-        ours4k,
-        "crc32c crate",
-        theirs4k,
-    );
+    row("crc32c host 4 KiB", "peerless", ours4k, "crc32c crate", theirs4k);
 
     // crc32c through the gate: a host Sgl versus the same bytes in a strict CMB.
     let cmb = EmulatedCmb::new(CmbConfig::new("bench-cmb", CMB_BYTES))?;
@@ -134,13 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             black_box(accel::crc32c(&host_sgl, 0).ok());
         },
     );
-    row(
-        "crc32c Sgl 64 KiB",
-        "IoMem (accessors)",
-        iomem,
-        "Host",
-        host,
-    );
+    row("crc32c Sgl 64 KiB", "IoMem (accessors)", iomem, "Host", host);
     println!();
 
     // Copies: host->host against a plain slice copy, then to and from the CMB.
@@ -160,13 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
         )
     };
-    row(
-        "copy host->host 1 MiB",
-        "mem::copy",
-        sgl_copy,
-        "copy_from_slice",
-        slice_copy,
-    );
+    row("copy host->host 1 MiB", "mem::copy", sgl_copy, "copy_from_slice", slice_copy);
     let src = Sgl::from_host(&data)?;
     let (to_cmb, from_cmb) = ab(
         COPY_BUF_BYTES,
@@ -179,13 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     );
     drop(cmb_sgl);
-    row(
-        "copy host<->CMB 1 MiB",
-        "host->CMB",
-        to_cmb,
-        "CMB->host",
-        from_cmb,
-    );
+    row("copy host<->CMB 1 MiB", "host->CMB", to_cmb, "CMB->host", from_cmb);
     println!(
         "{:<34} host->CMB / host->host {:.3}, CMB->host / host->host {:.3}",
         "",
@@ -214,17 +176,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut view = Vec::new();
     for _ in 0..ROUNDS {
         desc.push(run(&|s| s.iter().map(|g| g.len()).sum()));
-        miter.push(run(&|s| {
-            SgMiter::new(s)
-                .filter_map(|c| c.ok())
-                .map(|c| c.len())
-                .sum()
-        }));
-        view.push(run(&|s| {
-            s.cpu_view()
-                .map(|v| v.slices().map(<[u8]>::len).sum())
-                .unwrap_or(0)
-        }));
+        miter.push(run(&|s| SgMiter::new(s).filter_map(|c| c.ok()).map(|c| c.len()).sum()));
+        view.push(run(&|s| s.cpu_view().map(|v| v.slices().map(<[u8]>::len).sum()).unwrap_or(0)));
     }
     println!(
         "Sgl iteration ({ITER_SEGS} segs)  descriptors {:.2} ns/seg   SgMiter {:.2} ns/seg   CpuView slices {:.2} ns/seg",

@@ -21,11 +21,7 @@ const fn build_tables() -> [[u32; 256]; TABLE_SLICES] {
         let mut crc = b as u32;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ POLY_REFLECTED
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ POLY_REFLECTED } else { crc >> 1 };
             bit += 1;
         }
         t[0][b] = crc;
@@ -209,9 +205,6 @@ mod tests {
         let kit = Kit::new();
         let buf = kit.no_dma.alloc(32).expect("alloc");
         let err = crc32c(&buf.sgl(), 0).expect_err("refused");
-        assert!(matches!(
-            err,
-            super::super::Error::Mem(mem::Error::NoPath { .. })
-        ));
+        assert!(matches!(err, super::super::Error::Mem(mem::Error::NoPath { .. })));
     }
 }

@@ -36,11 +36,7 @@ const fn build_crc16_table() -> [u16; 256] {
         let mut crc = (b as u16) << 8;
         let mut bit = 0;
         while bit < 8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ T10DIF_POLY
-            } else {
-                crc << 1
-            };
+            crc = if crc & 0x8000 != 0 { (crc << 1) ^ T10DIF_POLY } else { crc << 1 };
             bit += 1;
         }
         t[b] = crc;
@@ -92,23 +88,10 @@ impl DifCtx {
     /// Type 1 protection of `block_size`-byte blocks starting at `lba`, checking guard
     /// and reference tag.
     pub fn new(block_size: usize, lba: u64, app_tag: u16) -> Result<DifCtx> {
-        if block_size == 0
-            || !block_size.is_multiple_of(DIF_BLOCK_GRANULE)
-            || block_size > DIF_MAX_BLOCK_BYTES
-        {
-            return Err(Error::DifBlockSize {
-                block_size,
-                max: DIF_MAX_BLOCK_BYTES,
-            });
+        if block_size == 0 || !block_size.is_multiple_of(DIF_BLOCK_GRANULE) || block_size > DIF_MAX_BLOCK_BYTES {
+            return Err(Error::DifBlockSize { block_size, max: DIF_MAX_BLOCK_BYTES });
         }
-        Ok(DifCtx {
-            block_size,
-            ref_tag: lba as u32,
-            app_tag,
-            app_tag_mask: 0,
-            check_guard: true,
-            check_ref_tag: true,
-        })
+        Ok(DifCtx { block_size, ref_tag: lba as u32, app_tag, app_tag_mask: 0, check_guard: true, check_ref_tag: true })
     }
 
     pub fn block_size(&self) -> usize {
@@ -144,13 +127,7 @@ impl DifCtx {
         if found_app == APP_TAG_ESCAPE {
             return Ok(());
         }
-        let fail = |check, expected: u32, actual: u32| Error::DifMismatch {
-            block,
-            ref_tag,
-            check,
-            expected,
-            actual,
-        };
+        let fail = |check, expected: u32, actual: u32| Error::DifMismatch { block, ref_tag, check, expected, actual };
         if self.check_guard && found_guard != guard {
             return Err(fail(DifCheck::Guard, guard.into(), found_guard.into()));
         }
@@ -178,12 +155,7 @@ struct Walker {
 
 impl Walker {
     fn new(ctx: &DifCtx) -> Walker {
-        Walker {
-            data_len: ctx.block_size,
-            pos: 0,
-            block: 0,
-            guard: 0,
-        }
+        Walker { data_len: ctx.block_size, pos: 0, block: 0, guard: 0 }
     }
 
     /// Feeds the data bytes at the front of `bytes` to the guard; returns how many.
@@ -304,11 +276,7 @@ mod tests {
             let pi = &data[start + 512..start + 520];
             assert_eq!(&pi[0..2], &guard.to_be_bytes());
             assert_eq!(&pi[2..4], &[0x12, 0x34]);
-            assert_eq!(
-                &pi[4..8],
-                &(7 + b as u32).to_be_bytes(),
-                "low 32 bits of the LBA"
-            );
+            assert_eq!(&pi[4..8], &(7 + b as u32).to_be_bytes(), "low 32 bits of the LBA");
         }
         dif_verify(&Sgl::from_host(&data).expect("host"), &ctx).expect("verifies");
     }
@@ -319,8 +287,7 @@ mod tests {
         let ctx = DifCtx::new(4096, 42, 0).expect("ctx");
         let plain = blocks(&ctx, 4);
         let mut reference = plain.clone();
-        dif_generate(&mut Sgl::from_host_mut(&mut reference).expect("host"), &ctx)
-            .expect("host gen");
+        dif_generate(&mut Sgl::from_host_mut(&mut reference).expect("host"), &ctx).expect("host gen");
         // Three segments whose cuts fall inside data and inside PI.
         let seg_len = plain.len() / 3;
         assert_eq!(seg_len * 3, plain.len());
@@ -343,21 +310,13 @@ mod tests {
         let mut data = blocks(&ctx, 4);
         dif_generate(&mut Sgl::from_host_mut(&mut data).expect("host"), &ctx).expect("gen");
         let ext = ctx.extended_block_size();
-        let cases: [(usize, usize, DifCheck); 3] = [
-            (1, 10, DifCheck::Guard),
-            (2, 512 + 2, DifCheck::AppTag),
-            (3, 512 + 7, DifCheck::RefTag),
-        ];
+        let cases: [(usize, usize, DifCheck); 3] =
+            [(1, 10, DifCheck::Guard), (2, 512 + 2, DifCheck::AppTag), (3, 512 + 7, DifCheck::RefTag)];
         for (block, offset, check) in cases {
             let mut bad = data.clone();
             bad[block * ext + offset] ^= 0x80;
             match dif_verify(&Sgl::from_host(&bad).expect("host"), &ctx) {
-                Err(Error::DifMismatch {
-                    block: b,
-                    check: c,
-                    ref_tag,
-                    ..
-                }) => {
+                Err(Error::DifMismatch { block: b, check: c, ref_tag, .. }) => {
                     assert_eq!((b, c), (block as u64, check));
                     assert_eq!(ref_tag, 100 + block as u32);
                 }
@@ -373,22 +332,13 @@ mod tests {
 
     #[test]
     fn layout_errors() {
-        assert!(matches!(
-            DifCtx::new(500, 0, 0),
-            Err(Error::DifBlockSize { .. })
-        ));
-        assert!(matches!(
-            DifCtx::new(0, 0, 0),
-            Err(Error::DifBlockSize { .. })
-        ));
+        assert!(matches!(DifCtx::new(500, 0, 0), Err(Error::DifBlockSize { .. })));
+        assert!(matches!(DifCtx::new(0, 0, 0), Err(Error::DifBlockSize { .. })));
         let ctx = DifCtx::new(512, 0, 0).expect("ctx");
         let data = vec![0u8; 512];
         assert!(matches!(
             dif_verify(&Sgl::from_host(&data).expect("host"), &ctx),
-            Err(Error::DifLayout {
-                len: 512,
-                extended: 520
-            })
+            Err(Error::DifLayout { len: 512, extended: 520 })
         ));
     }
 }

@@ -15,9 +15,7 @@ mod dif;
 mod ops;
 
 pub use crc32c::{crc32c, crc32c_bytes, crc32c_view, Crc32c};
-pub use dif::{
-    crc16_t10dif, dif_generate, dif_verify, DifCheck, DifCtx, DIF_MAX_BLOCK_BYTES, DIF_PI_BYTES,
-};
+pub use dif::{crc16_t10dif, dif_generate, dif_verify, DifCheck, DifCtx, DIF_MAX_BLOCK_BYTES, DIF_PI_BYTES};
 pub use ops::{compare, copy, fill};
 
 use crate::mem;
@@ -33,13 +31,7 @@ pub enum Error {
         "DIF {check} check failed in block {block} (reference tag {ref_tag:#x}): \
          expected {expected:#x}, found {actual:#x}"
     )]
-    DifMismatch {
-        block: u64,
-        ref_tag: u32,
-        check: DifCheck,
-        expected: u32,
-        actual: u32,
-    },
+    DifMismatch { block: u64, ref_tag: u32, check: DifCheck, expected: u32, actual: u32 },
     #[error("DIF: {len} bytes is not a whole number of {extended}-byte protected blocks")]
     DifLayout { len: usize, extended: usize },
     #[error("DIF: block size {block_size} must be a multiple of 512 up to {max}")]

@@ -18,10 +18,7 @@ pub fn fill(dst: &mut Sgl<'_>, byte: u8) -> Result<()> {
 /// differing byte.
 pub fn compare(a: &Sgl<'_>, b: &Sgl<'_>) -> Result<Option<usize>> {
     if a.len() != b.len() {
-        return Err(Error::LengthMismatch {
-            a: a.len(),
-            b: b.len(),
-        });
+        return Err(Error::LengthMismatch { a: a.len(), b: b.len() });
     }
     let mut other = ChunkReader::new(b);
     let mut theirs = [0u8; STAGING_CHUNK_BYTES];
@@ -73,11 +70,7 @@ mod tests {
                     let mut sub = sgl.sub_mut(poke, 1).expect("in range");
                     copy(&mut sub, &Sgl::from_host(&one).expect("host")).expect("poke");
                 }
-                assert_eq!(
-                    compare(&Kit::sgl(&a), &Kit::sgl(&b)).expect("cmp"),
-                    Some(poke),
-                    "{ka} vs {kb}"
-                );
+                assert_eq!(compare(&Kit::sgl(&a), &Kit::sgl(&b)).expect("cmp"), Some(poke), "{ka} vs {kb}");
             }
         }
     }
@@ -96,10 +89,7 @@ mod tests {
     #[test]
     fn compare_refuses_unequal_lengths() {
         let (x, y) = ([0u8; 3], [0u8; 4]);
-        let r = compare(
-            &Sgl::from_host(&x).expect("x"),
-            &Sgl::from_host(&y).expect("y"),
-        );
+        let r = compare(&Sgl::from_host(&x).expect("x"), &Sgl::from_host(&y).expect("y"));
         assert!(matches!(r, Err(Error::LengthMismatch { a: 3, b: 4 })));
     }
 }

@@ -21,20 +21,12 @@ pub struct ChunkReader<'s> {
 
 impl<'s> ChunkReader<'s> {
     pub fn new(sgl: &'s Sgl<'_>) -> ChunkReader<'s> {
-        ChunkReader {
-            segs: sgl.segs(),
-            idx: 0,
-            off: 0,
-            snap: (!sgl.is_host_only()).then(registry::snapshot),
-        }
+        ChunkReader { segs: sgl.segs(), idx: 0, off: 0, snap: (!sgl.is_host_only()).then(registry::snapshot) }
     }
 
     /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
-        let rest: usize = self.segs[self.idx.min(self.segs.len())..]
-            .iter()
-            .map(Seg::len)
-            .sum();
+        let rest: usize = self.segs[self.idx.min(self.segs.len())..].iter().map(Seg::len).sum();
         rest - self.off
     }
 
@@ -54,14 +46,11 @@ impl<'s> ChunkReader<'s> {
                 }
                 MemKind::IoMem => {
                     let snap = self.snap.as_ref().expect("non-host list has a snapshot");
-                    let from =
-                        snap.find_seg(&piece)?
-                            .accessor(piece.addr(), n)
-                            .ok_or(Error::NoPath {
-                                src: piece.tag(),
-                                dst: MemTag::HOST,
-                                reason: "the IoMem region has no accessor mapping",
-                            })?;
+                    let from = snap.find_seg(&piece)?.accessor(piece.addr(), n).ok_or(Error::NoPath {
+                        src: piece.tag(),
+                        dst: MemTag::HOST,
+                        reason: "the IoMem region has no accessor mapping",
+                    })?;
                     // SAFETY: bounded by the region, kept mapped by the snapshot.
                     unsafe { io::read(from, out) };
                     stats::cpu(Path::IoAccessor, n);
@@ -150,11 +139,7 @@ pub(crate) fn for_each_chunk_mut<E: From<Error>>(
     for seg in sgl.segs() {
         let mut off = 0;
         while off < seg.len() {
-            let limit = if seg.kind() == MemKind::Host {
-                max_chunk
-            } else {
-                cap
-            };
+            let limit = if seg.kind() == MemKind::Host { max_chunk } else { cap };
             let n = (seg.len() - off).min(limit);
             let piece = seg.sub(off, n);
             match seg.kind() {

@@ -46,13 +46,7 @@ pub struct CmbConfig {
 impl CmbConfig {
     /// A strict, CPU-mappable CMB with a DMA engine: the default in tests.
     pub fn new(name: &str, size_bytes: usize) -> CmbConfig {
-        CmbConfig {
-            name: name.to_string(),
-            size_bytes,
-            cpu_mappable: true,
-            strict: true,
-            dma_engine: true,
-        }
+        CmbConfig { name: name.to_string(), size_bytes, cpu_mappable: true, strict: true, dma_engine: true }
     }
 }
 
@@ -82,10 +76,7 @@ pub struct EmulatedCmb {
 
 impl EmulatedCmb {
     pub fn new(cfg: CmbConfig) -> Result<EmulatedCmb> {
-        if cfg.size_bytes == 0
-            || !cfg.size_bytes.is_multiple_of(CMB_GRANULE_BYTES)
-            || cfg.size_bytes > CMB_MAX_BYTES
-        {
+        if cfg.size_bytes == 0 || !cfg.size_bytes.is_multiple_of(CMB_GRANULE_BYTES) || cfg.size_bytes > CMB_MAX_BYTES {
             return Err(Error::Config(format!(
                 "CMB {}: size {} must be a non-zero multiple of {CMB_GRANULE_BYTES} up to {CMB_MAX_BYTES}",
                 cfg.name, cfg.size_bytes
@@ -94,11 +85,7 @@ impl EmulatedCmb {
         let fd = memfd(cfg.size_bytes)?;
         let private = Mapping::shared_file(fd.as_fd(), cfg.size_bytes, Prot::ReadWrite)?;
         let cpu = if cfg.cpu_mappable {
-            let prot = if cfg.strict {
-                Prot::None
-            } else {
-                Prot::ReadWrite
-            };
+            let prot = if cfg.strict { Prot::None } else { Prot::ReadWrite };
             Some(Mapping::shared_file(fd.as_fd(), cfg.size_bytes, prot)?)
         } else {
             None
@@ -107,9 +94,8 @@ impl EmulatedCmb {
         let bus_base = CMB_BUS_BASE + u64::from(domain.get()) * CMB_BUS_WINDOW;
         let seg_base = match &cpu {
             Some(m) => m.addr(),
-            None => usize::try_from(bus_base).map_err(|_| {
-                Error::Config("bus addresses do not fit this platform's usize".into())
-            })?,
+            None => usize::try_from(bus_base)
+                .map_err(|_| Error::Config("bus addresses do not fit this platform's usize".into()))?,
         };
         let inner = Arc::new(CmbInner {
             name: cfg.name,
@@ -135,10 +121,7 @@ impl EmulatedCmb {
             accessor_base: (kind == MemKind::IoMem).then(|| inner.private.addr()),
             provider: Some(Arc::clone(&inner) as Arc<dyn P2pProvider>),
         })?;
-        Ok(EmulatedCmb {
-            inner,
-            _region: region,
-        })
+        Ok(EmulatedCmb { inner, _region: region })
     }
 
     pub fn provider(&self) -> Arc<dyn P2pProvider> {
@@ -203,8 +186,7 @@ fn memfd(size: usize) -> Result<OwnedFd> {
     }
     // SAFETY: `raw` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let len = libc::off_t::try_from(size)
-        .map_err(|_| Error::Config(format!("CMB size {size} does not fit off_t")))?;
+    let len = libc::off_t::try_from(size).map_err(|_| Error::Config(format!("CMB size {size} does not fit off_t")))?;
     // SAFETY: `fd` is a valid memfd owned above.
     if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len) } != 0 {
         return Err(Error::last_os("ftruncate memfd"));
@@ -217,11 +199,7 @@ impl CmbInner {
     fn offset(&self, addr: usize, len: usize) -> Result<usize> {
         addr.checked_sub(self.seg_base)
             .filter(|off| off.checked_add(len).is_some_and(|end| end <= self.size))
-            .ok_or(Error::UnknownRegion {
-                domain: self.domain,
-                addr,
-                len,
-            })
+            .ok_or(Error::UnknownRegion { domain: self.domain, addr, len })
     }
 
     fn private_ptr(&self, off: usize) -> *mut u8 {
@@ -235,9 +213,7 @@ impl DmaEngine for CmbInner {
         let off = self.offset(src, dst.len())?;
         // SAFETY: `off..off + len` is inside the private mapping (checked above), which
         // lives as long as `self`; `dst` is an exclusive host slice, so no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.private_ptr(off), dst.as_mut_ptr(), dst.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.private_ptr(off), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
@@ -289,9 +265,7 @@ impl P2pProvider for CmbInner {
     }
 
     fn free(&self, addr: usize, len: usize) {
-        let off = addr
-            .checked_sub(self.seg_base)
-            .expect("freeing an address this CMB did not allocate");
+        let off = addr.checked_sub(self.seg_base).expect("freeing an address this CMB did not allocate");
         self.alloc.free(off, len);
     }
 
@@ -376,10 +350,7 @@ mod tests {
     #[test]
     fn bad_sizes_are_config_errors() {
         for size in [0, 100, CMB_MAX_BYTES + CMB_GRANULE_BYTES] {
-            assert!(matches!(
-                EmulatedCmb::new(CmbConfig::new("bad", size)),
-                Err(Error::Config(_))
-            ));
+            assert!(matches!(EmulatedCmb::new(CmbConfig::new("bad", size)), Err(Error::Config(_))));
         }
     }
 }

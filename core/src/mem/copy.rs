@@ -19,10 +19,7 @@ pub fn copy(dst: &mut Sgl<'_>, src: &Sgl<'_>) -> Result<usize> {
         return Err(Error::ReadOnly);
     }
     if dst.len() < src.len() {
-        return Err(Error::LengthMismatch {
-            dst: dst.len(),
-            src: src.len(),
-        });
+        return Err(Error::LengthMismatch { dst: dst.len(), src: src.len() });
     }
     let snap = (!src.is_host_only() || !dst.is_host_only()).then(registry::snapshot);
     if let Some(snap) = &snap {
@@ -37,12 +34,7 @@ pub fn copy(dst: &mut Sgl<'_>, src: &Sgl<'_>) -> Result<usize> {
         let (s, d) = (s_segs[si], d_segs[di]);
         let n = (s.len() - so).min(d.len() - doff);
         debug_assert!(n > 0 && n <= remaining);
-        move_bytes(
-            snap.as_deref().map(|a| &**a),
-            d.sub(doff, n),
-            s.sub(so, n),
-            &mut staging,
-        )?;
+        move_bytes(snap.as_deref().map(|a| &**a), d.sub(doff, n), s.sub(so, n), &mut staging)?;
         stats::payload(s.kind(), n);
         stats::payload(d.kind(), n);
         remaining -= n;
@@ -71,19 +63,11 @@ pub fn fill(dst: &mut Sgl<'_>, byte: u8) -> Result<()> {
 fn preflight(snap: &Snapshot, segs: &[Seg], other: MemTag, is_src: bool) -> Result<()> {
     for seg in segs.iter().filter(|s| !s.tag().is_host()) {
         let region = snap.find_seg(seg)?;
-        let (src, dst) = if is_src {
-            (seg.tag(), other)
-        } else {
-            (other, seg.tag())
-        };
+        let (src, dst) = if is_src { (seg.tag(), other) } else { (other, seg.tag()) };
         match seg.kind() {
             MemKind::IoMem if region.accessor(seg.addr(), seg.len()).is_none() => {
                 stats::refusal();
-                return Err(Error::NoPath {
-                    src,
-                    dst,
-                    reason: "the IoMem region has no accessor mapping",
-                });
+                return Err(Error::NoPath { src, dst, reason: "the IoMem region has no accessor mapping" });
             }
             MemKind::Device => {
                 engine_of(region, src, dst)?;
@@ -95,13 +79,11 @@ fn preflight(snap: &Snapshot, segs: &[Seg], other: MemTag, is_src: bool) -> Resu
 }
 
 fn accessor_of(snap: &Snapshot, seg: &Seg) -> Result<usize> {
-    snap.find_seg(seg)?
-        .accessor(seg.addr(), seg.len())
-        .ok_or(Error::UnknownRegion {
-            domain: seg.tag().domain(),
-            addr: seg.addr(),
-            len: seg.len(),
-        })
+    snap.find_seg(seg)?.accessor(seg.addr(), seg.len()).ok_or(Error::UnknownRegion {
+        domain: seg.tag().domain(),
+        addr: seg.addr(),
+        len: seg.len(),
+    })
 }
 
 /// Moves `src.len()` bytes between two equally long pieces.
@@ -230,17 +212,9 @@ mod tests {
                 by_kind[src_kind.index()] += LEN as u64;
                 by_kind[dst_kind.index()] += LEN as u64;
                 for k in MemKind::ALL {
-                    assert_eq!(
-                        delta.payload_bytes(k),
-                        by_kind[k.index()],
-                        "{src_kind}->{dst_kind}"
-                    );
+                    assert_eq!(delta.payload_bytes(k), by_kind[k.index()], "{src_kind}->{dst_kind}");
                 }
-                let expect_direct = if (src_kind, dst_kind) == (MemKind::Host, MemKind::Host) {
-                    LEN as u64
-                } else {
-                    0
-                };
+                let expect_direct = if (src_kind, dst_kind) == (MemKind::Host, MemKind::Host) { LEN as u64 } else { 0 };
                 assert_eq!(delta.cpu_direct_bytes, expect_direct);
                 assert_eq!(delta.refusals, 0);
             }
@@ -250,13 +224,7 @@ mod tests {
     #[test]
     fn mixed_lists_copy_across_segment_boundaries() {
         let kit = Kit::new();
-        let src_kinds = [
-            MemKind::Host,
-            MemKind::IoMem,
-            MemKind::Host,
-            MemKind::IoMem,
-            MemKind::Host,
-        ];
+        let src_kinds = [MemKind::Host, MemKind::IoMem, MemKind::Host, MemKind::IoMem, MemKind::Host];
         let dst_kinds = [MemKind::Device, MemKind::Host, MemKind::Device];
         let mut src = kit.buffers(&src_kinds, 1000);
         Kit::fill_pattern(&mut src, 5);
@@ -267,10 +235,7 @@ mod tests {
             copy(&mut d, &s).expect("copy");
         }
         let got = Kit::read_all(&dst);
-        assert_eq!(
-            &got[..5000],
-            &Kit::expected_pattern(&src_kinds, 1000, 5)[..]
-        );
+        assert_eq!(&got[..5000], &Kit::expected_pattern(&src_kinds, 1000, 5)[..]);
     }
 
     #[test]
@@ -295,11 +260,7 @@ mod tests {
         let src = kit.no_dma.alloc(64).expect("alloc");
         let mut host = [7u8; 64];
         let before = stats::thread_snapshot();
-        let err = copy(
-            &mut Sgl::from_host_mut(&mut host).expect("host"),
-            &src.sgl(),
-        )
-        .expect_err("no engine");
+        let err = copy(&mut Sgl::from_host_mut(&mut host).expect("host"), &src.sgl()).expect_err("no engine");
         assert!(matches!(err, Error::NoPath { .. }));
         let msg = err.to_string();
         assert!(msg.contains("Device@") && msg.contains("to Host"), "{msg}");
@@ -317,9 +278,6 @@ mod tests {
             Err(Error::LengthMismatch { dst: 4, src: 8 })
         ));
         let c = [0u8; 8];
-        assert!(matches!(
-            copy(&mut Sgl::from_host(&c).expect("c"), &src),
-            Err(Error::ReadOnly)
-        ));
+        assert!(matches!(copy(&mut Sgl::from_host(&c).expect("c"), &src), Err(Error::ReadOnly)));
     }
 }

@@ -24,7 +24,7 @@ static MLOCK_FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
 fn log_once(flag: &AtomicBool, msg: std::fmt::Arguments<'_>) {
     // Control plane: start-up allocations only.
     if !flag.swap(true, Ordering::Relaxed) {
-        eprintln!("peerless mem: {msg}");
+        crate::log_notice!("{msg}");
     }
 }
 
@@ -66,13 +66,7 @@ impl DmaBuf {
             provider: None,
         })?;
         debug_assert_eq!(map.addr() % DMA_ALIGN_BYTES, 0);
-        Ok(DmaBuf {
-            len,
-            map,
-            huge,
-            locked,
-            _region: region,
-        })
+        Ok(DmaBuf { len, map, huge, locked, _region: region })
     }
 
     /// Bytes asked for (the mapping may be larger).
@@ -98,16 +92,12 @@ impl DmaBuf {
 
     fn piece(&self, off: usize, len: usize, writable: bool) -> Result<Seg> {
         let end = off.checked_add(len).filter(|&e| e <= self.len);
-        let len32 = u32::try_from(len).map_err(|_| Error::SegmentTooLong {
+        let len32 = u32::try_from(len).map_err(|_| Error::SegmentTooLong { len, limit: super::SEG_MAX_BYTES })?;
+        end.map(|_| Seg::new(self.addr() + off, len32, MemTag::HOST, writable)).ok_or(Error::OutOfRange {
+            offset: off,
             len,
-            limit: super::SEG_MAX_BYTES,
-        })?;
-        end.map(|_| Seg::new(self.addr() + off, len32, MemTag::HOST, writable))
-            .ok_or(Error::OutOfRange {
-                offset: off,
-                len,
-                total: self.len,
-            })
+            total: self.len,
+        })
     }
 
     /// Read-only segment over `off..off + len`.
@@ -160,17 +150,10 @@ mod tests {
         assert!(!buf.is_huge());
         assert_eq!(registry::classify(buf.addr() + 9_999), Some(MemTag::HOST));
         let seg = buf.seg_ref(100, 10).expect("in range").seg();
-        assert_eq!(
-            registry::translate(&seg).expect("registered"),
-            buf.addr() as u64 + 100
-        );
+        assert_eq!(registry::translate(&seg).expect("registered"), buf.addr() as u64 + 100);
         assert!(buf.seg_ref(9_995, 10).is_err());
         let sgl = buf.sgl_mut().expect("under 4 GiB");
-        assert!(sgl
-            .cpu_view()
-            .expect("host")
-            .slices()
-            .all(|s| s.iter().all(|&b| b == 0)));
+        assert!(sgl.cpu_view().expect("host").slices().all(|s| s.iter().all(|&b| b == 0)));
     }
 
     #[test]

@@ -48,10 +48,7 @@ pub(crate) unsafe fn write(dst: usize, src: &[u8]) {
         unsafe { std::ptr::write_volatile((dst + i) as *mut u8, *b) };
     }
     let body_words = (len - head) / WORD;
-    for (w, chunk) in src[head..head + body_words * WORD]
-        .chunks_exact(WORD)
-        .enumerate()
-    {
+    for (w, chunk) in src[head..head + body_words * WORD].chunks_exact(WORD).enumerate() {
         let at = dst + head + w * WORD;
         debug_assert_eq!(at % WORD, 0);
         let mut word = [0u8; WORD];

@@ -46,10 +46,7 @@ impl Mapping {
         if addr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap anonymous"));
         }
-        Ok(Mapping {
-            addr: addr as usize,
-            len,
-        })
+        Ok(Mapping { addr: addr as usize, len })
     }
 
     /// A shared mapping of `len` bytes of `fd` from offset 0.
@@ -57,23 +54,11 @@ impl Mapping {
         assert!(len > 0, "empty mapping");
         // SAFETY: a new shared mapping at a kernel-chosen address; the file's pages are
         // only reached through this module's accessors, which bound-check every access.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot.bits(),
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
+        let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot.bits(), libc::MAP_SHARED, fd.as_raw_fd(), 0) };
         if addr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap shared file"));
         }
-        Ok(Mapping {
-            addr: addr as usize,
-            len,
-        })
+        Ok(Mapping { addr: addr as usize, len })
     }
 
     pub(crate) fn addr(&self) -> usize {

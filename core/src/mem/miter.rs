@@ -95,11 +95,7 @@ impl DeviceChunk<'_> {
 
     /// Whether the owning provider has a DMA engine.
     pub fn has_engine(&self) -> bool {
-        self.snap
-            .find_seg(&self.seg)
-            .ok()
-            .and_then(|r| r.provider.as_ref())
-            .is_some_and(|p| p.dma_engine().is_some())
+        self.snap.find_seg(&self.seg).ok().and_then(|r| r.provider.as_ref()).is_some_and(|p| p.dma_engine().is_some())
     }
 
     /// DMA of `dst.len()` bytes at `off` into host memory.
@@ -126,33 +122,17 @@ impl DeviceChunk<'_> {
     }
 }
 
-pub(crate) fn engine_of(
-    region: &registry::Region,
-    src: MemTag,
-    dst: MemTag,
-) -> Result<&dyn super::DmaEngine> {
-    region
-        .provider
-        .as_ref()
-        .and_then(|p| p.dma_engine())
-        .ok_or_else(|| {
-            stats::refusal();
-            Error::NoPath {
-                src,
-                dst,
-                reason: "the device memory's provider has no DMA engine",
-            }
-        })
+pub(crate) fn engine_of(region: &registry::Region, src: MemTag, dst: MemTag) -> Result<&dyn super::DmaEngine> {
+    region.provider.as_ref().and_then(|p| p.dma_engine()).ok_or_else(|| {
+        stats::refusal();
+        Error::NoPath { src, dst, reason: "the device memory's provider has no DMA engine" }
+    })
 }
 
 fn check_range(off: usize, len: usize, total: usize) -> Result<()> {
     match off.checked_add(len) {
         Some(end) if end <= total => Ok(()),
-        _ => Err(Error::OutOfRange {
-            offset: off,
-            len,
-            total,
-        }),
+        _ => Err(Error::OutOfRange { offset: off, len, total }),
     }
 }
 
@@ -191,11 +171,7 @@ impl<'s> SgMiter<'s> {
     #[inline]
     fn take(&mut self) -> Option<Seg> {
         let seg = *self.segs.get(self.idx)?;
-        let cap = if seg.kind() == MemKind::Host {
-            self.max_host
-        } else {
-            self.max_other
-        };
+        let cap = if seg.kind() == MemKind::Host { self.max_host } else { self.max_other };
         let n = (seg.len() - self.off).min(cap);
         let piece = seg.sub(self.off, n);
         self.off += n;
@@ -219,16 +195,11 @@ impl<'s> Iterator for SgMiter<'s> {
             MemKind::Host => Ok(MiterChunk::Host(unsafe { host_slice(&piece) })),
             MemKind::IoMem => {
                 let snap = self.snap.clone().expect("non-host list has a snapshot");
-                let accessor = snap
-                    .find_seg(&piece)
-                    .map(|r| r.accessor(piece.addr(), piece.len()));
+                let accessor = snap.find_seg(&piece).map(|r| r.accessor(piece.addr(), piece.len()));
                 match accessor {
-                    Ok(Some(accessor)) => Ok(MiterChunk::IoMem(IoChunk {
-                        seg: piece,
-                        accessor,
-                        _snap: snap,
-                        _list: PhantomData,
-                    })),
+                    Ok(Some(accessor)) => {
+                        Ok(MiterChunk::IoMem(IoChunk { seg: piece, accessor, _snap: snap, _list: PhantomData }))
+                    }
                     Ok(None) => Err(Error::NoPath {
                         src: piece.tag(),
                         dst: MemTag::HOST,
@@ -260,10 +231,8 @@ mod tests {
         let mut bufs = kit.buffers(&kinds, len);
         Kit::fill_pattern(&mut bufs, 3);
         let sgl = Kit::sgl(&bufs);
-        let chunks: Vec<(MemKind, usize)> = SgMiter::new(&sgl)
-            .map(|c| c.map(|c| (c.kind(), c.len())))
-            .collect::<Result<_>>()
-            .expect("registered");
+        let chunks: Vec<(MemKind, usize)> =
+            SgMiter::new(&sgl).map(|c| c.map(|c| (c.kind(), c.len()))).collect::<Result<_>>().expect("registered");
         assert_eq!(
             chunks,
             vec![

@@ -33,6 +33,7 @@ mod provider;
 mod range_alloc;
 pub mod registry;
 mod sgl;
+mod shared;
 pub(crate) mod simd;
 pub mod stats;
 mod tag;
@@ -46,11 +47,12 @@ pub(crate) use chunks::{for_each_chunk, for_each_chunk_mut};
 pub use cmb::{CmbConfig, EmulatedCmb, CMB_GRANULE_BYTES, CMB_MAX_BYTES};
 pub use copy::{copy, fill};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
+pub use shared::SharedRegion;
 pub use miter::{DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};
 pub use pool::{
-    IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX,
-    IOBUF_LARGE_BYTES, IOBUF_SMALL_BYTES, IOBUF_WAITERS_MAX,
+    IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX, IOBUF_LARGE_BYTES,
+    IOBUF_SMALL_BYTES, IOBUF_WAITERS_MAX,
 };
 pub use provider::{DmaEngine, P2pBuf, P2pProvider};
 pub use sgl::{Seg, SegRef, Sgl, SEG_MAX_BYTES, SGL_INLINE_SEGS, SGL_MAX_SEGS};
@@ -71,61 +73,29 @@ pub enum Error {
     )]
     NotCpuAccessible { kinds: KindSet },
     #[error("no way to move bytes from {src} to {dst}: {reason}")]
-    NoPath {
-        src: MemTag,
-        dst: MemTag,
-        reason: &'static str,
-    },
-    #[error(
-        "a list may touch one device domain: it holds {held}, a segment of {offered} was added"
-    )]
+    NoPath { src: MemTag, dst: MemTag, reason: &'static str },
+    #[error("a list may touch one device domain: it holds {held}, a segment of {offered} was added")]
     MixedDomains { held: DomainId, offered: DomainId },
     #[error("too many segments: the limit is {limit}")]
     TooManySegments { limit: usize },
     #[error("segment of {len} bytes exceeds the {limit}-byte limit of one segment")]
     SegmentTooLong { len: usize, limit: usize },
     #[error("range {offset}+{len} lies outside a list of {total} bytes")]
-    OutOfRange {
-        offset: usize,
-        len: usize,
-        total: usize,
-    },
+    OutOfRange { offset: usize, len: usize, total: usize },
     #[error("destination holds {dst} bytes, source {src}: lengths must match")]
     LengthMismatch { dst: usize, src: usize },
     #[error("the destination list holds read-only segments")]
     ReadOnly,
     #[error("no registered region of {domain} covers {addr:#x}+{len}")]
-    UnknownRegion {
-        domain: DomainId,
-        addr: usize,
-        len: usize,
-    },
+    UnknownRegion { domain: DomainId, addr: usize, len: usize },
     #[error("region {addr:#x}+{len} overlaps a registered region of {domain}")]
-    RegionOverlap {
-        domain: DomainId,
-        addr: usize,
-        len: usize,
-    },
-    #[error(
-        "{provider}: cannot allocate {requested} bytes ({available} free, largest piece {largest})"
-    )]
-    ProviderFull {
-        provider: String,
-        requested: usize,
-        available: usize,
-        largest: usize,
-    },
+    RegionOverlap { domain: DomainId, addr: usize, len: usize },
+    #[error("{provider}: cannot allocate {requested} bytes ({available} free, largest piece {largest})")]
+    ProviderFull { provider: String, requested: usize, available: usize, largest: usize },
     #[error("{what} failed: {source}")]
-    Os {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Os { what: &'static str, source: std::io::Error },
     #[error("{path}: {what}: {source}")]
-    File {
-        path: PathBuf,
-        what: &'static str,
-        source: std::io::Error,
-    },
+    File { path: PathBuf, what: &'static str, source: std::io::Error },
     #[error("region {region} has no known bus address")]
     NoBusAddress { region: String },
     #[error("{limit} waiters already queued for {class:?} iobufs on this cache; retry later")]
@@ -137,9 +107,6 @@ pub enum Error {
 impl Error {
     /// The last OS error, for a failed libc call named `what`.
     pub(crate) fn last_os(what: &'static str) -> Error {
-        Error::Os {
-            what,
-            source: std::io::Error::last_os_error(),
-        }
+        Error::Os { what, source: std::io::Error::last_os_error() }
     }
 }

@@ -48,22 +48,17 @@ impl P2pMem {
     /// Maps `size_bytes` of the p2pmem of PCI device `bdf` ("0000:01:00.0").
     pub fn open_bdf(bdf: &str, size_bytes: usize) -> Result<P2pMem> {
         if !valid_bdf(bdf) {
-            return Err(Error::Config(format!(
-                "{bdf:?} is not a PCI address of the form 0000:01:00.0"
-            )));
+            return Err(Error::Config(format!("{bdf:?} is not a PCI address of the form 0000:01:00.0")));
         }
         let dir = Path::new(SYSFS_PCI_DEVICES).join(bdf).join("p2pmem");
-        let available =
-            std::fs::read_to_string(dir.join("available")).map_err(|source| Error::File {
-                path: dir.join("available"),
-                what: "read p2pmem availability (no CONFIG_PCI_P2PDMA, or no CMB published?)",
-                source,
-            })?;
+        let available = std::fs::read_to_string(dir.join("available")).map_err(|source| Error::File {
+            path: dir.join("available"),
+            what: "read p2pmem availability (no CONFIG_PCI_P2PDMA, or no CMB published?)",
+            source,
+        })?;
         if let Ok(avail) = available.trim().parse::<usize>() {
             if avail < size_bytes {
-                return Err(Error::Config(format!(
-                    "{bdf}: {size_bytes} bytes of p2pmem wanted, {avail} available"
-                )));
+                return Err(Error::Config(format!("{bdf}: {size_bytes} bytes of p2pmem wanted, {avail} available")));
             }
         }
         P2pMem::open_path(&dir.join("allocate"), &format!("p2pmem {bdf}"), size_bytes)
@@ -71,35 +66,21 @@ impl P2pMem {
 
     /// Maps `size_bytes` of the file at `path`: sysfs `allocate`, or a stand-in in tests.
     pub fn open_path(path: &Path, name: &str, size_bytes: usize) -> Result<P2pMem> {
-        if size_bytes == 0
-            || !size_bytes.is_multiple_of(P2PMEM_GRANULE_BYTES)
-            || size_bytes > P2PMEM_MAX_BYTES
-        {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(P2PMEM_GRANULE_BYTES) || size_bytes > P2PMEM_MAX_BYTES {
             return Err(Error::Config(format!(
                 "{name}: size {size_bytes} must be a non-zero multiple of {P2PMEM_GRANULE_BYTES} up to {P2PMEM_MAX_BYTES}"
             )));
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| Error::File {
-                path: path.to_path_buf(),
-                what: "open for mapping",
-                source,
-            })?;
+        let file = OpenOptions::new().read(true).write(true).open(path).map_err(|source| Error::File {
+            path: path.to_path_buf(),
+            what: "open for mapping",
+            source,
+        })?;
         // The kernel's p2pmem mmap insists on offset 0 and a shared mapping.
-        let map =
-            Mapping::shared_file(file.as_fd(), size_bytes, Prot::ReadWrite).map_err(
-                |e| match e {
-                    Error::Os { source, .. } => Error::File {
-                        path: path.to_path_buf(),
-                        what: "mmap",
-                        source,
-                    },
-                    other => other,
-                },
-            )?;
+        let map = Mapping::shared_file(file.as_fd(), size_bytes, Prot::ReadWrite).map_err(|e| match e {
+            Error::Os { source, .. } => Error::File { path: path.to_path_buf(), what: "mmap", source },
+            other => other,
+        })?;
         let domain = DomainId::allocate();
         let inner = Arc::new(P2pMemInner {
             name: name.to_string(),
@@ -119,11 +100,7 @@ impl P2pMem {
             accessor_base: Some(inner.map.addr()),
             provider: Some(Arc::clone(&inner) as Arc<dyn P2pProvider>),
         })?;
-        Ok(P2pMem {
-            inner,
-            path: path.to_path_buf(),
-            _region: region,
-        })
+        Ok(P2pMem { inner, path: path.to_path_buf(), _region: region })
     }
 
     pub fn provider(&self) -> Arc<dyn P2pProvider> {
@@ -204,9 +181,7 @@ impl P2pProvider for P2pMemInner {
     }
 
     fn free(&self, addr: usize, len: usize) {
-        let off = addr
-            .checked_sub(self.map.addr())
-            .expect("freeing an address this p2pmem region did not allocate");
+        let off = addr.checked_sub(self.map.addr()).expect("freeing an address this p2pmem region did not allocate");
         self.alloc.free(off, len);
     }
 
@@ -227,8 +202,7 @@ mod tests {
     const SIZE: usize = 16 * P2PMEM_GRANULE_BYTES;
 
     fn stand_in(name: &str) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("peerless-p2pmem-{}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("peerless-p2pmem-{}-{name}", std::process::id()));
         let file = std::fs::File::create(&path).expect("temp file");
         file.set_len(SIZE as u64).expect("size stand-in");
         path
@@ -240,23 +214,13 @@ mod tests {
         let p2p = P2pMem::open_path(&path, "p2pmem test", SIZE).expect("map stand-in");
         let mut buf = p2p.alloc(5000).expect("alloc");
         assert_eq!(buf.tag().kind(), MemKind::IoMem);
-        assert!(
-            buf.sgl().cpu_view().is_err(),
-            "the gate holds for p2pmem too"
-        );
+        assert!(buf.sgl().cpu_view().is_err(), "the gate holds for p2pmem too");
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 253) as u8).collect();
         copy(&mut buf.sgl_mut(), &Sgl::from_host(&data).expect("host")).expect("to p2pmem");
         let mut back = vec![0u8; 5000];
-        copy(
-            &mut Sgl::from_host_mut(&mut back).expect("host"),
-            &buf.sgl(),
-        )
-        .expect("back");
+        copy(&mut Sgl::from_host_mut(&mut back).expect("host"), &buf.sgl()).expect("back");
         assert_eq!(back, data);
-        assert!(matches!(
-            registry::translate(&buf.seg()),
-            Err(Error::NoBusAddress { .. })
-        ));
+        assert!(matches!(registry::translate(&buf.seg()), Err(Error::NoBusAddress { .. })));
         drop(buf);
         assert_eq!(p2p.available_bytes(), SIZE);
         // The bytes went to the file: what the device's BAR would hold.
@@ -268,24 +232,12 @@ mod tests {
 
     #[test]
     fn bdf_and_size_are_checked_before_touching_sysfs() {
-        for bad in [
-            "",
-            "0000:01:00",
-            "0000:01:00.8",
-            "../../etc/pwd",
-            "0000:0g:00.0",
-        ] {
-            assert!(
-                matches!(P2pMem::open_bdf(bad, SIZE), Err(Error::Config(_))),
-                "{bad}"
-            );
+        for bad in ["", "0000:01:00", "0000:01:00.8", "../../etc/pwd", "0000:0g:00.0"] {
+            assert!(matches!(P2pMem::open_bdf(bad, SIZE), Err(Error::Config(_))), "{bad}");
         }
         assert!(valid_bdf("0000:af:1f.7"));
         let path = stand_in("size");
-        assert!(matches!(
-            P2pMem::open_path(&path, "x", 100),
-            Err(Error::Config(_))
-        ));
+        assert!(matches!(P2pMem::open_path(&path, "x", 100), Err(Error::Config(_))));
         std::fs::remove_file(&path).expect("clean up");
     }
 

@@ -76,12 +76,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     /// SPDK's iobuf defaults.
     fn default() -> Self {
-        PoolConfig {
-            small_count: 8192,
-            large_count: 1024,
-            small_cache: 128,
-            large_cache: 16,
-        }
+        PoolConfig { small_count: 8192, large_count: 1024, small_cache: 128, large_cache: 16 }
     }
 }
 
@@ -102,9 +97,7 @@ impl IoBufPool {
     pub fn new(cfg: PoolConfig) -> Result<IoBufPool> {
         let small = Class::new(IoBufClass::Small, cfg.small_count, cfg.small_cache)?;
         let large = Class::new(IoBufClass::Large, cfg.large_count, cfg.large_cache)?;
-        Ok(IoBufPool {
-            classes: [small, large],
-        })
+        Ok(IoBufPool { classes: [small, large] })
     }
 
     fn class(&self, class: IoBufClass) -> &Class {
@@ -131,11 +124,7 @@ impl IoBufPool {
 
     fn buf(&self, class: IoBufClass, index: u32) -> IoBuf<'_> {
         debug_assert!((index as usize) < self.class(class).count);
-        IoBuf {
-            pool: self,
-            class,
-            index,
-        }
+        IoBuf { pool: self, class, index }
     }
 
     fn release(&self, class: IoBufClass, index: u32) {
@@ -159,13 +148,7 @@ impl Class {
             let pushed = free.push(i);
             debug_assert!(pushed.is_ok());
         }
-        Ok(Class {
-            mem,
-            size,
-            count,
-            cache,
-            free,
-        })
+        Ok(Class { mem, size, count, cache, free })
     }
 }
 
@@ -272,11 +255,7 @@ impl<'p> IoBufCache<'p> {
 
     /// A buffer now, or `None` with `waiter` queued to receive one later (in order).
     /// `waiter` is dropped uncalled when a buffer is returned at once.
-    pub fn get_or_wait(
-        &mut self,
-        class: IoBufClass,
-        waiter: impl FnOnce(IoBuf<'p>) + 'p,
-    ) -> Result<Option<IoBuf<'p>>> {
+    pub fn get_or_wait(&mut self, class: IoBufClass, waiter: impl FnOnce(IoBuf<'p>) + 'p) -> Result<Option<IoBuf<'p>>> {
         // Waiters first: a newcomer must not overtake those already queued.
         if self.waiters[class.index()].is_empty() {
             if let Some(buf) = self.get(class) {
@@ -284,10 +263,7 @@ impl<'p> IoBufCache<'p> {
             }
         }
         if self.waiters[class.index()].len() >= IOBUF_WAITERS_MAX {
-            return Err(Error::WaitQueueFull {
-                class,
-                limit: IOBUF_WAITERS_MAX,
-            });
+            return Err(Error::WaitQueueFull { class, limit: IOBUF_WAITERS_MAX });
         }
         self.waiters[class.index()].push_back(Box::new(waiter));
         Ok(None)
@@ -383,10 +359,7 @@ mod tests {
         assert_eq!((a.len(), b.len()), (IOBUF_SMALL_BYTES, IOBUF_LARGE_BYTES));
         assert_ne!(a.seg(false).addr(), b.seg(false).addr());
         let mut sgl = a.sgl_mut();
-        sgl.cpu_view_mut()
-            .expect("host")
-            .slices_mut()
-            .for_each(|s| s.fill(1));
+        sgl.cpu_view_mut().expect("host").slices_mut().for_each(|s| s.fill(1));
         drop(sgl);
         assert!(b.sgl().is_host_only());
         cache.put(a);
@@ -407,9 +380,7 @@ mod tests {
         for tag in 0..3 {
             let got = Rc::clone(&got);
             let now = cache
-                .get_or_wait(IoBufClass::Small, move |buf| {
-                    got.borrow_mut().push((tag, buf))
-                })
+                .get_or_wait(IoBufClass::Small, move |buf| got.borrow_mut().push((tag, buf)))
                 .expect("room to wait");
             assert!(now.is_none());
         }
@@ -451,9 +422,8 @@ mod tests {
                         let class = IoBufClass::ALL[(rng % 2) as usize];
                         if held.borrow().len() < HOLD {
                             let sink = Rc::clone(&held);
-                            let now = cache
-                                .get_or_wait(class, move |b| sink.borrow_mut().push(b))
-                                .expect("bounded waiters");
+                            let now =
+                                cache.get_or_wait(class, move |b| sink.borrow_mut().push(b)).expect("bounded waiters");
                             if let Some(b) = now {
                                 held.borrow_mut().push(b);
                             }
@@ -473,8 +443,7 @@ mod tests {
                             cache.put(b);
                         }
                         cache.poll();
-                        let waiting: usize =
-                            IoBufClass::ALL.iter().map(|c| cache.waiting(*c)).sum();
+                        let waiting: usize = IoBufClass::ALL.iter().map(|c| cache.waiting(*c)).sum();
                         if waiting == 0 && held.borrow().is_empty() {
                             break;
                         }
@@ -501,10 +470,7 @@ mod tests {
         }
         assert!(matches!(
             cache.get_or_wait(IoBufClass::Large, drop),
-            Err(Error::WaitQueueFull {
-                class: IoBufClass::Large,
-                limit: IOBUF_WAITERS_MAX
-            })
+            Err(Error::WaitQueueFull { class: IoBufClass::Large, limit: IOBUF_WAITERS_MAX })
         ));
         // Small buffers have their own queue.
         assert!(cache.get(IoBufClass::Small).is_some());
@@ -513,17 +479,9 @@ mod tests {
 
     #[test]
     fn bad_configs_are_refused() {
-        let bad = PoolConfig {
-            small_count: 0,
-            ..PoolConfig::default()
-        };
+        let bad = PoolConfig { small_count: 0, ..PoolConfig::default() };
         assert!(matches!(IoBufPool::new(bad), Err(Error::Config(_))));
-        let bad = PoolConfig {
-            small_count: 2,
-            small_cache: 3,
-            large_count: 1,
-            large_cache: 1,
-        };
+        let bad = PoolConfig { small_count: 2, small_cache: 3, large_count: 1, large_cache: 1 };
         assert!(matches!(IoBufPool::new(bad), Err(Error::Config(_))));
     }
 }

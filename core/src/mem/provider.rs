@@ -56,16 +56,9 @@ pub struct P2pBuf {
 impl P2pBuf {
     /// Allocation is control plane: pool the buffers if the data path needs many.
     pub fn alloc(provider: &Arc<dyn P2pProvider>, len: usize) -> Result<P2pBuf> {
-        let len32 = u32::try_from(len).map_err(|_| Error::SegmentTooLong {
-            len,
-            limit: SEG_MAX_BYTES,
-        })?;
+        let len32 = u32::try_from(len).map_err(|_| Error::SegmentTooLong { len, limit: SEG_MAX_BYTES })?;
         let addr = provider.allocate(len)?;
-        Ok(P2pBuf {
-            provider: Arc::clone(provider),
-            addr,
-            len: len32,
-        })
+        Ok(P2pBuf { provider: Arc::clone(provider), addr, len: len32 })
     }
 
     pub fn len(&self) -> usize {
@@ -123,13 +116,6 @@ impl Drop for P2pBuf {
 
 impl fmt::Debug for P2pBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "P2pBuf({} {:#x}+{} {})",
-            self.provider.name(),
-            self.addr,
-            self.len,
-            self.tag()
-        )
+        write!(f, "P2pBuf({} {:#x}+{} {})", self.provider.name(), self.addr, self.len, self.tag())
     }
 }

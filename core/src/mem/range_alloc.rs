@@ -21,11 +21,7 @@ impl RangeAlloc {
     pub(crate) fn new(capacity: usize, granule: usize) -> RangeAlloc {
         assert!(granule.is_power_of_two());
         assert!(capacity > 0 && capacity.is_multiple_of(granule));
-        RangeAlloc {
-            granule,
-            capacity,
-            free: Mutex::new(vec![(0, capacity)]),
-        }
+        RangeAlloc { granule, capacity, free: Mutex::new(vec![(0, capacity)]) }
     }
 
     /// Rounds a request up to the granule; zero-byte requests take one granule so every
@@ -58,14 +54,8 @@ impl RangeAlloc {
         assert!(off.is_multiple_of(self.granule) && off + len <= self.capacity);
         let mut free = self.free.lock();
         let i = free.partition_point(|&(o, _)| o < off);
-        assert!(
-            i == 0 || free[i - 1].0 + free[i - 1].1 <= off,
-            "double free at {off}"
-        );
-        assert!(
-            i == free.len() || off + len <= free[i].0,
-            "double free at {off}"
-        );
+        assert!(i == 0 || free[i - 1].0 + free[i - 1].1 <= off, "double free at {off}");
+        assert!(i == free.len() || off + len <= free[i].0, "double free at {off}");
         free.insert(i, (off, len));
         if i + 1 < free.len() && free[i].0 + free[i].1 == free[i + 1].0 {
             free[i].1 += free[i + 1].1;

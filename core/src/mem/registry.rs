@@ -68,13 +68,7 @@ pub struct RegionInfo {
 
 impl From<&Region> for RegionInfo {
     fn from(r: &Region) -> RegionInfo {
-        RegionInfo {
-            name: r.name.to_string(),
-            tag: r.tag,
-            start: r.start,
-            len: r.len,
-            bus_base: r.bus_base,
-        }
+        RegionInfo { name: r.name.to_string(), tag: r.tag, start: r.start, len: r.len, bus_base: r.bus_base }
     }
 }
 
@@ -95,12 +89,11 @@ impl Snapshot {
 
     /// The region for a segment, or the error that names what was missing.
     pub(crate) fn find_seg(&self, seg: &Seg) -> Result<&Region> {
-        self.find(seg.tag().domain(), seg.addr(), seg.len())
-            .ok_or(Error::UnknownRegion {
-                domain: seg.tag().domain(),
-                addr: seg.addr(),
-                len: seg.len(),
-            })
+        self.find(seg.tag().domain(), seg.addr(), seg.len()).ok_or(Error::UnknownRegion {
+            domain: seg.tag().domain(),
+            addr: seg.addr(),
+            len: seg.len(),
+        })
     }
 
     fn find_cpu(&self, addr: usize) -> Option<&Region> {
@@ -130,10 +123,8 @@ struct Registry {
     generation: AtomicU64,
 }
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(|| Registry {
-    current: RwLock::new(Arc::new(Snapshot::default())),
-    generation: AtomicU64::new(1),
-});
+static REGISTRY: LazyLock<Registry> =
+    LazyLock::new(|| Registry { current: RwLock::new(Arc::new(Snapshot::default())), generation: AtomicU64::new(1) });
 
 /// Keeps a region registered; unregisters it on drop.
 pub(crate) struct RegionHandle {
@@ -156,11 +147,7 @@ pub(crate) fn register(region: Region) -> Result<RegionHandle> {
     let key = (region.tag.domain(), region.start);
     let mut current = REGISTRY.current.write();
     if current.overlaps(&region) {
-        return Err(Error::RegionOverlap {
-            domain: region.tag.domain(),
-            addr: region.start,
-            len: region.len,
-        });
+        return Err(Error::RegionOverlap { domain: region.tag.domain(), addr: region.start, len: region.len });
     }
     let mut next = Snapshot::clone(&current);
     if region.has_cpu_address() {
@@ -178,10 +165,7 @@ impl Drop for RegionHandle {
         let mut current = REGISTRY.current.write();
         let mut next = Snapshot::clone(&current);
         let removed = next.by_domain.remove(&self.key);
-        debug_assert!(
-            removed.is_some(),
-            "region registered twice or removed twice"
-        );
+        debug_assert!(removed.is_some(), "region registered twice or removed twice");
         if removed.is_some_and(|r| r.has_cpu_address()) {
             next.by_cpu.remove(&self.key.1);
         }
@@ -234,9 +218,7 @@ pub fn classify(addr: usize) -> Option<MemTag> {
 pub fn translate(seg: &Seg) -> Result<u64> {
     with_snapshot(|s| {
         let region = s.find_seg(seg)?;
-        let base = region.bus_base.ok_or_else(|| Error::NoBusAddress {
-            region: region.name.to_string(),
-        })?;
+        let base = region.bus_base.ok_or_else(|| Error::NoBusAddress { region: region.name.to_string() })?;
         Ok(base + (seg.addr() - region.start) as u64)
     })
 }
@@ -267,10 +249,7 @@ mod tests {
         let domain = DomainId::allocate();
         let tag = MemTag::device_side(MemKind::Device, domain);
         let handle = register(region(tag, 0x4000, 0x2000)).expect("fresh domain");
-        assert!(
-            register(region(tag, 0x5000, 0x100)).is_err(),
-            "overlap refused"
-        );
+        assert!(register(region(tag, 0x5000, 0x100)).is_err(), "overlap refused");
         let info = lookup(domain, 0x5fff).expect("inside");
         assert_eq!((info.start, info.len, info.tag), (0x4000, 0x2000, tag));
         assert!(lookup(domain, 0x6000).is_none());
@@ -278,10 +257,7 @@ mod tests {
         let seg = Seg::new(0x4100, 0x100, tag, false);
         assert_eq!(translate(&seg).expect("registered"), 0x1000_0100);
         let too_long = Seg::new(0x5f00, 0x200, tag, false);
-        assert!(matches!(
-            translate(&too_long),
-            Err(Error::UnknownRegion { .. })
-        ));
+        assert!(matches!(translate(&too_long), Err(Error::UnknownRegion { .. })));
         drop(handle);
         assert!(lookup(domain, 0x4000).is_none());
     }

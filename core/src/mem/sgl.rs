@@ -33,12 +33,7 @@ pub struct Seg {
 
 impl Seg {
     pub(crate) const fn new(addr: usize, len: u32, tag: MemTag, writable: bool) -> Seg {
-        Seg {
-            addr,
-            len,
-            tag,
-            writable,
-        }
+        Seg { addr, len, tag, writable }
     }
 
     pub const fn addr(&self) -> usize {
@@ -68,25 +63,14 @@ impl Seg {
     /// The piece `off..off + len` of this segment, same tag and access.
     pub(crate) fn sub(self, off: usize, len: usize) -> Seg {
         debug_assert!(off + len <= self.len());
-        Seg {
-            addr: self.addr + off,
-            len: len as u32,
-            ..self
-        }
+        Seg { addr: self.addr + off, len: len as u32, ..self }
     }
 
     /// Splits at `at` bytes; both halves keep the tag.
     fn split(self, at: usize) -> (Seg, Seg) {
         debug_assert!(at > 0 && at < self.len());
         let at32 = at as u32;
-        (
-            Seg { len: at32, ..self },
-            Seg {
-                addr: self.addr + at,
-                len: self.len - at32,
-                ..self
-            },
-        )
+        (Seg { len: at32, ..self }, Seg { addr: self.addr + at, len: self.len - at32, ..self })
     }
 
     /// Whether `next` continues this segment in memory with the same tag and access,
@@ -101,14 +85,7 @@ impl Seg {
 
 impl fmt::Debug for Seg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Seg({:#x}+{} {}{})",
-            self.addr,
-            self.len,
-            self.tag,
-            if self.writable { "" } else { " ro" }
-        )
+        write!(f, "Seg({:#x}+{} {}{})", self.addr, self.len, self.tag, if self.writable { "" } else { " ro" })
     }
 }
 
@@ -123,28 +100,19 @@ impl<'a> SegRef<'a> {
     /// Read-only host bytes.
     pub fn host(bytes: &'a [u8]) -> Result<SegRef<'a>> {
         let len = seg_len(bytes.len())?;
-        Ok(SegRef {
-            seg: Seg::new(bytes.as_ptr() as usize, len, MemTag::HOST, false),
-            _borrow: PhantomData,
-        })
+        Ok(SegRef { seg: Seg::new(bytes.as_ptr() as usize, len, MemTag::HOST, false), _borrow: PhantomData })
     }
 
     /// Writable host bytes.
     pub fn host_mut(bytes: &'a mut [u8]) -> Result<SegRef<'a>> {
         let len = seg_len(bytes.len())?;
-        Ok(SegRef {
-            seg: Seg::new(bytes.as_mut_ptr() as usize, len, MemTag::HOST, true),
-            _borrow: PhantomData,
-        })
+        Ok(SegRef { seg: Seg::new(bytes.as_mut_ptr() as usize, len, MemTag::HOST, true), _borrow: PhantomData })
     }
 
     /// For `core::mem` owners (DMA buffers, pool buffers, provider buffers) that vouch
     /// the described memory stays valid, and unaliased when writable, for `'a`.
     pub(crate) fn from_owner(seg: Seg) -> SegRef<'a> {
-        SegRef {
-            seg,
-            _borrow: PhantomData,
-        }
+        SegRef { seg, _borrow: PhantomData }
     }
 
     pub fn seg(&self) -> Seg {
@@ -153,19 +121,13 @@ impl<'a> SegRef<'a> {
 }
 
 fn seg_len(len: usize) -> Result<u32> {
-    u32::try_from(len).map_err(|_| Error::SegmentTooLong {
-        len,
-        limit: SEG_MAX_BYTES,
-    })
+    u32::try_from(len).map_err(|_| Error::SegmentTooLong { len, limit: SEG_MAX_BYTES })
 }
 
 /// Segment storage: an array for the common case, a `Vec` beyond [`SGL_INLINE_SEGS`].
 #[derive(Clone)]
 enum Segs {
-    Inline {
-        buf: [Seg; SGL_INLINE_SEGS],
-        len: u8,
-    },
+    Inline { buf: [Seg; SGL_INLINE_SEGS], len: u8 },
     Spilled(Vec<Seg>),
 }
 
@@ -173,20 +135,14 @@ const EMPTY_SEG: Seg = Seg::new(0, 0, MemTag::HOST, false);
 
 impl Segs {
     const fn new() -> Segs {
-        Segs::Inline {
-            buf: [EMPTY_SEG; SGL_INLINE_SEGS],
-            len: 0,
-        }
+        Segs::Inline { buf: [EMPTY_SEG; SGL_INLINE_SEGS], len: 0 }
     }
 
     fn from_slice(segs: &[Seg]) -> Segs {
         if segs.len() <= SGL_INLINE_SEGS {
             let mut buf = [EMPTY_SEG; SGL_INLINE_SEGS];
             buf[..segs.len()].copy_from_slice(segs);
-            Segs::Inline {
-                buf,
-                len: segs.len() as u8,
-            }
+            Segs::Inline { buf, len: segs.len() as u8 }
         } else {
             Segs::Spilled(segs.to_vec())
         }
@@ -268,14 +224,7 @@ impl<'a> Default for Sgl<'a> {
 
 impl<'a> Sgl<'a> {
     pub const fn new() -> Sgl<'a> {
-        Sgl {
-            segs: Segs::new(),
-            len: 0,
-            kinds: KindSet::EMPTY,
-            domain: None,
-            writable: true,
-            _borrow: PhantomData,
-        }
+        Sgl { segs: Segs::new(), len: 0, kinds: KindSet::EMPTY, domain: None, writable: true, _borrow: PhantomData }
     }
 
     pub fn from_ref(seg: SegRef<'a>) -> Result<Sgl<'a>> {
@@ -302,10 +251,7 @@ impl<'a> Sgl<'a> {
         let domain = seg.tag.domain();
         if let Some(held) = self.domain {
             if !domain.is_host() && held != domain {
-                return Err(Error::MixedDomains {
-                    held,
-                    offered: domain,
-                });
+                return Err(Error::MixedDomains { held, offered: domain });
             }
         }
         if let Some(last) = self.segs.as_mut_slice().last_mut() {
@@ -316,9 +262,7 @@ impl<'a> Sgl<'a> {
             }
         }
         if self.segs.as_slice().len() >= SGL_MAX_SEGS {
-            return Err(Error::TooManySegments {
-                limit: SGL_MAX_SEGS,
-            });
+            return Err(Error::TooManySegments { limit: SGL_MAX_SEGS });
         }
         self.segs.push(seg);
         self.len += seg.len();
@@ -335,9 +279,7 @@ impl<'a> Sgl<'a> {
             }
         }
         if self.seg_count() + other.seg_count() > SGL_MAX_SEGS {
-            return Err(Error::TooManySegments {
-                limit: SGL_MAX_SEGS,
-            });
+            return Err(Error::TooManySegments { limit: SGL_MAX_SEGS });
         }
         for seg in other.segs.as_slice() {
             let pushed = self.push(SegRef::from_owner(*seg));
@@ -473,17 +415,9 @@ impl<'a> Sgl<'a> {
     }
 
     fn narrow(&mut self, off: usize, len: usize) -> Result<()> {
-        let end = off.checked_add(len).ok_or(Error::OutOfRange {
-            offset: off,
-            len,
-            total: self.len,
-        })?;
+        let end = off.checked_add(len).ok_or(Error::OutOfRange { offset: off, len, total: self.len })?;
         if end > self.len {
-            return Err(Error::OutOfRange {
-                offset: off,
-                len,
-                total: self.len,
-            });
+            return Err(Error::OutOfRange { offset: off, len, total: self.len });
         }
         self.advance(off)?;
         self.truncate(len);
@@ -503,11 +437,7 @@ impl<'a> Sgl<'a> {
 
     fn check_offset(&self, at: usize) -> Result<()> {
         if at > self.len {
-            return Err(Error::OutOfRange {
-                offset: at,
-                len: 0,
-                total: self.len,
-            });
+            return Err(Error::OutOfRange { offset: at, len: 0, total: self.len });
         }
         Ok(())
     }

@@ -28,11 +28,7 @@ const fn mul_mod(a: u32, mut b: u32) -> u32 {
             product ^= b;
         }
         // b *= x
-        b = if b & 1 != 0 {
-            (b >> 1) ^ CRC32C_POLY_REFLECTED
-        } else {
-            b >> 1
-        };
+        b = if b & 1 != 0 { (b >> 1) ^ CRC32C_POLY_REFLECTED } else { b >> 1 };
         i += 1;
     }
     product
@@ -68,8 +64,7 @@ const K_SHORT_2: u32 = shift_constant(2 * SHORT_BLOCK);
 pub(crate) fn has_crc32c() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("sse4.2")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
+        std::arch::is_x86_feature_detected!("sse4.2") && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -94,8 +89,7 @@ pub(crate) fn crc32c_update(crc: u32, data: &[u8]) -> Option<u32> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si64,
-        _mm_cvtsi64_si128,
+        __m128i, _mm_clmulepi64_si128, _mm_crc32_u64, _mm_crc32_u8, _mm_cvtsi128_si64, _mm_cvtsi64_si128,
     };
 
     fn word(bytes: &[u8]) -> u64 {
@@ -120,11 +114,7 @@ mod x86 {
         let (a, rest) = data.split_at(block);
         let (b, c) = rest.split_at(block);
         let (mut ca, mut cb, mut cc) = (crc, 0u64, 0u64);
-        for ((wa, wb), wc) in a
-            .chunks_exact(8)
-            .zip(b.chunks_exact(8))
-            .zip(c.chunks_exact(8))
-        {
+        for ((wa, wb), wc) in a.chunks_exact(8).zip(b.chunks_exact(8)).zip(c.chunks_exact(8)) {
             ca = _mm_crc32_u64(ca, word(wa));
             cb = _mm_crc32_u64(cb, word(wb));
             cc = _mm_crc32_u64(cc, word(wc));
@@ -170,11 +160,7 @@ mod tests {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ CRC32C_POLY_REFLECTED
-                } else {
-                    crc >> 1
-                };
+                crc = if crc & 1 != 0 { (crc >> 1) ^ CRC32C_POLY_REFLECTED } else { crc >> 1 };
             }
         }
         crc
@@ -198,17 +184,11 @@ mod tests {
         if !has_crc32c() {
             return;
         }
-        let data: Vec<u8> = (0..(3 * LONG_BLOCK * 2 + 3 * SHORT_BLOCK + 17))
-            .map(|i| (i * 131 + i / 7) as u8)
-            .collect();
+        let data: Vec<u8> = (0..(3 * LONG_BLOCK * 2 + 3 * SHORT_BLOCK + 17)).map(|i| (i * 131 + i / 7) as u8).collect();
         for len in [0, 1, 7, 8, 9, 767, 768, 769, 3 * LONG_BLOCK, data.len()] {
             for start in [0, 3] {
                 let d = &data[start..start + len.min(data.len() - start)];
-                assert_eq!(
-                    crc32c_update(!0, d),
-                    Some(reference(!0, d)),
-                    "len {len} start {start}"
-                );
+                assert_eq!(crc32c_update(!0, d), Some(reference(!0, d)), "len {len} start {start}");
             }
         }
     }

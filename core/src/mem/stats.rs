@@ -88,9 +88,7 @@ impl MemStats {
             iomem_bytes: self.iomem_bytes.wrapping_sub(earlier.iomem_bytes),
             device_bytes: self.device_bytes.wrapping_sub(earlier.device_bytes),
             cpu_direct_bytes: self.cpu_direct_bytes.wrapping_sub(earlier.cpu_direct_bytes),
-            cpu_io_accessor_bytes: self
-                .cpu_io_accessor_bytes
-                .wrapping_sub(earlier.cpu_io_accessor_bytes),
+            cpu_io_accessor_bytes: self.cpu_io_accessor_bytes.wrapping_sub(earlier.cpu_io_accessor_bytes),
             cpu_bounce_bytes: self.cpu_bounce_bytes.wrapping_sub(earlier.cpu_bounce_bytes),
             dma_bytes: self.dma_bytes.wrapping_sub(earlier.dma_bytes),
             refusals: self.refusals.wrapping_sub(earlier.refusals),
@@ -116,18 +114,13 @@ struct Blocks {
 }
 
 /// Control plane: taken when a thread first counts, when it exits, and by readers.
-static BLOCKS: Mutex<Blocks> = parking_lot::const_mutex(Blocks {
-    live: Vec::new(),
-    retired: [0; COUNTERS],
-});
+static BLOCKS: Mutex<Blocks> = parking_lot::const_mutex(Blocks { live: Vec::new(), retired: [0; COUNTERS] });
 
 struct Local(Arc<Block>);
 
 impl Local {
     fn register() -> Local {
-        let block = Arc::new(Block {
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-        });
+        let block = Arc::new(Block { counts: std::array::from_fn(|_| AtomicU64::new(0)) });
         BLOCKS.lock().live.push(Arc::clone(&block));
         Local(block)
     }
@@ -205,9 +198,7 @@ pub fn snapshot() -> MemStats {
 /// The calling thread's counters only; tests use it to measure one operation while other
 /// threads count concurrently.
 pub fn thread_snapshot() -> MemStats {
-    LOCAL
-        .try_with(|local| MemStats::from_counts(&local.0.load()))
-        .unwrap_or_default()
+    LOCAL.try_with(|local| MemStats::from_counts(&local.0.load())).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -161,10 +161,7 @@ pub struct MemTag {
 }
 
 impl MemTag {
-    pub const HOST: MemTag = MemTag {
-        kind: MemKind::Host,
-        domain: DomainId::HOST,
-    };
+    pub const HOST: MemTag = MemTag { kind: MemKind::Host, domain: DomainId::HOST };
 
     /// Device memory of `domain`. `kind` must not be Host and `domain` must not be the
     /// host domain: both would let device memory pass for DRAM.

@@ -45,11 +45,7 @@ impl Kit {
             .map(|k| match k {
                 MemKind::Host => Buf::Host(vec![0; len]),
                 MemKind::IoMem | MemKind::Device => {
-                    let cmb = if *k == MemKind::IoMem {
-                        &self.iomem
-                    } else {
-                        &self.device
-                    };
+                    let cmb = if *k == MemKind::IoMem { &self.iomem } else { &self.device };
                     let mut b = cmb.alloc(len).expect("kit cmb room");
                     fill(&mut b.sgl_mut(), 0).expect("zero");
                     Buf::P2p(b)
@@ -102,9 +98,7 @@ impl Kit {
 
     /// What [`Kit::fill_pattern`] writes into buffers of these kinds and length.
     pub(crate) fn expected_pattern(kinds: &[MemKind], len: usize, seed: u8) -> Vec<u8> {
-        (0..kinds.len() * len)
-            .map(|i| Self::pattern(i, seed))
-            .collect()
+        (0..kinds.len() * len).map(|i| Self::pattern(i, seed)).collect()
     }
 
     /// Writes a position-dependent pattern across all buffers, through `mem::copy`.

@@ -28,10 +28,7 @@ impl<'a> Sgl<'a> {
     /// Byte access, refused (and counted) unless every segment is Host memory.
     pub fn cpu_view(&self) -> Result<CpuView<'_>> {
         check_host(self)?;
-        Ok(CpuView {
-            segs: self.segs(),
-            len: self.len(),
-        })
+        Ok(CpuView { segs: self.segs(), len: self.len() })
     }
 
     /// Mutable byte access; also refused for lists holding read-only segments.
@@ -40,11 +37,7 @@ impl<'a> Sgl<'a> {
         if !self.is_writable() {
             return Err(Error::ReadOnly);
         }
-        Ok(CpuViewMut {
-            segs: self.segs(),
-            len: self.len(),
-            _exclusive: PhantomData,
-        })
+        Ok(CpuViewMut { segs: self.segs(), len: self.len(), _exclusive: PhantomData })
     }
 
     /// The Host slices of this list, in order (DESIGN.md's `cpu_slices`).
@@ -58,9 +51,7 @@ fn check_host(sgl: &Sgl<'_>) -> Result<()> {
         return Ok(());
     }
     stats::refusal();
-    Err(Error::NotCpuAccessible {
-        kinds: sgl.kinds().non_host(),
-    })
+    Err(Error::NotCpuAccessible { kinds: sgl.kinds().non_host() })
 }
 
 /// The bytes of a Host segment.
@@ -108,10 +99,7 @@ impl<'v> CpuView<'v> {
     /// Gathers the bytes into `dst`, which must be exactly `len()` long.
     pub fn copy_to(&self, dst: &mut [u8]) -> Result<()> {
         if dst.len() != self.len {
-            return Err(Error::LengthMismatch {
-                dst: dst.len(),
-                src: self.len,
-            });
+            return Err(Error::LengthMismatch { dst: dst.len(), src: self.len });
         }
         let mut at = 0;
         for s in self.slices() {
@@ -149,19 +137,13 @@ impl<'v> CpuViewMut<'v> {
     }
 
     pub fn as_view(&self) -> CpuView<'_> {
-        CpuView {
-            segs: self.segs,
-            len: self.len,
-        }
+        CpuView { segs: self.segs, len: self.len }
     }
 
     /// Scatters `src`, which must be exactly `len()` long, into the segments.
     pub fn copy_from(&mut self, src: &[u8]) -> Result<()> {
         if src.len() != self.len {
-            return Err(Error::LengthMismatch {
-                dst: self.len,
-                src: src.len(),
-            });
+            return Err(Error::LengthMismatch { dst: self.len, src: src.len() });
         }
         let mut at = 0;
         for s in self.slices_mut() {
@@ -185,13 +167,9 @@ mod tests {
         let mut a = [1u8, 2, 3];
         let mut b = [4u8, 5];
         let mut sgl = Sgl::from_host_mut(&mut a).expect("a");
-        sgl.push(SegRef::host_mut(&mut b).expect("b"))
-            .expect("push");
+        sgl.push(SegRef::host_mut(&mut b).expect("b")).expect("push");
         assert_eq!(sgl.cpu_view().expect("host").to_vec(), vec![1, 2, 3, 4, 5]);
-        sgl.cpu_view_mut()
-            .expect("writable")
-            .copy_from(&[9, 8, 7, 6, 5])
-            .expect("same length");
+        sgl.cpu_view_mut().expect("writable").copy_from(&[9, 8, 7, 6, 5]).expect("same length");
         drop(sgl);
         assert_eq!((a, b), ([9, 8, 7], [6, 5]));
     }

@@ -173,6 +173,24 @@ impl<T: 'static> IoChannel<T> {
     }
 }
 
+/// A reference that does not keep the channel alive: a poller that serves a channel
+/// holds one, so the channel still dies when its last user lets go.
+pub struct WeakIoChannel<T: 'static> {
+    inner: std::rc::Weak<ChannelInner<T>>,
+}
+
+impl<T: 'static> IoChannel<T> {
+    pub fn downgrade(&self) -> WeakIoChannel<T> {
+        WeakIoChannel { inner: Rc::downgrade(&self.inner) }
+    }
+}
+
+impl<T: 'static> WeakIoChannel<T> {
+    pub fn upgrade(&self) -> Option<IoChannel<T>> {
+        self.inner.upgrade().map(|inner| IoChannel { inner })
+    }
+}
+
 fn lookup<T: 'static>(ctx: &ThreadCtx, device_id: u64) -> Option<IoChannel<T>> {
     let any = ctx.channels.get(&device_id)?.upgrade()?;
     any.downcast::<ChannelInner<T>>().ok().map(|inner| IoChannel { inner })

@@ -25,25 +25,18 @@ fn fake(kind: MemKind, addr: usize, len: u32) -> SegRef<'static> {
 type Model = Vec<(MemKind, usize)>;
 
 fn flatten(sgl: &Sgl<'_>) -> Model {
-    sgl.iter()
-        .flat_map(|s| (0..s.len()).map(move |i| (s.kind(), s.addr() + i)))
-        .collect()
+    sgl.iter().flat_map(|s| (0..s.len()).map(move |i| (s.kind(), s.addr() + i))).collect()
 }
 
 fn check(sgl: &Sgl<'_>, model: &Model) {
     assert_eq!(sgl.len(), model.len());
     assert_eq!(&flatten(sgl), model);
-    let kinds = model
-        .iter()
-        .fold(KindSet::EMPTY, |set, (k, _)| set.with(*k));
+    let kinds = model.iter().fold(KindSet::EMPTY, |set, (k, _)| set.with(*k));
     assert_eq!(sgl.kinds(), kinds);
     assert_eq!(sgl.is_host_only(), kinds.is_host_only());
     assert!(sgl.iter().all(|s| !s.is_empty()), "no empty segments");
     for pair in sgl.segs().windows(2) {
-        assert!(
-            !pair[0].can_merge(&pair[1]),
-            "mergeable neighbours left apart"
-        );
+        assert!(!pair[0].can_merge(&pair[1]), "mergeable neighbours left apart");
     }
     let has_device = model.iter().any(|(k, _)| *k != MemKind::Host);
     assert_eq!(sgl.domain().is_some(), has_device);
@@ -58,21 +51,14 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0..=1000u16, any::<bool>()).prop_map(|(at_permille, keep_tail)| Op::SplitOff {
-            at_permille,
-            keep_tail
-        }),
+        (0..=1000u16, any::<bool>()).prop_map(|(at_permille, keep_tail)| Op::SplitOff { at_permille, keep_tail }),
         (0..=1000u16).prop_map(|permille| Op::Advance { permille }),
         (0..=1100u16).prop_map(|permille| Op::Truncate { permille }),
     ]
 }
 
 fn kind() -> impl Strategy<Value = MemKind> {
-    prop_oneof![
-        Just(MemKind::Host),
-        Just(MemKind::IoMem),
-        Just(MemKind::Device)
-    ]
+    prop_oneof![Just(MemKind::Host), Just(MemKind::IoMem), Just(MemKind::Device)]
 }
 
 /// Segments as (kind, len, contiguous-with-previous).
@@ -88,8 +74,7 @@ fn build(spec: &[(MemKind, u32, bool)]) -> (Sgl<'static>, Model) {
         if !contiguous {
             next += 0x1000;
         }
-        sgl.push(fake(kind, next, len))
-            .expect("one domain, few segments");
+        sgl.push(fake(kind, next, len)).expect("one domain, few segments");
         model.extend((0..len as usize).map(|i| (kind, next + i)));
         next += len as usize;
     }
@@ -159,23 +144,15 @@ fn out_of_range_and_limits_are_errors() {
     assert!(matches!(sgl.advance(11), Err(Error::OutOfRange { .. })));
     assert!(matches!(sgl.split_off(11), Err(Error::OutOfRange { .. })));
     assert!(matches!(sgl.sub(5, 6), Err(Error::OutOfRange { .. })));
-    assert!(matches!(
-        sgl.sub(usize::MAX, 2),
-        Err(Error::OutOfRange { .. })
-    ));
+    assert!(matches!(sgl.sub(usize::MAX, 2), Err(Error::OutOfRange { .. })));
     assert_eq!(sgl.len(), 10, "failed calls change nothing");
     let mut big = Sgl::new();
     for i in 0..SGL_MAX_SEGS {
-        big.push(fake(MemKind::Host, 0x1000 * (i + 1), 1))
-            .expect("under the limit");
+        big.push(fake(MemKind::Host, 0x1000 * (i + 1), 1)).expect("under the limit");
     }
-    assert!(matches!(
-        big.push(fake(MemKind::Host, 0x1000_0000, 1)),
-        Err(Error::TooManySegments { .. })
-    ));
+    assert!(matches!(big.push(fake(MemKind::Host, 0x1000_0000, 1)), Err(Error::TooManySegments { .. })));
     // A segment continuing the last one still fits: it merges.
-    big.push(fake(MemKind::Host, 0x1000 * SGL_MAX_SEGS + 1, 1))
-        .expect("merges");
+    big.push(fake(MemKind::Host, 0x1000 * SGL_MAX_SEGS + 1, 1)).expect("merges");
     assert_eq!(big.seg_count(), SGL_MAX_SEGS);
 }
 
@@ -183,19 +160,11 @@ fn out_of_range_and_limits_are_errors() {
 fn lists_never_hold_two_device_domains_or_merge_across_tags() {
     let other = DomainId::allocate();
     let mut sgl = Sgl::from_ref(fake(MemKind::IoMem, 0x1000, 16)).expect("first");
-    let foreign = SegRef::from_owner(Seg::new(
-        0x2000,
-        16,
-        MemTag::device_side(MemKind::Device, other),
-        true,
-    ));
+    let foreign = SegRef::from_owner(Seg::new(0x2000, 16, MemTag::device_side(MemKind::Device, other), true));
     let err = sgl.push(foreign).expect_err("second domain refused");
-    assert!(
-        matches!(err, Error::MixedDomains { held, offered } if held == domain() && offered == other)
-    );
+    assert!(matches!(err, Error::MixedDomains { held, offered } if held == domain() && offered == other));
     // Same address range continued, but Host: must stay a separate segment.
-    sgl.push(fake(MemKind::Host, 0x1010, 16))
-        .expect("host is fine");
+    sgl.push(fake(MemKind::Host, 0x1010, 16)).expect("host is fine");
     assert_eq!(sgl.seg_count(), 2);
     assert_eq!(sgl.kinds(), KindSet::of(MemKind::IoMem).with(MemKind::Host));
     sgl.advance(16).expect("drop the IoMem part");
@@ -212,8 +181,5 @@ fn host_slices_and_read_only_segments() {
     let mut w = Sgl::from_host_mut(&mut buf).expect("host");
     assert!(w.is_writable());
     w.push(SegRef::host(&data).expect("ro")).expect("push");
-    assert!(
-        !w.is_writable(),
-        "one read-only segment makes the list read-only"
-    );
+    assert!(!w.is_writable(), "one read-only segment makes the list read-only");
 }

@@ -1,0 +1,289 @@
+//! The layer's per-thread channel of one bdev. Between a submitter and the module it
+//! checks every I/O (range, size, type, write permission), bounces buffers the bdev
+//! cannot DMA from through host memory via the tag gate, enforces QoS, queues I/O the
+//! module has no resources for, and keeps iostat, all on the channel's own thread.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use peerless_core::mem::{self, Sgl};
+use peerless_core::reactor::{IoDevice, PollStatus, PollerId, ThreadCtx, WeakIoChannel};
+
+use crate::bdev::{Bdev, BdevChannelOps, BdevInfo, SubmitError};
+use crate::io::{completion_queue, BdevIo, CompletionQueue, DataBuf, IoType};
+use crate::manager::BdevHandle;
+use crate::qos::{QosBudget, QosLimits};
+use crate::stat::IoStat;
+use crate::status::IoStatus;
+
+/// Completions handled per poll, so one busy bdev cannot hold its thread forever.
+const COMPLETIONS_PER_POLL: usize = 256;
+/// Room reserved up front in a channel's queues.
+const QUEUE_CAPACITY: usize = 1024;
+
+pub struct LayerChannel {
+    bdev: Arc<dyn Bdev>,
+    info: BdevInfo,
+    ops: Box<dyn BdevChannelOps>,
+    /// Where modules complete I/O submitted through this channel.
+    own: CompletionQueue,
+    stats: IoStat,
+    retired: Arc<Mutex<IoStat>>,
+    removed: Arc<AtomicBool>,
+    /// I/O the module had no resources for, oldest first.
+    retry: VecDeque<Box<BdevIo>>,
+    qos: Option<QosBudget>,
+    qos_waiting: VecDeque<Box<BdevIo>>,
+    /// Holders of the bdev's channel at the last timeslice: this channel's share.
+    qos_share: u64,
+    poller: Option<PollerId>,
+    in_flight: u64,
+}
+
+impl Drop for LayerChannel {
+    fn drop(&mut self) {
+        self.retired.lock().add(&self.stats);
+    }
+}
+
+impl LayerChannel {
+    pub(crate) fn device(
+        bdev: Arc<dyn Bdev>,
+        removed: Arc<AtomicBool>,
+        retired: Arc<Mutex<IoStat>>,
+        qos: Arc<Mutex<QosLimits>>,
+    ) -> IoDevice<LayerChannel> {
+        let name = format!("bdev_{}", bdev.info().name);
+        IoDevice::new(&name, move |ctx| {
+            let limits = *qos.lock();
+            let mut channel = LayerChannel {
+                bdev: bdev.clone(),
+                info: bdev.info().clone(),
+                ops: bdev.create_channel(ctx),
+                own: completion_queue(QUEUE_CAPACITY),
+                stats: IoStat::default(),
+                retired: retired.clone(),
+                removed: removed.clone(),
+                retry: VecDeque::new(),
+                qos: None,
+                qos_waiting: VecDeque::new(),
+                qos_share: 1,
+                poller: None,
+                in_flight: 0,
+            };
+            channel.set_qos(limits, ctx.now());
+            channel
+        })
+    }
+
+    pub(crate) fn stats(&self) -> &IoStat {
+        &self.stats
+    }
+
+    pub(crate) fn set_qos(&mut self, limits: QosLimits, now: std::time::Instant) {
+        self.qos = (!limits.is_unlimited()).then(|| QosBudget::new(limits, now));
+        if self.qos.is_none() {
+            // Lifting the limit releases everything that waited for budget.
+            self.retry.extend(self.qos_waiting.drain(..));
+        }
+    }
+
+    pub(crate) fn set_qos_share(&mut self, holders: usize) {
+        self.qos_share = holders.max(1) as u64;
+    }
+
+    fn check(&self, io: &BdevIo, writable: bool) -> Result<(), IoStatus> {
+        if self.removed.load(Ordering::Acquire) {
+            return Err(IoStatus::INVALID_NAMESPACE);
+        }
+        if !self.bdev.supports(io.io_type) {
+            return Err(IoStatus::INVALID_OPCODE);
+        }
+        let writes = matches!(io.io_type, IoType::Write | IoType::WriteZeroes | IoType::Unmap);
+        if writes && !writable {
+            return Err(IoStatus::INVALID_FIELD);
+        }
+        let end = io.offset_blocks.checked_add(io.num_blocks);
+        if io.io_type != IoType::Reset
+            && io.io_type != IoType::Flush
+            && end.is_none_or(|end| end > self.info.num_blocks)
+        {
+            return Err(IoStatus::LBA_OUT_OF_RANGE);
+        }
+        if io.io_type.has_data() {
+            let expected = io.num_blocks.checked_mul(u64::from(self.info.block_size));
+            if io.num_blocks == 0 || expected != Some(io.buffer_bytes() as u64) {
+                return Err(IoStatus::INVALID_FIELD);
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, ctx: &mut ThreadCtx, mut io: Box<BdevIo>, writable: bool) {
+        if let Err(status) = self.check(&io, writable) {
+            self.stats.record(io.io_type, 0, 0, status);
+            io.complete(status);
+            return;
+        }
+        io.push_completion(&self.own, 0);
+        io.submitted_at = Some(ctx.now());
+        self.in_flight += 1;
+        if io.io_type.has_data() {
+            if let Err(status) = self.bounce_in(&mut io) {
+                io.complete(status);
+                return;
+            }
+        }
+        if let Some(qos) = self.qos.as_mut() {
+            if !self.qos_waiting.is_empty() || !qos.admit(&io, self.info.block_size) {
+                self.qos_waiting.push_back(io);
+                return;
+            }
+        }
+        self.start(ctx, io);
+    }
+
+    fn start(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) {
+        match self.ops.submit(ctx, io) {
+            Ok(()) => {}
+            Err(SubmitError::NoResources(io)) => {
+                self.stats.nomem_retries += 1;
+                self.retry.push_back(io);
+            }
+        }
+    }
+
+    /// Swaps device buffers the bdev cannot reach for host buffers (copying the payload
+    /// of a write through the gate's accessors), keeping the originals for the way back.
+    fn bounce_in(&mut self, io: &mut BdevIo) -> Result<(), IoStatus> {
+        let sgl = io.sgl().map_err(|_| IoStatus::INVALID_FIELD)?;
+        let Some(domain) = sgl.domain() else { return Ok(()) };
+        if self.bdev.accepts_domain(domain) {
+            return Ok(());
+        }
+        let mut host = DataBuf::heap(sgl.len());
+        if !io.io_type.fills_buffers() {
+            let mut host_sgl = Sgl::from_host_mut(match &mut host {
+                DataBuf::Heap(bytes) => bytes,
+                _ => return Err(IoStatus::INTERNAL_ERROR),
+            })
+            .map_err(|_| IoStatus::INTERNAL_ERROR)?;
+            mem::copy(&mut host_sgl, &sgl).map_err(|_| IoStatus::DATA_TRANSFER_ERROR)?;
+        }
+        drop(sgl);
+        io.bounced = Some(std::mem::replace(&mut io.buffers, vec![host]));
+        self.stats.bounced_ios += 1;
+        Ok(())
+    }
+
+    /// Puts the original buffers back, copying read data into them.
+    fn bounce_out(io: &mut BdevIo) {
+        let Some(original) = io.bounced.take() else { return };
+        let host = std::mem::replace(&mut io.buffers, original);
+        if io.io_type.fills_buffers() && io.status.is_success() {
+            let copied = match (&host[..], io.sgl_mut()) {
+                ([DataBuf::Heap(bytes)], Ok(mut dst)) => {
+                    Sgl::from_host(bytes).and_then(|src| mem::copy(&mut dst, &src)).is_ok()
+                }
+                _ => false,
+            };
+            if !copied {
+                io.status = IoStatus::DATA_TRANSFER_ERROR;
+            }
+        }
+    }
+
+    /// Finishes what the module completed, retries what waited, runs QoS timeslices.
+    fn poll(&mut self, ctx: &mut ThreadCtx) -> PollStatus {
+        let mut did_work = false;
+        for _ in 0..COMPLETIONS_PER_POLL {
+            let Some(mut io) = self.own.borrow_mut().pop_front() else { break };
+            did_work = true;
+            self.in_flight -= 1;
+            Self::bounce_out(&mut io);
+            let latency_ns = io.submitted_at.map_or(0, |at| ctx.now().saturating_duration_since(at).as_nanos() as u64);
+            let bytes = io.num_blocks * u64::from(self.info.block_size);
+            self.stats.record(io.io_type, bytes, latency_ns, io.status);
+            io.pass_up();
+        }
+        // Something finished, or the module may have room again: retry in order.
+        let retries = self.retry.len();
+        for _ in 0..retries {
+            let Some(io) = self.retry.pop_front() else { break };
+            did_work = true;
+            self.start(ctx, io);
+        }
+        did_work |= self.run_qos(ctx);
+        PollStatus::from_work(did_work)
+    }
+
+    /// Starts a new timeslice when one is due and releases what its budget admits.
+    fn run_qos(&mut self, ctx: &mut ThreadCtx) -> bool {
+        // Out of `self` for the loop, so starting an I/O can borrow the channel.
+        let Some(mut qos) = self.qos.take() else { return false };
+        let now = ctx.now();
+        if qos.slice_over(now) {
+            qos.refill(now, self.qos_share);
+        }
+        let mut did_work = false;
+        while let Some(io) = self.qos_waiting.pop_front() {
+            if !qos.admit(&io, self.info.block_size) {
+                self.qos_waiting.push_front(io);
+                break;
+            }
+            did_work = true;
+            self.start(ctx, io);
+        }
+        self.qos = Some(qos);
+        did_work
+    }
+
+    fn needs_poller(&self) -> bool {
+        self.poller.is_none()
+    }
+}
+
+impl BdevHandle {
+    /// Submits an I/O; it comes back on `queue` with `tag` once complete, whatever the
+    /// outcome (a bad request completes with its NVMe status).
+    pub fn submit(&self, ctx: &mut ThreadCtx, mut io: Box<BdevIo>, queue: &CompletionQueue, tag: u64) {
+        io.push_completion(queue, tag);
+        if self.channel.borrow().needs_poller() {
+            let weak = self.channel.downgrade();
+            let id = register_poller(ctx, weak, &self.channel.borrow().info.name);
+            self.channel.borrow_mut().poller = Some(id);
+        }
+        self.channel.borrow_mut().submit(ctx, io, self.writable);
+    }
+
+    pub fn info(&self) -> BdevInfo {
+        self.channel.borrow().info.clone()
+    }
+
+    /// I/O submitted through this thread's channel that has not completed yet.
+    pub fn in_flight(&self) -> u64 {
+        self.channel.borrow().in_flight
+    }
+}
+
+fn register_poller(ctx: &mut ThreadCtx, weak: WeakIoChannel<LayerChannel>, name: &str) -> PollerId {
+    let slot: std::rc::Rc<std::cell::Cell<Option<PollerId>>> = Default::default();
+    let own_id = slot.clone();
+    let id = ctx.register_poller(&format!("bdev_{name}"), move |ctx| match weak.upgrade() {
+        Some(channel) => {
+            let status = channel.borrow_mut().poll(ctx);
+            status
+        }
+        None => {
+            // The channel is gone; so is the reason for this poller.
+            if let Some(id) = own_id.get() {
+                ctx.unregister_poller(id);
+            }
+            PollStatus::Idle
+        }
+    });
+    slot.set(Some(id));
+    id
+}

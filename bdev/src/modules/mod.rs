@@ -1,0 +1,21 @@
+//! Bdev modules. Each lives in its own folder and reaches the layer only through
+//! `BdevModule` (its RPC methods) and `Bdev` (its devices); the layer knows none of them
+//! by name.
+
+use peerless_core::rpc::Registry;
+
+use crate::manager::BdevManager;
+
+pub mod malloc;
+pub mod null;
+
+/// A bdev module: what it adds to the RPC registry.
+pub trait BdevModule: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager);
+}
+
+/// Every module built into this binary, in the order their config entries replay.
+pub fn all() -> Vec<Box<dyn BdevModule>> {
+    vec![Box::new(malloc::MallocModule), Box::new(null::NullModule)]
+}
