@@ -1,2 +1,5 @@
-//! Client tools and the NVMe/TCP initiator library (later issues fill this in).
+//! Client tools and the NVMe/TCP initiator library. `rpc_client` speaks SPDK's JSON-RPC
+//! to a running target.
 #![forbid(unsafe_code)]
+
+pub mod rpc_client;
