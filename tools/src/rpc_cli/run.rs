@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::config::{load_config, save_config};
+use super::config::{load_config, save_config, LoadError};
 use super::{Action, Call, Cli, Output};
 use crate::rpc_client::{encode_request, Address, ClientError, ClientOptions, RpcClient};
 
@@ -76,13 +76,15 @@ pub fn rpc_error_report(method: &str, id: u64, params: &Option<Value>, error: &V
     )
 }
 
-fn report(err: &ClientError) {
+/// Prints a failed call as rpc.py does and gives the exit code for it.
+fn report(err: &ClientError) -> ExitCode {
     match err {
         ClientError::Rpc(failure) => {
             eprintln!("{}", rpc_error_report(&failure.method, failure.id, &failure.params, &failure.error))
         }
         other => eprintln!("peerless-rpc: {other}"),
     }
+    ExitCode::from(EXIT_FAILURE)
 }
 
 fn print(text: &str) -> ExitCode {
@@ -131,82 +133,84 @@ fn dry_run(action: &Action) -> Result<String, String> {
 pub fn execute(cli: &Cli) -> ExitCode {
     let action = match cli.command.action() {
         Ok(action) => action,
-        Err(why) => {
-            eprintln!("peerless-rpc: {why}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(why) => return usage(&why),
     };
     if cli.dry_run {
         return match dry_run(&action) {
             Ok(text) => print(&text),
-            Err(why) => {
-                eprintln!("peerless-rpc: {why}");
-                ExitCode::from(EXIT_FAILURE)
-            }
+            Err(why) => failure(&why),
         };
     }
     if !cli.timeout.is_finite() || cli.timeout <= 0.0 {
-        eprintln!("peerless-rpc: -t must be a positive number of seconds, not {}", cli.timeout);
-        return ExitCode::from(EXIT_USAGE);
+        return usage(&format!("-t must be a positive number of seconds, not {}", cli.timeout));
     }
-    // Read stdin before connecting, so a slow producer does not hold a connection open.
-    let config = match &action {
-        Action::LoadConfig { file, .. } => match read_config(file) {
-            Ok(config) => Some(config),
-            Err(why) => {
-                eprintln!("peerless-rpc: {why}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
+    match action {
+        Action::Call(call) => run_call(cli, call),
+        Action::SaveConfig { indent } => match connect(cli) {
+            Ok(mut client) => match save_config(&mut |method: &str, params| client.call(method, params)) {
+                Ok(config) => print(&pretty(&config, indent)),
+                Err(err) => report(&err),
+            },
+            Err(code) => code,
         },
-        _ => None,
-    };
+        Action::LoadConfig { file, include_aliases } => {
+            // Read the file (or stdin) first, so a slow producer holds no connection open.
+            let config = match read_config(&file) {
+                Ok(config) => config,
+                Err(why) => return failure(&why),
+            };
+            match connect(cli) {
+                Ok(mut client) => run_load(&mut client, &config, include_aliases),
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn usage(why: &str) -> ExitCode {
+    eprintln!("peerless-rpc: {why}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn failure(why: &str) -> ExitCode {
+    eprintln!("peerless-rpc: {why}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+fn connect(cli: &Cli) -> Result<RpcClient, ExitCode> {
     let options = ClientOptions {
+        // Duration::from_secs_f64 panics past u64::MAX seconds; a billion is forever enough.
         timeout: Duration::from_secs_f64(cli.timeout.min(1e9)),
         conn_retries: cli.conn_retries,
         verbose: cli.verbose,
     };
-    let mut client = match RpcClient::connect(&Address::parse(&cli.server, cli.port), options) {
+    RpcClient::connect(&Address::parse(&cli.server, cli.port), options).map_err(|err| report(&err))
+}
+
+fn run_call(cli: &Cli, call: Call) -> ExitCode {
+    let mut client = match connect(cli) {
         Ok(client) => client,
-        Err(err) => {
-            report(&err);
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(code) => return code,
     };
-    let mut caller = |method: &str, params: Option<Value>| client.call(method, params);
-    match (action, config) {
-        (Action::Call(call), _) => match caller(&call.method, call.params) {
-            Ok(result) => render(&result, call.output).map_or(ExitCode::SUCCESS, |text| print(&text)),
-            // The target may stop before its answer leaves; rpc.py ignores that too.
-            Err(ClientError::Closed { .. }) if call.method == "spdk_kill_instance" => ExitCode::SUCCESS,
-            Err(err) => {
-                report(&err);
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
-        (Action::SaveConfig { indent }, _) => match save_config(&mut caller) {
-            Ok(config) => print(&pretty(&config, indent)),
-            Err(err) => {
-                report(&err);
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
-        (Action::LoadConfig { include_aliases, .. }, Some(config)) => {
-            match load_config(&mut caller, &config, include_aliases) {
-                Ok(0) => ExitCode::SUCCESS,
-                Ok(skipped) => {
-                    eprintln!("Some configs were skipped because the RPC state that can call them passed over ({skipped} entries).");
-                    ExitCode::SUCCESS
-                }
-                Err(super::config::LoadError::Client(err)) => {
-                    report(&err);
-                    ExitCode::from(EXIT_FAILURE)
-                }
-                Err(err) => {
-                    eprintln!("peerless-rpc: {err}");
-                    ExitCode::from(EXIT_FAILURE)
-                }
-            }
+    match client.call(&call.method, call.params) {
+        Ok(result) => render(&result, call.output).map_or(ExitCode::SUCCESS, |text| print(&text)),
+        // The target may stop before its answer leaves; rpc.py ignores that too.
+        Err(ClientError::Closed { .. }) if call.method == "spdk_kill_instance" => ExitCode::SUCCESS,
+        Err(err) => report(&err),
+    }
+}
+
+fn run_load(client: &mut RpcClient, config: &Value, include_aliases: bool) -> ExitCode {
+    match load_config(&mut |method: &str, params| client.call(method, params), config, include_aliases) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(skipped) => {
+            // config.py's warning; the entries that did apply stay applied.
+            eprintln!(
+                "Some configs were skipped because the RPC state that can call them passed over ({skipped} entries)."
+            );
+            ExitCode::SUCCESS
         }
-        (Action::LoadConfig { .. }, None) => ExitCode::from(EXIT_FAILURE),
+        Err(LoadError::Client(err)) => report(&err),
+        Err(err) => failure(&err.to_string()),
     }
 }
