@@ -74,7 +74,7 @@ pub enum ClientError {
 }
 
 /// A JSON-RPC error answer, with the request it answered (rpc.py prints both).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct RpcFailure {
     pub method: String,
     pub id: u64,

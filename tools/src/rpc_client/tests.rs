@@ -136,6 +136,10 @@ fn an_error_response_keeps_code_message_and_object() {
     let mut client = connect(&scratch.socket());
     match client.call("no_such_method", Some(json!({"x": 1}))) {
         Err(ClientError::Rpc(failure)) => {
+            assert_eq!(
+                ClientError::Rpc(failure.clone()).to_string(),
+                "no_such_method: JSON-RPC error -32601: Method not found"
+            );
             let RpcFailure { method, id, params, code, message, error } = *failure;
             assert_eq!(
                 (method.as_str(), id, code, message.as_str()),
