@@ -1,2 +1,7 @@
-//! Client tools and the NVMe/TCP initiator library (later issues fill this in).
+//! Client tools and the NVMe/TCP initiator library. `rpc_client` speaks SPDK's JSON-RPC
+//! to a running target; `rpc_cli` is the rpc.py-compatible command line behind
+//! `peerless-rpc`.
 #![forbid(unsafe_code)]
+
+pub mod rpc_cli;
+pub mod rpc_client;

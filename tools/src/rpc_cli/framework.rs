@@ -1,0 +1,126 @@
+//! Framework, thread, app and log subcommands (RPC.md 5.3 "Framework / app / log";
+//! rpc.py's app.py and log.py).
+
+use clap::Subcommand;
+
+use super::{call, Action, Output, Params};
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Get the version the target reports
+    #[command(name = "spdk_get_version")]
+    SpdkGetVersion,
+    /// List the RPC methods the target supports
+    #[command(name = "rpc_get_methods")]
+    RpcGetMethods {
+        /// Only the methods callable in the current state
+        #[arg(short = 'c', long)]
+        current: bool,
+        /// Include deprecated aliases
+        #[arg(short = 'i', long)]
+        include_aliases: bool,
+    },
+    /// Wait until the subsystems have been initialized
+    #[command(name = "framework_wait_init")]
+    FrameworkWaitInit,
+    /// Initialize the subsystems of a target started with --wait-for-rpc
+    #[command(name = "framework_start_init")]
+    FrameworkStartInit,
+    /// List the subsystems and their dependencies
+    #[command(name = "framework_get_subsystems")]
+    FrameworkGetSubsystems,
+    /// Print the configuration of one subsystem
+    #[command(name = "framework_get_config")]
+    FrameworkGetConfig {
+        /// Subsystem name (bdev, nvmf, ...)
+        name: String,
+    },
+    /// Display the reactors and their lightweight threads
+    #[command(name = "framework_get_reactors")]
+    FrameworkGetReactors,
+    /// Display the busy and idle time of every thread
+    #[command(name = "thread_get_stats")]
+    ThreadGetStats,
+    /// Display the pollers of every thread
+    #[command(name = "thread_get_pollers")]
+    ThreadGetPollers,
+    /// Send a signal to the target (SIGTERM stops it cleanly)
+    #[command(name = "spdk_kill_instance")]
+    SpdkKillInstance {
+        /// SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGKILL or SIGUSR1
+        sig_name: String,
+    },
+    /// Display memory statistics (buffer pools, DMA and P2P memory)
+    #[command(name = "mem_get_stats")]
+    MemGetStats,
+    /// Enable a log flag (a component's debug log)
+    #[command(name = "log_set_flag")]
+    LogSetFlag {
+        /// Log flag, e.g. nvmf, nvmf_tcp, bdev, all
+        flag: String,
+    },
+    /// Disable a log flag
+    #[command(name = "log_clear_flag")]
+    LogClearFlag {
+        /// Log flag, e.g. nvmf, nvmf_tcp, bdev, all
+        flag: String,
+    },
+    /// Display every log flag and whether it is enabled
+    #[command(name = "log_get_flags")]
+    LogGetFlags,
+    /// Set the level of messages logged
+    #[command(name = "log_set_level")]
+    LogSetLevel {
+        /// ERROR, WARNING, NOTICE, INFO or DEBUG
+        level: String,
+    },
+    /// Get the level of messages logged
+    #[command(name = "log_get_level")]
+    LogGetLevel,
+    /// Set the level of messages printed to stderr
+    #[command(name = "log_set_print_level")]
+    LogSetPrintLevel {
+        /// ERROR, WARNING, NOTICE, INFO or DEBUG
+        level: String,
+    },
+    /// Get the level of messages printed to stderr
+    #[command(name = "log_get_print_level")]
+    LogGetPrintLevel,
+}
+
+impl Command {
+    pub fn action(&self) -> Action {
+        use Output::{Json, Nothing};
+        let none = Params::new;
+        match self {
+            Command::SpdkGetVersion => call("spdk_get_version", none(), Json),
+            Command::RpcGetMethods { current, include_aliases } => call(
+                "rpc_get_methods",
+                none().flag("current", *current).flag("include_aliases", *include_aliases),
+                Json,
+            ),
+            Command::FrameworkWaitInit => call("framework_wait_init", none(), Nothing),
+            Command::FrameworkStartInit => call("framework_start_init", none(), Nothing),
+            Command::FrameworkGetSubsystems => call("framework_get_subsystems", none(), Json),
+            Command::FrameworkGetConfig { name } => {
+                call("framework_get_config", none().set("name", name.as_str()), Json)
+            }
+            Command::FrameworkGetReactors => call("framework_get_reactors", none(), Json),
+            Command::ThreadGetStats => call("thread_get_stats", none(), Json),
+            Command::ThreadGetPollers => call("thread_get_pollers", none(), Json),
+            Command::SpdkKillInstance { sig_name } => {
+                call("spdk_kill_instance", none().set("sig_name", sig_name.as_str()), Nothing)
+            }
+            Command::MemGetStats => call("mem_get_stats", none(), Json),
+            Command::LogSetFlag { flag } => call("log_set_flag", none().set("flag", flag.as_str()), Nothing),
+            Command::LogClearFlag { flag } => call("log_clear_flag", none().set("flag", flag.as_str()), Nothing),
+            Command::LogGetFlags => call("log_get_flags", none(), Json),
+            Command::LogSetLevel { level } => call("log_set_level", none().set("level", level.as_str()), Nothing),
+            Command::LogGetLevel => call("log_get_level", none(), Json),
+            Command::LogSetPrintLevel { level } => {
+                call("log_set_print_level", none().set("level", level.as_str()), Nothing)
+            }
+            Command::LogGetPrintLevel => call("log_get_print_level", none(), Json),
+        }
+    }
+}
