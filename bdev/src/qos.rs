@@ -33,7 +33,7 @@ impl QosLimits {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.rw_ios_per_sec % QOS_MIN_IOS_PER_SEC != 0 {
+        if !self.rw_ios_per_sec.is_multiple_of(QOS_MIN_IOS_PER_SEC) {
             return Err(format!(
                 "rw_ios_per_sec {} is not a multiple of {QOS_MIN_IOS_PER_SEC} (0 means unlimited)",
                 self.rw_ios_per_sec

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use peerless_bdev::{BdevManager, BdevSubsystem};
 use peerless_core::log::{self, Level};
 use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus};
 use peerless_core::rpc::{framework, Registry, RpcServer};
@@ -53,20 +54,27 @@ impl TargetOptions {
     }
 }
 
-/// Every RPC method this target answers.
-pub fn registry() -> Registry {
+/// Every RPC method this target answers, bound to the target's bdev registry.
+pub fn registry(bdevs: &BdevManager) -> Registry {
     let mut registry = Registry::new();
     framework::register(&mut registry);
+    peerless_bdev::register_rpcs(&mut registry, bdevs);
     registry
+}
+
+/// The framework subsystems in init order (SPDK's names, so configs carry over).
+fn register_subsystems(app: &AppHandle, bdevs: &BdevManager) {
+    app.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
 }
 
 /// Runs the target until SIGINT, SIGTERM or `spdk_kill_instance`.
 pub fn run(options: TargetOptions) -> Result<(), TargetError> {
-    // Block the stop signals before any thread starts, so every thread inherits the mask
-    // and they arrive only through the app thread's signalfd.
+    // Block the handled signals before any thread starts, so every thread inherits the
+    // mask and they arrive only through the app thread's signalfd.
     let mut stop_signals = SigSet::empty();
-    stop_signals.add(Signal::SIGINT);
-    stop_signals.add(Signal::SIGTERM);
+    for signal in HANDLED_SIGNALS {
+        stop_signals.add(signal);
+    }
     stop_signals.thread_block().map_err(|err| TargetError::Start(format!("cannot block signals: {err}")))?;
     let signals = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|err| TargetError::Start(format!("cannot open a signalfd: {err}")))?;
@@ -81,7 +89,9 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     let handle = app.handle();
     watch_signals(&handle, signals);
 
-    let registry = Arc::new(registry());
+    let bdevs = BdevManager::new();
+    register_subsystems(&handle, &bdevs);
+    let registry = Arc::new(registry(&bdevs));
     let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {
         Ok(server) => server,
         Err(err) => {
@@ -125,6 +135,10 @@ fn stop_and_wait(app: App) {
     app.wait();
 }
 
+/// SIGINT, SIGTERM, SIGQUIT and SIGHUP stop the target cleanly; SIGUSR1 logs its state.
+const HANDLED_SIGNALS: [Signal; 5] =
+    [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1];
+
 /// How often poll mode looks at the signalfd; a read per loop iteration would cost more
 /// than the whole iteration.
 const SIGNAL_POLL_US: u64 = 10_000;
@@ -141,6 +155,10 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
             period_us = SIGNAL_POLL_US;
         }
         ctx.register_timed_poller("signals", period_us, move |ctx| match signals.read_signal() {
+            Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
+                log_state(ctx);
+                PollStatus::Busy
+            }
             Ok(Some(info)) => {
                 log_notice!("received signal {}; stopping", info.ssi_signo);
                 ctx.app().stop();
@@ -152,4 +170,19 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
     if sent.is_err() {
         log_error!("the app thread exited before signals could be watched");
     }
+}
+
+/// SIGUSR1: a one-line account of each reactor, for an operator without an RPC client.
+fn log_state(ctx: &mut peerless_core::reactor::ThreadCtx) {
+    let app = ctx.app();
+    for reactor in app.reactor_stats() {
+        log_notice!(
+            "reactor {}: busy {} ms, idle {} ms, {}",
+            reactor.core,
+            reactor.busy_ns / 1_000_000,
+            reactor.idle_ns / 1_000_000,
+            if reactor.in_interrupt { "interrupt mode" } else { "poll mode" }
+        );
+    }
+    log_notice!("{} lightweight thread(s), state {:?}", app.threads().len(), app.state());
 }

@@ -160,8 +160,25 @@ fn an_oversized_request_is_refused_with_an_answer() {
 #[test]
 fn connections_beyond_the_limit_are_refused() {
     let target = Target::start("connlimit", &["--interrupt-mode"]);
-    // 64 connections are served; the 65th is closed at once.
-    let mut clients: Vec<Client> = (0..64).map(|_| target.client()).collect();
+    // 64 connections are served; the 65th is closed at once. A connection closed just
+    // before may still count until the server reads its EOF, so each of the 64 is
+    // proven live with a call, retried while the count settles.
+    let mut clients: Vec<Client> = Vec::new();
+    while clients.len() < 64 {
+        let mut attempts = 0;
+        let client = loop {
+            let mut client = target.client();
+            let (_, bytes) = client.request_bytes("spdk_get_version", None);
+            let _ = std::io::Write::write_all(&mut client.stream, &bytes);
+            if client.read_value().is_some() {
+                break client;
+            }
+            attempts += 1;
+            assert!(attempts < 100, "connection {} never served", clients.len() + 1);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        clients.push(client);
+    }
     let mut extra = target.client();
     let (_, bytes) = extra.request_bytes("spdk_get_version", None);
     let _ = std::io::Write::write_all(&mut extra.stream, &bytes);
@@ -194,7 +211,7 @@ fn framework_reports_reactors_threads_and_pollers() {
     let stats = client.call("thread_get_stats", None);
     assert_eq!(stats["threads"][0]["active_pollers_count"], json!(1));
     assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(0));
-    assert_eq!(client.call("framework_get_subsystems", None), json!([]));
+    assert_eq!(client.call("framework_get_subsystems", None), json!([{"subsystem": "bdev", "depends_on": []}]));
 }
 
 #[test]
@@ -219,18 +236,27 @@ fn wait_for_rpc_holds_init_until_framework_start_init() {
 
 #[test]
 fn sigterm_and_kill_instance_stop_cleanly() {
-    for how in ["SIGTERM", "SIGINT", "rpc"] {
+    for how in ["SIGTERM", "SIGINT", "SIGHUP", "rpc SIGTERM", "rpc SIGQUIT", "rpc SIGHUP"] {
         let mut target = Target::start("stop", &["--interrupt-mode"]);
-        match how {
-            "SIGTERM" => target.signal(Signal::SIGTERM),
-            "SIGINT" => target.signal(Signal::SIGINT),
-            _ => assert_eq!(
-                target.client().call("spdk_kill_instance", Some(json!({"sig_name": "SIGTERM"}))),
-                json!(true)
-            ),
+        match how.split_once(' ') {
+            Some((_, sig_name)) => {
+                // SIGUSR1 first: it must log the target's state and keep serving.
+                let usr1 = target.client().call("spdk_kill_instance", Some(json!({"sig_name": "SIGUSR1"})));
+                assert_eq!(usr1, json!(true));
+                assert!(target.client().call("spdk_get_version", None).is_object(), "SIGUSR1 stopped the target");
+                let answer = target.client().call("spdk_kill_instance", Some(json!({"sig_name": sig_name})));
+                assert_eq!(answer, json!(true));
+            }
+            None if how == "SIGHUP" => target.signal(Signal::SIGHUP),
+            None if how == "SIGINT" => target.signal(Signal::SIGINT),
+            None => target.signal(Signal::SIGTERM),
         }
         let status = target.wait_exit();
         assert!(status.success(), "{how}: exit {status}");
+        if how.starts_with("rpc") {
+            let stderr = target.stderr();
+            assert!(stderr.contains("lightweight thread(s)"), "{how}: SIGUSR1 logged no state: {stderr}");
+        }
         assert!(!target.socket.exists(), "{how}: socket left behind");
         assert!(!target.socket.with_extension("sock.lock").exists(), "{how}: lock left behind");
     }

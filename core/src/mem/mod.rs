@@ -47,7 +47,6 @@ pub(crate) use chunks::{for_each_chunk, for_each_chunk_mut};
 pub use cmb::{CmbConfig, EmulatedCmb, CMB_GRANULE_BYTES, CMB_MAX_BYTES};
 pub use copy::{copy, fill};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
-pub use shared::SharedRegion;
 pub use miter::{DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};
 pub use pool::{
@@ -56,6 +55,7 @@ pub use pool::{
 };
 pub use provider::{DmaEngine, P2pBuf, P2pProvider};
 pub use sgl::{Seg, SegRef, Sgl, SEG_MAX_BYTES, SGL_INLINE_SEGS, SGL_MAX_SEGS};
+pub use shared::SharedRegion;
 pub use stats::{MemStats, Path};
 pub use tag::{DomainId, KindSet, MemKind, MemTag};
 pub use view::{CpuView, CpuViewMut};

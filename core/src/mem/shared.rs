@@ -87,7 +87,7 @@ impl SharedRegion {
             for piece in slice.chunks(COMPARE_CHUNK_BYTES) {
                 // SAFETY: in range by `check`; copied out so the comparison reads a
                 // private buffer, never the shared bytes through a reference.
-                    unsafe {
+                unsafe {
                     std::ptr::copy_nonoverlapping(source as *const u8, chunk.as_mut_ptr(), piece.len());
                 }
                 if let Some(at) = piece.iter().zip(&chunk[..piece.len()]).position(|(a, b)| a != b) {
@@ -124,7 +124,10 @@ mod tests {
         region.fill(4096, 4096, 0).unwrap();
         region.read_into(4096, &mut Sgl::from_host_mut(&mut back).unwrap()).unwrap();
         assert!(back[..4096].iter().all(|b| *b == 0));
-        assert!(matches!(region.read_into(60 * 1024, &mut Sgl::from_host_mut(&mut back).unwrap()), Err(Error::OutOfRange { .. })));
+        assert!(matches!(
+            region.read_into(60 * 1024, &mut Sgl::from_host_mut(&mut back).unwrap()),
+            Err(Error::OutOfRange { .. })
+        ));
         assert!(region.fill(usize::MAX, 2, 0).is_err(), "overflowing ranges are refused");
     }
 

@@ -99,6 +99,9 @@ mod x86 {
     }
 
     /// `state * x^(8n)` where `k` is [`super::shift_constant`] of `n`.
+    ///
+    /// # Safety
+    /// The CPU must support SSE4.2 and PCLMULQDQ (the caller checks at run time).
     #[target_feature(enable = "sse4.2,pclmulqdq")]
     unsafe fn shift(state: u64, k: u32) -> u64 {
         let a: __m128i = _mm_cvtsi64_si128(state as i64);
@@ -108,6 +111,9 @@ mod x86 {
     }
 
     /// Three streams over `3 * block` bytes from state `crc`.
+    ///
+    /// # Safety
+    /// The CPU must support SSE4.2 and PCLMULQDQ (the caller checks at run time).
     #[target_feature(enable = "sse4.2,pclmulqdq")]
     unsafe fn three_way(crc: u64, data: &[u8], block: usize, k1: u32, k2: u32) -> u64 {
         debug_assert_eq!(data.len(), 3 * block);

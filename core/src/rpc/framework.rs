@@ -23,6 +23,11 @@ pub fn register(registry: &mut Registry) {
     registry.inline_method("rpc_get_methods", StateMask::ANY, rpc_get_methods);
     registry.method_without_params("framework_wait_init", StateMask::ANY, framework_wait_init);
     registry.method_without_params("framework_start_init", StateMask::STARTUP, |ctx, responder| {
+        if ctx.app().state() != AppState::Startup {
+            let message = "framework_start_init was already called; initialization is in progress";
+            responder.err(RpcError::new(super::error::INVALID_STATE, message));
+            return;
+        }
         ctx.app().init_subsystems(ctx, move |_, result| match result {
             Ok(()) => responder.ok_true(),
             Err(why) => responder.err(RpcError::internal(why)),
@@ -275,9 +280,11 @@ fn spdk_kill_instance(ctx: &mut ThreadCtx, params: KillInstance, responder: Resp
     };
     responder.ok_true();
     match signal {
-        // The clean stop path that SIGINT and SIGTERM take anyway, without depending on
-        // how the embedding process handles signals.
-        Signal::SIGINT | Signal::SIGTERM => ctx.app().stop(),
+        // Every terminating signal but SIGKILL takes the clean stop path directly, so the
+        // outcome does not depend on how the embedding process handles signals.
+        Signal::SIGINT | Signal::SIGTERM | Signal::SIGQUIT | Signal::SIGHUP => ctx.app().stop(),
+        // SIGUSR1 goes to the process's own handler (peerless-tgt logs its state);
+        // SIGKILL is asked for by name and gets no cleanup, as anywhere.
         other => {
             let _ = nix::sys::signal::kill(nix::unistd::getpid(), other);
         }

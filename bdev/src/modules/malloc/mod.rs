@@ -69,23 +69,28 @@ impl BdevModule for MallocModule {
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
         let bdevs = manager.clone();
-        registry.method("bdev_malloc_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| {
-            match create(&bdevs, params) {
+        registry.method(
+            "bdev_malloc_create",
+            StateMask::RUNTIME,
+            move |_, params: CreateParams, responder| match create(&bdevs, params) {
                 Ok(name) => responder.ok(name),
                 Err(err) => responder.err(err),
-            }
-        });
+            },
+        );
         let bdevs = manager.clone();
-        registry.method("bdev_malloc_delete", StateMask::RUNTIME, move |ctx: &mut ThreadCtx, params: NameParams, responder| {
-            match bdevs.get(&params.name) {
-                Ok(bdev) if bdev.info().product_name == PRODUCT_NAME => match bdevs.unregister(Some(ctx), &params.name) {
+        registry.method(
+            "bdev_malloc_delete",
+            StateMask::RUNTIME,
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.get(&params.name) {
+                Ok(bdev) if bdev.info().product_name == PRODUCT_NAME => match bdevs.unregister(Some(ctx), &params.name)
+                {
                     Ok(()) => responder.ok_true(),
                     Err(err) => responder.err(err.into()),
                 },
                 Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a malloc bdev", params.name))),
                 Err(err) => responder.err(err.into()),
-            }
-        });
+            },
+        );
     }
 }
 
