@@ -334,7 +334,74 @@ impl BdevManager {
         Ok(())
     }
 
+    /// Sets a bdev's QoS limits and applies them on every thread holding a channel;
+    /// `done` runs on the calling thread once all have them (and not at all on error).
+    pub fn set_qos(
+        &self,
+        ctx: &mut ThreadCtx,
+        name: &str,
+        limits: QosLimits,
+        done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
+    ) -> Result<(), BdevError> {
+        let entry = self.find(name)?;
+        limits.validate().map_err(|why| BdevError::invalid("QoS limit", why))?;
+        *entry.qos.lock() = limits;
+        let holders = entry.device.holders().len();
+        entry.device.for_each_channel(
+            ctx,
+            move |ctx, channel| {
+                channel.set_qos_share(holders);
+                channel.set_qos(limits, ctx.now());
+            },
+            done,
+        );
+        Ok(())
+    }
+
+    pub fn qos_limits(&self, name: &str) -> Result<QosLimits, BdevError> {
+        Ok(*self.find(name)?.qos.lock())
+    }
+
+    /// Totals per bdev (live channels plus those retired), gathered by visiting every
+    /// channel's thread; `done` gets them, in the order named, on the calling thread.
+    pub fn collect_iostat(
+        &self,
+        ctx: &mut ThreadCtx,
+        names: Vec<String>,
+        done: impl FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send + 'static,
+    ) {
+        let entries: Vec<Arc<Entry>> = names.iter().filter_map(|name| self.find(name).ok()).collect();
+        collect_next(ctx, entries, Vec::new(), Box::new(done));
+    }
+
     pub fn open_descriptors(&self) -> u64 {
         self.inner.open_descs.load(Ordering::Relaxed)
     }
+}
+
+type IostatDone = Box<dyn FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send>;
+
+fn collect_next(
+    ctx: &mut ThreadCtx,
+    mut entries: Vec<Arc<Entry>>,
+    mut done: Vec<(String, IoStat)>,
+    finish: IostatDone,
+) {
+    if entries.is_empty() {
+        finish(ctx, done);
+        return;
+    }
+    let entry = entries.remove(0);
+    let total = Arc::new(Mutex::new(entry.retired.lock().clone()));
+    let sum = total.clone();
+    let name = entry.bdev.info().name.clone();
+    entry.device.for_each_channel(
+        ctx,
+        move |_, channel| sum.lock().add(channel.stats()),
+        move |ctx| {
+            let stats = total.lock().clone();
+            done.push((name, stats));
+            collect_next(ctx, entries, done, finish);
+        },
+    );
 }

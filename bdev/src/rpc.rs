@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use peerless_core::reactor::{PollStatus, ThreadCtx};
 use peerless_core::rpc::framework::TICK_RATE_HZ;
 use peerless_core::rpc::{Registry, Responder, RpcError, StateMask};
@@ -15,7 +14,6 @@ use crate::bdev::Bdev;
 use crate::io::IoType;
 use crate::manager::{BdevManager, Entry};
 use crate::qos::QosLimits;
-use crate::stat::IoStat;
 
 /// How often `bdev_get_bdevs {timeout}` looks for a bdev that is not there yet.
 const APPEAR_POLL_US: u64 = 1_000;
@@ -204,30 +202,13 @@ fn get_iostat(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetIostat, res
         }
         entries
     };
-    collect_stats(ctx, entries, Vec::new(), responder);
-}
-
-/// Sums each bdev's live channels and retired totals, one bdev after another.
-fn collect_stats(ctx: &mut ThreadCtx, mut entries: Vec<Arc<Entry>>, mut done: Vec<Value>, responder: Responder) {
-    if entries.is_empty() {
+    let names: Vec<String> = entries.iter().map(|entry| entry.bdev.info().name.clone()).collect();
+    manager.collect_iostat(ctx, names, move |_, stats| {
         let ticks =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-        responder.ok(json!({"tick_rate": TICK_RATE_HZ, "ticks": ticks, "bdevs": done}));
-        return;
-    }
-    let entry = entries.remove(0);
-    let total = Arc::new(Mutex::new(entry.retired.lock().clone()));
-    let sum = total.clone();
-    let name = entry.bdev.info().name.clone();
-    entry.device.for_each_channel(
-        ctx,
-        move |_, channel| sum.lock().add(channel.stats()),
-        move |ctx| {
-            let stats: IoStat = total.lock().clone();
-            done.push(stats.to_json(&name));
-            collect_stats(ctx, entries, done, responder);
-        },
-    );
+        let bdevs: Vec<Value> = stats.iter().map(|(name, stat)| stat.to_json(name)).collect();
+        responder.ok(json!({"tick_rate": TICK_RATE_HZ, "ticks": ticks, "bdevs": bdevs}));
+    });
 }
 
 #[derive(Deserialize)]
@@ -272,14 +253,7 @@ fn set_qos_limit(ctx: &mut ThreadCtx, manager: &BdevManager, params: SetQos, res
     if let Err(why) = limits.validate() {
         return responder.err(RpcError::invalid_params(why));
     }
-    *entry.qos.lock() = limits;
-    let holders = entry.device.holders().len();
-    entry.device.for_each_channel(
-        ctx,
-        move |ctx, channel| {
-            channel.set_qos_share(holders);
-            channel.set_qos(limits, ctx.now());
-        },
-        move |_| responder.ok_true(),
-    );
+    // Checked above, so this cannot fail but for a bdev deleted meanwhile, in which case
+    // the dropped responder answers with an error.
+    let _ = manager.set_qos(ctx, &params.name, limits, move |_| responder.ok_true());
 }
