@@ -1,5 +1,7 @@
-//! NVMe-over-Fabrics target: the application shell (`app`), and in later layers the
-//! NVMe and fabrics wire structures, subsystems, controllers and transports.
+//! NVMe-over-Fabrics target: NVMe and fabrics wire structures (`nvme`), the NVMe/TCP
+//! transport (`tcp`), and the application shell `peerless-tgt` runs (`app`).
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod nvme;
+pub mod tcp;

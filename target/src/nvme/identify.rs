@@ -1,0 +1,194 @@
+//! Identify data structures the target returns (NVMe Base 2.0, 5.17.2).
+
+use super::{put16, put32, put64, put_str};
+
+pub const IDENTIFY_BYTES: usize = 4096;
+
+/// CNS values (NVMe Base 2.0, Figure 273).
+pub mod cns {
+    pub const NAMESPACE: u8 = 0x00;
+    pub const CONTROLLER: u8 = 0x01;
+    pub const ACTIVE_NAMESPACES: u8 = 0x02;
+    pub const NAMESPACE_DESCRIPTORS: u8 = 0x03;
+}
+
+/// Controller type (CNTRLTYPE, byte 111).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControllerType {
+    Io = 1,
+    Discovery = 2,
+}
+
+/// What the controller says about itself.
+pub struct ControllerData<'a> {
+    pub serial: &'a str,
+    pub model: &'a str,
+    pub firmware: &'a str,
+    pub cntlid: u16,
+    pub version: u32,
+    pub subnqn: &'a str,
+    pub controller_type: ControllerType,
+    /// MDTS: max transfer as a power of two of the minimum page size (4 KiB).
+    pub mdts: u8,
+    pub max_namespaces: u32,
+    /// Keep Alive Support granularity in 100 ms units.
+    pub kas: u16,
+    pub aerl: u8,
+    pub volatile_write_cache: bool,
+    /// In-capsule data bytes accepted beyond the 64-byte command.
+    pub in_capsule_data_bytes: u32,
+    pub max_commands: u16,
+}
+
+/// PCI vendor ID reported; SPDK's target reports Intel's, we report none rather than borrow one.
+const VENDOR_ID: u16 = 0;
+/// ONCS bits: Compare (0), Dataset Management (2), Write Zeroes (3).
+const ONCS: u16 = (1 << 0) | (1 << 2) | (1 << 3);
+/// OAES bit 8: Namespace Attribute Notices.
+const OAES_NAMESPACE_ATTRIBUTE_NOTICES: u32 = 1 << 8;
+/// LPA bit 2: extended data for Get Log Page (offsets and larger sizes).
+const LPA_EXTENDED_DATA: u8 = 1 << 2;
+/// SGLS: SGLs supported (bits 1:0 = 01b) and SGL offsets in capsules (bit 20).
+const SGLS: u32 = 0x1 | (1 << 20);
+/// Error log entries kept (ELPE is 0's based).
+pub const ERROR_LOG_ENTRIES: u8 = 1;
+
+pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
+    let mut bytes = vec![0u8; IDENTIFY_BYTES];
+    put16(&mut bytes, 0, VENDOR_ID);
+    put16(&mut bytes, 2, VENDOR_ID);
+    put_str(&mut bytes, 4, 20, data.serial, b' ');
+    put_str(&mut bytes, 24, 40, data.model, b' ');
+    put_str(&mut bytes, 64, 8, data.firmware, b' ');
+    bytes[72] = 6; // RAB: recommended arbitration burst, 2^6 as SPDK reports
+    bytes[76] = 1 << 1; // CMIC: may have more than one controller
+    bytes[77] = data.mdts;
+    put16(&mut bytes, 78, data.cntlid);
+    put32(&mut bytes, 80, data.version);
+    if data.controller_type == ControllerType::Io {
+        put32(&mut bytes, 92, OAES_NAMESPACE_ATTRIBUTE_NOTICES);
+    }
+    bytes[111] = data.controller_type as u8;
+    bytes[258] = 3; // ACL: four concurrent aborts (0's based)
+    bytes[259] = data.aerl;
+    bytes[260] = 1 << 1 | 1; // FRMW: one slot, slot 1 read-only
+    bytes[261] = LPA_EXTENDED_DATA;
+    bytes[262] = ERROR_LOG_ENTRIES - 1;
+    put16(&mut bytes, 320, data.kas);
+    bytes[512] = 0x66; // SQES: 64-byte entries
+    bytes[513] = 0x44; // CQES: 16-byte entries
+    put16(&mut bytes, 514, data.max_commands);
+    put32(&mut bytes, 516, data.max_namespaces);
+    if data.controller_type == ControllerType::Io {
+        put16(&mut bytes, 520, ONCS);
+    }
+    bytes[525] = u8::from(data.volatile_write_cache);
+    put32(&mut bytes, 536, SGLS);
+    put_str(&mut bytes, 768, 256, data.subnqn, 0);
+    // NVMe-oF attributes (NVMe-oF 1.1, Figure 28): capsule sizes in 16-byte units.
+    put32(&mut bytes, 1792, (64 + data.in_capsule_data_bytes) / 16);
+    put32(&mut bytes, 1796, 1);
+    put16(&mut bytes, 1800, 0); // ICDOFF
+    bytes[1802] = 0; // FCATT: dynamic controller model
+    bytes[1803] = 1; // MSDBD: one SGL descriptor per command
+    bytes
+}
+
+pub struct NamespaceData {
+    pub num_blocks: u64,
+    pub block_size: u32,
+    pub nguid: [u8; 16],
+    pub eui64: [u8; 8],
+    pub shared: bool,
+}
+
+pub fn namespace(data: &NamespaceData) -> Vec<u8> {
+    let mut bytes = vec![0u8; IDENTIFY_BYTES];
+    put64(&mut bytes, 0, data.num_blocks);
+    put64(&mut bytes, 8, data.num_blocks);
+    put64(&mut bytes, 16, data.num_blocks);
+    bytes[24] = 1 << 3 | 1 << 2; // NSFEAT: NGUID/EUI64 never reused, deallocated-or-unwritten error
+    bytes[25] = 0; // NLBAF: one LBA format (0's based)
+    bytes[26] = 0; // FLBAS: format 0, no metadata
+    bytes[30] = u8::from(data.shared); // NMIC
+    bytes[33] = 1; // DLFEAT: deallocated blocks read as zeroes
+    bytes[104..120].copy_from_slice(&data.nguid);
+    bytes[120..128].copy_from_slice(&data.eui64);
+    // LBA format 0: no metadata, LBADS = log2(block size), best relative performance.
+    bytes[130] = data.block_size.trailing_zeros() as u8;
+    bytes
+}
+
+/// Namespace Identification Descriptor list (CNS 03h, NVMe Base 2.0 Figure 276).
+pub fn namespace_descriptors(nguid: &[u8; 16], eui64: &[u8; 8], uuid: &[u8; 16]) -> Vec<u8> {
+    let mut bytes = vec![0u8; IDENTIFY_BYTES];
+    let mut at = 0;
+    for (nidt, id) in [(1u8, &eui64[..]), (2, &nguid[..]), (3, &uuid[..])] {
+        if id.iter().all(|b| *b == 0) {
+            continue;
+        }
+        bytes[at] = nidt;
+        bytes[at + 1] = id.len() as u8;
+        bytes[at + 4..at + 4 + id.len()].copy_from_slice(id);
+        at += 4 + id.len();
+    }
+    bytes
+}
+
+/// Active namespace IDs greater than `after`, ascending, at most 1024 (CNS 02h).
+pub fn active_namespaces(nsids: &[u32], after: u32) -> Vec<u8> {
+    let mut bytes = vec![0u8; IDENTIFY_BYTES];
+    for (index, nsid) in nsids.iter().filter(|nsid| **nsid > after).take(IDENTIFY_BYTES / 4).enumerate() {
+        put32(&mut bytes, index * 4, *nsid);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::{get_str, le16, le32, le64};
+
+    #[test]
+    fn controller_fields_land_at_their_offsets() {
+        let data = controller(&ControllerData {
+            serial: "SN1",
+            model: "Peerless",
+            firmware: "0.1",
+            cntlid: 7,
+            version: 0x0001_0300,
+            subnqn: "nqn.2016-06.io.peerless:cnode1",
+            controller_type: ControllerType::Io,
+            mdts: 5,
+            max_namespaces: 32,
+            kas: 100,
+            aerl: 3,
+            volatile_write_cache: false,
+            in_capsule_data_bytes: 4096,
+            max_commands: 128,
+        });
+        assert_eq!(&data[4..7], b"SN1");
+        assert_eq!(data[7], b' ', "serial is space-padded");
+        assert_eq!((data[77], le16(&data, 78), le32(&data, 80)), (5, 7, 0x10300));
+        assert_eq!((data[111], le16(&data, 320), le32(&data, 516)), (1, 100, 32));
+        assert_eq!(get_str(&data, 768, 256).as_deref(), Some("nqn.2016-06.io.peerless:cnode1"));
+        assert_eq!(le32(&data, 1792), (64 + 4096) / 16);
+    }
+
+    #[test]
+    fn namespace_and_lists() {
+        let data = namespace(&NamespaceData {
+            num_blocks: 1000,
+            block_size: 4096,
+            nguid: [1; 16],
+            eui64: [2; 8],
+            shared: true,
+        });
+        assert_eq!((le64(&data, 0), data[130], data[30]), (1000, 12, 1));
+        let descriptors = namespace_descriptors(&[1; 16], &[0; 8], &[3; 16]);
+        assert_eq!((descriptors[0], descriptors[1]), (2, 16), "a zero EUI64 is left out");
+        assert_eq!((descriptors[20], descriptors[21]), (3, 16));
+        let list = active_namespaces(&[1, 2, 5], 1);
+        assert_eq!((le32(&list, 0), le32(&list, 4), le32(&list, 8)), (2, 5, 0));
+    }
+}

@@ -1,0 +1,128 @@
+//! Log pages (NVMe Base 2.0, 5.16.1) and the discovery log (NVMe-oF 1.1, 5.3).
+
+use super::{put16, put64, put_str};
+
+/// Log page identifiers.
+pub mod lid {
+    pub const ERROR_INFORMATION: u8 = 0x01;
+    pub const SMART_HEALTH: u8 = 0x02;
+    pub const FIRMWARE_SLOT: u8 = 0x03;
+    pub const CHANGED_NAMESPACES: u8 = 0x04;
+    pub const DISCOVERY: u8 = 0x70;
+}
+
+pub const ERROR_ENTRY_BYTES: usize = 64;
+pub const SMART_BYTES: usize = 512;
+pub const FIRMWARE_SLOT_BYTES: usize = 512;
+pub const CHANGED_NAMESPACES_BYTES: usize = 4096;
+pub const DISCOVERY_HEADER_BYTES: usize = 1024;
+pub const DISCOVERY_ENTRY_BYTES: usize = 1024;
+/// A changed-namespace list holds this many IDs before it reports "too many".
+pub const CHANGED_NAMESPACES_MAX: usize = 1024;
+
+/// SMART / Health: a healthy device at 300 K with its I/O counts (in units of 1000
+/// 512-byte blocks, as the spec counts them).
+pub fn smart(data_units_read: u64, data_units_written: u64, host_reads: u64, host_writes: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; SMART_BYTES];
+    put16(&mut bytes, 1, 300); // composite temperature, kelvin
+    bytes[3] = 100; // available spare, percent
+    bytes[4] = 10; // available spare threshold
+    put64(&mut bytes, 32, data_units_read);
+    put64(&mut bytes, 48, data_units_written);
+    put64(&mut bytes, 64, host_reads);
+    put64(&mut bytes, 80, host_writes);
+    bytes
+}
+
+pub fn firmware_slot(revision: &str) -> Vec<u8> {
+    let mut bytes = vec![0u8; FIRMWARE_SLOT_BYTES];
+    bytes[0] = 1; // AFI: slot 1 active
+    put_str(&mut bytes, 8, 8, revision, b' ');
+    bytes
+}
+
+/// Changed Namespace List: the IDs, or 0xFFFFFFFF first when there were too many.
+pub fn changed_namespaces(nsids: &[u32]) -> Vec<u8> {
+    let mut bytes = vec![0u8; CHANGED_NAMESPACES_BYTES];
+    if nsids.len() > CHANGED_NAMESPACES_MAX {
+        super::put32(&mut bytes, 0, u32::MAX);
+        return bytes;
+    }
+    for (index, nsid) in nsids.iter().enumerate() {
+        super::put32(&mut bytes, index * 4, *nsid);
+    }
+    bytes
+}
+
+/// One discovery log entry (NVMe-oF 1.1, Figure 38).
+pub struct DiscoveryEntry<'a> {
+    /// 1 = referral to a discovery subsystem, 2 = NVMe subsystem, 3 = this discovery subsystem.
+    pub subtype: u8,
+    pub portid: u16,
+    pub ipv6: bool,
+    pub trsvcid: &'a str,
+    pub traddr: &'a str,
+    pub subnqn: &'a str,
+    pub secure_channel_required: bool,
+}
+
+/// TRTYPE for TCP.
+const TRTYPE_TCP: u8 = 3;
+/// Admin queue size a host may use to connect (SPDK_NVMF_MIN_ADMIN_MAX_SQ_SIZE).
+const ADMIN_MAX_SQ_SIZE: u16 = 32;
+
+pub fn discovery(generation: u64, entries: &[DiscoveryEntry<'_>]) -> Vec<u8> {
+    let mut bytes = vec![0u8; DISCOVERY_HEADER_BYTES + entries.len() * DISCOVERY_ENTRY_BYTES];
+    put64(&mut bytes, 0, generation);
+    put64(&mut bytes, 8, entries.len() as u64);
+    for (index, entry) in entries.iter().enumerate() {
+        let at = DISCOVERY_HEADER_BYTES + index * DISCOVERY_ENTRY_BYTES;
+        bytes[at] = TRTYPE_TCP;
+        bytes[at + 1] = if entry.ipv6 { 2 } else { 1 };
+        bytes[at + 2] = entry.subtype;
+        // TREQ: secure channel required (1) or not required (2).
+        bytes[at + 3] = if entry.secure_channel_required { 1 } else { 2 };
+        put16(&mut bytes, at + 4, entry.portid);
+        put16(&mut bytes, at + 6, 0xffff); // dynamic controller model
+        put16(&mut bytes, at + 8, ADMIN_MAX_SQ_SIZE);
+        put_str(&mut bytes, at + 32, 32, entry.trsvcid, b' ');
+        put_str(&mut bytes, at + 256, 256, entry.subnqn, 0);
+        put_str(&mut bytes, at + 512, 256, entry.traddr, b' ');
+        // TSAS for TCP: SECTYPE 0, no security.
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::{get_str, le16, le32, le64};
+
+    #[test]
+    fn discovery_layout() {
+        let entry = DiscoveryEntry {
+            subtype: 2,
+            portid: 1,
+            ipv6: false,
+            trsvcid: "4420",
+            traddr: "127.0.0.1",
+            subnqn: "nqn.2016-06.io.peerless:cnode1",
+            secure_channel_required: false,
+        };
+        let page = discovery(9, &[entry]);
+        assert_eq!(page.len(), 2048);
+        assert_eq!((le64(&page, 0), le64(&page, 8)), (9, 1));
+        assert_eq!((page[1024], page[1025], page[1026], page[1027]), (3, 1, 2, 2));
+        assert_eq!(le16(&page, 1024 + 6), 0xffff);
+        assert_eq!(&page[1024 + 32..1024 + 36], b"4420");
+        assert_eq!(get_str(&page, 1024 + 256, 256).as_deref(), Some("nqn.2016-06.io.peerless:cnode1"));
+        assert_eq!(&page[1024 + 512..1024 + 521], b"127.0.0.1");
+    }
+
+    #[test]
+    fn changed_list_overflows_to_all_ones() {
+        assert_eq!(le32(&changed_namespaces(&[3, 9]), 4), 9);
+        assert_eq!(le32(&changed_namespaces(&vec![1; 2000]), 0), u32::MAX);
+        assert_eq!(le16(&smart(1, 2, 3, 4), 1), 300);
+    }
+}
