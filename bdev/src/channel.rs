@@ -113,8 +113,9 @@ impl LayerChannel {
             return Err(IoStatus::LBA_OUT_OF_RANGE);
         }
         if io.io_type.has_data() {
+            // Buffers may be larger than the payload (fixed-size pool buffers), never smaller.
             let expected = io.num_blocks.checked_mul(u64::from(self.info.block_size));
-            if io.num_blocks == 0 || expected != Some(io.buffer_bytes() as u64) {
+            if io.num_blocks == 0 || expected.is_none_or(|expected| expected > io.buffer_bytes() as u64) {
                 return Err(IoStatus::INVALID_FIELD);
             }
         }
@@ -122,6 +123,9 @@ impl LayerChannel {
     }
 
     fn submit(&mut self, ctx: &mut ThreadCtx, mut io: Box<BdevIo>, writable: bool) {
+        // Saturating: a wild block count must fail the range check below, not overflow here.
+        let payload = io.num_blocks.saturating_mul(u64::from(self.info.block_size));
+        io.data_len = if io.io_type.has_data() { usize::try_from(payload).unwrap_or(usize::MAX) } else { 0 };
         if let Err(status) = self.check(&io, writable) {
             self.stats.record(io.io_type, 0, 0, status);
             io.complete(status);

@@ -149,6 +149,9 @@ pub struct BdevIo {
     pub(crate) submitted_at: Option<Instant>,
     /// Host buffers the layer substituted for buffers the bdev cannot DMA from.
     pub(crate) bounced: Option<Vec<DataBuf>>,
+    /// Payload bytes, set by the layer from the block count: buffers may be larger (pool
+    /// buffers come in fixed sizes) and `sgl()` lends exactly this much of them.
+    pub(crate) data_len: usize,
 }
 
 /// Completion hops an I/O object keeps room for without reallocating.
@@ -166,6 +169,7 @@ impl BdevIo {
             completions: Vec::with_capacity(COMPLETION_DEPTH),
             submitted_at: None,
             bounced: None,
+            data_len: 0,
         })
     }
 
@@ -180,28 +184,42 @@ impl BdevIo {
         self.tag = 0;
         self.submitted_at = None;
         self.bounced = None;
+        self.data_len = 0;
     }
 
     pub fn buffer_bytes(&self) -> usize {
         self.buffers.iter().map(DataBuf::len).sum()
     }
 
-    /// The payload as a tagged list (read-only view).
+    /// The payload as a tagged list (read-only view), exactly the I/O's length once the
+    /// layer has accepted it.
     pub fn sgl(&self) -> mem::Result<Sgl<'_>> {
         let mut sgl = Sgl::new();
         for buf in &self.buffers {
             sgl.push(buf.seg_ref()?)?;
         }
+        if self.data_len > 0 {
+            sgl.truncate(self.data_len);
+        }
         Ok(sgl)
     }
 
-    /// The payload as a writable tagged list.
+    /// The payload as a writable tagged list, exactly the I/O's length.
     pub fn sgl_mut(&mut self) -> mem::Result<Sgl<'_>> {
+        let data_len = self.data_len;
         let mut sgl = Sgl::new();
         for buf in &mut self.buffers {
             sgl.push(buf.seg_ref_mut()?)?;
         }
+        if data_len > 0 {
+            sgl.truncate(data_len);
+        }
         Ok(sgl)
+    }
+
+    /// Payload bytes the layer accepted this I/O with (0 before it did).
+    pub fn data_len(&self) -> usize {
+        self.data_len
     }
 
     /// Asks to receive this I/O on `queue`, with `tag`, when it completes.
