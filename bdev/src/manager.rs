@@ -136,6 +136,7 @@ impl Drop for Desc {
 }
 
 /// A thread's I/O path into one bdev through one descriptor.
+#[derive(Clone)]
 pub struct BdevHandle {
     pub(crate) channel: IoChannel<LayerChannel>,
     pub(crate) writable: bool,

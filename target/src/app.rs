@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::nvmf::{self, NvmfSubsystem, NvmfTarget};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use peerless_bdev::{BdevManager, BdevSubsystem};
@@ -54,17 +55,19 @@ impl TargetOptions {
     }
 }
 
-/// Every RPC method this target answers, bound to the target's bdev registry.
-pub fn registry(bdevs: &BdevManager) -> Registry {
+/// Every RPC method this target answers, bound to its bdevs and NVMe-oF target.
+pub fn registry(bdevs: &BdevManager, target: &NvmfTarget) -> Registry {
     let mut registry = Registry::new();
     framework::register(&mut registry);
     peerless_bdev::register_rpcs(&mut registry, bdevs);
+    nvmf::rpc::register(&mut registry, target);
     registry
 }
 
 /// The framework subsystems in init order (SPDK's names, so configs carry over).
-fn register_subsystems(app: &AppHandle, bdevs: &BdevManager) {
+fn register_subsystems(app: &AppHandle, bdevs: &BdevManager, target: &NvmfTarget) {
     app.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
+    app.register_subsystem(Arc::new(NvmfSubsystem { target: target.clone() }));
 }
 
 /// Runs the target until SIGINT, SIGTERM or `spdk_kill_instance`.
@@ -90,8 +93,9 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     watch_signals(&handle, signals);
 
     let bdevs = BdevManager::new();
-    register_subsystems(&handle, &bdevs);
-    let registry = Arc::new(registry(&bdevs));
+    let target = NvmfTarget::new(handle.clone(), bdevs.clone());
+    register_subsystems(&handle, &bdevs, &target);
+    let registry = Arc::new(registry(&bdevs, &target));
     let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {
         Ok(server) => server,
         Err(err) => {

@@ -1,0 +1,177 @@
+//! Fabrics Connect (NVMe-oF 1.1, 3.3): checks the command and its data, then creates a
+//! controller (admin queue) or joins one (I/O queue). A refusal says which parameter
+//! was wrong, in the IATTR/IPO form the spec defines.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerless_core::reactor::ThreadHandle;
+
+use super::ctrlr::{Controller, QpairInfo};
+use super::subsystem::{Subsystem, SubsystemKind};
+use super::target::NvmfTarget;
+use crate::nvme::identify::ControllerType;
+use crate::nvme::{get_str, le16, le32, status, Sqe, Status};
+use crate::tcp::options::TransportOptions;
+
+pub const CONNECT_DATA_BYTES: usize = 1024;
+const DYNAMIC_CNTLID: u16 = 0xffff;
+/// KAS granularity the target reports (100 ms units): KATO rounds up to it.
+const KATO_GRANULARITY_MS: u32 = 100;
+
+/// A refused Connect: its status and DW0 (IPO in bits 15:0, IATTR in bits 23:16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: Status,
+    pub dw0: u32,
+}
+
+fn invalid(in_data: bool, offset: u16) -> Refusal {
+    Refusal { status: status::CONNECT_INVALID_PARAMETERS, dw0: u32::from(offset) | (u32::from(in_data) << 16) }
+}
+
+/// Where the connection came from and where it lives.
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub thread: ThreadHandle,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub struct Connected {
+    pub controller: Arc<Controller>,
+    pub qid: u16,
+    /// Queue entries the host may have outstanding (SQSIZE + 1).
+    pub queue_entries: u16,
+}
+
+pub fn connect(
+    target: &NvmfTarget,
+    options: &TransportOptions,
+    info: &ConnInfo,
+    sqe: &Sqe,
+    data: &[u8],
+) -> Result<Connected, Refusal> {
+    if data.len() < CONNECT_DATA_BYTES {
+        return Err(Refusal { status: status::DATA_SGL_LENGTH_INVALID, dw0: 0 });
+    }
+    let recfmt = le16(&sqe.0, 40);
+    if recfmt != 0 {
+        return Err(Refusal { status: status::CONNECT_INCOMPATIBLE_FORMAT, dw0: 0 });
+    }
+    let qid = le16(&sqe.0, 42);
+    let queue_entries = u32::from(le16(&sqe.0, 44)) + 1;
+    let hostid: [u8; 16] = data[..16].try_into().map_err(|_| invalid(true, 0))?;
+    let cntlid = le16(data, 16);
+    let subnqn = get_str(data, 256, 256).ok_or(invalid(true, 256))?;
+    let hostnqn = get_str(data, 512, 256).ok_or(invalid(true, 512))?;
+
+    let subsystem = target.find_subsystem(&subnqn).ok_or(invalid(true, 256))?;
+    if !subsystem.listener_allowed(info.local) {
+        peerless_core::log_warn!("connect to '{subnqn}' on {}: not a listener of that subsystem", info.local);
+        return Err(invalid(true, 256));
+    }
+    if !subsystem.host_allowed(&hostnqn) {
+        peerless_core::log_warn!("connect to '{subnqn}' refused: host '{hostnqn}' is not allowed");
+        return Err(Refusal { status: status::CONNECT_INVALID_HOST, dw0: 512 | (1 << 16) });
+    }
+    if qid == 0 {
+        connect_admin(&subsystem, options, info, sqe, hostnqn, hostid, cntlid, queue_entries)
+    } else {
+        connect_io(&subsystem, options, info, qid, hostnqn, cntlid, queue_entries)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn connect_admin(
+    subsystem: &Arc<Subsystem>,
+    options: &TransportOptions,
+    info: &ConnInfo,
+    sqe: &Sqe,
+    hostnqn: String,
+    hostid: [u8; 16],
+    cntlid: u16,
+    queue_entries: u32,
+) -> Result<Connected, Refusal> {
+    if !(2..=options.max_aq_depth).contains(&queue_entries) {
+        return Err(invalid(false, 44));
+    }
+    if cntlid != DYNAMIC_CNTLID {
+        return Err(invalid(true, 16));
+    }
+    let requested_kato = le32(&sqe.0, 48);
+    let kato_ms = match requested_kato {
+        0 if subsystem.kind == SubsystemKind::Discovery => 0,
+        // An I/O controller without keep-alive could never be reclaimed; use the minimum.
+        0 => options.min_kato,
+        kato => kato.max(options.min_kato).div_ceil(KATO_GRANULARITY_MS) * KATO_GRANULARITY_MS,
+    };
+    let kind = match subsystem.kind {
+        SubsystemKind::Nvme => ControllerType::Io,
+        SubsystemKind::Discovery => ControllerType::Discovery,
+    };
+    let mut state = subsystem.state.lock();
+    let Some(cntlid) = Subsystem::allocate_cntlid(&mut state) else {
+        return Err(Refusal { status: status::CONNECT_CONTROLLER_BUSY, dw0: 0 });
+    };
+    let controller = Arc::new(Controller::new(
+        cntlid,
+        subsystem.clone(),
+        hostnqn,
+        hostid,
+        kind,
+        Duration::from_millis(u64::from(kato_ms)),
+        0,
+    ));
+    controller.qpairs.lock().push(qpair_info(info, 0));
+    state.controllers.insert(cntlid, controller.clone());
+    Ok(Connected { controller, qid: 0, queue_entries: queue_entries as u16 })
+}
+
+fn connect_io(
+    subsystem: &Arc<Subsystem>,
+    options: &TransportOptions,
+    info: &ConnInfo,
+    qid: u16,
+    hostnqn: String,
+    cntlid: u16,
+    queue_entries: u32,
+) -> Result<Connected, Refusal> {
+    if subsystem.kind == SubsystemKind::Discovery {
+        return Err(invalid(false, 42));
+    }
+    if !(2..=u32::from(options.max_queue_depth)).contains(&queue_entries) {
+        return Err(invalid(false, 44));
+    }
+    let controller = subsystem.state.lock().controllers.get(&cntlid).cloned().ok_or(invalid(true, 16))?;
+    if controller.hostnqn != hostnqn {
+        return Err(invalid(true, 512));
+    }
+    if !controller.is_enabled() || controller.is_failed() {
+        return Err(Refusal { status: status::COMMAND_SEQUENCE_ERROR, dw0: 0 });
+    }
+    if qid > controller.io_queues() {
+        return Err(invalid(false, 42));
+    }
+    let mut qpairs = controller.qpairs.lock();
+    if qpairs.iter().any(|qpair| qpair.qid == qid) {
+        return Err(invalid(false, 42));
+    }
+    qpairs.push(qpair_info(info, qid));
+    drop(qpairs);
+    Ok(Connected { controller, qid, queue_entries: queue_entries as u16 })
+}
+
+fn qpair_info(info: &ConnInfo, qid: u16) -> QpairInfo {
+    QpairInfo { qid, thread: info.thread.clone(), conn_id: info.conn_id, peer: info.peer, local: info.local }
+}
+
+/// Undoes a connect when its queue goes: an admin queue takes its controller with it.
+pub fn disconnect(controller: &Arc<Controller>, qid: u16, conn_id: u64) {
+    controller.qpairs.lock().retain(|qpair| qpair.conn_id != conn_id);
+    if qid == 0 {
+        controller.fail();
+        controller.subsystem.state.lock().controllers.remove(&controller.cntlid);
+    }
+}

@@ -1,0 +1,253 @@
+//! The target's shared state and the `nvmf` framework subsystem: poll groups (one
+//! lightweight thread per reactor), subsystems including discovery, the transport's
+//! options and listeners, and the fan-out of changes to every poll group by message.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use peerless_bdev::BdevManager;
+use peerless_core::reactor::{AppHandle, FiniDone, InitDone, IoDevice, ThreadCtx, ThreadHandle};
+use serde_json::{json, Value};
+
+use super::ctrlr::{event, Controller, EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, NOTICE_NAMESPACE_CHANGED};
+use super::subsystem::{Subsystem, SubsystemKind, DISCOVERY_NQN};
+use crate::nvme::log::lid;
+use crate::tcp::listener::Listener;
+use crate::tcp::options::TransportOptions;
+use crate::tcp::poll_group::{self, PollGroup};
+
+/// SPDK's default limit on subsystems (SPDK_NVMF_DEFAULT_MAX_SUBSYSTEMS).
+pub const DEFAULT_MAX_SUBSYSTEMS: usize = 1024;
+
+pub struct TargetShared {
+    pub app: AppHandle,
+    pub bdevs: BdevManager,
+    pub subsystems: Mutex<Vec<Arc<Subsystem>>>,
+    next_subsystem_id: AtomicU32,
+    pub transport: Mutex<Option<Arc<TransportOptions>>>,
+    pub listeners: Mutex<Vec<Listener>>,
+    pub poll_groups: Mutex<Vec<ThreadHandle>>,
+    pub pg_device: IoDevice<PollGroup>,
+    discovery_generation: AtomicU64,
+    next_poll_group: AtomicUsize,
+    next_conn_id: AtomicU64,
+}
+
+/// A handle on the target, shared by RPC handlers, listeners and poll groups.
+#[derive(Clone)]
+pub struct NvmfTarget(pub Arc<TargetShared>);
+
+impl NvmfTarget {
+    pub fn new(app: AppHandle, bdevs: BdevManager) -> NvmfTarget {
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<TargetShared>| {
+            let target = weak.clone();
+            TargetShared {
+                app,
+                bdevs,
+                subsystems: Mutex::new(Vec::new()),
+                next_subsystem_id: AtomicU32::new(0),
+                transport: Mutex::new(None),
+                listeners: Mutex::new(Vec::new()),
+                poll_groups: Mutex::new(Vec::new()),
+                pg_device: IoDevice::new("nvmf_tgt", move |ctx| PollGroup::new(target.clone(), ctx)),
+                discovery_generation: AtomicU64::new(1),
+                next_poll_group: AtomicUsize::new(0),
+                next_conn_id: AtomicU64::new(1),
+            }
+        });
+        let target = NvmfTarget(shared);
+        target.add_subsystem(DISCOVERY_NQN, SubsystemKind::Discovery);
+        target
+    }
+
+    pub fn add_subsystem(&self, nqn: &str, kind: SubsystemKind) -> Arc<Subsystem> {
+        let id = self.0.next_subsystem_id.fetch_add(1, Ordering::Relaxed);
+        let subsystem = Arc::new(Subsystem::new(id, nqn, kind));
+        self.0.subsystems.lock().push(subsystem.clone());
+        subsystem
+    }
+
+    pub fn find_subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.0.subsystems.lock().iter().find(|subsystem| subsystem.nqn == nqn).cloned()
+    }
+
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        self.0.subsystems.lock().clone()
+    }
+
+    pub fn transport(&self) -> Option<Arc<TransportOptions>> {
+        self.0.transport.lock().clone()
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.0.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Round-robin over poll groups, as SPDK places a new qpair without a hint.
+    pub fn pick_poll_group(&self) -> Option<ThreadHandle> {
+        let groups = self.0.poll_groups.lock();
+        if groups.is_empty() {
+            return None;
+        }
+        let index = self.0.next_poll_group.fetch_add(1, Ordering::Relaxed) % groups.len();
+        Some(groups[index].clone())
+    }
+
+    pub fn discovery_generation(&self) -> u64 {
+        self.0.discovery_generation.load(Ordering::Acquire)
+    }
+
+    /// Something the discovery log shows changed: bump its generation and tell every
+    /// discovery controller that asked for the notice.
+    pub fn discovery_changed(&self) {
+        self.0.discovery_generation.fetch_add(1, Ordering::AcqRel);
+        if let Some(discovery) = self.find_subsystem(DISCOVERY_NQN) {
+            let controllers: Vec<Arc<Controller>> = discovery.state.lock().controllers.values().cloned().collect();
+            for controller in controllers {
+                self.post_event(&controller, event(EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, lid::DISCOVERY), None);
+            }
+        }
+    }
+
+    /// A namespace of `subsystem` appeared or went: each poll group forgets its cached
+    /// view (the next I/O looks it up again), and every controller gets the notice.
+    pub fn namespace_changed(&self, ctx: &mut ThreadCtx, subsystem: &Arc<Subsystem>, nsid: u32) {
+        let subsystem_id = subsystem.id;
+        for group in self.0.poll_groups.lock().clone() {
+            let target = self.clone();
+            let _ = ctx.send_to(&group, move |ctx| {
+                poll_group::with(&target, ctx, |group, _| group.forget_namespace(subsystem_id, nsid));
+            });
+        }
+        let controllers: Vec<Arc<Controller>> = subsystem.state.lock().controllers.values().cloned().collect();
+        for controller in controllers {
+            self.post_event(
+                &controller,
+                event(EVENT_TYPE_NOTICE, NOTICE_NAMESPACE_CHANGED, lid::CHANGED_NAMESPACES),
+                Some(nsid),
+            );
+        }
+    }
+
+    /// Delivers an asynchronous event to the thread of the controller's admin queue.
+    pub fn post_event(&self, controller: &Arc<Controller>, dw0: u32, changed_nsid: Option<u32>) {
+        let Some(admin) = controller.admin() else { return };
+        let target = self.clone();
+        let cntlid = controller.cntlid;
+        let _ = admin.thread.send(move |ctx| {
+            poll_group::with(&target, ctx, |group, ctx| {
+                group.deliver_event(ctx, admin.conn_id, cntlid, dw0, changed_nsid)
+            });
+        });
+    }
+
+    /// Ends every connection of a controller (host removed, subsystem deleted).
+    pub fn disconnect_controller(&self, controller: &Arc<Controller>) {
+        controller.fail();
+        for qpair in controller.qpairs.lock().clone() {
+            let target = self.clone();
+            let _ = qpair.thread.send(move |ctx| {
+                poll_group::with(&target, ctx, |group, _| {
+                    group.close_conn(qpair.conn_id, "its controller was torn down")
+                });
+            });
+        }
+    }
+
+    /// Whether `addr` is a listener of any subsystem (or the discovery one).
+    pub fn is_listening(&self, addr: SocketAddr) -> bool {
+        self.0.listeners.lock().iter().any(|listener| listener.addr == addr)
+    }
+}
+
+/// The `nvmf` framework subsystem.
+pub struct NvmfSubsystem {
+    pub target: NvmfTarget,
+}
+
+/// Poll group threads are named as SPDK names them (nvmf_get_stats shows the names).
+pub fn poll_group_name(index: usize) -> String {
+    format!("nvmf_tgt_poll_group_{index:03}")
+}
+
+impl peerless_core::reactor::Subsystem for NvmfSubsystem {
+    fn name(&self) -> &'static str {
+        "nvmf"
+    }
+
+    fn depends_on(&self) -> &'static [&'static str] {
+        &["bdev"]
+    }
+
+    fn init(&self, ctx: &mut ThreadCtx, done: InitDone) {
+        let app = ctx.app();
+        let mut groups = Vec::new();
+        for (index, core) in app.options().cpumask.cores().enumerate() {
+            match app.spawn_thread(&poll_group_name(index), Some(core)) {
+                Ok(thread) => groups.push(thread),
+                Err(err) => return done(ctx, Err(format!("cannot start poll group on core {core}: {err}"))),
+            }
+        }
+        // Create each group's state on its own thread so its poller lives there.
+        for group in &groups {
+            let target = self.target.clone();
+            let _ = ctx.send_to(group, move |ctx| poll_group::with(&target, ctx, |_, _| ()));
+        }
+        *self.target.0.poll_groups.lock() = groups;
+        done(ctx, Ok(()));
+    }
+
+    fn fini(&self, ctx: &mut ThreadCtx, done: FiniDone) {
+        // Stop accepting, end every connection, release every namespace's bdev.
+        self.target.0.listeners.lock().clear();
+        for subsystem in self.target.subsystems() {
+            let controllers: Vec<Arc<Controller>> = subsystem.state.lock().controllers.values().cloned().collect();
+            for controller in controllers {
+                self.target.disconnect_controller(&controller);
+            }
+            subsystem.state.lock().namespaces.clear();
+        }
+        done(ctx);
+    }
+
+    fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
+        let mut entries = Vec::new();
+        if let Some(options) = self.target.transport() {
+            entries.push(json!({"method": "nvmf_create_transport", "params": options.as_ref()}));
+        }
+        for subsystem in self.target.subsystems() {
+            let state = subsystem.state.lock();
+            if subsystem.kind == SubsystemKind::Discovery {
+                for listener in &state.listeners {
+                    entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
+                        "nqn": "discovery", "listen_address": listener.to_json()}}));
+                }
+                continue;
+            }
+            entries.push(json!({"method": "nvmf_create_subsystem", "params": {
+                "nqn": subsystem.nqn, "serial_number": state.serial, "model_number": state.model,
+                "allow_any_host": state.allow_any_host, "max_namespaces": state.max_namespaces,
+                "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid}}));
+            for host in &state.hosts {
+                entries
+                    .push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": subsystem.nqn, "host": host}}));
+            }
+            for ns in state.namespaces.values() {
+                entries.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": subsystem.nqn, "namespace": {
+                    "nsid": ns.nsid, "bdev_name": ns.bdev_name, "nguid": hex(&ns.nguid), "eui64": hex(&ns.eui64),
+                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem}}}));
+            }
+            for listener in &state.listeners {
+                entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
+                    "nqn": subsystem.nqn, "listen_address": listener.to_json()}}));
+            }
+        }
+        entries
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02X}")).collect()
+}

@@ -1,0 +1,82 @@
+//! Listeners: bound on the app thread, accepting from a poller there (woken by the
+//! socket in interrupt mode), handing each connection to a poll group round-robin.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+
+use super::conn::Conn;
+use super::poll_group;
+use crate::nvmf::NvmfTarget;
+
+/// Connections accepted per poll, so a connection storm cannot hold the app thread.
+const ACCEPTS_PER_POLL: usize = 16;
+
+pub struct Listener {
+    pub addr: SocketAddr,
+    socket: Arc<TcpListener>,
+    poller: PollerId,
+    pub connections: Arc<AtomicU32>,
+}
+
+impl Listener {
+    /// Binds `addr` and starts accepting on the calling (app) thread.
+    pub fn bind(ctx: &mut ThreadCtx, target: &NvmfTarget, addr: SocketAddr) -> std::io::Result<Listener> {
+        let socket = Arc::new(TcpListener::bind(addr)?);
+        socket.set_nonblocking(true)?;
+        let bound = socket.local_addr()?;
+        let connections = Arc::new(AtomicU32::new(0));
+        let (accepting, counter, target) = (socket.clone(), connections.clone(), target.clone());
+        let interrupt_mode = ctx.app().options().interrupt_mode;
+        let period_us = if interrupt_mode {
+            use std::os::fd::AsFd;
+            ctx.watch_fd(socket.as_fd())?;
+            0
+        } else {
+            target.transport().map_or(10_000, |options| u64::from(options.acceptor_poll_rate))
+        };
+        let poller = ctx.register_timed_poller(&format!("nvmf_tcp_accept_{bound}"), period_us, move |_| {
+            PollStatus::from_work(accept(&accepting, &target, &counter) > 0)
+        });
+        peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
+        Ok(Listener { addr: bound, socket, poller, connections })
+    }
+
+    /// Stops accepting; connections already made stay.
+    pub fn stop(self, ctx: &mut ThreadCtx) {
+        use std::os::fd::AsFd;
+        ctx.unregister_poller(self.poller);
+        let _ = ctx.unwatch_fd(self.socket.as_fd());
+    }
+}
+
+fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32>) -> usize {
+    let mut accepted = 0;
+    for _ in 0..ACCEPTS_PER_POLL {
+        let stream = match socket.accept() {
+            Ok((stream, _)) => stream,
+            Err(_) => break,
+        };
+        accepted += 1;
+        let Some(options) = target.transport() else { continue };
+        if connections.load(Ordering::Relaxed) >= options.max_connections_per_listener {
+            peerless_core::log_warn!(
+                "listener {:?}: refusing a connection, already serving the limit of {}",
+                socket.local_addr().ok(),
+                options.max_connections_per_listener
+            );
+            continue;
+        }
+        let Some(group) = target.pick_poll_group() else { continue };
+        let id = target.next_conn_id();
+        let (target, counter) = (target.clone(), connections.clone());
+        // A connection is built on its poll group's thread: it owns thread-local state.
+        let _ = group.send(move |ctx| match Conn::new(id, stream, target.clone(), options, counter) {
+            Ok(conn) => poll_group::with(&target, ctx, |group, ctx| group.add_conn(ctx, conn)),
+            Err(err) => peerless_core::log_warn!("cannot set up an accepted connection: {err}"),
+        });
+    }
+    accepted
+}
