@@ -43,14 +43,18 @@ impl QosLimits {
     }
 }
 
-/// One channel's budget for the current timeslice.
+/// Timeslices of unused budget a channel may bank: a reactor preempted for a few
+/// milliseconds catches up instead of losing them, while a long idle spell does not turn
+/// into a burst far above the limit.
+const MAX_BANKED_SLICES: u64 = 4;
+
+/// One channel's token bucket, refilled per 1 ms timeslice. The four budgets are, in
+/// order: I/Os, read+write bytes, read bytes, write bytes.
 #[derive(Debug)]
 pub(crate) struct QosBudget {
     limits: QosLimits,
-    ios: Option<u64>,
-    rw_bytes: Option<u64>,
-    read_bytes: Option<u64>,
-    write_bytes: Option<u64>,
+    per_slice: [Option<u64>; 4],
+    left: [Option<u64>; 4],
     slice_started: Instant,
 }
 
@@ -60,23 +64,40 @@ fn per_slice(per_sec: u64, share: u64) -> Option<u64> {
 
 impl QosBudget {
     pub fn new(limits: QosLimits, now: Instant) -> Self {
-        let mut budget =
-            QosBudget { limits, ios: None, rw_bytes: None, read_bytes: None, write_bytes: None, slice_started: now };
-        budget.refill(now, 1);
+        let mut budget = QosBudget { limits, per_slice: [None; 4], left: [None; 4], slice_started: now };
+        budget.set_share(1);
+        budget.left = budget.per_slice;
         budget
     }
 
-    /// Starts a new timeslice with this channel's share of each limit.
+    fn set_share(&mut self, share: u64) {
+        self.per_slice = [
+            per_slice(self.limits.rw_ios_per_sec, share),
+            per_slice(self.limits.rw_mbytes_per_sec * BYTES_PER_MB, share),
+            per_slice(self.limits.r_mbytes_per_sec * BYTES_PER_MB, share),
+            per_slice(self.limits.w_mbytes_per_sec * BYTES_PER_MB, share),
+        ];
+    }
+
+    /// Credits every whole timeslice since the last refill, at this channel's share.
     pub fn refill(&mut self, now: Instant, share: u64) {
-        self.slice_started = now;
-        self.ios = per_slice(self.limits.rw_ios_per_sec, share);
-        self.rw_bytes = per_slice(self.limits.rw_mbytes_per_sec * BYTES_PER_MB, share);
-        self.read_bytes = per_slice(self.limits.r_mbytes_per_sec * BYTES_PER_MB, share);
-        self.write_bytes = per_slice(self.limits.w_mbytes_per_sec * BYTES_PER_MB, share);
+        self.set_share(share);
+        let elapsed = now.saturating_duration_since(self.slice_started);
+        let slices = (elapsed.as_nanos() / QOS_TIMESLICE.as_nanos()).max(1) as u64;
+        // Keep the 1 ms cadence rather than restarting the slice at "now".
+        self.slice_started += QOS_TIMESLICE * slices.min(u64::from(u32::MAX)) as u32;
+        for (left, per_slice) in self.left.iter_mut().zip(self.per_slice) {
+            if let Some(per_slice) = per_slice {
+                let banked = left.unwrap_or(0).saturating_add(per_slice.saturating_mul(slices));
+                *left = Some(banked.min(per_slice.saturating_mul(MAX_BANKED_SLICES)));
+            } else {
+                *left = None;
+            }
+        }
     }
 
     pub fn slice_over(&self, now: Instant) -> bool {
-        now.duration_since(self.slice_started) >= QOS_TIMESLICE
+        now.saturating_duration_since(self.slice_started) >= QOS_TIMESLICE
     }
 
     /// Charges an I/O to the budget if any is left. Like SPDK, the last I/O of a slice may
@@ -85,26 +106,16 @@ impl QosBudget {
         let bytes = io.num_blocks * u64::from(block_size);
         let is_read = io.io_type == IoType::Read;
         let is_write = matches!(io.io_type, IoType::Write | IoType::WriteZeroes);
-        let exhausted = |left: Option<u64>| left == Some(0);
-        if exhausted(self.ios)
-            || exhausted(self.rw_bytes)
-            || (is_read && exhausted(self.read_bytes))
-            || (is_write && exhausted(self.write_bytes))
-        {
+        let applies = [true, true, is_read, is_write];
+        let exhausted = self.left.iter().zip(applies).any(|(left, applies)| applies && *left == Some(0));
+        if exhausted {
             return false;
         }
-        let charge = |left: &mut Option<u64>, amount: u64| {
-            if let Some(left) = left {
-                *left = left.saturating_sub(amount);
+        let charges = [1, bytes, bytes, bytes];
+        for ((left, applies), charge) in self.left.iter_mut().zip(applies).zip(charges) {
+            if let (Some(left), true) = (left.as_mut(), applies) {
+                *left = left.saturating_sub(charge);
             }
-        };
-        charge(&mut self.ios, 1);
-        charge(&mut self.rw_bytes, bytes);
-        if is_read {
-            charge(&mut self.read_bytes, bytes);
-        }
-        if is_write {
-            charge(&mut self.write_bytes, bytes);
         }
         true
     }
@@ -122,8 +133,13 @@ mod tests {
         let io = BdevIo::new(IoType::Read, 0, 8);
         let admitted = (0..100).filter(|_| budget.admit(&io, 512)).count();
         assert_eq!(admitted, 10, "10k IOPS is 10 I/O per 1 ms slice");
-        budget.refill(now, 2);
+        budget.refill(now + QOS_TIMESLICE, 2);
         assert_eq!((0..100).filter(|_| budget.admit(&io, 512)).count(), 5, "two channels split the slice");
+        // A reactor preempted for 3 ms banks the slices it missed, up to the cap.
+        budget.refill(now + QOS_TIMESLICE * 4, 1);
+        assert_eq!((0..100).filter(|_| budget.admit(&io, 512)).count(), 30);
+        budget.refill(now + QOS_TIMESLICE * 100, 1);
+        assert_eq!((0..100).filter(|_| budget.admit(&io, 512)).count(), 40, "banking stops at 4 slices");
 
         let bytes = QosLimits { r_mbytes_per_sec: 1, ..QosLimits::default() };
         let mut budget = QosBudget::new(bytes, now);
