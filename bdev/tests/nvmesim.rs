@@ -102,7 +102,10 @@ fn file_media_keeps_data_across_a_recreate() {
     drop(bdev);
     nvmesim(&harness, params);
     let desc = harness.open("Nvme0", false);
-    assert!(harness.run_one(&desc, read(500, 513, BLOCK)).bytes() == pattern(500, 513, BLOCK, 4), "the file kept the data");
+    assert!(
+        harness.run_one(&desc, read(500, 513, BLOCK)).bytes() == pattern(500, 513, BLOCK, 4),
+        "the file kept the data"
+    );
     std::fs::remove_file(path).unwrap();
 }
 

@@ -100,6 +100,26 @@ fn part_name(base: &str, index: u32) -> String {
     format!("{base}p{index}")
 }
 
+/// Salt that keeps part 0's UUID apart from its base's.
+const PART_UUID_SALT: [u8; 4] = *b"splt";
+
+/// A part's UUID, derived from its base's and its index so that a split recreated from
+/// a saved config (or after a restart) exports the same namespace UUIDs. RFC 9562
+/// version 8 (custom): the index lands in bits the version and variant do not touch, so
+/// the parts of one base never collide.
+fn part_uuid(base: Uuid, index: u32) -> Uuid {
+    let mut bytes = base.0;
+    for (byte, salt) in bytes[..4].iter_mut().zip(PART_UUID_SALT) {
+        *byte ^= salt;
+    }
+    for (byte, mix) in bytes[12..].iter_mut().zip(index.to_be_bytes()) {
+        *byte ^= mix;
+    }
+    bytes[6] = (bytes[6] & 0x0f) | 0x80;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    Uuid(bytes)
+}
+
 /// Claims `base_bdev` and registers its parts; on any failure none stays registered.
 pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Vec<Arc<SplitPart>>, RpcError> {
     let base = manager.get(&params.base_bdev)?;
@@ -123,7 +143,7 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Vec<Arc<Spl
             product_name: PRODUCT_NAME.into(),
             block_size: base_info.block_size,
             num_blocks: part_blocks,
-            uuid: Uuid::random(),
+            uuid: part_uuid(base_info.uuid, index),
             max_io_blocks: base_info.max_io_blocks,
         };
         let part =
@@ -259,5 +279,17 @@ mod tests {
         check(base(100, 512), params(0, 0), None);
         check(base(1 << 30, 512), params(MAX_SPLIT_COUNT + 1, 0), None);
         check(base(1 << 20, 512), params(1, u64::MAX), None);
+    }
+
+    #[test]
+    fn part_uuids_are_stable_distinct_and_version_8() {
+        let base = Uuid::random();
+        let uuids: Vec<Uuid> = (0..MAX_SPLIT_COUNT).map(|index| part_uuid(base, index)).collect();
+        assert_eq!(uuids[7], part_uuid(base, 7), "derived, not random");
+        let mut unique = uuids.clone();
+        unique.sort_by_key(|uuid| uuid.0);
+        unique.dedup();
+        assert_eq!(unique.len(), uuids.len());
+        assert!(uuids.iter().all(|uuid| *uuid != base && uuid.to_string().as_bytes()[14] == b'8'));
     }
 }
