@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 use peerless_bdev::modules::nvmesim::{self, CreateParams, NvmesimBdev, QUEUE_DEPTH};
-use peerless_bdev::modules::passthru;
+use peerless_bdev::modules::{passthru, split};
 use peerless_bdev::stat::IoStat;
 use peerless_bdev::{Bdev, DataBuf, IoStatus, IoType};
 use peerless_core::mem::{self, CmbConfig, EmulatedCmb, MemStats, P2pBuf};
@@ -157,6 +157,21 @@ fn own_cmb_buffers_pass_through_passthru_without_bounce() {
     assert_eq!(provider.domain(), bdev.cmb().unwrap().domain());
     cmb_round_trip(&harness, &bdev, "PT0");
     passthru::delete(None, &harness.bdevs, &pt).unwrap();
+}
+
+#[test]
+fn own_cmb_buffers_reach_the_device_through_a_split_part_without_bounce() {
+    let harness = Harness::new();
+    let bdev =
+        nvmesim(&harness, CreateParams { cmb_size_mb: CMB_MB, ..CreateParams::new("Nvme0", 1024, BLOCK as u32) });
+    let params = split::CreateParams { base_bdev: "Nvme0".into(), split_count: 2, split_size_mb: 0 };
+    let parts = split::create(&harness.bdevs, params).unwrap();
+    cmb_round_trip(&harness, &bdev, "Nvme0p1");
+    // Part 1 starts at block 512: its block 100 is the device's 612.
+    let base = harness.open("Nvme0", false);
+    let on_base = harness.run_one(&base, read(612, 64, BLOCK));
+    assert!(on_base.bytes() == pattern(100, 64, BLOCK, 8), "the part wrote at its offset on the device");
+    split::delete(None, &harness.bdevs, &parts).unwrap();
 }
 
 #[test]

@@ -47,7 +47,8 @@ impl NvmesimChannel {
     pub(crate) fn new(ctx: &mut ThreadCtx, name: &str, device: Arc<Device>) -> NvmesimChannel {
         let completions: Completions = Rc::new(RefCell::new(VecDeque::with_capacity(QUEUE_DEPTH)));
         let alive = Rc::new(());
-        register_poller(ctx, name, completions.clone(), Rc::downgrade(&alive));
+        let modelled = !device.latency.is_zero() || device.bandwidth_bytes_per_sec != 0;
+        register_poller(ctx, name, completions.clone(), Rc::downgrade(&alive), modelled);
         NvmesimChannel { device, staging: vec![0u8; STAGING_BYTES], completions, busy_until: ctx.now(), _alive: alive }
     }
 
@@ -93,8 +94,15 @@ impl NvmesimChannel {
     }
 
     /// When the modelled device finishes `bytes` submitted now: after the link has
-    /// carried them (bandwidth) plus the fixed command latency.
-    fn due(&mut self, now: Instant, bytes: u64) -> Instant {
+    /// carried them (bandwidth) plus the fixed command latency. Unmodelled, at once.
+    fn due(&mut self, ctx: &ThreadCtx, bytes: u64) -> Instant {
+        if self.device.latency.is_zero() && self.device.bandwidth_bytes_per_sec == 0 {
+            // The timeslice's clock: already past, so the next poll completes it.
+            return ctx.now();
+        }
+        // The real clock, not the timeslice's, which may have started before this
+        // submission: a modelled latency must never come out short.
+        let now = Instant::now();
         let transfer = match self.device.bandwidth_bytes_per_sec {
             0 => Duration::ZERO,
             rate => Duration::from_nanos((u128::from(bytes) * 1_000_000_000 / u128::from(rate)) as u64),
@@ -126,7 +134,7 @@ impl BdevChannelOps for NvmesimChannel {
         }
         let status = self.execute(&mut io);
         let bytes = if io.io_type.has_data() { io.buffer_bytes() as u64 } else { 0 };
-        let due = self.due(ctx.now(), bytes);
+        let due = self.due(ctx, bytes);
         // Due times never decrease (a fixed latency after a monotonic link clock), so
         // the queue stays in completion order.
         debug_assert!(self.completions.borrow().back().is_none_or(|last| last.due <= due));
@@ -135,11 +143,13 @@ impl BdevChannelOps for NvmesimChannel {
     }
 }
 
-fn register_poller(ctx: &mut ThreadCtx, name: &str, completions: Completions, owner: Weak<()>) {
+/// `modelled`: due times come from the real clock, so the poller reads it too; else the
+/// timeslice's clock, which costs nothing, is enough.
+fn register_poller(ctx: &mut ThreadCtx, name: &str, completions: Completions, owner: Weak<()>, modelled: bool) {
     let slot: Rc<Cell<Option<PollerId>>> = Rc::default();
     let own_id = slot.clone();
     let id = ctx.register_poller(&format!("nvmesim_{name}"), move |ctx| {
-        let now = Instant::now().max(ctx.now());
+        let now = if modelled { Instant::now() } else { ctx.now() };
         let mut completed = 0;
         while completed < COMPLETIONS_PER_POLL {
             let next = {

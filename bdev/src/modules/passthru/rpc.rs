@@ -50,7 +50,10 @@ impl BdevModule for PassthruModule {
                 let found = table.lock().iter().filter_map(Weak::upgrade).find(|bdev| bdev.name() == params.name);
                 match found {
                     Some(bdev) => match delete(Some(ctx), &bdevs, &bdev) {
-                        Ok(()) => responder.ok_true(),
+                        Ok(()) => {
+                            table.lock().retain(|weak| !std::ptr::eq(weak.as_ptr(), Arc::as_ptr(&bdev)));
+                            responder.ok_true()
+                        }
                         Err(err) => responder.err(err.into()),
                     },
                     None => responder.err(RpcError::no_such_device(format!(
