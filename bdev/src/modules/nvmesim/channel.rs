@@ -54,12 +54,15 @@ impl NvmesimChannel {
 
     fn execute(&mut self, io: &mut BdevIo) -> IoStatus {
         let block_size = u64::from(self.device.block_size);
-        // The layer checked the range, so neither product overflows.
+        // The layer checked the range and the buffer size, so neither product overflows
+        // and the buffers hold `len` bytes; the size is checked again below because a
+        // short list would leave media bytes unwritten.
         let offset = io.offset_blocks * block_size;
         let len = io.num_blocks * block_size;
         let media = &self.device.media;
         let result = match io.io_type {
             IoType::Write => match io.sgl() {
+                Ok(sgl) if sgl.len() as u64 != len => Err((IoStatus::INVALID_FIELD, format!("{} bytes", sgl.len()))),
                 Ok(sgl) => move_chunks(&mut self.staging, sgl.len(), |at, staging| {
                     mem::dma_gather(&sgl, at, staging)
                         .map_err(|err| (IoStatus::DATA_TRANSFER_ERROR, err.to_string()))?;
@@ -68,6 +71,7 @@ impl NvmesimChannel {
                 Err(err) => Err((IoStatus::DATA_TRANSFER_ERROR, err.to_string())),
             },
             IoType::Read => match io.sgl_mut() {
+                Ok(sgl) if sgl.len() as u64 != len => Err((IoStatus::INVALID_FIELD, format!("{} bytes", sgl.len()))),
                 Ok(mut sgl) => move_chunks(&mut self.staging, sgl.len(), |at, staging| {
                     media.read(offset + at as u64, staging).map_err(|err| (IoStatus::UNRECOVERED_READ_ERROR, err))?;
                     mem::dma_scatter(&mut sgl, at, staging)
@@ -75,10 +79,7 @@ impl NvmesimChannel {
                 }),
                 Err(err) => Err((IoStatus::DATA_TRANSFER_ERROR, err.to_string())),
             },
-            IoType::Unmap | IoType::WriteZeroes => {
-                self.staging.fill(0);
-                media.zero(offset, len, &self.staging).map_err(|err| (IoStatus::WRITE_FAULT, err))
-            }
+            IoType::Unmap | IoType::WriteZeroes => media.zero(offset, len).map_err(|err| (IoStatus::WRITE_FAULT, err)),
             IoType::Flush => media.flush().map_err(|err| (IoStatus::WRITE_FAULT, err)),
             // Queued behind everything before it, so it completes once they have.
             IoType::Reset => Ok(()),

@@ -15,8 +15,12 @@ pub(crate) enum Media {
     File {
         file: File,
         path: PathBuf,
+        zeroes: Box<[u8]>,
     },
 }
+
+/// Zeroes written per step when a file's blocks are zeroed.
+const ZERO_CHUNK_BYTES: usize = 64 * 1024;
 
 impl Media {
     pub(crate) fn ram(bytes: u64) -> Result<Media, String> {
@@ -38,7 +42,7 @@ impl Media {
         if len < bytes {
             file.set_len(bytes).map_err(|err| format!("{}: cannot grow to {bytes} bytes: {err}", path.display()))?;
         }
-        Ok(Media::File { file, path })
+        Ok(Media::File { file, path, zeroes: vec![0u8; ZERO_CHUNK_BYTES].into_boxed_slice() })
     }
 
     pub(crate) fn path(&self) -> Option<&PathBuf> {
@@ -68,12 +72,11 @@ impl Media {
         }
     }
 
-    /// Zeroes `len` bytes at `offset`; a file is written from `zeroes`, a zeroed chunk.
-    pub(crate) fn zero(&self, offset: u64, len: u64, zeroes: &[u8]) -> Result<(), String> {
+    /// Zeroes `len` bytes at `offset`.
+    pub(crate) fn zero(&self, offset: u64, len: u64) -> Result<(), String> {
         match self {
             Media::Ram(region) => region.fill(to_usize(offset)?, to_usize(len)?, 0).map_err(|err| err.to_string()),
-            Media::File { file, .. } => {
-                debug_assert!(zeroes.iter().all(|byte| *byte == 0));
+            Media::File { file, zeroes, .. } => {
                 let mut done = 0;
                 while done < len {
                     let n = (len - done).min(zeroes.len() as u64) as usize;
@@ -107,7 +110,7 @@ mod tests {
         let mut back = vec![0u8; 3000];
         media.read(1000, &mut back).unwrap();
         assert_eq!(back, data);
-        media.zero(1500, 1000, &[0u8; 256]).unwrap();
+        media.zero(1500, 1000).unwrap();
         media.read(1000, &mut back).unwrap();
         assert_eq!(back[..500], data[..500]);
         assert!(back[500..1500].iter().all(|byte| *byte == 0));
