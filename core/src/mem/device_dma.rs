@@ -19,6 +19,12 @@ use super::{stats, Error, Path, Result};
 pub fn dma_gather(src: &Sgl<'_>, offset: usize, dst: &mut [u8]) -> Result<()> {
     let piece = src.sub(offset, dst.len())?;
     preflight(&piece, true)?;
+    gather(&piece, dst)
+}
+
+/// [`dma_gather`] of all of `piece` (as long as `dst`), its engines already checked.
+pub(super) fn gather(piece: &Sgl<'_>, dst: &mut [u8]) -> Result<()> {
+    debug_assert_eq!(piece.len(), dst.len());
     let snap = (!piece.is_host_only()).then(registry::snapshot);
     let mut done = 0;
     for seg in piece.segs() {
@@ -50,16 +56,23 @@ pub fn dma_scatter(dst: &mut Sgl<'_>, offset: usize, src: &[u8]) -> Result<()> {
     if !dst.is_writable() {
         return Err(Error::ReadOnly);
     }
-    let piece = dst.sub_mut(offset, src.len())?;
+    let mut piece = dst.sub_mut(offset, src.len())?;
     preflight(&piece, false)?;
+    scatter(&mut piece, src)
+}
+
+/// [`dma_scatter`] into all of `piece` (as long as `src`), its engines already checked.
+pub(super) fn scatter(piece: &mut Sgl<'_>, src: &[u8]) -> Result<()> {
+    debug_assert_eq!(piece.len(), src.len());
+    debug_assert!(piece.is_writable());
     let snap = (!piece.is_host_only()).then(registry::snapshot);
     let mut done = 0;
     for seg in piece.segs() {
         let n = seg.len();
         let from = &src[done..done + n];
         if seg.kind() == MemKind::Host {
-            // SAFETY: a writable Host segment of `dst`, borrowed exclusively for this call,
-            // and this the only slice over it; `src` is a distinct shared borrow.
+            // SAFETY: a writable Host segment of `piece`, borrowed exclusively for this
+            // call, and this the only slice over it; `src` is a distinct shared borrow.
             unsafe { host_slice_mut(seg) }.copy_from_slice(from);
             stats::cpu(Path::Direct, n);
         } else {
@@ -76,7 +89,7 @@ pub fn dma_scatter(dst: &mut Sgl<'_>, offset: usize, src: &[u8]) -> Result<()> {
 }
 
 /// Refuses up front a list with a device segment no engine can move.
-fn preflight(sgl: &Sgl<'_>, is_src: bool) -> Result<()> {
+pub(super) fn preflight(sgl: &Sgl<'_>, is_src: bool) -> Result<()> {
     if sgl.is_host_only() {
         return Ok(());
     }
