@@ -98,6 +98,8 @@ fn file_media_keeps_data_across_a_recreate() {
     let bdev = nvmesim(&harness, params.clone());
     assert_eq!(bdev.driver_specific()["nvmesim"]["filename"], path.display().to_string());
     every_io_type_keeps_data(&harness, "Nvme0");
+    // The file is reached through the device's staging memory, CMB bytes by its engine.
+    cmb_round_trip(&harness, &bdev, "Nvme0");
     nvmesim::delete(None, &harness.bdevs, "Nvme0").unwrap();
     drop(bdev);
     nvmesim(&harness, params);
@@ -128,6 +130,7 @@ fn cmb_round_trip(harness: &Harness, bdev: &NvmesimBdev, name: &str) {
     assert!(cmb_bytes(&mut back) == expected, "the CMB read back what was written");
     assert_eq!(moved.cpu_io_accessor_bytes, 0, "the CPU reached the CMB: {moved:?}");
     assert_eq!(moved.cpu_bounce_bytes, 0, "{moved:?}");
+    assert_eq!((moved.host_bytes, moved.cpu_direct_bytes), (0, 0), "no payload byte in host memory: {moved:?}");
     assert_eq!(moved.iomem_bytes, 2 * len as u64, "{moved:?}");
     assert_eq!(moved.dma_bytes, 2 * len as u64, "the device's engine moved every CMB byte: {moved:?}");
     // A host buffer into the same device still works, on the host path.

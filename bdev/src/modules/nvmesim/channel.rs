@@ -9,9 +9,9 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerless_core::mem;
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
+use super::media::MediaError;
 use super::Device;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, IoType};
@@ -54,33 +54,18 @@ impl NvmesimChannel {
 
     fn execute(&mut self, io: &mut BdevIo) -> IoStatus {
         let block_size = u64::from(self.device.block_size);
-        // The layer checked the range and the buffer size, so neither product overflows
-        // and the buffers hold `len` bytes; the size is checked again below because a
-        // short list would leave media bytes unwritten.
+        // The layer checked the range and the buffer size, so neither product overflows;
+        // the size is checked again before data moves, as a short list would leave
+        // media bytes unwritten.
         let offset = io.offset_blocks * block_size;
         let len = io.num_blocks * block_size;
-        let media = &self.device.media;
         let result = match io.io_type {
-            IoType::Write => match io.sgl() {
-                Ok(sgl) if sgl.len() as u64 != len => Err((IoStatus::INVALID_FIELD, format!("{} bytes", sgl.len()))),
-                Ok(sgl) => move_chunks(&mut self.staging, sgl.len(), |at, staging| {
-                    mem::dma_gather(&sgl, at, staging)
-                        .map_err(|err| (IoStatus::DATA_TRANSFER_ERROR, err.to_string()))?;
-                    media.write(offset + at as u64, staging).map_err(|err| (IoStatus::WRITE_FAULT, err))
-                }),
-                Err(err) => Err((IoStatus::DATA_TRANSFER_ERROR, err.to_string())),
-            },
-            IoType::Read => match io.sgl_mut() {
-                Ok(sgl) if sgl.len() as u64 != len => Err((IoStatus::INVALID_FIELD, format!("{} bytes", sgl.len()))),
-                Ok(mut sgl) => move_chunks(&mut self.staging, sgl.len(), |at, staging| {
-                    media.read(offset + at as u64, staging).map_err(|err| (IoStatus::UNRECOVERED_READ_ERROR, err))?;
-                    mem::dma_scatter(&mut sgl, at, staging)
-                        .map_err(|err| (IoStatus::DATA_TRANSFER_ERROR, err.to_string()))
-                }),
-                Err(err) => Err((IoStatus::DATA_TRANSFER_ERROR, err.to_string())),
-            },
-            IoType::Unmap | IoType::WriteZeroes => media.zero(offset, len).map_err(|err| (IoStatus::WRITE_FAULT, err)),
-            IoType::Flush => media.flush().map_err(|err| (IoStatus::WRITE_FAULT, err)),
+            IoType::Write => self.write(io, offset, len).map_err(|err| err.with_status(IoStatus::WRITE_FAULT)),
+            IoType::Read => self.read(io, offset, len).map_err(|err| err.with_status(IoStatus::UNRECOVERED_READ_ERROR)),
+            IoType::Unmap | IoType::WriteZeroes => {
+                self.device.media.zero(offset, len).map_err(|err| (IoStatus::WRITE_FAULT, err))
+            }
+            IoType::Flush => self.device.media.flush().map_err(|err| (IoStatus::WRITE_FAULT, err)),
             // Queued behind everything before it, so it completes once they have.
             IoType::Reset => Ok(()),
             IoType::Compare => Err((IoStatus::INVALID_OPCODE, "compare is not supported".into())),
@@ -92,6 +77,22 @@ impl NvmesimChannel {
                 status
             }
         }
+    }
+
+    fn write(&mut self, io: &BdevIo, offset: u64, len: u64) -> Result<(), MediaError> {
+        let sgl = io.sgl().map_err(|err| MediaError::Transfer(err.to_string()))?;
+        if sgl.len() as u64 != len {
+            return Err(MediaError::Transfer(format!("{} bytes of buffers for {len} bytes of blocks", sgl.len())));
+        }
+        self.device.media.write_from(offset, &sgl, &mut self.staging)
+    }
+
+    fn read(&mut self, io: &mut BdevIo, offset: u64, len: u64) -> Result<(), MediaError> {
+        let mut sgl = io.sgl_mut().map_err(|err| MediaError::Transfer(err.to_string()))?;
+        if sgl.len() as u64 != len {
+            return Err(MediaError::Transfer(format!("{} bytes of buffers for {len} bytes of blocks", sgl.len())));
+        }
+        self.device.media.read_into(offset, &mut sgl, &mut self.staging)
     }
 
     /// When the modelled device finishes `bytes` submitted now: after the link has
@@ -111,21 +112,6 @@ impl NvmesimChannel {
         self.busy_until = self.busy_until.max(now) + transfer;
         self.busy_until + self.device.latency
     }
-}
-
-/// Runs `step(offset, staging piece)` over `len` bytes in staging-sized pieces.
-fn move_chunks(
-    staging: &mut [u8],
-    len: usize,
-    mut step: impl FnMut(usize, &mut [u8]) -> Result<(), (IoStatus, String)>,
-) -> Result<(), (IoStatus, String)> {
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(staging.len());
-        step(at, &mut staging[..n])?;
-        at += n;
-    }
-    Ok(())
 }
 
 impl BdevChannelOps for NvmesimChannel {

@@ -1,12 +1,39 @@
-//! The emulated SSD's media: RAM shared by every reactor, or a backing file. Both are
-//! reached only through the device's host staging memory (its controller SRAM); CMB
-//! bytes reach staging by the device's DMA engine, never by a CPU mapping.
+//! The emulated SSD's media: RAM shared by every reactor, or a backing file. The
+//! device's DMA engine moves a request's bytes: straight into RAM media
+//! (`SharedRegion::dma_write_from`), or through the device's staging memory (its
+//! controller SRAM) into a file. CMB bytes never pass a CPU mapping either way.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use peerless_core::mem::{Sgl, SharedRegion};
+use peerless_core::mem::{self, Sgl, SharedRegion};
+
+use crate::status::IoStatus;
+
+/// Why a transfer failed: moving the request's buffers (the gate refused, no engine) or
+/// the media itself; they map to different NVMe statuses.
+#[derive(Debug)]
+pub(crate) enum MediaError {
+    Transfer(String),
+    Media(String),
+}
+
+impl MediaError {
+    /// The NVMe status and the reason, `media` being the status of a media failure.
+    pub(crate) fn with_status(self, media: IoStatus) -> (IoStatus, String) {
+        match self {
+            MediaError::Transfer(why) => (IoStatus::DATA_TRANSFER_ERROR, why),
+            MediaError::Media(why) => (media, why),
+        }
+    }
+}
+
+impl From<String> for MediaError {
+    fn from(why: String) -> MediaError {
+        MediaError::Media(why)
+    }
+}
 
 pub(crate) enum Media {
     Ram(SharedRegion),
@@ -52,23 +79,30 @@ impl Media {
         }
     }
 
-    pub(crate) fn read(&self, offset: u64, dst: &mut [u8]) -> Result<(), String> {
+    /// Moves `src` onto the media at `offset` with the device's DMA: straight into RAM
+    /// media, or through `staging` (the device's SRAM) into a file.
+    pub(crate) fn write_from(&self, offset: u64, src: &Sgl<'_>, staging: &mut [u8]) -> Result<(), MediaError> {
         match self {
             Media::Ram(region) => {
-                let mut sgl = Sgl::from_host_mut(dst).map_err(|err| err.to_string())?;
-                region.read_into(to_usize(offset)?, &mut sgl).map_err(|err| err.to_string())
+                region.dma_write_from(to_usize(offset)?, src).map_err(|err| MediaError::Transfer(err.to_string()))
             }
-            Media::File { file, .. } => file.read_exact_at(dst, offset).map_err(|err| err.to_string()),
+            Media::File { file, .. } => in_pieces(src.len(), staging, |at, piece| {
+                mem::dma_gather(src, at, piece).map_err(|err| MediaError::Transfer(err.to_string()))?;
+                file.write_all_at(piece, offset + at as u64).map_err(|err| MediaError::Media(err.to_string()))
+            }),
         }
     }
 
-    pub(crate) fn write(&self, offset: u64, src: &[u8]) -> Result<(), String> {
+    /// Moves media bytes at `offset` into `dst`, the reverse of [`Media::write_from`].
+    pub(crate) fn read_into(&self, offset: u64, dst: &mut Sgl<'_>, staging: &mut [u8]) -> Result<(), MediaError> {
         match self {
             Media::Ram(region) => {
-                let sgl = Sgl::from_host(src).map_err(|err| err.to_string())?;
-                region.write_from(to_usize(offset)?, &sgl).map_err(|err| err.to_string())
+                region.dma_read_into(to_usize(offset)?, dst).map_err(|err| MediaError::Transfer(err.to_string()))
             }
-            Media::File { file, .. } => file.write_all_at(src, offset).map_err(|err| err.to_string()),
+            Media::File { file, .. } => in_pieces(dst.len(), staging, |at, piece| {
+                file.read_exact_at(piece, offset + at as u64).map_err(|err| MediaError::Media(err.to_string()))?;
+                mem::dma_scatter(dst, at, piece).map_err(|err| MediaError::Transfer(err.to_string()))
+            }),
         }
     }
 
@@ -96,6 +130,22 @@ impl Media {
     }
 }
 
+/// Runs `step(offset, staging piece)` over `len` bytes in staging-sized pieces.
+fn in_pieces(
+    len: usize,
+    staging: &mut [u8],
+    mut step: impl FnMut(usize, &mut [u8]) -> Result<(), MediaError>,
+) -> Result<(), MediaError> {
+    debug_assert!(!staging.is_empty());
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(staging.len());
+        step(at, &mut staging[..n])?;
+        at += n;
+    }
+    Ok(())
+}
+
 fn to_usize(value: u64) -> Result<usize, String> {
     usize::try_from(value).map_err(|_| format!("{value} does not fit this platform"))
 }
@@ -104,19 +154,27 @@ fn to_usize(value: u64) -> Result<usize, String> {
 mod tests {
     use super::*;
 
+    fn write(media: &Media, offset: u64, data: &[u8]) {
+        media.write_from(offset, &Sgl::from_host(data).unwrap(), &mut [0u8; 1000]).unwrap();
+    }
+
+    fn read(media: &Media, offset: u64, len: usize) -> Result<Vec<u8>, MediaError> {
+        let mut back = vec![0u8; len];
+        media.read_into(offset, &mut Sgl::from_host_mut(&mut back).unwrap(), &mut [0u8; 1000])?;
+        Ok(back)
+    }
+
     fn check(media: &Media) {
         let data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
-        media.write(1000, &data).unwrap();
-        let mut back = vec![0u8; 3000];
-        media.read(1000, &mut back).unwrap();
-        assert_eq!(back, data);
+        write(media, 1000, &data);
+        assert_eq!(read(media, 1000, 3000).unwrap(), data);
         media.zero(1500, 1000).unwrap();
-        media.read(1000, &mut back).unwrap();
+        let back = read(media, 1000, 3000).unwrap();
         assert_eq!(back[..500], data[..500]);
         assert!(back[500..1500].iter().all(|byte| *byte == 0));
         assert_eq!(back[1500..], data[1500..]);
         media.flush().unwrap();
-        assert!(media.read(8192 - 10, &mut back).is_err(), "reads past the end fail");
+        assert!(read(media, 8192 - 10, 3000).is_err(), "reads past the end fail");
     }
 
     #[test]
@@ -126,9 +184,7 @@ mod tests {
         check(&Media::file(path.clone(), 8192).unwrap());
         // Reopening keeps the bytes and never shrinks the file.
         let media = Media::file(path.clone(), 4096).unwrap();
-        let mut back = [0u8; 10];
-        media.read(1000, &mut back).unwrap();
-        assert_eq!(back[..], (0..10u8).collect::<Vec<_>>()[..]);
+        assert_eq!(read(&media, 1000, 10).unwrap(), (0..10u8).collect::<Vec<_>>());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
         std::fs::remove_file(path).unwrap();
     }
