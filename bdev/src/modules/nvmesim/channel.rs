@@ -20,7 +20,7 @@ use crate::status::IoStatus;
 /// Commands one channel keeps in flight, as an NVMe queue pair's depth; beyond it the
 /// layer queues and retries.
 pub const QUEUE_DEPTH: usize = 1024;
-/// The device's host staging memory per queue: how much one DMA step moves.
+/// The device's host staging memory per queue for file media: how much one step moves.
 pub const STAGING_BYTES: usize = 128 * 1024;
 /// Completions posted per poll, so one busy device cannot hold its thread forever.
 const COMPLETIONS_PER_POLL: usize = 256;
@@ -49,7 +49,9 @@ impl NvmesimChannel {
         let alive = Rc::new(());
         let modelled = !device.latency.is_zero() || device.bandwidth_bytes_per_sec != 0;
         register_poller(ctx, name, completions.clone(), Rc::downgrade(&alive), modelled);
-        NvmesimChannel { device, staging: vec![0u8; STAGING_BYTES], completions, busy_until: ctx.now(), _alive: alive }
+        // RAM media is reached without staging: only a file-backed device pays for it.
+        let staging = vec![0u8; if device.media.needs_staging() { STAGING_BYTES } else { 0 }];
+        NvmesimChannel { device, staging, completions, busy_until: ctx.now(), _alive: alive }
     }
 
     fn execute(&mut self, io: &mut BdevIo) -> IoStatus {

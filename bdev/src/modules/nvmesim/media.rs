@@ -72,6 +72,11 @@ impl Media {
         Ok(Media::File { file, path, zeroes: vec![0u8; ZERO_CHUNK_BYTES].into_boxed_slice() })
     }
 
+    /// Whether transfers go through a channel's staging memory (file media only).
+    pub(crate) fn needs_staging(&self) -> bool {
+        matches!(self, Media::File { .. })
+    }
+
     pub(crate) fn path(&self) -> Option<&PathBuf> {
         match self {
             Media::Ram(_) => None,

@@ -2,10 +2,9 @@
 //! device of issue 7. Its CMB is an emulated-CMB provider (strict by default: the CPU
 //! mapping is PROT_NONE), offered as the bdev's `p2p_provider`; it accepts its own CMB's
 //! domain, so the layer hands it CMB buffers as they are. Its DMA engine moves data
-//! between those (or host) buffers and its media through the device's own staging
-//! memory, with `mem::dma_gather`/`dma_scatter`: CMB bytes never pass a CPU mapping.
-//! Completions come from a per-channel queue, optionally after a modelled latency and
-//! bandwidth.
+//! between those (or host) buffers and its media, RAM or a file (see `media`): CMB
+//! bytes move only by the CMB's engine, never through a CPU mapping. Completions come
+//! from a per-channel queue, optionally after a modelled latency and bandwidth.
 
 mod channel;
 mod media;
