@@ -6,8 +6,12 @@ use peerless_core::rpc::Registry;
 
 use crate::manager::BdevManager;
 
+mod forward;
 pub mod malloc;
 pub mod null;
+pub mod nvmesim;
+pub mod passthru;
+pub mod split;
 
 /// A bdev module: what it adds to the RPC registry.
 pub trait BdevModule: Send + Sync {
@@ -17,5 +21,11 @@ pub trait BdevModule: Send + Sync {
 
 /// Every module built into this binary, in the order their config entries replay.
 pub fn all() -> Vec<Box<dyn BdevModule>> {
-    vec![Box::new(malloc::MallocModule), Box::new(null::NullModule)]
+    vec![
+        Box::new(malloc::MallocModule),
+        Box::new(null::NullModule),
+        Box::new(nvmesim::NvmesimModule),
+        Box::new(passthru::PassthruModule),
+        Box::new(split::SplitModule),
+    ]
 }

@@ -23,6 +23,7 @@
 mod chunks;
 mod cmb;
 mod copy;
+mod device_dma;
 mod dma;
 mod io;
 mod map;
@@ -46,6 +47,7 @@ pub use chunks::ChunkReader;
 pub(crate) use chunks::{for_each_chunk, for_each_chunk_mut};
 pub use cmb::{CmbConfig, EmulatedCmb, CMB_GRANULE_BYTES, CMB_MAX_BYTES};
 pub use copy::{copy, fill};
+pub use device_dma::{dma_gather, dma_scatter};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
 pub use miter::{DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};

@@ -6,7 +6,9 @@
 //! blocks with one request's bytes or a mix, as on a disk (NVMe gives no ordering
 //! between overlapping commands in flight), and never anything worse.
 
+use super::device_dma::{gather, preflight, scatter};
 use super::dma::DmaBuf;
+use super::miter::STAGING_CHUNK_BYTES;
 use super::{stats, Error, Result, Sgl};
 
 /// A zeroed, page-aligned region of host memory, safe to share between threads.
@@ -102,6 +104,54 @@ impl SharedRegion {
     }
 }
 
+impl SharedRegion {
+    /// Writes `src` into the region at `offset` as a device whose media the region is
+    /// would: its DMA engine reads the list, so IoMem and Device segments move by their
+    /// provider's engine and never through a CPU mapping (see `dma_gather`). Counts the
+    /// list's payload by kind and the DMA bytes; the region is the device's own memory,
+    /// not a host buffer, so its side is not counted as payload.
+    pub fn dma_write_from(&self, offset: usize, src: &Sgl<'_>) -> Result<()> {
+        let mut target = self.check(offset, src.len())?;
+        preflight(src, true)?;
+        // The engine fills a private chunk, never a slice of the shared region (see the
+        // module comment).
+        let mut chunk = [0u8; STAGING_CHUNK_BYTES];
+        let mut at = 0;
+        while at < src.len() {
+            let n = (src.len() - at).min(STAGING_CHUNK_BYTES);
+            gather(&src.sub(at, n)?, &mut chunk[..n])?;
+            // SAFETY: `check` proved target..target + (rest of src) lies inside the
+            // mapping, which lives as long as `self`; `chunk` is this call's own stack.
+            unsafe { std::ptr::copy_nonoverlapping(chunk.as_ptr(), target as *mut u8, n) };
+            target += n;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// Reads the region at `offset` into `dst` as the device's DMA engine would: the
+    /// reverse of [`SharedRegion::dma_write_from`], counted the same way.
+    pub fn dma_read_into(&self, offset: usize, dst: &mut Sgl<'_>) -> Result<()> {
+        if !dst.is_writable() {
+            return Err(Error::ReadOnly);
+        }
+        let mut source = self.check(offset, dst.len())?;
+        preflight(dst, false)?;
+        let mut chunk = [0u8; STAGING_CHUNK_BYTES];
+        let mut at = 0;
+        while at < dst.len() {
+            let n = (dst.len() - at).min(STAGING_CHUNK_BYTES);
+            // SAFETY: in range by `check`; copied into this call's own stack chunk, so
+            // the shared bytes never become a reference.
+            unsafe { std::ptr::copy_nonoverlapping(source as *const u8, chunk.as_mut_ptr(), n) };
+            scatter(&mut dst.sub_mut(at, n)?, &chunk[..n])?;
+            source += n;
+            at += n;
+        }
+        Ok(())
+    }
+}
+
 /// Bytes compared per step: small enough to stay on the stack and in L1.
 const COMPARE_CHUNK_BYTES: usize = 4096;
 
@@ -139,6 +189,31 @@ mod tests {
         let err = region.read_into(0, &mut buf.sgl_mut()).unwrap_err();
         assert!(matches!(err, Error::NotCpuAccessible { .. }), "{err}");
         assert!(region.write_from(0, &buf.sgl()).is_err());
+    }
+
+    #[test]
+    fn device_side_transfers_move_cmb_bytes_by_dma_only() {
+        let cmb = EmulatedCmb::new(CmbConfig::new("shared-dma", 1 << 20)).unwrap();
+        let len = 3 * STAGING_CHUNK_BYTES + 100;
+        let data: Vec<u8> = (0..len).map(|i| (i % 241) as u8).collect();
+        let mut source = cmb.alloc(len).unwrap();
+        crate::mem::copy(&mut source.sgl_mut(), &Sgl::from_host(&data).unwrap()).unwrap();
+        let region = SharedRegion::alloc(len + 4096).unwrap();
+        let mut target = cmb.alloc(len).unwrap();
+        let before = stats::thread_snapshot();
+        region.dma_write_from(4096, &source.sgl()).unwrap();
+        region.dma_read_into(4096, &mut target.sgl_mut()).unwrap();
+        let moved = stats::thread_snapshot().since(&before);
+        assert_eq!(moved.cpu_io_accessor_bytes, 0, "no CPU mapping of the CMB: {moved:?}");
+        assert_eq!((moved.host_bytes, moved.cpu_direct_bytes), (0, 0), "the media is not a host buffer");
+        assert_eq!((moved.iomem_bytes, moved.dma_bytes), (2 * len as u64, 2 * len as u64));
+        let mut back = vec![0u8; len];
+        region.read_into(4096, &mut Sgl::from_host_mut(&mut back).unwrap()).unwrap();
+        assert!(back == data, "the region holds what the CMB held");
+        crate::mem::copy(&mut Sgl::from_host_mut(&mut back).unwrap(), &target.sgl()).unwrap();
+        assert!(back == data, "and gave it back into the CMB");
+        assert!(matches!(region.dma_write_from(8192, &source.sgl()), Err(Error::OutOfRange { .. })));
+        assert!(matches!(region.dma_read_into(0, &mut source.sgl()), Err(Error::ReadOnly)));
     }
 
     #[test]

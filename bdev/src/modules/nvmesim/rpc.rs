@@ -1,0 +1,42 @@
+//! `bdev_nvmesim_create` and `bdev_nvmesim_delete`.
+
+use peerless_core::reactor::ThreadCtx;
+use peerless_core::rpc::{Registry, StateMask};
+use serde::Deserialize;
+
+use super::{create, delete, CreateParams};
+use crate::manager::BdevManager;
+use crate::modules::BdevModule;
+
+pub struct NvmesimModule;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteParams {
+    name: String,
+}
+
+impl BdevModule for NvmesimModule {
+    fn name(&self) -> &'static str {
+        "nvmesim"
+    }
+
+    fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
+        let bdevs = manager.clone();
+        registry.method("bdev_nvmesim_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| {
+            match create(&bdevs, params) {
+                Ok(bdev) => responder.ok(bdev.name()),
+                Err(err) => responder.err(err),
+            }
+        });
+        let bdevs = manager.clone();
+        registry.method(
+            "bdev_nvmesim_delete",
+            StateMask::RUNTIME,
+            move |ctx: &mut ThreadCtx, params: DeleteParams, responder| match delete(Some(ctx), &bdevs, &params.name) {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err),
+            },
+        );
+    }
+}
