@@ -106,10 +106,8 @@ impl LayerChannel {
             return Err(IoStatus::INVALID_FIELD);
         }
         let end = io.offset_blocks.checked_add(io.num_blocks);
-        if io.io_type != IoType::Reset
-            && io.io_type != IoType::Flush
-            && end.is_none_or(|end| end > self.info.num_blocks)
-        {
+        // Flush names a range too (SPDK checks it): a split part must not flush its neighbour.
+        if io.io_type != IoType::Reset && end.is_none_or(|end| end > self.info.num_blocks) {
             return Err(IoStatus::LBA_OUT_OF_RANGE);
         }
         if io.io_type.has_data() {

@@ -211,7 +211,18 @@ fn framework_reports_reactors_threads_and_pollers() {
     let stats = client.call("thread_get_stats", None);
     assert_eq!(stats["threads"][0]["active_pollers_count"], json!(1));
     assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(0));
-    assert_eq!(client.call("framework_get_subsystems", None), json!([{"subsystem": "bdev", "depends_on": []}]));
+    assert_eq!(
+        client.call("framework_get_subsystems", None),
+        json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "nvmf", "depends_on": ["bdev"]}])
+    );
+    // One NVMe-oF poll group per reactor, named as SPDK names them.
+    let names: Vec<String> =
+        stats["threads"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    assert!(
+        names.contains(&"nvmf_tgt_poll_group_000".to_string())
+            && names.contains(&"nvmf_tgt_poll_group_001".to_string()),
+        "{names:?}"
+    );
 }
 
 #[test]
