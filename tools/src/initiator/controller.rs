@@ -1,0 +1,355 @@
+//! A host's view of one NVMe-oF controller: the admin queue's Connect, property access,
+//! the enable sequence, identify, log pages, features, keep-alive, and I/O queues on
+//! connections of their own (NVMe-oF 1.1, 3.3 and 6).
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use peerless_target::nvme::cmd::SqeBuilder;
+use peerless_target::nvme::identify::{cns, IDENTIFY_BYTES};
+use peerless_target::nvme::{admin, fctype, le32, put16, put_str};
+use peerless_target::tcp::pdu::Digests;
+
+use super::error::{Error, Result};
+use super::info::{Capabilities, ControllerInfo, NamespaceInfo};
+use super::queue::{IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+use super::transport::{Transport, MAX_TRANSFER_BYTES};
+
+/// Entries of the admin queue (Linux's NVME_AQ_DEPTH; the discovery log's ASQSZ).
+pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
+/// In-capsule data the admin queue accepts (NVMe-oF 1.1, 4.1: 8 KiB for admin capsules).
+const ADMIN_IN_CAPSULE_BYTES: usize = 8192;
+/// Connect data (NVMe-oF 1.1, Figure 20), always sent in the capsule.
+const CONNECT_DATA_BYTES: usize = 1024;
+/// An NQN is at most 223 bytes (NVMe Base 2.0, 4.5).
+pub const MAX_NQN_BYTES: usize = 223;
+/// CNTLID asking for any controller of the dynamic model.
+const DYNAMIC_CNTLID: u16 = 0xffff;
+/// How often CSTS is read while waiting for RDY.
+const CSTS_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Waiting for RDY when CAP.TO is 0 still gets this long.
+const MIN_READY_TIMEOUT_MS: u64 = 500;
+/// CNS 02h returns at most this many IDs per page; we read at most this many pages.
+const NSIDS_PER_PAGE: usize = IDENTIFY_BYTES / 4;
+const MAX_NSID_PAGES: usize = 16;
+
+/// Controller properties (NVMe Base 2.0, 3.1.3).
+pub mod property {
+    pub const CAP: u32 = 0x00;
+    pub const VS: u32 = 0x08;
+    pub const CC: u32 = 0x14;
+    pub const CSTS: u32 = 0x1c;
+}
+
+/// Feature identifiers (NVMe Base 2.0, Figure 317).
+pub mod feature {
+    pub const ARBITRATION: u8 = 0x01;
+    pub const POWER_MANAGEMENT: u8 = 0x02;
+    pub const TEMPERATURE_THRESHOLD: u8 = 0x04;
+    pub const VOLATILE_WRITE_CACHE: u8 = 0x06;
+    pub const NUMBER_OF_QUEUES: u8 = 0x07;
+    pub const ASYNC_EVENT_CONFIG: u8 = 0x0b;
+    pub const KEEP_ALIVE_TIMER: u8 = 0x0f;
+}
+
+/// CC fields: EN (bit 0), IOSQES 2^6 = 64 bytes (19:16), IOCQES 2^4 = 16 bytes (23:20).
+const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
+const CSTS_RDY: u64 = 1 << 0;
+const CSTS_CFS: u64 = 1 << 1;
+
+/// How to connect.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub digests: Digests,
+    /// Keep Alive Timeout asked for at Connect; 0 turns keep-alive off.
+    pub kato_ms: u32,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Host Identifier in the Connect data.
+    pub hostid: [u8; 16],
+    pub admin_entries: u16,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            digests: Digests::default(),
+            kato_ms: 10_000,
+            connect_timeout: Duration::from_secs(5),
+            command_timeout: Duration::from_secs(30),
+            hostid: *b"peerless-host-id",
+            admin_entries: ADMIN_QUEUE_ENTRIES,
+        }
+    }
+}
+
+/// Where and as whom to connect, kept for I/O queues.
+#[derive(Clone, Debug)]
+struct Target {
+    addr: SocketAddr,
+    subnqn: String,
+    hostnqn: String,
+    options: Options,
+}
+
+pub struct Controller {
+    admin: QueuePair,
+    target: Target,
+    cntlid: u16,
+    cap: Capabilities,
+    vs: u32,
+    info: ControllerInfo,
+    next_qid: u16,
+    last_keep_alive: Instant,
+}
+
+impl Controller {
+    /// Connects the admin queue, enables the controller and identifies it.
+    pub fn connect(addr: SocketAddr, subnqn: &str, hostnqn: &str, options: &Options) -> Result<Controller> {
+        for nqn in [subnqn, hostnqn] {
+            if nqn.is_empty() || nqn.len() > MAX_NQN_BYTES {
+                return Err(Error::Invalid(format!("NQN of {} bytes: {nqn:?}", nqn.len())));
+            }
+        }
+        let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
+        let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
+        let mut admin =
+            QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
+        let cntlid = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
+        let cap = Capabilities(property_get(&mut admin, property::CAP, true)?);
+        let vs = property_get(&mut admin, property::VS, false)? as u32;
+        let mut controller = Controller {
+            admin,
+            target,
+            cntlid,
+            cap,
+            vs,
+            info: ControllerInfo::parse(&[]),
+            next_qid: 1,
+            last_keep_alive: Instant::now(),
+        };
+        controller.enable()?;
+        controller.info = controller.identify_controller()?;
+        let max_transfer = controller.max_transfer_bytes();
+        controller.admin.set_limits(ADMIN_IN_CAPSULE_BYTES, max_transfer);
+        Ok(controller)
+    }
+
+    /// CC.EN = 1, then CSTS.RDY within CAP.TO (NVMe Base 2.0, 3.5.1).
+    fn enable(&mut self) -> Result<()> {
+        self.property_set(property::CC, CC_ENABLE)?;
+        let timeout_ms = self.cap.ready_timeout_ms().max(MIN_READY_TIMEOUT_MS);
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        loop {
+            let csts = self.property_get(property::CSTS, false)?;
+            if csts & CSTS_CFS != 0 {
+                return Err(Error::Protocol("controller fatal status (CSTS.CFS) while enabling".into()));
+            }
+            if csts & CSTS_RDY != 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout { what: "CSTS.RDY after CC.EN", ms: timeout_ms });
+            }
+            thread::sleep(CSTS_POLL_INTERVAL);
+        }
+    }
+
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid
+    }
+
+    pub fn cap(&self) -> Capabilities {
+        self.cap
+    }
+
+    pub fn vs(&self) -> u32 {
+        self.vs
+    }
+
+    pub fn info(&self) -> &ControllerInfo {
+        &self.info
+    }
+
+    pub fn subnqn(&self) -> &str {
+        &self.target.subnqn
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.target.addr
+    }
+
+    /// The admin queue, for commands the helpers do not cover (tests, AER).
+    pub fn admin(&mut self) -> &mut QueuePair {
+        &mut self.admin
+    }
+
+    /// Largest transfer per command: MDTS, bounded by what this initiator buffers.
+    pub fn max_transfer_bytes(&self) -> usize {
+        let mdts = self.info.max_transfer_bytes(self.cap.min_page_bytes());
+        mdts.unwrap_or(MAX_TRANSFER_BYTES).min(MAX_TRANSFER_BYTES)
+    }
+
+    /// Most entries an I/O queue may have (CAP.MQES + 1, within our own limit).
+    pub fn max_io_queue_entries(&self) -> u16 {
+        self.cap.max_queue_entries().min(u32::from(MAX_QUEUE_ENTRIES)) as u16
+    }
+
+    pub fn property_get(&mut self, offset: u32, eight_bytes: bool) -> Result<u64> {
+        property_get(&mut self.admin, offset, eight_bytes)
+    }
+
+    pub fn property_set(&mut self, offset: u32, value: u64) -> Result<()> {
+        // Attribute 1 = 8-byte property; CC and CSTS are 4 bytes.
+        let eight = offset == property::CAP;
+        let cmd =
+            SqeBuilder::fabrics(fctype::PROPERTY_SET, 0).byte(40, u8::from(eight)).u32_at(44, offset).u64_at(48, value);
+        self.admin.command(cmd, Xfer::None, Vec::new()).map(drop)
+    }
+
+    /// Identify with any CNS; returns the 4096-byte data structure.
+    pub fn identify(&mut self, cns: u8, nsid: u32) -> Result<Vec<u8>> {
+        let cmd = SqeBuilder::new(admin::IDENTIFY, 0).nsid(nsid).cdw(10, u32::from(cns));
+        Ok(self.admin.command(cmd, Xfer::FromController, vec![0; IDENTIFY_BYTES])?.buf)
+    }
+
+    pub fn identify_controller(&mut self) -> Result<ControllerInfo> {
+        Ok(ControllerInfo::parse(&self.identify(cns::CONTROLLER, 0)?))
+    }
+
+    /// Identify Namespace, with the UUID from CNS 03h when the controller has one.
+    pub fn identify_namespace(&mut self, nsid: u32) -> Result<NamespaceInfo> {
+        let mut ns = NamespaceInfo::parse(nsid, &self.identify(cns::NAMESPACE, nsid)?);
+        match self.identify(cns::NAMESPACE_DESCRIPTORS, nsid) {
+            Ok(list) => ns.apply_descriptors(&list),
+            // Optional before NVMe 1.3: a refusal leaves the UUID unknown.
+            Err(Error::Command { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        Ok(ns)
+    }
+
+    /// Active NSIDs, ascending (CNS 02h, paged by the last NSID seen).
+    pub fn active_namespaces(&mut self) -> Result<Vec<u32>> {
+        let mut nsids = Vec::new();
+        for _ in 0..MAX_NSID_PAGES {
+            let after = nsids.last().copied().unwrap_or(0);
+            let page = self.identify(cns::ACTIVE_NAMESPACES, after)?;
+            let found: Vec<u32> = (0..NSIDS_PER_PAGE).map(|i| le32(&page, i * 4)).take_while(|n| *n != 0).collect();
+            let full = found.len() == NSIDS_PER_PAGE;
+            nsids.extend(found);
+            if !full {
+                break;
+            }
+        }
+        Ok(nsids)
+    }
+
+    /// Get Log Page: `len` bytes from `offset`, in as many commands as MDTS needs.
+    pub fn get_log_page(&mut self, lid: u8, nsid: u32, offset: u64, len: usize) -> Result<Vec<u8>> {
+        if len == 0 || !len.is_multiple_of(4) || !offset.is_multiple_of(4) {
+            return Err(Error::Invalid(format!("log page read of {len} bytes at {offset}: dword multiples only")));
+        }
+        let chunk_max = self.max_transfer_bytes();
+        let mut page = Vec::with_capacity(len);
+        while page.len() < len {
+            let chunk = (len - page.len()).min(chunk_max);
+            let at = offset + page.len() as u64;
+            // NUMD is 0's based dwords, split over CDW10 31:16 (low) and CDW11 15:0 (high).
+            let numd = (chunk / 4 - 1) as u32;
+            let cmd = SqeBuilder::new(admin::GET_LOG_PAGE, 0)
+                .nsid(nsid)
+                .cdw(10, u32::from(lid) | ((numd & 0xffff) << 16))
+                .cdw(11, numd >> 16)
+                .cdw(12, at as u32)
+                .cdw(13, (at >> 32) as u32);
+            page.extend_from_slice(&self.admin.command(cmd, Xfer::FromController, vec![0; chunk])?.buf);
+        }
+        Ok(page)
+    }
+
+    /// Set Features; returns CQE DW0.
+    pub fn set_features(&mut self, fid: u8, cdw11: u32) -> Result<u32> {
+        let cmd = SqeBuilder::new(admin::SET_FEATURES, 0).cdw(10, u32::from(fid)).cdw(11, cdw11);
+        Ok(self.admin.command(cmd, Xfer::None, Vec::new())?.result as u32)
+    }
+
+    /// Get Features (current value); returns CQE DW0.
+    pub fn get_features(&mut self, fid: u8) -> Result<u32> {
+        let cmd = SqeBuilder::new(admin::GET_FEATURES, 0).cdw(10, u32::from(fid));
+        Ok(self.admin.command(cmd, Xfer::None, Vec::new())?.result as u32)
+    }
+
+    /// Asks for `count` I/O submission and completion queues; returns what was granted.
+    pub fn set_number_of_queues(&mut self, count: u16) -> Result<(u16, u16)> {
+        if count == 0 {
+            return Err(Error::Invalid("zero I/O queues".into()));
+        }
+        let wanted = u32::from(count - 1);
+        let granted = self.set_features(feature::NUMBER_OF_QUEUES, wanted | (wanted << 16))?;
+        Ok(((granted & 0xffff) as u16 + 1, (granted >> 16) as u16 + 1))
+    }
+
+    pub fn keep_alive(&mut self) -> Result<()> {
+        self.admin.command(SqeBuilder::new(admin::KEEP_ALIVE, 0), Xfer::None, Vec::new())?;
+        self.last_keep_alive = Instant::now();
+        Ok(())
+    }
+
+    /// Sends Keep Alive when half the KATO has passed since the last one; true if it did.
+    pub fn keep_alive_if_due(&mut self) -> Result<bool> {
+        let kato = u64::from(self.target.options.kato_ms);
+        if kato == 0 || self.last_keep_alive.elapsed() < Duration::from_millis(kato / 2) {
+            return Ok(false);
+        }
+        self.keep_alive().map(|()| true)
+    }
+
+    /// Connects the next I/O queue (qid 1, 2, ...) with `entries` entries on a new connection.
+    pub fn io_queue(&mut self, entries: u16) -> Result<IoQueue> {
+        let qid = self.next_qid;
+        let queue = self.io_queue_with_qid(qid, entries)?;
+        self.next_qid += 1;
+        Ok(queue)
+    }
+
+    /// Connects an I/O queue with a chosen qid (tests of the target's checks use any).
+    pub fn io_queue_with_qid(&mut self, qid: u16, entries: u16) -> Result<IoQueue> {
+        if !(MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&entries) {
+            return Err(Error::Invalid(format!("{entries} queue entries (at most {MAX_QUEUE_ENTRIES})")));
+        }
+        let options = &self.target.options;
+        let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
+        let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
+        // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
+        fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
+        Ok(queue)
+    }
+}
+
+/// Fabrics Connect (NVMe-oF 1.1, 3.3): returns the CNTLID the controller assigned.
+fn fabrics_connect(queue: &mut QueuePair, target: &Target, qid: u16, cntlid: u16, kato_ms: u32) -> Result<u16> {
+    let mut data = vec![0u8; CONNECT_DATA_BYTES];
+    data[..16].copy_from_slice(&target.options.hostid);
+    put16(&mut data, 16, cntlid);
+    put_str(&mut data, 256, 256, &target.subnqn, 0);
+    put_str(&mut data, 512, 256, &target.hostnqn, 0);
+    // SQSIZE is 0's based; RECFMT 0; CATTR 0 (no priority class).
+    let cmd = SqeBuilder::fabrics(fctype::CONNECT, 0)
+        .u16_at(40, 0)
+        .u16_at(42, qid)
+        .u16_at(44, queue.entries() - 1)
+        .byte(46, 0)
+        .u32_at(48, kato_ms);
+    let completion = queue.command(cmd, Xfer::ToController, data)?;
+    Ok(completion.result as u16)
+}
+
+/// Property Get (NVMe-oF 1.1, 3.4): ATTRIB byte 40 (0 = 4 bytes, 1 = 8), OFST at 44.
+fn property_get(queue: &mut QueuePair, offset: u32, eight_bytes: bool) -> Result<u64> {
+    let cmd = SqeBuilder::fabrics(fctype::PROPERTY_GET, 0).byte(40, u8::from(eight_bytes)).u32_at(44, offset);
+    let value = queue.command(cmd, Xfer::None, Vec::new())?.result;
+    Ok(if eight_bytes { value } else { value & 0xffff_ffff })
+}

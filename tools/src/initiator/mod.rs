@@ -1,0 +1,28 @@
+//! The NVMe/TCP host side: an initiator library. A `Controller` owns the admin queue;
+//! each `IoQueue` is a queue pair on its own TCP connection, driven without blocking by
+//! `submit_*`/`poll`, or with blocking helpers.
+//!
+//! ```no_run
+//! # use peerless_tools::initiator::{Controller, Options};
+//! let addr = "127.0.0.1:4420".parse().unwrap();
+//! let mut ctrl = Controller::connect(addr, "nqn.2016-06.io.spdk:cnode1", "nqn.host", &Options::default())?;
+//! let mut queue = ctrl.io_queue(128)?;
+//! let mut block = vec![0u8; 4096];
+//! queue.read(1, 0, 8, &mut block)?;
+//! # Ok::<(), peerless_tools::initiator::Error>(())
+//! ```
+
+mod controller;
+mod discovery;
+mod error;
+mod info;
+mod queue;
+mod transport;
+
+pub use controller::{feature, property, Controller, Options, ADMIN_QUEUE_ENTRIES, MAX_NQN_BYTES};
+pub use discovery::{discover, subtype, DiscoveryEntry, DiscoveryLog, DISCOVERY_NQN, MAX_DISCOVERY_ENTRIES};
+pub use error::{Error, Result};
+pub use info::{hex, uuid_string, Capabilities, ControllerInfo, NamespaceInfo};
+pub use peerless_target::tcp::pdu::Digests;
+pub use queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+pub use transport::{Negotiated, RawPdu, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};

@@ -1,0 +1,477 @@
+//! One NVMe queue pair = one NVMe/TCP connection: command slots indexed by CID, a
+//! non-blocking `submit_*` / `poll` API so one thread can drive many queues at high depth,
+//! and blocking helpers built on it. Buffers move in with a command and come back in its
+//! completion, so the hot path allocates nothing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use peerless_target::nvme::cmd::SqeBuilder;
+use peerless_target::nvme::{io, Cqe, Status, CQE_BYTES};
+use peerless_target::tcp::pdu::{self, flags, pdu_type, DataHeader, COMMON_HEADER_BYTES};
+
+use super::error::{Error, Result};
+use super::transport::{Negotiated, Pdu, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
+
+/// Most entries a queue may have (NVMe: SQSIZE is a 0's based u16; we bound it lower
+/// because every entry owns a slot).
+pub const MAX_QUEUE_ENTRIES: u16 = 4096;
+/// Fewest entries: a queue of one entry can hold no command (full = entries - 1).
+pub const MIN_QUEUE_ENTRIES: u16 = 2;
+/// PDUs handled per `poll` at most, bounding the time one queue holds its thread.
+const MAX_PDUS_PER_POLL: usize = 1024;
+
+/// Which way a command's data moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Xfer {
+    None,
+    /// Host to controller: in the capsule when it fits, else R2T/H2CData.
+    ToController,
+    /// Controller to host: C2HData.
+    FromController,
+}
+
+/// A finished command. `buf` is the buffer given at submission, filled for reads.
+#[derive(Debug)]
+pub struct Completion {
+    pub cid: u16,
+    pub opcode: u8,
+    pub status: Status,
+    pub dnr: bool,
+    /// CQE DW0 (low half) and DW1.
+    pub result: u64,
+    pub buf: Vec<u8>,
+    /// Some data of this command arrived with a bad data digest: the data is not to be trusted.
+    pub data_digest_error: bool,
+}
+
+impl Completion {
+    pub fn is_ok(&self) -> bool {
+        self.status.is_success() && !self.data_digest_error
+    }
+
+    /// Ok(self) on success; the typed error otherwise.
+    pub fn into_result(self) -> Result<Completion> {
+        if self.data_digest_error {
+            return Err(Error::DataDigest { cid: self.cid });
+        }
+        if !self.status.is_success() {
+            return Err(Error::Command { opcode: self.opcode, cid: self.cid, status: self.status, dnr: self.dnr });
+        }
+        Ok(self)
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    opcode: u8,
+    xfer: Option<Xfer>,
+    /// Data went in the capsule; an R2T for this command is a protocol error.
+    in_capsule: bool,
+    buf: Vec<u8>,
+    /// Bytes received (C2HData) or solicited by R2Ts so far.
+    moved: usize,
+    digest_error: bool,
+}
+
+/// One queue pair on its own connection. Not `Sync`: one thread drives it.
+pub struct QueuePair {
+    transport: Transport,
+    qid: u16,
+    entries: u16,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    ready: VecDeque<Completion>,
+    in_capsule_bytes: usize,
+    max_transfer_bytes: usize,
+    timeout: Duration,
+    /// A blocking helper's reusable data buffer.
+    spare: Vec<u8>,
+    failed: Option<Error>,
+}
+
+/// An I/O queue is a queue pair with qid > 0.
+pub type IoQueue = QueuePair;
+
+impl QueuePair {
+    pub(crate) fn new(
+        transport: Transport,
+        qid: u16,
+        entries: u16,
+        in_capsule_bytes: usize,
+        timeout: Duration,
+    ) -> Self {
+        assert!((MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&entries), "entries {entries}");
+        // A full queue holds entries - 1 commands (NVMe Base 2.0, 3.3.1.5); CIDs are slot indices.
+        let depth = entries - 1;
+        QueuePair {
+            transport,
+            qid,
+            entries,
+            slots: (0..depth).map(|_| Slot::default()).collect(),
+            free: (0..depth).rev().collect(),
+            ready: VecDeque::with_capacity(usize::from(depth)),
+            in_capsule_bytes,
+            max_transfer_bytes: MAX_TRANSFER_BYTES,
+            timeout,
+            spare: Vec::new(),
+            failed: None,
+        }
+    }
+
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Entries requested at Connect (SQSIZE + 1).
+    pub fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    /// Most commands outstanding at once.
+    pub fn depth(&self) -> u16 {
+        self.entries - 1
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn negotiated(&self) -> Negotiated {
+        self.transport.negotiated
+    }
+
+    pub fn in_capsule_bytes(&self) -> usize {
+        self.in_capsule_bytes
+    }
+
+    pub fn max_transfer_bytes(&self) -> usize {
+        self.max_transfer_bytes
+    }
+
+    /// The error that ended this queue, if one did.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failed.as_ref()
+    }
+
+    pub(crate) fn set_limits(&mut self, in_capsule_bytes: usize, max_transfer_bytes: usize) {
+        self.in_capsule_bytes = in_capsule_bytes;
+        self.max_transfer_bytes = max_transfer_bytes.clamp(1, MAX_TRANSFER_BYTES);
+    }
+
+    /// Queues a read of `nlb` blocks into `buf` (its length is the transfer length).
+    pub fn submit_read(&mut self, nsid: u32, slba: u64, nlb: u32, buf: Vec<u8>) -> Result<u16> {
+        check_nlb(nlb)?;
+        self.submit(SqeBuilder::new(io::READ, 0).rw(nsid, slba, nlb), Xfer::FromController, buf)
+    }
+
+    /// Queues a write of `buf` (`nlb` blocks).
+    pub fn submit_write(&mut self, nsid: u32, slba: u64, nlb: u32, buf: Vec<u8>) -> Result<u16> {
+        check_nlb(nlb)?;
+        self.submit(SqeBuilder::new(io::WRITE, 0).rw(nsid, slba, nlb), Xfer::ToController, buf)
+    }
+
+    /// Queues any command. The queue sets the CID and the SGL descriptor; `buf` is the
+    /// data to send or the space to receive into (empty for `Xfer::None`).
+    pub fn submit(&mut self, cmd: SqeBuilder, xfer: Xfer, buf: Vec<u8>) -> Result<u16> {
+        self.check_failed()?;
+        let len = buf.len();
+        if xfer != Xfer::None && !(1..=self.max_transfer_bytes).contains(&len) {
+            return Err(Error::Invalid(format!("transfer of {len} bytes (limit {})", self.max_transfer_bytes)));
+        }
+        let len32 = u32::try_from(len).map_err(|_| Error::Invalid(format!("transfer of {len} bytes")))?;
+        let Some(cid) = self.free.pop() else { return Err(Error::QueueFull { depth: self.depth() }) };
+        let in_capsule = xfer == Xfer::ToController && len <= self.in_capsule_bytes;
+        let sqe = match xfer {
+            _ if in_capsule => cmd.in_capsule(len32),
+            Xfer::None => cmd.transport_data(0),
+            _ => cmd.transport_data(len32),
+        }
+        .u16_at(2, cid)
+        .build();
+        let digests = self.transport.negotiated.digests;
+        let data = if in_capsule { &buf[..] } else { &[][..] };
+        push_with_data(&mut self.transport.tx, pdu::capsule_cmd(&sqe.0, data.len(), digests).as_slice(), data, digests);
+        let slot = &mut self.slots[usize::from(cid)];
+        debug_assert!(!slot.busy, "cid {cid} was on the free list while busy");
+        *slot =
+            Slot { busy: true, opcode: sqe.opcode(), xfer: Some(xfer), in_capsule, buf, moved: 0, digest_error: false };
+        if self.transport.tx.len() >= TX_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(cid)
+    }
+
+    /// Sends what is queued and handles what arrived, then moves up to `max` completions
+    /// into `out`. Returns how many it moved. Never blocks.
+    pub fn poll(&mut self, max: usize, out: &mut Vec<Completion>) -> Result<usize> {
+        self.progress()?;
+        let count = max.min(self.ready.len());
+        out.extend(self.ready.drain(..count));
+        Ok(count)
+    }
+
+    /// Runs one command to completion, whatever its status.
+    pub fn execute(&mut self, cmd: SqeBuilder, xfer: Xfer, buf: Vec<u8>) -> Result<Completion> {
+        let cid = self.submit(cmd, xfer, buf)?;
+        self.wait(cid)
+    }
+
+    /// Runs one command; a failure status becomes `Error::Command`.
+    pub fn command(&mut self, cmd: SqeBuilder, xfer: Xfer, buf: Vec<u8>) -> Result<Completion> {
+        self.execute(cmd, xfer, buf)?.into_result()
+    }
+
+    /// Blocking read into `data` (its length is the transfer length).
+    pub fn read(&mut self, nsid: u32, slba: u64, nlb: u32, data: &mut [u8]) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf.resize(data.len(), 0);
+        let cid = self.submit_read(nsid, slba, nlb, buf)?;
+        let completion = self.wait(cid)?;
+        data.copy_from_slice(&completion.buf);
+        completion.into_result().map(|c| self.spare = c.buf)
+    }
+
+    /// Blocking write of `data`.
+    pub fn write(&mut self, nsid: u32, slba: u64, nlb: u32, data: &[u8]) -> Result<()> {
+        let mut buf = std::mem::take(&mut self.spare);
+        buf.clear();
+        buf.extend_from_slice(data);
+        let cid = self.submit_write(nsid, slba, nlb, buf)?;
+        self.wait(cid)?.into_result().map(|c| self.spare = c.buf)
+    }
+
+    /// Flush (NVM opcode 0x00) of a namespace.
+    pub fn flush_namespace(&mut self, nsid: u32) -> Result<()> {
+        self.command(SqeBuilder::new(io::FLUSH, 0).nsid(nsid), Xfer::None, Vec::new()).map(drop)
+    }
+
+    /// Waits for command `cid`; other completions stay queued for `poll`.
+    pub fn wait(&mut self, cid: u16) -> Result<Completion> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            self.progress()?;
+            if let Some(at) = self.ready.iter().position(|c| c.cid == cid) {
+                if let Some(completion) = self.ready.remove(at) {
+                    return Ok(completion);
+                }
+            }
+            if Instant::now() >= deadline {
+                let ms = self.timeout.as_millis() as u64;
+                return Err(Error::Timeout { what: "a command completion", ms });
+            }
+            if self.transport.tx.is_empty() {
+                self.transport.wait_readable(deadline)?;
+            } else {
+                self.flush()?;
+            }
+        }
+    }
+
+    /// Sends bytes exactly as given (tests of the target's PDU validation).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.transport.tx.push(bytes);
+        self.transport.flush_all(Instant::now() + self.timeout)
+    }
+
+    /// The next PDU as it arrived, unvalidated (tests). Do not mix with outstanding commands.
+    pub fn recv_pdu(&mut self, timeout: Duration) -> Result<RawPdu> {
+        self.transport.flush_all(Instant::now() + timeout)?;
+        self.transport.recv_raw(Instant::now() + timeout)
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(error) => Err(error.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let result = self.transport.tx.flush(&mut self.transport.stream);
+        self.fail_on(result)
+    }
+
+    fn fail_on<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(error) = &result {
+            if self.failed.is_none() {
+                self.failed = Some(error.clone());
+                // Best effort: a TermReq we queued should reach the target before we go.
+                let _ = self.transport.tx.flush(&mut self.transport.stream);
+            }
+        }
+        result
+    }
+
+    /// Sends, receives and handles every complete PDU.
+    fn progress(&mut self) -> Result<()> {
+        self.check_failed()?;
+        self.flush()?;
+        let filled = self.transport.rx.fill(&mut self.transport.stream);
+        let result = filled.and_then(|_| self.handle_pdus());
+        self.fail_on(result)?;
+        self.flush()
+    }
+
+    fn handle_pdus(&mut self) -> Result<()> {
+        let Transport { rx, tx, negotiated, .. } = &mut self.transport;
+        let mut queue =
+            Handler { slots: &mut self.slots, free: &mut self.free, ready: &mut self.ready, tx, negotiated };
+        for _ in 0..MAX_PDUS_PER_POLL {
+            match rx.next(queue.tx)? {
+                Some(pdu) => queue.handle(&pdu)?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parts of a queue PDU handling touches, borrowed apart from the receive buffer.
+struct Handler<'a> {
+    slots: &'a mut [Slot],
+    free: &'a mut Vec<u16>,
+    ready: &'a mut VecDeque<Completion>,
+    tx: &'a mut TxBuf,
+    negotiated: &'a Negotiated,
+}
+
+impl Handler<'_> {
+    fn handle(&mut self, pdu: &Pdu<'_>) -> Result<()> {
+        match pdu.layout.header.pdu_type {
+            pdu_type::CAPSULE_RESP => {
+                let cqe = Cqe::decode(&pdu.bytes[COMMON_HEADER_BYTES..COMMON_HEADER_BYTES + CQE_BYTES]);
+                let slot = self.busy_slot(cqe.cid, "CapsuleResp")?;
+                let expected = slot.buf.len();
+                if cqe.status.is_success()
+                    && slot.xfer != Some(Xfer::None)
+                    && !slot.in_capsule
+                    && slot.moved != expected
+                {
+                    let moved = slot.moved;
+                    return Err(Error::Protocol(format!("cid {}: success after {moved} of {expected} bytes", cqe.cid)));
+                }
+                self.complete(cqe.cid, cqe.status, cqe.dnr, cqe.result);
+                Ok(())
+            }
+            pdu_type::C2H_DATA => self.c2h_data(pdu),
+            pdu_type::R2T => self.r2t(pdu),
+            other => Err(Error::Protocol(format!("unexpected PDU type {other:#04x}"))),
+        }
+    }
+
+    fn busy_slot(&mut self, cid: u16, what: &str) -> Result<&mut Slot> {
+        match self.slots.get_mut(usize::from(cid)) {
+            Some(slot) if slot.busy => Ok(slot),
+            _ => Err(Error::Protocol(format!("{what} for cid {cid}, which has no command outstanding"))),
+        }
+    }
+
+    fn c2h_data(&mut self, pdu: &Pdu<'_>) -> Result<()> {
+        let header = DataHeader::parse(pdu.bytes);
+        let success = pdu.layout.header.flags & flags::SUCCESS != 0;
+        let last = pdu.layout.header.flags & flags::LAST_PDU != 0;
+        let slot = self.busy_slot(header.cccid, "C2HData")?;
+        let (offset, len) = (header.offset as usize, pdu.layout.data_len);
+        // Data must arrive in order and within the command's buffer (NVMe/TCP 1.0, 3.6.2.8).
+        if slot.xfer != Some(Xfer::FromController) || header.length as usize != len || offset != slot.moved {
+            return Err(Error::Protocol(format!(
+                "C2HData cid {} offset {offset} length {} (expected offset {})",
+                header.cccid, header.length, slot.moved
+            )));
+        }
+        let Some(dest) = slot.buf.get_mut(offset..offset + len) else {
+            return Err(Error::Protocol(format!("C2HData cid {} beyond its {} bytes", header.cccid, slot.buf.len())));
+        };
+        dest.copy_from_slice(pdu.data());
+        slot.moved += len;
+        slot.digest_error |= !pdu.data_digest_ok;
+        if success {
+            // SUCCESS stands in for the CapsuleResp, so it is only valid on the last PDU.
+            if !last || slot.moved != slot.buf.len() {
+                return Err(Error::Protocol(format!("C2HData SUCCESS before the end of cid {}", header.cccid)));
+            }
+            self.complete(header.cccid, Status::SUCCESS, false, 0);
+        }
+        Ok(())
+    }
+
+    fn r2t(&mut self, pdu: &Pdu<'_>) -> Result<()> {
+        let header = DataHeader::parse(pdu.bytes);
+        let maxh2cdata = self.negotiated.maxh2cdata as usize;
+        let digests = self.negotiated.digests;
+        let slot = match self.slots.get(usize::from(header.cccid)) {
+            Some(slot) if slot.busy => slot,
+            _ => return Err(Error::Protocol(format!("R2T for idle cid {}", header.cccid))),
+        };
+        let (offset, len) = (header.offset as usize, header.length as usize);
+        if slot.xfer != Some(Xfer::ToController)
+            || slot.in_capsule
+            || len == 0
+            || offset != slot.moved
+            || offset + len > slot.buf.len()
+        {
+            return Err(Error::Protocol(format!(
+                "R2T cid {} offset {offset} length {len} for a {}-byte write at {}",
+                header.cccid,
+                slot.buf.len(),
+                slot.moved
+            )));
+        }
+        // Answer with H2CData PDUs of at most MAXH2CDATA bytes, LAST_PDU on the final one.
+        let mut at = offset;
+        while at < offset + len {
+            let chunk = (offset + len - at).min(maxh2cdata);
+            let last = at + chunk == offset + len;
+            let data_header =
+                DataHeader { cccid: header.cccid, ttag: header.ttag, offset: at as u32, length: chunk as u32 };
+            let encoded =
+                pdu::data_pdu(pdu_type::H2C_DATA, data_header, if last { flags::LAST_PDU } else { 0 }, digests);
+            push_with_data(self.tx, encoded.as_slice(), &slot.buf[at..at + chunk], digests);
+            at += chunk;
+        }
+        self.slots[usize::from(header.cccid)].moved = offset + len;
+        Ok(())
+    }
+
+    fn complete(&mut self, cid: u16, status: Status, dnr: bool, result: u64) {
+        let slot = &mut self.slots[usize::from(cid)];
+        debug_assert!(slot.busy);
+        slot.busy = false;
+        self.ready.push_back(Completion {
+            cid,
+            opcode: slot.opcode,
+            status,
+            dnr,
+            result,
+            buf: std::mem::take(&mut slot.buf),
+            data_digest_error: slot.digest_error,
+        });
+        self.free.push(cid);
+    }
+}
+
+fn push_with_data(tx: &mut TxBuf, header: &[u8], data: &[u8], digests: pdu::Digests) {
+    tx.push(header);
+    if !data.is_empty() {
+        tx.push(data);
+        if digests.data {
+            tx.push(&pdu::digest(data));
+        }
+    }
+}
+
+fn check_nlb(nlb: u32) -> Result<()> {
+    // NLB is a 0's based 16-bit field: 1..=65536 blocks.
+    if (1..=0x1_0000).contains(&nlb) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("{nlb} blocks in one command")))
+    }
+}
