@@ -1,109 +1,12 @@
 //! `peerless-rpc` against a real `peerless-tgt` process: framework and log methods,
 //! save_config and load_config, errors, and a clean stop through spdk_kill_instance.
 
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::process::Command;
 
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(20);
-static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
-
-/// The target binary. Cargo sets CARGO_BIN_EXE_* only for this package's binaries, so
-/// it is found next to the test, which runs from <target dir>/debug/deps/. Building it
-/// from a test would race other builds; CI builds the workspace before testing.
-fn target_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its own path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("tests run from <target dir>/<profile>/deps/");
-    let binary = profile_dir.join("peerless-tgt");
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build -p peerless-target` before these tests",
-        binary.display()
-    );
-    binary
-}
-
-struct Target {
-    child: Child,
-    dir: PathBuf,
-    socket: PathBuf,
-}
-
-impl Target {
-    fn start(test: &str, extra: &[&str]) -> Target {
-        let unique = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("peerless-rpc-e2e-{test}-{}-{unique}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a scratch directory");
-        let socket = dir.join("rpc.sock");
-        let child = Command::new(target_binary())
-            .arg("-r")
-            .arg(&socket)
-            .arg("--interrupt-mode")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn peerless-tgt");
-        let mut target = Target { child, dir, socket };
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(&target.socket).is_err() {
-            if let Ok(Some(status)) = target.child.try_wait() {
-                panic!("peerless-tgt exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "peerless-tgt did not open {}", target.socket.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        target
-    }
-
-    fn rpc(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_peerless-rpc"))
-            .arg("-s")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run peerless-rpc")
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.rpc(args);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{args:?} exited {}: {stderr}", output.status);
-        String::from_utf8(output.stdout).expect("stdout is UTF-8")
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let stdout = self.ok(args);
-        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{args:?} printed non-JSON ({err}): {stdout}"))
-    }
-
-    fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll peerless-tgt") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "peerless-tgt did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use support::Target;
 
 #[test]
 fn framework_and_log_methods_then_a_clean_stop() {
@@ -176,8 +79,7 @@ fn load_config_starts_a_target_waiting_for_rpc() {
 
 #[test]
 fn a_missing_socket_is_explained_and_a_dry_run_needs_none() {
-    let unique = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
-    let missing = std::env::temp_dir().join(format!("peerless-rpc-e2e-missing-{}-{unique}.sock", std::process::id()));
+    let missing = std::env::temp_dir().join(format!("peerless-rpc-e2e-missing-{}.sock", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_peerless-rpc"))
         .arg("-s")
         .arg(&missing)

@@ -122,7 +122,8 @@ fn connect_admin(
         hostid,
         kind,
         Duration::from_millis(u64::from(kato_ms)),
-        0,
+        // As SPDK: the transport's limit until Set Features Number of Queues lowers it.
+        options.max_io_qpairs_per_ctrlr,
     ));
     controller.qpairs.lock().push(qpair_info(info, 0));
     state.controllers.insert(cntlid, controller.clone());

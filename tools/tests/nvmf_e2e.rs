@@ -1,0 +1,305 @@
+//! The NVMe/TCP target end to end: a real `peerless-tgt` process, configured over
+//! JSON-RPC, driven by the initiator library over loopback TCP.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use peerless_target::nvme::cmd::SqeBuilder;
+use peerless_target::nvme::{admin, io, status, Status};
+use peerless_target::tcp::pdu::{self, fes, pdu_type, Digests};
+use peerless_tools::initiator::{self, Controller, Error, Options, Xfer};
+use serde_json::json;
+use support::{Target, HOSTNQN};
+
+const NQN: &str = "nqn.2016-06.io.peerless:e2e";
+const BLOCK: u32 = 512;
+const BLOCKS: u64 = 16384;
+
+fn options(digests: Digests) -> Options {
+    Options { digests, ..Options::default() }
+}
+
+fn connect(addr: SocketAddr, digests: Digests) -> Controller {
+    Controller::connect(addr, NQN, HOSTNQN, &options(digests)).expect("connect to the target")
+}
+
+/// Bytes that encode their LBA and a seed, so misplaced blocks are caught.
+fn pattern(slba: u64, blocks: u32, seed: u8) -> Vec<u8> {
+    (0..blocks as usize * BLOCK as usize)
+        .map(|index| ((slba + (index / BLOCK as usize) as u64) as u8).wrapping_mul(7) ^ (index as u8) ^ seed)
+        .collect()
+}
+
+#[test]
+fn identify_controller_and_namespace() {
+    let target = Target::start("identify", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let info = controller.info().clone();
+    assert_eq!(info.serial.trim(), "PEERLESS-E2E");
+    assert_eq!(info.model.trim(), "Peerless e2e");
+    assert_eq!(info.subnqn, NQN);
+    assert_eq!(info.mdts, 5, "128 KiB max I/O in 4 KiB pages");
+    assert_eq!(info.nn, 32);
+    assert_eq!(controller.vs(), 0x0001_0300);
+    assert_eq!(controller.active_namespaces().unwrap(), vec![1]);
+    let ns = controller.identify_namespace(1).unwrap();
+    assert_eq!((ns.nsze, ns.block_size), (BLOCKS, BLOCK));
+    let bdev = target.call("bdev_get_bdevs", Some(json!({"name": "Malloc0"})));
+    let uuid = bdev[0]["uuid"].as_str().unwrap().to_string();
+    assert_eq!(initiator::uuid_string(&ns.nguid), uuid, "the NGUID comes from the bdev's UUID");
+    // An inactive NSID identifies as zeroes; one beyond NN is an error.
+    assert_eq!(controller.identify_namespace(2).unwrap().nsze, 0);
+    let err = controller.identify_namespace(99).unwrap_err();
+    assert_eq!(err.status(), Some(Status::INVALID_NAMESPACE), "{err}");
+    // The bdev is claimed for the namespace.
+    assert_eq!(bdev[0]["claimed"], json!(true));
+}
+
+#[test]
+fn data_round_trips_across_sizes_paths_and_digests() {
+    let target = Target::start("data", &[]);
+    // 1 MiB transfers need max_io_size raised from SPDK's 128 KiB default.
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_io_size": 1_048_576, "in_capsule_data_size": 8192}));
+    for (index, digests) in [
+        Digests::default(),
+        Digests { header: true, data: false },
+        Digests { header: false, data: true },
+        Digests { header: true, data: true },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut controller = connect(addr, digests);
+        let mut queue = controller.io_queue(32).unwrap();
+        // 512 B and 4 KiB go in the capsule; 16 KiB and up take R2T/H2CData.
+        for (step, blocks) in [1u32, 8, 32, 256, 2048].into_iter().enumerate() {
+            let slba = (step as u64) * 2048;
+            let data = pattern(slba, blocks, index as u8);
+            queue
+                .write(1, slba, blocks, &data)
+                .unwrap_or_else(|err| panic!("write {blocks} blocks, {digests:?}: {err}"));
+            let mut back = vec![0u8; data.len()];
+            queue
+                .read(1, slba, blocks, &mut back)
+                .unwrap_or_else(|err| panic!("read {blocks} blocks, {digests:?}: {err}"));
+            assert!(back == data, "{blocks} blocks with {digests:?} came back different");
+        }
+    }
+}
+
+#[test]
+fn many_commands_in_flight_complete_with_their_data() {
+    let target = Target::start("depth", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let mut queue = controller.io_queue(128).unwrap();
+    let mut cids = Vec::new();
+    for index in 0..100u64 {
+        cids.push(queue.submit_write(1, index * 8, 8, pattern(index * 8, 8, 3)).unwrap());
+    }
+    let mut done = Vec::new();
+    let deadline = Instant::now() + support::WAIT;
+    while done.len() < cids.len() && Instant::now() < deadline {
+        queue.poll(128, &mut done).unwrap();
+    }
+    assert_eq!(done.len(), 100);
+    assert!(done.iter().all(|completion| completion.is_ok()), "{done:?}");
+    for index in (0..100u64).step_by(13) {
+        let mut back = vec![0u8; 8 * BLOCK as usize];
+        queue.read(1, index * 8, 8, &mut back).unwrap();
+        assert_eq!(back, pattern(index * 8, 8, 3));
+    }
+}
+
+#[test]
+fn bad_commands_get_the_right_status() {
+    let target = Target::start("errors", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let mut queue = controller.io_queue(8).unwrap();
+    let status_of = |result: Result<(), Error>| result.unwrap_err().status();
+    let mut buf = vec![0u8; 4096];
+    assert_eq!(status_of(queue.read(7, 0, 8, &mut buf)), Some(Status::INVALID_NAMESPACE));
+    assert_eq!(status_of(queue.read(1, BLOCKS - 4, 8, &mut buf)), Some(Status::LBA_OUT_OF_RANGE));
+    // Beyond MDTS (128 KiB): the initiator refuses to send it, so send it raw; the target
+    // must refuse it before any data moves.
+    let big = SqeBuilder::new(io::READ, 0x7777).rw(1, 0, 512).transport_data(512 * BLOCK).build();
+    let mut raw = connect(addr, Digests::default());
+    let mut raw_queue = raw.io_queue(4).unwrap();
+    raw_queue.send_raw(pdu::capsule_cmd(big.bytes(), 0, Digests::default()).as_slice()).unwrap();
+    let answer = raw_queue.recv_pdu(Duration::from_secs(5)).unwrap();
+    assert_eq!(answer.header.pdu_type, pdu_type::CAPSULE_RESP);
+    let cqe = peerless_target::nvme::Cqe::decode(&answer.bytes[8..24]);
+    assert_eq!((cqe.cid, cqe.status), (0x7777, Status::INVALID_FIELD));
+    let unknown = SqeBuilder::new(0x7e, 0).nsid(1);
+    assert_eq!(queue.execute(unknown, Xfer::None, Vec::new()).unwrap().status, Status::INVALID_OPCODE);
+    // SGL length that disagrees with the block count.
+    let short = SqeBuilder::new(io::READ, 0).rw(1, 0, 8).transport_data(512);
+    let completion = queue.execute(short, Xfer::FromController, vec![0u8; 512]).unwrap();
+    assert_eq!(completion.status, status::DATA_SGL_LENGTH_INVALID);
+    // Write zeroes, flush and deallocate run and leave zeroes behind.
+    queue.write(1, 100, 8, &pattern(100, 8, 1)).unwrap();
+    let zeroes = SqeBuilder::new(io::WRITE_ZEROES, 0).rw(1, 100, 4);
+    assert!(queue.command(zeroes, Xfer::None, Vec::new()).unwrap().is_ok());
+    assert!(queue.command(SqeBuilder::new(io::FLUSH, 0).nsid(1), Xfer::None, Vec::new()).unwrap().is_ok());
+    let mut range = vec![0u8; 16];
+    range[4..8].copy_from_slice(&4u32.to_le_bytes());
+    range[8..16].copy_from_slice(&104u64.to_le_bytes());
+    let dsm = SqeBuilder::new(io::DATASET_MANAGEMENT, 0).nsid(1).cdw(10, 0).cdw(11, 1 << 2);
+    assert!(queue.command(dsm, Xfer::ToController, range).unwrap().is_ok());
+    let mut back = vec![0xffu8; 8 * BLOCK as usize];
+    queue.read(1, 100, 8, &mut back).unwrap();
+    assert!(back.iter().all(|b| *b == 0), "write zeroes and deallocate left data behind");
+    // The queue still works after all of that.
+    queue.write(1, 0, 1, &pattern(0, 1, 9)).unwrap();
+}
+
+#[test]
+fn discovery_lists_the_subsystems_a_host_may_reach() {
+    let target = Target::start("discovery", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    target.call("nvmf_create_subsystem", Some(json!({"nqn": "nqn.2016-06.io.peerless:private"})));
+    target.call(
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": "nqn.2016-06.io.peerless:private",
+        "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": addr.port().to_string()}})),
+    );
+    let log = initiator::discover(addr, HOSTNQN, &Options::default()).unwrap();
+    let nqns: Vec<&str> = log.entries.iter().map(|entry| entry.subnqn.as_str()).collect();
+    assert_eq!(nqns, vec![NQN], "a subsystem the host may not reach is not listed");
+    let entry = &log.entries[0];
+    assert_eq!((entry.traddr.trim(), entry.trsvcid.trim()), ("127.0.0.1", addr.port().to_string().as_str()));
+    // Allowing the host changes the log and its generation counter.
+    let before = log.generation;
+    target.call("nvmf_subsystem_add_host", Some(json!({"nqn": "nqn.2016-06.io.peerless:private", "host": HOSTNQN})));
+    let log = initiator::discover(addr, HOSTNQN, &Options::default()).unwrap();
+    assert_eq!(log.entries.len(), 2);
+    assert!(log.generation > before);
+}
+
+#[test]
+fn hosts_not_on_the_allow_list_are_refused() {
+    let target = Target::start("hosts", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    target.call("nvmf_subsystem_allow_any_host", Some(json!({"nqn": NQN, "allow_any_host": false})));
+    let err =
+        Controller::connect(addr, NQN, HOSTNQN, &Options::default()).err().expect("an unlisted host must be refused");
+    assert_eq!(err.status(), Some(status::CONNECT_INVALID_HOST), "{err}");
+    target.call("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": HOSTNQN})));
+    let mut controller = connect(addr, Digests::default());
+    // Removing the host tears its controller down.
+    target.call("nvmf_subsystem_remove_host", Some(json!({"nqn": NQN, "host": HOSTNQN})));
+    let deadline = Instant::now() + support::WAIT;
+    loop {
+        if controller.keep_alive().is_err() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed host's controller survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let missing =
+        Controller::connect(addr, "nqn.2016-06.io.peerless:nope", HOSTNQN, &Options::default()).err().unwrap();
+    assert_eq!(missing.status(), Some(status::CONNECT_INVALID_PARAMETERS), "{missing}");
+}
+
+#[test]
+fn an_aer_reports_a_namespace_added_later() {
+    let target = Target::start("aer", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    controller.set_features(0x0b, 1 << 8).unwrap();
+    let aer =
+        controller.admin().submit(SqeBuilder::new(admin::ASYNC_EVENT_REQUEST, 0), Xfer::None, Vec::new()).unwrap();
+    target.call("bdev_malloc_create", Some(json!({"name": "Malloc1", "num_blocks": 1024, "block_size": 512})));
+    let nsid = target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc1"}})));
+    assert_eq!(nsid, json!(2));
+    let completion = controller.admin().wait(aer).unwrap();
+    assert!(completion.is_ok());
+    assert_eq!(completion.result as u32, 0x0004_0002, "notice: namespace attribute changed, log page 4");
+    let changed = controller.get_log_page(0x04, 0, 0, 4096).unwrap();
+    assert_eq!(&changed[..4], &2u32.to_le_bytes());
+    assert_eq!(controller.active_namespaces().unwrap(), vec![1, 2]);
+}
+
+#[test]
+fn a_silent_host_loses_its_controller_to_keep_alive() {
+    let target = Target::start("kato", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let options = Options { kato_ms: 300, ..Options::default() };
+    let mut silent = Controller::connect(addr, NQN, HOSTNQN, &options).unwrap();
+    let mut chatty = Controller::connect(addr, NQN, HOSTNQN, &options).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        chatty.keep_alive().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let controllers = target.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN})));
+    assert_eq!(controllers.as_array().unwrap().len(), 1, "only the host that kept alive remains: {controllers}");
+    assert!(silent.keep_alive().is_err(), "the silent host's admin queue is gone");
+}
+
+#[test]
+fn malformed_pdus_end_only_their_connection() {
+    let target = Target::start("malformed", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut healthy = connect(addr, Digests::default());
+    let mut healthy_queue = healthy.io_queue(4).unwrap();
+    for (what, expected_fes, build) in [
+        (
+            "a bad PDU type",
+            fes::INVALID_HEADER_FIELD,
+            Box::new(|bytes: &mut Vec<u8>| bytes[0] = 0x0f) as Box<dyn Fn(&mut Vec<u8>)>,
+        ),
+        ("a bad header length", fes::INVALID_HEADER_FIELD, Box::new(|bytes: &mut Vec<u8>| bytes[2] = 70)),
+        (
+            "a bad PDU length",
+            fes::INVALID_HEADER_FIELD,
+            Box::new(|bytes: &mut Vec<u8>| bytes[4..8].copy_from_slice(&10u32.to_le_bytes())),
+        ),
+        ("a bad header digest", fes::HEADER_DIGEST_ERROR, Box::new(|bytes: &mut Vec<u8>| bytes[20] ^= 0xff)),
+    ] {
+        let mut victim = connect(addr, Digests { header: true, data: false });
+        let mut queue = victim.io_queue(4).unwrap();
+        let sqe = SqeBuilder::new(io::READ, 1).rw(1, 0, 1).transport_data(BLOCK).build();
+        let mut bytes = pdu::capsule_cmd(sqe.bytes(), 0, Digests { header: true, data: false }).as_slice().to_vec();
+        build(&mut bytes);
+        queue.send_raw(&bytes).unwrap();
+        let answer = queue.recv_pdu(Duration::from_secs(5)).unwrap_or_else(|err| panic!("{what}: no answer: {err}"));
+        assert_eq!(answer.header.pdu_type, pdu_type::C2H_TERM_REQ, "{what}");
+        assert_eq!(answer.term_req().map(|(fes, _)| fes), Some(expected_fes), "{what}");
+        // Everyone else is still served.
+        let data = pattern(0, 1, 5);
+        healthy_queue.write(1, 0, 1, &data).unwrap();
+    }
+}
+
+#[test]
+fn four_io_queues_spread_over_two_reactors() {
+    let target = Target::start("spread", &["-m", "0x3"]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let (granted, _) = controller.set_number_of_queues(4).unwrap();
+    assert!(granted >= 4);
+    let mut queues: Vec<_> = (0..4).map(|_| controller.io_queue(16).unwrap()).collect();
+    for (index, queue) in queues.iter_mut().enumerate() {
+        let slba = index as u64 * 64;
+        queue.write(1, slba, 16, &pattern(slba, 16, 2)).unwrap();
+    }
+    for (index, queue) in queues.iter_mut().enumerate() {
+        let slba = index as u64 * 64;
+        let mut back = vec![0u8; 16 * BLOCK as usize];
+        queue.read(1, slba, 16, &mut back).unwrap();
+        assert_eq!(back, pattern(slba, 16, 2));
+    }
+    let stats = target.call("nvmf_get_stats", None);
+    let groups = stats["poll_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    for group in groups {
+        assert!(group["current_io_qpairs"].as_u64().unwrap() >= 1, "every poll group serves a queue: {stats}");
+    }
+    let qpairs = target.call("nvmf_subsystem_get_qpairs", Some(json!({"nqn": NQN})));
+    assert_eq!(qpairs.as_array().unwrap().len(), 5, "admin + 4 I/O queues: {qpairs}");
+}
