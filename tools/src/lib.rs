@@ -5,6 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod initiator;
-// pub mod perf;
+pub mod perf;
 pub mod rpc_cli;
 pub mod rpc_client;

@@ -76,6 +76,10 @@ struct Slot {
 }
 
 /// One queue pair on its own connection. Not `Sync`: one thread drives it.
+///
+/// CIDs are slot indices. A CID is handed out again only after its completion left the
+/// queue through `poll` or `wait`, but a caller that resubmits while walking a batch of
+/// completions may get a CID of that same batch: map the whole batch first.
 pub struct QueuePair {
     transport: Transport,
     qid: u16,
@@ -134,6 +138,7 @@ impl QueuePair {
         self.entries - 1
     }
 
+    /// Commands submitted whose completions `poll` has not handed out yet.
     pub fn outstanding(&self) -> usize {
         self.slots.len() - self.free.len()
     }
@@ -212,7 +217,11 @@ impl QueuePair {
     pub fn poll(&mut self, max: usize, out: &mut Vec<Completion>) -> Result<usize> {
         self.progress()?;
         let count = max.min(self.ready.len());
-        out.extend(self.ready.drain(..count));
+        for completion in self.ready.drain(..count) {
+            // A CID is reusable only once its completion is in the caller's hands.
+            self.free.push(completion.cid);
+            out.push(completion);
+        }
         Ok(count)
     }
 
@@ -259,6 +268,7 @@ impl QueuePair {
             self.progress()?;
             if let Some(at) = self.ready.iter().position(|c| c.cid == cid) {
                 if let Some(completion) = self.ready.remove(at) {
+                    self.free.push(completion.cid);
                     return Ok(completion);
                 }
             }
@@ -321,8 +331,7 @@ impl QueuePair {
 
     fn handle_pdus(&mut self) -> Result<()> {
         let Transport { rx, tx, negotiated, .. } = &mut self.transport;
-        let mut queue =
-            Handler { slots: &mut self.slots, free: &mut self.free, ready: &mut self.ready, tx, negotiated };
+        let mut queue = Handler { slots: &mut self.slots, ready: &mut self.ready, tx, negotiated };
         for _ in 0..MAX_PDUS_PER_POLL {
             match rx.next(queue.tx)? {
                 Some(pdu) => queue.handle(&pdu)?,
@@ -336,7 +345,6 @@ impl QueuePair {
 /// The parts of a queue PDU handling touches, borrowed apart from the receive buffer.
 struct Handler<'a> {
     slots: &'a mut [Slot],
-    free: &'a mut Vec<u16>,
     ready: &'a mut VecDeque<Completion>,
     tx: &'a mut TxBuf,
     negotiated: &'a Negotiated,
@@ -453,7 +461,6 @@ impl Handler<'_> {
             buf: std::mem::take(&mut slot.buf),
             data_digest_error: slot.digest_error,
         });
-        self.free.push(cid);
     }
 }
 

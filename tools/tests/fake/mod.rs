@@ -44,6 +44,8 @@ pub struct Config {
     pub num_blocks: u64,
     pub mdts: u8,
     pub bad_header_digest_on_keep_alive: bool,
+    /// Flip a byte in every read's data (digests computed after), as a corrupting disk would.
+    pub corrupt_read_data: bool,
 }
 
 impl Default for Config {
@@ -58,6 +60,7 @@ impl Default for Config {
             num_blocks: 16 * 1024,
             mdts: 8,
             bad_header_digest_on_keep_alive: false,
+            corrupt_read_data: false,
         }
     }
 }
@@ -418,7 +421,11 @@ impl Connection {
             Ok(range) => range,
             Err(status) => return self.respond(Cqe::new(sqe.cid(), status), false),
         };
-        let data = self.state.lock().expect("state").disk[range].to_vec();
+        let mut data = self.state.lock().expect("state").disk[range].to_vec();
+        if self.config.corrupt_read_data {
+            let middle = data.len() / 2;
+            data[middle] ^= 0x5a;
+        }
         self.reply_data(sqe.cid(), &data, sqe.slba() == BAD_DIGEST_LBA);
     }
 

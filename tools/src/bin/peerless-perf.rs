@@ -1,0 +1,187 @@
+//! peerless-perf: NVMe/TCP benchmark and identify tool with spdk_nvme_perf's flags.
+//!
+//! ```text
+//! peerless-perf -r 'trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420' -q 128 -o 4096 -w randread -t 10
+//! peerless-perf identify -r 'trtype:tcp traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1'
+//! ```
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use peerless_tools::initiator::{discover, subtype, Controller, Digests, Options};
+use peerless_tools::perf::{self, identify, parse_core_mask, PerfConfig, TransportId, Workload};
+
+/// Host NQN used when neither --hostnqn nor the transport ID names one.
+const DEFAULT_HOSTNQN: &str = "nqn.2014-08.io.peerless:perf";
+
+#[derive(Parser)]
+#[command(name = "peerless-perf", about = "NVMe/TCP benchmark (spdk_nvme_perf's flags) and identify")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    perf: PerfArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print controller and namespace data like spdk_nvme_identify.
+    Identify(IdentifyArgs),
+}
+
+#[derive(Args)]
+struct IdentifyArgs {
+    /// Transport ID: 'trtype:tcp adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'.
+    #[arg(short = 'r', long = "transport")]
+    trid: String,
+    #[arg(long)]
+    hostnqn: Option<String>,
+    /// Header digest.
+    #[arg(short = 'H', long = "enable-tcp-hdgst")]
+    header_digest: bool,
+    /// Data digest.
+    #[arg(short = 'I', long = "enable-tcp-ddgst")]
+    data_digest: bool,
+}
+
+#[derive(Args)]
+struct PerfArgs {
+    /// Transport ID: 'trtype:tcp adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'.
+    #[arg(short = 'r', long = "transport")]
+    trid: Option<String>,
+    /// I/O depth per namespace per core.
+    #[arg(short = 'q', long = "io-depth")]
+    queue_depth: Option<u16>,
+    /// I/O size in bytes.
+    #[arg(short = 'o', long = "io-size")]
+    io_bytes: Option<usize>,
+    /// read, write, randread, randwrite, rw, randrw.
+    #[arg(short = 'w', long = "io-pattern")]
+    workload: Option<String>,
+    /// Read percentage of rw/randrw.
+    #[arg(short = 'M', long = "rwmixread")]
+    read_percent: Option<u8>,
+    /// Run time in seconds.
+    #[arg(short = 't', long = "time")]
+    seconds: Option<u64>,
+    /// Core mask (hex, or a list like [0,2-3]).
+    #[arg(short = 'c', long = "core-mask", default_value = "0x1")]
+    core_mask: String,
+    /// Queues per namespace per core.
+    #[arg(short = 'P', long = "num-qpairs", default_value_t = 1)]
+    queues_per_ns: u16,
+    /// Header digest.
+    #[arg(short = 'H', long = "enable-tcp-hdgst")]
+    header_digest: bool,
+    /// Data digest.
+    #[arg(short = 'I', long = "enable-tcp-ddgst")]
+    data_digest: bool,
+    /// Latency percentiles (-L) and the histogram too (-LL).
+    #[arg(short = 'L', long = "enable-sw-latency-tracking", action = ArgAction::Count)]
+    latency: u8,
+    /// Write a pattern holding LBA and seed, read it back, count mismatched blocks.
+    #[arg(long)]
+    verify: bool,
+    /// Print the summary as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write the latency percentile curve as an SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    #[arg(long)]
+    hostnqn: Option<String>,
+    /// Seed for random offsets and the verify pattern (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep Alive Timeout in milliseconds (0 = off).
+    #[arg(long, default_value_t = 10_000)]
+    kato_ms: u32,
+}
+
+fn required<T>(value: Option<T>, flag: &str) -> Result<T, String> {
+    value.ok_or_else(|| format!("{flag} is required"))
+}
+
+fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
+    let trid = TransportId::parse(&required(args.trid, "-r")?)?;
+    let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
+    let clock_seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+    Ok(PerfConfig {
+        hostnqn,
+        queue_depth: required(args.queue_depth, "-q")?,
+        io_bytes: required(args.io_bytes, "-o")?,
+        workload: Workload::parse(&required(args.workload, "-w")?, args.read_percent)?,
+        duration: Duration::from_secs(required(args.seconds, "-t")?),
+        cores: parse_core_mask(&args.core_mask)?,
+        queues_per_ns: args.queues_per_ns,
+        digests: Digests { header: args.header_digest, data: args.data_digest },
+        latency_detail: args.latency,
+        verify: args.verify,
+        json: args.json,
+        plot: args.plot,
+        seed: args.seed.unwrap_or(clock_seed),
+        kato_ms: args.kato_ms,
+        trid,
+    })
+}
+
+fn run_perf(args: PerfArgs) -> Result<(), String> {
+    let config = perf_config(args)?;
+    let summary = if config.json {
+        perf::run(&config, &mut std::io::stderr())
+    } else {
+        perf::run(&config, &mut std::io::stdout())
+    }
+    .map_err(|e| e.to_string())?;
+    if config.json {
+        let text = serde_json::to_string(&summary).map_err(|e| e.to_string())?;
+        println!("{text}");
+    }
+    if summary.errors > 0 || summary.mismatches > 0 {
+        return Err(format!("{} I/O errors, {} mismatched blocks", summary.errors, summary.mismatches));
+    }
+    Ok(())
+}
+
+fn run_identify(args: IdentifyArgs) -> Result<(), String> {
+    let trid = TransportId::parse(&args.trid)?;
+    let addr = trid.socket_addr()?;
+    let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
+    let options =
+        Options { digests: Digests { header: args.header_digest, data: args.data_digest }, ..Options::default() };
+    let mut out = std::io::stdout().lock();
+    let subnqns = match &trid.subnqn {
+        Some(subnqn) => vec![subnqn.clone()],
+        None => {
+            // As spdk_nvme_identify does without a subsystem: the discovery log, then each subsystem.
+            let log = discover(addr, &hostnqn, &options).map_err(|e| e.to_string())?;
+            identify::print_discovery(&log, &mut out).map_err(|e| e.to_string())?;
+            log.entries.into_iter().filter(|e| e.subtype == subtype::NVME).map(|e| e.subnqn).collect()
+        }
+    };
+    for subnqn in subnqns {
+        let mut ctrl = Controller::connect(addr, &subnqn, &hostnqn, &options).map_err(|e| format!("{subnqn}: {e}"))?;
+        identify::identify(&mut ctrl, trid.nsid, &mut out).map_err(|e| format!("{subnqn}: {e}"))?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Identify(args)) => run_identify(args),
+        None => run_perf(cli.perf),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("peerless-perf: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! SPDK's transport ID strings (`spdk_nvme_transport_id_parse`): whitespace-separated
+//! `key:value` or `key=value` pairs, keys case-insensitive, e.g.
+//! `trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1`.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+/// The NVMe/TCP well-known port (IANA, NVMe/TCP 1.0 3.4.1).
+pub const DEFAULT_TRSVCID: u16 = 4420;
+/// Longest value accepted for any key (an NQN is 223 bytes; addresses are far shorter).
+const MAX_VALUE_BYTES: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressFamily {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportId {
+    pub adrfam: AddressFamily,
+    pub traddr: String,
+    pub trsvcid: u16,
+    pub subnqn: Option<String>,
+    pub hostnqn: Option<String>,
+    /// Restrict the run to one namespace (`ns:N`, as spdk_nvme_perf accepts).
+    pub nsid: Option<u32>,
+}
+
+impl TransportId {
+    pub fn parse(text: &str) -> Result<TransportId, String> {
+        let mut trtype = None;
+        let mut id = TransportId {
+            adrfam: AddressFamily::Ipv4,
+            traddr: String::new(),
+            trsvcid: DEFAULT_TRSVCID,
+            subnqn: None,
+            hostnqn: None,
+            nsid: None,
+        };
+        for pair in text.split_whitespace() {
+            // The first ':' or '=' splits; an NQN value holds more of both.
+            let Some(at) = pair.find([':', '=']) else { return Err(format!("{pair:?} is not key:value")) };
+            let (key, value) = (&pair[..at], &pair[at + 1..]);
+            if value.is_empty() || value.len() > MAX_VALUE_BYTES {
+                return Err(format!("{key}: value of {} bytes", value.len()));
+            }
+            match key.to_ascii_lowercase().as_str() {
+                "trtype" => trtype = Some(value.to_ascii_lowercase()),
+                "adrfam" => {
+                    id.adrfam = match value.to_ascii_lowercase().as_str() {
+                        "ipv4" => AddressFamily::Ipv4,
+                        "ipv6" => AddressFamily::Ipv6,
+                        other => return Err(format!("adrfam {other:?}: IPv4 or IPv6")),
+                    }
+                }
+                "traddr" => id.traddr = value.to_string(),
+                "trsvcid" => id.trsvcid = value.parse().map_err(|_| format!("trsvcid {value:?} is not a port"))?,
+                "subnqn" => id.subnqn = Some(value.to_string()),
+                "hostnqn" => id.hostnqn = Some(value.to_string()),
+                "ns" => id.nsid = Some(value.parse().ok().filter(|n| *n > 0).ok_or(format!("ns {value:?}"))?),
+                other => return Err(format!("unknown transport ID key {other:?}")),
+            }
+        }
+        match trtype.as_deref() {
+            Some("tcp") => {}
+            Some(other) => return Err(format!("trtype {other:?}: only tcp is supported")),
+            None => return Err("trtype missing".into()),
+        }
+        if id.traddr.is_empty() {
+            return Err("traddr missing".into());
+        }
+        Ok(id)
+    }
+
+    /// Resolves traddr and trsvcid to a socket address of the named family.
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.traddr.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.trsvcid));
+        }
+        let addrs =
+            (self.traddr.as_str(), self.trsvcid).to_socket_addrs().map_err(|e| format!("{}: {e}", self.traddr))?;
+        let wanted = |a: &SocketAddr| a.is_ipv4() == (self.adrfam == AddressFamily::Ipv4);
+        addrs.into_iter().find(wanted).ok_or_else(|| format!("{}: no {:?} address", self.traddr, self.adrfam))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// traddr, trsvcid, subnqn, ns.
+    type Parsed<'a> = (&'a str, u16, Option<&'a str>, Option<u32>);
+
+    fn check(text: &str, expected: Result<Parsed<'_>, &str>) {
+        let parsed = TransportId::parse(text);
+        match expected {
+            Ok((traddr, port, subnqn, nsid)) => {
+                let id = parsed.expect(text);
+                assert_eq!(
+                    (id.traddr.as_str(), id.trsvcid, id.subnqn.as_deref(), id.nsid),
+                    (traddr, port, subnqn, nsid)
+                );
+            }
+            Err(fragment) => {
+                let error = parsed.expect_err(text);
+                assert!(error.contains(fragment), "{text}: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn spdk_syntax() {
+        check(
+            "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1",
+            Ok(("127.0.0.1", 4420, Some("nqn.2016-06.io.spdk:cnode1"), None)),
+        );
+        check("TRTYPE=TCP traddr=10.0.0.1 trsvcid=4421 ns=2", Ok(("10.0.0.1", 4421, None, Some(2))));
+        check("  trtype:tcp\ttraddr:::1  adrfam:ipv6 ", Ok(("::1", 4420, None, None)));
+        check("trtype:rdma traddr:1.2.3.4", Err("only tcp"));
+        check("traddr:1.2.3.4", Err("trtype missing"));
+        check("trtype:tcp", Err("traddr missing"));
+        check("trtype:tcp traddr:1.2.3.4 trsvcid:http", Err("not a port"));
+        check("trtype:tcp traddr:1.2.3.4 color:blue", Err("unknown transport ID key"));
+        check("trtype:tcp traddr:1.2.3.4 ns:0", Err("ns"));
+        check("trtype:tcp traddr", Err("not key:value"));
+        check("trtype:tcp traddr:", Err("value of 0 bytes"));
+    }
+
+    #[test]
+    fn resolves_literal_addresses() {
+        let id = TransportId::parse("trtype:tcp adrfam:IPv6 traddr:::1 trsvcid:9").expect("parse");
+        assert_eq!(id.socket_addr(), Ok("[::1]:9".parse().expect("addr")));
+    }
+}
