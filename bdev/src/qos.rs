@@ -46,7 +46,7 @@ impl QosLimits {
 /// Timeslices of unused budget a channel may bank: a reactor preempted for a few
 /// milliseconds catches up instead of losing them, while a long idle spell does not turn
 /// into a burst far above the limit.
-const MAX_BANKED_SLICES: u64 = 4;
+const MAX_BANKED_SLICES: u64 = 10;
 
 /// One channel's token bucket, refilled per 1 ms timeslice. The four budgets are, in
 /// order: I/Os, read+write bytes, read bytes, write bytes.
@@ -139,7 +139,7 @@ mod tests {
         budget.refill(now + QOS_TIMESLICE * 4, 1);
         assert_eq!((0..100).filter(|_| budget.admit(&io, 512)).count(), 30);
         budget.refill(now + QOS_TIMESLICE * 100, 1);
-        assert_eq!((0..100).filter(|_| budget.admit(&io, 512)).count(), 40, "banking stops at 4 slices");
+        assert_eq!((0..200).filter(|_| budget.admit(&io, 512)).count(), 100, "banking stops at 10 slices");
 
         let bytes = QosLimits { r_mbytes_per_sec: 1, ..QosLimits::default() };
         let mut budget = QosBudget::new(bytes, now);
