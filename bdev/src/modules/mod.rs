@@ -8,6 +8,7 @@ use crate::manager::BdevManager;
 
 pub mod malloc;
 pub mod null;
+pub mod uring;
 
 /// A bdev module: what it adds to the RPC registry.
 pub trait BdevModule: Send + Sync {
@@ -17,5 +18,5 @@ pub trait BdevModule: Send + Sync {
 
 /// Every module built into this binary, in the order their config entries replay.
 pub fn all() -> Vec<Box<dyn BdevModule>> {
-    vec![Box::new(malloc::MallocModule), Box::new(null::NullModule)]
+    vec![Box::new(malloc::MallocModule), Box::new(null::NullModule), Box::new(uring::UringModule)]
 }
