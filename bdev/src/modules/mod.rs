@@ -6,8 +6,11 @@ use peerless_core::rpc::Registry;
 
 use crate::manager::BdevManager;
 
+pub mod delay;
+pub mod error;
 pub mod malloc;
 pub mod null;
+pub(crate) mod stacked;
 pub mod uring;
 
 /// A bdev module: what it adds to the RPC registry.
@@ -18,5 +21,11 @@ pub trait BdevModule: Send + Sync {
 
 /// Every module built into this binary, in the order their config entries replay.
 pub fn all() -> Vec<Box<dyn BdevModule>> {
-    vec![Box::new(malloc::MallocModule), Box::new(null::NullModule), Box::new(uring::UringModule)]
+    vec![
+        Box::new(malloc::MallocModule),
+        Box::new(null::NullModule),
+        Box::new(uring::UringModule),
+        Box::new(delay::DelayModule),
+        Box::new(error::ErrorModule),
+    ]
 }

@@ -1,0 +1,225 @@
+//! One thread's delay channel: I/O goes down to the base's channel; its completion comes
+//! back on this channel's queue, waits in a heap ordered by due time, and is passed up
+//! once due.
+//!
+//! Releasing: an active poller drains the base's completions and releases what is due on
+//! every iteration, which is exact in poll mode (SPDK uses a 0-period poller the same
+//! way). In interrupt mode an active poller alone would let the reactor sleep through a
+//! deadline, so a timed poller also runs every `INTERRUPT_TICK_US` while anything is held
+//! and is paused while nothing is: held I/O costs at most a tick of extra latency, and an
+//! idle delay bdev wakes nobody. (The reactor has no one-shot timer to arm at the exact
+//! next deadline; a fixed tick is the closest kind thing.)
+
+use std::cell::RefCell;
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+
+use super::Latencies;
+use crate::bdev::{BdevChannelOps, SubmitError};
+use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
+use crate::manager::BdevHandle;
+use crate::modules::stacked::register_poller;
+use crate::status::IoStatus;
+
+/// Wake-up period of the interrupt-mode release timer, while I/O is held.
+const INTERRUPT_TICK_US: u64 = 100;
+/// Room reserved up front for held I/O and base completions.
+const HELD_CAPACITY: usize = 1024;
+/// One I/O in this many gets the p99 latency.
+const P99_ONE_IN: u64 = 100;
+
+/// A completion waiting for its due time; ties keep arrival order.
+struct Held {
+    due: Instant,
+    sequence: u64,
+    io: Box<BdevIo>,
+}
+
+impl PartialEq for Held {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.sequence) == (other.due, other.sequence)
+    }
+}
+
+impl Eq for Held {}
+
+impl PartialOrd for Held {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Held {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.due, self.sequence).cmp(&(other.due, other.sequence))
+    }
+}
+
+pub(super) struct DelayChannel {
+    base: Option<BdevHandle>,
+    state: Rc<RefCell<State>>,
+}
+
+struct State {
+    /// Where the base hands back finished I/O.
+    from_base: CompletionQueue,
+    held: BinaryHeap<Reverse<Held>>,
+    latencies: Arc<Latencies>,
+    sequence: u64,
+    /// xorshift state for the one-in-a-hundred p99 draw.
+    random: u64,
+    /// The interrupt-mode release timer, and whether it is running.
+    timer: Option<PollerId>,
+    timer_running: bool,
+}
+
+impl DelayChannel {
+    pub(super) fn boxed(
+        ctx: &mut ThreadCtx,
+        name: &str,
+        base: Option<BdevHandle>,
+        latencies: Arc<Latencies>,
+    ) -> Box<dyn BdevChannelOps> {
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |at| at.as_nanos() as u64);
+        let seed = clock ^ ctx.id().0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let state = Rc::new(RefCell::new(State {
+            from_base: completion_queue(HELD_CAPACITY),
+            held: BinaryHeap::with_capacity(HELD_CAPACITY),
+            latencies,
+            sequence: 0,
+            random: seed | 1,
+            timer: None,
+            timer_running: false,
+        }));
+        register_poller(ctx, &format!("delay_{name}"), 0, Rc::downgrade(&state), |state, ctx| state.poll(ctx));
+        if ctx.app().options().interrupt_mode {
+            let timer = register_poller(
+                ctx,
+                &format!("delay_{name}_timer"),
+                INTERRUPT_TICK_US,
+                Rc::downgrade(&state),
+                |state, ctx| state.poll(ctx),
+            );
+            ctx.pause_poller(timer);
+            state.borrow_mut().timer = Some(timer);
+        }
+        Box::new(DelayChannel { base, state })
+    }
+}
+
+impl BdevChannelOps for DelayChannel {
+    fn submit(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
+        let Some(base) = &self.base else {
+            io.complete(IoStatus::INVALID_NAMESPACE);
+            return Ok(());
+        };
+        let from_base = self.state.borrow().from_base.clone();
+        base.submit(ctx, io, &from_base, 0);
+        Ok(())
+    }
+}
+
+impl State {
+    fn poll(&mut self, ctx: &mut ThreadCtx) -> PollStatus {
+        let now = Instant::now();
+        let mut did_work = false;
+        loop {
+            let next = self.from_base.borrow_mut().pop_front();
+            let Some(io) = next else { break };
+            did_work = true;
+            self.arrived(io, now);
+        }
+        while self.held.peek().is_some_and(|Reverse(held)| held.due <= now) {
+            if let Some(Reverse(held)) = self.held.pop() {
+                held.io.pass_up();
+                did_work = true;
+            }
+        }
+        self.run_timer_while_held(ctx);
+        PollStatus::from_work(did_work)
+    }
+
+    /// A completion from the base: hold it for its latency, or pass it up now.
+    fn arrived(&mut self, io: Box<BdevIo>, now: Instant) {
+        if io.io_type == IoType::Reset {
+            // As SPDK: a reset aborts what this channel still holds.
+            while let Some(Reverse(held)) = self.held.pop() {
+                held.io.complete(IoStatus::ABORTED_BY_REQUEST);
+            }
+            io.pass_up();
+            return;
+        }
+        let p99 = self.next_random().is_multiple_of(P99_ONE_IN);
+        let latency_us = self.latencies.for_io(io.io_type, p99).unwrap_or(0);
+        if latency_us == 0 {
+            io.pass_up();
+            return;
+        }
+        // Latencies are capped at an hour, so this cannot overflow the clock.
+        let due = now + Duration::from_micros(latency_us);
+        self.sequence += 1;
+        self.held.push(Reverse(Held { due, sequence: self.sequence, io }));
+    }
+
+    fn run_timer_while_held(&mut self, ctx: &mut ThreadCtx) {
+        let Some(timer) = self.timer else { return };
+        let want = !self.held.is_empty();
+        if want != self.timer_running {
+            if want {
+                ctx.resume_poller(timer);
+            } else {
+                ctx.pause_poller(timer);
+            }
+            self.timer_running = want;
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: cheap, and statistically plenty for a 1-in-100 draw.
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_completions_leave_in_due_order() {
+        let start = Instant::now();
+        let mut heap = BinaryHeap::new();
+        for (sequence, offset_us) in [(1, 30), (2, 10), (3, 20), (4, 10)] {
+            let io = BdevIo::new(IoType::Read, sequence, 1);
+            heap.push(Reverse(Held { due: start + Duration::from_micros(offset_us), sequence, io }));
+        }
+        let order: Vec<u64> = std::iter::from_fn(|| heap.pop().map(|Reverse(held)| held.io.offset_blocks)).collect();
+        assert_eq!(order, vec![2, 4, 3, 1]);
+    }
+
+    #[test]
+    fn about_one_in_a_hundred_draws_is_a_tail() {
+        let mut state = State {
+            from_base: completion_queue(1),
+            held: BinaryHeap::new(),
+            latencies: Arc::default(),
+            sequence: 0,
+            random: 0x1234_5678_9abc_def1,
+            timer: None,
+            timer_running: false,
+        };
+        let draws = 100_000;
+        let tails = (0..draws).filter(|_| state.next_random().is_multiple_of(P99_ONE_IN)).count();
+        assert!((800..=1200).contains(&tails), "{tails} tails in {draws}");
+    }
+}

@@ -1,0 +1,165 @@
+//! One thread's error channel: asks the injection table about each I/O, then fails it,
+//! holds it, refuses it, corrupts it, or sends it down to the base untouched.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use peerless_core::mem::{self, Sgl};
+use peerless_core::reactor::{PollStatus, ThreadCtx};
+
+use super::inject::{ErrorType, Injections};
+use crate::bdev::{BdevChannelOps, SubmitError};
+use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
+use crate::manager::BdevHandle;
+use crate::modules::stacked::register_poller;
+use crate::status::IoStatus;
+
+/// Room reserved up front for base completions and held I/O.
+const QUEUE_CAPACITY: usize = 256;
+/// A read whose data is to be corrupted on the way back carries this bit in its tag,
+/// with the value in the low byte and the offset above it.
+const CORRUPT_FLAG: u64 = 1 << 63;
+const CORRUPT_OFFSET_SHIFT: u32 = 8;
+/// Offsets that fit the tag beside the flag and value; larger ones lie beyond any I/O.
+const CORRUPT_OFFSET_MAX: u64 = (1 << 54) - 1;
+
+pub(super) struct ErrorChannel {
+    base: Option<BdevHandle>,
+    injections: Arc<Injections>,
+    state: Rc<RefCell<State>>,
+}
+
+struct State {
+    from_base: CompletionQueue,
+    /// I/O sent to the base and not back yet.
+    in_base: u64,
+    /// I/O held by a `pending` injection until a reset.
+    pending: VecDeque<Box<BdevIo>>,
+}
+
+impl ErrorChannel {
+    pub(super) fn boxed(
+        ctx: &mut ThreadCtx,
+        name: &str,
+        base: Option<BdevHandle>,
+        injections: Arc<Injections>,
+    ) -> Box<dyn BdevChannelOps> {
+        let state = Rc::new(RefCell::new(State {
+            from_base: completion_queue(QUEUE_CAPACITY),
+            in_base: 0,
+            pending: VecDeque::with_capacity(QUEUE_CAPACITY),
+        }));
+        register_poller(ctx, &format!("error_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
+        Box::new(ErrorChannel { base, injections, state })
+    }
+}
+
+impl BdevChannelOps for ErrorChannel {
+    fn submit(&mut self, ctx: &mut ThreadCtx, mut io: Box<BdevIo>) -> Result<(), SubmitError> {
+        let Some(base) = &self.base else {
+            io.complete(IoStatus::INVALID_NAMESPACE);
+            return Ok(());
+        };
+        let mut state = self.state.borrow_mut();
+        if io.io_type == IoType::Reset {
+            // SPDK: a reset fails every I/O a `pending` injection holds.
+            for held in state.pending.drain(..) {
+                held.complete(IoStatus::INTERNAL_ERROR);
+            }
+        }
+        let outstanding = state.in_base + state.pending.len() as u64;
+        let mut tag = 0;
+        if let Some(injection) = self.injections.take(io.io_type, outstanding) {
+            match injection.error_type {
+                ErrorType::Failure => {
+                    io.complete(IoStatus::INTERNAL_ERROR);
+                    return Ok(());
+                }
+                ErrorType::NvmeFailure => {
+                    io.complete(injection.status);
+                    return Ok(());
+                }
+                ErrorType::Pending => {
+                    state.pending.push_back(io);
+                    return Ok(());
+                }
+                ErrorType::Nomem => return Err(SubmitError::NoResources(io)),
+                ErrorType::CorruptData => match io.io_type {
+                    IoType::Write => corrupt(&mut io, injection.corrupt_offset, injection.corrupt_value),
+                    IoType::Read if injection.corrupt_offset <= CORRUPT_OFFSET_MAX => {
+                        tag = CORRUPT_FLAG
+                            | (injection.corrupt_offset << CORRUPT_OFFSET_SHIFT)
+                            | u64::from(injection.corrupt_value);
+                    }
+                    // Nothing to corrupt in an unmap or a flush, or past any read.
+                    _ => {}
+                },
+            }
+        }
+        state.in_base += 1;
+        let from_base = state.from_base.clone();
+        drop(state);
+        base.submit(ctx, io, &from_base, tag);
+        Ok(())
+    }
+}
+
+impl State {
+    fn poll(&mut self) -> PollStatus {
+        let mut did_work = false;
+        loop {
+            let next = self.from_base.borrow_mut().pop_front();
+            let Some(mut io) = next else { break };
+            did_work = true;
+            self.in_base -= 1;
+            if io.tag & CORRUPT_FLAG != 0 && io.status.is_success() {
+                let offset = (io.tag & !CORRUPT_FLAG) >> CORRUPT_OFFSET_SHIFT;
+                let value = io.tag as u8;
+                corrupt(&mut io, offset, value);
+            }
+            io.pass_up();
+        }
+        PollStatus::from_work(did_work)
+    }
+}
+
+/// Flips `value`'s bits in the byte at `offset` of the I/O's payload, through the gate
+/// (the payload may be device memory). An offset past the payload corrupts nothing, as
+/// in SPDK.
+fn corrupt(io: &mut BdevIo, offset: u64, value: u8) {
+    let flipped = (|| -> mem::Result<bool> {
+        let mut payload = io.sgl_mut()?;
+        let Ok(offset) = usize::try_from(offset) else { return Ok(false) };
+        if offset >= payload.len() {
+            return Ok(false);
+        }
+        let mut target = payload.sub_mut(offset, 1)?;
+        let mut byte = [0u8; 1];
+        mem::copy(&mut Sgl::from_host_mut(&mut byte)?, &target)?;
+        byte[0] ^= value;
+        mem::copy(&mut target, &Sgl::from_host(&byte)?)?;
+        Ok(true)
+    })();
+    if let Err(err) = flipped {
+        peerless_core::log_error!("error bdev: corrupting {:?} at byte {offset} failed: {err}", io.io_type);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::DataBuf;
+
+    #[test]
+    fn corrupt_flips_one_byte_across_buffers_and_ignores_offsets_past_the_end() {
+        let mut io = BdevIo::new(IoType::Read, 0, 2);
+        io.buffers.push(DataBuf::Heap(vec![0u8; 4].into_boxed_slice()));
+        io.buffers.push(DataBuf::Heap(vec![0u8; 4].into_boxed_slice()));
+        corrupt(&mut io, 5, 0xa5);
+        corrupt(&mut io, 8, 0xff);
+        let bytes: Vec<u8> = io.sgl().unwrap().cpu_view().unwrap().to_vec();
+        assert_eq!(bytes, vec![0, 0, 0, 0, 0, 0xa5, 0, 0]);
+    }
+}
