@@ -2,6 +2,7 @@
 //! measured against its setting and changed live, claims on the base, hot-remove, RPCs.
 
 mod harness;
+mod poll_mode;
 mod rpc_client;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -164,4 +165,35 @@ fn rpc_methods_create_update_save_and_delete() {
     assert_eq!(rpc.call(&harness, "bdev_delay_delete", json!({"name": "Delay0"})).unwrap(), json!(true));
     assert_eq!(rpc.call(&harness, "bdev_delay_delete", json!({"name": "Delay0"})).unwrap_err().code, -19);
     assert_eq!(rpc.call(&harness, "bdev_malloc_delete", json!({"name": "Malloc0"})).unwrap(), json!(true));
+}
+
+#[test]
+fn poll_mode_releases_on_time_without_a_timer() {
+    let harness = poll_mode::harness();
+    malloc(&harness, "Malloc0");
+    DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 1_000, 1_000)).unwrap();
+    let desc = harness.open("Delay0", true);
+    let average = average_read_latency(&harness, &desc, Duration::from_millis(100));
+    assert!(
+        (Duration::from_micros(750)..=Duration::from_millis(3)).contains(&average),
+        "1000 us average read latency measured as {average:?}"
+    );
+}
+
+#[test]
+fn a_reset_aborts_what_the_channel_holds() {
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0");
+    // Reads held for ten seconds: only the reset can bring them back within the test.
+    DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 10_000_000, 0)).unwrap();
+    let desc = harness.open("Delay0", true);
+    let started = Instant::now();
+    let done = harness.run(&desc, vec![read(0, 1, BLOCK), read(1, 1, BLOCK), Spec::new(IoType::Reset, 0, 0)]);
+    assert!(started.elapsed() < Duration::from_secs(5), "held reads waited out their latency");
+    let mut seen: Vec<(usize, IoStatus)> = done.iter().map(|(tag, io)| (*tag, io.status)).collect();
+    seen.sort_by_key(|(tag, _)| *tag);
+    assert_eq!(
+        seen,
+        vec![(0, IoStatus::ABORTED_BY_REQUEST), (1, IoStatus::ABORTED_BY_REQUEST), (2, IoStatus::SUCCESS)]
+    );
 }

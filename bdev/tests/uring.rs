@@ -4,6 +4,7 @@
 //! more I/O than ring slots, hot-remove, claims, and the RPC methods.
 
 mod harness;
+mod poll_mode;
 mod rpc_client;
 
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ use serde_json::json;
 
 const BLOCK: usize = 512;
 const FILE_BYTES: u64 = 4 << 20;
+/// Opening a directory for writing fails in the kernel with EISDIR, before any check of ours.
+const EISDIR: i32 = 21;
 
 /// A file of `FILE_BYTES` under /var/tmp, removed when dropped.
 struct TempFile(PathBuf);
@@ -228,4 +231,50 @@ fn rpc_creates_saves_and_deletes_uring_and_aio_bdevs() {
     assert_ok(&harness.run_one(&desc, read(0, 1, 4096)));
     drop(desc);
     assert_eq!(rpc.call(&harness, "bdev_aio_delete", json!({"name": "Aio0"})).unwrap(), json!(true));
+}
+
+#[test]
+fn poll_mode_reaps_without_an_eventfd() {
+    let file = TempFile::new("poll");
+    let harness = poll_mode::harness();
+    uring(&harness, "Uring0", &file);
+    let desc = harness.open("Uring0", true);
+    let writes: Vec<_> = (0..200).map(|index| patterned_write(index * 2, 2, BLOCK, 11)).collect();
+    assert!(harness.run(&desc, writes).iter().all(|(_, io)| io.status == IoStatus::SUCCESS));
+    assert_ok(&harness.run_one(&desc, aligned_write(1000, 8, 12)));
+    assert_ok(&harness.run_one(&desc, Spec::new(IoType::Flush, 0, 0)));
+    assert_eq!(file.bytes(0, 400 * BLOCK), pattern(0, 400, BLOCK, 11));
+    assert_eq!(file.bytes(1000 * BLOCK as u64, 8 * BLOCK), pattern(1000, 8, BLOCK, 12));
+}
+
+#[test]
+fn tmpfs_files_work_direct_or_buffered() {
+    // tmpfs refused O_DIRECT at open before Linux 6.6 (the module then falls back to
+    // buffered I/O); newer kernels accept it. Either way the data must be right.
+    let path = PathBuf::from(format!("/dev/shm/peerless-uring-{}-buffered", std::process::id()));
+    if std::fs::File::create(&path).and_then(|file| file.set_len(1 << 20)).is_err() {
+        // No tmpfs here: the fallback cannot be exercised, and the O_DIRECT tests cover the rest.
+        return;
+    }
+    let file = TempFile(path);
+    let bdev = UringBdev::open(config("Shm0", &file)).unwrap();
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(bdev)).unwrap();
+    let desc = harness.open("Shm0", true);
+    assert_ok(&harness.run_one(&desc, patterned_write(5, 3, BLOCK, 1)));
+    assert_eq!(harness.run_one(&desc, read(5, 3, BLOCK)).bytes(), pattern(5, 3, BLOCK, 1));
+    assert_eq!(file.bytes(5 * BLOCK as u64, 3 * BLOCK), pattern(5, 3, BLOCK, 1));
+}
+
+#[test]
+fn create_refuses_what_is_not_a_usable_file() {
+    let directory = UringConfig { filename: "/var/tmp".into(), ..config("Dir0", &TempFile::new("cfg")) };
+    assert_eq!(UringBdev::open(directory).err().map(|err| err.code), Some(-EISDIR));
+    let tiny = TempFile::new("tiny");
+    std::fs::File::options().write(true).open(&tiny.0).unwrap().set_len(100).unwrap();
+    let harness = Harness::new();
+    let refused = peerless_bdev::modules::uring::create(&harness.bdevs, config("Tiny0", &tiny));
+    assert!(refused.is_err(), "a file smaller than one block makes no bdev");
+    let bad_uuid = UringConfig { uuid: Some("not-a-uuid".into()), ..config("U0", &tiny) };
+    assert_eq!(UringBdev::open(bad_uuid).err().map(|err| err.code), Some(-32602));
 }
