@@ -11,7 +11,7 @@ use peerless_core::mem::{self, DmaBuf};
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
 use super::sys::{Op, Refused, Ring};
-use super::UringBdev;
+use super::Backing;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, DataBuf, IoType};
 use crate::status::IoStatus;
@@ -32,7 +32,7 @@ pub(super) struct UringChannel {
 }
 
 struct State {
-    bdev: Arc<UringBdev>,
+    backing: Arc<Backing>,
     ring: Ring<Original>,
     /// Resets wait here until everything submitted before them has finished.
     resets: VecDeque<Box<BdevIo>>,
@@ -44,17 +44,17 @@ struct State {
 impl UringChannel {
     /// Builds the channel's ring and poller on `ctx`'s thread; `None` if the kernel
     /// refuses a ring (the caller then fails this channel's I/O).
-    pub(super) fn new(ctx: &mut ThreadCtx, bdev: Arc<UringBdev>) -> std::io::Result<UringChannel> {
+    pub(super) fn new(ctx: &mut ThreadCtx, backing: Arc<Backing>) -> std::io::Result<UringChannel> {
         let interrupt = ctx.app().options().interrupt_mode;
-        let ring = Ring::new(bdev.file.clone(), bdev.info.block_size, RING_ENTRIES, interrupt)?;
+        let ring = Ring::new(backing.file.clone(), backing.block_size, RING_ENTRIES, interrupt)?;
         if let Some(eventfd) = ring.eventfd() {
             // The fd leaves the reactor's epoll set by itself when the ring's eventfd is
             // closed with the channel (the ring holds no file reference to it).
             ctx.watch_fd(eventfd)?;
         }
-        let name = bdev.info.name.clone();
+        let name = backing.name.clone();
         let state = Rc::new(RefCell::new(State {
-            bdev,
+            backing,
             ring,
             resets: VecDeque::new(),
             staging: Vec::with_capacity(STAGING_BUFFERS_MAX),
@@ -136,7 +136,7 @@ impl State {
                     Refused::NotHost => {
                         peerless_core::log_error!(
                             "uring '{}': I/O with non-host buffers reached the module",
-                            self.bdev.info.name
+                            self.backing.name
                         );
                         io.complete(IoStatus::DATA_TRANSFER_ERROR);
                         Ok(())
@@ -149,7 +149,7 @@ impl State {
     /// Whether O_DIRECT would refuse this I/O's buffers (an address or a length off the
     /// device's alignment); buffered files take anything.
     fn needs_staging(&self, io: &BdevIo) -> bool {
-        let Some(align) = self.bdev.direct_align else { return false };
+        let Some(align) = self.backing.direct_align else { return false };
         match io.sgl() {
             Ok(sgl) => sgl.iter().any(|seg| seg.addr() % align != 0 || seg.len() % align != 0),
             Err(_) => false,
@@ -180,7 +180,7 @@ impl State {
             };
             if let Err(err) = copied {
                 self.staging.push(staged);
-                peerless_core::log_error!("uring '{}': staging a write failed: {err}", self.bdev.info.name);
+                peerless_core::log_error!("uring '{}': staging a write failed: {err}", self.backing.name);
                 return Err(Staging::Failed(IoStatus::DATA_TRANSFER_ERROR));
             }
         }
@@ -195,7 +195,7 @@ impl State {
                 Ok(vec![DataBuf::Dma(buf)])
             }
             Err(err) => {
-                peerless_core::log_warn!("uring '{}': no staging memory for {len} bytes: {err}", self.bdev.info.name);
+                peerless_core::log_warn!("uring '{}': no staging memory for {len} bytes: {err}", self.backing.name);
                 Err(Staging::NoBuffer)
             }
         }
@@ -206,7 +206,7 @@ impl State {
         let mut did_work = false;
         match self.ring.flush() {
             Ok(taken) => did_work |= taken > 0,
-            Err(err) => peerless_core::log_error!("uring '{}': io_uring_enter failed: {err}", self.bdev.info.name),
+            Err(err) => peerless_core::log_error!("uring '{}': io_uring_enter failed: {err}", self.backing.name),
         }
         did_work |= self.reap() > 0;
         if !did_work && self.ring.eventfd().is_some() {
@@ -227,7 +227,7 @@ impl State {
     }
 
     fn reap(&mut self) -> usize {
-        let State { ring, staging, bdev, .. } = self;
+        let State { ring, staging, backing, .. } = self;
         ring.reap(COMPLETIONS_PER_POLL, |mut io, original, result| {
             let mut status = status_of(&io, result);
             if let Some(original) = original {
@@ -240,7 +240,7 @@ impl State {
             if !status.is_success() {
                 peerless_core::log_error!(
                     "uring '{}': {:?} at block {} failed: result {result}, status {status}",
-                    bdev.info.name,
+                    backing.name,
                     io.io_type,
                     io.offset_blocks
                 );

@@ -3,17 +3,17 @@
 //! answers SPDK's `bdev_aio_create`, so SPDK configs written for the aio module load
 //! unchanged (DESIGN.md: file I/O goes through io_uring, a reactor never blocks).
 //!
-//! Every buffer goes through plain (non-fixed) readv/writev: registered buffers would
-//! pin pool memory long-term, which the kernel refuses for P2P pages anyway; the bdev
-//! accepts host memory only, so the layer bounces anything else before it gets here.
+//! Every I/O goes through plain (non-fixed) readv/writev, which is what P2P segments need
+//! (the kernel refuses long-term pins of P2P pages). Registered buffers for pool memory,
+//! the optimisation DESIGN.md names, are not used yet. The bdev accepts host memory only,
+//! so the layer bounces anything else before it gets here.
 
 mod channel;
+mod open;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::fs::File;
 use std::sync::Arc;
 
 use peerless_core::reactor::ThreadCtx;
@@ -22,18 +22,13 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::bdev::{Bdev, BdevChannelOps, BdevInfo};
-use crate::error::BdevError;
 use crate::io::IoType;
 use crate::manager::BdevManager;
-use crate::modules::null::parse_uuid;
 use crate::modules::BdevModule;
+pub use open::create;
 
 pub const URING_PRODUCT_NAME: &str = "URING bdev";
 pub const AIO_PRODUCT_NAME: &str = "AIO disk";
-/// Block size of a regular file when the caller names none (SPDK's default).
-const FILE_DEFAULT_BLOCK_BYTES: u32 = 512;
-/// Logical block size assumed when sysfs cannot tell a device's.
-const SECTOR_BYTES: u32 = 512;
 
 pub struct UringModule;
 
@@ -97,12 +92,20 @@ pub struct UringConfig {
 
 pub struct UringBdev {
     info: BdevInfo,
-    file: Arc<File>,
+    backing: Arc<Backing>,
     filename: String,
-    /// O_DIRECT's alignment for buffer addresses and lengths; None when buffered.
-    direct_align: Option<usize>,
     block_size_override: bool,
     flavor: Flavor,
+}
+
+/// What every channel of a uring bdev shares: the open file and how to use it.
+struct Backing {
+    file: Arc<File>,
+    /// The bdev's name, for logs.
+    name: String,
+    block_size: u32,
+    /// O_DIRECT's alignment for buffer addresses and lengths; None when buffered.
+    direct_align: Option<usize>,
 }
 
 impl BdevModule for UringModule {
@@ -157,128 +160,6 @@ impl BdevModule for UringModule {
     }
 }
 
-fn os_error(what: &str, filename: &str, err: &std::io::Error) -> RpcError {
-    let errno = nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO));
-    RpcError::errno(errno, format!("{what} '{filename}': {err}"))
-}
-
-/// Opens the file, sizes it and registers the bdev; returns its name.
-pub fn create(manager: &BdevManager, config: UringConfig) -> Result<String, RpcError> {
-    if manager.get(&config.name).is_ok() {
-        return Err(BdevError::Exists(config.name).into());
-    }
-    let bdev = UringBdev::open(config)?;
-    let name = bdev.info.name.clone();
-    manager.register(Arc::new(bdev))?;
-    Ok(name)
-}
-
-impl UringBdev {
-    /// Opens and sizes the file, without registering the bdev.
-    pub fn open(config: UringConfig) -> Result<UringBdev, RpcError> {
-        let uuid = parse_uuid(config.uuid.as_deref())?;
-        let readonly = matches!(config.flavor, Flavor::Aio { readonly: true, .. });
-        let open = |direct: bool| {
-            let mut options = OpenOptions::new();
-            options.read(true).write(!readonly);
-            if direct {
-                options.custom_flags(libc::O_DIRECT);
-            }
-            options.open(&config.filename)
-        };
-        let (file, mut direct) = match open(true) {
-            Ok(file) => (file, true),
-            // tmpfs and some FUSE filesystems refuse O_DIRECT at open.
-            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
-                (open(false).map_err(|err| os_error("cannot open", &config.filename, &err))?, false)
-            }
-            Err(err) => return Err(os_error("cannot open", &config.filename, &err)),
-        };
-        let metadata = file.metadata().map_err(|err| os_error("cannot stat", &config.filename, &err))?;
-        let is_block_device = metadata.file_type().is_block_device();
-        if !is_block_device && !metadata.is_file() {
-            return Err(RpcError::invalid_params(format!(
-                "'{}' is neither a file nor a block device",
-                config.filename
-            )));
-        }
-        // O_DIRECT needs buffers and lengths aligned to the logical block size of the device
-        // that holds the data: the device itself, or the filesystem's device for a file.
-        let device_block = logical_block_size(if is_block_device { metadata.rdev() } else { metadata.dev() });
-        let block_size = match (config.block_size, is_block_device) {
-            (0, true) => device_block,
-            (0, false) => FILE_DEFAULT_BLOCK_BYTES,
-            (given, _) => given,
-        };
-        if is_block_device && block_size < device_block {
-            return Err(RpcError::invalid_params(format!(
-                "block_size {block_size} is smaller than the device's logical block size {device_block}"
-            )));
-        }
-        let mut file = file;
-        if direct && block_size < device_block {
-            peerless_core::log_warn!(
-                "uring '{}': block size {block_size} is below {device_block}, the alignment O_DIRECT needs on '{}'; \
-             using buffered I/O",
-                config.name,
-                config.filename
-            );
-            file = open(false).map_err(|err| os_error("cannot open", &config.filename, &err))?;
-            direct = false;
-        } else if !direct {
-            peerless_core::log_warn!(
-                "uring '{}': '{}' refuses O_DIRECT; using buffered I/O (the page cache sits in the data path)",
-                config.name,
-                config.filename
-            );
-        }
-        let size_bytes = if is_block_device {
-            file.seek(SeekFrom::End(0)).map_err(|err| os_error("cannot size", &config.filename, &err))?
-        } else {
-            metadata.len()
-        };
-        let num_blocks = size_bytes / u64::from(block_size.max(1));
-        let product_name = match config.flavor {
-            Flavor::Uring => URING_PRODUCT_NAME,
-            Flavor::Aio { .. } => AIO_PRODUCT_NAME,
-        };
-        let info = BdevInfo {
-            name: config.name.clone(),
-            product_name: product_name.into(),
-            block_size,
-            num_blocks,
-            uuid,
-            max_io_blocks: 0,
-        };
-        let bdev = UringBdev {
-            info,
-            file: Arc::new(file),
-            filename: config.filename.clone(),
-            direct_align: direct.then_some(device_block as usize),
-            block_size_override: config.block_size != 0,
-            flavor: config.flavor,
-        };
-        peerless_core::log_info!(
-            "uring '{}' on '{}': {size_bytes} bytes, {}",
-            config.name,
-            config.filename,
-            if direct { "O_DIRECT" } else { "buffered" }
-        );
-        Ok(bdev)
-    }
-}
-
-/// A block device's logical block size from sysfs (partitions inherit their disk's).
-fn logical_block_size(device: u64) -> u32 {
-    let (major, minor) = (nix::sys::stat::major(device), nix::sys::stat::minor(device));
-    let base = format!("/sys/dev/block/{major}:{minor}");
-    [format!("{base}/queue/logical_block_size"), format!("{base}/../queue/logical_block_size")]
-        .iter()
-        .find_map(|path| std::fs::read_to_string(path).ok()?.trim().parse::<u32>().ok())
-        .filter(|size| size.is_power_of_two() && *size >= SECTOR_BYTES)
-        .unwrap_or(SECTOR_BYTES)
-}
-
 impl UringBdev {
     pub fn filename(&self) -> &str {
         &self.filename
@@ -286,7 +167,7 @@ impl UringBdev {
 
     /// Whether I/O bypasses the page cache.
     pub fn is_direct(&self) -> bool {
-        self.direct_align.is_some()
+        self.backing.direct_align.is_some()
     }
 }
 
@@ -309,8 +190,7 @@ impl Bdev for UringBdev {
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
-        let me = Arc::new(self.clone_for_channel());
-        match channel::UringChannel::new(ctx, me) {
+        match channel::UringChannel::new(ctx, self.backing.clone()) {
             Ok(channel) => Box::new(channel),
             Err(err) => {
                 peerless_core::log_error!(
@@ -345,19 +225,5 @@ impl Bdev for UringBdev {
                 "readonly": readonly, "fallocate": fallocate, "uuid": uuid, "nowait": nowait,
             }}),
         })
-    }
-}
-
-impl UringBdev {
-    /// The channel's view of the bdev: the same open file, shared.
-    fn clone_for_channel(&self) -> UringBdev {
-        UringBdev {
-            info: self.info.clone(),
-            file: self.file.clone(),
-            filename: self.filename.clone(),
-            direct_align: self.direct_align,
-            block_size_override: self.block_size_override,
-            flavor: self.flavor,
-        }
     }
 }
