@@ -164,6 +164,14 @@ fn flush_unmap_write_zeroes_and_reset() {
     let done = harness.run(&desc, batch);
     assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS));
     assert_eq!(done.last().map(|(tag, _)| *tag), Some(8), "the reset finished last");
+    // I/O sent after a reset does not hold it back, but what came before it does.
+    let mut batch: Vec<_> = (0..4).map(|index| patterned_write(200 + index, 1, BLOCK, 4)).collect();
+    batch.push(Spec::new(IoType::Reset, 0, 0));
+    batch.extend((0..4).map(|index| patterned_write(300 + index, 1, BLOCK, 4)));
+    let done = harness.run(&desc, batch);
+    assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS));
+    let reset_at = done.iter().position(|(tag, _)| *tag == 4).unwrap();
+    assert!(done[..reset_at].iter().filter(|(tag, _)| *tag < 4).count() == 4, "the reset overtook earlier writes");
     let compare = Spec::new(IoType::Compare, 0, 1).with(DataBuf::heap(BLOCK));
     assert_eq!(harness.run_one(&desc, compare).status, IoStatus::INVALID_OPCODE);
     assert_eq!(harness.run_one(&desc, read(8192, 1, BLOCK)).status, IoStatus::LBA_OUT_OF_RANGE);

@@ -24,8 +24,13 @@ const COMPLETIONS_PER_POLL: usize = 128;
 /// Staging buffers one channel may hold for I/O whose buffers O_DIRECT cannot take.
 const STAGING_BUFFERS_MAX: usize = 32;
 
-/// What the ring gives back with an I/O: its own buffers, when it ran through staging.
-type Original = Option<Vec<DataBuf>>;
+/// What the ring gives back with an I/O.
+struct Extra {
+    /// The I/O's own buffers, when it ran through staging.
+    original: Option<Vec<DataBuf>>,
+    /// The reset epoch it was submitted in.
+    epoch: u64,
+}
 
 pub(super) struct UringChannel {
     state: Rc<RefCell<State>>,
@@ -33,9 +38,15 @@ pub(super) struct UringChannel {
 
 struct State {
     backing: Arc<Backing>,
-    ring: Ring<Original>,
-    /// Resets wait here until everything submitted before them has finished.
+    ring: Ring<Extra>,
+    /// Resets wait here until everything submitted before the first of them has
+    /// finished (I/O submitted after it does not hold it back, so load cannot starve
+    /// a reset; later resets of the same batch finish with the first).
     resets: VecDeque<Box<BdevIo>>,
+    /// Bumped by a reset that finds no reset waiting; I/O carries the epoch it ran in.
+    epoch: u64,
+    /// In-flight I/O of epochs before the waiting resets.
+    before_reset: usize,
     /// Free staging buffers, each a one-element buffer list ready to swap into an I/O.
     staging: Vec<Vec<DataBuf>>,
     staging_allocated: usize,
@@ -57,6 +68,8 @@ impl UringChannel {
             backing,
             ring,
             resets: VecDeque::new(),
+            epoch: 0,
+            before_reset: 0,
             staging: Vec::with_capacity(STAGING_BUFFERS_MAX),
             staging_allocated: 0,
         }));
@@ -101,6 +114,10 @@ impl State {
             IoType::Reset => {
                 // Nothing in the kernel to abort: a reset completes once what came
                 // before it has.
+                if self.resets.is_empty() {
+                    self.epoch += 1;
+                    self.before_reset = self.ring.in_flight();
+                }
                 self.resets.push_back(io);
                 return Ok(());
             }
@@ -124,9 +141,9 @@ impl State {
         } else {
             None
         };
-        match self.ring.start(op, io, original) {
+        match self.ring.start(op, io, Extra { original, epoch: self.epoch }) {
             Ok(()) => Ok(()),
-            Err((refused, mut io, original)) => {
+            Err((refused, mut io, Extra { original, .. })) => {
                 if let Some(original) = original {
                     let staged = std::mem::replace(&mut io.buffers, original);
                     self.staging.push(staged);
@@ -217,7 +234,7 @@ impl State {
                 did_work |= self.reap() > 0;
             }
         }
-        if !self.resets.is_empty() && self.ring.in_flight() == 0 {
+        if !self.resets.is_empty() && self.before_reset == 0 {
             for reset in self.resets.drain(..) {
                 reset.complete(IoStatus::SUCCESS);
             }
@@ -227,8 +244,13 @@ impl State {
     }
 
     fn reap(&mut self) -> usize {
-        let State { ring, staging, backing, .. } = self;
-        ring.reap(COMPLETIONS_PER_POLL, |mut io, original, result| {
+        let State { ring, staging, backing, resets, epoch, before_reset, .. } = self;
+        let waiting_resets = !resets.is_empty();
+        ring.reap(COMPLETIONS_PER_POLL, |mut io, Extra { original, epoch: submitted_in }, result| {
+            if waiting_resets && submitted_in < *epoch {
+                debug_assert!(*before_reset > 0, "more pre-reset completions than pre-reset I/O");
+                *before_reset -= 1;
+            }
             let mut status = status_of(&io, result);
             if let Some(original) = original {
                 let staged = std::mem::replace(&mut io.buffers, original);
