@@ -6,7 +6,7 @@ mod poll_mode;
 mod rpc_client;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use harness::*;
@@ -18,6 +18,14 @@ use serde_json::json;
 
 const BLOCK: usize = 512;
 const BLOCKS: u64 = 4096;
+
+/// Latencies are measured here, so these tests run one at a time rather than share
+/// their reactor's core with each other.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn malloc(harness: &Harness, name: &str) {
     let info = BdevInfo {
@@ -54,6 +62,7 @@ fn average_read_latency(harness: &Harness, desc: &Arc<peerless_bdev::Desc>, wind
 
 #[test]
 fn data_passes_through_every_io_type() {
+    let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
     DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 100, 200)).unwrap();
@@ -77,6 +86,7 @@ fn data_passes_through_every_io_type() {
 
 #[test]
 fn latency_is_observed_and_changes_live() {
+    let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
     let delay = DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 2_000, 0)).unwrap();
@@ -86,21 +96,21 @@ fn latency_is_observed_and_changes_live() {
         (Duration::from_micros(1_500)..=Duration::from_millis(6)).contains(&average),
         "2000 us average read latency measured as {average:?}"
     );
-    // Writes carry no delay.
-    let started = Instant::now();
-    for index in 0..20 {
-        assert_ok(&harness.run_one(&desc, patterned_write(index, 1, BLOCK, 0)));
-    }
-    assert!(started.elapsed() < Duration::from_millis(20 * 2), "writes were delayed: {:?}", started.elapsed());
+    // Writes carry no delay: well under the reads' lower bound, even on a busy machine.
+    let (completed, _) = harness
+        .run_for(&desc, Duration::from_millis(100), 1, |sequence| patterned_write(sequence % BLOCKS, 1, BLOCK, 0));
+    let write_average = Duration::from_millis(100) / completed.max(1) as u32;
+    assert!(write_average < Duration::from_millis(1), "writes were delayed: {write_average:?}");
     delay.update_latency(LatencyType::AvgRead, 0).unwrap();
     delay.update_latency(LatencyType::P99Read, 0).unwrap();
     let average = average_read_latency(&harness, &desc, Duration::from_millis(100));
-    assert!(average < Duration::from_micros(500), "after the update reads take {average:?}");
+    assert!(average < Duration::from_millis(1), "after the update reads take {average:?}");
     assert!(delay.update_latency(LatencyType::AvgWrite, u64::MAX).is_err(), "an absurd latency is refused");
 }
 
 #[test]
 fn the_base_is_claimed_until_the_delay_bdev_is_deleted() {
+    let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
     let delay = DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 10, 10)).unwrap();
@@ -134,6 +144,7 @@ fn the_base_is_claimed_until_the_delay_bdev_is_deleted() {
 
 #[test]
 fn rpc_methods_create_update_save_and_delete() {
+    let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
     let rpc = Rpc::new(&harness);
@@ -169,19 +180,21 @@ fn rpc_methods_create_update_save_and_delete() {
 
 #[test]
 fn poll_mode_releases_on_time_without_a_timer() {
+    let _serial = serial();
     let harness = poll_mode::harness();
     malloc(&harness, "Malloc0");
     DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 1_000, 1_000)).unwrap();
     let desc = harness.open("Delay0", true);
     let average = average_read_latency(&harness, &desc, Duration::from_millis(100));
     assert!(
-        (Duration::from_micros(750)..=Duration::from_millis(3)).contains(&average),
+        (Duration::from_micros(750)..=Duration::from_millis(5)).contains(&average),
         "1000 us average read latency measured as {average:?}"
     );
 }
 
 #[test]
 fn a_reset_aborts_what_the_channel_holds() {
+    let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
     // Reads held for ten seconds: only the reset can bring them back within the test.
