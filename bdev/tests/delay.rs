@@ -4,6 +4,7 @@
 mod harness;
 mod poll_mode;
 mod rpc_client;
+mod threads;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -209,4 +210,20 @@ fn a_reset_aborts_what_the_channel_holds() {
         seen,
         vec![(0, IoStatus::ABORTED_BY_REQUEST), (1, IoStatus::ABORTED_BY_REQUEST), (2, IoStatus::SUCCESS)]
     );
+}
+
+#[test]
+fn a_reset_on_one_thread_aborts_what_another_holds() {
+    let _serial = serial();
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0");
+    DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 10_000_000, 0)).unwrap();
+    let desc = harness.open("Delay0", true);
+    let other = threads::second_thread(&harness);
+    let waiter = threads::submit_and_hold(other, &desc, vec![read(0, 1, BLOCK), read(1, 1, BLOCK)]);
+    let started = Instant::now();
+    assert_ok(&harness.run_one(&desc, Spec::new(IoType::Reset, 0, 0)));
+    let held = waiter.join().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "held reads waited out their latency");
+    assert!(held.iter().all(|(_, status)| *status == IoStatus::ABORTED_BY_REQUEST), "{held:?}");
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 mod rpc_client;
+mod threads;
 
 use std::sync::Arc;
 
@@ -147,15 +148,28 @@ fn corrupt_data_flips_the_byte_at_the_offset() {
 }
 
 #[test]
-fn pending_io_is_held_until_a_reset_fails_it() {
+fn pending_io_is_held_until_a_reset_aborts_it() {
     let (harness, bdev, desc) = setup();
     bdev.inject(&inject("read", "pending", 1)).unwrap();
     let done = harness.run(&desc, vec![read(0, 1, BLOCK), read(1, 1, BLOCK), Spec::new(IoType::Reset, 0, 0)]);
     let order: Vec<(usize, IoStatus)> = done.iter().map(|(tag, io)| (*tag, io.status)).collect();
     assert!(order.contains(&(1, IoStatus::SUCCESS)), "{order:?}");
-    assert!(order.contains(&(0, IoStatus::INTERNAL_ERROR)), "the held read failed at the reset: {order:?}");
-    let held_then_reset: Vec<usize> = done.iter().map(|(tag, _)| *tag).filter(|tag| *tag != 1).collect();
-    assert_eq!(held_then_reset, vec![0, 2], "the held read finished only when the reset came");
+    assert!(order.contains(&(0, IoStatus::ABORTED_BY_REQUEST)), "the held read aborted at the reset: {order:?}");
+    assert!(order.contains(&(2, IoStatus::SUCCESS)), "{order:?}");
+    let position = |tag| order.iter().position(|(at, _)| *at == tag);
+    assert!(position(0) < position(2), "the held read finished before its reset: {order:?}");
+}
+
+#[test]
+fn a_reset_on_one_thread_aborts_pending_io_on_another() {
+    let (harness, bdev, desc) = setup();
+    bdev.inject(&inject("read", "pending", 2)).unwrap();
+    let other = threads::second_thread(&harness);
+    let waiter = threads::submit_and_hold(other, &desc, vec![read(0, 1, BLOCK), read(1, 1, BLOCK)]);
+    assert_ok(&harness.run_one(&desc, Spec::new(IoType::Reset, 0, 0)));
+    let held = waiter.join().unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(held.iter().all(|(_, status)| *status == IoStatus::ABORTED_BY_REQUEST), "{held:?}");
 }
 
 #[test]

@@ -12,18 +12,18 @@
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, PollerId, ThreadCtx};
 
 use super::Latencies;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::stacked::register_poller;
+use crate::modules::stacked::{register_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Wake-up period of the interrupt-mode release timer, while I/O is held.
@@ -60,38 +60,25 @@ impl Ord for Held {
     }
 }
 
-pub(super) struct DelayChannel {
-    base: Option<BdevHandle>,
-    state: Rc<RefCell<State>>,
-}
+/// Every thread's channel state of one delay bdev, so a reset can reach them all.
+pub(super) type DelayDevice = IoDevice<Rc<RefCell<State>>>;
 
-struct State {
-    /// Where the base hands back finished I/O.
-    from_base: CompletionQueue,
-    held: BinaryHeap<Reverse<Held>>,
-    latencies: Arc<Latencies>,
-    sequence: u64,
-    /// xorshift state for the one-in-a-hundred p99 draw.
-    random: u64,
-    /// The interrupt-mode release timer, and whether it is running.
-    timer: Option<PollerId>,
-    timer_running: bool,
-}
-
-impl DelayChannel {
-    pub(super) fn boxed(
-        ctx: &mut ThreadCtx,
-        name: &str,
-        base: Option<BdevHandle>,
-        latencies: Arc<Latencies>,
-    ) -> Box<dyn BdevChannelOps> {
+/// The device whose channels hold a delay bdev's per-thread state: built on each thread
+/// that opens a channel, with its handle on the base and its pollers.
+pub(super) fn device(name: &str, base: Arc<BaseBdev>, latencies: Arc<Latencies>) -> DelayDevice {
+    let name = name.to_string();
+    IoDevice::new(&format!("delay_{name}"), move |ctx| {
         let clock =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |at| at.as_nanos() as u64);
         let seed = clock ^ ctx.id().0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let state = Rc::new(RefCell::new(State {
+            base: base.channel(ctx),
             from_base: completion_queue(HELD_CAPACITY),
             held: BinaryHeap::with_capacity(HELD_CAPACITY),
-            latencies,
+            resets: VecDeque::new(),
+            forwarded: 0,
+            aborted_through: 0,
+            latencies: latencies.clone(),
             sequence: 0,
             random: seed | 1,
             timer: None,
@@ -109,32 +96,90 @@ impl DelayChannel {
             ctx.pause_poller(timer);
             state.borrow_mut().timer = Some(timer);
         }
-        Box::new(DelayChannel { base, state })
+        state
+    })
+}
+
+pub(super) struct DelayChannel {
+    device: DelayDevice,
+    channel: IoChannel<Rc<RefCell<State>>>,
+}
+
+pub(super) struct State {
+    /// None once the delay bdev let go of its base (deleted before this channel).
+    base: Option<BdevHandle>,
+    /// Where the base hands back finished I/O.
+    from_base: CompletionQueue,
+    held: BinaryHeap<Reverse<Held>>,
+    /// Resets waiting for every channel to drop what it holds.
+    resets: VecDeque<Box<BdevIo>>,
+    /// I/O sent to the base so far; each carries its number as its tag.
+    forwarded: u64,
+    /// Reads and writes numbered up to this were aborted by a reset while still at the
+    /// base: they are aborted when they come back instead of being held.
+    aborted_through: u64,
+    latencies: Arc<Latencies>,
+    sequence: u64,
+    /// xorshift state for the one-in-a-hundred p99 draw.
+    random: u64,
+    /// The interrupt-mode release timer, and whether it is running.
+    timer: Option<PollerId>,
+    timer_running: bool,
+}
+
+impl DelayChannel {
+    pub(super) fn boxed(ctx: &mut ThreadCtx, device: &DelayDevice) -> Box<dyn BdevChannelOps> {
+        Box::new(DelayChannel { device: device.clone(), channel: ctx.get_io_channel(device) })
     }
 }
 
 impl BdevChannelOps for DelayChannel {
     fn submit(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
-        let Some(base) = &self.base else {
-            io.complete(IoStatus::INVALID_NAMESPACE);
+        let state = self.channel.borrow().clone();
+        if io.io_type != IoType::Reset {
+            state.borrow_mut().forward(ctx, io);
             return Ok(());
-        };
-        let from_base = self.state.borrow().from_base.clone();
-        base.submit(ctx, io, &from_base, 0);
+        }
+        // As SPDK: a reset first aborts what every channel holds, then resets the base.
+        state.borrow_mut().resets.push_back(io);
+        let device = self.device.clone();
+        self.device.for_each_channel(
+            ctx,
+            |_, state| state.borrow_mut().abort_held(),
+            move |ctx| {
+                let state = ctx.get_io_channel(&device).borrow().clone();
+                let mut state = state.borrow_mut();
+                if let Some(reset) = state.resets.pop_front() {
+                    state.forward(ctx, reset);
+                }
+            },
+        );
         Ok(())
     }
 }
 
 impl State {
+    fn forward(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) {
+        self.forwarded += 1;
+        match &self.base {
+            Some(base) => base.submit(ctx, io, &self.from_base, self.forwarded),
+            None => io.complete(IoStatus::INVALID_NAMESPACE),
+        }
+    }
+
+    /// Completes everything held with "aborted", as SPDK's reset does, and marks what
+    /// is still at the base to be aborted when it comes back.
+    fn abort_held(&mut self) {
+        self.aborted_through = self.forwarded;
+        self.drain_base(Instant::now());
+        while let Some(Reverse(held)) = self.held.pop() {
+            held.io.complete(IoStatus::ABORTED_BY_REQUEST);
+        }
+    }
+
     fn poll(&mut self, ctx: &mut ThreadCtx) -> PollStatus {
         let now = Instant::now();
-        let mut did_work = false;
-        loop {
-            let next = self.from_base.borrow_mut().pop_front();
-            let Some(io) = next else { break };
-            did_work = true;
-            self.arrived(io, now);
-        }
+        let mut did_work = self.drain_base(now);
         while self.held.peek().is_some_and(|Reverse(held)| held.due <= now) {
             if let Some(Reverse(held)) = self.held.pop() {
                 held.io.pass_up();
@@ -145,14 +190,23 @@ impl State {
         PollStatus::from_work(did_work)
     }
 
+    /// Takes in what the base finished; returns whether there was any.
+    fn drain_base(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        loop {
+            let next = self.from_base.borrow_mut().pop_front();
+            let Some(io) = next else { break };
+            any = true;
+            self.arrived(io, now);
+        }
+        any
+    }
+
     /// A completion from the base: hold it for its latency, or pass it up now.
     fn arrived(&mut self, io: Box<BdevIo>, now: Instant) {
-        if io.io_type == IoType::Reset {
-            // As SPDK: a reset aborts what this channel still holds.
-            while let Some(Reverse(held)) = self.held.pop() {
-                held.io.complete(IoStatus::ABORTED_BY_REQUEST);
-            }
-            io.pass_up();
+        let delayed = matches!(io.io_type, IoType::Read | IoType::Write);
+        if delayed && io.tag <= self.aborted_through {
+            io.complete(IoStatus::ABORTED_BY_REQUEST);
             return;
         }
         let p99 = self.next_random().is_multiple_of(P99_ONE_IN);
@@ -210,8 +264,12 @@ mod tests {
     #[test]
     fn about_one_in_a_hundred_draws_is_a_tail() {
         let mut state = State {
+            base: None,
             from_base: completion_queue(1),
             held: BinaryHeap::new(),
+            resets: VecDeque::new(),
+            forwarded: 0,
+            aborted_through: 0,
             latencies: Arc::default(),
             sequence: 0,
             random: 0x1234_5678_9abc_def1,

@@ -116,8 +116,10 @@ impl Latencies {
 
 pub struct DelayBdev {
     info: BdevInfo,
-    base: BaseBdev,
+    base: Arc<BaseBdev>,
     latencies: Arc<Latencies>,
+    /// Per-thread channel state, reachable from any thread for resets.
+    device: channel::DelayDevice,
 }
 
 fn check_latency(field: &'static str, latency_us: u64) -> Result<(), BdevError> {
@@ -162,7 +164,10 @@ impl DelayBdev {
             uuid,
             max_io_blocks: base_info.max_io_blocks,
         };
-        let bdev = Arc::new(DelayBdev { info, base, latencies: Arc::new(shared) });
+        let base = Arc::new(base);
+        let latencies = Arc::new(shared);
+        let device = channel::device(&info.name, base.clone(), latencies.clone());
+        let bdev = Arc::new(DelayBdev { info, base, latencies, device });
         // A failed registration drops `bdev`, and with it the base's claim.
         manager.register(bdev.clone())?;
         Ok(bdev)
@@ -198,8 +203,7 @@ impl Bdev for DelayBdev {
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
-        let base = self.base.channel(ctx);
-        channel::DelayChannel::boxed(ctx, &self.info.name, base, self.latencies.clone())
+        channel::DelayChannel::boxed(ctx, &self.device)
     }
 
     fn driver_specific(&self) -> Value {

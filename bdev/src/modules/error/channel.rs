@@ -7,13 +7,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use peerless_core::mem::{self, Sgl};
-use peerless_core::reactor::{PollStatus, ThreadCtx};
+use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, ThreadCtx};
 
 use super::inject::{ErrorType, Injections};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::stacked::register_poller;
+use crate::modules::stacked::{register_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Room reserved up front for base completions and held I/O.
@@ -25,49 +25,87 @@ const CORRUPT_OFFSET_SHIFT: u32 = 8;
 /// Offsets that fit the tag beside the flag and value; larger ones lie beyond any I/O.
 const CORRUPT_OFFSET_MAX: u64 = (1 << 54) - 1;
 
-pub(super) struct ErrorChannel {
-    base: Option<BdevHandle>,
-    injections: Arc<Injections>,
-    state: Rc<RefCell<State>>,
+/// Every thread's channel state of one error bdev, so a reset can reach them all.
+pub(super) type ErrorDevice = IoDevice<Rc<RefCell<State>>>;
+
+/// The device whose channels hold an error bdev's per-thread state: built on each thread
+/// that opens a channel, with its handle on the base and its poller.
+pub(super) fn device(name: &str, base: Arc<BaseBdev>) -> ErrorDevice {
+    let name = name.to_string();
+    IoDevice::new(&format!("error_{name}"), move |ctx| {
+        let state = Rc::new(RefCell::new(State {
+            base: base.channel(ctx),
+            from_base: completion_queue(QUEUE_CAPACITY),
+            in_base: 0,
+            pending: VecDeque::with_capacity(QUEUE_CAPACITY),
+            resets: VecDeque::new(),
+        }));
+        register_poller(ctx, &format!("error_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
+        state
+    })
 }
 
-struct State {
+pub(super) struct ErrorChannel {
+    device: ErrorDevice,
+    channel: IoChannel<Rc<RefCell<State>>>,
+    injections: Arc<Injections>,
+}
+
+pub(super) struct State {
+    /// None once the error bdev let go of its base (deleted before this channel).
+    base: Option<BdevHandle>,
     from_base: CompletionQueue,
     /// I/O sent to the base and not back yet.
     in_base: u64,
     /// I/O held by a `pending` injection until a reset.
     pending: VecDeque<Box<BdevIo>>,
+    /// Resets waiting for every channel to abort what it holds.
+    resets: VecDeque<Box<BdevIo>>,
 }
 
 impl ErrorChannel {
     pub(super) fn boxed(
         ctx: &mut ThreadCtx,
-        name: &str,
-        base: Option<BdevHandle>,
+        device: &ErrorDevice,
         injections: Arc<Injections>,
     ) -> Box<dyn BdevChannelOps> {
-        let state = Rc::new(RefCell::new(State {
-            from_base: completion_queue(QUEUE_CAPACITY),
-            in_base: 0,
-            pending: VecDeque::with_capacity(QUEUE_CAPACITY),
-        }));
-        register_poller(ctx, &format!("error_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
-        Box::new(ErrorChannel { base, injections, state })
+        Box::new(ErrorChannel { device: device.clone(), channel: ctx.get_io_channel(device), injections })
+    }
+
+    /// As SPDK: a reset aborts what `pending` injections hold on every channel, then
+    /// completes; it does not reach the base.
+    fn reset(&self, ctx: &mut ThreadCtx, io: Box<BdevIo>) {
+        self.channel.borrow().borrow_mut().resets.push_back(io);
+        let device = self.device.clone();
+        self.device.for_each_channel(
+            ctx,
+            |_, state| {
+                for held in state.borrow_mut().pending.drain(..) {
+                    held.complete(IoStatus::ABORTED_BY_REQUEST);
+                }
+            },
+            move |ctx| {
+                let state = ctx.get_io_channel(&device).borrow().clone();
+                let reset = state.borrow_mut().resets.pop_front();
+                if let Some(reset) = reset {
+                    reset.complete(IoStatus::SUCCESS);
+                }
+            },
+        );
     }
 }
 
 impl BdevChannelOps for ErrorChannel {
     fn submit(&mut self, ctx: &mut ThreadCtx, mut io: Box<BdevIo>) -> Result<(), SubmitError> {
-        let Some(base) = &self.base else {
+        if io.io_type == IoType::Reset {
+            self.reset(ctx, io);
+            return Ok(());
+        }
+        let shared = self.channel.borrow().clone();
+        let mut state = shared.borrow_mut();
+        if state.base.is_none() {
             io.complete(IoStatus::INVALID_NAMESPACE);
             return Ok(());
-        };
-        let mut state = self.state.borrow_mut();
-        if io.io_type == IoType::Reset {
-            // SPDK: a reset fails every I/O a `pending` injection holds.
-            for held in state.pending.drain(..) {
-                held.complete(IoStatus::INTERNAL_ERROR);
-            }
         }
         let outstanding = state.in_base + state.pending.len() as u64;
         let mut tag = 0;
@@ -100,8 +138,9 @@ impl BdevChannelOps for ErrorChannel {
         }
         state.in_base += 1;
         let from_base = state.from_base.clone();
-        drop(state);
-        base.submit(ctx, io, &from_base, tag);
+        if let Some(base) = &state.base {
+            base.submit(ctx, io, &from_base, tag);
+        }
         Ok(())
     }
 }
@@ -113,6 +152,7 @@ impl State {
             let next = self.from_base.borrow_mut().pop_front();
             let Some(mut io) = next else { break };
             did_work = true;
+            debug_assert!(self.in_base > 0, "a base completion nobody sent");
             self.in_base -= 1;
             if io.tag & CORRUPT_FLAG != 0 && io.status.is_success() {
                 let offset = (io.tag & !CORRUPT_FLAG) >> CORRUPT_OFFSET_SHIFT;

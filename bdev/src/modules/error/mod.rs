@@ -71,8 +71,10 @@ struct NameParams {
 
 pub struct ErrorBdev {
     info: BdevInfo,
-    base: BaseBdev,
+    base: Arc<BaseBdev>,
     injections: Arc<Injections>,
+    /// Per-thread channel state, reachable from any thread for resets.
+    device: channel::ErrorDevice,
 }
 
 impl ErrorBdev {
@@ -93,7 +95,9 @@ impl ErrorBdev {
             uuid,
             max_io_blocks: base_info.max_io_blocks,
         };
-        let bdev = Arc::new(ErrorBdev { info, base, injections: Arc::default() });
+        let base = Arc::new(base);
+        let device = channel::device(&info.name, base.clone());
+        let bdev = Arc::new(ErrorBdev { info, base, injections: Arc::default(), device });
         manager.register(bdev.clone())?;
         Ok(bdev)
     }
@@ -166,8 +170,7 @@ impl Bdev for ErrorBdev {
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
-        let base = self.base.channel(ctx);
-        channel::ErrorChannel::boxed(ctx, &self.info.name, base, self.injections.clone())
+        channel::ErrorChannel::boxed(ctx, &self.device, self.injections.clone())
     }
 
     fn driver_specific(&self) -> Value {
