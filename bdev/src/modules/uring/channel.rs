@@ -106,11 +106,15 @@ impl State {
             IoType::Read => Op::Read,
             IoType::Write => Op::Write,
             IoType::Flush => Op::Flush,
-            // Both leave the range reading as zeroes: a punched hole in a file, a
-            // discard-with-zeroing on a block device.
-            IoType::Unmap | IoType::WriteZeroes => {
-                Op::Fallocate { mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE }
+            // Both leave the range reading as zeroes. A punched hole does it in a file
+            // and is a discard on a block device; write_zeroes on a block device asks
+            // for zeroing instead, which the kernel falls back to writing out where the
+            // device cannot discard with zeroes (tmpfs, by contrast, has no ZERO_RANGE).
+            IoType::Unmap => Op::Fallocate { mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE },
+            IoType::WriteZeroes if self.backing.is_block_device => {
+                Op::Fallocate { mode: libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE }
             }
+            IoType::WriteZeroes => Op::Fallocate { mode: libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE },
             IoType::Reset => {
                 // Nothing in the kernel to abort: a reset completes once what came
                 // before it has.

@@ -106,6 +106,7 @@ struct Backing {
     block_size: u32,
     /// O_DIRECT's alignment for buffer addresses and lengths; None when buffered.
     direct_align: Option<usize>,
+    is_block_device: bool,
 }
 
 impl BdevModule for UringModule {

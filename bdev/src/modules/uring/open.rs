@@ -120,6 +120,7 @@ impl UringBdev {
             name: config.name,
             block_size,
             direct_align: direct.then_some(device_block as usize),
+            is_block_device,
         };
         Ok(UringBdev {
             info,
