@@ -79,7 +79,6 @@ pub(super) fn device(name: &str, base: Arc<BaseBdev>, latencies: Arc<Latencies>)
             forwarded: 0,
             aborted_through: 0,
             latencies: latencies.clone(),
-            sequence: 0,
             random: seed | 1,
             timer: None,
             timer_running: false,
@@ -119,7 +118,6 @@ pub(super) struct State {
     /// base: they are aborted when they come back instead of being held.
     aborted_through: u64,
     latencies: Arc<Latencies>,
-    sequence: u64,
     /// xorshift state for the one-in-a-hundred p99 draw.
     random: u64,
     /// The interrupt-mode release timer, and whether it is running.
@@ -217,8 +215,9 @@ impl State {
         }
         // Latencies are capped at an hour, so this cannot overflow the clock.
         let due = now + Duration::from_micros(latency_us);
-        self.sequence += 1;
-        self.held.push(Reverse(Held { due, sequence: self.sequence, io }));
+        // The forwarding number orders equal deadlines by arrival at the base.
+        let sequence = io.tag;
+        self.held.push(Reverse(Held { due, sequence, io }));
     }
 
     fn run_timer_while_held(&mut self, ctx: &mut ThreadCtx) {
@@ -271,7 +270,6 @@ mod tests {
             forwarded: 0,
             aborted_through: 0,
             latencies: Arc::default(),
-            sequence: 0,
             random: 0x1234_5678_9abc_def1,
             timer: None,
             timer_running: false,

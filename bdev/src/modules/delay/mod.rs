@@ -3,7 +3,8 @@
 //! its configured latency before passing it up: the p99 figure for one I/O in a hundred,
 //! the average for the rest. Latencies change live: each channel reads them with a
 //! relaxed atomic load per I/O, so an update needs no message round and no I/O takes a
-//! lock or a read-modify-write.
+//! lock or a read-modify-write. A reset aborts what every thread's channel holds (through
+//! the module's own io device, as SPDK's `for_each_channel`), then resets the base.
 
 mod channel;
 

@@ -107,9 +107,9 @@ impl BdevChannelOps for ErrorChannel {
             io.complete(IoStatus::INVALID_NAMESPACE);
             return Ok(());
         }
-        let outstanding = state.in_base + state.pending.len() as u64;
         let mut tag = 0;
-        if let Some(injection) = self.injections.take(io.io_type, outstanding) {
+        // As SPDK, the queue depth an injection waits for counts I/O at the base.
+        if let Some(injection) = self.injections.take(io.io_type, state.in_base) {
             match injection.error_type {
                 ErrorType::Failure => {
                     io.complete(IoStatus::INTERNAL_ERROR);

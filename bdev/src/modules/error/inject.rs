@@ -76,7 +76,7 @@ impl Target {
 pub struct Injection {
     pub error_type: ErrorType,
     pub num: u32,
-    /// Inject only while the channel has at least this many I/O outstanding (0: always).
+    /// Inject only while the channel has at least this many I/O at the base (0: always).
     pub queue_depth: u64,
     pub corrupt_offset: u64,
     pub corrupt_value: u8,

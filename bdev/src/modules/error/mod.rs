@@ -1,7 +1,9 @@
 //! bdev_error: SPDK's error-injection bdev. `bdev_error_create` stacks `EE_<base>` on a
 //! base bdev (claimed exclusive_write); `bdev_error_inject_error` arms failures, pending
 //! I/O, data corruption, "no resources" refusals or NVMe statuses, a counted number of
-//! times, per I/O type.
+//! times, per I/O type. A reset aborts the I/O `pending` injections hold on every
+//! thread's channel (through the module's own io device) and completes without reaching
+//! the base, as in SPDK.
 
 mod channel;
 pub mod inject;
