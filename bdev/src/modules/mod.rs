@@ -6,11 +6,11 @@ use peerless_core::rpc::Registry;
 
 use crate::manager::BdevManager;
 
+pub(crate) mod common;
 pub mod delay;
 pub mod error;
 pub mod malloc;
 pub mod null;
-pub(crate) mod stacked;
 pub mod uring;
 
 /// A bdev module: what it adds to the RPC registry.

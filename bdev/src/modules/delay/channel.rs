@@ -23,7 +23,7 @@ use super::Latencies;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::stacked::{register_poller, BaseBdev};
+use crate::modules::common::{register_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Wake-up period of the interrupt-mode release timer, while I/O is held.

@@ -20,8 +20,8 @@ use crate::bdev::{Bdev, BdevChannelOps, BdevInfo};
 use crate::error::BdevError;
 use crate::io::IoType;
 use crate::manager::BdevManager;
+use crate::modules::common::{BaseBdev, Stack};
 use crate::modules::null::parse_uuid;
-use crate::modules::stacked::{BaseBdev, Stack};
 use crate::modules::BdevModule;
 
 pub const PRODUCT_NAME: &str = "delay";

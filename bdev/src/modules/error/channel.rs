@@ -13,7 +13,7 @@ use super::inject::{ErrorType, Injections};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::stacked::{register_poller, BaseBdev};
+use crate::modules::common::{register_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Room reserved up front for base completions and held I/O.

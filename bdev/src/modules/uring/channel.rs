@@ -2,18 +2,19 @@
 //! kernel once per poll, completions reaped by a poller on the same thread (woken by the
 //! ring's eventfd in interrupt mode), and aligned staging for buffers O_DIRECT refuses.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use peerless_core::mem::{self, DmaBuf};
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{PollStatus, ThreadCtx};
 
 use super::sys::{Op, Refused, Ring};
 use super::Backing;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, DataBuf, IoType};
+use crate::modules::common::register_poller;
 use crate::status::IoStatus;
 
 /// Slots (and SQ entries) per channel: the most I/O one thread keeps in flight on one
@@ -53,7 +54,7 @@ struct State {
 }
 
 impl UringChannel {
-    /// Builds the channel's ring and poller on `ctx`'s thread; `None` if the kernel
+    /// Builds the channel's ring and poller on `ctx`'s thread; an error if the kernel
     /// refuses a ring (the caller then fails this channel's I/O).
     pub(super) fn new(ctx: &mut ThreadCtx, backing: Arc<Backing>) -> std::io::Result<UringChannel> {
         let interrupt = ctx.app().options().interrupt_mode;
@@ -73,25 +74,9 @@ impl UringChannel {
             staging: Vec::with_capacity(STAGING_BUFFERS_MAX),
             staging_allocated: 0,
         }));
-        register_poller(ctx, Rc::downgrade(&state), &name);
+        register_poller(ctx, &format!("uring_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
         Ok(UringChannel { state })
     }
-}
-
-fn register_poller(ctx: &mut ThreadCtx, weak: Weak<RefCell<State>>, name: &str) {
-    let own_id: Rc<Cell<Option<PollerId>>> = Rc::default();
-    let slot = own_id.clone();
-    let id = ctx.register_poller(&format!("uring_{name}"), move |ctx| match weak.upgrade() {
-        Some(state) => state.borrow_mut().poll(),
-        None => {
-            // The channel is gone, and with it the reason for this poller.
-            if let Some(id) = slot.get() {
-                ctx.unregister_poller(id);
-            }
-            PollStatus::Idle
-        }
-    });
-    own_id.set(Some(id));
 }
 
 impl BdevChannelOps for UringChannel {

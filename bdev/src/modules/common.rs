@@ -1,6 +1,6 @@
-//! What stacked modules (delay, error) share: a base bdev opened for writing and claimed
-//! for as long as the stacked bdev lives, and pollers that serve a channel's state
-//! without keeping it alive.
+//! What several modules share: for stacked ones (delay, error), a base bdev opened for
+//! writing and claimed for as long as the stacked bdev lives; for all, pollers that
+//! serve a channel's state without keeping it alive.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
