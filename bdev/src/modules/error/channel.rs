@@ -125,6 +125,7 @@ impl BdevChannelOps for ErrorChannel {
                 }
                 ErrorType::Nomem => return Err(SubmitError::NoResources(io)),
                 ErrorType::CorruptData => match io.io_type {
+                    // As SPDK: in the submitter's own buffer, before it goes down.
                     IoType::Write => corrupt(&mut io, injection.corrupt_offset, injection.corrupt_value),
                     IoType::Read if injection.corrupt_offset <= CORRUPT_OFFSET_MAX => {
                         tag = CORRUPT_FLAG

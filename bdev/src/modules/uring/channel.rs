@@ -297,7 +297,8 @@ pub(super) fn status_of(io: &BdevIo, result: i32) -> IoStatus {
     IoStatus::SUCCESS
 }
 
-/// A channel whose ring the kernel refused: every I/O fails, and says why in the log once.
+/// A channel whose ring the kernel refused: every I/O fails (why was logged when the
+/// channel was made).
 pub(super) struct FailedChannel;
 
 impl BdevChannelOps for FailedChannel {
