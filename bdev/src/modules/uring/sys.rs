@@ -243,3 +243,102 @@ impl<T> Drop for Ring<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
+
+    use peerless_core::mem::{CmbConfig, EmulatedCmb};
+
+    use super::*;
+    use crate::io::{DataBuf, IoType};
+
+    const BLOCK: usize = 512;
+    const SLOTS: u32 = 4;
+
+    /// A buffered scratch file under /var/tmp, removed when dropped.
+    struct Scratch(std::path::PathBuf, Arc<File>);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let path = std::path::PathBuf::from(format!("/var/tmp/peerless-ring-{}-{tag}-{nanos}", std::process::id()));
+            let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            file.set_len(64 * BLOCK as u64).unwrap();
+            Scratch(path, Arc::new(file))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn write_io(block: u64, byte: u8) -> Box<BdevIo> {
+        let mut io = BdevIo::new(IoType::Write, block, 1);
+        io.buffers.push(DataBuf::Heap(vec![byte; BLOCK].into_boxed_slice()));
+        io
+    }
+
+    /// Flushes and reaps until `count` I/O came back, or a deadline passes.
+    fn reap_all(ring: &mut Ring<u32>, count: usize) -> Vec<(Box<BdevIo>, u32, i32)> {
+        let mut done = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while done.len() < count && Instant::now() < deadline {
+            ring.flush().unwrap();
+            ring.reap(usize::MAX, |io, extra, result| done.push((io, extra, result)));
+        }
+        done
+    }
+
+    #[test]
+    fn slots_bound_what_is_in_flight_and_each_io_comes_back_once() {
+        let scratch = Scratch::new("slots");
+        let mut ring: Ring<u32> = Ring::new(scratch.1.clone(), BLOCK as u32, SLOTS, false).unwrap();
+        for index in 0..SLOTS {
+            ring.start(Op::Write, write_io(u64::from(index), index as u8 + 1), index).unwrap();
+        }
+        assert!(!ring.has_room());
+        let (refused, _, extra) = ring.start(Op::Write, write_io(9, 9), 99).unwrap_err();
+        assert_eq!((refused, extra), (Refused::Full, 99));
+        let mut done = reap_all(&mut ring, SLOTS as usize);
+        done.sort_by_key(|(_, extra, _)| *extra);
+        assert_eq!(
+            done.iter().map(|(_, extra, result)| (*extra, *result)).collect::<Vec<_>>(),
+            [(0, BLOCK as i32), (1, BLOCK as i32), (2, BLOCK as i32), (3, BLOCK as i32)]
+        );
+        assert_eq!(ring.in_flight(), 0);
+        let mut block = [0u8; BLOCK];
+        scratch.1.read_exact_at(&mut block, 2 * BLOCK as u64).unwrap();
+        assert!(block.iter().all(|byte| *byte == 3));
+    }
+
+    #[test]
+    fn dropping_a_ring_waits_for_what_the_kernel_still_owns() {
+        let scratch = Scratch::new("drop");
+        let mut ring: Ring<u32> = Ring::new(scratch.1.clone(), BLOCK as u32, SLOTS, false).unwrap();
+        for index in 0..SLOTS {
+            ring.start(Op::Write, write_io(u64::from(index) + 8, 0x5a), index).unwrap();
+        }
+        ring.flush().unwrap();
+        assert_eq!(ring.in_flight(), SLOTS as usize);
+        drop(ring);
+        let mut written = vec![0u8; SLOTS as usize * BLOCK];
+        scratch.1.read_exact_at(&mut written, 8 * BLOCK as u64).unwrap();
+        assert!(written.iter().all(|byte| *byte == 0x5a), "every write finished before the drop returned");
+    }
+
+    #[test]
+    fn device_memory_is_refused_before_the_kernel_sees_it() {
+        let scratch = Scratch::new("p2p");
+        let mut ring: Ring<u32> = Ring::new(scratch.1.clone(), BLOCK as u32, SLOTS, false).unwrap();
+        let cmb = EmulatedCmb::new(CmbConfig::new("ring-test", 4 << 20)).unwrap();
+        let mut io = BdevIo::new(IoType::Read, 0, 1);
+        io.buffers.push(DataBuf::P2p(cmb.alloc(BLOCK).unwrap()));
+        let (refused, _, _) = ring.start(Op::Read, io, 0).unwrap_err();
+        assert_eq!(refused, Refused::NotHost);
+        assert!(ring.has_room() && ring.in_flight() == 0, "a refused I/O holds no slot");
+    }
+}
