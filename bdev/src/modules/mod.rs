@@ -6,12 +6,16 @@ use peerless_core::rpc::Registry;
 
 use crate::manager::BdevManager;
 
+pub(crate) mod common;
+pub mod delay;
+pub mod error;
 mod forward;
 pub mod malloc;
 pub mod null;
 pub mod nvmesim;
 pub mod passthru;
 pub mod split;
+pub mod uring;
 
 /// A bdev module: what it adds to the RPC registry.
 pub trait BdevModule: Send + Sync {
@@ -24,8 +28,11 @@ pub fn all() -> Vec<Box<dyn BdevModule>> {
     vec![
         Box::new(malloc::MallocModule),
         Box::new(null::NullModule),
+        Box::new(uring::UringModule),
         Box::new(nvmesim::NvmesimModule),
         Box::new(passthru::PassthruModule),
         Box::new(split::SplitModule),
+        Box::new(delay::DelayModule),
+        Box::new(error::ErrorModule),
     ]
 }

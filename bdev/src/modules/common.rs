@@ -1,0 +1,82 @@
+//! What several modules share: for stacked ones (delay, error), a base bdev opened for
+//! writing and claimed for as long as the stacked bdev lives; for all, pollers that
+//! serve a channel's state without keeping it alive.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+
+use crate::bdev::Bdev;
+use crate::error::BdevError;
+use crate::manager::{BdevHandle, BdevManager, ClaimType, Desc};
+
+/// The bdev under a stacked one.
+pub(crate) struct BaseBdev {
+    bdev: Arc<dyn Bdev>,
+    /// Taken (closing the descriptor, so releasing the claim) when the stacked bdev is
+    /// deleted; channels made before that keep their own handle. Locked only to make a
+    /// channel and at delete, never per I/O.
+    desc: Mutex<Option<Desc>>,
+}
+
+impl BaseBdev {
+    /// Opens `name` for writing and claims it exclusive_write for `claimant`, as SPDK's
+    /// stacked modules do: nobody else may write underneath them.
+    pub(crate) fn open(manager: &BdevManager, name: &str, claimant: &str) -> Result<BaseBdev, BdevError> {
+        let desc = manager.open(name, true, None, None)?;
+        desc.claim(ClaimType::ExclusiveWrite, claimant)?;
+        Ok(BaseBdev { bdev: desc.bdev().clone(), desc: Mutex::new(Some(desc)) })
+    }
+
+    pub(crate) fn bdev(&self) -> &Arc<dyn Bdev> {
+        &self.bdev
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.bdev.info().name
+    }
+
+    /// This thread's handle on the base; None once the stacked bdev let go of it.
+    pub(crate) fn channel(&self, ctx: &mut ThreadCtx) -> Option<BdevHandle> {
+        self.desc.lock().as_ref().map(|desc| desc.channel(ctx))
+    }
+
+    /// Closes the descriptor, releasing the claim.
+    pub(crate) fn release(&self) {
+        self.desc.lock().take();
+    }
+}
+
+/// A module's own bdevs by name. The `Bdev` trait has no destroy hook, so a stacked
+/// module keeps its bdevs here to release their bases when its delete method runs.
+pub(crate) type Stack<T> = Arc<Mutex<HashMap<String, Arc<T>>>>;
+
+/// Registers a poller (active for `period_us` 0, timed otherwise) that runs `poll` on
+/// the channel state while it lives and unregisters itself once it is gone.
+pub(crate) fn register_poller<S: 'static>(
+    ctx: &mut ThreadCtx,
+    name: &str,
+    period_us: u64,
+    state: Weak<RefCell<S>>,
+    mut poll: impl FnMut(&mut S, &mut ThreadCtx) -> PollStatus + 'static,
+) -> PollerId {
+    let own_id: Rc<Cell<Option<PollerId>>> = Rc::default();
+    let slot = own_id.clone();
+    let run = move |ctx: &mut ThreadCtx| match state.upgrade() {
+        Some(state) => poll(&mut state.borrow_mut(), ctx),
+        None => {
+            if let Some(id) = slot.get() {
+                ctx.unregister_poller(id);
+            }
+            PollStatus::Idle
+        }
+    };
+    let id =
+        if period_us == 0 { ctx.register_poller(name, run) } else { ctx.register_timed_poller(name, period_us, run) };
+    own_id.set(Some(id));
+    id
+}
