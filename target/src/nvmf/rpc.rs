@@ -54,6 +54,10 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
     method!("nvmf_subsystem_get_qpairs", NqnParams, get_qpairs);
     method!("nvmf_subsystem_get_listeners", NqnParams, get_listeners);
     method!("nvmf_get_stats", TargetFilter, get_stats);
+    let mem_target = target.clone();
+    registry.method_without_params("mem_get_stats", StateMask::RUNTIME, move |ctx, responder| {
+        mem_get_stats(ctx, &mem_target, responder)
+    });
 }
 
 #[derive(Deserialize)]
@@ -425,20 +429,22 @@ fn add_ns(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddNs, responder: Re
         let found = nvme_subsystem(target, &params.nqn)?;
         let bdev = target.0.bdevs.get(&spec.bdev_name).map_err(RpcError::from)?;
         let p2pmem = spec.p2pmem.unwrap_or_else(|| "off".into());
-        match p2pmem.as_str() {
-            "off" => {}
-            "auto" if bdev.p2p_provider().is_some() => {}
-            "auto" => {
-                return Err(invalid(format!(
-                    "bdev '{}' has no P2P memory of its own; p2pmem must be \"off\"",
-                    spec.bdev_name
-                )))
-            }
+        // Data may live in a provider only if the bdev can DMA from it directly.
+        let provider = match p2pmem.as_str() {
+            "off" => None,
+            "auto" => match bdev.p2p_provider() {
+                Some(provider) if bdev.accepts_domain(provider.domain()) => Some(provider),
+                _ => {
+                    let why =
+                        format!("bdev '{}' has no P2P memory it can DMA from; p2pmem must be \"off\"", spec.bdev_name);
+                    return Err(invalid(why));
+                }
+            },
             name => match bdev.p2p_provider() {
-                Some(provider) if provider.name() == name && bdev.accepts_domain(provider.domain()) => {}
+                Some(provider) if provider.name() == name && bdev.accepts_domain(provider.domain()) => Some(provider),
                 _ => return Err(invalid(format!("bdev '{}' cannot DMA from P2P provider '{name}'", spec.bdev_name))),
             },
-        }
+        };
         let uuid = match &spec.uuid {
             Some(text) => parse_hex::<16>("uuid", text)?,
             None => bdev.info().uuid.0,
@@ -481,8 +487,16 @@ fn add_ns(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddNs, responder: Re
         let desc =
             target.0.bdevs.open(&spec.bdev_name, true, Some(ctx.handle()), Some(on_remove)).map_err(RpcError::from)?;
         desc.claim(ClaimType::ExclusiveWrite, NS_CLAIMANT).map_err(RpcError::from)?;
-        let ns =
-            Namespace { nsid, bdev_name: bdev.info().name.clone(), desc: Arc::new(desc), nguid, eui64, uuid, p2pmem };
+        let ns = Namespace {
+            nsid,
+            bdev_name: bdev.info().name.clone(),
+            desc: Arc::new(desc),
+            nguid,
+            eui64,
+            uuid,
+            p2pmem,
+            provider,
+        };
         state.namespaces.insert(nsid, Arc::new(ns));
         drop(state);
         Ok((found, nsid))
@@ -760,6 +774,49 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, res
                 .collect();
             let _ = poll_group_name;
             responder.ok(json!({"tick_rate": TICK_RATE_HZ, "poll_groups": poll_groups}))
+        },
+    );
+}
+
+/// `mem_get_stats`: where payload went and what the CPU touched (issue 7's contract):
+/// payload bytes the target placed in buffers of each kind, CPU bytes by path from the
+/// memory gate's counters, fallbacks to host memory, refusals, and every P2P provider.
+fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder) {
+    let providers: Vec<Value> = target
+        .0
+        .bdevs
+        .list()
+        .iter()
+        .filter_map(|bdev| bdev.p2p_provider())
+        .map(|provider| {
+            json!({"name": provider.name(), "kind": provider.kind().to_string(), "size": provider.capacity_bytes(),
+                "free": provider.available_bytes()})
+        })
+        .collect();
+    gather(
+        ctx,
+        target,
+        |group, _| group.stats(),
+        move |_, groups| {
+            use peerless_core::mem::{stats, MemKind, Path};
+            let mut placed = [0u64; 3];
+            let mut fallbacks = 0;
+            for (_, group) in &groups {
+                for (total, bytes) in placed.iter_mut().zip(group.placed_bytes) {
+                    *total += bytes;
+                }
+                fallbacks += group.p2p_fallbacks;
+            }
+            let cpu = stats::snapshot();
+            responder.ok(json!({
+                "payload_bytes": {"host": placed[MemKind::Host.index()], "iomem": placed[MemKind::IoMem.index()],
+                    "device": placed[MemKind::Device.index()]},
+                "cpu_bytes": {"direct": cpu.cpu_bytes(Path::Direct), "io_accessor": cpu.cpu_bytes(Path::IoAccessor),
+                    "bounce": cpu.cpu_bytes(Path::Bounce)},
+                "p2p_fallbacks": fallbacks,
+                "refused": cpu.refusals,
+                "providers": providers,
+            }))
         },
     );
 }

@@ -109,6 +109,8 @@ pub struct Namespace {
     pub uuid: [u8; 16],
     /// "off", "auto" or a P2P provider name: where command data may be placed.
     pub p2pmem: String,
+    /// The provider command data is placed in, when p2pmem is not "off".
+    pub provider: Option<std::sync::Arc<dyn peerless_core::mem::P2pProvider>>,
 }
 
 pub struct SubsystemState {

@@ -61,6 +61,8 @@ impl Conn {
     }
 
     fn free_slot(&mut self, index: usize) {
+        // A command that ends without running hands its P2P buffer back here.
+        self.slots[index].p2p = None;
         self.slots[index].state = SlotState::Free;
         self.free_slots.push(index as u16);
     }
@@ -113,10 +115,8 @@ impl Conn {
         }
         match (transfer.direction, transfer.placement) {
             (Direction::FromHost, Placement::InCapsule) => {
-                if let Err(status) = self.slots[index]
-                    .buffer
-                    .as_mut()
-                    .map_or(Err(Status::INTERNAL_ERROR), |buf| write_into(buf, 0, data))
+                if let Err(status) =
+                    self.data_buffer(index).map_or(Err(Status::INTERNAL_ERROR), |buf| write_into(buf, 0, data))
                 {
                     self.respond_and_free(index, status, 0);
                     return Ok(());
@@ -132,7 +132,29 @@ impl Conn {
         Ok(())
     }
 
+    /// Takes this command's buffer from its namespace's P2P provider (DESIGN.md: the
+    /// transport places data there with the CPU's I/O accessors, the bdev DMAs from it).
+    /// A full provider is an expected state: the command falls back to host memory.
+    fn place_in_provider(&mut self, index: usize, provider: &std::sync::Arc<dyn mem::P2pProvider>, bytes: usize) {
+        match mem::P2pBuf::alloc(provider, bytes) {
+            Ok(buffer) => self.slots[index].p2p = Some(DataBuf::P2p(buffer)),
+            Err(_) => self.stats.p2p_fallbacks += 1,
+        }
+    }
+
+    /// Where this command's data goes: its P2P buffer if it got one, else host memory.
+    fn data_buffer(&mut self, index: usize) -> Option<&mut DataBuf> {
+        let slot = &mut self.slots[index];
+        match slot.p2p.as_mut() {
+            Some(buffer) => Some(buffer),
+            None => slot.buffer.as_mut(),
+        }
+    }
+
     fn ensure_buffer(&mut self, index: usize, bytes: usize) {
+        if self.slots[index].p2p.is_some() {
+            return;
+        }
         let slot = &mut self.slots[index];
         if slot.buffer.as_ref().is_some_and(|buffer| buffer.len() >= bytes) {
             return;
@@ -164,6 +186,7 @@ impl Conn {
         }
         let subsystem = queue.controller.subsystem.clone();
         let Some(entry) = tables.get(ctx, &subsystem, sqe.nsid()) else { return Err(Status::INVALID_NAMESPACE) };
+        let provider = entry.ns.provider.clone();
         let plan = io_cmd::plan(
             sqe,
             &entry.info,
@@ -172,9 +195,15 @@ impl Conn {
             self.options.in_capsule_data_size as usize,
         )?;
         self.slots[index].plan = Some(plan);
-        Ok(Some(match plan {
+        let transfer = match plan {
             Plan::Block { transfer, .. } | Plan::Deallocate { transfer, .. } => transfer,
-        }))
+        };
+        if let (Some(provider), Plan::Block { .. }) = (provider, plan) {
+            if transfer.bytes > 0 {
+                self.place_in_provider(index, &provider, transfer.bytes);
+            }
+        }
+        Ok(Some(transfer))
     }
 
     pub(super) fn on_h2c_data(
@@ -200,11 +229,12 @@ impl Conn {
             return Err(Fatal::new(fes::DATA_OUT_OF_RANGE, 12));
         }
         let written =
-            slot.buffer.as_mut().map_or(Err(Status::INTERNAL_ERROR), |buffer| write_into(buffer, offset, data));
+            self.data_buffer(index).map_or(Err(Status::INTERNAL_ERROR), |buffer| write_into(buffer, offset, data));
         if let Err(status) = written {
             self.respond_and_free(index, status, 0);
             return Ok(());
         }
+        let slot = &mut self.slots[index];
         slot.received += data.len();
         if slot.received == slot.transfer.bytes {
             self.execute(ctx, tables, index);
@@ -234,7 +264,11 @@ impl Conn {
             Plan::Block { io_type, slba, nlb, transfer } => {
                 let mut io = self.take_io(io_type, slba, nlb);
                 if transfer.direction != Direction::None {
-                    if let Some(buffer) = self.slots[index].buffer.take() {
+                    let slot = &mut self.slots[index];
+                    if let Some(buffer) = slot.p2p.take().or_else(|| slot.buffer.take()) {
+                        if transfer.direction == Direction::FromHost {
+                            self.stats.placed(Some(&buffer), transfer.bytes);
+                        }
                         io.buffers.push(buffer);
                     }
                 }
@@ -288,6 +322,7 @@ impl Conn {
             if last && io.io_type == IoType::Read && status.is_success() && self.phase != Phase::Closing {
                 let cid = slot.sqe.cid();
                 let len = slot.transfer.bytes;
+                self.stats.placed(io.buffers.first(), len);
                 let success = self.options.c2h_success;
                 let sent = io
                     .sgl()
@@ -305,8 +340,10 @@ impl Conn {
                 let status = self.slots[index].status;
                 self.respond_and_free(index, status, 0);
             }
-            if let Some(buffer) = io.buffers.pop() {
-                self.slots[index].buffer = Some(buffer);
+            match io.buffers.pop() {
+                // A P2P buffer goes back to its provider as it drops.
+                Some(DataBuf::P2p(_)) | None => {}
+                Some(buffer) => self.slots[index].buffer = Some(buffer),
             }
             self.spare_ios.push(io);
         }

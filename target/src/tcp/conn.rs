@@ -54,6 +54,9 @@ pub(super) struct Slot {
     pub sqe: Sqe,
     /// Host data buffer, kept across commands so steady state allocates nothing.
     pub buffer: Option<DataBuf>,
+    /// This command's buffer in its namespace's P2P provider, when it has one; it goes
+    /// back to the provider when the command ends.
+    pub p2p: Option<DataBuf>,
     pub transfer: Transfer,
     pub received: usize,
     pub plan: Option<Plan>,
@@ -67,6 +70,7 @@ impl Slot {
             state: SlotState::Free,
             sqe: Sqe([0; 64]),
             buffer: None,
+            p2p: None,
             transfer: Transfer::NONE,
             received: 0,
             plan: None,
@@ -89,6 +93,20 @@ pub(super) struct Queue {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnStats {
     pub completed_io: u64,
+    /// Payload bytes placed in buffers of each kind (indexed by `MemKind::index`).
+    pub placed_bytes: [u64; 3],
+    /// Commands whose namespace wanted P2P memory but got host memory (provider full).
+    pub p2p_fallbacks: u64,
+}
+
+impl ConnStats {
+    pub(super) fn placed(&mut self, buffer: Option<&DataBuf>, bytes: usize) {
+        let kind = match buffer {
+            Some(DataBuf::P2p(buf)) => buf.tag().kind(),
+            _ => peerless_core::mem::MemKind::Host,
+        };
+        self.placed_bytes[kind.index()] += bytes as u64;
+    }
 }
 
 pub struct Conn {

@@ -71,6 +71,9 @@ pub struct PollGroupStats {
     pub current_unassociated_qpairs: u64,
     pub completed_nvme_io: u64,
     pub pending_bdev_io: u64,
+    /// Payload bytes placed in buffers of each memory kind (MemKind::index order).
+    pub placed_bytes: [u64; 3],
+    pub p2p_fallbacks: u64,
 }
 
 pub struct PollGroup {
@@ -78,8 +81,8 @@ pub struct PollGroup {
     conns: Vec<Conn>,
     tables: NsTables,
     poller_registered: bool,
-    /// Completed commands of connections that have gone, so totals survive them.
-    retired_completed: u64,
+    /// Counters of connections that have gone, so totals survive them.
+    retired: crate::tcp::conn::ConnStats,
     seen_admin: u64,
     seen_io: u64,
 }
@@ -91,7 +94,7 @@ impl PollGroup {
             conns: Vec::new(),
             tables: NsTables::default(),
             poller_registered: false,
-            retired_completed: 0,
+            retired: Default::default(),
             seen_admin: 0,
             seen_io: 0,
         }
@@ -118,7 +121,11 @@ impl PollGroup {
             if self.conns[index].is_done() {
                 let conn = self.conns.swap_remove(index);
                 let _ = ctx.unwatch_fd(conn.fd());
-                self.retired_completed += conn.stats.completed_io;
+                self.retired.completed_io += conn.stats.completed_io;
+                self.retired.p2p_fallbacks += conn.stats.p2p_fallbacks;
+                for (total, placed) in self.retired.placed_bytes.iter_mut().zip(conn.stats.placed_bytes) {
+                    *total += placed;
+                }
             } else {
                 index += 1;
             }
@@ -164,11 +171,17 @@ impl PollGroup {
         let mut stats = PollGroupStats {
             admin_qpairs: self.seen_admin,
             io_qpairs: self.seen_io,
-            completed_nvme_io: self.retired_completed,
+            completed_nvme_io: self.retired.completed_io,
+            placed_bytes: self.retired.placed_bytes,
+            p2p_fallbacks: self.retired.p2p_fallbacks,
             ..PollGroupStats::default()
         };
         for conn in &self.conns {
             stats.completed_nvme_io += conn.stats.completed_io;
+            stats.p2p_fallbacks += conn.stats.p2p_fallbacks;
+            for (total, placed) in stats.placed_bytes.iter_mut().zip(conn.stats.placed_bytes) {
+                *total += placed;
+            }
             stats.pending_bdev_io += conn.outstanding() as u64;
             if conn.phase() == Phase::Closing {
                 continue;
