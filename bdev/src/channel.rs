@@ -160,6 +160,10 @@ impl LayerChannel {
     /// Swaps device buffers the bdev cannot reach for host buffers (copying the payload
     /// of a write through the gate's accessors), keeping the originals for the way back.
     fn bounce_in(&mut self, io: &mut BdevIo) -> Result<(), IoStatus> {
+        // Only P2P buffers can lie in a device domain: all other I/O skips building a list.
+        if !io.buffers.iter().any(|buffer| matches!(buffer, DataBuf::P2p(_))) {
+            return Ok(());
+        }
         let sgl = io.sgl().map_err(|_| IoStatus::INVALID_FIELD)?;
         let Some(domain) = sgl.domain() else { return Ok(()) };
         if self.bdev.accepts_domain(domain) {

@@ -4,6 +4,7 @@
 //! `peerless-rpc`.
 #![forbid(unsafe_code)]
 
+pub mod bdevperf;
 pub mod initiator;
 pub mod perf;
 pub mod rpc_cli;
