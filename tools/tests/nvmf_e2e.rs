@@ -303,3 +303,16 @@ fn four_io_queues_spread_over_two_reactors() {
     let qpairs = target.call("nvmf_subsystem_get_qpairs", Some(json!({"nqn": NQN})));
     assert_eq!(qpairs.as_array().unwrap().len(), 5, "admin + 4 I/O queues: {qpairs}");
 }
+
+#[test]
+fn cap_reports_the_transport_queue_depth() {
+    let target = Target::start("mqes", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_queue_depth": 256}));
+    let mut controller = connect(addr, Digests::default());
+    // MQES is 0's based: 256 entries. An I/O queue of that size connects and runs.
+    assert_eq!(controller.cap().max_queue_entries(), 256);
+    assert_eq!(controller.info().maxcmd, 256);
+    let mut queue = controller.io_queue(256).unwrap();
+    assert_eq!(queue.entries(), 256);
+    queue.write(1, 0, 1, &pattern(0, 1, 1)).unwrap();
+}

@@ -107,7 +107,7 @@ pub fn namespace(data: &NamespaceData) -> Vec<u8> {
     put64(&mut bytes, 0, data.num_blocks);
     put64(&mut bytes, 8, data.num_blocks);
     put64(&mut bytes, 16, data.num_blocks);
-    bytes[24] = 1 << 3 | 1 << 2; // NSFEAT: NGUID/EUI64 never reused, deallocated-or-unwritten error
+    bytes[24] = 1 << 3; // NSFEAT: NGUID/EUI64 are never reused
     bytes[25] = 0; // NLBAF: one LBA format (0's based)
     bytes[26] = 0; // FLBAS: format 0, no metadata
     bytes[30] = u8::from(data.shared); // NMIC

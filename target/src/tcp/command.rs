@@ -360,9 +360,11 @@ impl Conn {
         match connect::connect(&self.target, &self.options, &info, &sqe, &data) {
             Ok(connected) => {
                 let admin = (connected.qid == 0).then(|| {
+                    // CAP.MQES describes I/O queues: the transport's max_queue_depth, not
+                    // the admin queue this Connect sized.
                     AdminState::new(
                         connected.controller.clone(),
-                        connected.queue_entries,
+                        self.options.max_queue_depth,
                         self.options.max_io_qpairs_per_ctrlr,
                     )
                 });
