@@ -15,6 +15,7 @@
 mod controller;
 mod discovery;
 mod error;
+mod inflight;
 mod info;
 mod queue;
 mod transport;

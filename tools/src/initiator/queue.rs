@@ -7,11 +7,12 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use peerless_target::nvme::cmd::SqeBuilder;
-use peerless_target::nvme::{io, Cqe, Status, CQE_BYTES};
-use peerless_target::tcp::pdu::{self, flags, pdu_type, DataHeader, COMMON_HEADER_BYTES};
+use peerless_target::nvme::{fctype, io, Status};
+use peerless_target::tcp::pdu::{self, pdu_type};
 
 use super::error::{Error, Result};
-use super::transport::{Negotiated, Pdu, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
+use super::inflight::{push_with_data, Handler, Slot};
+use super::transport::{Negotiated, RawPdu, Transport, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
 
 /// Most entries a queue may have (NVMe: SQSIZE is a 0's based u16; we bound it lower
 /// because every entry owns a slot).
@@ -60,19 +61,6 @@ impl Completion {
         }
         Ok(self)
     }
-}
-
-#[derive(Default)]
-struct Slot {
-    busy: bool,
-    opcode: u8,
-    xfer: Option<Xfer>,
-    /// Data went in the capsule; an R2T for this command is a protocol error.
-    in_capsule: bool,
-    buf: Vec<u8>,
-    /// Bytes received (C2HData) or solicited by R2Ts so far.
-    moved: usize,
-    digest_error: bool,
 }
 
 /// One queue pair on its own connection. Not `Sync`: one thread drives it.
@@ -261,6 +249,16 @@ impl QueuePair {
         self.command(SqeBuilder::new(io::FLUSH, 0).nsid(nsid), Xfer::None, Vec::new()).map(drop)
     }
 
+    /// Fabrics Disconnect (NVMe-oF 1.1, 3.7): ends this queue's association cleanly. The
+    /// queue refuses further commands afterwards.
+    pub fn disconnect(&mut self) -> Result<()> {
+        // RECFMT 0 (byte 40-41).
+        let cmd = SqeBuilder::fabrics(fctype::DISCONNECT, 0).u16_at(40, 0);
+        self.command(cmd, Xfer::None, Vec::new())?;
+        self.failed = Some(Error::Invalid(format!("queue {} was disconnected", self.qid)));
+        Ok(())
+    }
+
     /// Waits for command `cid`; other completions stay queued for `poll`.
     pub fn wait(&mut self, cid: u16) -> Result<Completion> {
         let deadline = Instant::now() + self.timeout;
@@ -276,24 +274,21 @@ impl QueuePair {
                 let ms = self.timeout.as_millis() as u64;
                 return Err(Error::Timeout { what: "a command completion", ms });
             }
-            if self.transport.tx.is_empty() {
-                self.transport.wait_readable(deadline)?;
-            } else {
-                self.flush()?;
-            }
+            // Wait for the controller, or for room to send what is still queued.
+            self.transport.wait_ready(deadline, !self.transport.tx.is_empty())?;
         }
     }
 
     /// Sends bytes exactly as given (tests of the target's PDU validation).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.transport.tx.push(bytes);
-        self.transport.flush_all(Instant::now() + self.timeout)
+        self.transport.flush_all(self.timeout)
     }
 
     /// The next PDU as it arrived, unvalidated (tests). Do not mix with outstanding commands.
     pub fn recv_pdu(&mut self, timeout: Duration) -> Result<RawPdu> {
-        self.transport.flush_all(Instant::now() + timeout)?;
-        self.transport.recv_raw(Instant::now() + timeout)
+        self.transport.flush_all(timeout)?;
+        self.transport.recv_raw(timeout)
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -331,146 +326,18 @@ impl QueuePair {
 
     fn handle_pdus(&mut self) -> Result<()> {
         let Transport { rx, tx, negotiated, .. } = &mut self.transport;
-        let mut queue = Handler { slots: &mut self.slots, ready: &mut self.ready, tx, negotiated };
+        let mut handler = Handler { slots: &mut self.slots, ready: &mut self.ready, tx, negotiated };
         for _ in 0..MAX_PDUS_PER_POLL {
-            match rx.next(queue.tx)? {
-                Some(pdu) => queue.handle(&pdu)?,
-                None => break,
+            let Some(pdu) = rx.next(handler.tx)? else { break };
+            if let Err(fault) = handler.handle(&pdu) {
+                // Tell the controller why we end the connection (NVMe/TCP 1.0, 3.6.2.4).
+                let header = &pdu.bytes[..pdu.layout.header_bytes];
+                handler.tx.push(&pdu::term_req(pdu_type::H2C_TERM_REQ, fault.fatal, header));
+                let (fes, fei) = (fault.fatal.fes, fault.fatal.fei);
+                return Err(Error::Protocol(format!("{}: FES {fes:#x} FEI {fei:#x}", fault.message)));
             }
         }
         Ok(())
-    }
-}
-
-/// The parts of a queue PDU handling touches, borrowed apart from the receive buffer.
-struct Handler<'a> {
-    slots: &'a mut [Slot],
-    ready: &'a mut VecDeque<Completion>,
-    tx: &'a mut TxBuf,
-    negotiated: &'a Negotiated,
-}
-
-impl Handler<'_> {
-    fn handle(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        match pdu.layout.header.pdu_type {
-            pdu_type::CAPSULE_RESP => {
-                let cqe = Cqe::decode(&pdu.bytes[COMMON_HEADER_BYTES..COMMON_HEADER_BYTES + CQE_BYTES]);
-                let slot = self.busy_slot(cqe.cid, "CapsuleResp")?;
-                let expected = slot.buf.len();
-                if cqe.status.is_success()
-                    && slot.xfer != Some(Xfer::None)
-                    && !slot.in_capsule
-                    && slot.moved != expected
-                {
-                    let moved = slot.moved;
-                    return Err(Error::Protocol(format!("cid {}: success after {moved} of {expected} bytes", cqe.cid)));
-                }
-                self.complete(cqe.cid, cqe.status, cqe.dnr, cqe.result);
-                Ok(())
-            }
-            pdu_type::C2H_DATA => self.c2h_data(pdu),
-            pdu_type::R2T => self.r2t(pdu),
-            other => Err(Error::Protocol(format!("unexpected PDU type {other:#04x}"))),
-        }
-    }
-
-    fn busy_slot(&mut self, cid: u16, what: &str) -> Result<&mut Slot> {
-        match self.slots.get_mut(usize::from(cid)) {
-            Some(slot) if slot.busy => Ok(slot),
-            _ => Err(Error::Protocol(format!("{what} for cid {cid}, which has no command outstanding"))),
-        }
-    }
-
-    fn c2h_data(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        let header = DataHeader::parse(pdu.bytes);
-        let success = pdu.layout.header.flags & flags::SUCCESS != 0;
-        let last = pdu.layout.header.flags & flags::LAST_PDU != 0;
-        let slot = self.busy_slot(header.cccid, "C2HData")?;
-        let (offset, len) = (header.offset as usize, pdu.layout.data_len);
-        // Data must arrive in order and within the command's buffer (NVMe/TCP 1.0, 3.6.2.8).
-        if slot.xfer != Some(Xfer::FromController) || header.length as usize != len || offset != slot.moved {
-            return Err(Error::Protocol(format!(
-                "C2HData cid {} offset {offset} length {} (expected offset {})",
-                header.cccid, header.length, slot.moved
-            )));
-        }
-        let Some(dest) = slot.buf.get_mut(offset..offset + len) else {
-            return Err(Error::Protocol(format!("C2HData cid {} beyond its {} bytes", header.cccid, slot.buf.len())));
-        };
-        dest.copy_from_slice(pdu.data());
-        slot.moved += len;
-        slot.digest_error |= !pdu.data_digest_ok;
-        if success {
-            // SUCCESS stands in for the CapsuleResp, so it is only valid on the last PDU.
-            if !last || slot.moved != slot.buf.len() {
-                return Err(Error::Protocol(format!("C2HData SUCCESS before the end of cid {}", header.cccid)));
-            }
-            self.complete(header.cccid, Status::SUCCESS, false, 0);
-        }
-        Ok(())
-    }
-
-    fn r2t(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        let header = DataHeader::parse(pdu.bytes);
-        let maxh2cdata = self.negotiated.maxh2cdata as usize;
-        let digests = self.negotiated.digests;
-        let slot = match self.slots.get(usize::from(header.cccid)) {
-            Some(slot) if slot.busy => slot,
-            _ => return Err(Error::Protocol(format!("R2T for idle cid {}", header.cccid))),
-        };
-        let (offset, len) = (header.offset as usize, header.length as usize);
-        if slot.xfer != Some(Xfer::ToController)
-            || slot.in_capsule
-            || len == 0
-            || offset != slot.moved
-            || offset + len > slot.buf.len()
-        {
-            return Err(Error::Protocol(format!(
-                "R2T cid {} offset {offset} length {len} for a {}-byte write at {}",
-                header.cccid,
-                slot.buf.len(),
-                slot.moved
-            )));
-        }
-        // Answer with H2CData PDUs of at most MAXH2CDATA bytes, LAST_PDU on the final one.
-        let mut at = offset;
-        while at < offset + len {
-            let chunk = (offset + len - at).min(maxh2cdata);
-            let last = at + chunk == offset + len;
-            let data_header =
-                DataHeader { cccid: header.cccid, ttag: header.ttag, offset: at as u32, length: chunk as u32 };
-            let encoded =
-                pdu::data_pdu(pdu_type::H2C_DATA, data_header, if last { flags::LAST_PDU } else { 0 }, digests);
-            push_with_data(self.tx, encoded.as_slice(), &slot.buf[at..at + chunk], digests);
-            at += chunk;
-        }
-        self.slots[usize::from(header.cccid)].moved = offset + len;
-        Ok(())
-    }
-
-    fn complete(&mut self, cid: u16, status: Status, dnr: bool, result: u64) {
-        let slot = &mut self.slots[usize::from(cid)];
-        debug_assert!(slot.busy);
-        slot.busy = false;
-        self.ready.push_back(Completion {
-            cid,
-            opcode: slot.opcode,
-            status,
-            dnr,
-            result,
-            buf: std::mem::take(&mut slot.buf),
-            data_digest_error: slot.digest_error,
-        });
-    }
-}
-
-fn push_with_data(tx: &mut TxBuf, header: &[u8], data: &[u8], digests: pdu::Digests) {
-    tx.push(header);
-    if !data.is_empty() {
-        tx.push(data);
-        if digests.data {
-            tx.push(&pdu::digest(data));
-        }
     }
 }
 

@@ -89,8 +89,8 @@ impl RxBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.buf.len() - self.end < PDU_OVERHEAD_BYTES || self.start > self.buf.len() / 2 {
-            // Keep room for the rest of the PDU at `start`: the buffer holds the largest PDU.
+        } else if self.start > 0 && self.start + self.room_needed() > self.buf.len() {
+            // The PDU at `start` would not fit where it is; the buffer holds the largest one.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
@@ -108,6 +108,14 @@ impl RxBuf {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
             Err(e) => Err(Error::io("receive", &e)),
         }
+    }
+
+    /// Bytes the PDU at `start` occupies once complete (a header's worth while its length
+    /// is unknown), never more than the buffer.
+    fn room_needed(&self) -> usize {
+        let pending = self.pending();
+        let plen = if pending.len() >= COMMON_HEADER_BYTES { le32(pending, 4) as usize } else { 0 };
+        plen.max(PDU_OVERHEAD_BYTES).min(self.buf.len())
     }
 
     fn pending(&self) -> &[u8] {
@@ -252,11 +260,13 @@ impl Transport {
         Ok(Transport { stream, rx: RxBuf::new(granted), tx: TxBuf { buf: Vec::new(), sent: 0 }, negotiated })
     }
 
-    /// Waits until the socket is readable or `deadline` passes (Ok(false)).
-    pub fn wait_readable(&self, deadline: Instant) -> Result<bool> {
+    /// Waits until the socket is readable (or writable, with `write`) or `deadline`
+    /// passes (Ok(false)).
+    pub fn wait_ready(&self, deadline: Instant, write: bool) -> Result<bool> {
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        let events = if write { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
+        let mut fds = [PollFd::new(self.stream.as_fd(), events)];
         match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
             Ok(ready) => Ok(ready > 0),
             Err(nix::errno::Errno::EINTR) => Ok(false),
@@ -265,14 +275,16 @@ impl Transport {
     }
 
     /// Flushes the send buffer completely, waiting for the socket as needed.
-    pub fn flush_all(&mut self, deadline: Instant) -> Result<()> {
+    pub fn flush_all(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         loop {
             self.tx.flush(&mut self.stream)?;
             if self.tx.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout { what: "the socket to take queued PDUs", ms: 0 });
+                let ms = timeout.as_millis() as u64;
+                return Err(Error::Timeout { what: "the socket to take queued PDUs", ms });
             }
             let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLOUT)];
             // A timeout here only loops back to the deadline check.
@@ -280,17 +292,18 @@ impl Transport {
         }
     }
 
-    /// The next complete PDU as raw bytes, waiting until `deadline`.
-    pub fn recv_raw(&mut self, deadline: Instant) -> Result<RawPdu> {
+    /// The next complete PDU as raw bytes, waiting up to `timeout`.
+    pub fn recv_raw(&mut self, timeout: Duration) -> Result<RawPdu> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(raw) = self.rx.next_raw()? {
                 return Ok(raw);
             }
             if self.rx.fill(&mut self.stream)? == 0 {
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout { what: "a PDU", ms: 0 });
+                    return Err(Error::Timeout { what: "a PDU", ms: timeout.as_millis() as u64 });
                 }
-                self.wait_readable(deadline)?;
+                self.wait_ready(deadline, false)?;
             }
         }
     }
