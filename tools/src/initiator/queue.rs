@@ -319,8 +319,10 @@ impl QueuePair {
         self.check_failed()?;
         self.flush()?;
         let filled = self.transport.rx.fill(&mut self.transport.stream);
-        let result = filled.and_then(|_| self.handle_pdus());
-        self.fail_on(result)?;
+        // Handle what is buffered even when the read failed: a TermReq just before the
+        // close explains the close better than the close does.
+        let handled = self.handle_pdus();
+        self.fail_on(handled.and(filled.map(drop)))?;
         self.flush()
     }
 
