@@ -312,3 +312,26 @@ fn protocol_violation_sends_an_h2c_term_req() {
     }
     assert_eq!(fake.state.lock().expect("state").host_term_reqs, vec![(fes::DATA_OUT_OF_RANGE, 12)]);
 }
+
+#[test]
+fn large_c2h_data_goes_straight_into_the_buffer() {
+    for (digests, success) in [(Digests::default(), false), (Digests { header: true, data: true }, true)] {
+        let config = Config { slow_c2h: true, c2h_chunk: 256 * 1024, c2h_success: success, ..Config::default() };
+        let fake = Fake::start(config);
+        let mut ctrl = connect(&fake, digests);
+        let mut queue = ctrl.io_queue(8).expect("io queue");
+        let data = pattern(512 * 1024, 5);
+        queue.write(NSID, 1024, 1024, &data).expect("write");
+        let mut back = vec![0u8; data.len()];
+        queue.read(NSID, 1024, 1024, &mut back).expect("read");
+        assert!(back == data, "{digests:?}");
+        assert_eq!(queue.direct_c2h_pdus(), 2, "two 256 KiB PDUs, each seen before its end");
+        if digests.data {
+            let error = queue.read(NSID, BAD_DIGEST_LBA, 64, &mut back[..32 * 1024]).expect_err("bad digest");
+            assert!(matches!(error, Error::DataDigest { .. }), "{error}");
+            assert_eq!(queue.direct_c2h_pdus(), 3);
+        }
+        queue.read(NSID, 0, 1, &mut back[..512]).expect("small reads still take the buffered path");
+        assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+    }
+}

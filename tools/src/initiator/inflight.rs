@@ -5,11 +5,12 @@
 
 use std::collections::VecDeque;
 
+use peerless_core::accel::Crc32c;
 use peerless_target::nvme::{Cqe, Status, CQE_BYTES};
-use peerless_target::tcp::pdu::{self, fes, flags, pdu_type, DataHeader, Fatal, COMMON_HEADER_BYTES};
+use peerless_target::tcp::pdu::{self, fes, flags, pdu_type, DataHeader, Fatal, COMMON_HEADER_BYTES, DIGEST_BYTES};
 
 use super::queue::{Completion, Xfer};
-use super::transport::{Negotiated, Pdu, TxBuf};
+use super::transport::{Negotiated, Partial, Pdu, TxBuf};
 
 /// Byte offsets of data PDU header fields (NVMe/TCP 1.0, 3.6.2.6-3.6.2.8), for FEI.
 const CCCID_OFFSET: u32 = 8;
@@ -28,6 +29,20 @@ pub(crate) struct Slot {
     /// Bytes received (C2HData) or solicited by R2Ts so far.
     pub moved: usize,
     pub digest_error: bool,
+}
+
+/// A large C2HData PDU being read straight from the socket into its command's buffer,
+/// its data digest computed as the bytes land.
+pub(crate) struct Direct {
+    pub cid: u16,
+    /// Next byte of the command's buffer to fill, and the end of this PDU's data.
+    pub at: usize,
+    pub end: usize,
+    pub len: usize,
+    pub flags: u8,
+    pub crc: Option<Crc32c>,
+    pub trailer: [u8; DIGEST_BYTES],
+    pub trailer_got: usize,
 }
 
 /// A protocol violation by the controller: what the H2CTermReq says, and for whom.
@@ -78,10 +93,8 @@ impl Handler<'_> {
         Ok(())
     }
 
-    fn c2h_data(&mut self, pdu: &Pdu<'_>) -> Result<(), Fault> {
-        let header = DataHeader::parse(pdu.bytes);
-        let success = pdu.layout.header.flags & flags::SUCCESS != 0;
-        let last = pdu.layout.header.flags & flags::LAST_PDU != 0;
+    /// Checks a C2HData header against its command; returns the data's offset.
+    fn c2h_slot(&mut self, header: DataHeader, data_len: usize) -> Result<(&mut Slot, usize), Fault> {
         let slot = self.busy_slot(header.cccid, "C2HData", CCCID_OFFSET)?;
         if slot.xfer != Some(Xfer::FromController) {
             return Err(fault(
@@ -90,9 +103,9 @@ impl Handler<'_> {
                 format!("C2HData for cid {}, which reads nothing", header.cccid),
             ));
         }
-        let (offset, len) = (header.offset as usize, pdu.layout.data_len);
+        let offset = header.offset as usize;
         // Data must arrive in order and within the command's buffer (NVMe/TCP 1.0, 3.6.2.8).
-        if header.length as usize != len || offset != slot.moved || offset + len > slot.buf.len() {
+        if header.length as usize != data_len || offset != slot.moved || offset + data_len > slot.buf.len() {
             let message = format!(
                 "C2HData cid {} offset {offset} length {} (expected offset {} of {})",
                 header.cccid,
@@ -102,16 +115,48 @@ impl Handler<'_> {
             );
             return Err(fault(fes::DATA_OUT_OF_RANGE, DATAO_OFFSET, message));
         }
+        Ok((slot, offset))
+    }
+
+    fn c2h_data(&mut self, pdu: &Pdu<'_>) -> Result<(), Fault> {
+        let header = DataHeader::parse(pdu.bytes);
+        let len = pdu.layout.data_len;
+        let (slot, offset) = self.c2h_slot(header, len)?;
         slot.buf[offset..offset + len].copy_from_slice(pdu.data());
+        self.finish_c2h(header.cccid, len, pdu.data_digest_ok, pdu.layout.header.flags)
+    }
+
+    /// Starts reading a large C2HData straight into its buffer with what has arrived.
+    pub fn begin_direct(&mut self, partial: &Partial<'_>) -> Result<Direct, Fault> {
+        let header = DataHeader::parse(partial.header);
+        let len = partial.layout.data_len;
+        let (slot, offset) = self.c2h_slot(header, len)?;
+        let got = partial.data.len();
+        debug_assert!(got < len, "a complete PDU takes the buffered path");
+        slot.buf[offset..offset + got].copy_from_slice(partial.data);
+        let crc = partial.layout.data_digest.then(|| {
+            let mut crc = Crc32c::new();
+            crc.update(partial.data);
+            crc
+        });
+        let flags = partial.layout.header.flags;
+        let (at, end) = (offset + got, offset + len);
+        Ok(Direct { cid: header.cccid, at, end, len, flags, crc, trailer: [0; DIGEST_BYTES], trailer_got: 0 })
+    }
+
+    /// Accounts for `len` bytes of C2HData that landed in cid's buffer.
+    pub fn finish_c2h(&mut self, cid: u16, len: usize, digest_ok: bool, pdu_flags: u8) -> Result<(), Fault> {
+        let slot = self.busy_slot(cid, "C2HData", CCCID_OFFSET)?;
         slot.moved += len;
-        slot.digest_error |= !pdu.data_digest_ok;
-        if success {
+        slot.digest_error |= !digest_ok;
+        debug_assert!(slot.moved <= slot.buf.len());
+        if pdu_flags & flags::SUCCESS != 0 {
             // SUCCESS stands in for the CapsuleResp, so it is only valid on the last PDU.
-            if !last || slot.moved != slot.buf.len() {
-                let message = format!("C2HData SUCCESS before the end of cid {}", header.cccid);
+            if pdu_flags & flags::LAST_PDU == 0 || slot.moved != slot.buf.len() {
+                let message = format!("C2HData SUCCESS before the end of cid {cid}");
                 return Err(fault(fes::INVALID_HEADER_FIELD, 1, message));
             }
-            self.complete(header.cccid, Status::SUCCESS, false, 0);
+            self.complete(cid, Status::SUCCESS, false, 0);
         }
         Ok(())
     }

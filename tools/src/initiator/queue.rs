@@ -4,23 +4,29 @@
 //! completion, so the hot path allocates nothing.
 
 use std::collections::VecDeque;
+use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{fctype, io, Status};
-use peerless_target::tcp::pdu::{self, pdu_type};
+use peerless_target::tcp::pdu::{self, pdu_type, DIGEST_BYTES};
 
 use super::error::{Error, Result};
-use super::inflight::{push_with_data, Handler, Slot};
-use super::transport::{Negotiated, RawPdu, Transport, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
+use super::inflight::{push_with_data, Direct, Fault, Handler, Slot};
+use super::transport::{Negotiated, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
 
 /// Most entries a queue may have (NVMe: SQSIZE is a 0's based u16; we bound it lower
 /// because every entry owns a slot).
 pub const MAX_QUEUE_ENTRIES: u16 = 4096;
 /// Fewest entries: a queue of one entry can hold no command (full = entries - 1).
 pub const MIN_QUEUE_ENTRIES: u16 = 2;
-/// PDUs handled per `poll` at most, bounding the time one queue holds its thread.
+/// PDUs handled per receive round at most, bounding the time one queue holds its thread.
 const MAX_PDUS_PER_POLL: usize = 1024;
+/// Socket reads per `poll` at most.
+const RECEIVE_ROUNDS: usize = 4;
+/// C2HData at least this large, not yet fully received, is read from the socket straight
+/// into its command's buffer instead of through the receive buffer (one copy fewer).
+pub const DIRECT_MIN_BYTES: usize = 16 * 1024;
 
 /// Which way a command's data moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +86,10 @@ pub struct QueuePair {
     timeout: Duration,
     /// A blocking helper's reusable data buffer.
     spare: Vec<u8>,
+    /// A large C2HData PDU being read straight into its buffer.
+    direct: Option<Direct>,
+    /// How many C2HData PDUs took that path.
+    direct_pdus: u64,
     failed: Option<Error>,
 }
 
@@ -108,6 +118,8 @@ impl QueuePair {
             max_transfer_bytes: MAX_TRANSFER_BYTES,
             timeout,
             spare: Vec::new(),
+            direct: None,
+            direct_pdus: 0,
             failed: None,
         }
     }
@@ -145,6 +157,11 @@ impl QueuePair {
 
     pub fn max_transfer_bytes(&self) -> usize {
         self.max_transfer_bytes
+    }
+
+    /// C2HData PDUs whose data was read from the socket straight into the command's buffer.
+    pub fn direct_c2h_pdus(&self) -> u64 {
+        self.direct_pdus
     }
 
     /// The error that ended this queue, if one did.
@@ -318,29 +335,97 @@ impl QueuePair {
     fn progress(&mut self) -> Result<()> {
         self.check_failed()?;
         self.flush()?;
-        let filled = self.transport.rx.fill(&mut self.transport.stream);
-        // Handle what is buffered even when the read failed: a TermReq just before the
-        // close explains the close better than the close does.
-        let handled = self.handle_pdus();
-        self.fail_on(handled.and(filled.map(drop)))?;
+        let received = self.receive();
+        self.fail_on(received)?;
         self.flush()
     }
 
-    fn handle_pdus(&mut self) -> Result<()> {
-        let Transport { rx, tx, negotiated, .. } = &mut self.transport;
-        let mut handler = Handler { slots: &mut self.slots, ready: &mut self.ready, tx, negotiated };
-        for _ in 0..MAX_PDUS_PER_POLL {
-            let Some(pdu) = rx.next(handler.tx)? else { break };
-            if let Err(fault) = handler.handle(&pdu) {
-                // Tell the controller why we end the connection (NVMe/TCP 1.0, 3.6.2.4).
-                let header = &pdu.bytes[..pdu.layout.header_bytes];
-                handler.tx.push(&pdu::term_req(pdu_type::H2C_TERM_REQ, fault.fatal, header));
-                let (fes, fei) = (fault.fatal.fes, fault.fatal.fei);
-                return Err(Error::Protocol(format!("{}: FES {fes:#x} FEI {fei:#x}", fault.message)));
+    fn receive(&mut self) -> Result<()> {
+        for _ in 0..RECEIVE_ROUNDS {
+            if self.direct.is_some() && !self.read_direct()? {
+                return Ok(());
+            }
+            let filled = self.transport.rx.fill(&mut self.transport.stream);
+            // Handle what is buffered even when the read failed: a TermReq just before the
+            // close explains the close better than the close does.
+            let read = self.handle_pdus().and(filled)?;
+            if read == 0 && self.direct.is_none() {
+                return Ok(());
             }
         }
         Ok(())
     }
+
+    fn handle_pdus(&mut self) -> Result<()> {
+        let QueuePair { transport, slots, ready, direct, direct_pdus, .. } = self;
+        let Transport { rx, tx, negotiated, .. } = transport;
+        let mut handler = Handler { slots, ready, tx, negotiated };
+        for _ in 0..MAX_PDUS_PER_POLL {
+            let Some(pdu) = rx.next(handler.tx)? else {
+                // Nothing complete: a large C2HData under way continues straight into its buffer.
+                if let Some(partial) = rx.take_partial_data(handler.tx, DIRECT_MIN_BYTES)? {
+                    match handler.begin_direct(&partial) {
+                        Ok(started) => {
+                            *direct = Some(started);
+                            *direct_pdus += 1;
+                        }
+                        Err(fault) => return Err(terminate(handler.tx, fault, partial.header)),
+                    }
+                }
+                break;
+            };
+            if let Err(fault) = handler.handle(&pdu) {
+                return Err(terminate(handler.tx, fault, &pdu.bytes[..pdu.layout.header_bytes]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the rest of a large C2HData PDU into its command's buffer. Ok(false): more to come.
+    fn read_direct(&mut self) -> Result<bool> {
+        let QueuePair { transport, slots, ready, direct, .. } = self;
+        let Some(state) = direct.as_mut() else { return Ok(true) };
+        let buf = &mut slots[usize::from(state.cid)].buf;
+        while state.at < state.end {
+            let Some(read) = read_some(&mut transport.stream, &mut buf[state.at..state.end])? else { return Ok(false) };
+            if let Some(crc) = state.crc.as_mut() {
+                crc.update(&buf[state.at..state.at + read]);
+            }
+            state.at += read;
+        }
+        if state.crc.is_some() {
+            while state.trailer_got < DIGEST_BYTES {
+                let Some(read) = read_some(&mut transport.stream, &mut state.trailer[state.trailer_got..])? else {
+                    return Ok(false);
+                };
+                state.trailer_got += read;
+            }
+        }
+        let digest_ok = state.crc.is_none_or(|crc| crc.finish().to_le_bytes() == state.trailer);
+        let (cid, len, flags) = (state.cid, state.len, state.flags);
+        *direct = None;
+        let mut handler = Handler { slots, ready, tx: &mut transport.tx, negotiated: &transport.negotiated };
+        handler.finish_c2h(cid, len, digest_ok, flags).map_err(|fault| terminate(handler.tx, fault, &[]))?;
+        Ok(true)
+    }
+}
+
+/// Reads what the socket has into `buf`: None when nothing is there yet.
+fn read_some(stream: &mut std::net::TcpStream, buf: &mut [u8]) -> Result<Option<usize>> {
+    match stream.read(buf) {
+        Ok(0) => Err(Error::Closed),
+        Ok(read) => Ok(Some(read)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
+        Err(e) => Err(Error::io("receive", &e)),
+    }
+}
+
+/// Queues the H2CTermReq that tells the controller why we end the connection (NVMe/TCP
+/// 1.0, 3.6.2.4), quoting the offending header.
+fn terminate(tx: &mut TxBuf, fault: Fault, header: &[u8]) -> Error {
+    tx.push(&pdu::term_req(pdu_type::H2C_TERM_REQ, fault.fatal, header));
+    let (fes, fei) = (fault.fatal.fes, fault.fatal.fei);
+    Error::Protocol(format!("{}: FES {fes:#x} FEI {fei:#x}", fault.message))
 }
 
 fn check_nlb(nlb: u32) -> Result<()> {

@@ -72,6 +72,15 @@ impl Pdu<'_> {
     }
 }
 
+/// The first part of a C2HData PDU whose data continues on the socket.
+pub(crate) struct Partial<'a> {
+    pub layout: Layout,
+    /// Header and header digest.
+    pub header: &'a [u8],
+    /// The data received so far (less than `layout.data_len`).
+    pub data: &'a [u8],
+}
+
 pub(crate) struct RxBuf {
     buf: Vec<u8>,
     start: usize,
@@ -155,6 +164,36 @@ impl RxBuf {
         let range = self.start..self.start + layout.total;
         self.start += layout.total;
         Ok(Some(Pdu { layout, bytes: &self.buf[range], data_digest_ok }))
+    }
+
+    /// A C2HData PDU of at least `min_data` bytes whose header (digest checked) is here
+    /// but whose data is still arriving: the header and the data so far are consumed, so
+    /// the rest can be read from the socket straight into the command's buffer.
+    pub fn take_partial_data(&mut self, tx: &mut TxBuf, min_data: usize) -> Result<Option<Partial<'_>>> {
+        let pending = self.pending();
+        if pending.len() < COMMON_HEADER_BYTES {
+            return Ok(None);
+        }
+        let header = CommonHeader::parse(pending);
+        if header.pdu_type != pdu_type::C2H_DATA {
+            return Ok(None);
+        }
+        // An invalid header is `next`'s to report; here it only means "not this path".
+        let Ok(layout) = validate(header, Receiver::Host, self.digests, MAX_TRANSFER_BYTES) else { return Ok(None) };
+        let data_end = layout.data_offset + layout.data_len;
+        if layout.data_len < min_data || pending.len() < layout.data_offset || pending.len() >= data_end {
+            return Ok(None);
+        }
+        let hlen = usize::from(header.hlen);
+        if layout.header_bytes > hlen && !pdu::header_digest_ok(pending, hlen) {
+            self.fatal(tx, Fatal::new(pdu::fes::HEADER_DIGEST_ERROR, 0), String::new());
+            return Err(Error::HeaderDigest { pdu_type: header.pdu_type });
+        }
+        let start = self.start;
+        self.start = self.end;
+        let header = &self.buf[start..start + layout.data_offset];
+        let data = &self.buf[start + layout.data_offset..self.end];
+        Ok(Some(Partial { layout, header, data }))
     }
 
     fn fatal(&self, tx: &mut TxBuf, fatal: Fatal, what: String) -> Error {

@@ -50,6 +50,9 @@ pub struct Config {
     pub corrupt_read_data: bool,
     /// A read of this LBA gets C2HData at a wrong offset.
     pub bad_c2h_offset_lba: Option<u64>,
+    /// Send each C2HData PDU in two parts with a pause between, so the host sees the
+    /// header long before the end of the data.
+    pub slow_c2h: bool,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             bad_header_digest_on_keep_alive: false,
             corrupt_read_data: false,
             bad_c2h_offset_lba: None,
+            slow_c2h: false,
         }
     }
 }
@@ -236,7 +240,14 @@ impl Connection {
                 }
                 bytes.extend_from_slice(&crc);
             }
-            let _ = self.stream.write_all(&bytes);
+            if self.config.slow_c2h {
+                let half = bytes.len() / 2;
+                let _ = self.stream.write_all(&bytes[..half]);
+                thread::sleep(std::time::Duration::from_millis(20));
+                let _ = self.stream.write_all(&bytes[half..]);
+            } else {
+                let _ = self.stream.write_all(&bytes);
+            }
             at += len;
         }
         self.config.c2h_success
