@@ -118,6 +118,9 @@ impl Controller {
                 return Err(Error::Invalid(format!("NQN of {} bytes: {nqn:?}", nqn.len())));
             }
         }
+        if !(MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&options.admin_entries) {
+            return Err(Error::Invalid(format!("{} admin queue entries", options.admin_entries)));
+        }
         let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
         let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
         let mut admin =

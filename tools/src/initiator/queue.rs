@@ -69,7 +69,7 @@ impl Completion {
     }
 }
 
-/// One queue pair on its own connection. Not `Sync`: one thread drives it.
+/// One queue pair on its own connection, driven by one thread through `&mut self`.
 ///
 /// CIDs are slot indices. A CID is handed out again only after its completion left the
 /// queue through `poll` or `wait`, but a caller that resubmits while walking a batch of
@@ -187,7 +187,8 @@ impl QueuePair {
     }
 
     /// Queues any command. The queue sets the CID and the SGL descriptor; `buf` is the
-    /// data to send or the space to receive into (empty for `Xfer::None`).
+    /// data to send or the space to receive into (empty for `Xfer::None`). On error the
+    /// buffer is dropped: check `free_slots()` first to keep it.
     pub fn submit(&mut self, cmd: SqeBuilder, xfer: Xfer, buf: Vec<u8>) -> Result<u16> {
         self.check_failed()?;
         let len = buf.len();
@@ -276,7 +277,8 @@ impl QueuePair {
         Ok(())
     }
 
-    /// Waits for command `cid`; other completions stay queued for `poll`.
+    /// Waits for command `cid`; other completions stay queued for `poll`. After a timeout
+    /// the command is still outstanding and its completion comes through `poll`.
     pub fn wait(&mut self, cid: u16) -> Result<Completion> {
         let deadline = Instant::now() + self.timeout;
         loop {
