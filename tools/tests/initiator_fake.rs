@@ -170,6 +170,10 @@ fn connect_refused_for_an_unknown_host() {
     let fake = Fake::start(Config::default());
     let refused = Controller::connect(fake.addr, SUBNQN, "nqn.2014-08.org.example:intruder", &Options::default());
     assert_eq!(refused.err().and_then(|e| e.status()), Some(status::CONNECT_INVALID_HOST));
+    // A queue larger than MQES is refused, and DW0 names SQSIZE (byte 44) as the culprit.
+    let mut ctrl = connect(&fake, Digests::default());
+    let oversized = ctrl.io_queue_with_qid(1, 256).err().expect("SQSIZE above MQES");
+    assert!(matches!(oversized, Error::Command { dw0: 44, .. }), "{oversized:?}");
     let too_long = Controller::connect(fake.addr, &"n".repeat(300), HOSTNQN, &Options::default());
     assert!(matches!(too_long.err(), Some(Error::Invalid(_))));
 }

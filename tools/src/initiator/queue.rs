@@ -63,7 +63,8 @@ impl Completion {
             return Err(Error::DataDigest { cid: self.cid });
         }
         if !self.status.is_success() {
-            return Err(Error::Command { opcode: self.opcode, cid: self.cid, status: self.status, dnr: self.dnr });
+            let (opcode, cid, status, dnr, dw0) = (self.opcode, self.cid, self.status, self.dnr, self.result as u32);
+            return Err(Error::Command { opcode, cid, status, dnr, dw0 });
         }
         Ok(self)
     }

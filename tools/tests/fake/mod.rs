@@ -328,8 +328,14 @@ impl Connection {
                 if !known || hostnqn != HOSTNQN {
                     return self.respond(Cqe::new(cid, status::CONNECT_INVALID_HOST), false);
                 }
-                if u64::from(sqsize) > MQES || (qid > 0 && cntlid != CNTLID) {
-                    return self.respond(Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS), false);
+                // IPO names the offending field: SQSIZE (SQE byte 44) or CNTLID (data byte 16).
+                if u64::from(sqsize) > MQES {
+                    let refusal = Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS).with_result(44);
+                    return self.respond(refusal, false);
+                }
+                if qid > 0 && cntlid != CNTLID {
+                    let refusal = Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS).with_result(16 | 1 << 16);
+                    return self.respond(refusal, false);
                 }
                 self.respond(Cqe::new(cid, Status::SUCCESS).with_result(u64::from(CNTLID)), false);
             }
