@@ -352,7 +352,8 @@ impl QueuePair {
             // Handle what is buffered even when the read failed: a TermReq just before the
             // close explains the close better than the close does.
             let read = self.handle_pdus().and(filled)?;
-            if read == 0 && self.direct.is_none() {
+            // A short read drained the socket: another now would only cost a syscall.
+            if self.direct.is_none() && (read == 0 || !self.transport.rx.more()) {
                 return Ok(());
             }
         }

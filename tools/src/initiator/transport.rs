@@ -86,11 +86,13 @@ pub(crate) struct RxBuf {
     start: usize,
     end: usize,
     digests: Digests,
+    /// The last read filled all the room it was given: the socket may hold more.
+    more: bool,
 }
 
 impl RxBuf {
     fn new(digests: Digests) -> RxBuf {
-        RxBuf { buf: vec![0; MAX_TRANSFER_BYTES + 2 * PDU_OVERHEAD_BYTES], start: 0, end: 0, digests }
+        RxBuf { buf: vec![0; MAX_TRANSFER_BYTES + 2 * PDU_OVERHEAD_BYTES], start: 0, end: 0, digests, more: false }
     }
 
     /// Reads what the socket has (non-blocking). Ok(0): nothing yet.
@@ -111,12 +113,18 @@ impl RxBuf {
         match stream.read(&mut self.buf[self.end..limit]) {
             Ok(0) => Err(Error::Closed),
             Ok(read) => {
+                self.more = self.end + read == limit;
                 self.end += read;
                 Ok(read)
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
             Err(e) => Err(Error::io("receive", &e)),
         }
+    }
+
+    /// Whether another read now would likely find data (the last one was not short).
+    pub fn more(&self) -> bool {
+        self.more
     }
 
     /// Bytes the PDU at `start` occupies once complete (a header's worth while its length
