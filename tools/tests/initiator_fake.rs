@@ -4,7 +4,7 @@ mod fake;
 
 use std::time::Duration;
 
-use fake::{Config, Fake, BAD_DIGEST_LBA, CNTLID, HOSTNQN, NSID, SUBNQN, TERM_FEI, TERM_FES, TERM_OPCODE};
+use fake::{Config, Fake, AER_NOTICE, BAD_DIGEST_LBA, CNTLID, HOSTNQN, NSID, SUBNQN, TERM_FEI, TERM_FES, TERM_OPCODE};
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{status, Status};
 use peerless_target::tcp::pdu::{fes, pdu_type};
@@ -170,6 +170,10 @@ fn connect_refused_for_an_unknown_host() {
     let fake = Fake::start(Config::default());
     let refused = Controller::connect(fake.addr, SUBNQN, "nqn.2014-08.org.example:intruder", &Options::default());
     assert_eq!(refused.err().and_then(|e| e.status()), Some(status::CONNECT_INVALID_HOST));
+    // A queue larger than MQES is refused, and DW0 names SQSIZE (byte 44) as the culprit.
+    let mut ctrl = connect(&fake, Digests::default());
+    let oversized = ctrl.io_queue_with_qid(1, 256).err().expect("SQSIZE above MQES");
+    assert!(matches!(oversized, Error::Command { dw0: 44, .. }), "{oversized:?}");
     let too_long = Controller::connect(fake.addr, &"n".repeat(300), HOSTNQN, &Options::default());
     assert!(matches!(too_long.err(), Some(Error::Invalid(_))));
 }
@@ -239,4 +243,99 @@ fn discovery_lists_subsystems() {
     assert_eq!((log.entries[1].traddr.as_str(), log.entries[1].trsvcid.as_str()), ("127.0.0.1", "4420"));
     let connects = fake.state.lock().expect("state").connects.clone();
     assert_eq!(connects, vec![(0, 31, 0, 0xffff)], "discovery connects with KATO 0");
+}
+
+#[test]
+fn aer_completion_waits_for_poll_while_blocking_helpers_run() {
+    let fake = Fake::start(Config::default());
+    let mut ctrl = connect(&fake, Digests::default());
+    let aer = ctrl.submit_async_event_request().expect("submit AER");
+    ctrl.keep_alive().expect("a blocking command with an AER outstanding");
+    let mut events = Vec::new();
+    ctrl.poll_admin(&mut events).expect("poll admin");
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].cid, events[0].result), (aer, AER_NOTICE));
+}
+
+#[test]
+fn keep_alive_when_half_the_timeout_passed() {
+    let fake = Fake::start(Config::default());
+    let options = Options { kato_ms: 100, ..options(Digests::default()) };
+    let mut ctrl = Controller::connect(fake.addr, SUBNQN, HOSTNQN, &options).expect("connect");
+    assert!(!ctrl.keep_alive_if_due().expect("early"));
+    std::thread::sleep(Duration::from_millis(60));
+    assert!(ctrl.keep_alive_if_due().expect("due"));
+    assert!(!ctrl.keep_alive_if_due().expect("just sent"));
+    assert_eq!(fake.state.lock().expect("state").keep_alives, 1);
+}
+
+#[test]
+fn disconnect_and_shutdown() {
+    let fake = Fake::start(Config::default());
+    let mut ctrl = connect(&fake, Digests::default());
+    let mut queue = ctrl.io_queue(4).expect("io queue");
+    queue.disconnect().expect("disconnect");
+    let mut buf = vec![0u8; 512];
+    assert!(matches!(queue.read(NSID, 0, 1, &mut buf), Err(Error::Invalid(_))), "no commands after Disconnect");
+    ctrl.shutdown().expect("shutdown");
+    assert_eq!(fake.state.lock().expect("state").cc >> 14 & 0x3, 1, "CC.SHN = normal");
+}
+
+#[test]
+fn large_single_c2h_pdus_behind_small_ones() {
+    // Whole 1 MiB reads in one C2HData PDU each, pipelined behind small ones: the receive
+    // buffer must make room for a PDU that starts late in it.
+    let fake = Fake::start(Config { c2h_chunk: 1 << 20, ..Config::default() });
+    let mut ctrl = connect(&fake, Digests { header: true, data: true });
+    let mut queue = ctrl.io_queue(16).expect("io queue");
+    let big = pattern(1 << 20, 3);
+    queue.write(NSID, 0, 2048, &big).expect("write 1 MiB");
+    let sizes = [512usize, 1 << 20, 4096, 1 << 20, 512, 1 << 20];
+    for size in sizes {
+        queue.submit_read(NSID, 0, (size / 512) as u32, vec![0; size]).expect("submit");
+    }
+    for completion in drain(&mut queue, sizes.len()) {
+        assert!(completion.is_ok());
+        assert!(completion.buf[..] == big[..completion.buf.len()]);
+    }
+}
+
+#[test]
+fn protocol_violation_sends_an_h2c_term_req() {
+    let fake = Fake::start(Config { bad_c2h_offset_lba: Some(17), ..Config::default() });
+    let mut ctrl = connect(&fake, Digests::default());
+    let mut queue = ctrl.io_queue(4).expect("io queue");
+    let mut buf = vec![0u8; 1024];
+    let error = queue.read(NSID, 17, 2, &mut buf).expect_err("C2HData at the wrong offset");
+    assert!(matches!(&error, Error::Protocol(text) if text.contains("FES 0x4")), "{error}");
+    for _ in 0..100 {
+        if !fake.state.lock().expect("state").host_term_reqs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(fake.state.lock().expect("state").host_term_reqs, vec![(fes::DATA_OUT_OF_RANGE, 12)]);
+}
+
+#[test]
+fn large_c2h_data_goes_straight_into_the_buffer() {
+    for (digests, success) in [(Digests::default(), false), (Digests { header: true, data: true }, true)] {
+        let config = Config { slow_c2h: true, c2h_chunk: 256 * 1024, c2h_success: success, ..Config::default() };
+        let fake = Fake::start(config);
+        let mut ctrl = connect(&fake, digests);
+        let mut queue = ctrl.io_queue(8).expect("io queue");
+        let data = pattern(512 * 1024, 5);
+        queue.write(NSID, 1024, 1024, &data).expect("write");
+        let mut back = vec![0u8; data.len()];
+        queue.read(NSID, 1024, 1024, &mut back).expect("read");
+        assert!(back == data, "{digests:?}");
+        assert_eq!(queue.direct_c2h_pdus(), 2, "two 256 KiB PDUs, each seen before its end");
+        if digests.data {
+            let error = queue.read(NSID, BAD_DIGEST_LBA, 64, &mut back[..32 * 1024]).expect_err("bad digest");
+            assert!(matches!(error, Error::DataDigest { .. }), "{error}");
+            assert_eq!(queue.direct_c2h_pdus(), 3);
+        }
+        queue.read(NSID, 0, 1, &mut back[..512]).expect("small reads still take the buffered path");
+        assert!(fake.errors().is_empty(), "{:?}", fake.errors());
+    }
 }

@@ -111,3 +111,22 @@ fn bad_configurations_are_refused_before_io() {
     many.queues_per_ns = 32;
     assert!(perf::run(&many, &mut out).is_err(), "-P above -q");
 }
+
+#[test]
+fn two_workers_share_a_namespace_with_verify_and_json_figures() {
+    // Two threads on the first and last allowed CPUs (the same one on a 1-CPU machine).
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|c| allowed.is_set(*c).unwrap_or(false)).collect();
+    let fake = Fake::start(Config::default());
+    let mut two = config(&fake, "randrw", true);
+    two.cores = vec![cpus[0], cpus[cpus.len() - 1]];
+    two.queue_depth = 8;
+    two.digests = Digests::default();
+    let (summary, text) = run(&two);
+    assert_eq!((summary.errors, summary.mismatches), (0, 0));
+    assert_eq!(text.matches(" from core ").count(), 2, "a row per worker: {text}");
+    assert_eq!(fake.state.lock().expect("state").connects.len(), 2 + 2 * 2, "discovery, admin, 2 workers x -P 2");
+    let json = serde_json::to_value(&summary).expect("json");
+    assert!(json["iops"].as_f64().expect("iops") > 0.0);
+    assert!(json["latency_us"]["p999"].as_f64().expect("p999") >= json["latency_us"]["p50"].as_f64().expect("p50"));
+}

@@ -13,7 +13,7 @@ use peerless_target::tcp::pdu::Digests;
 
 use super::error::{Error, Result};
 use super::info::{Capabilities, ControllerInfo, NamespaceInfo};
-use super::queue::{IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+use super::queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
 use super::transport::{Transport, MAX_TRANSFER_BYTES};
 
 /// Entries of the admin queue (Linux's NVME_AQ_DEPTH; the discovery log's ASQSZ).
@@ -57,6 +57,12 @@ pub mod feature {
 const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
 const CSTS_RDY: u64 = 1 << 0;
 const CSTS_CFS: u64 = 1 << 1;
+/// CC.SHN = 01b, normal shutdown (bits 15:14); CSTS.SHST = 10b, complete (bits 3:2).
+const CC_SHN_NORMAL: u64 = 1 << 14;
+const CSTS_SHST_MASK: u64 = 0x3 << 2;
+const CSTS_SHST_COMPLETE: u64 = 0x2 << 2;
+/// Waiting for shutdown when the controller gives no RTD3E hint (Linux's default too).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How to connect.
 #[derive(Clone, Debug)]
@@ -111,6 +117,9 @@ impl Controller {
             if nqn.is_empty() || nqn.len() > MAX_NQN_BYTES {
                 return Err(Error::Invalid(format!("NQN of {} bytes: {nqn:?}", nqn.len())));
             }
+        }
+        if !(MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&options.admin_entries) {
+            return Err(Error::Invalid(format!("{} admin queue entries", options.admin_entries)));
         }
         let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
         let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
@@ -304,6 +313,32 @@ impl Controller {
             return Ok(false);
         }
         self.keep_alive().map(|()| true)
+    }
+
+    /// Normal shutdown: CC.SHN = 01b, then wait for CSTS.SHST = complete (NVMe Base 2.0, 3.6.2).
+    pub fn shutdown(&mut self) -> Result<()> {
+        self.property_set(property::CC, CC_ENABLE | CC_SHN_NORMAL)?;
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            if self.property_get(property::CSTS, false)? & CSTS_SHST_MASK == CSTS_SHST_COMPLETE {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout { what: "CSTS.SHST after CC.SHN", ms: SHUTDOWN_TIMEOUT.as_millis() as u64 });
+            }
+            thread::sleep(CSTS_POLL_INTERVAL);
+        }
+    }
+
+    /// Submits an Asynchronous Event Request; it completes when the controller has an event.
+    /// Blocking admin helpers leave its completion for `poll_admin`.
+    pub fn submit_async_event_request(&mut self) -> Result<u16> {
+        self.admin.submit(SqeBuilder::new(admin::ASYNC_EVENT_REQUEST, 0), Xfer::None, Vec::new())
+    }
+
+    /// Completions of admin commands submitted without waiting (AERs), non-blocking.
+    pub fn poll_admin(&mut self, out: &mut Vec<Completion>) -> Result<usize> {
+        self.admin.poll(usize::from(ADMIN_QUEUE_ENTRIES), out)
     }
 
     /// Connects the next I/O queue (qid 1, 2, ...) with `entries` entries on a new connection.

@@ -18,7 +18,14 @@ pub enum Error {
     /// A command completed with an error status.
     #[error("command {opcode:#04x} (cid {cid}) failed: {status} (sct {:#x}, sc {:#04x}{})",
         status.sct, status.sc, if *dnr { ", do not retry" } else { "" })]
-    Command { opcode: u8, cid: u16, status: Status, dnr: bool },
+    Command {
+        opcode: u8,
+        cid: u16,
+        status: Status,
+        dnr: bool,
+        /// CQE DW0: for a refused Connect, the invalid parameter (IATTR bit 16, IPO 15:0).
+        dw0: u32,
+    },
     /// A received PDU's header digest did not match; the connection is over.
     #[error("header digest mismatch on a PDU of type {pdu_type:#04x}")]
     HeaderDigest { pdu_type: u8 },

@@ -103,7 +103,12 @@ impl ControllerInfo {
     }
 
     /// In-capsule data bytes an I/O command may carry (IOCCSZ counts the 64-byte SQE too).
+    /// 0 when the controller wants the data at an offset (ICDOFF): we place it right after
+    /// the SQE, so such a controller gets every write through R2T instead.
     pub fn in_capsule_data_bytes(&self) -> usize {
+        if self.icdoff != 0 {
+            return 0;
+        }
         (self.ioccsz as usize * 16).saturating_sub(64)
     }
 

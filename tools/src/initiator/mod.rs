@@ -15,6 +15,7 @@
 mod controller;
 mod discovery;
 mod error;
+mod inflight;
 mod info;
 mod queue;
 mod transport;
@@ -24,5 +25,5 @@ pub use discovery::{discover, subtype, DiscoveryEntry, DiscoveryLog, DISCOVERY_N
 pub use error::{Error, Result};
 pub use info::{hex, uuid_string, Capabilities, ControllerInfo, NamespaceInfo};
 pub use peerless_target::tcp::pdu::Digests;
-pub use queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+pub use queue::{Completion, IoQueue, QueuePair, Xfer, DIRECT_MIN_BYTES, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
 pub use transport::{Negotiated, RawPdu, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};

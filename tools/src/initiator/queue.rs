@@ -4,22 +4,29 @@
 //! completion, so the hot path allocates nothing.
 
 use std::collections::VecDeque;
+use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use peerless_target::nvme::cmd::SqeBuilder;
-use peerless_target::nvme::{io, Cqe, Status, CQE_BYTES};
-use peerless_target::tcp::pdu::{self, flags, pdu_type, DataHeader, COMMON_HEADER_BYTES};
+use peerless_target::nvme::{fctype, io, Status};
+use peerless_target::tcp::pdu::{self, pdu_type, DIGEST_BYTES};
 
 use super::error::{Error, Result};
-use super::transport::{Negotiated, Pdu, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
+use super::inflight::{push_with_data, Direct, Fault, Handler, Slot};
+use super::transport::{Negotiated, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
 
 /// Most entries a queue may have (NVMe: SQSIZE is a 0's based u16; we bound it lower
 /// because every entry owns a slot).
 pub const MAX_QUEUE_ENTRIES: u16 = 4096;
 /// Fewest entries: a queue of one entry can hold no command (full = entries - 1).
 pub const MIN_QUEUE_ENTRIES: u16 = 2;
-/// PDUs handled per `poll` at most, bounding the time one queue holds its thread.
+/// PDUs handled per receive round at most, bounding the time one queue holds its thread.
 const MAX_PDUS_PER_POLL: usize = 1024;
+/// Socket reads per `poll` at most.
+const RECEIVE_ROUNDS: usize = 4;
+/// C2HData at least this large, not yet fully received, is read from the socket straight
+/// into its command's buffer instead of through the receive buffer (one copy fewer).
+pub const DIRECT_MIN_BYTES: usize = 16 * 1024;
 
 /// Which way a command's data moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,26 +63,14 @@ impl Completion {
             return Err(Error::DataDigest { cid: self.cid });
         }
         if !self.status.is_success() {
-            return Err(Error::Command { opcode: self.opcode, cid: self.cid, status: self.status, dnr: self.dnr });
+            let (opcode, cid, status, dnr, dw0) = (self.opcode, self.cid, self.status, self.dnr, self.result as u32);
+            return Err(Error::Command { opcode, cid, status, dnr, dw0 });
         }
         Ok(self)
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    busy: bool,
-    opcode: u8,
-    xfer: Option<Xfer>,
-    /// Data went in the capsule; an R2T for this command is a protocol error.
-    in_capsule: bool,
-    buf: Vec<u8>,
-    /// Bytes received (C2HData) or solicited by R2Ts so far.
-    moved: usize,
-    digest_error: bool,
-}
-
-/// One queue pair on its own connection. Not `Sync`: one thread drives it.
+/// One queue pair on its own connection, driven by one thread through `&mut self`.
 ///
 /// CIDs are slot indices. A CID is handed out again only after its completion left the
 /// queue through `poll` or `wait`, but a caller that resubmits while walking a batch of
@@ -92,6 +87,10 @@ pub struct QueuePair {
     timeout: Duration,
     /// A blocking helper's reusable data buffer.
     spare: Vec<u8>,
+    /// A large C2HData PDU being read straight into its buffer.
+    direct: Option<Direct>,
+    /// How many C2HData PDUs took that path.
+    direct_pdus: u64,
     failed: Option<Error>,
 }
 
@@ -120,6 +119,8 @@ impl QueuePair {
             max_transfer_bytes: MAX_TRANSFER_BYTES,
             timeout,
             spare: Vec::new(),
+            direct: None,
+            direct_pdus: 0,
             failed: None,
         }
     }
@@ -159,6 +160,11 @@ impl QueuePair {
         self.max_transfer_bytes
     }
 
+    /// C2HData PDUs whose data was read from the socket straight into the command's buffer.
+    pub fn direct_c2h_pdus(&self) -> u64 {
+        self.direct_pdus
+    }
+
     /// The error that ended this queue, if one did.
     pub fn failure(&self) -> Option<&Error> {
         self.failed.as_ref()
@@ -182,7 +188,8 @@ impl QueuePair {
     }
 
     /// Queues any command. The queue sets the CID and the SGL descriptor; `buf` is the
-    /// data to send or the space to receive into (empty for `Xfer::None`).
+    /// data to send or the space to receive into (empty for `Xfer::None`). On error the
+    /// buffer is dropped: check `free_slots()` first to keep it.
     pub fn submit(&mut self, cmd: SqeBuilder, xfer: Xfer, buf: Vec<u8>) -> Result<u16> {
         self.check_failed()?;
         let len = buf.len();
@@ -261,7 +268,18 @@ impl QueuePair {
         self.command(SqeBuilder::new(io::FLUSH, 0).nsid(nsid), Xfer::None, Vec::new()).map(drop)
     }
 
-    /// Waits for command `cid`; other completions stay queued for `poll`.
+    /// Fabrics Disconnect (NVMe-oF 1.1, 3.7): ends this queue's association cleanly. The
+    /// queue refuses further commands afterwards.
+    pub fn disconnect(&mut self) -> Result<()> {
+        // RECFMT 0 (byte 40-41).
+        let cmd = SqeBuilder::fabrics(fctype::DISCONNECT, 0).u16_at(40, 0);
+        self.command(cmd, Xfer::None, Vec::new())?;
+        self.failed = Some(Error::Invalid(format!("queue {} was disconnected", self.qid)));
+        Ok(())
+    }
+
+    /// Waits for command `cid`; other completions stay queued for `poll`. After a timeout
+    /// the command is still outstanding and its completion comes through `poll`.
     pub fn wait(&mut self, cid: u16) -> Result<Completion> {
         let deadline = Instant::now() + self.timeout;
         loop {
@@ -276,24 +294,21 @@ impl QueuePair {
                 let ms = self.timeout.as_millis() as u64;
                 return Err(Error::Timeout { what: "a command completion", ms });
             }
-            if self.transport.tx.is_empty() {
-                self.transport.wait_readable(deadline)?;
-            } else {
-                self.flush()?;
-            }
+            // Wait for the controller, or for room to send what is still queued.
+            self.transport.wait_ready(deadline, !self.transport.tx.is_empty())?;
         }
     }
 
     /// Sends bytes exactly as given (tests of the target's PDU validation).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
         self.transport.tx.push(bytes);
-        self.transport.flush_all(Instant::now() + self.timeout)
+        self.transport.flush_all(self.timeout)
     }
 
     /// The next PDU as it arrived, unvalidated (tests). Do not mix with outstanding commands.
     pub fn recv_pdu(&mut self, timeout: Duration) -> Result<RawPdu> {
-        self.transport.flush_all(Instant::now() + timeout)?;
-        self.transport.recv_raw(Instant::now() + timeout)
+        self.transport.flush_all(timeout)?;
+        self.transport.recv_raw(timeout)
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -323,155 +338,98 @@ impl QueuePair {
     fn progress(&mut self) -> Result<()> {
         self.check_failed()?;
         self.flush()?;
-        let filled = self.transport.rx.fill(&mut self.transport.stream);
-        let result = filled.and_then(|_| self.handle_pdus());
-        self.fail_on(result)?;
+        let received = self.receive();
+        self.fail_on(received)?;
         self.flush()
     }
 
+    fn receive(&mut self) -> Result<()> {
+        for _ in 0..RECEIVE_ROUNDS {
+            if self.direct.is_some() && !self.read_direct()? {
+                return Ok(());
+            }
+            let filled = self.transport.rx.fill(&mut self.transport.stream);
+            // Handle what is buffered even when the read failed: a TermReq just before the
+            // close explains the close better than the close does.
+            let read = self.handle_pdus().and(filled)?;
+            // A short read drained the socket: another now would only cost a syscall.
+            if self.direct.is_none() && (read == 0 || !self.transport.rx.more()) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     fn handle_pdus(&mut self) -> Result<()> {
-        let Transport { rx, tx, negotiated, .. } = &mut self.transport;
-        let mut queue = Handler { slots: &mut self.slots, ready: &mut self.ready, tx, negotiated };
+        let QueuePair { transport, slots, ready, direct, direct_pdus, .. } = self;
+        let Transport { rx, tx, negotiated, .. } = transport;
+        let mut handler = Handler { slots, ready, tx, negotiated };
         for _ in 0..MAX_PDUS_PER_POLL {
-            match rx.next(queue.tx)? {
-                Some(pdu) => queue.handle(&pdu)?,
-                None => break,
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The parts of a queue PDU handling touches, borrowed apart from the receive buffer.
-struct Handler<'a> {
-    slots: &'a mut [Slot],
-    ready: &'a mut VecDeque<Completion>,
-    tx: &'a mut TxBuf,
-    negotiated: &'a Negotiated,
-}
-
-impl Handler<'_> {
-    fn handle(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        match pdu.layout.header.pdu_type {
-            pdu_type::CAPSULE_RESP => {
-                let cqe = Cqe::decode(&pdu.bytes[COMMON_HEADER_BYTES..COMMON_HEADER_BYTES + CQE_BYTES]);
-                let slot = self.busy_slot(cqe.cid, "CapsuleResp")?;
-                let expected = slot.buf.len();
-                if cqe.status.is_success()
-                    && slot.xfer != Some(Xfer::None)
-                    && !slot.in_capsule
-                    && slot.moved != expected
-                {
-                    let moved = slot.moved;
-                    return Err(Error::Protocol(format!("cid {}: success after {moved} of {expected} bytes", cqe.cid)));
+            let Some(pdu) = rx.next(handler.tx)? else {
+                // Nothing complete: a large C2HData under way continues straight into its buffer.
+                if let Some(partial) = rx.take_partial_data(handler.tx, DIRECT_MIN_BYTES)? {
+                    match handler.begin_direct(&partial) {
+                        Ok(started) => {
+                            *direct = Some(started);
+                            *direct_pdus += 1;
+                        }
+                        Err(fault) => return Err(terminate(handler.tx, fault, partial.header)),
+                    }
                 }
-                self.complete(cqe.cid, cqe.status, cqe.dnr, cqe.result);
-                Ok(())
+                break;
+            };
+            if let Err(fault) = handler.handle(&pdu) {
+                return Err(terminate(handler.tx, fault, &pdu.bytes[..pdu.layout.header_bytes]));
             }
-            pdu_type::C2H_DATA => self.c2h_data(pdu),
-            pdu_type::R2T => self.r2t(pdu),
-            other => Err(Error::Protocol(format!("unexpected PDU type {other:#04x}"))),
-        }
-    }
-
-    fn busy_slot(&mut self, cid: u16, what: &str) -> Result<&mut Slot> {
-        match self.slots.get_mut(usize::from(cid)) {
-            Some(slot) if slot.busy => Ok(slot),
-            _ => Err(Error::Protocol(format!("{what} for cid {cid}, which has no command outstanding"))),
-        }
-    }
-
-    fn c2h_data(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        let header = DataHeader::parse(pdu.bytes);
-        let success = pdu.layout.header.flags & flags::SUCCESS != 0;
-        let last = pdu.layout.header.flags & flags::LAST_PDU != 0;
-        let slot = self.busy_slot(header.cccid, "C2HData")?;
-        let (offset, len) = (header.offset as usize, pdu.layout.data_len);
-        // Data must arrive in order and within the command's buffer (NVMe/TCP 1.0, 3.6.2.8).
-        if slot.xfer != Some(Xfer::FromController) || header.length as usize != len || offset != slot.moved {
-            return Err(Error::Protocol(format!(
-                "C2HData cid {} offset {offset} length {} (expected offset {})",
-                header.cccid, header.length, slot.moved
-            )));
-        }
-        let Some(dest) = slot.buf.get_mut(offset..offset + len) else {
-            return Err(Error::Protocol(format!("C2HData cid {} beyond its {} bytes", header.cccid, slot.buf.len())));
-        };
-        dest.copy_from_slice(pdu.data());
-        slot.moved += len;
-        slot.digest_error |= !pdu.data_digest_ok;
-        if success {
-            // SUCCESS stands in for the CapsuleResp, so it is only valid on the last PDU.
-            if !last || slot.moved != slot.buf.len() {
-                return Err(Error::Protocol(format!("C2HData SUCCESS before the end of cid {}", header.cccid)));
-            }
-            self.complete(header.cccid, Status::SUCCESS, false, 0);
         }
         Ok(())
     }
 
-    fn r2t(&mut self, pdu: &Pdu<'_>) -> Result<()> {
-        let header = DataHeader::parse(pdu.bytes);
-        let maxh2cdata = self.negotiated.maxh2cdata as usize;
-        let digests = self.negotiated.digests;
-        let slot = match self.slots.get(usize::from(header.cccid)) {
-            Some(slot) if slot.busy => slot,
-            _ => return Err(Error::Protocol(format!("R2T for idle cid {}", header.cccid))),
-        };
-        let (offset, len) = (header.offset as usize, header.length as usize);
-        if slot.xfer != Some(Xfer::ToController)
-            || slot.in_capsule
-            || len == 0
-            || offset != slot.moved
-            || offset + len > slot.buf.len()
-        {
-            return Err(Error::Protocol(format!(
-                "R2T cid {} offset {offset} length {len} for a {}-byte write at {}",
-                header.cccid,
-                slot.buf.len(),
-                slot.moved
-            )));
+    /// Reads the rest of a large C2HData PDU into its command's buffer. Ok(false): more to come.
+    fn read_direct(&mut self) -> Result<bool> {
+        let QueuePair { transport, slots, ready, direct, .. } = self;
+        let Some(state) = direct.as_mut() else { return Ok(true) };
+        let buf = &mut slots[usize::from(state.cid)].buf;
+        while state.at < state.end {
+            let Some(read) = read_some(&mut transport.stream, &mut buf[state.at..state.end])? else { return Ok(false) };
+            if let Some(crc) = state.crc.as_mut() {
+                crc.update(&buf[state.at..state.at + read]);
+            }
+            state.at += read;
         }
-        // Answer with H2CData PDUs of at most MAXH2CDATA bytes, LAST_PDU on the final one.
-        let mut at = offset;
-        while at < offset + len {
-            let chunk = (offset + len - at).min(maxh2cdata);
-            let last = at + chunk == offset + len;
-            let data_header =
-                DataHeader { cccid: header.cccid, ttag: header.ttag, offset: at as u32, length: chunk as u32 };
-            let encoded =
-                pdu::data_pdu(pdu_type::H2C_DATA, data_header, if last { flags::LAST_PDU } else { 0 }, digests);
-            push_with_data(self.tx, encoded.as_slice(), &slot.buf[at..at + chunk], digests);
-            at += chunk;
+        if state.crc.is_some() {
+            while state.trailer_got < DIGEST_BYTES {
+                let Some(read) = read_some(&mut transport.stream, &mut state.trailer[state.trailer_got..])? else {
+                    return Ok(false);
+                };
+                state.trailer_got += read;
+            }
         }
-        self.slots[usize::from(header.cccid)].moved = offset + len;
-        Ok(())
-    }
-
-    fn complete(&mut self, cid: u16, status: Status, dnr: bool, result: u64) {
-        let slot = &mut self.slots[usize::from(cid)];
-        debug_assert!(slot.busy);
-        slot.busy = false;
-        self.ready.push_back(Completion {
-            cid,
-            opcode: slot.opcode,
-            status,
-            dnr,
-            result,
-            buf: std::mem::take(&mut slot.buf),
-            data_digest_error: slot.digest_error,
-        });
+        let digest_ok = state.crc.is_none_or(|crc| crc.finish().to_le_bytes() == state.trailer);
+        let (cid, len, flags) = (state.cid, state.len, state.flags);
+        *direct = None;
+        let mut handler = Handler { slots, ready, tx: &mut transport.tx, negotiated: &transport.negotiated };
+        handler.finish_c2h(cid, len, digest_ok, flags).map_err(|fault| terminate(handler.tx, fault, &[]))?;
+        Ok(true)
     }
 }
 
-fn push_with_data(tx: &mut TxBuf, header: &[u8], data: &[u8], digests: pdu::Digests) {
-    tx.push(header);
-    if !data.is_empty() {
-        tx.push(data);
-        if digests.data {
-            tx.push(&pdu::digest(data));
-        }
+/// Reads what the socket has into `buf`: None when nothing is there yet.
+fn read_some(stream: &mut std::net::TcpStream, buf: &mut [u8]) -> Result<Option<usize>> {
+    match stream.read(buf) {
+        Ok(0) => Err(Error::Closed),
+        Ok(read) => Ok(Some(read)),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
+        Err(e) => Err(Error::io("receive", &e)),
     }
+}
+
+/// Queues the H2CTermReq that tells the controller why we end the connection (NVMe/TCP
+/// 1.0, 3.6.2.4), quoting the offending header.
+fn terminate(tx: &mut TxBuf, fault: Fault, header: &[u8]) -> Error {
+    tx.push(&pdu::term_req(pdu_type::H2C_TERM_REQ, fault.fatal, header));
+    let (fes, fei) = (fault.fatal.fes, fault.fatal.fei);
+    Error::Protocol(format!("{}: FES {fes:#x} FEI {fei:#x}", fault.message))
 }
 
 fn check_nlb(nlb: u32) -> Result<()> {

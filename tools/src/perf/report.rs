@@ -11,6 +11,8 @@ use serde::Serialize;
 use super::worker::{new_histogram, Row, Tick};
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// The table's device column is at least this wide (spdk_nvme_perf's width).
+const MIN_NAME_WIDTH: usize = 56;
 /// Percentiles `-L` prints, as spdk_nvme_perf's latency summary does.
 const SUMMARY_PERCENTILES: [f64; 12] = [1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0, 99.5, 99.9, 99.99];
 
@@ -108,34 +110,27 @@ pub fn summarize(rows: &[Row], elapsed: Duration, errors: u64, mismatches: u64) 
 /// The end-of-run table, one row per (core, namespace), in spdk_nvme_perf's shape.
 pub fn table(rows: &[Row], device: &str, elapsed: Duration, total: &Summary, out: &mut dyn Write) -> io::Result<()> {
     let secs = elapsed.as_secs_f64().max(f64::EPSILON);
-    let rule = "=".repeat(118);
+    let names: Vec<String> =
+        rows.iter().map(|row| format!("{device} NSID {} from core {}", row.nsid, row.core)).collect();
+    // The name column fits the longest device name, as the numbers must line up.
+    let width = names.iter().map(String::len).max().unwrap_or(0).max(MIN_NAME_WIDTH);
+    let rule = "=".repeat(width + 2 + 6 * 11);
     writeln!(out, "{rule}")?;
-    writeln!(out, "{:>118}", "Latency(us)")?;
-    writeln!(
-        out,
-        "{:<58}: {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "Device Information", "IOPS", "MiB/s", "Average", "p99", "min", "max"
-    )?;
-    for row in rows {
-        let name = format!("{device} NSID {} from core {}", row.nsid, row.core);
+    writeln!(out, "{:>w$}", "Latency(us)", w = rule.len())?;
+    let columns = ["IOPS", "MiB/s", "Average", "p99", "min", "max"];
+    write!(out, "{:<width$}: ", "Device Information")?;
+    writeln!(out, "{}", columns.map(|c| format!("{c:>10}")).join(" "))?;
+    for (row, name) in rows.iter().zip(&names) {
         let lat = LatencyUs::of(&row.latency_ns);
         let min = row.latency_ns.min() as f64 / 1000.0;
-        let (iops, mibps) = (row.ios as f64 / secs, row.bytes as f64 / MIB / secs);
-        writeln!(
-            out,
-            "{name:<58}: {iops:>10.2} {mibps:>10.2} {:>10.2} {:>10.2} {min:>10.2} {:>10.2}",
-            lat.avg, lat.p99, lat.max
-        )?;
+        let figures = [row.ios as f64 / secs, row.bytes as f64 / MIB / secs, lat.avg, lat.p99, min, lat.max];
+        writeln!(out, "{name:<width$}: {}", figures.map(|f| format!("{f:>10.2}")).join(" "))?;
     }
     writeln!(out, "{rule}")?;
     let lat = &total.latency_us;
-    let min =
-        rows.iter().filter(|r| !r.latency_ns.is_empty()).map(|r| r.latency_ns.min()).min().unwrap_or(0) as f64 / 1000.0;
-    writeln!(
-        out,
-        "{:<58}: {:>10.2} {:>10.2} {:>10.2} {:>10.2} {min:>10.2} {:>10.2}",
-        "Total", total.iops, total.mibps, lat.avg, lat.p99, lat.max
-    )?;
+    let min_ns = rows.iter().filter(|r| !r.latency_ns.is_empty()).map(|r| r.latency_ns.min()).min().unwrap_or(0);
+    let figures = [total.iops, total.mibps, lat.avg, lat.p99, min_ns as f64 / 1000.0, lat.max];
+    writeln!(out, "{:<width$}: {}", "Total", figures.map(|f| format!("{f:>10.2}")).join(" "))?;
     if total.errors > 0 || total.mismatches > 0 {
         writeln!(out, "I/O errors: {}  verify mismatches (blocks): {}", total.errors, total.mismatches)?;
     }
@@ -270,6 +265,9 @@ mod tests {
         table(&rows, "TCP (addr:x)", Duration::from_secs(2), &summary, &mut text).expect("table");
         let text = String::from_utf8(text).expect("utf8");
         assert!(text.contains("NSID 1 from core 0") && text.contains("Total"), "{text}");
+        let colons: Vec<usize> = text.lines().filter_map(|line| line.find(": ")).collect();
+        assert_eq!(colons.len(), 3, "header, row, total: {text}");
+        assert!(colons.iter().all(|c| *c == colons[0]), "columns line up: {text}");
     }
 
     #[test]

@@ -172,6 +172,8 @@ pub fn run(core: usize, jobs: Vec<Job>, plan: Plan, ticks: Sender<Tick>, rng_see
                 interval_bytes += completion.buf.len() as u64;
                 if !completion.is_ok() {
                     report.errors += 1;
+                    // Nothing to read back after a failed write: the lane starts a new write.
+                    io.op = Op::Read;
                 } else if io.op == Op::VerifyRead {
                     let block_size = state.job.ns.block_size as usize;
                     report.mismatches +=

@@ -30,6 +30,8 @@ pub const TERM_OPCODE: u8 = 0xc1;
 pub const TERM_FES: u16 = pdu::fes::PDU_SEQUENCE_ERROR;
 pub const TERM_FEI: u32 = 0x1234;
 pub const MQES: u64 = 127;
+/// The AER completion DW0 the fake returns: notice (2), attribute changed (0), log page 04h.
+pub const AER_NOTICE: u64 = 0x0004_0002;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -46,6 +48,11 @@ pub struct Config {
     pub bad_header_digest_on_keep_alive: bool,
     /// Flip a byte in every read's data (digests computed after), as a corrupting disk would.
     pub corrupt_read_data: bool,
+    /// A read of this LBA gets C2HData at a wrong offset.
+    pub bad_c2h_offset_lba: Option<u64>,
+    /// Send each C2HData PDU in two parts with a pause between, so the host sees the
+    /// header long before the end of the data.
+    pub slow_c2h: bool,
 }
 
 impl Default for Config {
@@ -61,6 +68,8 @@ impl Default for Config {
             mdts: 8,
             bad_header_digest_on_keep_alive: false,
             corrupt_read_data: false,
+            bad_c2h_offset_lba: None,
+            slow_c2h: false,
         }
     }
 }
@@ -231,7 +240,14 @@ impl Connection {
                 }
                 bytes.extend_from_slice(&crc);
             }
-            let _ = self.stream.write_all(&bytes);
+            if self.config.slow_c2h {
+                let half = bytes.len() / 2;
+                let _ = self.stream.write_all(&bytes[..half]);
+                thread::sleep(std::time::Duration::from_millis(20));
+                let _ = self.stream.write_all(&bytes[half..]);
+            } else {
+                let _ = self.stream.write_all(&bytes);
+            }
             at += len;
         }
         self.config.c2h_success
@@ -283,6 +299,8 @@ impl Connection {
                 self.respond(Cqe::new(cid, Status::SUCCESS).with_result(u64::from(sqe.cdw(11))), false)
             }
             admin::GET_FEATURES => self.respond(Cqe::new(cid, Status::SUCCESS).with_result(0x42), false),
+            // A notice at once: namespace attribute changed (type 2, info 0, log 04h).
+            admin::ASYNC_EVENT_REQUEST => self.respond(Cqe::new(cid, Status::SUCCESS).with_result(AER_NOTICE), false),
             admin::KEEP_ALIVE => {
                 self.state.lock().expect("state").keep_alives += 1;
                 let corrupt = self.config.bad_header_digest_on_keep_alive;
@@ -310,18 +328,26 @@ impl Connection {
                 if !known || hostnqn != HOSTNQN {
                     return self.respond(Cqe::new(cid, status::CONNECT_INVALID_HOST), false);
                 }
-                if u64::from(sqsize) > MQES || (qid > 0 && cntlid != CNTLID) {
-                    return self.respond(Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS), false);
+                // IPO names the offending field: SQSIZE (SQE byte 44) or CNTLID (data byte 16).
+                if u64::from(sqsize) > MQES {
+                    let refusal = Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS).with_result(44);
+                    return self.respond(refusal, false);
+                }
+                if qid > 0 && cntlid != CNTLID {
+                    let refusal = Cqe::new(cid, status::CONNECT_INVALID_PARAMETERS).with_result(16 | 1 << 16);
+                    return self.respond(refusal, false);
                 }
                 self.respond(Cqe::new(cid, Status::SUCCESS).with_result(u64::from(CNTLID)), false);
             }
+            fctype::DISCONNECT => self.respond(Cqe::new(cid, Status::SUCCESS), false),
             fctype::PROPERTY_GET => {
                 let cc = self.state.lock().expect("state").cc;
                 let value = match le32(&sqe.0, 44) {
                     0x00 => MQES | (1 << 24), // CAP: MQES, TO = 500 ms
                     0x08 => 0x0001_0300,
                     0x14 => cc,
-                    0x1c => cc & 1, // CSTS.RDY follows CC.EN at once
+                    // CSTS.RDY follows CC.EN at once; SHST reports complete once SHN is set.
+                    0x1c => (cc & 1) | if cc & (0x3 << 14) != 0 { 0x2 << 2 } else { 0 },
                     _ => return self.respond(Cqe::new(cid, Status::INVALID_FIELD), false),
                 };
                 self.respond(Cqe::new(cid, Status::SUCCESS).with_result(value), false);
@@ -421,6 +447,11 @@ impl Connection {
             Ok(range) => range,
             Err(status) => return self.respond(Cqe::new(sqe.cid(), status), false),
         };
+        if Some(sqe.slba()) == self.config.bad_c2h_offset_lba {
+            let header = DataHeader { cccid: sqe.cid(), ttag: 0, offset: 512, length: 512 };
+            let encoded = pdu::data_pdu(pdu_type::C2H_DATA, header, flags::LAST_PDU, self.digests);
+            return self.send(encoded.as_slice(), &[0u8; 512]);
+        }
         let mut data = self.state.lock().expect("state").disk[range].to_vec();
         if self.config.corrupt_read_data {
             let middle = data.len() / 2;
