@@ -130,7 +130,7 @@ impl LayerChannel {
             return;
         }
         io.push_completion(&self.own, 0);
-        io.submitted_at = Some(ctx.now());
+        io.submitted_ns = ctx.now_ns();
         self.in_flight += 1;
         if io.io_type.has_data() {
             if let Err(status) = self.bounce_in(&mut io) {
@@ -209,7 +209,7 @@ impl LayerChannel {
             did_work = true;
             self.in_flight -= 1;
             Self::bounce_out(&mut io);
-            let latency_ns = io.submitted_at.map_or(0, |at| ctx.now().saturating_duration_since(at).as_nanos() as u64);
+            let latency_ns = ctx.now_ns().saturating_sub(io.submitted_ns);
             let bytes = io.num_blocks * u64::from(self.info.block_size);
             self.stats.record(io.io_type, bytes, latency_ns, io.status);
             io.pass_up();

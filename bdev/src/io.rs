@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::rc::Rc;
-use std::time::Instant;
 
 use peerless_core::mem::{self, DmaBuf, IoBuf, P2pBuf, SegRef, Sgl};
 
@@ -146,7 +145,8 @@ pub struct BdevIo {
     /// Who hears the completion, innermost last: each layer or stacked module that wants
     /// to see the I/O on its way back pushes itself; `complete` pops one entry per hop.
     completions: Vec<(CompletionQueue, u64)>,
-    pub(crate) submitted_at: Option<Instant>,
+    /// When the layer accepted it, on the thread's nanosecond clock (0: not yet).
+    pub(crate) submitted_ns: u64,
     /// Host buffers the layer substituted for buffers the bdev cannot DMA from.
     pub(crate) bounced: Option<Vec<DataBuf>>,
     /// Payload bytes, set by the layer from the block count: buffers may be larger (pool
@@ -167,7 +167,7 @@ impl BdevIo {
             status: IoStatus::SUCCESS,
             tag: 0,
             completions: Vec::with_capacity(COMPLETION_DEPTH),
-            submitted_at: None,
+            submitted_ns: 0,
             bounced: None,
             data_len: 0,
         })
@@ -182,13 +182,16 @@ impl BdevIo {
         self.buffers.clear();
         self.status = IoStatus::SUCCESS;
         self.tag = 0;
-        self.submitted_at = None;
+        self.submitted_ns = 0;
         self.bounced = None;
         self.data_len = 0;
     }
 
     pub fn buffer_bytes(&self) -> usize {
-        self.buffers.iter().map(DataBuf::len).sum()
+        match self.buffers.as_slice() {
+            [only] => only.len(),
+            many => many.iter().map(DataBuf::len).sum(),
+        }
     }
 
     /// The payload as a tagged list (read-only view), exactly the I/O's length once the

@@ -19,7 +19,8 @@ pub use cpumask::{CoreMask, CoreMaskError, MAX_CORES};
 pub use poller::{PollStatus, PollerId, PollerStat, PollerState};
 pub use run_loop::ReactorStat;
 pub use thread::{
-    Msg, SendError, ThreadCtx, ThreadHandle, ThreadId, ThreadStats, DEFAULT_MSG_QUEUE_CAPACITY, MSG_BATCH_SIZE,
+    monotonic_ns, Msg, SendError, ThreadCtx, ThreadHandle, ThreadId, ThreadStats, DEFAULT_MSG_QUEUE_CAPACITY,
+    MSG_BATCH_SIZE,
 };
 
 #[cfg(test)]

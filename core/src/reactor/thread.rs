@@ -187,6 +187,9 @@ pub struct ThreadCtx {
     stats: ThreadStats,
     exiting: bool,
     now: Instant,
+    /// `now` as nanoseconds since the process's clock epoch, computed once per timeslice
+    /// so per-I/O timing is integer arithmetic.
+    now_ns: u64,
 }
 
 impl ThreadCtx {
@@ -200,6 +203,7 @@ impl ThreadCtx {
             stats: ThreadStats::default(),
             exiting: false,
             now: Instant::now(),
+            now_ns: monotonic_ns(Instant::now()),
         }
     }
 
@@ -230,6 +234,11 @@ impl ThreadCtx {
     /// The time at the start of this thread's current timeslice.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// The timeslice's start in nanoseconds on a process-wide monotonic clock.
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
     }
 
     pub fn stats(&self) -> ThreadStats {
@@ -329,6 +338,7 @@ impl ThreadCtx {
     /// Runs one timeslice; returns whether any work was done.
     pub(crate) fn poll(&mut self, now: Instant) -> bool {
         self.now = now;
+        self.now_ns = monotonic_ns(now);
         let mut busy = self.flush_outbox();
         busy |= self.run_messages(MSG_BATCH_SIZE);
         if self.exiting {
@@ -399,4 +409,11 @@ impl ThreadCtx {
             self.stats.idle_ns += elapsed_ns;
         }
     }
+}
+
+/// Nanoseconds from a fixed process-wide epoch to `at`.
+pub fn monotonic_ns(at: Instant) -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    at.saturating_duration_since(epoch).as_nanos() as u64
 }
