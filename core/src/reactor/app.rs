@@ -387,14 +387,7 @@ impl AppHandle {
         visit: impl Fn(&mut ThreadCtx) + Send + Sync + 'static,
         done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
     ) {
-        let walk = ThreadWalk {
-            targets: self.threads(),
-            next: 0,
-            visit: Arc::new(visit),
-            origin: ctx.handle(),
-            done: Box::new(done),
-        };
-        walk_next(ctx, walk);
+        walk_threads(ctx, self.threads(), visit, done);
     }
 }
 
@@ -462,15 +455,26 @@ struct ThreadWalk {
     done: FiniDone,
 }
 
+/// Visits `targets` one after another, then runs `done` on the calling thread. The walk
+/// travels in a slot so that a send refused because a target exited hands it back, and
+/// the walk goes on to the next target instead of being lost.
+pub(crate) fn walk_threads(
+    ctx: &mut ThreadCtx,
+    targets: Vec<ThreadHandle>,
+    visit: impl Fn(&mut ThreadCtx) + Send + Sync + 'static,
+    done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
+) {
+    let walk = ThreadWalk { targets, next: 0, visit: Arc::new(visit), origin: ctx.handle(), done: Box::new(done) };
+    walk_next(ctx, walk);
+}
+
 fn walk_next(ctx: &mut ThreadCtx, mut walk: ThreadWalk) {
     while let Some(target) = walk.targets.get(walk.next).cloned() {
         walk.next += 1;
         let slot = Arc::new(Mutex::new(Some(walk)));
         let carried = slot.clone();
         let sent = ctx.send_to(&target, move |ctx| {
-            let Some(walk) = carried.lock().take() else {
-                return;
-            };
+            let Some(walk) = carried.lock().take() else { return };
             (walk.visit)(ctx);
             walk_next(ctx, walk);
         });
@@ -484,5 +488,6 @@ fn walk_next(ctx: &mut ThreadCtx, mut walk: ThreadWalk) {
         }
     }
     let (origin, done) = (walk.origin, walk.done);
+    // The origin exiting before its own walk completes leaves nobody to tell.
     let _ = ctx.send_to(&origin, move |ctx| done(ctx));
 }

@@ -69,64 +69,24 @@ impl<T: 'static> IoDevice<T> {
         visit: impl Fn(&mut ThreadCtx, &mut T) + Send + Sync + 'static,
         done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
     ) {
-        let device = self.clone_sendable();
-        let holders = self.holders();
-        let origin = ctx.handle();
-        visit_next(ctx, ChannelWalk { device, holders, next: 0, visit: Arc::new(visit), origin, done: Box::new(done) });
-    }
-
-    fn clone_sendable(&self) -> SendableDevice<T> {
-        SendableDevice(self.inner.clone())
+        let device = SendableDevice(self.inner.clone());
+        super::app::walk_threads(
+            ctx,
+            self.holders(),
+            move |ctx| {
+                // A holder whose channel went since the snapshot is passed by.
+                if let Some(channel) = lookup::<T>(ctx, device.0.id) {
+                    visit(ctx, &mut channel.borrow_mut());
+                }
+            },
+            done,
+        );
     }
 }
 
 /// An `IoDevice` moved between threads inside a walk; `DeviceInner` is Send + Sync
 /// because its only non-Sync state sits behind a mutex.
 struct SendableDevice<T>(Arc<DeviceInner<T>>);
-
-type VisitFn<T> = Arc<dyn Fn(&mut ThreadCtx, &mut T) + Send + Sync>;
-
-struct ChannelWalk<T: 'static> {
-    device: SendableDevice<T>,
-    holders: Vec<ThreadHandle>,
-    next: usize,
-    visit: VisitFn<T>,
-    origin: ThreadHandle,
-    done: Box<dyn FnOnce(&mut ThreadCtx) + Send>,
-}
-
-fn visit_next<T: 'static>(ctx: &mut ThreadCtx, walk: ChannelWalk<T>) {
-    // The walk travels in a slot so that a send refused because the holder exited
-    // hands it back, and the walk goes on to the next holder instead of being lost.
-    let mut walk = walk;
-    while let Some(target) = walk.holders.get(walk.next).cloned() {
-        walk.next += 1;
-        let slot = Arc::new(Mutex::new(Some(walk)));
-        let carried = slot.clone();
-        let sent = ctx.send_to(&target, move |ctx| {
-            let Some(walk) = carried.lock().take() else {
-                return;
-            };
-            if let Some(channel) = lookup::<T>(ctx, walk.device.0.id) {
-                let visit = walk.visit.clone();
-                visit(ctx, &mut channel.borrow_mut());
-            }
-            visit_next(ctx, walk);
-        });
-        if sent.is_ok() {
-            return;
-        }
-        let back = slot.lock().take();
-        match back {
-            Some(back) => walk = back,
-            None => return,
-        }
-    }
-    let done = walk.done;
-    let origin = walk.origin;
-    // The origin exiting before its own walk completes leaves nobody to tell.
-    let _ = ctx.send_to(&origin, move |ctx| done(ctx));
-}
 
 struct ChannelInner<T: 'static> {
     value: RefCell<T>,

@@ -25,6 +25,18 @@ use crate::tcp::poll_group::{self, PollGroupStats};
 const NS_CLAIMANT: &str = "NVMe-oF Target";
 const DEFAULT_TRSVCID: u16 = 4420;
 
+/// Answers a change that hosts see in the discovery log: on success the log's generation
+/// moves (and discovery controllers get the notice), then the caller hears `true`.
+fn announce(target: &NvmfTarget, result: Result<(), RpcError>, responder: Responder) {
+    match result {
+        Ok(()) => {
+            target.discovery_changed();
+            responder.ok_true()
+        }
+        Err(err) => responder.err(err),
+    }
+}
+
 fn invalid(message: impl Into<String>) -> RpcError {
     RpcError::invalid_params(message)
 }
@@ -212,13 +224,7 @@ fn create_subsystem(_: &mut ThreadCtx, target: &NvmfTarget, params: CreateSubsys
         state.max_cntlid = max;
         Ok(())
     })();
-    match result {
-        Ok(()) => {
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+    announce(target, result, responder);
 }
 
 fn delete_subsystem(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
@@ -325,13 +331,7 @@ fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: ListenerParams
         found.state.lock().listeners.push(ListenAddress { addr });
         Ok(())
     })();
-    match result {
-        Ok(()) => {
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+    announce(target, result, responder);
 }
 
 /// Closes the socket of `addr` once no subsystem lists it.
@@ -565,13 +565,7 @@ fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, params: HostParams, responde
         state.hosts.push(params.host);
         Ok(())
     })();
-    match result {
-        Ok(()) => {
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+    announce(target, result, responder);
 }
 
 fn remove_host(_: &mut ThreadCtx, target: &NvmfTarget, params: HostParams, responder: Responder) {
@@ -592,13 +586,7 @@ fn remove_host(_: &mut ThreadCtx, target: &NvmfTarget, params: HostParams, respo
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => {
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+    announce(target, result, responder);
 }
 
 #[derive(Deserialize)]
