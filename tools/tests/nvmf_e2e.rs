@@ -316,3 +316,55 @@ fn cap_reports_the_transport_queue_depth() {
     assert_eq!(queue.entries(), 256);
     queue.write(1, 0, 1, &pattern(0, 1, 1)).unwrap();
 }
+
+/// Polls `check` until it holds or the shared deadline passes.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + support::WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn removing_namespaces_and_subsystems_releases_what_they_held() {
+    let target = Target::start("teardown", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let mut queue = controller.io_queue(8).unwrap();
+    queue.write(1, 0, 1, &pattern(0, 1, 1)).unwrap();
+    let claimed =
+        |target: &Target| target.call("bdev_get_bdevs", Some(json!({"name": "Malloc0"})))[0]["claimed"] == json!(true);
+
+    // Removing the namespace: I/O to it fails cleanly and its bdev is released.
+    target.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 1})));
+    let mut buf = vec![0u8; BLOCK as usize];
+    let err = queue.read(1, 0, 1, &mut buf).unwrap_err();
+    assert_eq!(err.status(), Some(Status::INVALID_NAMESPACE), "{err}");
+    eventually("the bdev's claim is released", || !claimed(&target));
+
+    // Deleting the bdev under a live namespace removes the namespace (hot-remove).
+    target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}})));
+    queue.write(1, 0, 1, &pattern(0, 1, 2)).unwrap();
+    target.call("bdev_malloc_delete", Some(json!({"name": "Malloc0"})));
+    eventually("the namespace goes with its bdev", || {
+        target.call("nvmf_get_subsystems", Some(json!({"nqn": NQN})))[0]["namespaces"] == json!([])
+    });
+    assert_eq!(queue.read(1, 0, 1, &mut buf).unwrap_err().status(), Some(Status::INVALID_NAMESPACE));
+
+    // Deleting the subsystem disconnects its host.
+    target.call("nvmf_delete_subsystem", Some(json!({"nqn": NQN})));
+    eventually("the host's queues end", || queue.read(1, 0, 1, &mut buf).is_err() && controller.keep_alive().is_err());
+    let subsystems = target.call("nvmf_get_subsystems", None);
+    assert_eq!(subsystems.as_array().unwrap().len(), 1, "only discovery remains: {subsystems}");
+    let stats = target.call("nvmf_get_stats", None);
+    eventually("no qpair is left", || {
+        let stats = target.call("nvmf_get_stats", None);
+        stats["poll_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["current_io_qpairs"] == json!(0) && g["current_admin_qpairs"] == json!(0))
+    });
+    assert_eq!(stats["poll_groups"][0]["pending_bdev_io"], json!(0));
+}
