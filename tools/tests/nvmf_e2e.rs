@@ -368,3 +368,28 @@ fn removing_namespaces_and_subsystems_releases_what_they_held() {
     });
     assert_eq!(stats["poll_groups"][0]["pending_bdev_io"], json!(0));
 }
+
+#[test]
+fn a_full_receive_buffer_of_pipelined_commands_is_not_mistaken_for_eof() {
+    // 127 writes of 1 KiB in the capsule (1096 bytes each, ~139 KB) overfill the target's
+    // ~132 KiB receive buffer in one read with more PDUs than it handles per poll.
+    let target = Target::start("fullbuf", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let mut controller = connect(addr, Digests::default());
+    let mut queue = controller.io_queue(128).unwrap();
+    for round in 0..5u8 {
+        let cids: Vec<u16> = (0..127u64)
+            .map(|index| queue.submit_write(1, index * 2, 2, pattern(index * 2, 2, round)).unwrap())
+            .collect();
+        let mut done = Vec::new();
+        let deadline = Instant::now() + support::WAIT;
+        while done.len() < cids.len() {
+            assert!(Instant::now() < deadline, "round {round}: {} of {} completed", done.len(), cids.len());
+            queue.poll(128, &mut done).unwrap_or_else(|err| panic!("round {round}: {err}"));
+        }
+        assert!(done.iter().all(|completion| completion.is_ok()), "round {round}");
+    }
+    let mut back = vec![0u8; 2 * BLOCK as usize];
+    queue.read(1, 252, 2, &mut back).unwrap();
+    assert_eq!(back, pattern(252, 2, 4));
+}

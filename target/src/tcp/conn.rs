@@ -231,13 +231,26 @@ impl Conn {
         if self.recv_start == self.recv_end {
             self.recv_start = 0;
             self.recv_end = 0;
+        } else if self.recv_start > 0 && self.recv.len() - self.recv_end < READ_SLACK_BYTES {
+            // Unhandled PDUs sit at the end: move them to the front before reading more.
+            self.recv.copy_within(self.recv_start..self.recv_end, 0);
+            self.recv_end -= self.recv_start;
+            self.recv_start = 0;
         }
-        match self.stream.read(&mut self.recv[self.recv_end..]) {
-            Ok(0) => {
+        // A full buffer holds only complete PDUs (a partial one always fits): handle them
+        // first. Reading into no space would return 0, which means EOF.
+        let read = if self.recv_end == self.recv.len() {
+            Ok(None)
+        } else {
+            self.stream.read(&mut self.recv[self.recv_end..]).map(Some)
+        };
+        match read {
+            Ok(None) => busy = true,
+            Ok(Some(0)) => {
                 self.close("the host closed the connection");
                 return true;
             }
-            Ok(read) => {
+            Ok(Some(read)) => {
                 self.recv_end += read;
                 busy = true;
             }
