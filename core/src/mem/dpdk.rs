@@ -106,6 +106,12 @@ impl RteMem {
         }
         debug_assert_eq!(addr % DMA_ALIGN_BYTES, 0);
         debug_assert!(!mem.regions.is_empty());
+        crate::log_debug!(
+            crate::log::flags::MEM,
+            "dpdk: {len} bytes at {addr:#x} on {page_bytes}-byte pages, IOVA as {}, {} IOVA-contiguous run(s)",
+            mem.iova_mode,
+            mem.regions.len()
+        );
         Ok(mem)
     }
 
