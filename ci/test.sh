@@ -23,4 +23,18 @@ cargo build --workspace --all-targets --locked
 step "cargo test"
 cargo test --workspace --locked
 
+# DPDK memory (issue 10): bindgen over Debian's DPDK, the EAL started with
+# --no-huge --no-pci --no-shconf (DPDK 22.11 refuses --in-memory with --no-huge).
+# Needs no hugepages and no root.
+step "dpdk: clippy with --features dpdk"
+cargo clippy --locked -p spdk-sys -p peerless-core -p peerless-bdev -p peerless-target -p peerless-tools \
+    --all-targets --features peerless-tools/dpdk,peerless-bdev/dpdk -- -D warnings
+
+step "dpdk: tests with --features dpdk"
+# The NVMe/TCP test runs the peerless-tgt binary, so it is built with DPDK first.
+cargo build --locked -p peerless-target --features dpdk --bin peerless-tgt
+cargo test --locked -p spdk-sys -p peerless-core --features peerless-core/dpdk
+cargo test --locked -p peerless-bdev --features dpdk --test dpdk
+cargo test --locked -p peerless-tools --features dpdk --test dpdk_e2e
+
 step "done"

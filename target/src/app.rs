@@ -9,6 +9,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use peerless_bdev::{BdevManager, BdevSubsystem};
 use peerless_core::log::{self, Level};
+use peerless_core::mem::env::{self, EnvOptions, MemEnv};
 use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus};
 use peerless_core::rpc::{framework, Registry, RpcServer};
 use peerless_core::{config, log_error, log_notice};
@@ -30,6 +31,8 @@ pub struct TargetOptions {
     pub rpc_socket: PathBuf,
     pub wait_for_rpc: bool,
     pub interrupt_mode: bool,
+    /// The memory environment, started before the reactors (`--env`, `-s`, ...).
+    pub mem: EnvOptions,
 }
 
 impl TargetOptions {
@@ -41,8 +44,19 @@ impl TargetOptions {
         wait_for_rpc: bool,
         log_flags: &[String],
         interrupt_mode: bool,
+        mut mem: EnvOptions,
     ) -> Result<Self, TargetError> {
         let cpumask = CoreMask::parse(cpumask).map_err(|err| TargetError::Usage(format!("-m: {err}")))?;
+        mem.validate().map_err(|err| TargetError::Usage(err.to_string()))?;
+        if mem.env == MemEnv::Dpdk && !env::DPDK_BUILT {
+            return Err(TargetError::Usage(
+                "--env dpdk: this peerless-tgt was built without DPDK support; rebuild with \
+                 `cargo build -p peerless-target --features dpdk` (needs libdpdk-dev, libclang-dev, pkg-config)"
+                    .into(),
+            ));
+        }
+        // The EAL's main lcore is the first reactor core.
+        mem.main_core = cpumask.cores().next().unwrap_or(0);
         for flag in log_flags {
             log::set_flag(flag, true).map_err(|err| TargetError::Usage(format!("-L: {err}")))?;
         }
@@ -51,7 +65,7 @@ impl TargetOptions {
             log::set_level(Level::Debug);
             log::set_print_level(Level::Debug);
         }
-        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode })
+        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode, mem })
     }
 }
 
@@ -81,6 +95,11 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     stop_signals.thread_block().map_err(|err| TargetError::Start(format!("cannot block signals: {err}")))?;
     let signals = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|err| TargetError::Start(format!("cannot open a signalfd: {err}")))?;
+
+    // Before any reactor or pool exists, so every DMA buffer comes from the chosen
+    // environment; after the signal mask, so the EAL's own threads inherit it.
+    let mem = env::start(&options.mem).map_err(|err| TargetError::Start(err.to_string()))?;
+    log_notice!("memory: {mem}");
 
     let app_options = AppOptions {
         name: "peerless-tgt".into(),

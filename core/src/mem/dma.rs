@@ -1,12 +1,18 @@
 //! DMA-able host memory: page-aligned, mlock'ed anonymous mappings, on 2 MiB hugepages
 //! when the system has them. Never fails for want of hugepages or lockable memory: it
-//! falls back, says so once in the log, and carries on (the DPDK backend comes with
-//! spdk-sys). Every buffer is registered as Host memory with bus address = virtual
-//! address, as SPDK does in IOVA-as-VA mode.
+//! falls back, says so once in the log, and carries on. Every buffer is registered as
+//! Host memory with bus address = virtual address, as SPDK does in IOVA-as-VA mode.
+//!
+//! With `peerless-core`'s `dpdk` feature and the DPDK environment started
+//! ([`super::env::start`]), buffers come from the EAL heap instead ([`super::dpdk`]),
+//! registered with DPDK's IOVAs. The plain backend stays the default.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+#[cfg(feature = "dpdk")]
+use super::dpdk::RteMem;
+use super::env::MemEnv;
 use super::map::Mapping;
 use super::registry::{self, Region, RegionHandle};
 use super::sgl::{Seg, SegRef, Sgl};
@@ -31,16 +37,45 @@ fn log_once(flag: &AtomicBool, msg: std::fmt::Arguments<'_>) {
 /// An owned, zeroed block of DMA memory, unmapped and unregistered on drop.
 #[derive(Debug)]
 pub struct DmaBuf {
-    map: Mapping,
+    mem: Backing,
     len: usize,
-    huge: bool,
-    locked: bool,
-    _region: RegionHandle,
+}
+
+/// Where a buffer's bytes live.
+#[derive(Debug)]
+enum Backing {
+    Plain {
+        map: Mapping,
+        huge: bool,
+        locked: bool,
+        _region: RegionHandle,
+    },
+    #[cfg(feature = "dpdk")]
+    Dpdk(RteMem),
 }
 
 impl DmaBuf {
-    /// At least `len` bytes (rounded up to a page, or a hugepage when huge).
+    /// At least `len` bytes from the current backend ([`super::env::backend`]): plain
+    /// memory rounded up to a page, or a hugepage when huge; or the EAL heap.
     pub fn alloc(len: usize) -> Result<DmaBuf> {
+        #[cfg(feature = "dpdk")]
+        if super::env::backend() == MemEnv::Dpdk {
+            return DmaBuf::alloc_dpdk(len);
+        }
+        DmaBuf::alloc_plain(len)
+    }
+
+    /// `len` bytes of the EAL heap, whatever the current backend; the EAL must run.
+    #[cfg(feature = "dpdk")]
+    pub fn alloc_dpdk(len: usize) -> Result<DmaBuf> {
+        if len == 0 {
+            return Err(Error::Config("DMA buffer of zero bytes".into()));
+        }
+        Ok(DmaBuf { mem: Backing::Dpdk(RteMem::alloc(len)?), len })
+    }
+
+    /// Plain memory, whatever the current backend.
+    pub fn alloc_plain(len: usize) -> Result<DmaBuf> {
         if len == 0 {
             return Err(Error::Config("DMA buffer of zero bytes".into()));
         }
@@ -66,7 +101,26 @@ impl DmaBuf {
             provider: None,
         })?;
         debug_assert_eq!(map.addr() % DMA_ALIGN_BYTES, 0);
-        Ok(DmaBuf { len, map, huge, locked, _region: region })
+        Ok(DmaBuf { mem: Backing::Plain { map, huge, locked, _region: region }, len })
+    }
+
+    /// Which backend the bytes come from.
+    pub fn backend(&self) -> MemEnv {
+        match &self.mem {
+            Backing::Plain { .. } => MemEnv::Plain,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(_) => MemEnv::Dpdk,
+        }
+    }
+
+    /// How many IOVA-contiguous pieces the buffer is registered as (DPDK memory in
+    /// IOVA-as-PA mode may have several); `None` for plain memory, which is one.
+    pub fn iova_runs(&self) -> Option<usize> {
+        match &self.mem {
+            Backing::Plain { .. } => None,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(mem) => Some(mem.iova_runs()),
+        }
     }
 
     /// Bytes asked for (the mapping may be larger).
@@ -79,15 +133,27 @@ impl DmaBuf {
     }
 
     pub fn is_huge(&self) -> bool {
-        self.huge
+        match &self.mem {
+            Backing::Plain { huge, .. } => *huge,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(mem) => mem.is_huge(),
+        }
     }
 
     pub fn is_locked(&self) -> bool {
-        self.locked
+        match &self.mem {
+            Backing::Plain { locked, .. } => *locked,
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(mem) => mem.is_locked(),
+        }
     }
 
     pub(crate) fn addr(&self) -> usize {
-        self.map.addr()
+        match &self.mem {
+            Backing::Plain { map, .. } => map.addr(),
+            #[cfg(feature = "dpdk")]
+            Backing::Dpdk(mem) => mem.addr(),
+        }
     }
 
     fn piece(&self, off: usize, len: usize, writable: bool) -> Result<Seg> {

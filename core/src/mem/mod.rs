@@ -15,7 +15,8 @@
 //!   raw mappings, accessors and the SIMD kernels live here behind safe functions, each
 //!   unsafe block under a `// SAFETY:` line. `accel` and every other layer are safe code.
 //!
-//! Memory comes from [`DmaBuf`] (mlock'ed, hugepage when possible), the iobuf-style
+//! Memory comes from [`DmaBuf`] (mlock'ed, hugepage when possible, or DPDK's EAL heap
+//! when [`env::start`] chose it, feature `dpdk`), the iobuf-style
 //! [`IoBufPool`], and P2P providers ([`EmulatedCmb`], [`P2pMem`]) recorded in the region
 //! [`registry`].
 #![allow(unsafe_code)]
@@ -25,6 +26,9 @@ mod cmb;
 mod copy;
 mod device_dma;
 mod dma;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
+pub mod env;
 mod io;
 mod map;
 mod miter;
@@ -102,6 +106,8 @@ pub enum Error {
     NoBusAddress { region: String },
     #[error("{limit} waiters already queued for {class:?} iobufs on this cache; retry later")]
     WaitQueueFull { class: IoBufClass, limit: usize },
+    #[error("DPDK: {0}")]
+    Dpdk(String),
     #[error("invalid configuration: {0}")]
     Config(String),
 }

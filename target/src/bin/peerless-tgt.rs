@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use peerless_core::mem::env::{EnvOptions, IovaMode, MemEnv};
 use peerless_target::app::{run, TargetOptions};
 
 #[derive(Parser, Debug)]
@@ -30,10 +31,30 @@ struct Args {
     /// Sleep in epoll when idle instead of busy-polling.
     #[arg(long = "interrupt-mode")]
     interrupt_mode: bool,
+    /// Where DMA memory comes from: plain (anonymous mappings) or dpdk (the DPDK EAL
+    /// heap; needs a build with --features peerless-core/dpdk).
+    #[arg(long = "env", default_value = "plain", value_name = "plain|dpdk")]
+    env: MemEnv,
+    /// DPDK memory size in MiB (--env dpdk).
+    #[arg(short = 's', long = "mem-size", value_name = "MB")]
+    mem_size_mb: Option<u32>,
+    /// DPDK without hugepages: 4 KiB anonymous pages, IOVA as VA (--env dpdk).
+    #[arg(long = "no-huge")]
+    no_huge: bool,
+    /// DPDK IOVA mode: pa or va (--env dpdk; DPDK picks when absent).
+    #[arg(long = "iova-mode", value_name = "pa|va")]
+    iova_mode: Option<IovaMode>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let mem = EnvOptions {
+        env: args.env,
+        mem_size_mb: args.mem_size_mb,
+        no_huge: args.no_huge,
+        iova_mode: args.iova_mode,
+        ..EnvOptions::default()
+    };
     let options = match TargetOptions::from_flags(
         &args.cpumask,
         args.json,
@@ -41,6 +62,7 @@ fn main() -> ExitCode {
         args.wait_for_rpc,
         &args.logflag,
         args.interrupt_mode,
+        mem,
     ) {
         Ok(options) => options,
         Err(err) => {
