@@ -6,6 +6,7 @@
 //! (the initiator owns its buffers); the Vecs are recycled, so steady state allocates nothing.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use peerless_target::nvme::cmd::SqeBuilder;
@@ -36,7 +37,10 @@ struct Inflight {
 }
 
 struct File {
-    controller: Controller,
+    addr: SocketAddr,
+    subnqn: String,
+    /// Connected from open to close only (see `add_file`).
+    controller: Option<Controller>,
     nsid: u32,
     block_size: u32,
     size_bytes: u64,
@@ -179,8 +183,9 @@ impl NvmfEngine {
         }
         self.next_keep_alive_check = now + KEEP_ALIVE_CHECK;
         for file in self.files.values_mut() {
-            if let Err(error) = file.controller.keep_alive_if_due() {
-                eprintln!("peerless_nvmf: keep alive to {}: {error}", file.controller.subnqn());
+            let Some(controller) = file.controller.as_mut() else { continue };
+            if let Err(error) = controller.keep_alive_if_due() {
+                eprintln!("peerless_nvmf: keep alive to {}: {error}", file.subnqn);
             }
         }
     }
@@ -203,8 +208,13 @@ impl Engine for NvmfEngine {
         if ns.block_size == 0 || ns.nsze == 0 {
             return Err(format!("namespace {nsid} of {} is not active or has no usable format", controller.subnqn()));
         }
+        // fio sets up every job before the first one runs; a controller left connected
+        // here would sit without keep-alives through the earlier jobs (stonewall) and be
+        // dropped by the target. So this one only sizes the namespace; open reconnects.
         let file = File {
-            controller,
+            addr: spec.addr,
+            subnqn: controller.subnqn().to_string(),
+            controller: None,
             nsid,
             block_size: ns.block_size,
             size_bytes: ns.size_bytes(),
@@ -221,11 +231,17 @@ impl Engine for NvmfEngine {
         if file.queue.is_some() {
             return Ok(());
         }
+        let controller = match &mut file.controller {
+            Some(controller) => controller,
+            slot => slot.insert(
+                Controller::connect(file.addr, &file.subnqn, &self.hostnqn, &self.options)
+                    .map_err(|err| format!("connect to {} at {}: {err}", file.subnqn, file.addr))?,
+            ),
+        };
         // A queue of N entries holds N - 1 commands.
         let wanted = u16::try_from(depth.saturating_add(1)).unwrap_or(MAX_QUEUE_ENTRIES);
-        let entries = wanted.clamp(MIN_QUEUE_ENTRIES, file.controller.max_io_queue_entries().max(MIN_QUEUE_ENTRIES));
-        let queue =
-            file.controller.io_queue(entries).map_err(|err| format!("I/O queue of {entries} entries: {err}"))?;
+        let entries = wanted.clamp(MIN_QUEUE_ENTRIES, controller.max_io_queue_entries().max(MIN_QUEUE_ENTRIES));
+        let queue = controller.io_queue(entries).map_err(|err| format!("I/O queue of {entries} entries: {err}"))?;
         file.inflight.reserve(usize::from(queue.depth()));
         file.queue = Some(queue);
         Ok(())
@@ -234,6 +250,7 @@ impl Engine for NvmfEngine {
     fn close_file(&mut self, fileno: u32) {
         if let Some(file) = self.files.get_mut(&fileno) {
             file.queue = None;
+            file.controller = None;
         }
     }
 
