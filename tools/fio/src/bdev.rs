@@ -8,7 +8,7 @@
 //! the io_u buffer and a recycled heap buffer that the BdevIo owns. The reactor is woken
 //! by a message only when its poller has gone idle, so a busy queue costs no wake-ups.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -24,6 +24,8 @@ use crate::iou::IoBuf;
 
 /// How long open and close wait for the lightweight thread to answer.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long getevents waits for any completion before failing what is outstanding.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One I/O on its way to the lightweight thread.
 struct Submission {
@@ -61,6 +63,8 @@ pub struct BdevEngine {
     files: HashMap<u32, File>,
     /// Outstanding I/O by token; reads keep the io_u buffer to fill.
     inflight: HashMap<Token, Option<IoBuf>>,
+    /// io_us failed for want of an answer, handed out by the next getevents.
+    expired: VecDeque<Event>,
     done_tx: Sender<Done>,
     done_rx: Receiver<Done>,
     spare: Vec<Box<[u8]>>,
@@ -74,6 +78,7 @@ impl BdevEngine {
         Ok(BdevEngine {
             files: HashMap::new(),
             inflight: HashMap::new(),
+            expired: VecDeque::new(),
             done_tx,
             done_rx,
             spare: Vec::new(),
@@ -86,6 +91,13 @@ impl BdevEngine {
             Some(at) => self.spare.swap_remove(at),
             None => vec![0u8; len].into_boxed_slice(),
         }
+    }
+
+    /// Fails every outstanding io_u with ETIMEDOUT; a completion that comes later finds
+    /// no io_u to touch and is dropped.
+    fn abandon_inflight(&mut self) {
+        eprintln!("peerless_bdev: no completion in {IO_TIMEOUT:?}; failing {} I/O", self.inflight.len());
+        self.expired.extend(self.inflight.drain().map(|(token, _)| Event { token, error: libc::ETIMEDOUT }));
     }
 
     fn finish(&mut self, done: Done, out: &mut Vec<Event>) {
@@ -186,23 +198,23 @@ impl Engine for BdevEngine {
         debug_assert!(min <= max, "min {min} > max {max}");
         let deadline = timeout.map(|timeout| Instant::now() + timeout);
         while out.len() < max {
-            let done = if out.len() >= min {
-                match self.done_rx.try_recv() {
-                    Ok(done) => done,
-                    Err(_) => break,
-                }
+            if let Some(event) = self.expired.pop_front() {
+                out.push(event);
+                continue;
+            }
+            let received = if out.len() >= min {
+                self.done_rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
             } else {
-                let wait = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-                let received = match wait {
-                    Some(wait) => self.done_rx.recv_timeout(wait),
-                    None => self.done_rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-                };
-                match received {
-                    Ok(done) => done,
-                    Err(_) => break,
-                }
+                // fio may wait without a timeout; a bdev that stopped answering must not
+                // hang it forever.
+                let wait = deadline.map_or(IO_TIMEOUT, |deadline| deadline.saturating_duration_since(Instant::now()));
+                self.done_rx.recv_timeout(wait)
             };
-            self.finish(done, out);
+            match received {
+                Ok(done) => self.finish(done, out),
+                Err(_) if deadline.is_none() && out.len() < min && !self.inflight.is_empty() => self.abandon_inflight(),
+                Err(_) => break,
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::io;
 use peerless_tools::initiator::{
-    self, subtype, Completion, Controller, Error, IoQueue, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
+    self, subtype, Completion, Controller, Error, IoQueue, Options, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
 };
 
 use crate::engine::{blocks, Engine, Event, Op, Queued, Request, Token};
@@ -100,37 +100,42 @@ impl NvmfEngine {
     fn submit(&mut self, fileno: u32, request: &Request) -> Result<u16, i32> {
         let file = self.files.get(&fileno).ok_or(libc::EBADF)?;
         let (nsid, block_size, size_bytes) = (file.nsid, file.block_size, file.size_bytes);
-        let mut data = Vec::new();
-        let command = match request.op {
-            Op::Flush => (SqeBuilder::new(io::FLUSH, 0).nsid(nsid), initiator::Xfer::None),
-            op => {
-                let (slba, nlb) = blocks(request.offset, request.len, block_size, size_bytes)?;
-                // NLB is a 0's based 16-bit field: at most 65536 blocks per command.
-                let nlb = u32::try_from(nlb).ok().filter(|nlb| *nlb <= 0x1_0000).ok_or(libc::EINVAL)?;
-                match op {
-                    Op::Read => {
-                        data = self.buffer(request.len);
-                        (SqeBuilder::new(io::READ, 0).rw(nsid, slba, nlb), initiator::Xfer::FromController)
-                    }
-                    Op::Write => {
-                        data = self.buffer(0);
-                        data.extend_from_slice(request.buf.as_ref().map_or(&[][..], IoBuf::bytes));
-                        (SqeBuilder::new(io::WRITE, 0).rw(nsid, slba, nlb), initiator::Xfer::ToController)
-                    }
-                    _ => {
-                        data = self.buffer(DSM_RANGE_BYTES);
-                        data[4..8].copy_from_slice(&nlb.to_le_bytes());
-                        data[8..16].copy_from_slice(&slba.to_le_bytes());
-                        // CDW10 NR is 0's based: one range.
-                        let sqe =
-                            SqeBuilder::new(io::DATASET_MANAGEMENT, 0).nsid(nsid).cdw(10, 0).cdw(11, DSM_DEALLOCATE);
-                        (sqe, initiator::Xfer::ToController)
-                    }
-                }
+        let range = || blocks(request.offset, request.len, block_size, size_bytes);
+        // READ/WRITE NLB is a 0's based 16-bit field: at most 65536 blocks per command.
+        let rw_range = || match range()? {
+            (slba, nlb) if nlb <= 0x1_0000 => Ok((slba, nlb as u32)),
+            _ => Err(libc::EINVAL),
+        };
+        let (sqe, xfer, data) = match request.op {
+            Op::Flush => (SqeBuilder::new(io::FLUSH, 0).nsid(nsid), Xfer::None, Vec::new()),
+            Op::Read => {
+                let (slba, nlb) = rw_range()?;
+                (SqeBuilder::new(io::READ, 0).rw(nsid, slba, nlb), Xfer::FromController, self.buffer(request.len))
+            }
+            Op::Write => {
+                let (slba, nlb) = rw_range()?;
+                let mut data = self.buffer(0);
+                data.extend_from_slice(request.buf.as_ref().map_or(&[][..], IoBuf::bytes));
+                (SqeBuilder::new(io::WRITE, 0).rw(nsid, slba, nlb), Xfer::ToController, data)
+            }
+            Op::Trim => {
+                let (slba, nlb) = range()?;
+                let nlb = u32::try_from(nlb).map_err(|_| libc::EINVAL)?;
+                // One range: context attributes (0), length in blocks, starting LBA.
+                let mut data = self.buffer(DSM_RANGE_BYTES);
+                data[4..8].copy_from_slice(&nlb.to_le_bytes());
+                data[8..16].copy_from_slice(&slba.to_le_bytes());
+                // CDW10 NR is 0's based: one range.
+                let sqe = SqeBuilder::new(io::DATASET_MANAGEMENT, 0).nsid(nsid).cdw(10, 0).cdw(11, DSM_DEALLOCATE);
+                (sqe, Xfer::ToController, data)
             }
         };
         let queue = self.files.get_mut(&fileno).and_then(|file| file.queue.as_mut()).ok_or(libc::EBADF)?;
-        queue.submit(command.0, command.1, data).map_err(|_| libc::EIO)
+        queue.submit(sqe, xfer, data).map_err(|err| match err {
+            // Larger than the controller's MDTS, say: fio's bs is wrong for this target.
+            Error::Invalid(_) => libc::EINVAL,
+            _ => libc::EIO,
+        })
     }
 
     /// Takes every completion off every queue into `ready`, failing the io_us of a broken
@@ -286,7 +291,9 @@ impl Engine for NvmfEngine {
             }
             let take = self.ready.len().min(max - out.len());
             out.extend(self.ready.drain(..take));
-            if out.len() >= min || out.len() == max {
+            let outstanding = self.files.values().any(|file| !file.inflight.is_empty());
+            // Nothing in flight would make waiting for `min` endless.
+            if out.len() >= min || out.len() == max || (!outstanding && self.ready.is_empty()) {
                 break;
             }
             let now = Instant::now();
