@@ -33,8 +33,8 @@ extern void *peerless_nvmf_setup(const char *hostnqn, const char *digest_enable,
 extern void *peerless_bdev_setup(const char *json_conf, char *err, size_t err_len);
 extern int peerless_add_file(void *engine, unsigned int fileno, const char *name, uint64_t *size,
 			     char *err, size_t err_len);
-extern int peerless_open_file(void *engine, unsigned int fileno, unsigned int depth, char *err,
-			      size_t err_len);
+extern int peerless_open_file(void *engine, unsigned int fileno, unsigned int depth, uint64_t max_bs,
+			      char *err, size_t err_len);
 extern void peerless_close_file(void *engine, unsigned int fileno);
 extern int peerless_queue(void *engine, unsigned int fileno, int op, uint64_t offset, uint64_t len,
 			  void *buf, void *io_u);
@@ -153,7 +153,7 @@ static int peerless_open(struct thread_data *td, struct fio_file *f)
 	struct peerless_td *ptd = td->io_ops_data;
 	char err[ERR_BYTES] = "";
 
-	if (peerless_open_file(ptd->engine, f->fileno, ptd->capacity, err, sizeof(err))) {
+	if (peerless_open_file(ptd->engine, f->fileno, ptd->capacity, td_max_bs(td), err, sizeof(err))) {
 		log_err("%s: %s: %s\n", td->io_ops->name, f->file_name, err);
 		return 1;
 	}

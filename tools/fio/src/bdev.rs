@@ -123,7 +123,7 @@ impl Engine for BdevEngine {
         Ok(info.size_bytes())
     }
 
-    fn open_file(&mut self, fileno: u32, depth: u32) -> Result<(), String> {
+    fn open_file(&mut self, fileno: u32, depth: u32, _max_bs: u64) -> Result<(), String> {
         let file = self.files.get_mut(&fileno).ok_or_else(|| format!("file {fileno} was not set up"))?;
         if file.lane.is_some() {
             return Ok(());

@@ -75,8 +75,9 @@ pub struct Event {
 pub trait Engine: Send {
     /// Binds fio file `fileno` to `name`; returns its size in bytes. Runs in fio's setup.
     fn add_file(&mut self, fileno: u32, name: &str) -> Result<u64, String>;
-    /// Prepares I/O to the file from the job's thread, `depth` requests deep.
-    fn open_file(&mut self, fileno: u32, depth: u32) -> Result<(), String>;
+    /// Prepares I/O to the file from the job's thread: `depth` requests deep, none larger
+    /// than `max_bs` bytes.
+    fn open_file(&mut self, fileno: u32, depth: u32, max_bs: u64) -> Result<(), String>;
     fn close_file(&mut self, fileno: u32);
     fn queue(&mut self, fileno: u32, request: Request) -> Queued;
     /// Waits for at least `min` completions (fewer if `timeout` passes), at most `max`.

@@ -150,12 +150,13 @@ pub unsafe extern "C" fn peerless_open_file(
     engine_ptr: *mut c_void,
     fileno: c_uint,
     depth: c_uint,
+    max_bs: u64,
     err: *mut c_char,
     err_len: usize,
 ) -> c_int {
     // SAFETY: the caller's contract.
     let engine = unsafe { engine(engine_ptr) };
-    match guarded(Err("panic".into()), || engine.engine.open_file(fileno, depth)) {
+    match guarded(Err("panic".into()), || engine.engine.open_file(fileno, depth, max_bs)) {
         Ok(()) => 0,
         Err(message) => {
             // SAFETY: the caller's contract covers `err`.

@@ -44,11 +44,19 @@ impl IoBuf {
     /// Fills the buffer with what a read returned; `data` must be exactly as long.
     pub fn fill(&mut self, data: &[u8]) {
         assert_eq!(data.len(), self.len, "read data and io_u buffer differ in length");
-        if self.len == 0 {
+        self.fill_at(0, data);
+    }
+
+    /// Fills `data.len()` bytes from `at` (one piece of a split read).
+    pub fn fill_at(&mut self, at: usize, data: &[u8]) {
+        let end = at.checked_add(data.len()).expect("a piece's end overflows");
+        assert!(end <= self.len, "piece {at}..{end} outside an io_u buffer of {} bytes", self.len);
+        if data.is_empty() {
             return;
         }
-        // SAFETY: valid for writes of `len` bytes, exclusively ours while lent (see `new`).
-        let dest = unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) };
+        // SAFETY: valid for writes of `len` bytes, exclusively ours while lent (see `new`),
+        // and `at..end` lies inside them (asserted above).
+        let dest = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), data.len()) };
         dest.copy_from_slice(data);
     }
 }

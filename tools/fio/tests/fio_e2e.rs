@@ -211,6 +211,11 @@ fn nvmf_engine_writes_and_verifies() {
     // fio's documentation says) and both digests.
     let named = format!("{filename} subnqn={}", NQN.replace(':', "\\:"));
     check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &named, &["--digest_enable=BOTH".to_string()])));
+
+    // 1 MiB io_us: more than one command carries, so each is split (and pieces queue
+    // while the NVMe queue is full).
+    let large = ["--bs=1m".to_string(), "--iodepth=64".to_string()];
+    check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &large)));
 }
 
 #[test]

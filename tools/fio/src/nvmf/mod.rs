@@ -5,19 +5,18 @@
 //! First version: data is copied between the io_u buffer and the queue's `Vec` buffers
 //! (the initiator owns its buffers); the Vecs are recycled, so steady state allocates nothing.
 
+mod file;
+
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use peerless_target::nvme::cmd::SqeBuilder;
-use peerless_target::nvme::io;
 use peerless_tools::initiator::{
-    self, subtype, Completion, Controller, Error, IoQueue, Options, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
+    self, subtype, Completion, Controller, Error, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
 };
 
-use crate::engine::{blocks, Engine, Event, Op, Queued, Request, Token};
-use crate::iou::IoBuf;
+use crate::engine::{Engine, Event, Op, Queued, Request};
 use crate::spec::{parse_digests, parse_nvmf_filename, NvmfFile};
+use file::{File, MAX_BLOCKS_PER_COMMAND};
 
 /// SPDK's fio plugin connects with a host NQN of its own when none is given.
 pub const DEFAULT_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:7065726c-6573-4466-996f-000000000001";
@@ -25,29 +24,6 @@ pub const DEFAULT_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:7065726c-6573
 const SPINS_BEFORE_YIELD: u32 = 64;
 /// How often getevents looks at keep-alive deadlines.
 const KEEP_ALIVE_CHECK: Duration = Duration::from_millis(500);
-/// One Dataset Management range (NVMe Base 2.0, Figure 310): context attributes, NLB, SLBA.
-const DSM_RANGE_BYTES: usize = 16;
-/// DSM CDW11 bit 2: Attribute - Deallocate.
-const DSM_DEALLOCATE: u32 = 1 << 2;
-
-struct Inflight {
-    token: Token,
-    /// Where a read's data goes.
-    read_into: Option<IoBuf>,
-}
-
-struct File {
-    addr: SocketAddr,
-    subnqn: String,
-    /// Connected from open to close only (see `add_file`).
-    controller: Option<Controller>,
-    nsid: u32,
-    block_size: u32,
-    size_bytes: u64,
-    queue: Option<IoQueue>,
-    /// By CID.
-    inflight: HashMap<u16, Inflight>,
-}
 
 pub struct NvmfEngine {
     hostnqn: String,
@@ -90,54 +66,6 @@ impl NvmfEngine {
         Controller::connect(spec.addr, &subnqn, &self.hostnqn, &self.options)
     }
 
-    fn buffer(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.resize(len, 0);
-        buf
-    }
-
-    fn submit(&mut self, fileno: u32, request: &Request) -> Result<u16, i32> {
-        let file = self.files.get(&fileno).ok_or(libc::EBADF)?;
-        let (nsid, block_size, size_bytes) = (file.nsid, file.block_size, file.size_bytes);
-        let range = || blocks(request.offset, request.len, block_size, size_bytes);
-        // READ/WRITE NLB is a 0's based 16-bit field: at most 65536 blocks per command.
-        let rw_range = || match range()? {
-            (slba, nlb) if nlb <= 0x1_0000 => Ok((slba, nlb as u32)),
-            _ => Err(libc::EINVAL),
-        };
-        let (sqe, xfer, data) = match request.op {
-            Op::Flush => (SqeBuilder::new(io::FLUSH, 0).nsid(nsid), Xfer::None, Vec::new()),
-            Op::Read => {
-                let (slba, nlb) = rw_range()?;
-                (SqeBuilder::new(io::READ, 0).rw(nsid, slba, nlb), Xfer::FromController, self.buffer(request.len))
-            }
-            Op::Write => {
-                let (slba, nlb) = rw_range()?;
-                let mut data = self.buffer(0);
-                data.extend_from_slice(request.buf.as_ref().map_or(&[][..], IoBuf::bytes));
-                (SqeBuilder::new(io::WRITE, 0).rw(nsid, slba, nlb), Xfer::ToController, data)
-            }
-            Op::Trim => {
-                let (slba, nlb) = range()?;
-                let nlb = u32::try_from(nlb).map_err(|_| libc::EINVAL)?;
-                // One range: context attributes (0), length in blocks, starting LBA.
-                let mut data = self.buffer(DSM_RANGE_BYTES);
-                data[4..8].copy_from_slice(&nlb.to_le_bytes());
-                data[8..16].copy_from_slice(&slba.to_le_bytes());
-                // CDW10 NR is 0's based: one range.
-                let sqe = SqeBuilder::new(io::DATASET_MANAGEMENT, 0).nsid(nsid).cdw(10, 0).cdw(11, DSM_DEALLOCATE);
-                (sqe, Xfer::ToController, data)
-            }
-        };
-        let queue = self.files.get_mut(&fileno).and_then(|file| file.queue.as_mut()).ok_or(libc::EBADF)?;
-        queue.submit(sqe, xfer, data).map_err(|err| match err {
-            // Larger than the controller's MDTS, say: fio's bs is wrong for this target.
-            Error::Invalid(_) => libc::EINVAL,
-            _ => libc::EIO,
-        })
-    }
-
     /// Takes every completion off every queue into `ready`, failing the io_us of a broken
     /// queue. All of them, not just what fio asked for: the initiator frees a CID when the
     /// completion arrives, before `poll` hands it out, so a completion left in the queue
@@ -148,36 +76,28 @@ impl NvmfEngine {
             if let Err(error) = queue.poll(usize::MAX, &mut self.completions) {
                 // The connection is gone: nothing outstanding will complete.
                 eprintln!("peerless_nvmf: nsid {} queue failed: {error}", file.nsid);
-                self.ready.extend(file.inflight.drain().map(|(_, io)| Event { token: io.token, error: libc::EIO }));
-                file.queue = None;
+                self.ready.extend(file.fail_all(libc::EIO));
                 continue;
             }
             for completion in self.completions.drain(..) {
-                let Some(io) = file.inflight.remove(&completion.cid) else { continue };
-                let error = if completion.is_ok() { 0 } else { libc::EIO };
-                if let (0, Some(mut dest)) = (error, io.read_into) {
-                    dest.fill(&completion.buf);
-                }
+                self.ready.extend(file.complete(&completion));
                 self.spare.push(completion.buf);
-                self.ready.push_back(Event { token: io.token, error });
             }
+            file.pump(&mut self.spare, &mut self.ready);
         }
     }
 
     /// Fails every outstanding io_u with ETIMEDOUT and drops the queues they were on.
     fn abandon_queues(&mut self) {
         for file in self.files.values_mut() {
-            if file.inflight.is_empty() {
+            if !file.busy() {
                 continue;
             }
             eprintln!(
-                "peerless_nvmf: nsid {}: no completion in {:?}; failing {} I/O",
-                file.nsid,
-                self.options.command_timeout,
-                file.inflight.len()
+                "peerless_nvmf: nsid {}: no completion in {:?}; failing its I/O",
+                file.nsid, self.options.command_timeout
             );
-            self.ready.extend(file.inflight.drain().map(|(_, io)| Event { token: io.token, error: libc::ETIMEDOUT }));
-            file.queue = None;
+            self.ready.extend(file.fail_all(libc::ETIMEDOUT));
         }
     }
 
@@ -216,22 +136,13 @@ impl Engine for NvmfEngine {
         // fio sets up every job before the first one runs; a controller left connected
         // here would sit without keep-alives through the earlier jobs (stonewall) and be
         // dropped by the target. So this one only sizes the namespace; open reconnects.
-        let file = File {
-            addr: spec.addr,
-            subnqn: controller.subnqn().to_string(),
-            controller: None,
-            nsid,
-            block_size: ns.block_size,
-            size_bytes: ns.size_bytes(),
-            queue: None,
-            inflight: HashMap::new(),
-        };
+        let file = File::new(spec.addr, controller.subnqn().to_string(), nsid, ns.block_size, ns.size_bytes());
         let size = file.size_bytes;
         self.files.insert(fileno, file);
         Ok(size)
     }
 
-    fn open_file(&mut self, fileno: u32, depth: u32) -> Result<(), String> {
+    fn open_file(&mut self, fileno: u32, depth: u32, max_bs: u64) -> Result<(), String> {
         let file = self.files.get_mut(&fileno).ok_or_else(|| format!("file {fileno} was not set up"))?;
         if file.queue.is_some() {
             return Ok(());
@@ -243,11 +154,21 @@ impl Engine for NvmfEngine {
                     .map_err(|err| format!("connect to {} at {}: {err}", file.subnqn, file.addr))?,
             ),
         };
-        // A queue of N entries holds N - 1 commands.
-        let wanted = u16::try_from(depth.saturating_add(1)).unwrap_or(MAX_QUEUE_ENTRIES);
-        let entries = wanted.clamp(MIN_QUEUE_ENTRIES, controller.max_io_queue_entries().max(MIN_QUEUE_ENTRIES));
+        // READ/WRITE carry at most 64Ki blocks; MDTS may allow less.
+        let block = file.block_size as usize;
+        let chunk = controller.max_transfer_bytes().min(MAX_BLOCKS_PER_COMMAND * block) / block * block;
+        if chunk == 0 {
+            return Err(format!("the controller's transfer limit is below one {block}-byte block"));
+        }
+        // Room for `depth` io_us of the largest size, split; more wait in the file's
+        // software queue.
+        let pieces = usize::try_from(max_bs).unwrap_or(usize::MAX).div_ceil(chunk).max(1);
+        let wanted = (depth as usize).saturating_mul(pieces).saturating_add(1);
+        let entries = u16::try_from(wanted)
+            .unwrap_or(MAX_QUEUE_ENTRIES)
+            .clamp(MIN_QUEUE_ENTRIES, controller.max_io_queue_entries().max(MIN_QUEUE_ENTRIES));
         let queue = controller.io_queue(entries).map_err(|err| format!("I/O queue of {entries} entries: {err}"))?;
-        file.inflight.reserve(usize::from(queue.depth()));
+        file.chunk_bytes = chunk.min(queue.max_transfer_bytes() / block * block);
         file.queue = Some(queue);
         Ok(())
     }
@@ -260,19 +181,11 @@ impl Engine for NvmfEngine {
     }
 
     fn queue(&mut self, fileno: u32, request: Request) -> Queued {
-        let free = self.files.get(&fileno).and_then(|file| file.queue.as_ref()).map(|queue| queue.free_slots());
-        match free {
-            None => return Queued::Failed(libc::EIO),
-            Some(0) => return Queued::Busy(request),
-            Some(_) => {}
-        }
-        match self.submit(fileno, &request) {
-            Ok(cid) => {
-                let read_into = if request.op == Op::Read { request.buf } else { None };
-                let inflight = Inflight { token: request.token, read_into };
-                if let Some(file) = self.files.get_mut(&fileno) {
-                    file.inflight.insert(cid, inflight);
-                }
+        let Some(file) = self.files.get_mut(&fileno) else { return Queued::Failed(libc::EBADF) };
+        let buf = if matches!(request.op, Op::Read | Op::Write) { request.buf } else { None };
+        match file.queue(request.op, request.offset, request.len, buf, request.token) {
+            Ok(()) => {
+                file.pump(&mut self.spare, &mut self.ready);
                 Queued::Queued
             }
             Err(errno) => Queued::Failed(errno),
@@ -291,7 +204,7 @@ impl Engine for NvmfEngine {
             }
             let take = self.ready.len().min(max - out.len());
             out.extend(self.ready.drain(..take));
-            let outstanding = self.files.values().any(|file| !file.inflight.is_empty());
+            let outstanding = self.files.values().any(File::busy);
             // Nothing in flight would make waiting for `min` endless.
             if out.len() >= min || out.len() == max || (!outstanding && self.ready.is_empty()) {
                 break;
