@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
-# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy).
+# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), and fio
+# with the plugin's engines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,12 @@ cargo build --workspace --all-targets --locked
 
 step "cargo test"
 cargo test --workspace --locked
+
+step "fio plugin"
+# Fetches fio's sources once (cached under build/fio-src), builds the release plugin, then
+# runs fio with both engines and verify=crc32c; the test finds the .so in the same target dir.
+bash tools/fio/build.sh
+cargo test --locked -p peerless-fio --test fio_e2e -- --nocapture
 
 # DPDK memory (issue 10): bindgen over Debian's DPDK, the EAL started with
 # --no-huge --no-pci --no-shconf (DPDK 22.11 refuses --in-memory with --no-huge).
