@@ -83,6 +83,15 @@ for round in plain digests; do
         printf '%-14s %s\n' "$f" "$(cat "$sysfs/$f" 2>/dev/null || echo -)"
     done
     expect_eq "sysfs transport" "$(cat "$sysfs/transport")" tcp
+    # The run folder is /job, so the target's log (-L nvmf_tcp) says what it negotiated.
+    if grep -q 'ICReq, digests' /job/target.log 2>/dev/null; then
+        want='header: false, data: false'
+        [ "$round" = digests ] && want='header: true, data: true'
+        got=$(grep 'ICReq, digests' /job/target.log | tail -3)
+        echo "$got"
+        [ "$(echo "$got" | grep -c "$want")" -eq 3 ] || fail "the target did not negotiate digests '$want' on all 3 queues"
+        echo "ok: target negotiated '$want' on the admin and both I/O queues"
+    fi
 
     step "nvme list"
     nvme list | tee /tmp/list.out
