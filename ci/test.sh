@@ -2,6 +2,9 @@
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), and fio
 # with the plugin's engines.
+
+# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), and
+# Linux's NVMe/TCP host against the target in a QEMU guest (ci/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +46,12 @@ cargo build --locked -p peerless-target --features dpdk --bin peerless-tgt
 cargo test --locked -p spdk-sys -p peerless-core --features peerless-core/dpdk
 cargo test --locked -p peerless-bdev --features dpdk --test dpdk
 cargo test --locked -p peerless-tools --features dpdk --test dpdk_e2e
+
+step "linux host interop"
+# Linux's own NVMe/TCP host (nvme-tcp + nvme-cli in a QEMU guest) against a release
+# peerless-tgt on loopback (ci/guest/README.md). The images are cached in build/guest.
+cargo build --release --locked -p peerless-target
+bash ci/guest/build.sh
+bash ci/guest/run.sh ci/guest/jobs/interop.sh
 
 step "done"

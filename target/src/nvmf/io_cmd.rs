@@ -114,7 +114,15 @@ pub fn plan(
         opc::DATASET_MANAGEMENT => {
             let ranges = (sqe.cdw(10) & 0xff) + 1;
             let deallocate = sqe.cdw(11) & (1 << 2) != 0;
-            let bytes = ranges as usize * DSM_RANGE_BYTES;
+            // The buffer must hold NR ranges, but may be longer: Linux always sends 4 KiB
+            // (all 256 entries, `nvme_setup_discard`), whatever NR says. Take what the SGL
+            // names, up to the 256 entries a command can carry, and read only NR of them.
+            let needed = ranges as usize * DSM_RANGE_BYTES;
+            let bytes = match sqe.sgl_length() as usize {
+                _ if sqe.psdt() == 0 => needed,
+                len if (needed..=DSM_MAX_RANGES as usize * DSM_RANGE_BYTES).contains(&len) => len,
+                _ => return Err(status::DATA_SGL_LENGTH_INVALID),
+            };
             let transfer = check_sgl(sqe, Direction::FromHost, bytes, in_capsule, icd_limit)?;
             Ok(Plan::Deallocate { ranges, deallocate, transfer })
         }
@@ -202,5 +210,31 @@ mod tests {
         crate::nvme::put32(&mut data, 20, 1);
         crate::nvme::put64(&mut data, 24, 7);
         assert_eq!(dsm_ranges(&data, 2).collect::<Vec<_>>(), vec![(100, 8), (7, 1)]);
+    }
+
+    /// Linux's nvme-tcp host sends every Dataset Management command with a 4 KiB buffer
+    /// (256 range entries) whatever NR says; the target used to answer Data SGL Length
+    /// Invalid, so `blkdiscard` failed with an I/O error (found by ci/guest/jobs/interop.sh).
+    #[test]
+    fn dataset_management_buffer_longer_than_its_ranges() {
+        let linux =
+            SqeBuilder::new(opc::DATASET_MANAGEMENT, 1).nsid(1).cdw(10, 0).cdw(11, 1 << 2).in_capsule(4096).build();
+        let transfer = Transfer { direction: Direction::FromHost, placement: Placement::InCapsule, bytes: 4096 };
+        check(linux, 4096, Ok(Plan::Deallocate { ranges: 1, deallocate: true, transfer }));
+        let keyed =
+            SqeBuilder::new(opc::DATASET_MANAGEMENT, 1).nsid(1).cdw(10, 3).cdw(11, 1 << 2).transport_data(4096).build();
+        let transfer = Transfer { direction: Direction::FromHost, placement: Placement::Transport, bytes: 4096 };
+        check(keyed, 0, Ok(Plan::Deallocate { ranges: 4, deallocate: true, transfer }));
+        // Shorter than NR ranges, or longer than 256 entries: refused.
+        let short =
+            SqeBuilder::new(opc::DATASET_MANAGEMENT, 1).nsid(1).cdw(10, 1).cdw(11, 1 << 2).in_capsule(16).build();
+        check(short, 16, Err(status::DATA_SGL_LENGTH_INVALID));
+        let long =
+            SqeBuilder::new(opc::DATASET_MANAGEMENT, 1).nsid(1).cdw(10, 0).cdw(11, 1 << 2).transport_data(8192).build();
+        check(long, 0, Err(status::DATA_SGL_LENGTH_INVALID));
+        // In-capsule data must still be all there.
+        let partial =
+            SqeBuilder::new(opc::DATASET_MANAGEMENT, 1).nsid(1).cdw(10, 0).cdw(11, 1 << 2).in_capsule(4096).build();
+        check(partial, 16, Err(status::DATA_SGL_LENGTH_INVALID));
     }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The NVMe/TCP matrix (issue 6's list) run with fio and the peerless_nvmf engine instead
+# of peerless-perf, against the same target set-up as bench/nvmf.sh: one poll-mode reactor
+# on core 0 serving a null bdev, fio pinned to core 1. Prints a table and writes JSON to
+# bench/results/. Usage: bench/fio.sh [seconds per run (3)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-3}
+BUILD=${CARGO_TARGET_DIR:-build}
+bash tools/fio/build.sh >/dev/null
+cargo build --release -q -p peerless-target
+SO=$BUILD/release/libpeerless_fio.so
+WORK=$(mktemp -d)
+PORT=4433
+NQN=nqn.2016-06.io.peerless:fio
+cat > "$WORK/config.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":2097152,"block_size":512}}]},
+{"subsystem":"nvmf","config":[{"method":"nvmf_create_transport","params":{"trtype":"TCP"}},
+{"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":true}},
+{"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"Null0"}}},
+{"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"tcp","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
+JSON
+"$BUILD/release/peerless-tgt" -m 0x1 -c "$WORK/config.json" -r "$WORK/rpc.sock" 2>"$WORK/tgt.log" &
+TGT=$!
+trap 'kill $TGT 2>/dev/null; wait $TGT 2>/dev/null; rm -rf "$WORK"' EXIT
+for _ in $(seq 100); do [ -S "$WORK/rpc.sock" ] && break; sleep 0.05; done
+sleep 0.5
+mkdir -p bench/results
+RESULTS="bench/results/fio-$(date -u +%Y%m%dT%H%M%SZ).json"
+echo "[" > "$RESULTS"
+printf '%-22s %12s %12s %12s\n' workload IOPS MiB/s lat_us_avg
+first=1
+while read -r name depth bs rw; do
+    out=$(LD_PRELOAD=$SO taskset -c 1 fio --name=job --ioengine=peerless_nvmf --thread=1 \
+        --filename="trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid=$PORT ns=1" \
+        --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based=1 --runtime="$SECONDS_PER_RUN" \
+        --norandommap=1 --size=512m --output-format=json 2>/dev/null)
+    read -r iops mibps lat < <(python3 -c '
+import json, sys
+job = json.loads(sys.stdin.read())["jobs"][0]
+side = job["read"] if job["read"]["io_bytes"] else job["write"]
+print(f"{side[\"iops\"]:.0f} {side[\"bw_bytes\"] / 1048576:.1f} {side[\"lat_ns\"][\"mean\"] / 1000:.2f}")' <<<"$out")
+    printf '%-22s %12s %12s %12s\n' "$name" "$iops" "$mibps" "$lat"
+    [ $first = 1 ] || echo "," >> "$RESULTS"
+    first=0
+    printf '{"workload":"%s","queue_depth":%s,"block_size":"%s","iops":%s,"mibps":%s,"latency_us":%s}\n' "$name" "$depth" "$bs" "$iops" "$mibps" "$lat" >> "$RESULTS"
+done <<'MATRIX'
+4K_randread_QD128 128 4k randread
+4K_randwrite_QD128 128 4k randwrite
+128K_read_QD32 32 128k read
+4K_read_QD1 1 4k read
+MATRIX
+echo "]" >> "$RESULTS"
+echo "written to $RESULTS"

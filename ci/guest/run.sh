@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Boots the guest built by ci/guest/build.sh and runs JOB (a bash script) inside it, against
+# a peerless-tgt started here on loopback. Usage: ci/guest/run.sh JOB
+#
+# The run folder ($PEERLESS_GUEST_DIR/runs/NAME-TIME, printed) holds console.log (the
+# guest's serial console), target.log (peerless-tgt's stderr), target.json, and out/ (the
+# job's job.log, rc, and whatever it writes to /job/out). The guest sees the run folder as
+# /job over virtio-9p, the target at 10.0.2.100:4420 (one socat per connection, to
+# 127.0.0.1:PORT here), and nothing else: user networking with restrict=on.
+#
+# Environment:
+#   PEERLESS_TGT          the target binary (default: $CARGO_TARGET_DIR or build, release/peerless-tgt)
+#   PEERLESS_TGT_CONFIG   JSON config (default: examples/quickstart.json; its 4420 listener is
+#                         moved to PORT)
+#   PEERLESS_TGT_PORT     host port (default: a free one, so parallel runs do not collide)
+#   PEERLESS_TGT_FLAGS    extra flags for the target (default: -L nvmf -L nvmf_tcp
+#                         --interrupt-mode: a polling reactor would take one of the two
+#                         cores the emulated guest needs)
+#   PEERLESS_GUEST_TARGET set to 0 to start no target
+#   PEERLESS_GUEST_TIMEOUT seconds for the whole boot (default: 900)
+#   PEERLESS_GUEST_DIR    where build.sh put the images (default: build/guest)
+set -euo pipefail
+[ $# -eq 1 ] && [ -f "$1" ] || { echo "usage: $0 JOB-SCRIPT" >&2; exit 2; }
+job=$(realpath "$1")
+cd "$(dirname "$0")/../.."
+repo=$(pwd)
+gdir=${PEERLESS_GUEST_DIR:-$repo/build/guest}
+[ -f "$gdir/rootfs.img" ] && [ -f "$gdir/initrd.cpio.gz" ] || { echo "no guest images in $gdir: run ci/guest/build.sh" >&2; exit 2; }
+timeout_s=${PEERLESS_GUEST_TIMEOUT:-900}
+tgt=${PEERLESS_TGT:-${CARGO_TARGET_DIR:-$repo/build}/release/peerless-tgt}
+config=${PEERLESS_TGT_CONFIG:-$repo/examples/quickstart.json}
+
+name=$(basename "$job" .sh)
+run="$gdir/runs/$name-$(date -u +%Y%m%dT%H%M%S)-$$"
+mkdir -p "$run/out"
+cp "$job" "$run/job.sh"
+console="$run/console.log"
+log() { printf '[guest-run %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+tgt_pid=""
+cleanup() {
+    if [ -n "$tgt_pid" ] && kill -0 "$tgt_pid" 2>/dev/null; then
+        kill -TERM "$tgt_pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$tgt_pid" 2>/dev/null || true
+    fi
+}
+trap cleanup EXIT
+
+port=${PEERLESS_TGT_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+if [ "${PEERLESS_GUEST_TARGET:-1}" != 0 ]; then
+    [ -x "$tgt" ] || { echo "no target binary $tgt (cargo build --release -p peerless-target, or set PEERLESS_TGT)" >&2; exit 2; }
+    # The config with its listener on PORT, and what the job should find, as shell variables.
+    python3 - "$config" "$port" "$run/target.json" "$run/env" <<'EOF'
+import json, sys, shlex
+src, port, dst, envf = sys.argv[1:]
+cfg = json.load(open(src))
+bdevs, subs, env = {}, {}, {}
+for sub in cfg["subsystems"]:
+    for e in sub.get("config") or []:
+        m, p = e["method"], e.get("params", {})
+        if m == "bdev_malloc_create":
+            bdevs[p["name"]] = p
+        elif m == "nvmf_create_subsystem":
+            subs.setdefault(p["nqn"], {}).update(p)
+        elif m == "nvmf_subsystem_add_ns":
+            subs.setdefault(p["nqn"], {}).setdefault("ns", []).append(p["namespace"])
+        elif m == "nvmf_subsystem_add_listener":
+            la = p["listen_address"]
+            if la.get("trsvcid") == "4420":
+                la["trsvcid"] = port
+json.dump(cfg, open(dst, "w"), indent=2)
+nqn, s = next((n, s) for n, s in subs.items() if s.get("ns"))
+b = bdevs[s["ns"][0]["bdev_name"]]
+env = {"TGT_NQN": nqn, "TGT_SERIAL": s.get("serial_number", ""), "TGT_MODEL": s.get("model_number", ""),
+       "TGT_NUM_BLOCKS": b["num_blocks"], "TGT_BLOCK_SIZE": b["block_size"],
+       "TGT_ADDR": "10.0.2.100", "TGT_PORT": "4420", "TGT_HOST_PORT": port}
+with open(envf, "w") as f:
+    for k, v in env.items():
+        f.write(f"{k}={shlex.quote(str(v))}\n")
+EOF
+    # shellcheck disable=SC2086
+    "$tgt" -c "$run/target.json" -r "$run/rpc.sock" ${PEERLESS_TGT_FLAGS:--L nvmf -L nvmf_tcp --interrupt-mode} >"$run/target.log" 2>&1 &
+    tgt_pid=$!
+    for _ in $(seq 100); do
+        grep -q "peerless-tgt ready" "$run/target.log" && break
+        kill -0 "$tgt_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$tgt_pid" 2>/dev/null || { echo "peerless-tgt exited at start:" >&2; tail -20 "$run/target.log" >&2; exit 1; }
+    grep -q "listening on 127.0.0.1:$port" "$run/target.log" || { echo "peerless-tgt is not listening on $port:" >&2; tail -20 "$run/target.log" >&2; exit 1; }
+    log "peerless-tgt pid $tgt_pid on 127.0.0.1:$port ($run/target.log)"
+else
+    : >"$run/env"
+fi
+
+q="$gdir/qemu/usr"
+log "booting the guest (timeout ${timeout_s}s), console: $console"
+start=$(date +%s)
+set +e
+QEMU_MODULE_DIR="$q/lib/x86_64-linux-gnu/qemu" timeout -k 10 "$timeout_s" "$q/bin/qemu-system-x86_64" \
+    -L "$q/share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu \
+    -nodefaults -no-user-config -display none -no-reboot \
+    -accel tcg,thread=multi -M q35 -cpu max -m 2048 -smp 2 \
+    -kernel "$gdir/vmlinuz" -initrd "$gdir/initrd.cpio.gz" \
+    -append "console=ttyS0 panic=-1 net.ifnames=0 loglevel=6" \
+    -serial "file:$console" \
+    -drive "file=$gdir/rootfs.img,if=none,id=root,format=raw,snapshot=on" \
+    -device virtio-blk-pci,drive=root \
+    -fsdev "local,id=job,path=$run,security_model=none" \
+    -device virtio-9p-pci,fsdev=job,mount_tag=job \
+      -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:4420-cmd:socat - TCP:127.0.0.1:$port,,nodelay" \
+    -device virtio-net-pci,netdev=n0,romfile= \
+    >"$run/qemu.log" 2>&1
+qrc=$?
+set -e
+log "guest ran $(($(date +%s) - start)) s (qemu exit $qrc)"
+cleanup
+if [ -n "$tgt_pid" ]; then
+    wait "$tgt_pid" 2>/dev/null
+    trc=$?
+    tgt_pid=""
+    [ "$trc" -eq 0 ] || log "peerless-tgt exited $trc"
+fi
+
+rc=$(cat "$run/out/rc" 2>/dev/null || echo none)
+if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
+    log "FAILED: the guest did not finish in ${timeout_s}s"
+elif [ "$rc" = 0 ]; then
+    if grep -q -E 'panicked|RUST_BACKTRACE' "$run/target.log" 2>/dev/null; then
+        log "FAILED: the job passed but peerless-tgt panicked: $run/target.log"
+    else
+        log "PASSED: $run"
+        exit 0
+    fi
+else
+    log "FAILED: job exit status $rc"
+fi
+echo "--- last lines of the job log ($run/out/job.log)" >&2
+tail -40 "$run/out/job.log" >&2 2>/dev/null || true
+echo "--- qemu: $run/qemu.log; target: $run/target.log" >&2
+echo "console log: $console" >&2
+exit 1
