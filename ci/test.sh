@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
-# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), and fio
-# with the plugin's engines.
-
-# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), and
-# Linux's NVMe/TCP host against the target in a QEMU guest (ci/guest).
+# machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
+# with the plugin's engines, DPDK memory, and Linux's NVMe/TCP host against the target
+# in a QEMU guest (ci/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
