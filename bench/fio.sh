@@ -31,7 +31,7 @@ echo "[" > "$RESULTS"
 printf '%-22s %12s %12s %12s\n' workload IOPS MiB/s lat_us_avg
 first=1
 while read -r name depth bs rw; do
-    out=$(LD_PRELOAD=$SO taskset -c 1 fio --name=job --ioengine=peerless_nvmf --thread=1 \
+    out=$(taskset -c 1 env LD_PRELOAD="$SO" fio --name=job --ioengine=peerless_nvmf --thread=1 \
         --filename="trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid=$PORT ns=1" \
         --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based=1 --runtime="$SECONDS_PER_RUN" \
         --norandommap=1 --size=512m --output-format=json 2>/dev/null)
@@ -39,7 +39,7 @@ while read -r name depth bs rw; do
 import json, sys
 job = json.loads(sys.stdin.read())["jobs"][0]
 side = job["read"] if job["read"]["io_bytes"] else job["write"]
-print(f"{side[\"iops\"]:.0f} {side[\"bw_bytes\"] / 1048576:.1f} {side[\"lat_ns\"][\"mean\"] / 1000:.2f}")' <<<"$out")
+print("%.0f %.1f %.2f" % (side["iops"], side["bw_bytes"] / 1048576, side["lat_ns"]["mean"] / 1000))' <<<"$out")
     printf '%-22s %12s %12s %12s\n' "$name" "$iops" "$mibps" "$lat"
     [ $first = 1 ] || echo "," >> "$RESULTS"
     first=0
