@@ -23,4 +23,8 @@ cargo build --workspace --all-targets --locked
 step "cargo test"
 cargo test --workspace --locked
 
+step "fuzz (bounded)"
+# Each cargo-fuzz target for a short bounded time; bench/fuzz.sh runs them long.
+bench/fuzz.sh "${FUZZ_SECONDS:-15}"
+
 step "done"
