@@ -98,9 +98,8 @@ fn h2c_data_beyond_the_r2t_is_a_fatal_error() {
     let asked = pdu::DataHeader::parse(&r2t.bytes);
     // Data past the end of what the R2T asked for: Data Transfer Out Of Range (3.6.2.4).
     let header = pdu::DataHeader { cccid: 3, ttag: asked.ttag, offset: asked.length, length: 512 };
-    let mut bytes = pdu::data_pdu(pdu_type::H2C_DATA, header, pdu::flags::LAST_PDU, Digests::default())
-        .as_slice()
-        .to_vec();
+    let mut bytes =
+        pdu::data_pdu(pdu_type::H2C_DATA, header, pdu::flags::LAST_PDU, Digests::default()).as_slice().to_vec();
     bytes.extend_from_slice(&[0u8; 512]);
     queue.send_raw(&bytes).unwrap();
     let answer = queue.recv_pdu(Duration::from_secs(5)).expect("a TermReq");
