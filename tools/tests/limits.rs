@@ -190,3 +190,19 @@ fn a_refused_connection_gets_no_icresp() {
     let read = stream.read(&mut buf);
     assert!(matches!(read, Ok(0) | Err(_)), "a connection beyond the limit was answered: {read:?}");
 }
+
+/// KATO rounds up to the 100 ms granularity; near u32::MAX that wrapped to 4 ms (found by
+/// the `pdu` fuzz target as an overflow), so such a host lost its controller at once.
+#[test]
+fn a_huge_keep_alive_timeout_is_capped_not_wrapped() {
+    let target = Target::start("limits-kato", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    for (asked, granted) in [(u32::MAX, u32::MAX / 100 * 100), (u32::MAX - 150, u32::MAX / 100 * 100), (10_001, 10_100)]
+    {
+        let options = Options { kato_ms: asked, ..Options::default() };
+        let mut controller = Controller::connect(addr, NQN, HOSTNQN, &options).expect("connect");
+        assert_eq!(controller.get_features(0x0f).unwrap(), granted, "KATO {asked}");
+        std::thread::sleep(Duration::from_millis(50));
+        controller.keep_alive().expect("the controller is still there");
+    }
+}
