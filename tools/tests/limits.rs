@@ -206,3 +206,41 @@ fn a_huge_keep_alive_timeout_is_capped_not_wrapped() {
         controller.keep_alive().expect("the controller is still there");
     }
 }
+
+/// Access control: a host taken off the allow-list loses every queue of every controller
+/// it has, at once; a host still on the list keeps its own.
+#[test]
+fn removing_a_host_ends_all_its_queues_and_only_its_own() {
+    const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:a1b2c3d4-0000-4000-8000-000000000002";
+    let target = Target::start("limits-hosts", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    target.call("nvmf_subsystem_allow_any_host", Some(json!({"nqn": NQN, "allow_any_host": false})));
+    for host in [HOSTNQN, OTHER] {
+        target.call("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": host})));
+    }
+    let mut removed = connect(addr);
+    let mut removed_queues: Vec<_> = (0..2).map(|_| removed.io_queue(8).unwrap()).collect();
+    let mut kept = Controller::connect(addr, NQN, OTHER, &Options::default()).unwrap();
+    let mut kept_queue = kept.io_queue(8).unwrap();
+    target.call("nvmf_subsystem_remove_host", Some(json!({"nqn": NQN, "host": HOSTNQN})));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let qpairs = target.call("nvmf_subsystem_get_qpairs", Some(json!({"nqn": NQN})));
+        let live = qpairs.as_array().unwrap().iter().filter(|qpair| qpair["state"] == json!("enabled")).count();
+        if live == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed host's queues stayed: {qpairs}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for queue in &mut removed_queues {
+        assert!(queue.write(1, 0, 1, &[1; BLOCK as usize]).is_err(), "a removed host's I/O queue still works");
+    }
+    let err = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).err().expect("refused at Connect");
+    assert_eq!(err.status(), Some(status::CONNECT_INVALID_HOST), "{err}");
+    kept_queue.write(1, 0, 1, &[2; BLOCK as usize]).expect("the other host is untouched");
+    kept.keep_alive().unwrap();
+    let controllers = target.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN})));
+    assert_eq!(controllers.as_array().unwrap().len(), 1, "{controllers}");
+    assert_eq!(controllers[0]["hostnqn"], json!(OTHER));
+}
