@@ -391,3 +391,56 @@ fn sigterm_under_load_exits_promptly_and_keeps_every_acknowledged_write() {
     let _ = std::fs::remove_file(&file);
     eprintln!("sigterm: exited {status} in {exit_time:?}; {checked} acknowledged 4 KiB writes all read back");
 }
+
+#[test]
+fn a_host_gone_silent_with_io_in_flight_loses_its_controller_and_leaks_nothing() {
+    let target = Target::start("faults-kato", &[]);
+    target.call("nvmf_create_transport", Some(json!({"trtype": "TCP", "min_kato": 100})));
+    target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 8192, "block_size": BLOCK})));
+    target.call(
+        "bdev_delay_create",
+        Some(json!({"name": "Delay0", "base_bdev_name": "Malloc0", "avg_read_latency": 200_000,
+            "p99_read_latency": 200_000, "avg_write_latency": 200_000, "p99_write_latency": 200_000})),
+    );
+    target.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true})));
+    target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Delay0"}})));
+    let addr = target.listen(NQN);
+    let options = Options { kato_ms: 300, ..Options::default() };
+    let mut chatty = Controller::connect(addr, NQN, HOSTNQN, &options).unwrap();
+    let mut chatty_queue = chatty.io_queue(8).unwrap();
+    let mut silent = Controller::connect(addr, NQN, HOSTNQN, &options).unwrap();
+    let mut silent_queue = silent.io_queue(32).unwrap();
+    for index in 0..16u64 {
+        silent_queue.submit_write(1, index * 8, 8, pattern(index * 8, 8, 6)).unwrap();
+    }
+    // Sent, and then the host says nothing more: no keep-alive, no reads of its socket.
+    let mut early = Vec::new();
+    eventually("the silent host's writes at the bdev", || {
+        silent_queue.poll(16, &mut early).map_err(|err| err.to_string())?;
+        match group_sum(&target.call("nvmf_get_stats", None), "pending_bdev_io") {
+            16 => Ok(()),
+            pending => Err(format!("{pending} pending")),
+        }
+    });
+    assert!(early.is_empty(), "{early:?}");
+    let mut round = 0u64;
+    eventually("the silent host's controller is torn down, its I/O drained", || {
+        round += 1;
+        chatty.keep_alive_if_due().map_err(|err| err.to_string())?;
+        let data = pattern(4096 + round, 1, 7);
+        chatty_queue.write(1, 4096 + round % 64, 1, &data).map_err(|err| err.to_string())?;
+        let controllers = target.call("nvmf_subsystem_get_controllers", Some(json!({"nqn": NQN})));
+        let stats = target.call("nvmf_get_stats", None);
+        let (pending, io_qpairs) = (group_sum(&stats, "pending_bdev_io"), group_sum(&stats, "current_io_qpairs"));
+        if controllers.as_array().map(Vec::len) == Some(1) && pending == 0 && io_qpairs == 1 {
+            Ok(())
+        } else {
+            Err(format!("controllers {controllers}, pending {pending}, io qpairs {io_qpairs}"))
+        }
+    });
+    assert!(silent.keep_alive().is_err(), "the silent host's admin queue is gone");
+    chatty.keep_alive().expect("the chatty host kept its controller");
+    target.call("nvmf_subsystem_remove_ns", Some(json!({"nqn": NQN, "nsid": 1})));
+    target.call("bdev_delay_delete", Some(json!({"name": "Delay0"})));
+    eprintln!("keep-alive under load: silent host torn down with 16 writes in flight after {round} chatty rounds");
+}
