@@ -45,6 +45,10 @@ cargo test --locked -p spdk-sys -p peerless-core --features peerless-core/dpdk
 cargo test --locked -p peerless-bdev --features dpdk --test dpdk
 cargo test --locked -p peerless-tools --features dpdk --test dpdk_e2e
 
+step "fuzz (bounded)"
+# Each cargo-fuzz target for a short bounded time; bench/fuzz.sh runs them long.
+bench/fuzz.sh "${FUZZ_SECONDS:-15}"
+
 step "linux host interop"
 # Linux's own NVMe/TCP host (nvme-tcp + nvme-cli in a QEMU guest) against a release
 # peerless-tgt on loopback (ci/guest/README.md). The images are cached in build/guest.

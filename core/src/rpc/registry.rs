@@ -200,6 +200,16 @@ impl Registry {
             .collect()
     }
 
+    /// Decodes a call's parameters exactly as `call` would, without running it (fuzzing,
+    /// config checks). `None` when the method is unknown or answers inline: inline
+    /// methods are stateless and decode as they run.
+    pub fn decode_only(&self, name: &str, params: Option<Value>) -> Option<Result<(), RpcError>> {
+        match &self.methods.get(name)?.handler {
+            Handler::OnAppThread(decode) => Some(decode(params).map(drop)),
+            Handler::Inline(_) => None,
+        }
+    }
+
     /// Checks, decodes and dispatches one call; the answer arrives through `responder`.
     pub fn call(&self, app: &AppHandle, name: &str, params: Option<Value>, responder: Responder) {
         let Some(method) = self.methods.get(name) else {
@@ -268,6 +278,18 @@ mod tests {
 
         let missing = decode_params::<Params>(None).unwrap_err();
         assert!(missing.message.contains("missing field `name`"), "{}", missing.message);
+    }
+
+    #[test]
+    fn decode_only_decodes_without_running() {
+        let mut registry = Registry::new();
+        registry.method("m", StateMask::ANY, |_ctx: &mut ThreadCtx, _params: Params, _responder| {
+            panic!("decode_only must not run the method")
+        });
+        assert_eq!(registry.decode_only("m", Some(json!({"name": "x"}))), Some(Ok(())));
+        let err = registry.decode_only("m", Some(json!({"name": 1}))).unwrap().unwrap_err();
+        assert!(err.message.contains("field 'name'"), "{}", err.message);
+        assert_eq!(registry.decode_only("missing", None), None);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub fn execute(admin: &mut AdminState, target: &NvmfTarget, options: &TransportO
     match sqe.opcode() {
         opc::FABRICS => fabrics(admin, sqe),
         opc::IDENTIFY => identify(admin, options, sqe),
-        opc::GET_LOG_PAGE => get_log_page(admin, target, sqe),
+        opc::GET_LOG_PAGE => get_log_page(admin, target, options, sqe),
         opc::SET_FEATURES => set_features(admin, sqe, discovery),
         opc::GET_FEATURES => get_features(admin, sqe, discovery),
         opc::KEEP_ALIVE => done(Status::SUCCESS),
@@ -159,13 +159,19 @@ pub fn namespace_data(ns: &Arc<Namespace>) -> Vec<u8> {
     })
 }
 
-fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, sqe: &Sqe) -> Outcome {
+fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &TransportOptions, sqe: &Sqe) -> Outcome {
     let cdw10 = sqe.cdw(10);
     let log_id = (cdw10 & 0xff) as u8;
     let retain_event = cdw10 & (1 << 15) != 0;
     let dwords = ((u64::from(sqe.cdw(11) & 0xffff) << 16) | u64::from(cdw10 >> 16)) + 1;
     let offset = u64::from(sqe.cdw(12)) | (u64::from(sqe.cdw(13)) << 32);
     if offset % 4 != 0 {
+        return done(Status::INVALID_FIELD);
+    }
+    // NUMD is the host's word: up to 16 GiB. Refuse what the SGL cannot hold or MDTS
+    // does not allow before allocating (SPDK: "len > buf size" is an invalid field).
+    let length = dwords * 4;
+    if length > u64::from(sqe.sgl_length()) || length > u64::from(options.max_io_size) {
         return done(Status::INVALID_FIELD);
     }
     let discovery = admin.controller.kind == ControllerType::Discovery;
@@ -186,7 +192,7 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, sqe: &Sqe) -> Outco
         _ => return done(status::INVALID_LOG_PAGE),
     };
     // The host asks for a window of the page; beyond its end, the page reads as zeroes.
-    let length = (dwords * 4) as usize;
+    let length = length as usize;
     let mut data = vec![0u8; length];
     if let Some(tail) = page.get(offset.min(page.len() as u64) as usize..) {
         let take = tail.len().min(length);

@@ -105,7 +105,11 @@ fn connect_admin(
         0 if subsystem.kind == SubsystemKind::Discovery => 0,
         // An I/O controller without keep-alive could never be reclaimed; use the minimum.
         0 => options.min_kato,
-        kato => kato.max(options.min_kato).div_ceil(KATO_GRANULARITY_MS) * KATO_GRANULARITY_MS,
+        // Rounding up near u32::MAX would wrap to a few milliseconds: cap at the largest multiple.
+        kato => kato
+            .max(options.min_kato)
+            .checked_next_multiple_of(KATO_GRANULARITY_MS)
+            .unwrap_or(u32::MAX / KATO_GRANULARITY_MS * KATO_GRANULARITY_MS),
     };
     let kind = match subsystem.kind {
         SubsystemKind::Nvme => ControllerType::Io,

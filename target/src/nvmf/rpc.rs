@@ -675,7 +675,7 @@ fn get_controllers(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, re
 }
 
 /// Visits every poll group thread in turn, collecting what `visit` returns.
-fn gather<T: Send + 'static>(
+pub(crate) fn gather<T: Send + 'static>(
     ctx: &mut ThreadCtx,
     target: &NvmfTarget,
     visit: impl Fn(&mut poll_group::PollGroup, &ThreadCtx) -> T + Send + Sync + 'static,

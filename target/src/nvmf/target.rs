@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use peerless_bdev::BdevManager;
@@ -200,16 +201,24 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
     }
 
     fn fini(&self, ctx: &mut ThreadCtx, done: FiniDone) {
-        // Stop accepting, end every connection, release every namespace's bdev.
+        // Stop accepting and end every connection; then wait, bounded, until their in-flight
+        // I/O is back before the namespaces' bdevs are released: a connection dropped with
+        // I/O the bdev layer still owns is a bug (and a panic in debug builds).
         self.target.0.listeners.lock().clear();
         for subsystem in self.target.subsystems() {
             let controllers: Vec<Arc<Controller>> = subsystem.state.lock().controllers.values().cloned().collect();
             for controller in controllers {
                 self.target.disconnect_controller(&controller);
             }
-            subsystem.state.lock().namespaces.clear();
         }
-        done(ctx);
+        let target = self.target.clone();
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        super::rpc::gather(
+            ctx,
+            &self.target,
+            |group, _| group.close_all("the target is shutting down"),
+            move |ctx, _| wait_drained(ctx, target, deadline, done),
+        );
     }
 
     fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
@@ -246,6 +255,33 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
         }
         entries
     }
+}
+
+/// How long shutdown waits for connections to get their in-flight I/O back.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Asks every poll group how many connections it still has until none is left (or the
+/// deadline passes), then releases every namespace and finishes the subsystem.
+fn wait_drained(ctx: &mut ThreadCtx, target: NvmfTarget, deadline: Instant, done: FiniDone) {
+    let next = target.clone();
+    super::rpc::gather(
+        ctx,
+        &target,
+        |group, _| group.connection_count(),
+        move |ctx, counts| {
+            let left: usize = counts.iter().map(|(_, count)| count).sum();
+            if left > 0 && Instant::now() < deadline {
+                return wait_drained(ctx, next, deadline, done);
+            }
+            if left > 0 {
+                peerless_core::log_warn!("shutdown: {left} connection(s) still busy after {SHUTDOWN_DRAIN:?}");
+            }
+            for subsystem in next.subsystems() {
+                subsystem.state.lock().namespaces.clear();
+            }
+            done(ctx);
+        },
+    );
 }
 
 pub fn hex(bytes: &[u8]) -> String {

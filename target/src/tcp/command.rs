@@ -63,6 +63,7 @@ impl Conn {
     fn free_slot(&mut self, index: usize) {
         // A command that ends without running hands its P2P buffer back here.
         self.slots[index].p2p = None;
+        self.slots[index].channel = None;
         self.slots[index].state = SlotState::Free;
         self.free_slots.push(index as u16);
     }
@@ -274,6 +275,7 @@ impl Conn {
                 }
                 self.slots[index].outstanding = 1;
                 handle.submit(ctx, io, &self.completions, index as u64);
+                self.slots[index].channel = Some(handle);
             }
             Plan::Deallocate { ranges, deallocate, .. } => {
                 let mut pending = Vec::new();
@@ -291,6 +293,7 @@ impl Conn {
                     let io = self.take_io(IoType::Unmap, slba, blocks);
                     handle.submit(ctx, io, &self.completions, index as u64);
                 }
+                self.slots[index].channel = Some(handle);
             }
         }
     }

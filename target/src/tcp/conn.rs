@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use peerless_bdev::{completion_queue, BdevIo, CompletionQueue, DataBuf};
+use peerless_bdev::{completion_queue, BdevHandle, BdevIo, CompletionQueue, DataBuf};
 use peerless_core::log::flags;
 use peerless_core::mem::{ChunkReader, Sgl};
 use peerless_core::reactor::ThreadCtx;
@@ -62,6 +62,9 @@ pub(super) struct Slot {
     pub plan: Option<Plan>,
     pub outstanding: u32,
     pub status: Status,
+    /// The namespace's bdev channel while this command's I/O is at the bdev: a namespace
+    /// removed meanwhile must not take the channel (and the I/O in it) away.
+    pub channel: Option<BdevHandle>,
 }
 
 impl Slot {
@@ -76,6 +79,7 @@ impl Slot {
             plan: None,
             outstanding: 0,
             status: Status::SUCCESS,
+            channel: None,
         }
     }
 }

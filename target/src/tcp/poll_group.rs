@@ -161,6 +161,13 @@ impl PollGroup {
         }
     }
 
+    /// Closes every connection (target shutdown); each goes once its in-flight I/O is back.
+    pub fn close_all(&mut self, why: &str) {
+        for conn in &mut self.conns {
+            conn.close(why);
+        }
+    }
+
     pub fn close_conn(&mut self, conn_id: u64, why: &str) {
         if let Some(conn) = self.conns.iter_mut().find(|conn| conn.id == conn_id) {
             conn.close(why);
