@@ -5,26 +5,19 @@
 # bench/results/. Usage: bench/fio.sh [seconds per run (3)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SECONDS_PER_RUN=${1:-3}
 BUILD=${CARGO_TARGET_DIR:-build}
 bash tools/fio/build.sh >/dev/null
 cargo build --release -q -p peerless-target
-SO=$BUILD/release/libpeerless_fio.so
+BIN=$BUILD/release
+SO=$BIN/libpeerless_fio.so
 WORK=$(mktemp -d)
 PORT=4433
 NQN=nqn.2016-06.io.peerless:fio
-cat > "$WORK/config.json" <<JSON
-{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":2097152,"block_size":512}}]},
-{"subsystem":"nvmf","config":[{"method":"nvmf_create_transport","params":{"trtype":"TCP"}},
-{"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":true}},
-{"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"Null0"}}},
-{"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"tcp","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
-JSON
-"$BUILD/release/peerless-tgt" -m 0x1 -c "$WORK/config.json" -r "$WORK/rpc.sock" 2>"$WORK/tgt.log" &
-TGT=$!
-trap 'kill $TGT 2>/dev/null; wait $TGT 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do [ -S "$WORK/rpc.sock" ] && break; sleep 0.05; done
-sleep 0.5
+bench_null_config "$WORK/config.json" "$NQN" "$PORT"
+bench_start_target "$BIN" "$WORK" "$WORK/config.json"
 mkdir -p bench/results
 RESULTS="bench/results/fio-$(date -u +%Y%m%dT%H%M%SZ).json"
 echo "[" > "$RESULTS"

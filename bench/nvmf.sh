@@ -6,6 +6,8 @@
 # Usage: bench/nvmf.sh [seconds per run (3)] [rounds (2)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SECONDS_PER_RUN=${1:-3}
 ROUNDS=${2:-2}
 BUILD=${CARGO_TARGET_DIR:-build}
@@ -14,18 +16,8 @@ BIN=$BUILD/release
 WORK=$(mktemp -d)
 PORT=4431
 NQN=nqn.2016-06.io.peerless:bench
-cat > "$WORK/config.json" <<JSON
-{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":2097152,"block_size":512}}]},
-{"subsystem":"nvmf","config":[{"method":"nvmf_create_transport","params":{"trtype":"TCP"}},
-{"method":"nvmf_create_subsystem","params":{"nqn":"$NQN","allow_any_host":true}},
-{"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"Null0"}}},
-{"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"tcp","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
-JSON
-"$BIN/peerless-tgt" -m 0x1 -c "$WORK/config.json" -r "$WORK/rpc.sock" 2>"$WORK/tgt.log" &
-TGT=$!
-trap 'kill $TGT 2>/dev/null; wait $TGT 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do [ -S "$WORK/rpc.sock" ] && break; sleep 0.05; done
-sleep 0.5
+bench_null_config "$WORK/config.json" "$NQN" "$PORT"
+bench_start_target "$BIN" "$WORK" "$WORK/config.json"
 TRID="trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$NQN"
 
 perf() { "$BIN/peerless-perf" -r "$TRID" -q "$1" -o "$2" -w "$3" -t "$SECONDS_PER_RUN" -c 0x2 --json 2>/dev/null; }

@@ -7,6 +7,8 @@
 # Usage: bench/p2p.sh [seconds per run (3)] [rounds (1)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 SECONDS_PER_RUN=${1:-3}
 ROUNDS=${2:-1}
 BUILD=${CARGO_TARGET_DIR:-build}
@@ -26,11 +28,7 @@ cat > "$WORK/config.json" <<JSON
  {"method":"nvmf_subsystem_add_ns","params":{"nqn":"nqn.2016-06.io.peerless:p2p","namespace":{"bdev_name":"P2pPath","p2pmem":"auto"}}},
  {"method":"nvmf_subsystem_add_listener","params":{"nqn":"nqn.2016-06.io.peerless:p2p","listen_address":{"trtype":"tcp","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
 JSON
-"$BIN/peerless-tgt" -m 0x1 -c "$WORK/config.json" -r "$WORK/rpc.sock" 2>"$WORK/tgt.log" &
-TGT=$!
-trap 'kill $TGT 2>/dev/null; wait $TGT 2>/dev/null; rm -rf "$WORK"' EXIT
-for _ in $(seq 100); do [ -S "$WORK/rpc.sock" ] && break; sleep 0.05; done
-sleep 0.5
+bench_start_target "$BIN" "$WORK" "$WORK/config.json"
 cpu_ticks() { awk '{print $14+$15}' "/proc/$TGT/stat"; }
 stats() { "$BIN/peerless-rpc" -s "$WORK/rpc.sock" mem_get_stats; }
 
