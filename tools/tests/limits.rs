@@ -135,6 +135,24 @@ fn a_log_page_larger_than_its_buffer_is_an_invalid_field() {
     queue.write(1, 0, 1, &[7; BLOCK as usize]).unwrap();
 }
 
+/// An admin command whose buffer is zero bytes long gets its CapsuleResp and no
+/// C2HData: a data PDU carrying nothing is malformed (found by the wire fuzzer).
+#[test]
+fn a_zero_length_admin_buffer_gets_no_data_pdu() {
+    let target = Target::start("limits-zero-buffer", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let digests = Digests { header: true, data: true };
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options { digests, ..Options::default() }).unwrap();
+    let cmd = SqeBuilder::new(admin::IDENTIFY, 0x51).cdw(10, 0x01).transport_data(0).build();
+    let admin = controller.admin();
+    admin.send_raw(pdu::capsule_cmd(cmd.bytes(), 0, digests).as_slice()).unwrap();
+    let answer = admin.recv_pdu(Duration::from_secs(5)).expect("an answer");
+    assert_eq!(answer.header.pdu_type, pdu_type::CAPSULE_RESP, "no C2HData for a zero-length buffer");
+    let cqe = Cqe::decode(&answer.bytes[8..24]);
+    assert_eq!((cqe.cid, cqe.status), (0x51, Status::SUCCESS));
+    assert_eq!(controller.identify(0x01, 0).unwrap().len(), 4096);
+}
+
 #[test]
 fn namespaces_per_subsystem_and_spec_names_are_checked_at_rpc_time() {
     let target = Target::start("limits-rpc", &[]);

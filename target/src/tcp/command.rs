@@ -413,6 +413,12 @@ impl Conn {
                     return;
                 }
                 let len = data.len().min(sqe.sgl_length() as usize);
+                // A zero-length buffer asks for no data: a C2HData carrying none is
+                // malformed on the wire (found by the wire fuzzer).
+                if len == 0 {
+                    self.respond_and_free(index, status, result);
+                    return;
+                }
                 let sent = Sgl::from_host(&data)
                     .map_err(|_| Status::INTERNAL_ERROR)
                     .and_then(|sgl| self.send_c2h(sqe.cid(), &sgl, len, false));
