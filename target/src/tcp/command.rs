@@ -185,9 +185,10 @@ impl Conn {
                 _ => Err(Status::INVALID_FIELD),
             };
         }
-        let subsystem = queue.controller.subsystem.clone();
-        let Some(entry) = tables.get(ctx, &subsystem, sqe.nsid()) else { return Err(Status::INVALID_NAMESPACE) };
-        let provider = entry.ns.provider.clone();
+        // Borrowed, not cloned: the subsystem's refcount is shared by every core serving it.
+        let Some(entry) = tables.get(ctx, &queue.controller.subsystem, sqe.nsid()) else {
+            return Err(Status::INVALID_NAMESPACE);
+        };
         let plan = io_cmd::plan(
             sqe,
             &entry.info,
@@ -199,9 +200,9 @@ impl Conn {
         let transfer = match plan {
             Plan::Block { transfer, .. } | Plan::Deallocate { transfer, .. } => transfer,
         };
-        if let (Some(provider), Plan::Block { .. }) = (provider, plan) {
+        if let (Some(provider), Plan::Block { .. }) = (&entry.ns.provider, plan) {
             if transfer.bytes > 0 {
-                self.place_in_provider(index, &provider, transfer.bytes);
+                self.place_in_provider(index, provider, transfer.bytes);
             }
         }
         Ok(Some(transfer))
@@ -255,8 +256,8 @@ impl Conn {
             return;
         };
         let sqe = self.slots[index].sqe;
-        let Some(subsystem) = self.queue.as_ref().map(|queue| queue.controller.subsystem.clone()) else { return };
-        let Some(entry) = tables.get(ctx, &subsystem, sqe.nsid()) else {
+        let Some(queue) = self.queue.as_ref() else { return };
+        let Some(entry) = tables.get(ctx, &queue.controller.subsystem, sqe.nsid()) else {
             self.respond_and_free(index, Status::INVALID_NAMESPACE, 0);
             return;
         };
