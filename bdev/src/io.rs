@@ -90,6 +90,16 @@ impl DataBuf {
         self.len() == 0
     }
 
+    /// The whole buffer as a tagged list (read-only view).
+    pub fn sgl(&self) -> mem::Result<Sgl<'_>> {
+        Sgl::from_ref(self.seg_ref()?)
+    }
+
+    /// The whole buffer as a writable tagged list.
+    pub fn sgl_mut(&mut self) -> mem::Result<Sgl<'_>> {
+        Sgl::from_ref(self.seg_ref_mut()?)
+    }
+
     fn seg_ref(&self) -> mem::Result<SegRef<'_>> {
         match self {
             DataBuf::Heap(bytes) => SegRef::host(bytes),

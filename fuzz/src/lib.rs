@@ -23,7 +23,7 @@ use peerless_target::nvmf::ctrlr::AdminState;
 use peerless_target::nvmf::io_cmd::{self, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
 use peerless_target::nvmf::subsystem::{ListenAddress, SubsystemKind};
 use peerless_target::nvmf::{admin, NvmfTarget};
-use peerless_target::tcp::options::TransportOptions;
+use peerless_target::nvmf::transport::TransportOptions;
 use peerless_target::tcp::pdu::{
     self, pdu_type, CommonHeader, DataHeader, Digests, IcReq, Receiver, CAPSULE_CMD_HLEN, COMMON_HEADER_BYTES,
     TERM_HLEN, TERM_MAX_DATA,
@@ -162,9 +162,9 @@ fn admin_command(sqe: &Sqe) {
         std::time::Duration::from_secs(10),
         4,
     ));
-    let mut state = AdminState::new(controller, 128, 4);
+    let mut state = AdminState::new(controller, 128, 4, 0);
     if let admin::Outcome::Done { data: Some(data), .. } =
-        admin::execute(&mut state, &world.target, &world.options, sqe)
+        admin::execute(&mut state, &world.target, &world.options, sqe, 0)
     {
         // Never more than MDTS, whatever the host asked for.
         assert!(data.len() <= world.options.max_io_size as usize, "admin data of {} bytes", data.len());

@@ -113,6 +113,7 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
 
     let bdevs = BdevManager::new();
     let target = NvmfTarget::new(handle.clone(), bdevs.clone());
+    target.register_transport_type(crate::tcp::TRTYPE, crate::tcp::TcpTransport::create);
     register_subsystems(&handle, &bdevs, &target);
     let registry = Arc::new(registry(&bdevs, &target));
     let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {

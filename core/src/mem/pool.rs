@@ -37,21 +37,11 @@ pub enum IoBufClass {
 impl IoBufClass {
     pub const ALL: [IoBufClass; 2] = [IoBufClass::Small, IoBufClass::Large];
 
-    pub const fn size_bytes(self) -> usize {
+    /// The default size of the class (SPDK's iobuf sizes); a pool may set its own.
+    pub const fn default_size_bytes(self) -> usize {
         match self {
             IoBufClass::Small => IOBUF_SMALL_BYTES,
             IoBufClass::Large => IOBUF_LARGE_BYTES,
-        }
-    }
-
-    /// The smallest class that holds `len` bytes.
-    pub const fn for_len(len: usize) -> Option<IoBufClass> {
-        if len <= IOBUF_SMALL_BYTES {
-            Some(IoBufClass::Small)
-        } else if len <= IOBUF_LARGE_BYTES {
-            Some(IoBufClass::Large)
-        } else {
-            None
         }
     }
 
@@ -71,12 +61,22 @@ pub struct PoolConfig {
     /// Per-thread cache size of each class.
     pub small_cache: usize,
     pub large_cache: usize,
+    /// Buffer size of each class: a multiple of the DMA alignment, small <= large.
+    pub small_bytes: usize,
+    pub large_bytes: usize,
 }
 
 impl Default for PoolConfig {
     /// SPDK's iobuf defaults.
     fn default() -> Self {
-        PoolConfig { small_count: 8192, large_count: 1024, small_cache: 128, large_cache: 16 }
+        PoolConfig {
+            small_count: 8192,
+            large_count: 1024,
+            small_cache: 128,
+            large_cache: 16,
+            small_bytes: IOBUF_SMALL_BYTES,
+            large_bytes: IOBUF_LARGE_BYTES,
+        }
     }
 }
 
@@ -95,9 +95,30 @@ pub struct IoBufPool {
 
 impl IoBufPool {
     pub fn new(cfg: PoolConfig) -> Result<IoBufPool> {
-        let small = Class::new(IoBufClass::Small, cfg.small_count, cfg.small_cache)?;
-        let large = Class::new(IoBufClass::Large, cfg.large_count, cfg.large_cache)?;
+        if cfg.small_bytes > cfg.large_bytes {
+            return Err(Error::Config(format!(
+                "iobuf sizes: small ({}) must not exceed large ({})",
+                cfg.small_bytes, cfg.large_bytes
+            )));
+        }
+        let small = Class::new(IoBufClass::Small, cfg.small_count, cfg.small_cache, cfg.small_bytes)?;
+        let large = Class::new(IoBufClass::Large, cfg.large_count, cfg.large_cache, cfg.large_bytes)?;
         Ok(IoBufPool { classes: [small, large] })
+    }
+
+    /// Buffer size of a class in this pool.
+    pub fn size_bytes(&self, class: IoBufClass) -> usize {
+        self.class(class).size
+    }
+
+    /// The smallest class that holds `len` bytes.
+    pub fn class_for(&self, len: usize) -> Option<IoBufClass> {
+        IoBufClass::ALL.into_iter().find(|class| len <= self.size_bytes(*class))
+    }
+
+    /// Bytes of memory the pool holds (both classes).
+    pub fn memory_bytes(&self) -> usize {
+        self.classes.iter().map(|class| class.size * class.count).sum()
     }
 
     fn class(&self, class: IoBufClass) -> &Class {
@@ -134,14 +155,20 @@ impl IoBufPool {
 }
 
 impl Class {
-    fn new(class: IoBufClass, count: usize, cache: usize) -> Result<Class> {
+    fn new(class: IoBufClass, count: usize, cache: usize, size: usize) -> Result<Class> {
         if count == 0 || count > IOBUF_COUNT_MAX || cache > IOBUF_CACHE_MAX || cache > count {
             return Err(Error::Config(format!(
                 "{class:?} iobuf pool: count {count} must be 1..={IOBUF_COUNT_MAX}, cache \
                  {cache} at most {IOBUF_CACHE_MAX} and at most count"
             )));
         }
-        let size = class.size_bytes();
+        // Each buffer starts on a page: O_DIRECT and PRPs need that alignment.
+        if size == 0 || !size.is_multiple_of(super::dma::DMA_ALIGN_BYTES) || size > u32::MAX as usize {
+            return Err(Error::Config(format!(
+                "{class:?} iobuf size {size} must be a non-zero multiple of {}",
+                super::dma::DMA_ALIGN_BYTES
+            )));
+        }
         let mem = DmaBuf::alloc(count * size)?;
         let free = ArrayQueue::new(count);
         for i in 0..count as u32 {
@@ -176,7 +203,7 @@ impl<'p> IoBuf<'p> {
     }
 
     pub fn len(&self) -> usize {
-        self.class.size_bytes()
+        self.pool.class(self.class).size
     }
 
     pub fn is_empty(&self) -> bool {
@@ -346,8 +373,36 @@ mod tests {
             large_count: large,
             small_cache: cache.min(small),
             large_cache: cache.min(large),
+            ..PoolConfig::default()
         })
         .expect("pool memory")
+    }
+
+    #[test]
+    fn class_sizes_are_configurable_and_checked() {
+        let cfg = PoolConfig {
+            small_count: 2,
+            large_count: 2,
+            small_cache: 1,
+            large_cache: 1,
+            small_bytes: 4096,
+            large_bytes: 16384,
+        };
+        let pool = IoBufPool::new(cfg).expect("pool memory");
+        assert_eq!(pool.class_for(1), Some(IoBufClass::Small));
+        assert_eq!(pool.class_for(4096), Some(IoBufClass::Small));
+        assert_eq!(pool.class_for(4097), Some(IoBufClass::Large));
+        assert_eq!(pool.class_for(16385), None);
+        assert_eq!(pool.memory_bytes(), 2 * 4096 + 2 * 16384);
+        let mut cache = pool.cache();
+        let large = cache.get(IoBufClass::Large).expect("a large buffer");
+        assert_eq!(large.len(), 16384);
+        assert_eq!(large.seg_ref().seg().addr() % super::super::dma::DMA_ALIGN_BYTES, 0);
+        cache.put(large);
+        let unaligned = PoolConfig { small_bytes: 5000, ..cfg };
+        assert!(IoBufPool::new(unaligned).unwrap_err().to_string().contains("multiple of 4096"));
+        let inverted = PoolConfig { small_bytes: 32768, ..cfg };
+        assert!(IoBufPool::new(inverted).unwrap_err().to_string().contains("must not exceed"));
     }
 
     #[test]
@@ -481,7 +536,8 @@ mod tests {
     fn bad_configs_are_refused() {
         let bad = PoolConfig { small_count: 0, ..PoolConfig::default() };
         assert!(matches!(IoBufPool::new(bad), Err(Error::Config(_))));
-        let bad = PoolConfig { small_count: 2, small_cache: 3, large_count: 1, large_cache: 1 };
+        let bad =
+            PoolConfig { small_count: 2, small_cache: 3, large_count: 1, large_cache: 1, ..PoolConfig::default() };
         assert!(matches!(IoBufPool::new(bad), Err(Error::Config(_))));
     }
 }

@@ -48,10 +48,13 @@ pub mod status {
     use peerless_bdev::status::sct;
 
     pub const COMMAND_ID_CONFLICT: Status = Status { sct: sct::GENERIC, sc: 0x03 };
+    /// Command Abort Requested (NVMe Base 2.0, Figure 101).
+    pub const ABORTED_BY_REQUEST: Status = Status { sct: sct::GENERIC, sc: 0x07 };
     pub const COMMAND_SEQUENCE_ERROR: Status = Status { sct: sct::GENERIC, sc: 0x0c };
     pub const DATA_SGL_LENGTH_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x0f };
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x11 };
     pub const SGL_OFFSET_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x16 };
+    pub const KEEP_ALIVE_TIMEOUT_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x1a };
     pub const INVALID_QUEUE_IDENTIFIER: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x01 };
     pub const INVALID_QUEUE_SIZE: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x02 };
     pub const ASYNC_EVENT_LIMIT_EXCEEDED: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x05 };

@@ -2,15 +2,16 @@
 //! executed on the admin queue's thread against its `AdminState`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::ctrlr::{AdminState, MAX_ASYNC_EVENTS};
+use super::connect::keep_alive_timeout_ms;
+use super::ctrlr::{AdminState, SmartCounters, MAX_ASYNC_EVENTS};
 use super::subsystem::{Namespace, SubsystemKind};
 use super::target::NvmfTarget;
+use super::transport::TransportOptions;
 use crate::nvme::identify::{self, cns, ControllerData, ControllerType, NamespaceData};
 use crate::nvme::log::{self as logpage, lid, DiscoveryEntry};
 use crate::nvme::{admin as opc, fctype, le32, le64, status, Sqe, Status};
-use crate::tcp::options::TransportOptions;
 
 /// What an admin command produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,15 +54,21 @@ pub fn firmware_revision() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
-pub fn execute(admin: &mut AdminState, target: &NvmfTarget, options: &TransportOptions, sqe: &Sqe) -> Outcome {
+pub fn execute(
+    admin: &mut AdminState,
+    target: &NvmfTarget,
+    options: &TransportOptions,
+    sqe: &Sqe,
+    now_ns: u64,
+) -> Outcome {
     // Any admin command shows the host is alive (SPDK restarts the timer the same way).
-    admin.last_keep_alive = Instant::now();
+    admin.last_keep_alive_ns = now_ns;
     let discovery = admin.controller.kind == ControllerType::Discovery;
     match sqe.opcode() {
         opc::FABRICS => fabrics(admin, sqe),
         opc::IDENTIFY => identify(admin, options, sqe),
         opc::GET_LOG_PAGE => get_log_page(admin, target, options, sqe),
-        opc::SET_FEATURES => set_features(admin, sqe, discovery),
+        opc::SET_FEATURES => set_features(admin, options, sqe, discovery),
         opc::GET_FEATURES => get_features(admin, sqe, discovery),
         opc::KEEP_ALIVE => done(Status::SUCCESS),
         opc::ASYNC_EVENT_REQUEST => {
@@ -71,9 +78,7 @@ pub fn execute(admin: &mut AdminState, target: &NvmfTarget, options: &TransportO
             admin.pending_aers.push(sqe.cid());
             Outcome::Held
         }
-        // Commands run to completion as they arrive, so there is never one to abort:
-        // DW0 bit 0 set says "not aborted".
-        opc::ABORT if !discovery => with_result(1),
+        // Abort needs the queues, so the engine runs it; discovery controllers have none.
         _ => done(Status::INVALID_OPCODE),
     }
 }
@@ -180,7 +185,15 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &Transport
         lid::ERROR_INFORMATION if !discovery => {
             vec![0u8; logpage::ERROR_ENTRY_BYTES * usize::from(identify::ERROR_LOG_ENTRIES)]
         }
-        lid::SMART_HEALTH if !discovery => logpage::smart(0, 0, 0, 0),
+        lid::SMART_HEALTH if !discovery => {
+            let counters = admin.controller.smart();
+            logpage::smart(
+                SmartCounters::data_units(counters.bytes_read),
+                SmartCounters::data_units(counters.bytes_written),
+                counters.read_commands,
+                counters.write_commands,
+            )
+        }
         lid::FIRMWARE_SLOT if !discovery => logpage::firmware_slot(firmware_revision()),
         lid::CHANGED_NAMESPACES if !discovery => {
             let page = logpage::changed_namespaces(&admin.changed_namespaces);
@@ -191,13 +204,16 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &Transport
         }
         _ => return done(status::INVALID_LOG_PAGE),
     };
-    // The host asks for a window of the page; beyond its end, the page reads as zeroes.
+    // The host asks for a window of the page. An offset past its end is an invalid field
+    // (NVMe Base 2.0, 5.16); a window that runs past the end reads as zeroes there.
+    if offset >= page.len() as u64 {
+        return done(Status::INVALID_FIELD);
+    }
     let length = length as usize;
     let mut data = vec![0u8; length];
-    if let Some(tail) = page.get(offset.min(page.len() as u64) as usize..) {
-        let take = tail.len().min(length);
-        data[..take].copy_from_slice(&tail[..take]);
-    }
+    let tail = &page[offset as usize..];
+    let take = tail.len().min(length);
+    data[..take].copy_from_slice(&tail[..take]);
     with_data(data)
 }
 
@@ -235,17 +251,21 @@ pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
     logpage::discovery(target.discovery_generation(), &entries)
 }
 
-fn set_features(admin: &mut AdminState, sqe: &Sqe, discovery: bool) -> Outcome {
+fn set_features(admin: &mut AdminState, options: &TransportOptions, sqe: &Sqe, discovery: bool) -> Outcome {
     let cdw10 = sqe.cdw(10);
     if cdw10 & (1 << 31) != 0 {
         return done(status::FEATURE_NOT_SAVEABLE);
     }
     let value = sqe.cdw(11);
     match (cdw10 & 0xff) as u8 {
-        fid::KEEP_ALIVE_TIMER => {
-            admin.kato = Duration::from_millis(u64::from(value));
-            done(Status::SUCCESS)
-        }
+        fid::KEEP_ALIVE_TIMER => match keep_alive_timeout_ms(value, options.min_kato) {
+            Some(kato_ms) => {
+                admin.kato = Duration::from_millis(u64::from(kato_ms));
+                done(Status::SUCCESS)
+            }
+            // Keep-alive is what reclaims a vanished host's controller: it cannot be off.
+            None => done(status::KEEP_ALIVE_TIMEOUT_INVALID),
+        },
         fid::ASYNC_EVENT_CONFIG => {
             admin.async_event_config = value;
             done(Status::SUCCESS)

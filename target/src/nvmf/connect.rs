@@ -11,14 +11,33 @@ use peerless_core::reactor::ThreadHandle;
 use super::ctrlr::{Controller, QpairInfo};
 use super::subsystem::{Subsystem, SubsystemKind};
 use super::target::NvmfTarget;
+use super::transport::TransportOptions;
 use crate::nvme::identify::ControllerType;
 use crate::nvme::{get_str, le16, le32, status, Sqe, Status};
-use crate::tcp::options::TransportOptions;
 
 pub const CONNECT_DATA_BYTES: usize = 1024;
 const DYNAMIC_CNTLID: u16 = 0xffff;
 /// KAS granularity the target reports (100 ms units): KATO rounds up to it.
 const KATO_GRANULARITY_MS: u32 = 100;
+/// A discovery controller whose host asked for no keep-alive still goes after this long
+/// (SPDK's NVMF_DISC_KATO_IN_MS): a host that vanished must not hold it forever.
+pub const DISCOVERY_DEFAULT_KATO_MS: u32 = 120_000;
+
+/// The Keep Alive Timeout a controller runs with for a host's request (Connect KATO or
+/// Set Features Keep Alive Timer, NVMe Base 2.0, 5.27.1.12), or None for 0, which asks
+/// for no keep-alive: keep-alive is what reclaims a vanished host's controller, so the
+/// caller picks a timeout (Connect) or refuses (Set Features), as SPDK does.
+pub fn keep_alive_timeout_ms(requested_ms: u32, min_kato_ms: u32) -> Option<u32> {
+    match requested_ms {
+        0 => None,
+        // Rounding up near u32::MAX would wrap to a few milliseconds: cap at the largest multiple.
+        kato => Some(
+            kato.max(min_kato_ms)
+                .checked_next_multiple_of(KATO_GRANULARITY_MS)
+                .unwrap_or(u32::MAX / KATO_GRANULARITY_MS * KATO_GRANULARITY_MS),
+        ),
+    }
+}
 
 /// A refused Connect: its status and DW0 (IPO in bits 15:0, IATTR in bits 23:16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,17 +119,11 @@ fn connect_admin(
     if cntlid != DYNAMIC_CNTLID {
         return Err(invalid(true, 16));
     }
-    let requested_kato = le32(&sqe.0, 48);
-    let kato_ms = match requested_kato {
-        0 if subsystem.kind == SubsystemKind::Discovery => 0,
-        // An I/O controller without keep-alive could never be reclaimed; use the minimum.
-        0 => options.min_kato,
-        // Rounding up near u32::MAX would wrap to a few milliseconds: cap at the largest multiple.
-        kato => kato
-            .max(options.min_kato)
-            .checked_next_multiple_of(KATO_GRANULARITY_MS)
-            .unwrap_or(u32::MAX / KATO_GRANULARITY_MS * KATO_GRANULARITY_MS),
-    };
+    let discovery = subsystem.kind == SubsystemKind::Discovery;
+    // An I/O controller without keep-alive could never be reclaimed; Connect asking for
+    // none gets the minimum (as SPDK does), where Set Features is refused.
+    let fallback_ms = if discovery { DISCOVERY_DEFAULT_KATO_MS } else { options.min_kato };
+    let kato_ms = keep_alive_timeout_ms(le32(&sqe.0, 48), options.min_kato).unwrap_or(fallback_ms);
     let kind = match subsystem.kind {
         SubsystemKind::Nvme => ControllerType::Io,
         SubsystemKind::Discovery => ControllerType::Discovery,
@@ -178,5 +191,18 @@ pub fn disconnect(controller: &Arc<Controller>, qid: u16, conn_id: u64) {
     if qid == 0 {
         controller.fail();
         controller.subsystem.state.lock().controllers.remove(&controller.cntlid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_timeouts() {
+        assert_eq!(keep_alive_timeout_ms(0, 10_000), None);
+        assert_eq!(keep_alive_timeout_ms(1, 10_000), Some(10_000), "at least the minimum");
+        assert_eq!(keep_alive_timeout_ms(15_001, 10_000), Some(15_100), "rounded up to KAS");
+        assert_eq!(keep_alive_timeout_ms(u32::MAX, 10_000), Some(u32::MAX / 100 * 100), "no wrap");
     }
 }

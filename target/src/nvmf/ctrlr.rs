@@ -4,11 +4,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
+use peerless_bdev::IoType;
 use peerless_core::reactor::ThreadHandle;
 
 use super::subsystem::Subsystem;
@@ -56,6 +57,59 @@ pub struct Controller {
     /// I/O queues granted by Set Features Number of Queues (a count, not 0's based).
     io_queues: AtomicU16,
     pub qpairs: Mutex<Vec<QpairInfo>>,
+    /// Each I/O queue's share of the SMART / Health counters; summed when read.
+    counters: Mutex<Vec<Arc<IoCounters>>>,
+}
+
+/// One I/O queue's counters for the SMART / Health log (NVMe Base 2.0, Figure 207).
+/// A queue's poll group is the only writer, with plain load + store: no read-modify-write
+/// on a line another core writes. Readers (Get Log Page) sum every queue's.
+#[derive(Debug, Default)]
+pub struct IoCounters {
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    read_commands: AtomicU64,
+    write_commands: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+}
+
+impl IoCounters {
+    /// Counts a finished command; only successful reads and writes count (Figure 207).
+    pub fn count(&self, io_type: IoType, bytes: usize, success: bool) {
+        if !success {
+            return;
+        }
+        match io_type {
+            IoType::Read => {
+                bump(&self.bytes_read, bytes as u64);
+                bump(&self.read_commands, 1);
+            }
+            IoType::Write => {
+                bump(&self.bytes_written, bytes as u64);
+                bump(&self.write_commands, 1);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The SMART / Health counters of a controller, summed over its queues.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SmartCounters {
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub read_commands: u64,
+    pub write_commands: u64,
+}
+
+impl SmartCounters {
+    /// Data units of 1000 512-byte blocks, rounded up (NVMe Base 2.0, Figure 207).
+    pub fn data_units(bytes: u64) -> u64 {
+        (bytes.div_ceil(512)).div_ceil(1000)
+    }
 }
 
 impl Controller {
@@ -79,7 +133,26 @@ impl Controller {
             failed: AtomicBool::new(false),
             io_queues: AtomicU16::new(default_io_queues),
             qpairs: Mutex::new(Vec::new()),
+            counters: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A new I/O queue's counters, kept for as long as the controller lives.
+    pub fn io_counters(&self) -> Arc<IoCounters> {
+        let counters = Arc::new(IoCounters::default());
+        self.counters.lock().push(counters.clone());
+        counters
+    }
+
+    pub fn smart(&self) -> SmartCounters {
+        let mut sum = SmartCounters::default();
+        for queue in self.counters.lock().iter() {
+            sum.bytes_read += queue.bytes_read.load(Ordering::Relaxed);
+            sum.bytes_written += queue.bytes_written.load(Ordering::Relaxed);
+            sum.read_commands += queue.read_commands.load(Ordering::Relaxed);
+            sum.write_commands += queue.write_commands.load(Ordering::Relaxed);
+        }
+        sum
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -130,17 +203,20 @@ pub struct AdminState {
     pub pending_aers: Vec<u16>,
     pending_events: VecDeque<u32>,
     pub changed_namespaces: Vec<u32>,
-    pub last_keep_alive: Instant,
+    /// When the host last showed it is alive, on the thread's nanosecond clock.
+    pub last_keep_alive_ns: u64,
     /// Keep Alive Timeout; starts as the Connect's, Set Features may change it.
     pub kato: Duration,
     pub max_io_queues: u16,
+    /// CC.EN went from 1 to 0: the engine deletes the I/O queues.
+    reset_requested: bool,
 }
 
 /// Default temperature threshold: 0x157 K (70 C), as SPDK and most drives report.
 const DEFAULT_TEMPERATURE_THRESHOLD: u32 = 0x157;
 
 impl AdminState {
-    pub fn new(controller: Arc<Controller>, max_queue_entries: u16, max_io_queues: u16) -> AdminState {
+    pub fn new(controller: Arc<Controller>, max_queue_entries: u16, max_io_queues: u16, now_ns: u64) -> AdminState {
         AdminState {
             kato: controller.kato,
             controller,
@@ -155,8 +231,9 @@ impl AdminState {
             pending_aers: Vec::new(),
             pending_events: VecDeque::new(),
             changed_namespaces: Vec::new(),
-            last_keep_alive: Instant::now(),
+            last_keep_alive_ns: now_ns,
             max_io_queues,
+            reset_requested: false,
         }
     }
 
@@ -201,6 +278,7 @@ impl AdminState {
             // A reset: I/O queues end and the controller must be enabled again.
             self.csts &= !1;
             self.controller.enabled.store(false, Ordering::Release);
+            self.reset_requested = true;
         }
         if shutdown != 0 {
             self.csts = (self.csts & !(0x3 << 2)) | (0x2 << 2); // SHST: shutdown complete
@@ -235,8 +313,13 @@ impl AdminState {
         Some((cid, dw0))
     }
 
-    pub fn keep_alive_expired(&self, now: Instant) -> bool {
-        !self.kato.is_zero() && now.duration_since(self.last_keep_alive) > self.kato
+    /// Whether a reset was asked for since the last call.
+    pub fn take_reset(&mut self) -> bool {
+        std::mem::take(&mut self.reset_requested)
+    }
+
+    pub fn keep_alive_expired(&self, now_ns: u64) -> bool {
+        !self.kato.is_zero() && now_ns.saturating_sub(self.last_keep_alive_ns) > self.kato.as_nanos() as u64
     }
 }
 
@@ -249,7 +332,7 @@ mod tests {
         let subsystem = Arc::new(Subsystem::new(1, "nqn.2016-06.io.spdk:cnode1", SubsystemKind::Nvme));
         let controller =
             Arc::new(Controller::new(1, subsystem, "host".into(), [0; 16], ControllerType::Io, Duration::ZERO, 0));
-        AdminState::new(controller, 128, 4)
+        AdminState::new(controller, 128, 4, 0)
     }
 
     #[test]
@@ -262,8 +345,11 @@ mod tests {
         assert!(admin.property_set(prop::CC, 1 | (6 << 16) | (4 << 20)));
         assert_eq!(admin.csts & 1, 1);
         assert!(admin.controller.is_enabled());
+        assert!(!admin.take_reset());
         assert!(admin.property_set(prop::CC, 0));
         assert!(!admin.controller.is_enabled());
+        assert!(admin.take_reset(), "CC.EN 1 -> 0 deletes the I/O queues");
+        assert!(!admin.take_reset(), "once");
         assert!(admin.property_set(prop::CC, 1 | (6 << 16) | (4 << 20) | (1 << 14)));
         assert_eq!((admin.csts >> 2) & 3, 2, "shutdown complete");
         assert!(!admin.property_set(prop::CAP, 5), "CAP is read-only");
@@ -281,5 +367,32 @@ mod tests {
         assert_eq!(admin.next_event_completion(), None, "no AER outstanding yet");
         admin.pending_aers.push(9);
         assert_eq!(admin.next_event_completion(), Some((9, 0x0004_0002)));
+    }
+}
+
+#[cfg(test)]
+mod counter_tests {
+    use super::*;
+    use crate::nvmf::subsystem::SubsystemKind;
+
+    #[test]
+    fn smart_counters_sum_queues_and_count_only_successful_io() {
+        let subsystem = Arc::new(Subsystem::new(1, "nqn.2016-06.io.spdk:cnode1", SubsystemKind::Nvme));
+        let controller = Controller::new(1, subsystem, "host".into(), [0; 16], ControllerType::Io, Duration::ZERO, 1);
+        let (a, b) = (controller.io_counters(), controller.io_counters());
+        a.count(IoType::Read, 4096, true);
+        b.count(IoType::Read, 512, true);
+        b.count(IoType::Write, 1_000_000, true);
+        b.count(IoType::Write, 4096, false);
+        a.count(IoType::Flush, 0, true);
+        let smart = controller.smart();
+        assert_eq!(
+            smart,
+            SmartCounters { bytes_read: 4608, bytes_written: 1_000_000, read_commands: 2, write_commands: 1 }
+        );
+        assert_eq!(SmartCounters::data_units(0), 0);
+        assert_eq!(SmartCounters::data_units(512), 1, "rounded up");
+        assert_eq!(SmartCounters::data_units(512_000), 1);
+        assert_eq!(SmartCounters::data_units(512_001), 2);
     }
 }

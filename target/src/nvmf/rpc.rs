@@ -12,14 +12,12 @@ use peerless_core::rpc::{Registry, Responder, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::poll_group::{self, PollGroupStats};
 use super::subsystem::{
     validate_ascii, validate_nqn, ListenAddress, Namespace, Subsystem, SubsystemKind, DISCOVERY_NQN, MAX_CNTLID,
     MIN_CNTLID, MODEL_MAX_BYTES, SERIAL_MAX_BYTES,
 };
 use super::target::{hex, poll_group_name, NvmfTarget, DEFAULT_MAX_SUBSYSTEMS};
-use crate::tcp::listener::Listener;
-use crate::tcp::options::TransportOptions;
-use crate::tcp::poll_group::{self, PollGroupStats};
 
 /// Who claims a namespace's bdev, as `bdev_get_bdevs` will name it.
 const NS_CLAIMANT: &str = "NVMe-oF Target";
@@ -50,7 +48,7 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
             });
         }};
     }
-    method!("nvmf_create_transport", TransportOptions, create_transport);
+    method!("nvmf_create_transport", Value, create_transport);
     method!("nvmf_get_transports", TargetFilter, get_transports);
     method!("nvmf_create_subsystem", CreateSubsystem, create_subsystem);
     method!("nvmf_delete_subsystem", NqnParams, delete_subsystem);
@@ -111,32 +109,29 @@ fn nvme_subsystem(target: &NvmfTarget, nqn: &str) -> Result<Arc<Subsystem>, RpcE
     Ok(found)
 }
 
-fn create_transport(_: &mut ThreadCtx, target: &NvmfTarget, options: TransportOptions, responder: Responder) {
-    if let Err(why) = options.validate() {
-        return responder.err(invalid(why));
+/// Decoded relaxed, as SPDK does: rpc.py sends other transports' keys, and each transport
+/// reads its own from the same parameters.
+fn create_transport(ctx: &mut ThreadCtx, target: &NvmfTarget, params: Value, responder: Responder) {
+    let Some(trtype) = params.get("trtype").and_then(Value::as_str) else {
+        return responder.err(invalid("trtype is required (e.g. \"TCP\")"));
+    };
+    let poll_groups = ctx.app().options().cpumask.cores().count().max(1);
+    match target.create_transport(trtype, &params, poll_groups) {
+        Ok(_) => responder.ok_true(),
+        Err(why) if why.contains("already exists") => responder.err(RpcError::exists(why)),
+        Err(why) => responder.err(invalid(why)),
     }
-    let mut transport = target.0.transport.lock();
-    if transport.is_some() {
-        return responder.err(invalid(format!("Transport type '{}' already exists", options.trtype.to_uppercase())));
-    }
-    *transport = Some(Arc::new(TransportOptions { trtype: "TCP".into(), ..options }));
-    responder.ok_true();
 }
 
 fn get_transports(_: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, responder: Responder) {
     let _ = params.tgt_name;
     let transports: Vec<Value> = target
-        .transport()
-        .filter(|_| params.trtype.as_deref().is_none_or(|trtype| trtype.eq_ignore_ascii_case("tcp")))
-        .map(|options| {
-            json!({"trtype": "TCP", "max_queue_depth": options.max_queue_depth,
-                "max_io_qpairs_per_ctrlr": options.max_io_qpairs_per_ctrlr, "in_capsule_data_size": options.in_capsule_data_size,
-                "max_io_size": options.max_io_size, "io_unit_size": options.io_unit_size, "max_aq_depth": options.max_aq_depth,
-                "dif_insert_or_strip": options.dif_insert_or_strip, "zcopy": options.zcopy, "c2h_success": options.c2h_success,
-                "sock_priority": options.sock_priority, "abort_timeout_sec": options.abort_timeout_sec,
-                "disable_command_passthru": options.disable_command_passthru, "kas": options.kas, "min_kato": options.min_kato})
+        .transports()
+        .iter()
+        .filter(|transport| {
+            params.trtype.as_deref().is_none_or(|trtype| trtype.eq_ignore_ascii_case(transport.trtype()))
         })
-        .into_iter()
+        .map(|transport| transport.to_json())
         .collect();
     responder.ok(transports);
 }
@@ -285,9 +280,13 @@ struct ListenerParams {
     numa_id: Option<i32>,
 }
 
-fn parse_address(address: &ListenAddressParams) -> Result<SocketAddr, RpcError> {
-    if !address.trtype.eq_ignore_ascii_case("tcp") {
-        return Err(invalid(format!("trtype '{}' is not supported; use TCP", address.trtype)));
+fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) -> Result<SocketAddr, RpcError> {
+    if !target.transport_types().iter().any(|known| known.eq_ignore_ascii_case(&address.trtype)) {
+        return Err(invalid(format!(
+            "trtype '{}' is not supported; use one of {:?}",
+            address.trtype,
+            target.transport_types()
+        )));
     }
     let ip: IpAddr =
         address.traddr.parse().map_err(|_| invalid(format!("traddr '{}' is not an IP address", address.traddr)))?;
@@ -295,7 +294,7 @@ fn parse_address(address: &ListenAddressParams) -> Result<SocketAddr, RpcError> 
         let matches = match adrfam.to_ascii_lowercase().as_str() {
             "ipv4" => ip.is_ipv4(),
             "ipv6" => ip.is_ipv6(),
-            _ => return Err(invalid(format!("adrfam '{adrfam}' is not supported for TCP; use IPv4 or IPv6"))),
+            _ => return Err(invalid(format!("adrfam '{adrfam}' is not supported; use IPv4 or IPv6"))),
         };
         if !matches {
             return Err(invalid(format!("traddr '{}' is not an {adrfam} address", address.traddr)));
@@ -315,18 +314,22 @@ fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: ListenerParams
             return Err(invalid("secure_channel (TLS) is not supported yet"));
         }
         let found = subsystem(target, &params.nqn)?;
-        let addr = parse_address(&params.listen_address)?;
-        if target.transport().is_none() {
-            return Err(invalid("Unable to find TCP transport: call nvmf_create_transport first"));
-        }
+        let addr = parse_address(target, &params.listen_address)?;
+        let trtype = &params.listen_address.trtype;
+        let Some(transport) = target.transport(trtype) else {
+            return Err(invalid(format!(
+                "Unable to find {} transport: call nvmf_create_transport first",
+                trtype.to_uppercase()
+            )));
+        };
         if found.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
             return Err(RpcError::exists(format!("{} already listens on {addr}", found.nqn)));
         }
-        if !target.is_listening(addr) {
-            let listener = Listener::bind(ctx, target, addr).map_err(|err| {
-                RpcError::errno(nix::errno::Errno::EADDRINUSE, format!("cannot listen on {addr}: {err}"))
-            })?;
-            target.0.listeners.lock().push(listener);
+        if !target.is_listening(transport.trtype(), addr) {
+            let listener = transport
+                .listen(ctx, target, addr)
+                .map_err(|why| RpcError::errno(nix::errno::Errno::EADDRINUSE, why))?;
+            target.0.listeners.lock().push((transport.trtype(), listener));
         }
         found.state.lock().listeners.push(ListenAddress { addr });
         Ok(())
@@ -342,8 +345,8 @@ fn release_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, addr: SocketAddr) 
         return;
     }
     let mut listeners = target.0.listeners.lock();
-    if let Some(position) = listeners.iter().position(|listener| listener.addr == addr) {
-        let listener = listeners.swap_remove(position);
+    if let Some(position) = listeners.iter().position(|(_, listener)| listener.addr() == addr) {
+        let (_, listener) = listeners.swap_remove(position);
         drop(listeners);
         listener.stop(ctx);
     }
@@ -352,7 +355,7 @@ fn release_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, addr: SocketAddr) 
 fn remove_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: ListenerParams, responder: Responder) {
     let result = (|| {
         let found = subsystem(target, &params.nqn)?;
-        let addr = parse_address(&params.listen_address)?;
+        let addr = parse_address(target, &params.listen_address)?;
         let mut state = found.state.lock();
         let before = state.listeners.len();
         state.listeners.retain(|listener| listener.addr != addr);
@@ -717,14 +720,13 @@ fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, respo
         move |_, groups| {
             let mut qpairs = Vec::new();
             for (thread, entries) in groups {
-                for (cntlid, qid, state, peer, local) in entries {
+                for row in entries {
                     let hostnqn =
-                        hosts.iter().find(|(id, _)| *id == cntlid).map(|(_, nqn)| nqn.clone()).unwrap_or_default();
-                    qpairs.push(
-                        json!({"cntlid": cntlid, "qid": qid, "state": state, "thread": thread, "hostnqn": hostnqn,
-                        "listen_address": ListenAddress { addr: local }.to_json(),
-                        "peer_address": ListenAddress { addr: peer }.to_json()}),
-                    );
+                        hosts.iter().find(|(id, _)| *id == row.cntlid).map(|(_, nqn)| nqn.clone()).unwrap_or_default();
+                    qpairs.push(json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
+                        "hostnqn": hostnqn, "trtype": row.trtype,
+                        "listen_address": ListenAddress { addr: row.local }.to_json(),
+                        "peer_address": ListenAddress { addr: row.peer }.to_json()}));
                 }
             }
             responder.ok(qpairs)
@@ -745,6 +747,8 @@ fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, resp
 
 fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, responder: Responder) {
     let _ = (params.tgt_name, params.trtype);
+    let trtypes: Vec<Value> =
+        target.transports().iter().map(|transport| json!({"trtype": transport.trtype()})).collect();
     gather(
         ctx,
         target,
@@ -757,7 +761,7 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, res
                         "current_admin_qpairs": stats.current_admin_qpairs, "current_io_qpairs": stats.current_io_qpairs,
                         "current_unassociated_qpairs": stats.current_unassociated_qpairs,
                         "pending_bdev_io": stats.pending_bdev_io, "completed_nvme_io": stats.completed_nvme_io,
-                        "transports": [{"trtype": "TCP"}]})
+                        "pending_buffer_waits": stats.buffer_waits, "transports": trtypes})
                 })
                 .collect();
             let _ = poll_group_name;
@@ -781,6 +785,17 @@ fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder)
                 "free": provider.available_bytes()})
         })
         .collect();
+    // Each transport's data buffers: fixed at creation, the bound on payload memory.
+    let data_buffers: Vec<Value> = target
+        .transports()
+        .iter()
+        .map(|transport| {
+            let pool = transport.pool();
+            let (small_free, large_free) = pool.available();
+            json!({"trtype": transport.trtype(), "bytes": pool.memory_bytes(), "buffers_per_class": pool.capacity(),
+                "cache_per_poll_group": pool.cache_size(), "small_free": small_free, "large_free": large_free})
+        })
+        .collect();
     gather(
         ctx,
         target,
@@ -789,7 +804,9 @@ fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder)
             use peerless_core::mem::{stats, MemKind, Path};
             let mut placed = [0u64; 3];
             let mut fallbacks = 0;
+            let mut buffer_waits = 0;
             for (_, group) in &groups {
+                buffer_waits += group.buffer_waits;
                 for (total, bytes) in placed.iter_mut().zip(group.placed_bytes) {
                     *total += bytes;
                 }
@@ -802,6 +819,8 @@ fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder)
                 "cpu_bytes": {"direct": cpu.cpu_bytes(Path::Direct), "io_accessor": cpu.cpu_bytes(Path::IoAccessor),
                     "bounce": cpu.cpu_bytes(Path::Bounce)},
                 "p2p_fallbacks": fallbacks,
+                "buffer_waits": buffer_waits,
+                "data_buffers": data_buffers,
                 "refused": cpu.refusals,
                 "providers": providers,
             }))

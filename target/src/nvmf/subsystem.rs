@@ -31,6 +31,12 @@ pub enum SubsystemKind {
     Discovery,
 }
 
+impl SubsystemKind {
+    pub fn is_nvme(self) -> bool {
+        self == SubsystemKind::Nvme
+    }
+}
+
 /// Checks an NQN against NVMe Base 2.0, 4.5: `nqn.yyyy-mm.<reverse domain>[:<anything>]`,
 /// or the UUID form; at most 223 bytes.
 pub fn validate_nqn(nqn: &str) -> Result<(), String> {

@@ -13,11 +13,10 @@ use peerless_core::reactor::{AppHandle, FiniDone, InitDone, IoDevice, ThreadCtx,
 use serde_json::{json, Value};
 
 use super::ctrlr::{event, Controller, EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, NOTICE_NAMESPACE_CHANGED};
+use super::poll_group::{self, PollGroup};
 use super::subsystem::{Subsystem, SubsystemKind, DISCOVERY_NQN};
+use super::transport::{Transport, TransportFactory, TransportListener};
 use crate::nvme::log::lid;
-use crate::tcp::listener::Listener;
-use crate::tcp::options::TransportOptions;
-use crate::tcp::poll_group::{self, PollGroup};
 
 /// SPDK's default limit on subsystems (SPDK_NVMF_DEFAULT_MAX_SUBSYSTEMS).
 pub const DEFAULT_MAX_SUBSYSTEMS: usize = 1024;
@@ -27,8 +26,10 @@ pub struct TargetShared {
     pub bdevs: BdevManager,
     pub subsystems: Mutex<Vec<Arc<Subsystem>>>,
     next_subsystem_id: AtomicU32,
-    pub transport: Mutex<Option<Arc<TransportOptions>>>,
-    pub listeners: Mutex<Vec<Listener>>,
+    /// Transport types this target can create, by SPDK's upper-case name.
+    transport_types: Mutex<Vec<(&'static str, TransportFactory)>>,
+    pub transports: Mutex<Vec<Arc<dyn Transport>>>,
+    pub listeners: Mutex<Vec<(&'static str, Box<dyn TransportListener>)>>,
     pub poll_groups: Mutex<Vec<ThreadHandle>>,
     pub pg_device: IoDevice<PollGroup>,
     discovery_generation: AtomicU64,
@@ -49,7 +50,8 @@ impl NvmfTarget {
                 bdevs,
                 subsystems: Mutex::new(Vec::new()),
                 next_subsystem_id: AtomicU32::new(0),
-                transport: Mutex::new(None),
+                transport_types: Mutex::new(Vec::new()),
+                transports: Mutex::new(Vec::new()),
                 listeners: Mutex::new(Vec::new()),
                 poll_groups: Mutex::new(Vec::new()),
                 pg_device: IoDevice::new("nvmf_tgt", move |ctx| PollGroup::new(target.clone(), ctx)),
@@ -78,8 +80,43 @@ impl NvmfTarget {
         self.0.subsystems.lock().clone()
     }
 
-    pub fn transport(&self) -> Option<Arc<TransportOptions>> {
-        self.0.transport.lock().clone()
+    /// Makes a transport type available to `nvmf_create_transport`.
+    pub fn register_transport_type(&self, trtype: &'static str, factory: TransportFactory) {
+        self.0.transport_types.lock().push((trtype, factory));
+    }
+
+    /// The transport types this target knows, for messages.
+    pub fn transport_types(&self) -> Vec<&'static str> {
+        self.0.transport_types.lock().iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Creates a transport of `trtype` from `nvmf_create_transport`'s parameters.
+    pub fn create_transport(
+        &self,
+        trtype: &str,
+        params: &serde_json::Value,
+        poll_groups: usize,
+    ) -> Result<Arc<dyn Transport>, String> {
+        let factory =
+            self.0.transport_types.lock().iter().find(|(name, _)| name.eq_ignore_ascii_case(trtype)).map(|(_, f)| *f);
+        let Some(factory) = factory else {
+            return Err(format!("transport type '{trtype}' is not supported; use one of {:?}", self.transport_types()));
+        };
+        let mut transports = self.0.transports.lock();
+        if transports.iter().any(|transport| transport.trtype().eq_ignore_ascii_case(trtype)) {
+            return Err(format!("Transport type '{}' already exists", trtype.to_uppercase()));
+        }
+        let transport = factory(params, poll_groups)?;
+        transports.push(transport.clone());
+        Ok(transport)
+    }
+
+    pub fn transport(&self, trtype: &str) -> Option<Arc<dyn Transport>> {
+        self.0.transports.lock().iter().find(|transport| transport.trtype().eq_ignore_ascii_case(trtype)).cloned()
+    }
+
+    pub fn transports(&self) -> Vec<Arc<dyn Transport>> {
+        self.0.transports.lock().clone()
     }
 
     pub fn next_conn_id(&self) -> u64 {
@@ -138,9 +175,7 @@ impl NvmfTarget {
         let target = self.clone();
         let cntlid = controller.cntlid;
         let _ = admin.thread.send(move |ctx| {
-            poll_group::with(&target, ctx, |group, ctx| {
-                group.deliver_event(ctx, admin.conn_id, cntlid, dw0, changed_nsid)
-            });
+            poll_group::with(&target, ctx, |group, _| group.deliver_event(admin.conn_id, cntlid, dw0, changed_nsid));
         });
     }
 
@@ -151,15 +186,36 @@ impl NvmfTarget {
             let target = self.clone();
             let _ = qpair.thread.send(move |ctx| {
                 poll_group::with(&target, ctx, |group, _| {
-                    group.close_conn(qpair.conn_id, "its controller was torn down")
+                    group.close_qpair(qpair.conn_id, "its controller was torn down")
                 });
             });
         }
     }
 
+    /// A controller reset (CC.EN 1 -> 0) deletes its I/O queues (NVMe Base 2.0, 3.7.2):
+    /// each is closed on its own thread, and its QID is free to connect again at once.
+    pub fn reset_io_queues(&self, controller: &Arc<Controller>) {
+        let io_qpairs: Vec<_> = {
+            let mut qpairs = controller.qpairs.lock();
+            let (io, admin): (Vec<_>, Vec<_>) = qpairs.drain(..).partition(|qpair| qpair.qid > 0);
+            *qpairs = admin;
+            io
+        };
+        for qpair in io_qpairs {
+            let target = self.clone();
+            let _ = qpair.thread.send(move |ctx| {
+                poll_group::with(&target, ctx, |group, _| group.close_qpair(qpair.conn_id, "its controller was reset"));
+            });
+        }
+    }
+
     /// Whether `addr` is a listener of any subsystem (or the discovery one).
-    pub fn is_listening(&self, addr: SocketAddr) -> bool {
-        self.0.listeners.lock().iter().any(|listener| listener.addr == addr)
+    pub fn is_listening(&self, trtype: &str, addr: SocketAddr) -> bool {
+        self.0
+            .listeners
+            .lock()
+            .iter()
+            .any(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr)
     }
 }
 
@@ -204,7 +260,9 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
         // Stop accepting and end every connection; then wait, bounded, until their in-flight
         // I/O is back before the namespaces' bdevs are released: a connection dropped with
         // I/O the bdev layer still owns is a bug (and a panic in debug builds).
-        self.target.0.listeners.lock().clear();
+        for (_, listener) in std::mem::take(&mut *self.target.0.listeners.lock()) {
+            listener.stop(ctx);
+        }
         for subsystem in self.target.subsystems() {
             let controllers: Vec<Arc<Controller>> = subsystem.state.lock().controllers.values().cloned().collect();
             for controller in controllers {
@@ -223,8 +281,8 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
 
     fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
         let mut entries = Vec::new();
-        if let Some(options) = self.target.transport() {
-            entries.push(json!({"method": "nvmf_create_transport", "params": options.as_ref()}));
+        for transport in self.target.transports() {
+            entries.push(json!({"method": "nvmf_create_transport", "params": transport.to_json()}));
         }
         for subsystem in self.target.subsystems() {
             let state = subsystem.state.lock();

@@ -1,24 +1,21 @@
 //! One NVMe/TCP connection (one queue pair) on its poll group's thread: non-blocking
-//! socket I/O, PDU framing and validation, the send path, termination. What commands do
-//! is in `command.rs`.
+//! socket I/O, PDU framing and validation, termination. What commands mean is the
+//! engine's [`Qpair`]; turning its actions into PDUs is in `send.rs`.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use peerless_bdev::{completion_queue, BdevHandle, BdevIo, CompletionQueue, DataBuf};
 use peerless_core::log::flags;
-use peerless_core::mem::{ChunkReader, Sgl};
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
 
-use super::options::TransportOptions;
+use super::options::TcpOptions;
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
-use super::poll_group::NsTables;
-use crate::nvme::{Cqe, Sqe, Status};
-use crate::nvmf::ctrlr::{AdminState, Controller};
-use crate::nvmf::io_cmd::{Plan, Transfer};
+use crate::nvme::Sqe;
+use crate::nvmf::qpair::{Fault, Qpair, QpairConfig};
+use crate::nvmf::transport::{GroupCtx, Transport};
 use crate::nvmf::NvmfTarget;
 
 /// Admin queues carry 8 KiB of in-capsule data (NVMe/TCP 1.0, 3.3.7): enough for Connect.
@@ -38,86 +35,8 @@ pub enum Phase {
     Closing,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum SlotState {
-    Free,
-    /// Waiting for H2CData after an R2T.
-    AwaitingData,
-    /// Running in the bdev layer (or held, for an AER).
-    Executing,
-    Held,
-}
-
-/// One command in flight; its index is the R2T transfer tag.
-pub(super) struct Slot {
-    pub state: SlotState,
-    pub sqe: Sqe,
-    /// Host data buffer, kept across commands so steady state allocates nothing.
-    pub buffer: Option<DataBuf>,
-    /// This command's buffer in its namespace's P2P provider, when it has one; it goes
-    /// back to the provider when the command ends.
-    pub p2p: Option<DataBuf>,
-    pub transfer: Transfer,
-    pub received: usize,
-    pub plan: Option<Plan>,
-    pub outstanding: u32,
-    pub status: Status,
-    /// The namespace's bdev channel while this command's I/O is at the bdev: a namespace
-    /// removed meanwhile must not take the channel (and the I/O in it) away.
-    pub channel: Option<BdevHandle>,
-}
-
-impl Slot {
-    fn empty() -> Slot {
-        Slot {
-            state: SlotState::Free,
-            sqe: Sqe([0; 64]),
-            buffer: None,
-            p2p: None,
-            transfer: Transfer::NONE,
-            received: 0,
-            plan: None,
-            outstanding: 0,
-            status: Status::SUCCESS,
-            channel: None,
-        }
-    }
-}
-
-/// A connected queue.
-pub(super) struct Queue {
-    pub controller: Arc<Controller>,
-    pub qid: u16,
-    pub entries: u16,
-    pub admin: Option<AdminState>,
-    pub sqhd: u16,
-}
-
-/// Counters `nvmf_subsystem_get_qpairs` and `nvmf_get_stats` report.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ConnStats {
-    pub completed_io: u64,
-    /// Payload bytes placed in buffers of each kind (indexed by `MemKind::index`).
-    pub placed_bytes: [u64; 3],
-    /// Commands whose namespace wanted P2P memory but got host memory (provider full).
-    pub p2p_fallbacks: u64,
-}
-
-impl ConnStats {
-    pub(super) fn placed(&mut self, buffer: Option<&DataBuf>, bytes: usize) {
-        let kind = match buffer {
-            Some(DataBuf::P2p(buf)) => buf.tag().kind(),
-            _ => peerless_core::mem::MemKind::Host,
-        };
-        self.placed_bytes[kind.index()] += bytes as u64;
-    }
-}
-
 pub struct Conn {
-    pub id: u64,
     stream: TcpStream,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub(super) phase: Phase,
     pub(super) digests: Digests,
     recv: Vec<u8>,
@@ -125,17 +44,9 @@ pub struct Conn {
     recv_end: usize,
     pub(super) out: Vec<u8>,
     out_pos: usize,
-    pub(super) options: Arc<TransportOptions>,
-    pub(super) target: NvmfTarget,
-    pub(super) queue: Option<Queue>,
-    pub(super) slots: Vec<Slot>,
-    pub(super) free_slots: Vec<u16>,
-    pub(super) completions: CompletionQueue,
-    /// Finished I/O objects, reused: they travel as boxes through the bdev layer, and
-    /// keeping the boxes is what makes steady state allocation-free.
-    #[allow(clippy::vec_box)]
-    pub(super) spare_ios: Vec<Box<BdevIo>>,
-    pub stats: ConnStats,
+    /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
+    max_h2c_data: usize,
+    pub(super) qpair: Qpair,
     /// The listener's count of live connections, released when this one goes.
     listener_connections: Arc<AtomicU32>,
 }
@@ -144,24 +55,30 @@ impl Conn {
     pub fn new(
         id: u64,
         stream: TcpStream,
-        target: NvmfTarget,
-        options: Arc<TransportOptions>,
+        target: &NvmfTarget,
+        transport: &Arc<dyn Transport>,
+        tcp: &TcpOptions,
         listener_connections: Arc<AtomicU32>,
     ) -> std::io::Result<Conn> {
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
+        if tcp.sock_priority > 0 {
+            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Priority, &(tcp.sock_priority as i32))
+                .map_err(std::io::Error::from)?;
+        }
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
-        let slots = usize::from(options.max_queue_depth).max(options.max_aq_depth as usize);
+        let options = transport.opts().clone();
         // The largest PDU: an H2CData of max_io_size or a capsule with its in-capsule data.
         let largest_data =
             (options.max_io_size as usize).max(options.in_capsule_data_size as usize).max(ADMIN_IN_CAPSULE_BYTES);
         let recv_bytes = pdu::MAX_HEADER_BYTES + 2 * pdu::DIGEST_BYTES + largest_data + READ_SLACK_BYTES;
+        let config = QpairConfig { data_completes: tcp.c2h_success, admin_in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES };
+        let max_h2c_data = options.max_io_size as usize;
+        let qpair = Qpair::new(id, target.clone(), options, transport.pool(), config, peer, local);
+        listener_connections.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
-            id,
             stream,
-            peer,
-            local,
             phase: Phase::AwaitIcReq,
             digests: Digests::default(),
             recv: vec![0u8; recv_bytes],
@@ -169,19 +86,26 @@ impl Conn {
             recv_end: 0,
             out: Vec::new(),
             out_pos: 0,
-            options,
-            target,
-            queue: None,
-            slots: (0..slots).map(|_| Slot::empty()).collect(),
-            free_slots: (0..slots as u16).rev().collect(),
-            completions: completion_queue(slots),
-            spare_ios: Vec::with_capacity(slots),
-            stats: ConnStats::default(),
-            listener_connections: {
-                listener_connections.fetch_add(1, Ordering::Relaxed);
-                listener_connections
-            },
+            max_h2c_data,
+            qpair,
+            listener_connections,
         })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.qpair.id
+    }
+
+    pub fn peer(&self) -> std::net::SocketAddr {
+        self.qpair.peer
+    }
+
+    pub fn qpair(&self) -> &Qpair {
+        &self.qpair
+    }
+
+    pub fn qpair_mut(&mut self) -> &mut Qpair {
+        &mut self.qpair
     }
 
     pub fn has_pending_output(&self) -> bool {
@@ -193,44 +117,27 @@ impl Conn {
         self.stream.as_fd()
     }
 
-    pub fn qid(&self) -> Option<u16> {
-        self.queue.as_ref().map(|queue| queue.qid)
-    }
-
-    pub fn controller(&self) -> Option<&Arc<Controller>> {
-        self.queue.as_ref().map(|queue| &queue.controller)
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.qid() == Some(0)
-    }
-
-    pub fn phase(&self) -> Phase {
-        self.phase
-    }
-
-    /// Commands still running in the bdev layer.
-    pub fn outstanding(&self) -> usize {
-        self.slots.iter().filter(|slot| slot.state == SlotState::Executing && slot.outstanding > 0).count()
-    }
-
     /// Whether the connection is finished and can be dropped.
     pub fn is_done(&self) -> bool {
-        self.phase == Phase::Closing && self.outstanding() == 0 && self.out_pos >= self.out.len()
+        self.phase == Phase::Closing && self.qpair.is_drained() && self.out_pos >= self.out.len()
     }
 
-    /// One timeslice: read and handle PDUs, finish completed I/O, send.
-    pub fn poll(&mut self, ctx: &mut ThreadCtx, tables: &mut NsTables) -> bool {
-        let mut busy = self.reap_completions(ctx);
+    /// One timeslice: read and handle PDUs, run the engine, turn its actions into PDUs,
+    /// send.
+    pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
+        let mut busy = self.qpair.poll(ctx, group, group.now_ns);
         if self.phase != Phase::Closing {
-            busy |= self.receive(ctx, tables);
-            self.check_liveness(ctx);
+            busy |= self.receive(ctx, group);
+        }
+        busy |= self.send_actions(group);
+        if self.qpair.is_closing() && self.phase != Phase::Closing {
+            self.close("the engine ended the queue");
         }
         busy |= self.flush();
         busy
     }
 
-    fn receive(&mut self, ctx: &mut ThreadCtx, tables: &mut NsTables) -> bool {
+    fn receive(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
         let mut busy = false;
         if self.recv_start == self.recv_end {
             self.recv_start = 0;
@@ -265,20 +172,23 @@ impl Conn {
             }
         }
         for _ in 0..PDUS_PER_POLL {
-            match self.next_pdu(ctx, tables) {
+            match self.next_pdu(ctx, group) {
                 Ok(true) => busy = true,
                 Ok(false) => break,
                 Err((fatal, offending)) => {
-                    self.terminate(fatal, &offending);
+                    self.terminate(group, fatal, &offending);
                     return true;
                 }
+            }
+            if self.phase == Phase::Closing {
+                break;
             }
         }
         busy
     }
 
     /// Handles one complete PDU from the receive buffer; Ok(false) when none is whole yet.
-    fn next_pdu(&mut self, ctx: &mut ThreadCtx, tables: &mut NsTables) -> Result<bool, (Fatal, Vec<u8>)> {
+    fn next_pdu(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> Result<bool, (Fatal, Vec<u8>)> {
         let available = self.recv_end - self.recv_start;
         if available < pdu::COMMON_HEADER_BYTES {
             return Ok(false);
@@ -327,7 +237,7 @@ impl Conn {
         let recv = std::mem::take(&mut self.recv);
         let result = {
             let bytes = &recv[start..start + layout.total];
-            self.on_pdu(ctx, tables, header, &bytes[..layout.header_bytes], &bytes[data_range])
+            self.on_pdu(ctx, group, header, &bytes[..layout.header_bytes], &bytes[data_range])
         };
         self.recv = recv;
         self.recv_start += layout.total;
@@ -337,9 +247,8 @@ impl Conn {
     /// The most data a PDU of this type may carry on this connection.
     fn max_data(&self, pdu_type: u8) -> usize {
         match pdu_type {
-            pdu_type::CAPSULE_CMD if self.queue.as_ref().is_none_or(|queue| queue.qid == 0) => ADMIN_IN_CAPSULE_BYTES,
-            pdu_type::CAPSULE_CMD => self.options.in_capsule_data_size as usize,
-            pdu_type::H2C_DATA => self.options.max_io_size as usize,
+            pdu_type::CAPSULE_CMD => self.qpair.in_capsule_limit(),
+            pdu_type::H2C_DATA => self.max_h2c_data,
             _ => 0,
         }
     }
@@ -347,7 +256,7 @@ impl Conn {
     fn on_pdu(
         &mut self,
         ctx: &mut ThreadCtx,
-        tables: &mut NsTables,
+        group: &mut GroupCtx<'_>,
         header: CommonHeader,
         header_bytes: &[u8],
         data: &[u8],
@@ -357,10 +266,13 @@ impl Conn {
             pdu_type::CAPSULE_CMD => {
                 let mut sqe = [0u8; 64];
                 sqe.copy_from_slice(&header_bytes[pdu::COMMON_HEADER_BYTES..pdu::CAPSULE_CMD_HLEN]);
-                self.on_command(ctx, tables, Sqe(sqe), data)
+                self.qpair.on_command(ctx, group, Sqe(sqe), data).map_err(fault_to_fatal)
             }
             pdu_type::H2C_DATA => {
-                self.on_h2c_data(ctx, tables, pdu::DataHeader::parse(header_bytes), header.flags, data)
+                let data_header = pdu::DataHeader::parse(header_bytes);
+                self.qpair
+                    .data_received(ctx, group, data_header.ttag, data_header.cccid, data_header.offset as usize, data)
+                    .map_err(fault_to_fatal)
             }
             pdu_type::H2C_TERM_REQ => {
                 let fatal_status = crate::nvme::le16(header_bytes, 8);
@@ -380,59 +292,11 @@ impl Conn {
             return Err(Fatal::field(10));
         }
         self.digests = request.digests;
-        let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.options.max_io_size };
+        let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.max_h2c_data as u32 };
         self.out.extend_from_slice(&response.encode());
         self.phase = Phase::Ready;
-        log_debug!(flags::NVMF_TCP, "conn {} from {}: ICReq, digests {:?}", self.id, self.peer, self.digests);
+        log_debug!(flags::NVMF_TCP, "conn {} from {}: ICReq, digests {:?}", self.id(), self.peer(), self.digests);
         Ok(())
-    }
-
-    /// Sends a completion (CapsuleResp).
-    pub(super) fn send_response(&mut self, cid: u16, status: Status, result: u64) {
-        let mut cqe = Cqe::new(cid, status).with_result(result);
-        if let Some(queue) = self.queue.as_mut() {
-            // SQ head pointer: one entry consumed per command, wrapping at the queue size.
-            queue.sqhd = (queue.sqhd + 1) % queue.entries.max(1);
-            cqe.sqhd = queue.sqhd;
-            cqe.sqid = queue.qid;
-        }
-        let encoded = pdu::capsule_resp(&cqe.encode(), self.digests);
-        self.out.extend_from_slice(encoded.as_slice());
-        self.stats.completed_io += 1;
-    }
-
-    /// Sends `len` bytes of `sgl` as C2HData for `cid`. `success` asks the host to
-    /// treat the command as completed without a CapsuleResp (c2h_success).
-    pub(super) fn send_c2h(&mut self, cid: u16, sgl: &Sgl<'_>, len: usize, success: bool) -> Result<(), Status> {
-        let mut flags = pdu::flags::LAST_PDU;
-        if success {
-            flags |= pdu::flags::SUCCESS;
-        }
-        let header = pdu::DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32 };
-        let encoded = pdu::data_pdu(pdu_type::C2H_DATA, header, flags, self.digests);
-        self.out.extend_from_slice(encoded.as_slice());
-        // The send buffer is the host staging chunk: device data is copied into it
-        // through the gate's accessors and the digest is computed there, never by
-        // reading device memory twice.
-        let start = self.out.len();
-        self.out.resize(start + len, 0);
-        let mut reader = ChunkReader::new(sgl);
-        let copied = reader.read(&mut self.out[start..]).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        if copied != len {
-            self.out.truncate(start);
-            return Err(Status::DATA_TRANSFER_ERROR);
-        }
-        if self.digests.data {
-            let digest = pdu::digest(&self.out[start..]);
-            self.out.extend_from_slice(&digest);
-        }
-        Ok(())
-    }
-
-    pub(super) fn send_r2t(&mut self, cid: u16, ttag: u16, length: usize) {
-        let header = pdu::DataHeader { cccid: cid, ttag, offset: 0, length: length as u32 };
-        let encoded = pdu::r2t(header, self.digests);
-        self.out.extend_from_slice(encoded.as_slice());
     }
 
     /// Sends what is queued; returns whether anything moved.
@@ -468,15 +332,18 @@ impl Conn {
         moved
     }
 
-    /// Ends the connection with a C2HTermReq quoting the offending PDU header.
-    pub(super) fn terminate(&mut self, fatal: Fatal, offending: &[u8]) {
+    /// Ends the connection with a C2HTermReq quoting the offending PDU header
+    /// (NVMe/TCP 1.0, 3.6.2.4).
+    fn terminate(&mut self, group: &mut GroupCtx<'_>, fatal: Fatal, offending: &[u8]) {
         log_warn!(
             "conn {} from {}: protocol error (FES {:#x}, field {}); terminating",
-            self.id,
-            self.peer,
+            self.id(),
+            self.peer(),
             fatal.fes,
             fatal.fei
         );
+        // What the engine had ready still goes out ahead of the termination.
+        self.send_actions(group);
         let term = pdu::term_req(pdu_type::C2H_TERM_REQ, fatal, offending);
         self.out.extend_from_slice(&term);
         self.close("protocol error");
@@ -488,48 +355,30 @@ impl Conn {
         if self.phase == Phase::Closing {
             return;
         }
-        log_debug!(flags::NVMF_TCP, "conn {} from {} closing: {why}", self.id, self.peer);
+        log_debug!(flags::NVMF_TCP, "conn {} from {} closing: {why}", self.id(), self.peer());
         self.phase = Phase::Closing;
-        // Commands waiting for data or an event will never get it.
-        for slot in &mut self.slots {
-            if matches!(slot.state, SlotState::AwaitingData | SlotState::Held) {
-                slot.state = SlotState::Free;
-            }
-        }
-        if let Some(queue) = self.queue.as_ref() {
-            crate::nvmf::connect::disconnect(&queue.controller, queue.qid, self.id);
-        }
+        self.qpair.close(why);
         if self.out_pos >= self.out.len() {
             let _ = self.stream.shutdown(std::net::Shutdown::Both);
         }
     }
+}
 
-    fn check_liveness(&mut self, ctx: &mut ThreadCtx) {
-        let Some(queue) = self.queue.as_ref() else { return };
-        if queue.controller.is_failed() {
-            self.close("its controller failed");
-            return;
-        }
-        if let Some(admin) = queue.admin.as_ref() {
-            if admin.keep_alive_expired(ctx.now()) {
-                log_warn!(
-                    "Disconnecting host {} from subsystem {} due to keep alive timeout",
-                    queue.controller.hostnqn,
-                    queue.controller.subsystem.nqn
-                );
-                queue.controller.fail();
-                let target = self.target.clone();
-                let controller = queue.controller.clone();
-                self.close("keep alive timeout");
-                target.disconnect_controller(&controller);
-            }
-        }
+/// The NVMe/TCP fatal error a fault of the engine's input maps to (NVMe/TCP 1.0,
+/// Figure 16), with the offending field's byte offset in the PDU header.
+fn fault_to_fatal(fault: Fault) -> Fatal {
+    match fault {
+        Fault::QueueOverrun => Fatal::new(fes::PDU_SEQUENCE_ERROR, 0),
+        // H2CData: TTAG at byte 10, CCCID at byte 8, DATAO at byte 12.
+        Fault::UnknownTransfer => Fatal::field(10),
+        Fault::WrongCommand => Fatal::field(8),
+        Fault::OutOfRange => Fatal::new(fes::DATA_OUT_OF_RANGE, 12),
     }
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        debug_assert!(self.outstanding() == 0, "connection dropped with I/O in flight");
+        debug_assert!(self.qpair.outstanding() == 0, "connection dropped with I/O in flight");
         self.listener_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

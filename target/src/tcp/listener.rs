@@ -8,8 +8,11 @@ use std::sync::Arc;
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
 use super::conn::Conn;
-use super::poll_group;
-use crate::nvmf::NvmfTarget;
+use super::options::TcpOptions;
+use super::poll_group::TcpPollGroup;
+use super::TRTYPE;
+use crate::nvmf::transport::TransportListener;
+use crate::nvmf::{poll_group, NvmfTarget};
 
 /// Connections accepted per poll, so a connection storm cannot hold the app thread.
 const ACCEPTS_PER_POLL: usize = 16;
@@ -23,7 +26,13 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `addr` and starts accepting on the calling (app) thread.
-    pub fn bind(ctx: &mut ThreadCtx, target: &NvmfTarget, addr: SocketAddr) -> std::io::Result<Listener> {
+    pub fn bind(
+        ctx: &mut ThreadCtx,
+        target: &NvmfTarget,
+        addr: SocketAddr,
+        acceptor_poll_rate_us: u32,
+        options: TcpOptions,
+    ) -> std::io::Result<Listener> {
         let socket = Arc::new(TcpListener::bind(addr)?);
         socket.set_nonblocking(true)?;
         let bound = socket.local_addr()?;
@@ -35,24 +44,31 @@ impl Listener {
             ctx.watch_fd(socket.as_fd())?;
             0
         } else {
-            target.transport().map_or(10_000, |options| u64::from(options.acceptor_poll_rate))
+            u64::from(acceptor_poll_rate_us)
         };
+        let options = Arc::new(options);
         let poller = ctx.register_timed_poller(&format!("nvmf_tcp_accept_{bound}"), period_us, move |_| {
-            PollStatus::from_work(accept(&accepting, &target, &counter) > 0)
+            PollStatus::from_work(accept(&accepting, &target, &counter, &options) > 0)
         });
         peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
         Ok(Listener { addr: bound, socket, poller, connections })
     }
+}
+
+impl TransportListener for Listener {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 
     /// Stops accepting; connections already made stay.
-    pub fn stop(self, ctx: &mut ThreadCtx) {
+    fn stop(self: Box<Self>, ctx: &mut ThreadCtx) {
         use std::os::fd::AsFd;
         ctx.unregister_poller(self.poller);
         let _ = ctx.unwatch_fd(self.socket.as_fd());
     }
 }
 
-fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32>) -> usize {
+fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32>, options: &Arc<TcpOptions>) -> usize {
     let mut accepted = 0;
     for _ in 0..ACCEPTS_PER_POLL {
         let stream = match socket.accept() {
@@ -60,7 +76,6 @@ fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32
             Err(_) => break,
         };
         accepted += 1;
-        let Some(options) = target.transport() else { continue };
         if connections.load(Ordering::Relaxed) >= options.max_connections_per_listener {
             peerless_core::log_warn!(
                 "listener {:?}: refusing a connection, already serving the limit of {}",
@@ -69,13 +84,22 @@ fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32
             );
             continue;
         }
+        let Some(transport) = target.transport(TRTYPE) else { continue };
         let Some(group) = target.pick_poll_group() else { continue };
         let id = target.next_conn_id();
-        let (target, counter) = (target.clone(), connections.clone());
+        let (target, counter, options) = (target.clone(), connections.clone(), options.clone());
         // A connection is built on its poll group's thread: it owns thread-local state.
-        let _ = group.send(move |ctx| match Conn::new(id, stream, target.clone(), options, counter) {
-            Ok(conn) => poll_group::with(&target, ctx, |group, ctx| group.add_conn(ctx, conn)),
-            Err(err) => peerless_core::log_warn!("cannot set up an accepted connection: {err}"),
+        let _ = group.send(move |ctx| {
+            let conn = Conn::new(id, stream, &target, &transport, &options, counter);
+            match conn {
+                Ok(conn) => poll_group::with(&target, ctx, |group, ctx| {
+                    let tcp = group.transport_group(ctx, &transport);
+                    if let Some(tcp) = tcp.as_any_mut().downcast_mut::<TcpPollGroup>() {
+                        tcp.add_conn(ctx, conn);
+                    }
+                }),
+                Err(err) => peerless_core::log_warn!("cannot set up an accepted connection: {err}"),
+            }
         });
     }
     accepted

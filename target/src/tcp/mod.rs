@@ -1,9 +1,13 @@
-//! The NVMe/TCP transport (NVMe/TCP Transport 1.0): PDUs, connections, poll groups,
-//! listeners, options.
+//! The NVMe/TCP transport (NVMe/TCP Transport 1.0): one driver of the engine. It owns
+//! the PDU codec, sockets, flow control (R2T), digests and data placement; what commands
+//! mean is the engine's (`nvmf::qpair`).
 
-mod command;
 pub mod conn;
 pub mod listener;
 pub mod options;
 pub mod pdu;
 pub mod poll_group;
+mod send;
+pub mod transport;
+
+pub use transport::{TcpTransport, TRTYPE};

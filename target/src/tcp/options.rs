@@ -1,145 +1,60 @@
-//! TCP transport options with SPDK's names and defaults (RPC.md 4.2). Decoding is
-//! relaxed, as SPDK's `nvmf_create_transport` is: rpc.py sends other transports' keys.
+//! Options only the TCP transport has, with SPDK's names and defaults (RPC.md 4.2),
+//! decoded from the same `nvmf_create_transport` parameters as the shared ones.
 
 use serde::{Deserialize, Serialize};
 
-pub const DEFAULT_MAX_QUEUE_DEPTH: u16 = 128;
-pub const DEFAULT_MAX_IO_QPAIRS_PER_CTRLR: u16 = 127;
-pub const DEFAULT_IN_CAPSULE_DATA_SIZE: u32 = 4096;
-pub const DEFAULT_MAX_IO_SIZE: u32 = 131_072;
-pub const DEFAULT_IO_UNIT_SIZE: u32 = 131_072;
-pub const DEFAULT_MAX_AQ_DEPTH: u32 = 128;
-pub const DEFAULT_ABORT_TIMEOUT_SEC: u32 = 1;
-pub const DEFAULT_ACCEPTOR_POLL_RATE_US: u32 = 10_000;
-/// Keep Alive Support granularity in 100 ms units (SPDK: 10 s).
-pub const DEFAULT_KAS: u16 = 100;
-pub const DEFAULT_MIN_KATO_MS: u32 = 10_000;
-/// The smallest page an NVMe controller may use; MDTS counts in these.
-pub const MIN_PAGE_BYTES: u32 = 4096;
-/// Largest in-capsule data SPDK accepts.
-pub const MAX_IN_CAPSULE_DATA_SIZE: u32 = 131_072;
+/// Connections one listener holds before it refuses more (our own limit).
+pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: u32 = 1024;
+/// SO_PRIORITY values Linux lets a process set without CAP_NET_ADMIN go to 6; SPDK
+/// accepts 0 to 16.
+pub const MAX_SOCK_PRIORITY: u32 = 16;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransportOptions {
-    pub trtype: String,
-    #[serde(default = "default_queue_depth")]
-    pub max_queue_depth: u16,
-    #[serde(default = "default_qpairs")]
-    pub max_io_qpairs_per_ctrlr: u16,
-    #[serde(default = "default_icd")]
-    pub in_capsule_data_size: u32,
-    #[serde(default = "default_max_io")]
-    pub max_io_size: u32,
-    #[serde(default = "default_io_unit")]
-    pub io_unit_size: u32,
-    #[serde(default = "default_aq_depth")]
-    pub max_aq_depth: u32,
+pub struct TcpOptions {
+    /// A read's last C2HData completes it: no CapsuleResp follows (NVMe/TCP 1.0, 3.6.2.8).
     #[serde(default = "default_true")]
     pub c2h_success: bool,
-    #[serde(default)]
-    pub dif_insert_or_strip: bool,
-    #[serde(default)]
-    pub zcopy: bool,
+    /// SO_PRIORITY of every connection's socket.
     #[serde(default)]
     pub sock_priority: u32,
-    #[serde(default = "default_abort_timeout")]
-    pub abort_timeout_sec: u32,
-    #[serde(default = "default_acceptor_poll_rate")]
-    pub acceptor_poll_rate: u32,
-    #[serde(default)]
-    pub disable_command_passthru: bool,
-    #[serde(default = "default_kas")]
-    pub kas: u16,
-    #[serde(default = "default_min_kato")]
-    pub min_kato: u32,
-    /// Connections a listener accepts before refusing new ones (our own limit).
     #[serde(default = "default_max_connections")]
     pub max_connections_per_listener: u32,
 }
 
-fn default_queue_depth() -> u16 {
-    DEFAULT_MAX_QUEUE_DEPTH
-}
-fn default_qpairs() -> u16 {
-    DEFAULT_MAX_IO_QPAIRS_PER_CTRLR
-}
-fn default_icd() -> u32 {
-    DEFAULT_IN_CAPSULE_DATA_SIZE
-}
-fn default_max_io() -> u32 {
-    DEFAULT_MAX_IO_SIZE
-}
-fn default_io_unit() -> u32 {
-    DEFAULT_IO_UNIT_SIZE
-}
-fn default_aq_depth() -> u32 {
-    DEFAULT_MAX_AQ_DEPTH
-}
 fn default_true() -> bool {
     true
 }
-fn default_abort_timeout() -> u32 {
-    DEFAULT_ABORT_TIMEOUT_SEC
-}
-fn default_acceptor_poll_rate() -> u32 {
-    DEFAULT_ACCEPTOR_POLL_RATE_US
-}
-fn default_kas() -> u16 {
-    DEFAULT_KAS
-}
-fn default_min_kato() -> u32 {
-    DEFAULT_MIN_KATO_MS
-}
 fn default_max_connections() -> u32 {
-    1024
+    DEFAULT_MAX_CONNECTIONS_PER_LISTENER
 }
 
-impl TransportOptions {
-    pub fn tcp_defaults() -> Self {
-        serde_json::from_value(serde_json::json!({"trtype": "TCP"})).unwrap_or_else(|_| unreachable!("defaults decode"))
+impl Default for TcpOptions {
+    fn default() -> Self {
+        TcpOptions {
+            c2h_success: true,
+            sock_priority: 0,
+            max_connections_per_listener: DEFAULT_MAX_CONNECTIONS_PER_LISTENER,
+        }
     }
+}
 
+impl TcpOptions {
     /// Checks ranges; the message names the option and its range.
     pub fn validate(&self) -> Result<(), String> {
-        if !self.trtype.eq_ignore_ascii_case("tcp") {
-            return Err(format!("transport type '{}' is not supported; use TCP", self.trtype));
+        if self.sock_priority > MAX_SOCK_PRIORITY {
+            return Err(format!("sock_priority {} must be 0 to {MAX_SOCK_PRIORITY}", self.sock_priority));
         }
-        if self.max_queue_depth < 2 {
-            return Err(format!("max_queue_depth {} must be 2 to 65535", self.max_queue_depth));
-        }
-        if !(2..=4096).contains(&self.max_aq_depth) {
-            return Err(format!("max_aq_depth {} must be 2 to 4096", self.max_aq_depth));
-        }
-        if self.max_io_size < MIN_PAGE_BYTES || !self.max_io_size.is_power_of_two() {
-            return Err(format!(
-                "max_io_size {} must be a power of two of at least {MIN_PAGE_BYTES}",
-                self.max_io_size
-            ));
-        }
-        if self.in_capsule_data_size > MAX_IN_CAPSULE_DATA_SIZE || !self.in_capsule_data_size.is_multiple_of(16) {
-            return Err(format!(
-                "in_capsule_data_size {} must be a multiple of 16 up to {MAX_IN_CAPSULE_DATA_SIZE}",
-                self.in_capsule_data_size
-            ));
-        }
-        if self.max_io_qpairs_per_ctrlr == 0 {
-            return Err("max_io_qpairs_per_ctrlr must be at least 1".into());
-        }
-        if self.sock_priority > 16 {
-            return Err(format!("sock_priority {} must be 0 to 16", self.sock_priority));
+        if self.max_connections_per_listener == 0 {
+            return Err("max_connections_per_listener must be at least 1".into());
         }
         Ok(())
-    }
-
-    /// MDTS: log2 of max_io_size in units of the minimum page.
-    pub fn mdts(&self) -> u8 {
-        (self.max_io_size / MIN_PAGE_BYTES).trailing_zeros() as u8
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nvmf::transport::TransportOptions;
     use serde_json::json;
 
     #[test]
@@ -149,20 +64,29 @@ mod tests {
             "in_capsule_data_size":8192,"io_unit_size":16384,"zcopy":false,"dif_insert_or_strip":false,
             "no_wr_batching":false,"disable_mappable_bar0":false,"disable_adaptive_irq":false,
             "disable_shadow_doorbells":false,"disable_command_passthru":false});
-        let options: TransportOptions = serde_json::from_value(sent).unwrap();
-        assert_eq!((options.max_io_qpairs_per_ctrlr, options.in_capsule_data_size), (8, 8192));
-        assert_eq!((options.max_queue_depth, options.max_io_size), (128, 131_072));
-        options.validate().unwrap();
-        assert_eq!(options.mdts(), 5);
+        let shared: TransportOptions = serde_json::from_value(sent.clone()).unwrap();
+        assert_eq!((shared.max_io_qpairs_per_ctrlr, shared.in_capsule_data_size), (8, 8192));
+        assert_eq!((shared.max_queue_depth, shared.max_io_size, shared.io_unit_size), (128, 131_072, 16384));
+        shared.validate(1).unwrap();
+        assert_eq!(shared.mdts(), 5);
+        let tcp: TcpOptions = serde_json::from_value(sent).unwrap();
+        assert_eq!(tcp, TcpOptions::default());
+        tcp.validate().unwrap();
     }
 
     #[test]
     fn ranges_are_checked() {
-        let mut options = TransportOptions::tcp_defaults();
-        options.trtype = "RDMA".into();
-        assert!(options.validate().unwrap_err().contains("not supported"));
-        let mut options = TransportOptions::tcp_defaults();
-        options.max_io_size = 1000;
-        assert!(options.validate().unwrap_err().contains("max_io_size"));
+        let tcp = TcpOptions { sock_priority: 17, ..TcpOptions::default() };
+        assert!(tcp.validate().unwrap_err().contains("sock_priority"));
+        let mut shared = TransportOptions::defaults("TCP");
+        shared.max_io_size = 1000;
+        assert!(shared.validate(1).unwrap_err().contains("max_io_size"));
+        let shared =
+            TransportOptions { num_shared_buffers: 64, buf_cache_size: 32, ..TransportOptions::defaults("TCP") };
+        assert!(shared.validate(4).unwrap_err().contains("buf_cache_size 32 x 4 poll groups"));
+        let shared = TransportOptions { zcopy: true, ..TransportOptions::defaults("TCP") };
+        assert!(shared.validate(1).unwrap_err().contains("zcopy"));
+        let shared = TransportOptions { io_unit_size: 262_144, ..TransportOptions::defaults("TCP") };
+        assert!(shared.validate(1).unwrap_err().contains("io_unit_size"));
     }
 }

@@ -1,0 +1,357 @@
+//! Commands as they arrive, and the I/O queue's path: decode, take buffers (or wait for
+//! them), fetch host data, run at the bdev, return data and completions.
+
+use peerless_bdev::{BdevIo, DataBuf, IoType};
+use peerless_core::mem::{self, ChunkReader, IoBufCache, MemKind, Sgl};
+use peerless_core::reactor::ThreadCtx;
+
+use super::{buffers_sgl, buffers_sgl_mut, Action, Fault, Qpair, ReqState};
+use crate::nvme::{fctype, io as opc, status, Sqe, Status};
+use crate::nvmf::buffers;
+use crate::nvmf::io_cmd::{self, Direction, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
+use crate::nvmf::transport::GroupCtx;
+
+/// Commands that finished waiting for buffers, handled per poll: bounded like all work.
+const BUFFER_WAITERS_PER_POLL: usize = 64;
+
+impl Qpair {
+    /// A command capsule arrived with `in_capsule` bytes of data.
+    pub fn on_command(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        sqe: Sqe,
+        in_capsule: &[u8],
+    ) -> Result<(), Fault> {
+        if self.closing {
+            return Ok(());
+        }
+        let Some(index) = self.admit(&sqe)? else { return Ok(()) };
+        match self.qid() {
+            None => self.connect_command(ctx, group, index, in_capsule),
+            Some(0) => self.admin_command(ctx, group, index),
+            Some(_) => self.io_command(ctx, group, index, in_capsule),
+        }
+        Ok(())
+    }
+
+    /// Host data for the command in `slot` (NVMe/TCP H2CData; an RDMA READ completed).
+    pub fn data_received(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        slot: u16,
+        cid: u16,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), Fault> {
+        let index = usize::from(slot);
+        let Some(request) = self.requests.get_mut(index).filter(|r| r.state == ReqState::AwaitingData) else {
+            return Err(Fault::UnknownTransfer);
+        };
+        if request.sqe.cid() != cid {
+            return Err(Fault::WrongCommand);
+        }
+        if offset != request.received || offset + data.len() > request.transfer.bytes {
+            return Err(Fault::OutOfRange);
+        }
+        if let Err(failed) = write_into(&mut request.buffers, request.transfer.bytes, offset, data) {
+            // Later data for this command names a transfer that no longer exists.
+            self.finish(group.buffers, index, failed, 0);
+            return Ok(());
+        }
+        request.received += data.len();
+        if request.received == request.transfer.bytes {
+            self.data_complete(ctx, group, index);
+        }
+        Ok(())
+    }
+
+    /// One timeslice: finished bdev I/O, commands whose buffers came, liveness.
+    pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, now_ns: u64) -> bool {
+        let mut busy = self.reap_completions(group.buffers);
+        busy |= self.serve_waiting(ctx, group);
+        if !self.closing {
+            self.check_liveness(now_ns);
+        }
+        busy
+    }
+
+    fn io_command(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize, in_capsule: &[u8]) {
+        let sqe = self.requests[index].sqe;
+        if sqe.opcode() == opc::FABRICS {
+            match sqe.fctype() {
+                fctype::DISCONNECT => {
+                    // Answer, then end the queue once the answer is out (NVMe-oF 1.1, 3.8).
+                    self.finish(group.buffers, index, Status::SUCCESS, 0);
+                    self.close("the host disconnected the queue");
+                }
+                fctype::CONNECT => self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0),
+                _ => self.finish(group.buffers, index, Status::INVALID_OPCODE, 0),
+            }
+            return;
+        }
+        let Some(queue) = self.queue.as_ref() else { return };
+        // A disabled controller (CC.EN = 0 after a reset) runs no I/O (NVMe Base 2.0, 3.5.2).
+        if !queue.controller.is_enabled() {
+            return self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0);
+        }
+        // Borrowed, not cloned: the subsystem's refcount is shared by every core serving it.
+        let Some(entry) = group.tables.get(ctx, &queue.controller.subsystem, sqe.nsid()) else {
+            return self.finish(group.buffers, index, Status::INVALID_NAMESPACE, 0);
+        };
+        let planned = io_cmd::plan(
+            &sqe,
+            &entry.info,
+            self.opts.max_io_size as usize,
+            in_capsule.len(),
+            self.opts.in_capsule_data_size as usize,
+        );
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(refused) => return self.finish(group.buffers, index, refused, 0),
+        };
+        let transfer = match plan {
+            Plan::Block { transfer, .. } | Plan::Deallocate { transfer, .. } => transfer,
+        };
+        let provider = match plan {
+            Plan::Block { .. } if transfer.bytes > 0 => entry.ns.provider.clone(),
+            _ => None,
+        };
+        let request = &mut self.requests[index];
+        request.plan = Some(plan);
+        request.transfer = transfer;
+        request.data_len = transfer.bytes;
+        if transfer.direction == Direction::None {
+            return self.execute(ctx, group, index);
+        }
+        // The namespace's P2P provider first (DESIGN.md: the transport places data there
+        // with the CPU's I/O accessors, the bdev DMAs from it); full is an expected state.
+        if let Some(provider) = provider {
+            match mem::P2pBuf::alloc(&provider, transfer.bytes) {
+                Ok(buffer) => self.requests[index].buffers.push(DataBuf::P2p(buffer)),
+                Err(_) => self.stats.p2p_fallbacks += 1,
+            }
+        }
+        self.place(ctx, group, index, in_capsule);
+    }
+
+    /// Gives a command its buffers and moves its data, or queues it until buffers come.
+    pub(super) fn place(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize, in_capsule: &[u8]) {
+        let bytes = self.requests[index].transfer.bytes;
+        // Waiters first: a newcomer must not overtake commands already queued.
+        let placed = !self.requests[index].buffers.is_empty()
+            || (self.waiting.is_empty()
+                && buffers::take(self.pool, group.buffers, bytes, &mut self.requests[index].buffers));
+        if placed {
+            return self.start_transfer(ctx, group, index, in_capsule);
+        }
+        self.stats.buffer_waits += 1;
+        if self.requests[index].transfer.placement == Placement::InCapsule {
+            // The capsule's bytes live in the transport's receive buffer only until this
+            // call returns: keep them in this queue's staging area meanwhile.
+            let unit = self.in_capsule_limit();
+            let slots = self.requests.len();
+            if self.staging.is_empty() {
+                self.staging = vec![0u8; unit * slots];
+            }
+            self.staging[index * unit..index * unit + in_capsule.len()].copy_from_slice(in_capsule);
+            self.requests[index].staged = true;
+        }
+        self.requests[index].state = ReqState::AwaitingBuffer;
+        self.waiting.push_back(index as u16);
+    }
+
+    /// Hands buffers to waiting commands, oldest first, while the pool has them.
+    fn serve_waiting(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
+        let mut served = 0;
+        while served < BUFFER_WAITERS_PER_POLL {
+            let Some(&slot) = self.waiting.front() else { break };
+            let index = usize::from(slot);
+            let bytes = self.requests[index].transfer.bytes;
+            if !buffers::take(self.pool, group.buffers, bytes, &mut self.requests[index].buffers) {
+                break;
+            }
+            self.waiting.pop_front();
+            served += 1;
+            if self.requests[index].staged {
+                let unit = self.in_capsule_limit();
+                let staged = std::mem::take(&mut self.staging);
+                self.requests[index].staged = false;
+                self.start_transfer(ctx, group, index, &staged[index * unit..index * unit + bytes]);
+                self.staging = staged;
+            } else {
+                self.start_transfer(ctx, group, index, &[]);
+            }
+        }
+        served > 0
+    }
+
+    /// The command has its buffers: copy in-capsule data, fetch host data, or run.
+    fn start_transfer(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize, in_capsule: &[u8]) {
+        let request = &mut self.requests[index];
+        let transfer = request.transfer;
+        match (transfer.direction, transfer.placement) {
+            (Direction::FromHost, Placement::InCapsule) => {
+                if let Err(failed) = write_into(&mut request.buffers, transfer.bytes, 0, in_capsule) {
+                    return self.finish(group.buffers, index, failed, 0);
+                }
+                request.received = transfer.bytes;
+                self.data_complete(ctx, group, index);
+            }
+            (Direction::FromHost, Placement::Transport) => {
+                request.state = ReqState::AwaitingData;
+                let cid = request.sqe.cid();
+                self.actions.push_back(Action::FetchData { slot: index as u16, cid, len: transfer.bytes as u32 });
+            }
+            _ => self.execute(ctx, group, index),
+        }
+    }
+
+    /// All host data is in: a Connect runs, anything else goes to the bdev.
+    fn data_complete(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize) {
+        let request = &self.requests[index];
+        if self.queue.is_none() {
+            let mut data = [0u8; crate::nvmf::connect::CONNECT_DATA_BYTES];
+            let read = buffers_sgl(&request.buffers, request.transfer.bytes)
+                .and_then(|sgl| ChunkReader::new(&sgl).read(&mut data).map_err(|_| Status::DATA_TRANSFER_ERROR));
+            buffers::give_back(group.buffers, &mut self.requests[index].buffers);
+            return match read {
+                Ok(_) => self.run_connect(ctx, group, index, &data),
+                Err(failed) => self.finish(group.buffers, index, failed, 0),
+            };
+        }
+        let placed = self.requests[index].buffers.first().map_or(MemKind::Host, buffer_kind);
+        self.stats.placed_bytes[placed.index()] += self.requests[index].transfer.bytes as u64;
+        self.execute(ctx, group, index);
+    }
+
+    /// Runs a command whose data (if any) has arrived.
+    fn execute(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize) {
+        self.requests[index].state = ReqState::Executing;
+        let Some(plan) = self.requests[index].plan else {
+            return self.finish(group.buffers, index, Status::INTERNAL_ERROR, 0);
+        };
+        let sqe = self.requests[index].sqe;
+        let Some(queue) = self.queue.as_ref() else { return };
+        let Some(entry) = group.tables.get(ctx, &queue.controller.subsystem, sqe.nsid()) else {
+            return self.finish(group.buffers, index, Status::INVALID_NAMESPACE, 0);
+        };
+        let handle = entry.handle.clone();
+        match plan {
+            Plan::Block { io_type, slba, nlb, .. } => {
+                let mut io = self.take_io(io_type, slba, nlb);
+                std::mem::swap(&mut io.buffers, &mut self.requests[index].buffers);
+                self.requests[index].outstanding = 1;
+                handle.submit(ctx, io, &self.completions, index as u64);
+                self.requests[index].channel = Some(handle);
+            }
+            Plan::Deallocate { ranges, deallocate, transfer } => {
+                // NR is at most 256 entries of 16 bytes: the list fits on the stack.
+                let mut list = [0u8; DSM_MAX_RANGES as usize * DSM_RANGE_BYTES];
+                let read = buffers_sgl(&self.requests[index].buffers, transfer.bytes)
+                    .and_then(|sgl| ChunkReader::new(&sgl).read(&mut list).map_err(|_| Status::DATA_TRANSFER_ERROR));
+                buffers::give_back(group.buffers, &mut self.requests[index].buffers);
+                if let Err(failed) = read {
+                    return self.finish(group.buffers, index, failed, 0);
+                }
+                let mut submitted = 0;
+                if deallocate {
+                    for (slba, blocks) in io_cmd::dsm_ranges(&list, ranges).filter(|(_, blocks)| *blocks > 0) {
+                        let io = self.take_io(IoType::Unmap, slba, blocks);
+                        self.requests[index].outstanding += 1;
+                        submitted += 1;
+                        handle.submit(ctx, io, &self.completions, index as u64);
+                    }
+                }
+                if submitted == 0 {
+                    return self.finish(group.buffers, index, Status::SUCCESS, 0);
+                }
+                self.requests[index].channel = Some(handle);
+            }
+        }
+    }
+
+    fn take_io(&mut self, io_type: IoType, slba: u64, nlb: u64) -> Box<BdevIo> {
+        match self.spare_ios.pop() {
+            Some(mut io) => {
+                io.reset(io_type, slba, nlb);
+                io
+            }
+            None => BdevIo::new(io_type, slba, nlb),
+        }
+    }
+
+    /// Finishes I/O the bdev layer completed; returns whether there was any.
+    fn reap_completions(&mut self, cache: &mut IoBufCache<'static>) -> bool {
+        let mut any = false;
+        loop {
+            let Some(mut io) = self.completions.borrow_mut().pop_front() else { break };
+            any = true;
+            let index = io.tag as usize;
+            let status = io.status;
+            let request = &mut self.requests[index];
+            debug_assert_eq!(request.state, ReqState::Executing);
+            if !status.is_success() && request.status.is_success() {
+                request.status = status;
+            }
+            if !io.buffers.is_empty() {
+                std::mem::swap(&mut request.buffers, &mut io.buffers);
+            }
+            request.outstanding = request.outstanding.saturating_sub(1);
+            if request.outstanding == 0 {
+                if let Some(queue) = self.queue.as_ref() {
+                    if let Some(counters) = queue.counters.as_ref() {
+                        counters.count(io.io_type, request.transfer.bytes, status.is_success());
+                    }
+                }
+                let status = request.status;
+                if io.io_type == IoType::Read && status.is_success() && !self.closing {
+                    request.state = ReqState::SendingData;
+                    let (cid, len) = (request.sqe.cid(), request.data_len as u32);
+                    let placed = request.buffers.first().map_or(MemKind::Host, buffer_kind);
+                    self.stats.placed_bytes[placed.index()] += u64::from(len);
+                    let completes = self.config.data_completes;
+                    self.actions.push_back(Action::SendData { slot: index as u16, cid, len, completes });
+                } else {
+                    self.finish(cache, index, status, 0);
+                }
+            }
+            self.spare_ios.push(io);
+        }
+        any
+    }
+
+    /// Aborts a command of this (I/O) queue that has not started (NVMe Base 2.0, 5.1):
+    /// one still waiting for buffers. Returns whether it was aborted.
+    pub fn abort_waiting(&mut self, cid: u16) -> bool {
+        let Some(position) = self.waiting.iter().position(|slot| self.requests[usize::from(*slot)].sqe.cid() == cid)
+        else {
+            return false;
+        };
+        let Some(slot) = self.waiting.remove(position) else { return false };
+        let index = usize::from(slot);
+        debug_assert!(self.requests[index].buffers.iter().all(|buffer| matches!(buffer, DataBuf::P2p(_))));
+        self.finish_unbuffered(index, status::ABORTED_BY_REQUEST, 0);
+        true
+    }
+}
+
+fn buffer_kind(buffer: &DataBuf) -> MemKind {
+    match buffer {
+        DataBuf::P2p(buf) => buf.tag().kind(),
+        _ => MemKind::Host,
+    }
+}
+
+/// Copies host data into a command's buffers at `offset`, through the gate for device
+/// memory.
+fn write_into(buffers: &mut [DataBuf], len: usize, offset: usize, data: &[u8]) -> Result<(), Status> {
+    let src = Sgl::from_host(data).map_err(|_| Status::INTERNAL_ERROR)?;
+    let mut whole = buffers_sgl_mut(buffers, len)?;
+    let copied = whole.sub_mut(offset, data.len()).and_then(|mut dst| mem::copy(&mut dst, &src));
+    match copied {
+        Ok(copied) if copied == data.len() => Ok(()),
+        _ => Err(Status::DATA_TRANSFER_ERROR),
+    }
+}
