@@ -58,6 +58,48 @@ fn malloc_writes_and_reads_back_across_sizes() {
 }
 
 #[test]
+fn malloc_moves_only_the_io_length_of_larger_buffers() {
+    let harness = Harness::new();
+    for block_size in [512u32, 4096] {
+        let name = format!("Malloc{block_size}");
+        let bdev = MallocBdev::new(BdevInfo { block_size, ..info(&name, 64) }).unwrap();
+        harness.bdevs.register(Arc::new(bdev)).unwrap();
+        let desc = harness.open(&name, true);
+        check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Dma, Memory::Heap], &|_, _| None);
+    }
+}
+
+#[test]
+fn bounced_device_buffers_larger_than_the_io_move_only_its_blocks() {
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0", 64);
+    let desc = harness.open("Malloc0", true);
+    let cmb = EmulatedCmb::new(CmbConfig::new("bounce-oversized", 4 << 20)).unwrap();
+    let buffer_bytes = mem::IOBUF_SMALL_BYTES;
+    let filler = vec![0xeeu8; buffer_bytes];
+    let payload = pattern(8, 1, BLOCK, 3);
+    let mut source = cmb.alloc(buffer_bytes).unwrap();
+    let mut staged = filler.clone();
+    staged[..BLOCK].copy_from_slice(&payload);
+    mem::copy(&mut source.sgl_mut(), &mem::Sgl::from_host(&staged).unwrap()).unwrap();
+    assert_ok(&harness.run_one(&desc, patterned_write(8, 2, BLOCK, 9)));
+    assert_ok(&harness.run_one(&desc, Spec::new(IoType::Write, 8, 1).with(DataBuf::P2p(source))));
+    let back = harness.run_one(&desc, read(8, 2, BLOCK)).bytes();
+    assert_eq!(back[..BLOCK], payload[..]);
+    assert_eq!(back[BLOCK..], pattern(9, 1, BLOCK, 9)[..], "the block after the write was written");
+
+    let mut target = cmb.alloc(buffer_bytes).unwrap();
+    mem::copy(&mut target.sgl_mut(), &mem::Sgl::from_host(&filler).unwrap()).unwrap();
+    let mut done = harness.run_one(&desc, Spec::new(IoType::Read, 8, 1).with(DataBuf::P2p(target)));
+    assert_ok(&done);
+    let Some(DataBuf::P2p(landed)) = done.buffers.pop() else { panic!("the read's CMB buffer did not come back") };
+    let mut bytes = vec![0u8; buffer_bytes];
+    mem::copy(&mut mem::Sgl::from_host_mut(&mut bytes).unwrap(), &landed.sgl()).unwrap();
+    assert_eq!(bytes[..BLOCK], payload[..]);
+    assert!(bytes[BLOCK..].iter().all(|byte| *byte == 0xee), "the bounce copied past the read's end");
+}
+
+#[test]
 fn compare_unmap_write_zeroes_flush_reset() {
     let harness = Harness::new();
     malloc(&harness, "Malloc0", 128);
