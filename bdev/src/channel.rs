@@ -222,6 +222,10 @@ impl LayerChannel {
             self.start(ctx, io);
         }
         did_work |= self.run_qos(ctx);
+        // Busy while I/O waits for budget: in interrupt mode an idle reactor would sleep
+        // with nothing set to wake it for the next timeslice, and the I/O would wait until
+        // some unrelated event came along.
+        did_work |= !self.qos_waiting.is_empty();
         PollStatus::from_work(did_work)
     }
 

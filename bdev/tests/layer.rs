@@ -276,6 +276,23 @@ fn qos_holds_an_iops_limit_within_ten_percent() {
     assert!(refused.unwrap_err().contains("multiple of 1000"));
 }
 
+#[test]
+fn io_waiting_for_qos_budget_is_released_in_interrupt_mode() {
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0", 64);
+    let bdevs = harness.bdevs.clone();
+    harness.on_thread(move |ctx| {
+        let limits = QosLimits { rw_ios_per_sec: 1_000, ..QosLimits::default() };
+        bdevs.set_qos(ctx, "Malloc0", limits, |_| {}).unwrap();
+    });
+    let desc = harness.open("Malloc0", false);
+    // One I/O per 1 ms timeslice: four of these wait for later timeslices, and nothing
+    // else on the thread would wake the reactor for them.
+    let done = harness.run(&desc, (0..5).map(|index| read(index, 1, BLOCK)).collect());
+    assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS));
+    assert_eq!(done.iter().map(|(tag, _)| *tag).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+}
+
 /// A device with room for two I/O at a time that completes from its own poller: the
 /// layer must queue the rest and retry, losing none.
 struct Stingy {
