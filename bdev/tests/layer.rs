@@ -4,7 +4,7 @@
 mod harness;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -362,4 +362,101 @@ fn no_resources_queues_and_retries_without_losing_io() {
     let stats = stats.recv_timeout(WAIT).unwrap();
     assert_eq!(stats[0].1.read.ops, 64);
     assert!(stats[0].1.nomem_retries >= 60, "{:?}", stats[0].1);
+}
+
+/// A device that completes what it accepted from its own poller, oldest first (as a
+/// queue pair does, so its reset finishes after what it accepted before it), and has no
+/// room for a write the first time it sees it: the layer must queue that write for retry.
+struct Picky {
+    info: BdevInfo,
+}
+
+struct PickyChannel {
+    accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>>,
+    /// Offsets of the writes refused once.
+    refused: HashSet<u64>,
+}
+
+impl Bdev for Picky {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+    fn supports(&self, io_type: IoType) -> bool {
+        matches!(io_type, IoType::Read | IoType::Write | IoType::Reset)
+    }
+    fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
+        let accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>> = Rc::default();
+        let device = accepted.clone();
+        ctx.register_poller("picky", move |_| {
+            let finished = device.borrow_mut().pop_front();
+            match finished {
+                Some(io) => {
+                    io.complete(IoStatus::SUCCESS);
+                    PollStatus::Busy
+                }
+                None => PollStatus::Idle,
+            }
+        });
+        Box::new(PickyChannel { accepted, refused: HashSet::new() })
+    }
+    fn config_entry(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl BdevChannelOps for PickyChannel {
+    fn submit(&mut self, _ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
+        if io.io_type == IoType::Write && self.refused.insert(io.offset_blocks) {
+            return Err(SubmitError::NoResources(io));
+        }
+        self.accepted.borrow_mut().push_back(io);
+        Ok(())
+    }
+}
+
+/// The tags of what came back, in the order it completed; every status a success.
+fn completion_order(done: &[(usize, Done)]) -> Vec<usize> {
+    for (tag, io) in done {
+        assert_eq!(io.status, IoStatus::SUCCESS, "I/O {tag}: {io:?}");
+    }
+    done.iter().map(|(tag, _)| *tag).collect()
+}
+
+#[test]
+fn a_reset_waits_for_io_queued_for_retry_before_it() {
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(Picky { info: info("Picky0", 64) })).unwrap();
+    let desc = harness.open("Picky0", true);
+    // The write finds no room and waits for retry; the reset behind it must not reach
+    // the device first (it would finish first), and the read behind the reset must not
+    // overtake either of them.
+    let batch = vec![patterned_write(1, 1, BLOCK, 0), Spec::new(IoType::Reset, 0, 0), read(2, 1, BLOCK)];
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2]);
+    // Several writes waiting, with a reset between them.
+    let mut batch: Vec<_> = (10..14).map(|offset| patterned_write(offset, 1, BLOCK, 0)).collect();
+    batch.insert(2, Spec::new(IoType::Reset, 0, 0));
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2, 3, 4], "the reset overtook a write");
+}
+
+#[test]
+fn a_reset_waits_for_io_held_by_qos_before_it() {
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(Picky { info: info("Picky0", 64) })).unwrap();
+    let bdevs = harness.bdevs.clone();
+    harness.on_thread(move |ctx| {
+        let limits = QosLimits { rw_ios_per_sec: 2_000, ..QosLimits::default() };
+        bdevs.set_qos(ctx, "Picky0", limits, |_| {}).unwrap();
+    });
+    let desc = harness.open("Picky0", true);
+    // Two I/O per 1 ms timeslice: writes 0 and 1 start at once (and wait for retry), write
+    // 2 and the reset wait for the next timeslice, which releases both; write 2 then
+    // finds no room, and the reset must still reach the device after it.
+    let batch = vec![
+        patterned_write(1, 1, BLOCK, 0),
+        patterned_write(2, 1, BLOCK, 0),
+        patterned_write(3, 1, BLOCK, 0),
+        Spec::new(IoType::Reset, 0, 0),
+        read(1, 1, BLOCK),
+    ];
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2, 3, 4]);
 }

@@ -196,6 +196,31 @@ fn flush_unmap_write_zeroes_and_reset() {
 }
 
 #[test]
+fn a_reset_waits_for_writes_the_ring_had_no_staging_for() {
+    let file = TempFile::new("reset-retry");
+    let harness = Harness::new();
+    uring(&harness, "Uring0", &file);
+    let desc = harness.open("Uring0", true);
+    // Each write's block in two half-block buffers, which O_DIRECT cannot take: every
+    // write needs a staging buffer, a channel holds 32, so the rest wait for retry in
+    // the layer. The reset behind them must finish after them all.
+    let writes = 48u64;
+    let mut batch: Vec<_> = (0..writes)
+        .map(|block| {
+            let bytes = pattern(block, 1, BLOCK, 6);
+            Spec::new(IoType::Write, block, 1)
+                .with(DataBuf::Heap(bytes[..BLOCK / 2].into()))
+                .with(DataBuf::Heap(bytes[BLOCK / 2..].into()))
+        })
+        .collect();
+    batch.push(Spec::new(IoType::Reset, 0, 0));
+    let done = harness.run(&desc, batch);
+    assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS), "{done:?}");
+    assert_eq!(done.last().map(|(tag, _)| *tag), Some(writes as usize), "the reset finished before a write");
+    assert_eq!(file.bytes(0, writes as usize * BLOCK), pattern(0, writes, BLOCK, 6));
+}
+
+#[test]
 fn delete_while_open_reaches_the_descriptor_and_claims_conflict() {
     let file = TempFile::new("remove");
     let harness = Harness::new();
