@@ -2,6 +2,15 @@
 //! checks every I/O (range, size, type, write permission), bounces buffers the bdev
 //! cannot DMA from through host memory via the tag gate, enforces QoS, queues I/O the
 //! module has no resources for, and keeps iostat, all on the channel's own thread.
+//!
+//! The module sees a channel's I/O in the order it was submitted: I/O waiting for QoS
+//! budget or for module resources holds back what came after it, as SPDK's `nomem_io`
+//! queue does. A reset relies on this: it reaches the module only once every I/O
+//! accepted before it on the channel has, so the module's reset (which completes after
+//! what it has in flight, or aborts it) covers them all; a reset that overtook a queued
+//! write could finish before the write did. The layer does not wait for the module's
+//! in-flight I/O itself: some modules hold I/O until a reset aborts it (error's
+//! `pending`, delay's held completions), which such a wait would deadlock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +41,8 @@ pub struct LayerChannel {
     stats: IoStat,
     retired: Arc<Mutex<IoStat>>,
     removed: Arc<AtomicBool>,
-    /// I/O the module had no resources for, oldest first.
+    /// I/O the module had no resources for, oldest first, and everything submitted
+    /// after it, which waits behind it to keep the submission order.
     retry: VecDeque<Box<BdevIo>>,
     qos: Option<QosBudget>,
     qos_waiting: VecDeque<Box<BdevIo>>,
@@ -147,13 +157,26 @@ impl LayerChannel {
         self.start(ctx, io);
     }
 
+    /// Hands an I/O that passed the checks and QoS to the module, unless older I/O waits
+    /// for retry: then it queues behind that, so nothing (a reset above all) overtakes.
     fn start(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) {
-        match self.ops.submit(ctx, io) {
-            Ok(()) => {}
-            Err(SubmitError::NoResources(io)) => {
-                self.stats.nomem_retries += 1;
-                self.retry.push_back(io);
+        let io = if self.retry.is_empty() {
+            match self.submit_to_module(ctx, io) {
+                Ok(()) => return,
+                Err(io) => io,
             }
+        } else {
+            io
+        };
+        self.stats.nomem_retries += 1;
+        self.retry.push_back(io);
+    }
+
+    /// Submits to the module; gives the I/O back if the module had no resources for it.
+    fn submit_to_module(&mut self, ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), Box<BdevIo>> {
+        match self.ops.submit(ctx, io) {
+            Ok(()) => Ok(()),
+            Err(SubmitError::NoResources(io)) => Err(io),
         }
     }
 
@@ -214,14 +237,22 @@ impl LayerChannel {
             self.stats.record(io.io_type, bytes, latency_ns, io.status);
             io.pass_up();
         }
-        // Something finished, or the module may have room again: retry in order.
-        let retries = self.retry.len();
-        for _ in 0..retries {
+        // Something finished, or the module may have room again: retry oldest first, and
+        // stop at the first refusal, so what waits behind it stays behind it.
+        for _ in 0..self.retry.len() {
             let Some(io) = self.retry.pop_front() else { break };
             did_work = true;
-            self.start(ctx, io);
+            if let Err(io) = self.submit_to_module(ctx, io) {
+                self.stats.nomem_retries += 1;
+                self.retry.push_front(io);
+                break;
+            }
         }
         did_work |= self.run_qos(ctx);
+        // Busy while I/O waits for budget: in interrupt mode an idle reactor would sleep
+        // with nothing set to wake it for the next timeslice, and the I/O would wait until
+        // some unrelated event came along.
+        did_work |= !self.qos_waiting.is_empty();
         PollStatus::from_work(did_work)
     }
 

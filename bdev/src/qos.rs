@@ -103,6 +103,11 @@ impl QosBudget {
     /// Charges an I/O to the budget if any is left. Like SPDK, the last I/O of a slice may
     /// overshoot; the next slice starts fresh rather than paying the debt back.
     pub fn admit(&mut self, io: &BdevIo, block_size: u32) -> bool {
+        if io.io_type == IoType::Reset {
+            // A reset moves no data and is no host's load to limit (SPDK's QoS leaves it
+            // alone too): it waits only for the I/O queued ahead of it, never for budget.
+            return true;
+        }
         let bytes = io.num_blocks * u64::from(block_size);
         let is_read = io.io_type == IoType::Read;
         let is_write = matches!(io.io_type, IoType::Write | IoType::WriteZeroes);
@@ -147,6 +152,20 @@ mod tests {
         assert!((0..100).all(|_| budget.admit(&write, 512)), "a read limit does not hold writes back");
         let admitted = (0..100).filter(|_| budget.admit(&io, 512)).count();
         assert_eq!(admitted, 1, "1 MiB/s is ~1 KiB per slice: one 4 KiB read overshoots, then stop");
+    }
+
+    #[test]
+    fn a_reset_needs_no_budget_and_takes_none() {
+        let limits = QosLimits { rw_ios_per_sec: 1_000, ..QosLimits::default() };
+        let mut budget = QosBudget::new(limits, Instant::now());
+        let read = BdevIo::new(IoType::Read, 0, 1);
+        assert!(budget.admit(&read, 512), "1k IOPS is one I/O per 1 ms slice");
+        assert!(!budget.admit(&read, 512));
+        assert!(budget.admit(&BdevIo::new(IoType::Reset, 0, 0), 512), "a reset passes an exhausted budget");
+
+        let mut budget = QosBudget::new(limits, Instant::now());
+        assert!(budget.admit(&BdevIo::new(IoType::Reset, 0, 0), 512));
+        assert!(budget.admit(&read, 512), "the reset left the slice's one I/O to the read");
     }
 
     #[test]

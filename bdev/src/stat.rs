@@ -63,7 +63,8 @@ pub struct IoStat {
     /// I/O whose buffers had to be copied through host memory (a domain the bdev
     /// cannot DMA from).
     pub bounced_ios: u64,
-    /// Times a module said "no resources" and the I/O waited to be retried.
+    /// Times an I/O was queued to wait for the module's resources: the module said "no
+    /// resources" to it, or to an I/O ahead of it on the channel.
     pub nomem_retries: u64,
 }
 

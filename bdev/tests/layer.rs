@@ -4,7 +4,7 @@
 mod harness;
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,6 +55,48 @@ fn malloc_writes_and_reads_back_across_sizes() {
     for (index, io) in harness.run(&desc, reads) {
         assert_eq!(io.bytes(), pattern(index as u64 * 8, 8, BLOCK, 9));
     }
+}
+
+#[test]
+fn malloc_moves_only_the_io_length_of_larger_buffers() {
+    let harness = Harness::new();
+    for block_size in [512u32, 4096] {
+        let name = format!("Malloc{block_size}");
+        let bdev = MallocBdev::new(BdevInfo { block_size, ..info(&name, 64) }).unwrap();
+        harness.bdevs.register(Arc::new(bdev)).unwrap();
+        let desc = harness.open(&name, true);
+        check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Dma, Memory::Heap], &|_, _| None);
+    }
+}
+
+#[test]
+fn bounced_device_buffers_larger_than_the_io_move_only_its_blocks() {
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0", 64);
+    let desc = harness.open("Malloc0", true);
+    let cmb = EmulatedCmb::new(CmbConfig::new("bounce-oversized", 4 << 20)).unwrap();
+    let buffer_bytes = mem::IOBUF_SMALL_BYTES;
+    let filler = vec![0xeeu8; buffer_bytes];
+    let payload = pattern(8, 1, BLOCK, 3);
+    let mut source = cmb.alloc(buffer_bytes).unwrap();
+    let mut staged = filler.clone();
+    staged[..BLOCK].copy_from_slice(&payload);
+    mem::copy(&mut source.sgl_mut(), &mem::Sgl::from_host(&staged).unwrap()).unwrap();
+    assert_ok(&harness.run_one(&desc, patterned_write(8, 2, BLOCK, 9)));
+    assert_ok(&harness.run_one(&desc, Spec::new(IoType::Write, 8, 1).with(DataBuf::P2p(source))));
+    let back = harness.run_one(&desc, read(8, 2, BLOCK)).bytes();
+    assert_eq!(back[..BLOCK], payload[..]);
+    assert_eq!(back[BLOCK..], pattern(9, 1, BLOCK, 9)[..], "the block after the write was written");
+
+    let mut target = cmb.alloc(buffer_bytes).unwrap();
+    mem::copy(&mut target.sgl_mut(), &mem::Sgl::from_host(&filler).unwrap()).unwrap();
+    let mut done = harness.run_one(&desc, Spec::new(IoType::Read, 8, 1).with(DataBuf::P2p(target)));
+    assert_ok(&done);
+    let Some(DataBuf::P2p(landed)) = done.buffers.pop() else { panic!("the read's CMB buffer did not come back") };
+    let mut bytes = vec![0u8; buffer_bytes];
+    mem::copy(&mut mem::Sgl::from_host_mut(&mut bytes).unwrap(), &landed.sgl()).unwrap();
+    assert_eq!(bytes[..BLOCK], payload[..]);
+    assert!(bytes[BLOCK..].iter().all(|byte| *byte == 0xee), "the bounce copied past the read's end");
 }
 
 #[test]
@@ -234,6 +276,23 @@ fn qos_holds_an_iops_limit_within_ten_percent() {
     assert!(refused.unwrap_err().contains("multiple of 1000"));
 }
 
+#[test]
+fn io_waiting_for_qos_budget_is_released_in_interrupt_mode() {
+    let harness = Harness::new();
+    malloc(&harness, "Malloc0", 64);
+    let bdevs = harness.bdevs.clone();
+    harness.on_thread(move |ctx| {
+        let limits = QosLimits { rw_ios_per_sec: 1_000, ..QosLimits::default() };
+        bdevs.set_qos(ctx, "Malloc0", limits, |_| {}).unwrap();
+    });
+    let desc = harness.open("Malloc0", false);
+    // One I/O per 1 ms timeslice: four of these wait for later timeslices, and nothing
+    // else on the thread would wake the reactor for them.
+    let done = harness.run(&desc, (0..5).map(|index| read(index, 1, BLOCK)).collect());
+    assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS));
+    assert_eq!(done.iter().map(|(tag, _)| *tag).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+}
+
 /// A device with room for two I/O at a time that completes from its own poller: the
 /// layer must queue the rest and retry, losing none.
 struct Stingy {
@@ -303,4 +362,101 @@ fn no_resources_queues_and_retries_without_losing_io() {
     let stats = stats.recv_timeout(WAIT).unwrap();
     assert_eq!(stats[0].1.read.ops, 64);
     assert!(stats[0].1.nomem_retries >= 60, "{:?}", stats[0].1);
+}
+
+/// A device that completes what it accepted from its own poller, oldest first (as a
+/// queue pair does, so its reset finishes after what it accepted before it), and has no
+/// room for a write the first time it sees it: the layer must queue that write for retry.
+struct Picky {
+    info: BdevInfo,
+}
+
+struct PickyChannel {
+    accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>>,
+    /// Offsets of the writes refused once.
+    refused: HashSet<u64>,
+}
+
+impl Bdev for Picky {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+    fn supports(&self, io_type: IoType) -> bool {
+        matches!(io_type, IoType::Read | IoType::Write | IoType::Reset)
+    }
+    fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
+        let accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>> = Rc::default();
+        let device = accepted.clone();
+        ctx.register_poller("picky", move |_| {
+            let finished = device.borrow_mut().pop_front();
+            match finished {
+                Some(io) => {
+                    io.complete(IoStatus::SUCCESS);
+                    PollStatus::Busy
+                }
+                None => PollStatus::Idle,
+            }
+        });
+        Box::new(PickyChannel { accepted, refused: HashSet::new() })
+    }
+    fn config_entry(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+impl BdevChannelOps for PickyChannel {
+    fn submit(&mut self, _ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
+        if io.io_type == IoType::Write && self.refused.insert(io.offset_blocks) {
+            return Err(SubmitError::NoResources(io));
+        }
+        self.accepted.borrow_mut().push_back(io);
+        Ok(())
+    }
+}
+
+/// The tags of what came back, in the order it completed; every status a success.
+fn completion_order(done: &[(usize, Done)]) -> Vec<usize> {
+    for (tag, io) in done {
+        assert_eq!(io.status, IoStatus::SUCCESS, "I/O {tag}: {io:?}");
+    }
+    done.iter().map(|(tag, _)| *tag).collect()
+}
+
+#[test]
+fn a_reset_waits_for_io_queued_for_retry_before_it() {
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(Picky { info: info("Picky0", 64) })).unwrap();
+    let desc = harness.open("Picky0", true);
+    // The write finds no room and waits for retry; the reset behind it must not reach
+    // the device first (it would finish first), and the read behind the reset must not
+    // overtake either of them.
+    let batch = vec![patterned_write(1, 1, BLOCK, 0), Spec::new(IoType::Reset, 0, 0), read(2, 1, BLOCK)];
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2]);
+    // Several writes waiting, with a reset between them.
+    let mut batch: Vec<_> = (10..14).map(|offset| patterned_write(offset, 1, BLOCK, 0)).collect();
+    batch.insert(2, Spec::new(IoType::Reset, 0, 0));
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2, 3, 4], "the reset overtook a write");
+}
+
+#[test]
+fn a_reset_waits_for_io_held_by_qos_before_it() {
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(Picky { info: info("Picky0", 64) })).unwrap();
+    let bdevs = harness.bdevs.clone();
+    harness.on_thread(move |ctx| {
+        let limits = QosLimits { rw_ios_per_sec: 2_000, ..QosLimits::default() };
+        bdevs.set_qos(ctx, "Picky0", limits, |_| {}).unwrap();
+    });
+    let desc = harness.open("Picky0", true);
+    // Two I/O per 1 ms timeslice: writes 0 and 1 start at once (and wait for retry), write
+    // 2 and the reset wait for the next timeslice, which releases both; write 2 then
+    // finds no room, and the reset must still reach the device after it.
+    let batch = vec![
+        patterned_write(1, 1, BLOCK, 0),
+        patterned_write(2, 1, BLOCK, 0),
+        patterned_write(3, 1, BLOCK, 0),
+        Spec::new(IoType::Reset, 0, 0),
+        read(1, 1, BLOCK),
+    ];
+    assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2, 3, 4]);
 }

@@ -213,6 +213,54 @@ fn latency_and_bandwidth_are_modelled() {
 }
 
 #[test]
+fn ram_and_file_media_move_only_the_io_length_of_larger_buffers() {
+    let harness = Harness::new();
+    let mut paths = Vec::new();
+    for block_size in [512u32, 4096] {
+        let ram = format!("Ram{block_size}");
+        nvmesim(&harness, CreateParams { cmb_size_mb: 0, ..CreateParams::new(&ram, 64, block_size) });
+        let desc = harness.open(&ram, true);
+        check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Dma, Memory::Heap], &|_, _| None);
+
+        let path = std::env::temp_dir().join(format!("nvmesim-oversized-{}-{block_size}.img", std::process::id()));
+        let filed = format!("File{block_size}");
+        let params = CreateParams {
+            filename: Some(path.display().to_string()),
+            cmb_size_mb: 0,
+            ..CreateParams::new(&filed, 64, block_size)
+        };
+        nvmesim(&harness, params);
+        let desc = harness.open(&filed, true);
+        let media = |offset: u64, len: usize| {
+            let all = std::fs::read(&path).unwrap();
+            Some(all[offset as usize..offset as usize + len].to_vec())
+        };
+        check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Heap], &media);
+        paths.push(path);
+    }
+    for path in paths {
+        std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[test]
+fn the_bandwidth_model_charges_the_io_length_not_the_buffer() {
+    let harness = Harness::new();
+    // At 1 MiB/s, 16 one-block reads carry 8 KiB (8 ms); their 132 KiB buffers would be
+    // 2 MiB, two seconds.
+    nvmesim(&harness, CreateParams { bandwidth_mbps: 1, ..CreateParams::new("Narrow", 1024, BLOCK as u32) });
+    let desc = harness.open("Narrow", false);
+    let reads =
+        (0..16).map(|index| Spec::new(IoType::Read, index, 1).with(DataBuf::heap(mem::IOBUF_LARGE_BYTES))).collect();
+    let started = Instant::now();
+    let done = harness.run(&desc, reads);
+    let elapsed = started.elapsed();
+    assert!(done.iter().all(|(_, done)| done.status == IoStatus::SUCCESS));
+    assert!(elapsed >= Duration::from_millis(7), "the link was not modelled at all: {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(1), "the link carried the whole buffers: {elapsed:?}");
+}
+
+#[test]
 fn a_full_queue_makes_the_layer_retry_without_losing_io() {
     let harness = Harness::new();
     nvmesim(&harness, CreateParams { latency_us: 1_000, ..CreateParams::new("Nvme0", 4096, BLOCK as u32) });

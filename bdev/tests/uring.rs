@@ -122,6 +122,24 @@ fn writes_reach_the_file_and_read_back_with_aligned_and_unaligned_buffers() {
 }
 
 #[test]
+fn buffers_larger_than_the_io_move_only_its_blocks_with_o_direct() {
+    let harness = Harness::new();
+    let mut files = Vec::new();
+    for block_size in [512u32, 4096] {
+        let file = TempFile::new(&format!("oversized-{block_size}"));
+        let name = format!("Uring{block_size}");
+        let bdev = UringBdev::open(UringConfig { block_size, ..config(&name, &file) }).unwrap();
+        assert!(bdev.is_direct(), "/var/tmp is a disk filesystem: O_DIRECT must hold");
+        harness.bdevs.register(Arc::new(bdev)).unwrap();
+        let desc = harness.open(&name, true);
+        // Aligned DMA memory goes to the kernel as it is; heap memory through staging.
+        let media = |offset, len| Some(file.bytes(offset, len));
+        check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Dma, Memory::Heap], &media);
+        files.push(file);
+    }
+}
+
+#[test]
 fn more_io_than_ring_slots_all_complete() {
     let file = TempFile::new("depth");
     let harness = Harness::new();
@@ -175,6 +193,31 @@ fn flush_unmap_write_zeroes_and_reset() {
     let compare = Spec::new(IoType::Compare, 0, 1).with(DataBuf::heap(BLOCK));
     assert_eq!(harness.run_one(&desc, compare).status, IoStatus::INVALID_OPCODE);
     assert_eq!(harness.run_one(&desc, read(8192, 1, BLOCK)).status, IoStatus::LBA_OUT_OF_RANGE);
+}
+
+#[test]
+fn a_reset_waits_for_writes_the_ring_had_no_staging_for() {
+    let file = TempFile::new("reset-retry");
+    let harness = Harness::new();
+    uring(&harness, "Uring0", &file);
+    let desc = harness.open("Uring0", true);
+    // Each write's block in two half-block buffers, which O_DIRECT cannot take: every
+    // write needs a staging buffer, a channel holds 32, so the rest wait for retry in
+    // the layer. The reset behind them must finish after them all.
+    let writes = 48u64;
+    let mut batch: Vec<_> = (0..writes)
+        .map(|block| {
+            let bytes = pattern(block, 1, BLOCK, 6);
+            Spec::new(IoType::Write, block, 1)
+                .with(DataBuf::Heap(bytes[..BLOCK / 2].into()))
+                .with(DataBuf::Heap(bytes[BLOCK / 2..].into()))
+        })
+        .collect();
+    batch.push(Spec::new(IoType::Reset, 0, 0));
+    let done = harness.run(&desc, batch);
+    assert!(done.iter().all(|(_, io)| io.status == IoStatus::SUCCESS), "{done:?}");
+    assert_eq!(done.last().map(|(tag, _)| *tag), Some(writes as usize), "the reset finished before a write");
+    assert_eq!(file.bytes(0, writes as usize * BLOCK), pattern(0, writes, BLOCK, 6));
 }
 
 #[test]
@@ -272,6 +315,22 @@ fn tmpfs_files_work_direct_or_buffered() {
     assert_ok(&harness.run_one(&desc, patterned_write(5, 3, BLOCK, 1)));
     assert_eq!(harness.run_one(&desc, read(5, 3, BLOCK)).bytes(), pattern(5, 3, BLOCK, 1));
     assert_eq!(file.bytes(5 * BLOCK as u64, 3 * BLOCK), pattern(5, 3, BLOCK, 1));
+}
+
+#[test]
+fn tmpfs_files_move_only_the_io_length_of_larger_buffers() {
+    // Direct or buffered as the kernel allows (see above); the module's unit tests cover a
+    // buffered file whatever the kernel.
+    let path = PathBuf::from(format!("/dev/shm/peerless-uring-{}-oversized", std::process::id()));
+    if std::fs::File::create(&path).and_then(|file| file.set_len(1 << 20)).is_err() {
+        return;
+    }
+    let file = TempFile(path);
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(UringBdev::open(config("Shm0", &file)).unwrap())).unwrap();
+    let desc = harness.open("Shm0", true);
+    let media = |offset, len| Some(file.bytes(offset, len));
+    check_buffers_larger_than_the_io(&harness, &desc, &[Memory::Dma, Memory::Heap], &media);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peerless_bdev::{completion_queue, BdevIo, BdevManager, DataBuf, Desc, IoStatus, IoType};
+use peerless_core::mem::{self, DmaBuf, IOBUF_LARGE_BYTES, IOBUF_SMALL_BYTES};
 use peerless_core::reactor::{App, AppOptions, CoreMask, PollStatus, ThreadCtx, ThreadHandle};
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -189,7 +190,8 @@ impl Done {
         for buffer in &self.buffers {
             match buffer {
                 DataBuf::Heap(bytes) => out.extend_from_slice(bytes),
-                other => panic!("bytes() of a non-heap buffer {other:?}"),
+                DataBuf::Dma(buf) => out.extend(buf.sgl().unwrap().cpu_view().unwrap().to_vec()),
+                other => panic!("bytes() of a buffer the CPU may not read {other:?}"),
             }
         }
         out
@@ -218,4 +220,82 @@ pub fn read(offset: u64, blocks: u64, block_size: usize) -> Spec {
 
 pub fn assert_ok(done: &Done) {
     assert_eq!(done.status, IoStatus::SUCCESS, "{done:?}");
+}
+
+/// Host memory an I/O's buffer is made of.
+#[derive(Clone, Copy, Debug)]
+pub enum Memory {
+    /// 4 KiB-aligned DMA memory, as an iobuf pool buffer is: O_DIRECT takes it as it is.
+    Dma,
+    /// The heap, not sector aligned: O_DIRECT needs it staged.
+    Heap,
+}
+
+/// A buffer of `size` bytes of `memory` holding `payload` at its start and `filler` after it.
+pub fn buffer(memory: Memory, size: usize, payload: &[u8], filler: u8) -> DataBuf {
+    let mut bytes = vec![filler; size];
+    bytes[..payload.len()].copy_from_slice(payload);
+    match memory {
+        Memory::Heap => DataBuf::Heap(bytes.into_boxed_slice()),
+        Memory::Dma => {
+            let mut buf = DmaBuf::alloc(size).unwrap();
+            mem::copy(&mut buf.sgl_mut().unwrap(), &mem::Sgl::from_host(&bytes).unwrap()).unwrap();
+            DataBuf::Dma(buf)
+        }
+    }
+}
+
+/// Checks that reads and writes whose buffers are larger than the I/O (as the NVMe/TCP
+/// target hands them over: an iobuf pool buffer of 8 KiB or 132 KiB whatever the I/O's
+/// length) succeed and move exactly the I/O's blocks: a write lands in its blocks and not
+/// in the block after them, a read fills the I/O's length of its buffer and leaves the
+/// rest as it was. `media(offset_bytes, len)` reads the bytes behind the bdev directly
+/// where the test can (a file), else returns None. Uses blocks 16 to 16 + 9 of the bdev.
+pub fn check_buffers_larger_than_the_io(
+    harness: &Harness,
+    desc: &Arc<Desc>,
+    memories: &[Memory],
+    media: &dyn Fn(u64, usize) -> Option<Vec<u8>>,
+) {
+    const GUARD_SEED: u8 = 0x5c;
+    const FILLER: u8 = 0xee;
+    let block = desc.bdev().info().block_size as usize;
+    let offset = 16;
+    // One block and several: 512 B and 4 KiB of 512-byte blocks, 4 KiB and 8 KiB of 4 KiB ones.
+    let several = (4096 / block).max(2) as u64;
+    for &memory in memories {
+        for buffer_bytes in [IOBUF_SMALL_BYTES, IOBUF_LARGE_BYTES] {
+            for (seed, blocks) in [(1u8, 1u64), (2, several)] {
+                let len = blocks as usize * block;
+                let case = format!("{block}-byte blocks, {len} bytes in a {buffer_bytes}-byte {memory:?} buffer");
+                // The I/O's blocks and the one after them start out as a known guard.
+                let guard = pattern(offset, blocks + 1, block, GUARD_SEED);
+                let exact = Spec::new(IoType::Write, offset, blocks + 1).with(DataBuf::Heap(guard.clone().into()));
+                assert_ok(&harness.run_one(desc, exact));
+
+                let payload = pattern(offset, blocks, block, seed);
+                let write =
+                    Spec::new(IoType::Write, offset, blocks).with(buffer(memory, buffer_bytes, &payload, FILLER));
+                let done = harness.run_one(desc, write);
+                assert_eq!(done.status, IoStatus::SUCCESS, "write: {case}");
+                let back = harness.run_one(desc, read(offset, blocks + 1, block));
+                assert_ok(&back);
+                let back = back.bytes();
+                assert!(back[..len] == payload[..], "the write's blocks read back: {case}");
+                assert!(back[len..] == guard[len..], "the block after the write was written: {case}");
+                if let Some(stored) = media(offset * block as u64, len + block) {
+                    assert!(stored[..len] == payload[..], "the write's blocks on the media: {case}");
+                    assert!(stored[len..] == guard[len..], "the block after the write on the media: {case}");
+                }
+
+                let into = Spec::new(IoType::Read, offset, blocks).with(buffer(memory, buffer_bytes, &[], FILLER));
+                let done = harness.run_one(desc, into);
+                assert_eq!(done.status, IoStatus::SUCCESS, "read: {case}");
+                let bytes = done.bytes();
+                assert_eq!(bytes.len(), buffer_bytes, "the buffer came back whole: {case}");
+                assert!(bytes[..len] == payload[..], "the read's blocks: {case}");
+                assert!(bytes[len..].iter().all(|byte| *byte == FILLER), "the read filled past its end: {case}");
+            }
+        }
+    }
 }

@@ -122,7 +122,8 @@ impl BdevChannelOps for NvmesimChannel {
             return Err(SubmitError::NoResources(io));
         }
         let status = self.execute(&mut io);
-        let bytes = if io.io_type.has_data() { io.buffer_bytes() as u64 } else { 0 };
+        // The link carries the I/O's blocks, not the whole of a larger buffer.
+        let bytes = if io.io_type.has_data() { io.num_blocks * u64::from(self.device.block_size) } else { 0 };
         let due = self.due(ctx, bytes);
         // Due times never decrease (a fixed latency after a monotonic link clock), so
         // the queue stays in completion order.

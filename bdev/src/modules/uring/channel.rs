@@ -147,26 +147,37 @@ impl State {
                         io.complete(IoStatus::DATA_TRANSFER_ERROR);
                         Ok(())
                     }
+                    Refused::Short => {
+                        peerless_core::log_error!(
+                            "uring '{}': {io:?} reached the module with buffers shorter than its blocks",
+                            self.backing.name
+                        );
+                        io.complete(IoStatus::INVALID_FIELD);
+                        Ok(())
+                    }
                 }
             }
         }
     }
 
     /// Whether O_DIRECT would refuse this I/O's buffers (an address or a length off the
-    /// device's alignment); buffered files take anything.
+    /// device's alignment) over the bytes it moves; buffered files take anything.
     fn needs_staging(&self, io: &BdevIo) -> bool {
         let Some(align) = self.backing.direct_align else { return false };
         match io.sgl() {
-            Ok(sgl) => sgl.iter().any(|seg| seg.addr() % align != 0 || seg.len() % align != 0),
+            Ok(mut sgl) => {
+                sgl.truncate(payload_bytes(io, self.backing.block_size));
+                sgl.iter().any(|seg| seg.addr() % align != 0 || seg.len() % align != 0)
+            }
             Err(_) => false,
         }
     }
 
-    /// Swaps the I/O's buffers for an aligned staging buffer of the same size, copying a
-    /// write's payload in through the gate. Buffers of a size already seen are reused,
-    /// so a steady workload allocates nothing.
+    /// Swaps the I/O's buffers for an aligned staging buffer of the I/O's length (not its
+    /// buffers', which may be larger), copying a write's payload in through the gate.
+    /// Buffers of a size already seen are reused, so a steady workload allocates nothing.
     fn stage(&mut self, io: &mut BdevIo) -> Result<Vec<DataBuf>, Staging> {
-        let len = io.buffer_bytes();
+        let len = payload_bytes(io, self.backing.block_size);
         let reuse = self.staging.iter().position(|staged| staged.first().is_some_and(|buf| buf.len() == len));
         let mut staged = match reuse {
             Some(index) => self.staging.swap_remove(index),
@@ -181,7 +192,10 @@ impl State {
         };
         if io.io_type == IoType::Write {
             let copied = match (io.sgl(), staged.first_mut()) {
-                (Ok(src), Some(DataBuf::Dma(buf))) => buf.sgl_mut().and_then(|mut dst| mem::copy(&mut dst, &src)),
+                (Ok(mut src), Some(DataBuf::Dma(buf))) => {
+                    src.truncate(len);
+                    buf.sgl_mut().and_then(|mut dst| mem::copy(&mut dst, &src))
+                }
                 _ => Err(mem::Error::Config("staging buffer is not DMA memory".into())),
             };
             if let Err(err) = copied {
@@ -235,15 +249,19 @@ impl State {
     fn reap(&mut self) -> usize {
         let State { ring, staging, backing, resets, epoch, before_reset, .. } = self;
         let waiting_resets = !resets.is_empty();
+        let block_size = backing.block_size;
         ring.reap(COMPLETIONS_PER_POLL, |mut io, Extra { original, epoch: submitted_in }, result| {
             if waiting_resets && submitted_in < *epoch {
                 debug_assert!(*before_reset > 0, "more pre-reset completions than pre-reset I/O");
                 *before_reset -= 1;
             }
-            let mut status = status_of(&io, result);
+            let mut status = status_of(&io, block_size, result);
             if let Some(original) = original {
                 let staged = std::mem::replace(&mut io.buffers, original);
-                if io.io_type == IoType::Read && status.is_success() && unstage_read(&mut io, &staged).is_err() {
+                if io.io_type == IoType::Read
+                    && status.is_success()
+                    && unstage_read(&mut io, &staged, block_size).is_err()
+                {
                     status = IoStatus::DATA_TRANSFER_ERROR;
                 }
                 staging.push(staged);
@@ -267,19 +285,33 @@ enum Staging {
     Failed(IoStatus),
 }
 
-/// Copies a staged read's data into the I/O's own buffers, through the gate.
-fn unstage_read(io: &mut BdevIo, staged: &[DataBuf]) -> mem::Result<usize> {
+/// Copies a staged read's data into the I/O's own buffers, through the gate: the I/O's
+/// length only, so what lies past it in a larger buffer stays as it was.
+fn unstage_read(io: &mut BdevIo, staged: &[DataBuf], block_size: u32) -> mem::Result<usize> {
     let [DataBuf::Dma(buf)] = staged else {
         return Err(mem::Error::Config("staging buffer is not DMA memory".into()));
     };
-    let src = buf.sgl()?;
+    let len = payload_bytes(io, block_size);
+    let mut src = buf.sgl()?;
+    src.truncate(len);
     let mut dst = io.sgl_mut()?;
+    dst.truncate(len);
     mem::copy(&mut dst, &src)
 }
 
-/// The NVMe status for a CQE result: the byte count must be the whole I/O (as SPDK's
-/// uring module requires), and errno values map to the closest NVMe status.
-pub(super) fn status_of(io: &BdevIo, result: i32) -> IoStatus {
+/// The bytes an I/O moves: its blocks, whatever the size of the buffers that carry them
+/// (the layer accepts buffers larger than the I/O, never smaller).
+fn payload_bytes(io: &BdevIo, block_size: u32) -> usize {
+    if !io.io_type.has_data() {
+        return 0;
+    }
+    usize::try_from(io.num_blocks.saturating_mul(u64::from(block_size))).unwrap_or(usize::MAX)
+}
+
+/// The NVMe status for a CQE result: the byte count must be the whole I/O, its blocks
+/// and not its buffers (as SPDK's uring module requires), and errno values map to the
+/// closest NVMe status.
+pub(super) fn status_of(io: &BdevIo, block_size: u32, result: i32) -> IoStatus {
     if result < 0 {
         return match (-result, io.io_type) {
             (libc::EIO | libc::EILSEQ, IoType::Read) => IoStatus::UNRECOVERED_READ_ERROR,
@@ -290,7 +322,7 @@ pub(super) fn status_of(io: &BdevIo, result: i32) -> IoStatus {
             _ => IoStatus::INTERNAL_ERROR,
         };
     }
-    if io.io_type.has_data() && result as usize != io.buffer_bytes() {
+    if io.io_type.has_data() && result as usize != payload_bytes(io, block_size) {
         // A short transfer: the file ended early or the device gave up part way.
         return IoStatus::DATA_TRANSFER_ERROR;
     }
@@ -310,14 +342,20 @@ impl BdevChannelOps for FailedChannel {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::fs::File;
+    use std::os::unix::fs::FileExt;
+    use std::time::{Duration, Instant};
 
-    fn check(io_type: IoType, bytes: usize, result: i32, expected: IoStatus) {
+    use super::*;
+    use crate::io::completion_queue;
+
+    /// The status of a one-block I/O of 4 KiB blocks whose buffer holds `buffer_bytes`.
+    fn check(io_type: IoType, buffer_bytes: usize, result: i32, expected: IoStatus) {
         let mut io = BdevIo::new(io_type, 0, 1);
-        if bytes > 0 {
-            io.buffers.push(DataBuf::heap(bytes));
+        if buffer_bytes > 0 {
+            io.buffers.push(DataBuf::heap(buffer_bytes));
         }
-        assert_eq!(status_of(&io, result), expected, "{io_type:?} {result}");
+        assert_eq!(status_of(&io, 4096, result), expected, "{io_type:?} {result}");
     }
 
     #[test]
@@ -330,5 +368,119 @@ mod tests {
         check(IoType::Unmap, 0, -libc::EOPNOTSUPP, IoStatus::INVALID_OPCODE);
         check(IoType::Flush, 0, 0, IoStatus::SUCCESS);
         check(IoType::Read, 4096, -libc::EINVAL, IoStatus::INTERNAL_ERROR);
+    }
+
+    #[test]
+    fn the_count_is_checked_against_the_blocks_not_the_buffer() {
+        // A pool buffer is 8 KiB or 132 KiB whatever the I/O's length.
+        for buffer_bytes in [8 * 1024, 132 * 1024] {
+            check(IoType::Write, buffer_bytes, 4096, IoStatus::SUCCESS);
+            check(IoType::Read, buffer_bytes, 4096, IoStatus::SUCCESS);
+            check(IoType::Read, buffer_bytes, buffer_bytes as i32, IoStatus::DATA_TRANSFER_ERROR);
+        }
+    }
+
+    /// A channel's state on a scratch file under /var/tmp opened without O_DIRECT, which
+    /// `bdev_uring_create` only falls back to where the filesystem or the block size
+    /// refuse it; removed when dropped.
+    struct Buffered {
+        path: std::path::PathBuf,
+        file: Arc<File>,
+        state: State,
+    }
+
+    impl Buffered {
+        fn new(block_size: u32) -> Buffered {
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let path = std::path::PathBuf::from(format!(
+                "/var/tmp/peerless-uring-buffered-{}-{block_size}-{nanos}",
+                std::process::id()
+            ));
+            let file = File::options().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+            file.set_len(1 << 20).unwrap();
+            let file = Arc::new(file);
+            let backing = Arc::new(Backing {
+                file: file.clone(),
+                name: "buffered".into(),
+                block_size,
+                direct_align: None,
+                is_block_device: false,
+            });
+            let state = State {
+                backing,
+                ring: Ring::new(file.clone(), block_size, RING_ENTRIES, false).unwrap(),
+                resets: VecDeque::new(),
+                epoch: 0,
+                before_reset: 0,
+                staging: Vec::new(),
+                staging_allocated: 0,
+            };
+            Buffered { path, file, state }
+        }
+
+        /// Submits one I/O and polls until it completes.
+        fn run(&mut self, mut io: Box<BdevIo>) -> Box<BdevIo> {
+            let queue = completion_queue(1);
+            io.push_completion(&queue, 0);
+            self.state.submit(io).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                self.state.poll();
+                if let Some(io) = queue.borrow_mut().pop_front() {
+                    return io;
+                }
+                assert!(Instant::now() < deadline, "the I/O did not complete");
+            }
+        }
+    }
+
+    impl Drop for Buffered {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|index| (index as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    }
+
+    #[test]
+    fn a_buffered_file_moves_only_the_io_length_of_larger_buffers() {
+        const GUARD: u8 = 0x11;
+        const FILLER: u8 = 0xee;
+        for block_size in [512u32, 4096] {
+            let mut scratch = Buffered::new(block_size);
+            let block = block_size as usize;
+            // One block and several (4 KiB of 512-byte blocks, 8 KiB of 4 KiB blocks), each
+            // in buffers of a small and a large pool buffer's size.
+            let several = (4096 / block).max(2);
+            let cases = [1, several].into_iter().flat_map(|blocks| [(blocks, 8 * 1024), (blocks, 132 * 1024)]);
+            for (num_blocks, buffer_bytes) in cases {
+                let offset_blocks = 16;
+                let at = offset_blocks * block as u64;
+                let len = num_blocks * block;
+                let case = format!("{block_size}-byte blocks, {num_blocks} blocks in {buffer_bytes} bytes");
+                scratch.file.write_all_at(&vec![GUARD; len + block], at).unwrap();
+                let payload = bytes(len, num_blocks as u8);
+
+                let mut sent = vec![FILLER; buffer_bytes];
+                sent[..len].copy_from_slice(&payload);
+                let mut write = BdevIo::new(IoType::Write, offset_blocks, num_blocks as u64);
+                write.buffers.push(DataBuf::Heap(sent.into_boxed_slice()));
+                assert_eq!(scratch.run(write).status, IoStatus::SUCCESS, "write: {case}");
+                let mut disk = vec![0u8; len + block];
+                scratch.file.read_exact_at(&mut disk, at).unwrap();
+                assert!(disk[..len] == payload[..], "the write's blocks: {case}");
+                assert!(disk[len..].iter().all(|byte| *byte == GUARD), "the block after the write: {case}");
+
+                let mut read = BdevIo::new(IoType::Read, offset_blocks, num_blocks as u64);
+                read.buffers.push(DataBuf::Heap(vec![FILLER; buffer_bytes].into_boxed_slice()));
+                let read = scratch.run(read);
+                assert_eq!(read.status, IoStatus::SUCCESS, "read: {case}");
+                let back = read.sgl().unwrap().cpu_view().unwrap().to_vec();
+                assert!(back[..len] == payload[..], "the read's blocks: {case}");
+                assert!(back[len..].iter().all(|byte| *byte == FILLER), "nothing read past the I/O: {case}");
+            }
+        }
     }
 }

@@ -43,6 +43,9 @@ pub(super) enum Refused {
     /// The buffers hold memory the CPU cannot name by address (the layer bounces
     /// non-host memory for this bdev, so this is a bug upstream, not an expected state).
     NotHost,
+    /// The buffers hold fewer bytes than the I/O's blocks (the layer refuses such I/O,
+    /// so this too is a bug upstream).
+    Short,
 }
 
 struct Slot<T> {
@@ -112,16 +115,28 @@ impl<T> Ring<T> {
         slot.iovecs.clear();
         let fd = types::Fd(self.file.as_raw_fd());
         let offset = io.offset_blocks * self.block_size;
+        // The iovecs cover the I/O's blocks and not its whole buffers: a buffer may be
+        // larger than the I/O (a pool buffer has a fixed size whatever the length), and
+        // the bytes past the I/O's end must neither reach the file nor be read into.
+        let payload = usize::try_from(io.num_blocks.saturating_mul(self.block_size)).unwrap_or(usize::MAX);
         let described = match op {
-            Op::Read => io.sgl_mut().and_then(|mut sgl| {
-                let mut view = sgl.cpu_view_mut()?;
+            Op::Read => io.sgl_mut().map_err(|_| Refused::NotHost).and_then(|mut sgl| {
+                if sgl.len() < payload {
+                    return Err(Refused::Short);
+                }
+                sgl.truncate(payload);
+                let mut view = sgl.cpu_view_mut().map_err(|_| Refused::NotHost)?;
                 for bytes in view.slices_mut() {
                     slot.iovecs.push(libc::iovec { iov_base: bytes.as_mut_ptr().cast(), iov_len: bytes.len() });
                 }
                 Ok(())
             }),
-            Op::Write => io.sgl().and_then(|sgl| {
-                for bytes in sgl.cpu_view()?.slices() {
+            Op::Write => io.sgl().map_err(|_| Refused::NotHost).and_then(|mut sgl| {
+                if sgl.len() < payload {
+                    return Err(Refused::Short);
+                }
+                sgl.truncate(payload);
+                for bytes in sgl.cpu_view().map_err(|_| Refused::NotHost)?.slices() {
                     // writev only reads through this pointer; iovec's field is `*mut` by C's API.
                     slot.iovecs.push(libc::iovec { iov_base: bytes.as_ptr().cast_mut().cast(), iov_len: bytes.len() });
                 }
@@ -129,10 +144,15 @@ impl<T> Ring<T> {
             }),
             Op::Flush | Op::Fallocate { .. } => Ok(()),
         };
-        if described.is_err() {
+        if let Err(refused) = described {
             self.free.push(slot_id);
-            return Err((Refused::NotHost, io, extra));
+            return Err((refused, io, extra));
         }
+        debug_assert!(
+            !matches!(op, Op::Read | Op::Write)
+                || slot.iovecs.iter().map(|iovec| iovec.iov_len).sum::<usize>() == payload,
+            "the iovecs of {io:?} do not cover exactly its blocks"
+        );
         let iovec_count = slot.iovecs.len() as u32;
         let entry = match op {
             Op::Read => opcode::Readv::new(fd, slot.iovecs.as_ptr(), iovec_count).offset(offset).build(),
@@ -313,6 +333,42 @@ mod tests {
         let mut block = [0u8; BLOCK];
         scratch.1.read_exact_at(&mut block, 2 * BLOCK as u64).unwrap();
         assert!(block.iter().all(|byte| *byte == 3));
+    }
+
+    #[test]
+    fn only_the_blocks_of_an_io_move_whatever_its_buffer_size() {
+        let scratch = Scratch::new("oversized");
+        let mut ring: Ring<u32> = Ring::new(scratch.1.clone(), BLOCK as u32, SLOTS, false).unwrap();
+        // An 8 KiB buffer (a small pool buffer) carrying a one-block write.
+        let mut write = BdevIo::new(IoType::Write, 5, 1);
+        write.buffers.push(DataBuf::Heap(vec![0x77; 8 * 1024].into_boxed_slice()));
+        ring.start(Op::Write, write, 0).unwrap();
+        let done = reap_all(&mut ring, 1);
+        assert_eq!(done[0].2, BLOCK as i32, "writev moved one block, not the buffer");
+        let mut disk = vec![0u8; 3 * BLOCK];
+        scratch.1.read_exact_at(&mut disk, 4 * BLOCK as u64).unwrap();
+        assert!(disk[BLOCK..2 * BLOCK].iter().all(|byte| *byte == 0x77));
+        assert!(disk[2 * BLOCK..].iter().all(|byte| *byte == 0), "the block after the write is untouched");
+
+        let mut read = BdevIo::new(IoType::Read, 5, 1);
+        read.buffers.push(DataBuf::Heap(vec![0xee; 8 * 1024].into_boxed_slice()));
+        ring.start(Op::Read, read, 1).unwrap();
+        let (read, _, result) = reap_all(&mut ring, 1).pop().unwrap();
+        assert_eq!(result, BLOCK as i32, "readv moved one block, not the buffer");
+        let bytes = read.sgl().unwrap().cpu_view().unwrap().to_vec();
+        assert!(bytes[..BLOCK].iter().all(|byte| *byte == 0x77));
+        assert!(bytes[BLOCK..].iter().all(|byte| *byte == 0xee), "nothing was read past the I/O's end");
+    }
+
+    #[test]
+    fn a_buffer_shorter_than_the_blocks_is_refused() {
+        let scratch = Scratch::new("short");
+        let mut ring: Ring<u32> = Ring::new(scratch.1.clone(), BLOCK as u32, SLOTS, false).unwrap();
+        let mut io = BdevIo::new(IoType::Write, 0, 2);
+        io.buffers.push(DataBuf::heap(BLOCK));
+        let (refused, _, _) = ring.start(Op::Write, io, 0).unwrap_err();
+        assert_eq!(refused, Refused::Short);
+        assert!(ring.has_room() && ring.in_flight() == 0, "a refused I/O holds no slot");
     }
 
     #[test]
