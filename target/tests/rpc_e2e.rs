@@ -1,17 +1,19 @@
 //! JSON-RPC against a real `peerless-tgt` process over its Unix socket.
 
-mod common;
-
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-use common::{Client, Target};
-use nix::sys::signal::Signal;
+use peerless_testkit::{Binary, Client, Scratch, Signal};
 use serde_json::{json, Value};
+
+/// This package defines the binary, so cargo names its path (and builds it for these tests).
+fn tgt() -> Binary {
+    Binary::at(env!("CARGO_BIN_EXE_peerless-tgt"))
+}
 
 #[test]
 fn requests_as_rpc_py_sends_them() {
-    let target = Target::start("rpcpy", &["--interrupt-mode"]);
+    let target = tgt().start("rpcpy", &[]);
     let mut client = target.client();
     // Several pretty-printed, unterminated requests in one write.
     let (id1, first) = client.request_bytes("spdk_get_version", None);
@@ -39,7 +41,7 @@ fn requests_as_rpc_py_sends_them() {
     assert_eq!(client.read_value().unwrap()["id"], json!(id));
 
     // The socket and its lock are private to the owner.
-    for path in [target.socket.clone(), target.socket.with_extension("sock.lock")] {
+    for path in [target.socket().to_path_buf(), target.socket().with_extension("sock.lock")] {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
     }
@@ -47,7 +49,7 @@ fn requests_as_rpc_py_sends_them() {
 
 #[test]
 fn errors_carry_spdk_codes_and_actionable_messages() {
-    let target = Target::start("errors", &["--interrupt-mode"]);
+    let target = tgt().start("errors", &[]);
     let mut client = target.client();
     assert_eq!(client.call_err("no_such_method", None), (-32601, "Method not found".into()));
 
@@ -90,7 +92,7 @@ fn errors_carry_spdk_codes_and_actionable_messages() {
 
 #[test]
 fn log_settings_round_trip() {
-    let target = Target::start("log", &["--interrupt-mode"]);
+    let target = tgt().start("log", &[]);
     let mut client = target.client();
     assert_eq!(client.call("log_set_flag", Some(json!({"flag": "nvmf_tcp"}))), json!(true));
     assert_eq!(client.call("log_get_flags", None)["nvmf_tcp"], json!(true));
@@ -107,7 +109,7 @@ fn log_settings_round_trip() {
 
 #[test]
 fn batches_and_notifications() {
-    let target = Target::start("batch", &["--interrupt-mode"]);
+    let target = tgt().start("batch", &[]);
     let mut client = target.client();
     client.send_raw(
         br#"[{"jsonrpc":"2.0","method":"spdk_get_version","id":1},
@@ -132,7 +134,7 @@ fn batches_and_notifications() {
 
 #[test]
 fn a_parse_error_ends_only_that_connection() {
-    let target = Target::start("parse", &["--interrupt-mode"]);
+    let target = tgt().start("parse", &[]);
     let mut healthy = target.client();
     let mut broken = target.client();
     broken.send_raw(b"{\"method\": oops}");
@@ -145,12 +147,12 @@ fn a_parse_error_ends_only_that_connection() {
 
 #[test]
 fn an_oversized_request_is_refused_with_an_answer() {
-    let target = Target::start("limits", &["--interrupt-mode"]);
+    let target = tgt().start("limits", &[]);
     // An oversized request: more than 256 KiB without a complete value.
     let mut big = target.client();
     let mut payload = br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1,"params":{"pad":""#.to_vec();
     payload.extend(std::iter::repeat_n(b'a', 300 * 1024));
-    let _ = std::io::Write::write_all(&mut big.stream, &payload);
+    let _ = big.try_send_raw(&payload);
     let answer = big.read_value().unwrap();
     assert_eq!(answer["error"]["code"], json!(-32700));
     assert!(answer["error"]["message"].as_str().unwrap().contains("256 KiB"), "{answer}");
@@ -159,7 +161,7 @@ fn an_oversized_request_is_refused_with_an_answer() {
 
 #[test]
 fn connections_beyond_the_limit_are_refused() {
-    let target = Target::start("connlimit", &["--interrupt-mode"]);
+    let target = tgt().start("connlimit", &[]);
     // 64 connections are served; the 65th is closed at once. A connection closed just
     // before may still count until the server reads its EOF, so each of the 64 is
     // proven live with a call, retried while the count settles.
@@ -169,7 +171,7 @@ fn connections_beyond_the_limit_are_refused() {
         let client = loop {
             let mut client = target.client();
             let (_, bytes) = client.request_bytes("spdk_get_version", None);
-            let _ = std::io::Write::write_all(&mut client.stream, &bytes);
+            let _ = client.try_send_raw(&bytes);
             if client.read_value().is_some() {
                 break client;
             }
@@ -181,19 +183,31 @@ fn connections_beyond_the_limit_are_refused() {
     }
     let mut extra = target.client();
     let (_, bytes) = extra.request_bytes("spdk_get_version", None);
-    let _ = std::io::Write::write_all(&mut extra.stream, &bytes);
+    let _ = extra.try_send_raw(&bytes);
     assert!(extra.read_value().is_none(), "connection 65 must be refused");
     for client in clients.iter_mut().step_by(9) {
         assert!(client.call("spdk_get_version", None).is_object());
     }
     drop(clients);
-    let mut after = target.client();
-    assert!(after.call("spdk_get_version", None).is_object());
+    // Their places come back as the server reads their EOFs, so the next connection may
+    // still be refused for a moment: it must be served once they have.
+    let deadline = std::time::Instant::now() + peerless_testkit::WAIT;
+    loop {
+        let mut after = target.client();
+        let (_, bytes) = after.request_bytes("spdk_get_version", None);
+        let _ = after.try_send_raw(&bytes);
+        if let Some(answer) = after.read_value() {
+            assert!(answer["result"].is_object(), "{answer}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no connection served after the 64 closed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
 fn framework_reports_reactors_threads_and_pollers() {
-    let target = Target::start("framework", &["-m", "0x3", "--interrupt-mode"]);
+    let target = tgt().start("framework", &["-m", "0x3"]);
     let mut client = target.client();
     assert_eq!(client.call("framework_wait_init", None), json!(true));
     let reactors = client.call("framework_get_reactors", None);
@@ -227,7 +241,7 @@ fn framework_reports_reactors_threads_and_pollers() {
 
 #[test]
 fn wait_for_rpc_holds_init_until_framework_start_init() {
-    let target = Target::start("waitrpc", &["--wait-for-rpc", "--interrupt-mode"]);
+    let target = tgt().start("waitrpc", &["--wait-for-rpc"]);
     let mut client = target.client();
     let (code, message) = client.call_err("framework_get_reactors", None);
     assert_eq!(code, -1);
@@ -248,7 +262,7 @@ fn wait_for_rpc_holds_init_until_framework_start_init() {
 #[test]
 fn sigterm_and_kill_instance_stop_cleanly() {
     for how in ["SIGTERM", "SIGINT", "SIGHUP", "rpc SIGTERM", "rpc SIGQUIT", "rpc SIGHUP"] {
-        let mut target = Target::start("stop", &["--interrupt-mode"]);
+        let mut target = tgt().start("stop", &[]);
         match how.split_once(' ') {
             Some((_, sig_name)) => {
                 // SIGUSR1 first: it must log the target's state and keep serving.
@@ -265,18 +279,18 @@ fn sigterm_and_kill_instance_stop_cleanly() {
         let status = target.wait_exit();
         assert!(status.success(), "{how}: exit {status}");
         if how.starts_with("rpc") {
-            let stderr = target.stderr();
+            let stderr = target.log();
             assert!(stderr.contains("lightweight thread(s)"), "{how}: SIGUSR1 logged no state: {stderr}");
         }
-        assert!(!target.socket.exists(), "{how}: socket left behind");
-        assert!(!target.socket.with_extension("sock.lock").exists(), "{how}: lock left behind");
+        assert!(!target.socket().exists(), "{how}: socket left behind");
+        assert!(!target.socket().with_extension("sock.lock").exists(), "{how}: lock left behind");
     }
 }
 
 #[test]
 fn a_second_target_on_the_same_socket_is_refused() {
-    let target = Target::start("inuse", &["--interrupt-mode"]);
-    let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).arg("-r").arg(&target.socket).output().unwrap();
+    let target = tgt().start("inuse", &[]);
+    let output = tgt().run([OsStr::new("-r"), target.socket().as_os_str()]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use by another process"), "{stderr}");
@@ -292,12 +306,12 @@ fn bad_flags_exit_2_with_a_message() {
         (vec!["-m", "0x0"], "is empty"),
         (vec!["-L", "nvmf_tpc"], "unknown log flag 'nvmf_tpc'"),
     ] {
-        let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).args(&args).output().unwrap();
+        let output = tgt().run(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
-    let help = Command::new(env!("CARGO_BIN_EXE_peerless-tgt")).arg("-h").output().unwrap();
+    let help = tgt().run(["-h"]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
     for flag in ["--cpumask", "--json", "--rpc-socket", "--wait-for-rpc", "--logflag", "--interrupt-mode"] {
@@ -307,7 +321,7 @@ fn bad_flags_exit_2_with_a_message() {
 
 #[test]
 fn a_bad_config_names_the_line_and_field_and_exits_nonzero() {
-    let dir = common::scratch_dir("badconfig");
+    let dir = Scratch::new("badconfig");
     let cases = [
         ("{\n  \"subsystems\": [\n    {\"subsystem\": \"bdev\",, }\n  ]\n}", "config.json:3:"),
         (
@@ -318,17 +332,17 @@ fn a_bad_config_names_the_line_and_field_and_exits_nonzero() {
     for (text, needle) in cases {
         let path = dir.join("config.json");
         std::fs::write(&path, text).unwrap();
-        let output = Command::new(env!("CARGO_BIN_EXE_peerless-tgt"))
-            .args(["--interrupt-mode", "-c"])
-            .arg(&path)
-            .arg("-r")
-            .arg(dir.join("rpc.sock"))
-            .output()
-            .unwrap();
+        let socket = dir.join("rpc.sock");
+        let output = tgt().run([
+            OsStr::new("--interrupt-mode"),
+            OsStr::new("-c"),
+            path.as_os_str(),
+            OsStr::new("-r"),
+            socket.as_os_str(),
+        ]);
         assert_eq!(output.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{needle} not in: {stderr}");
-        assert!(!dir.join("rpc.sock").exists(), "a failed start leaves no socket");
+        assert!(!socket.exists(), "a failed start leaves no socket");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

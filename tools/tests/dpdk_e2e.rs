@@ -6,9 +6,15 @@
 mod support;
 
 use peerless_target::tcp::pdu::Digests;
+use peerless_testkit::Binary;
 use peerless_tools::initiator::{Controller, Options};
 use serde_json::json;
-use support::{Target, HOSTNQN};
+use support::HOSTNQN;
+
+/// The target built with DPDK, which the default build is not.
+fn tgt() -> Binary {
+    Binary::beside_test("cargo build -p peerless-target --features dpdk --bin peerless-tgt")
+}
 
 const NQN: &str = "nqn.2016-06.io.peerless:dpdk";
 const BLOCK: u32 = 512;
@@ -33,8 +39,8 @@ fn eal_threads(pid: u32) -> Vec<String> {
 
 #[test]
 fn nvme_tcp_round_trip_on_dpdk_memory() {
-    let target = Target::start("dpdk", &["--env", "dpdk", "--no-huge", "-s", "256"]);
-    let threads = eal_threads(target.child.id());
+    let target = tgt().start("dpdk", &["--env", "dpdk", "--no-huge", "-s", "256"]);
+    let threads = eal_threads(target.pid());
     assert!(!threads.is_empty(), "peerless-tgt --env dpdk runs no EAL thread: was it built with --features dpdk?");
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_io_size": 1_048_576, "in_capsule_data_size": 8192}));
     for (seed, digests) in [Digests::default(), Digests { header: true, data: true }].into_iter().enumerate() {
@@ -55,10 +61,7 @@ fn nvme_tcp_round_trip_on_dpdk_memory() {
 
 #[test]
 fn contradictory_memory_flags_are_usage_errors() {
-    let output = std::process::Command::new(support::target_binary())
-        .args(["--env", "dpdk", "--no-huge", "--iova-mode", "pa"])
-        .output()
-        .expect("run peerless-tgt");
+    let output = tgt().run(["--env", "dpdk", "--no-huge", "--iova-mode", "pa"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--iova-mode va"), "{output:?}");
 }

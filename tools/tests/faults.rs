@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{admin, io, Status};
 use peerless_target::tcp::pdu::{self, pdu_type, Digests};
+use peerless_testkit::{Target, WAIT};
 use peerless_tools::initiator::{Completion, Controller, IoQueue, Options, Xfer};
 use serde_json::{json, Value};
-use support::{Target, HOSTNQN, WAIT};
+use support::{tgt, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:faults";
 const BLOCK: u32 = 512;
@@ -62,7 +63,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> Result<(), String>) {
 
 #[test]
 fn injected_bdev_errors_reach_the_host_and_the_counts_add_up() {
-    let target = Target::start("faults-inject", &[]);
+    let target = tgt().start("faults-inject", &[]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
     target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 8192, "block_size": BLOCK})));
     target.call("bdev_error_create", Some(json!({"base_name": "Malloc0"})));
@@ -161,7 +162,7 @@ fn pools(target: &Target) -> (u64, u64, u64, u64) {
 
 #[test]
 fn hosts_that_vanish_mid_r2t_leak_nothing_and_hurt_no_one() {
-    let target = Target::start("faults-r2t", &["-m", "0x3"]);
+    let target = tgt().start("faults-r2t", &["-m", "0x3"]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP", "max_io_size": 1_048_576})));
     target.call(
         "bdev_nvmesim_create",
@@ -226,7 +227,7 @@ fn hosts_that_vanish_mid_r2t_leak_nothing_and_hurt_no_one() {
 
 #[test]
 fn a_namespace_removed_under_io_fails_that_io_cleanly() {
-    let target = Target::start("faults-ns", &[]);
+    let target = tgt().start("faults-ns", &[]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
     target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 8192, "block_size": BLOCK})));
     // 300 ms per I/O, so the whole queue is at the bdev when the namespace goes.
@@ -342,7 +343,7 @@ fn sigterm_under_load_exits_promptly_and_keeps_every_acknowledged_write() {
         target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Uring0"}})));
         target.listen(NQN)
     };
-    let mut target = Target::start("faults-sigterm", &[]);
+    let mut target = tgt().start("faults-sigterm", &[]);
     let addr = serve(&target);
     let acked = Arc::new(AtomicUsize::new(0));
     // Two hosts, each writing its own half of the file.
@@ -359,24 +360,17 @@ fn sigterm_under_load_exits_promptly_and_keeps_every_acknowledged_write() {
         assert!(Instant::now() < deadline, "no write was acknowledged");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let pid = nix::unistd::Pid::from_raw(target.child.id() as i32);
     let signalled = Instant::now();
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Still running exit_bound after SIGTERM fails the test.
     let exit_bound = Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = target.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(signalled.elapsed() < exit_bound, "peerless-tgt still running {exit_bound:?} after SIGTERM");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = target.stop_within(exit_bound);
     let exit_time = signalled.elapsed();
     assert!(status.success(), "peerless-tgt exited with {status} after SIGTERM");
     let acknowledged: Vec<Vec<u64>> = writers.into_iter().map(|writer| writer.join().unwrap()).collect();
     drop(target);
 
     // The same file in a new target: every acknowledged range reads back.
-    let target = Target::start("faults-sigterm-restart", &[]);
+    let target = tgt().start("faults-sigterm-restart", &[]);
     let addr = serve(&target);
     let mut controller = connect(addr);
     let mut queue = controller.io_queue(16).unwrap();
@@ -394,7 +388,7 @@ fn sigterm_under_load_exits_promptly_and_keeps_every_acknowledged_write() {
 
 #[test]
 fn a_host_gone_silent_with_io_in_flight_loses_its_controller_and_leaks_nothing() {
-    let target = Target::start("faults-kato", &[]);
+    let target = tgt().start("faults-kato", &[]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP", "min_kato": 100})));
     target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 8192, "block_size": BLOCK})));
     target.call(

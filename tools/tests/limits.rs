@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{admin, io, status, Cqe, Status};
 use peerless_target::tcp::pdu::{self, fes, pdu_type, Digests};
+use peerless_testkit::WAIT;
 use peerless_tools::initiator::{Controller, Options};
 use serde_json::json;
-use support::{Target, HOSTNQN, WAIT};
+use support::{tgt, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:limits";
 const BLOCK: u32 = 512;
@@ -26,7 +27,7 @@ fn connect(addr: SocketAddr) -> Controller {
 
 #[test]
 fn queue_depth_and_qpairs_per_controller_are_connect_parameters() {
-    let target = Target::start("limits-queues", &[]);
+    let target = tgt().start("limits-queues", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_queue_depth": 16, "max_io_qpairs_per_ctrlr": 2}));
     let mut controller = connect(addr);
     // SQSIZE beyond max_queue_depth: Connect Invalid Parameters, IATTR 0 (command), IPO 44.
@@ -45,7 +46,7 @@ fn queue_depth_and_qpairs_per_controller_are_connect_parameters() {
 
 #[test]
 fn connections_per_listener_are_bounded_and_freed() {
-    let target = Target::start("limits-conns", &[]);
+    let target = tgt().start("limits-conns", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_connections_per_listener": 2}));
     let mut controller = connect(addr);
     let queue = controller.io_queue(8).unwrap();
@@ -67,7 +68,7 @@ fn connections_per_listener_are_bounded_and_freed() {
 
 #[test]
 fn in_capsule_data_beyond_the_limit_ends_the_connection() {
-    let target = Target::start("limits-icd", &[]);
+    let target = tgt().start("limits-icd", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"in_capsule_data_size": 4096}));
     let mut controller = connect(addr);
     let mut queue = controller.io_queue(8).unwrap();
@@ -86,7 +87,7 @@ fn in_capsule_data_beyond_the_limit_ends_the_connection() {
 
 #[test]
 fn h2c_data_beyond_the_r2t_is_a_fatal_error() {
-    let target = Target::start("limits-pdu", &[]);
+    let target = tgt().start("limits-pdu", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr);
     let mut queue = controller.io_queue(8).unwrap();
@@ -112,7 +113,7 @@ fn h2c_data_beyond_the_r2t_is_a_fatal_error() {
 /// allocated whatever it said (found by the `pdu` fuzz target).
 #[test]
 fn a_log_page_larger_than_its_buffer_is_an_invalid_field() {
-    let target = Target::start("limits-logpage", &[]);
+    let target = tgt().start("limits-logpage", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr);
     // Sent raw: the initiator itself refuses transfers beyond MDTS.
@@ -139,7 +140,7 @@ fn a_log_page_larger_than_its_buffer_is_an_invalid_field() {
 /// C2HData: a data PDU carrying nothing is malformed (found by the wire fuzzer).
 #[test]
 fn a_zero_length_admin_buffer_gets_no_data_pdu() {
-    let target = Target::start("limits-zero-buffer", &[]);
+    let target = tgt().start("limits-zero-buffer", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let digests = Digests { header: true, data: true };
     let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options { digests, ..Options::default() }).unwrap();
@@ -155,16 +156,17 @@ fn a_zero_length_admin_buffer_gets_no_data_pdu() {
 
 #[test]
 fn namespaces_per_subsystem_and_spec_names_are_checked_at_rpc_time() {
-    let target = Target::start("limits-rpc", &[]);
+    let target = tgt().start("limits-rpc", &[]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
     for name in ["M0", "M1"] {
         target.call("bdev_malloc_create", Some(json!({"name": name, "num_blocks": 64, "block_size": 512})));
     }
     target.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "max_namespaces": 1})));
     target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "M0"}})));
-    let err = target.call_err("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "M1"}})));
+    let (_, err) =
+        target.call_err("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "M1"}})));
     assert!(err.contains("max_namespaces 1"), "{err}");
-    let err = target
+    let (_, err) = target
         .call_err("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "M1", "nsid": 2}})));
     assert!(err.contains("exceeds max_namespaces"), "{err}");
     // NQNs (NVMe Base 2.0, 4.5) and serial/model numbers (5.17.2.1).
@@ -174,20 +176,22 @@ fn namespaces_per_subsystem_and_spec_names_are_checked_at_rpc_time() {
         ("nqn.2016-06.-bad-.io:x", "is not a reverse domain name"),
         ("nqn.2014-08.org.nvmexpress:uuid:not-a-uuid", "is not a UUID"),
     ] {
-        let err = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": nqn})));
+        let (_, err) = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": nqn})));
         assert!(err.contains(why), "{nqn}: {err}");
     }
     let long = format!("nqn.2016-06.io.peerless:{}", "x".repeat(230));
-    let err = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": long})));
+    let (_, err) = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": long})));
     assert!(err.contains("the limit is 223"), "{err}");
     let other = "nqn.2016-06.io.peerless:other";
-    let err = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "serial_number": "S".repeat(21)})));
+    let (_, err) =
+        target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "serial_number": "S".repeat(21)})));
     assert!(err.contains("the limit is 20"), "{err}");
-    let err = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "serial_number": "bad\u{7f}"})));
+    let (_, err) = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "serial_number": "bad\u{7f}"})));
     assert!(err.contains("printable ASCII"), "{err}");
-    let err = target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "model_number": "M".repeat(41)})));
+    let (_, err) =
+        target.call_err("nvmf_create_subsystem", Some(json!({"nqn": other, "model_number": "M".repeat(41)})));
     assert!(err.contains("the limit is 40"), "{err}");
-    let err = target.call_err("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": "host-without-nqn"})));
+    let (_, err) = target.call_err("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": "host-without-nqn"})));
     assert!(err.contains("must start with 'nqn.'"), "{err}");
     // None of the refusals left anything behind.
     let subsystems = target.call("nvmf_get_subsystems", None);
@@ -197,7 +201,7 @@ fn namespaces_per_subsystem_and_spec_names_are_checked_at_rpc_time() {
 /// The refused connection really is refused at the socket: nothing is read from it.
 #[test]
 fn a_refused_connection_gets_no_icresp() {
-    let target = Target::start("limits-socket", &[]);
+    let target = tgt().start("limits-socket", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_connections_per_listener": 1}));
     let _controller = connect(addr);
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -213,7 +217,7 @@ fn a_refused_connection_gets_no_icresp() {
 /// the `pdu` fuzz target as an overflow), so such a host lost its controller at once.
 #[test]
 fn a_huge_keep_alive_timeout_is_capped_not_wrapped() {
-    let target = Target::start("limits-kato", &[]);
+    let target = tgt().start("limits-kato", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     for (asked, granted) in [(u32::MAX, u32::MAX / 100 * 100), (u32::MAX - 150, u32::MAX / 100 * 100), (10_001, 10_100)]
     {
@@ -230,7 +234,7 @@ fn a_huge_keep_alive_timeout_is_capped_not_wrapped() {
 #[test]
 fn removing_a_host_ends_all_its_queues_and_only_its_own() {
     const OTHER: &str = "nqn.2014-08.org.nvmexpress:uuid:a1b2c3d4-0000-4000-8000-000000000002";
-    let target = Target::start("limits-hosts", &[]);
+    let target = tgt().start("limits-hosts", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     target.call("nvmf_subsystem_allow_any_host", Some(json!({"nqn": NQN, "allow_any_host": false})));
     for host in [HOSTNQN, OTHER] {

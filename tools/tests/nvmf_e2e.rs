@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{admin, io, status, Status};
 use peerless_target::tcp::pdu::{self, fes, pdu_type, Digests};
+use peerless_testkit::{Target, WAIT};
 use peerless_tools::initiator::{self, Controller, Error, Options, Xfer};
 use serde_json::json;
-use support::{Target, HOSTNQN};
+use support::{tgt, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:e2e";
 const BLOCK: u32 = 512;
@@ -34,7 +35,7 @@ fn pattern(slba: u64, blocks: u32, seed: u8) -> Vec<u8> {
 
 #[test]
 fn identify_controller_and_namespace() {
-    let target = Target::start("identify", &[]);
+    let target = tgt().start("identify", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let info = controller.info().clone();
@@ -60,7 +61,7 @@ fn identify_controller_and_namespace() {
 
 #[test]
 fn data_round_trips_across_sizes_paths_and_digests() {
-    let target = Target::start("data", &[]);
+    let target = tgt().start("data", &[]);
     // 1 MiB transfers need max_io_size raised from SPDK's 128 KiB default.
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_io_size": 1_048_576, "in_capsule_data_size": 8192}));
     for (index, digests) in [
@@ -92,7 +93,7 @@ fn data_round_trips_across_sizes_paths_and_digests() {
 
 #[test]
 fn many_commands_in_flight_complete_with_their_data() {
-    let target = Target::start("depth", &[]);
+    let target = tgt().start("depth", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let mut queue = controller.io_queue(128).unwrap();
@@ -101,7 +102,7 @@ fn many_commands_in_flight_complete_with_their_data() {
         cids.push(queue.submit_write(1, index * 8, 8, pattern(index * 8, 8, 3)).unwrap());
     }
     let mut done = Vec::new();
-    let deadline = Instant::now() + support::WAIT;
+    let deadline = Instant::now() + WAIT;
     while done.len() < cids.len() && Instant::now() < deadline {
         queue.poll(128, &mut done).unwrap();
     }
@@ -116,7 +117,7 @@ fn many_commands_in_flight_complete_with_their_data() {
 
 #[test]
 fn bad_commands_get_the_right_status() {
-    let target = Target::start("errors", &[]);
+    let target = tgt().start("errors", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let mut queue = controller.io_queue(8).unwrap();
@@ -159,7 +160,7 @@ fn bad_commands_get_the_right_status() {
 
 #[test]
 fn discovery_lists_the_subsystems_a_host_may_reach() {
-    let target = Target::start("discovery", &[]);
+    let target = tgt().start("discovery", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     target.call("nvmf_create_subsystem", Some(json!({"nqn": "nqn.2016-06.io.peerless:private"})));
     target.call(
@@ -182,7 +183,7 @@ fn discovery_lists_the_subsystems_a_host_may_reach() {
 
 #[test]
 fn hosts_not_on_the_allow_list_are_refused() {
-    let target = Target::start("hosts", &[]);
+    let target = tgt().start("hosts", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     target.call("nvmf_subsystem_allow_any_host", Some(json!({"nqn": NQN, "allow_any_host": false})));
     let err =
@@ -192,7 +193,7 @@ fn hosts_not_on_the_allow_list_are_refused() {
     let mut controller = connect(addr, Digests::default());
     // Removing the host tears its controller down.
     target.call("nvmf_subsystem_remove_host", Some(json!({"nqn": NQN, "host": HOSTNQN})));
-    let deadline = Instant::now() + support::WAIT;
+    let deadline = Instant::now() + WAIT;
     loop {
         if controller.keep_alive().is_err() {
             break;
@@ -207,7 +208,7 @@ fn hosts_not_on_the_allow_list_are_refused() {
 
 #[test]
 fn an_aer_reports_a_namespace_added_later() {
-    let target = Target::start("aer", &[]);
+    let target = tgt().start("aer", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     controller.set_features(0x0b, 1 << 8).unwrap();
@@ -226,7 +227,7 @@ fn an_aer_reports_a_namespace_added_later() {
 
 #[test]
 fn a_silent_host_loses_its_controller_to_keep_alive() {
-    let target = Target::start("kato", &[]);
+    let target = tgt().start("kato", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let options = Options { kato_ms: 300, ..Options::default() };
     let mut silent = Controller::connect(addr, NQN, HOSTNQN, &options).unwrap();
@@ -243,7 +244,7 @@ fn a_silent_host_loses_its_controller_to_keep_alive() {
 
 #[test]
 fn malformed_pdus_end_only_their_connection() {
-    let target = Target::start("malformed", &[]);
+    let target = tgt().start("malformed", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut healthy = connect(addr, Digests::default());
     let mut healthy_queue = healthy.io_queue(4).unwrap();
@@ -278,7 +279,7 @@ fn malformed_pdus_end_only_their_connection() {
 
 #[test]
 fn four_io_queues_spread_over_two_reactors() {
-    let target = Target::start("spread", &["-m", "0x3"]);
+    let target = tgt().start("spread", &["-m", "0x3"]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let (granted, _) = controller.set_number_of_queues(4).unwrap();
@@ -306,7 +307,7 @@ fn four_io_queues_spread_over_two_reactors() {
 
 #[test]
 fn cap_reports_the_transport_queue_depth() {
-    let target = Target::start("mqes", &[]);
+    let target = tgt().start("mqes", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"max_queue_depth": 256}));
     let mut controller = connect(addr, Digests::default());
     // MQES is 0's based: 256 entries. An I/O queue of that size connects and runs.
@@ -319,7 +320,7 @@ fn cap_reports_the_transport_queue_depth() {
 
 /// Polls `check` until it holds or the shared deadline passes.
 fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + support::WAIT;
+    let deadline = Instant::now() + WAIT;
     while !check() {
         assert!(Instant::now() < deadline, "{what} never happened");
         std::thread::sleep(Duration::from_millis(20));
@@ -328,7 +329,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 
 #[test]
 fn removing_namespaces_and_subsystems_releases_what_they_held() {
-    let target = Target::start("teardown", &[]);
+    let target = tgt().start("teardown", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let mut queue = controller.io_queue(8).unwrap();
@@ -373,7 +374,7 @@ fn removing_namespaces_and_subsystems_releases_what_they_held() {
 fn a_full_receive_buffer_of_pipelined_commands_is_not_mistaken_for_eof() {
     // 127 writes of 1 KiB in the capsule (1096 bytes each, ~139 KB) overfill the target's
     // ~132 KiB receive buffer in one read with more PDUs than it handles per poll.
-    let target = Target::start("fullbuf", &[]);
+    let target = tgt().start("fullbuf", &[]);
     let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
     let mut controller = connect(addr, Digests::default());
     let mut queue = controller.io_queue(128).unwrap();
@@ -382,7 +383,7 @@ fn a_full_receive_buffer_of_pipelined_commands_is_not_mistaken_for_eof() {
             .map(|index| queue.submit_write(1, index * 2, 2, pattern(index * 2, 2, round)).unwrap())
             .collect();
         let mut done = Vec::new();
-        let deadline = Instant::now() + support::WAIT;
+        let deadline = Instant::now() + WAIT;
         while done.len() < cids.len() {
             assert!(Instant::now() < deadline, "round {round}: {} of {} completed", done.len(), cids.len());
             queue.poll(128, &mut done).unwrap_or_else(|err| panic!("round {round}: {err}"));

@@ -8,9 +8,10 @@ mod support;
 use std::net::SocketAddr;
 
 use peerless_target::tcp::pdu::Digests;
+use peerless_testkit::Target;
 use peerless_tools::initiator::{Controller, Options};
 use serde_json::{json, Value};
-use support::{Target, HOSTNQN};
+use support::{tgt, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:p2p";
 const BLOCK: u32 = 512;
@@ -68,7 +69,7 @@ fn check_all_payload_in_device_memory(target: &Target) -> Value {
 
 #[test]
 fn payload_lives_in_the_cmb_from_network_to_media() {
-    let target = Target::start("p2p", &[]);
+    let target = tgt().start("p2p", &[]);
     let addr = serve(&target, 64, false);
     for (seed, digests) in [Digests::default(), Digests { header: true, data: true }].into_iter().enumerate() {
         run_sizes(addr, digests, seed as u8);
@@ -84,7 +85,7 @@ fn payload_lives_in_the_cmb_from_network_to_media() {
 
 #[test]
 fn a_passthru_in_between_passes_cmb_buffers_on() {
-    let target = Target::start("p2p-pt", &[]);
+    let target = tgt().start("p2p-pt", &[]);
     let addr = serve(&target, 64, true);
     run_sizes(addr, Digests { header: false, data: true }, 7);
     check_all_payload_in_device_memory(&target);
@@ -96,17 +97,17 @@ fn a_passthru_in_between_passes_cmb_buffers_on() {
 
 #[test]
 fn namespaces_that_cannot_use_p2p_memory_are_refused_at_rpc_time() {
-    let target = Target::start("p2p-refuse", &[]);
+    let target = tgt().start("p2p-refuse", &[]);
     target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
     target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 1024, "block_size": 512})));
     target.call("bdev_nvmesim_create", Some(json!({"name": "Sim0", "num_blocks": 1024, "block_size": 512})));
     target.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true})));
-    let auto = target.call_err(
+    let (_, auto) = target.call_err(
         "nvmf_subsystem_add_ns",
         Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "p2pmem": "auto"}})),
     );
     assert!(auto.contains("no P2P memory"), "{auto}");
-    let named = target.call_err(
+    let (_, named) = target.call_err(
         "nvmf_subsystem_add_ns",
         Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "p2pmem": "Sim0_cmb"}})),
     );
@@ -125,7 +126,7 @@ fn namespaces_that_cannot_use_p2p_memory_are_refused_at_rpc_time() {
 
 #[test]
 fn a_full_provider_falls_back_to_host_memory_and_counts_it() {
-    let target = Target::start("p2p-full", &[]);
+    let target = tgt().start("p2p-full", &[]);
     // A 1 MiB CMB cannot hold 32 writes of 128 KiB in flight at once.
     let addr = serve(&target, 1, false);
     let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).unwrap();

@@ -3,14 +3,44 @@
 
 mod support;
 
-use std::process::Command;
+use std::process::{Command, Output};
 
+use peerless_testkit::{Target, WAIT};
 use serde_json::{json, Value};
-use support::Target;
+use support::tgt;
+
+/// The peerless-rpc CLI against a running target, as a user types it.
+trait Cli {
+    /// Runs `peerless-rpc -s <socket> args...`.
+    fn rpc(&self, args: &[&str]) -> Output;
+
+    /// A command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.rpc(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?} exited {}: {stderr}", output.status);
+        String::from_utf8(output.stdout).expect("stdout is UTF-8")
+    }
+
+    /// A command that must succeed and print JSON; returns the value.
+    fn json(&self, args: &[&str]) -> Value {
+        let stdout = self.ok(args);
+        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{args:?} printed non-JSON ({err}): {stdout}"))
+    }
+}
+
+impl Cli for Target {
+    fn rpc(&self, args: &[&str]) -> Output {
+        peerless_testkit::run(
+            Command::new(env!("CARGO_BIN_EXE_peerless-rpc")).arg("-s").arg(self.socket()).args(args),
+            WAIT,
+        )
+    }
+}
 
 #[test]
 fn framework_and_log_methods_then_a_clean_stop() {
-    let mut target = Target::start("framework", &[]);
+    let mut target = tgt().start("framework", &[]);
     assert_eq!(target.ok(&["framework_wait_init"]), "", "rpc.py prints nothing for true");
 
     let version = target.json(&["spdk_get_version"]);
@@ -56,16 +86,16 @@ fn framework_and_log_methods_then_a_clean_stop() {
     assert_eq!(target.ok(&["spdk_kill_instance", "SIGTERM"]), "");
     let status = target.wait_exit();
     assert!(status.success(), "peerless-tgt exited {status}");
-    assert!(!target.socket.exists(), "the socket is removed at exit");
+    assert!(!target.socket().exists(), "the socket is removed at exit");
 }
 
 #[test]
 fn load_config_starts_a_target_waiting_for_rpc() {
-    let target = Target::start("load", &["--wait-for-rpc"]);
+    let target = tgt().start("load", &["--wait-for-rpc"]);
     let config = json!({"subsystems": [{"subsystem": "log", "config": [
         {"method": "log_set_flag", "params": {"flag": "bdev"}},
         {"method": "log_set_print_level", "params": {"level": "ERROR"}}]}]});
-    let file = target.dir.join("config.json");
+    let file = target.dir().join("config.json");
     std::fs::write(&file, config.to_string()).expect("write the config");
     let failed = target.rpc(&["framework_get_reactors"]);
     assert_eq!(failed.status.code(), Some(1), "a RUNTIME method before init is refused");
@@ -80,20 +110,27 @@ fn load_config_starts_a_target_waiting_for_rpc() {
 #[test]
 fn a_missing_socket_is_explained_and_a_dry_run_needs_none() {
     let missing = std::env::temp_dir().join(format!("peerless-rpc-e2e-missing-{}.sock", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_peerless-rpc"))
-        .arg("-s")
-        .arg(&missing)
-        .arg("spdk_get_version")
-        .output()
-        .expect("run peerless-rpc");
+    let output = peerless_testkit::run(
+        Command::new(env!("CARGO_BIN_EXE_peerless-rpc")).arg("-s").arg(&missing).arg("spdk_get_version"),
+        WAIT,
+    );
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("No such file or directory; is peerless-tgt running? (-s sets the socket)"), "{stderr}");
 
-    let dry = Command::new(env!("CARGO_BIN_EXE_peerless-rpc"))
-        .args(["-s", "/nonexistent.sock", "--dry-run", "bdev_malloc_create", "-b", "Malloc0", "64", "512"])
-        .output()
-        .expect("run peerless-rpc");
+    let dry = peerless_testkit::run(
+        Command::new(env!("CARGO_BIN_EXE_peerless-rpc")).args([
+            "-s",
+            "/nonexistent.sock",
+            "--dry-run",
+            "bdev_malloc_create",
+            "-b",
+            "Malloc0",
+            "64",
+            "512",
+        ]),
+        WAIT,
+    );
     assert!(dry.status.success(), "--dry-run does not connect");
     let request: Value = serde_json::from_slice(&dry.stdout).expect("the dry run prints the request");
     assert_eq!(request["params"], json!({"num_blocks": 131072, "block_size": 512, "name": "Malloc0"}));

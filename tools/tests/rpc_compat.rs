@@ -4,15 +4,16 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
+
+/// The script starts and stops targets of its own and bounds each of its reads; this
+/// bounds the whole (python3 comes from ci/packages).
+const SCRIPT_WAIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn rpc_py_requests_work_unchanged() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rpc_compat.py");
-    let output = Command::new("python3")
-        .arg(script)
-        .arg(support::target_binary())
-        .output()
-        .expect("python3 runs (ci/packages installs it)");
+    let output = peerless_testkit::run(Command::new("python3").arg(script).arg(support::tgt().path()), SCRIPT_WAIT);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "rpc_compat.py failed:\n{stdout}\n{stderr}");

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use peerless_target::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK};
 use peerless_target::nvme::{admin, io, le16, put16, put32, put64};
 use peerless_target::tcp::pdu::{self, flags, pdu_type, CommonHeader, DataHeader, Digests, Receiver};
+use peerless_testkit::{Target, WAIT};
 use peerless_tools::initiator::{Controller, Error, Options, QueuePair};
 use serde_json::json;
-use support::{Target, HOSTNQN, WAIT};
+use support::{tgt, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:wirefuzz";
 const BLOCK: u32 = 512;
@@ -249,7 +250,7 @@ fn pattern(seed: u64) -> Vec<u8> {
 }
 
 fn check_healthy(target: &mut Target, controller: &mut Controller, healthy: &mut QueuePair, round: u64) {
-    assert!(matches!(target.child.try_wait(), Ok(None)), "peerless-tgt died in round {round}");
+    assert!(target.exit_status().is_none(), "peerless-tgt died in round {round}");
     controller.keep_alive_if_due().unwrap_or_else(|err| panic!("the healthy host's keep-alive, round {round}: {err}"));
     let data = pattern(round);
     let slba = BLOCKS - 8;
@@ -263,7 +264,7 @@ fn check_healthy(target: &mut Target, controller: &mut Controller, healthy: &mut
 fn a_live_target_survives_mutated_command_streams() {
     let seed = std::env::var("PEERLESS_WIRE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_SEED);
     let conns = std::env::var("PEERLESS_WIRE_FUZZ_CONNS").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_CONNS);
-    let mut target = Target::start("wire-fuzz", &["-m", "0x3"]);
+    let mut target = tgt().start("wire-fuzz", &["-m", "0x3"]);
     let addr: SocketAddr = target.serve_malloc(
         NQN,
         BLOCKS,

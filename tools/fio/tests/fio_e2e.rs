@@ -6,17 +6,16 @@
 //! Skips, saying why, when `fio` is not installed or the plugin was not built with its
 //! shim (`tools/fio/build.sh`); a missing `peerless-tgt` is a failure.
 
-use std::net::{SocketAddr, TcpListener};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-use peerless_tools::rpc_client::{Address, ClientOptions, RpcClient};
+use peerless_testkit::{Binary, Scratch};
 use serde_json::{json, Value};
 
 const NQN: &str = "nqn.2016-06.io.peerless:fio";
-const WAIT: Duration = Duration::from_secs(20);
+/// One fio run: an 8 MiB verify job takes seconds; this is the bound if one hangs.
+const FIO_WAIT: Duration = Duration::from_secs(120);
 /// Text only shim.c has (its thread-mode message): a cdylib built without FIO_SRC has
 /// no engines.
 const SHIM_MARKER: &[u8] = b"requires thread=1 (fio --thread=1)";
@@ -52,109 +51,15 @@ macro_rules! plugin_or_skip {
     };
 }
 
-/// A scratch directory, removed when the test ends.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn scratch(test: &str) -> Scratch {
-    let dir = std::env::temp_dir().join(format!("peerless-fio-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
-    Scratch(dir)
-}
-
-/// peerless-tgt from this build: the test's own profile first, then the others.
-fn target_binary() -> PathBuf {
-    let profile = std::env::current_exe().ok().and_then(|exe| exe.ancestors().nth(2).map(Path::to_path_buf));
-    let candidates: Vec<PathBuf> = profile
-        .into_iter()
-        .chain(["debug", "release"].map(|name| target_dir().join(name)))
-        .map(|dir| dir.join("peerless-tgt"))
-        .collect();
-    candidates.iter().find(|path| path.is_file()).cloned().unwrap_or_else(|| {
-        panic!("peerless-tgt is missing (looked at {candidates:?}): run `cargo build -p peerless-target` first")
-    })
-}
-
-struct Target {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Target {
-    fn start(dir: &Path) -> Target {
-        let socket = dir.join("rpc.sock");
-        let child = Command::new(target_binary())
-            .arg("-r")
-            .arg(&socket)
-            .arg("--interrupt-mode")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn peerless-tgt");
-        let mut target = Target { child, socket };
-        let deadline = Instant::now() + WAIT;
-        while UnixStream::connect(&target.socket).is_err() {
-            if let Ok(Some(status)) = target.child.try_wait() {
-                panic!("peerless-tgt exited early with {status}");
-            }
-            assert!(Instant::now() < deadline, "peerless-tgt did not open {}", target.socket.display());
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        target.call("framework_wait_init", None);
-        target
-    }
-
-    fn call(&self, method: &str, params: Option<Value>) -> Value {
-        let address = Address::parse(&self.socket.to_string_lossy(), 0);
-        let mut client = RpcClient::connect(&address, ClientOptions::default()).expect("connect to the RPC socket");
-        client.call(method, params.clone()).unwrap_or_else(|err| panic!("{method} {params:?}: {err}"))
-    }
-
-    /// The RPC sequence of tools/tests/support `serve_malloc`: a TCP transport, a
-    /// subsystem open to any host, a malloc namespace, a listener on a free port.
-    fn serve_malloc(&self, blocks: u64, block_size: u32) -> SocketAddr {
-        self.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
-        self.call(
-            "bdev_malloc_create",
-            Some(json!({"name": "Malloc0", "num_blocks": blocks, "block_size": block_size})),
-        );
-        self.call(
-            "nvmf_create_subsystem",
-            Some(json!({"nqn": NQN, "allow_any_host": true, "serial_number": "PEERLESS-FIO", "model_number": "Peerless fio"})),
-        );
-        self.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Malloc0"}})));
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        self.call(
-            "nvmf_subsystem_add_listener",
-            Some(json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}})),
-        );
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// peerless-tgt from this build, beside the test (the plugin is a release build; the
+/// target need not be).
+fn tgt() -> Binary {
+    Binary::beside_test("cargo build -p peerless-target")
 }
 
 /// Runs fio in `dir`, where it may leave files (verify state) without touching the tree.
 fn fio(so: &Path, dir: &Path, args: &[String]) -> Output {
-    Command::new("fio").current_dir(dir).env("LD_PRELOAD", so).args(args).output().expect("run fio")
+    peerless_testkit::run(Command::new("fio").current_dir(dir).env("LD_PRELOAD", so).args(args), FIO_WAIT)
 }
 
 /// The common job: 8 MiB of 4 KiB random writes at depth 16, then fio's verify pass.
@@ -201,9 +106,9 @@ fn check_verified(output: &Output) -> f64 {
 #[test]
 fn nvmf_engine_writes_and_verifies() {
     let so = plugin_or_skip!();
-    let dir = scratch("nvmf");
-    let target = Target::start(&dir);
-    let addr = target.serve_malloc(32768, 512);
+    let dir = Scratch::new("fio-nvmf");
+    let target = tgt().start("fio-nvmf", &[]);
+    let addr = target.serve_malloc(NQN, 32768, 512, json!({}));
     let filename = format!("trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid={} ns=1", addr.port());
     check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &[])));
 
@@ -221,7 +126,7 @@ fn nvmf_engine_writes_and_verifies() {
 #[test]
 fn bdev_engine_writes_and_verifies() {
     let so = plugin_or_skip!();
-    let dir = scratch("bdev");
+    let dir = Scratch::new("fio-bdev");
     let conf = dir.join("bdev.json");
     let config = json!({"subsystems": [{"subsystem": "bdev", "config": [
         {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 32768, "block_size": 512}},
@@ -257,7 +162,7 @@ fn bdev_engine_writes_and_verifies() {
 #[test]
 fn thread_mode_is_required() {
     let so = plugin_or_skip!();
-    let dir = scratch("thread");
+    let dir = Scratch::new("fio-thread");
     let args = ["--name=t", "--ioengine=peerless_nvmf", "--filename=trtype=tcp traddr=127.0.0.1 ns=1", "--size=1m"]
         .map(String::from);
     let output = fio(&so, &dir, &args);
