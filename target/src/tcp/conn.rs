@@ -2,7 +2,7 @@
 //! socket I/O, PDU framing and validation, termination. What commands mean is the
 //! engine's [`Qpair`]; turning its actions into PDUs is in `send.rs`.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use peerless_core::{log_debug, log_warn};
 
 use super::options::TcpOptions;
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
+use super::socket::Socket;
 use crate::nvme::Sqe;
 use crate::nvmf::qpair::{Fault, Qpair, QpairConfig};
 use crate::nvmf::transport::{GroupCtx, Transport};
@@ -35,8 +36,10 @@ pub enum Phase {
     Closing,
 }
 
-pub struct Conn {
-    stream: TcpStream,
+/// One connection over a socket `S`: a kernel TCP stream, or an in-memory one in tests and
+/// the simulation.
+pub struct Conn<S: Socket = TcpStream> {
+    stream: S,
     pub(super) phase: Phase,
     pub(super) digests: Digests,
     recv: Vec<u8>,
@@ -51,21 +54,16 @@ pub struct Conn {
     listener_connections: Arc<AtomicU32>,
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     pub fn new(
         id: u64,
-        stream: TcpStream,
+        mut stream: S,
         target: &NvmfTarget,
         transport: &Arc<dyn Transport>,
         tcp: &TcpOptions,
         listener_connections: Arc<AtomicU32>,
-    ) -> std::io::Result<Conn> {
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
-        if tcp.sock_priority > 0 {
-            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Priority, &(tcp.sock_priority as i32))
-                .map_err(std::io::Error::from)?;
-        }
+    ) -> std::io::Result<Conn<S>> {
+        stream.prepare(tcp.sock_priority)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let options = transport.opts().clone();
@@ -112,9 +110,9 @@ impl Conn {
         self.out_pos < self.out.len()
     }
 
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.stream.as_fd()
+    /// The descriptor interrupt mode watches, if the socket has one.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.stream.fd()
     }
 
     /// Whether the connection is finished and can be dropped.
@@ -323,7 +321,7 @@ impl Conn {
             self.out.clear();
             self.out_pos = 0;
             if self.phase == Phase::Closing {
-                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                self.stream.shutdown();
             }
         } else if self.out.len() - self.out_pos > MAX_PENDING_OUTPUT_BYTES {
             self.out_pos = self.out.len();
@@ -359,7 +357,7 @@ impl Conn {
         self.phase = Phase::Closing;
         self.qpair.close(why);
         if self.out_pos >= self.out.len() {
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            self.stream.shutdown();
         }
     }
 }
@@ -376,9 +374,12 @@ fn fault_to_fatal(fault: Fault) -> Fatal {
     }
 }
 
-impl Drop for Conn {
+impl<S: Socket> Drop for Conn<S> {
     fn drop(&mut self) {
         debug_assert!(self.qpair.outstanding() == 0, "connection dropped with I/O in flight");
         self.listener_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,11 +4,12 @@ use peerless_core::mem::{ChunkReader, Sgl};
 
 use super::conn::Conn;
 use super::pdu::{self, pdu_type};
+use super::socket::Socket;
 use crate::nvme::{Cqe, Status};
 use crate::nvmf::qpair::Action;
 use crate::nvmf::transport::GroupCtx;
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// Turns every pending action into PDUs in the send buffer; whether there were any.
     pub(super) fn send_actions(&mut self, group: &mut GroupCtx<'_>) -> bool {
         let mut any = false;
