@@ -124,7 +124,9 @@ impl<S: Socket> Conn<S> {
     /// send.
     pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
         let mut busy = self.qpair.poll(ctx, group, group.now_ns);
-        if self.phase != Phase::Closing {
+        // Once the engine has ended the queue (a reset, keep-alive expiry), what the host
+        // still sends was in flight before it could know: read no more of it.
+        if self.phase != Phase::Closing && !self.qpair.is_closing() {
             busy |= self.receive(ctx, group);
         }
         busy |= self.send_actions(group);
@@ -178,7 +180,8 @@ impl<S: Socket> Conn<S> {
                     return true;
                 }
             }
-            if self.phase == Phase::Closing {
+            // A PDU that ended the queue (Disconnect) ends the reading too.
+            if self.phase == Phase::Closing || self.qpair.is_closing() {
                 break;
             }
         }

@@ -413,3 +413,25 @@ fn keep_alive_and_disconnect() {
     admin.peer.close();
     rig.drain(&mut admin);
 }
+
+/// Data the host sends for a write the engine has already let go (its queue ended by a
+/// controller reset, NVMe Base 2.0, 3.7.2) is in flight through no fault of the host: the
+/// connection closes quietly, with no C2HTermReq blaming the host (found by the
+/// simulation: a reset racing H2CData ended connections with FES 0x1, FEI 10).
+#[test]
+fn data_for_a_queue_the_engine_ended_is_not_a_protocol_error() {
+    let mut rig = Rig::new();
+    let (admin, mut io) = rig.controller(NONE);
+    let data = pattern(2 * BLOCK, 1);
+    let write = SqeBuilder::new(io::WRITE, 9).rw(1, 0, 2).transport_data(data.len() as u32).build();
+    let capsule = io.capsule(&write, &[]);
+    let r2t = rig.exchange(&mut io, &capsule);
+    let ttag = DataHeader::parse(&r2t).ttag;
+    // What the engine does to every I/O queue of a controller whose CC.EN went to 0.
+    io.conn.qpair_mut().close("its controller was reset");
+    io.peer.deliver(&io.h2c(9, ttag, 0, &data, true));
+    rig.drain(&mut io);
+    assert!(io.peer.is_shut_down());
+    assert_eq!(io.next_pdu().map(|pdu| pdu[0]), None, "the host did nothing wrong");
+    rig.hang_up((admin, io));
+}
