@@ -207,25 +207,27 @@ impl<S: Socket> Conn<S> {
             _ => pdu::validate(header, Receiver::Controller, self.digests, self.max_data(header.pdu_type)),
         };
         let layout = layout.map_err(|fatal| (fatal, quote(&self.recv[start..self.recv_end])))?;
+        // The header digest covers PLEN (NVMe/TCP 1.0, 3.6.2.1): check it as soon as the
+        // header is in, before waiting for the data PLEN promises. A flipped bit there
+        // would otherwise have the connection wait for bytes a host waiting for its
+        // answers never sends.
+        let hlen = usize::from(header.hlen);
+        if self.digests.header && layout.header_bytes > hlen {
+            if available < layout.header_bytes {
+                return Ok(self.wait_for(layout.header_bytes));
+            }
+            let head = &self.recv[start..start + layout.header_bytes];
+            if !pdu::header_digest_ok(head, hlen) {
+                return Err((Fatal::new(fes::HEADER_DIGEST_ERROR, 0), quote(head)));
+            }
+        }
         if layout.total > self.recv.len() {
             return Err((Fatal::new(fes::DATA_LIMIT_EXCEEDED, 4), quote(&self.recv[start..self.recv_end])));
         }
         if available < layout.total {
-            if start + layout.total > self.recv.len() {
-                // Make room for the rest of this PDU at the end of the buffer.
-                self.recv.copy_within(start..self.recv_end, 0);
-                self.recv_end -= start;
-                self.recv_start = 0;
-            }
-            return Ok(false);
+            return Ok(self.wait_for(layout.total));
         }
         let bytes = &self.recv[start..start + layout.total];
-        if self.digests.header
-            && layout.header_bytes > usize::from(header.hlen)
-            && !pdu::header_digest_ok(bytes, usize::from(header.hlen))
-        {
-            return Err((Fatal::new(fes::HEADER_DIGEST_ERROR, 0), quote(bytes)));
-        }
         let data_range = layout.data_offset..layout.data_offset + layout.data_len;
         if layout.data_digest {
             let expected = &bytes[data_range.end..data_range.end + pdu::DIGEST_BYTES];
@@ -243,6 +245,18 @@ impl<S: Socket> Conn<S> {
         self.recv = recv;
         self.recv_start += layout.total;
         result.map(|()| true).map_err(|fatal| (fatal, quote(&self.recv[start..start + layout.header_bytes])))
+    }
+
+    /// Waits for the PDU at the start of the unhandled bytes to be `len` bytes long,
+    /// making room for the rest of it at the end of the buffer. Returns false: no PDU yet.
+    fn wait_for(&mut self, len: usize) -> bool {
+        debug_assert!(len <= self.recv.len());
+        if self.recv_start + len > self.recv.len() {
+            self.recv.copy_within(self.recv_start..self.recv_end, 0);
+            self.recv_end -= self.recv_start;
+            self.recv_start = 0;
+        }
+        false
     }
 
     /// The most data a PDU of this type may carry on this connection.

@@ -435,3 +435,19 @@ fn data_for_a_queue_the_engine_ended_is_not_a_protocol_error() {
     assert_eq!(io.next_pdu().map(|pdu| pdu[0]), None, "the host did nothing wrong");
     rig.hang_up((admin, io));
 }
+
+/// A flipped bit in PLEN is caught by the header digest as soon as the header is in,
+/// not after waiting for the bytes the wrong length promises: a host waiting for answers
+/// sends no more, so that wait would never end (NVMe/TCP 1.0, 3.6.2.1: the header digest
+/// covers the whole PDU header, PLEN included).
+#[test]
+fn a_header_digest_is_checked_before_its_length_is_trusted() {
+    let write = SqeBuilder::new(io::WRITE, 3).rw(1, 0, 1).in_capsule(BLOCK as u32).build();
+    let longer = |wire: &Wire| {
+        let mut pdu = wire.capsule(&write, &[5; BLOCK]);
+        let plen = le16(&pdu, 4);
+        put16(&mut pdu, 4, plen + 16);
+        pdu
+    };
+    check_fatal(Phase::Ready, BOTH, longer, (fes::HEADER_DIGEST_ERROR, 0));
+}
