@@ -19,6 +19,7 @@ const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
 const PROP_CC: u32 = 0x14;
 const PROP_CSTS: u32 = 0x1c;
 const FID_NUMBER_OF_QUEUES: u32 = 0x07;
+const FID_KEEP_ALIVE_TIMER: u32 = 0x0f;
 const CNS_CONTROLLER: u32 = 0x01;
 /// A command unanswered this long on a working link is lost (the run fails).
 const ANSWER_LIMIT_NS: u64 = 2_000_000_000;
@@ -76,6 +77,8 @@ pub struct Host {
     phase: Phase,
     cntlid: u16,
     granted_queues: u16,
+    /// The Keep Alive Timeout the controller runs with (Get Features), in ms.
+    kato_ms: u32,
     pub admin: Option<Queue>,
     pub io: Vec<Option<Queue>>,
     reopen_at_ns: Vec<u64>,
@@ -97,6 +100,7 @@ impl Host {
             phase: Phase::Idle { until_ns: 0 },
             cntlid: 0,
             granted_queues: 0,
+            kato_ms: config.kato_ms,
             admin: None,
             io: (0..config.io_queues).map(|_| None).collect(),
             reopen_at_ns: vec![0; usize::from(config.io_queues)],
@@ -228,7 +232,7 @@ impl Host {
                 {
                     env.fail(format!(
                         "host {}: silent for 1.5 x its keep-alive timeout of {} ms, and its controller is still there",
-                        self.id, self.config.kato_ms
+                        self.id, self.kato_ms
                     ));
                 }
             }
@@ -283,6 +287,7 @@ impl Host {
                 Kind::Identify => {
                     SqeBuilder::new(admin::IDENTIFY, cid).cdw(10, CNS_CONTROLLER).transport_data(4096).build()
                 }
+                Kind::GetKato => SqeBuilder::new(admin::GET_FEATURES, cid).cdw(10, FID_KEEP_ALIVE_TIMER).build(),
                 Kind::KeepAlive => SqeBuilder::new(admin::KEEP_ALIVE, cid).build(),
                 Kind::Aer => SqeBuilder::new(admin::ASYNC_EVENT_REQUEST, cid).build(),
                 Kind::Abort { sqid, cid: victim, .. } => {
@@ -293,7 +298,7 @@ impl Host {
             &[],
         );
         // Any admin command shows the host is alive; the next Keep Alive can wait.
-        self.next_keep_alive_ns = env.now_ns + u64::from(self.config.kato_ms) * 1_000_000 / 4;
+        self.next_keep_alive_ns = env.now_ns + u64::from(self.kato_ms) * 1_000_000 / 4;
         Some(cid)
     }
 
@@ -383,6 +388,16 @@ impl Host {
                     env.fail(format!("host {host}: granted {granted} I/O queues of {}", self.config.io_queues));
                 }
                 self.granted_queues = granted;
+                self.send_admin(env, Kind::GetKato);
+            }
+            Kind::GetKato => {
+                expect_success(env, "Get Features Keep Alive Timer");
+                // The target rounds the timeout up to its granularity (KAS): keep to its value.
+                let kato_ms = result as u32;
+                if kato_ms < self.config.kato_ms || kato_ms % 100 != 0 {
+                    env.fail(format!("host {host}: asked for KATO {} ms, got {kato_ms} ms", self.config.kato_ms));
+                }
+                self.kato_ms = kato_ms;
                 self.phase = Phase::Running;
                 self.aer = self.send_admin(env, Kind::Aer);
             }
@@ -577,7 +592,7 @@ impl Host {
         }
         if self.rng.chance(faults.silence_per_million) {
             // Silence long enough that keep-alive must fire (NVMe Base 2.0, 3.9.4).
-            let kato_ns = u64::from(self.config.kato_ms) * 1_000_000;
+            let kato_ns = u64::from(self.kato_ms) * 1_000_000;
             self.silent_until_ns = Some(env.now_ns + kato_ns + kato_ns / 2);
             self.next_keep_alive_ns = env.now_ns;
             env.stats.silences += 1;

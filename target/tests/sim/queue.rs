@@ -33,6 +33,7 @@ pub enum Kind {
     },
     GetCsts,
     SetQueues,
+    GetKato,
     Identify,
     KeepAlive,
     Aer,
@@ -71,6 +72,7 @@ impl Kind {
             Kind::SetCc { enable: false } => "Property Set CC.EN=0",
             Kind::GetCsts => "Property Get CSTS",
             Kind::SetQueues => "Set Features Number of Queues",
+            Kind::GetKato => "Get Features Keep Alive Timer",
             Kind::Identify => "Identify",
             Kind::KeepAlive => "Keep Alive",
             Kind::Aer => "Asynchronous Event Request",
@@ -126,6 +128,8 @@ pub struct Queue {
     pub opened_ns: u64,
     /// The host ended the connection (H2CTermReq): what still arrives is dropped.
     terminated: bool,
+    /// ICResp has arrived: digests are on as negotiated.
+    introduced: bool,
 }
 
 impl Queue {
@@ -149,6 +153,7 @@ impl Queue {
             answered_under_abort: BTreeMap::new(),
             opened_ns: env.now_ns,
             terminated: false,
+            introduced: false,
         }
     }
 
@@ -240,7 +245,7 @@ impl Queue {
             return Ok(false);
         }
         let header = CommonHeader::parse(rx);
-        let digests = if self.state == QState::Handshake { Digests::default() } else { self.digests };
+        let digests = if self.introduced { self.digests } else { Digests::default() };
         let max_data = match header.pdu_type {
             pdu_type::C2H_DATA => env.config.max_io_size as usize,
             _ => pdu::TERM_MAX_DATA,
@@ -284,9 +289,10 @@ impl Queue {
         let queue = format!("queue {} (link {}, conn {})", self.qid, self.link, self.conn_id);
         match header.pdu_type {
             pdu_type::IC_RESP => {
-                if self.state != QState::Handshake {
+                if self.introduced {
                     env.fail(format!("{queue}: a second ICResp"));
                 }
+                self.introduced = true;
                 let response = IcResp::parse(head);
                 if response.digests != self.digests || response.pfv != 0 || response.cpda != 0 {
                     env.fail(format!("{queue}: ICResp {response:?} does not answer our ICReq"));
@@ -295,11 +301,14 @@ impl Queue {
                     env.fail(format!("{queue}: MAXH2CDATA {} (NVMe/TCP 1.0, 3.6.2.3)", response.maxh2cdata));
                 }
                 self.maxh2cdata = response.maxh2cdata as usize;
-                self.state = QState::Connecting;
                 if self.digests.header && self.digests.data {
                     env.links[self.link].corruptible = true;
                 }
-                events.push(Event::Ready);
+                // A queue the host gave up on meanwhile (a reset) goes no further.
+                if self.state == QState::Handshake {
+                    self.state = QState::Connecting;
+                    events.push(Event::Ready);
+                }
             }
             pdu_type::C2H_TERM_REQ => {
                 let (fes, fei) = (le16(head, 8), le32(head, 10));
