@@ -22,7 +22,7 @@ mod sim {
 
 use std::time::Instant;
 
-use sim::world::{Report, World};
+use sim::world::{Report, SimConfig, World};
 
 /// Commands per seed in a plain `cargo test` (a debug build).
 const DEFAULT_COMMANDS: u64 = 3_000;
@@ -40,6 +40,11 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Runs one seed; a failure prints how to run exactly this seed again.
 fn run_seed(seed: u64, commands: u64) -> Report {
+    run_config(SimConfig::from_seed(seed), commands)
+}
+
+fn run_config(config: SimConfig, commands: u64) -> Report {
+    let seed = config.seed;
     use peerless_core::log;
     if std::env::var_os("SIM_LOG").is_some() {
         // The target's own account of each connection, for a seed being debugged.
@@ -51,7 +56,7 @@ fn run_seed(seed: u64, commands: u64) -> Report {
     } else {
         log::set_print_level(log::Level::Error);
     }
-    let outcome = std::panic::catch_unwind(|| World::new(seed).run(commands));
+    let outcome = std::panic::catch_unwind(|| World::new(config).run(commands));
     match outcome {
         Ok(report) => report,
         Err(panic) => {
@@ -70,7 +75,8 @@ fn describe(report: &Report, wall: std::time::Duration) -> String {
         "seed {:#x}: {} commands in {:.2}s ({:.0}/s), {} steps, {:.3}s simulated; {} reads {} writes ({} in capsule, {} R2T), \
          {} I/O errors, {} refused, {} lost; links {} (reset {}), terminations {}+{}; keep-alives {}, silences {} \
          (controllers lost {}), resets {}/{}, disconnects {}, connects refused {}; aborts {} sent, {} answered, {} hit, \
-         {} of AERs; trace {:#018x}",
+         {} of AERs; {} mangled PDUs, {} namespace events ({} logs read); {} buffer waits, {} disk refusals; \
+         trace {:#018x}",
         report.seed,
         stats.commands,
         wall.as_secs_f64(),
@@ -99,6 +105,11 @@ fn describe(report: &Report, wall: std::time::Duration) -> String {
         stats.aborts_answered,
         stats.aborts_hit,
         stats.aborts_of_aer,
+        stats.mangled,
+        stats.events,
+        stats.changed_logs,
+        stats.buffer_waits,
+        stats.disk_nomem,
         report.trace
     )
 }
@@ -130,6 +141,11 @@ fn swarm() {
         total.keep_alives += stats.keep_alives;
         total.disconnects += stats.disconnects;
         total.aborts_answered += stats.aborts_answered;
+        total.aborts_hit += stats.aborts_hit;
+        total.resets_done += stats.resets_done;
+        total.buffer_waits += stats.buffer_waits;
+        total.events += stats.events;
+        total.disconnects += stats.disconnects;
     }
     let wall = started.elapsed();
     println!(
@@ -142,7 +158,9 @@ fn swarm() {
     assert!(total.commands >= commands * seeds.len() as u64);
     if seeds.len() > 1 {
         assert!(total.reads > 0 && total.writes > 0 && total.r2t > 0 && total.in_capsule_writes > 0, "{total:?}");
-        assert!(total.keep_alives > 0 && total.aborts_answered > 0, "{total:?}");
+        assert!(total.keep_alives > 0 && total.aborts_answered > 0 && total.aborts_hit > 0, "{total:?}");
+        assert!(total.resets_done > 0 && total.buffer_waits > 0 && total.events > 0, "{total:?}");
+        assert!(total.disconnects > 0, "{total:?}");
     }
 }
 
@@ -157,4 +175,20 @@ fn a_seed_repeats_exactly() {
     assert_eq!((first.steps, first.sim_ns), (second.steps, second.sim_ns));
     let other = run_seed(seed + 1000, 1_500);
     assert_ne!(first.trace, other.trace, "different seeds, same trace: the hash sees too little");
+}
+
+/// A host that stops sending admin commands loses its controller to keep-alive expiry
+/// (NVMe Base 2.0, 3.9.4), comes back with a new one, and nothing it had in flight is
+/// answered twice or leaks. Short runs of the swarm span less simulated time than a Keep
+/// Alive Timeout, so this one makes every host fall silent as soon as it can.
+#[test]
+fn keep_alive_expiry_reclaims_silent_hosts() {
+    let mut config = SimConfig::from_seed(env_u64("SIM_SEED").unwrap_or(DEFAULT_BASE_SEED + 7));
+    for host in &mut config.hosts {
+        host.faults.silence_per_million = 200_000;
+        host.kato_ms = 100;
+    }
+    let report = run_config(config, 12_000);
+    let stats = report.stats;
+    assert!(stats.silences > 0 && stats.controllers_lost >= stats.silences.min(2), "{stats:?}");
 }

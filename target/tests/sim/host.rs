@@ -20,6 +20,12 @@ const PROP_CC: u32 = 0x14;
 const PROP_CSTS: u32 = 0x1c;
 const FID_NUMBER_OF_QUEUES: u32 = 0x07;
 const FID_KEEP_ALIVE_TIMER: u32 = 0x0f;
+const FID_ASYNC_EVENT_CONFIG: u32 = 0x0b;
+/// AEC bit 8: Namespace Attribute Notices (NVMe Base 2.0, Figure 317).
+const AEC_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
+const LID_CHANGED_NAMESPACES: u32 = 0x04;
+/// AER DW0 for a namespace attribute change: notice (2), info 0, log page 4 (Figure 150).
+const EVENT_NAMESPACE_CHANGED: u64 = 0x0004_0002;
 const CNS_CONTROLLER: u32 = 0x01;
 /// A command unanswered this long on a working link is lost (the run fails).
 const ANSWER_LIMIT_NS: u64 = 2_000_000_000;
@@ -35,6 +41,8 @@ pub struct HostFaults {
     pub identify_per_million: u32,
     /// A Keep Alive at a random moment, besides those the timeout calls for.
     pub keep_alive_per_million: u32,
+    /// A PDU of no defined type on an I/O queue: the target must terminate the connection.
+    pub mangle_per_million: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -231,8 +239,10 @@ impl Host {
                 if self.admin.as_ref().is_some_and(|queue| queue.state == QState::Live) && self.phase == Phase::Running
                 {
                     env.fail(format!(
-                        "host {}: silent for 1.5 x its keep-alive timeout of {} ms, and its controller is still there",
-                        self.id, self.kato_ms
+                        "host {}: silent for 1.5 x its keep-alive timeout of {} ms, and its controller is still there: {}",
+                        self.id,
+                        self.kato_ms,
+                        self.describe(env)
                     ));
                 }
             }
@@ -265,6 +275,10 @@ impl Host {
 
     /// Sends an admin command on the live admin queue, with the SQE its kind calls for.
     fn send_admin(&mut self, env: &mut Env, kind: Kind) -> Option<u16> {
+        // Silence means silence: any admin command would restart the keep-alive timer.
+        if self.silent_until_ns.is_some() {
+            return None;
+        }
         let queue = self.admin.as_mut().filter(|queue| queue.is_live() && queue.has_room())?;
         let io_queues = self.config.io_queues;
         let sqe_kind = kind.clone();
@@ -288,6 +302,17 @@ impl Host {
                     SqeBuilder::new(admin::IDENTIFY, cid).cdw(10, CNS_CONTROLLER).transport_data(4096).build()
                 }
                 Kind::GetKato => SqeBuilder::new(admin::GET_FEATURES, cid).cdw(10, FID_KEEP_ALIVE_TIMER).build(),
+                Kind::SetAec => SqeBuilder::new(admin::SET_FEATURES, cid)
+                    .cdw(10, FID_ASYNC_EVENT_CONFIG)
+                    .cdw(11, AEC_NAMESPACE_ATTRIBUTE)
+                    .build(),
+                Kind::GetChangedLog => {
+                    // NUMDL in CDW10 bits 31:16, 0's based: 1024 dwords.
+                    SqeBuilder::new(admin::GET_LOG_PAGE, cid)
+                        .cdw(10, LID_CHANGED_NAMESPACES | (1023 << 16))
+                        .transport_data(4096)
+                        .build()
+                }
                 Kind::KeepAlive => SqeBuilder::new(admin::KEEP_ALIVE, cid).build(),
                 Kind::Aer => SqeBuilder::new(admin::ASYNC_EVENT_REQUEST, cid).build(),
                 Kind::Abort { sqid, cid: victim, .. } => {
@@ -398,8 +423,21 @@ impl Host {
                     env.fail(format!("host {host}: asked for KATO {} ms, got {kato_ms} ms", self.config.kato_ms));
                 }
                 self.kato_ms = kato_ms;
+                self.send_admin(env, Kind::SetAec);
+            }
+            Kind::SetAec => {
+                expect_success(env, "Set Features Asynchronous Event Configuration");
                 self.phase = Phase::Running;
                 self.aer = self.send_admin(env, Kind::Aer);
+            }
+            Kind::GetChangedLog => {
+                expect_success(env, "Get Log Page Changed Namespace List");
+                let known = |nsid: u32| nsid == 0 || nsid == u32::MAX || env.config.block_size(nsid) > 0;
+                let listed = cmd.data.chunks_exact(4).map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+                if cmd.data.len() != 4096 || !listed.clone().all(known) {
+                    env.fail(format!("host {host}: Changed Namespace List of {} bytes names unknown namespaces", cmd.data.len()));
+                }
+                env.stats.changed_logs += 1;
             }
             Kind::Identify => {
                 expect_success(env, "Identify Controller");
@@ -412,8 +450,11 @@ impl Host {
                 self.aer = None;
                 if status == status::ABORTED_BY_REQUEST && cmd.abort_requested {
                     env.stats.aborts_of_aer += 1;
+                } else if status == Status::SUCCESS && result == EVENT_NAMESPACE_CHANGED {
+                    env.stats.events += 1;
+                    self.send_admin(env, Kind::GetChangedLog);
                 } else {
-                    env.fail(format!("host {host}: AER {cid} completed with {status} (no event was posted)"));
+                    env.fail(format!("host {host}: AER {cid} completed with {status}, DW0 {result:#x}"));
                 }
                 if self.phase == Phase::Running {
                     self.aer = self.send_admin(env, Kind::Aer);
@@ -616,6 +657,20 @@ impl Host {
         }
         if self.rng.chance(faults.abort_per_million) {
             self.abort_something(env);
+        }
+        if self.rng.chance(faults.mangle_per_million) {
+            let index = self.rng.below(self.io.len() as u64) as usize;
+            if let Some(queue) = self.io[index].as_mut().filter(|queue| queue.is_live()) {
+                // A common header of a type nobody defined (NVMe/TCP 1.0, 3.6.1, Figure 13).
+                let mut bogus = [0u8; 24];
+                bogus[0] = 0x0f;
+                bogus[2] = 24;
+                bogus[4] = 24;
+                env.links[queue.link].host_mangled = true;
+                env.send(queue.link, &bogus);
+                queue.state = QState::Closing;
+                env.stats.mangled += 1;
+            }
         }
     }
 

@@ -120,6 +120,8 @@ pub struct Link {
     /// A bit was flipped on the way to the target / to the host.
     pub corrupted_to_target: bool,
     pub corrupted_to_host: bool,
+    /// The host sent a malformed PDU on purpose: it expects to be terminated.
+    pub host_mangled: bool,
     pub bytes_to_target: u64,
     pub bytes_to_host: u64,
 }
@@ -139,6 +141,7 @@ impl Link {
             corruptible: false,
             corrupted_to_target: false,
             corrupted_to_host: false,
+            host_mangled: false,
             bytes_to_target: 0,
             bytes_to_host: 0,
         }

@@ -34,6 +34,10 @@ pub enum Kind {
     GetCsts,
     SetQueues,
     GetKato,
+    /// Set Features Asynchronous Event Configuration: namespace attribute notices.
+    SetAec,
+    /// Get Log Page Changed Namespace List (NVMe Base 2.0, 5.16.1.5).
+    GetChangedLog,
     Identify,
     KeepAlive,
     Aer,
@@ -73,6 +77,8 @@ impl Kind {
             Kind::GetCsts => "Property Get CSTS",
             Kind::SetQueues => "Set Features Number of Queues",
             Kind::GetKato => "Get Features Keep Alive Timer",
+            Kind::SetAec => "Set Features Asynchronous Event Configuration",
+            Kind::GetChangedLog => "Get Log Page Changed Namespace List",
             Kind::Identify => "Identify",
             Kind::KeepAlive => "Keep Alive",
             Kind::Aer => "Asynchronous Event Request",
@@ -177,6 +183,7 @@ impl Queue {
             pdu.extend_from_slice(&pdu::digest(data));
         }
         env.send(self.link, &pdu);
+        env.stats.sent += 1;
         let seq = env.next_seq();
         env.trace(&[1, self.link as u64, u64::from(cid), u64::from(sqe.opcode())]);
         self.cmds
@@ -312,8 +319,13 @@ impl Queue {
             }
             pdu_type::C2H_TERM_REQ => {
                 let (fes, fei) = (le16(head, 8), le32(head, 10));
-                if !env.links[self.link].corrupted_to_target {
+                let link = &env.links[self.link];
+                if !link.corrupted_to_target && !link.host_mangled {
                     env.fail(format!("{queue}: the target terminated the connection (FES {fes:#x}, FEI {fei})"));
+                }
+                // An unknown PDU type is an invalid header field at byte 0 (NVMe/TCP 1.0, 3.6.2.4).
+                if link.host_mangled && !link.corrupted_to_target && (fes, fei) != (pdu::fes::INVALID_HEADER_FIELD, 0) {
+                    env.fail(format!("{queue}: an unknown PDU type earned FES {fes:#x}, FEI {fei}"));
                 }
                 env.stats.target_terminations += 1;
                 self.state = QState::Closing;
@@ -330,7 +342,7 @@ impl Queue {
                 };
                 let expected = match cmd.kind {
                     Kind::Read { bytes, .. } => bytes,
-                    Kind::Identify => 4096,
+                    Kind::Identify | Kind::GetChangedLog => 4096,
                     _ => env.fail(format!("{queue}: C2HData for a {} (cid {cid})", cmd.kind.name())),
                 };
                 let offset = data_header.offset as usize;

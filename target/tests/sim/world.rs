@@ -12,7 +12,7 @@ use peerless_core::mem::IoBufClass;
 use peerless_core::reactor::{AppOptions, SteppedApp, ThreadCtx, ThreadId};
 use peerless_target::nvmf::buffers::DataPool;
 use peerless_target::nvmf::poll_group;
-use peerless_target::nvmf::subsystem::{ListenAddress, Namespace, SubsystemKind};
+use peerless_target::nvmf::subsystem::{ListenAddress, Namespace, Subsystem, SubsystemKind};
 use peerless_target::nvmf::transport::{Transport, TransportListener, TransportOptions, TransportPollGroup};
 use peerless_target::nvmf::NvmfTarget;
 use peerless_target::tcp::conn::Conn;
@@ -52,6 +52,8 @@ pub struct SimConfig {
     pub disk: DiskFaults,
     /// The network resets a link (per step, per million).
     pub link_reset_per_million: u32,
+    /// A namespace of the subsystem changes (an event for every controller).
+    pub ns_change_per_million: u32,
 }
 
 impl SimConfig {
@@ -82,12 +84,13 @@ impl SimConfig {
                 burst: rng.range(1, 4),
                 faults: HostFaults {
                     reset_per_million: rng.swarm_rate(100),
-                    disconnect_per_million: rng.swarm_rate(200),
+                    disconnect_per_million: rng.swarm_rate(1_000),
                     abort_per_million: rng.swarm_rate(20_000),
                     silence_per_million: rng.swarm_rate(5),
                     invalid_per_million: rng.swarm_rate(5_000),
                     identify_per_million: rng.swarm_rate(1_000),
                     keep_alive_per_million: rng.range(100, 2_000) as u32,
+                    mangle_per_million: rng.swarm_rate(20),
                 },
             })
             .collect();
@@ -125,6 +128,7 @@ impl SimConfig {
             net,
             disk,
             link_reset_per_million: rng.swarm_rate(50),
+            ns_change_per_million: rng.swarm_rate(100),
         }
     }
 
@@ -136,6 +140,7 @@ impl SimConfig {
 /// What the run counted; printed at the end, and the coverage checks read it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
+    pub sent: u64,
     pub commands: u64,
     pub reads: u64,
     pub writes: u64,
@@ -163,6 +168,13 @@ pub struct Stats {
     pub links: u64,
     pub target_terminations: u64,
     pub host_terminations: u64,
+    pub mangled: u64,
+    pub events: u64,
+    pub changed_logs: u64,
+    /// The target's count of commands that waited for data buffers.
+    pub buffer_waits: u64,
+    /// The disks' count of I/O refused for lack of resources (the layer retried them).
+    pub disk_nomem: u64,
 }
 
 /// The TCP transport of the simulation: the real one's options and buffers, with poll
@@ -230,6 +242,7 @@ pub struct Env {
     tcp: TcpOptions,
     connections: Arc<AtomicU32>,
     local: SocketAddr,
+    subsystem: Arc<Subsystem>,
     pub disks: Vec<Disk>,
 }
 
@@ -294,7 +307,6 @@ impl Env {
     /// A command was lost with its connection.
     pub fn lose(&mut self, conn_id: u64, cmd: &Cmd) {
         self.stats.lost += 1;
-        self.stats.commands += 1;
         match cmd.kind {
             Kind::Read { .. } => self.model.read_done(cmd.sent_seq),
             // It may still reach the media, until the target lets the connection go.
@@ -341,8 +353,8 @@ pub struct Report {
 }
 
 impl World {
-    pub fn new(seed: u64) -> World {
-        let config = SimConfig::from_seed(seed);
+    pub fn new(config: SimConfig) -> World {
+        let seed = config.seed;
         let mut rng = Rng::new(seed);
         let options = AppOptions { name: format!("sim-{seed}"), ..AppOptions::default() };
         let mut app = SteppedApp::new(options).expect("a stepped app");
@@ -437,6 +449,7 @@ impl World {
             pool,
             connections: Arc::new(AtomicU32::new(0)),
             local,
+            subsystem,
             disks,
         };
         World { env, hosts, rng: rng.fork(0x3071d), steps: 0 }
@@ -464,6 +477,14 @@ impl World {
                 env.links[index].reset();
                 env.stats.link_resets += 1;
             }
+        }
+        if !env.draining && self.rng.chance(env.config.ns_change_per_million) {
+            // As if a namespace had been resized or re-attached: poll groups look it up
+            // afresh, and every controller gets a notice (NVMe Base 2.0, 5.2).
+            let namespaces = env.config.namespaces.clone();
+            let nsid = self.rng.pick(&namespaces).0;
+            let (target, subsystem) = (env.target.clone(), env.subsystem.clone());
+            env.app.run_on(env.thread, move |ctx| target.namespace_changed(ctx, &subsystem, nsid));
         }
         for host in self.hosts.iter_mut() {
             host.step(env);
@@ -530,7 +551,6 @@ impl World {
             }
         }
         self.drain();
-        self.env.stats.commands = self.answered();
         Report {
             seed: self.env.config.seed,
             steps: self.steps,
@@ -568,6 +588,19 @@ impl World {
             }
         }
         let (_, cached) = self.env.target_view();
+        let target = self.env.target.clone();
+        let stats = self
+            .env
+            .app
+            .run_on(self.env.thread, move |ctx| poll_group::with(&target, ctx, |group, _| group.stats()))
+            .expect("the app thread");
+        self.env.stats.buffer_waits = stats.buffer_waits;
+        self.env.stats.disk_nomem = self.env.disks.iter().map(|disk| disk.lock().stats.nomem).sum();
+        self.env.stats.commands = self.answered();
+        let stats = self.env.stats;
+        if stats.sent != stats.commands {
+            self.env.fail(format!("{} commands sent, {} answered or lost", stats.sent, stats.commands));
+        }
         self.settle_lost_writes(&BTreeSet::new());
         self.check_buffers(cached);
         self.check_media();
