@@ -72,7 +72,7 @@ fn run_config(config: SimConfig, commands: u64) -> Report {
 fn describe(report: &Report, wall: std::time::Duration) -> String {
     let stats = &report.stats;
     format!(
-        "seed {:#x}: {} commands in {:.2}s ({:.0}/s), {} steps, {:.3}s simulated; {} reads {} writes ({} in capsule, {} R2T), \
+        "seed {:#x}: {} commands in {:.2}s ({:.0}/s), {} steps, {:.3}s simulated; {} reads {} writes ({} in capsule, {} R2T) {} zeroings, \
          {} I/O errors, {} refused, {} lost; links {} (reset {}), terminations {}+{}; keep-alives {}, silences {} \
          (controllers lost {}), resets {}/{}, disconnects {}, connects refused {}; aborts {} sent, {} answered, {} hit, \
          {} of AERs; {} mangled PDUs, {} namespace events ({} logs read); {} buffer waits, {} disk refusals; \
@@ -87,6 +87,7 @@ fn describe(report: &Report, wall: std::time::Duration) -> String {
         stats.writes,
         stats.in_capsule_writes,
         stats.r2t,
+        stats.zeroings,
         stats.io_errors,
         stats.refused,
         stats.lost,

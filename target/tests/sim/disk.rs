@@ -44,8 +44,6 @@ pub struct DiskState {
     pub media: Vec<u8>,
     rng: Rng,
     faults: DiskFaults,
-    /// Stamps of writes that have left the device since the checker last looked.
-    pub finished: Vec<u64>,
     pub in_flight: usize,
     pub stats: DiskStats,
     /// A write's bytes while they are checked (kept to spare an allocation per write).
@@ -74,7 +72,6 @@ impl SimDisk {
             media: vec![0u8; block_size as usize * num_blocks as usize],
             rng,
             faults,
-            finished: Vec::new(),
             in_flight: 0,
             stats: DiskStats::default(),
             scratch: Vec::new(),
@@ -100,7 +97,7 @@ impl Bdev for SimDisk {
     }
 
     fn supports(&self, io_type: IoType) -> bool {
-        matches!(io_type, IoType::Read | IoType::Write | IoType::Flush)
+        matches!(io_type, IoType::Read | IoType::Write | IoType::Flush | IoType::Unmap | IoType::WriteZeroes)
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
@@ -204,12 +201,16 @@ fn execute(state: &mut DiskState, io: &mut BdevIo, status: IoStatus, applied: bo
             let sgl = io.sgl().expect("a write's buffers");
             let read = mem::ChunkReader::new(&sgl).read(&mut scratch).expect("read a write's buffers");
             assert_eq!(read, len, "a write of {} blocks carried {read} bytes", io.num_blocks);
-            let stamp = check_write(state, io.offset_blocks, &scratch);
+            check_write(state, io.offset_blocks, &scratch);
             if applied {
                 state.media[start..start + len].copy_from_slice(&scratch);
             }
             state.scratch = scratch;
-            state.finished.push(stamp);
+        }
+        // Deallocated blocks read as zeroes (DLFEAT 001b), as written zeroes do.
+        IoType::Unmap | IoType::WriteZeroes if applied => {
+            state.stats.writes += 1;
+            state.media[start..start + len].fill(0);
         }
         IoType::Read if status.is_success() => {
             state.stats.reads += 1;
@@ -222,8 +223,8 @@ fn execute(state: &mut DiskState, io: &mut BdevIo, status: IoStatus, applied: bo
 }
 
 /// Every block a write brings must be the host's pattern for exactly that block, all of
-/// one write: anything else is data the target placed wrong. Returns the write's stamp.
-fn check_write(state: &DiskState, offset_blocks: u64, data: &[u8]) -> u64 {
+/// one write: anything else is data the target placed wrong.
+fn check_write(state: &DiskState, offset_blocks: u64, data: &[u8]) {
     let mut stamp = None;
     for (index, block) in data.chunks_exact(state.block_size).enumerate() {
         let lba = offset_blocks + index as u64;
@@ -235,5 +236,5 @@ fn check_write(state: &DiskState, offset_blocks: u64, data: &[u8]) -> u64 {
             Err(why) => panic!("write at nsid {} lba {lba}: the target delivered a wrong block: {why}", state.nsid),
         }
     }
-    stamp.expect("a write of at least one block")
+    assert!(stamp.is_some(), "a write of no blocks at nsid {} lba {offset_blocks}", state.nsid);
 }

@@ -94,6 +94,8 @@ pub struct Host {
     /// No admin command is sent until then: keep-alive must reclaim the controller first.
     silent_until_ns: Option<u64>,
     aer: Option<u16>,
+    /// Aborts sent and not yet answered, as (SQID, CID) of their victims.
+    aborts_in_flight: std::collections::BTreeSet<(u16, u16)>,
     /// The target answered a command of this host, or lost one with a link.
     pub answered: u64,
 }
@@ -115,6 +117,7 @@ impl Host {
             next_keep_alive_ns: 0,
             silent_until_ns: None,
             aer: None,
+            aborts_in_flight: Default::default(),
             answered: 0,
         }
     }
@@ -173,6 +176,11 @@ impl Host {
             let mut queue = self.admin.take().expect("checked just above");
             self.lose(env, &mut queue);
             self.aer = None;
+            // Aborts lost with the admin queue never reach the target.
+            self.aborts_in_flight.clear();
+            for queue in self.io.iter_mut().flatten() {
+                queue.reserved.clear();
+            }
             if !matches!(self.phase, Phase::Idle { .. } | Phase::TearingDown { .. }) {
                 env.stats.controllers_lost += 1;
                 self.phase = Phase::TearingDown { since_ns: env.now_ns };
@@ -268,7 +276,10 @@ impl Host {
             let qid = index as u16 + 1;
             if self.io[index].is_none() && qid <= self.granted_queues && env.now_ns >= self.reopen_at_ns[index] {
                 let digests = self.digests();
-                self.io[index] = Some(Queue::open(env, self.id, qid, self.config.io_entries, digests));
+                let mut queue = Queue::open(env, self.id, qid, self.config.io_entries, digests);
+                queue.reserved =
+                    self.aborts_in_flight.iter().filter(|(sqid, _)| *sqid == qid).map(|(_, cid)| *cid).collect();
+                self.io[index] = Some(queue);
             }
         }
     }
@@ -433,9 +444,13 @@ impl Host {
             Kind::GetChangedLog => {
                 expect_success(env, "Get Log Page Changed Namespace List");
                 let known = |nsid: u32| nsid == 0 || nsid == u32::MAX || env.config.block_size(nsid) > 0;
-                let listed = cmd.data.chunks_exact(4).map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+                let listed =
+                    cmd.data.chunks_exact(4).map(|word| u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
                 if cmd.data.len() != 4096 || !listed.clone().all(known) {
-                    env.fail(format!("host {host}: Changed Namespace List of {} bytes names unknown namespaces", cmd.data.len()));
+                    env.fail(format!(
+                        "host {host}: Changed Namespace List of {} bytes names unknown namespaces",
+                        cmd.data.len()
+                    ));
                 }
                 env.stats.changed_logs += 1;
             }
@@ -476,6 +491,10 @@ impl Host {
     /// An Abort said whether it aborted `victim`: the victim's own answer must agree.
     fn check_abort(&mut self, env: &mut Env, link: usize, sqid: u16, victim: u16, aborted: bool) {
         let host = self.id;
+        self.aborts_in_flight.remove(&(sqid, victim));
+        for queue in self.queues_mut().filter(|queue| queue.qid == sqid) {
+            queue.reserved.remove(&victim);
+        }
         let Some(queue) = self.queues_mut().find(|queue| queue.link == link) else { return };
         queue.abort_pending.remove(&victim);
         if let Some(status) = queue.answered_under_abort.remove(&victim) {
@@ -610,6 +629,21 @@ impl Host {
                     env.fail(format!("host {host}: write cid {cid} on queue {qid} failed: {status}"));
                 }
             }
+            Kind::WriteZeroes { stamp, .. } | Kind::Deallocate { stamp, .. } => {
+                if status == Status::SUCCESS {
+                    env.stats.zeroings += 1;
+                    env.model.write_acked(stamp, seq);
+                } else if status == status::ABORTED_BY_REQUEST {
+                    env.stats.aborted_commands += 1;
+                    env.model.write_aborted(stamp);
+                } else if status == Status::INTERNAL_ERROR || sequence_error_allowed {
+                    // The disk failed one of its I/Os: some ranges may be zeroed, some not.
+                    env.stats.io_errors += 1;
+                    env.model.write_failed(stamp, seq);
+                } else {
+                    env.fail(format!("host {host}: {} cid {cid} on queue {qid} failed: {status}", cmd.kind.name()));
+                }
+            }
             Kind::Flush => {
                 if !(status == Status::SUCCESS || status == Status::INTERNAL_ERROR || sequence_error_allowed) {
                     env.fail(format!("host {host}: flush cid {cid} failed: {status}"));
@@ -693,14 +727,17 @@ impl Host {
                 })
             })
         };
-        let Some((queue, victim)) = target else { return };
-        let (link, sqid) = (queue.link, queue.qid);
+        let Some((link, sqid, victim)) = target.map(|(queue, victim)| (queue.link, queue.qid, victim)) else { return };
+        if self.send_admin(env, Kind::Abort { link, sqid, cid: victim }).is_none() {
+            return;
+        }
+        env.stats.aborts_sent += 1;
+        self.aborts_in_flight.insert((sqid, victim));
+        let queue = self.queues_mut().find(|queue| queue.link == link).expect("the victim's queue");
         if let Some(cmd) = queue.cmds.get_mut(&victim) {
             cmd.abort_requested = true;
             queue.abort_pending.insert(victim);
         }
-        env.stats.aborts_sent += 1;
-        self.send_admin(env, Kind::Abort { link, sqid, cid: victim });
     }
 
     /// Keeps the live I/O queues busy with reads and writes.
@@ -816,7 +853,19 @@ fn submit_io(rng: &mut Rng, env: &mut Env, queue: &mut Queue, invalid_per_millio
         0..=1 => {
             queue.submit(env, Kind::Flush, |cid| SqeBuilder::new(io::FLUSH, cid).nsid(nsid).build(), &[]);
         }
-        2..=49 => {
+        2..=3 => {
+            let stamp = env.next_stamp();
+            let cid = queue.submit(
+                env,
+                Kind::WriteZeroes { stamp },
+                |cid| SqeBuilder::new(io::WRITE_ZEROES, cid).rw(nsid, lba, blocks as u32).build(),
+                &[],
+            );
+            let seq = queue.cmds[&cid].sent_seq;
+            env.model.zeroes_sent(stamp, nsid, &[(lba, blocks)], seq);
+        }
+        4..=5 => submit_deallocate(rng, env, queue, nsid, num_blocks),
+        6..=49 => {
             let cid = queue.submit(
                 env,
                 Kind::Read { nsid, lba, blocks, bytes },
@@ -847,6 +896,42 @@ fn submit_io(rng: &mut Rng, env: &mut Env, queue: &mut Queue, invalid_per_millio
             env.model.write_sent(stamp, nsid, lba, blocks, seq);
         }
     }
+}
+
+/// Dataset Management, Attribute Deallocate, over a few ranges (NVM Command Set 1.0,
+/// 3.2.3): the range list in the capsule or fetched with R2T, as long as the ranges or a
+/// whole 4 KiB as Linux sends it.
+fn submit_deallocate(rng: &mut Rng, env: &mut Env, queue: &mut Queue, nsid: u32, num_blocks: u64) {
+    const RANGE_BYTES: usize = 16;
+    let count = rng.range(1, 4) as usize;
+    let ranges: Vec<(u64, u64)> = (0..count)
+        .map(|_| {
+            let blocks = rng.range(1, num_blocks.min(64));
+            (rng.below(num_blocks - blocks + 1), blocks)
+        })
+        .collect();
+    let len = if rng.coin() { count * RANGE_BYTES } else { 4096 };
+    let mut data = vec![0u8; len];
+    for (index, (lba, blocks)) in ranges.iter().enumerate() {
+        let at = index * RANGE_BYTES;
+        data[at + 4..at + 8].copy_from_slice(&(*blocks as u32).to_le_bytes());
+        data[at + 8..at + 16].copy_from_slice(&lba.to_le_bytes());
+    }
+    let in_capsule = len <= env.config.in_capsule_bytes && rng.coin();
+    let stamp = env.next_stamp();
+    let capsule = if in_capsule { data.clone() } else { Vec::new() };
+    let kind = Kind::Deallocate { stamp, data, in_capsule };
+    let cid = queue.submit(
+        env,
+        kind,
+        |cid| {
+            let sqe = SqeBuilder::new(io::DATASET_MANAGEMENT, cid).nsid(nsid).cdw(10, count as u32 - 1).cdw(11, 1 << 2);
+            if in_capsule { sqe.in_capsule(len as u32) } else { sqe.transport_data(len as u32) }.build()
+        },
+        &capsule,
+    );
+    let seq = queue.cmds[&cid].sent_seq;
+    env.model.zeroes_sent(stamp, nsid, &ranges, seq);
 }
 
 /// A command the target must refuse, with the status it must refuse it with.

@@ -17,11 +17,24 @@ const NEVER: u64 = u64::MAX;
 #[derive(Clone, Copy, Debug)]
 struct Version {
     stamp: u64,
+    /// The command wrote zeroes (Write Zeroes, deallocation): it reads as stamp 0.
+    zero: bool,
     sent: u64,
     /// When it was known to have finished: acknowledged, failed, or gone from the device.
     finished: u64,
     /// When a later write was acknowledged that certainly came after it.
     covered: u64,
+}
+
+impl Version {
+    /// Whether a block that decodes as `stamp` may be this version.
+    fn reads_as(&self, stamp: u64) -> bool {
+        if self.zero {
+            stamp == 0
+        } else {
+            self.stamp == stamp
+        }
+    }
 }
 
 struct Namespace {
@@ -40,8 +53,9 @@ struct Extent {
 
 pub struct Model {
     namespaces: BTreeMap<u32, Namespace>,
-    /// Writes in flight or lost with their connection, by stamp.
-    writes: HashMap<u64, Extent>,
+    /// Writes in flight or lost with their connection, by stamp (a deallocation may
+    /// name several ranges).
+    writes: HashMap<u64, Vec<Extent>>,
     /// Reads in flight, by the sequence number they were sent at (with a count).
     reads: BTreeMap<u64, u32>,
     pub versions_checked: u64,
@@ -49,7 +63,7 @@ pub struct Model {
 
 impl Model {
     pub fn new(namespaces: &[(u32, u64)]) -> Model {
-        let initial = Version { stamp: 0, sent: 0, finished: 0, covered: NEVER };
+        let initial = Version { stamp: 0, zero: true, sent: 0, finished: 0, covered: NEVER };
         Model {
             namespaces: namespaces
                 .iter()
@@ -67,27 +81,44 @@ impl Model {
     }
 
     pub fn write_sent(&mut self, stamp: u64, nsid: u32, lba: u64, blocks: u64, seq: u64) {
-        let extent = Extent { nsid, lba, blocks, sent: seq };
-        assert!(self.writes.insert(stamp, extent).is_none(), "stamp {stamp} used twice");
-        for versions in self.blocks_mut(&extent) {
-            versions.push(Version { stamp, sent: seq, finished: NEVER, covered: NEVER });
+        self.sent(stamp, &[(lba, blocks)], nsid, seq, false);
+    }
+
+    /// A command that zeroes `ranges` (Write Zeroes, Dataset Management deallocate).
+    pub fn zeroes_sent(&mut self, stamp: u64, nsid: u32, ranges: &[(u64, u64)], seq: u64) {
+        self.sent(stamp, ranges, nsid, seq, true);
+    }
+
+    fn sent(&mut self, stamp: u64, ranges: &[(u64, u64)], nsid: u32, seq: u64, zero: bool) {
+        let extents: Vec<Extent> =
+            ranges.iter().map(|&(lba, blocks)| Extent { nsid, lba, blocks, sent: seq }).collect();
+        for extent in &extents {
+            for versions in self.blocks_mut(extent) {
+                // Ranges of one deallocation may overlap: one version per block.
+                if versions.last().is_none_or(|last| last.stamp != stamp) {
+                    versions.push(Version { stamp, zero, sent: seq, finished: NEVER, covered: NEVER });
+                }
+            }
         }
+        assert!(self.writes.insert(stamp, extents).is_none(), "stamp {stamp} used twice");
     }
 
     /// The write is acknowledged: it landed, and covers what finished before it was sent.
     pub fn write_acked(&mut self, stamp: u64, seq: u64) {
-        let extent = self.writes.remove(&stamp).unwrap_or_else(|| panic!("ack of unknown write {stamp}"));
+        let extents = self.writes.remove(&stamp).unwrap_or_else(|| panic!("ack of unknown write {stamp}"));
         let horizon = self.oldest_read();
-        for versions in self.blocks_mut(&extent) {
-            for version in versions.iter_mut() {
-                if version.stamp == stamp {
-                    version.finished = seq;
-                } else if version.finished < extent.sent && version.covered == NEVER {
-                    version.covered = seq;
+        for extent in &extents {
+            for versions in self.blocks_mut(extent) {
+                for version in versions.iter_mut() {
+                    if version.stamp == stamp {
+                        version.finished = seq;
+                    } else if version.finished < extent.sent && version.covered == NEVER {
+                        version.covered = seq;
+                    }
                 }
+                // What was covered before the oldest read in flight was sent, no read can see.
+                versions.retain(|version| version.covered >= horizon);
             }
-            // What was covered before the oldest read in flight was sent, no read can see.
-            versions.retain(|version| version.covered >= horizon);
         }
     }
 
@@ -99,19 +130,23 @@ impl Model {
     /// The write was aborted before it started (Abort found it waiting for buffers): it
     /// never reached the device, so no read may ever see it.
     pub fn write_aborted(&mut self, stamp: u64) {
-        let extent = self.writes.remove(&stamp).unwrap_or_else(|| panic!("abort of unknown write {stamp}"));
-        for versions in self.blocks_mut(&extent) {
-            versions.retain(|version| version.stamp != stamp);
+        let extents = self.writes.remove(&stamp).unwrap_or_else(|| panic!("abort of unknown write {stamp}"));
+        for extent in &extents {
+            for versions in self.blocks_mut(extent) {
+                versions.retain(|version| version.stamp != stamp);
+            }
         }
     }
 
     /// A write whose connection was lost finished at the device (or never will start):
     /// from now on it can only be covered.
     pub fn write_finished(&mut self, stamp: u64, seq: u64) {
-        let Some(extent) = self.writes.remove(&stamp) else { return };
-        for versions in self.blocks_mut(&extent) {
-            for version in versions.iter_mut().filter(|version| version.stamp == stamp) {
-                version.finished = seq;
+        let Some(extents) = self.writes.remove(&stamp) else { return };
+        for extent in &extents {
+            for versions in self.blocks_mut(extent) {
+                for version in versions.iter_mut().filter(|version| version.stamp == stamp) {
+                    version.finished = seq;
+                }
             }
         }
     }
@@ -139,7 +174,7 @@ impl Model {
     pub fn check_read(&mut self, nsid: u32, lba: u64, stamp: u64, sent: u64, seq: u64) -> Result<(), String> {
         self.versions_checked += 1;
         let versions = &self.namespaces[&nsid].blocks[lba as usize];
-        let ok = versions.iter().any(|version| version.stamp == stamp && version.sent < seq && version.covered > sent);
+        let ok = versions.iter().any(|version| version.reads_as(stamp) && version.sent < seq && version.covered > sent);
         if ok {
             return Ok(());
         }
@@ -157,7 +192,7 @@ impl Model {
     /// version no acknowledged write has covered.
     pub fn check_rest(&self, nsid: u32, lba: u64, stamp: u64) -> Result<(), String> {
         let versions = &self.namespaces[&nsid].blocks[lba as usize];
-        if versions.iter().any(|version| version.stamp == stamp && version.covered == NEVER) {
+        if versions.iter().any(|version| version.reads_as(stamp) && version.covered == NEVER) {
             return Ok(());
         }
         Err(format!(
@@ -203,4 +238,9 @@ fn overlapping_writes_are_ambiguous_until_one_covers_the_other() {
     model.write_sent(14, 1, 2, 1, 12);
     model.write_aborted(14);
     assert!(model.check_rest(1, 2, 14).is_err());
+    // Deallocated blocks read as zeroes, even where the first write put something else.
+    model.zeroes_sent(15, 1, &[(0, 1), (0, 2)], 13);
+    model.write_acked(15, 14);
+    assert!(model.check_rest(1, 0, 0).is_ok() && model.check_rest(1, 1, 0).is_ok());
+    assert!(model.check_rest(1, 0, 10).is_err());
 }

@@ -61,6 +61,16 @@ pub enum Kind {
         stamp: u64,
         in_capsule: bool,
     },
+    WriteZeroes {
+        stamp: u64,
+    },
+    /// Dataset Management with Attribute Deallocate, its range list `data` (NVM Command
+    /// Set 1.0, 3.2.3).
+    Deallocate {
+        stamp: u64,
+        data: Vec<u8>,
+        in_capsule: bool,
+    },
     Flush,
     /// A command the target must refuse with `expected`.
     Invalid {
@@ -86,6 +96,8 @@ impl Kind {
             Kind::Disconnect => "Disconnect",
             Kind::Read { .. } => "Read",
             Kind::Write { .. } => "Write",
+            Kind::WriteZeroes { .. } => "Write Zeroes",
+            Kind::Deallocate { .. } => "Dataset Management",
             Kind::Flush => "Flush",
             Kind::Invalid { .. } => "invalid command",
         }
@@ -128,6 +140,9 @@ pub struct Queue {
     /// Command IDs an Abort in flight names: not reused until it is answered, or the
     /// Abort could hit the wrong command.
     pub abort_pending: BTreeSet<u16>,
+    /// Command IDs an Abort sent for an earlier queue with this QID still names: the
+    /// target finds a queue by QID, so they wait for that Abort's answer too.
+    pub reserved: BTreeSet<u16>,
     /// Statuses of commands answered while an Abort named them, for that Abort's answer.
     pub answered_under_abort: BTreeMap<u16, Status>,
     /// When the queue was opened, for the watchdog.
@@ -156,6 +171,7 @@ impl Queue {
             next_cid: 0,
             rx_pos: 0,
             abort_pending: BTreeSet::new(),
+            reserved: BTreeSet::new(),
             answered_under_abort: BTreeMap::new(),
             opened_ns: env.now_ns,
             terminated: false,
@@ -195,7 +211,7 @@ impl Queue {
         loop {
             let cid = self.next_cid;
             self.next_cid = self.next_cid.wrapping_add(1);
-            if !self.cmds.contains_key(&cid) && !self.abort_pending.contains(&cid) {
+            if !self.cmds.contains_key(&cid) && !self.abort_pending.contains(&cid) && !self.reserved.contains(&cid) {
                 return cid;
             }
         }
@@ -400,17 +416,21 @@ impl Queue {
         let Some(cmd) = self.cmds.get(&r2t.cccid) else {
             env.fail(format!("{queue}: R2T for command {}, which is not outstanding", r2t.cccid));
         };
-        let Kind::Write { nsid, lba, blocks, stamp, in_capsule: false } = cmd.kind else {
-            env.fail(format!("{queue}: R2T for a {} (cid {})", cmd.kind.name(), r2t.cccid));
+        let data = match &cmd.kind {
+            Kind::Write { nsid, lba, blocks, stamp, in_capsule: false } => {
+                let block_size = env.config.block_size(*nsid);
+                let mut data = vec![0u8; *blocks as usize * block_size];
+                pattern::fill_blocks(&mut data, block_size, *nsid, *lba, *stamp);
+                data
+            }
+            Kind::Deallocate { data, in_capsule: false, .. } => data.clone(),
+            other => env.fail(format!("{queue}: R2T for a {} (cid {})", other.name(), r2t.cccid)),
         };
-        let block_size = env.config.block_size(nsid);
-        let total = blocks as usize * block_size;
+        let total = data.len();
         let (offset, length) = (r2t.offset as usize, r2t.length as usize);
         if length == 0 || offset + length > total || length > env.config.max_io_size as usize {
             env.fail(format!("{queue}: R2T for cid {} asks for {offset}+{length} of {total}", r2t.cccid));
         }
-        let mut data = vec![0u8; total];
-        pattern::fill_blocks(&mut data, block_size, nsid, lba, stamp);
         let mut at = offset;
         while at < offset + length {
             let most = (offset + length - at).min(self.maxh2cdata);

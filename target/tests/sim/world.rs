@@ -145,6 +145,8 @@ pub struct Stats {
     pub reads: u64,
     pub writes: u64,
     pub in_capsule_writes: u64,
+    /// Write Zeroes and deallocations acknowledged.
+    pub zeroings: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub r2t: u64,
@@ -310,7 +312,9 @@ impl Env {
         match cmd.kind {
             Kind::Read { .. } => self.model.read_done(cmd.sent_seq),
             // It may still reach the media, until the target lets the connection go.
-            Kind::Write { stamp, .. } => self.lost_writes.entry(conn_id).or_default().push(stamp),
+            Kind::Write { stamp, .. } | Kind::WriteZeroes { stamp, .. } | Kind::Deallocate { stamp, .. } => {
+                self.lost_writes.entry(conn_id).or_default().push(stamp)
+            }
             _ => {}
         }
     }
