@@ -430,7 +430,7 @@ impl Host {
                 expect_success(env, "Get Features Keep Alive Timer");
                 // The target rounds the timeout up to its granularity (KAS): keep to its value.
                 let kato_ms = result as u32;
-                if kato_ms < self.config.kato_ms || kato_ms % 100 != 0 {
+                if kato_ms < self.config.kato_ms || !kato_ms.is_multiple_of(100) {
                     env.fail(format!("host {host}: asked for KATO {} ms, got {kato_ms} ms", self.config.kato_ms));
                 }
                 self.kato_ms = kato_ms;

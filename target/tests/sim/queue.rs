@@ -320,7 +320,7 @@ impl Queue {
                 if response.digests != self.digests || response.pfv != 0 || response.cpda != 0 {
                     env.fail(format!("{queue}: ICResp {response:?} does not answer our ICReq"));
                 }
-                if response.maxh2cdata < 4096 || response.maxh2cdata % 4 != 0 {
+                if response.maxh2cdata < 4096 || !response.maxh2cdata.is_multiple_of(4) {
                     env.fail(format!("{queue}: MAXH2CDATA {} (NVMe/TCP 1.0, 3.6.2.3)", response.maxh2cdata));
                 }
                 self.maxh2cdata = response.maxh2cdata as usize;

@@ -494,7 +494,7 @@ impl World {
             host.step(env);
         }
         env.app.step(env.now_ns);
-        if self.steps % 1024 == 0 {
+        if self.steps.is_multiple_of(1024) {
             self.audit();
         }
     }
