@@ -49,6 +49,9 @@ pub struct Conn<S: Socket = TcpStream> {
     out_pos: usize,
     /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
     max_h2c_data: usize,
+    /// Where C2HData puts its data: at a multiple of this many bytes from the PDU's
+    /// start, as the host asked with ICReq HPDA (NVMe/TCP 1.0, 3.6.2.2).
+    pub(super) data_alignment: usize,
     pub(super) qpair: Qpair,
     /// The listener's count of live connections, released when this one goes.
     listener_connections: Arc<AtomicU32>,
@@ -85,6 +88,7 @@ impl<S: Socket> Conn<S> {
             out: Vec::new(),
             out_pos: 0,
             max_h2c_data,
+            data_alignment: 4,
             qpair,
             listener_connections,
         })
@@ -307,6 +311,8 @@ impl<S: Socket> Conn<S> {
             return Err(Fatal::field(10));
         }
         self.digests = request.digests;
+        // HPDA is 0's based, in dwords: 4 to 128 bytes.
+        self.data_alignment = (usize::from(request.hpda) + 1) * 4;
         let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.max_h2c_data as u32 };
         self.out.extend_from_slice(&response.encode());
         self.phase = Phase::Ready;

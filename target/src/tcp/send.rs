@@ -3,7 +3,7 @@
 use peerless_core::mem::{ChunkReader, Sgl};
 
 use super::conn::Conn;
-use super::pdu::{self, pdu_type};
+use super::pdu;
 use super::socket::Socket;
 use crate::nvme::{Cqe, Status};
 use crate::nvmf::qpair::Action;
@@ -42,8 +42,9 @@ impl<S: Socket> Conn<S> {
         }
         let header = pdu::DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32 };
         let header_start = self.out.len();
-        let encoded = pdu::data_pdu(pdu_type::C2H_DATA, header, flags, self.digests);
+        let (encoded, pad) = pdu::c2h_data(header, flags, self.digests, self.data_alignment);
         self.out.extend_from_slice(encoded.as_slice());
+        self.out.resize(self.out.len() + pad, 0);
         // The send buffer is the host staging chunk: device data is copied into it
         // through the gate's accessors and the digest is computed there, never by
         // reading device memory twice.
