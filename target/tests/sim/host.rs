@@ -126,6 +126,11 @@ impl Host {
         Digests { header: self.rng.coin(), data: self.rng.coin() }
     }
 
+    /// Host PDU Data Alignment for a new connection: mostly none, as Linux asks.
+    fn hpda(&mut self) -> u8 {
+        *self.rng.pick(&[0, 0, 0, 1, 2, 3, 7, 31])
+    }
+
     /// Every queue, admin first.
     fn queues_mut(&mut self) -> impl Iterator<Item = &mut Queue> {
         self.admin.iter_mut().chain(self.io.iter_mut().flatten())
@@ -210,7 +215,8 @@ impl Host {
         match self.phase {
             Phase::Idle { until_ns } if now >= until_ns && !env.finished => {
                 let digests = self.digests();
-                self.admin = Some(Queue::open(env, self.id, 0, self.config.admin_entries, digests));
+                let hpda = self.hpda();
+                self.admin = Some(Queue::open(env, self.id, 0, self.config.admin_entries, digests, hpda));
                 self.phase = Phase::Starting;
                 self.silent_until_ns = None;
             }
@@ -276,7 +282,8 @@ impl Host {
             let qid = index as u16 + 1;
             if self.io[index].is_none() && qid <= self.granted_queues && env.now_ns >= self.reopen_at_ns[index] {
                 let digests = self.digests();
-                let mut queue = Queue::open(env, self.id, qid, self.config.io_entries, digests);
+                let hpda = self.hpda();
+                let mut queue = Queue::open(env, self.id, qid, self.config.io_entries, digests, hpda);
                 queue.reserved =
                     self.aborts_in_flight.iter().filter(|(sqid, _)| *sqid == qid).map(|(_, cid)| *cid).collect();
                 self.io[index] = Some(queue);

@@ -131,6 +131,8 @@ pub struct Queue {
     pub conn_id: u64,
     pub state: QState,
     pub digests: Digests,
+    /// Host PDU Data Alignment asked for in ICReq, in dwords, 0's based.
+    hpda: u8,
     /// SQSIZE + 1: the host keeps at most one less outstanding.
     pub entries: u16,
     maxh2cdata: usize,
@@ -155,9 +157,9 @@ pub struct Queue {
 
 impl Queue {
     /// Opens a link to the target and sends ICReq.
-    pub fn open(env: &mut Env, host: usize, qid: u16, entries: u16, digests: Digests) -> Queue {
+    pub fn open(env: &mut Env, host: usize, qid: u16, entries: u16, digests: Digests, hpda: u8) -> Queue {
         let (link, conn_id) = env.open_link(host, digests.header && digests.data);
-        let request = IcReq { pfv: 0, hpda: 0, digests, maxr2t: 0 };
+        let request = IcReq { pfv: 0, hpda, digests, maxr2t: 0 };
         env.send(link, &request.encode());
         Queue {
             qid,
@@ -165,6 +167,7 @@ impl Queue {
             conn_id,
             state: QState::Handshake,
             digests,
+            hpda,
             entries,
             maxh2cdata: 0,
             cmds: BTreeMap::new(),
@@ -290,6 +293,14 @@ impl Queue {
         let hlen = usize::from(header.hlen);
         if layout.header_bytes > hlen && !pdu::header_digest_ok(&rx[..layout.header_bytes], hlen) {
             return Err(format!("header digest error on PDU type {:#x}", header.pdu_type));
+        }
+        // Data the host asked to be aligned must be (NVMe/TCP 1.0, 3.6.2.2 HPDA).
+        let alignment = (usize::from(self.hpda) + 1) * 4;
+        if layout.data_len > 0 && layout.data_offset % alignment != 0 {
+            return Err(format!(
+                "PDU type {:#x} has its data at {}, HPDA asks for {alignment}",
+                header.pdu_type, layout.data_offset
+            ));
         }
         if rx.len() < layout.total {
             return Ok(false);
