@@ -294,9 +294,10 @@ impl Queue {
         if layout.header_bytes > hlen && !pdu::header_digest_ok(&rx[..layout.header_bytes], hlen) {
             return Err(format!("header digest error on PDU type {:#x}", header.pdu_type));
         }
-        // Data the host asked to be aligned must be (NVMe/TCP 1.0, 3.6.2.2 HPDA).
+        // Data the host asked to be aligned must be (NVMe/TCP 1.0, 3.6.2.2 HPDA); a
+        // TermReq's error data follows its header, PDO being reserved there.
         let alignment = (usize::from(self.hpda) + 1) * 4;
-        if layout.data_len > 0 && layout.data_offset % alignment != 0 {
+        if header.pdu_type == pdu_type::C2H_DATA && layout.data_offset % alignment != 0 {
             return Err(format!(
                 "PDU type {:#x} has its data at {}, HPDA asks for {alignment}",
                 header.pdu_type, layout.data_offset
