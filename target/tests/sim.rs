@@ -75,7 +75,7 @@ fn describe(report: &Report, wall: std::time::Duration) -> String {
         "seed {:#x}: {} commands in {:.2}s ({:.0}/s), {} steps, {:.3}s simulated; {} reads {} writes ({} in capsule, {} R2T) {} zeroings, \
          {} I/O errors, {} refused, {} lost; links {} (reset {}), terminations {}+{}; keep-alives {}, silences {} \
          (controllers lost {}), resets {}/{}, disconnects {}, connects refused {}; aborts {} sent, {} answered, {} hit, \
-         {} of AERs; {} mangled PDUs, {} namespace events ({} logs read); {} buffer waits, {} disk refusals; \
+         {} of AERs; {} mangled PDUs, {} namespace events ({} logs read); {} buffer waits, {} disk refusals; {} bytes in device memory, {} P2P fallbacks; \
          trace {:#018x}",
         report.seed,
         stats.commands,
@@ -111,6 +111,8 @@ fn describe(report: &Report, wall: std::time::Duration) -> String {
         stats.changed_logs,
         stats.buffer_waits,
         stats.disk_nomem,
+        stats.device_bytes,
+        stats.p2p_fallbacks,
         report.trace
     )
 }
@@ -147,6 +149,7 @@ fn swarm() {
         total.buffer_waits += stats.buffer_waits;
         total.events += stats.events;
         total.disconnects += stats.disconnects;
+        total.device_bytes += stats.device_bytes;
     }
     let wall = started.elapsed();
     println!(
@@ -161,7 +164,7 @@ fn swarm() {
         assert!(total.reads > 0 && total.writes > 0 && total.r2t > 0 && total.in_capsule_writes > 0, "{total:?}");
         assert!(total.keep_alives > 0 && total.aborts_answered > 0 && total.aborts_hit > 0, "{total:?}");
         assert!(total.resets_done > 0 && total.buffer_waits > 0 && total.events > 0, "{total:?}");
-        assert!(total.disconnects > 0, "{total:?}");
+        assert!(total.disconnects > 0 && total.device_bytes > 0, "{total:?}");
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use peerless_bdev::{Bdev, BdevChannelOps, BdevInfo, BdevIo, IoStatus, IoType, SubmitError, Uuid};
-use peerless_core::mem::{self, Sgl};
+use peerless_core::mem::{self, DomainId, Sgl};
 use peerless_core::reactor::{PollStatus, ThreadCtx};
 use serde_json::Value;
 
@@ -55,6 +55,9 @@ pub type Disk = Arc<Mutex<DiskState>>;
 pub struct SimDisk {
     info: BdevInfo,
     state: Disk,
+    /// The device memory domain it moves data from and to itself, if any (a peer's CMB
+    /// the target places data in); buffers elsewhere the layer bounces through host memory.
+    dma_domain: Option<DomainId>,
 }
 
 impl SimDisk {
@@ -65,6 +68,7 @@ impl SimDisk {
         num_blocks: u64,
         rng: Rng,
         faults: DiskFaults,
+        dma_domain: Option<DomainId>,
     ) -> (SimDisk, Disk) {
         let state = Arc::new(Mutex::new(DiskState {
             nsid,
@@ -87,7 +91,7 @@ impl SimDisk {
             uuid: Uuid(uuid),
             max_io_blocks: 0,
         };
-        (SimDisk { info, state: state.clone() }, state)
+        (SimDisk { info, state: state.clone(), dma_domain }, state)
     }
 }
 
@@ -98,6 +102,10 @@ impl Bdev for SimDisk {
 
     fn supports(&self, io_type: IoType) -> bool {
         matches!(io_type, IoType::Read | IoType::Write | IoType::Flush | IoType::Unmap | IoType::WriteZeroes)
+    }
+
+    fn accepts_domain(&self, domain: DomainId) -> bool {
+        self.dma_domain == Some(domain)
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use peerless_bdev::{BdevManager, ClaimType};
-use peerless_core::mem::IoBufClass;
+use peerless_core::mem::{CmbConfig, EmulatedCmb, IoBufClass, CMB_GRANULE_BYTES};
 use peerless_core::reactor::{AppOptions, SteppedApp, ThreadCtx, ThreadId};
 use peerless_target::nvmf::buffers::DataPool;
 use peerless_target::nvmf::poll_group;
@@ -54,6 +54,17 @@ pub struct SimConfig {
     pub link_reset_per_million: u32,
     /// A namespace of the subsystem changes (an event for every controller).
     pub ns_change_per_million: u32,
+    /// Device memory (an emulated CMB) the first namespace has the target place data in.
+    pub p2p: Option<P2pConfig>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct P2pConfig {
+    pub size_bytes: usize,
+    /// IoMem (reached through accessors) or Device memory (only by its DMA engine).
+    pub cpu_mappable: bool,
+    /// Whether the disk moves data from and to it itself; if not, the bdev layer bounces.
+    pub disk_dma: bool,
 }
 
 impl SimConfig {
@@ -129,6 +140,11 @@ impl SimConfig {
             disk,
             link_reset_per_million: rng.swarm_rate(50),
             ns_change_per_million: rng.swarm_rate(100),
+            p2p: (rng.below(3) == 0).then(|| P2pConfig {
+                size_bytes: CMB_GRANULE_BYTES * rng.range(4, 256) as usize,
+                cpu_mappable: rng.coin(),
+                disk_dma: rng.below(4) != 0,
+            }),
         }
     }
 
@@ -177,6 +193,10 @@ pub struct Stats {
     pub buffer_waits: u64,
     /// The disks' count of I/O refused for lack of resources (the layer retried them).
     pub disk_nomem: u64,
+    /// Commands whose namespace wanted P2P memory but got host memory (the CMB was full).
+    pub p2p_fallbacks: u64,
+    /// Payload bytes the target placed in device memory.
+    pub device_bytes: u64,
 }
 
 /// The TCP transport of the simulation: the real one's options and buffers, with poll
@@ -246,6 +266,7 @@ pub struct Env {
     local: SocketAddr,
     subsystem: Arc<Subsystem>,
     pub disks: Vec<Disk>,
+    cmb: Option<EmulatedCmb>,
 }
 
 impl Env {
@@ -366,9 +387,21 @@ impl World {
         let thread = handle.app_thread();
         app.step(0);
 
+        let cmb = config.p2p.map(|p2p| {
+            let cmb_config = CmbConfig {
+                cpu_mappable: p2p.cpu_mappable,
+                ..CmbConfig::new(&format!("simcmb{seed}"), p2p.size_bytes)
+            };
+            EmulatedCmb::new(cmb_config).expect("an emulated CMB")
+        });
+        let p2p_nsid = config.namespaces[0].0;
         let bdevs = BdevManager::new();
         let mut disks = Vec::new();
         for &(nsid, block_size, blocks) in &config.namespaces {
+            let dma_domain = match (&cmb, config.p2p) {
+                (Some(cmb), Some(p2p)) if nsid == p2p_nsid && p2p.disk_dma => Some(cmb.provider().domain()),
+                _ => None,
+            };
             let (disk, state) = SimDisk::new(
                 &format!("Sim{nsid}"),
                 nsid,
@@ -376,6 +409,7 @@ impl World {
                 blocks,
                 rng.fork(0xd15c + u64::from(nsid)),
                 config.disk,
+                dma_domain,
             );
             bdevs.register(Arc::new(disk)).expect("register a simulated disk");
             disks.push(state);
@@ -401,8 +435,11 @@ impl World {
                         nguid: uuid,
                         eui64: [0; 8],
                         uuid,
-                        p2pmem: "off".into(),
-                        provider: None,
+                        p2pmem: match &cmb {
+                            Some(cmb) if nsid == p2p_nsid => cmb.provider().name().to_string(),
+                            _ => "off".into(),
+                        },
+                        provider: cmb.as_ref().filter(|_| nsid == p2p_nsid).map(EmulatedCmb::provider),
                     }),
                 );
             }
@@ -455,6 +492,7 @@ impl World {
             local,
             subsystem,
             disks,
+            cmb,
         };
         World { env, hosts, rng: rng.fork(0x3071d), steps: 0 }
     }
@@ -599,6 +637,8 @@ impl World {
             .run_on(self.env.thread, move |ctx| poll_group::with(&target, ctx, |group, _| group.stats()))
             .expect("the app thread");
         self.env.stats.buffer_waits = stats.buffer_waits;
+        self.env.stats.p2p_fallbacks = stats.p2p_fallbacks;
+        self.env.stats.device_bytes = stats.placed_bytes[1] + stats.placed_bytes[2];
         self.env.stats.disk_nomem = self.env.disks.iter().map(|disk| disk.lock().stats.nomem).sum();
         self.env.stats.commands = self.answered();
         let stats = self.env.stats;
@@ -621,6 +661,16 @@ impl World {
             self.env.fail(format!(
                 "buffers leaked: {small} small and {large} large in the pool, {cached:?} cached, of {capacity} each"
             ));
+        }
+        if let Some(cmb) = &self.env.cmb {
+            let provider = cmb.provider();
+            if provider.available_bytes() != provider.capacity_bytes() {
+                self.env.fail(format!(
+                    "P2P buffers leaked: {} of {} bytes of the CMB free",
+                    provider.available_bytes(),
+                    provider.capacity_bytes()
+                ));
+            }
         }
     }
 
