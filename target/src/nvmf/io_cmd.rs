@@ -61,8 +61,9 @@ pub fn check_sgl(
     if direction == Direction::None {
         return Ok(Transfer::NONE);
     }
-    if sqe.psdt() == 0 {
-        // PRPs have no meaning on a fabric.
+    if !matches!(sqe.psdt(), 1 | 2) {
+        // PRPs have no meaning on a fabric, and PSDT 11b is reserved (NVMe Base 2.0,
+        // Figure 88).
         return Err(Status::INVALID_FIELD);
     }
     if sqe.sgl_length() as usize != bytes {
@@ -196,6 +197,8 @@ mod tests {
         check(too_big, 0, Err(Status::INVALID_FIELD));
         let prp = SqeBuilder::new(opc::READ, 1).rw(1, 0, 1).transport_data(512).byte(1, 0).build();
         check(prp, 0, Err(Status::INVALID_FIELD));
+        let reserved = SqeBuilder::new(opc::READ, 1).rw(1, 0, 1).transport_data(512).byte(1, 3 << 6).build();
+        check(reserved, 0, Err(Status::INVALID_FIELD));
         check(SqeBuilder::new(0x7e, 1).nsid(1).build(), 0, Err(Status::INVALID_OPCODE));
     }
 
