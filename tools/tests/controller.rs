@@ -111,7 +111,8 @@ fn abort_ends_a_held_aer_and_says_when_nothing_was_aborted() {
     let mut controller = connect(addr);
     let aer = controller.submit_async_event_request().unwrap();
     // Abort (NVMe Base 2.0, 5.1): CDW10 = SQID | CID << 16; DW0 bit 0 clear = aborted.
-    let abort = |cid: u16, sqid: u16| SqeBuilder::new(admin::ABORT, 0).cdw(10, u32::from(sqid) | (u32::from(cid) << 16));
+    let abort =
+        |cid: u16, sqid: u16| SqeBuilder::new(admin::ABORT, 0).cdw(10, u32::from(sqid) | (u32::from(cid) << 16));
     let done = controller.admin().execute(abort(aer, 0), Xfer::None, Vec::new()).unwrap();
     assert!(done.is_ok(), "{done:?}");
     assert_eq!(done.result & 1, 0, "the AER was aborted");
