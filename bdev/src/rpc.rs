@@ -129,9 +129,8 @@ fn get_bdevs(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetBdevs, respo
     let deadline = Instant::now() + Duration::from_millis(params.timeout);
     let manager = manager.clone();
     let mut responder = Some(responder);
-    let slot: std::rc::Rc<std::cell::Cell<Option<peerless_core::reactor::PollerId>>> = Default::default();
-    let own_id = slot.clone();
-    let id = ctx.register_timed_poller("bdev_get_bdevs_wait", APPEAR_POLL_US, move |ctx| {
+    // Outlives this call: it answers, then finishes itself.
+    ctx.poller("bdev_get_bdevs_wait", APPEAR_POLL_US, move |_| {
         let found = manager.entry(&name).ok();
         if found.is_none() && Instant::now() < deadline {
             return PollStatus::Idle;
@@ -144,12 +143,9 @@ fn get_bdevs(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetBdevs, respo
                 }
             }
         }
-        if let Some(id) = own_id.get() {
-            ctx.unregister_poller(id);
-        }
-        PollStatus::Busy
-    });
-    slot.set(Some(id));
+        PollStatus::Done
+    })
+    .detach();
 }
 
 #[derive(Deserialize)]
