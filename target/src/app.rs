@@ -178,7 +178,8 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
             log_error!("cannot watch the signalfd: {err}; falling back to polling it");
             period_us = SIGNAL_POLL_US;
         }
-        ctx.register_timed_poller("signals", period_us, move |ctx| match signals.read_signal() {
+        // Runs for as long as the app thread does.
+        ctx.poller("signals", period_us, move |ctx| match signals.read_signal() {
             Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
                 log_state(ctx);
                 PollStatus::Busy
@@ -189,7 +190,8 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
                 PollStatus::Busy
             }
             _ => PollStatus::Idle,
-        });
+        })
+        .detach();
     });
     if sent.is_err() {
         log_error!("the app thread exited before signals could be watched");
