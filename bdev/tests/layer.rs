@@ -310,6 +310,9 @@ impl Bdev for Stingy {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
+    fn module_name(&self) -> &'static str {
+        "stingy"
+    }
     fn supports(&self, io_type: IoType) -> bool {
         io_type == IoType::Read
     }
@@ -382,6 +385,9 @@ struct PickyChannel {
 impl Bdev for Picky {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+    fn module_name(&self) -> &'static str {
+        "picky"
     }
     fn supports(&self, io_type: IoType) -> bool {
         matches!(io_type, IoType::Read | IoType::Write | IoType::Reset)

@@ -100,7 +100,7 @@ fn file_media_keeps_data_across_a_recreate() {
     every_io_type_keeps_data(&harness, "Nvme0");
     // The file is reached through the device's staging memory, CMB bytes by its engine.
     cmb_round_trip(&harness, &bdev, "Nvme0");
-    nvmesim::delete(None, &harness.bdevs, "Nvme0").unwrap();
+    harness.bdevs.unregister_by_name(None, "Nvme0", nvmesim::MODULE_NAME).unwrap();
     drop(bdev);
     nvmesim(&harness, params);
     let desc = harness.open("Nvme0", false);
@@ -155,11 +155,11 @@ fn own_cmb_buffers_pass_through_passthru_without_bounce() {
     let bdev =
         nvmesim(&harness, CreateParams { cmb_size_mb: CMB_MB, ..CreateParams::new("Nvme0", 1024, BLOCK as u32) });
     let params = passthru::CreateParams { name: "PT0".into(), base_bdev_name: "Nvme0".into(), uuid: None };
-    let pt = passthru::create(&harness.bdevs, params).unwrap();
+    passthru::create(&harness.bdevs, params).unwrap();
     let provider = harness.bdevs.get("PT0").unwrap().p2p_provider().expect("passthru offers its base's CMB");
     assert_eq!(provider.domain(), bdev.cmb().unwrap().domain());
     cmb_round_trip(&harness, &bdev, "PT0");
-    passthru::delete(None, &harness.bdevs, &pt).unwrap();
+    harness.bdevs.unregister_by_name(None, "PT0", passthru::MODULE_NAME).unwrap();
 }
 
 #[test]
@@ -168,13 +168,13 @@ fn own_cmb_buffers_reach_the_device_through_a_split_part_without_bounce() {
     let bdev =
         nvmesim(&harness, CreateParams { cmb_size_mb: CMB_MB, ..CreateParams::new("Nvme0", 1024, BLOCK as u32) });
     let params = split::CreateParams { base_bdev: "Nvme0".into(), split_count: 2, split_size_mb: 0 };
-    let parts = split::create(&harness.bdevs, params).unwrap();
+    split::create(&harness.bdevs, params).unwrap();
     cmb_round_trip(&harness, &bdev, "Nvme0p1");
     // Part 1 starts at block 512: its block 100 is the device's 612.
     let base = harness.open("Nvme0", false);
     let on_base = harness.run_one(&base, read(612, 64, BLOCK));
     assert!(on_base.bytes() == pattern(100, 64, BLOCK, 8), "the part wrote at its offset on the device");
-    split::delete(None, &harness.bdevs, &parts).unwrap();
+    split::delete(None, &harness.bdevs, "Nvme0").unwrap();
 }
 
 #[test]
@@ -283,7 +283,7 @@ fn deleting_an_open_nvmesim_reaches_its_descriptors() {
     let on_remove = Box::new(move |_: &mut peerless_core::reactor::ThreadCtx| flag.store(true, Ordering::SeqCst));
     let desc = Arc::new(harness.bdevs.open("Nvme0", true, Some(harness.thread.clone()), Some(on_remove)).unwrap());
     assert_ok(&harness.run_one(&desc, patterned_write(0, 1, BLOCK, 0)));
-    assert!(nvmesim::delete(None, &harness.bdevs, "Nvme0").is_ok());
+    assert!(harness.bdevs.unregister_by_name(None, "Nvme0", nvmesim::MODULE_NAME).is_ok());
     let deadline = Instant::now() + WAIT;
     while !heard.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::yield_now();

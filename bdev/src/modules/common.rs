@@ -3,7 +3,6 @@
 //! the channel state they serve.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Weak;
 use std::sync::Arc;
 
@@ -17,9 +16,9 @@ use crate::manager::{BdevHandle, BdevManager, ClaimType, Desc};
 /// The bdev under a stacked one.
 pub(crate) struct BaseBdev {
     bdev: Arc<dyn Bdev>,
-    /// Taken (closing the descriptor, so releasing the claim) when the stacked bdev is
-    /// deleted; channels made before that keep their own handle. Locked only to make a
-    /// channel and at delete, never per I/O.
+    /// Taken (closing the descriptor, so releasing the claim) by the stacked bdev's
+    /// `destruct`; channels made before that keep their own handle. Locked only to make
+    /// a channel and at destruct, never per I/O.
     desc: Mutex<Option<Desc>>,
 }
 
@@ -50,10 +49,6 @@ impl BaseBdev {
         self.desc.lock().take();
     }
 }
-
-/// A module's own bdevs by name. The `Bdev` trait has no destroy hook, so a stacked
-/// module keeps its bdevs here to release their bases when its delete method runs.
-pub(crate) type Stack<T> = Arc<Mutex<HashMap<String, Arc<T>>>>;
 
 /// A poller (active for `period_us` 0, timed otherwise) that runs `poll` on a channel's
 /// state, for that state to own: it stops when the state is dropped. It reaches the

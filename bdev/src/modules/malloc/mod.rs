@@ -18,6 +18,7 @@ use crate::modules::BdevModule;
 use crate::status::IoStatus;
 
 pub const PRODUCT_NAME: &str = "Malloc disk";
+pub const MODULE_NAME: &str = "malloc";
 
 pub struct MallocModule;
 
@@ -64,7 +65,7 @@ fn default_name(manager: &BdevManager) -> String {
 
 impl BdevModule for MallocModule {
     fn name(&self) -> &'static str {
-        "malloc"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -81,13 +82,12 @@ impl BdevModule for MallocModule {
         registry.method(
             "bdev_malloc_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.get(&params.name) {
-                Ok(bdev) if bdev.info().product_name == PRODUCT_NAME => match bdevs.unregister(Some(ctx), &params.name)
-                {
-                    Ok(()) => responder.ok_true(),
-                    Err(err) => responder.err(err.into()),
-                },
-                Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a malloc bdev", params.name))),
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
                 Err(err) => responder.err(err.into()),
             },
         );
@@ -137,6 +137,10 @@ impl MallocBdev {
 impl Bdev for MallocBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, _io_type: IoType) -> bool {

@@ -14,6 +14,9 @@ use crate::manager::BdevManager;
 use crate::modules::BdevModule;
 use crate::status::IoStatus;
 
+pub const PRODUCT_NAME: &str = "Null disk";
+pub const MODULE_NAME: &str = "null";
+
 pub struct NullModule;
 
 #[derive(Deserialize)]
@@ -71,7 +74,7 @@ pub(crate) fn no_metadata(md_size: u32, dif_type: u32) -> Result<(), RpcError> {
 
 impl BdevModule for NullModule {
     fn name(&self) -> &'static str {
-        "null"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -85,7 +88,7 @@ impl BdevModule for NullModule {
                 let _ = (params.preferred_unmap_granularity, params.preferred_unmap_alignment);
                 let info = BdevInfo {
                     name: params.name.clone(),
-                    product_name: "Null disk".into(),
+                    product_name: PRODUCT_NAME.into(),
                     block_size: params.block_size,
                     num_blocks: params.num_blocks,
                     uuid: parse_uuid(params.uuid.as_deref())?,
@@ -103,14 +106,12 @@ impl BdevModule for NullModule {
         registry.method(
             "bdev_null_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.get(&params.name) {
-                Ok(bdev) if bdev.info().product_name == "Null disk" => {
-                    match bdevs.unregister(Some(ctx), &params.name) {
-                        Ok(()) => responder.ok_true(),
-                        Err(err) => responder.err(err.into()),
-                    }
-                }
-                Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a null bdev", params.name))),
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
                 Err(err) => responder.err(err.into()),
             },
         );
@@ -130,6 +131,10 @@ impl NullBdev {
 impl Bdev for NullBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {

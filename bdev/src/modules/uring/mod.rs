@@ -17,7 +17,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use peerless_core::reactor::ThreadCtx;
-use peerless_core::rpc::{Registry, RpcError, StateMask};
+use peerless_core::rpc::{Registry, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -29,6 +29,9 @@ pub use open::create;
 
 pub const URING_PRODUCT_NAME: &str = "URING bdev";
 pub const AIO_PRODUCT_NAME: &str = "AIO disk";
+/// One type, two SPDK modules: each delete method removes only its own flavor.
+pub const URING_MODULE_NAME: &str = "uring";
+pub const AIO_MODULE_NAME: &str = "aio";
 
 pub struct UringModule;
 
@@ -111,7 +114,7 @@ struct Backing {
 
 impl BdevModule for UringModule {
     fn name(&self) -> &'static str {
-        "uring"
+        URING_MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -143,17 +146,11 @@ impl BdevModule for UringModule {
                 Err(err) => responder.err(err),
             }
         });
-        for (method, product) in [("bdev_uring_delete", URING_PRODUCT_NAME), ("bdev_aio_delete", AIO_PRODUCT_NAME)] {
+        for (method, module) in [("bdev_uring_delete", URING_MODULE_NAME), ("bdev_aio_delete", AIO_MODULE_NAME)] {
             let bdevs = manager.clone();
             registry.method(method, StateMask::RUNTIME, move |ctx: &mut ThreadCtx, params: NameParams, responder| {
-                match bdevs.get(&params.name) {
-                    Ok(bdev) if bdev.info().product_name == product => {
-                        match bdevs.unregister(Some(ctx), &params.name) {
-                            Ok(()) => responder.ok_true(),
-                            Err(err) => responder.err(err.into()),
-                        }
-                    }
-                    Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a {product}", params.name))),
+                match bdevs.unregister_by_name(Some(ctx), &params.name, module) {
+                    Ok(()) => responder.ok_true(),
                     Err(err) => responder.err(err.into()),
                 }
             });
@@ -175,6 +172,13 @@ impl UringBdev {
 impl Bdev for UringBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Uring => URING_MODULE_NAME,
+            Flavor::Aio { .. } => AIO_MODULE_NAME,
+        }
     }
 
     fn supports(&self, io_type: IoType) -> bool {
