@@ -291,3 +291,31 @@ fn deleting_an_open_nvmesim_reaches_its_descriptors() {
     assert!(heard.load(Ordering::SeqCst), "the hot-remove event did not reach the descriptor");
     assert_eq!(harness.run_one(&desc, read(0, 1, BLOCK)).status, IoStatus::INVALID_NAMESPACE);
 }
+
+#[test]
+fn a_closed_channel_finishes_what_it_posted_then_its_poller_ends() {
+    let harness = Harness::new();
+    nvmesim(&harness, CreateParams { latency_us: 20_000, ..CreateParams::new("Nvme0", 64, BLOCK as u32) });
+    let desc = harness.open("Nvme0", false);
+    let pollers = |harness: &Harness| -> Vec<String> {
+        harness.on_thread(|ctx| ctx.poller_stats().into_iter().map(|stat| stat.name).collect())
+    };
+    let after_close = harness.on_thread(move |ctx| {
+        let handle = desc.channel(ctx);
+        let queue = peerless_bdev::completion_queue(1);
+        let mut io = peerless_bdev::BdevIo::new(IoType::Read, 0, 1);
+        io.buffers.push(DataBuf::heap(BLOCK));
+        handle.submit(ctx, io, &queue, 0);
+        // Closes the layer channel and, with it, the device's queue pair while the read
+        // is still posted for its modelled latency.
+        drop(handle);
+        ctx.poller_stats().into_iter().map(|stat| stat.name).collect::<Vec<_>>()
+    });
+    assert!(!after_close.contains(&"bdev_Nvme0".to_string()), "the layer channel's poller outlived it");
+    assert!(after_close.contains(&"nvmesim_Nvme0".to_string()), "the posted read lost its poller: {after_close:?}");
+    let deadline = Instant::now() + WAIT;
+    while pollers(&harness).contains(&"nvmesim_Nvme0".to_string()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!pollers(&harness).contains(&"nvmesim_Nvme0".to_string()), "the detached poller never finished");
+}
