@@ -291,7 +291,7 @@ pub fn with<R>(target: &NvmfTarget, ctx: &mut ThreadCtx, work: impl FnOnce(&mut 
         channel.borrow_mut().poller_registered = true;
         // The poller holds the group for as long as the thread runs.
         let held = channel.clone();
-        ctx.register_poller("nvmf_poll_group", move |ctx| held.borrow_mut().poll(ctx));
+        ctx.poller("nvmf_poll_group", 0, move |ctx| held.borrow_mut().poll(ctx)).detach();
     }
     let mut group = channel.borrow_mut();
     work(&mut group, ctx)
