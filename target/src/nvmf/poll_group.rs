@@ -6,10 +6,11 @@
 
 use std::sync::{Arc, Weak};
 
-use peerless_bdev::{BdevHandle, BdevInfo};
+use peerless_bdev::BdevHandle;
 use peerless_core::mem::IoBufCache;
 use peerless_core::reactor::{PollStatus, ThreadCtx};
 
+use super::io_cmd::NsInfo;
 use super::qpair::{Qpair, QpairStats};
 use super::subsystem::{Namespace, Subsystem};
 use super::target::TargetShared;
@@ -20,7 +21,8 @@ use super::NvmfTarget;
 pub struct NsEntry {
     pub ns: Arc<Namespace>,
     pub handle: BdevHandle,
-    pub info: BdevInfo,
+    /// What its commands are checked against.
+    pub info: NsInfo,
 }
 
 /// Namespaces by subsystem, cached on first use. Lists, not maps: a subsystem has few
@@ -41,9 +43,12 @@ impl NsTables {
             Some(position) => position,
             None => {
                 // A miss takes the subsystem's lock once; an unknown NSID never grows the table.
-                let ns = subsystem.state.lock().namespaces.get(&nsid).cloned()?;
+                let (ns, limits) = {
+                    let state = subsystem.state.lock();
+                    (state.namespaces.get(&nsid).cloned()?, state.limits)
+                };
                 let handle = ns.desc.channel(ctx);
-                let info = ns.desc.bdev().info().clone();
+                let info = NsInfo::new(ns.desc.bdev().info(), limits);
                 self.by_subsystem[sid].push((nsid, NsEntry { ns, handle, info }));
                 self.by_subsystem[sid].len() - 1
             }

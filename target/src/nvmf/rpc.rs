@@ -12,6 +12,7 @@ use peerless_core::rpc::{Registry, Responder, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::io_cmd::CommandLimits;
 use super::poll_group::{self, PollGroupStats};
 use super::subsystem::{
     validate_ascii, validate_nqn, ListenAddress, Namespace, Subsystem, SubsystemKind, DISCOVERY_NQN, MAX_CNTLID,
@@ -159,30 +160,71 @@ struct CreateSubsystem {
     #[serde(default)]
     max_cntlid: Option<u16>,
     #[serde(default)]
-    dmrsl: u32,
+    dmrsl: Option<u32>,
     #[serde(default)]
-    wzsl: u32,
+    wzsl: Option<u8>,
     #[serde(default)]
     passthrough: bool,
     #[serde(default)]
     enable_nssr: bool,
+    /// SPDK before 26.09: the discard limit in KiB, converted to `dmrsl`.
     #[serde(default)]
-    max_discard_size_kib: u64,
+    max_discard_size_kib: Option<u64>,
+    /// SPDK before 26.09: the Write Zeroes limit in KiB, converted to `wzsl`.
     #[serde(default)]
-    max_write_zeroes_size_kib: u64,
+    max_write_zeroes_size_kib: Option<u64>,
+}
+
+/// `max_discard_size_kib` as DMRSL. SPDK converts it assuming 512-byte blocks, whatever
+/// the namespaces' block size; the same configuration must report the same limit here.
+fn dmrsl_from_kib(kib: u64) -> Result<u32, RpcError> {
+    kib.checked_mul(2).and_then(|blocks| u32::try_from(blocks).ok()).ok_or_else(|| {
+        invalid(format!(
+            "max_discard_size_kib {kib} is more than dmrsl can say ({} KiB in 512-byte blocks)",
+            u32::MAX / 2
+        ))
+    })
+}
+
+/// `max_write_zeroes_size_kib` as WZSL, a power of two of 4 KiB pages (CAP.MPSMIN is 0).
+/// 0 is no limit; anything else must be a whole power of two pages, at least two (one
+/// page would be WZSL 0, which means no limit), as SPDK requires.
+fn wzsl_from_kib(kib: u64) -> Result<u8, RpcError> {
+    match kib {
+        0 => Ok(0),
+        kib if kib >= 8 && kib.is_power_of_two() => Ok((kib / 4).trailing_zeros() as u8),
+        kib => Err(invalid(format!(
+            "max_write_zeroes_size_kib {kib} must be 0 (no limit) or a power of two of at least 8"
+        ))),
+    }
+}
+
+impl CreateSubsystem {
+    /// The command limits asked for, in either SPDK's current or its older form.
+    fn limits(&self) -> Result<CommandLimits, RpcError> {
+        let dmrsl = match (self.dmrsl, self.max_discard_size_kib) {
+            (Some(_), Some(_)) => return Err(invalid("give dmrsl or max_discard_size_kib (its older form), not both")),
+            (Some(dmrsl), None) => dmrsl,
+            (None, Some(kib)) => dmrsl_from_kib(kib)?,
+            (None, None) => 0,
+        };
+        let wzsl = match (self.wzsl, self.max_write_zeroes_size_kib) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give wzsl or max_write_zeroes_size_kib (its older form), not both"))
+            }
+            (Some(wzsl), None) => wzsl,
+            (None, Some(kib)) => wzsl_from_kib(kib)?,
+            (None, None) => 0,
+        };
+        Ok(CommandLimits { dmrsl, wzsl })
+    }
 }
 
 fn create_subsystem(_: &mut ThreadCtx, target: &NvmfTarget, params: CreateSubsystem, responder: Responder) {
-    let _ = (
-        params.tgt_name,
-        params.admin_label,
-        params.dmrsl,
-        params.wzsl,
-        params.max_discard_size_kib,
-        params.max_write_zeroes_size_kib,
-    );
+    let _ = (&params.tgt_name, &params.admin_label);
     let result = (|| {
         validate_nqn(&params.nqn).map_err(|why| invalid(format!("Invalid NQN: {why}")))?;
+        let limits = params.limits()?;
         if params.ana_reporting || params.passthrough || params.enable_nssr {
             return Err(invalid("ana_reporting, passthrough and enable_nssr are not supported; leave them false"));
         }
@@ -217,6 +259,7 @@ fn create_subsystem(_: &mut ThreadCtx, target: &NvmfTarget, params: CreateSubsys
         state.allow_any_host = params.allow_any_host;
         state.min_cntlid = min;
         state.max_cntlid = max;
+        state.limits = limits;
         Ok(())
     })();
     announce(target, result, responder);
@@ -639,6 +682,8 @@ pub fn subsystem_json(subsystem: &Subsystem) -> Value {
         map.insert("max_namespaces".into(), json!(state.max_namespaces));
         map.insert("min_cntlid".into(), json!(state.min_cntlid));
         map.insert("max_cntlid".into(), json!(state.max_cntlid));
+        map.insert("dmrsl".into(), json!(state.limits.dmrsl));
+        map.insert("wzsl".into(), json!(state.limits.wzsl));
         map.insert("namespaces".into(), Value::Array(namespaces));
     }
     object

@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use peerless_bdev::Desc;
 
 use super::ctrlr::Controller;
+use super::io_cmd::CommandLimits;
 
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 /// NVMe Base 2.0, 4.5: an NQN is at most 223 bytes.
@@ -122,6 +123,8 @@ pub struct Namespace {
 pub struct SubsystemState {
     pub serial: String,
     pub model: String,
+    /// Set at creation and fixed for the subsystem's life (poll groups cache them).
+    pub limits: CommandLimits,
     pub allow_any_host: bool,
     pub hosts: Vec<String>,
     pub listeners: Vec<ListenAddress>,
@@ -150,6 +153,7 @@ impl Subsystem {
             state: Mutex::new(SubsystemState {
                 serial: DEFAULT_SERIAL.into(),
                 model: DEFAULT_MODEL.into(),
+                limits: CommandLimits::default(),
                 allow_any_host: kind == SubsystemKind::Discovery,
                 hosts: Vec::new(),
                 listeners: Vec::new(),

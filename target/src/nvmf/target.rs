@@ -296,7 +296,8 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
             entries.push(json!({"method": "nvmf_create_subsystem", "params": {
                 "nqn": subsystem.nqn, "serial_number": state.serial, "model_number": state.model,
                 "allow_any_host": state.allow_any_host, "max_namespaces": state.max_namespaces,
-                "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid}}));
+                "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid,
+                "dmrsl": state.limits.dmrsl, "wzsl": state.limits.wzsl}}));
             for host in &state.hosts {
                 entries
                     .push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": subsystem.nqn, "host": host}}));
