@@ -171,8 +171,17 @@ fn get_iostat(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetIostat, res
         responder.err(RpcError::invalid_params("per_channel statistics are not supported; omit it or pass false"));
         return;
     }
-    if let Some(mode) = params.reset_mode.as_deref() {
-        if !matches!(mode, "all" | "maxmin" | "error" | "none") {
+    // Statistics are never reset here, which is what "none" asks for; the other modes
+    // would reset after reading, and are refused rather than read without a reset.
+    match params.reset_mode.as_deref() {
+        None | Some("none") => {}
+        Some(mode @ ("all" | "maxmin" | "error")) => {
+            responder.err(RpcError::invalid_params(format!(
+                "reset_mode '{mode}': resetting statistics is not supported; omit it or pass \"none\""
+            )));
+            return;
+        }
+        Some(mode) => {
             responder.err(RpcError::invalid_params(format!("reset_mode '{mode}': use all, maxmin, error or none")));
             return;
         }

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use peerless_core::reactor::ThreadCtx;
-use peerless_core::rpc::{Registry, StateMask};
+use peerless_core::rpc::{Registry, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -73,8 +73,8 @@ struct NameParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     Uring,
-    /// SPDK's aio options: `fallocate` enables unmap and write_zeroes, `nowait` is
-    /// recorded (and saved) but I/O is not issued with RWF_NOWAIT.
+    /// SPDK's aio options: `fallocate` enables unmap and write_zeroes; `nowait` is
+    /// always false (`bdev_aio_create` refuses true) and saved as SPDK saves it.
     Aio {
         readonly: bool,
         fallocate: bool,
@@ -134,6 +134,11 @@ impl BdevModule for UringModule {
         });
         let bdevs = manager.clone();
         registry.method("bdev_aio_create", StateMask::RUNTIME, move |_, params: AioCreate, responder| {
+            if params.nowait {
+                return responder.err(RpcError::invalid_params(
+                    "nowait: I/O is not submitted with RWF_NOWAIT (io_uring queues what would block); leave it false",
+                ));
+            }
             let config = UringConfig {
                 name: params.name,
                 filename: params.filename,

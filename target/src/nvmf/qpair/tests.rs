@@ -16,8 +16,9 @@ use super::{Action, Fault, Qpair, QpairConfig};
 use crate::nvme::cmd::SqeBuilder;
 use crate::nvme::{fctype, io, put16, put_str, status, Cqe, Status};
 use crate::nvmf::buffers::DataPool;
+use crate::nvmf::namespace::{Namespace, P2pPlacement};
 use crate::nvmf::poll_group::{NsTables, Retired};
-use crate::nvmf::subsystem::{ListenAddress, Namespace, SubsystemKind};
+use crate::nvmf::subsystem::{ListenAddress, SubsystemKind};
 use crate::nvmf::transport::{GroupCtx, TransportOptions};
 use crate::nvmf::NvmfTarget;
 
@@ -78,7 +79,7 @@ impl Fixture {
                 nguid: [1; 16],
                 eui64: [0; 8],
                 uuid: [7; 16],
-                p2pmem: "off".into(),
+                p2pmem: P2pPlacement::Off,
                 provider: None,
             };
             state.namespaces.insert(1, Arc::new(ns));
