@@ -630,8 +630,13 @@ pub fn subsystem_json(subsystem: &Subsystem) -> Value {
             .namespaces
             .values()
             .map(|ns| {
-                json!({"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name, "nguid": hex(&ns.nguid),
-                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem})
+                let mut entry = json!({"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name,
+                    "nguid": hex(&ns.nguid), "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem});
+                // As SPDK: an EUI-64 is listed only when one was given.
+                if ns.eui64 != [0; 8] {
+                    entry.as_object_mut().expect("built as an object").insert("eui64".into(), json!(hex(&ns.eui64)));
+                }
+                entry
             })
             .collect();
         map.insert("serial_number".into(), json!(state.serial));
