@@ -10,6 +10,7 @@ pub mod ctrlr;
 pub mod io_cmd;
 pub mod poll_group;
 pub mod qpair;
+pub mod refusals;
 pub mod rpc;
 pub mod subsystem;
 pub mod target;
