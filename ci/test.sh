@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
-# with the plugin's engines, SPDK's own Python clients, DPDK memory,
+# with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
 # and Linux's NVMe/TCP host against the target in a QEMU guest (ci/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,11 @@ step "spdk clients"
 # build/) drive every method a release peerless-tgt lists, save_config -> restart ->
 # the same config, load_config, 26.x batches.
 bash ci/spdk_clients.sh
+
+step "debian package"
+# Build the .deb with cargo-deb, dpkg -i it, systemd-analyze verify the unit, run its ExecStart,
+# NVMe/TCP to it, SIGTERM, clean exit, remove and purge.
+bash ci/deb.sh
 
 # DPDK memory (issue 10): bindgen over Debian's DPDK, the EAL started with
 # --no-huge --no-pci --no-shconf (DPDK 22.11 refuses --in-memory with --no-huge).
