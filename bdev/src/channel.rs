@@ -93,6 +93,10 @@ impl LayerChannel {
         &self.stats
     }
 
+    pub(crate) fn stats_mut(&mut self) -> &mut IoStat {
+        &mut self.stats
+    }
+
     pub(crate) fn set_qos(&mut self, limits: QosLimits, now: std::time::Instant) {
         self.qos = (!limits.is_unlimited()).then(|| QosBudget::new(limits, now));
         if self.qos.is_none() {

@@ -12,7 +12,7 @@ use crate::bdev::{self, Bdev};
 use crate::channel::LayerChannel;
 use crate::error::BdevError;
 use crate::qos::QosLimits;
-use crate::stat::IoStat;
+use crate::stat::{IoStat, ResetMode};
 
 /// SPDK's claim types (`bdev_get_bdevs` reports them by these names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -415,8 +415,48 @@ impl BdevManager {
         names: Vec<String>,
         done: impl FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send + 'static,
     ) {
+        self.collect_iostat_and_reset(ctx, names, ResetMode::None, done);
+    }
+
+    /// As `collect_iostat`, and each channel (and the retired totals) clears what `reset`
+    /// names right after it is read, so no I/O is counted in neither window nor in both.
+    pub fn collect_iostat_and_reset(
+        &self,
+        ctx: &mut ThreadCtx,
+        names: Vec<String>,
+        reset: ResetMode,
+        done: impl FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send + 'static,
+    ) {
         let entries: Vec<Arc<Entry>> = names.iter().filter_map(|name| self.find(name).ok()).collect();
-        collect_next(ctx, entries, Vec::new(), Box::new(done));
+        collect_next(ctx, entries, reset, Vec::new(), Box::new(done));
+    }
+
+    /// One bdev's figures per live channel, with the id of the thread that owns each
+    /// (`bdev_get_iostat {per_channel}`); channels that have gone are not listed.
+    pub fn collect_channel_iostat(
+        &self,
+        ctx: &mut ThreadCtx,
+        name: &str,
+        reset: ResetMode,
+        done: impl FnOnce(&mut ThreadCtx, Vec<(u64, IoStat)>) + Send + 'static,
+    ) -> Result<(), BdevError> {
+        let entry = self.find(name)?;
+        let channels: Arc<Mutex<Vec<(u64, IoStat)>>> = Arc::default();
+        let sink = channels.clone();
+        entry.device.for_each_channel(
+            ctx,
+            move |ctx, channel| {
+                sink.lock().push((ctx.id().0, channel.stats().clone()));
+                channel.stats_mut().reset(reset);
+            },
+            move |ctx| {
+                let mut channels = std::mem::take(&mut *channels.lock());
+                channels.sort_by_key(|(thread, _)| *thread);
+                done(ctx, channels)
+            },
+        );
+        entry.retired.lock().reset(reset);
+        Ok(())
     }
 
     pub fn open_descriptors(&self) -> u64 {
@@ -429,6 +469,7 @@ type IostatDone = Box<dyn FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send>;
 fn collect_next(
     ctx: &mut ThreadCtx,
     mut entries: Vec<Arc<Entry>>,
+    reset: ResetMode,
     mut done: Vec<(String, IoStat)>,
     finish: IostatDone,
 ) {
@@ -437,16 +478,24 @@ fn collect_next(
         return;
     }
     let entry = entries.remove(0);
-    let total = Arc::new(Mutex::new(entry.retired.lock().clone()));
+    let total = {
+        let mut retired = entry.retired.lock();
+        let total = retired.clone();
+        retired.reset(reset);
+        Arc::new(Mutex::new(total))
+    };
     let sum = total.clone();
     let name = entry.bdev.info().name.clone();
     entry.device.for_each_channel(
         ctx,
-        move |_, channel| sum.lock().add(channel.stats()),
+        move |_, channel| {
+            sum.lock().add(channel.stats());
+            channel.stats_mut().reset(reset);
+        },
         move |ctx| {
             let stats = total.lock().clone();
             done.push((name, stats));
-            collect_next(ctx, entries, done, finish);
+            collect_next(ctx, entries, reset, done, finish);
         },
     );
 }

@@ -15,6 +15,7 @@ pub mod io_cmd;
 pub mod namespace;
 pub mod poll_group;
 pub mod qpair;
+pub mod refusals;
 pub mod rpc;
 pub mod subsystem;
 pub mod target;

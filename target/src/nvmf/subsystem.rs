@@ -248,6 +248,11 @@ impl Subsystem {
     /// The next free controller ID in [min_cntlid, max_cntlid], wrapping.
     pub fn allocate_cntlid(state: &mut SubsystemState) -> Option<u16> {
         let span = u32::from(state.max_cntlid - state.min_cntlid) + 1;
+        // The range is set after creation (nvmf_create_subsystem's min_cntlid), so the
+        // cursor may still sit outside it.
+        if !(state.min_cntlid..=state.max_cntlid).contains(&state.next_cntlid) {
+            state.next_cntlid = state.min_cntlid;
+        }
         for _ in 0..span {
             let candidate = state.next_cntlid;
             state.next_cntlid = if candidate >= state.max_cntlid { state.min_cntlid } else { candidate + 1 };
@@ -325,8 +330,7 @@ mod tests {
         let mut state = subsystem.state.lock();
         state.min_cntlid = 5;
         state.max_cntlid = 6;
-        state.next_cntlid = 5;
-        assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5));
+        assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5), "the first ID is the range's first");
         assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(6));
         assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5), "IDs wrap when free");
     }

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::ctrlr::{event, Controller, EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, NOTICE_NAMESPACE_CHANGED};
 use super::error::{NvmfError, TARGET_NAME};
 use super::poll_group::{self, PollGroup};
+use super::refusals::ConnectRefusals;
 use super::subsystem::{Subsystem, SubsystemConfig, SubsystemKind, DISCOVERY_NQN};
 use super::transport::{Transport, TransportFactory, TransportListener};
 use crate::nvme::log::lid;
@@ -36,6 +37,7 @@ pub struct TargetShared {
     discovery_generation: AtomicU64,
     next_poll_group: AtomicUsize,
     next_conn_id: AtomicU64,
+    pub connect_refusals: ConnectRefusals,
 }
 
 /// A handle on the target, shared by RPC handlers, listeners and poll groups.
@@ -59,6 +61,7 @@ impl NvmfTarget {
                 discovery_generation: AtomicU64::new(1),
                 next_poll_group: AtomicUsize::new(0),
                 next_conn_id: AtomicU64::new(1),
+                connect_refusals: ConnectRefusals::default(),
             }
         });
         let target = NvmfTarget(shared);
