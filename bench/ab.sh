@@ -6,9 +6,10 @@
 # 0 from the other. Per workload and round the runs go A B B A (A = OLD, B = NEW).
 #
 # Prints per workload the median IOPS of each side, the ratio new/old of the medians,
-# and each side's spread ((max - min) / median over its runs) to judge noise by; then
-# every run in order with the share of its core the target and peerless-perf got, which
-# falls when another process takes the core.
+# each side's spread ((max - min) / median over its runs) to judge noise by, and the
+# median of per-round ratios (each round's B pair over its A pair); then every run in
+# order with the share of its core the target and peerless-perf got, which falls when
+# another process takes the core (a slower host does not show there, only in the IOPS).
 #
 # Usage: bench/ab.sh OLD_DIR NEW_DIR [seconds per run (5)] [rounds (3)]
 set -euo pipefail
@@ -72,19 +73,25 @@ print(f"{iops:.0f} {100 * ticks / tick_hz / (wall_ns / 1e9):.0f} {100 * (user + 
         "$WORK/perf.time")
 }
 
-# Median, spread and the new/old ratio of two space-separated lists of IOPS.
+# Median, spread and the new/old ratio of two space-separated lists of IOPS, two runs a
+# side per round in run order; then each round's new/old (its B pair over its A pair)
+# and their median, which holds when the machine's speed shifts between rounds.
 summary() {
     python3 -c 'import statistics,sys
 old=[float(x) for x in sys.argv[1].split()]; new=[float(x) for x in sys.argv[2].split()]
 mo, mn = statistics.median(old), statistics.median(new)
 spread = lambda v, m: 100 * (max(v) - min(v)) / m
-print(f"{mo:12.0f} {mn:12.0f} {mn / mo:9.3f} {spread(old, mo):10.1f}% {spread(new, mn):10.1f}%")' "$1" "$2"
+rounds = [(new[i] + new[i + 1]) / (old[i] + old[i + 1]) for i in range(0, len(old), 2)]
+per_round = " ".join(f"{r:.3f}" for r in rounds)
+print(f"{mo:12.0f} {mn:12.0f} {mn / mo:9.3f} {spread(old, mo):10.1f}% {spread(new, mn):10.1f}%"
+      f"   {statistics.median(rounds):.3f} ({per_round})")' "$1" "$2"
 }
 
 echo "old: $OLD_DIR/peerless-tgt"
 echo "new: $NEW_DIR/peerless-tgt"
 echo "peerless-perf from $NEW_DIR, -c 0x2, $SECONDS_PER_RUN s per run, $ROUNDS rounds of A B B A"
-printf '%-20s %12s %12s %9s %11s %11s\n' workload old_iops new_iops new/old old_spread new_spread
+printf '%-20s %12s %12s %9s %11s %11s   %s\n' workload old_iops new_iops new/old old_spread new_spread \
+    'paired new/old (per round)'
 while read -r name depth size pattern; do
     old_iops=""; new_iops=""; runs=""
     for _ in $(seq "$ROUNDS"); do
