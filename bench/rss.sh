@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Target memory under a deep large-read load. peerless-tgt runs with one poll-mode
+# Target memory under a deep load of large I/Os. peerless-tgt runs with one poll-mode
 # reactor on core 0 serving a null bdev over NVMe/TCP; peerless-perf (this tree's, the
 # same initiator for every target) runs on core 1 with 24 I/O queues each holding 127
 # 128 KiB sequential reads, the most a queue of max_queue_depth 128 holds, and then the
 # same writes. peerless-perf's -q counts a namespace's I/Os over all its -P queues, so 24
-# queues of 127 take -P 24 -q 3048. Both directions matter: the null bdev leaves read buffers untouched, so a
-# target whose buffers are lazily mapped heap memory only becomes resident for writes,
-# whose data it receives into them.
+# queues of 127 take -P 24 -q 3048.
+#
+# Both directions matter. Written data lands in the target's data buffers. Read data
+# also passes through each connection's send buffer, which no buffer pool bounds, and
+# the null bdev never writes its read buffers, so buffers that are lazily mapped heap
+# memory become resident only for writes.
 #
 # Per run it prints the target's resident memory at idle once the transport exists
 # (VmRSS), the highest VmRSS sampled during the load, VmHWM at its end, and, for a target
