@@ -435,42 +435,26 @@ impl Qpair {
 
 /// A tagged list over a command's buffers, exactly `len` bytes long.
 fn buffers_sgl(buffers: &[DataBuf], len: usize) -> Result<Sgl<'_>, Status> {
-    if let [only] = buffers {
-        // The common case, one buffer: no list to build up.
-        let mut sgl = only.sgl().map_err(|_| Status::INTERNAL_ERROR)?;
-        if sgl.len() < len {
-            return Err(Status::INTERNAL_ERROR);
-        }
-        sgl.truncate(len);
-        return Ok(sgl);
-    }
-    let mut sgl = Sgl::new();
-    for buffer in buffers {
-        let part = buffer.sgl().map_err(|_| Status::INTERNAL_ERROR)?;
-        sgl.append(part).map_err(|_| Status::INTERNAL_ERROR)?;
-    }
-    if sgl.len() < len {
-        return Err(Status::INTERNAL_ERROR);
-    }
-    sgl.truncate(len);
-    Ok(sgl)
+    let parts = buffers.iter().map(DataBuf::sgl);
+    exactly(joined(parts)?, len)
 }
 
 /// A writable list over a command's buffers, exactly `len` bytes long.
 fn buffers_sgl_mut(buffers: &mut [DataBuf], len: usize) -> Result<Sgl<'_>, Status> {
-    if let [only] = buffers {
-        let mut sgl = only.sgl_mut().map_err(|_| Status::INTERNAL_ERROR)?;
-        if sgl.len() < len {
-            return Err(Status::INTERNAL_ERROR);
-        }
-        sgl.truncate(len);
-        return Ok(sgl);
+    let parts = buffers.iter_mut().map(DataBuf::sgl_mut);
+    exactly(joined(parts)?, len)
+}
+
+/// One list of the buffers' lists; with one buffer (the common case) that list itself.
+fn joined<'a>(mut parts: impl Iterator<Item = peerless_core::mem::Result<Sgl<'a>>>) -> Result<Sgl<'a>, Status> {
+    let mut sgl = parts.next().unwrap_or_else(|| Ok(Sgl::new())).map_err(|_| Status::INTERNAL_ERROR)?;
+    for part in parts {
+        sgl.append(part.map_err(|_| Status::INTERNAL_ERROR)?).map_err(|_| Status::INTERNAL_ERROR)?;
     }
-    let mut sgl = Sgl::new();
-    for buffer in buffers {
-        let part = buffer.sgl_mut().map_err(|_| Status::INTERNAL_ERROR)?;
-        sgl.append(part).map_err(|_| Status::INTERNAL_ERROR)?;
-    }
+    Ok(sgl)
+}
+
+fn exactly(mut sgl: Sgl<'_>, len: usize) -> Result<Sgl<'_>, Status> {
     if sgl.len() < len {
         return Err(Status::INTERNAL_ERROR);
     }
