@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
-# with the plugin's engines, DPDK memory, and Linux's NVMe/TCP host against the target
-# in a QEMU guest (ci/guest).
+# with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
+# and Linux's NVMe/TCP host against the target in a QEMU guest (ci/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,6 +39,17 @@ step "fio plugin"
 # runs fio with both engines and verify=crc32c; the test finds the .so in the same target dir.
 bash tools/fio/build.sh
 cargo test --locked -p peerless-fio --test fio_e2e -- --nocapture
+
+step "spdk clients"
+# SPDK's own spdk-rpc and spdk-cli from PyPI (releases 25.5.1 and 26.9, a venv each under
+# build/) drive every method a release peerless-tgt lists, save_config -> restart ->
+# the same config, load_config, 26.x batches.
+bash ci/spdk_clients.sh
+
+step "debian package"
+# Build the .deb with cargo-deb, dpkg -i it, systemd-analyze verify the unit, run its ExecStart,
+# NVMe/TCP to it, SIGTERM, clean exit, remove and purge.
+bash ci/deb.sh
 
 # DPDK memory (issue 10): bindgen over Debian's DPDK, the EAL started with
 # --no-huge --no-pci --no-shconf (DPDK 22.11 refuses --in-memory with --no-huge).

@@ -1,5 +1,9 @@
-//! What a bdev module implements: `Bdev` describes one block device and makes per-thread
-//! channels; `BdevChannelOps` is one thread's way to submit I/O to it.
+//! What a bdev module implements: `Bdev` describes one block device, makes per-thread
+//! channels and cleans up after itself when unregistered; `BdevChannelOps` is one
+//! thread's way to submit I/O to it.
+
+use std::any::Any;
+use std::sync::Arc;
 
 use peerless_core::mem::DomainId;
 use peerless_core::reactor::ThreadCtx;
@@ -79,10 +83,26 @@ impl std::fmt::Debug for Uuid {
     }
 }
 
+/// Hands a module its own bdev type back from the registry (`BdevManager::get_as`).
+/// Implemented for every `Bdev`; modules never implement it themselves.
+pub trait AsAny: Any + Send + Sync {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+impl<T: Bdev> AsAny for T {
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
 /// A block device as a module provides it. Created and destroyed on the app thread;
 /// shared read-only with every thread that opens a channel.
-pub trait Bdev: Send + Sync + 'static {
+pub trait Bdev: AsAny + Send + Sync + 'static {
     fn info(&self) -> &BdevInfo;
+
+    /// The module that made this bdev, as its RPC methods name it (`malloc` for
+    /// `bdev_malloc_delete`): a module's delete method removes only its own bdevs.
+    fn module_name(&self) -> &'static str;
 
     fn supports(&self, io_type: IoType) -> bool;
 
@@ -115,6 +135,19 @@ pub trait Bdev: Send + Sync + 'static {
     fn base_bdevs(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// SPDK's `fn_table->destruct`: the module's cleanup when the bdev leaves the
+    /// registry (its delete method, or shutdown), such as releasing the claim on a base.
+    /// The manager calls it exactly once, after the bdev's openers were sent the
+    /// hot-remove event. Channels still open keep this object alive, so what they need
+    /// (memory, a device's CMB) is freed by `Drop` once they are gone, not here; they
+    /// must cope with what this released (a stacked bdev's channels then fail new I/O).
+    fn destruct(&self) {}
+}
+
+/// `bdev` as its module's own type, if it is one.
+pub fn downcast<T: Bdev>(bdev: Arc<dyn Bdev>) -> Option<Arc<T>> {
+    bdev.into_any().downcast::<T>().ok()
 }
 
 /// Why a submit did not start.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use peerless_core::mem::{self, Sgl};
-use peerless_core::reactor::{IoDevice, PollStatus, PollerId, ThreadCtx, WeakIoChannel};
+use peerless_core::reactor::{IoDevice, PollStatus, Poller, ThreadCtx, WeakIoChannel};
 
 use crate::bdev::{Bdev, BdevChannelOps, BdevInfo, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, DataBuf, IoType};
@@ -48,7 +48,8 @@ pub struct LayerChannel {
     qos_waiting: VecDeque<Box<BdevIo>>,
     /// Holders of the bdev's channel at the last timeslice: this channel's share.
     qos_share: u64,
-    poller: Option<PollerId>,
+    /// Registered on the first submit; goes with the channel.
+    poller: Option<Poller>,
     in_flight: u64,
 }
 
@@ -90,6 +91,10 @@ impl LayerChannel {
 
     pub(crate) fn stats(&self) -> &IoStat {
         &self.stats
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut IoStat {
+        &mut self.stats
     }
 
     pub(crate) fn set_qos(&mut self, limits: QosLimits, now: std::time::Instant) {
@@ -289,8 +294,8 @@ impl BdevHandle {
         io.push_completion(queue, tag);
         if self.channel.borrow().needs_poller() {
             let weak = self.channel.downgrade();
-            let id = register_poller(ctx, weak, &self.channel.borrow().info.name);
-            self.channel.borrow_mut().poller = Some(id);
+            let poller = channel_poller(ctx, weak, &self.channel.borrow().info.name);
+            self.channel.borrow_mut().poller = Some(poller);
         }
         self.channel.borrow_mut().submit(ctx, io, self.writable);
     }
@@ -305,22 +310,15 @@ impl BdevHandle {
     }
 }
 
-fn register_poller(ctx: &mut ThreadCtx, weak: WeakIoChannel<LayerChannel>, name: &str) -> PollerId {
-    let slot: std::rc::Rc<std::cell::Cell<Option<PollerId>>> = Default::default();
-    let own_id = slot.clone();
-    let id = ctx.register_poller(&format!("bdev_{name}"), move |ctx| match weak.upgrade() {
+/// The channel's poller, owned by the channel; it reaches the channel weakly, since a
+/// strong reference would keep the channel, and so itself, alive.
+fn channel_poller(ctx: &mut ThreadCtx, weak: WeakIoChannel<LayerChannel>, name: &str) -> Poller {
+    ctx.poller(&format!("bdev_{name}"), 0, move |ctx| match weak.upgrade() {
         Some(channel) => {
             let status = channel.borrow_mut().poll(ctx);
             status
         }
-        None => {
-            // The channel is gone; so is the reason for this poller.
-            if let Some(id) = own_id.get() {
-                ctx.unregister_poller(id);
-            }
-            PollStatus::Idle
-        }
-    });
-    slot.set(Some(id));
-    id
+        // Unreachable while the channel owns this poller; finishing is the safe answer.
+        None => PollStatus::Done,
+    })
 }

@@ -15,6 +15,11 @@ pub enum BdevError {
     WritersOpen { name: String, claim: &'static str },
     #[error("bdev '{0}' is being removed")]
     Removed(String),
+    /// SPDK's `spdk_bdev_unregister_by_name` answers ENODEV when another module made it.
+    #[error("bdev '{name}' was not created by the {module} module")]
+    OtherModule { name: String, module: &'static str },
+    #[error("no {module} bdev is built on '{base}'")]
+    NothingBuiltOn { base: String, module: &'static str },
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
     #[error("{0}")]
@@ -31,7 +36,10 @@ impl From<BdevError> for RpcError {
     fn from(err: BdevError) -> RpcError {
         let message = err.to_string();
         match err {
-            BdevError::NotFound(_) | BdevError::Removed(_) => RpcError::no_such_device(message),
+            BdevError::NotFound(_)
+            | BdevError::Removed(_)
+            | BdevError::OtherModule { .. }
+            | BdevError::NothingBuiltOn { .. } => RpcError::no_such_device(message),
             BdevError::Exists(_) => RpcError::exists(message),
             BdevError::Claimed { .. } | BdevError::WritersOpen { .. } => {
                 RpcError::errno(nix::errno::Errno::EPERM, message)

@@ -8,11 +8,11 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use peerless_core::reactor::{IoChannel, IoDevice, ThreadCtx, ThreadHandle};
 
-use crate::bdev::Bdev;
+use crate::bdev::{self, Bdev};
 use crate::channel::LayerChannel;
 use crate::error::BdevError;
 use crate::qos::QosLimits;
-use crate::stat::IoStat;
+use crate::stat::{IoStat, ResetMode};
 
 /// SPDK's claim types (`bdev_get_bdevs` reports them by these names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,17 +303,45 @@ impl BdevManager {
         claim.as_ref().map(|claim| (claim.claim_type, claim.by.clone()))
     }
 
-    /// Removes a bdev: no new opens, new I/O fails, and every open descriptor hears a
-    /// hot-remove event. A bdev other bdevs are built on cannot go first.
+    /// Removes a bdev: no new opens, new I/O fails, every open descriptor hears a
+    /// hot-remove event, then the module's `destruct` runs, once. A bdev other bdevs are
+    /// built on cannot go first.
     pub fn unregister(&self, ctx: Option<&mut ThreadCtx>, name: &str) -> Result<(), BdevError> {
         let entry = self.find(name)?;
+        self.remove(ctx, entry)
+    }
+
+    /// SPDK's `spdk_bdev_unregister_by_name`: `unregister`, only if `module` made the
+    /// bdev. Every module's `bdev_<module>_delete` method goes through here.
+    pub fn unregister_by_name(
+        &self,
+        ctx: Option<&mut ThreadCtx>,
+        name: &str,
+        module: &'static str,
+    ) -> Result<(), BdevError> {
+        let entry = self.find(name)?;
+        if entry.bdev.module_name() != module {
+            return Err(BdevError::OtherModule { name: name.to_string(), module });
+        }
+        self.remove(ctx, entry)
+    }
+
+    fn remove(&self, ctx: Option<&mut ThreadCtx>, entry: Arc<Entry>) -> Result<(), BdevError> {
         let real_name = entry.bdev.info().name.clone();
         if let Some(user) = self.list().iter().find(|bdev| bdev.base_bdevs().contains(&real_name)) {
             let claim = entry.claim.lock().as_ref().map_or("exclusive_write", |claim| claim.claim_type.as_str());
             return Err(BdevError::Claimed { name: real_name, claim, by: format!("bdev '{}'", user.info().name) });
         }
-        entry.removed.store(true, Ordering::Release);
-        self.inner.bdevs.lock().retain(|other| !Arc::ptr_eq(other, &entry));
+        {
+            let mut bdevs = self.inner.bdevs.lock();
+            // Whoever takes it out of the table removes it: two racing callers cannot
+            // both run its destruct.
+            let Some(position) = bdevs.iter().position(|other| Arc::ptr_eq(other, &entry)) else {
+                return Err(BdevError::NotFound(real_name));
+            };
+            bdevs.remove(position);
+            entry.removed.store(true, Ordering::Release);
+        }
         let descs: Vec<Arc<DescState>> = entry.descs.lock().iter().filter_map(Weak::upgrade).collect();
         let mut ctx = ctx;
         for desc in descs {
@@ -331,8 +359,24 @@ impl BdevManager {
                 }
             }
         }
+        entry.bdev.destruct();
         peerless_core::log_info!("bdev '{real_name}' unregistered");
         Ok(())
+    }
+
+    /// The bdev `name` as its module's own type `T`; an error naming `module` if another
+    /// module made it.
+    pub fn get_as<T: Bdev>(&self, name: &str, module: &'static str) -> Result<Arc<T>, BdevError> {
+        let found = self.get(name)?;
+        if found.module_name() != module {
+            return Err(BdevError::OtherModule { name: name.to_string(), module });
+        }
+        bdev::downcast::<T>(found).ok_or_else(|| BdevError::OtherModule { name: name.to_string(), module })
+    }
+
+    /// Every registered bdev of type `T`, in registration order.
+    pub fn list_as<T: Bdev>(&self) -> Vec<Arc<T>> {
+        self.list().into_iter().filter_map(bdev::downcast::<T>).collect()
     }
 
     /// Sets a bdev's QoS limits and applies them on every thread holding a channel;
@@ -371,8 +415,48 @@ impl BdevManager {
         names: Vec<String>,
         done: impl FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send + 'static,
     ) {
+        self.collect_iostat_and_reset(ctx, names, ResetMode::None, done);
+    }
+
+    /// As `collect_iostat`, and each channel (and the retired totals) clears what `reset`
+    /// names right after it is read, so no I/O is counted in neither window nor in both.
+    pub fn collect_iostat_and_reset(
+        &self,
+        ctx: &mut ThreadCtx,
+        names: Vec<String>,
+        reset: ResetMode,
+        done: impl FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send + 'static,
+    ) {
         let entries: Vec<Arc<Entry>> = names.iter().filter_map(|name| self.find(name).ok()).collect();
-        collect_next(ctx, entries, Vec::new(), Box::new(done));
+        collect_next(ctx, entries, reset, Vec::new(), Box::new(done));
+    }
+
+    /// One bdev's figures per live channel, with the id of the thread that owns each
+    /// (`bdev_get_iostat {per_channel}`); channels that have gone are not listed.
+    pub fn collect_channel_iostat(
+        &self,
+        ctx: &mut ThreadCtx,
+        name: &str,
+        reset: ResetMode,
+        done: impl FnOnce(&mut ThreadCtx, Vec<(u64, IoStat)>) + Send + 'static,
+    ) -> Result<(), BdevError> {
+        let entry = self.find(name)?;
+        let channels: Arc<Mutex<Vec<(u64, IoStat)>>> = Arc::default();
+        let sink = channels.clone();
+        entry.device.for_each_channel(
+            ctx,
+            move |ctx, channel| {
+                sink.lock().push((ctx.id().0, channel.stats().clone()));
+                channel.stats_mut().reset(reset);
+            },
+            move |ctx| {
+                let mut channels = std::mem::take(&mut *channels.lock());
+                channels.sort_by_key(|(thread, _)| *thread);
+                done(ctx, channels)
+            },
+        );
+        entry.retired.lock().reset(reset);
+        Ok(())
     }
 
     pub fn open_descriptors(&self) -> u64 {
@@ -385,6 +469,7 @@ type IostatDone = Box<dyn FnOnce(&mut ThreadCtx, Vec<(String, IoStat)>) + Send>;
 fn collect_next(
     ctx: &mut ThreadCtx,
     mut entries: Vec<Arc<Entry>>,
+    reset: ResetMode,
     mut done: Vec<(String, IoStat)>,
     finish: IostatDone,
 ) {
@@ -393,16 +478,218 @@ fn collect_next(
         return;
     }
     let entry = entries.remove(0);
-    let total = Arc::new(Mutex::new(entry.retired.lock().clone()));
+    let total = {
+        let mut retired = entry.retired.lock();
+        let total = retired.clone();
+        retired.reset(reset);
+        Arc::new(Mutex::new(total))
+    };
     let sum = total.clone();
     let name = entry.bdev.info().name.clone();
     entry.device.for_each_channel(
         ctx,
-        move |_, channel| sum.lock().add(channel.stats()),
+        move |_, channel| {
+            sum.lock().add(channel.stats());
+            channel.stats_mut().reset(reset);
+        },
         move |ctx| {
             let stats = total.lock().clone();
             done.push((name, stats));
-            collect_next(ctx, entries, done, finish);
+            collect_next(ctx, entries, reset, done, finish);
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+    use peerless_core::reactor::{App, AppOptions, CoreMask, Subsystem};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::bdev::{BdevChannelOps, BdevInfo, Uuid};
+    use crate::modules::null::NullBdev;
+    use crate::subsystem::BdevSubsystem;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A bdev that records its destructs, optionally stacked on a base it claims as the
+    /// stacked modules do.
+    struct Probe {
+        info: BdevInfo,
+        base: Option<String>,
+        base_desc: Mutex<Option<Desc>>,
+        events: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Bdev for Probe {
+        fn info(&self) -> &BdevInfo {
+            &self.info
+        }
+        fn module_name(&self) -> &'static str {
+            "probe"
+        }
+        fn supports(&self, _io_type: crate::io::IoType) -> bool {
+            false
+        }
+        fn create_channel(&self, _ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
+            unreachable!("no test opens a channel of a probe")
+        }
+        fn config_entry(&self) -> Option<Value> {
+            None
+        }
+        fn base_bdevs(&self) -> Vec<String> {
+            self.base.iter().cloned().collect()
+        }
+        fn destruct(&self) {
+            self.events.lock().push(format!("destruct {}", self.info.name));
+            self.base_desc.lock().take();
+        }
+    }
+
+    fn info(name: &str) -> BdevInfo {
+        BdevInfo {
+            name: name.into(),
+            product_name: "probe".into(),
+            block_size: 512,
+            num_blocks: 8,
+            uuid: Uuid::random(),
+            max_io_blocks: 0,
+        }
+    }
+
+    fn probe(manager: &BdevManager, name: &str, base: Option<&str>, events: &Arc<Mutex<Vec<String>>>) {
+        let base_desc = base.map(|base| {
+            let desc = manager.open(base, true, None, None).unwrap();
+            desc.claim(ClaimType::ExclusiveWrite, &format!("probe {name}")).unwrap();
+            desc
+        });
+        let bdev = Probe {
+            info: info(name),
+            base: base.map(str::to_string),
+            base_desc: Mutex::new(base_desc),
+            events: events.clone(),
+        };
+        manager.register(Arc::new(bdev)).unwrap();
+    }
+
+    fn destructs(events: &Arc<Mutex<Vec<String>>>) -> usize {
+        events.lock().iter().filter(|event| event.starts_with("destruct")).count()
+    }
+
+    fn app() -> App {
+        let options =
+            AppOptions { cpumask: CoreMask::parse("0x1").unwrap(), interrupt_mode: true, ..AppOptions::default() };
+        App::start(options).unwrap()
+    }
+
+    fn on_app_thread<R: Send + 'static>(app: &App, work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        app.handle().app_thread().send_blocking(move |ctx| tx.send(work(ctx)).unwrap()).unwrap();
+        rx.recv_timeout(WAIT).expect("the app thread did not answer")
+    }
+
+    #[test]
+    fn destruct_runs_once_on_delete_and_never_on_a_refused_or_repeated_one() {
+        let manager = BdevManager::new();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        probe(&manager, "P0", None, &events);
+        let refused = manager.unregister_by_name(None, "P0", "malloc").unwrap_err();
+        assert_eq!(refused, BdevError::OtherModule { name: "P0".into(), module: "malloc" });
+        assert_eq!(destructs(&events), 0, "a delete refused for the wrong module destructed");
+        assert!(manager.get("P0").is_ok());
+
+        manager.unregister_by_name(None, "P0", "probe").unwrap();
+        assert_eq!(*events.lock(), ["destruct P0"]);
+        assert!(matches!(manager.unregister(None, "P0"), Err(BdevError::NotFound(_))));
+        assert_eq!(destructs(&events), 1, "a second delete destructed again");
+    }
+
+    #[test]
+    fn racing_deletes_destruct_once() {
+        for _ in 0..50 {
+            let manager = BdevManager::new();
+            let events: Arc<Mutex<Vec<String>>> = Arc::default();
+            probe(&manager, "P0", None, &events);
+            let barrier = Arc::new(std::sync::Barrier::new(2));
+            let racers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (manager, barrier) = (manager.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        manager.unregister(None, "P0").is_ok()
+                    })
+                })
+                .collect();
+            let won = racers.into_iter().map(|racer| racer.join().unwrap()).filter(|won| *won).count();
+            assert_eq!((won, destructs(&events)), (1, 1));
+        }
+    }
+
+    #[test]
+    fn destruct_runs_once_after_the_openers_heard_the_hot_remove() {
+        let app = app();
+        let manager = BdevManager::new();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        probe(&manager, "P0", None, &events);
+        let (bdevs, log) = (manager.clone(), events.clone());
+        let desc = on_app_thread(&app, move |ctx| {
+            let heard = Box::new(move |_: &mut ThreadCtx| log.lock().push("hot-remove P0".into()));
+            let desc = bdevs.open("P0", false, Some(ctx.handle()), Some(heard)).unwrap();
+            bdevs.unregister(Some(ctx), "P0").unwrap();
+            desc.is_removed()
+        });
+        assert!(desc, "the descriptor sees the removal");
+        assert_eq!(*events.lock(), ["hot-remove P0", "destruct P0"]);
+        app.handle().stop();
+        app.wait();
+        assert_eq!(destructs(&events), 1);
+    }
+
+    #[test]
+    fn deleting_a_stacked_bdev_releases_the_base_claim() {
+        let manager = BdevManager::new();
+        manager.register(Arc::new(NullBdev::new(info("Base0")))).unwrap();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        probe(&manager, "Stacked0", Some("Base0"), &events);
+        assert_eq!(manager.claim_of("Base0"), Some((ClaimType::ExclusiveWrite, "probe Stacked0".into())));
+        let refused = manager.unregister(None, "Base0").unwrap_err();
+        assert!(matches!(&refused, BdevError::Claimed { by, .. } if by.contains("Stacked0")), "{refused}");
+
+        manager.unregister(None, "Stacked0").unwrap();
+        assert_eq!(manager.claim_of("Base0"), None, "the stacked bdev's destruct releases its base");
+        assert_eq!(manager.open_descriptors(), 0);
+        manager.unregister(None, "Base0").unwrap();
+    }
+
+    #[test]
+    fn shutdown_destructs_stacked_bdevs_before_their_bases_once_each() {
+        let app = app();
+        let manager = BdevManager::new();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        probe(&manager, "Base0", None, &events);
+        probe(&manager, "Stacked0", Some("Base0"), &events);
+        let subsystem = BdevSubsystem { manager: manager.clone() };
+        on_app_thread(&app, move |ctx| subsystem.fini(ctx, Box::new(|_| {})));
+        assert_eq!(*events.lock(), ["destruct Stacked0", "destruct Base0"]);
+        assert!(manager.list().is_empty());
+        app.handle().stop();
+        app.wait();
+    }
+
+    #[test]
+    fn modules_get_their_own_type_back_and_nobody_elses() {
+        let manager = BdevManager::new();
+        let events: Arc<Mutex<Vec<String>>> = Arc::default();
+        probe(&manager, "P0", None, &events);
+        manager.register(Arc::new(NullBdev::new(info("Null0")))).unwrap();
+        assert_eq!(manager.get_as::<Probe>("P0", "probe").unwrap().info.name, "P0");
+        assert!(matches!(manager.get_as::<Probe>("Null0", "probe"), Err(BdevError::OtherModule { .. })));
+        assert!(matches!(manager.get_as::<Probe>("Nope", "probe"), Err(BdevError::NotFound(_))));
+        let probes: Vec<String> = manager.list_as::<Probe>().iter().map(|probe| probe.info.name.clone()).collect();
+        assert_eq!(probes, ["P0"]);
+    }
 }

@@ -14,6 +14,8 @@ use crate::bdev::Bdev;
 use crate::io::IoType;
 use crate::manager::{BdevManager, Entry};
 use crate::qos::QosLimits;
+use crate::stat::ResetMode;
+use nix::errno::Errno;
 
 /// How often `bdev_get_bdevs {timeout}` looks for a bdev that is not there yet.
 const APPEAR_POLL_US: u64 = 1_000;
@@ -129,9 +131,8 @@ fn get_bdevs(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetBdevs, respo
     let deadline = Instant::now() + Duration::from_millis(params.timeout);
     let manager = manager.clone();
     let mut responder = Some(responder);
-    let slot: std::rc::Rc<std::cell::Cell<Option<peerless_core::reactor::PollerId>>> = Default::default();
-    let own_id = slot.clone();
-    let id = ctx.register_timed_poller("bdev_get_bdevs_wait", APPEAR_POLL_US, move |ctx| {
+    // Outlives this call: it answers, then finishes itself.
+    ctx.poller("bdev_get_bdevs_wait", APPEAR_POLL_US, move |_| {
         let found = manager.entry(&name).ok();
         if found.is_none() && Instant::now() < deadline {
             return PollStatus::Idle;
@@ -144,12 +145,9 @@ fn get_bdevs(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetBdevs, respo
                 }
             }
         }
-        if let Some(id) = own_id.get() {
-            ctx.unregister_poller(id);
-        }
-        PollStatus::Busy
-    });
-    slot.set(Some(id));
+        PollStatus::Done
+    })
+    .detach();
 }
 
 #[derive(Deserialize)]
@@ -171,20 +169,56 @@ pub struct GetIostat {
 const MAX_IOSTAT_NAMES: usize = 1024;
 
 fn get_iostat(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetIostat, responder: Responder) {
-    if params.per_channel {
-        responder.err(RpcError::invalid_params("per_channel statistics are not supported; omit it or pass false"));
-        return;
-    }
-    if let Some(mode) = params.reset_mode.as_deref() {
-        if !matches!(mode, "all" | "maxmin" | "error" | "none") {
+    let reset = match params.reset_mode.as_deref().map(|mode| (mode, ResetMode::parse(mode))) {
+        None => ResetMode::None,
+        Some((_, Some(mode))) => mode,
+        Some((mode, None)) => {
             responder.err(RpcError::invalid_params(format!("reset_mode '{mode}': use all, maxmin, error or none")));
             return;
         }
+    };
+    if params.name.is_some() && params.names.is_some() {
+        responder.err(RpcError::errno(Errno::EINVAL, "name and names cannot both be given"));
+        return;
     }
     let mut wanted: Vec<String> = params.names.unwrap_or_default();
     wanted.extend(params.name);
     if wanted.len() > MAX_IOSTAT_NAMES {
         responder.err(RpcError::invalid_params(format!("at most {MAX_IOSTAT_NAMES} names")));
+        return;
+    }
+    if params.per_channel {
+        // As SPDK: channels are listed for exactly one bdev.
+        let [name] = wanted.as_slice() else {
+            responder.err(RpcError::errno(Errno::EINVAL, "per_channel needs exactly one bdev name"));
+            return;
+        };
+        if let Err(err) = manager.entry(name) {
+            responder.err(err.into());
+            return;
+        }
+        let name = name.clone();
+        let listed = manager.collect_channel_iostat(ctx, &name.clone(), reset, move |_, channels| {
+            let channels: Vec<Value> = channels
+                .iter()
+                .map(|(thread_id, stat)| {
+                    let mut entry = stat.to_json(&name);
+                    let map = entry.as_object_mut().expect("built as an object");
+                    map.remove("name");
+                    map.remove("driver_specific");
+                    let mut object = Map::new();
+                    object.insert("thread_id".into(), json!(thread_id));
+                    object.extend(std::mem::take(map));
+                    Value::Object(object)
+                })
+                .collect();
+            responder.ok(json!({"tick_rate": TICK_RATE_HZ, "ticks": now_ticks(), "name": name, "channels": channels}));
+        });
+        if let Err(err) = listed {
+            // Deleted since the look-up above: the responder went with the closure and
+            // answers as it drops; the log says why.
+            peerless_core::log_notice!("bdev_get_iostat per_channel: {err}");
+        }
         return;
     }
     let entries = if wanted.is_empty() {
@@ -203,12 +237,15 @@ fn get_iostat(ctx: &mut ThreadCtx, manager: &BdevManager, params: GetIostat, res
         entries
     };
     let names: Vec<String> = entries.iter().map(|entry| entry.bdev.info().name.clone()).collect();
-    manager.collect_iostat(ctx, names, move |_, stats| {
-        let ticks =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    manager.collect_iostat_and_reset(ctx, names, reset, move |_, stats| {
         let bdevs: Vec<Value> = stats.iter().map(|(name, stat)| stat.to_json(name)).collect();
-        responder.ok(json!({"tick_rate": TICK_RATE_HZ, "ticks": ticks, "bdevs": bdevs}));
+        responder.ok(json!({"tick_rate": TICK_RATE_HZ, "ticks": now_ticks(), "bdevs": bdevs}));
     });
+}
+
+/// `ticks` of SPDK's iostat answers: its clock at the time of the answer, here in ns.
+fn now_ticks() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
 }
 
 #[derive(Deserialize)]

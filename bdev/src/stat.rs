@@ -43,10 +43,42 @@ impl OpStat {
     }
 
     fn min_reported(&self) -> u64 {
-        if self.ops == 0 {
+        // u64::MAX until an operation since creation or since a max/min reset.
+        if self.ops == 0 || self.min_latency_ticks == u64::MAX {
             0
         } else {
             self.min_latency_ticks
+        }
+    }
+
+    fn reset_max_min(&mut self) {
+        self.max_latency_ticks = 0;
+        self.min_latency_ticks = u64::MAX;
+    }
+}
+
+/// What `bdev_get_iostat {reset_mode}` clears once the figures are read (SPDK's
+/// `spdk_bdev_reset_stat_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResetMode {
+    /// Every counter, as if the bdev were new.
+    All,
+    /// Only the maximum and minimum latencies.
+    MaxMin,
+    /// Only the failed I/O counts.
+    Error,
+    #[default]
+    None,
+}
+
+impl ResetMode {
+    pub fn parse(text: &str) -> Option<ResetMode> {
+        match text {
+            "all" => Some(ResetMode::All),
+            "maxmin" => Some(ResetMode::MaxMin),
+            "error" => Some(ResetMode::Error),
+            "none" => Some(ResetMode::None),
+            _ => None,
         }
     }
 }
@@ -98,6 +130,20 @@ impl IoStat {
                 Some((_, total)) => *total += count,
                 None => self.errors.push((*status, *count)),
             }
+        }
+    }
+
+    /// Clears what `mode` names; the caller has read the figures first.
+    pub fn reset(&mut self, mode: ResetMode) {
+        match mode {
+            ResetMode::All => *self = IoStat::default(),
+            ResetMode::MaxMin => {
+                for op in [&mut self.read, &mut self.write, &mut self.unmap, &mut self.copy] {
+                    op.reset_max_min();
+                }
+            }
+            ResetMode::Error => self.errors.clear(),
+            ResetMode::None => {}
         }
     }
 
@@ -157,5 +203,40 @@ mod tests {
         assert_eq!(json["num_write_ops"], 1);
         assert_eq!(json["min_unmap_latency_ticks"], 0, "no unmap yet reports 0, not u64::MAX");
         assert_eq!(json["io_error"]["unrecovered read error"], 2);
+    }
+
+    #[test]
+    fn resets_clear_what_their_mode_names() {
+        let sample = || {
+            let mut stat = IoStat::default();
+            stat.record(IoType::Read, 4096, 100, IoStatus::SUCCESS);
+            stat.record(IoType::Read, 4096, 40, IoStatus::SUCCESS);
+            stat.record(IoType::Write, 4096, 1, IoStatus::UNRECOVERED_READ_ERROR);
+            stat
+        };
+        let mut none = sample();
+        none.reset(ResetMode::None);
+        assert_eq!(none, sample());
+
+        let mut errors = sample();
+        errors.reset(ResetMode::Error);
+        assert_eq!((errors.error_count(), errors.read.ops), (0, 2), "only the failures go");
+
+        let mut max_min = sample();
+        max_min.reset(ResetMode::MaxMin);
+        assert_eq!((max_min.read.ops, max_min.read.latency_ticks), (2, 140), "sums stay");
+        let json = max_min.to_json("Malloc0");
+        assert_eq!(
+            (json["max_read_latency_ticks"].as_u64(), json["min_read_latency_ticks"].as_u64()),
+            (Some(0), Some(0))
+        );
+        max_min.record(IoType::Read, 4096, 70, IoStatus::SUCCESS);
+        assert_eq!((max_min.read.max_latency_ticks, max_min.read.min_latency_ticks), (70, 70), "a new window");
+
+        let mut all = sample();
+        all.reset(ResetMode::All);
+        assert_eq!(all, IoStat::default());
+        assert_eq!(ResetMode::parse("maxmin"), Some(ResetMode::MaxMin));
+        assert_eq!(ResetMode::parse("bogus"), None);
     }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use harness::*;
-use peerless_bdev::modules::delay::{CreateParams, DelayBdev, LatencyType};
+use peerless_bdev::modules::delay::{self, CreateParams, DelayBdev, LatencyType};
 use peerless_bdev::modules::malloc::MallocBdev;
 use peerless_bdev::{BdevError, BdevInfo, DataBuf, IoStatus, IoType, Uuid};
 use rpc_client::Rpc;
@@ -114,7 +114,7 @@ fn the_base_is_claimed_until_the_delay_bdev_is_deleted() {
     let _serial = serial();
     let harness = Harness::new();
     malloc(&harness, "Malloc0");
-    let delay = DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 10, 10)).unwrap();
+    DelayBdev::create(&harness.bdevs, params("Delay0", "Malloc0", 10, 10)).unwrap();
     let (_, by) = harness.bdevs.claim_of("Malloc0").expect("claimed");
     assert_eq!(by, "bdev_delay Delay0");
     assert!(matches!(harness.bdevs.open("Malloc0", true, None, None), Err(BdevError::Claimed { .. })));
@@ -128,7 +128,7 @@ fn the_base_is_claimed_until_the_delay_bdev_is_deleted() {
     let on_remove = Box::new(move |_: &mut peerless_core::reactor::ThreadCtx| flag.store(true, Ordering::SeqCst));
     let desc = Arc::new(harness.bdevs.open("Delay0", true, Some(harness.thread.clone()), Some(on_remove)).unwrap());
     assert_ok(&harness.run_one(&desc, patterned_write(0, 1, BLOCK, 1)));
-    delay.delete(None, &harness.bdevs).unwrap();
+    harness.bdevs.unregister_by_name(None, "Delay0", delay::MODULE_NAME).unwrap();
     let deadline = Instant::now() + WAIT;
     while !heard.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));

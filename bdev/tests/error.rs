@@ -8,7 +8,7 @@ mod threads;
 use std::sync::Arc;
 
 use harness::*;
-use peerless_bdev::modules::error::{ErrorBdev, InjectParams};
+use peerless_bdev::modules::error::{self, ErrorBdev, InjectParams};
 use peerless_bdev::modules::malloc::MallocBdev;
 use peerless_bdev::{Bdev, BdevError, BdevInfo, DataBuf, IoStatus, IoType, Uuid};
 use rpc_client::Rpc;
@@ -181,7 +181,7 @@ fn the_base_is_claimed_and_rpc_methods_work() {
     assert_eq!(bdev.driver_specific(), json!({"error_disk": {"base_bdev": "Malloc0"}}));
     assert_eq!(bdev.config_entry().unwrap()["params"]["base_name"], "Malloc0");
     drop(desc);
-    bdev.delete(None, &harness.bdevs).unwrap();
+    harness.bdevs.unregister_by_name(None, "EE_Malloc0", error::MODULE_NAME).unwrap();
     assert_eq!(harness.bdevs.claim_of("Malloc0"), None);
 
     let rpc = Rpc::new(&harness);

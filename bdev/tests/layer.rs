@@ -18,7 +18,7 @@ use peerless_bdev::{
     Bdev, BdevChannelOps, BdevError, BdevInfo, BdevIo, ClaimType, DataBuf, IoStatus, IoType, SubmitError, Uuid,
 };
 use peerless_core::mem::{self, CmbConfig, EmulatedCmb, MemKind, Path};
-use peerless_core::reactor::{PollStatus, ThreadCtx};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 const BLOCK: usize = 512;
 
@@ -301,6 +301,7 @@ struct Stingy {
 
 struct StingyChannel {
     in_flight: Rc<RefCell<VecDeque<Box<BdevIo>>>>,
+    _completer: Poller,
 }
 
 const STINGY_SLOTS: usize = 2;
@@ -309,13 +310,16 @@ impl Bdev for Stingy {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
+    fn module_name(&self) -> &'static str {
+        "stingy"
+    }
     fn supports(&self, io_type: IoType) -> bool {
         io_type == IoType::Read
     }
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
         let in_flight: Rc<RefCell<VecDeque<Box<BdevIo>>>> = Rc::default();
         let device = in_flight.clone();
-        ctx.register_poller("stingy", move |_| {
+        let completer = ctx.poller("stingy", 0, move |_| {
             let finished = device.borrow_mut().pop_front();
             match finished {
                 Some(io) => {
@@ -325,7 +329,7 @@ impl Bdev for Stingy {
                 None => PollStatus::Idle,
             }
         });
-        Box::new(StingyChannel { in_flight })
+        Box::new(StingyChannel { in_flight, _completer: completer })
     }
     fn config_entry(&self) -> Option<serde_json::Value> {
         None
@@ -375,11 +379,15 @@ struct PickyChannel {
     accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>>,
     /// Offsets of the writes refused once.
     refused: HashSet<u64>,
+    _completer: Poller,
 }
 
 impl Bdev for Picky {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+    fn module_name(&self) -> &'static str {
+        "picky"
     }
     fn supports(&self, io_type: IoType) -> bool {
         matches!(io_type, IoType::Read | IoType::Write | IoType::Reset)
@@ -387,7 +395,7 @@ impl Bdev for Picky {
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
         let accepted: Rc<RefCell<VecDeque<Box<BdevIo>>>> = Rc::default();
         let device = accepted.clone();
-        ctx.register_poller("picky", move |_| {
+        let completer = ctx.poller("picky", 0, move |_| {
             let finished = device.borrow_mut().pop_front();
             match finished {
                 Some(io) => {
@@ -397,7 +405,7 @@ impl Bdev for Picky {
                 None => PollStatus::Idle,
             }
         });
-        Box::new(PickyChannel { accepted, refused: HashSet::new() })
+        Box::new(PickyChannel { accepted, refused: HashSet::new(), _completer: completer })
     }
     fn config_entry(&self) -> Option<serde_json::Value> {
         None

@@ -100,7 +100,7 @@ fn file_media_keeps_data_across_a_recreate() {
     every_io_type_keeps_data(&harness, "Nvme0");
     // The file is reached through the device's staging memory, CMB bytes by its engine.
     cmb_round_trip(&harness, &bdev, "Nvme0");
-    nvmesim::delete(None, &harness.bdevs, "Nvme0").unwrap();
+    harness.bdevs.unregister_by_name(None, "Nvme0", nvmesim::MODULE_NAME).unwrap();
     drop(bdev);
     nvmesim(&harness, params);
     let desc = harness.open("Nvme0", false);
@@ -155,11 +155,11 @@ fn own_cmb_buffers_pass_through_passthru_without_bounce() {
     let bdev =
         nvmesim(&harness, CreateParams { cmb_size_mb: CMB_MB, ..CreateParams::new("Nvme0", 1024, BLOCK as u32) });
     let params = passthru::CreateParams { name: "PT0".into(), base_bdev_name: "Nvme0".into(), uuid: None };
-    let pt = passthru::create(&harness.bdevs, params).unwrap();
+    passthru::create(&harness.bdevs, params).unwrap();
     let provider = harness.bdevs.get("PT0").unwrap().p2p_provider().expect("passthru offers its base's CMB");
     assert_eq!(provider.domain(), bdev.cmb().unwrap().domain());
     cmb_round_trip(&harness, &bdev, "PT0");
-    passthru::delete(None, &harness.bdevs, &pt).unwrap();
+    harness.bdevs.unregister_by_name(None, "PT0", passthru::MODULE_NAME).unwrap();
 }
 
 #[test]
@@ -168,13 +168,13 @@ fn own_cmb_buffers_reach_the_device_through_a_split_part_without_bounce() {
     let bdev =
         nvmesim(&harness, CreateParams { cmb_size_mb: CMB_MB, ..CreateParams::new("Nvme0", 1024, BLOCK as u32) });
     let params = split::CreateParams { base_bdev: "Nvme0".into(), split_count: 2, split_size_mb: 0 };
-    let parts = split::create(&harness.bdevs, params).unwrap();
+    split::create(&harness.bdevs, params).unwrap();
     cmb_round_trip(&harness, &bdev, "Nvme0p1");
     // Part 1 starts at block 512: its block 100 is the device's 612.
     let base = harness.open("Nvme0", false);
     let on_base = harness.run_one(&base, read(612, 64, BLOCK));
     assert!(on_base.bytes() == pattern(100, 64, BLOCK, 8), "the part wrote at its offset on the device");
-    split::delete(None, &harness.bdevs, &parts).unwrap();
+    split::delete(None, &harness.bdevs, "Nvme0").unwrap();
 }
 
 #[test]
@@ -283,11 +283,39 @@ fn deleting_an_open_nvmesim_reaches_its_descriptors() {
     let on_remove = Box::new(move |_: &mut peerless_core::reactor::ThreadCtx| flag.store(true, Ordering::SeqCst));
     let desc = Arc::new(harness.bdevs.open("Nvme0", true, Some(harness.thread.clone()), Some(on_remove)).unwrap());
     assert_ok(&harness.run_one(&desc, patterned_write(0, 1, BLOCK, 0)));
-    assert!(nvmesim::delete(None, &harness.bdevs, "Nvme0").is_ok());
+    assert!(harness.bdevs.unregister_by_name(None, "Nvme0", nvmesim::MODULE_NAME).is_ok());
     let deadline = Instant::now() + WAIT;
     while !heard.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::yield_now();
     }
     assert!(heard.load(Ordering::SeqCst), "the hot-remove event did not reach the descriptor");
     assert_eq!(harness.run_one(&desc, read(0, 1, BLOCK)).status, IoStatus::INVALID_NAMESPACE);
+}
+
+#[test]
+fn a_closed_channel_finishes_what_it_posted_then_its_poller_ends() {
+    let harness = Harness::new();
+    nvmesim(&harness, CreateParams { latency_us: 20_000, ..CreateParams::new("Nvme0", 64, BLOCK as u32) });
+    let desc = harness.open("Nvme0", false);
+    let pollers = |harness: &Harness| -> Vec<String> {
+        harness.on_thread(|ctx| ctx.poller_stats().into_iter().map(|stat| stat.name).collect())
+    };
+    let after_close = harness.on_thread(move |ctx| {
+        let handle = desc.channel(ctx);
+        let queue = peerless_bdev::completion_queue(1);
+        let mut io = peerless_bdev::BdevIo::new(IoType::Read, 0, 1);
+        io.buffers.push(DataBuf::heap(BLOCK));
+        handle.submit(ctx, io, &queue, 0);
+        // Closes the layer channel and, with it, the device's queue pair while the read
+        // is still posted for its modelled latency.
+        drop(handle);
+        ctx.poller_stats().into_iter().map(|stat| stat.name).collect::<Vec<_>>()
+    });
+    assert!(!after_close.contains(&"bdev_Nvme0".to_string()), "the layer channel's poller outlived it");
+    assert!(after_close.contains(&"nvmesim_Nvme0".to_string()), "the posted read lost its poller: {after_close:?}");
+    let deadline = Instant::now() + WAIT;
+    while pollers(&harness).contains(&"nvmesim_Nvme0".to_string()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(!pollers(&harness).contains(&"nvmesim_Nvme0".to_string()), "the detached poller never finished");
 }

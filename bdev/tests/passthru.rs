@@ -83,7 +83,7 @@ fn the_base_stays_claimed_until_the_passthru_is_deleted() {
     assert_eq!(config["params"]["base_bdev_name"], "Malloc0");
     assert_eq!(pt.driver_specific()["passthru"]["base_bdev_name"], "Malloc0");
 
-    passthru::delete(None, &harness.bdevs, &pt).unwrap();
+    harness.bdevs.unregister_by_name(None, "PT0", passthru::MODULE_NAME).unwrap();
     assert_eq!(harness.bdevs.claim_of("Malloc0"), None, "deleting the passthru releases its base");
     let writer = harness.open("Malloc0", true);
     assert_ok(&harness.run_one(&writer, patterned_write(0, 1, BLOCK, 0)));
@@ -95,13 +95,13 @@ fn the_base_stays_claimed_until_the_passthru_is_deleted() {
 fn deleting_the_passthru_reaches_its_descriptors_and_fails_new_io() {
     let harness = Harness::new();
     malloc(&harness, "Malloc0", 64);
-    let pt = passthru(&harness, "PT0", "Malloc0").unwrap();
+    passthru(&harness, "PT0", "Malloc0").unwrap();
     let heard = Arc::new(AtomicBool::new(false));
     let flag = heard.clone();
     let on_remove = Box::new(move |_: &mut peerless_core::reactor::ThreadCtx| flag.store(true, Ordering::SeqCst));
     let desc = Arc::new(harness.bdevs.open("PT0", true, Some(harness.thread.clone()), Some(on_remove)).unwrap());
     assert_ok(&harness.run_one(&desc, patterned_write(0, 1, BLOCK, 0)));
-    passthru::delete(None, &harness.bdevs, &pt).unwrap();
+    harness.bdevs.unregister_by_name(None, "PT0", passthru::MODULE_NAME).unwrap();
     let deadline = Instant::now() + WAIT;
     while !heard.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::yield_now();

@@ -82,20 +82,20 @@ fn parts_share_one_claim_and_are_deleted_together() {
     assert_eq!(entries[0]["params"]["split_count"], 4);
 
     // A part built upon blocks the delete, and nothing is removed.
-    let pt = passthru::create(
+    passthru::create(
         &harness.bdevs,
         passthru::CreateParams { name: "PT0".into(), base_bdev_name: "Malloc0p3".into(), uuid: None },
     )
     .unwrap();
-    assert!(matches!(split::delete(None, &harness.bdevs, &parts), Err(BdevError::Claimed { .. })));
+    assert!(matches!(split::delete(None, &harness.bdevs, "Malloc0"), Err(BdevError::Claimed { .. })));
     assert!(parts.iter().all(|part| harness.bdevs.get(&part.name()).is_ok()));
-    passthru::delete(None, &harness.bdevs, &pt).unwrap();
+    harness.bdevs.unregister_by_name(None, "PT0", passthru::MODULE_NAME).unwrap();
 
     let heard = Arc::new(AtomicBool::new(false));
     let flag = heard.clone();
     let on_remove = Box::new(move |_: &mut peerless_core::reactor::ThreadCtx| flag.store(true, Ordering::SeqCst));
     let desc = Arc::new(harness.bdevs.open("Malloc0p2", true, Some(harness.thread.clone()), Some(on_remove)).unwrap());
-    split::delete(None, &harness.bdevs, &parts).unwrap();
+    split::delete(None, &harness.bdevs, "Malloc0").unwrap();
     let deadline = Instant::now() + WAIT;
     while !heard.load(Ordering::SeqCst) && Instant::now() < deadline {
         std::thread::yield_now();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use peerless_bdev::{BdevInfo, BdevManager, IoType, Uuid};
+use peerless_bdev::{BdevManager, IoType};
 use peerless_core::config;
 use peerless_core::reactor::{App, AppOptions};
 use peerless_core::rpc::request::{parse_request, response};
@@ -20,7 +20,7 @@ use peerless_target::nvme::cmd::{Sqe, SQE_BYTES};
 use peerless_target::nvme::Status;
 use peerless_target::nvmf::connect::{self, ConnInfo};
 use peerless_target::nvmf::ctrlr::AdminState;
-use peerless_target::nvmf::io_cmd::{self, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
+use peerless_target::nvmf::io_cmd::{self, CommandLimits, NsInfo, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
 use peerless_target::nvmf::subsystem::{ListenAddress, SubsystemKind};
 use peerless_target::nvmf::{admin, NvmfTarget};
 use peerless_target::nvmf::transport::TransportOptions;
@@ -117,33 +117,47 @@ pub fn pdu(data: &[u8]) {
 }
 
 fn io_command(sqe: &Sqe, control: u8, data: &[u8]) {
-    let info = BdevInfo {
-        name: "fuzz".into(),
-        product_name: "fuzz".into(),
-        block_size: 512 << ((control >> 5) & 3),
-        num_blocks: if control & 0x80 == 0 { 16_384 } else { u64::MAX },
-        uuid: Uuid::default(),
-        max_io_blocks: 0,
-    };
+    // Every command is planned without limits and with small ones (as `nvmf_create_subsystem`
+    // sets them with `dmrsl` and `wzsl`).
+    for limits in [CommandLimits::default(), CommandLimits { dmrsl: 8, wzsl: 1 }] {
+        let info = NsInfo {
+            block_size: 512 << ((control >> 5) & 3),
+            num_blocks: if control & 0x80 == 0 { 16_384 } else { u64::MAX },
+            limits,
+        };
+        io_command_within(sqe, &info, data);
+    }
+}
+
+fn io_command_within(sqe: &Sqe, info: &NsInfo, data: &[u8]) {
     let (max_io_bytes, icd_limit) = (131_072, 8192);
     let in_capsule = data.len();
-    match io_cmd::plan(sqe, &info, max_io_bytes, in_capsule, icd_limit) {
+    match io_cmd::plan(sqe, info, max_io_bytes, in_capsule, icd_limit) {
         Ok(Plan::Block { io_type, slba, nlb, transfer }) => {
             assert!(slba.checked_add(nlb).is_some_and(|end| end <= info.num_blocks), "{sqe:?}");
             assert!(transfer.bytes <= max_io_bytes);
             if io_type != IoType::Flush && io_type != IoType::WriteZeroes {
                 assert_eq!(transfer.bytes as u64, nlb * u64::from(info.block_size));
             }
+            if io_type == IoType::WriteZeroes {
+                let bytes = nlb * u64::from(info.block_size);
+                assert!(info.limits.write_zeroes_max_bytes().is_none_or(|max| bytes <= max), "{sqe:?}");
+            }
             if transfer.placement == Placement::InCapsule {
                 assert!(transfer.bytes == in_capsule && transfer.bytes <= icd_limit);
             }
         }
         Ok(Plan::Deallocate { ranges, transfer, .. }) => {
-            assert!((1..=DSM_MAX_RANGES).contains(&ranges));
-            // At least NR ranges; Linux sends a whole 4 KiB list whatever NR says.
-            let needed = ranges as usize * DSM_RANGE_BYTES;
+            assert!((1..=DSM_MAX_RANGES).contains(&ranges.count));
+            assert_eq!(ranges.max_blocks, info.limits.dmrsl);
+            // At least the ranges processed; Linux sends a whole 4 KiB list whatever NR says.
+            let needed = ranges.count as usize * DSM_RANGE_BYTES;
             assert!((needed..=DSM_MAX_RANGES as usize * DSM_RANGE_BYTES).contains(&transfer.bytes), "{sqe:?}");
-            assert!(io_cmd::dsm_ranges(data, ranges).count() == ranges as usize);
+            let processed: Vec<(u64, u64)> = io_cmd::dsm_ranges(data, ranges).collect();
+            assert_eq!(processed.len(), ranges.count as usize);
+            if ranges.max_blocks > 0 {
+                assert!(processed.iter().all(|(_, blocks)| *blocks <= u64::from(ranges.max_blocks)));
+            }
         }
         Err(status) => assert_ne!(status, Status::SUCCESS),
     }

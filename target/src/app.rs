@@ -1,9 +1,11 @@
 //! The target application: reactors, the RPC server, signals, config, and the orderly
 //! stop. The binary is a thin shell around `run` so tests can drive the same code.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::metrics::{self, MetricsServer};
 use crate::nvmf::{self, NvmfSubsystem, NvmfTarget};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -33,6 +35,8 @@ pub struct TargetOptions {
     pub interrupt_mode: bool,
     /// The memory environment, started before the reactors (`--env`, `-s`, ...).
     pub mem: EnvOptions,
+    /// Where `/metrics` is served (`--metrics`); off when absent.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl TargetOptions {
@@ -65,7 +69,7 @@ impl TargetOptions {
             log::set_level(Level::Debug);
             log::set_print_level(Level::Debug);
         }
-        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode, mem })
+        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode, mem, metrics: None })
     }
 }
 
@@ -95,6 +99,7 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     stop_signals.thread_block().map_err(|err| TargetError::Start(format!("cannot block signals: {err}")))?;
     let signals = SignalFd::with_flags(&stop_signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|err| TargetError::Start(format!("cannot open a signalfd: {err}")))?;
+    let metrics_listener = options.metrics.map(bind_metrics).transpose()?;
 
     // Before any reactor or pool exists, so every DMA buffer comes from the chosen
     // environment; after the signal mask, so the EAL's own threads inherit it.
@@ -146,12 +151,44 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
         server.stop();
         return Err(err);
     }
+    // Before the target reports ready, so whoever waits for that can scrape at once.
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            let sources = metrics::Sources { registry: registry.clone(), app: handle.clone(), target: target.clone() };
+            match MetricsServer::start(listener, sources) {
+                Ok(metrics) => Some(metrics),
+                Err(err) => {
+                    stop_and_wait(app);
+                    server.stop();
+                    return Err(TargetError::Start(format!("cannot start the metrics thread: {err}")));
+                }
+            }
+        }
+        None => None,
+    };
     handle.mark_ready();
     log_notice!("peerless-tgt ready; RPC on {}", options.rpc_socket.display());
     app.wait();
+    if let Some(metrics) = metrics {
+        metrics.stop();
+    }
     server.stop();
     log_notice!("peerless-tgt stopped");
     Ok(())
+}
+
+/// Binds `--metrics`: an address this host does not have is a usage error (exit code 2),
+/// one that is taken is a failure to start (exit code 1), as for the RPC socket.
+fn bind_metrics(addr: SocketAddr) -> Result<std::net::TcpListener, TargetError> {
+    metrics::bind(addr).map_err(|err| {
+        let message = format!("--metrics {addr}: {err}");
+        match err.raw_os_error().map(nix::errno::Errno::from_raw) {
+            Some(nix::errno::Errno::EADDRNOTAVAIL | nix::errno::Errno::EAFNOSUPPORT | nix::errno::Errno::EINVAL) => {
+                TargetError::Usage(message)
+            }
+            _ => TargetError::Start(message),
+        }
+    })
 }
 
 fn stop_and_wait(app: App) {
@@ -178,7 +215,8 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
             log_error!("cannot watch the signalfd: {err}; falling back to polling it");
             period_us = SIGNAL_POLL_US;
         }
-        ctx.register_timed_poller("signals", period_us, move |ctx| match signals.read_signal() {
+        // Runs for as long as the app thread does.
+        ctx.poller("signals", period_us, move |ctx| match signals.read_signal() {
             Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
                 log_state(ctx);
                 PollStatus::Busy
@@ -189,7 +227,8 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
                 PollStatus::Busy
             }
             _ => PollStatus::Idle,
-        });
+        })
+        .detach();
     });
     if sent.is_err() {
         log_error!("the app thread exited before signals could be watched");

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod metrics;
 pub mod nvme;
 pub mod nvmf;
 pub mod tcp;

@@ -346,3 +346,220 @@ fn a_bad_config_names_the_line_and_field_and_exits_nonzero() {
         assert!(!socket.exists(), "a failed start leaves no socket");
     }
 }
+
+const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
+
+/// Every nvmf and bdev parameter SPDK defines either works or is refused with -32602
+/// naming it: nothing is accepted and then ignored. Each row is a call the target must
+/// refuse, and the words its message must hold.
+#[test]
+fn parameters_the_target_cannot_honour_are_refused_by_name() {
+    let target = tgt().start("params", &[]);
+    target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
+    target.call("bdev_malloc_create", Some(json!({"name": "Malloc0", "num_blocks": 64, "block_size": 512})));
+    target.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true})));
+    let address = json!({"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420"});
+    let ns = |extra: Value| {
+        let mut namespace = json!({"bdev_name": "Malloc0"});
+        namespace.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"nqn": NQN, "namespace": namespace})
+    };
+    let other = "nqn.2016-06.io.spdk:other";
+    let host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555";
+    let refusals: Vec<(&str, Value, i64, &[&str])> = vec![
+        // One target, named as SPDK names its default one.
+        ("nvmf_create_subsystem", json!({"nqn": other, "tgt_name": "tgt2"}), -32602, &["'tgt2' not found", "nvmf_tgt"]),
+        ("nvmf_get_subsystems", json!({"tgt_name": "tgt2"}), -32602, &["tgt2"]),
+        ("nvmf_subsystem_get_qpairs", json!({"nqn": NQN, "tgt_name": "tgt2"}), -32602, &["tgt2"]),
+        ("nvmf_create_transport", json!({"trtype": "TCP", "tgt_name": "tgt2"}), -32602, &["tgt2"]),
+        // nvmf_create_subsystem
+        ("nvmf_create_subsystem", json!({"nqn": other, "ana_reporting": true}), -32602, &["ana_reporting"]),
+        ("nvmf_create_subsystem", json!({"nqn": other, "passthrough": true}), -32602, &["passthrough"]),
+        ("nvmf_create_subsystem", json!({"nqn": other, "enable_nssr": true}), -32602, &["enable_nssr"]),
+        ("nvmf_create_subsystem", json!({"nqn": other, "admin_label": "ab"}), -32602, &["admin_label", "4 to 256"]),
+        (
+            "nvmf_create_subsystem",
+            json!({"nqn": other, "max_write_zeroes_size_kib": 12}),
+            -32602,
+            &["max_write_zeroes_size_kib 12", "power of two"],
+        ),
+        (
+            "nvmf_create_subsystem",
+            json!({"nqn": other, "dmrsl": 8, "max_discard_size_kib": 4}),
+            -32602,
+            &["dmrsl or max_discard_size_kib"],
+        ),
+        ("nvmf_create_subsystem", json!({"nqn": other, "wzsl": 300}), -32602, &["wzsl"]),
+        // nvmf_subsystem_add_ns
+        ("nvmf_subsystem_add_ns", ns(json!({"ptpl_file": "/var/tmp/ptpl"})), -32602, &["ptpl_file", "reservations"]),
+        ("nvmf_subsystem_add_ns", ns(json!({"anagrpid": 2})), -32602, &["anagrpid", "ANA"]),
+        ("nvmf_subsystem_add_ns", ns(json!({"no_auto_visible": true})), -32602, &["no_auto_visible", "masking"]),
+        ("nvmf_subsystem_add_ns", ns(json!({"hide_metadata": true})), -32602, &["hide_metadata"]),
+        // nvmf_subsystem_add_listener
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": address, "ana_state": "optimized"}),
+            -32602,
+            &["ana_state", "optimized"],
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": address, "sock_impl": "uring"}),
+            -32602,
+            &["sock_impl", "'uring'", "posix"],
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": address, "numa_id": 0}),
+            -32602,
+            &["numa_id", "-1"],
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": address, "secure_channel": true}),
+            -32602,
+            &["secure_channel"],
+        ),
+        // Parameters of another method are unknown here, as in SPDK.
+        (
+            "nvmf_subsystem_remove_listener",
+            json!({"nqn": NQN, "listen_address": address, "secure_channel": false}),
+            -32602,
+            &["unknown field `secure_channel`"],
+        ),
+        ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "timeout_ms": 5}), -32602, &["timeout_ms"]),
+        ("nvmf_subsystem_remove_host", json!({"nqn": NQN, "host": host, "psk": "key0"}), -32602, &["psk"]),
+        ("nvmf_get_stats", json!({"trtype": "TCP"}), -32602, &["unknown field `trtype`"]),
+        ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "psk": "key0"}), -32602, &["psk", "TLS"]),
+        ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "dhchap_key": "k"}), -32602, &["dhchap_key"]),
+        (
+            "nvmf_subsystem_add_host",
+            json!({"nqn": NQN, "host": host, "dhchap_ctrlr_key": "k"}),
+            -32602,
+            &["dhchap_ctrlr_key"],
+        ),
+        // A transport filter names one the target has.
+        ("nvmf_get_transports", json!({"trtype": "RDMA"}), -19, &["'RDMA' does not exist", "TCP"]),
+        // bdev modules
+        ("bdev_malloc_create", json!({"num_blocks": 8, "block_size": 512, "numa_id": 0}), -32602, &["numa_id 0", "-1"]),
+        (
+            "bdev_malloc_create",
+            json!({"num_blocks": 8, "block_size": 512, "optimal_io_boundary": 8}),
+            -32602,
+            &["optimal_io_boundary 8"],
+        ),
+        (
+            "bdev_malloc_create",
+            json!({"num_blocks": 8, "block_size": 512, "physical_block_size": 4096}),
+            -32602,
+            &["physical_block_size 4096"],
+        ),
+        (
+            "bdev_malloc_create",
+            json!({"num_blocks": 8, "block_size": 512, "md_interleave": true}),
+            -32602,
+            &["md_interleave"],
+        ),
+        (
+            "bdev_malloc_create",
+            json!({"num_blocks": 8, "block_size": 512, "dif_pi_format": 1}),
+            -32602,
+            &["dif_pi_format"],
+        ),
+        (
+            "bdev_null_create",
+            json!({"name": "N", "num_blocks": 8, "block_size": 512, "preferred_unmap_granularity": 8}),
+            -32602,
+            &["preferred_unmap_granularity 8"],
+        ),
+        (
+            "bdev_null_create",
+            json!({"name": "N", "num_blocks": 8, "block_size": 512, "dif_is_head_of_md": true}),
+            -32602,
+            &["dif_is_head_of_md"],
+        ),
+        ("bdev_aio_create", json!({"name": "A", "filename": "/dev/null", "nowait": true}), -32602, &["nowait"]),
+    ];
+    for (method, params, code, needles) in refusals {
+        let (got, message) = target.call_err(method, Some(params.clone()));
+        assert_eq!(got, code, "{method} {params}: {message}");
+        for needle in needles {
+            assert!(message.contains(needle), "{method} {params}: '{needle}' not in: {message}");
+        }
+    }
+    // None of the refusals left anything behind.
+    let subsystems = target.call("nvmf_get_subsystems", None);
+    assert_eq!(subsystems.as_array().unwrap().len(), 2, "discovery and {NQN} only: {subsystems}");
+    assert_eq!(subsystems[1]["namespaces"], json!([]));
+    assert_eq!(subsystems[1]["listen_addresses"], json!([]));
+    let bdevs = target.call("bdev_get_bdevs", None);
+    assert_eq!(bdevs.as_array().unwrap().len(), 1, "only Malloc0: {bdevs}");
+}
+
+/// The values that say "what the target does anyway" are accepted, and what is stored
+/// shows in `nvmf_get_subsystems` and in the saved configuration.
+#[test]
+fn parameters_the_target_honours_are_kept_and_reported() {
+    let target = tgt().start("params-kept", &[]);
+    target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"})));
+    for (name, extra) in [
+        ("Malloc0", json!({"numa_id": -1, "physical_block_size": 512, "optimal_io_boundary": 0})),
+        ("Malloc1", json!({"physical_block_size": 0, "md_interleave": false, "dif_is_head_of_md": false})),
+    ] {
+        let mut params = json!({"name": name, "num_blocks": 64, "block_size": 512});
+        params.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        assert_eq!(target.call("bdev_malloc_create", Some(params)), json!(name));
+    }
+    assert_eq!(
+        target.call("bdev_get_iostat", Some(json!({"reset_mode": "none"})))["bdevs"].as_array().unwrap().len(),
+        2
+    );
+    target.call(
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": NQN, "tgt_name": "nvmf_tgt", "admin_label": "rack-7/shelf-2", "dmrsl": 2048, "wzsl": 4})),
+    );
+    // SPDK's older forms: KiB of 512-byte blocks, and KiB as a power of two of 4 KiB pages.
+    let older = "nqn.2016-06.io.spdk:older";
+    target.call(
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": older, "max_discard_size_kib": 1024, "max_write_zeroes_size_kib": 64, "admin_label": ""})),
+    );
+    let namespace = json!({"bdev_name": "Malloc0", "ptpl_file": "", "anagrpid": 0, "no_auto_visible": false,
+        "hide_metadata": false, "eui64": "0102030405060708"});
+    assert_eq!(target.call("nvmf_subsystem_add_ns", Some(json!({"nqn": NQN, "namespace": namespace}))), json!(1));
+    let address = json!({"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+        "trsvcid": peerless_testkit::free_port().to_string()});
+    target.call(
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": NQN, "listen_address": address, "secure_channel": false, "sock_impl": "posix",
+            "numa_id": -1})),
+    );
+    let host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555";
+    target.call("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": host})));
+    // With no controller to wait for, removal answers at once whatever the timeout.
+    assert_eq!(
+        target.call("nvmf_subsystem_remove_host", Some(json!({"nqn": NQN, "host": host, "timeout_ms": 1}))),
+        json!(true)
+    );
+    assert_eq!(target.call("nvmf_get_transports", Some(json!({"trtype": "tcp"}))).as_array().unwrap().len(), 1);
+    assert!(target.call("nvmf_get_stats", Some(json!({"tgt_name": "nvmf_tgt"})))["poll_groups"].is_array());
+
+    let subsystems = target.call("nvmf_get_subsystems", None);
+    let cnode = &subsystems[1];
+    assert_eq!(cnode["nqn"], json!(NQN));
+    assert_eq!(
+        (cnode["admin_label"].clone(), cnode["dmrsl"].clone(), cnode["wzsl"].clone()),
+        (json!("rack-7/shelf-2"), json!(2048), json!(4))
+    );
+    assert_eq!(cnode["namespaces"][0]["eui64"], json!("0102030405060708"));
+    assert_eq!(cnode["passthrough"], json!(false), "shown as SPDK shows it; true is refused");
+    let older_json = &subsystems[2];
+    assert_eq!((older_json["dmrsl"].clone(), older_json["wzsl"].clone()), (json!(2048), json!(4)), "{older_json}");
+    assert!(older_json.get("admin_label").is_none(), "an empty label is none, as in SPDK: {older_json}");
+
+    let config = target.call("framework_get_config", Some(json!({"name": "nvmf"})));
+    let created: Vec<&Value> =
+        config.as_array().unwrap().iter().filter(|entry| entry["method"] == "nvmf_create_subsystem").collect();
+    assert_eq!(created[0]["params"]["admin_label"], json!("rack-7/shelf-2"), "{config}");
+    assert_eq!((created[0]["params"]["dmrsl"].clone(), created[0]["params"]["wzsl"].clone()), (json!(2048), json!(4)));
+}

@@ -394,3 +394,88 @@ fn a_full_receive_buffer_of_pipelined_commands_is_not_mistaken_for_eof() {
     queue.read(1, 252, 2, &mut back).unwrap();
     assert_eq!(back, pattern(252, 2, 4));
 }
+
+/// Identify with CNS 06h (I/O Command Set specific Identify Controller) for `csi`.
+fn identify_iocs_controller(controller: &mut Controller, csi: u8) -> initiator::Completion {
+    let cmd = SqeBuilder::new(admin::IDENTIFY, 0).cdw(10, 0x06).cdw(11, u32::from(csi) << 24);
+    controller.admin().execute(cmd, Xfer::FromController, vec![0; 4096]).unwrap()
+}
+
+/// A Dataset Management deallocate of `ranges` (starting LBA, blocks).
+fn deallocate(queue: &mut initiator::IoQueue, ranges: &[(u64, u32)]) -> initiator::Completion {
+    let mut list = vec![0u8; ranges.len() * 16];
+    for (index, (slba, blocks)) in ranges.iter().enumerate() {
+        list[index * 16 + 4..index * 16 + 8].copy_from_slice(&blocks.to_le_bytes());
+        list[index * 16 + 8..index * 16 + 16].copy_from_slice(&slba.to_le_bytes());
+    }
+    let nr = ranges.len() as u32 - 1;
+    let dsm = SqeBuilder::new(io::DATASET_MANAGEMENT, 0).nsid(1).cdw(10, nr).cdw(11, 1 << 2);
+    queue.execute(dsm, Xfer::ToController, list).unwrap()
+}
+
+/// `nvmf_create_subsystem`'s `dmrsl` and `wzsl` reach the host in the NVM Command Set's
+/// Identify Controller data (CNS 06h, NVM Command Set 1.0, 4.1.5.4) and bind commands on
+/// the wire: ONCS bit 3 is clear, so a Write Zeroes beyond WZSL is refused with Invalid
+/// Field (3.2.8); Dataset Management stays advertised, so a range beyond DMRSL is
+/// deallocated only up to it (3.2.3.1).
+#[test]
+fn command_limits_are_reported_by_identify_and_enforced_on_the_wire() {
+    let target = tgt().start("cmdlimits", &[]);
+    target.create_tcp_transport(json!({}));
+    target.call("nvmf_create_subsystem", Some(json!({"nqn": NQN, "allow_any_host": true, "dmrsl": 16, "wzsl": 1})));
+    target.add_malloc_namespace(NQN, "Malloc0", BLOCKS, BLOCK);
+    let addr = target.listen(NQN);
+    let mut controller = connect(addr, Digests::default());
+    assert_eq!(controller.info().oncs, 0b0101, "Compare and Dataset Management; Write Zeroes only within WZSL");
+    let nvm = identify_iocs_controller(&mut controller, 0x00);
+    assert_eq!(nvm.status, Status::SUCCESS);
+    let data = &nvm.buf;
+    assert_eq!((data[0], data[1], data[2], data[3]), (0, 1, 0, 255), "VSL, WZSL, WUSL, DMRL");
+    assert_eq!(&data[4..8], &16u32.to_le_bytes(), "DMRSL");
+    assert_eq!(&data[8..16], &u64::MAX.to_le_bytes(), "DMSL");
+    assert_eq!(identify_iocs_controller(&mut controller, 0x02).status, Status::INVALID_FIELD, "no Zoned Namespaces");
+    let ns_nvm = SqeBuilder::new(admin::IDENTIFY, 0).nsid(1).cdw(10, 0x05);
+    let ns_nvm = controller.admin().execute(ns_nvm, Xfer::FromController, vec![0xff; 4096]).unwrap();
+    assert_eq!(ns_nvm.status, Status::SUCCESS);
+    assert!(ns_nvm.buf.iter().all(|b| *b == 0), "no protection information, no extended LBA formats");
+
+    let mut queue = controller.io_queue(8).unwrap();
+    // WZSL 1: 2^1 pages of 4 KiB, 16 blocks of 512 bytes.
+    queue.write(1, 0, 64, &pattern(0, 64, 1)).unwrap();
+    let zeroes = |slba: u64, blocks: u32| SqeBuilder::new(io::WRITE_ZEROES, 0).rw(1, slba, blocks);
+    assert_eq!(queue.execute(zeroes(0, 16), Xfer::None, Vec::new()).unwrap().status, Status::SUCCESS);
+    assert_eq!(queue.execute(zeroes(16, 17), Xfer::None, Vec::new()).unwrap().status, Status::INVALID_FIELD);
+    let mut back = vec![0u8; 64 * BLOCK as usize];
+    queue.read(1, 0, 64, &mut back).unwrap();
+    let block = BLOCK as usize;
+    assert!(back[..16 * block].iter().all(|b| *b == 0), "the Write Zeroes within WZSL ran");
+    assert_eq!(&back[16 * block..], &pattern(0, 64, 1)[16 * block..], "the refused one touched nothing");
+
+    // DMRSL 16: of a 24-block range, the first 16 blocks are deallocated; a short range whole.
+    queue.write(1, 100, 40, &pattern(100, 40, 2)).unwrap();
+    assert_eq!(deallocate(&mut queue, &[(100, 24), (130, 4)]).status, Status::SUCCESS);
+    let mut back = vec![0u8; 40 * block];
+    queue.read(1, 100, 40, &mut back).unwrap();
+    let original = pattern(100, 40, 2);
+    assert!(back[..16 * block].iter().all(|b| *b == 0), "blocks 100-115 deallocated");
+    assert_eq!(&back[16 * block..24 * block], &original[16 * block..24 * block], "blocks 116-123 past DMRSL kept");
+    assert_eq!(&back[24 * block..30 * block], &original[24 * block..30 * block], "blocks 124-129 named by no range");
+    assert!(back[30 * block..34 * block].iter().all(|b| *b == 0), "blocks 130-133 deallocated");
+
+    // A subsystem without limits reports none, and advertises Write Zeroes.
+    let plain = "nqn.2016-06.io.peerless:plain";
+    target.create_subsystem(plain);
+    target.add_malloc_namespace(plain, "Malloc1", BLOCKS, BLOCK);
+    target.call(
+        "nvmf_subsystem_add_listener",
+        Some(json!({"nqn": plain, "listen_address":
+            {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": addr.port().to_string()}})),
+    );
+    let mut controller = Controller::connect(addr, plain, HOSTNQN, &Options::default()).unwrap();
+    assert_eq!(controller.info().oncs, 0b1101);
+    let nvm = identify_iocs_controller(&mut controller, 0x00);
+    assert_eq!(nvm.status, Status::SUCCESS);
+    assert!(nvm.buf.iter().all(|b| *b == 0), "no limits: every field 0");
+    let mut queue = controller.io_queue(8).unwrap();
+    assert_eq!(queue.execute(zeroes(0, 4096), Xfer::None, Vec::new()).unwrap().status, Status::SUCCESS);
+}

@@ -155,10 +155,20 @@ transports = ok(c, "nvmf_get_transports")
 check(transports[0]["trtype"] == "TCP" and transports[0]["in_capsule_data_size"] == 8192, f"transports {transports}")
 ok(c, "nvmf_create_subsystem", {"nqn": NQN, "serial_number": "SPDK00000000000001", "model_number": "SPDK_Controller1", "allow_any_host": True, "ana_reporting": False, "passthrough": False, "enable_nssr": False})
 check(ok(c, "nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Malloc0", "no_auto_visible": False, "hide_metadata": False}}) == 1, "add_ns returns the NSID")
+# nvmf_create_subsystem NQN --dmrsl 2048 --wzsl 4 --admin-label rack-7 (26.09), and the
+# KiB forms SPDK had before: the same limits, saved and restored with the configuration.
+ok(c, "nvmf_create_subsystem", {"nqn": NQN + "-limits", "allow_any_host": False, "ana_reporting": False, "dmrsl": 2048, "wzsl": 4, "passthrough": False, "enable_nssr": False, "admin_label": "rack-7"})
+ok(c, "nvmf_create_subsystem", {"nqn": NQN + "-kib", "allow_any_host": False, "ana_reporting": False, "max_discard_size_kib": 1024, "max_write_zeroes_size_kib": 64})
+for nqn in [NQN + "-limits", NQN + "-kib"]:
+    limited = ok(c, "nvmf_get_subsystems", {"nqn": nqn})[0]
+    check(limited["dmrsl"] == 2048 and limited["wzsl"] == 4, f"limits of {nqn}: {limited}")
+check(ok(c, "nvmf_get_subsystems", {"nqn": NQN + "-limits"})[0].get("admin_label") == "rack-7", "admin_label kept")
+err(c, "nvmf_create_subsystem", {"nqn": NQN + "-ana", "allow_any_host": True, "ana_reporting": True, "passthrough": False, "enable_nssr": False}, -32602, "ana_reporting")
 ok(c, "nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Sim0", "p2pmem": "auto"}})
 port = 4460 + os.getpid() % 100
 ok(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
 ok(c, "nvmf_subsystem_add_listener", {"nqn": "discovery", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
+err(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "sock_impl": "uring", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port + 1)}}, -32602, "sock_impl")
 ok(c, "nvmf_subsystem_add_host", {"nqn": NQN, "host": "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"})
 ok(c, "nvmf_subsystem_allow_any_host", {"nqn": NQN, "allow_any_host": True})
 subs = ok(c, "nvmf_get_subsystems")

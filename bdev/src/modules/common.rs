@@ -1,14 +1,13 @@
 //! What several modules share: for stacked ones (delay, error), a base bdev opened for
-//! writing and claimed for as long as the stacked bdev lives; for all, pollers that
-//! serve a channel's state without keeping it alive.
+//! writing and claimed for as long as the stacked bdev lives; for all, pollers owned by
+//! the channel state they serve.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::rc::{Rc, Weak};
+use std::cell::RefCell;
+use std::rc::Weak;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 use crate::bdev::Bdev;
 use crate::error::BdevError;
@@ -17,9 +16,9 @@ use crate::manager::{BdevHandle, BdevManager, ClaimType, Desc};
 /// The bdev under a stacked one.
 pub(crate) struct BaseBdev {
     bdev: Arc<dyn Bdev>,
-    /// Taken (closing the descriptor, so releasing the claim) when the stacked bdev is
-    /// deleted; channels made before that keep their own handle. Locked only to make a
-    /// channel and at delete, never per I/O.
+    /// Taken (closing the descriptor, so releasing the claim) by the stacked bdev's
+    /// `destruct`; channels made before that keep their own handle. Locked only to make
+    /// a channel and at destruct, never per I/O.
     desc: Mutex<Option<Desc>>,
 }
 
@@ -51,32 +50,20 @@ impl BaseBdev {
     }
 }
 
-/// A module's own bdevs by name. The `Bdev` trait has no destroy hook, so a stacked
-/// module keeps its bdevs here to release their bases when its delete method runs.
-pub(crate) type Stack<T> = Arc<Mutex<HashMap<String, Arc<T>>>>;
-
-/// Registers a poller (active for `period_us` 0, timed otherwise) that runs `poll` on
-/// the channel state while it lives and unregisters itself once it is gone.
-pub(crate) fn register_poller<S: 'static>(
+/// A poller (active for `period_us` 0, timed otherwise) that runs `poll` on a channel's
+/// state, for that state to own: it stops when the state is dropped. It reaches the
+/// state weakly, as a strong reference would keep the state, and so itself, alive.
+/// Build the state with `Rc::new_cyclic` to have the weak reference before the state.
+pub(crate) fn state_poller<S: 'static>(
     ctx: &mut ThreadCtx,
     name: &str,
     period_us: u64,
     state: Weak<RefCell<S>>,
     mut poll: impl FnMut(&mut S, &mut ThreadCtx) -> PollStatus + 'static,
-) -> PollerId {
-    let own_id: Rc<Cell<Option<PollerId>>> = Rc::default();
-    let slot = own_id.clone();
-    let run = move |ctx: &mut ThreadCtx| match state.upgrade() {
+) -> Poller {
+    ctx.poller(name, period_us, move |ctx| match state.upgrade() {
         Some(state) => poll(&mut state.borrow_mut(), ctx),
-        None => {
-            if let Some(id) = slot.get() {
-                ctx.unregister_poller(id);
-            }
-            PollStatus::Idle
-        }
-    };
-    let id =
-        if period_us == 0 { ctx.register_poller(name, run) } else { ctx.register_timed_poller(name, period_us, run) };
-    own_id.set(Some(id));
-    id
+        // Unreachable while the state owns this poller; finishing is the safe answer.
+        None => PollStatus::Done,
+    })
 }

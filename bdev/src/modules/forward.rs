@@ -4,9 +4,9 @@
 //! base accepts reaches it without a bounce.
 
 use std::cell::Cell;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
@@ -28,8 +28,21 @@ pub(crate) struct ForwardChannel {
     /// Blocks this bdev spans, for the checks the layer leaves to modules (flush).
     num_blocks: u64,
     in_flight: Rc<Cell<u64>>,
-    /// Tells the poller the channel is gone; it stops once nothing is in flight.
-    _alive: Rc<()>,
+    /// Hands completions up; detached when the channel closes, to finish what the base
+    /// still holds.
+    poller: Option<Poller>,
+    /// Set when the channel closes: the detached poller then ends once nothing is in
+    /// flight.
+    closed: Rc<Cell<bool>>,
+}
+
+impl Drop for ForwardChannel {
+    fn drop(&mut self) {
+        self.closed.set(true);
+        if let Some(poller) = self.poller.take() {
+            poller.detach();
+        }
+    }
 }
 
 impl ForwardChannel {
@@ -44,9 +57,9 @@ impl ForwardChannel {
     ) -> ForwardChannel {
         let queue = completion_queue(QUEUE_CAPACITY);
         let in_flight = Rc::new(Cell::new(0));
-        let alive = Rc::new(());
-        register_poller(ctx, name, queue.clone(), in_flight.clone(), Rc::downgrade(&alive), offset_blocks);
-        ForwardChannel { base, queue, offset_blocks, num_blocks, in_flight, _alive: alive }
+        let closed = Rc::new(Cell::new(false));
+        let poller = hand_up_poller(ctx, name, queue.clone(), in_flight.clone(), closed.clone(), offset_blocks);
+        ForwardChannel { base, queue, offset_blocks, num_blocks, in_flight, poller: Some(poller), closed }
     }
 }
 
@@ -72,17 +85,15 @@ impl BdevChannelOps for ForwardChannel {
     }
 }
 
-fn register_poller(
+fn hand_up_poller(
     ctx: &mut ThreadCtx,
     name: &str,
     queue: CompletionQueue,
     in_flight: Rc<Cell<u64>>,
-    owner: Weak<()>,
+    closed: Rc<Cell<bool>>,
     offset_blocks: u64,
-) {
-    let slot: Rc<Cell<Option<PollerId>>> = Rc::default();
-    let own_id = slot.clone();
-    let id = ctx.register_poller(&format!("forward_{name}"), move |ctx| {
+) -> Poller {
+    ctx.poller(&format!("forward_{name}"), 0, move |_| {
         let mut handed_up = 0;
         while handed_up < COMPLETIONS_PER_POLL {
             let Some(mut io) = queue.borrow_mut().pop_front() else { break };
@@ -95,12 +106,9 @@ fn register_poller(
             io.pass_up();
             handed_up += 1;
         }
-        if handed_up == 0 && in_flight.get() == 0 && owner.upgrade().is_none() {
-            if let Some(id) = own_id.get() {
-                ctx.unregister_poller(id);
-            }
+        if handed_up == 0 && in_flight.get() == 0 && closed.get() {
+            return PollStatus::Done;
         }
         PollStatus::from_work(handed_up > 0)
-    });
-    slot.set(Some(id));
+    })
 }

@@ -56,10 +56,8 @@ impl Harness {
                     handle.submit(ctx, io, &queue, index as u64);
                 }
                 let mut done = Vec::new();
-                let slot: std::rc::Rc<std::cell::Cell<Option<peerless_core::reactor::PollerId>>> = Default::default();
-                let own = slot.clone();
                 let mut tx = Some(tx);
-                let id = ctx.register_poller("test-drain", move |ctx| {
+                ctx.poller("test-drain", 0, move |_| {
                     let _keep = &handle;
                     while let Some(mut io) = queue.borrow_mut().pop_front() {
                         let buffers = std::mem::take(&mut io.buffers);
@@ -69,13 +67,11 @@ impl Harness {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send(std::mem::take(&mut done));
                         }
-                        if let Some(id) = own.get() {
-                            ctx.unregister_poller(id);
-                        }
+                        return PollStatus::Done;
                     }
                     PollStatus::Idle
-                });
-                slot.set(Some(id));
+                })
+                .detach();
             })
             .unwrap();
         rx.recv_timeout(WAIT).expect("I/O did not complete")
@@ -105,10 +101,8 @@ impl Harness {
                 let mut completed = 0u64;
                 let mut statuses = Vec::new();
                 let mut outstanding = 0usize;
-                let slot: std::rc::Rc<std::cell::Cell<Option<peerless_core::reactor::PollerId>>> = Default::default();
-                let own = slot.clone();
                 let mut tx = Some(tx);
-                let id = ctx.register_poller("test-load", move |ctx| {
+                ctx.poller("test-load", 0, move |ctx| {
                     let now = std::time::Instant::now();
                     while let Some(io) = queue.borrow_mut().pop_front() {
                         outstanding -= 1;
@@ -132,13 +126,11 @@ impl Harness {
                         if let Some(tx) = tx.take() {
                             let _ = tx.send((completed, std::mem::take(&mut statuses)));
                         }
-                        if let Some(id) = own.get() {
-                            ctx.unregister_poller(id);
-                        }
+                        return PollStatus::Done;
                     }
                     PollStatus::Busy
-                });
-                slot.set(Some(id));
+                })
+                .detach();
             })
             .unwrap();
         rx.recv_timeout(WAIT + duration).expect("load did not finish")

@@ -45,7 +45,7 @@ fn flood_ns_per_message(interrupt_mode: bool) -> f64 {
             let receiver = receiver.clone();
             // Send in slices from a poller so the sender keeps running its loop.
             let mut done_tx = done_tx;
-            ctx.register_poller("flood", move |ctx| {
+            ctx.poller("flood", 0, move |ctx| {
                 let batch = left.min(1024);
                 for _ in 0..batch {
                     let _ = ctx.send_to(&receiver, |_| {
@@ -59,9 +59,11 @@ fn flood_ns_per_message(interrupt_mode: bool) -> f64 {
                             let _ = tx.send(());
                         });
                     }
+                    return PollStatus::Done;
                 }
                 PollStatus::from_work(batch > 0)
-            });
+            })
+            .detach();
         })
         .unwrap();
     done_rx.recv_timeout(Duration::from_secs(120)).expect("flood finished");
@@ -102,13 +104,14 @@ fn empty_poll_ns() -> f64 {
         .app_thread()
         .send(move |ctx| {
             let mut local = 0u64;
-            ctx.register_poller("count", move |_| {
+            ctx.poller("count", 0, move |_| {
                 local += 1;
                 if local.is_multiple_of(1024) && flag.load(Ordering::Relaxed) {
                     counter.store(local, Ordering::Relaxed);
                 }
                 PollStatus::Idle
-            });
+            })
+            .detach();
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(100));

@@ -17,7 +17,7 @@ mod thread;
 pub use app::{App, AppError, AppHandle, AppOptions, AppState, FiniDone, InitDone, Subsystem, APP_THREAD_NAME};
 pub use channel::{IoChannel, IoDevice, WeakIoChannel};
 pub use cpumask::{CoreMask, CoreMaskError, MAX_CORES};
-pub use poller::{PollStatus, PollerId, PollerStat, PollerState};
+pub use poller::{PollStatus, Poller, PollerId, PollerStat, PollerState};
 pub use run_loop::ReactorStat;
 pub use stepped::SteppedApp;
 pub use thread::{

@@ -10,9 +10,9 @@ use parking_lot::Mutex;
 
 use super::*;
 
-const WAIT: Duration = Duration::from_secs(10);
+pub(super) const WAIT: Duration = Duration::from_secs(10);
 
-fn start(mask: &str, interrupt_mode: bool) -> App {
+pub(super) fn start(mask: &str, interrupt_mode: bool) -> App {
     start_with_queue(mask, interrupt_mode, DEFAULT_MSG_QUEUE_CAPACITY)
 }
 
@@ -23,7 +23,10 @@ fn start_with_queue(mask: &str, interrupt_mode: bool, msg_queue_capacity: usize)
 }
 
 /// Runs `work` on `thread` and waits for its result.
-fn run_on<R: Send + 'static>(thread: &ThreadHandle, work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static) -> R {
+pub(super) fn run_on<R: Send + 'static>(
+    thread: &ThreadHandle,
+    work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static,
+) -> R {
     let (tx, rx) = mpsc::channel();
     thread
         .send_blocking(move |ctx| {
@@ -33,7 +36,7 @@ fn run_on<R: Send + 'static>(thread: &ThreadHandle, work: impl FnOnce(&mut Threa
     rx.recv_timeout(WAIT).expect("thread did not answer")
 }
 
-fn stop(app: App) {
+pub(super) fn stop(app: App) {
     app.handle().stop();
     app.wait();
 }
@@ -321,10 +324,10 @@ fn for_each_thread_visits_all_and_completes_on_the_caller() {
 
 /// Counts the live instances of a payload so a test can prove every message ran or
 /// was dropped: nothing leaks.
-struct Tracked(Arc<AtomicU64>);
+pub(super) struct Tracked(Arc<AtomicU64>);
 
 impl Tracked {
-    fn new(live: &Arc<AtomicU64>) -> Self {
+    pub(super) fn new(live: &Arc<AtomicU64>) -> Self {
         live.fetch_add(1, Ordering::SeqCst);
         Tracked(live.clone())
     }

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::os::fd::BorrowedFd;
-use std::rc::Weak;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 
 use super::app::{AppHandle, AppShared};
-use super::poller::{run_pollers, PollFn, PollStatus, PollerId, PollerStat, PollerState, Pollers};
+use super::poller::{self, run_pollers, PollFn, PollStatus, Poller, PollerId, PollerStat, PollerState, PollerTable};
 use super::run_loop::ReactorShared;
 
 /// A message: work to run on the receiving thread. A closure that captures nothing is a
@@ -179,7 +179,8 @@ pub struct ThreadStats {
 pub struct ThreadCtx {
     shared: Arc<ThreadShared>,
     app: Arc<AppShared>,
-    pub(crate) pollers: Pollers,
+    /// Shared with this thread's `Poller` handles, whose drop unregisters them.
+    pub(crate) pollers: PollerTable,
     /// Weak references to this thread's io channels, by device id (see `channel.rs`).
     pub(crate) channels: HashMap<u64, Weak<dyn Any>>,
     /// Messages to other threads that met a full queue; retried every iteration.
@@ -197,7 +198,7 @@ impl ThreadCtx {
         ThreadCtx {
             shared,
             app,
-            pollers: Pollers::default(),
+            pollers: Rc::default(),
             channels: HashMap::new(),
             outbox: VecDeque::new(),
             stats: ThreadStats::default(),
@@ -275,46 +276,61 @@ impl ThreadCtx {
         }
     }
 
+    /// Registers a poller owned by the returned handle: it runs every `period_us`
+    /// microseconds (every iteration for 0) until the handle is dropped, or until it
+    /// returns `PollStatus::Done`.
+    pub fn poller(
+        &mut self,
+        name: &str,
+        period_us: u64,
+        poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
+    ) -> Poller {
+        let poll_fn: PollFn = Box::new(poll);
+        // A timed poller's first period starts now, not at the timeslice's start.
+        let now = if period_us == 0 { self.now } else { Instant::now() };
+        let id = self.pollers.borrow_mut().register(name, Duration::from_micros(period_us), poll_fn, now);
+        Poller::new(&self.pollers, id)
+    }
+
+    /// An active poller named by id, for code that keeps ids; `poller` returns an owned
+    /// handle instead, which cannot be forgotten.
     pub fn register_poller(
         &mut self,
         name: &str,
         poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
     ) -> PollerId {
-        let poll_fn: PollFn = Box::new(poll);
-        self.pollers.register(name, Duration::ZERO, poll_fn, self.now)
+        self.poller(name, 0, poll).detach()
     }
 
-    /// A poller that runs every `period_us` microseconds (0 makes it active).
+    /// A poller that runs every `period_us` microseconds (0 makes it active), named by id.
     pub fn register_timed_poller(
         &mut self,
         name: &str,
         period_us: u64,
         poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
     ) -> PollerId {
-        let poll_fn: PollFn = Box::new(poll);
-        let now = Instant::now();
-        self.pollers.register(name, Duration::from_micros(period_us), poll_fn, now)
+        self.poller(name, period_us, poll).detach()
     }
 
     pub fn unregister_poller(&mut self, id: PollerId) -> bool {
-        self.pollers.unregister(id)
+        poller::unregister(&self.pollers, id)
     }
 
     pub fn pause_poller(&mut self, id: PollerId) -> bool {
-        self.pollers.pause(id)
+        self.pollers.borrow_mut().pause(id)
     }
 
     pub fn resume_poller(&mut self, id: PollerId) -> bool {
         let now = Instant::now();
-        self.pollers.resume(id, now)
+        self.pollers.borrow_mut().resume(id, now)
     }
 
     pub fn poller_state(&self, id: PollerId) -> Option<PollerState> {
-        self.pollers.state(id)
+        self.pollers.borrow().state(id)
     }
 
     pub fn poller_stats(&self) -> Vec<PollerStat> {
-        self.pollers.stats()
+        self.pollers.borrow().stats()
     }
 
     /// Watches a file descriptor: in interrupt mode the reactor wakes when it is
@@ -347,7 +363,7 @@ impl ThreadCtx {
         let mut busy = self.flush_outbox();
         busy |= self.run_messages(MSG_BATCH_SIZE);
         if self.exiting {
-            self.pollers.clear();
+            poller::clear(&self.pollers);
         } else {
             busy |= run_pollers(self, now);
         }
@@ -389,19 +405,19 @@ impl ThreadCtx {
     }
 
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        self.pollers.next_deadline()
+        self.pollers.borrow_mut().next_deadline()
     }
 
     /// After `exit()`, the thread is finished once nothing is left to run. It then marks
     /// itself exited and runs anything that raced in before senders saw the mark.
     pub(crate) fn try_finish(&mut self) -> bool {
-        if !self.exiting || self.has_pending_work() || !self.pollers.is_empty() {
+        if !self.exiting || self.has_pending_work() || !self.pollers.borrow().is_empty() {
             return false;
         }
         self.shared.exited.store(true, Ordering::Release);
         std::sync::atomic::fence(Ordering::SeqCst);
         while self.run_messages(MSG_BATCH_SIZE) {}
-        self.pollers.clear();
+        poller::clear(&self.pollers);
         self.channels.clear();
         self.app.thread_exited(self.shared.id);
         true

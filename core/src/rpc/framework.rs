@@ -81,26 +81,22 @@ fn framework_wait_init(ctx: &mut ThreadCtx, responder: Responder) {
         return;
     }
     let mut responder = Some(responder);
-    let poller = std::rc::Rc::new(std::cell::Cell::new(None));
-    let own_id = poller.clone();
-    let id = ctx.register_timed_poller("rpc_wait_init", WAIT_INIT_POLL_US, move |ctx| {
+    // Outlives this call: it answers, then finishes itself.
+    ctx.poller("rpc_wait_init", WAIT_INIT_POLL_US, move |ctx| {
         let (ready, state) = (ctx.app().is_ready(), ctx.app().state());
-        if ready || state == AppState::ShuttingDown {
-            if let Some(responder) = responder.take() {
-                if ready {
-                    responder.ok_true();
-                } else {
-                    responder.err(RpcError::internal("the target shut down before initialization finished"));
-                }
-            }
-            if let Some(id) = own_id.get() {
-                ctx.unregister_poller(id);
-            }
-            return PollStatus::Busy;
+        if !ready && state != AppState::ShuttingDown {
+            return PollStatus::Idle;
         }
-        PollStatus::Idle
-    });
-    poller.set(Some(id));
+        if let Some(responder) = responder.take() {
+            if ready {
+                responder.ok_true();
+            } else {
+                responder.err(RpcError::internal("the target shut down before initialization finished"));
+            }
+        }
+        PollStatus::Done
+    })
+    .detach();
 }
 
 #[derive(Deserialize)]

@@ -113,10 +113,11 @@ pub struct Registry {
 /// Decodes a method's parameters strictly: an unknown key or a wrong type is an
 /// invalid-params error that names the field. Absent params decode as `{}`.
 pub fn decode_params<P: DeserializeOwned>(params: Option<Value>) -> Result<P, RpcError> {
-    let value = match params {
+    let mut value = match params {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(value) => value,
     };
+    integral_floats_as_integers(&mut value, 0);
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
@@ -126,6 +127,37 @@ pub fn decode_params<P: DeserializeOwned>(params: Option<Value>) -> Result<P, Rp
             RpcError::invalid_params(format!("Invalid parameters: field '{path}': {inner}"))
         }
     })
+}
+
+/// Floats beyond this are not exact in an f64, so they stay floats (and fail to decode
+/// into an integer, where SPDK's decoder would read the digits exactly).
+const EXACT_INTEGER_LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+/// Nesting followed when rewriting numbers; the request parser bounds nesting far below it.
+const NUMBER_REWRITE_DEPTH: usize = 64;
+
+/// SPDK decodes an integer field from any JSON number whose value is a whole number
+/// (`spdk_json_number_to_uint64` strips a zero fraction and applies the exponent), so
+/// `60.0` and `1e3` are valid integers there, and SPDK's own clients send them: rpc.py's
+/// script and batch modes overwrite a method's `timeout` with the client's float timeout.
+/// serde decodes integers only from integer tokens, so whole floats are rewritten first;
+/// a float field still accepts the integer.
+fn integral_floats_as_integers(value: &mut Value, depth: usize) {
+    if depth > NUMBER_REWRITE_DEPTH {
+        return;
+    }
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64()) {
+                if float.fract() == 0.0 && float.abs() <= EXACT_INTEGER_LIMIT {
+                    // Exact by the bound above; `-0.0` becomes 0.
+                    *value = Value::from(float as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|item| integral_floats_as_integers(item, depth + 1)),
+        Value::Object(map) => map.values_mut().for_each(|item| integral_floats_as_integers(item, depth + 1)),
+        _ => {}
+    }
 }
 
 /// For methods that take no parameters: SPDK refuses any `params` for them.
@@ -278,6 +310,27 @@ mod tests {
 
         let missing = decode_params::<Params>(None).unwrap_err();
         assert!(missing.message.contains("missing field `name`"), "{}", missing.message);
+    }
+
+    #[test]
+    fn whole_floats_decode_as_integers_as_in_spdk() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        struct Numbers {
+            timeout: u64,
+            offset: i32,
+            ratio: f64,
+            list: Vec<u16>,
+        }
+        let decoded: Numbers =
+            decode_params(Some(json!({"timeout": 60.0, "offset": -2e1, "ratio": 3, "list": [1.0, 2]}))).unwrap();
+        assert_eq!(decoded, Numbers { timeout: 60, offset: -20, ratio: 3.0, list: vec![1, 2] });
+
+        let fraction = decode_params::<Numbers>(Some(json!({"timeout": 60.5, "offset": 0, "ratio": 0, "list": []})));
+        assert!(fraction.unwrap_err().message.contains("field 'timeout'"), "a fraction is no integer");
+        let huge = decode_params::<Numbers>(Some(json!({"timeout": 1e300, "offset": 0, "ratio": 0, "list": []})));
+        assert!(huge.is_err(), "a float beyond exact integers is refused, not rounded");
+        let negative = decode_params::<Numbers>(Some(json!({"timeout": -1.0, "offset": 0, "ratio": 0, "list": []})));
+        assert!(negative.is_err(), "a negative whole float is still no u64");
     }
 
     #[test]

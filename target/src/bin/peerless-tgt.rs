@@ -2,12 +2,13 @@
 //! where the two overlap.
 #![forbid(unsafe_code)]
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use peerless_core::mem::env::{EnvOptions, IovaMode, MemEnv};
-use peerless_target::app::{run, TargetOptions};
+use peerless_target::app::{run, TargetError, TargetOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "peerless-tgt", version, about = "Peerless NVMe-over-Fabrics target")]
@@ -44,6 +45,10 @@ struct Args {
     /// DPDK IOVA mode: pa or va (--env dpdk; DPDK picks when absent).
     #[arg(long = "iova-mode", value_name = "pa|va")]
     iova_mode: Option<IovaMode>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off unless given; binds
+    /// only this address, e.g. 127.0.0.1:9100 or [::1]:9100).
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    metrics: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -55,7 +60,7 @@ fn main() -> ExitCode {
         iova_mode: args.iova_mode,
         ..EnvOptions::default()
     };
-    let options = match TargetOptions::from_flags(
+    let mut options = match TargetOptions::from_flags(
         &args.cpumask,
         args.json,
         args.rpc_socket,
@@ -71,8 +76,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    options.metrics = args.metrics;
     match run(options) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err @ TargetError::Usage(_)) => {
+            eprintln!("peerless-tgt: {err}");
+            eprintln!("Try 'peerless-tgt --help' for more information.");
+            ExitCode::from(2)
+        }
         Err(err) => {
             eprintln!("peerless-tgt: {err}");
             ExitCode::FAILURE

@@ -10,6 +10,15 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     pub const ACTIVE_NAMESPACES: u8 = 0x02;
     pub const NAMESPACE_DESCRIPTORS: u8 = 0x03;
+    /// I/O Command Set specific Identify Namespace, for the set CDW11.CSI names.
+    pub const IOCS_NAMESPACE: u8 = 0x05;
+    /// I/O Command Set specific Identify Controller, for the set CDW11.CSI names.
+    pub const IOCS_CONTROLLER: u8 = 0x06;
+}
+
+/// Command Set Identifiers (NVMe Base 2.0, Figure 286): CDW11 bits 31:24 of Identify.
+pub mod csi {
+    pub const NVM: u8 = 0x00;
 }
 
 /// Controller type (CNTRLTYPE, byte 111).
@@ -38,12 +47,16 @@ pub struct ControllerData<'a> {
     /// In-capsule data bytes accepted beyond the 64-byte command.
     pub in_capsule_data_bytes: u32,
     pub max_commands: u16,
+    /// ONCS: the optional NVM commands supported, see [`ONCS`].
+    pub oncs: u16,
 }
 
 /// PCI vendor ID reported; SPDK's target reports Intel's, we report none rather than borrow one.
 const VENDOR_ID: u16 = 0;
 /// ONCS bits: Compare (0), Dataset Management (2), Write Zeroes (3).
-const ONCS: u16 = (1 << 0) | (1 << 2) | (1 << 3);
+pub const ONCS: u16 = (1 << 0) | ONCS_DATASET_MANAGEMENT | ONCS_WRITE_ZEROES;
+pub const ONCS_DATASET_MANAGEMENT: u16 = 1 << 2;
+pub const ONCS_WRITE_ZEROES: u16 = 1 << 3;
 /// OAES bit 8: Namespace Attribute Notices.
 const OAES_NAMESPACE_ATTRIBUTE_NOTICES: u32 = 1 << 8;
 /// LPA bit 2: extended data for Get Log Page (offsets and larger sizes).
@@ -80,7 +93,7 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
     put16(&mut bytes, 514, data.max_commands);
     put32(&mut bytes, 516, data.max_namespaces);
     if data.controller_type == ControllerType::Io {
-        put16(&mut bytes, 520, ONCS);
+        put16(&mut bytes, 520, data.oncs);
     }
     bytes[525] = u8::from(data.volatile_write_cache);
     put32(&mut bytes, 536, SGLS);
@@ -91,6 +104,30 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
     put16(&mut bytes, 1800, 0); // ICDOFF
     bytes[1802] = 0; // FCATT: dynamic controller model
     bytes[1803] = 1; // MSDBD: one SGL descriptor per command
+    bytes
+}
+
+/// The NVM Command Set's I/O Command Set specific Identify Controller data structure
+/// (CNS 06h, CSI 00h; NVM Command Set 1.0, 4.1.5.4, Figure 102): command size limits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NvmControllerData {
+    /// Write Zeroes Size Limit, 2^n minimum memory pages; 0 = none.
+    pub wzsl: u8,
+    /// Dataset Management Ranges Limit (1-based); 0 = none.
+    pub dmrl: u8,
+    /// Dataset Management Range Size Limit, in logical blocks; 0 = none.
+    pub dmrsl: u32,
+    /// Dataset Management Size Limit, in logical blocks; 0 = none.
+    pub dmsl: u64,
+}
+
+pub fn nvm_controller(data: &NvmControllerData) -> Vec<u8> {
+    let mut bytes = vec![0u8; IDENTIFY_BYTES];
+    // VSL (byte 0) and WUSL (byte 2) stay 0: Verify and Write Uncorrectable are not supported.
+    bytes[1] = data.wzsl;
+    bytes[3] = data.dmrl;
+    put32(&mut bytes, 4, data.dmrsl);
+    put64(&mut bytes, 8, data.dmsl);
     bytes
 }
 
@@ -166,6 +203,7 @@ mod tests {
             volatile_write_cache: false,
             in_capsule_data_bytes: 4096,
             max_commands: 128,
+            oncs: ONCS & !ONCS_WRITE_ZEROES,
         });
         assert_eq!(&data[4..7], b"SN1");
         assert_eq!(data[7], b' ', "serial is space-padded");
@@ -173,6 +211,15 @@ mod tests {
         assert_eq!((data[111], le16(&data, 320), le32(&data, 516)), (1, 100, 32));
         assert_eq!(get_str(&data, 768, 256).as_deref(), Some("nqn.2016-06.io.peerless:cnode1"));
         assert_eq!(le32(&data, 1792), (64 + 4096) / 16);
+        assert_eq!(le16(&data, 520), 0b101, "Compare and Dataset Management, not Write Zeroes");
+    }
+
+    #[test]
+    fn nvm_controller_limits_land_at_their_offsets() {
+        let data = nvm_controller(&NvmControllerData { wzsl: 3, dmrl: 255, dmrsl: 0x0102_0304, dmsl: u64::MAX });
+        assert_eq!((data[0], data[1], data[2], data[3]), (0, 3, 0, 255));
+        assert_eq!((le32(&data, 4), le64(&data, 8)), (0x0102_0304, u64::MAX));
+        assert!(data[16..].iter().all(|b| *b == 0), "the rest is reserved");
     }
 
     #[test]

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use super::connect::keep_alive_timeout_ms;
 use super::ctrlr::{AdminState, SmartCounters, MAX_ASYNC_EVENTS};
-use super::subsystem::{Namespace, SubsystemKind};
+use super::io_cmd::CommandLimits;
+use super::namespace::Namespace;
+use super::subsystem::SubsystemKind;
 use super::target::NvmfTarget;
 use super::transport::TransportOptions;
-use crate::nvme::identify::{self, cns, ControllerData, ControllerType, NamespaceData};
+use crate::nvme::identify::{self, cns, csi, ControllerData, ControllerType, NamespaceData, NvmControllerData};
 use crate::nvme::log::{self as logpage, lid, DiscoveryEntry};
 use crate::nvme::{admin as opc, fctype, le32, le64, status, Sqe, Status};
 
@@ -126,8 +128,29 @@ fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcom
             volatile_write_cache: false,
             in_capsule_data_bytes: options.in_capsule_data_size,
             max_commands: admin.max_queue_entries,
+            oncs: oncs(&state.limits),
         })),
         _ if discovery => done(Status::INVALID_FIELD),
+        // Linux asks for this of every controller reporting NVMe 1.2 or later (its
+        // `nvme_init_non_mdts_limits`) and sizes discards and write-zeroes from it.
+        cns::IOCS_CONTROLLER => match identify_csi(sqe) {
+            csi::NVM => with_data(identify::nvm_controller(&NvmControllerData {
+                wzsl: state.limits.wzsl,
+                dmrl: state.limits.dmrl(),
+                dmrsl: state.limits.dmrsl,
+                dmsl: state.limits.dmsl(),
+            })),
+            _ => done(Status::INVALID_FIELD),
+        },
+        // The NVM set's namespace fields (Figure 100) describe protection information
+        // and extended LBA formats; namespaces here have neither, so they are all zero.
+        cns::IOCS_NAMESPACE => match identify_csi(sqe) {
+            csi::NVM if nsid == 0 || (nsid > state.max_namespaces && nsid != u32::MAX) => {
+                done(Status::INVALID_NAMESPACE)
+            }
+            csi::NVM => with_data(vec![0u8; identify::IDENTIFY_BYTES]),
+            _ => done(Status::INVALID_FIELD),
+        },
         cns::NAMESPACE => {
             if nsid == 0 || (nsid > state.max_namespaces && nsid != u32::MAX) {
                 return done(Status::INVALID_NAMESPACE);
@@ -150,6 +173,24 @@ fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcom
             None => done(Status::INVALID_NAMESPACE),
         },
         _ => done(Status::INVALID_FIELD),
+    }
+}
+
+/// The Command Set Identifier of an Identify command (CDW11 bits 31:24).
+fn identify_csi(sqe: &Sqe) -> u8 {
+    (sqe.cdw(11) >> 24) as u8
+}
+
+/// ONCS for a subsystem's limits. A Write Zeroes Size Limit is made binding by clearing
+/// ONCS bit 3 (NVM Command Set 1.0, 3.2.8 and Figure 102): hosts that read CNS 06h
+/// (Linux does) keep Write Zeroes within WZSL, those that do not see no Write Zeroes and
+/// write zeroes as data. A Dataset Management limit keeps bit 2: ranges are processed up
+/// to it (see `io_cmd::dsm_ranges`), so hosts that never read CNS 06h still deallocate.
+pub fn oncs(limits: &CommandLimits) -> u16 {
+    if limits.wzsl == 0 {
+        identify::ONCS
+    } else {
+        identify::ONCS & !identify::ONCS_WRITE_ZEROES
     }
 }
 

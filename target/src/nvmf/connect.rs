@@ -72,6 +72,21 @@ pub fn connect(
     sqe: &Sqe,
     data: &[u8],
 ) -> Result<Connected, Refusal> {
+    let result = admit(target, options, info, sqe, data);
+    if result.is_err() {
+        let hostnqn = data.get(..CONNECT_DATA_BYTES).and_then(|data| get_str(data, 512, 256));
+        target.0.connect_refusals.count(hostnqn.as_deref().unwrap_or(super::refusals::UNKNOWN_HOST));
+    }
+    result
+}
+
+fn admit(
+    target: &NvmfTarget,
+    options: &TransportOptions,
+    info: &ConnInfo,
+    sqe: &Sqe,
+    data: &[u8],
+) -> Result<Connected, Refusal> {
     if data.len() < CONNECT_DATA_BYTES {
         return Err(Refusal { status: status::DATA_SGL_LENGTH_INVALID, dw0: 0 });
     }

@@ -6,12 +6,14 @@
 
 use std::sync::{Arc, Weak};
 
-use peerless_bdev::{BdevHandle, BdevInfo};
+use peerless_bdev::BdevHandle;
 use peerless_core::mem::IoBufCache;
 use peerless_core::reactor::{PollStatus, ThreadCtx};
 
+use super::io_cmd::NsInfo;
+use super::namespace::Namespace;
 use super::qpair::{Qpair, QpairStats};
-use super::subsystem::{Namespace, Subsystem};
+use super::subsystem::Subsystem;
 use super::target::TargetShared;
 use super::transport::{GroupCtx, Transport, TransportPollGroup};
 use super::NvmfTarget;
@@ -20,7 +22,8 @@ use super::NvmfTarget;
 pub struct NsEntry {
     pub ns: Arc<Namespace>,
     pub handle: BdevHandle,
-    pub info: BdevInfo,
+    /// What its commands are checked against.
+    pub info: NsInfo,
 }
 
 /// Namespaces by subsystem, cached on first use. Lists, not maps: a subsystem has few
@@ -41,9 +44,12 @@ impl NsTables {
             Some(position) => position,
             None => {
                 // A miss takes the subsystem's lock once; an unknown NSID never grows the table.
-                let ns = subsystem.state.lock().namespaces.get(&nsid).cloned()?;
+                let (ns, limits) = {
+                    let state = subsystem.state.lock();
+                    (state.namespaces.get(&nsid).cloned()?, state.limits)
+                };
                 let handle = ns.desc.channel(ctx);
-                let info = ns.desc.bdev().info().clone();
+                let info = NsInfo::new(ns.desc.bdev().info(), limits);
                 self.by_subsystem[sid].push((nsid, NsEntry { ns, handle, info }));
                 self.by_subsystem[sid].len() - 1
             }
@@ -291,8 +297,37 @@ pub fn with<R>(target: &NvmfTarget, ctx: &mut ThreadCtx, work: impl FnOnce(&mut 
         channel.borrow_mut().poller_registered = true;
         // The poller holds the group for as long as the thread runs.
         let held = channel.clone();
-        ctx.register_poller("nvmf_poll_group", move |ctx| held.borrow_mut().poll(ctx));
+        ctx.poller("nvmf_poll_group", 0, move |ctx| held.borrow_mut().poll(ctx)).detach();
     }
     let mut group = channel.borrow_mut();
     work(&mut group, ctx)
+}
+
+/// Visits every poll group thread in turn, collecting what `visit` returns; `done` runs
+/// on the calling thread with the results, ordered by thread name.
+pub fn gather<T: Send + 'static>(
+    ctx: &mut ThreadCtx,
+    target: &NvmfTarget,
+    visit: impl Fn(&mut PollGroup, &ThreadCtx) -> T + Send + Sync + 'static,
+    done: impl FnOnce(&mut ThreadCtx, Vec<(String, T)>) + Send + 'static,
+) {
+    let collected: Arc<parking_lot::Mutex<Vec<(String, T)>>> = Arc::default();
+    let sink = collected.clone();
+    let target_for_visit = target.clone();
+    let groups: Vec<u64> = target.0.poll_groups.lock().iter().map(|group| group.id().0).collect();
+    ctx.app().for_each_thread(
+        ctx,
+        move |ctx| {
+            if groups.contains(&ctx.id().0) {
+                let name = ctx.name().to_string();
+                let value = with(&target_for_visit, ctx, |group, ctx| visit(group, ctx));
+                sink.lock().push((name, value));
+            }
+        },
+        move |ctx| {
+            let mut results = std::mem::take(&mut *collected.lock());
+            results.sort_by(|a, b| a.0.cmp(&b.0));
+            done(ctx, results)
+        },
+    );
 }

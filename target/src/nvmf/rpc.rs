@@ -1,42 +1,76 @@
-//! The nvmf JSON-RPC methods, with SPDK's names, parameters and result shapes
-//! (RPC.md 5.3 and 5.4). They run on the app thread, which owns listeners.
+//! The nvmf JSON-RPC methods, with SPDK's names, parameters and result shapes. Each
+//! method decodes SPDK's parameters, refuses with -32602 any that asks for what the
+//! target does not do (naming it), calls the control plane on `NvmfTarget`, and encodes
+//! the answer. Nothing SPDK's rpc.py sends is accepted and then ignored. They run on
+//! the app thread, which owns listeners.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::Mutex;
-use peerless_bdev::ClaimType;
+use nix::errno::Errno;
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::rpc::framework::TICK_RATE_HZ;
 use peerless_core::rpc::{Registry, Responder, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::poll_group::{self, PollGroupStats};
-use super::subsystem::{
-    validate_ascii, validate_nqn, ListenAddress, Namespace, Subsystem, SubsystemKind, DISCOVERY_NQN, MAX_CNTLID,
-    MIN_CNTLID, MODEL_MAX_BYTES, SERIAL_MAX_BYTES,
-};
-use super::target::{hex, poll_group_name, NvmfTarget, DEFAULT_MAX_SUBSYSTEMS};
+use super::access::{when_disconnected, DEFAULT_DISCONNECT_TIMEOUT};
+use super::error::NvmfError;
+use super::io_cmd::CommandLimits;
+use super::namespace::{NamespaceSpec, P2pPlacement};
+use super::poll_group::{gather, PollGroupStats};
+use super::subsystem::{ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID};
+use super::target::{hex, NvmfTarget};
 
-/// Who claims a namespace's bdev, as `bdev_get_bdevs` will name it.
-const NS_CLAIMANT: &str = "NVMe-oF Target";
 const DEFAULT_TRSVCID: u16 = 4420;
+/// SPDK's "any NUMA node" (SPDK_ENV_NUMA_ID_ANY).
+const NUMA_ID_ANY: i32 = -1;
+/// The socket implementation TCP listeners use: the kernel's sockets.
+const SOCK_IMPL: &str = "posix";
 
-/// Answers a change that hosts see in the discovery log: on success the log's generation
-/// moves (and discovery controllers get the notice), then the caller hears `true`.
-fn announce(target: &NvmfTarget, result: Result<(), RpcError>, responder: Responder) {
-    match result {
-        Ok(()) => {
-            target.discovery_changed();
-            responder.ok_true()
+impl From<NvmfError> for RpcError {
+    fn from(err: NvmfError) -> RpcError {
+        let message = err.to_string();
+        match err {
+            NvmfError::Bdev(err) => err.into(),
+            NvmfError::SubsystemExists(_)
+            | NvmfError::ListenerExists { .. }
+            | NvmfError::HostExists { .. }
+            | NvmfError::NsidInUse { .. } => RpcError::exists(message),
+            NvmfError::NoSuchListener { .. } | NvmfError::NoSuchHost { .. } | NvmfError::NoSuchTransport { .. } => {
+                RpcError::no_such_device(message)
+            }
+            NvmfError::CannotListen(_) => RpcError::errno(Errno::EADDRINUSE, message),
+            NvmfError::HostRemovalTimeout { .. } => RpcError::internal(message),
+            NvmfError::Invalid(_)
+            | NvmfError::Unsupported { .. }
+            | NvmfError::NoSuchTarget(_)
+            | NvmfError::NoSuchSubsystem(_)
+            | NvmfError::Discovery(_)
+            | NvmfError::TooManySubsystems(_)
+            | NvmfError::NoTransport(_)
+            | NvmfError::NsidTooLarge { .. }
+            | NvmfError::NoFreeNsid { .. }
+            | NvmfError::NoSuchNamespace { .. } => RpcError::invalid_params(message),
         }
-        Err(err) => responder.err(err),
     }
 }
 
-fn invalid(message: impl Into<String>) -> RpcError {
-    RpcError::invalid_params(message)
+/// A parameter asking for something the target does not do.
+fn refuse(param: &'static str, why: impl Into<String>) -> RpcError {
+    NvmfError::unsupported(param, why).into()
+}
+
+fn check_target(tgt_name: &Option<String>) -> Result<(), RpcError> {
+    Ok(NvmfTarget::check_name(tgt_name.as_deref())?)
+}
+
+/// Answers `true`, or the error.
+fn answer(responder: Responder, result: Result<(), RpcError>) {
+    match result {
+        Ok(()) => responder.ok_true(),
+        Err(err) => responder.err(err),
+    }
 }
 
 pub fn register(registry: &mut Registry, target: &NvmfTarget) {
@@ -49,21 +83,21 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
         }};
     }
     method!("nvmf_create_transport", Value, create_transport);
-    method!("nvmf_get_transports", TargetFilter, get_transports);
+    method!("nvmf_get_transports", GetTransports, get_transports);
     method!("nvmf_create_subsystem", CreateSubsystem, create_subsystem);
     method!("nvmf_delete_subsystem", NqnParams, delete_subsystem);
-    method!("nvmf_subsystem_add_listener", ListenerParams, add_listener);
-    method!("nvmf_subsystem_remove_listener", ListenerParams, remove_listener);
+    method!("nvmf_subsystem_add_listener", AddListener, add_listener);
+    method!("nvmf_subsystem_remove_listener", RemoveListener, remove_listener);
     method!("nvmf_subsystem_add_ns", AddNs, add_ns);
     method!("nvmf_subsystem_remove_ns", RemoveNs, remove_ns);
-    method!("nvmf_subsystem_add_host", HostParams, add_host);
-    method!("nvmf_subsystem_remove_host", HostParams, remove_host);
+    method!("nvmf_subsystem_add_host", AddHost, add_host);
+    method!("nvmf_subsystem_remove_host", RemoveHost, remove_host);
     method!("nvmf_subsystem_allow_any_host", AllowAnyHost, allow_any_host);
     method!("nvmf_get_subsystems", OptionalNqn, get_subsystems);
     method!("nvmf_subsystem_get_controllers", NqnParams, get_controllers);
     method!("nvmf_subsystem_get_qpairs", NqnParams, get_qpairs);
     method!("nvmf_subsystem_get_listeners", NqnParams, get_listeners);
-    method!("nvmf_get_stats", TargetFilter, get_stats);
+    method!("nvmf_get_stats", TargetOnly, get_stats);
     let mem_target = target.clone();
     registry.method_without_params("mem_get_stats", StateMask::RUNTIME, move |ctx, responder| {
         mem_get_stats(ctx, &mem_target, responder)
@@ -72,11 +106,9 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TargetFilter {
+struct TargetOnly {
     #[serde(default)]
     tgt_name: Option<String>,
-    #[serde(default)]
-    trtype: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -96,44 +128,53 @@ struct OptionalNqn {
     tgt_name: Option<String>,
 }
 
-fn subsystem(target: &NvmfTarget, nqn: &str) -> Result<Arc<Subsystem>, RpcError> {
-    let nqn = if nqn == "discovery" { DISCOVERY_NQN } else { nqn };
-    target.find_subsystem(nqn).ok_or_else(|| invalid(format!("Unable to find subsystem with NQN {nqn}")))
-}
-
-fn nvme_subsystem(target: &NvmfTarget, nqn: &str) -> Result<Arc<Subsystem>, RpcError> {
-    let found = subsystem(target, nqn)?;
-    if found.kind == SubsystemKind::Discovery {
-        return Err(invalid("the discovery subsystem has no namespaces or hosts"));
-    }
-    Ok(found)
-}
-
 /// Decoded relaxed, as SPDK does: rpc.py sends other transports' keys, and each transport
 /// reads its own from the same parameters.
 fn create_transport(ctx: &mut ThreadCtx, target: &NvmfTarget, params: Value, responder: Responder) {
-    let Some(trtype) = params.get("trtype").and_then(Value::as_str) else {
-        return responder.err(invalid("trtype is required (e.g. \"TCP\")"));
-    };
-    let poll_groups = ctx.app().options().cpumask.cores().count().max(1);
-    match target.create_transport(trtype, &params, poll_groups) {
-        Ok(_) => responder.ok_true(),
-        Err(why) if why.contains("already exists") => responder.err(RpcError::exists(why)),
-        Err(why) => responder.err(invalid(why)),
-    }
+    let result = (|| {
+        match params.get("tgt_name") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(name)) => NvmfTarget::check_name(Some(name))?,
+            Some(other) => return Err(RpcError::invalid_params(format!("tgt_name must be a string, not {other}"))),
+        }
+        let Some(trtype) = params.get("trtype").and_then(Value::as_str) else {
+            return Err(RpcError::invalid_params("trtype is required (e.g. \"TCP\")"));
+        };
+        let poll_groups = ctx.app().options().cpumask.cores().count().max(1);
+        match target.create_transport(trtype, &params, poll_groups) {
+            Ok(_) => Ok(()),
+            Err(why) if why.contains("already exists") => Err(RpcError::exists(why)),
+            Err(why) => Err(RpcError::invalid_params(why)),
+        }
+    })();
+    answer(responder, result);
 }
 
-fn get_transports(_: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, responder: Responder) {
-    let _ = params.tgt_name;
-    let transports: Vec<Value> = target
-        .transports()
-        .iter()
-        .filter(|transport| {
-            params.trtype.as_deref().is_none_or(|trtype| trtype.eq_ignore_ascii_case(transport.trtype()))
-        })
-        .map(|transport| transport.to_json())
-        .collect();
-    responder.ok(transports);
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetTransports {
+    #[serde(default)]
+    tgt_name: Option<String>,
+    /// Only this transport; one the target does not have is an error, as in SPDK.
+    #[serde(default)]
+    trtype: Option<String>,
+}
+
+fn get_transports(_: &mut ThreadCtx, target: &NvmfTarget, params: GetTransports, responder: Responder) {
+    if let Err(err) = check_target(&params.tgt_name) {
+        return responder.err(err);
+    }
+    let transports = match &params.trtype {
+        None => target.transports(),
+        Some(trtype) => match target.transport(trtype) {
+            Some(transport) => vec![transport],
+            None => {
+                let have = target.transports().iter().map(|transport| transport.trtype()).collect();
+                return responder.err(NvmfError::NoSuchTransport { trtype: trtype.clone(), have }.into());
+            }
+        },
+    };
+    responder.ok(transports.iter().map(|transport| transport.to_json()).collect::<Vec<Value>>());
 }
 
 #[derive(Deserialize)]
@@ -159,97 +200,101 @@ struct CreateSubsystem {
     #[serde(default)]
     max_cntlid: Option<u16>,
     #[serde(default)]
-    dmrsl: u32,
+    dmrsl: Option<u32>,
     #[serde(default)]
-    wzsl: u32,
+    wzsl: Option<u8>,
     #[serde(default)]
     passthrough: bool,
     #[serde(default)]
     enable_nssr: bool,
+    /// SPDK before 26.09: the discard limit in KiB, converted to `dmrsl`.
     #[serde(default)]
-    max_discard_size_kib: u64,
+    max_discard_size_kib: Option<u64>,
+    /// SPDK before 26.09: the Write Zeroes limit in KiB, converted to `wzsl`.
     #[serde(default)]
-    max_write_zeroes_size_kib: u64,
+    max_write_zeroes_size_kib: Option<u64>,
+}
+
+/// `max_discard_size_kib` as DMRSL. SPDK converts it assuming 512-byte blocks, whatever
+/// the namespaces' block size; the same configuration must report the same limit here.
+fn dmrsl_from_kib(kib: u64) -> Result<u32, RpcError> {
+    kib.checked_mul(2).and_then(|blocks| u32::try_from(blocks).ok()).ok_or_else(|| {
+        RpcError::invalid_params(format!(
+            "max_discard_size_kib {kib} is more than dmrsl can say ({} KiB in 512-byte blocks)",
+            u32::MAX / 2
+        ))
+    })
+}
+
+/// `max_write_zeroes_size_kib` as WZSL, a power of two of 4 KiB pages (CAP.MPSMIN is 0).
+/// 0 is no limit; anything else must be a whole power of two pages, at least two (one
+/// page would be WZSL 0, which means no limit), as SPDK requires.
+fn wzsl_from_kib(kib: u64) -> Result<u8, RpcError> {
+    match kib {
+        0 => Ok(0),
+        kib if kib >= 8 && kib.is_power_of_two() => Ok((kib / 4).trailing_zeros() as u8),
+        kib => Err(RpcError::invalid_params(format!(
+            "max_write_zeroes_size_kib {kib} must be 0 (no limit) or a power of two of at least 8"
+        ))),
+    }
+}
+
+impl CreateSubsystem {
+    fn config(self) -> Result<SubsystemConfig, RpcError> {
+        check_target(&self.tgt_name)?;
+        if self.ana_reporting {
+            return Err(refuse(
+                "ana_reporting",
+                "ANA (asymmetric namespace access) is not implemented; leave it false",
+            ));
+        }
+        if self.passthrough {
+            return Err(refuse("passthrough", "NVMe passthrough is not implemented; leave it false"));
+        }
+        if self.enable_nssr {
+            return Err(refuse("enable_nssr", "NVM subsystem reset is not implemented; leave it false"));
+        }
+        let dmrsl = match (self.dmrsl, self.max_discard_size_kib) {
+            (Some(_), Some(_)) => {
+                return Err(RpcError::invalid_params("give dmrsl or max_discard_size_kib (its older form), not both"))
+            }
+            (Some(dmrsl), None) => dmrsl,
+            (None, Some(kib)) => dmrsl_from_kib(kib)?,
+            (None, None) => 0,
+        };
+        let wzsl = match (self.wzsl, self.max_write_zeroes_size_kib) {
+            (Some(_), Some(_)) => {
+                return Err(RpcError::invalid_params(
+                    "give wzsl or max_write_zeroes_size_kib (its older form), not both",
+                ))
+            }
+            (Some(wzsl), None) => wzsl,
+            (None, Some(kib)) => wzsl_from_kib(kib)?,
+            (None, None) => 0,
+        };
+        Ok(SubsystemConfig {
+            nqn: self.nqn,
+            serial: self.serial_number,
+            model: self.model_number,
+            // SPDK takes an empty label as none.
+            admin_label: self.admin_label.filter(|label| !label.is_empty()),
+            max_namespaces: self.max_namespaces,
+            allow_any_host: self.allow_any_host,
+            min_cntlid: self.min_cntlid.unwrap_or(MIN_CNTLID),
+            max_cntlid: self.max_cntlid.unwrap_or(MAX_CNTLID),
+            limits: CommandLimits { dmrsl, wzsl },
+        })
+    }
 }
 
 fn create_subsystem(_: &mut ThreadCtx, target: &NvmfTarget, params: CreateSubsystem, responder: Responder) {
-    let _ = (
-        params.tgt_name,
-        params.admin_label,
-        params.dmrsl,
-        params.wzsl,
-        params.max_discard_size_kib,
-        params.max_write_zeroes_size_kib,
-    );
-    let result = (|| {
-        validate_nqn(&params.nqn).map_err(|why| invalid(format!("Invalid NQN: {why}")))?;
-        if params.ana_reporting || params.passthrough || params.enable_nssr {
-            return Err(invalid("ana_reporting, passthrough and enable_nssr are not supported; leave them false"));
-        }
-        if let Some(serial) = &params.serial_number {
-            validate_ascii("serial_number", serial, SERIAL_MAX_BYTES).map_err(invalid)?;
-        }
-        if let Some(model) = &params.model_number {
-            validate_ascii("model_number", model, MODEL_MAX_BYTES).map_err(invalid)?;
-        }
-        let min = params.min_cntlid.unwrap_or(MIN_CNTLID);
-        let max = params.max_cntlid.unwrap_or(MAX_CNTLID);
-        if min < MIN_CNTLID || max > MAX_CNTLID || min > max {
-            return Err(invalid(format!("cntlid range {min}-{max} must lie within {MIN_CNTLID}-{MAX_CNTLID}")));
-        }
-        if target.find_subsystem(&params.nqn).is_some() {
-            return Err(RpcError::exists(format!("Subsystem NQN {} already exists", params.nqn)));
-        }
-        if target.subsystems().len() >= DEFAULT_MAX_SUBSYSTEMS {
-            return Err(invalid(format!("the target already has the maximum of {DEFAULT_MAX_SUBSYSTEMS} subsystems")));
-        }
-        let subsystem = target.add_subsystem(&params.nqn, SubsystemKind::Nvme);
-        let mut state = subsystem.state.lock();
-        if let Some(serial) = params.serial_number {
-            state.serial = serial;
-        }
-        if let Some(model) = params.model_number {
-            state.model = model;
-        }
-        if params.max_namespaces > 0 {
-            state.max_namespaces = params.max_namespaces;
-        }
-        state.allow_any_host = params.allow_any_host;
-        state.min_cntlid = min;
-        state.max_cntlid = max;
-        Ok(())
-    })();
-    announce(target, result, responder);
+    let result = params.config().and_then(|config| Ok(target.create_subsystem(&config).map(drop)?));
+    answer(responder, result);
 }
 
 fn delete_subsystem(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
-    let _ = params.tgt_name;
-    let found = match nvme_subsystem(target, &params.nqn) {
-        Ok(found) => found,
-        Err(err) => return responder.err(err),
-    };
-    target.0.subsystems.lock().retain(|other| !Arc::ptr_eq(other, &found));
-    let controllers: Vec<_> = found.state.lock().controllers.values().cloned().collect();
-    for controller in controllers {
-        target.disconnect_controller(&controller);
-    }
-    let addresses: Vec<SocketAddr> = {
-        let mut state = found.state.lock();
-        state.namespaces.clear();
-        state.listeners.drain(..).map(|listener| listener.addr).collect()
-    };
-    for addr in addresses {
-        release_listener(ctx, target, addr);
-    }
-    let id = found.id;
-    for group in target.0.poll_groups.lock().clone() {
-        let target_for_group = target.clone();
-        let _ = ctx.send_to(&group, move |ctx| {
-            poll_group::with(&target_for_group, ctx, |group, _| group.forget_subsystem(id))
-        });
-    }
-    target.discovery_changed();
-    responder.ok_true();
+    let result = check_target(&params.tgt_name).and_then(|()| Ok(target.delete_subsystem(ctx, &params.nqn)?));
+    answer(responder, result);
 }
 
 #[derive(Deserialize)]
@@ -265,7 +310,7 @@ struct ListenAddressParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenerParams {
+struct AddListener {
     nqn: String,
     listen_address: ListenAddressParams,
     #[serde(default)]
@@ -280,98 +325,90 @@ struct ListenerParams {
     numa_id: Option<i32>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveListener {
+    nqn: String,
+    listen_address: ListenAddressParams,
+    #[serde(default)]
+    tgt_name: Option<String>,
+}
+
 fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) -> Result<SocketAddr, RpcError> {
     if !target.transport_types().iter().any(|known| known.eq_ignore_ascii_case(&address.trtype)) {
-        return Err(invalid(format!(
+        return Err(RpcError::invalid_params(format!(
             "trtype '{}' is not supported; use one of {:?}",
             address.trtype,
             target.transport_types()
         )));
     }
-    let ip: IpAddr =
-        address.traddr.parse().map_err(|_| invalid(format!("traddr '{}' is not an IP address", address.traddr)))?;
+    let ip: IpAddr = address
+        .traddr
+        .parse()
+        .map_err(|_| RpcError::invalid_params(format!("traddr '{}' is not an IP address", address.traddr)))?;
     if let Some(adrfam) = &address.adrfam {
         let matches = match adrfam.to_ascii_lowercase().as_str() {
             "ipv4" => ip.is_ipv4(),
             "ipv6" => ip.is_ipv6(),
-            _ => return Err(invalid(format!("adrfam '{adrfam}' is not supported; use IPv4 or IPv6"))),
+            _ => return Err(RpcError::invalid_params(format!("adrfam '{adrfam}' is not supported; use IPv4 or IPv6"))),
         };
         if !matches {
-            return Err(invalid(format!("traddr '{}' is not an {adrfam} address", address.traddr)));
+            return Err(RpcError::invalid_params(format!("traddr '{}' is not an {adrfam} address", address.traddr)));
         }
     }
     let port = match &address.trsvcid {
-        Some(port) => port.parse::<u16>().map_err(|_| invalid(format!("trsvcid '{port}' is not a port number")))?,
+        Some(port) => port
+            .parse::<u16>()
+            .map_err(|_| RpcError::invalid_params(format!("trsvcid '{port}' is not a port number")))?,
         None => DEFAULT_TRSVCID,
     };
     Ok(SocketAddr::new(ip, port))
 }
 
-fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: ListenerParams, responder: Responder) {
-    let _ = (params.tgt_name, params.ana_state, params.sock_impl, params.numa_id);
-    let result = (|| {
-        if params.secure_channel {
-            return Err(invalid("secure_channel (TLS) is not supported yet"));
+impl AddListener {
+    /// Refuses what a listener here cannot be: TLS, ANA states, other socket layers,
+    /// NUMA pinning.
+    fn check(&self) -> Result<(), RpcError> {
+        check_target(&self.tgt_name)?;
+        if self.secure_channel {
+            return Err(refuse("secure_channel", "TLS is not supported yet; leave it false"));
         }
-        let found = subsystem(target, &params.nqn)?;
-        let addr = parse_address(target, &params.listen_address)?;
-        let trtype = &params.listen_address.trtype;
-        let Some(transport) = target.transport(trtype) else {
-            return Err(invalid(format!(
-                "Unable to find {} transport: call nvmf_create_transport first",
-                trtype.to_uppercase()
-            )));
-        };
-        if found.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
-            return Err(RpcError::exists(format!("{} already listens on {addr}", found.nqn)));
+        if let Some(state) = &self.ana_state {
+            return Err(refuse(
+                "ana_state",
+                format!("cannot set '{state}': ANA reporting is not implemented (nvmf_create_subsystem refuses it)"),
+            ));
         }
-        if !target.is_listening(transport.trtype(), addr) {
-            let listener = transport
-                .listen(ctx, target, addr)
-                .map_err(|why| RpcError::errno(nix::errno::Errno::EADDRINUSE, why))?;
-            target.0.listeners.lock().push((transport.trtype(), listener));
+        if let Some(sock_impl) = self.sock_impl.as_deref().filter(|name| *name != SOCK_IMPL) {
+            return Err(refuse(
+                "sock_impl",
+                format!("'{sock_impl}' is not available; TCP listeners use the kernel's sockets, \"{SOCK_IMPL}\""),
+            ));
         }
-        found.state.lock().listeners.push(ListenAddress { addr });
+        if let Some(numa_id) = self.numa_id.filter(|id| *id != NUMA_ID_ANY) {
+            return Err(refuse(
+                "numa_id",
+                format!("{numa_id}: listeners are not pinned to a NUMA node; omit it or pass {NUMA_ID_ANY} (any)"),
+            ));
+        }
         Ok(())
-    })();
-    announce(target, result, responder);
-}
-
-/// Closes the socket of `addr` once no subsystem lists it.
-fn release_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, addr: SocketAddr) {
-    let still_used =
-        target.subsystems().iter().any(|subsystem| subsystem.state.lock().listeners.iter().any(|l| l.addr == addr));
-    if still_used {
-        return;
-    }
-    let mut listeners = target.0.listeners.lock();
-    if let Some(position) = listeners.iter().position(|(_, listener)| listener.addr() == addr) {
-        let (_, listener) = listeners.swap_remove(position);
-        drop(listeners);
-        listener.stop(ctx);
     }
 }
 
-fn remove_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: ListenerParams, responder: Responder) {
-    let result = (|| {
-        let found = subsystem(target, &params.nqn)?;
+fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddListener, responder: Responder) {
+    let result = params.check().and_then(|()| {
         let addr = parse_address(target, &params.listen_address)?;
-        let mut state = found.state.lock();
-        let before = state.listeners.len();
-        state.listeners.retain(|listener| listener.addr != addr);
-        if state.listeners.len() == before {
-            return Err(RpcError::no_such_device(format!("{} does not listen on {addr}", found.nqn)));
-        }
-        Ok(addr)
-    })();
-    match result {
-        Ok(addr) => {
-            release_listener(ctx, target, addr);
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr)?)
+    });
+    answer(responder, result);
+}
+
+fn remove_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: RemoveListener, responder: Responder) {
+    let result = check_target(&params.tgt_name).and_then(|()| {
+        let addr = parse_address(target, &params.listen_address)?;
+        Ok(target.remove_listener(ctx, &params.nqn, addr)?)
+    });
+    answer(responder, result);
 }
 
 #[derive(Deserialize)]
@@ -412,103 +449,53 @@ fn parse_hex<const N: usize>(field: &str, text: &str) -> Result<[u8; N], RpcErro
     let digits: String = text.chars().filter(|c| *c != '-').collect();
     let mut bytes = [0u8; N];
     if digits.len() != N * 2 {
-        return Err(invalid(format!("{field} '{text}' must be {} hex digits", N * 2)));
+        return Err(RpcError::invalid_params(format!("{field} '{text}' must be {} hex digits", N * 2)));
     }
     for (index, byte) in bytes.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&digits[index * 2..index * 2 + 2], 16)
-            .map_err(|_| invalid(format!("{field} '{text}' is not hex")))?;
+            .map_err(|_| RpcError::invalid_params(format!("{field} '{text}' is not hex")))?;
     }
     Ok(bytes)
 }
 
+impl NamespaceParams {
+    fn spec(self) -> Result<NamespaceSpec, RpcError> {
+        if self.ptpl_file.as_deref().is_some_and(|path| !path.is_empty()) {
+            return Err(refuse(
+                "ptpl_file",
+                "reservations are not implemented, so there is nothing to persist through power loss",
+            ));
+        }
+        // 0 asks SPDK for the default group, which without ANA reporting is no group.
+        if let Some(anagrpid) = self.anagrpid.filter(|id| *id != 0) {
+            return Err(refuse("anagrpid", format!("{anagrpid}: ANA reporting is not implemented; omit it")));
+        }
+        if self.no_auto_visible {
+            return Err(refuse(
+                "no_auto_visible",
+                "namespace masking is not implemented: every host that may connect sees every namespace; leave it false",
+            ));
+        }
+        if self.hide_metadata {
+            return Err(refuse("hide_metadata", "bdevs with metadata are not exported, so there is none to hide"));
+        }
+        Ok(NamespaceSpec {
+            nsid: self.nsid,
+            bdev_name: self.bdev_name,
+            nguid: self.nguid.map(|text| parse_hex::<16>("nguid", &text)).transpose()?,
+            eui64: self.eui64.map(|text| parse_hex::<8>("eui64", &text)).transpose()?,
+            uuid: self.uuid.map(|text| parse_hex::<16>("uuid", &text)).transpose()?,
+            p2pmem: self.p2pmem.as_deref().map_or(P2pPlacement::Off, P2pPlacement::parse),
+        })
+    }
+}
+
 fn add_ns(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddNs, responder: Responder) {
-    let _ = params.tgt_name;
-    let spec = params.namespace;
-    let _ = (spec.ptpl_file, spec.anagrpid, spec.hide_metadata);
-    let result = (|| {
-        if spec.no_auto_visible {
-            return Err(invalid("no_auto_visible (namespace masking) is not supported yet"));
-        }
-        let found = nvme_subsystem(target, &params.nqn)?;
-        let bdev = target.0.bdevs.get(&spec.bdev_name).map_err(RpcError::from)?;
-        let p2pmem = spec.p2pmem.unwrap_or_else(|| "off".into());
-        // Data may live in a provider only if the bdev can DMA from it directly.
-        let provider = match p2pmem.as_str() {
-            "off" => None,
-            "auto" => match bdev.p2p_provider() {
-                Some(provider) if bdev.accepts_domain(provider.domain()) => Some(provider),
-                _ => {
-                    let why =
-                        format!("bdev '{}' has no P2P memory it can DMA from; p2pmem must be \"off\"", spec.bdev_name);
-                    return Err(invalid(why));
-                }
-            },
-            name => match bdev.p2p_provider() {
-                Some(provider) if provider.name() == name && bdev.accepts_domain(provider.domain()) => Some(provider),
-                _ => return Err(invalid(format!("bdev '{}' cannot DMA from P2P provider '{name}'", spec.bdev_name))),
-            },
-        };
-        let uuid = match &spec.uuid {
-            Some(text) => parse_hex::<16>("uuid", text)?,
-            None => bdev.info().uuid.0,
-        };
-        let nguid = match &spec.nguid {
-            Some(text) => parse_hex::<16>("nguid", text)?,
-            None => uuid,
-        };
-        let eui64 = match &spec.eui64 {
-            Some(text) => parse_hex::<8>("eui64", text)?,
-            None => [0; 8],
-        };
-        let mut state = found.state.lock();
-        let nsid = match spec.nsid {
-            Some(0) | None => Subsystem::free_nsid(&state).ok_or_else(|| {
-                invalid(format!("{} has no free NSID (max_namespaces {})", found.nqn, state.max_namespaces))
-            })?,
-            Some(nsid) if nsid > state.max_namespaces => {
-                return Err(invalid(format!(
-                    "NSID {nsid} exceeds max_namespaces {} of {}",
-                    state.max_namespaces, found.nqn
-                )));
-            }
-            Some(nsid) if state.namespaces.contains_key(&nsid) => {
-                return Err(RpcError::exists(format!("NSID {nsid} is already in use")))
-            }
-            Some(nsid) => nsid,
-        };
-        // Removing the namespace when its bdev goes keeps hosts from I/O to nothing.
-        let (weak_target, nqn) = (target.clone(), found.nqn.clone());
-        let on_remove: peerless_bdev::manager::RemoveCallback = Box::new(move |ctx: &mut ThreadCtx| {
-            if let Some(subsystem) = weak_target.find_subsystem(&nqn) {
-                let removed = subsystem.state.lock().namespaces.remove(&nsid);
-                if removed.is_some() {
-                    peerless_core::log_notice!("namespace {nsid} of {nqn} removed: its bdev went away");
-                    weak_target.namespace_changed(ctx, &subsystem, nsid);
-                }
-            }
-        });
-        let desc =
-            target.0.bdevs.open(&spec.bdev_name, true, Some(ctx.handle()), Some(on_remove)).map_err(RpcError::from)?;
-        desc.claim(ClaimType::ExclusiveWrite, NS_CLAIMANT).map_err(RpcError::from)?;
-        let ns = Namespace {
-            nsid,
-            bdev_name: bdev.info().name.clone(),
-            desc: Arc::new(desc),
-            nguid,
-            eui64,
-            uuid,
-            p2pmem,
-            provider,
-        };
-        state.namespaces.insert(nsid, Arc::new(ns));
-        drop(state);
-        Ok((found, nsid))
-    })();
+    let result = check_target(&params.tgt_name)
+        .and_then(|()| params.namespace.spec())
+        .and_then(|spec| Ok(target.add_namespace(ctx, &params.nqn, spec)?));
     match result {
-        Ok((found, nsid)) => {
-            target.namespace_changed(ctx, &found, nsid);
-            responder.ok(nsid)
-        }
+        Ok(nsid) => responder.ok(nsid),
         Err(err) => responder.err(err),
     }
 }
@@ -523,22 +510,14 @@ struct RemoveNs {
 }
 
 fn remove_ns(ctx: &mut ThreadCtx, target: &NvmfTarget, params: RemoveNs, responder: Responder) {
-    let _ = params.tgt_name;
-    let found = match nvme_subsystem(target, &params.nqn) {
-        Ok(found) => found,
-        Err(err) => return responder.err(err),
-    };
-    let removed = found.state.lock().namespaces.remove(&params.nsid);
-    if removed.is_none() {
-        return responder.err(invalid(format!("Invalid parameters: {} has no namespace {}", found.nqn, params.nsid)));
-    }
-    target.namespace_changed(ctx, &found, params.nsid);
-    responder.ok_true();
+    let result =
+        check_target(&params.tgt_name).and_then(|()| Ok(target.remove_namespace(ctx, &params.nqn, params.nsid)?));
+    answer(responder, result);
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HostParams {
+struct AddHost {
     nqn: String,
     host: String,
     #[serde(default)]
@@ -549,47 +528,54 @@ struct HostParams {
     dhchap_key: Option<String>,
     #[serde(default)]
     dhchap_ctrlr_key: Option<String>,
+}
+
+fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, params: AddHost, responder: Responder) {
+    let result = (|| {
+        check_target(&params.tgt_name)?;
+        if params.psk.is_some() {
+            return Err(refuse("psk", "TLS is not supported yet, so there is no pre-shared key to use"));
+        }
+        for (param, given) in [("dhchap_key", &params.dhchap_key), ("dhchap_ctrlr_key", &params.dhchap_ctrlr_key)] {
+            if given.is_some() {
+                return Err(refuse(param, "DH-HMAC-CHAP authentication is not supported yet"));
+            }
+        }
+        Ok(target.add_host(&params.nqn, &params.host)?)
+    })();
+    answer(responder, result);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveHost {
+    nqn: String,
+    host: String,
+    #[serde(default)]
+    tgt_name: Option<String>,
+    /// How long to wait for the host's queues to close; absent or 0 is SPDK's default.
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
 
-fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, params: HostParams, responder: Responder) {
-    let _ = (params.tgt_name, params.timeout_ms);
-    let result = (|| {
-        if params.psk.is_some() || params.dhchap_key.is_some() || params.dhchap_ctrlr_key.is_some() {
-            return Err(invalid("psk and DH-HMAC-CHAP keys are not supported yet"));
+/// Answers once the host's controllers have closed every queue, as SPDK does, or with
+/// an error when `timeout_ms` passes first.
+fn remove_host(ctx: &mut ThreadCtx, target: &NvmfTarget, params: RemoveHost, responder: Responder) {
+    let gone = match check_target(&params.tgt_name).and_then(|()| Ok(target.remove_host(&params.nqn, &params.host)?)) {
+        Ok(gone) => gone,
+        Err(err) => return responder.err(err),
+    };
+    let timeout = match params.timeout_ms {
+        None | Some(0) => DEFAULT_DISCONNECT_TIMEOUT,
+        Some(ms) => Duration::from_millis(ms),
+    };
+    when_disconnected(ctx, gone, timeout, move |_, closed| {
+        if closed {
+            return responder.ok_true();
         }
-        validate_nqn(&params.host).map_err(|why| invalid(format!("Invalid host NQN: {why}")))?;
-        let found = nvme_subsystem(target, &params.nqn)?;
-        let mut state = found.state.lock();
-        if state.hosts.contains(&params.host) {
-            return Err(RpcError::exists(format!("host {} is already allowed on {}", params.host, found.nqn)));
-        }
-        state.hosts.push(params.host);
-        Ok(())
-    })();
-    announce(target, result, responder);
-}
-
-fn remove_host(_: &mut ThreadCtx, target: &NvmfTarget, params: HostParams, responder: Responder) {
-    let result = (|| {
-        let found = nvme_subsystem(target, &params.nqn)?;
-        let mut state = found.state.lock();
-        let before = state.hosts.len();
-        state.hosts.retain(|host| *host != params.host);
-        if state.hosts.len() == before {
-            return Err(RpcError::no_such_device(format!("host {} is not allowed on {}", params.host, found.nqn)));
-        }
-        // A host that may no longer connect loses the controllers it has.
-        let gone: Vec<_> =
-            state.controllers.values().filter(|c| c.hostnqn == params.host && !state.allow_any_host).cloned().collect();
-        drop(state);
-        for controller in gone {
-            target.disconnect_controller(&controller);
-        }
-        Ok(())
-    })();
-    announce(target, result, responder);
+        let timeout_ms = timeout.as_millis() as u64;
+        responder.err(NvmfError::HostRemovalTimeout { nqn: params.nqn, host: params.host, timeout_ms }.into())
+    });
 }
 
 #[derive(Deserialize)]
@@ -602,17 +588,12 @@ struct AllowAnyHost {
 }
 
 fn allow_any_host(_: &mut ThreadCtx, target: &NvmfTarget, params: AllowAnyHost, responder: Responder) {
-    let _ = params.tgt_name;
-    match nvme_subsystem(target, &params.nqn) {
-        Ok(found) => {
-            found.state.lock().allow_any_host = params.allow_any_host;
-            target.discovery_changed();
-            responder.ok_true()
-        }
-        Err(err) => responder.err(err),
-    }
+    let result = check_target(&params.tgt_name)
+        .and_then(|()| Ok(target.set_allow_any_host(&params.nqn, params.allow_any_host)?));
+    answer(responder, result);
 }
 
+/// One subsystem as `nvmf_get_subsystems` shows it, keys in SPDK's order.
 pub fn subsystem_json(subsystem: &Subsystem) -> Value {
     let state = subsystem.state.lock();
     let listen: Vec<Value> = state.listeners.iter().map(ListenAddress::to_json).collect();
@@ -630,83 +611,66 @@ pub fn subsystem_json(subsystem: &Subsystem) -> Value {
             .namespaces
             .values()
             .map(|ns| {
-                json!({"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name, "nguid": hex(&ns.nguid),
-                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem})
+                let mut entry = json!({"nsid": ns.nsid, "bdev_name": ns.bdev_name, "name": ns.bdev_name,
+                    "nguid": hex(&ns.nguid), "uuid": peerless_bdev::Uuid(ns.uuid).to_string(),
+                    "p2pmem": ns.p2pmem.as_str()});
+                if ns.eui64 != [0; 8] {
+                    entry["eui64"] = json!(hex(&ns.eui64));
+                }
+                entry
             })
             .collect();
         map.insert("serial_number".into(), json!(state.serial));
         map.insert("model_number".into(), json!(state.model));
+        if let Some(label) = &state.admin_label {
+            map.insert("admin_label".into(), json!(label));
+        }
         map.insert("max_namespaces".into(), json!(state.max_namespaces));
+        // Always false: nvmf_create_subsystem refuses passthrough.
+        map.insert("passthrough".into(), json!(false));
         map.insert("min_cntlid".into(), json!(state.min_cntlid));
         map.insert("max_cntlid".into(), json!(state.max_cntlid));
+        map.insert("dmrsl".into(), json!(state.limits.dmrsl));
+        map.insert("wzsl".into(), json!(state.limits.wzsl));
         map.insert("namespaces".into(), Value::Array(namespaces));
     }
     object
 }
 
 fn get_subsystems(_: &mut ThreadCtx, target: &NvmfTarget, params: OptionalNqn, responder: Responder) {
-    let _ = params.tgt_name;
-    match params.nqn {
-        Some(nqn) => match subsystem(target, &nqn) {
-            Ok(found) => responder.ok(vec![subsystem_json(&found)]),
-            Err(err) => responder.err(err),
-        },
-        None => responder.ok(target.subsystems().iter().map(|subsystem| subsystem_json(subsystem)).collect::<Vec<_>>()),
-    }
-}
-
-fn get_controllers(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
-    match subsystem(target, &params.nqn) {
-        Ok(found) => {
-            let controllers: Vec<Value> = found
-                .state
-                .lock()
-                .controllers
-                .values()
-                .map(|controller| {
-                    let io_qpairs = controller.qpairs.lock().iter().filter(|qpair| qpair.qid > 0).count();
-                    json!({"cntlid": controller.cntlid,
-                        "cntrltype": if found.kind == SubsystemKind::Discovery { "discovery" } else { "io" },
-                        "hostnqn": controller.hostnqn, "hostid": peerless_bdev::Uuid(controller.hostid).to_string(),
-                        "num_io_qpairs": io_qpairs})
-                })
-                .collect();
-            responder.ok(controllers)
-        }
+    let result = check_target(&params.tgt_name).and_then(|()| match &params.nqn {
+        Some(nqn) => Ok(vec![subsystem_json(&*target.lookup(nqn)?)]),
+        None => Ok(target.subsystems().iter().map(|subsystem| subsystem_json(subsystem)).collect()),
+    });
+    match result {
+        Ok(subsystems) => responder.ok(subsystems),
         Err(err) => responder.err(err),
     }
 }
 
-/// Visits every poll group thread in turn, collecting what `visit` returns.
-pub(crate) fn gather<T: Send + 'static>(
-    ctx: &mut ThreadCtx,
-    target: &NvmfTarget,
-    visit: impl Fn(&mut poll_group::PollGroup, &ThreadCtx) -> T + Send + Sync + 'static,
-    done: impl FnOnce(&mut ThreadCtx, Vec<(String, T)>) + Send + 'static,
-) {
-    let collected: Arc<Mutex<Vec<(String, T)>>> = Arc::default();
-    let sink = collected.clone();
-    let target_for_visit = target.clone();
-    let groups: Vec<u64> = target.0.poll_groups.lock().iter().map(|group| group.id().0).collect();
-    ctx.app().for_each_thread(
-        ctx,
-        move |ctx| {
-            if groups.contains(&ctx.id().0) {
-                let name = ctx.name().to_string();
-                let value = poll_group::with(&target_for_visit, ctx, |group, ctx| visit(group, ctx));
-                sink.lock().push((name, value));
-            }
-        },
-        move |ctx| {
-            let mut results = std::mem::take(&mut *collected.lock());
-            results.sort_by(|a, b| a.0.cmp(&b.0));
-            done(ctx, results)
-        },
-    );
+fn get_controllers(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
+    let found = match check_target(&params.tgt_name).and_then(|()| Ok(target.lookup(&params.nqn)?)) {
+        Ok(found) => found,
+        Err(err) => return responder.err(err),
+    };
+    let controllers: Vec<Value> = found
+        .state
+        .lock()
+        .controllers
+        .values()
+        .map(|controller| {
+            let io_qpairs = controller.qpairs.lock().iter().filter(|qpair| qpair.qid > 0).count();
+            json!({"cntlid": controller.cntlid,
+                "cntrltype": if found.kind == SubsystemKind::Discovery { "discovery" } else { "io" },
+                "hostnqn": controller.hostnqn, "hostid": peerless_bdev::Uuid(controller.hostid).to_string(),
+                "num_io_qpairs": io_qpairs})
+        })
+        .collect();
+    responder.ok(controllers)
 }
 
 fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
-    let found = match subsystem(target, &params.nqn) {
+    let found = match check_target(&params.tgt_name).and_then(|()| Ok(target.lookup(&params.nqn)?)) {
         Ok(found) => found,
         Err(err) => return responder.err(err),
     };
@@ -735,7 +699,7 @@ fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, respo
 }
 
 fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
-    match subsystem(target, &params.nqn) {
+    match check_target(&params.tgt_name).and_then(|()| Ok(target.lookup(&params.nqn)?)) {
         Ok(found) => {
             let listeners: Vec<Value> =
                 found.state.lock().listeners.iter().map(|listener| json!({"address": listener.to_json()})).collect();
@@ -745,8 +709,10 @@ fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, resp
     }
 }
 
-fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, responder: Responder) {
-    let _ = (params.tgt_name, params.trtype);
+fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetOnly, responder: Responder) {
+    if let Err(err) = check_target(&params.tgt_name) {
+        return responder.err(err);
+    }
     let trtypes: Vec<Value> =
         target.transports().iter().map(|transport| json!({"trtype": transport.trtype()})).collect();
     gather(
@@ -764,13 +730,12 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetFilter, res
                         "pending_buffer_waits": stats.buffer_waits, "transports": trtypes})
                 })
                 .collect();
-            let _ = poll_group_name;
             responder.ok(json!({"tick_rate": TICK_RATE_HZ, "poll_groups": poll_groups}))
         },
     );
 }
 
-/// `mem_get_stats`: where payload went and what the CPU touched (issue 7's contract):
+/// `mem_get_stats`: where payload went and what the CPU touched, so a user can see it:
 /// payload bytes the target placed in buffers of each kind, CPU bytes by path from the
 /// memory gate's counters, fallbacks to host memory, refusals, and every P2P provider.
 fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder) {

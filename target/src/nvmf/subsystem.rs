@@ -8,9 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use peerless_bdev::Desc;
 
 use super::ctrlr::Controller;
+use super::error::NvmfError;
+use super::io_cmd::CommandLimits;
+use super::namespace::Namespace;
 
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 /// NVMe Base 2.0, 4.5: an NQN is at most 223 bytes.
@@ -21,9 +23,15 @@ pub const MODEL_MAX_BYTES: usize = 40;
 pub const DEFAULT_SERIAL: &str = "00000000000000000000";
 pub const DEFAULT_MODEL: &str = "SPDK bdev Controller";
 pub const DEFAULT_MAX_NAMESPACES: u32 = 32;
+/// NSIDs run from 1 to FFFFFFFEh; FFFFFFFFh is the broadcast value (NVMe Base 2.0, 3.2.1).
+pub const MAX_NSID: u32 = 0xffff_fffe;
 pub const MIN_CNTLID: u16 = 1;
 /// 0xFFF0 and above are reserved (0xFFFF asks for a dynamic controller).
 pub const MAX_CNTLID: u16 = 0xffef;
+/// An administrative label is 4 to 256 printable ASCII bytes: SPDK's bounds, set by the
+/// extended discovery log entry attribute SPDK fills with it.
+pub const ADMIN_LABEL_MIN_BYTES: usize = 4;
+pub const ADMIN_LABEL_MAX_BYTES: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubsystemKind {
@@ -92,6 +100,74 @@ pub fn validate_ascii(field: &str, value: &str, max: usize) -> Result<(), String
     Ok(())
 }
 
+/// What an NVM subsystem is created with (`nvmf_create_subsystem`); `None` and 0 take
+/// the defaults. [`SubsystemConfig::validate`] names the field it refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubsystemConfig {
+    pub nqn: String,
+    pub serial: Option<String>,
+    pub model: Option<String>,
+    pub admin_label: Option<String>,
+    /// 0 means [`DEFAULT_MAX_NAMESPACES`].
+    pub max_namespaces: u32,
+    pub allow_any_host: bool,
+    pub min_cntlid: u16,
+    pub max_cntlid: u16,
+    pub limits: CommandLimits,
+}
+
+impl SubsystemConfig {
+    /// A subsystem named `nqn` with every default.
+    pub fn new(nqn: &str) -> SubsystemConfig {
+        SubsystemConfig {
+            nqn: nqn.to_string(),
+            serial: None,
+            model: None,
+            admin_label: None,
+            max_namespaces: 0,
+            allow_any_host: false,
+            min_cntlid: MIN_CNTLID,
+            max_cntlid: MAX_CNTLID,
+            limits: CommandLimits::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), NvmfError> {
+        validate_nqn(&self.nqn).map_err(|why| NvmfError::Invalid(format!("Invalid NQN: {why}")))?;
+        if self.nqn == DISCOVERY_NQN {
+            return Err(NvmfError::Invalid(format!("nqn: {DISCOVERY_NQN} is the discovery subsystem's")));
+        }
+        if let Some(serial) = &self.serial {
+            validate_ascii("serial_number", serial, SERIAL_MAX_BYTES).map_err(NvmfError::Invalid)?;
+        }
+        if let Some(model) = &self.model {
+            validate_ascii("model_number", model, MODEL_MAX_BYTES).map_err(NvmfError::Invalid)?;
+        }
+        if let Some(label) = &self.admin_label {
+            validate_ascii("admin_label", label, ADMIN_LABEL_MAX_BYTES).map_err(NvmfError::Invalid)?;
+            if label.len() < ADMIN_LABEL_MIN_BYTES {
+                return Err(NvmfError::Invalid(format!(
+                    "admin_label '{label}' is {} bytes; it must be {ADMIN_LABEL_MIN_BYTES} to {ADMIN_LABEL_MAX_BYTES}",
+                    label.len()
+                )));
+            }
+        }
+        if self.max_namespaces > MAX_NSID {
+            return Err(NvmfError::Invalid(format!(
+                "max_namespaces {} is more than the {MAX_NSID} NSIDs there are",
+                self.max_namespaces
+            )));
+        }
+        let (min, max) = (self.min_cntlid, self.max_cntlid);
+        if min < MIN_CNTLID || max > MAX_CNTLID || min > max {
+            return Err(NvmfError::Invalid(format!(
+                "min_cntlid-max_cntlid {min}-{max} must lie within {MIN_CNTLID}-{MAX_CNTLID}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A listen address as RPCs name it and `nvmf_get_subsystems` prints it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenAddress {
@@ -106,22 +182,13 @@ impl ListenAddress {
     }
 }
 
-pub struct Namespace {
-    pub nsid: u32,
-    pub bdev_name: String,
-    pub desc: Arc<Desc>,
-    pub nguid: [u8; 16],
-    pub eui64: [u8; 8],
-    pub uuid: [u8; 16],
-    /// "off", "auto" or a P2P provider name: where command data may be placed.
-    pub p2pmem: String,
-    /// The provider command data is placed in, when p2pmem is not "off".
-    pub provider: Option<std::sync::Arc<dyn peerless_core::mem::P2pProvider>>,
-}
-
 pub struct SubsystemState {
     pub serial: String,
     pub model: String,
+    /// Shown by `nvmf_get_subsystems` and saved with the configuration.
+    pub admin_label: Option<String>,
+    /// Set at creation and fixed for the subsystem's life (poll groups cache them).
+    pub limits: CommandLimits,
     pub allow_any_host: bool,
     pub hosts: Vec<String>,
     pub listeners: Vec<ListenAddress>,
@@ -150,6 +217,8 @@ impl Subsystem {
             state: Mutex::new(SubsystemState {
                 serial: DEFAULT_SERIAL.into(),
                 model: DEFAULT_MODEL.into(),
+                admin_label: None,
+                limits: CommandLimits::default(),
                 allow_any_host: kind == SubsystemKind::Discovery,
                 hosts: Vec::new(),
                 listeners: Vec::new(),
@@ -179,6 +248,11 @@ impl Subsystem {
     /// The next free controller ID in [min_cntlid, max_cntlid], wrapping.
     pub fn allocate_cntlid(state: &mut SubsystemState) -> Option<u16> {
         let span = u32::from(state.max_cntlid - state.min_cntlid) + 1;
+        // The range is set after creation (nvmf_create_subsystem's min_cntlid), so the
+        // cursor may still sit outside it.
+        if !(state.min_cntlid..=state.max_cntlid).contains(&state.next_cntlid) {
+            state.next_cntlid = state.min_cntlid;
+        }
         for _ in 0..span {
             let candidate = state.next_cntlid;
             state.next_cntlid = if candidate >= state.max_cntlid { state.min_cntlid } else { candidate + 1 };
@@ -192,6 +266,28 @@ impl Subsystem {
     /// The lowest NSID not in use, up to max_namespaces.
     pub fn free_nsid(state: &SubsystemState) -> Option<u32> {
         (1..=state.max_namespaces).find(|nsid| !state.namespaces.contains_key(nsid))
+    }
+
+    /// Applies a validated configuration to a new subsystem.
+    pub fn configure(&self, config: &SubsystemConfig) {
+        debug_assert!(self.kind.is_nvme() && config.nqn == self.nqn);
+        let mut state = self.state.lock();
+        debug_assert!(state.namespaces.is_empty() && state.controllers.is_empty(), "configured once, when created");
+        if let Some(serial) = &config.serial {
+            state.serial = serial.clone();
+        }
+        if let Some(model) = &config.model {
+            state.model = model.clone();
+        }
+        state.admin_label = config.admin_label.clone();
+        if config.max_namespaces > 0 {
+            state.max_namespaces = config.max_namespaces;
+        }
+        state.allow_any_host = config.allow_any_host;
+        state.min_cntlid = config.min_cntlid;
+        state.max_cntlid = config.max_cntlid;
+        state.next_cntlid = config.min_cntlid;
+        state.limits = config.limits;
     }
 }
 
@@ -234,9 +330,42 @@ mod tests {
         let mut state = subsystem.state.lock();
         state.min_cntlid = 5;
         state.max_cntlid = 6;
-        state.next_cntlid = 5;
-        assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5));
+        assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5), "the first ID is the range's first");
         assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(6));
         assert_eq!(Subsystem::allocate_cntlid(&mut state), Some(5), "IDs wrap when free");
+    }
+
+    #[test]
+    fn configurations_are_checked_field_by_field() {
+        let good = SubsystemConfig {
+            serial: Some("SN1".into()),
+            admin_label: Some("rack-7".into()),
+            min_cntlid: 5,
+            max_cntlid: 9,
+            limits: CommandLimits { dmrsl: 8, wzsl: 3 },
+            ..SubsystemConfig::new("nqn.2016-06.io.spdk:cnode1")
+        };
+        assert_eq!(good.validate(), Ok(()));
+        let subsystem = Subsystem::new(1, &good.nqn, SubsystemKind::Nvme);
+        subsystem.configure(&good);
+        let state = subsystem.state.lock();
+        assert_eq!((state.serial.as_str(), state.model.as_str()), ("SN1", DEFAULT_MODEL));
+        assert_eq!((state.admin_label.as_deref(), state.max_namespaces), (Some("rack-7"), DEFAULT_MAX_NAMESPACES));
+        assert_eq!((state.min_cntlid, state.max_cntlid, state.next_cntlid), (5, 9, 5));
+        assert_eq!(state.limits, CommandLimits { dmrsl: 8, wzsl: 3 });
+        drop(state);
+        let refused = |config: SubsystemConfig, why: &str| {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{config:?}: {err}");
+        };
+        refused(SubsystemConfig::new("cnode1"), "Invalid NQN");
+        refused(SubsystemConfig::new(DISCOVERY_NQN), "discovery");
+        refused(SubsystemConfig { admin_label: Some("abc".into()), ..good.clone() }, "admin_label 'abc' is 3 bytes");
+        refused(SubsystemConfig { admin_label: Some("x".repeat(257)), ..good.clone() }, "admin_label");
+        refused(SubsystemConfig { admin_label: Some("tab\there".into()), ..good.clone() }, "printable ASCII");
+        refused(SubsystemConfig { model: Some("M".repeat(41)), ..good.clone() }, "model_number");
+        refused(SubsystemConfig { max_namespaces: u32::MAX, ..good.clone() }, "max_namespaces");
+        refused(SubsystemConfig { min_cntlid: 10, ..good.clone() }, "min_cntlid-max_cntlid 10-9");
+        refused(SubsystemConfig { max_cntlid: 0xfff0, ..good }, "must lie within 1-65519");
     }
 }

@@ -13,8 +13,10 @@ use peerless_core::reactor::{AppHandle, FiniDone, InitDone, IoDevice, ThreadCtx,
 use serde_json::{json, Value};
 
 use super::ctrlr::{event, Controller, EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, NOTICE_NAMESPACE_CHANGED};
+use super::error::{NvmfError, TARGET_NAME};
 use super::poll_group::{self, PollGroup};
-use super::subsystem::{Subsystem, SubsystemKind, DISCOVERY_NQN};
+use super::refusals::ConnectRefusals;
+use super::subsystem::{Subsystem, SubsystemConfig, SubsystemKind, DISCOVERY_NQN};
 use super::transport::{Transport, TransportFactory, TransportListener};
 use crate::nvme::log::lid;
 
@@ -35,6 +37,7 @@ pub struct TargetShared {
     discovery_generation: AtomicU64,
     next_poll_group: AtomicUsize,
     next_conn_id: AtomicU64,
+    pub connect_refusals: ConnectRefusals,
 }
 
 /// A handle on the target, shared by RPC handlers, listeners and poll groups.
@@ -58,6 +61,7 @@ impl NvmfTarget {
                 discovery_generation: AtomicU64::new(1),
                 next_poll_group: AtomicUsize::new(0),
                 next_conn_id: AtomicU64::new(1),
+                connect_refusals: ConnectRefusals::default(),
             }
         });
         let target = NvmfTarget(shared);
@@ -78,6 +82,80 @@ impl NvmfTarget {
 
     pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
         self.0.subsystems.lock().clone()
+    }
+
+    /// Checks an RPC's `tgt_name`: there is one target, and absent names it.
+    pub fn check_name(tgt_name: Option<&str>) -> Result<(), NvmfError> {
+        match tgt_name {
+            None | Some(TARGET_NAME) => Ok(()),
+            Some(other) => Err(NvmfError::NoSuchTarget(other.to_string())),
+        }
+    }
+
+    /// The subsystem `nqn` names; "discovery" names the discovery subsystem, as in SPDK.
+    pub fn lookup(&self, nqn: &str) -> Result<Arc<Subsystem>, NvmfError> {
+        let nqn = if nqn == "discovery" { DISCOVERY_NQN } else { nqn };
+        self.find_subsystem(nqn).ok_or_else(|| NvmfError::NoSuchSubsystem(nqn.to_string()))
+    }
+
+    /// The NVM subsystem `nqn` names, for an operation on its `what` (namespaces, hosts)
+    /// that the discovery subsystem does not have.
+    pub fn nvm_subsystem(&self, nqn: &str, what: &'static str) -> Result<Arc<Subsystem>, NvmfError> {
+        let found = self.lookup(nqn)?;
+        if !found.kind.is_nvme() {
+            return Err(NvmfError::Discovery(what));
+        }
+        Ok(found)
+    }
+
+    /// Creates an NVM subsystem; discovery controllers hear of it.
+    pub fn create_subsystem(&self, config: &SubsystemConfig) -> Result<Arc<Subsystem>, NvmfError> {
+        config.validate()?;
+        let subsystem = {
+            // One lock across the checks and the insert, so two creations cannot both pass.
+            let mut subsystems = self.0.subsystems.lock();
+            if subsystems.iter().any(|subsystem| subsystem.nqn == config.nqn) {
+                return Err(NvmfError::SubsystemExists(config.nqn.clone()));
+            }
+            // The discovery subsystem counts, as its SPDK ID does.
+            if subsystems.len() >= DEFAULT_MAX_SUBSYSTEMS {
+                return Err(NvmfError::TooManySubsystems(DEFAULT_MAX_SUBSYSTEMS));
+            }
+            let id = self.0.next_subsystem_id.fetch_add(1, Ordering::Relaxed);
+            let subsystem = Arc::new(Subsystem::new(id, &config.nqn, SubsystemKind::Nvme));
+            subsystem.configure(config);
+            subsystems.push(subsystem.clone());
+            subsystem
+        };
+        self.discovery_changed();
+        Ok(subsystem)
+    }
+
+    /// Deletes an NVM subsystem: its hosts are disconnected, its namespaces released,
+    /// listeners no other subsystem uses closed, and every poll group forgets it.
+    pub fn delete_subsystem(&self, ctx: &mut ThreadCtx, nqn: &str) -> Result<(), NvmfError> {
+        let found = self.nvm_subsystem(nqn, "deletion")?;
+        self.0.subsystems.lock().retain(|other| !Arc::ptr_eq(other, &found));
+        let controllers: Vec<Arc<Controller>> = found.state.lock().controllers.values().cloned().collect();
+        for controller in controllers {
+            self.disconnect_controller(&controller);
+        }
+        let addresses: Vec<SocketAddr> = {
+            let mut state = found.state.lock();
+            state.namespaces.clear();
+            state.listeners.drain(..).map(|listener| listener.addr).collect()
+        };
+        for addr in addresses {
+            self.release_listener(ctx, addr);
+        }
+        let id = found.id;
+        for group in self.0.poll_groups.lock().clone() {
+            let target = self.clone();
+            let _ =
+                ctx.send_to(&group, move |ctx| poll_group::with(&target, ctx, |group, _| group.forget_subsystem(id)));
+        }
+        self.discovery_changed();
+        Ok(())
     }
 
     /// Makes a transport type available to `nvmf_create_transport`.
@@ -271,7 +349,7 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
         }
         let target = self.target.clone();
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
-        super::rpc::gather(
+        poll_group::gather(
             ctx,
             &self.target,
             |group, _| group.close_all("the target is shutting down"),
@@ -293,10 +371,15 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                 }
                 continue;
             }
-            entries.push(json!({"method": "nvmf_create_subsystem", "params": {
+            let mut create = json!({
                 "nqn": subsystem.nqn, "serial_number": state.serial, "model_number": state.model,
                 "allow_any_host": state.allow_any_host, "max_namespaces": state.max_namespaces,
-                "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid}}));
+                "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid,
+                "dmrsl": state.limits.dmrsl, "wzsl": state.limits.wzsl});
+            if let Some(label) = &state.admin_label {
+                create["admin_label"] = json!(label);
+            }
+            entries.push(json!({"method": "nvmf_create_subsystem", "params": create}));
             for host in &state.hosts {
                 entries
                     .push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": subsystem.nqn, "host": host}}));
@@ -304,7 +387,7 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
             for ns in state.namespaces.values() {
                 entries.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": subsystem.nqn, "namespace": {
                     "nsid": ns.nsid, "bdev_name": ns.bdev_name, "nguid": hex(&ns.nguid), "eui64": hex(&ns.eui64),
-                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem}}}));
+                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem.as_str()}}}));
             }
             for listener in &state.listeners {
                 entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
@@ -322,7 +405,7 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// deadline passes), then releases every namespace and finishes the subsystem.
 fn wait_drained(ctx: &mut ThreadCtx, target: NvmfTarget, deadline: Instant, done: FiniDone) {
     let next = target.clone();
-    super::rpc::gather(
+    poll_group::gather(
         ctx,
         &target,
         |group, _| group.connection_count(),
@@ -344,4 +427,64 @@ fn wait_drained(ctx: &mut ThreadCtx, target: NvmfTarget, deadline: Instant, done
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02X}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvmf::io_cmd::CommandLimits;
+    use crate::nvmf::namespace::NamespaceSpec;
+    use crate::nvmf::testing::World;
+
+    const NQN: &str = "nqn.2016-06.io.peerless:target";
+
+    #[test]
+    fn there_is_one_target_and_absent_names_it() {
+        assert_eq!(NvmfTarget::check_name(None), Ok(()));
+        assert_eq!(NvmfTarget::check_name(Some(TARGET_NAME)), Ok(()));
+        let err = NvmfTarget::check_name(Some("tgt2")).unwrap_err();
+        assert_eq!(err, NvmfError::NoSuchTarget("tgt2".into()));
+        assert!(err.to_string().contains("'nvmf_tgt'"), "{err}");
+    }
+
+    #[test]
+    fn subsystems_are_created_once_and_announced() {
+        let world = World::new();
+        let generation = world.target.discovery_generation();
+        let config = SubsystemConfig { limits: CommandLimits { dmrsl: 16, wzsl: 2 }, ..SubsystemConfig::new(NQN) };
+        let subsystem = world.target.create_subsystem(&config).unwrap();
+        assert_eq!(subsystem.state.lock().limits, CommandLimits { dmrsl: 16, wzsl: 2 });
+        assert!(world.target.discovery_generation() > generation);
+        assert_eq!(world.target.create_subsystem(&config).err(), Some(NvmfError::SubsystemExists(NQN.into())));
+        let bad = SubsystemConfig { min_cntlid: 0, ..SubsystemConfig::new("nqn.2016-06.io.peerless:bad") };
+        assert!(matches!(world.target.create_subsystem(&bad), Err(NvmfError::Invalid(_))));
+        assert!(world.target.find_subsystem("nqn.2016-06.io.peerless:bad").is_none(), "a refusal creates nothing");
+        assert_eq!(world.target.lookup("discovery").unwrap().nqn, DISCOVERY_NQN);
+    }
+
+    #[test]
+    fn subsystems_stop_at_the_limit_counting_discovery() {
+        let world = World::new();
+        for index in 1..DEFAULT_MAX_SUBSYSTEMS {
+            world.target.create_subsystem(&SubsystemConfig::new(&format!("{NQN}{index}"))).unwrap();
+        }
+        let err = world.target.create_subsystem(&SubsystemConfig::new(NQN)).err();
+        assert_eq!(err, Some(NvmfError::TooManySubsystems(DEFAULT_MAX_SUBSYSTEMS)));
+        assert_eq!(world.target.subsystems().len(), DEFAULT_MAX_SUBSYSTEMS);
+    }
+
+    #[test]
+    fn deleting_a_subsystem_releases_its_namespaces() {
+        let world = World::new();
+        world.target.create_subsystem(&SubsystemConfig::new(NQN)).unwrap();
+        world.malloc("M0");
+        assert_eq!(world.on_app(|ctx, target| target.add_namespace(ctx, NQN, NamespaceSpec::new("M0"))), Ok(1));
+        assert!(world.bdevs.claim_of("M0").is_some());
+        assert_eq!(world.on_app(|ctx, target| target.delete_subsystem(ctx, NQN)), Ok(()));
+        assert!(world.bdevs.claim_of("M0").is_none());
+        assert_eq!(
+            world.on_app(|ctx, target| target.delete_subsystem(ctx, NQN)),
+            Err(NvmfError::NoSuchSubsystem(NQN.into()))
+        );
+    }
 }

@@ -110,6 +110,11 @@ impl<S: Socket> Conn<S> {
         &mut self.qpair
     }
 
+    /// Bytes queued for the socket and not yet written.
+    pub(super) fn pending_output(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     pub fn has_pending_output(&self) -> bool {
         self.out_pos < self.out.len()
     }

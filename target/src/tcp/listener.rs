@@ -17,6 +17,9 @@ use crate::nvmf::{poll_group, NvmfTarget};
 /// Connections accepted per poll, so a connection storm cannot hold the app thread.
 const ACCEPTS_PER_POLL: usize = 16;
 
+/// A listening socket and its accept poller on the app thread. The target keeps it in
+/// shared state, so it names the poller by id (a `Poller` cannot leave its thread) and
+/// `stop` ends it on the app thread.
 pub struct Listener {
     pub addr: SocketAddr,
     socket: Arc<TcpListener>,
@@ -47,11 +50,11 @@ impl Listener {
             u64::from(acceptor_poll_rate_us)
         };
         let options = Arc::new(options);
-        let poller = ctx.register_timed_poller(&format!("nvmf_tcp_accept_{bound}"), period_us, move |_| {
+        let poller = ctx.poller(&format!("nvmf_tcp_accept_{bound}"), period_us, move |_| {
             PollStatus::from_work(accept(&accepting, &target, &counter, &options) > 0)
         });
         peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
-        Ok(Listener { addr: bound, socket, poller, connections })
+        Ok(Listener { addr: bound, socket, poller: poller.detach(), connections })
     }
 }
 

@@ -9,11 +9,21 @@ use crate::nvme::{Cqe, Status};
 use crate::nvmf::qpair::Action;
 use crate::nvmf::transport::GroupCtx;
 
+/// Data to the host is copied into the send buffer only while less than this is waiting
+/// for the socket: further reads keep their pool buffers until there is room, so memory
+/// per connection stays bounded and the pool, not the heap, absorbs a slow host.
+const SEND_HIGH_WATER_BYTES: usize = 1 << 20;
+
 impl<S: Socket> Conn<S> {
-    /// Turns every pending action into PDUs in the send buffer; whether there were any.
+    /// Turns pending actions into PDUs in the send buffer; whether there were any.
     pub(super) fn send_actions(&mut self, group: &mut GroupCtx<'_>) -> bool {
         let mut any = false;
-        while let Some(action) = self.qpair.next_action() {
+        while let Some(&action) = self.qpair.peek_action() {
+            let closing = self.phase == super::conn::Phase::Closing;
+            if matches!(action, Action::SendData { .. }) && !closing && self.pending_output() >= SEND_HIGH_WATER_BYTES {
+                break;
+            }
+            self.qpair.next_action();
             any = true;
             match action {
                 Action::Complete(cqe) => self.send_response(&cqe),

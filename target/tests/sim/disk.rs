@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use peerless_bdev::{Bdev, BdevChannelOps, BdevInfo, BdevIo, IoStatus, IoType, SubmitError, Uuid};
-use peerless_core::mem::{self, DomainId, Sgl};
-use peerless_core::reactor::{PollStatus, ThreadCtx};
+use peerless_core::mem::{self, DomainId, P2pProvider, Sgl};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 use serde_json::Value;
 
 use super::pattern;
@@ -55,9 +55,9 @@ pub type Disk = Arc<Mutex<DiskState>>;
 pub struct SimDisk {
     info: BdevInfo,
     state: Disk,
-    /// The device memory domain it moves data from and to itself, if any (a peer's CMB
-    /// the target places data in); buffers elsewhere the layer bounces through host memory.
-    dma_domain: Option<DomainId>,
+    /// Its own device memory (an emulated CMB), which it moves data from and to itself:
+    /// the target may place command data there (p2pmem "auto").
+    cmb: Option<Arc<dyn P2pProvider>>,
 }
 
 impl SimDisk {
@@ -68,7 +68,7 @@ impl SimDisk {
         num_blocks: u64,
         rng: Rng,
         faults: DiskFaults,
-        dma_domain: Option<DomainId>,
+        cmb: Option<Arc<dyn P2pProvider>>,
     ) -> (SimDisk, Disk) {
         let state = Arc::new(Mutex::new(DiskState {
             nsid,
@@ -91,7 +91,7 @@ impl SimDisk {
             uuid: Uuid(uuid),
             max_io_blocks: 0,
         };
-        (SimDisk { info, state: state.clone(), dma_domain }, state)
+        (SimDisk { info, state: state.clone(), cmb }, state)
     }
 }
 
@@ -100,20 +100,29 @@ impl Bdev for SimDisk {
         &self.info
     }
 
+    fn module_name(&self) -> &'static str {
+        "simdisk"
+    }
+
     fn supports(&self, io_type: IoType) -> bool {
         matches!(io_type, IoType::Read | IoType::Write | IoType::Flush | IoType::Unmap | IoType::WriteZeroes)
     }
 
     fn accepts_domain(&self, domain: DomainId) -> bool {
-        self.dma_domain == Some(domain)
+        self.cmb.as_ref().is_some_and(|cmb| cmb.domain() == domain)
+    }
+
+    fn p2p_provider(&self) -> Option<Arc<dyn P2pProvider>> {
+        self.cmb.clone()
     }
 
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
         let pending: Rc<RefCell<Vec<Pending>>> = Rc::default();
         let (state, queue) = (self.state.clone(), pending.clone());
         // Active, not timed: a timed poller's schedule would come from the wall clock.
-        ctx.register_poller(&format!("simdisk_{}", self.info.name), move |ctx| complete_due(&state, &queue, ctx));
-        Box::new(SimChannel { state: self.state.clone(), pending })
+        let poller =
+            ctx.poller(&format!("simdisk_{}", self.info.name), 0, move |ctx| complete_due(&state, &queue, ctx));
+        Box::new(SimChannel { state: self.state.clone(), pending, _poller: poller })
     }
 
     fn config_entry(&self) -> Option<Value> {
@@ -134,6 +143,8 @@ struct Pending {
 struct SimChannel {
     state: Disk,
     pending: Rc<RefCell<Vec<Pending>>>,
+    /// Completes what is due; goes with the channel.
+    _poller: Poller,
 }
 
 impl BdevChannelOps for SimChannel {

@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
-use peerless_bdev::{BdevManager, ClaimType};
+use peerless_bdev::BdevManager;
 use peerless_core::mem::{CmbConfig, EmulatedCmb, IoBufClass, CMB_GRANULE_BYTES};
 use peerless_core::reactor::{AppOptions, SteppedApp, ThreadCtx, ThreadId};
 use peerless_target::nvmf::buffers::DataPool;
+use peerless_target::nvmf::error::NvmfError;
+use peerless_target::nvmf::namespace::{NamespaceSpec, P2pPlacement};
 use peerless_target::nvmf::poll_group;
-use peerless_target::nvmf::subsystem::{ListenAddress, Namespace, Subsystem, SubsystemKind};
+use peerless_target::nvmf::subsystem::{Subsystem, SubsystemConfig};
 use peerless_target::nvmf::transport::{Transport, TransportListener, TransportOptions, TransportPollGroup};
 use peerless_target::nvmf::NvmfTarget;
 use peerless_target::tcp::conn::Conn;
@@ -54,7 +56,8 @@ pub struct SimConfig {
     pub link_reset_per_million: u32,
     /// A namespace of the subsystem changes (an event for every controller).
     pub ns_change_per_million: u32,
-    /// Device memory (an emulated CMB) the first namespace has the target place data in.
+    /// Device memory (an emulated CMB) of the first namespace's disk, which the target
+    /// places that namespace's command data in.
     pub p2p: Option<P2pConfig>,
 }
 
@@ -63,8 +66,6 @@ pub struct P2pConfig {
     pub size_bytes: usize,
     /// IoMem (reached through accessors) or Device memory (only by its DMA engine).
     pub cpu_mappable: bool,
-    /// Whether the disk moves data from and to it itself; if not, the bdev layer bounces.
-    pub disk_dma: bool,
 }
 
 impl SimConfig {
@@ -143,7 +144,6 @@ impl SimConfig {
             p2p: (rng.below(3) == 0).then(|| P2pConfig {
                 size_bytes: CMB_GRANULE_BYTES * rng.range(4, 256) as usize,
                 cpu_mappable: rng.coin(),
-                disk_dma: rng.below(4) != 0,
             }),
         }
     }
@@ -229,12 +229,25 @@ impl Transport for SimTransport {
         _: &NvmfTarget,
         addr: SocketAddr,
     ) -> Result<Box<dyn TransportListener>, String> {
-        Err(format!("the simulated network has no listener at {addr}"))
+        // No socket: the world makes each connection itself.
+        Ok(Box::new(SimListener { addr }))
     }
 
     fn create_poll_group(&self, _ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
         Box::new(TcpPollGroup::<MemSocket>::default())
     }
+}
+
+struct SimListener {
+    addr: SocketAddr,
+}
+
+impl TransportListener for SimListener {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stop(self: Box<Self>, _: &mut ThreadCtx) {}
 }
 
 /// Everything but the hosts: what a host's step may touch.
@@ -398,10 +411,7 @@ impl World {
         let bdevs = BdevManager::new();
         let mut disks = Vec::new();
         for &(nsid, block_size, blocks) in &config.namespaces {
-            let dma_domain = match (&cmb, config.p2p) {
-                (Some(cmb), Some(p2p)) if nsid == p2p_nsid && p2p.disk_dma => Some(cmb.provider().domain()),
-                _ => None,
-            };
+            let own_cmb = cmb.as_ref().filter(|_| nsid == p2p_nsid).map(EmulatedCmb::provider);
             let (disk, state) = SimDisk::new(
                 &format!("Sim{nsid}"),
                 nsid,
@@ -409,41 +419,13 @@ impl World {
                 blocks,
                 rng.fork(0xd15c + u64::from(nsid)),
                 config.disk,
-                dma_domain,
+                own_cmb,
             );
             bdevs.register(Arc::new(disk)).expect("register a simulated disk");
             disks.push(state);
         }
         let target = NvmfTarget::new(handle, bdevs.clone());
         let local: SocketAddr = "10.0.0.1:4420".parse().expect("an address");
-        let subsystem = target.add_subsystem(NQN, SubsystemKind::Nvme);
-        {
-            let mut state = subsystem.state.lock();
-            state.allow_any_host = true;
-            state.listeners.push(ListenAddress { addr: local });
-            for &(nsid, _, _) in &config.namespaces {
-                let desc = bdevs.open(&format!("Sim{nsid}"), true, None, None).expect("open a simulated disk");
-                desc.claim(ClaimType::ExclusiveWrite, "NVMe-oF Target").expect("claim it");
-                let mut uuid = [0u8; 16];
-                uuid[0] = nsid as u8;
-                state.namespaces.insert(
-                    nsid,
-                    Arc::new(Namespace {
-                        nsid,
-                        bdev_name: format!("Sim{nsid}"),
-                        desc: Arc::new(desc),
-                        nguid: uuid,
-                        eui64: [0; 8],
-                        uuid,
-                        p2pmem: match &cmb {
-                            Some(cmb) if nsid == p2p_nsid => cmb.provider().name().to_string(),
-                            _ => "off".into(),
-                        },
-                        provider: cmb.as_ref().filter(|_| nsid == p2p_nsid).map(EmulatedCmb::provider),
-                    }),
-                );
-            }
-        }
         let opts = TransportOptions {
             max_queue_depth: config.max_queue_depth,
             max_io_qpairs_per_ctrlr: 4,
@@ -460,6 +442,21 @@ impl World {
         let transport: Arc<dyn Transport> = Arc::new(SimTransport { opts: Arc::new(opts), pool });
         target.0.transports.lock().push(transport.clone());
         *target.0.poll_groups.lock() = vec![thread.clone()];
+        // The subsystem through the target's own control plane, as RPCs would set it up.
+        let subsystem_config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
+        let subsystem = target.create_subsystem(&subsystem_config).expect("the subsystem");
+        let set_up = app.run_on(thread.id(), |ctx| {
+            target.add_listener(ctx, NQN, "TCP", local)?;
+            for &(nsid, _, _) in &config.namespaces {
+                let p2pmem = if cmb.is_some() && nsid == p2p_nsid { P2pPlacement::Auto } else { P2pPlacement::Off };
+                let spec = NamespaceSpec { nsid: Some(nsid), p2pmem, ..NamespaceSpec::new(&format!("Sim{nsid}")) };
+                target.add_namespace(ctx, NQN, spec)?;
+            }
+            Ok::<(), NvmfError>(())
+        });
+        if let Some(Err(why)) = set_up {
+            panic!("seed {seed}: setting up the subsystem: {why}");
+        }
 
         let model = Model::new(&config.namespaces.iter().map(|ns| (ns.0, ns.2)).collect::<Vec<_>>());
         let hosts = config

@@ -237,7 +237,8 @@ fn start_lane(
         done,
         idle,
     };
-    ctx.register_poller("fio-lane", move |ctx| lane.poll(ctx));
+    // Runs until the lane's thread exits, which drops the lane and its channel with it.
+    ctx.poller("fio-lane", 0, move |ctx| lane.poll(ctx)).detach();
 }
 
 /// What the lane's poller owns; lives and dies on the lane's thread.

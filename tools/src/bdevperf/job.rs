@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use peerless_bdev::{completion_queue, BdevIo, DataBuf, Desc, IoType};
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{PollStatus, ThreadCtx};
 
 use crate::perf::config::{Access, Workload};
 use crate::perf::pattern;
@@ -88,8 +88,6 @@ pub fn start(
     let mut scratch = Vec::new();
     let mut outstanding = 0usize;
     let mut done = Some(done);
-    let own_id: std::rc::Rc<std::cell::Cell<Option<PollerId>>> = Default::default();
-    let poller_id = own_id.clone();
 
     // Picks an LBA and type for a fresh I/O on `slot`, fills write data, submits.
     let mut issue = move |ctx: &mut ThreadCtx, index: usize, slots: &mut [Slot], spare: &mut Vec<Box<BdevIo>>| {
@@ -131,7 +129,8 @@ pub fn start(
         issue(ctx, index, &mut slots, &mut spare);
         outstanding += 1;
     }
-    let id = ctx.register_poller("bdevperf", move |ctx| {
+    // Runs until the job has drained, then finishes itself.
+    ctx.poller("bdevperf", 0, move |ctx| {
         let mut worked = false;
         loop {
             let Some(mut io) = completions.borrow_mut().pop_front() else { break };
@@ -170,11 +169,9 @@ pub fn start(
                 let finished = std::mem::replace(&mut result.latency_ns, new_histogram());
                 let _ = done.send(JobResult { latency_ns: finished, bdev: result.bdev.clone(), ..result });
             }
-            if let Some(id) = poller_id.get() {
-                ctx.unregister_poller(id);
-            }
+            return PollStatus::Done;
         }
         PollStatus::from_work(worked)
-    });
-    own_id.set(Some(id));
+    })
+    .detach();
 }

@@ -229,6 +229,7 @@ mod tests {
             volatile_write_cache: true,
             in_capsule_data_bytes: 8192,
             max_commands: 128,
+            oncs: identify::ONCS,
         });
         let info = ControllerInfo::parse(&bytes);
         assert_eq!(

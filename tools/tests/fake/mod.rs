@@ -381,6 +381,7 @@ impl Connection {
                 volatile_write_cache: false,
                 in_capsule_data_bytes: self.config.in_capsule_bytes,
                 max_commands: 128,
+                oncs: identify::ONCS,
             }),
             0x00 => identify::namespace(&NamespaceData {
                 num_blocks: self.config.num_blocks,

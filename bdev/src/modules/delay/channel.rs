@@ -17,13 +17,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, Poller, ThreadCtx};
 
 use super::Latencies;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::common::{register_poller, BaseBdev};
+use crate::modules::common::{state_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Wake-up period of the interrupt-mode release timer, while I/O is held.
@@ -71,31 +71,29 @@ pub(super) fn device(name: &str, base: Arc<BaseBdev>, latencies: Arc<Latencies>)
         let clock =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |at| at.as_nanos() as u64);
         let seed = clock ^ ctx.id().0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let state = Rc::new(RefCell::new(State {
-            base: base.channel(ctx),
-            from_base: completion_queue(HELD_CAPACITY),
-            held: BinaryHeap::with_capacity(HELD_CAPACITY),
-            resets: VecDeque::new(),
-            forwarded: 0,
-            aborted_through: 0,
-            latencies: latencies.clone(),
-            random: seed | 1,
-            timer: None,
-            timer_running: false,
-        }));
-        register_poller(ctx, &format!("delay_{name}"), 0, Rc::downgrade(&state), |state, ctx| state.poll(ctx));
-        if ctx.app().options().interrupt_mode {
-            let timer = register_poller(
-                ctx,
-                &format!("delay_{name}_timer"),
-                INTERRUPT_TICK_US,
-                Rc::downgrade(&state),
-                |state, ctx| state.poll(ctx),
-            );
-            ctx.pause_poller(timer);
-            state.borrow_mut().timer = Some(timer);
-        }
-        state
+        let interrupt_mode = ctx.app().options().interrupt_mode;
+        Rc::new_cyclic(|weak: &std::rc::Weak<RefCell<State>>| {
+            let poller = state_poller(ctx, &format!("delay_{name}"), 0, weak.clone(), |state, _| state.poll());
+            let timer = interrupt_mode.then(|| {
+                let name = format!("delay_{name}_timer");
+                let timer = state_poller(ctx, &name, INTERRUPT_TICK_US, weak.clone(), |state, _| state.poll());
+                timer.pause();
+                timer
+            });
+            RefCell::new(State {
+                base: base.channel(ctx),
+                from_base: completion_queue(HELD_CAPACITY),
+                held: BinaryHeap::with_capacity(HELD_CAPACITY),
+                resets: VecDeque::new(),
+                forwarded: 0,
+                aborted_through: 0,
+                latencies: latencies.clone(),
+                random: Xorshift(seed | 1),
+                _poller: poller,
+                timer,
+                timer_running: false,
+            })
+        })
     })
 }
 
@@ -118,10 +116,12 @@ pub(super) struct State {
     /// base: they are aborted when they come back instead of being held.
     aborted_through: u64,
     latencies: Arc<Latencies>,
-    /// xorshift state for the one-in-a-hundred p99 draw.
-    random: u64,
+    /// For the one-in-a-hundred p99 draw.
+    random: Xorshift,
+    /// Releases what is due, every iteration; goes with this state.
+    _poller: Poller,
     /// The interrupt-mode release timer, and whether it is running.
-    timer: Option<PollerId>,
+    timer: Option<Poller>,
     timer_running: bool,
 }
 
@@ -175,7 +175,7 @@ impl State {
         }
     }
 
-    fn poll(&mut self, ctx: &mut ThreadCtx) -> PollStatus {
+    fn poll(&mut self) -> PollStatus {
         let now = Instant::now();
         let mut did_work = self.drain_base(now);
         while self.held.peek().is_some_and(|Reverse(held)| held.due <= now) {
@@ -184,7 +184,7 @@ impl State {
                 did_work = true;
             }
         }
-        self.run_timer_while_held(ctx);
+        self.run_timer_while_held();
         PollStatus::from_work(did_work)
     }
 
@@ -207,7 +207,7 @@ impl State {
             io.complete(IoStatus::ABORTED_BY_REQUEST);
             return;
         }
-        let p99 = self.next_random().is_multiple_of(P99_ONE_IN);
+        let p99 = self.random.next().is_multiple_of(P99_ONE_IN);
         let latency_us = self.latencies.for_io(io.io_type, p99).unwrap_or(0);
         if latency_us == 0 {
             io.pass_up();
@@ -220,26 +220,32 @@ impl State {
         self.held.push(Reverse(Held { due, sequence, io }));
     }
 
-    fn run_timer_while_held(&mut self, ctx: &mut ThreadCtx) {
-        let Some(timer) = self.timer else { return };
+    fn run_timer_while_held(&mut self) {
+        let Some(timer) = &self.timer else { return };
         let want = !self.held.is_empty();
         if want != self.timer_running {
             if want {
-                ctx.resume_poller(timer);
+                timer.resume();
             } else {
-                ctx.pause_poller(timer);
+                timer.pause();
             }
             self.timer_running = want;
         }
     }
+}
 
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: cheap, and statistically plenty for a 1-in-100 draw.
-        let mut x = self.random;
+/// xorshift64: cheap, and statistically plenty for a 1-in-100 draw. The state must not
+/// be zero.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        debug_assert!(self.0 != 0, "xorshift state zero stays zero");
+        let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        self.random = x;
+        self.0 = x;
         x
     }
 }
@@ -262,20 +268,9 @@ mod tests {
 
     #[test]
     fn about_one_in_a_hundred_draws_is_a_tail() {
-        let mut state = State {
-            base: None,
-            from_base: completion_queue(1),
-            held: BinaryHeap::new(),
-            resets: VecDeque::new(),
-            forwarded: 0,
-            aborted_through: 0,
-            latencies: Arc::default(),
-            random: 0x1234_5678_9abc_def1,
-            timer: None,
-            timer_running: false,
-        };
+        let mut random = Xorshift(0x1234_5678_9abc_def1);
         let draws = 100_000;
-        let tails = (0..draws).filter(|_| state.next_random().is_multiple_of(P99_ONE_IN)).count();
+        let tails = (0..draws).filter(|_| random.next().is_multiple_of(P99_ONE_IN)).count();
         assert!((800..=1200).contains(&tails), "{tails} tails in {draws}");
     }
 }

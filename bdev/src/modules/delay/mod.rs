@@ -20,11 +20,12 @@ use crate::bdev::{Bdev, BdevChannelOps, BdevInfo};
 use crate::error::BdevError;
 use crate::io::IoType;
 use crate::manager::BdevManager;
-use crate::modules::common::{BaseBdev, Stack};
+use crate::modules::common::BaseBdev;
 use crate::modules::null::parse_uuid;
 use crate::modules::BdevModule;
 
 pub const PRODUCT_NAME: &str = "delay";
+pub const MODULE_NAME: &str = "delay";
 /// The longest latency accepted, so a deadline can never overflow the clock (an hour
 /// is far beyond any test of timeouts).
 pub const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -180,18 +181,15 @@ impl DelayBdev {
         peerless_core::log_info!("delay '{}': {latency_type:?} latency now {latency_us} us", self.info.name);
         Ok(())
     }
-
-    /// Unregisters the bdev and closes its base descriptor, releasing the base's claim.
-    pub fn delete(&self, ctx: Option<&mut ThreadCtx>, manager: &BdevManager) -> Result<(), BdevError> {
-        manager.unregister(ctx, &self.info.name)?;
-        self.base.release();
-        Ok(())
-    }
 }
 
 impl Bdev for DelayBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {
@@ -233,27 +231,27 @@ impl Bdev for DelayBdev {
     fn base_bdevs(&self) -> Vec<String> {
         vec![self.base.name().to_string()]
     }
+
+    /// Closes the base's descriptor, releasing its claim.
+    fn destruct(&self) {
+        self.base.release();
+    }
 }
 
 impl BdevModule for DelayModule {
     fn name(&self) -> &'static str {
-        "delay"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
-        let stack: Stack<DelayBdev> = Stack::default();
-        let (bdevs, delays) = (manager.clone(), stack.clone());
+        let bdevs = manager.clone();
         registry.method("bdev_delay_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| {
             match DelayBdev::create(&bdevs, params) {
-                Ok(bdev) => {
-                    let name = bdev.info.name.clone();
-                    delays.lock().insert(name.clone(), bdev);
-                    responder.ok(name)
-                }
+                Ok(bdev) => responder.ok(bdev.info.name.clone()),
                 Err(err) => responder.err(err),
             }
         });
-        let delays = stack.clone();
+        let bdevs = manager.clone();
         registry.method("bdev_delay_update_latency", StateMask::RUNTIME, move |_, params: UpdateParams, responder| {
             let Some(latency_type) = LatencyType::parse(&params.latency_type) else {
                 responder.err(RpcError::invalid_params(format!(
@@ -262,32 +260,25 @@ impl BdevModule for DelayModule {
                 )));
                 return;
             };
-            let bdev = delays.lock().get(&params.delay_bdev_name).cloned();
-            match bdev {
-                Some(bdev) => match bdev.update_latency(latency_type, params.latency_us) {
-                    Ok(()) => responder.ok_true(),
-                    Err(err) => responder.err(err.into()),
-                },
-                None => responder.err(BdevError::NotFound(params.delay_bdev_name).into()),
+            let updated = bdevs
+                .get_as::<DelayBdev>(&params.delay_bdev_name, MODULE_NAME)
+                .and_then(|bdev| bdev.update_latency(latency_type, params.latency_us));
+            match updated {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err.into()),
             }
         });
-        let (bdevs, delays) = (manager.clone(), stack);
+        let bdevs = manager.clone();
         registry.method(
             "bdev_delay_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| {
-                let bdev = delays.lock().get(&params.name).cloned();
-                let Some(bdev) = bdev else {
-                    responder.err(BdevError::NotFound(params.name).into());
-                    return;
-                };
-                match bdev.delete(Some(ctx), &bdevs) {
-                    Ok(()) => {
-                        delays.lock().remove(&params.name);
-                        responder.ok_true()
-                    }
-                    Err(err) => responder.err(err.into()),
-                }
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err.into()),
             },
         );
     }

@@ -7,13 +7,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use peerless_core::mem::{self, Sgl};
-use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, ThreadCtx};
+use peerless_core::reactor::{IoChannel, IoDevice, PollStatus, Poller, ThreadCtx};
 
 use super::inject::{ErrorType, Injections};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{completion_queue, BdevIo, CompletionQueue, IoType};
 use crate::manager::BdevHandle;
-use crate::modules::common::{register_poller, BaseBdev};
+use crate::modules::common::{state_poller, BaseBdev};
 use crate::status::IoStatus;
 
 /// Room reserved up front for base completions and held I/O.
@@ -33,15 +33,16 @@ pub(super) type ErrorDevice = IoDevice<Rc<RefCell<State>>>;
 pub(super) fn device(name: &str, base: Arc<BaseBdev>) -> ErrorDevice {
     let name = name.to_string();
     IoDevice::new(&format!("error_{name}"), move |ctx| {
-        let state = Rc::new(RefCell::new(State {
-            base: base.channel(ctx),
-            from_base: completion_queue(QUEUE_CAPACITY),
-            in_base: 0,
-            pending: VecDeque::with_capacity(QUEUE_CAPACITY),
-            resets: VecDeque::new(),
-        }));
-        register_poller(ctx, &format!("error_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
-        state
+        Rc::new_cyclic(|weak: &std::rc::Weak<RefCell<State>>| {
+            RefCell::new(State {
+                base: base.channel(ctx),
+                from_base: completion_queue(QUEUE_CAPACITY),
+                in_base: 0,
+                pending: VecDeque::with_capacity(QUEUE_CAPACITY),
+                resets: VecDeque::new(),
+                _poller: state_poller(ctx, &format!("error_{name}"), 0, weak.clone(), |state, _| state.poll()),
+            })
+        })
     })
 }
 
@@ -61,6 +62,8 @@ pub(super) struct State {
     pending: VecDeque<Box<BdevIo>>,
     /// Resets waiting for every channel to abort what it holds.
     resets: VecDeque<Box<BdevIo>>,
+    /// Passes up what the base finished; goes with this state.
+    _poller: Poller,
 }
 
 impl ErrorChannel {

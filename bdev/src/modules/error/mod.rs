@@ -19,13 +19,14 @@ use crate::bdev::{Bdev, BdevChannelOps, BdevInfo};
 use crate::error::BdevError;
 use crate::io::IoType;
 use crate::manager::BdevManager;
-use crate::modules::common::{BaseBdev, Stack};
+use crate::modules::common::BaseBdev;
 use crate::modules::null::parse_uuid;
 use crate::modules::BdevModule;
 use crate::status::IoStatus;
 use inject::{ErrorType, Injection, Injections, Target};
 
 pub const PRODUCT_NAME: &str = "Error Injection Disk";
+pub const MODULE_NAME: &str = "error";
 /// SPDK names an error bdev after its base with this prefix.
 pub const NAME_PREFIX: &str = "EE_";
 /// NVMe status code types are three bits wide (NVMe Base 2.0, 4.2.3).
@@ -147,18 +148,15 @@ impl ErrorBdev {
     pub fn remaining(&self, io_type: IoType) -> u32 {
         self.injections.remaining(io_type)
     }
-
-    /// Unregisters the bdev and closes its base descriptor, releasing the base's claim.
-    pub fn delete(&self, ctx: Option<&mut ThreadCtx>, manager: &BdevManager) -> Result<(), BdevError> {
-        manager.unregister(ctx, &self.info.name)?;
-        self.base.release();
-        Ok(())
-    }
 }
 
 impl Bdev for ErrorBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {
@@ -188,53 +186,47 @@ impl Bdev for ErrorBdev {
     fn base_bdevs(&self) -> Vec<String> {
         vec![self.base.name().to_string()]
     }
+
+    /// Closes the base's descriptor, releasing its claim.
+    fn destruct(&self) {
+        self.base.release();
+    }
 }
 
 impl BdevModule for ErrorModule {
     fn name(&self) -> &'static str {
-        "error"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
-        let stack: Stack<ErrorBdev> = Stack::default();
-        let (bdevs, errors) = (manager.clone(), stack.clone());
+        let bdevs = manager.clone();
         registry.method("bdev_error_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| {
             match ErrorBdev::create(&bdevs, &params.base_name, params.uuid.as_deref()) {
-                Ok(bdev) => {
-                    errors.lock().insert(bdev.info.name.clone(), bdev);
-                    responder.ok_true()
-                }
+                Ok(_) => responder.ok_true(),
                 Err(err) => responder.err(err),
             }
         });
-        let errors = stack.clone();
+        let bdevs = manager.clone();
         registry.method("bdev_error_inject_error", StateMask::RUNTIME, move |_, params: InjectParams, responder| {
-            let bdev = errors.lock().get(&params.name).cloned();
-            match bdev {
-                Some(bdev) => match bdev.inject(&params) {
+            match bdevs.get_as::<ErrorBdev>(&params.name, MODULE_NAME) {
+                Ok(bdev) => match bdev.inject(&params) {
                     Ok(()) => responder.ok_true(),
                     Err(err) => responder.err(err),
                 },
-                None => responder.err(BdevError::NotFound(params.name).into()),
+                Err(err) => responder.err(err.into()),
             }
         });
-        let (bdevs, errors) = (manager.clone(), stack);
+        let bdevs = manager.clone();
         registry.method(
             "bdev_error_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| {
-                let bdev = errors.lock().get(&params.name).cloned();
-                let Some(bdev) = bdev else {
-                    responder.err(BdevError::NotFound(params.name).into());
-                    return;
-                };
-                match bdev.delete(Some(ctx), &bdevs) {
-                    Ok(()) => {
-                        errors.lock().remove(&params.name);
-                        responder.ok_true()
-                    }
-                    Err(err) => responder.err(err.into()),
-                }
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err.into()),
             },
         );
     }

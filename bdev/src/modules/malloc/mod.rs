@@ -13,11 +13,14 @@ use serde_json::{json, Value};
 use crate::bdev::{Bdev, BdevChannelOps, BdevInfo, SubmitError};
 use crate::io::{BdevIo, IoType};
 use crate::manager::BdevManager;
-use crate::modules::null::{no_metadata, parse_uuid};
+use crate::modules::null::{no_metadata, only_default, parse_uuid, Metadata};
 use crate::modules::BdevModule;
 use crate::status::IoStatus;
 
 pub const PRODUCT_NAME: &str = "Malloc disk";
+pub const MODULE_NAME: &str = "malloc";
+/// SPDK's "any NUMA node" (SPDK_ENV_NUMA_ID_ANY).
+const NUMA_ID_ANY: i32 = -1;
 
 pub struct MallocModule;
 
@@ -64,7 +67,7 @@ fn default_name(manager: &BdevManager) -> String {
 
 impl BdevModule for MallocModule {
     fn name(&self) -> &'static str {
-        "malloc"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -81,13 +84,12 @@ impl BdevModule for MallocModule {
         registry.method(
             "bdev_malloc_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.get(&params.name) {
-                Ok(bdev) if bdev.info().product_name == PRODUCT_NAME => match bdevs.unregister(Some(ctx), &params.name)
-                {
-                    Ok(()) => responder.ok_true(),
-                    Err(err) => responder.err(err.into()),
-                },
-                Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a malloc bdev", params.name))),
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
                 Err(err) => responder.err(err.into()),
             },
         );
@@ -95,9 +97,21 @@ impl BdevModule for MallocModule {
 }
 
 fn create(manager: &BdevManager, params: CreateParams) -> Result<String, RpcError> {
-    no_metadata(params.md_size, params.dif_type)?;
-    let _ = (params.md_interleave, params.dif_is_head_of_md, params.dif_pi_format, params.numa_id);
-    let _ = (params.optimal_io_boundary, params.physical_block_size);
+    no_metadata(Metadata {
+        md_size: params.md_size,
+        dif_type: params.dif_type,
+        dif_is_head_of_md: params.dif_is_head_of_md,
+        dif_pi_format: params.dif_pi_format,
+        md_interleave: params.md_interleave,
+    })?;
+    only_default("numa_id", params.numa_id.unwrap_or(NUMA_ID_ANY), NUMA_ID_ANY, "memory is not placed by NUMA node")?;
+    only_default("optimal_io_boundary", params.optimal_io_boundary, 0, "I/O is not split at a boundary")?;
+    // SPDK's 0 means "the block size".
+    let physical = match params.physical_block_size {
+        0 => params.block_size,
+        size => size,
+    };
+    only_default("physical_block_size", physical, params.block_size, "only the block size is supported")?;
     let name = params.name.unwrap_or_else(|| default_name(manager));
     let bytes = params
         .num_blocks
@@ -137,6 +151,10 @@ impl MallocBdev {
 impl Bdev for MallocBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, _io_type: IoType) -> bool {

@@ -14,6 +14,9 @@ use crate::manager::BdevManager;
 use crate::modules::BdevModule;
 use crate::status::IoStatus;
 
+pub const PRODUCT_NAME: &str = "Null disk";
+pub const MODULE_NAME: &str = "null";
+
 pub struct NullModule;
 
 #[derive(Deserialize)]
@@ -60,32 +63,79 @@ pub(crate) fn parse_uuid(text: Option<&str>) -> Result<Uuid, RpcError> {
     }
 }
 
-pub(crate) fn no_metadata(md_size: u32, dif_type: u32) -> Result<(), RpcError> {
-    if md_size != 0 || dif_type != 0 {
-        return Err(RpcError::invalid_params(
-            "md_size and dif_type are not supported yet: create the bdev without metadata",
-        ));
+/// Metadata and protection information (SPDK's md_* and dif_* parameters) are not
+/// supported yet. A bdev with them is refused, and so is any parameter that only
+/// describes their layout: given anything but its default, each is named, so nothing
+/// asked for is silently dropped.
+pub(crate) struct Metadata {
+    pub md_size: u32,
+    pub dif_type: u32,
+    pub dif_is_head_of_md: bool,
+    pub dif_pi_format: u32,
+    pub md_interleave: bool,
+}
+
+pub(crate) fn no_metadata(metadata: Metadata) -> Result<(), RpcError> {
+    let given = [
+        ("md_size", metadata.md_size != 0),
+        ("dif_type", metadata.dif_type != 0),
+        ("dif_is_head_of_md", metadata.dif_is_head_of_md),
+        ("dif_pi_format", metadata.dif_pi_format != 0),
+        ("md_interleave", metadata.md_interleave),
+    ];
+    match given.iter().find(|(_, set)| *set) {
+        Some((param, _)) => Err(RpcError::invalid_params(format!(
+            "{param}: metadata and protection information are not supported yet; create the bdev without them \
+             (omit it, or pass 0 / false)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// A parameter this bdev type takes from SPDK but does not act on: its default (which
+/// is what the bdev does) is accepted, anything else is refused, naming it and `why`.
+pub(crate) fn only_default<T: PartialEq + std::fmt::Display>(
+    param: &str,
+    value: T,
+    default: T,
+    why: &str,
+) -> Result<(), RpcError> {
+    if value == default {
+        return Ok(());
+    }
+    Err(RpcError::invalid_params(format!("{param} {value}: {why}; omit it or pass {default}")))
 }
 
 impl BdevModule for NullModule {
     fn name(&self) -> &'static str {
-        "null"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
         let bdevs = manager.clone();
         registry.method("bdev_null_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| {
             let result = (|| {
-                no_metadata(params.md_size, params.dif_type)?;
-                let _ = (params.physical_block_size, params.dif_pi_format, params.dif_is_head_of_md);
-                let _ =
-                    (params.preferred_write_granularity, params.preferred_write_alignment, params.optimal_write_size);
-                let _ = (params.preferred_unmap_granularity, params.preferred_unmap_alignment);
+                no_metadata(Metadata {
+                    md_size: params.md_size,
+                    dif_type: params.dif_type,
+                    dif_is_head_of_md: params.dif_is_head_of_md,
+                    dif_pi_format: params.dif_pi_format,
+                    md_interleave: false,
+                })?;
+                let physical = params.physical_block_size.unwrap_or(params.block_size);
+                only_default("physical_block_size", physical, params.block_size, "only the block size is supported")?;
+                for (param, value) in [
+                    ("preferred_write_granularity", params.preferred_write_granularity),
+                    ("preferred_write_alignment", params.preferred_write_alignment),
+                    ("optimal_write_size", params.optimal_write_size),
+                    ("preferred_unmap_granularity", params.preferred_unmap_granularity),
+                    ("preferred_unmap_alignment", params.preferred_unmap_alignment),
+                ] {
+                    only_default(param, value, 0, "I/O size and alignment hints are not reported yet")?;
+                }
                 let info = BdevInfo {
                     name: params.name.clone(),
-                    product_name: "Null disk".into(),
+                    product_name: PRODUCT_NAME.into(),
                     block_size: params.block_size,
                     num_blocks: params.num_blocks,
                     uuid: parse_uuid(params.uuid.as_deref())?,
@@ -103,14 +153,12 @@ impl BdevModule for NullModule {
         registry.method(
             "bdev_null_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.get(&params.name) {
-                Ok(bdev) if bdev.info().product_name == "Null disk" => {
-                    match bdevs.unregister(Some(ctx), &params.name) {
-                        Ok(()) => responder.ok_true(),
-                        Err(err) => responder.err(err.into()),
-                    }
-                }
-                Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a null bdev", params.name))),
+            move |ctx: &mut ThreadCtx, params: NameParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
+                Ok(()) => responder.ok_true(),
                 Err(err) => responder.err(err.into()),
             },
         );
@@ -130,6 +178,10 @@ impl NullBdev {
 impl Bdev for NullBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {

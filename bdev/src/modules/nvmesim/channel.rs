@@ -5,11 +5,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 use super::media::MediaError;
 use super::Device;
@@ -39,19 +39,32 @@ pub(crate) struct NvmesimChannel {
     completions: Completions,
     /// When the modelled link is free again (bandwidth model).
     busy_until: Instant,
-    /// Tells the poller the channel is gone; it stops once nothing is left to complete.
-    _alive: Rc<()>,
+    /// Completes what is due; detached when the channel closes, to finish what is
+    /// still posted.
+    poller: Option<Poller>,
+    /// Set when the channel closes: the detached poller then ends once nothing is left
+    /// to complete.
+    closed: Rc<Cell<bool>>,
+}
+
+impl Drop for NvmesimChannel {
+    fn drop(&mut self) {
+        self.closed.set(true);
+        if let Some(poller) = self.poller.take() {
+            poller.detach();
+        }
+    }
 }
 
 impl NvmesimChannel {
     pub(crate) fn new(ctx: &mut ThreadCtx, name: &str, device: Arc<Device>) -> NvmesimChannel {
         let completions: Completions = Rc::new(RefCell::new(VecDeque::with_capacity(QUEUE_DEPTH)));
-        let alive = Rc::new(());
+        let closed = Rc::new(Cell::new(false));
         let modelled = !device.latency.is_zero() || device.bandwidth_bytes_per_sec != 0;
-        register_poller(ctx, name, completions.clone(), Rc::downgrade(&alive), modelled);
+        let poller = completion_poller(ctx, name, completions.clone(), closed.clone(), modelled);
         // RAM media is reached without staging: only a file-backed device pays for it.
         let staging = vec![0u8; if device.media.needs_staging() { STAGING_BYTES } else { 0 }];
-        NvmesimChannel { device, staging, completions, busy_until: ctx.now(), _alive: alive }
+        NvmesimChannel { device, staging, completions, busy_until: ctx.now(), poller: Some(poller), closed }
     }
 
     fn execute(&mut self, io: &mut BdevIo) -> IoStatus {
@@ -135,10 +148,14 @@ impl BdevChannelOps for NvmesimChannel {
 
 /// `modelled`: due times come from the real clock, so the poller reads it too; else the
 /// timeslice's clock, which costs nothing, is enough.
-fn register_poller(ctx: &mut ThreadCtx, name: &str, completions: Completions, owner: Weak<()>, modelled: bool) {
-    let slot: Rc<Cell<Option<PollerId>>> = Rc::default();
-    let own_id = slot.clone();
-    let id = ctx.register_poller(&format!("nvmesim_{name}"), move |ctx| {
+fn completion_poller(
+    ctx: &mut ThreadCtx,
+    name: &str,
+    completions: Completions,
+    closed: Rc<Cell<bool>>,
+    modelled: bool,
+) -> Poller {
+    ctx.poller(&format!("nvmesim_{name}"), 0, move |ctx| {
         let now = if modelled { Instant::now() } else { ctx.now() };
         let mut completed = 0;
         while completed < COMPLETIONS_PER_POLL {
@@ -154,14 +171,11 @@ fn register_poller(ctx: &mut ThreadCtx, name: &str, completions: Completions, ow
             completed += 1;
         }
         let waiting = !completions.borrow().is_empty();
-        if completed == 0 && !waiting && owner.upgrade().is_none() {
-            if let Some(id) = own_id.get() {
-                ctx.unregister_poller(id);
-            }
+        if completed == 0 && !waiting && closed.get() {
+            return PollStatus::Done;
         }
         // Busy while commands wait for their modelled time: an idle reactor in interrupt
         // mode would sleep with no timer set to wake it for them.
         PollStatus::from_work(completed > 0 || waiting)
-    });
-    slot.set(Some(id));
+    })
 }

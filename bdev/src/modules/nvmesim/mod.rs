@@ -32,6 +32,7 @@ pub use channel::{QUEUE_DEPTH, STAGING_BYTES};
 pub use rpc::NvmesimModule;
 
 pub const PRODUCT_NAME: &str = "NVMe simulated disk";
+pub const MODULE_NAME: &str = "nvmesim";
 /// CMB size when `cmb_size_mb` is not given (issue 4).
 pub const DEFAULT_CMB_SIZE_MB: u64 = 64;
 /// RAM media is one mapping; beyond this the RPC refuses rather than fail in mmap.
@@ -162,15 +163,6 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Arc<Nvmesim
     Ok(bdev)
 }
 
-/// Unregisters an nvmesim bdev by name; its open descriptors hear a hot-remove.
-pub fn delete(ctx: Option<&mut ThreadCtx>, manager: &BdevManager, name: &str) -> Result<(), RpcError> {
-    match manager.get(name) {
-        Ok(bdev) if bdev.info().product_name == PRODUCT_NAME => Ok(manager.unregister(ctx, name)?),
-        Ok(_) => Err(RpcError::no_such_device(format!("No such device: '{name}' is not an nvmesim bdev"))),
-        Err(err) => Err(err.into()),
-    }
-}
-
 impl NvmesimBdev {
     pub fn name(&self) -> &str {
         &self.info.name
@@ -185,6 +177,10 @@ impl NvmesimBdev {
 impl Bdev for NvmesimBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {
@@ -263,7 +259,7 @@ mod tests {
         let plain = create(&manager, CreateParams { cmb_size_mb: 0, ..CreateParams::new("Nvme1", 64, 512) }).unwrap();
         assert!(plain.p2p_provider().is_none());
         assert!(!plain.accepts_domain(cmb.domain()), "another device's CMB is not reachable");
-        delete(None, &manager, "Nvme0").unwrap();
-        assert!(delete(None, &manager, "Nvme0").is_err());
+        manager.unregister_by_name(None, "Nvme0", MODULE_NAME).unwrap();
+        assert!(manager.unregister_by_name(None, "Nvme0", MODULE_NAME).is_err());
     }
 }

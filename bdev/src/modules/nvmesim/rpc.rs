@@ -4,7 +4,7 @@ use peerless_core::reactor::ThreadCtx;
 use peerless_core::rpc::{Registry, StateMask};
 use serde::Deserialize;
 
-use super::{create, delete, CreateParams};
+use super::{create, CreateParams, MODULE_NAME};
 use crate::manager::BdevManager;
 use crate::modules::BdevModule;
 
@@ -18,7 +18,7 @@ struct DeleteParams {
 
 impl BdevModule for NvmesimModule {
     fn name(&self) -> &'static str {
-        "nvmesim"
+        MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -33,9 +33,13 @@ impl BdevModule for NvmesimModule {
         registry.method(
             "bdev_nvmesim_delete",
             StateMask::RUNTIME,
-            move |ctx: &mut ThreadCtx, params: DeleteParams, responder| match delete(Some(ctx), &bdevs, &params.name) {
+            move |ctx: &mut ThreadCtx, params: DeleteParams, responder| match bdevs.unregister_by_name(
+                Some(ctx),
+                &params.name,
+                MODULE_NAME,
+            ) {
                 Ok(()) => responder.ok_true(),
-                Err(err) => responder.err(err),
+                Err(err) => responder.err(err.into()),
             },
         );
     }

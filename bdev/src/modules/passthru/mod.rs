@@ -24,6 +24,7 @@ use peerless_core::rpc::RpcError;
 pub use rpc::PassthruModule;
 
 pub const PRODUCT_NAME: &str = "passthru";
+pub const MODULE_NAME: &str = "passthru";
 
 /// `bdev_passthru_create` parameters (RPC.md 5.3).
 #[derive(Clone, Debug, Deserialize)]
@@ -39,8 +40,8 @@ pub struct PassthruBdev {
     info: BdevInfo,
     base_name: String,
     base: Arc<dyn Bdev>,
-    /// The write descriptor holding the claim; taken on delete so the base is free at
-    /// once, whoever still holds this bdev's channels.
+    /// The write descriptor holding the claim; taken by `destruct` so the base is free
+    /// at once, whoever still holds this bdev's channels.
     desc: Mutex<Option<Desc>>,
 }
 
@@ -50,13 +51,9 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Arc<Passthr
     if manager.get(&params.name).is_ok() {
         return Err(BdevError::Exists(params.name).into());
     }
-    let base_label = params.base_bdev_name.clone();
-    let on_remove = Box::new(move |_: &mut ThreadCtx| {
-        // The layer refuses to remove a base while a bdev built on it is registered, so
-        // this is heard only after the passthru itself went (shutdown order).
-        peerless_core::log_notice!("passthru: base bdev '{base_label}' removed");
-    });
-    let desc = manager.open(&params.base_bdev_name, true, None, Some(on_remove))?;
+    // No hot-remove callback: the layer refuses to remove a base while a bdev built on
+    // it is registered, and `destruct` closes this descriptor as the passthru goes.
+    let desc = manager.open(&params.base_bdev_name, true, None, None)?;
     desc.claim(ClaimType::ExclusiveWrite, &format!("bdev_passthru {}", params.name))?;
     let base = desc.bdev().clone();
     let base_info = base.info();
@@ -79,13 +76,6 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Arc<Passthr
     Ok(bdev)
 }
 
-/// Unregisters `bdev` (its open descriptors hear a hot-remove) and releases its base.
-pub fn delete(ctx: Option<&mut ThreadCtx>, manager: &BdevManager, bdev: &PassthruBdev) -> Result<(), BdevError> {
-    manager.unregister(ctx, &bdev.info.name)?;
-    bdev.desc.lock().take();
-    Ok(())
-}
-
 impl PassthruBdev {
     pub fn name(&self) -> &str {
         &self.info.name
@@ -95,6 +85,10 @@ impl PassthruBdev {
 impl Bdev for PassthruBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {
@@ -126,5 +120,10 @@ impl Bdev for PassthruBdev {
 
     fn base_bdevs(&self) -> Vec<String> {
         vec![self.base_name.clone()]
+    }
+
+    /// Closes the base's descriptor, releasing its claim.
+    fn destruct(&self) {
+        self.desc.lock().take();
     }
 }

@@ -5,6 +5,7 @@
 
 mod rpc;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -23,6 +24,7 @@ use crate::modules::forward::ForwardChannel;
 pub use rpc::SplitModule;
 
 pub const PRODUCT_NAME: &str = "Split Disk";
+pub const MODULE_NAME: &str = "split";
 /// Most parts one base may be cut into: a bound on what one RPC registers.
 pub const MAX_SPLIT_COUNT: u32 = 1024;
 const MIB: u64 = 1 << 20;
@@ -43,8 +45,10 @@ pub struct SplitBase {
     base: Arc<dyn Bdev>,
     base_name: String,
     params: CreateParams,
-    /// Taken on delete, releasing the claim once every part is gone.
+    /// Taken by the last part's `destruct`, releasing the claim once every part is gone.
     desc: Mutex<Option<Desc>>,
+    /// Parts registered and not yet destructed.
+    registered_parts: AtomicU32,
 }
 
 pub struct SplitPart {
@@ -135,6 +139,7 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Vec<Arc<Spl
         base_name: base_info.name.clone(),
         params: CreateParams { split_count: count, ..params },
         desc: Mutex::new(Some(desc)),
+        registered_parts: AtomicU32::new(0),
     });
     let mut parts: Vec<Arc<SplitPart>> = Vec::with_capacity(count as usize);
     for index in 0..count {
@@ -152,19 +157,27 @@ pub fn create(manager: &BdevManager, params: CreateParams) -> Result<Vec<Arc<Spl
             for done in &parts {
                 let _ = manager.unregister(None, &done.info.name);
             }
+            // Their destructs released the base unless no part was registered at all.
             shared.desc.lock().take();
             return Err(err.into());
         }
+        shared.registered_parts.fetch_add(1, Ordering::AcqRel);
         parts.push(part);
     }
     Ok(parts)
 }
 
-/// Unregisters every part (their open descriptors hear a hot-remove) and releases the
-/// base. Refused, with nothing removed, while a part is itself a base of another bdev.
-pub fn delete(ctx: Option<&mut ThreadCtx>, manager: &BdevManager, parts: &[Arc<SplitPart>]) -> Result<(), BdevError> {
+/// `bdev_split_delete`: unregisters every part of `base_bdev` (their open descriptors
+/// hear a hot-remove; the last part's `destruct` releases the base). Refused, with
+/// nothing removed, while a part is itself a base of another bdev.
+pub fn delete(ctx: Option<&mut ThreadCtx>, manager: &BdevManager, base_bdev: &str) -> Result<(), BdevError> {
+    let parts: Vec<Arc<SplitPart>> =
+        manager.list_as::<SplitPart>().into_iter().filter(|part| part.shared.base_name == base_bdev).collect();
+    if parts.is_empty() {
+        return Err(BdevError::NothingBuiltOn { base: base_bdev.to_string(), module: MODULE_NAME });
+    }
     let registered = manager.list();
-    for part in parts {
+    for part in &parts {
         if let Some(user) = registered.iter().find(|bdev| bdev.base_bdevs().contains(&part.info.name)) {
             let claim = manager.claim_of(&part.info.name).map_or("exclusive_write", |(claim, _)| claim.as_str());
             return Err(BdevError::Claimed {
@@ -175,15 +188,12 @@ pub fn delete(ctx: Option<&mut ThreadCtx>, manager: &BdevManager, parts: &[Arc<S
         }
     }
     let mut ctx = ctx;
-    for part in parts {
-        match manager.unregister(ctx.as_deref_mut(), &part.info.name) {
-            // Gone already (a partial delete earlier): nothing to do.
+    for part in &parts {
+        match manager.unregister_by_name(ctx.as_deref_mut(), &part.info.name, MODULE_NAME) {
+            // Gone meanwhile: nothing to do.
             Ok(()) | Err(BdevError::NotFound(_)) => {}
             Err(err) => return Err(err),
         }
-    }
-    if let Some(part) = parts.first() {
-        part.shared.desc.lock().take();
     }
     Ok(())
 }
@@ -205,6 +215,10 @@ impl SplitPart {
 impl Bdev for SplitPart {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        MODULE_NAME
     }
 
     fn supports(&self, io_type: IoType) -> bool {
@@ -242,6 +256,15 @@ impl Bdev for SplitPart {
 
     fn base_bdevs(&self) -> Vec<String> {
         vec![self.shared.base_name.clone()]
+    }
+
+    /// The last part to go closes the shared descriptor, releasing the base's claim.
+    fn destruct(&self) {
+        let before = self.shared.registered_parts.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "split part '{}' destructed more often than registered", self.info.name);
+        if before == 1 {
+            self.shared.desc.lock().take();
+        }
     }
 }
 

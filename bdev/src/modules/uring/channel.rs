@@ -8,13 +8,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use peerless_core::mem::{self, DmaBuf};
-use peerless_core::reactor::{PollStatus, ThreadCtx};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 use super::sys::{Op, Refused, Ring};
 use super::Backing;
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, DataBuf, IoType};
-use crate::modules::common::register_poller;
 use crate::status::IoStatus;
 
 /// Slots (and SQ entries) per channel: the most I/O one thread keeps in flight on one
@@ -35,6 +34,8 @@ struct Extra {
 
 pub(super) struct UringChannel {
     state: Rc<RefCell<State>>,
+    /// Reaps the ring; goes with the channel.
+    _poller: Poller,
 }
 
 struct State {
@@ -74,8 +75,10 @@ impl UringChannel {
             staging: Vec::with_capacity(STAGING_BUFFERS_MAX),
             staging_allocated: 0,
         }));
-        register_poller(ctx, &format!("uring_{name}"), 0, Rc::downgrade(&state), |state, _| state.poll());
-        Ok(UringChannel { state })
+        // The channel owns the poller, not the state, so the poller may hold the state.
+        let polled = state.clone();
+        let poller = ctx.poller(&format!("uring_{name}"), 0, move |_| polled.borrow_mut().poll());
+        Ok(UringChannel { state, _poller: poller })
     }
 }
 

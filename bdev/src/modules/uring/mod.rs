@@ -29,6 +29,9 @@ pub use open::create;
 
 pub const URING_PRODUCT_NAME: &str = "URING bdev";
 pub const AIO_PRODUCT_NAME: &str = "AIO disk";
+/// One type, two SPDK modules: each delete method removes only its own flavor.
+pub const URING_MODULE_NAME: &str = "uring";
+pub const AIO_MODULE_NAME: &str = "aio";
 
 pub struct UringModule;
 
@@ -70,8 +73,8 @@ struct NameParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Flavor {
     Uring,
-    /// SPDK's aio options: `fallocate` enables unmap and write_zeroes, `nowait` is
-    /// recorded (and saved) but I/O is not issued with RWF_NOWAIT.
+    /// SPDK's aio options: `fallocate` enables unmap and write_zeroes; `nowait` is
+    /// always false (`bdev_aio_create` refuses true) and saved as SPDK saves it.
     Aio {
         readonly: bool,
         fallocate: bool,
@@ -111,7 +114,7 @@ struct Backing {
 
 impl BdevModule for UringModule {
     fn name(&self) -> &'static str {
-        "uring"
+        URING_MODULE_NAME
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
@@ -131,6 +134,11 @@ impl BdevModule for UringModule {
         });
         let bdevs = manager.clone();
         registry.method("bdev_aio_create", StateMask::RUNTIME, move |_, params: AioCreate, responder| {
+            if params.nowait {
+                return responder.err(RpcError::invalid_params(
+                    "nowait: I/O is not submitted with RWF_NOWAIT (io_uring queues what would block); leave it false",
+                ));
+            }
             let config = UringConfig {
                 name: params.name,
                 filename: params.filename,
@@ -143,17 +151,11 @@ impl BdevModule for UringModule {
                 Err(err) => responder.err(err),
             }
         });
-        for (method, product) in [("bdev_uring_delete", URING_PRODUCT_NAME), ("bdev_aio_delete", AIO_PRODUCT_NAME)] {
+        for (method, module) in [("bdev_uring_delete", URING_MODULE_NAME), ("bdev_aio_delete", AIO_MODULE_NAME)] {
             let bdevs = manager.clone();
             registry.method(method, StateMask::RUNTIME, move |ctx: &mut ThreadCtx, params: NameParams, responder| {
-                match bdevs.get(&params.name) {
-                    Ok(bdev) if bdev.info().product_name == product => {
-                        match bdevs.unregister(Some(ctx), &params.name) {
-                            Ok(()) => responder.ok_true(),
-                            Err(err) => responder.err(err.into()),
-                        }
-                    }
-                    Ok(_) => responder.err(RpcError::no_such_device(format!("'{}' is not a {product}", params.name))),
+                match bdevs.unregister_by_name(Some(ctx), &params.name, module) {
+                    Ok(()) => responder.ok_true(),
                     Err(err) => responder.err(err.into()),
                 }
             });
@@ -175,6 +177,13 @@ impl UringBdev {
 impl Bdev for UringBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn module_name(&self) -> &'static str {
+        match self.flavor {
+            Flavor::Uring => URING_MODULE_NAME,
+            Flavor::Aio { .. } => AIO_MODULE_NAME,
+        }
     }
 
     fn supports(&self, io_type: IoType) -> bool {

@@ -172,6 +172,9 @@ pub struct Qpair {
     closing: bool,
     requests: Vec<Request>,
     free: Vec<u16>,
+    /// The CID of each slot's command, `FREE_CID` when free: a dense copy of what the
+    /// requests hold, so the per-command conflict check scans a few cache lines.
+    cids: Vec<u32>,
     /// Commands waiting for buffers, oldest first.
     waiting: VecDeque<u16>,
     /// In-capsule data of commands waiting for buffers: `in_capsule_data_size` per slot,
@@ -185,6 +188,9 @@ pub struct Qpair {
     spare_ios: Vec<Box<BdevIo>>,
     pub stats: QpairStats,
 }
+
+/// Marks a free slot in `Qpair::cids` (a CID is 16 bits).
+const FREE_CID: u32 = u32::MAX;
 
 /// Actions one queue may have pending: a completion and a data transfer per command.
 fn action_capacity(entries: usize) -> usize {
@@ -214,6 +220,7 @@ impl Qpair {
             closing: false,
             requests: vec![Request::empty()],
             free: vec![0],
+            cids: vec![FREE_CID],
             waiting: VecDeque::new(),
             staging: Vec::new(),
             actions: VecDeque::with_capacity(action_capacity(1)),
@@ -254,6 +261,12 @@ impl Qpair {
     /// The next thing the transport must do, if any.
     pub fn next_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next thing the transport must do, left in place: a transport that cannot take
+    /// more data now leaves the action (and its buffers) with the engine.
+    pub fn peek_action(&self) -> Option<&Action> {
+        self.actions.front()
     }
 
     pub fn has_actions(&self) -> bool {
@@ -342,11 +355,12 @@ impl Qpair {
             return Err(Fault::QueueOverrun);
         }
         self.advance_sqhd();
-        if self.requests.iter().any(|request| request.state != ReqState::Free && request.sqe.cid() == cid) {
+        if self.cids.contains(&u32::from(cid)) {
             self.push_completion(cid, status::COMMAND_ID_CONFLICT, 0);
             return Ok(None);
         }
         let Some(slot) = self.free.pop() else { return Err(Fault::QueueOverrun) };
+        self.cids[usize::from(slot)] = u32::from(cid);
         let request = &mut self.requests[usize::from(slot)];
         debug_assert_eq!(request.state, ReqState::Free);
         debug_assert!(request.buffers.is_empty() && request.channel.is_none());
@@ -389,6 +403,7 @@ impl Qpair {
         request.plan = None;
         request.staged = false;
         request.state = ReqState::Free;
+        self.cids[index] = FREE_CID;
         self.free.push(index as u16);
     }
 
@@ -413,6 +428,7 @@ impl Qpair {
         let had = self.requests.len();
         if entries > had {
             self.requests.extend((had..entries).map(|_| Request::empty()));
+            self.cids.resize(entries, FREE_CID);
             self.free.extend((had..entries).rev().map(|index| index as u16));
         }
         self.actions.reserve(action_capacity(entries).saturating_sub(self.actions.capacity()));
@@ -424,25 +440,26 @@ impl Qpair {
 
 /// A tagged list over a command's buffers, exactly `len` bytes long.
 fn buffers_sgl(buffers: &[DataBuf], len: usize) -> Result<Sgl<'_>, Status> {
-    let mut sgl = Sgl::new();
-    for buffer in buffers {
-        let part = buffer.sgl().map_err(|_| Status::INTERNAL_ERROR)?;
-        sgl.append(part).map_err(|_| Status::INTERNAL_ERROR)?;
-    }
-    if sgl.len() < len {
-        return Err(Status::INTERNAL_ERROR);
-    }
-    sgl.truncate(len);
-    Ok(sgl)
+    let parts = buffers.iter().map(DataBuf::sgl);
+    exactly(joined(parts)?, len)
 }
 
 /// A writable list over a command's buffers, exactly `len` bytes long.
 fn buffers_sgl_mut(buffers: &mut [DataBuf], len: usize) -> Result<Sgl<'_>, Status> {
-    let mut sgl = Sgl::new();
-    for buffer in buffers {
-        let part = buffer.sgl_mut().map_err(|_| Status::INTERNAL_ERROR)?;
-        sgl.append(part).map_err(|_| Status::INTERNAL_ERROR)?;
+    let parts = buffers.iter_mut().map(DataBuf::sgl_mut);
+    exactly(joined(parts)?, len)
+}
+
+/// One list of the buffers' lists; with one buffer (the common case) that list itself.
+fn joined<'a>(mut parts: impl Iterator<Item = peerless_core::mem::Result<Sgl<'a>>>) -> Result<Sgl<'a>, Status> {
+    let mut sgl = parts.next().unwrap_or_else(|| Ok(Sgl::new())).map_err(|_| Status::INTERNAL_ERROR)?;
+    for part in parts {
+        sgl.append(part.map_err(|_| Status::INTERNAL_ERROR)?).map_err(|_| Status::INTERNAL_ERROR)?;
     }
+    Ok(sgl)
+}
+
+fn exactly(mut sgl: Sgl<'_>, len: usize) -> Result<Sgl<'_>, Status> {
     if sgl.len() < len {
         return Err(Status::INTERNAL_ERROR);
     }

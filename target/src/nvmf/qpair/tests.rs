@@ -1,1 +1,358 @@
+//! The engine in-process: a real reactor thread, a malloc namespace, and queue pairs
+//! driven by hand, one step per message so the bdev layer's pollers run in between.
+//! No transport: the tests play it, feeding commands and data and reading actions.
 
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use peerless_bdev::modules::malloc::MallocBdev;
+use peerless_bdev::{BdevInfo, BdevManager, Uuid};
+use peerless_core::mem::IoBufCache;
+use peerless_core::reactor::{App, AppOptions, CoreMask, ThreadCtx, ThreadHandle};
+
+use super::{Action, Fault, Qpair, QpairConfig};
+use crate::nvme::cmd::SqeBuilder;
+use crate::nvme::{fctype, io, put16, put_str, status, Cqe, Status};
+use crate::nvmf::buffers::DataPool;
+use crate::nvmf::namespace::{Namespace, P2pPlacement};
+use crate::nvmf::poll_group::{NsTables, Retired};
+use crate::nvmf::subsystem::{ListenAddress, SubsystemKind};
+use crate::nvmf::transport::{GroupCtx, TransportOptions};
+use crate::nvmf::NvmfTarget;
+
+const NQN: &str = "nqn.2016-06.io.peerless:engine";
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000e1";
+const BLOCK: u32 = 512;
+const WAIT: Duration = Duration::from_secs(10);
+
+/// What lives on the reactor thread between steps.
+struct World {
+    qpairs: Vec<Qpair>,
+    tables: NsTables,
+    cache: IoBufCache<'static>,
+    retired: Retired,
+}
+
+thread_local! {
+    static WORLD: RefCell<Option<World>> = const { RefCell::new(None) };
+}
+
+struct Fixture {
+    _app: App,
+    thread: ThreadHandle,
+    target: NvmfTarget,
+    pool: &'static DataPool,
+    opts: Arc<TransportOptions>,
+    addr: SocketAddr,
+}
+
+impl Fixture {
+    fn new(opts: TransportOptions) -> Fixture {
+        let options =
+            AppOptions { cpumask: CoreMask::parse("0x1").unwrap(), interrupt_mode: true, ..AppOptions::default() };
+        let app = App::start(options).unwrap();
+        let thread = app.handle().spawn_thread("engine", None).unwrap();
+        let bdevs = BdevManager::new();
+        let info = BdevInfo {
+            name: "Malloc0".into(),
+            product_name: "Malloc disk".into(),
+            block_size: BLOCK,
+            num_blocks: 4096,
+            uuid: Uuid([7; 16]),
+            max_io_blocks: 0,
+        };
+        bdevs.register(Arc::new(MallocBdev::new(info).unwrap())).unwrap();
+        let target = NvmfTarget::new(app.handle(), bdevs.clone());
+        let subsystem = target.add_subsystem(NQN, SubsystemKind::Nvme);
+        let addr: SocketAddr = "127.0.0.1:4420".parse().unwrap();
+        let desc = bdevs.open("Malloc0", true, None, None).unwrap();
+        {
+            let mut state = subsystem.state.lock();
+            state.allow_any_host = true;
+            state.listeners.push(ListenAddress { addr });
+            let ns = Namespace {
+                nsid: 1,
+                bdev_name: "Malloc0".into(),
+                desc: Arc::new(desc),
+                nguid: [1; 16],
+                eui64: [0; 8],
+                uuid: [7; 16],
+                p2pmem: P2pPlacement::Off,
+                provider: None,
+            };
+            state.namespaces.insert(1, Arc::new(ns));
+        }
+        let pool = DataPool::create(&opts, 1).unwrap();
+        let fixture = Fixture { _app: app, thread, target, pool, opts: Arc::new(opts), addr };
+        fixture.on_thread(move |_| {
+            let world = World {
+                qpairs: Vec::new(),
+                tables: NsTables::default(),
+                cache: pool.cache(),
+                retired: Retired::default(),
+            };
+            WORLD.with(|cell| *cell.borrow_mut() = Some(world));
+        });
+        fixture
+    }
+
+    fn on_thread<R: Send + 'static>(&self, work: impl FnOnce(&mut ThreadCtx) -> R + Send + 'static) -> R {
+        let (tx, rx) = mpsc::channel();
+        self.thread
+            .send_blocking(move |ctx| {
+                let _ = tx.send(work(ctx));
+            })
+            .unwrap();
+        rx.recv_timeout(WAIT).expect("the engine thread did not answer")
+    }
+
+    /// Runs `work` on queue pair `index` with the group's context.
+    fn step<R: Send + 'static>(
+        &self,
+        index: usize,
+        work: impl FnOnce(&mut Qpair, &mut ThreadCtx, &mut GroupCtx<'_>) -> R + Send + 'static,
+    ) -> R {
+        self.on_thread(move |ctx| {
+            WORLD.with(|cell| {
+                let mut world = cell.borrow_mut();
+                let World { qpairs, tables, cache, retired } = world.as_mut().expect("world set up");
+                let mut group = GroupCtx { tables, buffers: cache, now_ns: ctx.now_ns(), retired };
+                work(&mut qpairs[index], ctx, &mut group)
+            })
+        })
+    }
+
+    /// A new, unconnected queue pair; returns its index.
+    fn qpair(&self) -> usize {
+        let (target, opts, pool, addr) = (self.target.clone(), self.opts.clone(), self.pool, self.addr);
+        self.on_thread(move |_| {
+            WORLD.with(|cell| {
+                let mut world = cell.borrow_mut();
+                let world = world.as_mut().expect("world set up");
+                let id = world.qpairs.len() as u64 + 1;
+                let config = QpairConfig { data_completes: true, admin_in_capsule_bytes: 8192 };
+                world.qpairs.push(Qpair::new(id, target, opts, pool, config, addr, addr));
+                world.qpairs.len() - 1
+            })
+        })
+    }
+
+    /// Polls queue `index` until it has an action, and returns them all.
+    fn actions(&self, index: usize) -> Vec<Action> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let actions = self.step(index, |qpair, ctx, group| {
+                qpair.poll(ctx, group, group.now_ns);
+                std::iter::from_fn(|| qpair.next_action()).collect::<Vec<_>>()
+            });
+            if !actions.is_empty() {
+                return actions;
+            }
+            assert!(Instant::now() < deadline, "queue {index} produced nothing in {WAIT:?}");
+        }
+    }
+
+    fn command(&self, index: usize, sqe: SqeBuilder, data: Vec<u8>) -> Result<(), Fault> {
+        self.step(index, move |qpair, ctx, group| qpair.on_command(ctx, group, sqe.build(), &data))
+    }
+
+    fn only_completion(&self, index: usize) -> Cqe {
+        match self.actions(index).as_slice() {
+            [Action::Complete(cqe)] => *cqe,
+            other => panic!("expected one completion, got {other:?}"),
+        }
+    }
+
+    /// Connects queue `qid` of controller `cntlid` (0xFFFF: a new one); the CQE.
+    fn connect(&self, index: usize, qid: u16, cntlid: u16, entries: u16) -> Cqe {
+        let mut data = vec![0u8; 1024];
+        put16(&mut data, 16, cntlid);
+        put_str(&mut data, 256, 256, NQN, 0);
+        put_str(&mut data, 512, 256, HOSTNQN, 0);
+        let sqe = SqeBuilder::fabrics(fctype::CONNECT, 1)
+            .u16_at(42, qid)
+            .u16_at(44, entries - 1)
+            .u32_at(48, 10_000)
+            .in_capsule(1024);
+        self.command(index, sqe, data).unwrap();
+        self.only_completion(index)
+    }
+
+    /// An admin queue with an enabled controller and one I/O queue of `entries`;
+    /// returns the I/O queue's index.
+    fn io_queue(&self, entries: u16) -> usize {
+        let admin_queue = self.qpair();
+        let cqe = self.connect(admin_queue, 0, 0xffff, 32);
+        assert!(cqe.status.is_success(), "{cqe:?}");
+        let cntlid = cqe.result as u16;
+        let enable =
+            SqeBuilder::fabrics(fctype::PROPERTY_SET, 2).u32_at(44, 0x14).u64_at(48, 1 | (6 << 16) | (4 << 20));
+        self.command(admin_queue, enable, Vec::new()).unwrap();
+        assert!(self.only_completion(admin_queue).status.is_success());
+        let io_queue = self.qpair();
+        let cqe = self.connect(io_queue, 1, cntlid, entries);
+        assert!(cqe.status.is_success(), "{cqe:?}");
+        io_queue
+    }
+}
+
+fn opts(shared_buffers: u32) -> TransportOptions {
+    TransportOptions {
+        num_shared_buffers: shared_buffers,
+        buf_cache_size: 0,
+        in_capsule_data_size: 4096,
+        ..TransportOptions::defaults("TCP")
+    }
+}
+
+fn write(cid: u16, slba: u64, blocks: u32, in_capsule: bool) -> SqeBuilder {
+    let len = blocks * BLOCK;
+    let sqe = SqeBuilder::new(io::WRITE, cid).rw(1, slba, blocks);
+    if in_capsule {
+        sqe.in_capsule(len)
+    } else {
+        sqe.transport_data(len)
+    }
+}
+
+#[test]
+fn connect_write_and_read_back() {
+    let fixture = Fixture::new(opts(16));
+    let queue = fixture.io_queue(8);
+    let data: Vec<u8> = (0..2048u32).map(|i| (i * 7) as u8).collect();
+    // In the capsule: the write runs at once and completes.
+    fixture.command(queue, write(3, 10, 4, true), data.clone()).unwrap();
+    let cqe = fixture.only_completion(queue);
+    assert_eq!((cqe.cid, cqe.status, cqe.sqid), (3, Status::SUCCESS, 1));
+    // A read: the data goes out and completes the command by itself (no CQE follows).
+    let read = SqeBuilder::new(io::READ, 4).rw(1, 10, 4).transport_data(2048);
+    fixture.command(queue, read, Vec::new()).unwrap();
+    let actions = fixture.actions(queue);
+    let [Action::SendData { slot, cid: 4, len: 2048, completes: true }] = actions[..] else {
+        panic!("expected the read's data, got {actions:?}");
+    };
+    let back = fixture.step(queue, move |qpair, _, group| {
+        let mut back = vec![0u8; 2048];
+        let sgl = qpair.data(slot).unwrap();
+        peerless_core::mem::ChunkReader::new(&sgl).read(&mut back).unwrap();
+        drop(sgl);
+        qpair.data_sent(group.buffers, slot, Ok(()));
+        assert!(qpair.next_action().is_none(), "the data completed the read");
+        back
+    });
+    assert_eq!(back, data);
+}
+
+#[test]
+fn host_data_is_fetched_checked_and_written() {
+    let fixture = Fixture::new(opts(16));
+    let queue = fixture.io_queue(8);
+    fixture.command(queue, write(9, 0, 16, false), Vec::new()).unwrap();
+    let [Action::FetchData { slot, cid: 9, len: 8192 }] = fixture.actions(queue)[..] else { panic!("no R2T") };
+    let chunk = vec![0xabu8; 4096];
+    let faults = fixture.step(queue, move |qpair, ctx, group| {
+        [
+            qpair.data_received(ctx, group, slot + 1, 9, 0, &chunk),
+            qpair.data_received(ctx, group, slot, 8, 0, &chunk),
+            qpair.data_received(ctx, group, slot, 9, 4096, &chunk),
+            qpair.data_received(ctx, group, slot, 9, 0, &chunk),
+            qpair.data_received(ctx, group, slot, 9, 4096, &[0u8; 8192]),
+            qpair.data_received(ctx, group, slot, 9, 4096, &chunk),
+        ]
+    });
+    assert_eq!(
+        faults,
+        [
+            Err(Fault::UnknownTransfer),
+            Err(Fault::WrongCommand),
+            Err(Fault::OutOfRange),
+            Ok(()),
+            Err(Fault::OutOfRange),
+            Ok(())
+        ]
+    );
+    assert!(fixture.only_completion(queue).status.is_success());
+}
+
+#[test]
+fn commands_wait_for_buffers_in_order_and_can_be_aborted() {
+    // One buffer of each class: the second and third writes wait behind the first.
+    let fixture = Fixture::new(opts(1));
+    let queue = fixture.io_queue(8);
+    for cid in 1..=3 {
+        fixture.command(queue, write(cid, u64::from(cid) * 16, 16, false), Vec::new()).unwrap();
+    }
+    let [Action::FetchData { slot, cid: 1, .. }] = fixture.actions(queue)[..] else { panic!("first R2T") };
+    let aborted = fixture.step(queue, |qpair, _, _| qpair.abort_waiting(2));
+    assert!(aborted, "a command waiting for a buffer can be aborted");
+    let cqe = fixture.only_completion(queue);
+    assert_eq!((cqe.cid, cqe.status), (2, status::ABORTED_BY_REQUEST));
+    assert!(!fixture.step(queue, |qpair, _, _| qpair.abort_waiting(1)), "one with its buffer is not waiting");
+    // The first write's data arrives and it runs; its buffer goes to the third.
+    fixture.step(queue, move |qpair, ctx, group| qpair.data_received(ctx, group, slot, 1, 0, &[1u8; 8192])).unwrap();
+    let mut seen = fixture.actions(queue);
+    if seen.len() == 1 {
+        seen.extend(fixture.actions(queue));
+    }
+    assert!(matches!(seen[0], Action::Complete(Cqe { cid: 1, .. })), "{seen:?}");
+    assert!(matches!(seen[1], Action::FetchData { cid: 3, .. }), "{seen:?}");
+}
+
+#[test]
+fn conflicting_ids_and_overruns() {
+    let fixture = Fixture::new(opts(1));
+    let queue = fixture.io_queue(2);
+    fixture.command(queue, write(5, 0, 16, false), Vec::new()).unwrap();
+    assert!(matches!(fixture.actions(queue)[..], [Action::FetchData { cid: 5, .. }]));
+    // The same CID while the first is outstanding (NVMe Base 2.0, 3.3.1).
+    fixture.command(queue, write(5, 16, 1, true), vec![0u8; 512]).unwrap();
+    assert_eq!(fixture.only_completion(queue).status, status::COMMAND_ID_CONFLICT);
+    fixture.command(queue, write(6, 16, 16, false), Vec::new()).unwrap();
+    // Two entries, two outstanding: a third is a transport error, not a status.
+    assert_eq!(fixture.command(queue, write(7, 32, 1, true), vec![0u8; 512]), Err(Fault::QueueOverrun));
+}
+
+#[test]
+fn closing_ends_waiting_commands_and_drains() {
+    let fixture = Fixture::new(opts(1));
+    let queue = fixture.io_queue(8);
+    fixture.command(queue, write(1, 0, 16, false), Vec::new()).unwrap();
+    fixture.command(queue, write(2, 16, 16, false), Vec::new()).unwrap();
+    assert!(matches!(fixture.actions(queue)[..], [Action::FetchData { cid: 1, .. }]));
+    let drained = fixture.step(queue, |qpair, ctx, group| {
+        qpair.close("test");
+        qpair.poll(ctx, group, group.now_ns);
+        (qpair.is_drained(), qpair.next_action())
+    });
+    assert_eq!(drained, (true, None), "nothing ran, nothing is answered");
+    // Both buffers are back in the shared pool.
+    assert_eq!(fixture.pool.available(), (1, 1));
+}
+
+#[test]
+fn io_before_enable_and_after_reset_is_refused() {
+    let fixture = Fixture::new(opts(4));
+    let queue = fixture.io_queue(8);
+    let admin_queue = 0;
+    let disable = SqeBuilder::fabrics(fctype::PROPERTY_SET, 8).u32_at(44, 0x14).u64_at(48, 0);
+    fixture.command(admin_queue, disable, Vec::new()).unwrap();
+    assert!(fixture.only_completion(admin_queue).status.is_success());
+    let read = SqeBuilder::new(io::READ, 4).rw(1, 0, 1).transport_data(512);
+    fixture.command(queue, read, Vec::new()).unwrap();
+    // The reset closes the queue on its thread; until then it refuses I/O.
+    let done = fixture.step(queue, |qpair, _, _| (qpair.is_closing(), qpair.next_action()));
+    match done {
+        (true, None) => {}
+        (_, Some(Action::Complete(cqe))) => assert_eq!(cqe.status, status::COMMAND_SEQUENCE_ERROR),
+        other => panic!("I/O ran on a disabled controller: {other:?}"),
+    }
+    // A second Connect for QID 1 is allowed at once: the reset freed it.
+    let cntlid = fixture.step(admin_queue, |qpair, _, _| qpair.controller().map(|c| c.cntlid)).unwrap();
+    let enable = SqeBuilder::fabrics(fctype::PROPERTY_SET, 9).u32_at(44, 0x14).u64_at(48, 1 | (6 << 16) | (4 << 20));
+    fixture.command(admin_queue, enable, Vec::new()).unwrap();
+    assert!(fixture.only_completion(admin_queue).status.is_success());
+    let again = fixture.qpair();
+    assert!(fixture.connect(again, 1, cntlid, 8).status.is_success());
+}

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use peerless_bdev::modules::malloc::MallocBdev;
-use peerless_bdev::{BdevInfo, BdevManager, ClaimType, Uuid};
+use peerless_bdev::{BdevInfo, BdevManager, Uuid};
 use peerless_core::mem::IoBufCache;
 use peerless_core::reactor::{AppOptions, SteppedApp, ThreadId};
 use serde_json::json;
@@ -13,8 +13,9 @@ use serde_json::json;
 use super::*;
 use crate::nvme::cmd::SqeBuilder;
 use crate::nvme::{admin, fctype, io, le16, le32, put16, put_str, Cqe, Status};
+use crate::nvmf::namespace::NamespaceSpec;
 use crate::nvmf::poll_group::{NsTables, Retired};
-use crate::nvmf::subsystem::{ListenAddress, Namespace, SubsystemKind};
+use crate::nvmf::subsystem::{ListenAddress, SubsystemConfig};
 use crate::tcp::pdu::{flags, DataHeader};
 use crate::tcp::socket::{MemPeer, MemSocket};
 use crate::tcp::TcpTransport;
@@ -66,25 +67,12 @@ impl Rig {
         bdevs.register(Arc::new(MallocBdev::new(info).unwrap())).unwrap();
         let target = NvmfTarget::new(handle, bdevs.clone());
         let local: std::net::SocketAddr = "127.0.0.1:4420".parse().unwrap();
-        let subsystem = target.add_subsystem(NQN, SubsystemKind::Nvme);
-        let desc = bdevs.open("Malloc0", true, None, None).unwrap();
-        desc.claim(ClaimType::ExclusiveWrite, "NVMe-oF Target").unwrap();
-        {
-            let mut state = subsystem.state.lock();
-            state.allow_any_host = true;
-            state.listeners.push(ListenAddress { addr: local });
-            let ns = Namespace {
-                nsid: 1,
-                bdev_name: "Malloc0".into(),
-                desc: Arc::new(desc),
-                nguid: [7; 16],
-                eui64: [0; 8],
-                uuid: [7; 16],
-                p2pmem: "off".into(),
-                provider: None,
-            };
-            state.namespaces.insert(1, Arc::new(ns));
-        }
+        let config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
+        let subsystem = target.create_subsystem(&config).unwrap();
+        // The address connections come in on; no socket listens there.
+        subsystem.state.lock().listeners.push(ListenAddress { addr: local });
+        let added = app.run_on(thread, |ctx| target.add_namespace(ctx, NQN, NamespaceSpec::new("Malloc0")));
+        assert_eq!(added.map(Result::ok), Some(Some(1)));
         let transport = TcpTransport::create(&json!({"trtype": "TCP", "num_shared_buffers": 16}), 1).unwrap();
         let cache = transport.pool().cache();
         app.step(1);

@@ -1,0 +1,327 @@
+//! Who may reach a subsystem: the transport addresses it listens on, and the hosts it
+//! allows (a list, or any host). Every change shows in the discovery log, so discovery
+//! controllers hear of it.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+
+use super::ctrlr::Controller;
+use super::error::NvmfError;
+use super::subsystem::{validate_nqn, ListenAddress};
+use super::target::NvmfTarget;
+
+/// How long removing a host waits for its queues to close when not told (SPDK's
+/// NVMF_CTRLR_RESET_SHN_TIMEOUT_IN_MS: a controller's shutdown time and 5 s more).
+pub const DEFAULT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often that wait looks.
+const DISCONNECT_POLL_US: u64 = 1_000;
+
+impl NvmfTarget {
+    /// Lets hosts reach subsystem `nqn` at `addr` over transport `trtype`; the transport
+    /// listens there unless it already does for another subsystem.
+    pub fn add_listener(
+        &self,
+        ctx: &mut ThreadCtx,
+        nqn: &str,
+        trtype: &str,
+        addr: SocketAddr,
+    ) -> Result<(), NvmfError> {
+        let subsystem = self.lookup(nqn)?;
+        let Some(transport) = self.transport(trtype) else {
+            return Err(NvmfError::NoTransport(trtype.to_uppercase()));
+        };
+        if subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
+            return Err(NvmfError::ListenerExists { nqn: subsystem.nqn.clone(), addr });
+        }
+        if !self.is_listening(transport.trtype(), addr) {
+            let listener = transport.listen(ctx, self, addr).map_err(NvmfError::CannotListen)?;
+            self.0.listeners.lock().push((transport.trtype(), listener));
+        }
+        subsystem.state.lock().listeners.push(ListenAddress { addr });
+        self.discovery_changed();
+        Ok(())
+    }
+
+    /// Stops subsystem `nqn` listening at `addr`; the socket closes once no subsystem
+    /// lists it.
+    pub fn remove_listener(&self, ctx: &mut ThreadCtx, nqn: &str, addr: SocketAddr) -> Result<(), NvmfError> {
+        let subsystem = self.lookup(nqn)?;
+        {
+            let mut state = subsystem.state.lock();
+            let before = state.listeners.len();
+            state.listeners.retain(|listener| listener.addr != addr);
+            if state.listeners.len() == before {
+                return Err(NvmfError::NoSuchListener { nqn: subsystem.nqn.clone(), addr });
+            }
+        }
+        self.release_listener(ctx, addr);
+        self.discovery_changed();
+        Ok(())
+    }
+
+    /// Closes the socket of `addr` once no subsystem lists it.
+    pub(super) fn release_listener(&self, ctx: &mut ThreadCtx, addr: SocketAddr) {
+        let still_used = self
+            .subsystems()
+            .iter()
+            .any(|subsystem| subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr));
+        if still_used {
+            return;
+        }
+        let mut listeners = self.0.listeners.lock();
+        if let Some(position) = listeners.iter().position(|(_, listener)| listener.addr() == addr) {
+            let (_, listener) = listeners.swap_remove(position);
+            drop(listeners);
+            listener.stop(ctx);
+        }
+    }
+
+    /// Puts `host` on the allow-list of subsystem `nqn`.
+    pub fn add_host(&self, nqn: &str, host: &str) -> Result<(), NvmfError> {
+        validate_nqn(host).map_err(|why| NvmfError::Invalid(format!("Invalid host NQN: {why}")))?;
+        let subsystem = self.nvm_subsystem(nqn, "hosts")?;
+        {
+            let mut state = subsystem.state.lock();
+            if state.hosts.iter().any(|known| known == host) {
+                return Err(NvmfError::HostExists { nqn: subsystem.nqn.clone(), host: host.to_string() });
+            }
+            state.hosts.push(host.to_string());
+        }
+        self.discovery_changed();
+        Ok(())
+    }
+
+    /// Takes `host` off the allow-list of subsystem `nqn`. Unless any host may connect,
+    /// the host loses its controllers: they are torn down, and returned so the caller can
+    /// wait for their queues to close ([`when_disconnected`]).
+    pub fn remove_host(&self, nqn: &str, host: &str) -> Result<Vec<Arc<Controller>>, NvmfError> {
+        let subsystem = self.nvm_subsystem(nqn, "hosts")?;
+        let gone: Vec<Arc<Controller>> = {
+            let mut state = subsystem.state.lock();
+            let before = state.hosts.len();
+            state.hosts.retain(|known| known != host);
+            if state.hosts.len() == before {
+                return Err(NvmfError::NoSuchHost { nqn: subsystem.nqn.clone(), host: host.to_string() });
+            }
+            if state.allow_any_host {
+                Vec::new()
+            } else {
+                state.controllers.values().filter(|controller| controller.hostnqn == host).cloned().collect()
+            }
+        };
+        for controller in &gone {
+            self.disconnect_controller(controller);
+        }
+        self.discovery_changed();
+        Ok(gone)
+    }
+
+    /// Lets any host connect to subsystem `nqn`, or only those on its list. Hosts already
+    /// connected keep their controllers either way, as in SPDK.
+    pub fn set_allow_any_host(&self, nqn: &str, allow: bool) -> Result<(), NvmfError> {
+        let subsystem = self.nvm_subsystem(nqn, "hosts")?;
+        subsystem.state.lock().allow_any_host = allow;
+        self.discovery_changed();
+        Ok(())
+    }
+}
+
+/// Calls `done` on this thread with `true` once none of `controllers` has a queue left,
+/// or with `false` if `timeout` passes first. Polls; never blocks the reactor.
+pub fn when_disconnected(
+    ctx: &mut ThreadCtx,
+    controllers: Vec<Arc<Controller>>,
+    timeout: Duration,
+    done: impl FnOnce(&mut ThreadCtx, bool) + 'static,
+) {
+    let all_gone = |controllers: &[Arc<Controller>]| controllers.iter().all(|c| c.qpairs.lock().is_empty());
+    if all_gone(&controllers) {
+        return done(ctx, true);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut done = Some(done);
+    let slot: Rc<Cell<Option<PollerId>>> = Rc::default();
+    let own_id = slot.clone();
+    let id = ctx.register_timed_poller("nvmf_disconnect_wait", DISCONNECT_POLL_US, move |ctx| {
+        let gone = all_gone(&controllers);
+        if !gone && Instant::now() < deadline {
+            return PollStatus::Idle;
+        }
+        if let Some(done) = done.take() {
+            done(ctx, gone);
+        }
+        if let Some(id) = own_id.get() {
+            ctx.unregister_poller(id);
+        }
+        PollStatus::Busy
+    });
+    slot.set(Some(id));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::nvme::identify::ControllerType;
+    use crate::nvmf::ctrlr::QpairInfo;
+    use crate::nvmf::subsystem::{SubsystemConfig, DISCOVERY_NQN};
+    use crate::nvmf::testing::{World, TRTYPE};
+
+    const NQN: &str = "nqn.2016-06.io.peerless:access";
+    const OTHER: &str = "nqn.2016-06.io.peerless:other";
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:a1b2c3d4-0000-4000-8000-000000000001";
+
+    fn world() -> World {
+        let world = World::new();
+        for nqn in [NQN, OTHER] {
+            world.target.create_subsystem(&SubsystemConfig::new(nqn)).unwrap();
+        }
+        world
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn listen(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
+        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port)))
+    }
+
+    fn unlisten(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
+        world.on_app(move |ctx, target| target.remove_listener(ctx, nqn, addr(port)))
+    }
+
+    #[test]
+    fn subsystems_share_a_listener_until_the_last_one_leaves() {
+        let world = world();
+        let generation = world.target.discovery_generation();
+        assert_eq!(listen(&world, NQN, 4420), Ok(()));
+        assert!(world.target.discovery_generation() > generation, "the discovery log changed");
+        assert_eq!(listen(&world, OTHER, 4420), Ok(()));
+        assert_eq!(listen(&world, "discovery", 4420), Ok(()), "the discovery subsystem listens too");
+        assert_eq!(world.open_listeners(), vec![addr(4420)], "one socket for all three");
+        assert_eq!(listen(&world, NQN, 4420), Err(NvmfError::ListenerExists { nqn: NQN.into(), addr: addr(4420) }));
+
+        assert_eq!(unlisten(&world, NQN, 4420), Ok(()));
+        assert_eq!(unlisten(&world, "discovery", 4420), Ok(()));
+        assert_eq!(world.open_listeners(), vec![addr(4420)], "{OTHER} still listens");
+        assert_eq!(unlisten(&world, OTHER, 4420), Ok(()));
+        assert_eq!(world.open_listeners(), vec![], "the last one closed the socket");
+        assert_eq!(
+            unlisten(&world, OTHER, 4420),
+            Err(NvmfError::NoSuchListener { nqn: OTHER.into(), addr: addr(4420) })
+        );
+    }
+
+    #[test]
+    fn a_listener_needs_its_transport_and_an_address_it_can_take() {
+        let world = world();
+        let err = world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420)));
+        assert_eq!(err, Err(NvmfError::NoTransport("RDMA".into())));
+        // The test transport refuses port 1, as a system refuses an address in use.
+        let err = listen(&world, NQN, 1).unwrap_err();
+        assert!(matches!(&err, NvmfError::CannotListen(why) if why.contains("cannot listen")), "{err:?}");
+        assert!(world.target.find_subsystem(NQN).unwrap().state.lock().listeners.is_empty(), "nothing kept");
+        assert_eq!(
+            listen(&world, "nqn.2016-06.io.peerless:none", 4420),
+            Err(NvmfError::NoSuchSubsystem("nqn.2016-06.io.peerless:none".into()))
+        );
+        assert_eq!(world.open_listeners(), vec![]);
+    }
+
+    #[test]
+    fn deleting_a_subsystem_closes_the_listeners_only_it_used() {
+        let world = world();
+        assert_eq!(listen(&world, NQN, 4420), Ok(()));
+        assert_eq!(listen(&world, NQN, 4421), Ok(()));
+        assert_eq!(listen(&world, OTHER, 4421), Ok(()));
+        assert_eq!(world.on_app(|ctx, target| target.delete_subsystem(ctx, NQN)), Ok(()));
+        assert_eq!(world.open_listeners(), vec![addr(4421)]);
+        assert!(world.target.find_subsystem(NQN).is_none());
+        let err = world.on_app(|ctx, target| target.delete_subsystem(ctx, DISCOVERY_NQN));
+        assert_eq!(err, Err(NvmfError::Discovery("deletion")));
+    }
+
+    #[test]
+    fn hosts_are_checked_listed_and_unlisted() {
+        let world = world();
+        let err = world.target.add_host(NQN, "host-without-nqn").unwrap_err().to_string();
+        assert!(err.starts_with("Invalid host NQN") && err.contains("must start with 'nqn.'"), "{err}");
+        assert_eq!(world.target.add_host(NQN, HOST), Ok(()));
+        assert_eq!(world.target.add_host(NQN, HOST), Err(NvmfError::HostExists { nqn: NQN.into(), host: HOST.into() }));
+        assert_eq!(world.target.add_host("discovery", HOST), Err(NvmfError::Discovery("hosts")));
+        assert!(world.target.find_subsystem(NQN).unwrap().host_allowed(HOST));
+        assert_eq!(world.target.remove_host(NQN, HOST).map(|gone| gone.len()), Ok(0));
+        assert!(!world.target.find_subsystem(NQN).unwrap().host_allowed(HOST));
+        assert_eq!(
+            world.target.remove_host(NQN, HOST).map(|gone| gone.len()),
+            Err(NvmfError::NoSuchHost { nqn: NQN.into(), host: HOST.into() })
+        );
+        assert_eq!(world.target.set_allow_any_host(NQN, true), Ok(()));
+        assert!(world.target.find_subsystem(NQN).unwrap().host_allowed(HOST));
+    }
+
+    /// A controller of `host` on subsystem `nqn` with an admin queue on the app thread.
+    fn connected(world: &World, nqn: &str, host: &str) -> Arc<Controller> {
+        let subsystem = world.target.find_subsystem(nqn).unwrap();
+        let controller = Arc::new(Controller::new(
+            7,
+            subsystem.clone(),
+            host.to_string(),
+            [0; 16],
+            ControllerType::Io,
+            Duration::from_secs(10),
+            1,
+        ));
+        let thread = world.target.0.app.app_thread();
+        controller.qpairs.lock().push(QpairInfo { qid: 0, thread, conn_id: 99, peer: addr(5000), local: addr(4420) });
+        subsystem.state.lock().controllers.insert(7, controller.clone());
+        controller
+    }
+
+    fn wait_for(world: &World, controllers: Vec<Arc<Controller>>, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        world.on_app(move |ctx, _| {
+            when_disconnected(ctx, controllers, timeout, move |_, closed| {
+                let _ = tx.send(closed);
+            })
+        });
+        rx.recv_timeout(Duration::from_secs(10)).expect("the wait ended")
+    }
+
+    #[test]
+    fn removing_a_host_tears_down_its_controllers_and_waits_for_their_queues() {
+        let world = world();
+        assert_eq!(world.target.add_host(NQN, HOST), Ok(()));
+        let controller = connected(&world, NQN, HOST);
+        let gone = world.target.remove_host(NQN, HOST).unwrap();
+        assert_eq!(gone.len(), 1);
+        assert!(Arc::ptr_eq(&gone[0], &controller) && controller.is_failed(), "its controller is torn down");
+        // Its queue is still open (nothing here closes it): the wait gives up.
+        assert!(!wait_for(&world, gone.clone(), Duration::from_millis(30)));
+        // Once the queue is gone, the wait ends well within its time.
+        let closer = controller.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            closer.qpairs.lock().clear();
+        });
+        assert!(wait_for(&world, gone, Duration::from_secs(5)));
+        assert!(wait_for(&world, Vec::new(), Duration::ZERO), "nothing to wait for ends at once");
+    }
+
+    #[test]
+    fn with_any_host_allowed_removing_one_disconnects_nobody() {
+        let world = world();
+        assert_eq!(world.target.add_host(NQN, HOST), Ok(()));
+        assert_eq!(world.target.set_allow_any_host(NQN, true), Ok(()));
+        let controller = connected(&world, NQN, HOST);
+        assert_eq!(world.target.remove_host(NQN, HOST).map(|gone| gone.len()), Ok(0));
+        assert!(!controller.is_failed());
+    }
+}
