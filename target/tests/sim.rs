@@ -135,21 +135,7 @@ fn swarm() {
         let wall = Instant::now();
         let report = run_seed(seed, commands);
         println!("{}", describe(&report, wall.elapsed()));
-        let stats = report.stats;
-        total.commands += stats.commands;
-        total.reads += stats.reads;
-        total.writes += stats.writes;
-        total.r2t += stats.r2t;
-        total.in_capsule_writes += stats.in_capsule_writes;
-        total.keep_alives += stats.keep_alives;
-        total.disconnects += stats.disconnects;
-        total.aborts_answered += stats.aborts_answered;
-        total.aborts_hit += stats.aborts_hit;
-        total.resets_done += stats.resets_done;
-        total.buffer_waits += stats.buffer_waits;
-        total.events += stats.events;
-        total.disconnects += stats.disconnects;
-        total.device_bytes += stats.device_bytes;
+        total.add(&report.stats);
     }
     let wall = started.elapsed();
     println!(
@@ -160,7 +146,13 @@ fn swarm() {
         total.commands as f64 / wall.as_secs_f64()
     );
     assert!(total.commands >= commands * seeds.len() as u64);
-    if seeds.len() > 1 {
+    // The default seeds, which plain `cargo test` runs, must take every path the simulation
+    // exists for; other seed sets only report what they took.
+    let defaults = std::env::var_os("SIM_SEED").is_none()
+        && std::env::var_os("SIM_BASE_SEED").is_none()
+        && std::env::var_os("SIM_SEEDS").is_none();
+    println!("swarm coverage: {total:?}");
+    if defaults {
         assert!(total.reads > 0 && total.writes > 0 && total.r2t > 0 && total.in_capsule_writes > 0, "{total:?}");
         assert!(total.keep_alives > 0 && total.aborts_answered > 0 && total.aborts_hit > 0, "{total:?}");
         assert!(total.resets_done > 0 && total.buffer_waits > 0 && total.events > 0, "{total:?}");

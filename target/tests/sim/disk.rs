@@ -45,6 +45,9 @@ pub struct DiskState {
     rng: Rng,
     faults: DiskFaults,
     pub in_flight: usize,
+    /// When the earliest I/O in flight is due (u64::MAX: none), so the world can skip
+    /// simulated time in which nothing happens.
+    pub next_due_ns: u64,
     pub stats: DiskStats,
     /// A write's bytes while they are checked (kept to spare an allocation per write).
     scratch: Vec<u8>,
@@ -77,6 +80,7 @@ impl SimDisk {
             rng,
             faults,
             in_flight: 0,
+            next_due_ns: u64::MAX,
             stats: DiskStats::default(),
             scratch: Vec::new(),
         }));
@@ -172,9 +176,11 @@ impl BdevChannelOps for SimChannel {
         };
         let applied = status.is_success() || state.rng.coin();
         let tiebreak = state.rng.next_u64();
+        let due_ns = ctx.now_ns() + latency_ns;
         state.in_flight += 1;
+        state.next_due_ns = state.next_due_ns.min(due_ns);
         drop(state);
-        self.pending.borrow_mut().push(Pending { due_ns: ctx.now_ns() + latency_ns, tiebreak, io, status, applied });
+        self.pending.borrow_mut().push(Pending { due_ns, tiebreak, io, status, applied });
         Ok(())
     }
 }
@@ -182,7 +188,11 @@ impl BdevChannelOps for SimChannel {
 /// Completes, in random order, every I/O whose time has come.
 fn complete_due(state: &Disk, pending: &Rc<RefCell<Vec<Pending>>>, ctx: &mut ThreadCtx) -> PollStatus {
     let now_ns = ctx.now_ns();
+    if state.lock().next_due_ns > now_ns {
+        return PollStatus::Idle;
+    }
     let mut due: Vec<Pending> = Vec::new();
+    let mut next_due_ns = u64::MAX;
     {
         let mut pending = pending.borrow_mut();
         let mut index = 0;
@@ -190,10 +200,12 @@ fn complete_due(state: &Disk, pending: &Rc<RefCell<Vec<Pending>>>, ctx: &mut Thr
             if pending[index].due_ns <= now_ns {
                 due.push(pending.swap_remove(index));
             } else {
+                next_due_ns = next_due_ns.min(pending[index].due_ns);
                 index += 1;
             }
         }
     }
+    state.lock().next_due_ns = next_due_ns;
     if due.is_empty() {
         return PollStatus::Idle;
     }

@@ -220,9 +220,17 @@ impl Link {
         moved
     }
 
-    /// Whether anything is still travelling on this link.
-    pub fn in_flight(&self) -> bool {
-        self.is_open()
-            && (!self.to_target.queue.is_empty() || !self.to_host.queue.is_empty() || self.peer.pending() > 0)
+    /// When the next queued segment arrives, if any.
+    pub fn next_arrival_ns(&self) -> Option<u64> {
+        if !self.is_open() {
+            return None;
+        }
+        let first = |stream: &Stream| stream.queue.front().map(Segment::at_ns);
+        [first(&self.to_target), first(&self.to_host)].into_iter().flatten().min()
+    }
+
+    /// Whether output the target wrote waits for the network to take it.
+    pub fn has_work(&self) -> bool {
+        self.is_open() && self.peer.pending() > 0
     }
 }

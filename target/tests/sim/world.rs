@@ -33,6 +33,8 @@ use super::rng::{mix, Rng};
 pub const NQN: &str = "nqn.2016-06.io.peerless:sim";
 /// Keep Alive Timeout floor: short, so that keep-alive expiry happens within a run.
 const MIN_KATO_MS: u32 = 100;
+/// The longest the clock jumps ahead when nothing is ready to happen.
+const MAX_JUMP_NS: u64 = 1_000_000;
 /// Simulated time the end of a run may take to answer everything outstanding.
 const DRAIN_LIMIT_NS: u64 = 5_000_000_000;
 
@@ -197,6 +199,48 @@ pub struct Stats {
     pub p2p_fallbacks: u64,
     /// Payload bytes the target placed in device memory.
     pub device_bytes: u64,
+}
+
+impl Stats {
+    /// Adds another run's counts (a swarm's totals).
+    pub fn add(&mut self, other: &Stats) {
+        self.sent += other.sent;
+        self.commands += other.commands;
+        self.reads += other.reads;
+        self.writes += other.writes;
+        self.in_capsule_writes += other.in_capsule_writes;
+        self.zeroings += other.zeroings;
+        self.bytes_read += other.bytes_read;
+        self.bytes_written += other.bytes_written;
+        self.r2t += other.r2t;
+        self.io_errors += other.io_errors;
+        self.refused += other.refused;
+        self.lost += other.lost;
+        self.keep_alives += other.keep_alives;
+        self.silences += other.silences;
+        self.controllers_lost += other.controllers_lost;
+        self.resets += other.resets;
+        self.resets_done += other.resets_done;
+        self.disconnects += other.disconnects;
+        self.connects_refused += other.connects_refused;
+        self.aborts_sent += other.aborts_sent;
+        self.aborts_answered += other.aborts_answered;
+        self.aborts_hit += other.aborts_hit;
+        self.aborts_of_aer += other.aborts_of_aer;
+        self.aborts_before_victim += other.aborts_before_victim;
+        self.aborted_commands += other.aborted_commands;
+        self.link_resets += other.link_resets;
+        self.links += other.links;
+        self.target_terminations += other.target_terminations;
+        self.host_terminations += other.host_terminations;
+        self.mangled += other.mangled;
+        self.events += other.events;
+        self.changed_logs += other.changed_logs;
+        self.buffer_waits += other.buffer_waits;
+        self.disk_nomem += other.disk_nomem;
+        self.p2p_fallbacks += other.p2p_fallbacks;
+        self.device_bytes += other.device_bytes;
+    }
 }
 
 /// The TCP transport of the simulation: the real one's options and buffers, with poll
@@ -378,6 +422,8 @@ pub struct World {
     hosts: Vec<Host>,
     rng: Rng,
     pub steps: u64,
+    /// The target had work in the last step: it may have more.
+    target_busy: bool,
 }
 
 /// What a finished run reports.
@@ -491,7 +537,7 @@ impl World {
             disks,
             cmb,
         };
-        World { env, hosts, rng: rng.fork(0x3071d), steps: 0 }
+        World { env, hosts, rng: rng.fork(0x3071d), steps: 0, target_busy: true }
     }
 
     fn answered(&self) -> u64 {
@@ -502,8 +548,21 @@ impl World {
     fn step(&mut self) {
         self.steps += 1;
         let env = &mut self.env;
-        let busy = env.links.iter().any(Link::in_flight) || env.disks.iter().any(|disk| disk.lock().in_flight > 0);
-        let dt = if busy { self.rng.range(500, 4_000) } else { self.rng.range(20_000, 100_000) };
+        // Small steps while anything is ready to move; otherwise on to the next arrival or
+        // completion (at most a millisecond, so hosts' timers keep their pace).
+        let step_ns = self.rng.range(500, 4_000);
+        let dt = if self.target_busy || env.links.iter().any(Link::has_work) {
+            step_ns
+        } else {
+            let next_disk = env.disks.iter().map(|disk| disk.lock().next_due_ns).min().unwrap_or(u64::MAX);
+            let next_link = env.links.iter().filter_map(Link::next_arrival_ns).min().unwrap_or(u64::MAX);
+            let next = next_disk.min(next_link);
+            if next == u64::MAX {
+                self.rng.range(20_000, 100_000)
+            } else {
+                next.saturating_sub(env.now_ns).clamp(step_ns, MAX_JUMP_NS)
+            }
+        };
         env.now_ns += dt;
         let faults = env.config.net;
         for link in env.links.iter_mut() {
@@ -528,7 +587,7 @@ impl World {
         for host in self.hosts.iter_mut() {
             host.step(env);
         }
-        env.app.step(env.now_ns);
+        self.target_busy = env.app.step(env.now_ns);
         if self.steps.is_multiple_of(1024) {
             self.audit();
         }
