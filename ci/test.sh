@@ -25,6 +25,15 @@ cargo build --workspace --all-targets --locked
 step "cargo test"
 cargo test --workspace --locked
 
+step "simulation (release, 1M commands)"
+# The deterministic simulation (target/tests/sim.rs) at length: 8 seeds of 125k commands
+# from a fresh base seed each run, so CI keeps exploring; `cargo test` above ran the short
+# fixed seeds. A failing seed prints the SIM_SEED=... line that reproduces it exactly.
+SIM_BASE_SEED="${SIM_BASE_SEED:-$(date +%s)}"
+echo "SIM_BASE_SEED=$SIM_BASE_SEED"
+SIM_BASE_SEED="$SIM_BASE_SEED" SIM_SEEDS="${SIM_SEEDS:-8}" SIM_COMMANDS="${SIM_COMMANDS:-125000}" \
+    cargo test --release --locked -p peerless-target --test sim -- swarm --nocapture
+
 step "fio plugin"
 # Fetches fio's sources once (cached under build/fio-src), builds the release plugin, then
 # runs fio with both engines and verify=crc32c; the test finds the .so in the same target dir.

@@ -70,8 +70,9 @@ struct CmbInner {
 /// An emulated CMB. Dropping it unregisters its region; the memory goes away when the
 /// last [`P2pBuf`] from it is dropped too.
 pub struct EmulatedCmb {
-    inner: Arc<CmbInner>,
+    // Unregistered before `inner` may unmap (fields drop in order): see `dma::Backing`.
     _region: RegionHandle,
+    inner: Arc<CmbInner>,
 }
 
 impl EmulatedCmb {

@@ -45,10 +45,12 @@ pub struct DmaBuf {
 #[derive(Debug)]
 enum Backing {
     Plain {
+        // Fields drop in order: the region leaves the registry before its memory is
+        // unmapped, or another thread's mmap may get the range while it is still listed.
+        _region: RegionHandle,
         map: Mapping,
         huge: bool,
         locked: bool,
-        _region: RegionHandle,
     },
     #[cfg(feature = "dpdk")]
     Dpdk(RteMem),
@@ -208,6 +210,26 @@ fn map_memory(len: usize) -> Result<(Mapping, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Buffers freed and allocated on several threads at once: the kernel hands a freed
+    /// range straight to the next mmap, so a buffer must leave the registry before its
+    /// memory goes back, or the next one finds its range still registered.
+    #[test]
+    fn buffers_freed_while_others_are_allocated_never_overlap() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..2_000 {
+                        let buf = DmaBuf::alloc_plain(64 * 1024);
+                        assert!(buf.is_ok(), "{:?}", buf.err());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("an allocating thread");
+        }
+    }
 
     #[test]
     fn small_buffers_are_aligned_registered_and_zeroed() {

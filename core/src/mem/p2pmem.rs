@@ -39,9 +39,10 @@ struct P2pMemInner {
 /// A p2pmem region of one PCI device. Dropping it unregisters the region; the mapping
 /// goes when the last buffer from it does.
 pub struct P2pMem {
+    // Unregistered before `inner` may unmap (fields drop in order): see `dma::Backing`.
+    _region: RegionHandle,
     inner: Arc<P2pMemInner>,
     path: PathBuf,
-    _region: RegionHandle,
 }
 
 impl P2pMem {

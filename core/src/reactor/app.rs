@@ -108,6 +108,32 @@ pub(crate) struct AppShared {
 }
 
 impl AppShared {
+    /// The shared state of an app over `reactors`, with no thread yet.
+    pub(crate) fn new(options: AppOptions, reactors: Vec<Arc<ReactorShared>>) -> Arc<AppShared> {
+        Arc::new(AppShared {
+            options,
+            reactors,
+            threads: Mutex::new(Vec::new()),
+            next_thread_id: AtomicU64::new(1),
+            next_reactor: AtomicUsize::new(0),
+            state: AtomicU8::new(AppState::Startup as u8),
+            app_thread: OnceLock::new(),
+            subsystems: Mutex::new(Vec::new()),
+            stop_requested: AtomicBool::new(false),
+            ready: AtomicBool::new(false),
+            all_exited: AtomicBool::new(false),
+            changed: (Mutex::new(()), Condvar::new()),
+        })
+    }
+
+    /// Creates the app thread on the first core; once, right after `new`.
+    pub(crate) fn spawn_app_thread(self: &Arc<Self>) -> Result<(), AppError> {
+        let handle = AppHandle(self.clone());
+        let app_thread = handle.spawn_thread(APP_THREAD_NAME, Some(self.options.cpumask.first()))?;
+        let _ = self.app_thread.set(app_thread);
+        Ok(())
+    }
+
     pub fn take_stop_request(&self, core: u32) -> bool {
         core == self.options.cpumask.first()
             && self.stop_requested.load(Ordering::Relaxed)
@@ -191,24 +217,9 @@ impl App {
                 .map_err(|source| AppError::Reactor { core, source })?;
             reactors.push(Arc::new(reactor));
         }
-        let shared = Arc::new(AppShared {
-            options,
-            reactors,
-            threads: Mutex::new(Vec::new()),
-            next_thread_id: AtomicU64::new(1),
-            next_reactor: AtomicUsize::new(0),
-            state: AtomicU8::new(AppState::Startup as u8),
-            app_thread: OnceLock::new(),
-            subsystems: Mutex::new(Vec::new()),
-            stop_requested: AtomicBool::new(false),
-            ready: AtomicBool::new(false),
-            all_exited: AtomicBool::new(false),
-            changed: (Mutex::new(()), Condvar::new()),
-        });
-        let handle = AppHandle(shared.clone());
+        let shared = AppShared::new(options, reactors);
+        shared.spawn_app_thread()?;
         let first_core = shared.options.cpumask.first();
-        let app_thread = handle.spawn_thread(APP_THREAD_NAME, Some(first_core))?;
-        let _ = shared.app_thread.set(app_thread);
 
         let mut joins = Vec::new();
         for reactor in shared.reactors.clone() {

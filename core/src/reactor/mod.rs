@@ -11,6 +11,7 @@ mod channel;
 mod cpumask;
 mod poller;
 mod run_loop;
+mod stepped;
 mod thread;
 
 pub use app::{App, AppError, AppHandle, AppOptions, AppState, FiniDone, InitDone, Subsystem, APP_THREAD_NAME};
@@ -18,6 +19,7 @@ pub use channel::{IoChannel, IoDevice, WeakIoChannel};
 pub use cpumask::{CoreMask, CoreMaskError, MAX_CORES};
 pub use poller::{PollStatus, Poller, PollerId, PollerStat, PollerState};
 pub use run_loop::ReactorStat;
+pub use stepped::SteppedApp;
 pub use thread::{
     monotonic_ns, Msg, SendError, ThreadCtx, ThreadHandle, ThreadId, ThreadStats, DEFAULT_MSG_QUEUE_CAPACITY,
     MSG_BATCH_SIZE,

@@ -146,31 +146,8 @@ pub(crate) fn run(shared: Arc<ReactorShared>, app: Arc<AppShared>) {
     let mut events = [EpollEvent::empty(); EPOLL_EVENTS_PER_WAKE];
     let mut slice_start = Instant::now();
     loop {
-        // Loads first: a swap is a locked instruction, too dear for every iteration.
-        if shared.has_incoming.load(Ordering::Relaxed) && shared.has_incoming.swap(false, Ordering::SeqCst) {
-            for thread in shared.incoming.lock().drain(..) {
-                threads.push(ThreadCtx::new(thread, app.clone()));
-            }
-        }
-        if app.take_stop_request(shared.core) {
-            if let Some(app_thread) = threads.iter_mut().find(|thread| app.is_app_thread(thread.id())) {
-                super::app::begin_shutdown(app_thread);
-            }
-        }
-
-        let mut any_busy = false;
-        for thread in threads.iter_mut() {
-            let busy = thread.poll(slice_start);
-            let now = Instant::now();
-            let elapsed_ns = now.duration_since(slice_start).as_nanos() as u64;
-            thread.account(busy, elapsed_ns);
-            shared.add_time(busy, elapsed_ns);
-            slice_start = now;
-            any_busy |= busy;
-        }
-        threads.retain_mut(|thread| !thread.try_finish());
-
-        if threads.is_empty() && app.all_threads_exited() && !shared.has_incoming.load(Ordering::SeqCst) {
+        let any_busy = iterate(&shared, &app, &mut threads, &mut slice_start, Instant::now);
+        if is_finished(&shared, &app, &threads) {
             return;
         }
         if let Some(interrupt) = &shared.interrupt {
@@ -188,6 +165,51 @@ pub(crate) fn run(shared: Arc<ReactorShared>, app: Arc<AppShared>) {
             std::hint::spin_loop();
         }
     }
+}
+
+/// One pass of a reactor: adopt the threads placed on it, start a requested stop, give
+/// every thread a timeslice, let finished threads go. `clock` reads the time: the wall
+/// clock here, a caller's clock in a stepped app. Returns whether any thread was busy.
+pub(crate) fn iterate(
+    shared: &ReactorShared,
+    app: &Arc<AppShared>,
+    threads: &mut Vec<ThreadCtx>,
+    slice_start: &mut Instant,
+    clock: impl Fn() -> Instant,
+) -> bool {
+    adopt(shared, app, threads);
+    if app.take_stop_request(shared.core) {
+        if let Some(app_thread) = threads.iter_mut().find(|thread| app.is_app_thread(thread.id())) {
+            super::app::begin_shutdown(app_thread);
+        }
+    }
+    let mut any_busy = false;
+    for thread in threads.iter_mut() {
+        let busy = thread.poll(*slice_start);
+        let now = clock();
+        let elapsed_ns = now.duration_since(*slice_start).as_nanos() as u64;
+        thread.account(busy, elapsed_ns);
+        shared.add_time(busy, elapsed_ns);
+        *slice_start = now;
+        any_busy |= busy;
+    }
+    threads.retain_mut(|thread| !thread.try_finish());
+    any_busy
+}
+
+/// Takes the threads newly placed on this reactor.
+pub(crate) fn adopt(shared: &ReactorShared, app: &Arc<AppShared>, threads: &mut Vec<ThreadCtx>) {
+    // Loads first: a swap is a locked instruction, too dear for every iteration.
+    if shared.has_incoming.load(Ordering::Relaxed) && shared.has_incoming.swap(false, Ordering::SeqCst) {
+        for thread in shared.incoming.lock().drain(..) {
+            threads.push(ThreadCtx::new(thread, app.clone()));
+        }
+    }
+}
+
+/// Whether the app has stopped and this reactor has nothing left to run.
+pub(crate) fn is_finished(shared: &ReactorShared, app: &AppShared, threads: &[ThreadCtx]) -> bool {
+    threads.is_empty() && app.all_threads_exited() && !shared.has_incoming.load(Ordering::SeqCst)
 }
 
 fn sleep(

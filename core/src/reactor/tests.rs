@@ -459,3 +459,42 @@ fn bad_cores_are_refused_with_a_reason() {
     assert!(matches!(err, AppError::CoreNotInMask(1)));
     stop(app);
 }
+
+#[test]
+fn a_stepped_app_runs_on_the_callers_thread_and_clock() {
+    let options =
+        AppOptions { name: "stepped".into(), cpumask: CoreMask::parse("0x5").unwrap(), ..AppOptions::default() };
+    let mut app = SteppedApp::new(options).unwrap();
+    let handle = app.handle();
+    let worker = handle.spawn_thread("worker", Some(2)).unwrap();
+    let seen: Arc<Mutex<Vec<(u32, u64)>>> = Arc::default();
+    for thread in [handle.app_thread(), worker.clone()] {
+        let seen = seen.clone();
+        thread
+            .send(move |ctx| {
+                ctx.register_poller("clock", move |ctx| {
+                    seen.lock().push((ctx.core(), ctx.now_ns()));
+                    PollStatus::Idle
+                });
+            })
+            .unwrap();
+    }
+    assert!(seen.lock().is_empty(), "nothing runs between steps");
+    app.step(1_000);
+    assert_eq!(*seen.lock(), vec![(0, 1_000), (2, 1_000)], "one timeslice per thread, in core order");
+    app.step(5_000);
+    assert_eq!(seen.lock()[2..], [(0, 5_000), (2, 5_000)]);
+    assert_eq!(app.run_on(worker.id(), |ctx| (ctx.name().to_string(), ctx.now_ns())), Some(("worker".into(), 5_000)));
+    assert_eq!(app.run_on(ThreadId(999), |_| ()), None);
+
+    handle.stop();
+    let mut steps = 0;
+    while !app.is_finished() {
+        steps += 1;
+        assert!(steps < 100, "the stepped app did not finish stopping");
+        app.step(5_000 + steps);
+    }
+    let polls = seen.lock().len();
+    app.step(10_000);
+    assert_eq!(seen.lock().len(), polls, "exited threads run nothing");
+}

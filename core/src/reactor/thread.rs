@@ -351,10 +351,15 @@ impl ThreadCtx {
         self.exiting = true;
     }
 
-    /// Runs one timeslice; returns whether any work was done.
-    pub(crate) fn poll(&mut self, now: Instant) -> bool {
+    /// Sets the clock this thread reads, outside a timeslice (a stepped app's `run_on`).
+    pub(crate) fn set_now(&mut self, now: Instant) {
         self.now = now;
         self.now_ns = monotonic_ns(now);
+    }
+
+    /// Runs one timeslice; returns whether any work was done.
+    pub(crate) fn poll(&mut self, now: Instant) -> bool {
+        self.set_now(now);
         let mut busy = self.flush_outbox();
         busy |= self.run_messages(MSG_BATCH_SIZE);
         if self.exiting {
@@ -429,7 +434,16 @@ impl ThreadCtx {
 
 /// Nanoseconds from a fixed process-wide epoch to `at`.
 pub fn monotonic_ns(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+/// The instant `ns` nanoseconds after the epoch, so that `monotonic_ns` gives `ns` back:
+/// how a stepped app runs its threads on a clock of its caller's.
+pub(crate) fn instant_at(ns: u64) -> Instant {
+    epoch() + Duration::from_nanos(ns)
+}
+
+fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    at.saturating_duration_since(epoch).as_nanos() as u64
+    *EPOCH.get_or_init(Instant::now)
 }

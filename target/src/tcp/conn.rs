@@ -2,7 +2,7 @@
 //! socket I/O, PDU framing and validation, termination. What commands mean is the
 //! engine's [`Qpair`]; turning its actions into PDUs is in `send.rs`.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use peerless_core::{log_debug, log_warn};
 
 use super::options::TcpOptions;
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
+use super::socket::Socket;
 use crate::nvme::Sqe;
 use crate::nvmf::qpair::{Fault, Qpair, QpairConfig};
 use crate::nvmf::transport::{GroupCtx, Transport};
@@ -35,8 +36,10 @@ pub enum Phase {
     Closing,
 }
 
-pub struct Conn {
-    stream: TcpStream,
+/// One connection over a socket `S`: a kernel TCP stream, or an in-memory one in tests and
+/// the simulation.
+pub struct Conn<S: Socket = TcpStream> {
+    stream: S,
     pub(super) phase: Phase,
     pub(super) digests: Digests,
     recv: Vec<u8>,
@@ -46,26 +49,24 @@ pub struct Conn {
     out_pos: usize,
     /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
     max_h2c_data: usize,
+    /// Where C2HData puts its data: at a multiple of this many bytes from the PDU's
+    /// start, as the host asked with ICReq HPDA (NVMe/TCP 1.0, 3.6.2.2).
+    pub(super) data_alignment: usize,
     pub(super) qpair: Qpair,
     /// The listener's count of live connections, released when this one goes.
     listener_connections: Arc<AtomicU32>,
 }
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     pub fn new(
         id: u64,
-        stream: TcpStream,
+        mut stream: S,
         target: &NvmfTarget,
         transport: &Arc<dyn Transport>,
         tcp: &TcpOptions,
         listener_connections: Arc<AtomicU32>,
-    ) -> std::io::Result<Conn> {
-        stream.set_nonblocking(true)?;
-        stream.set_nodelay(true)?;
-        if tcp.sock_priority > 0 {
-            nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Priority, &(tcp.sock_priority as i32))
-                .map_err(std::io::Error::from)?;
-        }
+    ) -> std::io::Result<Conn<S>> {
+        stream.prepare(tcp.sock_priority)?;
         let peer = stream.peer_addr()?;
         let local = stream.local_addr()?;
         let options = transport.opts().clone();
@@ -87,6 +88,7 @@ impl Conn {
             out: Vec::new(),
             out_pos: 0,
             max_h2c_data,
+            data_alignment: 4,
             qpair,
             listener_connections,
         })
@@ -117,9 +119,9 @@ impl Conn {
         self.out_pos < self.out.len()
     }
 
-    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        self.stream.as_fd()
+    /// The descriptor interrupt mode watches, if the socket has one.
+    pub fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.stream.fd()
     }
 
     /// Whether the connection is finished and can be dropped.
@@ -131,7 +133,9 @@ impl Conn {
     /// send.
     pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
         let mut busy = self.qpair.poll(ctx, group, group.now_ns);
-        if self.phase != Phase::Closing {
+        // Once the engine has ended the queue (a reset, keep-alive expiry), what the host
+        // still sends was in flight before it could know: read no more of it.
+        if self.phase != Phase::Closing && !self.qpair.is_closing() {
             busy |= self.receive(ctx, group);
         }
         busy |= self.send_actions(group);
@@ -185,7 +189,8 @@ impl Conn {
                     return true;
                 }
             }
-            if self.phase == Phase::Closing {
+            // A PDU that ended the queue (Disconnect) ends the reading too.
+            if self.phase == Phase::Closing || self.qpair.is_closing() {
                 break;
             }
         }
@@ -211,25 +216,27 @@ impl Conn {
             _ => pdu::validate(header, Receiver::Controller, self.digests, self.max_data(header.pdu_type)),
         };
         let layout = layout.map_err(|fatal| (fatal, quote(&self.recv[start..self.recv_end])))?;
+        // The header digest covers PLEN (NVMe/TCP 1.0, 3.6.2.1): check it as soon as the
+        // header is in, before waiting for the data PLEN promises. A flipped bit there
+        // would otherwise have the connection wait for bytes a host waiting for its
+        // answers never sends.
+        let hlen = usize::from(header.hlen);
+        if self.digests.header && layout.header_bytes > hlen {
+            if available < layout.header_bytes {
+                return Ok(self.wait_for(layout.header_bytes));
+            }
+            let head = &self.recv[start..start + layout.header_bytes];
+            if !pdu::header_digest_ok(head, hlen) {
+                return Err((Fatal::new(fes::HEADER_DIGEST_ERROR, 0), quote(head)));
+            }
+        }
         if layout.total > self.recv.len() {
             return Err((Fatal::new(fes::DATA_LIMIT_EXCEEDED, 4), quote(&self.recv[start..self.recv_end])));
         }
         if available < layout.total {
-            if start + layout.total > self.recv.len() {
-                // Make room for the rest of this PDU at the end of the buffer.
-                self.recv.copy_within(start..self.recv_end, 0);
-                self.recv_end -= start;
-                self.recv_start = 0;
-            }
-            return Ok(false);
+            return Ok(self.wait_for(layout.total));
         }
         let bytes = &self.recv[start..start + layout.total];
-        if self.digests.header
-            && layout.header_bytes > usize::from(header.hlen)
-            && !pdu::header_digest_ok(bytes, usize::from(header.hlen))
-        {
-            return Err((Fatal::new(fes::HEADER_DIGEST_ERROR, 0), quote(bytes)));
-        }
         let data_range = layout.data_offset..layout.data_offset + layout.data_len;
         if layout.data_digest {
             let expected = &bytes[data_range.end..data_range.end + pdu::DIGEST_BYTES];
@@ -247,6 +254,18 @@ impl Conn {
         self.recv = recv;
         self.recv_start += layout.total;
         result.map(|()| true).map_err(|fatal| (fatal, quote(&self.recv[start..start + layout.header_bytes])))
+    }
+
+    /// Waits for the PDU at the start of the unhandled bytes to be `len` bytes long,
+    /// making room for the rest of it at the end of the buffer. Returns false: no PDU yet.
+    fn wait_for(&mut self, len: usize) -> bool {
+        debug_assert!(len <= self.recv.len());
+        if self.recv_start + len > self.recv.len() {
+            self.recv.copy_within(self.recv_start..self.recv_end, 0);
+            self.recv_end -= self.recv_start;
+            self.recv_start = 0;
+        }
+        false
     }
 
     /// The most data a PDU of this type may carry on this connection.
@@ -297,6 +316,8 @@ impl Conn {
             return Err(Fatal::field(10));
         }
         self.digests = request.digests;
+        // HPDA is 0's based, in dwords: 4 to 128 bytes.
+        self.data_alignment = (usize::from(request.hpda) + 1) * 4;
         let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.max_h2c_data as u32 };
         self.out.extend_from_slice(&response.encode());
         self.phase = Phase::Ready;
@@ -328,7 +349,7 @@ impl Conn {
             self.out.clear();
             self.out_pos = 0;
             if self.phase == Phase::Closing {
-                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                self.stream.shutdown();
             }
         } else if self.out.len() - self.out_pos > MAX_PENDING_OUTPUT_BYTES {
             self.out_pos = self.out.len();
@@ -364,7 +385,7 @@ impl Conn {
         self.phase = Phase::Closing;
         self.qpair.close(why);
         if self.out_pos >= self.out.len() {
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            self.stream.shutdown();
         }
     }
 }
@@ -381,9 +402,12 @@ fn fault_to_fatal(fault: Fault) -> Fatal {
     }
 }
 
-impl Drop for Conn {
+impl<S: Socket> Drop for Conn<S> {
     fn drop(&mut self) {
         debug_assert!(self.qpair.outstanding() == 0, "connection dropped with I/O in flight");
         self.listener_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;

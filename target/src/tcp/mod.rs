@@ -8,6 +8,7 @@ pub mod options;
 pub mod pdu;
 pub mod poll_group;
 mod send;
+pub mod socket;
 pub mod transport;
 
 pub use transport::{TcpTransport, TRTYPE};

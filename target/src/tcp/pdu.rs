@@ -190,9 +190,15 @@ pub fn validate(header: CommonHeader, receiver: Receiver, digests: Digests, max_
     if (header.flags & flags::DDGSTF != 0) != digests.data {
         return Err(Fatal::field(1));
     }
-    // We advertise CPDA 0 and ask for HPDA 0: data follows the header directly.
+    // The controller advertises CPDA 0: host data follows the header directly. A host may
+    // ask for aligned data (ICReq HPDA, NVMe/TCP 1.0, 3.6.2.2): padding, in dwords, may
+    // then sit between header and data; which alignment is the caller's to check.
     let data_offset = usize::from(header.pdo);
-    if data_offset != header_bytes {
+    let aligned = match receiver {
+        Receiver::Controller => data_offset == header_bytes,
+        Receiver::Host => data_offset >= header_bytes && data_offset % DIGEST_BYTES == 0,
+    };
+    if !aligned {
         return Err(Fatal::field(3));
     }
     let trailer = if digests.data { DIGEST_BYTES } else { 0 };
@@ -372,6 +378,24 @@ pub fn capsule_cmd(sqe: &[u8; SQE_BYTES], data_len: usize, digests: Digests) -> 
 
 /// The header of a data PDU (`C2H_DATA` or `H2C_DATA`); data and data digest follow.
 pub fn data_pdu(kind: u8, header: DataHeader, extra_flags: u8, digests: Digests) -> Encoded {
+    padded_data_pdu(kind, header, extra_flags, digests, 0)
+}
+
+/// The header of a C2HData PDU whose data starts at a multiple of `alignment` bytes, as the
+/// host asked with HPDA (NVMe/TCP 1.0, 3.6.2.2), and how many bytes of padding (zeroes)
+/// the sender puts between this header and the data. PDO and PLEN count the padding; the
+/// data digest does not.
+pub fn c2h_data(header: DataHeader, extra_flags: u8, digests: Digests, alignment: usize) -> (Encoded, usize) {
+    debug_assert!(alignment > 0 && alignment <= MAX_DATA_ALIGNMENT);
+    let header_bytes = DATA_HLEN + if digests.header { DIGEST_BYTES } else { 0 };
+    let pad = header_bytes.next_multiple_of(alignment) - header_bytes;
+    (padded_data_pdu(pdu_type::C2H_DATA, header, extra_flags, digests, pad), pad)
+}
+
+/// The largest data alignment a host may ask for: HPDA 31, 128 bytes.
+pub const MAX_DATA_ALIGNMENT: usize = 128;
+
+fn padded_data_pdu(kind: u8, header: DataHeader, extra_flags: u8, digests: Digests, pad: usize) -> Encoded {
     debug_assert!(kind == pdu_type::C2H_DATA || kind == pdu_type::H2C_DATA);
     let mut bytes = [0u8; MAX_HEADER_BYTES + DIGEST_BYTES];
     let (pdo, total) = plen(DATA_HLEN, digests, header.length as usize);
@@ -379,8 +403,8 @@ pub fn data_pdu(kind: u8, header: DataHeader, extra_flags: u8, digests: Digests)
         pdu_type: kind,
         flags: header_flags(digests, true) | extra_flags,
         hlen: DATA_HLEN as u8,
-        pdo,
-        plen: total,
+        pdo: pdo + pad as u8,
+        plen: total + pad as u32,
     }
     .write(&mut bytes);
     put16(&mut bytes, 8, header.cccid);

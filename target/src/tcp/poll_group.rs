@@ -1,28 +1,44 @@
 //! The TCP transport's part of a poll group: its connections.
 
 use std::any::Any;
+use std::net::TcpStream;
 
 use peerless_core::reactor::ThreadCtx;
 
 use super::conn::Conn;
+use super::socket::Socket;
 use crate::nvmf::qpair::Qpair;
 use crate::nvmf::transport::{GroupCtx, TransportPollGroup};
 
-#[derive(Default)]
-pub struct TcpPollGroup {
-    conns: Vec<Conn>,
+/// The connections of one poll group, over sockets of type `S` (kernel TCP streams, or
+/// in-memory ones in tests and the simulation).
+pub struct TcpPollGroup<S: Socket = TcpStream> {
+    conns: Vec<Conn<S>>,
 }
 
-impl TcpPollGroup {
-    pub fn add_conn(&mut self, ctx: &mut ThreadCtx, conn: Conn) {
-        if let Err(err) = ctx.watch_fd(conn.fd()) {
-            peerless_core::log_warn!("conn {} from {}: cannot watch its socket: {err}", conn.id(), conn.peer());
-        }
-        self.conns.push(conn);
+impl<S: Socket> Default for TcpPollGroup<S> {
+    fn default() -> Self {
+        TcpPollGroup { conns: Vec::new() }
     }
 }
 
-impl TransportPollGroup for TcpPollGroup {
+impl<S: Socket> TcpPollGroup<S> {
+    pub fn add_conn(&mut self, ctx: &mut ThreadCtx, conn: Conn<S>) {
+        if let Some(fd) = conn.fd() {
+            if let Err(err) = ctx.watch_fd(fd) {
+                peerless_core::log_warn!("conn {} from {}: cannot watch its socket: {err}", conn.id(), conn.peer());
+            }
+        }
+        self.conns.push(conn);
+    }
+
+    /// Connections this group still holds, by id, in no particular order.
+    pub fn conn_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.conns.iter().map(Conn::id)
+    }
+}
+
+impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {
     fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
         let mut busy = false;
         for conn in self.conns.iter_mut() {
@@ -34,7 +50,9 @@ impl TransportPollGroup for TcpPollGroup {
         while index < self.conns.len() {
             if self.conns[index].is_done() {
                 let conn = self.conns.swap_remove(index);
-                let _ = ctx.unwatch_fd(conn.fd());
+                if let Some(fd) = conn.fd() {
+                    let _ = ctx.unwatch_fd(fd);
+                }
                 group.retired.retire(conn.qpair());
             } else {
                 index += 1;

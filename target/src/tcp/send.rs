@@ -3,7 +3,8 @@
 use peerless_core::mem::{ChunkReader, Sgl};
 
 use super::conn::Conn;
-use super::pdu::{self, pdu_type};
+use super::pdu;
+use super::socket::Socket;
 use crate::nvme::{Cqe, Status};
 use crate::nvmf::qpair::Action;
 use crate::nvmf::transport::GroupCtx;
@@ -13,7 +14,7 @@ use crate::nvmf::transport::GroupCtx;
 /// per connection stays bounded and the pool, not the heap, absorbs a slow host.
 const SEND_HIGH_WATER_BYTES: usize = 1 << 20;
 
-impl Conn {
+impl<S: Socket> Conn<S> {
     /// Turns pending actions into PDUs in the send buffer; whether there were any.
     pub(super) fn send_actions(&mut self, group: &mut GroupCtx<'_>) -> bool {
         let mut any = false;
@@ -51,8 +52,9 @@ impl Conn {
         }
         let header = pdu::DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32 };
         let header_start = self.out.len();
-        let encoded = pdu::data_pdu(pdu_type::C2H_DATA, header, flags, self.digests);
+        let (encoded, pad) = pdu::c2h_data(header, flags, self.digests, self.data_alignment);
         self.out.extend_from_slice(encoded.as_slice());
+        self.out.resize(self.out.len() + pad, 0);
         // The send buffer is the host staging chunk: device data is copied into it
         // through the gate's accessors and the digest is computed there, never by
         // reading device memory twice.

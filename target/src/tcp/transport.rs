@@ -80,6 +80,6 @@ impl Transport for TcpTransport {
     }
 
     fn create_poll_group(&self, _ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
-        Box::new(TcpPollGroup::default())
+        Box::new(TcpPollGroup::<std::net::TcpStream>::default())
     }
 }

@@ -278,6 +278,11 @@ impl Qpair {
         self.requests.iter().filter(|request| request.state == ReqState::Executing).count()
     }
 
+    /// Command slots taken: commands received and not yet answered or let go.
+    pub fn slots_in_use(&self) -> usize {
+        self.requests.len() - self.free.len()
+    }
+
     /// Closed, with nothing left in the bdev layer, with the transport or to send.
     pub fn is_drained(&self) -> bool {
         self.closing

@@ -95,3 +95,19 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn c2h_data_padded_to_the_hosts_alignment() {
+    let header = DataHeader { cccid: 1, ttag: 0, offset: 0, length: 512 };
+    let (encoded, pad) = c2h_data(header, flags::LAST_PDU, BOTH, 32);
+    assert_eq!(pad, 4, "28 header bytes padded to 32");
+    check(encoded.as_slice(), Receiver::Host, BOTH, Ok((32, 512)));
+    assert!(header_digest_ok(encoded.as_slice(), DATA_HLEN), "the digest covers PDO and PLEN as padded");
+    let (encoded, pad) = c2h_data(header, 0, NONE, 12);
+    assert_eq!(pad, 0, "24 is already a multiple of 12 (HPDA 2)");
+    check(encoded.as_slice(), Receiver::Host, NONE, Ok((24, 512)));
+    // A host whose data is padded breaks the controller's CPDA 0.
+    let mut padded = data_pdu(pdu_type::H2C_DATA, header, 0, NONE).bytes;
+    padded[3] = 32;
+    check(&padded, Receiver::Controller, NONE, Err(Fatal::field(3)));
+}
