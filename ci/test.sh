@@ -27,9 +27,10 @@ cargo test --workspace --locked
 
 step "simulation (release, 1M commands)"
 # The deterministic simulation (target/tests/sim.rs) at length: 8 seeds of 125k commands
-# from a fresh base seed each run, so CI keeps exploring; `cargo test` above ran the short
+# from a fixed base seed, so a landing is judged on the same worlds every time; set
+# SIM_BASE_SEED to explore others (bench/ or by hand). `cargo test` above ran the short
 # fixed seeds. A failing seed prints the SIM_SEED=... line that reproduces it exactly.
-SIM_BASE_SEED="${SIM_BASE_SEED:-$(date +%s)}"
+SIM_BASE_SEED="${SIM_BASE_SEED:-20261205}"
 echo "SIM_BASE_SEED=$SIM_BASE_SEED"
 SIM_BASE_SEED="$SIM_BASE_SEED" SIM_SEEDS="${SIM_SEEDS:-8}" SIM_COMMANDS="${SIM_COMMANDS:-125000}" \
     cargo test --release --locked -p peerless-target --test sim -- swarm --nocapture

@@ -1,7 +1,7 @@
 //! NVM subsystems as the target models them: identity (NQN, serial, model), who may
 //! connect (hosts, listeners), namespaces over claimed bdevs, and controller IDs.
 //! Control plane only: guarded by a mutex, read at connect time and by RPCs; the data
-//! path sees namespaces through each poll group's own table (see `tcp::poll_group`).
+//! path sees namespaces through each poll group's own table (see `poll_group`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

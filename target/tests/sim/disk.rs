@@ -105,7 +105,7 @@ impl Bdev for SimDisk {
     }
 
     fn module_name(&self) -> &'static str {
-        "simdisk"
+        "sim"
     }
 
     fn supports(&self, io_type: IoType) -> bool {
