@@ -1,4 +1,4 @@
-//! Reactor benchmarks (issue 2): one-way message cost between two reactors, empty poll
+//! Reactor benchmarks: one-way message cost between two reactors, empty poll
 //! loop cost, idle CPU of peerless-tgt with and without --interrupt-mode, and the
 //! throughput cost of interrupt mode under a message flood. Prints figures and ratios.
 //!

@@ -1,4 +1,4 @@
-//! JSON-RPC round-trip time (issue 5): `spdk_get_version` on one connection to a real
+//! JSON-RPC round-trip time: `spdk_get_version` on one connection to a real
 //! peerless-tgt, against a bare Unix-socket echo of the same bytes as the floor,
 //! interleaved A B B A; medians and p99 in microseconds.
 //!

@@ -1,6 +1,7 @@
 //! SPDK's threading model: reactors (one pinned OS thread per core) run lightweight
 //! threads; each thread owns its pollers, io channels and message queue; threads
-//! cooperate only by message (DESIGN.md invariants 1-3).
+//! cooperate only by message: no shared state on the data path, no allocation per
+//! I/O, no blocking.
 //!
 //! Architecture invariant: nothing here blocks on a reactor. Back-pressure (a full
 //! message queue) is an expected state handled by parking the message in the sender's

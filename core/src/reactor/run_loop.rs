@@ -133,7 +133,7 @@ impl ReactorShared {
     }
 
     fn add_time(&self, busy: bool, elapsed_ns: u64) {
-        // Single writer: load + store, not a read-modify-write (DESIGN.md invariant 1).
+        // Single writer: load + store, not a read-modify-write (shared nothing on the data path).
         let counter = if busy { &self.busy_ns } else { &self.idle_ns };
         counter.store(counter.load(Ordering::Relaxed) + elapsed_ns, Ordering::Relaxed);
     }

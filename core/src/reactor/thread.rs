@@ -1,7 +1,7 @@
 //! Lightweight threads: a named context with its own message queue, pollers and io
 //! channels, run a timeslice at a time by the reactor of its core. Everything a thread
-//! owns is touched only by that thread; others reach it by message (DESIGN.md
-//! invariant 1).
+//! owns is touched only by that thread; others reach it by
+//! message.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};

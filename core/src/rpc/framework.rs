@@ -1,4 +1,4 @@
-//! Framework, thread and log methods (RPC.md 5.3, "Framework / app / log").
+//! Framework, thread and log methods (SPDK's names).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -125,7 +125,7 @@ impl Qpair {
         if transfer.direction == Direction::None {
             return self.execute(ctx, group, index);
         }
-        // The namespace's P2P provider first (DESIGN.md: the transport places data there
+        // The namespace's P2P provider first (the transport places data there
         // with the CPU's I/O accessors, the bdev DMAs from it); full is an expected state.
         if let Some(provider) = provider {
             match mem::P2pBuf::alloc(&provider, transfer.bytes) {
