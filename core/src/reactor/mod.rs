@@ -10,6 +10,7 @@
 mod app;
 mod channel;
 mod cpumask;
+mod mode;
 mod poller;
 mod run_loop;
 mod stepped;
@@ -18,6 +19,7 @@ mod thread;
 pub use app::{App, AppError, AppHandle, AppOptions, AppState, FiniDone, InitDone, Subsystem, APP_THREAD_NAME};
 pub use channel::{IoChannel, IoDevice, WeakIoChannel};
 pub use cpumask::{CoreMask, CoreMaskError, MAX_CORES};
+pub use mode::{PollWindow, ReactorMode, MAX_POLL_WINDOW_US};
 pub use poller::{PollStatus, Poller, PollerId, PollerStat, PollerState};
 pub use run_loop::ReactorStat;
 pub use stepped::SteppedApp;
