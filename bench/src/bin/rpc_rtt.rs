@@ -71,7 +71,13 @@ fn echo_server(path: &std::path::Path, reply_len: usize) {
 fn main() {
     let dir = std::env::temp_dir().join(format!("peerless-rpc-rtt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    for (mode, flags) in [("interrupt mode", vec!["--interrupt-mode"]), ("poll mode", vec![])] {
+    let modes = [
+        ("interrupt mode", vec!["--interrupt-mode"]),
+        ("poll mode", vec!["--poll-mode"]),
+        // The target's default.
+        ("adaptive mode", vec![]),
+    ];
+    for (mode, flags) in modes {
         let socket = dir.join("tgt.sock");
         let mut target = Command::new(sibling_binary("peerless-tgt"))
             .arg("-r")
