@@ -308,3 +308,47 @@ fn log_state(ctx: &mut peerless_core::reactor::ThreadCtx) {
     }
     log_notice!("{} lightweight thread(s), state {:?}", app.threads().len(), app.state());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mode and window (floor, cap in us) that `flags` resolve to, or the error.
+    fn check(flags: ModeFlags, expected: Result<(ReactorMode, u32, u32), &str>) {
+        let resolved = flags.resolve().map(|(mode, window)| (mode, window.min_us, window.max_us));
+        match (resolved, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{flags:?}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{flags:?}: {got}"),
+            (got, want) => panic!("{flags:?}: got {got:?}, expected {want:?}"),
+        }
+    }
+
+    fn window(max_us: Option<u32>, min_us: Option<u32>) -> ModeFlags {
+        ModeFlags { poll_window_us: max_us, poll_window_min_us: min_us, ..ModeFlags::default() }
+    }
+
+    #[test]
+    fn mode_flags_resolve_to_a_mode_and_a_window() {
+        check(ModeFlags::default(), Ok((ReactorMode::Adaptive, 5, 50)));
+        check(ModeFlags { poll_mode: true, ..ModeFlags::default() }, Ok((ReactorMode::Poll, 0, 0)));
+        check(ModeFlags { interrupt_mode: true, ..ModeFlags::default() }, Ok((ReactorMode::Interrupt, 0, 0)));
+        check(window(Some(200), None), Ok((ReactorMode::Adaptive, 5, 200)));
+        check(window(None, Some(0)), Ok((ReactorMode::Adaptive, 0, 50)));
+        // A cap below the default floor takes the floor down with it.
+        check(window(Some(3), None), Ok((ReactorMode::Adaptive, 3, 3)));
+        // No window at all is interrupt mode.
+        check(window(Some(0), None), Ok((ReactorMode::Interrupt, 0, 0)));
+    }
+
+    #[test]
+    fn mode_flags_that_contradict_each_other_are_refused() {
+        let both = ModeFlags { poll_mode: true, interrupt_mode: true, ..ModeFlags::default() };
+        check(both, Err("exclude each other"));
+        let poll_with_window = ModeFlags { poll_mode: true, ..window(Some(20), None) };
+        check(poll_with_window, Err("--poll-window-us sets adaptive mode's poll window; it has none with --poll-mode"));
+        let interrupt_with_floor = ModeFlags { interrupt_mode: true, ..window(None, Some(1)) };
+        check(interrupt_with_floor, Err("--poll-window-min-us sets"));
+        check(window(Some(50), Some(60)), Err("floor 60 us exceeds its cap 50 us"));
+        check(window(Some(0), Some(1)), Err("floor 1 us exceeds its cap 0 us"));
+    }
+}
