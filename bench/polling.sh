@@ -7,13 +7,13 @@
 # adaptive, adaptive, interrupt, poll, so every comparison is made within one run;
 # figures are medians over the visits, ratios are against poll mode. CPU is user plus
 # system time of the whole target process (/proc/PID/stat), in % of one core.
-# Usage: bench/polling.sh [seconds per run (3)] [rounds (2)]
+# Usage: bench/polling.sh [seconds per run (2)] [rounds (3)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
-SECONDS_PER_RUN=${1:-3}
-ROUNDS=${2:-2}
+SECONDS_PER_RUN=${1:-2}
+ROUNDS=${2:-3}
 IDLE_SECONDS=${IDLE_SECONDS:-10}
 RATE_IOPS=1000
 BUILD=${CARGO_TARGET_DIR:-build}
