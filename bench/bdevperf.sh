@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bdev layer benchmark (issue 4): peerless-bdevperf on one core, null and malloc bdevs,
+# bdev layer benchmark: peerless-bdevperf on one core, null and malloc bdevs,
 # 4K randread at QD128 and QD1. Prints IOPS and the per-I/O cost in ns; runs each case
 # ROUNDS times and reports the median (machines drift by tens of percent).
 # Usage: bench/bdevperf.sh [seconds per run (3)] [rounds (3)] [core mask (0x2)]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The NVMe/TCP matrix (issue 6's list) run with fio and the peerless_nvmf engine instead
+# The NVMe/TCP matrix run with fio and the peerless_nvmf engine instead
 # of peerless-perf, against the same target set-up as bench/nvmf.sh: one poll-mode reactor
 # on core 0 serving a null bdev, fio pinned to core 1. Prints a table and writes JSON to
 # bench/results/. Usage: bench/fio.sh [seconds per run (3)]

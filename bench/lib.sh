@@ -31,14 +31,25 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
-# Starts peerless-tgt with one poll-mode reactor on core 0 and CONFIG, its RPC socket and
-# log in WORK, sets TGT to its pid and waits until it serves. The target stops, and WORK
-# goes, when the script exits. Several targets may run at once, each with its own WORK.
-# Usage: bench_start_target BIN_DIR WORK CONFIG
+# Starts peerless-tgt with one reactor on core 0 and CONFIG in MODE (poll unless named:
+# poll, interrupt, or adaptive, the target's default), its RPC socket and log in WORK,
+# sets TGT to its pid and waits until it serves. The target stops, and WORK goes, when
+# the script exits. Several targets may run at once, each with its own WORK.
+# Usage: bench_start_target BIN_DIR WORK CONFIG [MODE]
 bench_start_target() {
+    local flags=()
+    case ${4:-poll} in
+        # Builds from before adaptive mode poll by default and do not know the flag.
+        poll) "$1/peerless-tgt" --help | grep -q -- --poll-mode && flags=(--poll-mode) ;;
+        interrupt) flags=(--interrupt-mode) ;;
+        adaptive) ;;
+        *) echo "bench_start_target: unknown mode $4" >&2; return 1 ;;
+    esac
     mkdir -p "$2"
     BENCH_DIRS+=("$2")
-    "$1/peerless-tgt" -m 0x1 -c "$3" -r "$2/rpc.sock" 2>"$2/tgt.log" &
+    # A socket left by an earlier target in the same WORK would pass the wait below.
+    rm -f "$2/rpc.sock"
+    "$1/peerless-tgt" -m 0x1 -c "$3" -r "$2/rpc.sock" "${flags[@]}" 2>"$2/tgt.log" &
     TGT=$!
     BENCH_TARGETS+=("$TGT")
     for _ in $(seq 100); do [ -S "$2/rpc.sock" ] && break; sleep 0.05; done
@@ -60,4 +71,10 @@ bench_stop_target() {
     wait "$1" 2>/dev/null || true
     for pid in "${BENCH_TARGETS[@]}"; do [ "$pid" = "$1" ] || kept+=("$pid"); done
     BENCH_TARGETS=("${kept[@]}")
+}
+
+# User plus system CPU time of process PID so far, in clock ticks (/proc/PID/stat
+# fields 14 and 15, after the parenthesised command name, which may hold spaces).
+bench_cpu_ticks() {
+    python3 -c "import sys; f=open('/proc/%s/stat' % sys.argv[1]).read().rsplit(')', 1)[1].split(); print(int(f[11]) + int(f[12]))" "$1"
 }

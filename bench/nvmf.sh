@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# NVMe/TCP target benchmark (issue 6's matrix): peerless-tgt with one poll-mode reactor
+# NVMe/TCP target benchmark: peerless-tgt with one poll-mode reactor
 # on core 0 serving a null bdev, peerless-perf on core 1, against a bare loopback TCP
 # exchange of the same bytes per command (bench/src/bin/tcp_echo.rs) as the physical
 # limit. Target and echo runs interleave A B B A; figures are medians.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# P2P path benchmark (issue 7): the same emulated SSD exported twice, once with command
+# P2P path benchmark: the same emulated SSD exported twice, once with command
 # data in host memory (p2pmem off) and once in its CMB (p2pmem auto). 128 KiB at QD32,
 # writes and reads, digests off and on, runs interleaved A B B A. Reports MiB/s, target
 # CPU per I/O (from /proc), and what the counters say about each payload byte: bytes

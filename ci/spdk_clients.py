@@ -13,6 +13,7 @@ holding a batch); and `spdk-cli ls`.
 Usage: spdk_clients.py --tgt build/release/peerless-tgt [--perf build/release/peerless-perf]
 """
 import argparse
+import atexit
 import importlib.metadata
 import json
 import os
@@ -62,12 +63,19 @@ class Target:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([tgt, "-r", self.sock, "--interrupt-mode", *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
+        # A run that stops early (a failed check, an exception) must not leave the target behind.
+        atexit.register(self.kill_if_running)
         deadline = time.time() + START_TIMEOUT_S
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.time() > deadline:
                 self.dump()
                 raise RuntimeError(f"peerless-tgt {name} did not start")
             time.sleep(0.02)
+
+    def kill_if_running(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def dump(self):
         self.log.flush()

@@ -52,7 +52,7 @@ step "debian package"
 # NVMe/TCP to it, SIGTERM, clean exit, remove and purge.
 bash ci/deb.sh
 
-# DPDK memory (issue 10): bindgen over Debian's DPDK, the EAL started with
+# DPDK memory: bindgen over Debian's DPDK, the EAL started with
 # --no-huge --no-pci --no-shconf (DPDK 22.11 refuses --in-memory with --no-huge).
 # Needs no hugepages and no root.
 step "dpdk: clippy with --features dpdk"

@@ -3,7 +3,7 @@
 //! The layer validates, bounces through the tag gate where a bdev cannot reach a
 //! buffer's memory, enforces QoS, retries on "no resources", and keeps iostat.
 // `deny`, not `forbid`: the io_uring wrapper (modules/uring/sys.rs) is the one module
-// allowed `unsafe` (DESIGN.md invariant 6), by an `allow` on its `mod` line alone.
+// allowed `unsafe`, by an `allow` on its `mod` line alone.
 #![deny(unsafe_code)]
 
 pub mod bdev;

@@ -1,5 +1,5 @@
 //! The layer's own RPC methods: `bdev_get_bdevs`, `bdev_get_iostat`,
-//! `bdev_set_qos_limit`, `bdev_wait_for_examine` (RPC.md 5.3, shapes in 5.4).
+//! `bdev_set_qos_limit`, `bdev_wait_for_examine`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! CPU-touch gate, accel, JSON-RPC, config and logging.
 //!
 //! `unsafe` is allowed only in `mem` (raw memory and mappings); every other module
-//! denies it (DESIGN.md invariant 6).
+//! denies it.
 #![deny(unsafe_code)]
 
 pub mod accel;

@@ -1,7 +1,7 @@
 //! The bodies of the fuzz targets, so libFuzzer (`fuzz_targets/`) and anything else
 //! (a replay of the corpus) run the same code. Each one feeds untrusted bytes through a
 //! parser the target exposes to the wire or to an operator and checks the invariants the
-//! rest of the code relies on (DESIGN.md, invariant 4): a refusal is fine, a panic is a
+//! rest of the code relies on (wire input is untrusted): a refusal is fine, a panic is a
 //! bug.
 
 #![forbid(unsafe_code)]

@@ -12,7 +12,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use peerless_bdev::{BdevManager, BdevSubsystem};
 use peerless_core::log::{self, Level};
 use peerless_core::mem::env::{self, EnvOptions, MemEnv};
-use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus};
+use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus, PollWindow, ReactorMode};
 use peerless_core::rpc::{framework, Registry, RpcServer};
 use peerless_core::{config, log_error, log_notice};
 
@@ -32,11 +32,56 @@ pub struct TargetOptions {
     pub config: Option<PathBuf>,
     pub rpc_socket: PathBuf,
     pub wait_for_rpc: bool,
-    pub interrupt_mode: bool,
+    /// How reactors wait for work, and adaptive mode's window (`PollWindow::NONE` in the
+    /// other modes).
+    pub mode: ReactorMode,
+    pub poll_window: PollWindow,
     /// The memory environment, started before the reactors (`--env`, `-s`, ...).
     pub mem: EnvOptions,
     /// Where `/metrics` is served (`--metrics`); off when absent.
     pub metrics: Option<SocketAddr>,
+}
+
+/// The reactor mode flags as given: `--poll-mode`, `--interrupt-mode`, or neither
+/// (adaptive mode, with `--poll-window-us` and `--poll-window-min-us`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModeFlags {
+    pub poll_mode: bool,
+    pub interrupt_mode: bool,
+    pub poll_window_us: Option<u32>,
+    pub poll_window_min_us: Option<u32>,
+}
+
+impl ModeFlags {
+    /// The mode and window these flags ask for. Window bounds beside `--poll-mode` or
+    /// `--interrupt-mode` would be ignored, so they are refused instead.
+    pub fn resolve(self) -> Result<(ReactorMode, PollWindow), String> {
+        let window_flag = match (self.poll_window_us, self.poll_window_min_us) {
+            (Some(_), _) => Some("--poll-window-us"),
+            (None, Some(_)) => Some("--poll-window-min-us"),
+            (None, None) => None,
+        };
+        let fixed = match (self.poll_mode, self.interrupt_mode) {
+            (true, true) => return Err("--poll-mode and --interrupt-mode exclude each other".into()),
+            (true, false) => Some((ReactorMode::Poll, "--poll-mode")),
+            (false, true) => Some((ReactorMode::Interrupt, "--interrupt-mode")),
+            (false, false) => None,
+        };
+        if let Some((mode, mode_flag)) = fixed {
+            if let Some(window_flag) = window_flag {
+                return Err(format!("{window_flag} sets adaptive mode's poll window; it has none with {mode_flag}"));
+            }
+            return Ok((mode, PollWindow::NONE));
+        }
+        let max_us = self.poll_window_us.unwrap_or(PollWindow::DEFAULT.max_us);
+        // A cap below the default floor brings the floor down with it, unless asked for.
+        let min_us = self.poll_window_min_us.unwrap_or(PollWindow::DEFAULT.min_us.min(max_us));
+        let window = PollWindow { min_us, max_us };
+        window.validate()?;
+        // A cap of 0 leaves no window: that is interrupt mode, and is reported as such.
+        let mode = if max_us == 0 { ReactorMode::Interrupt } else { ReactorMode::Adaptive };
+        Ok((mode, if mode == ReactorMode::Adaptive { window } else { PollWindow::NONE }))
+    }
 }
 
 impl TargetOptions {
@@ -47,10 +92,11 @@ impl TargetOptions {
         rpc_socket: PathBuf,
         wait_for_rpc: bool,
         log_flags: &[String],
-        interrupt_mode: bool,
+        mode: ModeFlags,
         mut mem: EnvOptions,
     ) -> Result<Self, TargetError> {
         let cpumask = CoreMask::parse(cpumask).map_err(|err| TargetError::Usage(format!("-m: {err}")))?;
+        let (mode, poll_window) = mode.resolve().map_err(TargetError::Usage)?;
         mem.validate().map_err(|err| TargetError::Usage(err.to_string()))?;
         if mem.env == MemEnv::Dpdk && !env::DPDK_BUILT {
             return Err(TargetError::Usage(
@@ -69,7 +115,7 @@ impl TargetOptions {
             log::set_level(Level::Debug);
             log::set_print_level(Level::Debug);
         }
-        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, interrupt_mode, mem, metrics: None })
+        Ok(TargetOptions { cpumask, config, rpc_socket, wait_for_rpc, mode, poll_window, mem, metrics: None })
     }
 }
 
@@ -109,7 +155,8 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     let app_options = AppOptions {
         name: "peerless-tgt".into(),
         cpumask: options.cpumask,
-        interrupt_mode: options.interrupt_mode,
+        interrupt_mode: options.mode.sleeps(),
+        poll_window: options.poll_window,
         ..AppOptions::default()
     };
     let app = App::start(app_options).map_err(|err| TargetError::Start(err.to_string()))?;
@@ -200,38 +247,46 @@ fn stop_and_wait(app: App) {
 const HANDLED_SIGNALS: [Signal; 5] =
     [Signal::SIGINT, Signal::SIGTERM, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1];
 
-/// How often poll mode looks at the signalfd; a read per loop iteration would cost more
-/// than the whole iteration.
+/// How often the signalfd is read while a reactor spins: a read on every pass would cost
+/// more than the pass. A sleeping reactor is woken by the fd itself.
 const SIGNAL_POLL_US: u64 = 10_000;
 
-/// Polls the signalfd on the app thread. In interrupt mode the fd itself wakes the
-/// reactor, so the poller runs only on wake-ups and an idle target sleeps undisturbed.
+/// Polls the signalfd on the app thread: every few milliseconds while its reactor spins,
+/// and as soon as a signal wakes it when it sleeps (interrupt and adaptive mode), so an
+/// idle target sleeps undisturbed and a busy one pays no syscall per pass.
 fn watch_signals(app: &AppHandle, signals: SignalFd) {
-    let interrupt_mode = app.options().interrupt_mode;
     let sent = app.app_thread().send_blocking(move |ctx| {
         use std::os::fd::AsFd;
-        let mut period_us = if interrupt_mode { 0 } else { SIGNAL_POLL_US };
-        if let Err(err) = ctx.watch_fd(signals.as_fd()) {
-            log_error!("cannot watch the signalfd: {err}; falling back to polling it");
-            period_us = SIGNAL_POLL_US;
-        }
+        let signals = std::rc::Rc::new(signals);
+        let reader = signals.clone();
         // Runs for as long as the app thread does.
-        ctx.poller("signals", period_us, move |ctx| match signals.read_signal() {
-            Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
-                log_state(ctx);
-                PollStatus::Busy
+        match ctx.fd_poller("signals", signals.as_fd(), SIGNAL_POLL_US, move |ctx| on_signal(ctx, &reader)) {
+            Ok(poller) => {
+                poller.detach();
             }
-            Ok(Some(info)) => {
-                log_notice!("received signal {}; stopping", info.ssi_signo);
-                ctx.app().stop();
-                PollStatus::Busy
+            Err(err) => {
+                log_error!("cannot watch the signalfd: {err}; falling back to a timer");
+                ctx.poller("signals", SIGNAL_POLL_US, move |ctx| on_signal(ctx, &signals)).detach();
             }
-            _ => PollStatus::Idle,
-        })
-        .detach();
+        }
     });
     if sent.is_err() {
         log_error!("the app thread exited before signals could be watched");
+    }
+}
+
+fn on_signal(ctx: &mut peerless_core::reactor::ThreadCtx, signals: &SignalFd) -> PollStatus {
+    match signals.read_signal() {
+        Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
+            log_state(ctx);
+            PollStatus::Busy
+        }
+        Ok(Some(info)) => {
+            log_notice!("received signal {}; stopping", info.ssi_signo);
+            ctx.app().stop();
+            PollStatus::Busy
+        }
+        _ => PollStatus::Idle,
     }
 }
 
@@ -240,12 +295,60 @@ fn log_state(ctx: &mut peerless_core::reactor::ThreadCtx) {
     let app = ctx.app();
     for reactor in app.reactor_stats() {
         log_notice!(
-            "reactor {}: busy {} ms, idle {} ms, {}",
+            "reactor {}: {} mode, busy {} ms, idle {} ms (polling {} ms, asleep {} ms, {} wake-ups), poll window {} us",
             reactor.core,
+            reactor.mode,
             reactor.busy_ns / 1_000_000,
             reactor.idle_ns / 1_000_000,
-            if reactor.in_interrupt { "interrupt mode" } else { "poll mode" }
+            reactor.idle_poll_ns / 1_000_000,
+            reactor.sleep_ns / 1_000_000,
+            reactor.wakeups,
+            reactor.poll_window_ns / 1_000,
         );
     }
     log_notice!("{} lightweight thread(s), state {:?}", app.threads().len(), app.state());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mode and window (floor, cap in us) that `flags` resolve to, or the error.
+    fn check(flags: ModeFlags, expected: Result<(ReactorMode, u32, u32), &str>) {
+        let resolved = flags.resolve().map(|(mode, window)| (mode, window.min_us, window.max_us));
+        match (resolved, expected) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{flags:?}"),
+            (Err(got), Err(want)) => assert!(got.contains(want), "{flags:?}: {got}"),
+            (got, want) => panic!("{flags:?}: got {got:?}, expected {want:?}"),
+        }
+    }
+
+    fn window(max_us: Option<u32>, min_us: Option<u32>) -> ModeFlags {
+        ModeFlags { poll_window_us: max_us, poll_window_min_us: min_us, ..ModeFlags::default() }
+    }
+
+    #[test]
+    fn mode_flags_resolve_to_a_mode_and_a_window() {
+        check(ModeFlags::default(), Ok((ReactorMode::Adaptive, 5, 50)));
+        check(ModeFlags { poll_mode: true, ..ModeFlags::default() }, Ok((ReactorMode::Poll, 0, 0)));
+        check(ModeFlags { interrupt_mode: true, ..ModeFlags::default() }, Ok((ReactorMode::Interrupt, 0, 0)));
+        check(window(Some(200), None), Ok((ReactorMode::Adaptive, 5, 200)));
+        check(window(None, Some(0)), Ok((ReactorMode::Adaptive, 0, 50)));
+        // A cap below the default floor takes the floor down with it.
+        check(window(Some(3), None), Ok((ReactorMode::Adaptive, 3, 3)));
+        // No window at all is interrupt mode.
+        check(window(Some(0), None), Ok((ReactorMode::Interrupt, 0, 0)));
+    }
+
+    #[test]
+    fn mode_flags_that_contradict_each_other_are_refused() {
+        let both = ModeFlags { poll_mode: true, interrupt_mode: true, ..ModeFlags::default() };
+        check(both, Err("exclude each other"));
+        let poll_with_window = ModeFlags { poll_mode: true, ..window(Some(20), None) };
+        check(poll_with_window, Err("--poll-window-us sets adaptive mode's poll window; it has none with --poll-mode"));
+        let interrupt_with_floor = ModeFlags { interrupt_mode: true, ..window(None, Some(1)) };
+        check(interrupt_with_floor, Err("--poll-window-min-us sets"));
+        check(window(Some(50), Some(60)), Err("floor 60 us exceeds its cap 50 us"));
+        check(window(Some(0), Some(1)), Err("floor 1 us exceeds its cap 0 us"));
+    }
 }

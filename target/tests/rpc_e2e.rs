@@ -217,14 +217,17 @@ fn framework_reports_reactors_threads_and_pollers() {
     assert_eq!(lcores, vec![0, 1]);
     assert_eq!(reactors["reactors"][0]["lw_threads"][0]["name"], json!("app_thread"));
     assert_eq!(reactors["reactors"][0]["in_interrupt"], json!(true));
+    assert_eq!(reactors["reactors"][0]["mode"], json!("interrupt"));
 
-    // In interrupt mode the signal poller is active: its watched fd wakes the reactor.
+    // The signal poller is timed (10 ms while the reactor spins); its fd wakes a
+    // sleeping reactor, so no timer is armed for it.
     let pollers = client.call("thread_get_pollers", None);
-    let active = &pollers["threads"][0]["active_pollers"];
-    assert!(active.as_array().unwrap().iter().any(|p| p["name"] == json!("signals")), "{pollers}");
+    let timed = pollers["threads"][0]["timed_pollers"].as_array().unwrap();
+    let signals = timed.iter().find(|p| p["name"] == json!("signals")).unwrap_or_else(|| panic!("{pollers}"));
+    assert_eq!(signals["period_ticks"], json!(10_000_000));
     let stats = client.call("thread_get_stats", None);
-    assert_eq!(stats["threads"][0]["active_pollers_count"], json!(1));
-    assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(0));
+    assert_eq!(stats["threads"][0]["active_pollers_count"], json!(0));
+    assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(1));
     assert_eq!(
         client.call("framework_get_subsystems", None),
         json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "nvmf", "depends_on": ["bdev"]}])
@@ -305,6 +308,11 @@ fn bad_flags_exit_2_with_a_message() {
         (vec!["-m", "0xg"], "-m: core mask"),
         (vec!["-m", "0x0"], "is empty"),
         (vec!["-L", "nvmf_tpc"], "unknown log flag 'nvmf_tpc'"),
+        (vec!["--poll-mode", "--interrupt-mode"], "cannot be used with"),
+        (vec!["--poll-mode", "--poll-window-us", "20"], "--poll-window-us sets adaptive mode's poll window"),
+        (vec!["--interrupt-mode", "--poll-window-min-us", "2"], "it has none with --interrupt-mode"),
+        (vec!["--poll-window-us", "50", "--poll-window-min-us", "60"], "floor 60 us exceeds its cap 50 us"),
+        (vec!["--poll-window-us", "2000000"], "exceeds 1000000 us"),
     ] {
         let output = tgt().run(&args);
         assert_eq!(output.status.code(), Some(2), "{args:?}");
@@ -314,7 +322,17 @@ fn bad_flags_exit_2_with_a_message() {
     let help = tgt().run(["-h"]);
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--cpumask", "--json", "--rpc-socket", "--wait-for-rpc", "--logflag", "--interrupt-mode"] {
+    for flag in [
+        "--cpumask",
+        "--json",
+        "--rpc-socket",
+        "--wait-for-rpc",
+        "--logflag",
+        "--interrupt-mode",
+        "--poll-mode",
+        "--poll-window-us",
+        "--poll-window-min-us",
+    ] {
         assert!(text.contains(flag), "help lacks {flag}");
     }
 }

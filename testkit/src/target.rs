@@ -19,6 +19,16 @@ use crate::{Binary, Client, Scratch, STOP_GRACE, WAIT};
 const LOG_TAIL_BYTES: u64 = 64 * 1024;
 const WAIT_FOR_RPC: &str = "--wait-for-rpc";
 const INTERRUPT_MODE: &str = "--interrupt-mode";
+const POLL_MODE: &str = "--poll-mode";
+
+/// How the target's reactors wait for work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Interrupt,
+    Poll,
+    /// The target's default: no mode flag.
+    Adaptive,
+}
 
 /// A target to configure before it starts: [`Binary::launch`].
 #[must_use = "a Launch does nothing until start()"]
@@ -26,13 +36,13 @@ pub struct Launch {
     binary: Binary,
     test: String,
     args: Vec<OsString>,
-    interrupt_mode: bool,
+    mode: Mode,
     stop_grace: Duration,
 }
 
 impl Launch {
     pub(crate) fn new(binary: Binary, test: &str) -> Launch {
-        Launch { binary, test: test.to_string(), args: Vec::new(), interrupt_mode: true, stop_grace: STOP_GRACE }
+        Launch { binary, test: test.to_string(), args: Vec::new(), mode: Mode::Interrupt, stop_grace: STOP_GRACE }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Launch {
@@ -49,11 +59,18 @@ impl Launch {
         self
     }
 
-    /// Busy-polling reactors instead of the default `--interrupt-mode`. Interrupt mode
-    /// is the default because tests share a small machine: a polling target keeps a
-    /// core busy per reactor for as long as it runs.
+    /// Busy-polling reactors (`--poll-mode`) instead of the harness's default
+    /// `--interrupt-mode`. Interrupt mode is the default because tests share a small
+    /// machine: a polling target keeps a core busy per reactor for as long as it runs.
     pub fn poll_mode(mut self) -> Launch {
-        self.interrupt_mode = false;
+        self.mode = Mode::Poll;
+        self
+    }
+
+    /// The target's own default, adaptive mode: reactors poll for a window after work,
+    /// then sleep (no mode flag).
+    pub fn adaptive_mode(mut self) -> Launch {
+        self.mode = Mode::Adaptive;
         self
     }
 
@@ -79,8 +96,15 @@ impl Launch {
         let stdout = log_file.try_clone().unwrap_or_else(|err| panic!("cannot share {}: {err}", log.display()));
         let mut command = Command::new(self.binary.path());
         command.arg("-r").arg(&socket);
-        if self.interrupt_mode && !self.args.iter().any(|arg| arg == INTERRUPT_MODE) {
-            command.arg(INTERRUPT_MODE);
+        let mode_flag = match self.mode {
+            Mode::Interrupt => Some(INTERRUPT_MODE),
+            Mode::Poll => Some(POLL_MODE),
+            Mode::Adaptive => None,
+        };
+        // A mode flag among the test's own arguments wins.
+        let mode_given = self.args.iter().any(|arg| arg == INTERRUPT_MODE || arg == POLL_MODE);
+        if let Some(flag) = mode_flag.filter(|_| !mode_given) {
+            command.arg(flag);
         }
         command.args(&self.args).stdin(Stdio::null()).stdout(stdout).stderr(log_file);
         let child =

@@ -1,5 +1,5 @@
-//! A blocking JSON-RPC 2.0 client that talks to a target the way SPDK's `rpc.py` does
-//! (RPC.md 5.1): requests pretty-printed with indent 2 and no terminator, `params` left
+//! A blocking JSON-RPC 2.0 client that talks to a target the way SPDK's `rpc.py` does:
+//! requests pretty-printed with indent 2 and no terminator, `params` left
 //! out when empty, responses stream-parsed without framing (one may arrive in many
 //! reads, several in one), matched to their request by id.
 

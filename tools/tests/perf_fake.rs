@@ -26,6 +26,7 @@ fn config(fake: &Fake, workload: &str, verify: bool) -> PerfConfig {
         plot: None,
         seed: 42,
         kato_ms: 10_000,
+        rate_iops: None,
     }
 }
 
@@ -110,6 +111,23 @@ fn bad_configurations_are_refused_before_io() {
     let mut many = config(&fake, "read", false);
     many.queues_per_ns = 32;
     assert!(perf::run(&many, &mut out).is_err(), "-P above -q");
+    let mut starved = config(&fake, "read", false);
+    starved.cores = vec![0, 0];
+    starved.rate_iops = Some(1);
+    let error = perf::run(&starved, &mut out).expect_err("a rate below one I/O per core per second");
+    assert!(error.to_string().contains("--rate-iops 1"), "{error}");
+}
+
+#[test]
+fn a_rate_limit_holds_whatever_the_queue_depth() {
+    let fake = Fake::start(Config::default());
+    let mut paced = config(&fake, "randread", false);
+    // 16 I/Os may be in flight, but only 200 start in the run's one second: one every
+    // 5 ms (the pacer grants at most one extra slot after a stall of the worker).
+    paced.rate_iops = Some(200);
+    let (summary, _) = run(&paced);
+    assert_eq!((summary.errors, summary.mismatches), (0, 0));
+    assert!(summary.ios > 0 && summary.ios <= 201, "{} I/Os started in 1 s at --rate-iops 200", summary.ios);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Reactor benchmarks (issue 2): one-way message cost between two reactors, empty poll
-//! loop cost, idle CPU of peerless-tgt with and without --interrupt-mode, and the
+//! Reactor benchmarks: one-way message cost between two reactors, empty poll
+//! loop cost, idle CPU of peerless-tgt in poll, interrupt and adaptive mode, and the
 //! throughput cost of interrupt mode under a message flood. Prints figures and ratios.
 //!
 //! Run: bench/reactor.sh (builds in release first).
@@ -123,8 +123,9 @@ fn empty_poll_ns() -> f64 {
     elapsed.as_nanos() as f64 / (end_count - start_count).max(1) as f64
 }
 
-/// CPU used by an idle peerless-tgt over `seconds`, as a percentage of one core.
-fn idle_cpu_percent(interrupt_mode: bool, seconds: u64) -> Option<f64> {
+/// CPU used by an idle peerless-tgt started with `mode_flags` over `seconds`, as a
+/// percentage of one core.
+fn idle_cpu_percent(mode_flags: &[&str], seconds: u64) -> Option<f64> {
     let binary = sibling_binary("peerless-tgt");
     if !binary.exists() {
         eprintln!("{} not built; run bench/reactor.sh", binary.display());
@@ -132,10 +133,7 @@ fn idle_cpu_percent(interrupt_mode: bool, seconds: u64) -> Option<f64> {
     }
     let socket = std::env::temp_dir().join(format!("peerless-bench-idle-{}.sock", std::process::id()));
     let mut command = Command::new(&binary);
-    command.arg("-r").arg(&socket).stdout(Stdio::null()).stderr(Stdio::null());
-    if interrupt_mode {
-        command.arg("--interrupt-mode");
-    }
+    command.arg("-r").arg(&socket).args(mode_flags).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = command.spawn().ok()?;
     std::thread::sleep(Duration::from_millis(500));
     let before = process_cpu_seconds(child.id())?;
@@ -165,11 +163,13 @@ fn main() {
     println!("empty poll loop (1 thread, 1 active poller):          {empty:8.1} ns/iteration");
 
     let seconds = 5;
-    match (idle_cpu_percent(false, seconds), idle_cpu_percent(true, seconds)) {
-        (Some(poll), Some(interrupt)) => {
-            println!("idle peerless-tgt CPU over {seconds} s, poll mode:          {poll:8.1} % of a core");
-            println!("idle peerless-tgt CPU over {seconds} s, --interrupt-mode:   {interrupt:8.2} % of a core");
+    // Adaptive mode is the target's default: it takes no flag.
+    for (mode, flags) in
+        [("--poll-mode", &["--poll-mode"][..]), ("--interrupt-mode", &["--interrupt-mode"]), ("adaptive", &[])]
+    {
+        match idle_cpu_percent(flags, seconds) {
+            Some(cpu) => println!("idle peerless-tgt CPU over {seconds} s, {mode:<17} {cpu:8.2} % of a core"),
+            None => println!("idle CPU: skipped (peerless-tgt not found next to this binary)"),
         }
-        _ => println!("idle CPU: skipped (peerless-tgt not found next to this binary)"),
     }
 }

@@ -1,4 +1,4 @@
-//! JSON-RPC round-trip time (issue 5): `spdk_get_version` on one connection to a real
+//! JSON-RPC round-trip time: `spdk_get_version` on one connection to a real
 //! peerless-tgt, against a bare Unix-socket echo of the same bytes as the floor,
 //! interleaved A B B A; medians and p99 in microseconds.
 //!
@@ -71,7 +71,13 @@ fn echo_server(path: &std::path::Path, reply_len: usize) {
 fn main() {
     let dir = std::env::temp_dir().join(format!("peerless-rpc-rtt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    for (mode, flags) in [("interrupt mode", vec!["--interrupt-mode"]), ("poll mode", vec![])] {
+    let modes = [
+        ("interrupt mode", vec!["--interrupt-mode"]),
+        ("poll mode", vec!["--poll-mode"]),
+        // The target's default.
+        ("adaptive mode", vec![]),
+    ];
+    for (mode, flags) in modes {
         let socket = dir.join("tgt.sock");
         let mut target = Command::new(sibling_binary("peerless-tgt"))
             .arg("-r")

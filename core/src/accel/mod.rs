@@ -1,5 +1,5 @@
 //! Every CPU-touching data operation (crc32c, copy, fill, compare, T10 DIF), behind the
-//! tag gate (DESIGN.md "Memory tags").
+//! tag gate (the memory-tag design).
 //!
 //! Nothing here touches memory by address, and this module has no `unsafe`: it works on
 //! host byte slices that `core::mem` hands out. Each operation takes an [`Sgl`](mem::Sgl) and

@@ -73,6 +73,37 @@ impl<'s> ChunkReader<'s> {
         }
         Ok(done)
     }
+
+    /// Appends up to `len` bytes of what is left to `out`; returns the bytes appended.
+    /// Host bytes are copied once, straight onto the end of `out`, where `read` into a
+    /// buffer grown first would write every byte twice (the zeroing, then the copy);
+    /// other kinds go through `read`.
+    pub fn append_to(&mut self, out: &mut Vec<u8>, len: usize) -> Result<usize> {
+        let mut done = 0;
+        while done < len && self.idx < self.segs.len() {
+            let seg = self.segs[self.idx];
+            let n = (seg.len() - self.off).min(len - done);
+            let piece = seg.sub(self.off, n);
+            if piece.kind() == MemKind::Host {
+                // SAFETY: a Host piece of a list borrowed shared for 's.
+                out.extend_from_slice(unsafe { host_slice(&piece) });
+                stats::cpu(Path::Direct, n);
+                stats::payload(MemKind::Host, n);
+                self.off += n;
+                if self.off == seg.len() {
+                    self.idx += 1;
+                    self.off = 0;
+                }
+            } else {
+                let start = out.len();
+                out.resize(start + n, 0);
+                let read = self.read(&mut out[start..])?;
+                debug_assert_eq!(read, n, "the piece is still there to read");
+            }
+            done += n;
+        }
+        Ok(done)
+    }
 }
 
 /// Calls `f` with the list's bytes as host slices, in order: Host bytes in place, IoMem
@@ -192,4 +223,36 @@ pub(crate) fn for_each_chunk_mut<E: From<Error>>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::testutil::Kit;
+
+    #[test]
+    fn append_to_takes_every_kind_in_order_and_stops_at_len() {
+        let kit = Kit::new();
+        // A list holds one device domain: IoMem and Device each get their own.
+        for kinds in [vec![MemKind::Host, MemKind::IoMem, MemKind::Host], vec![MemKind::Device, MemKind::Host]] {
+            let len = 3000;
+            let mut bufs = kit.buffers(&kinds, len);
+            Kit::fill_pattern(&mut bufs, 5);
+            let sgl = Kit::sgl(&bufs);
+            let expected = Kit::expected_pattern(&kinds, len, 5);
+            let mut reader = ChunkReader::new(&sgl);
+            let mut out = b"header".to_vec();
+            // Pieces that end inside a segment and cross its end.
+            for step in [100, 3900, 5000, 10_000] {
+                let before = out.len();
+                let appended = reader.append_to(&mut out, step).expect("readable");
+                assert_eq!(appended, out.len() - before);
+                assert!(appended <= step);
+            }
+            assert_eq!(&out[..6], b"header", "what was there stays");
+            assert_eq!(out[6..], expected[..], "{kinds:?}");
+            assert_eq!(reader.remaining(), 0);
+            assert_eq!(reader.append_to(&mut out, 10).expect("nothing left"), 0);
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Tagged memory and the CPU-touch gate (DESIGN.md "Memory tags").
+//! Tagged memory and the CPU-touch gate (the memory-tag design).
 //!
 //! Every buffer is described by an [`Sgl`] of tagged [`Seg`]s. The tag says who may touch
 //! the bytes: the CPU through a pointer (Host), the CPU only through I/O accessors
@@ -11,7 +11,7 @@
 //! - Everything else moves through this module: [`copy`], the [`SgMiter`] iterator and
 //!   the chunk readers pick CPU copies for Host, volatile aligned accessors for IoMem and
 //!   the owning provider's [`DmaEngine`] for Device, and count each path in [`stats`].
-//! - This is the only module of `peerless-core` allowed `unsafe` (DESIGN.md invariant 6):
+//! - This is the only module of `peerless-core` allowed `unsafe`:
 //!   raw mappings, accessors and the SIMD kernels live here behind safe functions, each
 //!   unsafe block under a `// SAFETY:` line. `accel` and every other layer are safe code.
 //!

@@ -37,14 +37,6 @@ pub enum IoBufClass {
 impl IoBufClass {
     pub const ALL: [IoBufClass; 2] = [IoBufClass::Small, IoBufClass::Large];
 
-    /// The default size of the class (SPDK's iobuf sizes); a pool may set its own.
-    pub const fn default_size_bytes(self) -> usize {
-        match self {
-            IoBufClass::Small => IOBUF_SMALL_BYTES,
-            IoBufClass::Large => IOBUF_LARGE_BYTES,
-        }
-    }
-
     const fn index(self) -> usize {
         match self {
             IoBufClass::Small => 0,

@@ -2,7 +2,7 @@
 //! refusals, so a user can see whether device data ever went through host DRAM.
 //!
 //! Each OS thread writes its own counter block with a plain relaxed load and store: no
-//! atomic read-modify-write on the data path (DESIGN.md invariant 1). Readers sum every
+//! atomic read-modify-write on the data path. Readers sum every
 //! live block plus the totals of threads that have exited.
 
 use std::sync::atomic::{AtomicU64, Ordering};

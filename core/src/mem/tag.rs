@@ -1,7 +1,7 @@
 //! Memory tags: what kind of memory a segment is and which provider owns it.
 //!
 //! The kernel's `pfn_t` idea as a type: the tag travels with every segment, so code that
-//! is about to touch bytes can tell at once whether it may (DESIGN.md "Memory tags").
+//! is about to touch bytes can tell at once whether it may (the memory-tag design).
 
 use std::fmt;
 

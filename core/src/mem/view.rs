@@ -40,7 +40,7 @@ impl<'a> Sgl<'a> {
         Ok(CpuViewMut { segs: self.segs(), len: self.len(), _exclusive: PhantomData })
     }
 
-    /// The Host slices of this list, in order (DESIGN.md's `cpu_slices`).
+    /// The Host slices of this list, in order (the gate's `cpu_slices`).
     pub fn cpu_slices(&self) -> Result<impl Iterator<Item = &[u8]> + '_> {
         Ok(self.cpu_view()?.slices())
     }

@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use parking_lot::{Condvar, Mutex};
 
 use super::cpumask::CoreMask;
+use super::mode::{PollWindow, ReactorMode};
 use super::run_loop::{self, ReactorShared, ReactorStat};
 use super::thread::{ThreadCtx, ThreadHandle, ThreadId, ThreadShared, DEFAULT_MSG_QUEUE_CAPACITY};
 
@@ -22,8 +23,24 @@ pub const APP_THREAD_NAME: &str = "app_thread";
 pub struct AppOptions {
     pub name: String,
     pub cpumask: CoreMask,
+    /// Reactors sleep in epoll when idle: at once (interrupt mode), or after a poll
+    /// window (adaptive mode, when `poll_window` has a cap). Either way, anything with a
+    /// file descriptor must watch it (`ThreadCtx::watch_fd`) to be woken. When false,
+    /// reactors spin (poll mode) and `poll_window` is unused.
     pub interrupt_mode: bool,
+    /// Adaptive mode's window bounds; `PollWindow::NONE` (the default) is interrupt mode.
+    pub poll_window: PollWindow,
     pub msg_queue_capacity: usize,
+}
+
+impl AppOptions {
+    pub fn mode(&self) -> ReactorMode {
+        match (self.interrupt_mode, self.poll_window.max_us) {
+            (false, _) => ReactorMode::Poll,
+            (true, 0) => ReactorMode::Interrupt,
+            (true, _) => ReactorMode::Adaptive,
+        }
+    }
 }
 
 impl Default for AppOptions {
@@ -32,6 +49,7 @@ impl Default for AppOptions {
             name: "peerless".to_string(),
             cpumask: CoreMask::single(0),
             interrupt_mode: false,
+            poll_window: PollWindow::NONE,
             msg_queue_capacity: DEFAULT_MSG_QUEUE_CAPACITY,
         }
     }
@@ -47,6 +65,8 @@ pub enum AppError {
     ShuttingDown,
     #[error("message queue capacity must be at least 1")]
     BadQueueCapacity,
+    #[error("{0}")]
+    BadPollWindow(String),
     #[error("cannot set up reactor on core {core}: {source}")]
     Reactor { core: u32, source: std::io::Error },
 }
@@ -201,6 +221,7 @@ impl App {
         if options.msg_queue_capacity == 0 {
             return Err(AppError::BadQueueCapacity);
         }
+        options.poll_window.validate().map_err(AppError::BadPollWindow)?;
         let allowed = sched_getaffinity(Pid::from_raw(0)).ok();
         let mut reactors = Vec::new();
         for core in options.cpumask.cores() {
@@ -213,7 +234,7 @@ impl App {
                     });
                 }
             }
-            let reactor = ReactorShared::new(core, options.interrupt_mode)
+            let reactor = ReactorShared::new(core, options.mode(), options.poll_window)
                 .map_err(|source| AppError::Reactor { core, source })?;
             reactors.push(Arc::new(reactor));
         }
@@ -233,12 +254,19 @@ impl App {
                 .map_err(|source| AppError::Reactor { core: first_core, source })?;
             joins.push(join);
         }
+        let window = match shared.options.mode() {
+            ReactorMode::Adaptive => {
+                let PollWindow { min_us, max_us } = shared.options.poll_window;
+                format!(", poll window {min_us}-{max_us} us")
+            }
+            _ => String::new(),
+        };
         crate::log_notice!(
-            "{}: {} reactor(s) on cores {} ({} mode)",
+            "{}: {} reactor(s) on cores {} ({} mode{window})",
             shared.options.name,
             shared.reactors.len(),
             shared.options.cpumask,
-            if shared.options.interrupt_mode { "interrupt" } else { "poll" }
+            shared.options.mode(),
         );
         Ok(App { shared, joins })
     }

@@ -8,6 +8,12 @@
 //! (a one-off wait, a drain after its channel closed) is `detach`ed and ends itself by
 //! returning `PollStatus::Done`.
 //!
+//! A poller may be driven by a file descriptor (`ThreadCtx::fd_poller`): while the
+//! reactor polls it is a timed poller; when the reactor sleeps, its fd is watched in
+//! epoll instead of a timer being armed for it, and the fd becoming readable makes it due
+//! at once. So a listener or a signalfd costs a syscall every few milliseconds while the
+//! reactor spins, not one per pass, and an idle reactor sleeps until the fd has work.
+//!
 //! The table sits in an `Rc<RefCell<..>>` shared by the thread and its `Poller`s. It is
 //! borrowed only inside this module, never while a poller runs, and nothing a poller
 //! owns is dropped while it is borrowed: a closure dropped with its entry may hold other
@@ -19,6 +25,7 @@ use std::collections::BinaryHeap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use super::run_loop::FdWatch;
 use super::thread::ThreadCtx;
 
 /// What a poller reports after a run; drives busy/idle accounting and, in interrupt
@@ -79,6 +86,8 @@ struct Entry {
     busy_count: u64,
     /// Bumped on pause and resume so that heap entries from before go stale.
     schedule_epoch: u32,
+    /// The fd that wakes this poller when the reactor sleeps; dropping it stops watching.
+    fd_watch: Option<FdWatch>,
 }
 
 impl Entry {
@@ -126,6 +135,7 @@ impl Pollers {
             run_count: 0,
             busy_count: 0,
             schedule_epoch: 0,
+            fd_watch: None,
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => slot,
@@ -177,6 +187,34 @@ impl Pollers {
         Some(entry)
     }
 
+    /// Lets `fd_watch` wake the reactor for this poller (an fd poller in a mode where
+    /// the reactor sleeps). False when the id names no live poller.
+    pub fn attach_fd(&mut self, id: PollerId, fd_watch: FdWatch) -> bool {
+        let Some(entry) = self.entry_mut(id) else {
+            return false;
+        };
+        debug_assert!(entry.fd_watch.is_none(), "poller '{}' already has an fd", entry.name);
+        entry.fd_watch = Some(fd_watch);
+        true
+    }
+
+    /// The fd of the poller in `slot` was found readable: run it on the next pass, ahead
+    /// of its period. Nothing to do for an active poller (it runs every pass), a paused
+    /// one, or a slot that no longer holds an fd poller.
+    pub fn make_due(&mut self, slot: u32, now: Instant) {
+        let Some(record) = self.slots.get_mut(slot as usize) else { return };
+        let generation = record.generation;
+        let Some(entry) = record.entry.as_mut() else { return };
+        if entry.fd_watch.is_none() || entry.state != PollerState::Running || !entry.is_timed() {
+            return;
+        }
+        // A new epoch makes the pending deadline stale: the poller runs now, then keeps
+        // its period from there.
+        entry.schedule_epoch = entry.schedule_epoch.wrapping_add(1);
+        let epoch = entry.schedule_epoch;
+        self.schedule(PollerId { slot, generation }, now, epoch);
+    }
+
     pub fn pause(&mut self, id: PollerId) -> bool {
         let Some(entry) = self.entry_mut(id) else {
             return false;
@@ -184,6 +222,11 @@ impl Pollers {
         if entry.state == PollerState::Running {
             entry.state = PollerState::Paused;
             entry.schedule_epoch = entry.schedule_epoch.wrapping_add(1);
+            // A readable fd would keep waking the reactor for a poller that will not
+            // drain it.
+            if let Some(watch) = &entry.fd_watch {
+                watch.suspend();
+            }
         }
         true
     }
@@ -195,6 +238,9 @@ impl Pollers {
         if entry.state == PollerState::Paused {
             entry.state = PollerState::Running;
             entry.schedule_epoch = entry.schedule_epoch.wrapping_add(1);
+            if let Some(watch) = &entry.fd_watch {
+                watch.restore();
+            }
             if entry.is_timed() {
                 let (at, epoch) = (now + entry.period, entry.schedule_epoch);
                 self.schedule(id, at, epoch);
@@ -230,15 +276,26 @@ impl Pollers {
         self.slots.iter().all(|record| record.entry.is_none())
     }
 
-    /// The earliest deadline of a running timed poller; stale heap entries are dropped.
+    /// The earliest deadline a sleeping reactor must wake for: that of a running timed
+    /// poller with no fd to wake it. Stale heap entries on top are dropped.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse(top)) = self.timed.peek() {
             if self.deadline_is_live(top) {
-                return Some(top.at);
+                break;
             }
             self.timed.pop();
         }
-        None
+        // Fd pollers are few; the scan runs only when the reactor is about to sleep.
+        self.timed
+            .iter()
+            .filter(|Reverse(deadline)| self.deadline_is_live(deadline) && !self.is_fd_driven(deadline.slot))
+            .map(|Reverse(deadline)| deadline.at)
+            .min()
+    }
+
+    fn is_fd_driven(&self, slot: u32) -> bool {
+        let entry = self.slots.get(slot as usize).and_then(|record| record.entry.as_ref());
+        entry.is_some_and(|entry| entry.fd_watch.is_some())
     }
 
     fn deadline_is_live(&self, deadline: &Deadline) -> bool {

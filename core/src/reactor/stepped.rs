@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::app::{AppError, AppHandle, AppOptions, AppShared};
+use super::mode::{PollWindow, ReactorMode};
 use super::run_loop::{self, ReactorShared};
 use super::thread::{instant_at, ThreadCtx, ThreadId};
 
@@ -42,7 +43,8 @@ impl SteppedApp {
         let options = AppOptions { interrupt_mode: false, ..options };
         let mut shared = Vec::new();
         for core in options.cpumask.cores() {
-            let reactor = ReactorShared::new(core, false).map_err(|source| AppError::Reactor { core, source })?;
+            let reactor = ReactorShared::new(core, ReactorMode::Poll, PollWindow::NONE)
+                .map_err(|source| AppError::Reactor { core, source })?;
             shared.push(Arc::new(reactor));
         }
         let app = AppShared::new(options, shared.clone());

@@ -17,9 +17,46 @@ pub(super) fn start(mask: &str, interrupt_mode: bool) -> App {
 }
 
 fn start_with_queue(mask: &str, interrupt_mode: bool, msg_queue_capacity: usize) -> App {
-    let options =
-        AppOptions { name: "test".into(), cpumask: CoreMask::parse(mask).unwrap(), interrupt_mode, msg_queue_capacity };
+    let options = AppOptions {
+        name: "test".into(),
+        cpumask: CoreMask::parse(mask).unwrap(),
+        interrupt_mode,
+        msg_queue_capacity,
+        ..AppOptions::default()
+    };
     App::start(options).unwrap()
+}
+
+/// An adaptive-mode app: reactors spin for a window within `poll_window`, then sleep.
+pub(super) fn start_adaptive(mask: &str, poll_window: PollWindow) -> App {
+    let options = AppOptions {
+        name: "test".into(),
+        cpumask: CoreMask::parse(mask).unwrap(),
+        interrupt_mode: true,
+        poll_window,
+        ..AppOptions::default()
+    };
+    App::start(options).unwrap()
+}
+
+const MODES: [ReactorMode; 3] = [ReactorMode::Poll, ReactorMode::Interrupt, ReactorMode::Adaptive];
+
+/// An app in `mode`; adaptive mode with the target's default window.
+pub(super) fn start_in(mask: &str, mode: ReactorMode) -> App {
+    match mode {
+        ReactorMode::Poll => start(mask, false),
+        ReactorMode::Interrupt => start(mask, true),
+        ReactorMode::Adaptive => start_adaptive(mask, PollWindow::DEFAULT),
+    }
+}
+
+/// Waits (bounded by `WAIT`) until `done` holds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Runs `work` on `thread` and waits for its result.
@@ -138,8 +175,8 @@ fn thread_to_thread_sends_park_in_the_outbox_and_arrive_in_order() {
 
 #[test]
 fn timed_pollers_keep_their_cadence() {
-    for interrupt_mode in [true, false] {
-        let app = start("0x1", interrupt_mode);
+    for mode in MODES {
+        let app = start_in("0x1", mode);
         let fired = Arc::new(AtomicU64::new(0));
         let counter = fired.clone();
         let thread = app.handle().app_thread();
@@ -152,7 +189,7 @@ fn timed_pollers_keep_their_cadence() {
         std::thread::sleep(Duration::from_millis(300));
         let count = fired.load(Ordering::Relaxed);
         // 30 periods elapse; allow wide bounds for a loaded machine.
-        assert!((10..=40).contains(&count), "10 ms poller fired {count} times in 300 ms (interrupt={interrupt_mode})");
+        assert!((10..=40).contains(&count), "10 ms poller fired {count} times in 300 ms ({mode} mode)");
         stop(app);
     }
 }
@@ -497,4 +534,115 @@ fn a_stepped_app_runs_on_the_callers_thread_and_clock() {
     let polls = seen.lock().len();
     app.step(10_000);
     assert_eq!(seen.lock().len(), polls, "exited threads run nothing");
+}
+
+#[test]
+fn each_mode_reports_where_idle_time_goes() {
+    for mode in MODES {
+        let app = start_in("0x1", mode);
+        let thread = app.handle().app_thread();
+        run_on(&thread, |_| ());
+        let before = app.handle().reactor_stats()[0].clone();
+        std::thread::sleep(Duration::from_millis(100));
+        // A sleep is accounted when it ends: wake the reactor first.
+        run_on(&thread, |_| ());
+        let after = app.handle().reactor_stats()[0].clone();
+        assert_eq!((after.mode, after.in_interrupt), (mode, mode.sleeps()));
+        assert_eq!(after.idle_ns, after.idle_poll_ns + after.sleep_ns, "{after:?}");
+        let (polled, slept) = (after.idle_poll_ns - before.idle_poll_ns, after.sleep_ns - before.sleep_ns);
+        if mode.sleeps() {
+            // Nothing to do: a short last pass or window, then asleep.
+            assert!(slept > polled, "{mode} mode spun {polled} ns and slept {slept} ns while idle");
+        } else {
+            assert_eq!((after.sleep_ns, after.wakeups), (0, 0), "poll mode never sleeps: {after:?}");
+            assert!(polled > 50_000_000, "poll mode spun only {polled} ns of 100 ms");
+        }
+        // Gaps of 100 ms are far beyond the cap: the window is at its floor.
+        let expected_window = if mode == ReactorMode::Adaptive { 5_000 } else { 0 };
+        assert_eq!(after.poll_window_ns, expected_window, "{mode} mode: {after:?}");
+        stop(app);
+    }
+}
+
+#[test]
+fn adaptive_mode_wakes_on_a_message_and_narrows_its_window_for_sparse_work() {
+    let app = start_adaptive("0x1", PollWindow { min_us: 7, max_us: 50 });
+    let thread = app.handle().app_thread();
+    std::thread::sleep(Duration::from_millis(20));
+    let asleep = app.handle().reactor_stats()[0].clone();
+    let sent_at = Instant::now();
+    let woke_after = run_on(&thread, move |_| sent_at.elapsed());
+    assert!(woke_after < Duration::from_secs(1), "a message took {woke_after:?} to wake the reactor");
+    assert!(app.handle().reactor_stats()[0].wakeups > asleep.wakeups);
+
+    // Work every 2 ms: gaps far beyond the 50 us cap, so the window falls to its floor.
+    let fired = Arc::new(AtomicU64::new(0));
+    let counter = fired.clone();
+    run_on(&thread, move |ctx| {
+        ctx.poller("sparse", 2_000, move |_| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            PollStatus::Busy
+        })
+        .detach();
+    });
+    wait_until("ten sparse runs", || fired.load(Ordering::Relaxed) >= 10);
+    let stat = app.handle().reactor_stats()[0].clone();
+    assert_eq!(stat.poll_window_ns, 7_000, "{stat:?}");
+    stop(app);
+}
+
+#[test]
+fn an_fd_poller_runs_when_its_fd_wakes_the_reactor_and_stops_watching_when_dropped() {
+    use std::os::fd::AsFd;
+
+    use nix::sys::eventfd::{EfdFlags, EventFd};
+
+    for mode in MODES {
+        let app = start_in("0x1", mode);
+        let thread = app.handle().app_thread();
+        let eventfd = Arc::new(EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK).unwrap());
+        let runs = Arc::new(AtomicU64::new(0));
+        let drained = Arc::new(AtomicU64::new(0));
+        let (fd, counter, total) = (eventfd.clone(), runs.clone(), drained.clone());
+        // A long period: only the fd can make it run soon where the reactor sleeps.
+        let id = run_on(&thread, move |ctx| {
+            let reader = fd.clone();
+            let poller = ctx.fd_poller("eventfd", fd.as_fd(), 400_000, move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                match reader.read() {
+                    Ok(value) => {
+                        total.fetch_add(value, Ordering::SeqCst);
+                        PollStatus::Busy
+                    }
+                    Err(_) => PollStatus::Idle,
+                }
+            });
+            poller.unwrap().detach()
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        if mode.sleeps() {
+            assert_eq!(runs.load(Ordering::SeqCst), 0, "{mode} mode armed a timer for an fd poller");
+        }
+        eventfd.write(3).unwrap();
+        wait_until("the fd poller to drain its fd", || drained.load(Ordering::SeqCst) == 3);
+        if mode.sleeps() {
+            assert!(runs.load(Ordering::SeqCst) <= 2, "{mode} mode: {} runs", runs.load(Ordering::SeqCst));
+        }
+
+        // Paused, then dropped: a readable fd must not keep waking the reactor for it.
+        for step in ["pause", "unregister"] {
+            run_on(&thread, move |ctx| match step {
+                "pause" => assert!(ctx.pause_poller(id)),
+                _ => assert!(ctx.unregister_poller(id)),
+            });
+            eventfd.write(1).unwrap();
+            let before = app.handle().reactor_stats()[0].wakeups;
+            std::thread::sleep(Duration::from_millis(50));
+            let wakeups = app.handle().reactor_stats()[0].wakeups - before;
+            assert!(wakeups < 10, "{mode} mode, after {step}: {wakeups} wake-ups in 50 ms");
+            assert_eq!(drained.load(Ordering::SeqCst), 3, "{mode} mode: ran after {step}");
+            let _ = eventfd.read();
+        }
+        stop(app);
+    }
 }

@@ -1,7 +1,7 @@
 //! Lightweight threads: a named context with its own message queue, pollers and io
 //! channels, run a timeslice at a time by the reactor of its core. Everything a thread
-//! owns is touched only by that thread; others reach it by message (DESIGN.md
-//! invariant 1).
+//! owns is touched only by that thread; others reach it by
+//! message.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -310,6 +310,36 @@ impl ThreadCtx {
         poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
     ) -> PollerId {
         self.poller(name, period_us, poll).detach()
+    }
+
+    /// Registers a poller driven by `fd`, owned by the returned handle: it runs every
+    /// `period_us` microseconds while the reactor polls, and on the reactor's first pass
+    /// after it wakes with the fd readable. A reactor that sleeps (interrupt and adaptive
+    /// mode) watches the fd instead of arming a timer for this poller, so an idle one
+    /// sleeps until the fd has something; in poll mode this is a plain timed poller. For
+    /// fds that rarely have work (a listening socket, a signalfd), where a syscall on
+    /// every pass would cost more than the work. The poller must drain the fd (or leave
+    /// it readable to be woken again); the fd must stay open while it is registered.
+    pub fn fd_poller(
+        &mut self,
+        name: &str,
+        fd: BorrowedFd<'_>,
+        period_us: u64,
+        poll: impl FnMut(&mut ThreadCtx) -> PollStatus + 'static,
+    ) -> std::io::Result<Poller> {
+        debug_assert!(period_us > 0, "fd poller '{name}' needs a period for when the reactor polls");
+        let poller = self.poller(name, period_us.max(1), poll);
+        let watch = self.shared.reactor.watch_poller_fd(fd, self.shared.id, poller.id().slot)?;
+        if let Some(watch) = watch {
+            let attached = self.pollers.borrow_mut().attach_fd(poller.id(), watch);
+            debug_assert!(attached, "fd poller '{name}' vanished while being registered");
+        }
+        Ok(poller)
+    }
+
+    /// The fd of the poller in `slot` is readable: it runs on the next pass.
+    pub(crate) fn fd_ready(&mut self, slot: u32, now: Instant) {
+        self.pollers.borrow_mut().make_due(slot, now);
     }
 
     pub fn unregister_poller(&mut self, id: PollerId) -> bool {

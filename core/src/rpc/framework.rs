@@ -1,4 +1,4 @@
-//! Framework, thread and log methods (RPC.md 5.3, "Framework / app / log").
+//! Framework, thread and log methods (SPDK's names).
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -180,9 +180,13 @@ fn framework_get_reactors(ctx: &mut ThreadCtx, responder: Responder) {
                     .filter(|thread| thread.core == reactor.core)
                     .map(|thread| json!({"name": thread.name, "id": thread.id, "cpumask": cpumask_of(thread.core), "elapsed": thread.busy + thread.idle}))
                     .collect();
+                // SPDK's fields first; then where idle time went (idle = idle_poll + sleep),
+                // so an operator can see what spinning costs in each mode.
                 json!({
                     "lcore": reactor.core, "tid": reactor.os_tid, "busy": reactor.busy_ns, "idle": reactor.idle_ns,
                     "in_interrupt": reactor.in_interrupt, "irq": 0, "sys": sys, "usr": usr, "lw_threads": lw_threads,
+                    "mode": reactor.mode.as_str(), "idle_poll": reactor.idle_poll_ns, "sleep": reactor.sleep_ns,
+                    "wakeups": reactor.wakeups, "poll_window_us": reactor.poll_window_ns as f64 / 1_000.0,
                 })
             })
             .collect();

@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 control plane, compatible with SPDK's `scripts/rpc.py` (RPC.md): a
+//! JSON-RPC 2.0 control plane, compatible with SPDK's `scripts/rpc.py`: a
 //! Unix-socket server off the reactors, a registry of methods with SPDK's state masks,
 //! error codes and strict parameter decoding, and the framework methods.
 

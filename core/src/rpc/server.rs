@@ -1,5 +1,5 @@
 //! The JSON-RPC server on a Unix stream socket. It runs on its own OS thread, off the
-//! reactors (DESIGN.md invariant 3): accept, read, stream-parse, validate and decode
+//! reactors (a reactor never blocks): accept, read, stream-parse, validate and decode
 //! happen here; the decoded call runs on the app thread and its answer comes back
 //! through a queue and an eventfd, in whatever order calls complete.
 

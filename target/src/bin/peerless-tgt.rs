@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use peerless_core::mem::env::{EnvOptions, IovaMode, MemEnv};
-use peerless_target::app::{run, TargetError, TargetOptions};
+use peerless_target::app::{run, ModeFlags, TargetError, TargetOptions};
 
 #[derive(Parser, Debug)]
 #[command(name = "peerless-tgt", version, about = "Peerless NVMe-over-Fabrics target")]
@@ -29,9 +29,22 @@ struct Args {
     /// rpc, bdev, nvmf, nvmf_tcp, p2p, or all.
     #[arg(short = 'L', long = "logflag")]
     logflag: Vec<String>,
-    /// Sleep in epoll when idle instead of busy-polling.
-    #[arg(long = "interrupt-mode")]
+    /// Interrupt mode: a reactor sleeps in epoll as soon as it finds nothing to do. No
+    /// CPU when idle; each request that finds it asleep pays a wake-up.
+    #[arg(long = "interrupt-mode", conflicts_with = "poll_mode")]
     interrupt_mode: bool,
+    /// Poll mode (SPDK's default): reactors busy-poll without pause. Lowest latency; one
+    /// whole core per reactor, even when idle.
+    #[arg(long = "poll-mode")]
+    poll_mode: bool,
+    /// Adaptive mode (the default, without --poll-mode or --interrupt-mode): the longest
+    /// a reactor keeps polling after its last work before it sleeps. The window follows
+    /// the gaps between requests within [--poll-window-min-us, this]; 0 is interrupt mode.
+    #[arg(long = "poll-window-us", value_name = "US")]
+    poll_window_us: Option<u32>,
+    /// Adaptive mode: the shortest poll window after work (default 5, at most the cap).
+    #[arg(long = "poll-window-min-us", value_name = "US")]
+    poll_window_min_us: Option<u32>,
     /// Where DMA memory comes from: plain (anonymous mappings) or dpdk (the DPDK EAL
     /// heap; needs a build with --features peerless-core/dpdk).
     #[arg(long = "env", default_value = "plain", value_name = "plain|dpdk")]
@@ -66,7 +79,12 @@ fn main() -> ExitCode {
         args.rpc_socket,
         args.wait_for_rpc,
         &args.logflag,
-        args.interrupt_mode,
+        ModeFlags {
+            poll_mode: args.poll_mode,
+            interrupt_mode: args.interrupt_mode,
+            poll_window_us: args.poll_window_us,
+            poll_window_min_us: args.poll_window_min_us,
+        },
         mem,
     ) {
         Ok(options) => options,

@@ -1,5 +1,5 @@
 //! Listeners: bound on the app thread, accepting from a poller there (woken by the
-//! socket in interrupt mode), handing each connection to a poll group round-robin.
+//! socket when the reactor sleeps), handing each connection to a poll group round-robin.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,7 +22,6 @@ const ACCEPTS_PER_POLL: usize = 16;
 /// `stop` ends it on the app thread.
 pub struct Listener {
     pub addr: SocketAddr,
-    socket: Arc<TcpListener>,
     poller: PollerId,
     pub connections: Arc<AtomicU32>,
 }
@@ -41,20 +40,16 @@ impl Listener {
         let bound = socket.local_addr()?;
         let connections = Arc::new(AtomicU32::new(0));
         let (accepting, counter, target) = (socket.clone(), connections.clone(), target.clone());
-        let interrupt_mode = ctx.app().options().interrupt_mode;
-        let period_us = if interrupt_mode {
-            use std::os::fd::AsFd;
-            ctx.watch_fd(socket.as_fd())?;
-            0
-        } else {
-            u64::from(acceptor_poll_rate_us)
-        };
         let options = Arc::new(options);
-        let poller = ctx.poller(&format!("nvmf_tcp_accept_{bound}"), period_us, move |_| {
+        // Every acceptor_poll_rate while the reactor spins (an accept that finds nothing
+        // costs microseconds), at once when a connection wakes a sleeping reactor.
+        let name = format!("nvmf_tcp_accept_{bound}");
+        let period_us = u64::from(acceptor_poll_rate_us);
+        let poller = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*socket), period_us, move |_| {
             PollStatus::from_work(accept(&accepting, &target, &counter, &options) > 0)
-        });
+        })?;
         peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
-        Ok(Listener { addr: bound, socket, poller: poller.detach(), connections })
+        Ok(Listener { addr: bound, poller: poller.detach(), connections })
     }
 }
 
@@ -63,11 +58,10 @@ impl TransportListener for Listener {
         self.addr
     }
 
-    /// Stops accepting; connections already made stay.
+    /// Stops accepting (the poller's end unwatches the socket); connections already made
+    /// stay.
     fn stop(self: Box<Self>, ctx: &mut ThreadCtx) {
-        use std::os::fd::AsFd;
         ctx.unregister_poller(self.poller);
-        let _ = ctx.unwatch_fd(self.socket.as_fd());
     }
 }
 

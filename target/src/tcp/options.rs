@@ -1,4 +1,4 @@
-//! Options only the TCP transport has, with SPDK's names and defaults (RPC.md 4.2),
+//! Options only the TCP transport has, with SPDK's names and defaults,
 //! decoded from the same `nvmf_create_transport` parameters as the shared ones.
 
 use serde::{Deserialize, Serialize};

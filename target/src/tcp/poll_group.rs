@@ -31,11 +31,6 @@ impl<S: Socket> TcpPollGroup<S> {
         }
         self.conns.push(conn);
     }
-
-    /// Connections this group still holds, by id, in no particular order.
-    pub fn conn_ids(&self) -> impl Iterator<Item = u64> + '_ {
-        self.conns.iter().map(Conn::id)
-    }
 }
 
 impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {

@@ -59,9 +59,8 @@ impl<S: Socket> Conn<S> {
         // through the gate's accessors and the digest is computed there, never by
         // reading device memory twice.
         let start = self.out.len();
-        self.out.resize(start + len, 0);
         let copied = self.qpair.data(slot).and_then(|sgl: Sgl<'_>| {
-            ChunkReader::new(&sgl).read(&mut self.out[start..]).map_err(|_| Status::DATA_TRANSFER_ERROR)
+            ChunkReader::new(&sgl).append_to(&mut self.out, len).map_err(|_| Status::DATA_TRANSFER_ERROR)
         });
         if copied != Ok(len) {
             self.out.truncate(header_start);

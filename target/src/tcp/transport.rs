@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use peerless_core::reactor::ThreadCtx;
+use peerless_core::rpc::decode_params;
 use serde_json::{json, Value};
 
 use super::listener::Listener;
@@ -25,8 +26,9 @@ pub struct TcpTransport {
 impl TcpTransport {
     /// `nvmf_create_transport` for TCP: the shared options, TCP's own, and the buffers.
     pub fn create(params: &Value, poll_groups: usize) -> Result<Arc<dyn Transport>, String> {
-        let mut opts: TransportOptions = serde_json::from_value(params.clone()).map_err(|err| err.to_string())?;
-        let tcp: TcpOptions = serde_json::from_value(params.clone()).map_err(|err| err.to_string())?;
+        // Decoded as every RPC is, so a wrong type names its field.
+        let mut opts: TransportOptions = decode_params(Some(params.clone())).map_err(|err| err.message)?;
+        let tcp: TcpOptions = decode_params(Some(params.clone())).map_err(|err| err.message)?;
         opts.validate(poll_groups)?;
         tcp.validate()?;
         opts.trtype = TRTYPE.into();

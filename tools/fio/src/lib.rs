@@ -5,8 +5,8 @@
 //!   SPDK-format JSON config, one lightweight thread per fio thread.
 //!
 //! fio's structures are read by `shim.c` (compiled against fio's own headers); Rust sees
-//! plain arguments only. `unsafe` is confined to `ffi` and `iou` (the FFI boundary that
-//! DESIGN.md allows); the engines themselves are safe code.
+//! plain arguments only. `unsafe` is confined to `ffi` and `iou` (the FFI
+//! boundary); the engines themselves are safe code.
 #![deny(unsafe_code)]
 
 pub mod bdev;

@@ -101,6 +101,10 @@ struct PerfArgs {
     /// Keep Alive Timeout in milliseconds (0 = off).
     #[arg(long, default_value_t = 10_000)]
     kato_ms: u32,
+    /// Start at most this many I/Os per second in all (shared over the cores), evenly
+    /// spaced, as fio's rate_iops: a steady load instead of the most the target takes.
+    #[arg(long = "rate-iops", value_name = "IOPS")]
+    rate_iops: Option<u32>,
 }
 
 fn required<T>(value: Option<T>, flag: &str) -> Result<T, String> {
@@ -126,6 +130,7 @@ fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
         plot: args.plot,
         seed: args.seed.unwrap_or(clock_seed),
         kato_ms: args.kato_ms,
+        rate_iops: args.rate_iops,
         trid,
     })
 }

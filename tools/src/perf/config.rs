@@ -67,6 +67,9 @@ pub struct PerfConfig {
     pub seed: u64,
     /// Keep Alive Timeout for the run's controller.
     pub kato_ms: u32,
+    /// `--rate-iops`: the most I/Os the run starts per second, shared over its cores;
+    /// `None` runs every queue at full depth.
+    pub rate_iops: Option<u32>,
 }
 
 impl PerfConfig {
@@ -88,6 +91,9 @@ impl PerfConfig {
         }
         if self.queues_per_ns > self.queue_depth {
             return Err(format!("-P {} queues cannot share -q {}", self.queues_per_ns, self.queue_depth));
+        }
+        if let Some(rate) = self.rate_iops {
+            super::pace::share_per_core(rate, self.cores.len())?;
         }
         Ok(())
     }

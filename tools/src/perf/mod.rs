@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod identify;
+pub mod pace;
 pub mod pattern;
 pub mod report;
 pub mod trid;
@@ -106,15 +107,22 @@ pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
         start,
         end: start + config.duration,
     };
+    let rates = match config.rate_iops {
+        Some(rate) => {
+            pace::share_per_core(rate, config.cores.len()).map_err(Error::Config)?.into_iter().map(Some).collect()
+        }
+        None => vec![None; config.cores.len()],
+    };
     let (tick_tx, tick_rx) = mpsc::channel();
     let mut handles = Vec::new();
-    for (index, (core, core_jobs)) in config.cores.iter().copied().zip(jobs).enumerate() {
+    for (index, ((core, core_jobs), rate)) in config.cores.iter().copied().zip(jobs).zip(rates).enumerate() {
         let (plan, ticks) = (plan.clone(), tick_tx.clone());
         let rng_seed = config.seed ^ ((index as u64 + 1) << 32);
+        let pacer = rate.map(|rate| pace::Pacer::new(start, rate));
         let handle = thread::Builder::new()
             .name(format!("perf-core{core}"))
             .spawn(move || match pin_to(core) {
-                Ok(()) => worker::run(core, core_jobs, plan, ticks, rng_seed),
+                Ok(()) => worker::run(core, core_jobs, plan, ticks, rng_seed, pacer),
                 Err(message) => {
                     Report { rows: Vec::new(), elapsed: Duration::ZERO, errors: 0, mismatches: 0, fatal: Some(message) }
                 }

@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use crate::initiator::{Completion, IoQueue};
 
 use super::config::{Access, Workload};
+use super::pace::Pacer;
 use super::pattern::{self, next_random};
 
 /// Completions taken from one queue per poll before moving to the next queue.
@@ -107,6 +108,9 @@ struct Io {
 struct Running {
     job: Job,
     ios: Vec<Io>,
+    /// Slots with no I/O in flight, waiting for their next submission (at once unless
+    /// `--rate-iops` holds them back).
+    ready: Vec<usize>,
     /// CID -> index into `ios`.
     io_of_cid: Vec<u32>,
     seq_next: u64,
@@ -114,7 +118,14 @@ struct Running {
     blocks_per_io: u32,
 }
 
-pub fn run(core: usize, jobs: Vec<Job>, plan: Plan, ticks: Sender<Tick>, rng_seed: u64) -> Report {
+pub fn run(
+    core: usize,
+    jobs: Vec<Job>,
+    plan: Plan,
+    ticks: Sender<Tick>,
+    rng_seed: u64,
+    mut pacer: Option<Pacer>,
+) -> Report {
     let mut rng = rng_seed | 1;
     let mut report = Report { rows: Vec::new(), elapsed: Duration::ZERO, errors: 0, mismatches: 0, fatal: None };
     let mut running = Vec::with_capacity(jobs.len());
@@ -122,7 +133,7 @@ pub fn run(core: usize, jobs: Vec<Job>, plan: Plan, ticks: Sender<Tick>, rng_see
         if report.rows.iter().all(|r| r.nsid != job.ns.nsid) {
             report.rows.push(Row { core, nsid: job.ns.nsid, ios: 0, bytes: 0, latency_ns: new_histogram() });
         }
-        match start_job(job, &plan, &mut rng) {
+        match start_job(job, &plan) {
             Ok(job) => running.push(job),
             Err(error) => {
                 report.fatal = Some(error);
@@ -180,12 +191,13 @@ pub fn run(core: usize, jobs: Vec<Job>, plan: Plan, ticks: Sender<Tick>, rng_see
                         pattern::mismatched_blocks(&completion.buf, io.slba, block_size, io.seed, &mut scratch);
                 }
                 io.buf = Some(completion.buf);
-                if !stopping {
-                    if let Err(error) = state.submit_next(index, &plan, &mut rng) {
-                        report.fatal = Some(error);
-                        report.elapsed = plan.start.elapsed();
-                        return report;
-                    }
+                state.ready.push(index);
+            }
+            if !stopping {
+                if let Err(error) = state.submit_ready(&plan, &mut rng, &mut pacer) {
+                    report.fatal = Some(error);
+                    report.elapsed = plan.start.elapsed();
+                    return report;
                 }
             }
             outstanding += state.job.queue.outstanding();
@@ -202,7 +214,8 @@ pub fn run(core: usize, jobs: Vec<Job>, plan: Plan, ticks: Sender<Tick>, rng_see
     report
 }
 
-fn start_job(job: Job, plan: &Plan, rng: &mut u64) -> Result<Running, String> {
+/// Sets up a job's I/O slots; the worker's loop submits them.
+fn start_job(job: Job, plan: &Plan) -> Result<Running, String> {
     let block_size = job.ns.block_size as usize;
     if block_size == 0 || !plan.io_bytes.is_multiple_of(block_size) {
         return Err(format!(
@@ -227,21 +240,33 @@ fn start_job(job: Job, plan: &Plan, rng: &mut u64) -> Result<Running, String> {
         let lane = job.lane_base + index as u64;
         ios.push(Io { buf: Some(buf), op: Op::Read, slba: 0, seed: 0, start: plan.start, lane, writes: 0, seq: 0 });
     }
-    let mut state = Running {
+    Ok(Running {
         io_of_cid: vec![0; usize::from(job.queue.depth())],
         seq_next: job.seq_start % units,
         job,
         ios,
+        // Popped from the end: slot 0 goes first.
+        ready: (0..depth).rev().collect(),
         units,
         blocks_per_io,
-    };
-    for index in 0..depth {
-        state.submit_next(index, plan, rng)?;
-    }
-    Ok(state)
+    })
 }
 
 impl Running {
+    /// Submits every ready slot, or as many as the pacer has slots for now.
+    fn submit_ready(&mut self, plan: &Plan, rng: &mut u64, pacer: &mut Option<Pacer>) -> Result<(), String> {
+        while let Some(&index) = self.ready.last() {
+            if let Some(pacer) = pacer {
+                if !pacer.try_take(Instant::now()) {
+                    break;
+                }
+            }
+            self.ready.pop();
+            self.submit_next(index, plan, rng)?;
+        }
+        Ok(())
+    }
+
     /// Picks and submits the next I/O of slot `index`.
     fn submit_next(&mut self, index: usize, plan: &Plan, rng: &mut u64) -> Result<(), String> {
         let io = &mut self.ios[index];

@@ -1,4 +1,4 @@
-//! Block device subcommands (RPC.md 5.3 "Bdev"; rpc.py's bdev.py). Sizes given in MiB on
+//! Block device subcommands (rpc.py's bdev.py). Sizes given in MiB on
 //! the command line travel as block counts, as rpc.py computes them.
 
 use clap::Subcommand;

@@ -1,4 +1,4 @@
-//! Client-side composites (RPC.md 5.2, SPDK's config.py): `save_config`, `load_config`,
+//! Client-side composites (SPDK's config.py): `save_config`, `load_config`,
 //! and `call` for any method with raw JSON params. The composites take the calling
 //! function as a parameter so tests can drive them against a simulated target.
 

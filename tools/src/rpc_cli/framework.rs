@@ -1,5 +1,5 @@
-//! Framework, thread, app and log subcommands (RPC.md 5.3 "Framework / app / log";
-//! rpc.py's app.py and log.py).
+//! Framework, thread, app and log subcommands
+//! (rpc.py's app.py and log.py).
 
 use clap::Subcommand;
 

@@ -1,5 +1,5 @@
 //! The command line of `peerless-rpc`: SPDK `rpc.py`'s global options, subcommand names,
-//! positional arguments and flags (RPC.md 5.3), each turned into the exact wire
+//! positional arguments and flags, each turned into the exact wire
 //! parameters. Parsing and mapping are pure, so tests check them without a server;
 //! `run` does the talking and printing.
 

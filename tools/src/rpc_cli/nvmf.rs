@@ -1,4 +1,4 @@
-//! NVMe-oF subcommands (RPC.md 5.3 "NVMe-oF" and 4.2; rpc.py's nvmf.py).
+//! NVMe-oF subcommands (rpc.py's nvmf.py).
 
 use clap::{ArgGroup, Args, Subcommand};
 
@@ -10,7 +10,7 @@ const ONCS: [&str; 5] = ["nvmcmps", "nvmdsmsv", "nvmwzsv", "reservs", "nvmcpys"]
 const FUSES: [&str; 1] = ["fcws"];
 
 /// Options of nvmf_create_transport; most apply to one transport type only, and the
-/// server ignores those of other types (RPC.md 4.2).
+/// server ignores those of other types.
 #[derive(Args, Debug)]
 pub struct TransportArgs {
     /// Transport type (TCP, RDMA)

@@ -1,6 +1,6 @@
 //! Command line -> wire mapping for every subcommand, through the real clap parser, no
 //! server needed. Expected params are what SPDK's rpc.py sends for the same command line
-//! (RPC.md 5.3 dry-runs), minus the default `false` flags we leave out.
+//! (what rpc.py sends, from its dry runs), minus the default `false` flags we leave out.
 
 use serde_json::{json, Value};
 

@@ -4,8 +4,8 @@
 //! Counts are exact across channels ("inject 3 failures" fails exactly 3 I/O, whichever
 //! threads they run on), so an armed entry is claimed with an atomic read-modify-write.
 //! That is the one atomic RMW on an I/O path in the bdev modules, and a deliberate
-//! exception to DESIGN.md invariant 1: this is fault injection for tests, and an entry
-//! that is not armed costs one relaxed load, no RMW. Per-channel copies pushed by
+//! exception to shared-nothing on the data path: this is fault injection for tests, and an
+//! entry that is not armed costs one relaxed load, no RMW. Per-channel copies pushed by
 //! `for_each_channel` would avoid it but could not share one count between threads.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};

@@ -1,5 +1,5 @@
 //! bdev_nvmesim: an emulated NVMe SSD with a Controller Memory Buffer, the P2P-capable
-//! device of issue 7. Its CMB is an emulated-CMB provider (strict by default: the CPU
+//! device. Its CMB is an emulated-CMB provider (strict by default: the CPU
 //! mapping is PROT_NONE), offered as the bdev's `p2p_provider`; it accepts its own CMB's
 //! domain, so the layer hands it CMB buffers as they are. Its DMA engine moves data
 //! between those (or host) buffers and its media, RAM or a file (see `media`): CMB
@@ -33,7 +33,7 @@ pub use rpc::NvmesimModule;
 
 pub const PRODUCT_NAME: &str = "NVMe simulated disk";
 pub const MODULE_NAME: &str = "nvmesim";
-/// CMB size when `cmb_size_mb` is not given (issue 4).
+/// CMB size when `cmb_size_mb` is not given.
 pub const DEFAULT_CMB_SIZE_MB: u64 = 64;
 /// RAM media is one mapping; beyond this the RPC refuses rather than fail in mmap.
 pub const MAX_RAM_MEDIA_BYTES: u64 = 1 << 40;

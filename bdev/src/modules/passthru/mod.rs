@@ -26,7 +26,7 @@ pub use rpc::PassthruModule;
 pub const PRODUCT_NAME: &str = "passthru";
 pub const MODULE_NAME: &str = "passthru";
 
-/// `bdev_passthru_create` parameters (RPC.md 5.3).
+/// `bdev_passthru_create` parameters.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {

@@ -1,4 +1,4 @@
-//! `bdev_passthru_create` and `bdev_passthru_delete` (RPC.md 5.3).
+//! `bdev_passthru_create` and `bdev_passthru_delete`.
 
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::rpc::{Registry, StateMask};

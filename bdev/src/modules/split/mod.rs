@@ -29,7 +29,7 @@ pub const MODULE_NAME: &str = "split";
 pub const MAX_SPLIT_COUNT: u32 = 1024;
 const MIB: u64 = 1 << 20;
 
-/// `bdev_split_create` parameters (RPC.md 5.3).
+/// `bdev_split_create` parameters.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {

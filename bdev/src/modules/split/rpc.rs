@@ -1,4 +1,4 @@
-//! `bdev_split_create` and `bdev_split_delete` (RPC.md 5.3).
+//! `bdev_split_create` and `bdev_split_delete`.
 
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::rpc::{Registry, StateMask};

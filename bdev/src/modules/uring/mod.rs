@@ -1,11 +1,11 @@
 //! bdev_uring: files and block devices through io_uring, opened with O_DIRECT (buffered,
 //! with a warning, where the filesystem refuses it), one ring per thread. The same engine
 //! answers SPDK's `bdev_aio_create`, so SPDK configs written for the aio module load
-//! unchanged (DESIGN.md: file I/O goes through io_uring, a reactor never blocks).
+//! unchanged (file I/O goes through io_uring, a reactor never blocks).
 //!
 //! Every I/O goes through plain (non-fixed) readv/writev, which is what P2P segments need
 //! (the kernel refuses long-term pins of P2P pages). Registered buffers for pool memory,
-//! the optimisation DESIGN.md names, are not used yet. The bdev accepts host memory only,
+//! the optimisation the design names, are not used yet. The bdev accepts host memory only,
 //! so the layer bounces anything else before it gets here.
 
 mod channel;

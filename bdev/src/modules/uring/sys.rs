@@ -1,5 +1,5 @@
-//! The io_uring wrapper: the one file of peerless-bdev allowed `unsafe` (DESIGN.md
-//! invariant 6, checked by core's tidy test).
+//! The io_uring wrapper: the one file of peerless-bdev allowed `unsafe`
+//! (checked by core's tidy test).
 //!
 //! The kernel reads and writes an I/O's buffers after `io_uring_enter` returns, so the
 //! contract every push must keep is "the memory named by this SQE stays valid and

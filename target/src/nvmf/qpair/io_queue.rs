@@ -114,8 +114,13 @@ impl Qpair {
         let transfer = match plan {
             Plan::Block { transfer, .. } | Plan::Deallocate { transfer, .. } => transfer,
         };
-        let provider = match plan {
-            Plan::Block { .. } if transfer.bytes > 0 => entry.ns.provider.clone(),
+        // The namespace's P2P provider first (the transport places data there with the
+        // CPU's I/O accessors, the bdev DMAs from it); full is an expected state. Taken
+        // while the entry is borrowed: the buffer holds the provider, nothing else must.
+        let p2p = match (&entry.ns.provider, plan) {
+            (Some(provider), Plan::Block { .. }) if transfer.bytes > 0 => {
+                Some(mem::P2pBuf::alloc(provider, transfer.bytes))
+            }
             _ => None,
         };
         let request = &mut self.requests[index];
@@ -125,13 +130,10 @@ impl Qpair {
         if transfer.direction == Direction::None {
             return self.execute(ctx, group, index);
         }
-        // The namespace's P2P provider first (DESIGN.md: the transport places data there
-        // with the CPU's I/O accessors, the bdev DMAs from it); full is an expected state.
-        if let Some(provider) = provider {
-            match mem::P2pBuf::alloc(&provider, transfer.bytes) {
-                Ok(buffer) => self.requests[index].buffers.push(DataBuf::P2p(buffer)),
-                Err(_) => self.stats.p2p_fallbacks += 1,
-            }
+        match p2p {
+            Some(Ok(buffer)) => self.requests[index].buffers.push(DataBuf::P2p(buffer)),
+            Some(Err(_)) => self.stats.p2p_fallbacks += 1,
+            None => {}
         }
         self.place(ctx, group, index, in_capsule);
     }
@@ -312,6 +314,7 @@ impl Qpair {
                     let placed = request.buffers.first().map_or(MemKind::Host, buffer_kind);
                     self.stats.placed_bytes[placed.index()] += u64::from(len);
                     let completes = self.config.data_completes;
+                    request.data_completes = completes;
                     self.actions.push_back(Action::SendData { slot: index as u16, cid, len, completes });
                 } else {
                     self.finish(cache, index, status, 0);

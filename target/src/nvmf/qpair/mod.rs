@@ -91,6 +91,8 @@ pub(crate) struct Request {
     pub buffers: Vec<DataBuf>,
     /// In-capsule data waiting in the queue's staging area for a buffer.
     pub staged: bool,
+    /// The data being sent completes the command: no completion follows it.
+    pub data_completes: bool,
     /// The namespace's bdev channel while the command is at the bdev: a namespace removed
     /// meanwhile must not take the channel (and the I/O in it) away.
     pub channel: Option<BdevHandle>,
@@ -110,6 +112,7 @@ impl Request {
             result: 0,
             buffers: Vec::new(),
             staged: false,
+            data_completes: false,
             channel: None,
         }
     }
@@ -238,16 +241,8 @@ impl Qpair {
         self.queue.as_ref().map(|queue| &queue.controller)
     }
 
-    pub fn is_admin(&self) -> bool {
-        self.qid() == Some(0)
-    }
-
     pub fn is_closing(&self) -> bool {
         self.closing
-    }
-
-    pub fn opts(&self) -> &Arc<TransportOptions> {
-        &self.opts
     }
 
     /// The in-capsule data this queue accepts in one command.
@@ -267,10 +262,6 @@ impl Qpair {
     /// more data now leaves the action (and its buffers) with the engine.
     pub fn peek_action(&self) -> Option<&Action> {
         self.actions.front()
-    }
-
-    pub fn has_actions(&self) -> bool {
-        !self.actions.is_empty()
     }
 
     /// Commands running in the bdev layer.
@@ -306,11 +297,10 @@ impl Qpair {
             debug_assert!(false, "data_sent for slot {slot} that sent nothing");
             return;
         };
-        let completes = self.config.data_completes && request.sqe.opcode() == crate::nvme::io::READ;
-        let (status, result) = (request.status, request.result);
+        let (status, result, completes) = (request.status, request.result, request.data_completes);
         buffers::give_back(cache, &mut request.buffers);
         match sent {
-            Ok(()) if completes && self.qid().is_some_and(|qid| qid > 0) => {
+            Ok(()) if completes => {
                 self.stats.completed += 1;
                 self.release(index);
             }
@@ -375,6 +365,7 @@ impl Qpair {
         request.status = Status::SUCCESS;
         request.result = 0;
         request.staged = false;
+        request.data_completes = false;
         Ok(Some(usize::from(slot)))
     }
 
