@@ -155,14 +155,14 @@ def drive_framework(t):
     version = js(t, "spdk_get_version")
     check(version["version"].startswith("SPDK v") and version["fields"]["major"] >= 24, f"version {version}")
     out(t, "framework_wait_init")
-    for sub in ["bdev", "nvmf"]:
+    for sub in ["keyring", "bdev", "nvmf"]:
         check(isinstance(js(t, "framework_get_config", sub), list), f"framework_get_config {sub}")
     methods = js(t, "rpc_get_methods")
     current = js(t, "rpc_get_methods", "-c")
     check("framework_start_init" not in current and "bdev_malloc_create" in current, "rpc_get_methods -c")
     check(set(js(t, "rpc_get_methods", "-i")) == set(methods), "rpc_get_methods -i: no aliases")
     subsystems = js(t, "framework_get_subsystems")
-    check([s["subsystem"] for s in subsystems] == ["bdev", "nvmf"], f"subsystems {subsystems}")
+    check([s["subsystem"] for s in subsystems] == ["keyring", "bdev", "nvmf"], f"subsystems {subsystems}")
     reactors = js(t, "framework_get_reactors")
     check(reactors["reactors"][0]["lcore"] == 0 and reactors["reactors"][0]["lw_threads"], f"reactors {reactors}")
     stats = js(t, "thread_get_stats")
@@ -180,6 +180,29 @@ def drive_framework(t):
     out(t, "log_set_level", "NOTICE")
     out(t, "log_set_print_level", "NOTICE")
     return methods
+
+
+def drive_keyring(t, work):
+    """Keys from private files, listed and saved by name and path only; an open file is
+    refused. key1 stays, so the save/restart/load round trip below carries a key."""
+    secret = "DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:"
+    paths = []
+    for name, mode in [("key0", 0o600), ("key1", 0o600), ("open", 0o644)]:
+        path = os.path.join(work, f"{name}.key")
+        with open(path, "w") as f:
+            f.write(secret)
+        os.chmod(path, mode)
+        paths.append(path)
+    out(t, "keyring_file_add_key", "key0", paths[0])
+    out(t, "keyring_file_add_key", "key1", paths[1])
+    check(error_code(t, "keyring_file_add_key", "key2", paths[2]) == -1, "keyring_file_add_key: 0644 file refused (EPERM)")
+    check(error_code(t, "keyring_file_add_key", "key0", paths[1]) == -17, "keyring_file_add_key: duplicate (EEXIST)")
+    keys = js(t, "keyring_get_keys")
+    check([(k["name"], k["path"], k["module"]) for k in keys] == [("key0", paths[0], "keyring_file"), ("key1", paths[1], "keyring_file")], f"keyring_get_keys {keys}")
+    check(secret not in json.dumps(keys), "keyring_get_keys shows key material")
+    out(t, "keyring_file_remove_key", "key0")
+    check(error_code(t, "keyring_file_remove_key", "key0") == -19, "keyring_file_remove_key: unknown (ENODEV)")
+    check([k["name"] for k in js(t, "keyring_get_keys")] == ["key1"], "keyring_file_remove_key")
 
 
 def drive_bdevs(t, work):
@@ -437,6 +460,7 @@ def main():
     t = Target(args.tgt, work, "first")
     rpc(t.sock, "framework_wait_init", retries=50)
     methods = drive_framework(t)
+    drive_keyring(t, work)
     drive_bdevs(t, work)
     port = drive_nvmf(t, args.perf)
     if MAJOR >= 26:
@@ -450,6 +474,8 @@ def main():
         check(text in nvmf_view, f"spdk-cli ls /nvmf lacks {text}:\n{nvmf_view}")
 
     saved = save_config(t)
+    check("DHHC-1" not in json.dumps(saved), "save_config shows key material")
+    check(any(s["subsystem"] == "keyring" and s["config"] for s in saved["subsystems"]), "save_config keeps the keyring")
     saved_path = os.path.join(work, "saved.json")
     with open(saved_path, "w") as f:
         json.dump(saved, f, indent=2)

@@ -7,6 +7,7 @@
 
 pub mod accel;
 pub mod config;
+pub mod keyring;
 pub mod log;
 pub mod mem;
 pub mod reactor;

@@ -10,6 +10,7 @@ use crate::nvmf::{self, NvmfSubsystem, NvmfTarget};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use peerless_bdev::{BdevManager, BdevSubsystem};
+use peerless_core::keyring::{self, rpc::KeyringSubsystem, Keyring};
 use peerless_core::log::{self, Level};
 use peerless_core::mem::env::{self, EnvOptions, MemEnv};
 use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask, PollStatus, PollWindow, ReactorMode};
@@ -119,17 +120,20 @@ impl TargetOptions {
     }
 }
 
-/// Every RPC method this target answers, bound to its bdevs and NVMe-oF target.
-pub fn registry(bdevs: &BdevManager, target: &NvmfTarget) -> Registry {
+/// Every RPC method this target answers, bound to its keyring, bdevs and NVMe-oF target.
+pub fn registry(keyring: &Keyring, bdevs: &BdevManager, target: &NvmfTarget) -> Registry {
     let mut registry = Registry::new();
     framework::register(&mut registry);
+    keyring::rpc::register(&mut registry, keyring);
     peerless_bdev::register_rpcs(&mut registry, bdevs);
     nvmf::rpc::register(&mut registry, target);
     registry
 }
 
 /// The framework subsystems in init order (SPDK's names, so configs carry over).
-fn register_subsystems(app: &AppHandle, bdevs: &BdevManager, target: &NvmfTarget) {
+fn register_subsystems(app: &AppHandle, keyring: &Keyring, bdevs: &BdevManager, target: &NvmfTarget) {
+    // Keys first: configuration that names a key is restored after it.
+    app.register_subsystem(Arc::new(KeyringSubsystem { keyring: keyring.clone() }));
     app.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
     app.register_subsystem(Arc::new(NvmfSubsystem { target: target.clone() }));
 }
@@ -163,11 +167,12 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     let handle = app.handle();
     watch_signals(&handle, signals);
 
+    let keyring = Keyring::new();
     let bdevs = BdevManager::new();
     let target = NvmfTarget::new(handle.clone(), bdevs.clone());
     target.register_transport_type(crate::tcp::TRTYPE, crate::tcp::TcpTransport::create);
-    register_subsystems(&handle, &bdevs, &target);
-    let registry = Arc::new(registry(&bdevs, &target));
+    register_subsystems(&handle, &keyring, &bdevs, &target);
+    let registry = Arc::new(registry(&keyring, &bdevs, &target));
     let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {
         Ok(server) => server,
         Err(err) => {

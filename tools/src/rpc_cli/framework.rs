@@ -1,5 +1,5 @@
-//! Framework, thread, app and log subcommands
-//! (rpc.py's app.py and log.py).
+//! Framework, thread, app, log and keyring subcommands
+//! (rpc.py's app.py, log.py and keyring.py).
 
 use clap::Subcommand;
 
@@ -86,6 +86,24 @@ pub enum Command {
     /// Get the level of messages printed to stderr
     #[command(name = "log_get_print_level")]
     LogGetPrintLevel,
+    /// Add a key from a file: an absolute path to a regular file owned by the target's
+    /// user, mode 0600 or stricter
+    #[command(name = "keyring_file_add_key")]
+    KeyringFileAddKey {
+        /// Name of the key
+        name: String,
+        /// Path to the file holding the key
+        path: String,
+    },
+    /// Remove a key added with keyring_file_add_key
+    #[command(name = "keyring_file_remove_key")]
+    KeyringFileRemoveKey {
+        /// Name of the key
+        name: String,
+    },
+    /// List the keys: names, paths and use, never their contents
+    #[command(name = "keyring_get_keys")]
+    KeyringGetKeys,
 }
 
 impl Command {
@@ -121,6 +139,13 @@ impl Command {
                 call("log_set_print_level", none().set("level", level.as_str()), Nothing)
             }
             Command::LogGetPrintLevel => call("log_get_print_level", none(), Json),
+            Command::KeyringFileAddKey { name, path } => {
+                call("keyring_file_add_key", none().set("name", name.as_str()).set("path", path.as_str()), Nothing)
+            }
+            Command::KeyringFileRemoveKey { name } => {
+                call("keyring_file_remove_key", none().set("name", name.as_str()), Nothing)
+            }
+            Command::KeyringGetKeys => call("keyring_get_keys", none(), Json),
         }
     }
 }

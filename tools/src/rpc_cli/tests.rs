@@ -67,6 +67,13 @@ fn framework_and_log() {
     check(&["mem_get_stats"], "mem_get_stats", Value::Null);
     check(&["log_set_flag", "nvmf_tcp"], "log_set_flag", json!({"flag": "nvmf_tcp"}));
     check(&["log_clear_flag", "all"], "log_clear_flag", json!({"flag": "all"}));
+    check(
+        &["keyring_file_add_key", "key0", "/etc/peerless/key0"],
+        "keyring_file_add_key",
+        json!({"name": "key0", "path": "/etc/peerless/key0"}),
+    );
+    check(&["keyring_file_remove_key", "key0"], "keyring_file_remove_key", json!({"name": "key0"}));
+    check(&["keyring_get_keys"], "keyring_get_keys", Value::Null);
     check(&["log_get_flags"], "log_get_flags", Value::Null);
     check(&["log_set_level", "DEBUG"], "log_set_level", json!({"level": "DEBUG"}));
     check(&["log_get_level"], "log_get_level", Value::Null);
