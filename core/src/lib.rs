@@ -12,3 +12,4 @@ pub mod log;
 pub mod mem;
 pub mod reactor;
 pub mod rpc;
+pub mod throttle;
