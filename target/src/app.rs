@@ -139,7 +139,56 @@ fn register_subsystems(app: &AppHandle, keyring: &Keyring, bdevs: &BdevManager, 
 }
 
 /// Runs the target until SIGINT, SIGTERM or `spdk_kill_instance`.
+/// Open files the target asks for at start-up: a socket per connection, ten thousand
+/// hosts and more, with room for bdevs, epolls and the RPC server.
+pub const WANTED_OPEN_FILES: u64 = 65_536;
+/// Below this soft limit the target does not start: a few hundred hosts would exhaust it.
+pub const MIN_OPEN_FILES: u64 = 1_024;
+
+/// The soft limit on open files now, if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).ok().map(|(soft, _)| soft)
+}
+
+/// Raises the soft open files limit towards `wanted` as far as the hard limit allows;
+/// the limit it ends at, or why it is too low to start.
+pub fn raise_open_files_limit(wanted: u64, minimum: u64) -> Result<u64, TargetError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+        .map_err(|err| TargetError::Start(format!("cannot read the open files limit (RLIMIT_NOFILE): {err}")))?;
+    let goal = wanted.min(hard);
+    let limit = if soft < goal {
+        match setrlimit(Resource::RLIMIT_NOFILE, goal, hard) {
+            Ok(()) => {
+                log_notice!("open files limit raised from {soft} to {goal} (hard limit {hard})");
+                goal
+            }
+            Err(err) => {
+                log_error!("cannot raise the open files limit from {soft} to {goal}: {err}");
+                soft
+            }
+        }
+    } else {
+        soft
+    };
+    if limit < minimum {
+        return Err(TargetError::Start(format!(
+            "the open files limit is {limit} (hard limit {hard}); the target needs at least {minimum}: raise \
+             it (ulimit -n, or LimitNOFILE= in a systemd unit)"
+        )));
+    }
+    if limit < wanted {
+        peerless_core::log_warn!(
+            "open files limit {limit} (hard limit {hard}): at most about {} connections; raise the hard limit \
+             for more",
+            limit.saturating_sub(64)
+        );
+    }
+    Ok(limit)
+}
+
 pub fn run(options: TargetOptions) -> Result<(), TargetError> {
+    raise_open_files_limit(WANTED_OPEN_FILES, MIN_OPEN_FILES)?;
     // Block the handled signals before any thread starts, so every thread inherits the
     // mask and they arrive only through the app thread's signalfd.
     let mut stop_signals = SigSet::empty();
@@ -317,6 +366,15 @@ fn log_state(ctx: &mut peerless_core::reactor::ThreadCtx) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_or_refused_with_the_numbers() {
+        let limit = raise_open_files_limit(WANTED_OPEN_FILES, 0).unwrap();
+        assert_eq!(open_files_limit(), Some(limit));
+        assert_eq!(raise_open_files_limit(0, 0).unwrap(), limit, "never lowered");
+        let err = raise_open_files_limit(u64::MAX, u64::MAX).unwrap_err().to_string();
+        assert!(err.contains(&format!("the open files limit is {limit}")) && err.contains("needs at least"), "{err}");
+    }
 
     /// The mode and window (floor, cap in us) that `flags` resolve to, or the error.
     fn check(flags: ModeFlags, expected: Result<(ReactorMode, u32, u32), &str>) {

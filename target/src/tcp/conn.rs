@@ -4,7 +4,6 @@
 
 use std::io::ErrorKind;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use peerless_core::log::flags;
@@ -23,8 +22,6 @@ use crate::nvmf::NvmfTarget;
 pub const ADMIN_IN_CAPSULE_BYTES: usize = 8192;
 /// Bytes read from the socket per read call at most; larger PDUs take several.
 const READ_SLACK_BYTES: usize = 4096;
-/// PDUs handled per poll, so one busy connection cannot starve its neighbours.
-const PDUS_PER_POLL: usize = 64;
 /// A host that stops reading is cut off past this much unsent output.
 const MAX_PENDING_OUTPUT_BYTES: usize = 64 * 1024 * 1024;
 
@@ -42,7 +39,15 @@ pub struct Conn<S: Socket = TcpStream> {
     stream: S,
     pub(super) phase: Phase,
     pub(super) digests: Digests,
+    /// Allocated when the socket first has something to read and given back when the
+    /// connection has been idle a while (`release_idle_buffers`): an idle host costs
+    /// no receive buffer.
     recv: Vec<u8>,
+    /// The size `recv` has when allocated: the largest PDU plus read slack.
+    recv_bytes: usize,
+    /// Complete PDUs left in `recv` when the per-poll budget ran out: poll again even if
+    /// the socket has nothing new.
+    input_backlog: bool,
     recv_start: usize,
     recv_end: usize,
     pub(super) out: Vec<u8>,
@@ -53,8 +58,6 @@ pub struct Conn<S: Socket = TcpStream> {
     /// start, as the host asked with ICReq HPDA (NVMe/TCP 1.0, 3.6.2.2).
     pub(super) data_alignment: usize,
     pub(super) qpair: Qpair,
-    /// The listener's count of live connections, released when this one goes.
-    listener_connections: Arc<AtomicU32>,
 }
 
 impl<S: Socket> Conn<S> {
@@ -64,7 +67,6 @@ impl<S: Socket> Conn<S> {
         target: &NvmfTarget,
         transport: &Arc<dyn Transport>,
         tcp: &TcpOptions,
-        listener_connections: Arc<AtomicU32>,
     ) -> std::io::Result<Conn<S>> {
         stream.prepare(tcp.sock_priority)?;
         let peer = stream.peer_addr()?;
@@ -77,12 +79,13 @@ impl<S: Socket> Conn<S> {
         let config = QpairConfig { data_completes: tcp.c2h_success, admin_in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES };
         let max_h2c_data = options.max_io_size as usize;
         let qpair = Qpair::new(id, target.clone(), options, transport.pool(), config, peer, local);
-        listener_connections.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
             stream,
             phase: Phase::AwaitIcReq,
             digests: Digests::default(),
-            recv: vec![0u8; recv_bytes],
+            recv: Vec::new(),
+            recv_bytes,
+            input_backlog: false,
             recv_start: 0,
             recv_end: 0,
             out: Vec::new(),
@@ -90,7 +93,6 @@ impl<S: Socket> Conn<S> {
             max_h2c_data,
             data_alignment: 4,
             qpair,
-            listener_connections,
         })
     }
 
@@ -129,14 +131,17 @@ impl<S: Socket> Conn<S> {
         self.phase == Phase::Closing && self.qpair.is_drained() && self.out_pos >= self.out.len()
     }
 
-    /// One timeslice: read and handle PDUs, run the engine, turn its actions into PDUs,
-    /// send.
-    pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
+    /// One timeslice: read and handle PDUs (when the socket is `readable`, PDUs are left
+    /// from the last one, or commands are in flight, when the host most likely sent
+    /// more), run the engine, turn its actions into PDUs, send.
+    /// At most `pdu_budget` PDUs are handled: the poll group's share for this connection.
+    pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, readable: bool, pdu_budget: usize) -> bool {
+        let read = readable || self.input_backlog || self.qpair.needs_poll();
         let mut busy = self.qpair.poll(ctx, group, group.now_ns);
         // Once the engine has ended the queue (a reset, keep-alive expiry), what the host
         // still sends was in flight before it could know: read no more of it.
-        if self.phase != Phase::Closing && !self.qpair.is_closing() {
-            busy |= self.receive(ctx, group);
+        if self.phase != Phase::Closing && !self.qpair.is_closing() && read {
+            busy |= self.receive(ctx, group, pdu_budget);
         }
         busy |= self.send_actions(group);
         if self.qpair.is_closing() && self.phase != Phase::Closing {
@@ -146,8 +151,12 @@ impl<S: Socket> Conn<S> {
         busy
     }
 
-    fn receive(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
+    fn receive(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, pdu_budget: usize) -> bool {
         let mut busy = false;
+        self.input_backlog = false;
+        if self.recv.is_empty() {
+            self.recv = vec![0u8; self.recv_bytes];
+        }
         if self.recv_start == self.recv_end {
             self.recv_start = 0;
             self.recv_end = 0;
@@ -180,9 +189,13 @@ impl<S: Socket> Conn<S> {
                 return true;
             }
         }
-        for _ in 0..PDUS_PER_POLL {
+        let mut handled = 0;
+        while handled < pdu_budget {
             match self.next_pdu(ctx, group) {
-                Ok(true) => busy = true,
+                Ok(true) => {
+                    busy = true;
+                    handled += 1;
+                }
                 Ok(false) => break,
                 Err((fatal, offending)) => {
                     self.terminate(group, fatal, &offending);
@@ -194,6 +207,10 @@ impl<S: Socket> Conn<S> {
                 break;
             }
         }
+        // The budget ran out with PDUs perhaps still whole in the buffer, or the buffer
+        // is full and the socket was not read: either way come back next pass.
+        self.input_backlog =
+            self.phase != Phase::Closing && (handled == pdu_budget || self.recv_end == self.recv.len());
         busy
     }
 
@@ -376,6 +393,33 @@ impl<S: Socket> Conn<S> {
         self.flush();
     }
 
+    /// Whether the poll group must poll this connection on its next pass even if its
+    /// socket reports nothing: output the socket would not take yet, PDUs left over,
+    /// work in the engine, or a close still draining.
+    pub fn wants_poll(&self) -> bool {
+        self.has_pending_output() || self.input_backlog || self.phase == Phase::Closing || self.qpair.needs_poll()
+    }
+
+    /// Whether ICReq has been answered.
+    pub fn ic_done(&self) -> bool {
+        self.phase != Phase::AwaitIcReq
+    }
+
+    /// Gives back the receive buffer and send capacity of a connection with nothing
+    /// buffered either way; the next read allocates again. Called for connections that
+    /// have been idle for a while, so a steady stream of I/O keeps its buffers.
+    pub fn release_idle_buffers(&mut self) {
+        if self.recv_start == self.recv_end && !self.recv.is_empty() {
+            self.recv = Vec::new();
+            self.recv_start = 0;
+            self.recv_end = 0;
+        }
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = Vec::new();
+            self.out_pos = 0;
+        }
+    }
+
     /// Stops reading; the poll group drops the connection once in-flight I/O is back.
     pub fn close(&mut self, why: &str) {
         if self.phase == Phase::Closing {
@@ -405,7 +449,6 @@ fn fault_to_fatal(fault: Fault) -> Fatal {
 impl<S: Socket> Drop for Conn<S> {
     fn drop(&mut self) {
         debug_assert!(self.qpair.outstanding() == 0, "connection dropped with I/O in flight");
-        self.listener_connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -1,13 +1,16 @@
 //! Listeners: bound on the app thread, accepting from a poller there (woken by the
 //! socket when the reactor sleeps), handing each connection to a poll group round-robin.
 
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
+use peerless_core::throttle::Throttle;
 
 use super::conn::Conn;
+use super::lifecycle::{ListenerCounts, Seat};
 use super::options::TcpOptions;
 use super::poll_group::TcpPollGroup;
 use super::TRTYPE;
@@ -16,6 +19,8 @@ use crate::nvmf::{poll_group, NvmfTarget};
 
 /// Connections accepted per poll, so a connection storm cannot hold the app thread.
 const ACCEPTS_PER_POLL: usize = 16;
+/// A repeated refusal is logged at most this often, with how many it stands for.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A listening socket and its accept poller on the app thread. The target keeps it in
 /// shared state, so it names the poller by id (a `Poller` cannot leave its thread) and
@@ -23,7 +28,14 @@ const ACCEPTS_PER_POLL: usize = 16;
 pub struct Listener {
     pub addr: SocketAddr,
     poller: PollerId,
-    pub connections: Arc<AtomicU32>,
+    /// Its connections, established or not, counted by the poll groups serving them.
+    pub counts: Arc<ListenerCounts>,
+}
+
+/// Why accepting stopped short, each logged through its own throttle.
+struct Refusals {
+    full: Throttle,
+    no_fds: Throttle,
 }
 
 impl Listener {
@@ -38,18 +50,25 @@ impl Listener {
         let socket = Arc::new(TcpListener::bind(addr)?);
         socket.set_nonblocking(true)?;
         let bound = socket.local_addr()?;
-        let connections = Arc::new(AtomicU32::new(0));
-        let (accepting, counter, target) = (socket.clone(), connections.clone(), target.clone());
+        let counts = Arc::new(ListenerCounts::default());
+        let (accepting, counter, target) = (socket.clone(), counts.clone(), target.clone());
         let options = Arc::new(options);
+        let mut refusals =
+            Refusals { full: Throttle::new(REFUSAL_LOG_INTERVAL), no_fds: Throttle::new(REFUSAL_LOG_INTERVAL) };
         // Every acceptor_poll_rate while the reactor spins (an accept that finds nothing
         // costs microseconds), at once when a connection wakes a sleeping reactor.
         let name = format!("nvmf_tcp_accept_{bound}");
         let period_us = u64::from(acceptor_poll_rate_us);
-        let poller = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*socket), period_us, move |_| {
-            PollStatus::from_work(accept(&accepting, &target, &counter, &options) > 0)
+        let poller = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*socket), period_us, move |ctx| {
+            let now_ns = ctx.now_ns();
+            let accepted = accept(&accepting, &target, &counter, &options, &mut refusals, now_ns);
+            if let Some(report) = refusals.full.flush(now_ns) {
+                log_full(bound, &options, report);
+            }
+            PollStatus::from_work(accepted > 0)
         })?;
         peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
-        Ok(Listener { addr: bound, poller: poller.detach(), connections })
+        Ok(Listener { addr: bound, poller: poller.detach(), counts })
     }
 }
 
@@ -65,34 +84,65 @@ impl TransportListener for Listener {
     }
 }
 
-fn accept(socket: &TcpListener, target: &NvmfTarget, connections: &Arc<AtomicU32>, options: &Arc<TcpOptions>) -> usize {
+fn log_full(addr: SocketAddr, options: &TcpOptions, report: peerless_core::throttle::Report) {
+    peerless_core::log_warn!(
+        "listener {addr}: refusing a connection, already serving the limit of {} established connections \
+         (max_connections_per_listener){}",
+        options.max_connections_per_listener,
+        report.suffix()
+    );
+}
+
+/// Accepts what is waiting. A connection is refused only when the established ones fill
+/// the listener; unestablished ones never refuse a newcomer (the poll group evicts the
+/// oldest of them instead, see `lifecycle.rs`).
+fn accept(
+    socket: &TcpListener,
+    target: &NvmfTarget,
+    counts: &Arc<ListenerCounts>,
+    options: &Arc<TcpOptions>,
+    refusals: &mut Refusals,
+    now_ns: u64,
+) -> usize {
     let mut accepted = 0;
     for _ in 0..ACCEPTS_PER_POLL {
         let stream = match socket.accept() {
             Ok((stream, _)) => stream,
-            Err(_) => break,
+            Err(err) if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::Interrupted => break,
+            Err(err) => {
+                // EMFILE/ENFILE: the connection waits in the backlog until a descriptor is free.
+                if let Some(report) = refusals.no_fds.event(now_ns) {
+                    peerless_core::log_warn!(
+                        "listener {:?}: cannot accept: {err} (open files limit {}){}",
+                        socket.local_addr().ok(),
+                        crate::app::open_files_limit().map_or_else(|| "unknown".to_string(), |limit| limit.to_string()),
+                        report.suffix()
+                    );
+                }
+                break;
+            }
         };
         accepted += 1;
-        if connections.load(Ordering::Relaxed) >= options.max_connections_per_listener {
-            peerless_core::log_warn!(
-                "listener {:?}: refusing a connection, already serving the limit of {}",
-                socket.local_addr().ok(),
-                options.max_connections_per_listener
-            );
+        if counts.established() >= options.max_connections_per_listener {
+            if let Some(report) = refusals.full.event(now_ns) {
+                log_full(socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))), options, report);
+            }
             continue;
         }
         let Some(transport) = target.transport(TRTYPE) else { continue };
         let Some(group) = target.pick_poll_group() else { continue };
         let id = target.next_conn_id();
-        let (target, counter, options) = (target.clone(), connections.clone(), options.clone());
+        // Counted at once, so the next accept (and the eviction on arrival) sees it.
+        let seat = Seat::take(counts);
+        let (target, options) = (target.clone(), options.clone());
         // A connection is built on its poll group's thread: it owns thread-local state.
         let _ = group.send(move |ctx| {
-            let conn = Conn::new(id, stream, &target, &transport, &options, counter);
+            let conn = Conn::new(id, stream, &target, &transport, &options);
             match conn {
                 Ok(conn) => poll_group::with(&target, ctx, |group, ctx| {
                     let tcp = group.transport_group(ctx, &transport);
                     if let Some(tcp) = tcp.as_any_mut().downcast_mut::<TcpPollGroup>() {
-                        tcp.add_conn(ctx, conn);
+                        tcp.add_conn(ctx, conn, Some(seat));
                     }
                 }),
                 Err(err) => peerless_core::log_warn!("cannot set up an accepted connection: {err}"),

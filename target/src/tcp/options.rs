@@ -3,8 +3,19 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Connections one listener holds before it refuses more (our own limit).
+/// Established connections one listener holds before it refuses more (our own limit).
 pub const DEFAULT_MAX_CONNECTIONS_PER_LISTENER: u32 = 1024;
+/// Connections one listener holds that have not finished ICReq, Connect and (for an
+/// admin queue) CC.EN; past it the oldest of them is closed for the newcomer.
+pub const DEFAULT_MAX_UNESTABLISHED_CONNECTIONS_PER_LISTENER: u32 = 128;
+/// A host sends ICReq as soon as its socket connects (NVMe/TCP 1.0, 3.3): seconds are
+/// generous even across a slow network.
+pub const DEFAULT_ICREQ_TIMEOUT_MS: u32 = 5_000;
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u32 = 5_000;
+/// From the admin queue's Connect to CC.EN = 1: a host reads CAP and VS first.
+pub const DEFAULT_ENABLE_TIMEOUT_MS: u32 = 10_000;
+/// The longest deadline accepted for any step: an hour.
+pub const MAX_STEP_TIMEOUT_MS: u32 = 3_600_000;
 /// SO_PRIORITY values Linux lets a process set without CAP_NET_ADMIN go to 6; SPDK
 /// accepts 0 to 16.
 pub const MAX_SOCK_PRIORITY: u32 = 16;
@@ -17,8 +28,18 @@ pub struct TcpOptions {
     /// SO_PRIORITY of every connection's socket.
     #[serde(default)]
     pub sock_priority: u32,
+    /// Established connections; a connection past it is closed unanswered.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_listener: u32,
+    #[serde(default = "default_max_unestablished")]
+    pub max_unestablished_connections_per_listener: u32,
+    /// Deadlines of the steps to an established connection; 0 turns one off.
+    #[serde(default = "default_icreq_timeout")]
+    pub icreq_timeout_ms: u32,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u32,
+    #[serde(default = "default_enable_timeout")]
+    pub enable_timeout_ms: u32,
 }
 
 fn default_true() -> bool {
@@ -27,6 +48,18 @@ fn default_true() -> bool {
 fn default_max_connections() -> u32 {
     DEFAULT_MAX_CONNECTIONS_PER_LISTENER
 }
+fn default_max_unestablished() -> u32 {
+    DEFAULT_MAX_UNESTABLISHED_CONNECTIONS_PER_LISTENER
+}
+fn default_icreq_timeout() -> u32 {
+    DEFAULT_ICREQ_TIMEOUT_MS
+}
+fn default_connect_timeout() -> u32 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_enable_timeout() -> u32 {
+    DEFAULT_ENABLE_TIMEOUT_MS
+}
 
 impl Default for TcpOptions {
     fn default() -> Self {
@@ -34,6 +67,10 @@ impl Default for TcpOptions {
             c2h_success: true,
             sock_priority: 0,
             max_connections_per_listener: DEFAULT_MAX_CONNECTIONS_PER_LISTENER,
+            max_unestablished_connections_per_listener: DEFAULT_MAX_UNESTABLISHED_CONNECTIONS_PER_LISTENER,
+            icreq_timeout_ms: DEFAULT_ICREQ_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            enable_timeout_ms: DEFAULT_ENABLE_TIMEOUT_MS,
         }
     }
 }
@@ -46,6 +83,18 @@ impl TcpOptions {
         }
         if self.max_connections_per_listener == 0 {
             return Err("max_connections_per_listener must be at least 1".into());
+        }
+        if self.max_unestablished_connections_per_listener == 0 {
+            return Err("max_unestablished_connections_per_listener must be at least 1".into());
+        }
+        for (name, value) in [
+            ("icreq_timeout_ms", self.icreq_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("enable_timeout_ms", self.enable_timeout_ms),
+        ] {
+            if value > MAX_STEP_TIMEOUT_MS {
+                return Err(format!("{name} {value} must be 0 (no deadline) to {MAX_STEP_TIMEOUT_MS}"));
+            }
         }
         Ok(())
     }
@@ -88,5 +137,28 @@ mod tests {
         assert!(shared.validate(1).unwrap_err().contains("zcopy"));
         let shared = TransportOptions { io_unit_size: 262_144, ..TransportOptions::defaults("TCP") };
         assert!(shared.validate(1).unwrap_err().contains("io_unit_size"));
+    }
+
+    #[test]
+    fn connection_limits_and_deadlines_are_checked() {
+        let decoded: TcpOptions = serde_json::from_value(json!({"trtype": "TCP", "icreq_timeout_ms": 0,
+            "connect_timeout_ms": 250, "enable_timeout_ms": 3_600_000,
+            "max_unestablished_connections_per_listener": 16}))
+        .unwrap();
+        decoded.validate().unwrap();
+        assert_eq!((decoded.icreq_timeout_ms, decoded.connect_timeout_ms), (0, 250));
+        assert_eq!(decoded.max_unestablished_connections_per_listener, 16);
+        let none = TcpOptions { max_unestablished_connections_per_listener: 0, ..TcpOptions::default() };
+        assert!(none.validate().unwrap_err().contains("max_unestablished_connections_per_listener"));
+        for (name, options) in [
+            ("icreq_timeout_ms", TcpOptions { icreq_timeout_ms: 3_600_001, ..TcpOptions::default() }),
+            ("connect_timeout_ms", TcpOptions { connect_timeout_ms: u32::MAX, ..TcpOptions::default() }),
+            ("enable_timeout_ms", TcpOptions { enable_timeout_ms: 3_600_001, ..TcpOptions::default() }),
+        ] {
+            let err = options.validate().unwrap_err();
+            assert!(err.starts_with(name) && err.contains("0 (no deadline) to 3600000"), "{err}");
+        }
+        // A negative or fractional value is a decode error naming nothing silently.
+        assert!(serde_json::from_value::<TcpOptions>(json!({"icreq_timeout_ms": -1})).is_err());
     }
 }

@@ -67,7 +67,10 @@ impl Transport for TcpTransport {
             "sock_priority": self.tcp.sock_priority, "abort_timeout_sec": opts.abort_timeout_sec,
             "acceptor_poll_rate": opts.acceptor_poll_rate, "disable_command_passthru": opts.disable_command_passthru,
             "kas": opts.kas, "min_kato": opts.min_kato,
-            "max_connections_per_listener": self.tcp.max_connections_per_listener})
+            "max_connections_per_listener": self.tcp.max_connections_per_listener,
+            "max_unestablished_connections_per_listener": self.tcp.max_unestablished_connections_per_listener,
+            "icreq_timeout_ms": self.tcp.icreq_timeout_ms, "connect_timeout_ms": self.tcp.connect_timeout_ms,
+            "enable_timeout_ms": self.tcp.enable_timeout_ms})
     }
 
     fn listen(
@@ -81,7 +84,7 @@ impl Transport for TcpTransport {
         Ok(Box::new(listener))
     }
 
-    fn create_poll_group(&self, _ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
-        Box::new(TcpPollGroup::<std::net::TcpStream>::default())
+    fn create_poll_group(&self, ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
+        Box::new(TcpPollGroup::<std::net::TcpStream>::new(ctx, &self.tcp))
     }
 }

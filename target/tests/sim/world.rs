@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use peerless_bdev::BdevManager;
@@ -319,7 +318,6 @@ pub struct Env {
     transport: Arc<dyn Transport>,
     pool: &'static DataPool,
     tcp: TcpOptions,
-    connections: Arc<AtomicU32>,
     local: SocketAddr,
     subsystem: Arc<Subsystem>,
     pub disks: Vec<Disk>,
@@ -367,14 +365,13 @@ impl Env {
             .parse()
             .expect("a simulated address");
         let (socket, far_end) = MemSocket::pair(self.local, peer);
-        let (target, transport, tcp, connections) =
-            (self.target.clone(), self.transport.clone(), self.tcp.clone(), self.connections.clone());
+        let (target, transport, tcp) = (self.target.clone(), self.transport.clone(), self.tcp.clone());
         self.app.run_on(self.thread, move |ctx| {
-            let conn = Conn::new(conn_id, socket, &target, &transport, &tcp, connections).expect("a connection");
+            let conn = Conn::new(conn_id, socket, &target, &transport, &tcp).expect("a connection");
             poll_group::with(&target, ctx, |group, ctx| {
                 let tcp = group.transport_group(ctx, &transport);
                 let tcp = tcp.as_any_mut().downcast_mut::<TcpPollGroup<MemSocket>>().expect("the sim's poll group");
-                tcp.add_conn(ctx, conn);
+                tcp.add_conn(ctx, conn, None);
             });
         });
         let faults = self.config.net;
@@ -531,7 +528,6 @@ impl World {
             target,
             transport,
             pool,
-            connections: Arc::new(AtomicU32::new(0)),
             local,
             subsystem,
             disks,

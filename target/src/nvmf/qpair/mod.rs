@@ -264,6 +264,26 @@ impl Qpair {
         self.actions.front()
     }
 
+    /// Whether the queue has work that moves without input from its host: actions to
+    /// turn into PDUs, commands in the bdev layer or waiting for buffers. A queue
+    /// without any only needs polling when its host sends something, an event or abort
+    /// answer is delivered to it, or its keep-alive is due.
+    pub fn needs_poll(&self) -> bool {
+        if !self.actions.is_empty() || !self.waiting.is_empty() {
+            return true;
+        }
+        let in_use = self.requests.len() - self.free.len();
+        if in_use == 0 {
+            return false;
+        }
+        // An I/O queue's commands are nearly always in flight: no scan on its hot path.
+        // An admin queue holds AERs for as long as it lives, which need no polling.
+        self.qid().is_some_and(|qid| qid > 0)
+            || self.requests.iter().any(|request| {
+                matches!(request.state, ReqState::Executing | ReqState::AwaitingBuffer | ReqState::SendingData)
+            })
+    }
+
     /// Commands running in the bdev layer.
     pub fn outstanding(&self) -> usize {
         self.requests.iter().filter(|request| request.state == ReqState::Executing).count()

@@ -1,7 +1,6 @@
 //! The NVMe/TCP driver over in-memory sockets: PDUs in, PDUs out, with the real engine,
 //! the bdev layer and a malloc bdev behind it, all on one stepped lightweight thread.
 
-use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use peerless_bdev::modules::malloc::MallocBdev;
@@ -93,15 +92,7 @@ impl Rig {
     fn connect(&mut self) -> Wire {
         let peer_addr = format!("127.0.0.1:{}", 50000 + self.next_id).parse().unwrap();
         let (socket, peer) = MemSocket::pair(self.local, peer_addr);
-        let conn = Conn::new(
-            self.next_id,
-            socket,
-            &self.target,
-            &self.transport,
-            &TcpOptions::default(),
-            Arc::new(AtomicU32::new(0)),
-        )
-        .unwrap();
+        let conn = Conn::new(self.next_id, socket, &self.target, &self.transport, &TcpOptions::default()).unwrap();
         self.next_id += 1;
         Wire { conn, peer, digests: NONE, inbox: Vec::new() }
     }
@@ -113,7 +104,7 @@ impl Rig {
         let Rig { app, thread, tables, cache, retired, .. } = self;
         app.run_on(*thread, |ctx| {
             let mut group = GroupCtx { tables, buffers: cache, now_ns, retired };
-            wire.conn.poll(ctx, &mut group);
+            wire.conn.poll(ctx, &mut group, true, 64);
         });
     }
 
