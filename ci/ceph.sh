@@ -20,6 +20,18 @@ memstore_mb="${CEPH_MEMSTORE_MB:-1024}"
 
 die() { echo "ceph.sh: $*" >&2; exit 1; }
 
+# Runs a daemon with no descriptor above stderr: one inherited from the caller (a
+# `flock` on a build lock) would otherwise stay held for the daemon's whole life.
+spawn_daemon() {
+    (
+        for fd in /proc/$BASHPID/fd/*; do
+            fd="${fd##*/}"
+            if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+        done
+        exec "$@"
+    )
+}
+
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 wait_for() {
@@ -77,7 +89,7 @@ CONF
 
 osd_start() {
     pid_alive "$dir/run/osd.0.pid" && return 0
-    ceph-osd -c "$conf" -i 0 2>>"$dir/log/osd.0.stderr"
+    spawn_daemon ceph-osd -c "$conf" -i 0 2>>"$dir/log/osd.0.stderr"
     # The OSD is up when the monitor's map says so.
     wait_for "osd.0" 30 bash -c "ceph -c '$conf' osd dump 2>/dev/null | grep -q '^osd.0 up'"
 }
@@ -105,7 +117,7 @@ start() {
     write_conf "$fsid"
     monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$port]" "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >/dev/null
-    ceph-mon -c "$conf" -i a
+    spawn_daemon ceph-mon -c "$conf" -i a
     wait_for "monitor" 30 timeout 5 ceph -c "$conf" mon stat
     # The OSD's own uuid must be the one the monitor registered, or it refuses to boot.
     local osd_uuid osd_id
