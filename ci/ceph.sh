@@ -20,7 +20,7 @@ memstore_mb="${CEPH_MEMSTORE_MB:-1024}"
 
 die() { echo "ceph.sh: $*" >&2; exit 1; }
 
-# Runs a daemon with no descriptor above stderr: one inherited from the caller (a
+# Runs a daemon with no descriptor of the caller's: one inherited from the caller (a
 # `flock` on a build lock) would otherwise stay held for the daemon's whole life.
 spawn_daemon() {
     (
@@ -28,7 +28,8 @@ spawn_daemon() {
             fd="${fd##*/}"
             if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
         done
-        exec "$@"
+        # Nor the caller's stdout: a pipe reading it would wait for the daemon to exit.
+        exec "$@" </dev/null >>"$dir/log/daemons.out" 2>&1
     )
 }
 
@@ -89,7 +90,7 @@ CONF
 
 osd_start() {
     pid_alive "$dir/run/osd.0.pid" && return 0
-    spawn_daemon ceph-osd -c "$conf" -i 0 2>>"$dir/log/osd.0.stderr"
+    spawn_daemon ceph-osd -c "$conf" -i 0
     # The OSD is up when the monitor's map says so.
     wait_for "osd.0" 30 bash -c "ceph -c '$conf' osd dump 2>/dev/null | grep -q '^osd.0 up'"
 }
