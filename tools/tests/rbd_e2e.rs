@@ -141,6 +141,74 @@ fn check_verified(output: &std::process::Output, what: &str) -> Value {
     summary
 }
 
+/// fio's own libraries write a pattern and check it: the plugin's `peerless_nvmf`
+/// engine over NVMe/TCP to the RBD namespace, I/O sizes 4 KiB to 1 MiB mixed, crc32c
+/// verify. The plugin is the release build `tools/fio/build.sh` makes (CI runs it first).
+fn fio_verify(addr: std::net::SocketAddr) {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let target_dir = exe.ancestors().nth(3).expect("tests run from <target dir>/<profile>/deps/");
+    let so = target_dir.join("release/libpeerless_fio.so");
+    assert!(so.is_file(), "{} is missing: run tools/fio/build.sh first", so.display());
+    let filename = format!("trtype=tcp adrfam=IPv4 traddr={} trsvcid={} subnqn={NQN} ns=1", addr.ip(), addr.port());
+    let dir = peerless_testkit::Scratch::new("rbd-fio");
+    let args = [
+        "--name=rbd".to_string(),
+        "--ioengine=peerless_nvmf".into(),
+        "--thread=1".into(),
+        format!("--filename={filename}"),
+        "--rw=randwrite".into(),
+        "--bssplit=4k/40:64k/30:256k/20:1m/10".into(),
+        "--size=32m".into(),
+        "--iodepth=8".into(),
+        "--verify=crc32c".into(),
+        "--do_verify=1".into(),
+        "--output-format=json".into(),
+    ];
+    let output = peerless_testkit::run(
+        Command::new("fio").current_dir(dir.path()).env("LD_PRELOAD", &so).args(&args),
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "fio: {output:?}");
+    let json_start = stdout.find("\n{").map(|at| at + 1).unwrap_or(0);
+    let report: Value = serde_json::from_str(&stdout[json_start..]).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], json!(0), "{job}");
+    let written = job["write"]["io_bytes"].as_u64().expect("write bytes");
+    let verified = job["read"]["io_bytes"].as_u64().expect("read bytes");
+    assert_eq!(written, 32 << 20, "{job}");
+    assert_eq!(verified, written, "fio's verify pass read back less than was written: {job}");
+    println!("fio peerless_nvmf -> rbd: wrote and verified {written} bytes");
+}
+
+/// The monitor address from the cluster's ceph.conf (`mon host = v1:127.0.0.1:PORT`).
+fn mon_host(cluster: &CephCluster) -> String {
+    let conf = std::fs::read_to_string(cluster.conf()).expect("ceph.conf");
+    let line = conf.lines().find(|line| line.trim_start().starts_with("mon host")).expect("a mon host line");
+    line.split_once('=').expect("key = value").1.trim().to_string()
+}
+
+fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::SocketAddr) {
+    cluster.rbd(&["create", "--size", "16M", "rbd/failfast"]);
+    let config = json!({"mon_host": mon_host(cluster), "auth_client_required": "none", "rados_osd_op_timeout": "3"});
+    let params = json!({"name": "RbdFail", "pool_name": "rbd", "rbd_name": "failfast", "block_size": 4096, "config": config});
+    assert_eq!(target.call("bdev_rbd_create", Some(params)), json!("RbdFail"));
+    let nsid = target.add_namespace(NQN, "RbdFail");
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    let mut queue = controller.io_queue(8).expect("I/O queue");
+    let data = pattern(0, 8192, 0x33);
+    queue.write(nsid, 0, 2, &data).expect("write with the OSD up");
+    cluster.osd_stop();
+    let refused = queue.write(nsid, 2, 2, &data).expect_err("a write with the OSD down and a 3 s op timeout");
+    let status = refused.status().unwrap_or_else(|| panic!("an NVMe status, not {refused}"));
+    assert_eq!((status.sct, status.sc), (0, 0x82), "Namespace Not Ready: {refused}");
+    assert!(!format!("{refused:?}").contains("dnr: true"), "retryable (no DNR): {refused:?}");
+    cluster.osd_start();
+    let mut back = vec![0u8; data.len()];
+    queue.read(nsid, 0, 2, &mut back).expect("read once the OSD is back");
+    assert!(back == data, "the write made before the OSD stopped is there");
+}
+
 fn serve(target: &Target, namespaces: &[&str]) -> std::net::SocketAddr {
     target.create_tcp_transport(json!({"max_io_size": 1_048_576, "io_unit_size": 131_072}));
     target.create_subsystem(NQN);
@@ -173,6 +241,8 @@ fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
         check_verified(&output, &format!("perf --verify -o {size}"));
     }
 
+    fio_verify(addr);
+
     // The OSD stops under verified I/O and comes back: librbd holds the operations and
     // resumes them, nothing is lost, and the target stays up.
     let started = Instant::now();
@@ -188,11 +258,18 @@ fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
     // perf wrote over namespace 1; namespace 2 still holds the round trips' data.
     read_back(addr, 2, 4096, 0x5a);
 
+    // The "fail" policy: a bdev with its own connection whose operations time out
+    // (`rados_osd_op_timeout`) answers Namespace Not Ready, retryable, while the OSD is
+    // away, and serves again once it is back.
+    check_fail_policy(&target, &cluster, addr);
+
     // save_config's bdev part, replayed by a second target: the cluster first, then
     // the bdevs, with their UUIDs; it reads what the first target wrote.
     let config = target.call("framework_get_config", Some(json!({"name": "bdev"})));
     let methods: Vec<&str> = config.as_array().expect("entries").iter().filter_map(|e| e["method"].as_str()).collect();
-    assert_eq!(&methods[..3], ["bdev_rbd_register_cluster", "bdev_rbd_create", "bdev_rbd_create"], "{config}");
+    assert_eq!(&methods[..4], ["bdev_rbd_register_cluster", "bdev_rbd_create", "bdev_rbd_create", "bdev_rbd_create"]);
+    let own = config.as_array().expect("entries").iter().find(|e| e["params"]["name"] == json!("RbdFail"));
+    assert_eq!(own.expect("RbdFail saved")["params"]["config"]["rados_osd_op_timeout"], json!("3"), "{config}");
     let uuid = bdevs[0]["uuid"].clone();
     let file = std::env::temp_dir().join(format!("peerless-rbd-config-{}.json", std::process::id()));
     std::fs::write(&file, json!({"subsystems": [{"subsystem": "bdev", "config": config}]}).to_string())
@@ -208,6 +285,7 @@ fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
     // Delete, then the cluster is free to go.
     assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "Rbd512"}))), json!(true));
     assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "Rbd4k"}))), json!(true));
+    assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "RbdFail"}))), json!(true));
     assert_eq!(second.call("bdev_rbd_unregister_cluster", Some(json!({"name": "ceph"}))), json!(true));
     assert_eq!(second.call("bdev_rbd_get_clusters_info", None), json!([]));
 }
