@@ -149,7 +149,9 @@ fn fio_verify(addr: std::net::SocketAddr) {
     let target_dir = exe.ancestors().nth(3).expect("tests run from <target dir>/<profile>/deps/");
     let so = target_dir.join("release/libpeerless_fio.so");
     assert!(so.is_file(), "{} is missing: run tools/fio/build.sh first", so.display());
-    let filename = format!("trtype=tcp adrfam=IPv4 traddr={} trsvcid={} subnqn={NQN} ns=1", addr.ip(), addr.port());
+    // fio splits file names at ':', so the NQN's colon is escaped, as with SPDK's plugin.
+    let subnqn = NQN.replace(':', "\\:");
+    let filename = format!("trtype=tcp adrfam=IPv4 traddr={} trsvcid={} subnqn={subnqn} ns=1", addr.ip(), addr.port());
     let dir = peerless_testkit::Scratch::new("rbd-fio");
     let args = [
         "--name=rbd".to_string(),
@@ -191,7 +193,8 @@ fn mon_host(cluster: &CephCluster) -> String {
 fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::SocketAddr) {
     cluster.rbd(&["create", "--size", "16M", "rbd/failfast"]);
     let config = json!({"mon_host": mon_host(cluster), "auth_client_required": "none", "rados_osd_op_timeout": "3"});
-    let params = json!({"name": "RbdFail", "pool_name": "rbd", "rbd_name": "failfast", "block_size": 4096, "config": config});
+    let params =
+        json!({"name": "RbdFail", "pool_name": "rbd", "rbd_name": "failfast", "block_size": 4096, "config": config});
     assert_eq!(target.call("bdev_rbd_create", Some(params)), json!("RbdFail"));
     let nsid = target.add_namespace(NQN, "RbdFail");
     let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
