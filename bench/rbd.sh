@@ -25,7 +25,12 @@ BENCH_DIRS+=("$WORK")
 CEPH="$WORK/ceph"
 CEPH_PORT=${CEPH_PORT:-16789} bash ci/ceph.sh start "$CEPH" >/dev/null
 trap 'bash ci/ceph.sh stop "$CEPH"; bench_cleanup' EXIT
-rbd -c "$CEPH/ceph.conf" create --size 1G rbd/bench
+# fio's rbd engine reads the cluster from CEPH_CONF; the target from its config.
+export CEPH_CONF="$CEPH/ceph.conf"
+# Layering only, no exclusive-lock: the two sides take turns on the image, and a target
+# stopped with SIGTERM exits before its image's close (on a thread of its own) has released
+# the lock, which would leave fio's librbd waiting for the dead owner's watch to expire.
+rbd -c "$CEPH/ceph.conf" create --size 1G --image-feature layering rbd/bench
 # Fill the image once so neither side reads unallocated objects.
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=1m \
     --iodepth=16 --size=1g --output-format=terse >/dev/null 2>&1 </dev/null \
@@ -42,9 +47,6 @@ cat > "$WORK/config.json" <<JSON
 {"method":"nvmf_subsystem_add_ns","params":{"nqn":"$NQN","namespace":{"bdev_name":"Rbd0"}}},
 {"method":"nvmf_subsystem_add_listener","params":{"nqn":"$NQN","listen_address":{"trtype":"tcp","traddr":"127.0.0.1","trsvcid":"$PORT"}}}]}]}
 JSON
-
-# The rbd engine reads the cluster from CEPH_CONF; the target from its config.
-export CEPH_CONF="$CEPH/ceph.conf"
 
 # Prints the IOPS of one fio run of SIDE (A or B) for RW BS DEPTH.
 run_one() {
@@ -67,8 +69,7 @@ print("%.0f" % side["iops"])' <<<"$out"
 
 median() { python3 -c 'import statistics, sys; print("%.0f" % statistics.median(map(float, sys.argv[1:])))' "$@"; }
 
-# The target runs only while A runs: it would otherwise hold the image's exclusive lock,
-# and every B write would pull the lock over (librbd hands it over on demand).
+# The target runs only while A runs, so the two never share the image at once.
 printf '%-20s %12s %12s %8s   %s\n' workload peerless_iops fio_rbd_iops ratio "runs (A B B A ...)"
 while read -r name rw bs depth; do
     a=() b=() order=""
