@@ -2,7 +2,8 @@
 # The project's test command (README.md). Installs what it needs on a fresh Debian 12
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
 # with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
-# and Linux's NVMe/TCP host against the target in a QEMU guest (ci/guest).
+# Ceph RBD against a one-node cluster, and Linux's NVMe/TCP host against the target in a
+# QEMU guest (ci/guest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +66,17 @@ cargo build --locked -p peerless-target --features dpdk --bin peerless-tgt
 cargo test --locked -p spdk-sys -p peerless-core --features peerless-core/dpdk
 cargo test --locked -p peerless-bdev --features dpdk --test dpdk
 cargo test --locked -p peerless-tools --features dpdk --test dpdk_e2e
+
+step "rbd: clippy and tests with --features rbd"
+# The Ceph RBD bdev (librbd through bindgen) against real one-node clusters that
+# ci/ceph.sh starts (one monitor, one OSD on memstore): RPC refusals, verified I/O at
+# 4 KiB to 1 MiB, peerless-perf --verify, fio's verify through the plugin built above,
+# the OSD stopped and restarted under I/O, the op-timeout policy, save_config replayed.
+cargo clippy --locked -p spdk-sys -p peerless-bdev -p peerless-target -p peerless-tools \
+    --all-targets --features peerless-tools/rbd,peerless-bdev/rbd -- -D warnings
+cargo build --locked -p peerless-target --features rbd --bin peerless-tgt
+cargo test --locked -p peerless-bdev --features rbd --lib rbd
+cargo test --locked -p peerless-tools --features rbd --test rbd_e2e -- --nocapture
 
 step "fuzz (bounded)"
 # Each cargo-fuzz target for a short bounded time; bench/fuzz.sh runs them long.

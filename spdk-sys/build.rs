@@ -6,6 +6,8 @@
 //!   through an allowlist; `cc` compiles `src/wrapper.c`, which turns DPDK's static
 //!   inline functions into symbols Rust can call.
 //! - `spdk`: the same for the SPDK install or build tree named by `SPDK_ROOT`.
+//! - `rbd`: bindgen over Ceph's `rbd/librbd.h` and `rados/librados.h` (Debian:
+//!   `librbd-dev`, which has no pkg-config file), linking `librbd` and `librados`.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -13,6 +15,34 @@ fn main() {
     dpdk::generate();
     #[cfg(feature = "spdk")]
     spdk::generate();
+    #[cfg(feature = "rbd")]
+    rbd::generate();
+}
+
+#[cfg(feature = "rbd")]
+mod rbd {
+    use std::path::PathBuf;
+
+    const HINT: &str = "the `rbd` feature needs Ceph's client headers and libraries \
+        (Debian: apt-get install librbd-dev) and libclang for bindgen (libclang-dev)";
+
+    pub fn generate() {
+        println!("cargo:rerun-if-changed=src/rbd_wrapper.h");
+        println!("cargo:rustc-link-lib=rbd");
+        println!("cargo:rustc-link-lib=rados");
+        let bindings = bindgen::Builder::default()
+            .header("src/rbd_wrapper.h")
+            .allowlist_function("rados_(create|conf_set|conf_read_file|connect|shutdown|ioctx_create|ioctx_destroy)")
+            .allowlist_function("rbd_(open|close|get_size|resize|get_features|aio_.*)")
+            .allowlist_var("RBD_FEATURE_.*")
+            .generate_comments(false)
+            .merge_extern_blocks(true)
+            .layout_tests(false)
+            .generate()
+            .unwrap_or_else(|err| panic!("spdk-sys: bindgen over librbd's headers failed: {err}; {HINT}"));
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("rbd.rs");
+        bindings.write_to_file(&out).unwrap_or_else(|err| panic!("spdk-sys: cannot write {}: {err}", out.display()));
+    }
 }
 
 /// Runs `pkg-config` on `packages`; `extra_path` goes in front of `PKG_CONFIG_PATH`.

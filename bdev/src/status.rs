@@ -39,6 +39,14 @@ impl IoStatus {
     pub fn is_success(self) -> bool {
         self == IoStatus::SUCCESS
     }
+
+    /// Whether the same command may succeed if retried: the namespace is not ready yet
+    /// (NVMe Base 2.0, Figure 101: "the controller is ... able to complete the command at
+    /// a later time"), or a path-related status (SCT 3, which a multipath host retries on
+    /// another path). A completion with such a status leaves Do Not Retry clear.
+    pub fn is_transient(self) -> bool {
+        self == IoStatus::NAMESPACE_NOT_READY || self.sct == sct::PATH
+    }
 }
 
 impl fmt::Debug for IoStatus {

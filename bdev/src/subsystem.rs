@@ -25,7 +25,11 @@ impl Subsystem for BdevSubsystem {
     }
 
     fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
-        let mut entries: Vec<Value> = self.manager.list().iter().filter_map(|bdev| bdev.config_entry()).collect();
+        let mut entries: Vec<Value> = Vec::new();
+        // Clusters first: the bdevs that name them replay after.
+        #[cfg(feature = "rbd")]
+        entries.extend(crate::modules::rbd::cluster_config_entries());
+        entries.extend(self.manager.list().iter().filter_map(|bdev| bdev.config_entry()));
         for entry in self.manager.entries() {
             let limits = *entry.qos.lock();
             if !limits.is_unlimited() {

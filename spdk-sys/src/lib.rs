@@ -7,7 +7,9 @@
 //! - [`eal`]: a safe layer over the parts Peerless uses: EAL start (once per process),
 //!   `rte_malloc`/`rte_free`, IOVA translation, memzones, lcore facts.
 //! - `spdk` (feature `spdk`): bindings to the SPDK build named by `SPDK_ROOT`.
-#![cfg_attr(not(feature = "dpdk"), no_std)]
+//! - [`rbd`] (feature `rbd`): Ceph's librados and librbd, raw (`rbd_sys`) and a safe
+//!   layer: cluster connection, image, asynchronous I/O reaped through an eventfd.
+#![cfg_attr(not(any(feature = "dpdk", feature = "rbd")), no_std)]
 
 /// Raw DPDK bindings. Generated code: lints of this crate do not apply to it.
 #[cfg(feature = "dpdk")]
@@ -32,3 +34,14 @@ pub mod eal;
 pub mod spdk {
     include!(concat!(env!("OUT_DIR"), "/spdk.rs"));
 }
+
+/// Raw librados and librbd bindings (feature `rbd`).
+#[cfg(feature = "rbd")]
+#[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
+#[allow(unsafe_op_in_unsafe_fn, missing_docs, rustdoc::all)]
+pub mod rbd_sys {
+    include!(concat!(env!("OUT_DIR"), "/rbd.rs"));
+}
+
+#[cfg(feature = "rbd")]
+pub mod rbd;

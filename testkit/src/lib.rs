@@ -8,6 +8,7 @@
 //!   [`Target`]: RPC calls, signals, the log, a bounded [`Target::stop`]. Dropping a
 //!   `Target` sends SIGTERM, then SIGKILL if it does not exit in time; dropping it during
 //!   a panic prints the target's log, so a failing test shows what the target said.
+//! - [`CephCluster`] starts a one-node Ceph cluster (`ci/ceph.sh`) for RBD tests.
 //! - [`Client`] is a raw JSON-RPC client that writes what SPDK's rpc.py writes.
 //! - [`Target::serve_malloc`] and friends export a namespace over NVMe/TCP on a free
 //!   loopback port.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod binary;
+mod ceph;
 mod nvmf;
 mod process;
 mod rpc;
@@ -27,6 +29,7 @@ mod target;
 use std::time::Duration;
 
 pub use binary::Binary;
+pub use ceph::CephCluster;
 pub use nix::sys::signal::Signal;
 pub use nvmf::{free_port, MODEL_NUMBER, SERIAL_NUMBER};
 pub use process::run;

@@ -14,6 +14,8 @@ pub mod malloc;
 pub mod null;
 pub mod nvmesim;
 pub mod passthru;
+#[cfg(feature = "rbd")]
+pub mod rbd;
 pub mod split;
 pub mod uring;
 
@@ -34,5 +36,7 @@ pub fn all() -> Vec<Box<dyn BdevModule>> {
         Box::new(split::SplitModule),
         Box::new(delay::DelayModule),
         Box::new(error::ErrorModule),
+        #[cfg(feature = "rbd")]
+        Box::new(rbd::RbdModule),
     ]
 }

@@ -18,8 +18,9 @@ pub struct Cqe {
 
 impl Cqe {
     pub fn new(cid: u16, status: Status) -> Cqe {
-        // Any failure of a well-formed command on this target is deterministic.
-        Cqe { result: 0, sqhd: 0, sqid: 0, cid, status, dnr: !status.is_success() }
+        // A failure of a well-formed command on this target is deterministic, except a
+        // transient one (a bdev whose backend is away for now, a path state).
+        Cqe { result: 0, sqhd: 0, sqid: 0, cid, status, dnr: !status.is_success() && !status.is_transient() }
     }
 
     pub fn with_result(mut self, result: u64) -> Cqe {
@@ -63,6 +64,8 @@ mod tests {
         let cqe = Cqe::new(42, Status::LBA_OUT_OF_RANGE).with_result(0x1_0000_0005);
         let bytes = cqe.encode();
         assert_eq!(le16(&bytes, 14), (0x80 << 1) | (1 << 15), "SC 0x80, SCT 0, DNR");
+        let not_ready = Cqe::new(7, Status::NAMESPACE_NOT_READY).encode();
+        assert_eq!(le16(&not_ready, 14), 0x82 << 1, "Namespace Not Ready may be retried: no DNR");
         assert_eq!(Cqe::decode(&bytes), cqe);
         let ok = Cqe::new(1, Status::SUCCESS).encode();
         assert_eq!(le16(&ok, 14), 0);

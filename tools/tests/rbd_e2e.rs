@@ -1,0 +1,294 @@
+//! RBD namespaces over NVMe/TCP against a real one-node Ceph cluster (`ci/ceph.sh`):
+//! the RPC methods and their refusals, data through the initiator at 4 KiB to 1 MiB on
+//! 512- and 4096-byte blocks, peerless-perf --verify, the OSD stopped and restarted under
+//! verified I/O, and save_config replayed by a second target that reads back the first
+//! one's data from Ceph. One test, because the cluster takes seconds to start and the
+//! OSD restart would disturb any test sharing it. The binary must come from
+//! `cargo build -p peerless-target --features rbd`.
+#![cfg(feature = "rbd")]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peerless_testkit::{Binary, CephCluster, Target};
+use peerless_tools::initiator::{Controller, Options};
+use serde_json::{json, Value};
+use support::HOSTNQN;
+
+fn tgt() -> Binary {
+    Binary::beside_test("cargo build -p peerless-target --features rbd --bin peerless-tgt")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tools/ sits in the repository").to_path_buf()
+}
+
+const NQN: &str = "nqn.2016-06.io.peerless:rbd";
+const IMAGE_MIB: u64 = 64;
+/// I/O sizes from 4 KiB to 1 MiB, the range hosts use.
+const SIZES: [usize; 5] = [4096, 16384, 131072, 524288, 1048576];
+
+fn pattern(offset: u64, len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|index| ((offset as usize + index) / 512) as u8 ^ (index as u8).wrapping_mul(7) ^ seed).collect()
+}
+
+fn register(target: &Target, cluster: &CephCluster) {
+    let name = target.call(
+        "bdev_rbd_register_cluster",
+        Some(json!({"name": "ceph", "config_file": cluster.conf().display().to_string()})),
+    );
+    assert_eq!(name, json!("ceph"));
+}
+
+fn create(target: &Target, name: &str, image: &str, block_size: u32) {
+    let created = target.call(
+        "bdev_rbd_create",
+        Some(json!({"name": name, "pool_name": "rbd", "rbd_name": image, "block_size": block_size, "cluster_name": "ceph"})),
+    );
+    assert_eq!(created, json!(name));
+}
+
+/// Every refusal names what it refuses.
+fn check_refusals(target: &Target) {
+    let refused = |method: &str, params: Value, expect: &str| {
+        let (code, message) = target.call_err(method, Some(params.clone()));
+        assert!(code != 0 && message.contains(expect), "{method} {params}: ({code}) {message}, expected '{expect}'");
+    };
+    let base =
+        json!({"name": "X", "pool_name": "rbd", "rbd_name": "data512", "block_size": 512, "cluster_name": "ceph"});
+    let with = |key: &str, value: Value| {
+        let mut params = base.clone();
+        params[key] = value;
+        params
+    };
+    refused("bdev_rbd_create", with("bogus", json!(1)), "bogus");
+    refused("bdev_rbd_create", with("user_id", json!("admin")), "user_id");
+    refused("bdev_rbd_create", with("config", json!({"mon_host": "127.0.0.1"})), "config");
+    refused("bdev_rbd_create", with("cluster_name", json!("nowhere")), "nowhere");
+    refused("bdev_rbd_create", with("rbd_name", json!("no-such-image")), "rbd/no-such-image");
+    refused("bdev_rbd_create", with("block_size", json!(1000)), "block_size");
+    refused("bdev_rbd_create", with("name", json!("Rbd512")), "Rbd512");
+    refused("bdev_rbd_register_cluster", json!({"name": "ceph", "config_file": "/nonexistent"}), "ceph");
+    refused(
+        "bdev_rbd_register_cluster",
+        json!({"name": "c2", "config_param": {"mon_host": 7}}),
+        "config_param.mon_host",
+    );
+    refused("bdev_rbd_register_cluster", json!({"name": "c3", "key": "x"}), "key");
+    refused("bdev_rbd_unregister_cluster", json!({"name": "ceph"}), "Rbd512");
+    refused("bdev_rbd_delete", json!({"name": "nothing"}), "nothing");
+    let info = target.call("bdev_rbd_get_clusters_info", Some(json!({"name": "ceph"})));
+    assert_eq!(info["cluster_name"], json!("ceph"), "{info}");
+    assert_eq!(info["bdevs"], json!(["Rbd4k", "Rbd512"]), "{info}");
+}
+
+/// Writes a pattern at each size on each namespace and reads it back.
+fn round_trips(addr: std::net::SocketAddr, namespaces: &[(u32, u32)], seed: u8) {
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    let mut queue = controller.io_queue(32).expect("I/O queue");
+    for &(nsid, block_size) in namespaces {
+        let mut offset = 0u64;
+        for len in SIZES {
+            let blocks = (len / block_size as usize) as u32;
+            let slba = offset / u64::from(block_size);
+            let data = pattern(offset, len, seed);
+            queue.write(nsid, slba, blocks, &data).unwrap_or_else(|err| panic!("ns {nsid} write {len}: {err}"));
+            let mut back = vec![0u8; len];
+            queue.read(nsid, slba, blocks, &mut back).unwrap_or_else(|err| panic!("ns {nsid} read {len}: {err}"));
+            assert!(back == data, "ns {nsid}: {len} bytes at {offset} came back different");
+            offset += len as u64;
+        }
+        queue.flush_namespace(nsid).expect("flush");
+    }
+}
+
+/// Reads back what `round_trips` wrote with `seed`.
+fn read_back(addr: std::net::SocketAddr, nsid: u32, block_size: u32, seed: u8) {
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    let mut queue = controller.io_queue(32).expect("I/O queue");
+    let mut offset = 0u64;
+    for len in SIZES {
+        let mut back = vec![0u8; len];
+        let slba = offset / u64::from(block_size);
+        queue.read(nsid, slba, (len / block_size as usize) as u32, &mut back).expect("read back");
+        assert!(back == pattern(offset, len, seed), "ns {nsid}: {len} bytes at {offset} are not what was written");
+        offset += len as u64;
+    }
+}
+
+fn perf(addr: std::net::SocketAddr, size: usize, depth: u32, seconds: u32) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_peerless-perf"));
+    let trid = format!("trtype:tcp adrfam:IPv4 traddr:{} trsvcid:{} subnqn:{NQN} ns:1", addr.ip(), addr.port());
+    command.args(["-r", &trid, "-q", &depth.to_string(), "-o", &size.to_string(), "-w", "randwrite"]);
+    command.args(["-t", &seconds.to_string(), "--verify", "--json"]);
+    command
+}
+
+/// A verified run's summary; panics unless it verified every I/O.
+#[track_caller]
+fn check_verified(output: &std::process::Output, what: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|err| panic!("{what}: no JSON summary ({err}): {output:?}"));
+    assert!(output.status.success(), "{what}: {output:?}");
+    assert_eq!(summary["mismatches"], json!(0), "{what}: {summary}");
+    assert_eq!(summary["errors"], json!(0), "{what}: {summary}");
+    assert!(summary["ios"].as_u64().unwrap_or(0) > 0, "{what}: no I/O done: {summary}");
+    println!("{what}: {summary}");
+    summary
+}
+
+/// fio's own libraries write a pattern and check it: the plugin's `peerless_nvmf`
+/// engine over NVMe/TCP to the RBD namespace, I/O sizes 4 KiB to 1 MiB mixed, crc32c
+/// verify. The plugin is the release build `tools/fio/build.sh` makes (CI runs it first).
+fn fio_verify(addr: std::net::SocketAddr) {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    let target_dir = exe.ancestors().nth(3).expect("tests run from <target dir>/<profile>/deps/");
+    let so = target_dir.join("release/libpeerless_fio.so");
+    assert!(so.is_file(), "{} is missing: run tools/fio/build.sh first", so.display());
+    // fio splits file names at ':', so the NQN's colon is escaped, as with SPDK's plugin.
+    let subnqn = NQN.replace(':', "\\:");
+    let filename = format!("trtype=tcp adrfam=IPv4 traddr={} trsvcid={} subnqn={subnqn} ns=1", addr.ip(), addr.port());
+    let dir = peerless_testkit::Scratch::new("rbd-fio");
+    let args = [
+        "--name=rbd".to_string(),
+        "--ioengine=peerless_nvmf".into(),
+        "--thread=1".into(),
+        format!("--filename={filename}"),
+        "--rw=randwrite".into(),
+        "--bssplit=4k/40:64k/30:256k/20:1m/10".into(),
+        "--size=32m".into(),
+        "--iodepth=8".into(),
+        "--verify=crc32c".into(),
+        "--do_verify=1".into(),
+        "--output-format=json".into(),
+    ];
+    let output = peerless_testkit::run(
+        Command::new("fio").current_dir(dir.path()).env("LD_PRELOAD", &so).args(&args),
+        Duration::from_secs(180),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "fio: {output:?}");
+    let json_start = stdout.find("\n{").map(|at| at + 1).unwrap_or(0);
+    let report: Value = serde_json::from_str(&stdout[json_start..]).unwrap_or_else(|err| panic!("{err}: {stdout}"));
+    let job = &report["jobs"][0];
+    assert_eq!(job["error"], json!(0), "{job}");
+    let written = job["write"]["io_bytes"].as_u64().expect("write bytes");
+    let verified = job["read"]["io_bytes"].as_u64().expect("read bytes");
+    assert_eq!(written, 32 << 20, "{job}");
+    assert_eq!(verified, written, "fio's verify pass read back less than was written: {job}");
+    println!("fio peerless_nvmf -> rbd: wrote and verified {written} bytes");
+}
+
+/// The monitor address from the cluster's ceph.conf (`mon host = v1:127.0.0.1:PORT`).
+fn mon_host(cluster: &CephCluster) -> String {
+    let conf = std::fs::read_to_string(cluster.conf()).expect("ceph.conf");
+    let line = conf.lines().find(|line| line.trim_start().starts_with("mon host")).expect("a mon host line");
+    line.split_once('=').expect("key = value").1.trim().to_string()
+}
+
+fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::SocketAddr) {
+    cluster.rbd(&["create", "--size", "16M", "rbd/failfast"]);
+    let config = json!({"mon_host": mon_host(cluster), "auth_client_required": "none", "rados_osd_op_timeout": "3"});
+    let params =
+        json!({"name": "RbdFail", "pool_name": "rbd", "rbd_name": "failfast", "block_size": 4096, "config": config});
+    assert_eq!(target.call("bdev_rbd_create", Some(params)), json!("RbdFail"));
+    let nsid = target.add_namespace(NQN, "RbdFail");
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    let mut queue = controller.io_queue(8).expect("I/O queue");
+    let data = pattern(0, 8192, 0x33);
+    queue.write(nsid, 0, 2, &data).expect("write with the OSD up");
+    cluster.osd_stop();
+    let refused = queue.write(nsid, 2, 2, &data).expect_err("a write with the OSD down and a 3 s op timeout");
+    let status = refused.status().unwrap_or_else(|| panic!("an NVMe status, not {refused}"));
+    assert_eq!((status.sct, status.sc), (0, 0x82), "Namespace Not Ready: {refused}");
+    assert!(!format!("{refused:?}").contains("dnr: true"), "retryable (no DNR): {refused:?}");
+    cluster.osd_start();
+    let mut back = vec![0u8; data.len()];
+    queue.read(nsid, 0, 2, &mut back).expect("read once the OSD is back");
+    assert!(back == data, "the write made before the OSD stopped is there");
+}
+
+fn serve(target: &Target, namespaces: &[&str]) -> std::net::SocketAddr {
+    target.create_tcp_transport(json!({"max_io_size": 1_048_576, "io_unit_size": 131_072}));
+    target.create_subsystem(NQN);
+    for bdev in namespaces {
+        target.add_namespace(NQN, bdev);
+    }
+    target.listen(NQN)
+}
+
+#[test]
+fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
+    let cluster = CephCluster::start(&repo(), "rbd-e2e");
+    cluster.rbd(&["create", "--size", &format!("{IMAGE_MIB}M"), "rbd/data512"]);
+    cluster.rbd(&["create", "--size", &format!("{IMAGE_MIB}M"), "rbd/data4k"]);
+
+    let target = tgt().start("rbd-a", &[]);
+    register(&target, &cluster);
+    create(&target, "Rbd512", "data512", 512);
+    create(&target, "Rbd4k", "data4k", 4096);
+    check_refusals(&target);
+    let bdevs = target.call("bdev_get_bdevs", Some(json!({"name": "Rbd4k"})));
+    assert_eq!(bdevs[0]["num_blocks"], json!(IMAGE_MIB * 256), "{bdevs}");
+    assert_eq!(bdevs[0]["driver_specific"]["rbd"]["cluster_name"], json!("ceph"), "{bdevs}");
+
+    let addr = serve(&target, &["Rbd512", "Rbd4k"]);
+    round_trips(addr, &[(1, 512), (2, 4096)], 0x5a);
+
+    for size in [4096usize, 131072, 1048576] {
+        let output = peerless_testkit::run(&mut perf(addr, size, 8, 2), Duration::from_secs(60));
+        check_verified(&output, &format!("perf --verify -o {size}"));
+    }
+
+    fio_verify(addr);
+
+    // The OSD stops under verified I/O and comes back: librbd holds the operations and
+    // resumes them, nothing is lost, and the target stays up.
+    let started = Instant::now();
+    let run = perf(addr, 65536, 8, 14).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("perf");
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.osd_stop();
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.osd_start();
+    let output = run.wait_with_output().expect("perf ran");
+    check_verified(&output, "perf --verify across an OSD restart");
+    assert!(started.elapsed() < Duration::from_secs(90), "the run took {:?}", started.elapsed());
+    assert_eq!(target.call("bdev_get_bdevs", Some(json!({"name": "Rbd512"})))[0]["name"], json!("Rbd512"));
+    // perf wrote over namespace 1; namespace 2 still holds the round trips' data.
+    read_back(addr, 2, 4096, 0x5a);
+
+    // The "fail" policy: a bdev with its own connection whose operations time out
+    // (`rados_osd_op_timeout`) answers Namespace Not Ready, retryable, while the OSD is
+    // away, and serves again once it is back.
+    check_fail_policy(&target, &cluster, addr);
+
+    // save_config's bdev part, replayed by a second target: the cluster first, then
+    // the bdevs, with their UUIDs; it reads what the first target wrote.
+    let config = target.call("framework_get_config", Some(json!({"name": "bdev"})));
+    let methods: Vec<&str> = config.as_array().expect("entries").iter().filter_map(|e| e["method"].as_str()).collect();
+    assert_eq!(&methods[..4], ["bdev_rbd_register_cluster", "bdev_rbd_create", "bdev_rbd_create", "bdev_rbd_create"]);
+    let own = config.as_array().expect("entries").iter().find(|e| e["params"]["name"] == json!("RbdFail"));
+    assert_eq!(own.expect("RbdFail saved")["params"]["config"]["rados_osd_op_timeout"], json!("3"), "{config}");
+    let uuid = bdevs[0]["uuid"].clone();
+    let file = std::env::temp_dir().join(format!("peerless-rbd-config-{}.json", std::process::id()));
+    std::fs::write(&file, json!({"subsystems": [{"subsystem": "bdev", "config": config}]}).to_string())
+        .expect("config file");
+    let second = tgt().start("rbd-b", &["-c", file.to_str().expect("a UTF-8 path")]);
+    let _ = std::fs::remove_file(&file);
+    let again = second.call("bdev_get_bdevs", Some(json!({"name": "Rbd4k"})));
+    assert_eq!(again[0]["uuid"], uuid, "{again}");
+    assert_eq!(second.call("framework_get_config", Some(json!({"name": "bdev"}))), config);
+    let addr_b = serve(&second, &["Rbd512", "Rbd4k"]);
+    read_back(addr_b, 2, 4096, 0x5a);
+
+    // Delete, then the cluster is free to go.
+    assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "Rbd512"}))), json!(true));
+    assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "Rbd4k"}))), json!(true));
+    assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "RbdFail"}))), json!(true));
+    assert_eq!(second.call("bdev_rbd_unregister_cluster", Some(json!({"name": "ceph"}))), json!(true));
+    assert_eq!(second.call("bdev_rbd_get_clusters_info", None), json!([]));
+}
