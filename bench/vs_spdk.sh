@@ -163,7 +163,8 @@ while IFS='|' read -r name args; do
         "$(spread "${p_iops[@]}")" "$s_spread" "$(spread "${f_iops[@]}")"
     label=$name
     if [[ "$args" == *"-q 1 "* ]]; then
-        label="$name (latency $pl vs $sl us, floor ${f_lat[0]:+$(median "${f_lat[@]}")} us)"
+        fl=$(median "${f_lat[@]}")
+        label=$(printf '%s (latency %.1f vs %.1f us, floor %.1f us)' "$name" "$pl" "$sl" "$fl")
         [ -z "$SPDK_DIR" ] || p_spdk="$p_spdk (latency $(python3 -c "print(f'{$pl/$sl:.2f}x')"))"
     fi
     TABLE+="| $label | $p_spdk | $p_floor |"$'\n'

@@ -263,7 +263,14 @@ fn server(listener: TcpListener, connections: usize, wire: Wire, max_io: usize, 
                 match pdu[0] {
                     CAPSULE_CMD if pdu[8] == OP_READ => {
                         let len = le32(pdu, 12) as usize;
-                        put_header(&mut outbox.arena, wire, C2H_DATA, DATA_HLEN, len, &[(8, le32(pdu, 16)), (16, len as u32)]);
+                        put_header(
+                            &mut outbox.arena,
+                            wire,
+                            C2H_DATA,
+                            DATA_HLEN,
+                            len,
+                            &[(8, le32(pdu, 16)), (16, len as u32)],
+                        );
                         outbox.mark(start);
                         // The data digest is computed for every send, as over fresh data.
                         outbox.data(len);
@@ -372,8 +379,7 @@ fn client(addr: std::net::SocketAddr, job: &Job, wire: Wire) -> (u64, f64) {
                     other => panic!("unexpected PDU type {other:#x}"),
                 }
             }
-            while submitting {
-                let Some(cid) = conn.free.pop() else { break };
+            while let Some(cid) = if submitting { conn.free.pop() } else { None } {
                 random ^= random << 13;
                 random ^= random >> 7;
                 random ^= random << 17;
