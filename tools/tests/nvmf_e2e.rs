@@ -479,3 +479,38 @@ fn command_limits_are_reported_by_identify_and_enforced_on_the_wire() {
     let mut queue = controller.io_queue(8).unwrap();
     assert_eq!(queue.execute(zeroes(0, 4096), Xfer::None, Vec::new()).unwrap().status, Status::SUCCESS);
 }
+
+/// `nvmf_get_stats` gives each poll group the time its polls with work took (`busy_ns`)
+/// and that time per completed I/O (`cpu_ns_per_io`), so a data-path regression shows in
+/// a counter: both grow with I/O, and the ratio is the one the counters give.
+#[test]
+fn poll_group_stats_give_cpu_time_per_io() {
+    let target = tgt().start("cpu-per-io", &[]);
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let groups = |target: &Target| target.call("nvmf_get_stats", None)["poll_groups"].as_array().unwrap().clone();
+    let sum = |groups: &[serde_json::Value], key: &str| -> u64 {
+        groups.iter().map(|group| group[key].as_u64().unwrap_or_else(|| panic!("{key} in {group}"))).sum()
+    };
+    let before = groups(&target);
+    let mut controller = connect(addr, Digests::default());
+    let mut queue = controller.io_queue(32).unwrap();
+    const IOS: u64 = 300;
+    for index in 0..IOS {
+        let slba = (index * 8) % BLOCKS;
+        let data = pattern(slba, 8, 5);
+        queue.write(1, slba, 8, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        queue.read(1, slba, 8, &mut back).unwrap();
+    }
+    let after = groups(&target);
+    assert!(sum(&after, "completed_nvme_io") >= sum(&before, "completed_nvme_io") + 2 * IOS, "{after:?}");
+    assert!(sum(&after, "busy_ns") > sum(&before, "busy_ns"), "{before:?} then {after:?}");
+    for group in &after {
+        let (busy, completed) = (group["busy_ns"].as_u64().unwrap(), group["completed_nvme_io"].as_u64().unwrap());
+        let per_io = group["cpu_ns_per_io"].as_u64().unwrap();
+        assert_eq!(per_io, busy.checked_div(completed).unwrap_or(0), "{group}");
+        if completed > 0 {
+            assert!(per_io > 0, "I/O took no time: {group}");
+        }
+    }
+}

@@ -169,6 +169,12 @@ pub(crate) fn cpu(path: Path, bytes: usize) {
     add(idx, bytes as u64);
 }
 
+/// Host payload a socket took in place (a gathered send from its pool buffer): placed in
+/// Host memory, copied by the kernel, never by the CPU in user space.
+pub fn count_host_payload_sent_in_place(bytes: usize) {
+    payload(MemKind::Host, bytes);
+}
+
 /// Host bytes processed in place by the CPU.
 pub(crate) fn count_direct(bytes: usize) {
     payload(MemKind::Host, bytes);

@@ -727,7 +727,9 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetOnly, respo
                         "current_admin_qpairs": stats.current_admin_qpairs, "current_io_qpairs": stats.current_io_qpairs,
                         "current_unassociated_qpairs": stats.current_unassociated_qpairs,
                         "pending_bdev_io": stats.pending_bdev_io, "completed_nvme_io": stats.completed_nvme_io,
-                        "pending_buffer_waits": stats.buffer_waits, "transports": trtypes})
+                        "pending_buffer_waits": stats.buffer_waits, "busy_ns": stats.busy_ns,
+                        "cpu_ns_per_io": stats.busy_ns.checked_div(stats.completed_nvme_io).unwrap_or(0),
+                        "transports": trtypes})
                 })
                 .collect();
             responder.ok(json!({"tick_rate": TICK_RATE_HZ, "poll_groups": poll_groups}))

@@ -11,6 +11,7 @@ use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
 
 use super::options::TcpOptions;
+use super::outbox::{Flushed, Outbox};
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
 use super::socket::Socket;
 use crate::nvme::Sqe;
@@ -50,8 +51,8 @@ pub struct Conn<S: Socket = TcpStream> {
     input_backlog: bool,
     recv_start: usize,
     recv_end: usize,
-    pub(super) out: Vec<u8>,
-    out_pos: usize,
+    /// PDUs queued for the socket, C2HData payloads in place in their pool buffers.
+    pub(super) out: Outbox,
     /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
     max_h2c_data: usize,
     /// Where C2HData puts its data: at a multiple of this many bytes from the PDU's
@@ -88,8 +89,7 @@ impl<S: Socket> Conn<S> {
             input_backlog: false,
             recv_start: 0,
             recv_end: 0,
-            out: Vec::new(),
-            out_pos: 0,
+            out: Outbox::default(),
             max_h2c_data,
             data_alignment: 4,
             qpair,
@@ -114,11 +114,11 @@ impl<S: Socket> Conn<S> {
 
     /// Bytes queued for the socket and not yet written.
     pub(super) fn pending_output(&self) -> usize {
-        self.out.len() - self.out_pos
+        self.out.pending()
     }
 
     pub fn has_pending_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        !self.out.is_empty()
     }
 
     /// The descriptor interrupt mode watches, if the socket has one.
@@ -128,7 +128,7 @@ impl<S: Socket> Conn<S> {
 
     /// Whether the connection is finished and can be dropped.
     pub fn is_done(&self) -> bool {
-        self.phase == Phase::Closing && self.qpair.is_drained() && self.out_pos >= self.out.len()
+        self.phase == Phase::Closing && self.qpair.is_drained() && self.out.is_empty()
     }
 
     /// One timeslice: read and handle PDUs (when the socket is `readable`, PDUs are left
@@ -147,7 +147,7 @@ impl<S: Socket> Conn<S> {
         if self.qpair.is_closing() && self.phase != Phase::Closing {
             self.close("the engine ended the queue");
         }
-        busy |= self.flush();
+        busy |= self.flush(group);
         busy
     }
 
@@ -336,40 +336,28 @@ impl<S: Socket> Conn<S> {
         // HPDA is 0's based, in dwords: 4 to 128 bytes.
         self.data_alignment = (usize::from(request.hpda) + 1) * 4;
         let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.max_h2c_data as u32 };
-        self.out.extend_from_slice(&response.encode());
+        self.out.push_bytes(&response.encode());
         self.phase = Phase::Ready;
         log_debug!(flags::NVMF_TCP, "conn {} from {}: ICReq, digests {:?}", self.id(), self.peer(), self.digests);
         Ok(())
     }
 
     /// Sends what is queued; returns whether anything moved.
-    fn flush(&mut self) -> bool {
-        let mut moved = false;
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => break,
-                Ok(written) => {
-                    self.out_pos += written;
-                    moved = true;
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    // The host is gone; nothing more can be sent.
-                    self.out_pos = self.out.len();
-                    self.close("the connection broke while sending");
-                    break;
-                }
+    fn flush(&mut self, group: &mut GroupCtx<'_>) -> bool {
+        let moved = match self.out.flush(&mut self.stream, &mut self.qpair, group.buffers) {
+            Flushed::Wrote(written) => written > 0,
+            Flushed::Broken(err) => {
+                // The host is gone; nothing more can be sent.
+                self.close(&format!("the connection broke while sending: {err}"));
+                true
             }
-        }
-        if self.out_pos == self.out.len() {
-            self.out.clear();
-            self.out_pos = 0;
+        };
+        if self.out.is_empty() {
             if self.phase == Phase::Closing {
                 self.stream.shutdown();
             }
-        } else if self.out.len() - self.out_pos > MAX_PENDING_OUTPUT_BYTES {
-            self.out_pos = self.out.len();
+        } else if self.out.pending() > MAX_PENDING_OUTPUT_BYTES {
+            self.out.discard(&mut self.qpair, group.buffers);
             self.close("the host stopped reading");
         }
         moved
@@ -388,9 +376,9 @@ impl<S: Socket> Conn<S> {
         // What the engine had ready still goes out ahead of the termination.
         self.send_actions(group);
         let term = pdu::term_req(pdu_type::C2H_TERM_REQ, fatal, offending);
-        self.out.extend_from_slice(&term);
+        self.out.push_bytes(&term);
         self.close("protocol error");
-        self.flush();
+        self.flush(group);
     }
 
     /// Whether the poll group must poll this connection on its next pass even if its
@@ -428,7 +416,7 @@ impl<S: Socket> Conn<S> {
         log_debug!(flags::NVMF_TCP, "conn {} from {} closing: {why}", self.id(), self.peer());
         self.phase = Phase::Closing;
         self.qpair.close(why);
-        if self.out_pos >= self.out.len() {
+        if self.out.is_empty() {
             self.stream.shutdown();
         }
     }

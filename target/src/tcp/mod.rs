@@ -6,6 +6,7 @@ pub mod conn;
 pub mod lifecycle;
 pub mod listener;
 pub mod options;
+mod outbox;
 pub mod pdu;
 pub mod poll_group;
 mod send;

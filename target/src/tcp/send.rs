@@ -1,5 +1,6 @@
 //! The engine's actions as NVMe/TCP PDUs: CapsuleResp, C2HData, R2T.
 
+use peerless_core::accel::Crc32c;
 use peerless_core::mem::{ChunkReader, Sgl};
 
 use super::conn::Conn;
@@ -9,9 +10,9 @@ use crate::nvme::{Cqe, Status};
 use crate::nvmf::qpair::Action;
 use crate::nvmf::transport::GroupCtx;
 
-/// Data to the host is copied into the send buffer only while less than this is waiting
-/// for the socket: further reads keep their pool buffers until there is room, so memory
-/// per connection stays bounded and the pool, not the heap, absorbs a slow host.
+/// Data to the host is queued for the socket only while less than this is waiting: further
+/// reads keep their pool buffers until there is room, so a slow host holds a bounded
+/// share of the pool and the heap stays bounded.
 const SEND_HIGH_WATER_BYTES: usize = 1 << 20;
 
 impl<S: Socket> Conn<S> {
@@ -29,8 +30,12 @@ impl<S: Socket> Conn<S> {
                 Action::Complete(cqe) => self.send_response(&cqe),
                 Action::FetchData { slot, cid, len } => self.send_r2t(cid, slot, len),
                 Action::SendData { slot, cid, len, completes } => {
-                    let sent = self.send_c2h(slot, cid, len as usize, completes);
-                    self.qpair.data_sent(group.buffers, slot, sent);
+                    match self.send_c2h(slot, cid, len as usize, completes) {
+                        // The outbox hands the slot back once the socket has the data.
+                        Ok(true) => {}
+                        Ok(false) => self.qpair.data_sent(group.buffers, slot, Ok(())),
+                        Err(status) => self.qpair.data_sent(group.buffers, slot, Err(status)),
+                    }
                 }
             }
         }
@@ -40,37 +45,64 @@ impl<S: Socket> Conn<S> {
     /// A completion (NVMe/TCP 1.0, 3.6.2.7 CapsuleResp).
     fn send_response(&mut self, cqe: &Cqe) {
         let encoded = pdu::capsule_resp(&cqe.encode(), self.digests);
-        self.out.extend_from_slice(encoded.as_slice());
+        self.out.push_bytes(encoded.as_slice());
     }
 
     /// `len` bytes of a command's data as one C2HData (NVMe/TCP 1.0, 3.6.2.8). With
-    /// `completes`, the SUCCESS flag tells the host no CapsuleResp follows.
-    fn send_c2h(&mut self, slot: u16, cid: u16, len: usize, completes: bool) -> Result<(), Status> {
+    /// `completes`, the SUCCESS flag tells the host no CapsuleResp follows. Ok(true):
+    /// the data goes from its pool buffers in place and the slot is handed back once the
+    /// socket has taken it; Ok(false): it was staged and the slot is done with.
+    fn send_c2h(&mut self, slot: u16, cid: u16, len: usize, completes: bool) -> Result<bool, Status> {
         let mut flags = pdu::flags::LAST_PDU;
         if completes {
             flags |= pdu::flags::SUCCESS;
         }
         let header = pdu::DataHeader { cccid: cid, ttag: 0, offset: 0, length: len as u32 };
-        let header_start = self.out.len();
+        let mark = self.out.bytes_len();
         let (encoded, pad) = pdu::c2h_data(header, flags, self.digests, self.data_alignment);
-        self.out.extend_from_slice(encoded.as_slice());
-        self.out.resize(self.out.len() + pad, 0);
-        // The send buffer is the host staging chunk: device data is copied into it
-        // through the gate's accessors and the digest is computed there, never by
-        // reading device memory twice.
-        let start = self.out.len();
-        let copied = self.qpair.data(slot).and_then(|sgl: Sgl<'_>| {
-            ChunkReader::new(&sgl).append_to(&mut self.out, len).map_err(|_| Status::DATA_TRANSFER_ERROR)
+        self.out.push_bytes(encoded.as_slice());
+        self.out.push_zeros(pad);
+        let sgl: Sgl<'_> = match self.qpair.data(slot) {
+            Ok(sgl) => sgl,
+            Err(status) => {
+                self.out.truncate_bytes(mark);
+                return Err(status);
+            }
+        };
+        if sgl.len() < len {
+            self.out.truncate_bytes(mark);
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        if let Ok(view) = sgl.cpu_view() {
+            // Host memory: the kernel copies it straight from the pool buffer; the digest
+            // is the one pass the CPU makes over it.
+            let digest = self.digests.data.then(|| data_digest(view.slices(), len));
+            self.out.push_data(slot, len);
+            peerless_core::mem::stats::count_host_payload_sent_in_place(len);
+            if let Some(digest) = digest {
+                self.out.push_bytes(&digest);
+            }
+            return Ok(true);
+        }
+        // IoMem or device memory is never dereferenced: it is copied into the send buffer
+        // through the gate's accessors and the digest is computed there, so device memory
+        // is read once.
+        let start = self.out.bytes_len();
+        let mut copied = None;
+        self.out.extend_with(len, |buffer| {
+            copied = ChunkReader::new(&sgl).append_to(buffer, len).ok();
+            // extend_with takes exactly `len` bytes; a short copy is undone just below.
+            buffer.resize(start + len, 0);
         });
-        if copied != Ok(len) {
-            self.out.truncate(header_start);
-            return Err(copied.err().unwrap_or(Status::DATA_TRANSFER_ERROR));
+        if copied != Some(len) {
+            self.out.truncate_bytes(mark);
+            return Err(Status::DATA_TRANSFER_ERROR);
         }
         if self.digests.data {
-            let digest = pdu::digest(&self.out[start..]);
-            self.out.extend_from_slice(&digest);
+            let digest = self.out.with_bytes_from(start, pdu::digest);
+            self.out.push_bytes(&digest);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Asks the host for a command's data (NVMe/TCP 1.0, 3.6.2.9 R2T); the transfer tag
@@ -78,6 +110,21 @@ impl<S: Socket> Conn<S> {
     fn send_r2t(&mut self, cid: u16, ttag: u16, length: u32) {
         let header = pdu::DataHeader { cccid: cid, ttag, offset: 0, length };
         let encoded = pdu::r2t(header, self.digests);
-        self.out.extend_from_slice(encoded.as_slice());
+        self.out.push_bytes(encoded.as_slice());
     }
+}
+
+/// The data digest (NVMe/TCP 1.0, 3.6.2.1) of the first `len` bytes of `slices`.
+fn data_digest<'a>(slices: impl Iterator<Item = &'a [u8]>, len: usize) -> [u8; pdu::DIGEST_BYTES] {
+    let mut crc = Crc32c::new();
+    let mut remaining = len;
+    for slice in slices {
+        let take = slice.len().min(remaining);
+        crc.update(&slice[..take]);
+        remaining -= take;
+        if remaining == 0 {
+            break;
+        }
+    }
+    crc.finish().to_le_bytes()
 }

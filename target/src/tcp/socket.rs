@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
@@ -25,6 +25,9 @@ pub trait Socket {
 
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Writes what the socket takes now of `bufs` in order, in one call (writev).
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 
     /// Ends both directions. A socket that is already down stays down: nothing to report.
     fn shutdown(&mut self);
@@ -54,6 +57,10 @@ impl Socket for TcpStream {
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         Write::write(self, buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Write::write_vectored(self, bufs)
     }
 
     fn shutdown(&mut self) {
@@ -154,6 +161,23 @@ impl Socket for MemSocket {
         let count = buf.len().min(room);
         pipe.outbound.extend(&buf[..count]);
         Ok(count)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for buf in bufs.iter().filter(|buf| !buf.is_empty()) {
+            match self.write(buf) {
+                Ok(written) => {
+                    total += written;
+                    if written < buf.len() {
+                        break;
+                    }
+                }
+                Err(err) if total == 0 => return Err(err),
+                Err(_) => break,
+            }
+        }
+        Ok(total)
     }
 
     fn shutdown(&mut self) {

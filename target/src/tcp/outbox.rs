@@ -1,0 +1,237 @@
+//! What a connection has queued for its socket: PDU headers and small payloads in one
+//! byte buffer, and C2HData payloads left where they are, in the command's pool buffers,
+//! until the socket has taken them. One gathered write (writev) per poll sends all of it,
+//! so read data is never copied into a send buffer by the CPU, only once by the kernel.
+//!
+//! Only Host memory is gathered in place: the gate (`Sgl::cpu_view`) refuses IoMem and
+//! device memory, whose data `send.rs` stages through the byte buffer instead.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, IoSlice};
+
+use peerless_core::mem::{IoBufCache, Sgl};
+
+use super::socket::Socket;
+use crate::nvme::Status;
+use crate::nvmf::qpair::Qpair;
+
+/// Linux takes at most this many buffers per writev (UIO_MAXIOV).
+const MAX_IOV: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Segment {
+    /// `bytes[start..end]`.
+    Bytes { start: usize, end: usize },
+    /// The first `len` bytes of command slot `slot`'s data, sent in place; the slot is
+    /// handed back to the engine once the socket has taken all of them.
+    Data { slot: u16, len: usize },
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        match *self {
+            Segment::Bytes { start, end } => end - start,
+            Segment::Data { len, .. } => len,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Outbox {
+    bytes: Vec<u8>,
+    segments: VecDeque<Segment>,
+    /// Bytes of the first segment already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    pending: usize,
+}
+
+/// What a flush did.
+pub(super) enum Flushed {
+    /// The socket took this many bytes (maybe 0: it is full).
+    Wrote(usize),
+    /// The socket failed: everything queued was let go.
+    Broken(io::Error),
+}
+
+impl Outbox {
+    pub(super) fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.pending == 0
+    }
+
+    pub(super) fn push_bytes(&mut self, bytes: &[u8]) {
+        self.extend_with(bytes.len(), |buffer| buffer.extend_from_slice(bytes));
+    }
+
+    pub(super) fn push_zeros(&mut self, count: usize) {
+        self.extend_with(count, |buffer| buffer.resize(buffer.len() + count, 0));
+    }
+
+    /// Appends `count` bytes that `fill` writes at the end of the byte buffer.
+    pub(super) fn extend_with(&mut self, count: usize, fill: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.bytes.len();
+        fill(&mut self.bytes);
+        debug_assert_eq!(self.bytes.len(), start + count);
+        let end = self.bytes.len();
+        if end == start {
+            return;
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Bytes { end: last_end, .. }) if *last_end == start => *last_end = end,
+            _ => self.segments.push_back(Segment::Bytes { start, end }),
+        }
+        self.pending += end - start;
+    }
+
+    /// Undoes appends back to `mark` (a `bytes_len` taken before them), when a PDU
+    /// could not be completed.
+    pub(super) fn truncate_bytes(&mut self, mark: usize) {
+        while let Some(Segment::Bytes { start, end }) = self.segments.back_mut() {
+            if *end <= mark {
+                break;
+            }
+            let cut = *end - mark.max(*start);
+            self.pending -= cut;
+            if *start >= mark {
+                self.segments.pop_back();
+            } else {
+                *end = mark;
+            }
+        }
+        self.bytes.truncate(mark);
+    }
+
+    /// `f` of the byte buffer from `start` to its end.
+    pub(super) fn with_bytes_from<T>(&self, start: usize, f: impl FnOnce(&[u8]) -> T) -> T {
+        f(&self.bytes[start..])
+    }
+
+    pub(super) fn bytes_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Queues slot `slot`'s first `len` data bytes, sent from where they are.
+    pub(super) fn push_data(&mut self, slot: u16, len: usize) {
+        if len > 0 {
+            self.segments.push_back(Segment::Data { slot, len });
+            self.pending += len;
+        }
+    }
+
+    /// Writes as much as the socket takes with gathered writes; each slot whose data the
+    /// socket has taken goes back to the engine with `data_sent`.
+    pub(super) fn flush<S: Socket>(
+        &mut self,
+        stream: &mut S,
+        qpair: &mut Qpair,
+        buffers: &mut IoBufCache<'static>,
+    ) -> Flushed {
+        let mut total = 0;
+        while !self.is_empty() {
+            let written = match self.write_once(stream, qpair) {
+                Ok(written) => written,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    self.discard(qpair, buffers);
+                    return Flushed::Broken(err);
+                }
+            };
+            if written == 0 {
+                break;
+            }
+            total += written;
+            self.consume(written, qpair, buffers);
+        }
+        if self.is_empty() {
+            self.bytes.clear();
+        }
+        Flushed::Wrote(total)
+    }
+
+    /// One writev of the queued segments (up to `MAX_IOV` buffers).
+    fn write_once<S: Socket>(&self, stream: &mut S, qpair: &Qpair) -> io::Result<usize> {
+        // The data lists must outlive the slices gathered from them.
+        let mut lists: Vec<Option<Sgl<'_>>> = Vec::with_capacity(self.segments.len().min(MAX_IOV));
+        for segment in self.segments.iter().take(MAX_IOV) {
+            lists.push(match *segment {
+                Segment::Bytes { .. } => None,
+                Segment::Data { slot, .. } => {
+                    Some(qpair.data(slot).map_err(|_| io::Error::other("queued data of a slot no longer sending"))?)
+                }
+            });
+        }
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(lists.len() + 8);
+        let mut skip = self.front_written;
+        'segments: for (segment, list) in self.segments.iter().zip(&lists) {
+            let mut remaining = segment.len();
+            match (*segment, list) {
+                (Segment::Bytes { start, end }, _) => {
+                    let slice = &self.bytes[start + skip..end];
+                    skip = 0;
+                    if iov.len() == MAX_IOV {
+                        break 'segments;
+                    }
+                    iov.push(IoSlice::new(slice));
+                }
+                (Segment::Data { .. }, Some(list)) => {
+                    let view = list.cpu_view().map_err(|err| io::Error::other(err.to_string()))?;
+                    for slice in view.slices() {
+                        if remaining == 0 {
+                            break;
+                        }
+                        let slice = &slice[..slice.len().min(remaining)];
+                        remaining -= slice.len();
+                        if skip >= slice.len() {
+                            skip -= slice.len();
+                            continue;
+                        }
+                        if iov.len() == MAX_IOV {
+                            break 'segments;
+                        }
+                        iov.push(IoSlice::new(&slice[skip..]));
+                        skip = 0;
+                    }
+                }
+                (Segment::Data { .. }, None) => unreachable!("every data segment has its list"),
+            }
+        }
+        stream.write_vectored(&iov)
+    }
+
+    /// Drops `written` bytes from the front; hands back the slots fully sent.
+    fn consume(&mut self, mut written: usize, qpair: &mut Qpair, buffers: &mut IoBufCache<'static>) {
+        self.pending -= written;
+        while written > 0 {
+            let front = *self.segments.front().expect("written bytes were queued");
+            let left = front.len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                return;
+            }
+            written -= left;
+            self.front_written = 0;
+            self.segments.pop_front();
+            if let Segment::Data { slot, .. } = front {
+                qpair.data_sent(buffers, slot, Ok(()));
+            }
+        }
+    }
+
+    /// Lets everything queued go (the host is gone): the slots still sending end with a
+    /// transfer error.
+    pub(super) fn discard(&mut self, qpair: &mut Qpair, buffers: &mut IoBufCache<'static>) {
+        for segment in std::mem::take(&mut self.segments) {
+            if let Segment::Data { slot, .. } = segment {
+                qpair.data_sent(buffers, slot, Err(Status::DATA_TRANSFER_ERROR));
+            }
+        }
+        self.bytes.clear();
+        self.front_written = 0;
+        self.pending = 0;
+    }
+}
