@@ -402,10 +402,7 @@ impl<S: Socket> Conn<S> {
             self.recv_start = 0;
             self.recv_end = 0;
         }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = Vec::new();
-            self.out_pos = 0;
-        }
+        self.out.release_capacity();
     }
 
     /// Stops reading; the poll group drops the connection once in-flight I/O is back.

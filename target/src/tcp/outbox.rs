@@ -59,6 +59,16 @@ impl Outbox {
         self.pending
     }
 
+    /// Gives the buffers' memory back when nothing is queued, for a connection gone idle;
+    /// the next response allocates again.
+    pub(super) fn release_capacity(&mut self) {
+        if self.is_empty() {
+            self.bytes = Vec::new();
+            self.segments = VecDeque::new();
+            self.front_written = 0;
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.pending == 0
     }
