@@ -230,7 +230,11 @@ fn framework_reports_reactors_threads_and_pollers() {
     assert_eq!(stats["threads"][0]["timed_pollers_count"], json!(1));
     assert_eq!(
         client.call("framework_get_subsystems", None),
-        json!([{"subsystem": "bdev", "depends_on": []}, {"subsystem": "nvmf", "depends_on": ["bdev"]}])
+        json!([
+            {"subsystem": "keyring", "depends_on": []},
+            {"subsystem": "bdev", "depends_on": []},
+            {"subsystem": "nvmf", "depends_on": ["bdev"]}
+        ])
     );
     // One NVMe-oF poll group per reactor, named as SPDK names them.
     let names: Vec<String> =

@@ -9,6 +9,7 @@
 //! connected and the target's resident memory per idle connection.
 //!
 //! Usage: crowd ADDR NQN PERF_BINARY TARGET_PID HOSTS[,HOSTS...] SECONDS ROUNDS
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -9,6 +9,7 @@
 //! target's.
 //!
 //! Usage: fairness ADDR NQN SECONDS [AGGRESSIVE_QD (128)] [MODERATE_HOSTS (8)] [MODERATE_QD (32)]
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -217,7 +217,9 @@ impl Outbox {
     fn consume(&mut self, mut written: usize, qpair: &mut Qpair, buffers: &mut IoBufCache<'static>) {
         self.pending -= written;
         while written > 0 {
-            let front = *self.segments.front().expect("written bytes were queued");
+            // A socket cannot take more than it was offered; if one claims to, stop here
+            // rather than trust the count.
+            let Some(&front) = self.segments.front() else { return };
             let left = front.len() - self.front_written;
             if written < left {
                 self.front_written += written;
