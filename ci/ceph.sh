@@ -90,7 +90,18 @@ CONF
 
 osd_start() {
     pid_alive "$dir/run/osd.0.pid" && return 0
-    spawn_daemon ceph-osd -c "$conf" -i 0
+    # Right after a stop, ceph-osd can fail to start while the monitor and its store still
+    # settle (it exits non-zero before daemonizing, with its reason in its log): try again
+    # a few times, and show the log if it never starts.
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        spawn_daemon ceph-osd -c "$conf" -i 0 && break
+        if [ "$attempt" = 5 ]; then
+            tail -n 20 "$dir/log/osd.0.log" "$dir/log/daemons.out" >&2 2>/dev/null || true
+            die "ceph-osd did not start after $attempt attempts"
+        fi
+        sleep 2
+    done
     # The OSD is up when the monitor's map says so.
     wait_for "osd.0" 30 bash -c "ceph -c '$conf' osd dump 2>/dev/null | grep -q '^osd.0 up'"
 }
