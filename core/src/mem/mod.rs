@@ -21,6 +21,7 @@
 //! [`registry`].
 #![allow(unsafe_code)]
 
+pub mod alloc_count;
 mod chunks;
 mod cmb;
 mod copy;

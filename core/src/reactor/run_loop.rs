@@ -84,7 +84,12 @@ pub(crate) struct ReactorShared {
     wakeups: AtomicU64,
     window_ns: AtomicU64,
     os_tid: AtomicI32,
+    /// Heap allocations made on the reactor's OS thread, or `NOT_COUNTED`.
+    allocations: AtomicU64,
 }
+
+/// What `allocations` holds while the process's allocator does not count.
+const NOT_COUNTED: u64 = u64::MAX;
 
 struct InterruptFds {
     epoll: Epoll,
@@ -110,6 +115,9 @@ pub struct ReactorStat {
     /// Adaptive mode's current poll window (0 in the other modes).
     pub poll_window_ns: u64,
     pub mode: ReactorMode,
+    /// Heap allocations made on the reactor's OS thread since it started; None unless
+    /// the binary installed `mem::alloc_count::CountingAllocator`.
+    pub allocations: Option<u64>,
     /// Whether the reactor sleeps in epoll when idle (interrupt or adaptive mode).
     pub in_interrupt: bool,
 }
@@ -140,6 +148,7 @@ impl ReactorShared {
             wakeups: AtomicU64::new(0),
             window_ns: AtomicU64::new(0),
             os_tid: AtomicI32::new(0),
+            allocations: AtomicU64::new(NOT_COUNTED),
         })
     }
 
@@ -194,6 +203,7 @@ impl ReactorShared {
             wakeups: self.wakeups.load(Ordering::Relaxed),
             poll_window_ns: self.window_ns.load(Ordering::Relaxed),
             mode: self.mode,
+            allocations: Some(self.allocations.load(Ordering::Relaxed)).filter(|count| *count != NOT_COUNTED),
             in_interrupt: self.mode.sleeps(),
         }
     }
@@ -351,6 +361,9 @@ pub(crate) fn iterate(
         any_busy |= busy;
     }
     threads.retain_mut(|thread| !thread.try_finish());
+    if let Some(count) = crate::mem::alloc_count::this_thread() {
+        shared.allocations.store(count, Ordering::Relaxed);
+    }
     any_busy
 }
 

@@ -181,12 +181,15 @@ fn framework_get_reactors(ctx: &mut ThreadCtx, responder: Responder) {
                     .map(|thread| json!({"name": thread.name, "id": thread.id, "cpumask": cpumask_of(thread.core), "elapsed": thread.busy + thread.idle}))
                     .collect();
                 // SPDK's fields first; then where idle time went (idle = idle_poll + sleep),
-                // so an operator can see what spinning costs in each mode.
+                // so an operator can see what spinning costs in each mode; then the heap
+                // allocations made on the reactor's thread (null where they are not
+                // counted), which stay flat while I/O runs in steady state.
                 json!({
                     "lcore": reactor.core, "tid": reactor.os_tid, "busy": reactor.busy_ns, "idle": reactor.idle_ns,
                     "in_interrupt": reactor.in_interrupt, "irq": 0, "sys": sys, "usr": usr, "lw_threads": lw_threads,
                     "mode": reactor.mode.as_str(), "idle_poll": reactor.idle_poll_ns, "sleep": reactor.sleep_ns,
                     "wakeups": reactor.wakeups, "poll_window_us": reactor.poll_window_ns as f64 / 1_000.0,
+                    "allocations": reactor.allocations,
                 })
             })
             .collect();

@@ -7,8 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use peerless_core::mem::alloc_count::CountingAllocator;
 use peerless_core::mem::env::{EnvOptions, IovaMode, MemEnv};
 use peerless_target::app::{run, ModeFlags, TargetError, TargetOptions};
+
+/// Counts heap allocations per thread (one thread-local increment each), so each
+/// reactor's count in `framework_get_reactors` shows whether I/O allocates.
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 #[derive(Parser, Debug)]
 #[command(name = "peerless-tgt", version, about = "Peerless NVMe-over-Fabrics target")]

@@ -398,6 +398,7 @@ impl<S: Socket> Conn<S> {
     /// have been idle for a while, so a steady stream of I/O keeps its buffers.
     pub fn release_idle_buffers(&mut self) {
         if self.recv_start == self.recv_end && !self.recv.is_empty() {
+            log_debug!(flags::NVMF_TCP, "conn {} from {}: idle, its buffers given back", self.id(), self.peer());
             self.recv = Vec::new();
             self.recv_start = 0;
             self.recv_end = 0;

@@ -175,6 +175,35 @@ impl Drop for Seat {
     }
 }
 
+/// A connection gives back its buffers after this many sweep visits in a row (about a
+/// second at the poll group's sweep interval) that find it did no work since the one
+/// before. A host between commands at the instant of one visit (at queue depth 1 it
+/// nearly always is), or a reactor kept off its core for a moment by the scheduler, must
+/// not cost a reallocation on the next command.
+pub const IDLE_SWEEPS_BEFORE_RELEASE: u32 = 10;
+
+/// Whether a connection has been idle long enough to give back its buffers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdleWatch {
+    worked_since_visit: bool,
+    idle_visits: u32,
+}
+
+impl IdleWatch {
+    /// The connection did work (it took input, or sent or completed something).
+    pub fn worked(&mut self) {
+        self.worked_since_visit = true;
+    }
+
+    /// A sweep visit: whether the connection has now been idle for
+    /// `IDLE_SWEEPS_BEFORE_RELEASE` visits or more.
+    pub fn visit(&mut self) -> bool {
+        self.idle_visits =
+            if std::mem::take(&mut self.worked_since_visit) { 0 } else { self.idle_visits.saturating_add(1) };
+        self.idle_visits >= IDLE_SWEEPS_BEFORE_RELEASE
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +273,32 @@ mod tests {
         assert_eq!((counts.established(), counts.unestablished()), (1, 0), "released seats are not given back twice");
         drop(first);
         assert_eq!((counts.established(), counts.unestablished()), (0, 0));
+    }
+
+    #[test]
+    fn only_a_whole_run_of_idle_visits_lets_the_buffers_go() {
+        let mut watch = IdleWatch::default();
+        for visit in 1..IDLE_SWEEPS_BEFORE_RELEASE {
+            assert!(!watch.visit(), "released after {visit} idle visits");
+        }
+        // Work just before the last visit of the run starts the count again: the visit
+        // after the work finds work, and only then do idle visits count.
+        watch.worked();
+        for visit in 1..=IDLE_SWEEPS_BEFORE_RELEASE {
+            assert!(!watch.visit(), "released {visit} visits after work");
+        }
+        assert!(watch.visit());
+        assert!(watch.visit(), "still idle: still releasable (a second release frees nothing)");
+        watch.worked();
+        assert!(!watch.visit());
+    }
+
+    #[test]
+    fn a_connection_working_between_every_visit_keeps_its_buffers() {
+        let mut watch = IdleWatch::default();
+        for _ in 0..10 * IDLE_SWEEPS_BEFORE_RELEASE {
+            watch.worked();
+            assert!(!watch.visit());
+        }
     }
 }

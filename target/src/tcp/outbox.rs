@@ -44,6 +44,23 @@ pub(super) struct Outbox {
     front_written: usize,
     /// Bytes queued and not yet written.
     pending: usize,
+    /// The memory of the lists each writev is gathered from, kept empty between writes
+    /// so that a write allocates nothing once these have grown to the usual size.
+    gather: GatherStorage,
+}
+
+#[derive(Default)]
+struct GatherStorage {
+    lists: Vec<Option<Sgl<'static>>>,
+    iov: Vec<IoSlice<'static>>,
+}
+
+/// An emptied vector's allocation, re-typed for elements of the same layout (here, the
+/// same type with another lifetime). The standard library collects a vector's own
+/// iterator in place when layouts match, so no memory moves; the unit tests check that.
+fn recycled<T, U>(mut vector: Vec<T>) -> Vec<U> {
+    vector.clear();
+    vector.into_iter().filter_map(|_| None).collect()
 }
 
 /// What a flush did.
@@ -66,6 +83,7 @@ impl Outbox {
             self.bytes = Vec::new();
             self.segments = VecDeque::new();
             self.front_written = 0;
+            self.gather = GatherStorage::default();
         }
     }
 
@@ -164,53 +182,14 @@ impl Outbox {
     }
 
     /// One writev of the queued segments (up to `MAX_IOV` buffers).
-    fn write_once<S: Socket>(&self, stream: &mut S, qpair: &Qpair) -> io::Result<usize> {
-        // The data lists must outlive the slices gathered from them.
-        let mut lists: Vec<Option<Sgl<'_>>> = Vec::with_capacity(self.segments.len().min(MAX_IOV));
-        for segment in self.segments.iter().take(MAX_IOV) {
-            lists.push(match *segment {
-                Segment::Bytes { .. } => None,
-                Segment::Data { slot, .. } => {
-                    Some(qpair.data(slot).map_err(|_| io::Error::other("queued data of a slot no longer sending"))?)
-                }
-            });
-        }
-        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(lists.len() + 8);
-        let mut skip = self.front_written;
-        'segments: for (segment, list) in self.segments.iter().zip(&lists) {
-            let mut remaining = segment.len();
-            match (*segment, list) {
-                (Segment::Bytes { start, end }, _) => {
-                    let slice = &self.bytes[start + skip..end];
-                    skip = 0;
-                    if iov.len() == MAX_IOV {
-                        break 'segments;
-                    }
-                    iov.push(IoSlice::new(slice));
-                }
-                (Segment::Data { .. }, Some(list)) => {
-                    let view = list.cpu_view().map_err(|err| io::Error::other(err.to_string()))?;
-                    for slice in view.slices() {
-                        if remaining == 0 {
-                            break;
-                        }
-                        let slice = &slice[..slice.len().min(remaining)];
-                        remaining -= slice.len();
-                        if skip >= slice.len() {
-                            skip -= slice.len();
-                            continue;
-                        }
-                        if iov.len() == MAX_IOV {
-                            break 'segments;
-                        }
-                        iov.push(IoSlice::new(&slice[skip..]));
-                        skip = 0;
-                    }
-                }
-                (Segment::Data { .. }, None) => unreachable!("every data segment has its list"),
-            }
-        }
-        stream.write_vectored(&iov)
+    fn write_once<S: Socket>(&mut self, stream: &mut S, qpair: &Qpair) -> io::Result<usize> {
+        let mut lists: Vec<Option<Sgl<'_>>> = recycled(std::mem::take(&mut self.gather.lists));
+        let mut iov: Vec<IoSlice<'_>> = recycled(std::mem::take(&mut self.gather.iov));
+        let gathered = gather(&self.bytes, &self.segments, self.front_written, qpair, &mut lists, &mut iov);
+        let result = gathered.and_then(|()| stream.write_vectored(&iov));
+        self.gather.iov = recycled(iov);
+        self.gather.lists = recycled(lists);
+        result
     }
 
     /// Drops `written` bytes from the front; hands back the slots fully sent.
@@ -245,5 +224,82 @@ impl Outbox {
         self.bytes.clear();
         self.front_written = 0;
         self.pending = 0;
+    }
+}
+
+/// Fills `iov` with the queued bytes from `skip` bytes into the first segment, up to
+/// `MAX_IOV` buffers; `lists` holds the data lists the slices borrow from.
+fn gather<'q, 'l>(
+    bytes: &'l [u8],
+    segments: &VecDeque<Segment>,
+    mut skip: usize,
+    qpair: &'q Qpair,
+    lists: &'l mut Vec<Option<Sgl<'q>>>,
+    iov: &mut Vec<IoSlice<'l>>,
+) -> io::Result<()> {
+    for segment in segments.iter().take(MAX_IOV) {
+        lists.push(match *segment {
+            Segment::Bytes { .. } => None,
+            Segment::Data { slot, .. } => {
+                Some(qpair.data(slot).map_err(|_| io::Error::other("queued data of a slot no longer sending"))?)
+            }
+        });
+    }
+    let lists: &'l [Option<Sgl<'q>>] = lists;
+    'segments: for (segment, list) in segments.iter().zip(lists) {
+        let mut remaining = segment.len();
+        match (*segment, list) {
+            (Segment::Bytes { start, end }, _) => {
+                let slice = &bytes[start + skip..end];
+                skip = 0;
+                if iov.len() == MAX_IOV {
+                    break 'segments;
+                }
+                iov.push(IoSlice::new(slice));
+            }
+            (Segment::Data { .. }, Some(list)) => {
+                let view = list.cpu_view().map_err(|err| io::Error::other(err.to_string()))?;
+                for slice in view.slices() {
+                    if remaining == 0 {
+                        break;
+                    }
+                    let slice = &slice[..slice.len().min(remaining)];
+                    remaining -= slice.len();
+                    if skip >= slice.len() {
+                        skip -= slice.len();
+                        continue;
+                    }
+                    if iov.len() == MAX_IOV {
+                        break 'segments;
+                    }
+                    iov.push(IoSlice::new(&slice[skip..]));
+                    skip = 0;
+                }
+            }
+            (Segment::Data { .. }, None) => {
+                return Err(io::Error::other("a queued data segment without its list"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_vector_keeps_its_memory_across_lifetimes() {
+        let bytes = [7u8; 64];
+        let mut storage: Vec<IoSlice<'static>> = Vec::with_capacity(32);
+        let address = storage.as_ptr() as usize;
+        for round in 0..3 {
+            let mut iov: Vec<IoSlice<'_>> = recycled(std::mem::take(&mut storage));
+            assert_eq!((iov.as_ptr() as usize, iov.capacity()), (address, 32), "round {round} moved the memory");
+            assert!(iov.is_empty());
+            iov.extend(bytes.chunks(8).map(IoSlice::new));
+            storage = recycled(iov);
+            assert_eq!((storage.as_ptr() as usize, storage.capacity(), storage.len()), (address, 32, 0));
+        }
     }
 }

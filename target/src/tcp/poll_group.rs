@@ -29,7 +29,7 @@ use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 use peerless_core::{log_debug, log_warn};
 
 use super::conn::Conn;
-use super::lifecycle::{Deadlines, Lifecycle, Progress, Seat, Stage};
+use super::lifecycle::{Deadlines, IdleWatch, Lifecycle, Progress, Seat, Stage};
 use super::options::TcpOptions;
 use super::socket::Socket;
 use crate::nvmf::qpair::Qpair;
@@ -66,6 +66,8 @@ struct Entry<S: Socket> {
     readable: bool,
     /// Polled and read every pass: its socket has no fd, or the group no epoll.
     always: bool,
+    /// Whether it has been idle long enough to give back its buffers.
+    idle: IdleWatch,
 }
 
 impl<S: Socket> Entry<S> {
@@ -193,7 +195,8 @@ impl<S: Socket> TcpPollGroup<S> {
         self.unestablished.push_back((slot, conn.id()));
         let life = Lifecycle::new(ctx.now_ns());
         // Polled once at once: a host may have sent ICReq with its first segment.
-        self.slots[slot as usize] = Some(Entry { conn, seat, life, active: true, readable: true, always });
+        self.slots[slot as usize] =
+            Some(Entry { conn, seat, life, active: true, readable: true, always, idle: IdleWatch::default() });
         self.active.push(slot);
         self.live += 1;
         if self.live == 1 {
@@ -271,8 +274,11 @@ impl<S: Socket> TcpPollGroup<S> {
         let end = (self.sweep_cursor + SWEEP_SLICE).min(self.slots.len());
         for slot in self.sweep_cursor..end {
             let Some(entry) = self.slots[slot].as_mut() else { continue };
+            let long_idle = entry.idle.visit();
             if !entry.active {
-                entry.conn.release_idle_buffers();
+                if long_idle {
+                    entry.conn.release_idle_buffers();
+                }
                 entry.active = true;
                 self.active.push(slot as u32);
             }
@@ -359,7 +365,11 @@ impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {
             let slot = self.active[index];
             if let Some(entry) = self.slots[slot as usize].as_mut() {
                 let readable = std::mem::take(&mut entry.readable) || entry.always;
-                busy |= entry.conn.poll(ctx, group, readable, budget);
+                let worked = entry.conn.poll(ctx, group, readable, budget);
+                if worked {
+                    entry.idle.worked();
+                }
+                busy |= worked;
                 // Output the socket would not take yet keeps the reactor awake.
                 busy |= entry.conn.has_pending_output();
             }
