@@ -266,3 +266,93 @@ fn removing_a_host_ends_all_its_queues_and_only_its_own() {
     assert_eq!(controllers.as_array().unwrap().len(), 1, "{controllers}");
     assert_eq!(controllers[0]["hostnqn"], json!(OTHER));
 }
+
+/// Open descriptors of process `pid`.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).expect("the target's /proc fd directory")
+}
+
+/// Sets process `pid`'s soft RLIMIT_NOFILE, leaving the hard limit as it is.
+fn set_open_files_soft_limit(pid: u32, soft: usize) {
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(status.success(), "prlimit --pid={pid} --nofile={soft}: failed: {status}");
+}
+
+fn reactor_wakeups(target: &peerless_testkit::Target) -> u64 {
+    let reactors = target.call("framework_get_reactors", None);
+    reactors["reactors"][0]["wakeups"].as_u64().unwrap_or_else(|| panic!("no wakeups in {reactors}"))
+}
+
+/// Out of file descriptors, the listener takes each waiting host with a descriptor held
+/// in reserve and closes it at once: the host hears no instead of hanging in the backlog,
+/// and the readable listening socket does not wake the sleeping reactor again and again.
+/// Once descriptors are free again, hosts are served as before.
+#[test]
+fn out_of_descriptors_refuses_newcomers_at_once_and_recovers() {
+    const HOSTS: usize = 16;
+    const FREE_DESCRIPTORS: usize = 4;
+    let target = tgt().start("limits-descriptors", &[]);
+    // Accepted hosts that say nothing keep their descriptors for the whole test.
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({"icreq_timeout_ms": 120_000}));
+    let pid = target.pid();
+    let wakeups_before = reactor_wakeups(&target);
+    let limit_before = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let soft_before: usize = limit_before
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+        .unwrap_or_else(|| panic!("no open files limit in {limit_before}"));
+    set_open_files_soft_limit(pid, open_descriptors(pid) + FREE_DESCRIPTORS);
+
+    let hosts: Vec<TcpStream> =
+        (0..HOSTS).map(|_| TcpStream::connect(addr).expect("the kernel completes the handshake")).collect();
+    for host in &hosts {
+        host.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
+    }
+    // The descriptors counted free are give or take one or two (the RPC connection just
+    // closed, the spare's moment of reopening), hence a range.
+    let fewest_refused = HOSTS - FREE_DESCRIPTORS - 2;
+    let mut refused = vec![false; HOSTS];
+    let poll_hosts = |refused: &mut Vec<bool>| {
+        for (host, closed) in hosts.iter().zip(refused.iter_mut()).filter(|(_, closed)| !**closed) {
+            match (&*host).read(&mut [0u8; 8]) {
+                Ok(0) => *closed = true,
+                Ok(read) => panic!("a host that sent nothing was sent {read} bytes"),
+                Err(err) if matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => *closed = true,
+            }
+        }
+        refused.iter().filter(|closed| **closed).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while poll_hosts(&mut refused) < fewest_refused && Instant::now() < deadline {}
+    std::thread::sleep(Duration::from_millis(300));
+    let refused_count = poll_hosts(&mut refused);
+    assert!(
+        (fewest_refused..=HOSTS - FREE_DESCRIPTORS).contains(&refused_count),
+        "{FREE_DESCRIPTORS} descriptors free: {refused_count} of {HOSTS} hosts were closed at once"
+    );
+
+    set_open_files_soft_limit(pid, soft_before);
+    drop(hosts);
+    let mut controller = connect(addr);
+    let mut queue = controller.io_queue(8).expect("an I/O queue once descriptors are free");
+    let data = vec![0x5a; BLOCK as usize];
+    queue.write(1, 0, 1, &data).expect("write");
+    let mut back = vec![0; BLOCK as usize];
+    queue.read(1, 0, 1, &mut back).expect("read");
+    assert_eq!(back, data);
+    // The sweep timer and each arrival wake the reactor; a listener left readable would
+    // have woken it continuously for the seconds above.
+    let wakeups = reactor_wakeups(&target) - wakeups_before;
+    assert!(wakeups < 2_000, "the reactor woke {wakeups} times while out of descriptors");
+    let log = target.log();
+    let warnings = log.matches("cannot accept").count();
+    assert!((1..=2).contains(&warnings), "{warnings} warnings for {refused_count} refusals:\n{log}");
+    assert!(log.contains("the connection was closed at once"), "{log}");
+}

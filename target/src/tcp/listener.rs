@@ -1,11 +1,13 @@
 //! Listeners: bound on the app thread, accepting from a poller there (woken by the
 //! socket when the reactor sleeps), handing each connection to a poll group round-robin.
 
+use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::errno::Errno;
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 use peerless_core::throttle::Throttle;
 
@@ -36,6 +38,39 @@ pub struct Listener {
 struct Refusals {
     full: Throttle,
     no_fds: Throttle,
+    spare: SpareFd,
+}
+
+/// A descriptor held in reserve for when the process runs out of them. Closing it lets
+/// the listener take the waiting connection and close it at once, so the host hears no
+/// (a FIN) instead of hanging in the backlog until its own timeout, and the listening
+/// socket, level-triggered in the reactor's epoll, stops being readable and waking a
+/// sleeping reactor over and over.
+struct SpareFd(Option<File>);
+
+impl SpareFd {
+    fn open() -> SpareFd {
+        SpareFd(File::open("/dev/null").ok())
+    }
+
+    /// Refuses one waiting connection with the spare descriptor. False when there is
+    /// none (another thread took the descriptor it freed): the connection then waits.
+    fn refuse_one(&mut self, socket: &TcpListener) -> bool {
+        let Some(spare) = self.0.take() else {
+            self.0 = File::open("/dev/null").ok();
+            return false;
+        };
+        drop(spare);
+        // Dropped at once: the refusal is the close.
+        let refused = socket.accept().is_ok();
+        self.0 = File::open("/dev/null").ok();
+        refused
+    }
+}
+
+/// Whether an accept failed for want of a file descriptor (per process or system-wide).
+fn out_of_descriptors(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(code) if code == Errno::EMFILE as i32 || code == Errno::ENFILE as i32)
 }
 
 impl Listener {
@@ -53,8 +88,11 @@ impl Listener {
         let counts = Arc::new(ListenerCounts::default());
         let (accepting, counter, target) = (socket.clone(), counts.clone(), target.clone());
         let options = Arc::new(options);
-        let mut refusals =
-            Refusals { full: Throttle::new(REFUSAL_LOG_INTERVAL), no_fds: Throttle::new(REFUSAL_LOG_INTERVAL) };
+        let mut refusals = Refusals {
+            full: Throttle::new(REFUSAL_LOG_INTERVAL),
+            no_fds: Throttle::new(REFUSAL_LOG_INTERVAL),
+            spare: SpareFd::open(),
+        };
         // Every acceptor_poll_rate while the reactor spins (an accept that finds nothing
         // costs microseconds), at once when a connection wakes a sleeping reactor.
         let name = format!("nvmf_tcp_accept_{bound}");
@@ -110,14 +148,19 @@ fn accept(
             Ok((stream, _)) => stream,
             Err(err) if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::Interrupted => break,
             Err(err) => {
-                // EMFILE/ENFILE: the connection waits in the backlog until a descriptor is free.
+                let refused = out_of_descriptors(&err) && refusals.spare.refuse_one(socket);
                 if let Some(report) = refusals.no_fds.event(now_ns) {
                     peerless_core::log_warn!(
-                        "listener {:?}: cannot accept: {err} (open files limit {}){}",
+                        "listener {:?}: cannot accept: {err} (open files limit {}); {}{}",
                         socket.local_addr().ok(),
                         crate::app::open_files_limit().map_or_else(|| "unknown".to_string(), |limit| limit.to_string()),
+                        if refused { "the connection was closed at once" } else { "it waits in the backlog" },
                         report.suffix()
                     );
+                }
+                if refused {
+                    accepted += 1;
+                    continue;
                 }
                 break;
             }
