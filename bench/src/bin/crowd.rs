@@ -22,8 +22,8 @@ const HOSTNQN_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:c0ffee00-0000-4000
 /// Threads connecting the crowd, so the setup rate is the target's, not one client's.
 const CONNECTING_THREADS: usize = 4;
 /// After connecting or closing the crowd: time for the target to settle (its sweep gives
-/// back idle buffers within two 100 ms intervals).
-const SETTLE: Duration = Duration::from_millis(600);
+/// back the buffers of a connection idle for ten 100 ms intervals).
+const SETTLE: Duration = Duration::from_millis(1_600);
 
 struct Args {
     addr: SocketAddr,
