@@ -480,7 +480,7 @@ fn command_limits_are_reported_by_identify_and_enforced_on_the_wire() {
     assert_eq!(queue.execute(zeroes(0, 4096), Xfer::None, Vec::new()).unwrap().status, Status::SUCCESS);
 }
 
-/// `nvmf_get_stats` gives each poll group the time its polls with work took (`busy_ns`)
+/// `nvmf_get_stats` gives each poll group the time its thread's passes with work took (`busy_ns`)
 /// and that time per completed I/O (`cpu_ns_per_io`), so a data-path regression shows in
 /// a counter: both grow with I/O, and the ratio is the one the counters give.
 #[test]

@@ -718,7 +718,7 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetOnly, respo
     gather(
         ctx,
         target,
-        |group, _| group.stats(),
+        |group, ctx| group.stats(ctx.stats().busy_ns),
         move |_, groups| {
             let poll_groups: Vec<Value> = groups
                 .iter()
@@ -766,7 +766,7 @@ fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder)
     gather(
         ctx,
         target,
-        |group, _| group.stats(),
+        |group, ctx| group.stats(ctx.stats().busy_ns),
         move |_, groups| {
             use peerless_core::mem::{stats, MemKind, Path};
             let mut placed = [0u64; 3];

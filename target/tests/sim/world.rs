@@ -686,7 +686,9 @@ impl World {
         let stats = self
             .env
             .app
-            .run_on(self.env.thread, move |ctx| poll_group::with(&target, ctx, |group, _| group.stats()))
+            .run_on(self.env.thread, move |ctx| {
+                poll_group::with(&target, ctx, |group, ctx| group.stats(ctx.stats().busy_ns))
+            })
             .expect("the app thread");
         self.env.stats.buffer_waits = stats.buffer_waits;
         self.env.stats.p2p_fallbacks = stats.p2p_fallbacks;
