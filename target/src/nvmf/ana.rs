@@ -131,6 +131,14 @@ impl ListenerAna {
         self.group_changes.get(slot).map_or(0, |count| count.load(Ordering::Acquire))
     }
 
+    /// The change counts now, from which a controller's own counts start.
+    pub fn counts(&self) -> AnaCounts {
+        AnaCounts {
+            total: self.change_count(),
+            groups: self.group_changes.iter().map(|count| count.load(Ordering::Acquire)).collect(),
+        }
+    }
+
     /// Sets group `anagrpid`'s state, or every group's for `None`; the caller holds the
     /// subsystem's lock. Whether any state changed.
     pub fn set(&self, state: AnaState, anagrpid: Option<u32>) -> bool {
@@ -161,11 +169,27 @@ impl ListenerAna {
     }
 }
 
+/// A listener's change counts at one moment. The log page's counts start at 0 after a
+/// Controller Level Reset (NVMe Base 2.0, 5.16.1.13), so each controller keeps the
+/// listener's counts at its connect and last reset and reports the changes since.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnaCounts {
+    total: u64,
+    groups: Box<[u64]>,
+}
+
+impl AnaCounts {
+    fn group(&self, anagrpid: u32) -> u64 {
+        self.groups.get((anagrpid as usize).wrapping_sub(1)).copied().unwrap_or(0)
+    }
+}
+
 /// The ANA log page (NVMe Base 2.0, 5.16.1.13) as controller `controller` sees it: one
 /// descriptor per group that has a namespace, in group order, each with the state of the
 /// controller's listener. `rgo` (Return Groups Only) leaves out the NSID lists.
 pub fn log_page(controller: &Controller, rgo: bool) -> Vec<u8> {
     let Some(ana) = controller.ana.as_ref() else { return Vec::new() };
+    let base = controller.ana_counts_base();
     let state = controller.subsystem.state.lock();
     let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
     for ns in state.namespaces.values() {
@@ -180,12 +204,12 @@ pub fn log_page(controller: &Controller, rgo: bool) -> Vec<u8> {
         .iter()
         .map(|(group, nsids)| AnaGroupDescriptor {
             anagrpid: *group,
-            change_count: ana.group_change_count(*group),
+            change_count: ana.group_change_count(*group).wrapping_sub(base.group(*group)),
             state: ana.state(*group) as u8,
             nsids: if rgo { &[] } else { nsids },
         })
         .collect();
-    logpage::ana(ana.change_count(), &descriptors)
+    logpage::ana(ana.change_count().wrapping_sub(base.total), &descriptors)
 }
 
 impl NvmfTarget {
@@ -251,6 +275,7 @@ mod tests {
     use super::*;
     use crate::nvme::identify::ControllerType;
     use crate::nvme::{le16, le32, le64};
+    use crate::nvmf::ctrlr::{prop, AdminState};
     use crate::nvmf::namespace::NamespaceSpec;
     use crate::nvmf::subsystem::SubsystemConfig;
     use crate::nvmf::testing::{World, TRTYPE};
@@ -334,8 +359,8 @@ mod tests {
     #[test]
     fn each_controller_reads_its_own_listener_s_states() {
         let world = world();
-        world.target.set_ana_state(NQN, addr(4421), AnaState::Inaccessible, Some(3)).unwrap();
         let (on_a, on_b) = (controller_on(&world, 4420), controller_on(&world, 4421));
+        world.target.set_ana_state(NQN, addr(4421), AnaState::Inaccessible, Some(3)).unwrap();
         let page_a = log_page(&on_a, false);
         let page_b = log_page(&on_b, false);
         // Groups 1 (NSID 1) and 3 (NSIDs 2 and 3); groups 2 and 4 have no namespace.
@@ -348,6 +373,18 @@ mod tests {
         assert_eq!(page_a[68], 1, "and optimized through A");
         let groups_only = log_page(&on_b, true);
         assert_eq!((groups_only.len(), le32(&groups_only, 20), le32(&groups_only, 48)), (16 + 64, 0, 3));
+        assert_eq!((le64(&page_b, 24), le64(&page_b, 60)), (0, 1), "group 3 changed once, group 1 never");
+
+        // Change counts start at 0 at a controller's connect and at each Controller Level Reset.
+        let late = Arc::new(controller_on(&world, 4421));
+        assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (0, 0));
+        world.target.set_ana_state(NQN, addr(4421), AnaState::Optimized, Some(3)).unwrap();
+        assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (1, 1));
+        assert_eq!(le64(&log_page(&on_b, false), 0), 2, "the earlier controller saw both changes");
+        let mut admin = AdminState::new(late.clone(), 128, 4, 0);
+        assert!(admin.property_set(prop::CC, 1 | (6 << 16) | (4 << 20)));
+        assert!(admin.property_set(prop::CC, 0));
+        assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (0, 0));
 
         world.on_app(|ctx, target| target.remove_listener(ctx, NQN, addr(4420))).unwrap();
         assert_eq!(

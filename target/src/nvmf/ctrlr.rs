@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use peerless_bdev::IoType;
 use peerless_core::reactor::ThreadHandle;
 
-use super::ana::ListenerAna;
+use super::ana::{AnaCounts, ListenerAna};
 use super::subsystem::Subsystem;
 use crate::nvme::identify::ControllerType;
 use crate::nvme::Status;
@@ -64,6 +64,8 @@ pub struct Controller {
     /// The ANA states of the listener the admin queue connected through, when the
     /// subsystem reports ANA (NVMe Base 2.0, 8.1: states are per controller).
     pub ana: Option<Arc<ListenerAna>>,
+    /// The listener's ANA change counts at connect or the last reset (see `AnaCounts`).
+    ana_counts_base: Mutex<AnaCounts>,
 }
 
 /// One I/O queue's counters for the SMART / Health log (NVMe Base 2.0, Figure 207).
@@ -140,12 +142,25 @@ impl Controller {
             qpairs: Mutex::new(Vec::new()),
             counters: Mutex::new(Vec::new()),
             ana: None,
+            ana_counts_base: Mutex::new(AnaCounts::default()),
         }
     }
 
     /// The controller of a subsystem with ANA reporting, seeing `ana`'s states.
     pub fn with_ana(self, ana: Option<Arc<ListenerAna>>) -> Controller {
-        Controller { ana, ..self }
+        let base = ana.as_ref().map(|ana| ana.counts()).unwrap_or_default();
+        Controller { ana, ana_counts_base: Mutex::new(base), ..self }
+    }
+
+    pub fn ana_counts_base(&self) -> AnaCounts {
+        self.ana_counts_base.lock().clone()
+    }
+
+    /// A Controller Level Reset: the ANA log page's change counts start again at 0.
+    fn restart_ana_counts(&self) {
+        if let Some(ana) = &self.ana {
+            *self.ana_counts_base.lock() = ana.counts();
+        }
     }
 
     /// The path status a command to a namespace of group `anagrpid` gets through this
@@ -301,6 +316,7 @@ impl AdminState {
             // A reset: I/O queues end and the controller must be enabled again.
             self.csts &= !1;
             self.controller.enabled.store(false, Ordering::Release);
+            self.controller.restart_ana_counts();
             self.reset_requested = true;
         }
         if shutdown != 0 {
