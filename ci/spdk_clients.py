@@ -34,6 +34,7 @@ VERSION = importlib.metadata.version("spdk")
 MAJOR = int(VERSION.split(".")[0])
 NQN = "nqn.2016-06.io.spdk:cnode1"
 NQN2 = "nqn.2016-06.io.spdk:cnode2"
+NQN3 = "nqn.2016-06.io.spdk:cnode3"
 HOST = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"
 # Every CLI call is bounded; the target answers in microseconds, so this is only a hang guard.
 CALL_TIMEOUT_S = 60
@@ -331,6 +332,21 @@ def drive_nvmf(t, perf):
     out(t, "nvmf_subsystem_add_listener", NQN2, "-t", "TCP", "-a", "127.0.0.1", "-s", str(port))
     out(t, "nvmf_subsystem_add_listener", "discovery", "-t", "tcp", "-a", "127.0.0.1", "-s", str(port))
     out(t, "nvmf_subsystem_add_host", NQN2, HOST)
+    # ANA: a namespace in a chosen group, a listener whose groups start non-optimized and one
+    # group set inaccessible; save_config, restart and load_config below carry all of it.
+    out(t, "nvmf_create_subsystem", NQN3, "-a", "-r", "-m", "4")
+    out(t, "bdev_malloc_create", "-b", "AnaNs", "8", "512")
+    out(t, "nvmf_subsystem_add_ns", "-a", "2", NQN3, "AnaNs")
+    out(t, "nvmf_subsystem_add_listener", NQN3, "-t", "tcp", "-a", "127.0.0.1", "-s", str(port), "-n", "non_optimized")
+    out(t, "nvmf_subsystem_listener_set_ana_state", NQN3, "-n", "inaccessible", "-t", "tcp", "-a", "127.0.0.1", "-s",
+        str(port), "-f", "ipv4", "-g", "2")
+    states = js(t, "nvmf_subsystem_get_listeners", NQN3)[0].get("ana_states")
+    check(states == [{"ana_group": 1, "ana_state": "non_optimized"}, {"ana_group": 2, "ana_state": "inaccessible"},
+                     {"ana_group": 3, "ana_state": "non_optimized"}, {"ana_group": 4, "ana_state": "non_optimized"}],
+          f"ana_states {states}")
+    check([ns.get("anagrpid") for ns in js(t, "nvmf_get_subsystems", NQN3)[0]["namespaces"]] == [2], "anagrpid shown")
+    rpc(t.sock, "nvmf_subsystem_listener_set_ana_state", NQN, "-n", "optimized", "-t", "tcp", "-a", "127.0.0.1", "-s",
+        str(port), ok=False)
     if MAJOR >= 26:
         out(t, "nvmf_subsystem_allow_any_host", "--no-allow-any-host", NQN)
         out(t, "nvmf_subsystem_allow_any_host", "--allow-any-host", NQN)

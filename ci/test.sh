@@ -3,7 +3,7 @@
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
 # with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
 # Ceph RBD against a one-node cluster, and Linux's NVMe/TCP host against the target in a
-# QEMU guest (ci/guest).
+# QEMU guest (ci/guest), alone and with native multipath over two targets on one RBD image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,5 +88,14 @@ step "linux host interop"
 cargo build --release --locked -p peerless-target
 bash ci/guest/build.sh
 bash ci/guest/run.sh ci/guest/jobs/interop.sh
+
+step "linux host multipath over one RBD image"
+# Two peerless-tgt (the rbd build above) export one Ceph RBD image as one namespace with
+# ANA; Linux's native multipath in the guest sees two paths, the ANA states set over RPC,
+# and fio verify carrying on while one target is SIGKILLed and restarted
+# (ci/guest/README.md). About 2 minutes.
+cargo build --locked -p peerless-target --features rbd --bin peerless-tgt
+PEERLESS_GUEST_HOST=ci/guest/jobs/multipath.host.sh PEERLESS_TGT="${CARGO_TARGET_DIR:-build}/debug/peerless-tgt" \
+    bash ci/guest/run.sh ci/guest/jobs/multipath.sh
 
 step "done"

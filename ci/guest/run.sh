@@ -17,6 +17,12 @@
 #                         --interrupt-mode: a polling reactor would take one of the two
 #                         cores the emulated guest needs)
 #   PEERLESS_GUEST_TARGET set to 0 to start no target
+#   PEERLESS_GUEST_HOST   a host-side script to run instead of the one target: run.sh starts
+#                         `bash SCRIPT RUN_DIR` in the background and boots once the script
+#                         has written RUN_DIR/env, RUN_DIR/forwards ("GUEST_PORT HOST_PORT" a
+#                         line: 10.0.2.100:GUEST_PORT reaches 127.0.0.1:HOST_PORT) and
+#                         RUN_DIR/host.ready; the script serves the job's requests (see
+#                         ci/guest/README.md) and is sent SIGTERM when the guest is done
 #   PEERLESS_GUEST_TIMEOUT seconds for the whole boot (default: 900)
 #   PEERLESS_GUEST_DIR    where build.sh put the images (default: build/guest)
 set -euo pipefail
@@ -38,7 +44,15 @@ console="$run/console.log"
 log() { printf '[guest-run %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 tgt_pid=""
+host_pid=""
 cleanup() {
+    if [ -n "$host_pid" ] && kill -0 "$host_pid" 2>/dev/null; then
+        kill -TERM "$host_pid" 2>/dev/null || true
+        # The host side stops its targets and whatever else it started; give it time.
+        for _ in $(seq 600); do kill -0 "$host_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$host_pid" 2>/dev/null || true
+    fi
+    host_pid=""
     if [ -n "$tgt_pid" ] && kill -0 "$tgt_pid" 2>/dev/null; then
         kill -TERM "$tgt_pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
@@ -48,7 +62,20 @@ cleanup() {
 trap cleanup EXIT
 
 port=${PEERLESS_TGT_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
-if [ "${PEERLESS_GUEST_TARGET:-1}" != 0 ]; then
+echo "4420 $port" >"$run/forwards"
+if [ -n "${PEERLESS_GUEST_HOST:-}" ]; then
+    host_side=$(realpath "$PEERLESS_GUEST_HOST")
+    cp "$host_side" "$run/host.sh"
+    bash "$host_side" "$run" >"$run/host.log" 2>&1 &
+    host_pid=$!
+    for _ in $(seq 1200); do
+        [ -f "$run/host.ready" ] && break
+        kill -0 "$host_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -f "$run/host.ready" ] || { echo "the host side never got ready:" >&2; tail -30 "$run/host.log" >&2; exit 1; }
+    log "host side pid $host_pid ready ($run/host.log): forwards $(tr '\n' ' ' <"$run/forwards")"
+elif [ "${PEERLESS_GUEST_TARGET:-1}" != 0 ]; then
     [ -x "$tgt" ] || { echo "no target binary $tgt (cargo build --release -p peerless-target, or set PEERLESS_TGT)" >&2; exit 2; }
     # The config with its listener on PORT, and what the job should find, as shell variables.
     python3 - "$config" "$port" "$run/target.json" "$run/env" <<'EOF'
@@ -94,6 +121,13 @@ else
     : >"$run/env"
 fi
 
+netdev="user,id=n0,restrict=on"
+while read -r guest_port host_port; do
+    # socat's messages go to a file: on stderr they would reach the guest as bytes of the
+    # connection (a target that is down would answer a reconnect with socat's error text).
+    netdev+=",guestfwd=tcp:10.0.2.100:$guest_port-cmd:socat -lf $run/socat.log - TCP:127.0.0.1:$host_port,,nodelay"
+done <"$run/forwards"
+
 q="$gdir/qemu/usr"
 log "booting the guest (timeout ${timeout_s}s), console: $console"
 start=$(date +%s)
@@ -109,7 +143,7 @@ QEMU_MODULE_DIR="$q/lib/x86_64-linux-gnu/qemu" timeout -k 10 "$timeout_s" "$q/bi
     -device virtio-blk-pci,drive=root \
     -fsdev "local,id=job,path=$run,security_model=none" \
     -device virtio-9p-pci,fsdev=job,mount_tag=job \
-      -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:4420-cmd:socat - TCP:127.0.0.1:$port,,nodelay" \
+    -netdev "$netdev" \
     -device virtio-net-pci,netdev=n0,romfile= \
     >"$run/qemu.log" 2>&1
 qrc=$?
@@ -127,8 +161,8 @@ rc=$(cat "$run/out/rc" 2>/dev/null || echo none)
 if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
     log "FAILED: the guest did not finish in ${timeout_s}s"
 elif [ "$rc" = 0 ]; then
-    if grep -q -E 'panicked|RUST_BACKTRACE' "$run/target.log" 2>/dev/null; then
-        log "FAILED: the job passed but peerless-tgt panicked: $run/target.log"
+    if grep -q -E 'panicked|RUST_BACKTRACE' "$run"/target*.log 2>/dev/null; then
+        log "FAILED: the job passed but peerless-tgt panicked: $(grep -l -E 'panicked|RUST_BACKTRACE' "$run"/target*.log)"
     else
         log "PASSED: $run"
         exit 0

@@ -18,12 +18,13 @@ use peerless_core::rpc::stream::{next_value, Parsed};
 use peerless_core::rpc::{Registry, RpcError};
 use peerless_target::nvme::cmd::{Sqe, SQE_BYTES};
 use peerless_target::nvme::Status;
+use peerless_target::nvmf::ana::AnaState;
 use peerless_target::nvmf::connect::{self, ConnInfo};
 use peerless_target::nvmf::ctrlr::AdminState;
 use peerless_target::nvmf::io_cmd::{self, CommandLimits, NsInfo, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
 use peerless_target::nvmf::subsystem::{ListenAddress, SubsystemKind};
-use peerless_target::nvmf::{admin, NvmfTarget};
 use peerless_target::nvmf::transport::TransportOptions;
+use peerless_target::nvmf::{admin, NvmfTarget};
 use peerless_target::tcp::pdu::{
     self, pdu_type, CommonHeader, DataHeader, Digests, IcReq, Receiver, CAPSULE_CMD_HLEN, COMMON_HEADER_BYTES,
     TERM_HLEN, TERM_MAX_DATA,
@@ -61,7 +62,7 @@ fn world() -> &'static World {
         {
             let mut state = subsystem.state.lock();
             state.hosts.push(HOSTNQN.to_string());
-            state.listeners.push(ListenAddress { addr });
+            state.listeners.push(ListenAddress::new(addr, 0, AnaState::Optimized));
         }
         let registry = peerless_target::app::registry(&peerless_core::keyring::Keyring::new(), &bdevs, &target);
         let methods = registry.names(None);

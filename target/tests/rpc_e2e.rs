@@ -395,7 +395,12 @@ fn parameters_the_target_cannot_honour_are_refused_by_name() {
         ("nvmf_subsystem_get_qpairs", json!({"nqn": NQN, "tgt_name": "tgt2"}), -32602, &["tgt2"]),
         ("nvmf_create_transport", json!({"trtype": "TCP", "tgt_name": "tgt2"}), -32602, &["tgt2"]),
         // nvmf_create_subsystem
-        ("nvmf_create_subsystem", json!({"nqn": other, "ana_reporting": true}), -32602, &["ana_reporting"]),
+        (
+            "nvmf_create_subsystem",
+            json!({"nqn": other, "ana_reporting": true, "max_namespaces": 5000}),
+            -32602,
+            &["max_namespaces 5000 with ana_reporting", "at most 1024"],
+        ),
         ("nvmf_create_subsystem", json!({"nqn": other, "passthrough": true}), -32602, &["passthrough"]),
         ("nvmf_create_subsystem", json!({"nqn": other, "enable_nssr": true}), -32602, &["enable_nssr"]),
         ("nvmf_create_subsystem", json!({"nqn": other, "admin_label": "ab"}), -32602, &["admin_label", "4 to 256"]),
@@ -420,9 +425,15 @@ fn parameters_the_target_cannot_honour_are_refused_by_name() {
         // nvmf_subsystem_add_listener
         (
             "nvmf_subsystem_add_listener",
-            json!({"nqn": NQN, "listen_address": address, "ana_state": "optimized"}),
+            json!({"nqn": NQN, "listen_address": address, "ana_state": "inaccessible"}),
             -32602,
-            &["ana_state", "optimized"],
+            &["ana_state", "does not report ANA"],
+        ),
+        (
+            "nvmf_subsystem_add_listener",
+            json!({"nqn": NQN, "listen_address": address, "ana_state": "asleep"}),
+            -32602,
+            &["'asleep' is not an ANA state"],
         ),
         (
             "nvmf_subsystem_add_listener",

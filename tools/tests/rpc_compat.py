@@ -163,9 +163,26 @@ for nqn in [NQN + "-limits", NQN + "-kib"]:
     limited = ok(c, "nvmf_get_subsystems", {"nqn": nqn})[0]
     check(limited["dmrsl"] == 2048 and limited["wzsl"] == 4, f"limits of {nqn}: {limited}")
 check(ok(c, "nvmf_get_subsystems", {"nqn": NQN + "-limits"})[0].get("admin_label") == "rack-7", "admin_label kept")
-err(c, "nvmf_create_subsystem", {"nqn": NQN + "-ana", "allow_any_host": True, "ana_reporting": True, "passthrough": False, "enable_nssr": False}, -32602, "ana_reporting")
 ok(c, "nvmf_subsystem_add_ns", {"nqn": NQN, "namespace": {"bdev_name": "Sim0", "p2pmem": "auto"}})
 port = 4460 + os.getpid() % 100
+# ANA: groups numbered up to max_namespaces, a namespace in its NSID's group unless told,
+# each listener's states per group; all of it saved and restored below.
+ANA_NQN = NQN + "-ana"
+ok(c, "nvmf_create_subsystem", {"nqn": ANA_NQN, "allow_any_host": True, "ana_reporting": True, "max_namespaces": 4, "passthrough": False, "enable_nssr": False})
+ok(c, "bdev_malloc_create", {"num_blocks": 8, "block_size": 512, "name": "AnaNs0"})
+ok(c, "bdev_malloc_create", {"num_blocks": 8, "block_size": 512, "name": "AnaNs1"})
+ok(c, "nvmf_subsystem_add_ns", {"nqn": ANA_NQN, "namespace": {"bdev_name": "AnaNs0"}})
+ok(c, "nvmf_subsystem_add_ns", {"nqn": ANA_NQN, "namespace": {"bdev_name": "AnaNs1", "anagrpid": 3}})
+err(c, "nvmf_subsystem_add_ns", {"nqn": ANA_NQN, "namespace": {"bdev_name": "Malloc1", "anagrpid": 5}}, -32602, "ANAGRPMAX")
+ana_addr = {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": str(port + 2)}
+ok(c, "nvmf_subsystem_add_listener", {"nqn": ANA_NQN, "listen_address": ana_addr, "ana_state": "non_optimized"})
+ok(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": ANA_NQN, "listen_address": ana_addr, "ana_state": "inaccessible", "anagrpid": 3})
+states = ok(c, "nvmf_subsystem_get_listeners", {"nqn": ANA_NQN})[0]["ana_states"]
+check([s["ana_state"] for s in states] == ["non_optimized", "non_optimized", "inaccessible", "non_optimized"] and [s["ana_group"] for s in states] == [1, 2, 3, 4], f"ana_states {states}")
+check([ns.get("anagrpid") for ns in ok(c, "nvmf_get_subsystems", {"nqn": ANA_NQN})[0]["namespaces"]] == [1, 3], "anagrpid shown")
+err(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": ANA_NQN, "listen_address": ana_addr, "ana_state": "change"}, -32602, "reported by the target")
+err(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": ANA_NQN, "listen_address": ana_addr, "ana_state": "optimized", "anagrpid": 5}, -32602, "ANAGRPMAX")
+err(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": NQN, "listen_address": ana_addr, "ana_state": "optimized"}, -32602, "ana_reporting")
 ok(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
 ok(c, "nvmf_subsystem_add_listener", {"nqn": "discovery", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
 err(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "sock_impl": "uring", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port + 1)}}, -32602, "sock_impl")

@@ -49,6 +49,10 @@ pub struct ControllerData<'a> {
     pub max_commands: u16,
     /// ONCS: the optional NVM commands supported, see [`ONCS`].
     pub oncs: u16,
+    /// ANA groups (ANAGRPMAX and NANAGRPID) when the subsystem reports ANA, else 0.
+    pub ana_groups: u32,
+    /// ANATT in seconds, with ANA.
+    pub ana_transition_time_s: u8,
 }
 
 /// PCI vendor ID reported; SPDK's target reports Intel's, we report none rather than borrow one.
@@ -59,6 +63,14 @@ pub const ONCS_DATASET_MANAGEMENT: u16 = 1 << 2;
 pub const ONCS_WRITE_ZEROES: u16 = 1 << 3;
 /// OAES bit 8: Namespace Attribute Notices.
 const OAES_NAMESPACE_ATTRIBUTE_NOTICES: u32 = 1 << 8;
+/// OAES bit 11: Asymmetric Namespace Access Change Notices.
+const OAES_ANA_CHANGE_NOTICES: u32 = 1 << 11;
+/// CMIC bit 3: Asymmetric Namespace Access Reporting.
+const CMIC_ANA_REPORTING: u8 = 1 << 3;
+/// ANACAP: the optimized (0), non-optimized (1) and inaccessible (2) states are
+/// reported, and a namespace's ANAGRPID does not change while attached (6). Persistent
+/// loss and change are never reported (SPDK reports the same capabilities).
+const ANACAP: u8 = 0b111 | (1 << 6);
 /// LPA bit 2: extended data for Get Log Page (offsets and larger sizes).
 const LPA_EXTENDED_DATA: u8 = 1 << 2;
 /// SGLS: SGLs supported (bits 1:0 = 01b) and SGL offsets in capsules (bit 20).
@@ -75,11 +87,16 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
     put_str(&mut bytes, 64, 8, data.firmware, b' ');
     bytes[72] = 6; // RAB: recommended arbitration burst, 2^6 as SPDK reports
     bytes[76] = 1 << 1; // CMIC: may have more than one controller
+    let ana = data.ana_groups > 0 && data.controller_type == ControllerType::Io;
+    if ana {
+        bytes[76] |= CMIC_ANA_REPORTING;
+    }
     bytes[77] = data.mdts;
     put16(&mut bytes, 78, data.cntlid);
     put32(&mut bytes, 80, data.version);
     if data.controller_type == ControllerType::Io {
-        put32(&mut bytes, 92, OAES_NAMESPACE_ATTRIBUTE_NOTICES);
+        let ana_notices = if ana { OAES_ANA_CHANGE_NOTICES } else { 0 };
+        put32(&mut bytes, 92, OAES_NAMESPACE_ATTRIBUTE_NOTICES | ana_notices);
     }
     bytes[111] = data.controller_type as u8;
     bytes[258] = 3; // ACL: four concurrent aborts (0's based)
@@ -88,6 +105,15 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
     bytes[261] = LPA_EXTENDED_DATA;
     bytes[262] = ERROR_LOG_ENTRIES - 1;
     put16(&mut bytes, 320, data.kas);
+    if ana {
+        bytes[342] = data.ana_transition_time_s; // ANATT
+        bytes[343] = ANACAP;
+        put32(&mut bytes, 344, data.ana_groups); // ANAGRPMAX
+        put32(&mut bytes, 348, data.ana_groups); // NANAGRPID
+                                                 // MNAN: with ANA, the namespaces the subsystem may hold (5.17.2.1; Linux sizes
+                                                 // its ANA log buffer by it).
+        put32(&mut bytes, 540, data.max_namespaces);
+    }
     bytes[512] = 0x66; // SQES: 64-byte entries
     bytes[513] = 0x44; // CQES: 16-byte entries
     put16(&mut bytes, 514, data.max_commands);
@@ -137,18 +163,24 @@ pub struct NamespaceData {
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub shared: bool,
+    /// ANAGRPID, with ANA reporting; 0 otherwise.
+    pub anagrpid: u32,
+    /// Whether the path the host asks through reaches the data: NUSE reads 0 where it
+    /// does not (inaccessible or persistent loss), as SPDK reports it.
+    pub accessible: bool,
 }
 
 pub fn namespace(data: &NamespaceData) -> Vec<u8> {
     let mut bytes = vec![0u8; IDENTIFY_BYTES];
     put64(&mut bytes, 0, data.num_blocks);
     put64(&mut bytes, 8, data.num_blocks);
-    put64(&mut bytes, 16, data.num_blocks);
+    put64(&mut bytes, 16, if data.accessible { data.num_blocks } else { 0 });
     bytes[24] = 1 << 3; // NSFEAT: NGUID/EUI64 are never reused
     bytes[25] = 0; // NLBAF: one LBA format (0's based)
     bytes[26] = 0; // FLBAS: format 0, no metadata
     bytes[30] = u8::from(data.shared); // NMIC
     bytes[33] = 1; // DLFEAT: deallocated blocks read as zeroes
+    put32(&mut bytes, 92, data.anagrpid);
     bytes[104..120].copy_from_slice(&data.nguid);
     bytes[120..128].copy_from_slice(&data.eui64);
     // LBA format 0: no metadata, LBADS = log2(block size), best relative performance.
@@ -204,6 +236,8 @@ mod tests {
             in_capsule_data_bytes: 4096,
             max_commands: 128,
             oncs: ONCS & !ONCS_WRITE_ZEROES,
+            ana_groups: 0,
+            ana_transition_time_s: 10,
         });
         assert_eq!(&data[4..7], b"SN1");
         assert_eq!(data[7], b' ', "serial is space-padded");
@@ -212,6 +246,35 @@ mod tests {
         assert_eq!(get_str(&data, 768, 256).as_deref(), Some("nqn.2016-06.io.peerless:cnode1"));
         assert_eq!(le32(&data, 1792), (64 + 4096) / 16);
         assert_eq!(le16(&data, 520), 0b101, "Compare and Dataset Management, not Write Zeroes");
+        assert_eq!((data[76], le32(&data, 92)), (1 << 1, 1 << 8), "no ANA reporting");
+        assert!(data[342..352].iter().all(|b| *b == 0) && le32(&data, 540) == 0);
+    }
+
+    #[test]
+    fn ana_fields_land_at_their_offsets() {
+        let data = controller(&ControllerData {
+            serial: "SN1",
+            model: "Peerless",
+            firmware: "0.1",
+            cntlid: 7,
+            version: 0x0001_0300,
+            subnqn: "nqn.2016-06.io.peerless:cnode1",
+            controller_type: ControllerType::Io,
+            mdts: 5,
+            max_namespaces: 32,
+            kas: 100,
+            aerl: 3,
+            volatile_write_cache: false,
+            in_capsule_data_bytes: 4096,
+            max_commands: 128,
+            oncs: ONCS,
+            ana_groups: 32,
+            ana_transition_time_s: 10,
+        });
+        assert_eq!(data[76], (1 << 1) | (1 << 3), "CMIC: multiple controllers, ANA reporting");
+        assert_eq!(le32(&data, 92), (1 << 8) | (1 << 11), "OAES: namespace attribute and ANA change notices");
+        assert_eq!((data[342], data[343]), (10, 0b0100_0111), "ANATT, ANACAP");
+        assert_eq!((le32(&data, 344), le32(&data, 348), le32(&data, 540)), (32, 32, 32), "ANAGRPMAX NANAGRPID MNAN");
     }
 
     #[test]
@@ -230,8 +293,21 @@ mod tests {
             nguid: [1; 16],
             eui64: [2; 8],
             shared: true,
+            anagrpid: 3,
+            accessible: true,
         });
         assert_eq!((le64(&data, 0), data[130], data[30]), (1000, 12, 1));
+        assert_eq!((le64(&data, 16), le32(&data, 92)), (1000, 3), "NUSE, ANAGRPID");
+        let through_inaccessible = namespace(&NamespaceData {
+            num_blocks: 1000,
+            block_size: 4096,
+            nguid: [1; 16],
+            eui64: [2; 8],
+            shared: true,
+            anagrpid: 3,
+            accessible: false,
+        });
+        assert_eq!((le64(&through_inaccessible, 0), le64(&through_inaccessible, 16)), (1000, 0), "NUSE 0, NSZE kept");
         let descriptors = namespace_descriptors(&[1; 16], &[0; 8], &[3; 16]);
         assert_eq!((descriptors[0], descriptors[1]), (2, 16), "a zero EUI64 is left out");
         assert_eq!((descriptors[20], descriptors[21]), (3, 16));

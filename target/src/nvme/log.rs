@@ -8,6 +8,7 @@ pub mod lid {
     pub const SMART_HEALTH: u8 = 0x02;
     pub const FIRMWARE_SLOT: u8 = 0x03;
     pub const CHANGED_NAMESPACES: u8 = 0x04;
+    pub const ANA: u8 = 0x0c;
     pub const DISCOVERY: u8 = 0x70;
 }
 
@@ -51,6 +52,43 @@ pub fn changed_namespaces(nsids: &[u32]) -> Vec<u8> {
     for (index, nsid) in nsids.iter().enumerate() {
         super::put32(&mut bytes, index * 4, *nsid);
     }
+    bytes
+}
+
+/// One ANA Group Descriptor (NVMe Base 2.0, Figure 209).
+pub struct AnaGroupDescriptor<'a> {
+    pub anagrpid: u32,
+    pub change_count: u64,
+    /// The ANA state's value (8.1.3).
+    pub state: u8,
+    /// The group's namespaces; empty when the host asked for groups only (RGO).
+    pub nsids: &'a [u32],
+}
+
+pub const ANA_HEADER_BYTES: usize = 16;
+pub const ANA_DESCRIPTOR_BYTES: usize = 32;
+
+/// Asymmetric Namespace Access log page (NVMe Base 2.0, Figure 208): change count,
+/// descriptor count, then each descriptor followed by its NSIDs.
+pub fn ana(change_count: u64, groups: &[AnaGroupDescriptor<'_>]) -> Vec<u8> {
+    let size =
+        ANA_HEADER_BYTES + groups.iter().map(|group| ANA_DESCRIPTOR_BYTES + 4 * group.nsids.len()).sum::<usize>();
+    let mut bytes = vec![0u8; size];
+    put64(&mut bytes, 0, change_count);
+    put16(&mut bytes, 8, groups.len() as u16);
+    let mut at = ANA_HEADER_BYTES;
+    for group in groups {
+        super::put32(&mut bytes, at, group.anagrpid);
+        super::put32(&mut bytes, at + 4, group.nsids.len() as u32);
+        put64(&mut bytes, at + 8, group.change_count);
+        bytes[at + 16] = group.state & 0xf;
+        at += ANA_DESCRIPTOR_BYTES;
+        for nsid in group.nsids {
+            super::put32(&mut bytes, at, *nsid);
+            at += 4;
+        }
+    }
+    debug_assert_eq!(at, size);
     bytes
 }
 

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
+use super::ana::AnaState;
 use super::ctrlr::Controller;
 use super::error::NvmfError;
-use super::subsystem::{validate_nqn, ListenAddress};
+use super::subsystem::{validate_nqn, ListenAddress, Subsystem};
 use super::target::NvmfTarget;
 
 /// How long removing a host waits for its queues to close when not told (SPDK's
@@ -23,15 +24,30 @@ const DISCONNECT_POLL_US: u64 = 1_000;
 
 impl NvmfTarget {
     /// Lets hosts reach subsystem `nqn` at `addr` over transport `trtype`; the transport
-    /// listens there unless it already does for another subsystem.
+    /// listens there unless it already does for another subsystem. With ANA reporting,
+    /// every ANA group of the new listener starts in `ana_state`.
     pub fn add_listener(
         &self,
         ctx: &mut ThreadCtx,
         nqn: &str,
         trtype: &str,
         addr: SocketAddr,
+        ana_state: AnaState,
     ) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
+        if !AnaState::SETTABLE.contains(&ana_state) {
+            return Err(NvmfError::Invalid(format!(
+                "ana_state '{}' is reported by the target, not set",
+                ana_state.name()
+            )));
+        }
+        let groups = Subsystem::ana_groups(&subsystem.state.lock());
+        if groups == 0 && ana_state != AnaState::Optimized {
+            return Err(NvmfError::unsupported(
+                "ana_state",
+                format!("'{}': {nqn} does not report ANA (nvmf_create_subsystem ana_reporting)", ana_state.name()),
+            ));
+        }
         let Some(transport) = self.transport(trtype) else {
             return Err(NvmfError::NoTransport(trtype.to_uppercase()));
         };
@@ -42,7 +58,7 @@ impl NvmfTarget {
             let listener = transport.listen(ctx, self, addr).map_err(NvmfError::CannotListen)?;
             self.0.listeners.lock().push((transport.trtype(), listener));
         }
-        subsystem.state.lock().listeners.push(ListenAddress { addr });
+        subsystem.state.lock().listeners.push(ListenAddress::new(addr, groups, ana_state));
         self.discovery_changed();
         Ok(())
     }
@@ -51,13 +67,18 @@ impl NvmfTarget {
     /// lists it.
     pub fn remove_listener(&self, ctx: &mut ThreadCtx, nqn: &str, addr: SocketAddr) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
-        {
+        let removed = {
             let mut state = subsystem.state.lock();
-            let before = state.listeners.len();
-            state.listeners.retain(|listener| listener.addr != addr);
-            if state.listeners.len() == before {
+            let Some(position) = state.listeners.iter().position(|listener| listener.addr == addr) else {
                 return Err(NvmfError::NoSuchListener { nqn: subsystem.nqn.clone(), addr });
-            }
+            };
+            state.listeners.remove(position)
+        };
+        // Controllers connected through it stay until their host goes; they now reach
+        // nothing, and with ANA they are told so.
+        removed.ana.deactivate();
+        if Subsystem::ana_groups(&subsystem.state.lock()) > 0 {
+            self.ana_changed(&subsystem, &removed.ana);
         }
         self.release_listener(ctx, addr);
         self.discovery_changed();
@@ -190,7 +211,7 @@ mod tests {
     }
 
     fn listen(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
-        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port)))
+        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port), AnaState::Optimized))
     }
 
     fn unlisten(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
@@ -222,7 +243,7 @@ mod tests {
     #[test]
     fn a_listener_needs_its_transport_and_an_address_it_can_take() {
         let world = world();
-        let err = world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420)));
+        let err = world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420), AnaState::Optimized));
         assert_eq!(err, Err(NvmfError::NoTransport("RDMA".into())));
         // The test transport refuses port 1, as a system refuses an address in use.
         let err = listen(&world, NQN, 1).unwrap_err();

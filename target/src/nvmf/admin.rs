@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ana::{self, AnaState, ANA_TRANSITION_TIME_S};
 use super::connect::keep_alive_timeout_ms;
-use super::ctrlr::{AdminState, SmartCounters, MAX_ASYNC_EVENTS};
+use super::ctrlr::{AdminState, Controller, SmartCounters, MAX_ASYNC_EVENTS};
 use super::io_cmd::CommandLimits;
 use super::namespace::Namespace;
-use super::subsystem::SubsystemKind;
+use super::subsystem::{Subsystem, SubsystemKind};
 use super::target::NvmfTarget;
 use super::transport::TransportOptions;
 use crate::nvme::identify::{self, cns, csi, ControllerData, ControllerType, NamespaceData, NvmControllerData};
@@ -129,6 +130,8 @@ fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcom
             in_capsule_data_bytes: options.in_capsule_data_size,
             max_commands: admin.max_queue_entries,
             oncs: oncs(&state.limits),
+            ana_groups: Subsystem::ana_groups(&state),
+            ana_transition_time_s: ANA_TRANSITION_TIME_S,
         })),
         _ if discovery => done(Status::INVALID_FIELD),
         // Linux asks for this of every controller reporting NVMe 1.2 or later (its
@@ -157,7 +160,7 @@ fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcom
             }
             // An allocated but inactive namespace identifies as all zeroes.
             match state.namespaces.get(&nsid) {
-                Some(ns) => with_data(namespace_data(ns)),
+                Some(ns) => with_data(namespace_data(ns, &admin.controller)),
                 None => with_data(vec![0u8; identify::IDENTIFY_BYTES]),
             }
         }
@@ -194,14 +197,19 @@ pub fn oncs(limits: &CommandLimits) -> u16 {
     }
 }
 
-pub fn namespace_data(ns: &Arc<Namespace>) -> Vec<u8> {
+/// Identify Namespace as `controller` sees it: with ANA, the namespace's group, and
+/// through a path that cannot reach it, no capacity in use.
+pub fn namespace_data(ns: &Arc<Namespace>, controller: &Controller) -> Vec<u8> {
     let info = ns.desc.bdev().info();
+    let reached = controller.ana.as_ref().map(|ana| ana.state(ns.anagrpid));
     identify::namespace(&NamespaceData {
         num_blocks: info.num_blocks,
         block_size: info.block_size,
         nguid: ns.nguid,
         eui64: ns.eui64,
         shared: true,
+        anagrpid: if reached.is_some() { ns.anagrpid } else { 0 },
+        accessible: !matches!(reached, Some(AnaState::Inaccessible | AnaState::PersistentLoss)),
     })
 }
 
@@ -236,6 +244,15 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &Transport
             )
         }
         lid::FIRMWARE_SLOT if !discovery => logpage::firmware_slot(firmware_revision()),
+        // With ANA reporting only (SPDK answers the same); Return Groups Only is LSP bit 0
+        // (CDW10 bit 8). Reading it without RAE lets the next change send a notice.
+        lid::ANA if !discovery && admin.controller.ana.is_some() => {
+            let page = ana::log_page(&admin.controller, cdw10 & (1 << 8) != 0);
+            if !retain_event {
+                admin.ana_notice_masked = false;
+            }
+            page
+        }
         lid::CHANGED_NAMESPACES if !discovery => {
             let page = logpage::changed_namespaces(&admin.changed_namespaces);
             if !retain_event {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use peerless_core::reactor::ThreadHandle;
 
+use super::ana::ListenerAna;
 use super::ctrlr::{Controller, QpairInfo};
-use super::subsystem::{Subsystem, SubsystemKind};
+use super::subsystem::{Subsystem, SubsystemKind, SubsystemState};
 use super::target::NvmfTarget;
 use super::transport::TransportOptions;
 use crate::nvme::identify::ControllerType;
@@ -147,16 +148,19 @@ fn connect_admin(
     let Some(cntlid) = Subsystem::allocate_cntlid(&mut state) else {
         return Err(Refusal { status: status::CONNECT_CONTROLLER_BUSY, dw0: 0 });
     };
-    let controller = Arc::new(Controller::new(
-        cntlid,
-        subsystem.clone(),
-        hostnqn,
-        hostid,
-        kind,
-        Duration::from_millis(u64::from(kato_ms)),
-        // As SPDK: the transport's limit until Set Features Number of Queues lowers it.
-        options.max_io_qpairs_per_ctrlr,
-    ));
+    let controller = Arc::new(
+        Controller::new(
+            cntlid,
+            subsystem.clone(),
+            hostnqn,
+            hostid,
+            kind,
+            Duration::from_millis(u64::from(kato_ms)),
+            // As SPDK: the transport's limit until Set Features Number of Queues lowers it.
+            options.max_io_qpairs_per_ctrlr,
+        )
+        .with_ana(listener_ana(&state, info.local)),
+    );
     controller.qpairs.lock().push(qpair_info(info, 0));
     state.controllers.insert(cntlid, controller.clone());
     Ok(Connected { controller, qid: 0, queue_entries: queue_entries as u16 })
@@ -187,6 +191,16 @@ fn connect_io(
     if qid > controller.io_queues() {
         return Err(invalid(false, 42));
     }
+    // ANA states are per controller, and a controller's are its listener's: every queue
+    // must come through that listener, as SPDK requires (NVMe Base 2.0, 8.1.1).
+    if controller.ana.is_some() && controller.admin().is_some_and(|admin| admin.local != info.local) {
+        peerless_core::log_warn!(
+            "I/O queue {qid} of controller {cntlid} of '{}' came through {}, not its admin queue's listener",
+            subsystem.nqn,
+            info.local
+        );
+        return Err(invalid(true, 16));
+    }
     let mut qpairs = controller.qpairs.lock();
     if qpairs.iter().any(|qpair| qpair.qid == qid) {
         return Err(invalid(false, 42));
@@ -194,6 +208,14 @@ fn connect_io(
     qpairs.push(qpair_info(info, qid));
     drop(qpairs);
     Ok(Connected { controller, qid, queue_entries: queue_entries as u16 })
+}
+
+/// The ANA states of the listener at `local`, when the subsystem reports ANA.
+fn listener_ana(state: &SubsystemState, local: SocketAddr) -> Option<Arc<ListenerAna>> {
+    if !state.ana_reporting {
+        return None;
+    }
+    state.listeners.iter().find(|listener| listener.addr == local).map(|listener| listener.ana.clone())
 }
 
 fn qpair_info(info: &ConnInfo, qid: u16) -> QpairInfo {

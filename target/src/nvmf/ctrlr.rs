@@ -12,8 +12,10 @@ use parking_lot::Mutex;
 use peerless_bdev::IoType;
 use peerless_core::reactor::ThreadHandle;
 
+use super::ana::{AnaCounts, ListenerAna};
 use super::subsystem::Subsystem;
 use crate::nvme::identify::ControllerType;
+use crate::nvme::Status;
 
 /// Controller properties (NVMe Base 2.0, 3.1.3; NVMe-oF 1.1 3.4).
 pub mod prop {
@@ -59,6 +61,11 @@ pub struct Controller {
     pub qpairs: Mutex<Vec<QpairInfo>>,
     /// Each I/O queue's share of the SMART / Health counters; summed when read.
     counters: Mutex<Vec<Arc<IoCounters>>>,
+    /// The ANA states of the listener the admin queue connected through, when the
+    /// subsystem reports ANA (NVMe Base 2.0, 8.1: states are per controller).
+    pub ana: Option<Arc<ListenerAna>>,
+    /// The listener's ANA change counts at connect or the last reset (see `AnaCounts`).
+    ana_counts_base: Mutex<AnaCounts>,
 }
 
 /// One I/O queue's counters for the SMART / Health log (NVMe Base 2.0, Figure 207).
@@ -134,7 +141,32 @@ impl Controller {
             io_queues: AtomicU16::new(default_io_queues),
             qpairs: Mutex::new(Vec::new()),
             counters: Mutex::new(Vec::new()),
+            ana: None,
+            ana_counts_base: Mutex::new(AnaCounts::default()),
         }
+    }
+
+    /// The controller of a subsystem with ANA reporting, seeing `ana`'s states.
+    pub fn with_ana(self, ana: Option<Arc<ListenerAna>>) -> Controller {
+        let base = ana.as_ref().map(|ana| ana.counts()).unwrap_or_default();
+        Controller { ana, ana_counts_base: Mutex::new(base), ..self }
+    }
+
+    pub fn ana_counts_base(&self) -> AnaCounts {
+        self.ana_counts_base.lock().clone()
+    }
+
+    /// A Controller Level Reset: the ANA log page's change counts start again at 0.
+    fn restart_ana_counts(&self) {
+        if let Some(ana) = &self.ana {
+            *self.ana_counts_base.lock() = ana.counts();
+        }
+    }
+
+    /// The path status a command to a namespace of group `anagrpid` gets through this
+    /// controller, when its ANA state does not let it run.
+    pub fn ana_refusal(&self, anagrpid: u32) -> Option<Status> {
+        self.ana.as_ref().and_then(|ana| ana.state(anagrpid).refusal())
     }
 
     /// A new I/O queue's counters, kept for as long as the controller lives.
@@ -184,9 +216,11 @@ pub fn event(event_type: u8, info: u8, log_page: u8) -> u32 {
 
 pub const EVENT_TYPE_NOTICE: u8 = 2;
 pub const NOTICE_NAMESPACE_CHANGED: u8 = 0x00;
+pub const NOTICE_ANA_CHANGE: u8 = 0x03;
 pub const NOTICE_DISCOVERY_CHANGED: u8 = 0xf0;
 /// Async Event Configuration bits that enable notices (Figure 317).
 pub const AEC_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
+pub const AEC_ANA_CHANGE: u32 = 1 << 11;
 pub const AEC_DISCOVERY_LOG_CHANGE: u32 = 1 << 31;
 
 /// The admin queue's view of its controller.
@@ -203,6 +237,9 @@ pub struct AdminState {
     pub pending_aers: Vec<u16>,
     pending_events: VecDeque<u32>,
     pub changed_namespaces: Vec<u32>,
+    /// An ANA change notice was sent and the host has not yet read the ANA log page
+    /// without Retain Asynchronous Event: further changes send no notice (5.2.2).
+    pub ana_notice_masked: bool,
     /// When the host last showed it is alive, on the thread's nanosecond clock.
     pub last_keep_alive_ns: u64,
     /// Keep Alive Timeout; starts as the Connect's, Set Features may change it.
@@ -231,6 +268,7 @@ impl AdminState {
             pending_aers: Vec::new(),
             pending_events: VecDeque::new(),
             changed_namespaces: Vec::new(),
+            ana_notice_masked: false,
             last_keep_alive_ns: now_ns,
             max_io_queues,
             reset_requested: false,
@@ -278,6 +316,7 @@ impl AdminState {
             // A reset: I/O queues end and the controller must be enabled again.
             self.csts &= !1;
             self.controller.enabled.store(false, Ordering::Release);
+            self.controller.restart_ana_counts();
             self.reset_requested = true;
         }
         if shutdown != 0 {

@@ -7,6 +7,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod ana;
+mod ana_rpc;
 pub mod buffers;
 pub mod connect;
 pub mod ctrlr;

@@ -23,6 +23,8 @@ pub struct Namespace {
     pub nguid: [u8; 16],
     pub eui64: [u8; 8],
     pub uuid: [u8; 16],
+    /// Its ANA group (NVMe Base 2.0, 8.1.2): fixed while it is attached (ANACAP bit 6).
+    pub anagrpid: u32,
     /// Where command data may be placed, as it was asked for.
     pub p2pmem: P2pPlacement,
     /// The provider command data is placed in, when `p2pmem` is not off.
@@ -68,6 +70,8 @@ pub struct NamespaceSpec {
     pub nguid: Option<[u8; 16]>,
     pub eui64: Option<[u8; 8]>,
     pub uuid: Option<[u8; 16]>,
+    /// `None` (or 0) puts the namespace in the group numbered as its NSID, as SPDK does.
+    pub anagrpid: Option<u32>,
     pub p2pmem: P2pPlacement,
 }
 
@@ -80,6 +84,7 @@ impl NamespaceSpec {
             nguid: None,
             eui64: None,
             uuid: None,
+            anagrpid: None,
             p2pmem: P2pPlacement::Off,
         }
     }
@@ -124,6 +129,23 @@ pub fn choose_nsid(nqn: &str, state: &SubsystemState, wanted: Option<u32>) -> Re
     }
 }
 
+/// The ANA group of namespace `nsid`: the one asked for, or the NSID's (SPDK's default).
+/// A group is at most ANAGRPMAX (max_namespaces); without ANA reporting none may be named.
+pub fn choose_anagrpid(nqn: &str, state: &SubsystemState, nsid: u32, wanted: Option<u32>) -> Result<u32, NvmfError> {
+    match wanted.filter(|group| *group != 0) {
+        None => Ok(nsid),
+        Some(group) if !state.ana_reporting => Err(NvmfError::unsupported(
+            "anagrpid",
+            format!("{group}: {nqn} does not report ANA (nvmf_create_subsystem ana_reporting); omit it"),
+        )),
+        Some(group) if group > state.max_namespaces => Err(NvmfError::Invalid(format!(
+            "anagrpid {group} is more than ANAGRPMAX, {} (max_namespaces) for {nqn}",
+            state.max_namespaces
+        ))),
+        Some(group) => Ok(group),
+    }
+}
+
 impl NvmfTarget {
     /// Exports a bdev as a namespace of subsystem `nqn`: the bdev is opened for writing
     /// and claimed exclusively; hosts hear of the namespace (Namespace Attribute Changed).
@@ -135,6 +157,7 @@ impl NvmfTarget {
         let uuid = spec.uuid.unwrap_or(bdev.info().uuid.0);
         let mut state = subsystem.state.lock();
         let nsid = choose_nsid(&subsystem.nqn, &state, spec.nsid)?;
+        let anagrpid = choose_anagrpid(&subsystem.nqn, &state, nsid, spec.anagrpid)?;
         let on_remove = on_bdev_removed(Arc::downgrade(&self.0), subsystem.nqn.clone(), nsid);
         let desc = self.0.bdevs.open(&spec.bdev_name, true, Some(ctx.handle()), Some(on_remove))?;
         desc.claim(ClaimType::ExclusiveWrite, NS_CLAIMANT)?;
@@ -145,6 +168,7 @@ impl NvmfTarget {
             nguid: spec.nguid.unwrap_or(uuid),
             eui64: spec.eui64.unwrap_or_default(),
             uuid,
+            anagrpid,
             p2pmem: spec.p2pmem,
             provider,
         };

@@ -15,11 +15,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::access::{when_disconnected, DEFAULT_DISCONNECT_TIMEOUT};
+use super::ana::AnaState;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
 use super::namespace::{NamespaceSpec, P2pPlacement};
 use super::poll_group::{gather, PollGroupStats};
-use super::subsystem::{ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID};
+use super::subsystem::{
+    address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
+};
 use super::target::{hex, NvmfTarget};
 
 const DEFAULT_TRSVCID: u16 = 4420;
@@ -61,12 +64,12 @@ fn refuse(param: &'static str, why: impl Into<String>) -> RpcError {
     NvmfError::unsupported(param, why).into()
 }
 
-fn check_target(tgt_name: &Option<String>) -> Result<(), RpcError> {
+pub(super) fn check_target(tgt_name: &Option<String>) -> Result<(), RpcError> {
     Ok(NvmfTarget::check_name(tgt_name.as_deref())?)
 }
 
 /// Answers `true`, or the error.
-fn answer(responder: Responder, result: Result<(), RpcError>) {
+pub(super) fn answer(responder: Responder, result: Result<(), RpcError>) {
     match result {
         Ok(()) => responder.ok_true(),
         Err(err) => responder.err(err),
@@ -97,6 +100,7 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
     method!("nvmf_subsystem_get_controllers", NqnParams, get_controllers);
     method!("nvmf_subsystem_get_qpairs", NqnParams, get_qpairs);
     method!("nvmf_subsystem_get_listeners", NqnParams, get_listeners);
+    super::ana_rpc::register(registry, target);
     method!("nvmf_get_stats", TargetOnly, get_stats);
     let mem_target = target.clone();
     registry.method_without_params("mem_get_stats", StateMask::RUNTIME, move |ctx, responder| {
@@ -242,12 +246,6 @@ fn wzsl_from_kib(kib: u64) -> Result<u8, RpcError> {
 impl CreateSubsystem {
     fn config(self) -> Result<SubsystemConfig, RpcError> {
         check_target(&self.tgt_name)?;
-        if self.ana_reporting {
-            return Err(refuse(
-                "ana_reporting",
-                "ANA (asymmetric namespace access) is not implemented; leave it false",
-            ));
-        }
         if self.passthrough {
             return Err(refuse("passthrough", "NVMe passthrough is not implemented; leave it false"));
         }
@@ -280,6 +278,7 @@ impl CreateSubsystem {
             admin_label: self.admin_label.filter(|label| !label.is_empty()),
             max_namespaces: self.max_namespaces,
             allow_any_host: self.allow_any_host,
+            ana_reporting: self.ana_reporting,
             min_cntlid: self.min_cntlid.unwrap_or(MIN_CNTLID),
             max_cntlid: self.max_cntlid.unwrap_or(MAX_CNTLID),
             limits: CommandLimits { dmrsl, wzsl },
@@ -299,7 +298,7 @@ fn delete_subsystem(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams,
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListenAddressParams {
+pub(super) struct ListenAddressParams {
     trtype: String,
     #[serde(default)]
     adrfam: Option<String>,
@@ -334,7 +333,7 @@ struct RemoveListener {
     tgt_name: Option<String>,
 }
 
-fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) -> Result<SocketAddr, RpcError> {
+pub(super) fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) -> Result<SocketAddr, RpcError> {
     if !target.transport_types().iter().any(|known| known.eq_ignore_ascii_case(&address.trtype)) {
         return Err(RpcError::invalid_params(format!(
             "trtype '{}' is not supported; use one of {:?}",
@@ -366,18 +365,12 @@ fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) -> Result<S
 }
 
 impl AddListener {
-    /// Refuses what a listener here cannot be: TLS, ANA states, other socket layers,
-    /// NUMA pinning.
-    fn check(&self) -> Result<(), RpcError> {
+    /// Refuses what a listener here cannot be: TLS, other socket layers, NUMA pinning.
+    /// Returns the ANA state its groups start in.
+    fn check(&self) -> Result<AnaState, RpcError> {
         check_target(&self.tgt_name)?;
         if self.secure_channel {
             return Err(refuse("secure_channel", "TLS is not supported yet; leave it false"));
-        }
-        if let Some(state) = &self.ana_state {
-            return Err(refuse(
-                "ana_state",
-                format!("cannot set '{state}': ANA reporting is not implemented (nvmf_create_subsystem refuses it)"),
-            ));
         }
         if let Some(sock_impl) = self.sock_impl.as_deref().filter(|name| *name != SOCK_IMPL) {
             return Err(refuse(
@@ -391,14 +384,17 @@ impl AddListener {
                 format!("{numa_id}: listeners are not pinned to a NUMA node; omit it or pass {NUMA_ID_ANY} (any)"),
             ));
         }
-        Ok(())
+        match &self.ana_state {
+            None => Ok(AnaState::Optimized),
+            Some(name) => Ok(AnaState::parse_settable(name)?),
+        }
     }
 }
 
 fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddListener, responder: Responder) {
-    let result = params.check().and_then(|()| {
+    let result = params.check().and_then(|ana_state| {
         let addr = parse_address(target, &params.listen_address)?;
-        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr)?)
+        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr, ana_state)?)
     });
     answer(responder, result);
 }
@@ -466,10 +462,6 @@ impl NamespaceParams {
                 "reservations are not implemented, so there is nothing to persist through power loss",
             ));
         }
-        // 0 asks SPDK for the default group, which without ANA reporting is no group.
-        if let Some(anagrpid) = self.anagrpid.filter(|id| *id != 0) {
-            return Err(refuse("anagrpid", format!("{anagrpid}: ANA reporting is not implemented; omit it")));
-        }
         if self.no_auto_visible {
             return Err(refuse(
                 "no_auto_visible",
@@ -485,6 +477,7 @@ impl NamespaceParams {
             nguid: self.nguid.map(|text| parse_hex::<16>("nguid", &text)).transpose()?,
             eui64: self.eui64.map(|text| parse_hex::<8>("eui64", &text)).transpose()?,
             uuid: self.uuid.map(|text| parse_hex::<16>("uuid", &text)).transpose()?,
+            anagrpid: self.anagrpid,
             p2pmem: self.p2pmem.as_deref().map_or(P2pPlacement::Off, P2pPlacement::parse),
         })
     }
@@ -617,6 +610,9 @@ pub fn subsystem_json(subsystem: &Subsystem) -> Value {
                 if ns.eui64 != [0; 8] {
                     entry["eui64"] = json!(hex(&ns.eui64));
                 }
+                if state.ana_reporting {
+                    entry["anagrpid"] = json!(ns.anagrpid);
+                }
                 entry
             })
             .collect();
@@ -689,8 +685,8 @@ fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, respo
                         hosts.iter().find(|(id, _)| *id == row.cntlid).map(|(_, nqn)| nqn.clone()).unwrap_or_default();
                     qpairs.push(json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
                         "hostnqn": hostnqn, "trtype": row.trtype,
-                        "listen_address": ListenAddress { addr: row.local }.to_json(),
-                        "peer_address": ListenAddress { addr: row.peer }.to_json()}));
+                        "listen_address": address_json(row.local),
+                        "peer_address": address_json(row.peer)}));
                 }
             }
             responder.ok(qpairs)
@@ -701,8 +697,22 @@ fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, respo
 fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
     match check_target(&params.tgt_name).and_then(|()| Ok(target.lookup(&params.nqn)?)) {
         Ok(found) => {
-            let listeners: Vec<Value> =
-                found.state.lock().listeners.iter().map(|listener| json!({"address": listener.to_json()})).collect();
+            let state = found.state.lock();
+            let listeners: Vec<Value> = state
+                .listeners
+                .iter()
+                .map(|listener| {
+                    let mut entry = json!({"address": listener.to_json()});
+                    // As SPDK: every group up to ANAGRPMAX, when the subsystem reports ANA.
+                    if state.ana_reporting {
+                        let states: Vec<Value> = (1..=listener.ana.groups())
+                            .map(|group| json!({"ana_group": group, "ana_state": listener.ana.state(group).name()}))
+                            .collect();
+                        entry["ana_states"] = Value::Array(states);
+                    }
+                    entry
+                })
+                .collect();
             responder.ok(listeners)
         }
         Err(err) => responder.err(err),

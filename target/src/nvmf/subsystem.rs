@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use super::ana::{AnaState, ListenerAna, MAX_ANA_GROUPS};
 use super::ctrlr::Controller;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
@@ -111,6 +112,8 @@ pub struct SubsystemConfig {
     /// 0 means [`DEFAULT_MAX_NAMESPACES`].
     pub max_namespaces: u32,
     pub allow_any_host: bool,
+    /// Asymmetric Namespace Access reporting (NVMe Base 2.0, 8.1), fixed at creation.
+    pub ana_reporting: bool,
     pub min_cntlid: u16,
     pub max_cntlid: u16,
     pub limits: CommandLimits,
@@ -126,9 +129,19 @@ impl SubsystemConfig {
             admin_label: None,
             max_namespaces: 0,
             allow_any_host: false,
+            ana_reporting: false,
             min_cntlid: MIN_CNTLID,
             max_cntlid: MAX_CNTLID,
             limits: CommandLimits::default(),
+        }
+    }
+
+    /// The NSID limit the subsystem will have.
+    pub fn effective_max_namespaces(&self) -> u32 {
+        if self.max_namespaces == 0 {
+            DEFAULT_MAX_NAMESPACES
+        } else {
+            self.max_namespaces
         }
     }
 
@@ -158,6 +171,13 @@ impl SubsystemConfig {
                 self.max_namespaces
             )));
         }
+        if self.ana_reporting && self.effective_max_namespaces() > MAX_ANA_GROUPS {
+            return Err(NvmfError::Invalid(format!(
+                "max_namespaces {} with ana_reporting: ANA groups number up to max_namespaces and each listener \
+                 keeps a state per group, so at most {MAX_ANA_GROUPS}",
+                self.max_namespaces
+            )));
+        }
         let (min, max) = (self.min_cntlid, self.max_cntlid);
         if min < MIN_CNTLID || max > MAX_CNTLID || min > max {
             return Err(NvmfError::Invalid(format!(
@@ -168,18 +188,30 @@ impl SubsystemConfig {
     }
 }
 
-/// A listen address as RPCs name it and `nvmf_get_subsystems` prints it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A listener of a subsystem: its address as RPCs name it and `nvmf_get_subsystems`
+/// prints it, and its ANA states (no groups when the subsystem does not report ANA).
+#[derive(Clone, Debug)]
 pub struct ListenAddress {
     pub addr: SocketAddr,
+    pub ana: Arc<ListenerAna>,
 }
 
 impl ListenAddress {
-    pub fn to_json(&self) -> serde_json::Value {
-        let adrfam = if self.addr.is_ipv6() { "IPv6" } else { "IPv4" };
-        serde_json::json!({"trtype": "TCP", "adrfam": adrfam, "traddr": self.addr.ip().to_string(),
-            "trsvcid": self.addr.port().to_string()})
+    /// A listener at `addr` with `groups` ANA groups, each in state `initial`.
+    pub fn new(addr: SocketAddr, groups: u32, initial: AnaState) -> ListenAddress {
+        ListenAddress { addr, ana: Arc::new(ListenerAna::new(groups, initial)) }
     }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        address_json(self.addr)
+    }
+}
+
+/// A TCP address as SPDK's RPCs print a transport ID.
+pub fn address_json(addr: SocketAddr) -> serde_json::Value {
+    let adrfam = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+    serde_json::json!({"trtype": "TCP", "adrfam": adrfam, "traddr": addr.ip().to_string(),
+        "trsvcid": addr.port().to_string()})
 }
 
 pub struct SubsystemState {
@@ -190,6 +222,7 @@ pub struct SubsystemState {
     /// Set at creation and fixed for the subsystem's life (poll groups cache them).
     pub limits: CommandLimits,
     pub allow_any_host: bool,
+    pub ana_reporting: bool,
     pub hosts: Vec<String>,
     pub listeners: Vec<ListenAddress>,
     pub namespaces: BTreeMap<u32, Arc<Namespace>>,
@@ -220,6 +253,7 @@ impl Subsystem {
                 admin_label: None,
                 limits: CommandLimits::default(),
                 allow_any_host: kind == SubsystemKind::Discovery,
+                ana_reporting: false,
                 hosts: Vec::new(),
                 listeners: Vec::new(),
                 namespaces: BTreeMap::new(),
@@ -243,6 +277,16 @@ impl Subsystem {
     pub fn listener_allowed(&self, local: SocketAddr) -> bool {
         self.kind == SubsystemKind::Discovery
             || self.state.lock().listeners.iter().any(|listener| listener.addr == local)
+    }
+
+    /// ANA groups each listener keeps states for: ANAGRPMAX, which is max_namespaces as
+    /// SPDK reports it, or none without ANA reporting.
+    pub fn ana_groups(state: &SubsystemState) -> u32 {
+        if state.ana_reporting {
+            state.max_namespaces
+        } else {
+            0
+        }
     }
 
     /// The next free controller ID in [min_cntlid, max_cntlid], wrapping.
@@ -284,6 +328,7 @@ impl Subsystem {
             state.max_namespaces = config.max_namespaces;
         }
         state.allow_any_host = config.allow_any_host;
+        state.ana_reporting = config.ana_reporting;
         state.min_cntlid = config.min_cntlid;
         state.max_cntlid = config.max_cntlid;
         state.next_cntlid = config.min_cntlid;
@@ -366,6 +411,10 @@ mod tests {
         refused(SubsystemConfig { model: Some("M".repeat(41)), ..good.clone() }, "model_number");
         refused(SubsystemConfig { max_namespaces: u32::MAX, ..good.clone() }, "max_namespaces");
         refused(SubsystemConfig { min_cntlid: 10, ..good.clone() }, "min_cntlid-max_cntlid 10-9");
-        refused(SubsystemConfig { max_cntlid: 0xfff0, ..good }, "must lie within 1-65519");
+        refused(SubsystemConfig { max_cntlid: 0xfff0, ..good.clone() }, "must lie within 1-65519");
+        let ana = SubsystemConfig { ana_reporting: true, max_namespaces: MAX_ANA_GROUPS, ..good.clone() };
+        assert_eq!(ana.validate(), Ok(()));
+        refused(SubsystemConfig { max_namespaces: MAX_ANA_GROUPS + 1, ..ana }, "at most 1024");
+        assert_eq!(SubsystemConfig { max_namespaces: MAX_ANA_GROUPS + 1, ..good }.validate(), Ok(()), "only with ANA");
     }
 }

@@ -375,7 +375,7 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                 "nqn": subsystem.nqn, "serial_number": state.serial, "model_number": state.model,
                 "allow_any_host": state.allow_any_host, "max_namespaces": state.max_namespaces,
                 "min_cntlid": state.min_cntlid, "max_cntlid": state.max_cntlid,
-                "dmrsl": state.limits.dmrsl, "wzsl": state.limits.wzsl});
+                "dmrsl": state.limits.dmrsl, "wzsl": state.limits.wzsl, "ana_reporting": state.ana_reporting});
             if let Some(label) = &state.admin_label {
                 create["admin_label"] = json!(label);
             }
@@ -385,13 +385,24 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                     .push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": subsystem.nqn, "host": host}}));
             }
             for ns in state.namespaces.values() {
-                entries.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": subsystem.nqn, "namespace": {
+                let mut namespace = json!({
                     "nsid": ns.nsid, "bdev_name": ns.bdev_name, "nguid": hex(&ns.nguid), "eui64": hex(&ns.eui64),
-                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem.as_str()}}}));
+                    "uuid": peerless_bdev::Uuid(ns.uuid).to_string(), "p2pmem": ns.p2pmem.as_str()});
+                if state.ana_reporting {
+                    namespace["anagrpid"] = json!(ns.anagrpid);
+                }
+                entries.push(json!({"method": "nvmf_subsystem_add_ns", "params": {"nqn": subsystem.nqn,
+                    "namespace": namespace}}));
             }
             for listener in &state.listeners {
                 entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
                     "nqn": subsystem.nqn, "listen_address": listener.to_json()}}));
+                // A listener starts optimized; each group set otherwise is set again.
+                for (group, ana_state) in listener.ana.not_optimized() {
+                    entries.push(json!({"method": "nvmf_subsystem_listener_set_ana_state", "params": {
+                        "nqn": subsystem.nqn, "listen_address": listener.to_json(), "ana_state": ana_state.name(),
+                        "anagrpid": group}}));
+                }
             }
         }
         entries

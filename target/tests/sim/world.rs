@@ -489,7 +489,7 @@ impl World {
         let subsystem_config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
         let subsystem = target.create_subsystem(&subsystem_config).expect("the subsystem");
         let set_up = app.run_on(thread.id(), |ctx| {
-            target.add_listener(ctx, NQN, "TCP", local)?;
+            target.add_listener(ctx, NQN, "TCP", local, peerless_target::nvmf::ana::AnaState::Optimized)?;
             for &(nsid, _, _) in &config.namespaces {
                 let p2pmem = if cmb.is_some() && nsid == p2p_nsid { P2pPlacement::Auto } else { P2pPlacement::Off };
                 let spec = NamespaceSpec { nsid: Some(nsid), p2pmem, ..NamespaceSpec::new(&format!("Sim{nsid}")) };

@@ -351,11 +351,17 @@ impl Controller {
 
     /// Connects an I/O queue with a chosen qid (tests of the target's checks use any).
     pub fn io_queue_with_qid(&mut self, qid: u16, entries: u16) -> Result<IoQueue> {
+        self.io_queue_via(self.target.addr, qid, entries)
+    }
+
+    /// Connects an I/O queue of this controller through `addr`, which may be another
+    /// port of the subsystem than the admin queue's (tests of the target's checks).
+    pub fn io_queue_via(&mut self, addr: SocketAddr, qid: u16, entries: u16) -> Result<IoQueue> {
         if !(MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&entries) {
             return Err(Error::Invalid(format!("{entries} queue entries (at most {MAX_QUEUE_ENTRIES})")));
         }
         let options = &self.target.options;
-        let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
+        let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
         let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
         // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
         fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;

@@ -230,6 +230,8 @@ mod tests {
             in_capsule_data_bytes: 8192,
             max_commands: 128,
             oncs: identify::ONCS,
+            ana_groups: 0,
+            ana_transition_time_s: 0,
         });
         let info = ControllerInfo::parse(&bytes);
         assert_eq!(
@@ -251,6 +253,8 @@ mod tests {
             nguid: [7; 16],
             eui64: [8; 8],
             shared: false,
+            anagrpid: 0,
+            accessible: true,
         });
         let mut ns = NamespaceInfo::parse(1, &bytes);
         assert_eq!((ns.nsze, ns.block_size, ns.size_bytes()), (2048, 512, 1024 * 1024));

@@ -196,6 +196,17 @@ pub enum Command {
         #[command(flatten)]
         listener: ListenerArgs,
     },
+    /// Set the ANA state of a listener of a subsystem, for one ANA group or all
+    #[command(name = "nvmf_subsystem_listener_set_ana_state")]
+    NvmfSubsystemListenerSetAnaState {
+        #[command(flatten)]
+        listener: ListenerArgs,
+        #[arg(short = 'n', long, required = true, value_parser = ["optimized", "non_optimized", "inaccessible"])]
+        ana_state: String,
+        /// ANA group ID (default: every group)
+        #[arg(short = 'g', long)]
+        anagrpid: Option<u32>,
+    },
     /// Add a namespace to a subsystem; prints its NSID
     #[command(name = "nvmf_subsystem_add_ns")]
     NvmfSubsystemAddNs {
@@ -417,6 +428,10 @@ impl Command {
             }
             Command::NvmfSubsystemRemoveListener { listener } => {
                 call("nvmf_subsystem_remove_listener", listener.params(), Nothing)
+            }
+            Command::NvmfSubsystemListenerSetAnaState { listener, ana_state, anagrpid } => {
+                let params = listener.params().set("ana_state", ana_state.as_str()).opt("anagrpid", *anagrpid);
+                call("nvmf_subsystem_listener_set_ana_state", params, Nothing)
             }
             Command::NvmfSubsystemAddNs {
                 nqn,

@@ -302,6 +302,27 @@ fn nvmf_listeners_namespaces_and_hosts() {
     );
     check_refused(&["nvmf_subsystem_add_listener", nqn, "-t", "tcp"], "--traddr");
     check(
+        &[
+            "nvmf_subsystem_listener_set_ana_state",
+            nqn,
+            "-n",
+            "inaccessible",
+            "-t",
+            "tcp",
+            "-a",
+            "127.0.0.1",
+            "-s",
+            "4420",
+            "-g",
+            "3",
+        ],
+        "nvmf_subsystem_listener_set_ana_state",
+        json!({"nqn": nqn, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "4420"},
+               "ana_state": "inaccessible", "anagrpid": 3}),
+    );
+    check_refused(&["nvmf_subsystem_listener_set_ana_state", nqn, "-t", "tcp", "-a", "::1"], "--ana-state");
+    check_refused(&["nvmf_subsystem_listener_set_ana_state", nqn, "-n", "change", "-t", "tcp", "-a", "::1"], "change");
+    check(
         &["nvmf_subsystem_add_ns", nqn, "Malloc0"],
         "nvmf_subsystem_add_ns",
         json!({"nqn": nqn, "namespace": {"bdev_name": "Malloc0"}}),

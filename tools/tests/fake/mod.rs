@@ -382,6 +382,8 @@ impl Connection {
                 in_capsule_data_bytes: self.config.in_capsule_bytes,
                 max_commands: 128,
                 oncs: identify::ONCS,
+                ana_groups: 0,
+                ana_transition_time_s: 0,
             }),
             0x00 => identify::namespace(&NamespaceData {
                 num_blocks: self.config.num_blocks,
@@ -389,6 +391,8 @@ impl Connection {
                 nguid,
                 eui64,
                 shared: false,
+                anagrpid: 0,
+                accessible: true,
             }),
             0x02 => identify::active_namespaces(&[NSID], sqe.nsid()),
             0x03 => identify::namespace_descriptors(&nguid, &eui64, &[0x33; 16]),

@@ -10,7 +10,10 @@ use crate::nvme::cmd::SGL_TRANSPORT_DATA_BLOCK;
 use crate::nvme::{admin as opc, fctype, status, Status};
 use crate::nvmf::admin::{self, Outcome};
 use crate::nvmf::connect::{self, ConnInfo, CONNECT_DATA_BYTES};
-use crate::nvmf::ctrlr::{AdminState, AEC_DISCOVERY_LOG_CHANGE, AEC_NAMESPACE_ATTRIBUTE, NOTICE_DISCOVERY_CHANGED};
+use crate::nvmf::ctrlr::{
+    AdminState, AEC_ANA_CHANGE, AEC_DISCOVERY_LOG_CHANGE, AEC_NAMESPACE_ATTRIBUTE, NOTICE_ANA_CHANGE,
+    NOTICE_DISCOVERY_CHANGED,
+};
 use crate::nvmf::io_cmd::{self, Direction, Placement};
 use crate::nvmf::transport::GroupCtx;
 
@@ -191,8 +194,12 @@ impl Qpair {
         if admin.controller.cntlid != cntlid {
             return;
         }
-        let discovery_notice = (dw0 >> 8) & 0xff == u32::from(NOTICE_DISCOVERY_CHANGED);
-        let enabled = if discovery_notice { AEC_DISCOVERY_LOG_CHANGE } else { AEC_NAMESPACE_ATTRIBUTE };
+        let notice = ((dw0 >> 8) & 0xff) as u8;
+        let enabled = match notice {
+            NOTICE_DISCOVERY_CHANGED => AEC_DISCOVERY_LOG_CHANGE,
+            NOTICE_ANA_CHANGE => AEC_ANA_CHANGE,
+            _ => AEC_NAMESPACE_ATTRIBUTE,
+        };
         if let Some(nsid) = changed_nsid {
             if !admin.changed_namespaces.contains(&nsid) {
                 admin.changed_namespaces.push(nsid);
@@ -200,6 +207,14 @@ impl Qpair {
         }
         if admin.async_event_config & enabled == 0 {
             return;
+        }
+        // One ANA notice stands for every change until the host reads the log page
+        // (NVMe Base 2.0, 5.2.2: the event type is masked until then).
+        if notice == NOTICE_ANA_CHANGE {
+            if admin.ana_notice_masked {
+                return;
+            }
+            admin.ana_notice_masked = true;
         }
         admin.post_event(dw0);
         self.complete_events();

@@ -100,6 +100,11 @@ impl Qpair {
         let Some(entry) = group.tables.get(ctx, &queue.controller.subsystem, sqe.nsid()) else {
             return self.finish(group.buffers, index, Status::INVALID_NAMESPACE, 0);
         };
+        // A path whose ANA state serves no I/O answers with a path status, which tells
+        // the host to retry on another path (NVMe Base 2.0, 8.1.3).
+        if let Some(refused) = queue.controller.ana_refusal(entry.ns.anagrpid) {
+            return self.finish(group.buffers, index, refused, 0);
+        }
         let planned = io_cmd::plan(
             &sqe,
             &entry.info,

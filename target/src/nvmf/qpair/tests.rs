@@ -71,13 +71,14 @@ impl Fixture {
         {
             let mut state = subsystem.state.lock();
             state.allow_any_host = true;
-            state.listeners.push(ListenAddress { addr });
+            state.listeners.push(ListenAddress::new(addr, 0, crate::nvmf::ana::AnaState::Optimized));
             let ns = Namespace {
                 nsid: 1,
                 bdev_name: "Malloc0".into(),
                 desc: Arc::new(desc),
                 nguid: [1; 16],
                 eui64: [0; 8],
+                anagrpid: 1,
                 uuid: [7; 16],
                 p2pmem: P2pPlacement::Off,
                 provider: None,

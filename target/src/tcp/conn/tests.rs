@@ -69,7 +69,7 @@ impl Rig {
         let config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
         let subsystem = target.create_subsystem(&config).unwrap();
         // The address connections come in on; no socket listens there.
-        subsystem.state.lock().listeners.push(ListenAddress { addr: local });
+        subsystem.state.lock().listeners.push(ListenAddress::new(local, 0, crate::nvmf::ana::AnaState::Optimized));
         let added = app.run_on(thread, |ctx| target.add_namespace(ctx, NQN, NamespaceSpec::new("Malloc0")));
         assert_eq!(added.map(Result::ok), Some(Some(1)));
         let transport = TcpTransport::create(&json!({"trtype": "TCP", "num_shared_buffers": 16}), 1).unwrap();
