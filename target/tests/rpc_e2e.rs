@@ -437,9 +437,9 @@ fn parameters_the_target_cannot_honour_are_refused_by_name() {
         ),
         (
             "nvmf_subsystem_add_listener",
-            json!({"nqn": NQN, "listen_address": address, "sock_impl": "uring"}),
+            json!({"nqn": NQN, "listen_address": address, "sock_impl": "ssl"}),
             -32602,
-            &["sock_impl", "'uring'", "posix"],
+            &["sock_impl", "'ssl'", "posix", "uring"],
         ),
         (
             "nvmf_subsystem_add_listener",

@@ -72,11 +72,21 @@ impl Target {
     /// A TCP listener for `nqn` on a free loopback port; returns its address.
     #[track_caller]
     pub fn listen(&self, nqn: &str) -> SocketAddr {
+        self.listen_with(nqn, json!({}))
+    }
+
+    /// As [`Target::listen`], with `extra` parameters of `nvmf_subsystem_add_listener`
+    /// (such as `sock_impl`) merged in.
+    #[track_caller]
+    pub fn listen_with(&self, nqn: &str, extra: Value) -> SocketAddr {
         let mut refusals = Vec::new();
         for _ in 0..LISTEN_ATTEMPTS {
             let port = free_port();
-            let params = json!({"nqn": nqn, "listen_address":
+            let mut params = json!({"nqn": nqn, "listen_address":
                 {"trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port.to_string()}});
+            if let (Some(params), Some(extra)) = (params.as_object_mut(), extra.as_object()) {
+                params.extend(extra.clone());
+            }
             let answer = self.client().call_raw("nvmf_subsystem_add_listener", Some(params));
             match answer.get("error") {
                 None => return SocketAddr::from(([127, 0, 0, 1], port)),

@@ -185,7 +185,9 @@ err(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": ANA_NQN, "listen_address
 err(c, "nvmf_subsystem_listener_set_ana_state", {"nqn": NQN, "listen_address": ana_addr, "ana_state": "optimized"}, -32602, "ana_reporting")
 ok(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
 ok(c, "nvmf_subsystem_add_listener", {"nqn": "discovery", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port)}})
-err(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "sock_impl": "uring", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port + 1)}}, -32602, "sock_impl")
+err(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "secure_channel": False, "sock_impl": "ssl", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port + 1)}}, -32602, "sock_impl")
+# A listener whose sockets io_uring watches; saved with its sock_impl and restored below.
+ok(c, "nvmf_subsystem_add_listener", {"nqn": NQN, "sock_impl": "uring", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": str(port + 1)}})
 ok(c, "nvmf_subsystem_add_host", {"nqn": NQN, "host": "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"})
 ok(c, "nvmf_subsystem_allow_any_host", {"nqn": NQN, "allow_any_host": True})
 subs = ok(c, "nvmf_get_subsystems")

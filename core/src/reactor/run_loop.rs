@@ -158,6 +158,11 @@ impl ReactorShared {
         self.waker.wake();
     }
 
+    /// Whether the reactor sleeps in epoll when idle (interrupt and adaptive mode).
+    pub fn sleeps(&self) -> bool {
+        self.mode.sleeps()
+    }
+
     pub fn watch_fd(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         if let Some(interrupt) = &self.interrupt {
             let token = fd.as_raw_fd() as u64;

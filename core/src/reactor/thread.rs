@@ -371,6 +371,12 @@ impl ThreadCtx {
         self.shared.reactor.watch_fd(fd)
     }
 
+    /// Whether this thread's reactor sleeps when idle, so that a readiness source must
+    /// give it an fd to wake on (`watch_fd`); in poll mode it never sleeps.
+    pub fn reactor_sleeps(&self) -> bool {
+        self.shared.reactor.sleeps()
+    }
+
     pub fn unwatch_fd(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         self.shared.reactor.unwatch_fd(fd)
     }

@@ -15,6 +15,7 @@ use super::ctrlr::Controller;
 use super::error::NvmfError;
 use super::subsystem::{validate_nqn, ListenAddress, Subsystem};
 use super::target::NvmfTarget;
+use super::transport::SockImpl;
 
 /// How long removing a host waits for its queues to close when not told (SPDK's
 /// NVMF_CTRLR_RESET_SHN_TIMEOUT_IN_MS: a controller's shutdown time and 5 s more).
@@ -33,6 +34,7 @@ impl NvmfTarget {
         trtype: &str,
         addr: SocketAddr,
         ana_state: AnaState,
+        sock_impl: Option<SockImpl>,
     ) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
         if !AnaState::SETTABLE.contains(&ana_state) {
@@ -54,9 +56,21 @@ impl NvmfTarget {
         if subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
             return Err(NvmfError::ListenerExists { nqn: subsystem.nqn.clone(), addr });
         }
-        if !self.is_listening(transport.trtype(), addr) {
-            let listener = transport.listen(ctx, self, addr).map_err(NvmfError::CannotListen)?;
-            self.0.listeners.lock().push((transport.trtype(), listener));
+        match self.listening_sock_impl(transport.trtype(), addr) {
+            // Another subsystem's listener already there: its sockets are watched one way.
+            Some(existing) if sock_impl.is_some_and(|wanted| wanted != existing) => {
+                return Err(NvmfError::CannotListen(format!(
+                    "{addr} already listens with sock_impl \"{}\" for another subsystem; ask for that or omit it",
+                    existing.as_str()
+                )))
+            }
+            Some(_) => {}
+            None => {
+                let listener = transport
+                    .listen(ctx, self, addr, sock_impl.unwrap_or_default())
+                    .map_err(NvmfError::CannotListen)?;
+                self.0.listeners.lock().push((transport.trtype(), listener));
+            }
         }
         subsystem.state.lock().listeners.push(ListenAddress::new(addr, groups, ana_state));
         self.discovery_changed();
@@ -211,7 +225,7 @@ mod tests {
     }
 
     fn listen(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
-        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port), AnaState::Optimized))
+        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port), AnaState::Optimized, None))
     }
 
     fn unlisten(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
@@ -243,7 +257,8 @@ mod tests {
     #[test]
     fn a_listener_needs_its_transport_and_an_address_it_can_take() {
         let world = world();
-        let err = world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420), AnaState::Optimized));
+        let err =
+            world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420), AnaState::Optimized, None));
         assert_eq!(err, Err(NvmfError::NoTransport("RDMA".into())));
         // The test transport refuses port 1, as a system refuses an address in use.
         let err = listen(&world, NQN, 1).unwrap_err();

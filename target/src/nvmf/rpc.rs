@@ -24,12 +24,11 @@ use super::subsystem::{
     address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
 };
 use super::target::{hex, NvmfTarget};
+use super::transport::SockImpl;
 
 const DEFAULT_TRSVCID: u16 = 4420;
 /// SPDK's "any NUMA node" (SPDK_ENV_NUMA_ID_ANY).
 const NUMA_ID_ANY: i32 = -1;
-/// The socket implementation TCP listeners use: the kernel's sockets.
-const SOCK_IMPL: &str = "posix";
 
 impl From<NvmfError> for RpcError {
     fn from(err: NvmfError) -> RpcError {
@@ -372,10 +371,10 @@ impl AddListener {
         if self.secure_channel {
             return Err(refuse("secure_channel", "TLS is not supported yet; leave it false"));
         }
-        if let Some(sock_impl) = self.sock_impl.as_deref().filter(|name| *name != SOCK_IMPL) {
+        if let Some(sock_impl) = self.sock_impl.as_deref().filter(|name| SockImpl::parse(name).is_none()) {
             return Err(refuse(
                 "sock_impl",
-                format!("'{sock_impl}' is not available; TCP listeners use the kernel's sockets, \"{SOCK_IMPL}\""),
+                format!("'{sock_impl}' is not available; choose one of {:?}", SockImpl::NAMES),
             ));
         }
         if let Some(numa_id) = self.numa_id.filter(|id| *id != NUMA_ID_ANY) {
@@ -394,7 +393,8 @@ impl AddListener {
 fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddListener, responder: Responder) {
     let result = params.check().and_then(|ana_state| {
         let addr = parse_address(target, &params.listen_address)?;
-        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr, ana_state)?)
+        let sock_impl = params.sock_impl.as_deref().and_then(SockImpl::parse);
+        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr, ana_state, sock_impl)?)
     });
     answer(responder, result);
 }

@@ -17,7 +17,7 @@ use super::error::{NvmfError, TARGET_NAME};
 use super::poll_group::{self, PollGroup};
 use super::refusals::ConnectRefusals;
 use super::subsystem::{Subsystem, SubsystemConfig, SubsystemKind, DISCOVERY_NQN};
-use super::transport::{Transport, TransportFactory, TransportListener};
+use super::transport::{SockImpl, Transport, TransportFactory, TransportListener};
 use crate::nvme::log::lid;
 
 /// SPDK's default limit on subsystems (SPDK_NVMF_DEFAULT_MAX_SUBSYSTEMS).
@@ -289,11 +289,17 @@ impl NvmfTarget {
 
     /// Whether `addr` is a listener of any subsystem (or the discovery one).
     pub fn is_listening(&self, trtype: &str, addr: SocketAddr) -> bool {
+        self.listening_sock_impl(trtype, addr).is_some()
+    }
+
+    /// How the transport's listener at `addr` watches its sockets, if there is one.
+    pub fn listening_sock_impl(&self, trtype: &str, addr: SocketAddr) -> Option<SockImpl> {
         self.0
             .listeners
             .lock()
             .iter()
-            .any(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr)
+            .find(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr)
+            .map(|(_, listener)| listener.sock_impl())
     }
 }
 
@@ -395,8 +401,11 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                     "namespace": namespace}}));
             }
             for listener in &state.listeners {
-                entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": {
-                    "nqn": subsystem.nqn, "listen_address": listener.to_json()}}));
+                let mut params = json!({"nqn": subsystem.nqn, "listen_address": listener.to_json()});
+                if let Some(SockImpl::Uring) = self.target.listening_sock_impl("TCP", listener.addr) {
+                    params["sock_impl"] = json!(SockImpl::Uring.as_str());
+                }
+                entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": params}));
                 // A listener starts optimized; each group set otherwise is set again.
                 for (group, ana_state) in listener.ana.not_optimized() {
                     entries.push(json!({"method": "nvmf_subsystem_listener_set_ana_state", "params": {

@@ -12,7 +12,7 @@ use peerless_core::reactor::{App, AppOptions, CoreMask, ThreadCtx};
 use serde_json::{json, Value};
 
 use super::buffers::DataPool;
-use super::transport::{Transport, TransportListener, TransportOptions, TransportPollGroup};
+use super::transport::{SockImpl, Transport, TransportListener, TransportOptions, TransportPollGroup};
 use super::NvmfTarget;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -124,6 +124,7 @@ impl Transport for LoopTransport {
         _: &mut ThreadCtx,
         _: &NvmfTarget,
         addr: SocketAddr,
+        _: SockImpl,
     ) -> Result<Box<dyn TransportListener>, String> {
         // Port 1 stands for an address the system refuses.
         if addr.port() == 1 {

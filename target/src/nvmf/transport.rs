@@ -220,21 +220,56 @@ pub trait Transport: Send + Sync + 'static {
     /// What `nvmf_get_transports` and `save_config` show.
     fn to_json(&self) -> Value;
 
-    /// Starts listening on `addr` from the calling (app) thread.
+    /// Starts listening on `addr` from the calling (app) thread, watching its
+    /// connections' sockets the way `sock_impl` says.
     fn listen(
         &self,
         ctx: &mut ThreadCtx,
         target: &NvmfTarget,
         addr: SocketAddr,
+        sock_impl: SockImpl,
     ) -> Result<Box<dyn TransportListener>, String>;
 
     /// This transport's state in the poll group of the calling thread.
     fn create_poll_group(&self, ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup>;
 }
 
+/// How a listener's connections learn that their sockets have data (SPDK's `sock_impl`
+/// names): an epoll per poll group, or io_uring multishot polls, which a busy reactor
+/// reads from shared memory without a system call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SockImpl {
+    #[default]
+    Posix,
+    Uring,
+}
+
+impl SockImpl {
+    pub const NAMES: [&'static str; 2] = ["posix", "uring"];
+
+    pub fn parse(name: &str) -> Option<SockImpl> {
+        match name {
+            "posix" => Some(SockImpl::Posix),
+            "uring" => Some(SockImpl::Uring),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SockImpl::Posix => "posix",
+            SockImpl::Uring => "uring",
+        }
+    }
+}
+
 /// A listening address of a transport; dropping it does not stop it, `stop` does.
 pub trait TransportListener: Send {
     fn addr(&self) -> SocketAddr;
+    /// How it watches its connections' sockets.
+    fn sock_impl(&self) -> SockImpl {
+        SockImpl::Posix
+    }
     fn stop(self: Box<Self>, ctx: &mut ThreadCtx);
 }
 

@@ -16,7 +16,7 @@ use super::lifecycle::{ListenerCounts, Seat};
 use super::options::TcpOptions;
 use super::poll_group::TcpPollGroup;
 use super::TRTYPE;
-use crate::nvmf::transport::TransportListener;
+use crate::nvmf::transport::{SockImpl, TransportListener};
 use crate::nvmf::{poll_group, NvmfTarget};
 
 /// Connections accepted per poll, so a connection storm cannot hold the app thread.
@@ -32,6 +32,7 @@ pub struct Listener {
     poller: PollerId,
     /// Its connections, established or not, counted by the poll groups serving them.
     pub counts: Arc<ListenerCounts>,
+    sock_impl: SockImpl,
 }
 
 /// Why accepting stopped short, each logged through its own throttle.
@@ -81,6 +82,7 @@ impl Listener {
         addr: SocketAddr,
         acceptor_poll_rate_us: u32,
         options: TcpOptions,
+        sock_impl: SockImpl,
     ) -> std::io::Result<Listener> {
         let socket = Arc::new(TcpListener::bind(addr)?);
         socket.set_nonblocking(true)?;
@@ -99,20 +101,24 @@ impl Listener {
         let period_us = u64::from(acceptor_poll_rate_us);
         let poller = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*socket), period_us, move |ctx| {
             let now_ns = ctx.now_ns();
-            let accepted = accept(&accepting, &target, &counter, &options, &mut refusals, now_ns);
+            let accepted = accept(&accepting, &target, &counter, &options, sock_impl, &mut refusals, now_ns);
             if let Some(report) = refusals.full.flush(now_ns) {
                 log_full(bound, &options, report);
             }
             PollStatus::from_work(accepted > 0)
         })?;
         peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
-        Ok(Listener { addr: bound, poller: poller.detach(), counts })
+        Ok(Listener { addr: bound, poller: poller.detach(), counts, sock_impl })
     }
 }
 
 impl TransportListener for Listener {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn sock_impl(&self) -> SockImpl {
+        self.sock_impl
     }
 
     /// Stops accepting (the poller's end unwatches the socket); connections already made
@@ -139,6 +145,7 @@ fn accept(
     target: &NvmfTarget,
     counts: &Arc<ListenerCounts>,
     options: &Arc<TcpOptions>,
+    sock_impl: SockImpl,
     refusals: &mut Refusals,
     now_ns: u64,
 ) -> usize {
@@ -185,7 +192,7 @@ fn accept(
                 Ok(conn) => poll_group::with(&target, ctx, |group, ctx| {
                     let tcp = group.transport_group(ctx, &transport);
                     if let Some(tcp) = tcp.as_any_mut().downcast_mut::<TcpPollGroup>() {
-                        tcp.add_conn(ctx, conn, Some(seat));
+                        tcp.add_conn(ctx, conn, Some(seat), sock_impl);
                     }
                 }),
                 Err(err) => peerless_core::log_warn!("cannot set up an accepted connection: {err}"),

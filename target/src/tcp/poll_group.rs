@@ -25,6 +25,7 @@ use std::os::fd::AsFd;
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use peerless_core::log::flags;
+use peerless_core::poll_ring::{PollRing, Readiness};
 use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 use peerless_core::{log_debug, log_warn};
 
@@ -33,10 +34,13 @@ use super::lifecycle::{Deadlines, IdleWatch, Lifecycle, Progress, Seat, Stage};
 use super::options::TcpOptions;
 use super::socket::Socket;
 use crate::nvmf::qpair::Qpair;
-use crate::nvmf::transport::{GroupCtx, TransportPollGroup};
+use crate::nvmf::transport::{GroupCtx, SockImpl, TransportPollGroup};
 
 /// Readiness reports taken per pass; more wait for the next pass (level-triggered).
 const EVENTS_PER_POLL: usize = 256;
+/// Requests the io_uring readiness ring takes at once: watches and their removals, each
+/// submitted at once, so a few suffice; its completion ring is four times larger.
+const URING_WATCH_ENTRIES: u32 = 256;
 /// While some connection has I/O in flight (and is read directly every pass), the epoll
 /// is asked at most this often: a syscall per pass would cost a busy host a tenth of its
 /// IOPS, and a quiet host's first command waits at most this long longer.
@@ -66,6 +70,8 @@ struct Entry<S: Socket> {
     readable: bool,
     /// Polled and read every pass: its socket has no fd, or the group no epoll.
     always: bool,
+    /// Its watch in the group's io_uring (a `uring` listener's connection), by token.
+    uring_token: Option<u64>,
     /// Whether it has been idle long enough to give back its buffers.
     idle: IdleWatch,
 }
@@ -101,6 +107,15 @@ pub struct TcpPollGroup<S: Socket = TcpStream> {
     next_sweep_ns: u64,
     /// Wakes a sleeping reactor for the sweep; paused while the group is empty.
     sweep_timer: Option<Poller>,
+    /// Readiness of `uring` listeners' connections, made at the first of them; None
+    /// also when io_uring is unavailable (they are then watched by the epoll).
+    uring: Option<PollRing>,
+    uring_unavailable: bool,
+    /// Told apart the watches of successive connections in one slot (the upper half of
+    /// a token), since the ring may still report a watch after its connection left.
+    watch_generation: u32,
+    /// Slots whose io_uring watch the kernel ended during a look, watched again after it.
+    ended_watches: Vec<u32>,
 }
 
 /// Without epoll, deadlines or a limit: for in-memory sockets (tests, the simulation).
@@ -120,6 +135,10 @@ impl<S: Socket> Default for TcpPollGroup<S> {
             sweep_cursor: 0,
             next_sweep_ns: 0,
             sweep_timer: None,
+            uring: None,
+            uring_unavailable: true,
+            watch_generation: 0,
+            ended_watches: Vec::new(),
         }
     }
 }
@@ -159,13 +178,46 @@ impl<S: Socket> TcpPollGroup<S> {
             sweep_cursor: 0,
             next_sweep_ns: 0,
             sweep_timer: Some(sweep_timer),
+            uring: None,
+            uring_unavailable: false,
+            watch_generation: 0,
+            ended_watches: Vec::new(),
         }
+    }
+
+    /// The group's io_uring readiness ring, made on first use; the reactor watches its
+    /// eventfd when it sleeps.
+    fn uring_ring(&mut self, ctx: &mut ThreadCtx) -> Option<&mut PollRing> {
+        if self.uring.is_none() && !self.uring_unavailable {
+            let made = PollRing::new(URING_WATCH_ENTRIES, ctx.reactor_sleeps()).and_then(|ring| {
+                if let Some(fd) = ring.eventfd() {
+                    ctx.watch_fd(fd)?;
+                }
+                Ok(ring)
+            });
+            match made {
+                Ok(ring) => self.uring = Some(ring),
+                Err(err) => {
+                    self.uring_unavailable = true;
+                    log_warn!(
+                        "TCP poll group on {}: io_uring readiness unavailable ({err}); uring listeners' connections use the epoll",
+                        ctx.name()
+                    );
+                }
+            }
+        }
+        self.uring.as_mut()
+    }
+
+    fn next_token(&mut self, slot: u32) -> u64 {
+        self.watch_generation = self.watch_generation.wrapping_add(1);
+        u64::from(slot) | (u64::from(self.watch_generation) << 32)
     }
 
     /// Takes a connection accepted by a listener; its seat counts it there. When the
     /// listener already has as many unestablished connections as allowed, the oldest
     /// of this group's that has made the least progress is closed for it.
-    pub fn add_conn(&mut self, ctx: &mut ThreadCtx, conn: Conn<S>, seat: Option<Seat>) {
+    pub fn add_conn(&mut self, ctx: &mut ThreadCtx, conn: Conn<S>, seat: Option<Seat>, sock_impl: SockImpl) {
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -173,8 +225,23 @@ impl<S: Socket> TcpPollGroup<S> {
                 (self.slots.len() - 1) as u32
             }
         };
+        let mut uring_token = None;
+        if let (SockImpl::Uring, Some(fd)) = (sock_impl, conn.fd()) {
+            let token = self.next_token(slot);
+            if let Some(ring) = self.uring_ring(ctx) {
+                match ring.watch(fd, token) {
+                    Ok(()) => uring_token = Some(token),
+                    Err(err) => log_warn!(
+                        "conn {} from {}: io_uring cannot watch its socket ({err}); the epoll does",
+                        conn.id(),
+                        conn.peer()
+                    ),
+                }
+            }
+        }
         let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, u64::from(slot));
         let always = match (self.epoll.as_ref(), conn.fd()) {
+            _ if uring_token.is_some() => false,
             (Some(epoll), Some(fd)) => match epoll.add(fd, event) {
                 Ok(()) => false,
                 Err(err) => {
@@ -195,8 +262,16 @@ impl<S: Socket> TcpPollGroup<S> {
         self.unestablished.push_back((slot, conn.id()));
         let life = Lifecycle::new(ctx.now_ns());
         // Polled once at once: a host may have sent ICReq with its first segment.
-        self.slots[slot as usize] =
-            Some(Entry { conn, seat, life, active: true, readable: true, always, idle: IdleWatch::default() });
+        self.slots[slot as usize] = Some(Entry {
+            conn,
+            seat,
+            life,
+            active: true,
+            readable: true,
+            always,
+            uring_token,
+            idle: IdleWatch::default(),
+        });
         self.active.push(slot);
         self.live += 1;
         if self.live == 1 {
@@ -240,6 +315,64 @@ impl<S: Socket> TcpPollGroup<S> {
             seat.release();
         }
         entry.conn.close("evicted for a newer connection: too many unestablished connections");
+        if !entry.active {
+            entry.active = true;
+            self.active.push(slot);
+        }
+    }
+
+    /// Marks every socket the io_uring reports as readable and active, and watches again
+    /// those whose watch the kernel ended. A look costs no system call, except the
+    /// eventfd's clearing when the group is idle and its reactor may sleep.
+    fn collect_uring_ready(&mut self) {
+        let Some(ring) = self.uring.as_mut() else { return };
+        if self.active.is_empty() {
+            ring.clear_eventfd();
+        }
+        let (slots, active, ended) = (&mut self.slots, &mut self.active, &mut self.ended_watches);
+        ring.ready(|event| {
+            let (Readiness::Ready(token) | Readiness::Ended(token)) = event;
+            let slot = token as u32;
+            let Some(Some(entry)) = slots.get_mut(slot as usize) else { return };
+            if entry.uring_token != Some(token) {
+                return;
+            }
+            match event {
+                Readiness::Ready(_) => {
+                    entry.readable = true;
+                    if !entry.active {
+                        entry.active = true;
+                        active.push(slot);
+                    }
+                }
+                Readiness::Ended(_) => ended.push(slot),
+            }
+        });
+        for slot in std::mem::take(&mut self.ended_watches) {
+            self.rewatch(slot);
+        }
+    }
+
+    /// Watches a connection's socket again after the kernel ended its multishot poll
+    /// (an overflow of the completion ring, or a failure), and polls it once for
+    /// anything that arrived meanwhile.
+    fn rewatch(&mut self, slot: u32) {
+        let token = self.next_token(slot);
+        let (Some(ring), Some(Some(entry))) = (self.uring.as_mut(), self.slots.get_mut(slot as usize)) else { return };
+        let Some(fd) = entry.conn.fd() else { return };
+        entry.uring_token = match ring.watch(fd, token) {
+            Ok(()) => Some(token),
+            Err(err) => {
+                log_warn!(
+                    "conn {} from {}: io_uring cannot watch its socket again ({err}); it is polled every pass",
+                    entry.conn.id(),
+                    entry.conn.peer()
+                );
+                entry.always = true;
+                None
+            }
+        };
+        entry.readable = true;
         if !entry.active {
             entry.active = true;
             self.active.push(slot);
@@ -319,8 +452,22 @@ impl<S: Socket> TcpPollGroup<S> {
         }
         if entry.conn.is_done() {
             let Some(entry) = self.slots[slot as usize].take() else { return false };
-            if let (Some(epoll), Some(fd)) = (self.epoll.as_ref(), entry.conn.fd()) {
-                let _ = epoll.delete(fd);
+            match (entry.uring_token, self.uring.as_mut()) {
+                // The kernel holds the socket open until its watch is gone.
+                (Some(token), Some(ring)) => {
+                    if let Err(err) = ring.unwatch(token) {
+                        log_warn!(
+                            "conn {} from {}: cannot end its io_uring watch: {err}",
+                            entry.conn.id(),
+                            entry.conn.peer()
+                        );
+                    }
+                }
+                _ => {
+                    if let (Some(epoll), Some(fd)) = (self.epoll.as_ref(), entry.conn.fd()) {
+                        let _ = epoll.delete(fd);
+                    }
+                }
             }
             group.retired.retire(entry.conn.qpair());
             self.free.push(slot);
@@ -357,6 +504,7 @@ impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {
             self.last_epoll_ns = now_ns;
             self.collect_ready();
         }
+        self.collect_uring_ready();
         self.sweep_slice(now_ns);
         let mut busy = false;
         let budget = if self.active.len() > 1 { SHARED_PDU_BUDGET } else { SOLE_PDU_BUDGET };

@@ -12,7 +12,7 @@ use super::listener::Listener;
 use super::options::TcpOptions;
 use super::poll_group::TcpPollGroup;
 use crate::nvmf::buffers::DataPool;
-use crate::nvmf::transport::{Transport, TransportListener, TransportOptions, TransportPollGroup};
+use crate::nvmf::transport::{SockImpl, Transport, TransportListener, TransportOptions, TransportPollGroup};
 use crate::nvmf::NvmfTarget;
 
 pub const TRTYPE: &str = "TCP";
@@ -78,8 +78,9 @@ impl Transport for TcpTransport {
         ctx: &mut ThreadCtx,
         target: &NvmfTarget,
         addr: SocketAddr,
+        sock_impl: SockImpl,
     ) -> Result<Box<dyn TransportListener>, String> {
-        let listener = Listener::bind(ctx, target, addr, self.opts.acceptor_poll_rate, self.tcp.clone())
+        let listener = Listener::bind(ctx, target, addr, self.opts.acceptor_poll_rate, self.tcp.clone(), sock_impl)
             .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
         Ok(Box::new(listener))
     }

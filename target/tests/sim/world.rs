@@ -14,7 +14,7 @@ use peerless_target::nvmf::error::NvmfError;
 use peerless_target::nvmf::namespace::{NamespaceSpec, P2pPlacement};
 use peerless_target::nvmf::poll_group;
 use peerless_target::nvmf::subsystem::{Subsystem, SubsystemConfig};
-use peerless_target::nvmf::transport::{Transport, TransportListener, TransportOptions, TransportPollGroup};
+use peerless_target::nvmf::transport::{SockImpl, Transport, TransportListener, TransportOptions, TransportPollGroup};
 use peerless_target::nvmf::NvmfTarget;
 use peerless_target::tcp::conn::Conn;
 use peerless_target::tcp::options::TcpOptions;
@@ -271,6 +271,7 @@ impl Transport for SimTransport {
         _: &mut ThreadCtx,
         _: &NvmfTarget,
         addr: SocketAddr,
+        _: SockImpl,
     ) -> Result<Box<dyn TransportListener>, String> {
         // No socket: the world makes each connection itself.
         Ok(Box::new(SimListener { addr }))
@@ -371,7 +372,7 @@ impl Env {
             poll_group::with(&target, ctx, |group, ctx| {
                 let tcp = group.transport_group(ctx, &transport);
                 let tcp = tcp.as_any_mut().downcast_mut::<TcpPollGroup<MemSocket>>().expect("the sim's poll group");
-                tcp.add_conn(ctx, conn, None);
+                tcp.add_conn(ctx, conn, None, SockImpl::Posix);
             });
         });
         let faults = self.config.net;
@@ -489,7 +490,7 @@ impl World {
         let subsystem_config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
         let subsystem = target.create_subsystem(&subsystem_config).expect("the subsystem");
         let set_up = app.run_on(thread.id(), |ctx| {
-            target.add_listener(ctx, NQN, "TCP", local, peerless_target::nvmf::ana::AnaState::Optimized)?;
+            target.add_listener(ctx, NQN, "TCP", local, peerless_target::nvmf::ana::AnaState::Optimized, None)?;
             for &(nsid, _, _) in &config.namespaces {
                 let p2pmem = if cmb.is_some() && nsid == p2p_nsid { P2pPlacement::Auto } else { P2pPlacement::Off };
                 let spec = NamespaceSpec { nsid: Some(nsid), p2pmem, ..NamespaceSpec::new(&format!("Sim{nsid}")) };
