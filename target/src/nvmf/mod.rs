@@ -6,6 +6,7 @@
 //! `NvmfError`; `rpc` only decodes SPDK's parameters, calls them and encodes answers.
 
 pub mod access;
+pub mod auth;
 pub mod admin;
 pub mod buffers;
 pub mod connect;
