@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod ffdhe;
 pub mod limiter;
 pub mod msg;
+pub mod rpc;
 pub mod secret;
 pub mod session;
 

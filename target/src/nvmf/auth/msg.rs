@@ -29,7 +29,8 @@ const NEGOTIATE_HEADER: usize = 8;
 const DESCRIPTOR_BYTES: usize = 64;
 const ID_LIST_MAX: usize = 30;
 const DHCHAP_HEADER: usize = 16;
-const FAILURE_BYTES: usize = 8;
+/// AUTH_Failure1/2: the shortest message, so the least an Authentication Receive asks for.
+pub const FAILURE_BYTES: usize = 8;
 /// The longest message either side sends: a reply with two SHA-512 values and an
 /// ffdhe8192 value; a negotiate with a few descriptors is far shorter.
 pub const MAX_MESSAGE_BYTES: usize = DHCHAP_HEADER + 2 * 64 + 1024;
@@ -228,6 +229,25 @@ impl Message {
     }
 }
 
+/// The length of the message at the start of `bytes`, from its own header: a host reads
+/// a Receive's data, which may be longer than the message, through this.
+pub fn message_len(bytes: &[u8]) -> Option<usize> {
+    let (kind, id) = (*bytes.first()?, *bytes.get(1)?);
+    let hl = usize::from(*bytes.get(6)?);
+    let dhvlen = usize::from(crate::nvme::le16(bytes, 10));
+    match (kind, id) {
+        (TYPE_COMMON, ID_FAILURE1 | ID_FAILURE2) => Some(FAILURE_BYTES),
+        (TYPE_COMMON, ID_NEGOTIATE) => Some(NEGOTIATE_HEADER + usize::from(*bytes.get(7)?) * DESCRIPTOR_BYTES),
+        (TYPE_DHCHAP, ID_CHALLENGE) if bytes.len() >= DHCHAP_HEADER => Some(DHCHAP_HEADER + hl + dhvlen),
+        (TYPE_DHCHAP, ID_REPLY) if bytes.len() >= DHCHAP_HEADER => Some(DHCHAP_HEADER + 2 * hl + dhvlen),
+        (TYPE_DHCHAP, ID_SUCCESS1) if bytes.len() >= DHCHAP_HEADER => {
+            Some(DHCHAP_HEADER + usize::from(bytes[8] == 1) * hl)
+        }
+        (TYPE_DHCHAP, ID_SUCCESS2) => Some(DHCHAP_HEADER),
+        _ => None,
+    }
+}
+
 fn decode_negotiate(bytes: &[u8], tid: u16) -> Result<Message, Malformed> {
     let napd = usize::from(bytes[7]);
     if napd == 0 || bytes.len() != NEGOTIATE_HEADER + napd * DESCRIPTOR_BYTES {
@@ -278,6 +298,26 @@ mod tests {
         round_trip(Message::Success2 { tid: 7 });
         round_trip(Message::Failure { kind: FailureKind::Failure1, tid: 7, explanation: reason::FAILED });
         round_trip(Message::Failure { kind: FailureKind::Failure2, tid: 7, explanation: reason::FAILED });
+    }
+
+    #[test]
+    fn a_message_is_found_at_the_start_of_a_longer_buffer() {
+        let challenge =
+            Message::Challenge { tid: 2, hash_id: 3, dhgroup_id: 2, seqnum: 1, challenge: vec![1; 64], dh_value: vec![2; 384] };
+        for message in [
+            challenge,
+            Message::Success1 { tid: 2, hl: 48, response: Some(vec![1; 48]) },
+            Message::Success1 { tid: 2, hl: 48, response: None },
+            Message::Failure { kind: FailureKind::Failure1, tid: 2, explanation: 1 },
+        ] {
+            let mut bytes = message.encode();
+            let len = bytes.len();
+            bytes.resize(4096, 0);
+            assert_eq!(message_len(&bytes), Some(len));
+            assert_eq!(Message::decode(&bytes[..len]), Ok(message));
+        }
+        assert_eq!(message_len(&[1, 1, 0]), None, "too short to say");
+        assert_eq!(message_len(&[7, 7, 0, 0, 0, 0, 0, 0]), None, "unknown");
     }
 
     #[test]

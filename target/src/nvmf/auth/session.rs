@@ -300,6 +300,11 @@ impl Session {
         (message.encode(), AfterReceive::Failed(why))
     }
 
+    /// Fails the transaction now: the AUTH_Failure1 to send.
+    pub fn fail_now(&mut self, explanation: u8, why: &str) -> (Vec<u8>, AfterReceive) {
+        self.failure1(explanation, why.to_string())
+    }
+
     /// An Authentication Receive asks for the controller's next message; `seqnum` numbers
     /// a challenge (unique per challenge the target issues).
     pub fn on_receive(&mut self, seqnum: u32) -> (Vec<u8>, AfterReceive) {

@@ -14,6 +14,10 @@ use crate::nvmf::ctrlr::{AdminState, AEC_DISCOVERY_LOG_CHANGE, AEC_NAMESPACE_ATT
 use crate::nvmf::io_cmd::{self, Direction, Placement};
 use crate::nvmf::transport::GroupCtx;
 
+/// AUTHREQ.ATR in a Connect response's DW0 (bit 17; SPDK's `authreq.atr`, Linux's
+/// NVME_CONNECT_AUTHREQ_ATR).
+pub const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
+
 impl Qpair {
     /// The first command of a queue must be a Connect (NVMe-oF 1.1, 3.3).
     pub(super) fn connect_command(
@@ -76,6 +80,9 @@ impl Qpair {
                     self.peer
                 );
                 let cntlid = controller.cntlid;
+                // Connect's DW0 bits 31:16 are AUTHREQ; ATR (bit 1) asks the host to
+                // authenticate before anything else (NVMe Base 2.0, 6.3.2 / NVMe-oF Connect).
+                let authreq = if connected.auth_required { CONNECT_AUTHREQ_ATR } else { 0 };
                 self.queue = Some(Queue {
                     controller,
                     qid: connected.qid,
@@ -84,9 +91,11 @@ impl Qpair {
                     // The Connect itself is the first entry consumed.
                     sqhd: 1 % connected.queue_entries.max(1),
                     counters,
+                    auth: None,
+                    auth_pending: connected.auth_required,
                 });
                 self.size_queue(usize::from(connected.queue_entries));
-                self.finish(group.buffers, index, Status::SUCCESS, u64::from(cntlid));
+                self.finish(group.buffers, index, Status::SUCCESS, u64::from(cntlid) | authreq);
             }
             Err(refusal) => self.finish(group.buffers, index, refusal.status, u64::from(refusal.dw0)),
         }
