@@ -204,12 +204,17 @@ fn a_reply_replayed_from_an_earlier_transaction_is_refused() {
     assert_queue_ended(&mut second);
     // A reply carrying another transaction's ID is refused as an incorrect payload.
     let (mut third, _, _) = connect_admin_queue(addr, NQN, HOSTNQN, &options(None)).unwrap();
-    host_auth::send_bytes(&mut third, Message::decode(&sent[0]).map(|m| match m {
-        Message::Negotiate { scc, dhchap, hash_ids, dhgroup_ids, .. } => {
-            Message::Negotiate { tid: 10, scc, dhchap, hash_ids, dhgroup_ids }.encode()
-        }
-        other => panic!("{other:?}"),
-    }).unwrap())
+    host_auth::send_bytes(
+        &mut third,
+        Message::decode(&sent[0])
+            .map(|m| match m {
+                Message::Negotiate { scc, dhchap, hash_ids, dhgroup_ids, .. } => {
+                    Message::Negotiate { tid: 10, scc, dhchap, hash_ids, dhgroup_ids }.encode()
+                }
+                other => panic!("{other:?}"),
+            })
+            .unwrap(),
+    )
     .unwrap();
     host_auth::receive(&mut third).unwrap();
     host_auth::send_bytes(&mut third, sent[1].clone()).unwrap();
@@ -282,7 +287,10 @@ fn the_target_narrows_digests_and_groups_and_refuses_bad_key_names() {
     let mut controller = Controller::connect(addr, NQN, HOSTNQN, &options(Some(everything))).unwrap();
     io_round_trip(&mut controller, 9);
     let admin = qpairs(&target).into_iter().find(|q| q["qid"] == 0 && q["auth"]["state"] == "completed").unwrap();
-    assert_eq!((admin["auth"]["digest"].as_str(), admin["auth"]["dhgroup"].as_str()), (Some("sha384"), Some("ffdhe2048")));
+    assert_eq!(
+        (admin["auth"]["digest"].as_str(), admin["auth"]["dhgroup"].as_str()),
+        (Some("sha384"), Some("ffdhe2048"))
+    );
 
     let refused = |method: &str, params: Value, words: &[&str]| {
         let (code, message) = target.call_err(method, Some(params.clone()));
@@ -292,13 +300,21 @@ fn the_target_narrows_digests_and_groups_and_refuses_bad_key_names() {
         }
     };
     let other = "nqn.2014-08.org.nvmexpress:uuid:a1b2c3d4-0000-4000-8000-00000000000f";
-    refused("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": other, "dhchap_key": "nokey"}), &["dhchap_key", "nokey"]);
+    refused(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": other, "dhchap_key": "nokey"}),
+        &["dhchap_key", "nokey"],
+    );
     refused(
         "nvmf_subsystem_add_host",
         json!({"nqn": NQN, "host": other, "dhchap_key": "key0", "dhchap_ctrlr_key": "nokey"}),
         &["dhchap_ctrlr_key", "nokey"],
     );
-    refused("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": other, "dhchap_ctrlr_key": "ckey0"}), &["requires dhchap_key"]);
+    refused(
+        "nvmf_subsystem_add_host",
+        json!({"nqn": NQN, "host": other, "dhchap_ctrlr_key": "ckey0"}),
+        &["requires dhchap_key"],
+    );
     refused("nvmf_subsystem_set_keys", json!({"nqn": NQN, "host": HOSTNQN, "dhchap_key": "nokey"}), &["nokey"]);
     refused("nvmf_set_config", json!({"dhchap_digests": ["md5"]}), &["dhchap_digests", "md5"]);
     refused("nvmf_set_config", json!({"dhchap_dhgroups": []}), &["dhchap_dhgroups"]);
@@ -334,7 +350,10 @@ fn no_key_material_in_the_log_rpc_answers_or_saved_config_and_the_config_round_t
     let nvmf = config["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "nvmf").unwrap();
     let calls = nvmf["config"].as_array().unwrap();
     let add_host = calls.iter().find(|c| c["method"] == "nvmf_subsystem_add_host").unwrap();
-    assert_eq!(add_host["params"], json!({"nqn": NQN, "host": HOSTNQN, "dhchap_key": "key0", "dhchap_ctrlr_key": "ckey0"}));
+    assert_eq!(
+        add_host["params"],
+        json!({"nqn": NQN, "host": HOSTNQN, "dhchap_key": "key0", "dhchap_ctrlr_key": "ckey0"})
+    );
     let set_config = calls.iter().find(|c| c["method"] == "nvmf_set_config").unwrap();
     assert_eq!(set_config["params"]["dhchap_digests"], json!(["sha256", "sha512"]));
     controller.shutdown().unwrap();

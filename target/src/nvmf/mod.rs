@@ -6,8 +6,8 @@
 //! `NvmfError`; `rpc` only decodes SPDK's parameters, calls them and encodes answers.
 
 pub mod access;
-pub mod auth;
 pub mod admin;
+pub mod auth;
 pub mod buffers;
 pub mod connect;
 pub mod ctrlr;

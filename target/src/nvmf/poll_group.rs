@@ -294,7 +294,15 @@ impl PollGroup {
                 (false, false) => "enabled",
             };
             let auth = qpair.auth_status();
-            rows.push(QpairRow { cntlid: controller.cntlid, qid, state, trtype, peer: qpair.peer, local: qpair.local, auth });
+            rows.push(QpairRow {
+                cntlid: controller.cntlid,
+                qid,
+                state,
+                trtype,
+                peer: qpair.peer,
+                local: qpair.local,
+                auth,
+            });
         });
         rows
     }

@@ -83,7 +83,8 @@ impl HostAuth {
             dhgroup_ids: self.dhgroups.iter().map(|group| group.id()).collect(),
         };
         sent.push(send(queue, &negotiate)?);
-        let Message::Challenge { tid: got_tid, hash_id, dhgroup_id, seqnum, challenge, dh_value } = receive(queue)? else {
+        let Message::Challenge { tid: got_tid, hash_id, dhgroup_id, seqnum, challenge, dh_value } = receive(queue)?
+        else {
             return Err(Error::Protocol("expected a DH-HMAC-CHAP challenge".into()));
         };
         let digest = Digest::from_id(hash_id).filter(|digest| self.digests.contains(digest));
@@ -91,7 +92,7 @@ impl HostAuth {
         let (Some(digest), Some(group)) = (digest, group) else {
             return Err(Error::Protocol(format!("challenge with hash {hash_id} and group {dhgroup_id}, not offered")));
         };
-        if got_tid != tid || challenge.len() != digest.len() || dh_value.len() != group.value_len() {
+        if got_tid != tid || challenge.len() != digest.hash_len() || dh_value.len() != group.value_len() {
             return Err(Error::Protocol("a malformed DH-HMAC-CHAP challenge".into()));
         }
         let crypto_err = |err: peerless_target::nvmf::auth::AuthError| Error::Protocol(err.to_string());
@@ -118,7 +119,7 @@ impl HostAuth {
         // Bidirectional: the host's own challenge and a non-zero sequence number.
         let own = match &self.ctrlr_secret {
             Some(_) => {
-                let mut challenge = vec![0u8; digest.len()];
+                let mut challenge = vec![0u8; digest.hash_len()];
                 crypto::random(&mut challenge).map_err(crypto_err)?;
                 let mut seq = [0u8; 4];
                 crypto::random(&mut seq).map_err(crypto_err)?;
@@ -190,6 +191,8 @@ pub fn receive(queue: &mut QueuePair) -> Result<Message> {
             Err(Error::Authentication(format!("the controller refused: AUTH_Failure1, explanation {explanation:#04x}")))
         }
         Ok(message) => Ok(message),
-        Err(malformed) => Err(Error::Protocol(format!("a malformed authentication message ({:#04x})", malformed.explanation))),
+        Err(malformed) => {
+            Err(Error::Protocol(format!("a malformed authentication message ({:#04x})", malformed.explanation)))
+        }
     }
 }

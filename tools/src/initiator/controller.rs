@@ -372,7 +372,13 @@ impl Controller {
 const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
 
 /// Connect, then DH-HMAC-CHAP when the controller asks for it (NVMe Base 2.0, 8.13).
-fn connect_and_authenticate(queue: &mut QueuePair, target: &Target, qid: u16, cntlid: u16, kato_ms: u32) -> Result<u16> {
+fn connect_and_authenticate(
+    queue: &mut QueuePair,
+    target: &Target,
+    qid: u16,
+    cntlid: u16,
+    kato_ms: u32,
+) -> Result<u16> {
     let result = fabrics_connect(queue, target, qid, cntlid, kato_ms)?;
     if result & CONNECT_AUTHREQ_ATR != 0 {
         let Some(auth) = &target.options.auth else {
@@ -399,10 +405,16 @@ impl Controller {
 /// Connects a bare admin queue to `subnqn` and stops there: returns the queue, its CNTLID
 /// and whether the controller asked for authentication. For tests of what a target does
 /// with a host that skips or botches authentication.
-pub fn connect_admin_queue(addr: SocketAddr, subnqn: &str, hostnqn: &str, options: &Options) -> Result<(QueuePair, u16, bool)> {
+pub fn connect_admin_queue(
+    addr: SocketAddr,
+    subnqn: &str,
+    hostnqn: &str,
+    options: &Options,
+) -> Result<(QueuePair, u16, bool)> {
     let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
     let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
-    let mut admin = QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
+    let mut admin =
+        QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
     let result = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
     Ok((admin, result as u16, result & CONNECT_AUTHREQ_ATR != 0))
 }

@@ -18,7 +18,7 @@ pub fn hmac(digest: Digest, key: &[u8], parts: &[&[u8]]) -> Result<Zeroizing<Vec
         signer.update(part)?;
     }
     let mac = Zeroizing::new(signer.sign_to_vec()?);
-    debug_assert_eq!(mac.len(), digest.len());
+    debug_assert_eq!(mac.len(), digest.hash_len());
     Ok(mac)
 }
 
@@ -70,7 +70,7 @@ fn augmented_challenge(
 /// says "HostHost" and puts its own NQN first, the controller says "Controller" and puts
 /// the subsystem's first.
 pub fn response(responder: Responder, input: &ResponseInput<'_>) -> Result<Zeroizing<Vec<u8>>, AuthError> {
-    if input.challenge.len() != input.digest.len() {
+    if input.challenge.len() != input.digest.hash_len() {
         return Err(AuthError::Crypto(format!(
             "challenge of {} bytes for {}",
             input.challenge.len(),
@@ -147,21 +147,20 @@ impl DhKey {
     }
 }
 
-/// Checks a group prime is a safe prime (p and (p-1)/2 prime) with `rounds` of
-/// Miller-Rabin: for the tests of the embedded constants.
-#[cfg(test)]
-fn is_safe_prime(group: DhGroup, rounds: i32) -> bool {
-    let mut ctx = openssl::bn::BigNumContext::new().unwrap();
-    let p = BigNum::from_hex_str(group.prime_hex().unwrap()).unwrap();
-    // (p - 1) / 2 of an odd p is p shifted right by one.
-    let mut q = BigNum::new().unwrap();
-    q.rshift1(&p).unwrap();
-    p.is_prime(rounds, &mut ctx).unwrap() && q.is_prime(rounds, &mut ctx).unwrap()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Checks a group prime is a safe prime (p and (p-1)/2 prime) with `rounds` of
+    /// Miller-Rabin: for the tests of the embedded constants.
+    fn is_safe_prime(group: DhGroup, rounds: i32) -> bool {
+        let mut ctx = openssl::bn::BigNumContext::new().unwrap();
+        let p = BigNum::from_hex_str(group.prime_hex().unwrap()).unwrap();
+        // (p - 1) / 2 of an odd p is p shifted right by one.
+        let mut q = BigNum::new().unwrap();
+        q.rshift1(&p).unwrap();
+        p.is_prime(rounds, &mut ctx).unwrap() && q.is_prime(rounds, &mut ctx).unwrap()
+    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()

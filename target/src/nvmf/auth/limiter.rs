@@ -63,8 +63,7 @@ impl AuthLimiter {
                 entries.remove(&stalest);
             }
         }
-        let entry =
-            entries.entry(key).or_insert(Entry { window_start: now, in_window: 0, failures: 0, throttled: 0 });
+        let entry = entries.entry(key).or_insert(Entry { window_start: now, in_window: 0, failures: 0, throttled: 0 });
         if now.duration_since(entry.window_start) >= WINDOW {
             entry.window_start = now;
             entry.in_window = 0;

@@ -38,7 +38,7 @@ impl Digest {
     }
 
     /// The hash length in bytes: also the challenge and response length (HL).
-    pub fn len(self) -> usize {
+    pub fn hash_len(self) -> usize {
         match self {
             Digest::Sha256 => 32,
             Digest::Sha384 => 48,

@@ -46,15 +46,44 @@ pub enum FailureKind {
 pub enum Message {
     /// AUTH_Negotiate: the DH-HMAC-CHAP descriptor's hash and group IDs; `dhchap` false
     /// when the host offered no DH-HMAC-CHAP descriptor at all.
-    Negotiate { tid: u16, scc: u8, dhchap: bool, hash_ids: Vec<u8>, dhgroup_ids: Vec<u8> },
-    Challenge { tid: u16, hash_id: u8, dhgroup_id: u8, seqnum: u32, challenge: Vec<u8>, dh_value: Vec<u8> },
+    Negotiate {
+        tid: u16,
+        scc: u8,
+        dhchap: bool,
+        hash_ids: Vec<u8>,
+        dhgroup_ids: Vec<u8>,
+    },
+    Challenge {
+        tid: u16,
+        hash_id: u8,
+        dhgroup_id: u8,
+        seqnum: u32,
+        challenge: Vec<u8>,
+        dh_value: Vec<u8>,
+    },
     /// `challenge`: the host's challenge to the controller when it asks for
     /// bidirectional authentication (CVALID), with `seqnum` its sequence number.
-    Reply { tid: u16, response: Vec<u8>, challenge: Option<Vec<u8>>, seqnum: u32, dh_value: Vec<u8> },
+    Reply {
+        tid: u16,
+        response: Vec<u8>,
+        challenge: Option<Vec<u8>>,
+        seqnum: u32,
+        dh_value: Vec<u8>,
+    },
     /// `hl` is sent even without a response (Linux's host reads it either way).
-    Success1 { tid: u16, hl: u8, response: Option<Vec<u8>> },
-    Success2 { tid: u16 },
-    Failure { kind: FailureKind, tid: u16, explanation: u8 },
+    Success1 {
+        tid: u16,
+        hl: u8,
+        response: Option<Vec<u8>>,
+    },
+    Success2 {
+        tid: u16,
+    },
+    Failure {
+        kind: FailureKind,
+        tid: u16,
+        explanation: u8,
+    },
 }
 
 /// A message that cannot be taken: the AUTH_Failure explanation to answer with.
@@ -101,7 +130,8 @@ impl Message {
                 out[6] = *scc;
                 out[7] = 1;
                 let descriptor = &mut out[NEGOTIATE_HEADER..];
-                let (hashes, groups) = (&hash_ids[..hash_ids.len().min(ID_LIST_MAX)], &dhgroup_ids[..dhgroup_ids.len().min(ID_LIST_MAX)]);
+                let (hashes, groups) =
+                    (&hash_ids[..hash_ids.len().min(ID_LIST_MAX)], &dhgroup_ids[..dhgroup_ids.len().min(ID_LIST_MAX)]);
                 descriptor[0] = AUTH_ID_DHCHAP;
                 descriptor[2] = hashes.len() as u8;
                 descriptor[3] = groups.len() as u8;
@@ -282,7 +312,13 @@ mod tests {
 
     #[test]
     fn every_message_round_trips() {
-        round_trip(Message::Negotiate { tid: 7, scc: 0, dhchap: true, hash_ids: vec![1, 2, 3], dhgroup_ids: vec![0, 1, 5] });
+        round_trip(Message::Negotiate {
+            tid: 7,
+            scc: 0,
+            dhchap: true,
+            hash_ids: vec![1, 2, 3],
+            dhgroup_ids: vec![0, 1, 5],
+        });
         round_trip(Message::Challenge {
             tid: 7,
             hash_id: 1,
@@ -291,8 +327,20 @@ mod tests {
             challenge: vec![3; 32],
             dh_value: vec![4; 256],
         });
-        round_trip(Message::Reply { tid: 7, response: vec![5; 48], challenge: Some(vec![6; 48]), seqnum: 1, dh_value: vec![] });
-        round_trip(Message::Reply { tid: 7, response: vec![5; 64], challenge: None, seqnum: 0, dh_value: vec![9; 1024] });
+        round_trip(Message::Reply {
+            tid: 7,
+            response: vec![5; 48],
+            challenge: Some(vec![6; 48]),
+            seqnum: 1,
+            dh_value: vec![],
+        });
+        round_trip(Message::Reply {
+            tid: 7,
+            response: vec![5; 64],
+            challenge: None,
+            seqnum: 0,
+            dh_value: vec![9; 1024],
+        });
         round_trip(Message::Success1 { tid: 7, hl: 32, response: None });
         round_trip(Message::Success1 { tid: 7, hl: 32, response: Some(vec![1; 32]) });
         round_trip(Message::Success2 { tid: 7 });
@@ -302,8 +350,14 @@ mod tests {
 
     #[test]
     fn a_message_is_found_at_the_start_of_a_longer_buffer() {
-        let challenge =
-            Message::Challenge { tid: 2, hash_id: 3, dhgroup_id: 2, seqnum: 1, challenge: vec![1; 64], dh_value: vec![2; 384] };
+        let challenge = Message::Challenge {
+            tid: 2,
+            hash_id: 3,
+            dhgroup_id: 2,
+            seqnum: 1,
+            challenge: vec![1; 64],
+            dh_value: vec![2; 384],
+        };
         for message in [
             challenge,
             Message::Success1 { tid: 2, hl: 48, response: Some(vec![1; 48]) },
@@ -322,15 +376,22 @@ mod tests {
 
     #[test]
     fn the_wire_layout_is_the_specs() {
-        let bytes = Message::Negotiate { tid: 0x1234, scc: 0, dhchap: true, hash_ids: vec![1], dhgroup_ids: vec![0, 2] }.encode();
+        let bytes =
+            Message::Negotiate { tid: 0x1234, scc: 0, dhchap: true, hash_ids: vec![1], dhgroup_ids: vec![0, 2] }
+                .encode();
         assert_eq!(bytes.len(), 72);
         assert_eq!(&bytes[..8], &[0x00, 0x00, 0, 0, 0x34, 0x12, 0, 1]);
         assert_eq!(&bytes[8..13], &[0x01, 0, 1, 2, 1]);
         assert_eq!(&bytes[8 + 34..8 + 36], &[0, 2], "group IDs start 30 bytes after the hash IDs");
         let bytes = Message::Failure { kind: FailureKind::Failure1, tid: 3, explanation: 6 }.encode();
         assert_eq!(bytes, [0x00, 0xf1, 0, 0, 3, 0, 0x01, 0x06]);
-        let bytes = Message::Reply { tid: 1, response: vec![0xaa; 32], challenge: None, seqnum: 5, dh_value: vec![0xbb; 256] }.encode();
-        assert_eq!((bytes[0], bytes[1], bytes[6], bytes[8], crate::nvme::le16(&bytes, 10), bytes.len()), (1, 2, 32, 0, 256, 16 + 64 + 256));
+        let bytes =
+            Message::Reply { tid: 1, response: vec![0xaa; 32], challenge: None, seqnum: 5, dh_value: vec![0xbb; 256] }
+                .encode();
+        assert_eq!(
+            (bytes[0], bytes[1], bytes[6], bytes[8], crate::nvme::le16(&bytes, 10), bytes.len()),
+            (1, 2, 32, 0, 256, 16 + 64 + 256)
+        );
     }
 
     #[test]
@@ -339,8 +400,13 @@ mod tests {
         assert_eq!(Message::decode(&[]), payload);
         assert_eq!(Message::decode(&[0; 7]), payload);
         assert_eq!(Message::decode(&[0x05, 0x00, 0, 0, 0, 0, 0, 0]), Err(PROTOCOL), "unknown type");
-        assert_eq!(Message::decode(&[0x01, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(PROTOCOL), "unknown id");
-        let negotiate = Message::Negotiate { tid: 1, scc: 0, dhchap: true, hash_ids: vec![1], dhgroup_ids: vec![0] }.encode();
+        assert_eq!(
+            Message::decode(&[0x01, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(PROTOCOL),
+            "unknown id"
+        );
+        let negotiate =
+            Message::Negotiate { tid: 1, scc: 0, dhchap: true, hash_ids: vec![1], dhgroup_ids: vec![0] }.encode();
         assert_eq!(Message::decode(&negotiate[..71]), payload, "short of its descriptor");
         let mut two = negotiate.clone();
         two[7] = 2;
@@ -355,7 +421,14 @@ mod tests {
         other_protocol[8] = 0x02;
         assert!(matches!(Message::decode(&other_protocol), Ok(Message::Negotiate { dhchap: false, .. })));
 
-        let reply = Message::Reply { tid: 1, response: vec![1; 32], challenge: Some(vec![2; 32]), seqnum: 4, dh_value: vec![3; 256] }.encode();
+        let reply = Message::Reply {
+            tid: 1,
+            response: vec![1; 32],
+            challenge: Some(vec![2; 32]),
+            seqnum: 4,
+            dh_value: vec![3; 256],
+        }
+        .encode();
         for cut in [15, 16, 16 + 32, reply.len() - 1] {
             assert_eq!(Message::decode(&reply[..cut]), payload, "reply cut at {cut}");
         }

@@ -14,9 +14,13 @@ use crate::nvmf::{NvmfError, NvmfTarget};
 
 pub fn register(registry: &mut Registry, target: &NvmfTarget, keyring: &Keyring) {
     let (set_keys_target, set_keys_keyring) = (target.clone(), keyring.clone());
-    registry.method("nvmf_subsystem_set_keys", StateMask::RUNTIME, move |_: &mut ThreadCtx, params: SetKeys, responder| {
-        set_keys(&set_keys_target, &set_keys_keyring, params, responder)
-    });
+    registry.method(
+        "nvmf_subsystem_set_keys",
+        StateMask::RUNTIME,
+        move |_: &mut ThreadCtx, params: SetKeys, responder| {
+            set_keys(&set_keys_target, &set_keys_keyring, params, responder)
+        },
+    );
     // SPDK takes nvmf_set_config before init only; the digests and groups are read at
     // each negotiation, so changing them later is safe and takes effect at once.
     let config_target = target.clone();
@@ -90,7 +94,11 @@ struct SetConfig {
 }
 
 /// Names to values, refusing an unknown name or an empty list by parameter.
-fn parse_list<T: Copy>(param: &'static str, names: &[String], parse: fn(&str) -> Option<T>) -> Result<Vec<T>, RpcError> {
+fn parse_list<T: Copy>(
+    param: &'static str,
+    names: &[String],
+    parse: fn(&str) -> Option<T>,
+) -> Result<Vec<T>, RpcError> {
     if names.is_empty() {
         return Err(RpcError::invalid_params(format!("{param}: at least one is needed")));
     }

@@ -203,11 +203,13 @@ impl Session {
         if !dhchap {
             return self.fail(reason::PROTOCOL_UNUSABLE, "no DH-HMAC-CHAP descriptor offered");
         }
-        let Some(digest) = peer.config.digests.iter().copied().filter(|d| hash_ids.contains(&d.id())).max_by_key(|d| d.len())
+        let Some(digest) =
+            peer.config.digests.iter().copied().filter(|d| hash_ids.contains(&d.id())).max_by_key(|d| d.hash_len())
         else {
             return self.fail(reason::HASH_UNUSABLE, "no hash function both sides allow");
         };
-        let Some(group) = DhGroup::ALL.into_iter().find(|g| peer.config.dhgroups.contains(g) && group_ids.contains(&g.id()))
+        let Some(group) =
+            DhGroup::ALL.into_iter().find(|g| peer.config.dhgroups.contains(g) && group_ids.contains(&g.id()))
         else {
             return self.fail(reason::DHGROUP_UNUSABLE, "no DH group both sides allow");
         };
@@ -228,7 +230,7 @@ impl Session {
         let (Some(digest), Some(group)) = (self.digest, self.dhgroup) else {
             return self.fail(reason::INCORRECT_PROTOCOL_MESSAGE, "a reply before negotiation");
         };
-        if response.len() != digest.len() {
+        if response.len() != digest.hash_len() {
             return self.fail(reason::INCORRECT_PAYLOAD, "a response of the wrong length");
         }
         let dh_secret = match (&self.dh, group) {
@@ -265,11 +267,14 @@ impl Session {
             return self.fail(reason::FAILED, "the host's response does not match its key");
         }
         if let Some(challenge) = host_challenge {
-            if challenge.len() != digest.len() {
+            if challenge.len() != digest.hash_len() {
                 return self.fail(reason::INCORRECT_PAYLOAD, "a challenge of the wrong length");
             }
             let Some(ctrlr_key) = peer.keys.dhchap_ctrlr_key.as_ref() else {
-                return self.fail(reason::FAILED, "the host asked the controller to authenticate, and no controller key is configured");
+                return self.fail(
+                    reason::FAILED,
+                    "the host asked the controller to authenticate, and no controller key is configured",
+                );
             };
             let key = match load_key(ctrlr_key, peer.subnqn) {
                 Ok(key) => key,
@@ -317,7 +322,7 @@ impl Session {
                 Err(why) => self.failure1(reason::FAILED, why),
             },
             State::Success1 => {
-                let hl = self.digest.map_or(0, Digest::len) as u8;
+                let hl = self.digest.map_or(0, Digest::hash_len) as u8;
                 let response = self.ctrlr_response.take().map(|r| r.to_vec());
                 let bidirectional = response.is_some();
                 let message = Message::Success1 { tid: self.tid, hl, response }.encode();
@@ -344,7 +349,7 @@ impl Session {
         let (Some(digest), Some(group)) = (self.digest, self.dhgroup) else {
             return Err("a challenge before negotiation".into());
         };
-        let mut challenge = Zeroizing::new(vec![0u8; digest.len()]);
+        let mut challenge = Zeroizing::new(vec![0u8; digest.hash_len()]);
         crypto::random(&mut challenge).map_err(|err| err.to_string())?;
         let dh_value = if group == DhGroup::Null {
             Vec::new()

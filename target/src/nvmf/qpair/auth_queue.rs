@@ -55,7 +55,13 @@ impl Qpair {
         ))
     }
 
-    pub(super) fn auth_command(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize, in_capsule: &[u8]) {
+    pub(super) fn auth_command(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        index: usize,
+        in_capsule: &[u8],
+    ) {
         let sqe = self.requests[index].sqe;
         let (secp, spsp0, spsp1, len) = security_fields(&sqe);
         if secp != SECP || spsp0 != SPSP0 || spsp1 != SPSP1 {

@@ -20,8 +20,8 @@ use peerless_core::log::flags;
 use peerless_core::log_debug;
 use peerless_core::mem::{IoBufCache, Sgl};
 
-use super::buffers::{self, DataPool};
 use super::auth::session::Session;
+use super::buffers::{self, DataPool};
 use super::ctrlr::{AdminState, Controller, IoCounters};
 use super::io_cmd::{Plan, Transfer};
 use super::transport::TransportOptions;
