@@ -425,3 +425,30 @@ fn perf_authenticates_with_key_files() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--dhchap-key"), "{output:?}");
 }
+
+#[test]
+fn an_io_queue_that_skips_authentication_gets_nothing_done_and_is_ended_in_time() {
+    let (target, addr, keys) = serve("auth-io-skip");
+    let auth = host_auth(&keys.host, None, Digest::Sha256, DhGroup::Null);
+    let kato_ms = 400;
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options { kato_ms, ..options(Some(auth)) }).unwrap();
+    let (mut queue, atr) = controller.connect_io_queue_unauthenticated(1, 16).unwrap();
+    assert!(atr, "I/O queues authenticate too");
+    let read = SqeBuilder::new(0x02, 1).rw(1, 0, 1);
+    let done = queue.execute(read, Xfer::FromController, vec![0u8; BLOCK as usize]).unwrap();
+    assert_eq!(done.status, status::AUTH_REQUIRED);
+    let shown = qpairs(&target);
+    let io = shown.iter().find(|q| q["qid"] == 1).unwrap();
+    assert_eq!(io["state"], "authenticating");
+    // The admin queue keeps the association alive; the silent I/O queue runs out of time
+    // (the controller's Keep Alive Timeout, as SPDK) and is ended.
+    let deadline = std::time::Instant::now() + Duration::from_millis(u64::from(kato_ms) * 5);
+    while qpairs(&target).iter().any(|q| q["qid"] == 1) {
+        assert!(std::time::Instant::now() < deadline, "the unauthenticated I/O queue is still there");
+        controller.keep_alive().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_queue_ended(&mut queue);
+    controller.keep_alive().expect("the admin queue lives on");
+    assert!(target.log().contains("DH-HMAC-CHAP authentication timed out"));
+}

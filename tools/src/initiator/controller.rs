@@ -393,6 +393,17 @@ fn connect_and_authenticate(
 }
 
 impl Controller {
+    /// Connects I/O queue `qid` and stops after Connect: returns the queue and whether the
+    /// controller asked for authentication. For tests of a host that skips it.
+    pub fn connect_io_queue_unauthenticated(&mut self, qid: u16, entries: u16) -> Result<(QueuePair, bool)> {
+        let options = &self.target.options;
+        let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
+        let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
+        let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
+        Ok((queue, result & CONNECT_AUTHREQ_ATR != 0))
+    }
+
     /// Authenticates the admin queue again (NVMe Base 2.0, 8.13: a host may at any time).
     pub fn reauthenticate(&mut self, tid: u16) -> Result<()> {
         let Some(auth) = self.target.options.auth.clone() else {

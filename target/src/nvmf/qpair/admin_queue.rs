@@ -18,6 +18,16 @@ use crate::nvmf::transport::GroupCtx;
 /// NVME_CONNECT_AUTHREQ_ATR).
 pub const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
 
+/// How long one authentication transaction may take: the controller's Keep Alive
+/// Timeout, or 120 s without one (SPDK's NVMF_AUTH_DEFAULT_KATO_US).
+pub(super) fn auth_timeout_ns(controller: &crate::nvmf::ctrlr::Controller) -> u64 {
+    const DEFAULT_AUTH_TIMEOUT_NS: u64 = 120_000_000_000;
+    match controller.kato.as_nanos() as u64 {
+        0 => DEFAULT_AUTH_TIMEOUT_NS,
+        kato_ns => kato_ns,
+    }
+}
+
 impl Qpair {
     /// The first command of a queue must be a Connect (NVMe-oF 1.1, 3.3).
     pub(super) fn connect_command(
@@ -80,6 +90,7 @@ impl Qpair {
                     self.peer
                 );
                 let cntlid = controller.cntlid;
+                let controller_for_deadline = controller.clone();
                 // Connect's DW0 bits 31:16 are AUTHREQ; ATR (bit 1) asks the host to
                 // authenticate before anything else (NVMe Base 2.0, 6.3.2 / NVMe-oF Connect).
                 let authreq = if connected.auth_required { CONNECT_AUTHREQ_ATR } else { 0 };
@@ -93,6 +104,7 @@ impl Qpair {
                     counters,
                     auth: None,
                     auth_pending: connected.auth_required,
+                    auth_deadline_ns: group.now_ns.saturating_add(auth_timeout_ns(&controller_for_deadline)),
                 });
                 self.size_queue(usize::from(connected.queue_entries));
                 self.finish(group.buffers, index, Status::SUCCESS, u64::from(cntlid) | authreq);
@@ -228,12 +240,16 @@ impl Qpair {
         }
     }
 
-    /// Ends the queue when its controller failed or, on the admin queue, when the host
-    /// sent nothing for longer than the Keep Alive Timeout (NVMe Base 2.0, 3.9).
+    /// Ends the queue when its controller failed, when an authentication transaction
+    /// outlived its time or, on the admin queue, when the host sent nothing for longer
+    /// than the Keep Alive Timeout (NVMe Base 2.0, 3.9).
     pub(super) fn check_liveness(&mut self, now_ns: u64) {
         let Some(queue) = self.queue.as_ref() else { return };
         if queue.controller.is_failed() {
             return self.close("its controller failed");
+        }
+        if self.auth_overdue(now_ns) {
+            return self.auth_timed_out();
         }
         let Some(admin) = queue.admin.as_ref() else { return };
         if !admin.keep_alive_expired(now_ns) {

@@ -88,13 +88,39 @@ impl Qpair {
     }
 
     /// The session, begun anew when none is under way (a first or a repeated
-    /// authentication).
-    fn session(&mut self) -> Option<&mut Session> {
+    /// authentication); a new one has the controller's timeout to finish.
+    fn session(&mut self, now_ns: u64) -> Option<&mut Session> {
         let queue = self.queue.as_mut()?;
         if queue.auth.as_ref().is_none_or(|session| session.is_finished()) {
             queue.auth = Some(Box::new(Session::new()));
+            queue.auth_deadline_ns = now_ns.saturating_add(super::admin_queue::auth_timeout_ns(&queue.controller));
         }
         queue.auth.as_deref_mut()
+    }
+
+    /// A transaction under way (or a first one never begun) is past its time.
+    pub(super) fn auth_overdue(&self, now_ns: u64) -> bool {
+        let Some(queue) = self.queue.as_ref() else { return false };
+        let under_way = queue.auth_pending || queue.auth.as_ref().is_some_and(|session| !session.is_finished());
+        under_way && now_ns >= queue.auth_deadline_ns
+    }
+
+    /// Ends a queue whose transaction took too long, as SPDK's timeout does for a first
+    /// authentication. A repeated one that stalls ends the queue too: its host stopped
+    /// answering mid-transaction.
+    pub(super) fn auth_timed_out(&mut self) {
+        let Some(queue) = self.queue.as_ref() else { return };
+        let controller = &queue.controller;
+        self.target.0.auth_limiter.failed(&controller.hostnqn, self.peer.ip(), Instant::now());
+        log_warn!(
+            "qpair {} (queue {} of {} on {} from {}): DH-HMAC-CHAP authentication timed out",
+            self.id,
+            queue.qid,
+            controller.hostnqn,
+            controller.subsystem.nqn,
+            self.peer
+        );
+        self.close("authentication timed out");
     }
 
     /// An Authentication Send's data is all here.
@@ -108,7 +134,7 @@ impl Qpair {
         let starting = queue.auth.as_ref().is_none_or(|session| session.is_finished());
         let throttled = starting && limiter.check(hostnqn, peer_ip, Instant::now());
         let peer = Peer { hostnqn, subnqn, keys: &keys, config: &config, throttled };
-        let Some(session) = self.session() else { return };
+        let Some(session) = self.session(group.now_ns) else { return };
         let after = session.on_send(&peer, data);
         self.finish(group.buffers, index, Status::SUCCESS, 0);
         match after {
@@ -149,7 +175,7 @@ impl Qpair {
             return self.finish(group.buffers, index, Status::INVALID_FIELD, 0);
         }
         let seqnum = self.target.next_auth_seqnum();
-        let Some(session) = self.session() else { return };
+        let Some(session) = self.session(group.now_ns) else { return };
         let (mut message, mut after) = session.on_receive(seqnum);
         if message.len() > allocation {
             // The host left no room for the message: that is the failure it hears of.

@@ -135,6 +135,8 @@ pub(crate) struct Queue {
     pub auth: Option<Box<Session>>,
     /// The host must authenticate before anything else runs (Connect said so).
     pub auth_pending: bool,
+    /// When a pending or repeated transaction that has not finished ends the queue.
+    pub auth_deadline_ns: u64,
 }
 
 /// What a transport fixes for each of its queue pairs.
