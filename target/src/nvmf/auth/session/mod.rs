@@ -372,3 +372,6 @@ impl Session {
         Ok(message.encode())
     }
 }
+
+#[cfg(test)]
+mod tests;
