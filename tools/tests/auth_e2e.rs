@@ -60,8 +60,12 @@ struct Keys {
 
 /// A target serving `NQN` whose host `HOSTNQN` has key0 (and, bidirectional, ckey0).
 fn serve(test: &str) -> (Target, SocketAddr, Keys) {
+    serve_with(test, json!({}))
+}
+
+fn serve_with(test: &str, transport: Value) -> (Target, SocketAddr, Keys) {
     let target = tgt().start(test, &[]);
-    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, json!({}));
+    let addr = target.serve_malloc(NQN, BLOCKS, BLOCK, transport);
     let keys = Keys { host: new_secret(Some(Digest::Sha256), 32), ctrlr: new_secret(None, 48) };
     add_key(&target, "key0", &keys.host);
     add_key(&target, "ckey0", &keys.ctrlr);
@@ -451,4 +455,25 @@ fn an_io_queue_that_skips_authentication_gets_nothing_done_and_is_ended_in_time(
     assert_queue_ended(&mut queue);
     controller.keep_alive().expect("the admin queue lives on");
     assert!(target.log().contains("DH-HMAC-CHAP authentication timed out"));
+}
+
+/// Messages longer than an I/O queue's in-capsule data come by R2T and H2CData: the
+/// reply with an ffdhe4096 value (592 bytes) to a target taking 256 in the capsule.
+#[test]
+fn authentication_messages_too_long_for_the_capsule_come_by_r2t() {
+    let (target, addr, keys) = serve_with("auth-r2t", json!({"in_capsule_data_size": 256}));
+    for group in [DhGroup::Ffdhe4096, DhGroup::Ffdhe2048] {
+        let auth = host_auth(&keys.host, Some(&keys.ctrlr), Digest::Sha512, group);
+        let mut controller = Controller::connect(addr, NQN, HOSTNQN, &options(Some(auth))).unwrap();
+        let mut queue = controller.io_queue(16).expect("authenticated through R2T");
+        assert!(queue.in_capsule_bytes() < 592, "the reply cannot travel in the capsule");
+        let data = vec![0xa5u8; BLOCK as usize];
+        queue.write(1, 7, 1, &data).unwrap();
+        let mut back = vec![0u8; BLOCK as usize];
+        queue.read(1, 7, 1, &mut back).unwrap();
+        assert_eq!(back, data);
+        let io = qpairs(&target).into_iter().find(|q| q["qid"] == 1 && q["cntlid"] == controller.cntlid()).unwrap();
+        assert_eq!(io["auth"]["dhgroup"], group.name());
+        controller.shutdown().unwrap();
+    }
 }

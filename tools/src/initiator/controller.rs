@@ -362,8 +362,10 @@ impl Controller {
         let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
         let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
         // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
-        connect_and_authenticate(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        // The queue's in-capsule limit holds from Connect on: authentication messages obey it.
         queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
+        authenticate_if_asked(&mut queue, &self.target, qid, result)?;
         Ok(queue)
     }
 }
@@ -380,6 +382,12 @@ fn connect_and_authenticate(
     kato_ms: u32,
 ) -> Result<u16> {
     let result = fabrics_connect(queue, target, qid, cntlid, kato_ms)?;
+    authenticate_if_asked(queue, target, qid, result)?;
+    Ok(result as u16)
+}
+
+/// DH-HMAC-CHAP on `queue` when Connect's `result` (DW0) asked for it.
+fn authenticate_if_asked(queue: &mut QueuePair, target: &Target, qid: u16, result: u64) -> Result<()> {
     if result & CONNECT_AUTHREQ_ATR != 0 {
         let Some(auth) = &target.options.auth else {
             return Err(Error::Authentication(
@@ -389,7 +397,7 @@ fn connect_and_authenticate(
         // The transaction ID only has to tell this queue's transactions apart.
         auth.authenticate(queue, &target.hostnqn, &target.subnqn, qid)?;
     }
-    Ok(result as u16)
+    Ok(())
 }
 
 impl Controller {
