@@ -170,7 +170,7 @@ fn refusals_name_their_reason_in_failure1() {
         assert_eq!(session.state(), State::Error);
     };
     let sha256 = negotiate(1, &[Digest::Sha256], &[DhGroup::Null]);
-    check(&[sha256.clone()], true, None, reason::FAILED);
+    check(std::slice::from_ref(&sha256), true, None, reason::FAILED);
     let mut scc = sha256.clone();
     scc[6] = 1;
     check(&[scc], false, None, reason::SCC_MISMATCH);
@@ -178,9 +178,9 @@ fn refusals_name_their_reason_in_failure1() {
     other_protocol[8] = 2;
     check(&[other_protocol], false, None, reason::PROTOCOL_UNUSABLE);
     let narrow = AuthConfig { digests: vec![Digest::Sha512], dhgroups: DhGroup::ALL.to_vec() };
-    check(&[sha256.clone()], false, Some(narrow), reason::HASH_UNUSABLE);
+    check(std::slice::from_ref(&sha256), false, Some(narrow), reason::HASH_UNUSABLE);
     let narrow = AuthConfig { digests: Digest::ALL.to_vec(), dhgroups: vec![DhGroup::Ffdhe4096] };
-    check(&[sha256.clone()], false, Some(narrow), reason::DHGROUP_UNUSABLE);
+    check(std::slice::from_ref(&sha256), false, Some(narrow), reason::DHGROUP_UNUSABLE);
     check(&[Message::Success2 { tid: 1 }.encode()], false, None, reason::INCORRECT_PROTOCOL_MESSAGE);
     check(&[vec![0u8; 3]], false, None, reason::INCORRECT_PAYLOAD);
 
