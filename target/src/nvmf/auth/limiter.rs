@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 /// Failures within one window after which further attempts are refused.
 pub const MAX_FAILURES_PER_WINDOW: u32 = 5;
 pub const WINDOW: Duration = Duration::from_secs(60);
+const WINDOW_NS: u64 = WINDOW.as_nanos() as u64;
 /// Hosts and addresses tracked at once; the stalest entry goes to make room, so a flood
 /// of made-up NQNs cannot grow the table without bound.
 pub const MAX_TRACKED: usize = 1024;
@@ -25,8 +26,9 @@ pub struct FailureCount {
     pub throttled: u64,
 }
 
+/// Times are the engine's clock (a poll group's `now_ns`), so a simulation drives it.
 struct Entry {
-    window_start: Instant,
+    window_start_ns: u64,
     in_window: u32,
     failures: u64,
     throttled: u64,
@@ -39,11 +41,11 @@ pub struct AuthLimiter {
 
 impl AuthLimiter {
     /// Whether an attempt from `hostnqn` at `addr` is refused now; a refusal is counted.
-    pub fn check(&self, hostnqn: &str, addr: IpAddr, now: Instant) -> bool {
+    pub fn check(&self, hostnqn: &str, addr: IpAddr, now_ns: u64) -> bool {
         let mut entries = self.entries.lock();
         let Some(entry) = entries.get_mut(&(hostnqn.to_string(), addr)) else { return false };
-        if now.duration_since(entry.window_start) >= WINDOW {
-            entry.window_start = now;
+        if now_ns.saturating_sub(entry.window_start_ns) >= WINDOW_NS {
+            entry.window_start_ns = now_ns;
             entry.in_window = 0;
         }
         let refused = entry.in_window >= MAX_FAILURES_PER_WINDOW;
@@ -54,18 +56,19 @@ impl AuthLimiter {
     }
 
     /// Counts a failed attempt.
-    pub fn failed(&self, hostnqn: &str, addr: IpAddr, now: Instant) {
+    pub fn failed(&self, hostnqn: &str, addr: IpAddr, now_ns: u64) {
         let mut entries = self.entries.lock();
         let key = (hostnqn.to_string(), addr);
         if !entries.contains_key(&key) && entries.len() >= MAX_TRACKED {
-            let stalest = entries.iter().min_by_key(|(_, entry)| entry.window_start).map(|(key, _)| key.clone());
+            let stalest = entries.iter().min_by_key(|(_, entry)| entry.window_start_ns).map(|(key, _)| key.clone());
             if let Some(stalest) = stalest {
                 entries.remove(&stalest);
             }
         }
-        let entry = entries.entry(key).or_insert(Entry { window_start: now, in_window: 0, failures: 0, throttled: 0 });
-        if now.duration_since(entry.window_start) >= WINDOW {
-            entry.window_start = now;
+        let entry =
+            entries.entry(key).or_insert(Entry { window_start_ns: now_ns, in_window: 0, failures: 0, throttled: 0 });
+        if now_ns.saturating_sub(entry.window_start_ns) >= WINDOW_NS {
+            entry.window_start_ns = now_ns;
             entry.in_window = 0;
         }
         entry.in_window = entry.in_window.saturating_add(1);
@@ -103,7 +106,7 @@ mod tests {
     #[test]
     fn a_host_is_refused_after_its_failures_until_the_window_passes() {
         let limiter = AuthLimiter::default();
-        let start = Instant::now();
+        let start = 5_000_000_000;
         for attempt in 0..MAX_FAILURES_PER_WINDOW {
             assert!(!limiter.check(HOST, ip(1), start), "attempt {attempt} may try");
             limiter.failed(HOST, ip(1), start);
@@ -111,19 +114,19 @@ mod tests {
         assert!(limiter.check(HOST, ip(1), start), "one failure too many");
         assert!(!limiter.check(HOST, ip(2), start), "another address is its own count");
         assert!(!limiter.check(OTHER, ip(1), start), "another host is its own count");
-        assert!(!limiter.check(HOST, ip(1), start + WINDOW), "the next window starts afresh");
+        assert!(limiter.check(HOST, ip(1), start + WINDOW_NS - 1), "still refused just before the minute is out");
+        assert!(!limiter.check(HOST, ip(1), start + WINDOW_NS), "the next window starts afresh");
         assert_eq!(
             limiter.counts(),
-            vec![FailureCount { hostnqn: HOST.into(), addr: ip(1), failures: 5, throttled: 1 }]
+            vec![FailureCount { hostnqn: HOST.into(), addr: ip(1), failures: 5, throttled: 2 }]
         );
     }
 
     #[test]
     fn the_table_stays_bounded() {
         let limiter = AuthLimiter::default();
-        let start = Instant::now();
         for n in 0..MAX_TRACKED + 10 {
-            limiter.failed(&format!("nqn.host:{n}"), ip(1), start + Duration::from_millis(n as u64));
+            limiter.failed(&format!("nqn.host:{n}"), ip(1), 1_000_000 * n as u64);
         }
         let counts = limiter.counts();
         assert_eq!(counts.len(), MAX_TRACKED);

@@ -249,7 +249,7 @@ impl Qpair {
             return self.close("its controller failed");
         }
         if self.auth_overdue(now_ns) {
-            return self.auth_timed_out();
+            return self.auth_timed_out(now_ns);
         }
         let Some(admin) = queue.admin.as_ref() else { return };
         if !admin.keep_alive_expired(now_ns) {

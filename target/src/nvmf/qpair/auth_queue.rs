@@ -5,8 +5,6 @@
 //! answers); a failed transaction ends the queue once AUTH_Failure1 is out. A host may
 //! authenticate an authenticated queue again at any time.
 
-use std::time::Instant;
-
 use peerless_bdev::DataBuf;
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_info, log_warn};
@@ -108,10 +106,10 @@ impl Qpair {
     /// Ends a queue whose transaction took too long, as SPDK's timeout does for a first
     /// authentication. A repeated one that stalls ends the queue too: its host stopped
     /// answering mid-transaction.
-    pub(super) fn auth_timed_out(&mut self) {
+    pub(super) fn auth_timed_out(&mut self, now_ns: u64) {
         let Some(queue) = self.queue.as_ref() else { return };
         let controller = &queue.controller;
-        self.target.0.auth_limiter.failed(&controller.hostnqn, self.peer.ip(), Instant::now());
+        self.target.0.auth_limiter.failed(&controller.hostnqn, self.peer.ip(), now_ns);
         log_warn!(
             "qpair {} (queue {} of {} on {} from {}): DH-HMAC-CHAP authentication timed out",
             self.id,
@@ -125,16 +123,20 @@ impl Qpair {
 
     /// An Authentication Send's data is all here.
     pub(super) fn run_auth_send(&mut self, group: &mut GroupCtx<'_>, index: usize, data: &[u8]) {
-        let Some(queue) = self.queue.as_ref() else { return };
+        let Some(queue) = self.queue.as_ref() else {
+            return self.finish(group.buffers, index, Status::INTERNAL_ERROR, 0);
+        };
         let controller = queue.controller.clone();
         let (hostnqn, subnqn) = (controller.hostnqn.as_str(), controller.subsystem.nqn.as_str());
         let keys = controller.subsystem.host_keys(hostnqn);
         let config = self.target.0.auth_config.lock().clone();
         let (limiter, peer_ip) = (&self.target.0.auth_limiter, self.peer.ip());
         let starting = queue.auth.as_ref().is_none_or(|session| session.is_finished());
-        let throttled = starting && limiter.check(hostnqn, peer_ip, Instant::now());
+        let throttled = starting && limiter.check(hostnqn, peer_ip, group.now_ns);
         let peer = Peer { hostnqn, subnqn, keys: &keys, config: &config, throttled };
-        let Some(session) = self.session(group.now_ns) else { return };
+        let Some(session) = self.session(group.now_ns) else {
+            return self.finish(group.buffers, index, Status::INTERNAL_ERROR, 0);
+        };
         let after = session.on_send(&peer, data);
         self.finish(group.buffers, index, Status::SUCCESS, 0);
         match after {
@@ -175,7 +177,9 @@ impl Qpair {
             return self.finish(group.buffers, index, Status::INVALID_FIELD, 0);
         }
         let seqnum = self.target.next_auth_seqnum();
-        let Some(session) = self.session(group.now_ns) else { return };
+        let Some(session) = self.session(group.now_ns) else {
+            return self.finish(group.buffers, index, Status::INTERNAL_ERROR, 0);
+        };
         let (mut message, mut after) = session.on_receive(seqnum);
         if message.len() > allocation {
             // The host left no room for the message: that is the failure it hears of.
@@ -184,7 +188,7 @@ impl Qpair {
         match &after {
             AfterReceive::Continue => {}
             AfterReceive::Authenticated => self.authenticated(),
-            AfterReceive::Failed(why) => self.auth_failed(index, why),
+            AfterReceive::Failed(why) => self.auth_failed(index, why, group.now_ns),
         }
         let len = message.len();
         let request = &mut self.requests[index];
@@ -199,10 +203,10 @@ impl Qpair {
 
     /// Counts the failure and ends the queue once the command in `index` (carrying
     /// AUTH_Failure1) is answered.
-    fn auth_failed(&mut self, index: usize, why: &str) {
+    fn auth_failed(&mut self, index: usize, why: &str, now_ns: u64) {
         let Some(queue) = self.queue.as_ref() else { return };
         let controller = &queue.controller;
-        self.target.0.auth_limiter.failed(&controller.hostnqn, self.peer.ip(), Instant::now());
+        self.target.0.auth_limiter.failed(&controller.hostnqn, self.peer.ip(), now_ns);
         log_warn!(
             "qpair {} (queue {} of {} on {} from {}): DH-HMAC-CHAP authentication failed: {why}",
             self.id,
