@@ -125,14 +125,15 @@ impl Message {
 
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Message::Negotiate { tid, scc, dhchap: _, hash_ids, dhgroup_ids } => {
+            Message::Negotiate { tid, scc, dhchap, hash_ids, dhgroup_ids } => {
                 let mut out = header(TYPE_COMMON, ID_NEGOTIATE, *tid, NEGOTIATE_HEADER + DESCRIPTOR_BYTES);
                 out[6] = *scc;
                 out[7] = 1;
                 let descriptor = &mut out[NEGOTIATE_HEADER..];
                 let (hashes, groups) =
                     (&hash_ids[..hash_ids.len().min(ID_LIST_MAX)], &dhgroup_ids[..dhgroup_ids.len().min(ID_LIST_MAX)]);
-                descriptor[0] = AUTH_ID_DHCHAP;
+                // Without DH-HMAC-CHAP the one descriptor names no protocol this target knows.
+                descriptor[0] = if *dhchap { AUTH_ID_DHCHAP } else { 0 };
                 descriptor[2] = hashes.len() as u8;
                 descriptor[3] = groups.len() as u8;
                 descriptor[4..4 + hashes.len()].copy_from_slice(hashes);
@@ -344,6 +345,7 @@ mod tests {
         round_trip(Message::Success1 { tid: 7, hl: 32, response: None });
         round_trip(Message::Success1 { tid: 7, hl: 32, response: Some(vec![1; 32]) });
         round_trip(Message::Success2 { tid: 7 });
+        round_trip(Message::Negotiate { tid: 7, scc: 0, dhchap: false, hash_ids: vec![], dhgroup_ids: vec![] });
         round_trip(Message::Failure { kind: FailureKind::Failure1, tid: 7, explanation: reason::FAILED });
         round_trip(Message::Failure { kind: FailureKind::Failure2, tid: 7, explanation: reason::FAILED });
     }
