@@ -173,6 +173,32 @@ mod tests {
         assert_eq!(*plain.transformed(NQN).unwrap(), counting_key(48), "00: the key as it is");
     }
 
+    /// nvme-cli 2.3 (libnvme 1.3) prints the transformed key: `nvme gen-dhchap-key
+    /// --secret=<00 01 02 ..> --key-length=L --hmac=H --nqn=NQN`; with --hmac=0 the key itself.
+    #[test]
+    fn the_representation_and_transformation_match_nvme_cli() {
+        const NQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+        assert_eq!(
+            DhchapSecret::format(None, &counting_key(32)),
+            "DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:"
+        );
+        let printed = [
+            (Digest::Sha256, 32, "DHHC-1:01:bHuByyp0b3RFSx1xQPMVO1HKmUWfzveoahfydpW4fNgSLMVm:"),
+            (Digest::Sha384, 48, "DHHC-1:02:yRbznXvUOKyUzpjxLyIgLGvEOxsb9/CBo2/XbRG0sXMHJv918yV2tXSc+gbRp7T1eXmwtA==:"),
+            (
+                Digest::Sha512,
+                64,
+                "DHHC-1:03:XaedOIjF3axQewl4QMTIr4xwmePzL78hYgnSQQP1S88iKE5wNLtXmomXR19QrsC/88ytGEVjd56B9IxAUHG5cMGgMCQ=:",
+            ),
+        ];
+        for (digest, len, nvme_cli) in printed {
+            let ours = DhchapSecret::parse(DhchapSecret::format(Some(digest), &counting_key(len)).as_bytes()).unwrap();
+            let theirs = DhchapSecret::parse(nvme_cli.as_bytes()).unwrap();
+            assert_eq!(theirs.transform(), Some(digest));
+            assert_eq!(*ours.transformed(NQN).unwrap(), *theirs.key, "{}", digest.name());
+        }
+    }
+
     const TRANSFORM_SHA256: &str = "6c7b81cb2a746f74454b1d7140f3153b51ca99459fcef7a86a17f27695b87cd8";
     const TRANSFORM_SHA512: &str = concat!(
         "5da79d3888c5ddac507b097840c4c8af8c7099e3f32fbf216209d24103f54bcf",
