@@ -155,10 +155,11 @@ impl Qpair {
     }
 
     fn authenticated(&mut self) {
+        let (digest, group) = self.auth_status().map_or(("unknown", "unknown"), |(_, digest, group)| (digest, group));
         let Some(queue) = self.queue.as_mut() else { return };
         queue.auth_pending = false;
         log_info!(
-            "{} authenticated queue {} of controller {} of {} from {}",
+            "{} authenticated queue {} of controller {} of {} from {} (DH-HMAC-CHAP {digest}, {group})",
             queue.controller.hostnqn,
             queue.qid,
             queue.controller.cntlid,
