@@ -1,5 +1,7 @@
+# shellcheck shell=bash disable=SC2154 # HOSTNQN, KEY, CKEY and WRONG come from ci/guest/auth.sh
 # The guest's half of ci/guest/auth.sh, which puts HOSTNQN, KEY, CKEY and WRONG above.
 set -uo pipefail
+# shellcheck source=/dev/null # written by ci/guest/run.sh
 source /job/env
 addr=$TGT_ADDR port=$TGT_PORT nqn=$TGT_NQN
 echo "$HOSTNQN" >/etc/nvme/hostnqn
