@@ -13,7 +13,7 @@ SECONDS_PER_TARGET=${1:-600}
 shift || true
 TARGETS=("$@")
 if [ "${#TARGETS[@]}" -eq 0 ]; then
-    TARGETS=(pdu rpc config)
+    TARGETS=(pdu rpc config auth)
 fi
 if ! command -v cargo-fuzz > /dev/null; then
     cargo install cargo-fuzz --locked

@@ -36,6 +36,7 @@ NQN = "nqn.2016-06.io.spdk:cnode1"
 NQN2 = "nqn.2016-06.io.spdk:cnode2"
 NQN3 = "nqn.2016-06.io.spdk:cnode3"
 HOST = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"
+HOST2 = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555556"
 # Every CLI call is bounded; the target answers in microseconds, so this is only a hang guard.
 CALL_TIMEOUT_S = 60
 START_TIMEOUT_S = 30
@@ -347,6 +348,17 @@ def drive_nvmf(t, perf):
     check([ns.get("anagrpid") for ns in js(t, "nvmf_get_subsystems", NQN3)[0]["namespaces"]] == [2], "anagrpid shown")
     rpc(t.sock, "nvmf_subsystem_listener_set_ana_state", NQN, "-n", "optimized", "-t", "tcp", "-a", "127.0.0.1", "-s",
         str(port), ok=False)
+    # DH-HMAC-CHAP keys by keyring name (key1 stays from drive_keyring), and the digests
+    # and groups the target allows: both saved, so the round trips below carry them.
+    out(t, "nvmf_subsystem_set_keys", NQN2, HOST, "--dhchap-key", "key1", "--dhchap-ctrlr-key", "key1")
+    check(error_code(t, "nvmf_subsystem_set_keys", NQN2, HOST, "--dhchap-key", "nokey") == -32602,
+          "nvmf_subsystem_set_keys: an unknown key name is invalid params")
+    out(t, "nvmf_set_config", "--dhchap-digests", "sha384,sha512", "--dhchap-dhgroups", "null,ffdhe2048,ffdhe4096")
+    check(error_code(t, "nvmf_set_config", "--dhchap-digests", "md5") == -32602, "nvmf_set_config: unknown digest")
+    out(t, "nvmf_subsystem_add_host", NQN, HOST, "--dhchap-key", "key1")
+    check(error_code(t, "nvmf_subsystem_add_host", NQN, HOST2, "--dhchap-ctrlr-key", "key1") == -32602,
+          "nvmf_subsystem_add_host: a controller key needs a host key")
+    out(t, "nvmf_subsystem_remove_host", NQN, HOST)
     if MAJOR >= 26:
         out(t, "nvmf_subsystem_allow_any_host", "--no-allow-any-host", NQN)
         out(t, "nvmf_subsystem_allow_any_host", "--allow-any-host", NQN)
@@ -364,7 +376,8 @@ def drive_nvmf(t, perf):
     ns3 = [ns for ns in cnode.get("namespaces", []) if ns["nsid"] == 3]
     check(ns3 and ns3[0]["bdev_name"] == "Malloc1" and ns3[0]["nguid"].upper() == nguid
           and ns3[0].get("eui64", "").upper() == "0123456789ABCDEF" and ns3[0]["uuid"] == ns_uuid, f"ns 3 {ns3}")
-    check(subsystems.get(NQN2, {}).get("hosts") == [{"nqn": HOST}], f"hosts {subsystems.get(NQN2)}")
+    check(subsystems.get(NQN2, {}).get("hosts") == [{"nqn": HOST, "dhchap_key": "key1", "dhchap_ctrlr_key": "key1"}],
+          f"hosts {subsystems.get(NQN2)}")
     check("nqn.2014-08.org.nvmexpress.discovery" in subsystems, "discovery subsystem listed")
     check([s["nqn"] for s in js(t, "nvmf_get_subsystems", NQN2)] == [NQN2], "nvmf_get_subsystems NQN")
     listeners = js(t, "nvmf_subsystem_get_listeners", NQN)

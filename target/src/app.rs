@@ -126,7 +126,7 @@ pub fn registry(keyring: &Keyring, bdevs: &BdevManager, target: &NvmfTarget) -> 
     framework::register(&mut registry);
     keyring::rpc::register(&mut registry, keyring);
     peerless_bdev::register_rpcs(&mut registry, bdevs);
-    nvmf::rpc::register(&mut registry, target);
+    nvmf::rpc::register(&mut registry, target, keyring);
     registry
 }
 

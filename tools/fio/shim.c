@@ -29,7 +29,8 @@ enum { PEERLESS_QUEUED = 0, PEERLESS_BUSY = 1 };
 
 #define ERR_BYTES 512
 
-extern void *peerless_nvmf_setup(const char *hostnqn, const char *digest_enable, char *err, size_t err_len);
+extern void *peerless_nvmf_setup(const char *hostnqn, const char *digest_enable, const char *dhchap_key,
+				 const char *dhchap_ctrlr_key, char *err, size_t err_len);
 extern void *peerless_bdev_setup(const char *json_conf, char *err, size_t err_len);
 extern int peerless_add_file(void *engine, unsigned int fileno, const char *name, uint64_t *size,
 			     char *err, size_t err_len);
@@ -47,6 +48,8 @@ struct peerless_options {
 	void *pad;
 	char *hostnqn;
 	char *digest_enable;
+	char *dhchap_key;
+	char *dhchap_ctrlr_key;
 	char *json_conf;
 	char *spdk_json_conf;
 };
@@ -113,7 +116,10 @@ static int nvmf_setup(struct thread_data *td)
 
 	if (require_thread_mode(td))
 		return 1;
-	return finish_setup(td, peerless_nvmf_setup(o->hostnqn, o->digest_enable, err, sizeof(err)), err);
+	return finish_setup(td,
+			    peerless_nvmf_setup(o->hostnqn, o->digest_enable, o->dhchap_key, o->dhchap_ctrlr_key, err,
+						sizeof(err)),
+			    err);
 }
 
 static int bdev_setup(struct thread_data *td)
@@ -256,6 +262,24 @@ static struct fio_option nvmf_options[] = {
 		.type = FIO_OPT_STR_STORE,
 		.off1 = offsetof(struct peerless_options, digest_enable),
 		.help = "NVMe/TCP PDU digests (NONE|HEADER|DATA|BOTH)",
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
+		.name = "dhchap_key",
+		.lname = "DH-HMAC-CHAP key file",
+		.type = FIO_OPT_STR_STORE,
+		.off1 = offsetof(struct peerless_options, dhchap_key),
+		.help = "DH-HMAC-CHAP key file (DHHC-1:...), used when the target asks the host to authenticate",
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
+		.name = "dhchap_ctrlr_key",
+		.lname = "DH-HMAC-CHAP controller key file",
+		.type = FIO_OPT_STR_STORE,
+		.off1 = offsetof(struct peerless_options, dhchap_ctrlr_key),
+		.help = "DH-HMAC-CHAP controller key file: the target proves itself too",
 		.category = FIO_OPT_C_ENGINE,
 		.group = FIO_OPT_G_INVALID,
 	},

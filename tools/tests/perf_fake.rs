@@ -27,6 +27,7 @@ fn config(fake: &Fake, workload: &str, verify: bool) -> PerfConfig {
         seed: 42,
         kato_ms: 10_000,
         rate_iops: None,
+        auth: None,
     }
 }
 

@@ -40,6 +40,9 @@ pub mod fctype {
     pub const CONNECT: u8 = 0x01;
     pub const PROPERTY_GET: u8 = 0x04;
     pub const DISCONNECT: u8 = 0x08;
+    /// Authentication Send and Receive (NVMe Base 2.0, 6.3 and 6.4).
+    pub const AUTH_SEND: u8 = 0x05;
+    pub const AUTH_RECV: u8 = 0x06;
 }
 
 /// Status values beyond those the bdev layer produces.
@@ -65,6 +68,9 @@ pub mod status {
     pub const CONNECT_CONTROLLER_BUSY: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x81 };
     pub const CONNECT_INVALID_PARAMETERS: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x82 };
     pub const CONNECT_INVALID_HOST: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x84 };
+    /// Authentication Required (NVMe Base 2.0, Figure 102): a command other than
+    /// Authentication Send/Receive on a queue not yet authenticated.
+    pub const AUTH_REQUIRED: Status = Status { sct: sct::COMMAND_SPECIFIC, sc: 0x91 };
 }
 
 /// Little-endian field access over a byte slice; out-of-range reads give 0, so a short

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
 use super::ana::AnaState;
+use super::auth::session::HostKeys;
 use super::ctrlr::Controller;
 use super::error::NvmfError;
 use super::subsystem::{validate_nqn, ListenAddress, Subsystem};
@@ -118,7 +119,14 @@ impl NvmfTarget {
 
     /// Puts `host` on the allow-list of subsystem `nqn`.
     pub fn add_host(&self, nqn: &str, host: &str) -> Result<(), NvmfError> {
+        self.add_host_with_keys(nqn, host, HostKeys::default())
+    }
+
+    /// Puts `host` on the allow-list of subsystem `nqn`; with a DH-HMAC-CHAP key, the
+    /// host must authenticate on every queue it connects.
+    pub fn add_host_with_keys(&self, nqn: &str, host: &str, keys: HostKeys) -> Result<(), NvmfError> {
         validate_nqn(host).map_err(|why| NvmfError::Invalid(format!("Invalid host NQN: {why}")))?;
+        check_keys(&keys)?;
         let subsystem = self.nvm_subsystem(nqn, "hosts")?;
         {
             let mut state = subsystem.state.lock();
@@ -126,8 +134,28 @@ impl NvmfTarget {
                 return Err(NvmfError::HostExists { nqn: subsystem.nqn.clone(), host: host.to_string() });
             }
             state.hosts.push(host.to_string());
+            if keys.required() {
+                state.host_keys.insert(host.to_string(), keys);
+            }
         }
         self.discovery_changed();
+        Ok(())
+    }
+
+    /// Replaces the DH-HMAC-CHAP keys of listed `host` (both; an absent key is cleared).
+    /// Queues already authenticated stay; the next authentication uses the new keys.
+    pub fn set_host_keys(&self, nqn: &str, host: &str, keys: HostKeys) -> Result<(), NvmfError> {
+        check_keys(&keys)?;
+        let subsystem = self.nvm_subsystem(nqn, "hosts")?;
+        let mut state = subsystem.state.lock();
+        if !state.hosts.iter().any(|known| known == host) {
+            return Err(NvmfError::NoSuchHost { nqn: subsystem.nqn.clone(), host: host.to_string() });
+        }
+        if keys.required() {
+            state.host_keys.insert(host.to_string(), keys);
+        } else {
+            state.host_keys.remove(host);
+        }
         Ok(())
     }
 
@@ -143,6 +171,7 @@ impl NvmfTarget {
             if state.hosts.len() == before {
                 return Err(NvmfError::NoSuchHost { nqn: subsystem.nqn.clone(), host: host.to_string() });
             }
+            state.host_keys.remove(host);
             if state.allow_any_host {
                 Vec::new()
             } else {
@@ -164,6 +193,15 @@ impl NvmfTarget {
         self.discovery_changed();
         Ok(())
     }
+}
+
+/// A controller key alone would let the controller prove itself to a host that never
+/// proves itself: SPDK refuses it, and so do we.
+fn check_keys(keys: &HostKeys) -> Result<(), NvmfError> {
+    if keys.dhchap_ctrlr_key.is_some() && keys.dhchap_key.is_none() {
+        return Err(NvmfError::Invalid("Invalid parameters: dhchap_ctrlr_key requires dhchap_key".into()));
+    }
+    Ok(())
 }
 
 /// Calls `done` on this thread with `true` once none of `controllers` has a queue left,

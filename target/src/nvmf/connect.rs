@@ -64,6 +64,8 @@ pub struct Connected {
     pub qid: u16,
     /// Queue entries the host may have outstanding (SQSIZE + 1).
     pub queue_entries: u16,
+    /// The host has a DH-HMAC-CHAP key here: it must authenticate this queue.
+    pub auth_required: bool,
 }
 
 pub fn connect(
@@ -111,11 +113,13 @@ fn admit(
         peerless_core::log_warn!("connect to '{subnqn}' refused: host '{hostnqn}' is not allowed");
         return Err(Refusal { status: status::CONNECT_INVALID_HOST, dw0: 512 | (1 << 16) });
     }
-    if qid == 0 {
+    let auth_required = subsystem.host_keys(&hostnqn).required();
+    let connected = if qid == 0 {
         connect_admin(&subsystem, options, info, sqe, hostnqn, hostid, cntlid, queue_entries)
     } else {
         connect_io(&subsystem, options, info, qid, hostnqn, cntlid, queue_entries)
-    }
+    };
+    connected.map(|connected| Connected { auth_required, ..connected })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,7 +167,7 @@ fn connect_admin(
     );
     controller.qpairs.lock().push(qpair_info(info, 0));
     state.controllers.insert(cntlid, controller.clone());
-    Ok(Connected { controller, qid: 0, queue_entries: queue_entries as u16 })
+    Ok(Connected { controller, qid: 0, queue_entries: queue_entries as u16, auth_required: false })
 }
 
 fn connect_io(
@@ -207,7 +211,7 @@ fn connect_io(
     }
     qpairs.push(qpair_info(info, qid));
     drop(qpairs);
-    Ok(Connected { controller, qid, queue_entries: queue_entries as u16 })
+    Ok(Connected { controller, qid, queue_entries: queue_entries as u16, auth_required: false })
 }
 
 /// The ANA states of the listener at `local`, when the subsystem reports ANA.

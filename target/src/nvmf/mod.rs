@@ -9,6 +9,7 @@ pub mod access;
 pub mod admin;
 pub mod ana;
 mod ana_rpc;
+pub mod auth;
 pub mod buffers;
 pub mod connect;
 pub mod ctrlr;

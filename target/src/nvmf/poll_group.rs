@@ -133,6 +133,8 @@ pub struct QpairRow {
     pub trtype: &'static str,
     pub peer: std::net::SocketAddr,
     pub local: std::net::SocketAddr,
+    /// DH-HMAC-CHAP state, digest and group of a queue that authenticated (or is).
+    pub auth: Option<(&'static str, &'static str, &'static str)>,
 }
 
 impl PollGroup {
@@ -282,8 +284,21 @@ impl PollGroup {
             if controller.subsystem.nqn != nqn {
                 return;
             }
-            let state = if qpair.is_closing() { "deactivating" } else { "enabled" };
-            rows.push(QpairRow { cntlid: controller.cntlid, qid, state, trtype, peer: qpair.peer, local: qpair.local });
+            let state = match (qpair.is_closing(), qpair.auth_pending()) {
+                (true, _) => "deactivating",
+                (false, true) => "authenticating",
+                (false, false) => "enabled",
+            };
+            let auth = qpair.auth_status();
+            rows.push(QpairRow {
+                cntlid: controller.cntlid,
+                qid,
+                state,
+                trtype,
+                peer: qpair.peer,
+                local: qpair.local,
+                auth,
+            });
         });
         rows
     }

@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use peerless_core::keyring::Keyring;
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::rpc::framework::TICK_RATE_HZ;
 use peerless_core::rpc::{Registry, Responder, RpcError, StateMask};
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::access::{when_disconnected, DEFAULT_DISCONNECT_TIMEOUT};
 use super::ana::AnaState;
+use super::auth::rpc::resolve_keys;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
 use super::namespace::{NamespaceSpec, P2pPlacement};
@@ -75,7 +77,7 @@ pub(super) fn answer(responder: Responder, result: Result<(), RpcError>) {
     }
 }
 
-pub fn register(registry: &mut Registry, target: &NvmfTarget) {
+pub fn register(registry: &mut Registry, target: &NvmfTarget, keyring: &Keyring) {
     macro_rules! method {
         ($name:literal, $params:ty, $handler:ident) => {{
             let target = target.clone();
@@ -92,7 +94,11 @@ pub fn register(registry: &mut Registry, target: &NvmfTarget) {
     method!("nvmf_subsystem_remove_listener", RemoveListener, remove_listener);
     method!("nvmf_subsystem_add_ns", AddNs, add_ns);
     method!("nvmf_subsystem_remove_ns", RemoveNs, remove_ns);
-    method!("nvmf_subsystem_add_host", AddHost, add_host);
+    let (host_target, host_keyring) = (target.clone(), keyring.clone());
+    registry.method("nvmf_subsystem_add_host", StateMask::RUNTIME, move |ctx, params: AddHost, responder| {
+        add_host(ctx, &host_target, &host_keyring, params, responder)
+    });
+    super::auth::rpc::register(registry, target, keyring);
     method!("nvmf_subsystem_remove_host", RemoveHost, remove_host);
     method!("nvmf_subsystem_allow_any_host", AllowAnyHost, allow_any_host);
     method!("nvmf_get_subsystems", OptionalNqn, get_subsystems);
@@ -523,18 +529,14 @@ struct AddHost {
     dhchap_ctrlr_key: Option<String>,
 }
 
-fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, params: AddHost, responder: Responder) {
+fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, keyring: &Keyring, params: AddHost, responder: Responder) {
     let result = (|| {
         check_target(&params.tgt_name)?;
         if params.psk.is_some() {
             return Err(refuse("psk", "TLS is not supported yet, so there is no pre-shared key to use"));
         }
-        for (param, given) in [("dhchap_key", &params.dhchap_key), ("dhchap_ctrlr_key", &params.dhchap_ctrlr_key)] {
-            if given.is_some() {
-                return Err(refuse(param, "DH-HMAC-CHAP authentication is not supported yet"));
-            }
-        }
-        Ok(target.add_host(&params.nqn, &params.host)?)
+        let keys = resolve_keys(keyring, params.dhchap_key.as_deref(), params.dhchap_ctrlr_key.as_deref())?;
+        Ok(target.add_host_with_keys(&params.nqn, &params.host, keys)?)
     })();
     answer(responder, result);
 }
@@ -590,7 +592,23 @@ fn allow_any_host(_: &mut ThreadCtx, target: &NvmfTarget, params: AllowAnyHost, 
 pub fn subsystem_json(subsystem: &Subsystem) -> Value {
     let state = subsystem.state.lock();
     let listen: Vec<Value> = state.listeners.iter().map(ListenAddress::to_json).collect();
-    let hosts: Vec<Value> = state.hosts.iter().map(|host| json!({"nqn": host})).collect();
+    // Key names as SPDK shows them; the keys themselves stay in their files.
+    let hosts: Vec<Value> = state
+        .hosts
+        .iter()
+        .map(|host| {
+            let mut entry = json!({"nqn": host});
+            if let Some(keys) = state.host_keys.get(host) {
+                if let Some(key) = &keys.dhchap_key {
+                    entry["dhchap_key"] = json!(key.name());
+                }
+                if let Some(key) = &keys.dhchap_ctrlr_key {
+                    entry["dhchap_ctrlr_key"] = json!(key.name());
+                }
+            }
+            entry
+        })
+        .collect();
     let mut object = json!({
         "nqn": subsystem.nqn,
         "subtype": if subsystem.kind == SubsystemKind::Discovery { "Discovery" } else { "NVMe" },
@@ -683,10 +701,15 @@ fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, respo
                 for row in entries {
                     let hostnqn =
                         hosts.iter().find(|(id, _)| *id == row.cntlid).map(|(_, nqn)| nqn.clone()).unwrap_or_default();
-                    qpairs.push(json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
+                    let mut qpair = json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
                         "hostnqn": hostnqn, "trtype": row.trtype,
                         "listen_address": address_json(row.local),
-                        "peer_address": address_json(row.peer)}));
+                        "peer_address": address_json(row.peer)});
+                    // SPDK's `auth` object, on queues that authenticated or are authenticating.
+                    if let Some((state, digest, dhgroup)) = row.auth {
+                        qpair["auth"] = json!({"state": state, "digest": digest, "dhgroup": dhgroup});
+                    }
+                    qpairs.push(qpair);
                 }
             }
             responder.ok(qpairs)
@@ -725,6 +748,7 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetOnly, respo
     }
     let trtypes: Vec<Value> =
         target.transports().iter().map(|transport| json!({"trtype": transport.trtype()})).collect();
+    let auth_failures = target.0.auth_limiter.counts();
     gather(
         ctx,
         target,
@@ -742,7 +766,15 @@ fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: TargetOnly, respo
                         "transports": trtypes})
                 })
                 .collect();
-            responder.ok(json!({"tick_rate": TICK_RATE_HZ, "poll_groups": poll_groups}))
+            // Beside SPDK's fields: failed DH-HMAC-CHAP attempts by host and address.
+            let auth_failures: Vec<Value> = auth_failures
+                .iter()
+                .map(|count| {
+                    json!({"hostnqn": count.hostnqn, "address": count.addr.to_string(),
+                        "failures": count.failures, "throttled": count.throttled})
+                })
+                .collect();
+            responder.ok(json!({"tick_rate": TICK_RATE_HZ, "poll_groups": poll_groups, "auth_failures": auth_failures}))
         },
     );
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::ana::{AnaState, ListenerAna, MAX_ANA_GROUPS};
+use super::auth::session::HostKeys;
 use super::ctrlr::Controller;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
@@ -224,6 +225,8 @@ pub struct SubsystemState {
     pub allow_any_host: bool,
     pub ana_reporting: bool,
     pub hosts: Vec<String>,
+    /// DH-HMAC-CHAP keys of listed hosts that have them (NVMe Base 2.0, 8.13).
+    pub host_keys: BTreeMap<String, HostKeys>,
     pub listeners: Vec<ListenAddress>,
     pub namespaces: BTreeMap<u32, Arc<Namespace>>,
     pub max_namespaces: u32,
@@ -255,6 +258,7 @@ impl Subsystem {
                 allow_any_host: kind == SubsystemKind::Discovery,
                 ana_reporting: false,
                 hosts: Vec::new(),
+                host_keys: BTreeMap::new(),
                 listeners: Vec::new(),
                 namespaces: BTreeMap::new(),
                 max_namespaces: if kind == SubsystemKind::Discovery { 0 } else { DEFAULT_MAX_NAMESPACES },
@@ -270,6 +274,11 @@ impl Subsystem {
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
         let state = self.state.lock();
         state.allow_any_host || state.hosts.iter().any(|host| host == hostnqn)
+    }
+
+    /// The DH-HMAC-CHAP keys configured for `hostnqn` (none when it has none).
+    pub fn host_keys(&self, hostnqn: &str) -> HostKeys {
+        self.state.lock().host_keys.get(hostnqn).cloned().unwrap_or_default()
     }
 
     /// Whether a connection that arrived on `local` may reach this subsystem. The

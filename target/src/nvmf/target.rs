@@ -12,6 +12,8 @@ use peerless_bdev::BdevManager;
 use peerless_core::reactor::{AppHandle, FiniDone, InitDone, IoDevice, ThreadCtx, ThreadHandle};
 use serde_json::{json, Value};
 
+use super::auth::limiter::AuthLimiter;
+use super::auth::AuthConfig;
 use super::ctrlr::{event, Controller, EVENT_TYPE_NOTICE, NOTICE_DISCOVERY_CHANGED, NOTICE_NAMESPACE_CHANGED};
 use super::error::{NvmfError, TARGET_NAME};
 use super::poll_group::{self, PollGroup};
@@ -38,6 +40,12 @@ pub struct TargetShared {
     next_poll_group: AtomicUsize,
     next_conn_id: AtomicU64,
     pub connect_refusals: ConnectRefusals,
+    /// The digests and DH groups authentication may use (`nvmf_set_config`).
+    pub auth_config: Mutex<AuthConfig>,
+    pub auth_limiter: AuthLimiter,
+    /// The next DH-HMAC-CHAP challenge's sequence number (NVMe Base 2.0, 8.13.5.2:
+    /// unique per challenge; starts at a random value).
+    auth_seqnum: AtomicU32,
 }
 
 /// A handle on the target, shared by RPC handlers, listeners and poll groups.
@@ -62,11 +70,24 @@ impl NvmfTarget {
                 next_poll_group: AtomicUsize::new(0),
                 next_conn_id: AtomicU64::new(1),
                 connect_refusals: ConnectRefusals::default(),
+                auth_config: Mutex::new(AuthConfig::default()),
+                auth_limiter: AuthLimiter::default(),
+                auth_seqnum: AtomicU32::new(random_seqnum()),
             }
         });
         let target = NvmfTarget(shared);
         target.add_subsystem(DISCOVERY_NQN, SubsystemKind::Discovery);
         target
+    }
+
+    /// A fresh, non-zero challenge sequence number.
+    pub fn next_auth_seqnum(&self) -> u32 {
+        loop {
+            let seqnum = self.0.auth_seqnum.fetch_add(1, Ordering::Relaxed);
+            if seqnum != 0 {
+                return seqnum;
+            }
+        }
     }
 
     pub fn add_subsystem(&self, nqn: &str, kind: SubsystemKind) -> Arc<Subsystem> {
@@ -365,6 +386,12 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
 
     fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
         let mut entries = Vec::new();
+        let auth = self.target.0.auth_config.lock().clone();
+        if auth != AuthConfig::default() {
+            entries.push(json!({"method": "nvmf_set_config", "params": {
+                "dhchap_digests": auth.digests.iter().map(|d| d.name()).collect::<Vec<_>>(),
+                "dhchap_dhgroups": auth.dhgroups.iter().map(|g| g.name()).collect::<Vec<_>>()}}));
+        }
         for transport in self.target.transports() {
             entries.push(json!({"method": "nvmf_create_transport", "params": transport.to_json()}));
         }
@@ -387,8 +414,17 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
             }
             entries.push(json!({"method": "nvmf_create_subsystem", "params": create}));
             for host in &state.hosts {
-                entries
-                    .push(json!({"method": "nvmf_subsystem_add_host", "params": {"nqn": subsystem.nqn, "host": host}}));
+                let mut params = json!({"nqn": subsystem.nqn, "host": host});
+                // Key names only: the keyring subsystem, saved before this one, holds the files.
+                if let Some(keys) = state.host_keys.get(host) {
+                    if let Some(key) = &keys.dhchap_key {
+                        params["dhchap_key"] = json!(key.name());
+                    }
+                    if let Some(key) = &keys.dhchap_ctrlr_key {
+                        params["dhchap_ctrlr_key"] = json!(key.name());
+                    }
+                }
+                entries.push(json!({"method": "nvmf_subsystem_add_host", "params": params}));
             }
             for ns in state.namespaces.values() {
                 let mut namespace = json!({
@@ -416,6 +452,13 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
         }
         entries
     }
+}
+
+fn random_seqnum() -> u32 {
+    let mut bytes = [0u8; 4];
+    // A fixed start only makes sequence numbers guessable, not wrong.
+    let _ = super::auth::crypto::random(&mut bytes);
+    u32::from_le_bytes(bytes)
 }
 
 /// How long shutdown waits for connections to get their in-flight I/O back.

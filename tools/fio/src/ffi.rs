@@ -81,12 +81,16 @@ fn into_raw(engine: Box<dyn Engine>) -> *mut c_void {
 pub unsafe extern "C" fn peerless_nvmf_setup(
     hostnqn: *const c_char,
     digest_enable: *const c_char,
+    dhchap_key: *const c_char,
+    dhchap_ctrlr_key: *const c_char,
     err: *mut c_char,
     err_len: usize,
 ) -> *mut c_void {
     // SAFETY: the caller's contract covers the strings.
     let (hostnqn, digest) = unsafe { (opt_str(hostnqn), opt_str(digest_enable)) };
-    match guarded(Err("panic".into()), || NvmfEngine::new(hostnqn, digest)) {
+    // SAFETY: as above.
+    let (key, ctrlr_key) = unsafe { (opt_str(dhchap_key), opt_str(dhchap_ctrlr_key)) };
+    match guarded(Err("panic".into()), || NvmfEngine::new(hostnqn, digest, key, ctrlr_key)) {
         Ok(engine) => into_raw(Box::new(engine)),
         Err(message) => {
             // SAFETY: the caller's contract covers `err`.

@@ -123,6 +123,47 @@ fn nvmf_engine_writes_and_verifies() {
     check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &large)));
 }
 
+/// With `dhchap_key` (and `dhchap_ctrlr_key`) key files the engine authenticates every
+/// queue to a target that asks; without them it fails to open the file, saying why.
+#[test]
+fn nvmf_engine_authenticates_with_key_files() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:f10f10f1-0000-4000-8000-000000000001";
+    // Key bytes 00..1f and 20..4f in the DHHC-1 representation (with their CRC-32).
+    const HOST_SECRET: &str = "DHHC-1:01:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:";
+    const CTRLR_SECRET: &str = "DHHC-1:00:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj9AQUJDREVGR0hJSktMTU5PhcdKRQ==:";
+    let so = plugin_or_skip!();
+    let dir = Scratch::new("fio-nvmf-auth");
+    let target = tgt().start("fio-nvmf-auth", &[]);
+    let addr = target.serve_malloc(NQN, 32768, 512, json!({}));
+    let write_key = |name: &str, secret: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    };
+    let (host_key, ctrlr_key) = (write_key("host.key", HOST_SECRET), write_key("ctrlr.key", CTRLR_SECRET));
+    for (name, path) in [("key0", &host_key), ("ckey0", &ctrlr_key)] {
+        target.call("keyring_file_add_key", Some(json!({"name": name, "path": path})));
+    }
+    target.call(
+        "nvmf_subsystem_add_host",
+        Some(json!({"nqn": NQN, "host": HOST, "dhchap_key": "key0", "dhchap_ctrlr_key": "ckey0"})),
+    );
+    let filename = format!("trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid={} ns=1", addr.port());
+    let auth = [
+        format!("--hostnqn={HOST}"),
+        format!("--dhchap_key={}", host_key.display()),
+        format!("--dhchap_ctrlr_key={}", ctrlr_key.display()),
+    ];
+    check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &auth)));
+    let output = fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &auth[..1]));
+    assert!(!output.status.success(), "no key, no I/O");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(text.contains("DH-HMAC-CHAP"), "the reason is shown: {text}");
+}
+
 #[test]
 fn bdev_engine_writes_and_verifies() {
     let so = plugin_or_skip!();

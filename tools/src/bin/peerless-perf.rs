@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{ArgAction, Args, Parser, Subcommand};
-use peerless_tools::initiator::{discover, subtype, Controller, Digests, Options};
+use peerless_tools::initiator::auth::secret_argument;
+use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostAuth, Options};
 use peerless_tools::perf::{self, identify, parse_core_mask, PerfConfig, TransportId, Workload};
 
 /// Host NQN used when neither --hostnqn nor the transport ID names one.
@@ -47,6 +48,8 @@ struct IdentifyArgs {
     /// Data digest.
     #[arg(short = 'I', long = "enable-tcp-ddgst")]
     data_digest: bool,
+    #[command(flatten)]
+    auth: AuthArgs,
 }
 
 #[derive(Args)]
@@ -105,6 +108,30 @@ struct PerfArgs {
     /// spaced, as fio's rate_iops: a steady load instead of the most the target takes.
     #[arg(long = "rate-iops", value_name = "IOPS")]
     rate_iops: Option<u32>,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// DH-HMAC-CHAP secrets, as SPDK's perf takes them: key files (`DHHC-1:...` inside, as
+/// `nvme gen-dhchap-key` writes); the secret text itself is taken too, for a quick test,
+/// though it then shows in the process list.
+#[derive(Args)]
+struct AuthArgs {
+    /// DH-HMAC-CHAP key file (or secret): authenticate when the target asks.
+    #[arg(long = "dhchap-key", value_name = "FILE")]
+    dhchap_key: Option<String>,
+    /// DH-HMAC-CHAP controller key file (or secret): authenticate the target too.
+    #[arg(long = "dhchap-ctrlr-key", value_name = "FILE", requires = "dhchap_key")]
+    dhchap_ctrlr_key: Option<String>,
+}
+
+impl AuthArgs {
+    fn host_auth(&self) -> Result<Option<HostAuth>, String> {
+        let Some(key) = &self.dhchap_key else { return Ok(None) };
+        let secret = secret_argument(key).map_err(|e| e.to_string())?;
+        let ctrlr = self.dhchap_ctrlr_key.as_deref().map(secret_argument).transpose().map_err(|e| e.to_string())?;
+        HostAuth::new(&secret, ctrlr.as_deref()).map(Some).map_err(|e| e.to_string())
+    }
 }
 
 fn required<T>(value: Option<T>, flag: &str) -> Result<T, String> {
@@ -131,6 +158,7 @@ fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
         seed: args.seed.unwrap_or(clock_seed),
         kato_ms: args.kato_ms,
         rate_iops: args.rate_iops,
+        auth: args.auth.host_auth()?,
         trid,
     })
 }
@@ -157,8 +185,11 @@ fn run_identify(args: IdentifyArgs) -> Result<(), String> {
     let trid = TransportId::parse(&args.trid)?;
     let addr = trid.socket_addr()?;
     let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
-    let options =
-        Options { digests: Digests { header: args.header_digest, data: args.data_digest }, ..Options::default() };
+    let options = Options {
+        digests: Digests { header: args.header_digest, data: args.data_digest },
+        auth: args.auth.host_auth()?,
+        ..Options::default()
+    };
     let mut out = std::io::stdout().lock();
     let subnqns = match &trid.subnqn {
         Some(subnqn) => vec![subnqn.clone()],

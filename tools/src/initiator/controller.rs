@@ -11,6 +11,7 @@ use peerless_target::nvme::identify::{cns, IDENTIFY_BYTES};
 use peerless_target::nvme::{admin, fctype, le32, put16, put_str};
 use peerless_target::tcp::pdu::Digests;
 
+use super::auth::HostAuth;
 use super::error::{Error, Result};
 use super::info::{Capabilities, ControllerInfo, NamespaceInfo};
 use super::queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
@@ -75,6 +76,8 @@ pub struct Options {
     /// Host Identifier in the Connect data.
     pub hostid: [u8; 16],
     pub admin_entries: u16,
+    /// DH-HMAC-CHAP secrets, for targets that ask the host to authenticate.
+    pub auth: Option<HostAuth>,
 }
 
 impl Default for Options {
@@ -86,6 +89,7 @@ impl Default for Options {
             command_timeout: Duration::from_secs(30),
             hostid: *b"peerless-host-id",
             admin_entries: ADMIN_QUEUE_ENTRIES,
+            auth: None,
         }
     }
 }
@@ -125,7 +129,7 @@ impl Controller {
         let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
         let mut admin =
             QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
-        let cntlid = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
+        let cntlid = connect_and_authenticate(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
         let cap = Capabilities(property_get(&mut admin, property::CAP, true)?);
         let vs = property_get(&mut admin, property::VS, false)? as u32;
         let mut controller = Controller {
@@ -364,14 +368,85 @@ impl Controller {
         let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
         let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
         // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
-        fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        // The queue's in-capsule limit holds from Connect on: authentication messages obey it.
         queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
+        authenticate_if_asked(&mut queue, &self.target, qid, result)?;
         Ok(queue)
     }
 }
 
-/// Fabrics Connect (NVMe-oF 1.1, 3.3): returns the CNTLID the controller assigned.
-fn fabrics_connect(queue: &mut QueuePair, target: &Target, qid: u16, cntlid: u16, kato_ms: u32) -> Result<u16> {
+/// AUTHREQ.ATR in Connect's DW0: the host must authenticate (DH-HMAC-CHAP) first.
+const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
+
+/// Connect, then DH-HMAC-CHAP when the controller asks for it (NVMe Base 2.0, 8.13).
+fn connect_and_authenticate(
+    queue: &mut QueuePair,
+    target: &Target,
+    qid: u16,
+    cntlid: u16,
+    kato_ms: u32,
+) -> Result<u16> {
+    let result = fabrics_connect(queue, target, qid, cntlid, kato_ms)?;
+    authenticate_if_asked(queue, target, qid, result)?;
+    Ok(result as u16)
+}
+
+/// DH-HMAC-CHAP on `queue` when Connect's `result` (DW0) asked for it.
+fn authenticate_if_asked(queue: &mut QueuePair, target: &Target, qid: u16, result: u64) -> Result<()> {
+    if result & CONNECT_AUTHREQ_ATR != 0 {
+        let Some(auth) = &target.options.auth else {
+            return Err(Error::Authentication(
+                "the target requires DH-HMAC-CHAP authentication and no key was given (--dhchap-key)".into(),
+            ));
+        };
+        // The transaction ID only has to tell this queue's transactions apart.
+        auth.authenticate(queue, &target.hostnqn, &target.subnqn, qid)?;
+    }
+    Ok(())
+}
+
+impl Controller {
+    /// Connects I/O queue `qid` and stops after Connect: returns the queue and whether the
+    /// controller asked for authentication. For tests of a host that skips it.
+    pub fn connect_io_queue_unauthenticated(&mut self, qid: u16, entries: u16) -> Result<(QueuePair, bool)> {
+        let options = &self.target.options;
+        let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
+        let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
+        let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
+        queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
+        Ok((queue, result & CONNECT_AUTHREQ_ATR != 0))
+    }
+
+    /// Authenticates the admin queue again (NVMe Base 2.0, 8.13: a host may at any time).
+    pub fn reauthenticate(&mut self, tid: u16) -> Result<()> {
+        let Some(auth) = self.target.options.auth.clone() else {
+            return Err(Error::Invalid("no DH-HMAC-CHAP key to authenticate with".into()));
+        };
+        auth.authenticate(&mut self.admin, &self.target.hostnqn, &self.target.subnqn, tid).map(drop)
+    }
+}
+
+/// Connects a bare admin queue to `subnqn` and stops there: returns the queue, its CNTLID
+/// and whether the controller asked for authentication. For tests of what a target does
+/// with a host that skips or botches authentication.
+pub fn connect_admin_queue(
+    addr: SocketAddr,
+    subnqn: &str,
+    hostnqn: &str,
+    options: &Options,
+) -> Result<(QueuePair, u16, bool)> {
+    let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
+    let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
+    let mut admin =
+        QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
+    let result = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
+    Ok((admin, result as u16, result & CONNECT_AUTHREQ_ATR != 0))
+}
+
+/// Fabrics Connect (NVMe-oF 1.1, 3.3): returns DW0 of the response (CNTLID in bits 15:0,
+/// AUTHREQ in 31:16).
+fn fabrics_connect(queue: &mut QueuePair, target: &Target, qid: u16, cntlid: u16, kato_ms: u32) -> Result<u64> {
     let mut data = vec![0u8; CONNECT_DATA_BYTES];
     data[..16].copy_from_slice(&target.options.hostid);
     put16(&mut data, 16, cntlid);
@@ -385,7 +460,7 @@ fn fabrics_connect(queue: &mut QueuePair, target: &Target, qid: u16, cntlid: u16
         .byte(46, 0)
         .u32_at(48, kato_ms);
     let completion = queue.command(cmd, Xfer::ToController, data)?;
-    Ok(completion.result as u16)
+    Ok(completion.result & 0xffff_ffff)
 }
 
 /// Property Get (NVMe-oF 1.1, 3.4): ATTRIB byte 40 (0 = 4 bytes, 1 = 8), OFST at 44.

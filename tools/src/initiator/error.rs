@@ -40,6 +40,9 @@ pub enum Error {
     Unsupported(String),
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: &'static str, ms: u64 },
+    /// DH-HMAC-CHAP failed or was refused (NVMe Base 2.0, 8.13).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
     /// Every command slot is in use; poll for completions first.
     #[error("queue full: {depth} commands outstanding")]
     QueueFull { depth: u16 },

@@ -13,6 +13,8 @@ use super::queue::{Completion, Xfer};
 use super::transport::{Negotiated, Partial, Pdu, TxBuf};
 
 /// Byte offsets of data PDU header fields (NVMe/TCP 1.0, 3.6.2.6-3.6.2.8), for FEI.
+/// The fabrics command opcode (NVMe-oF 1.1, 3.1).
+const FABRICS_OPCODE: u8 = 0x7f;
 const CCCID_OFFSET: u32 = 8;
 const DATAO_OFFSET: u32 = 12;
 /// CQE CID inside a CapsuleResp: common header + CQE byte 12.
@@ -84,7 +86,10 @@ impl Handler<'_> {
         let cqe = Cqe::decode(&pdu.bytes[COMMON_HEADER_BYTES..COMMON_HEADER_BYTES + CQE_BYTES]);
         let slot = self.busy_slot(cqe.cid, "CapsuleResp", RESP_CID_OFFSET)?;
         let transfers = slot.xfer != Some(Xfer::None) && !slot.in_capsule;
-        if cqe.status.is_success() && transfers && slot.moved != slot.buf.len() {
+        // Authentication Receive (a fabrics command) returns a message of at most AL
+        // bytes, often fewer (NVMe Base 2.0, 6.4); any other command moves all it asked.
+        let may_be_short = slot.opcode == FABRICS_OPCODE && slot.xfer == Some(Xfer::FromController);
+        if cqe.status.is_success() && transfers && slot.moved != slot.buf.len() && !may_be_short {
             let (moved, expected) = (slot.moved, slot.buf.len());
             let message = format!("cid {}: success after {moved} of {expected} bytes", cqe.cid);
             return Err(fault(fes::PDU_SEQUENCE_ERROR, 0, message));

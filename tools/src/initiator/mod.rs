@@ -12,6 +12,7 @@
 //! # Ok::<(), peerless_tools::initiator::Error>(())
 //! ```
 
+pub mod auth;
 mod controller;
 mod discovery;
 mod error;
@@ -20,7 +21,8 @@ mod info;
 mod queue;
 mod transport;
 
-pub use controller::{feature, property, Controller, Options, ADMIN_QUEUE_ENTRIES, MAX_NQN_BYTES};
+pub use auth::HostAuth;
+pub use controller::{connect_admin_queue, feature, property, Controller, Options, ADMIN_QUEUE_ENTRIES, MAX_NQN_BYTES};
 pub use discovery::{discover, subtype, DiscoveryEntry, DiscoveryLog, DISCOVERY_NQN, MAX_DISCOVERY_ENTRIES};
 pub use error::{Error, Result};
 pub use info::{hex, uuid_string, Capabilities, ControllerInfo, NamespaceInfo};

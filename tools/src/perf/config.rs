@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::initiator::Digests;
+use crate::initiator::{Digests, HostAuth};
 
 use super::trid::TransportId;
 
@@ -70,6 +70,8 @@ pub struct PerfConfig {
     /// `--rate-iops`: the most I/Os the run starts per second, shared over its cores;
     /// `None` runs every queue at full depth.
     pub rate_iops: Option<u32>,
+    /// DH-HMAC-CHAP secrets (`--dhchap-key`, `--dhchap-ctrlr-key`).
+    pub auth: Option<HostAuth>,
 }
 
 impl PerfConfig {

@@ -1,6 +1,7 @@
 //! NVMe-oF subcommands (rpc.py's nvmf.py).
 
 use clap::{ArgGroup, Args, Subcommand};
+use serde_json::Value;
 
 use super::{call, Action, Output, Params};
 
@@ -259,6 +260,28 @@ pub enum Command {
         #[arg(long)]
         dhchap_ctrlr_key: Option<String>,
     },
+    /// Set (or clear) the DH-HMAC-CHAP keys a listed host authenticates with
+    #[command(name = "nvmf_subsystem_set_keys")]
+    NvmfSubsystemSetKeys {
+        nqn: String,
+        host: String,
+        #[arg(short = 't', long)]
+        tgt_name: Option<String>,
+        #[arg(long)]
+        dhchap_key: Option<String>,
+        #[arg(long)]
+        dhchap_ctrlr_key: Option<String>,
+    },
+    /// Set NVMf target config: the DH-HMAC-CHAP digests and DH groups hosts may use
+    #[command(name = "nvmf_set_config")]
+    NvmfSetConfig {
+        /// Comma-separated: sha256, sha384, sha512
+        #[arg(long)]
+        dhchap_digests: Option<String>,
+        /// Comma-separated: null, ffdhe2048, ffdhe3072, ffdhe4096, ffdhe6144, ffdhe8192
+        #[arg(long)]
+        dhchap_dhgroups: Option<String>,
+    },
     /// Remove a host NQN from a subsystem
     #[command(name = "nvmf_subsystem_remove_host")]
     NvmfSubsystemRemoveHost {
@@ -475,6 +498,26 @@ impl Command {
                     .opt("dhchap_key", dhchap_key.clone())
                     .opt("dhchap_ctrlr_key", dhchap_ctrlr_key.clone());
                 call("nvmf_subsystem_add_host", params, Nothing)
+            }
+            Command::NvmfSubsystemSetKeys { nqn, host, tgt_name, dhchap_key, dhchap_ctrlr_key } => {
+                let params = p()
+                    .set("nqn", nqn.as_str())
+                    .set("host", host.as_str())
+                    .opt("tgt_name", tgt_name.clone())
+                    .opt("dhchap_key", dhchap_key.clone())
+                    .opt("dhchap_ctrlr_key", dhchap_ctrlr_key.clone());
+                call("nvmf_subsystem_set_keys", params, Nothing)
+            }
+            Command::NvmfSetConfig { dhchap_digests, dhchap_dhgroups } => {
+                // rpc.py splits these at commas and sends lists; the target checks the names.
+                let list = |text: &Option<String>| {
+                    text.as_deref().map(|text| {
+                        Value::from(text.split(',').map(str::trim).filter(|n| !n.is_empty()).collect::<Vec<_>>())
+                    })
+                };
+                let params =
+                    p().opt("dhchap_digests", list(dhchap_digests)).opt("dhchap_dhgroups", list(dhchap_dhgroups));
+                call("nvmf_set_config", params, Nothing)
             }
             Command::NvmfSubsystemRemoveHost { nqn, host, tgt_name, timeout_ms } => {
                 let params = p()

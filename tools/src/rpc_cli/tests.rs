@@ -359,6 +359,21 @@ fn nvmf_listeners_namespaces_and_hosts() {
         json!({"nqn": nqn, "host": host, "psk": "key0"}),
     );
     check(&["nvmf_subsystem_remove_host", nqn, host], "nvmf_subsystem_remove_host", json!({"nqn": nqn, "host": host}));
+    check(
+        &["nvmf_subsystem_add_host", nqn, host, "--dhchap-key", "key0", "--dhchap-ctrlr-key", "ckey0"],
+        "nvmf_subsystem_add_host",
+        json!({"nqn": nqn, "host": host, "dhchap_key": "key0", "dhchap_ctrlr_key": "ckey0"}),
+    );
+    check(
+        &["nvmf_subsystem_set_keys", nqn, host, "--dhchap-key", "key1"],
+        "nvmf_subsystem_set_keys",
+        json!({"nqn": nqn, "host": host, "dhchap_key": "key1"}),
+    );
+    check(
+        &["nvmf_set_config", "--dhchap-digests", "sha384,sha512", "--dhchap-dhgroups", "null,ffdhe2048"],
+        "nvmf_set_config",
+        json!({"dhchap_digests": ["sha384", "sha512"], "dhchap_dhgroups": ["null", "ffdhe2048"]}),
+    );
     for (flag, allow) in
         [("-e", true), ("--enable", true), ("--allow-any-host", true), ("-d", false), ("--no-allow-any-host", false)]
     {

@@ -17,6 +17,20 @@ use crate::nvmf::ctrlr::{
 use crate::nvmf::io_cmd::{self, Direction, Placement};
 use crate::nvmf::transport::GroupCtx;
 
+/// AUTHREQ.ATR in a Connect response's DW0 (bit 17; SPDK's `authreq.atr`, Linux's
+/// NVME_CONNECT_AUTHREQ_ATR).
+pub const CONNECT_AUTHREQ_ATR: u64 = 1 << 17;
+
+/// How long one authentication transaction may take: the controller's Keep Alive
+/// Timeout, or 120 s without one (SPDK's NVMF_AUTH_DEFAULT_KATO_US).
+pub(super) fn auth_timeout_ns(controller: &crate::nvmf::ctrlr::Controller) -> u64 {
+    const DEFAULT_AUTH_TIMEOUT_NS: u64 = 120_000_000_000;
+    match controller.kato.as_nanos() as u64 {
+        0 => DEFAULT_AUTH_TIMEOUT_NS,
+        kato_ns => kato_ns,
+    }
+}
+
 impl Qpair {
     /// The first command of a queue must be a Connect (NVMe-oF 1.1, 3.3).
     pub(super) fn connect_command(
@@ -79,6 +93,10 @@ impl Qpair {
                     self.peer
                 );
                 let cntlid = controller.cntlid;
+                let controller_for_deadline = controller.clone();
+                // Connect's DW0 bits 31:16 are AUTHREQ; ATR (bit 1) asks the host to
+                // authenticate before anything else (NVMe Base 2.0, 6.3.2 / NVMe-oF Connect).
+                let authreq = if connected.auth_required { CONNECT_AUTHREQ_ATR } else { 0 };
                 self.queue = Some(Queue {
                     controller,
                     qid: connected.qid,
@@ -87,9 +105,12 @@ impl Qpair {
                     // The Connect itself is the first entry consumed.
                     sqhd: 1 % connected.queue_entries.max(1),
                     counters,
+                    auth: None,
+                    auth_pending: connected.auth_required,
+                    auth_deadline_ns: group.now_ns.saturating_add(auth_timeout_ns(&controller_for_deadline)),
                 });
                 self.size_queue(usize::from(connected.queue_entries));
-                self.finish(group.buffers, index, Status::SUCCESS, u64::from(cntlid));
+                self.finish(group.buffers, index, Status::SUCCESS, u64::from(cntlid) | authreq);
             }
             Err(refusal) => self.finish(group.buffers, index, refusal.status, u64::from(refusal.dw0)),
         }
@@ -234,12 +255,16 @@ impl Qpair {
         }
     }
 
-    /// Ends the queue when its controller failed or, on the admin queue, when the host
-    /// sent nothing for longer than the Keep Alive Timeout (NVMe Base 2.0, 3.9).
+    /// Ends the queue when its controller failed, when an authentication transaction
+    /// outlived its time or, on the admin queue, when the host sent nothing for longer
+    /// than the Keep Alive Timeout (NVMe Base 2.0, 3.9).
     pub(super) fn check_liveness(&mut self, now_ns: u64) {
         let Some(queue) = self.queue.as_ref() else { return };
         if queue.controller.is_failed() {
             return self.close("its controller failed");
+        }
+        if self.auth_overdue(now_ns) {
+            return self.auth_timed_out(now_ns);
         }
         let Some(admin) = queue.admin.as_ref() else { return };
         if !admin.keep_alive_expired(now_ns) {

@@ -5,7 +5,7 @@ use peerless_bdev::{BdevIo, DataBuf, IoType};
 use peerless_core::mem::{self, ChunkReader, IoBufCache, MemKind, Sgl};
 use peerless_core::reactor::ThreadCtx;
 
-use super::{buffers_sgl, buffers_sgl_mut, Action, Fault, Qpair, ReqState};
+use super::{auth_queue, buffers_sgl, buffers_sgl_mut, Action, Fault, Qpair, ReqState};
 use crate::nvme::{fctype, io as opc, status, Sqe, Status};
 use crate::nvmf::buffers;
 use crate::nvmf::io_cmd::{self, Direction, Placement, Plan, DSM_MAX_RANGES, DSM_RANGE_BYTES};
@@ -29,6 +29,8 @@ impl Qpair {
         let Some(index) = self.admit(&sqe)? else { return Ok(()) };
         match self.qid() {
             None => self.connect_command(ctx, group, index, in_capsule),
+            Some(_) if auth_queue::is_auth_command(&sqe) => self.auth_command(ctx, group, index, in_capsule),
+            Some(_) if self.auth_pending() => self.finish(group.buffers, index, status::AUTH_REQUIRED, 0),
             Some(0) => self.admin_command(ctx, group, index),
             Some(_) => self.io_command(ctx, group, index, in_capsule),
         }
@@ -225,6 +227,16 @@ impl Qpair {
             buffers::give_back(group.buffers, &mut self.requests[index].buffers);
             return match read {
                 Ok(_) => self.run_connect(ctx, group, index, &data),
+                Err(failed) => self.finish(group.buffers, index, failed, 0),
+            };
+        }
+        if auth_queue::is_auth_send(&request.sqe) {
+            let mut data = vec![0u8; request.transfer.bytes];
+            let read = buffers_sgl(&request.buffers, request.transfer.bytes)
+                .and_then(|sgl| ChunkReader::new(&sgl).read(&mut data).map_err(|_| Status::DATA_TRANSFER_ERROR));
+            buffers::give_back(group.buffers, &mut self.requests[index].buffers);
+            return match read {
+                Ok(_) => self.run_auth_send(group, index, &data),
                 Err(failed) => self.finish(group.buffers, index, failed, 0),
             };
         }

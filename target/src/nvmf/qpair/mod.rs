@@ -6,6 +6,7 @@
 //! in `io_queue`.
 
 mod admin_queue;
+mod auth_queue;
 mod io_queue;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use peerless_core::log::flags;
 use peerless_core::log_debug;
 use peerless_core::mem::{IoBufCache, Sgl};
 
+use super::auth::session::Session;
 use super::buffers::{self, DataPool};
 use super::ctrlr::{AdminState, Controller, IoCounters};
 use super::io_cmd::{Plan, Transfer};
@@ -129,6 +131,12 @@ pub(crate) struct Queue {
     pub sqhd: u16,
     /// This queue's share of the controller's SMART counters (I/O queues only).
     pub counters: Option<Arc<IoCounters>>,
+    /// The DH-HMAC-CHAP transaction under way or last finished, if any.
+    pub auth: Option<Box<Session>>,
+    /// The host must authenticate before anything else runs (Connect said so).
+    pub auth_pending: bool,
+    /// When a pending or repeated transaction that has not finished ends the queue.
+    pub auth_deadline_ns: u64,
 }
 
 /// What a transport fixes for each of its queue pairs.
@@ -189,6 +197,8 @@ pub struct Qpair {
     /// keeping the boxes is what makes steady state allocation-free.
     #[allow(clippy::vec_box)]
     spare_ios: Vec<Box<BdevIo>>,
+    /// The slot whose answer is the queue's last: the queue ends once it is out.
+    close_after: Option<u16>,
     pub stats: QpairStats,
 }
 
@@ -229,6 +239,7 @@ impl Qpair {
             actions: VecDeque::with_capacity(action_capacity(1)),
             completions: completion_queue(1),
             spare_ios: Vec::new(),
+            close_after: None,
             stats: QpairStats::default(),
         }
     }
@@ -326,6 +337,10 @@ impl Qpair {
             }
             Ok(()) => self.finish(cache, index, status, result),
             Err(failed) => self.finish(cache, index, failed, 0),
+        }
+        if self.close_after == Some(slot) {
+            self.close_after = None;
+            self.close("authentication failed");
         }
     }
 

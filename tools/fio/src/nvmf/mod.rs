@@ -10,8 +10,9 @@ mod file;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use peerless_tools::initiator::auth::secret_argument;
 use peerless_tools::initiator::{
-    self, subtype, Completion, Controller, Error, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
+    self, subtype, Completion, Controller, Error, HostAuth, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
 };
 
 use crate::engine::{Engine, Event, Op, Queued, Request};
@@ -38,11 +39,26 @@ pub struct NvmfEngine {
 }
 
 impl NvmfEngine {
-    pub fn new(hostnqn: Option<&str>, digest_enable: Option<&str>) -> Result<NvmfEngine, String> {
+    /// `dhchap_key`, `dhchap_ctrlr_key`: DH-HMAC-CHAP key files (as `peerless-perf`'s).
+    pub fn new(
+        hostnqn: Option<&str>,
+        digest_enable: Option<&str>,
+        dhchap_key: Option<&str>,
+        dhchap_ctrlr_key: Option<&str>,
+    ) -> Result<NvmfEngine, String> {
         let digests = parse_digests(digest_enable)?;
+        let auth = match (dhchap_key, dhchap_ctrlr_key) {
+            (None, None) => None,
+            (None, Some(_)) => return Err("dhchap_ctrlr_key needs dhchap_key".into()),
+            (Some(key), ctrlr) => {
+                let secret = secret_argument(key).map_err(|e| format!("dhchap_key: {e}"))?;
+                let ctrlr = ctrlr.map(secret_argument).transpose().map_err(|e| format!("dhchap_ctrlr_key: {e}"))?;
+                Some(HostAuth::new(&secret, ctrlr.as_deref()).map_err(|e| e.to_string())?)
+            }
+        };
         Ok(NvmfEngine {
             hostnqn: hostnqn.unwrap_or(DEFAULT_HOSTNQN).to_string(),
-            options: Options { digests, ..Options::default() },
+            options: Options { digests, auth, ..Options::default() },
             files: HashMap::new(),
             spare: Vec::new(),
             completions: Vec::new(),
