@@ -3,7 +3,8 @@
 # machine, then: format check, clippy, build, every test (unit, end-to-end, tidy), fio
 # with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
 # Ceph RBD against a one-node cluster, and Linux's NVMe/TCP host against the target in a
-# QEMU guest (ci/guest), alone and with native multipath over two targets on one RBD image.
+# QEMU guest (ci/guest), alone, with native multipath over two targets on one RBD image,
+# and authenticating with DH-HMAC-CHAP on Debian 12's 6.12 kernel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -97,5 +98,15 @@ step "linux host multipath over one RBD image"
 cargo build --locked -p peerless-target --features rbd --bin peerless-tgt
 PEERLESS_GUEST_HOST=ci/guest/jobs/multipath.host.sh PEERLESS_TGT="${CARGO_TARGET_DIR:-build}/debug/peerless-tgt" \
     bash ci/guest/run.sh ci/guest/jobs/multipath.sh
+
+step "linux host DH-HMAC-CHAP (bookworm's 6.12 kernel)"
+# Debian 12's 6.1 kernel has no NVMe in-band authentication (CONFIG_NVME_HOST_AUTH);
+# its 6.12 kernel package has. A second guest image boots that kernel, and nvme-cli
+# connects with a host key and a controller key, both ways, and is refused with wrong
+# or missing keys (ci/guest/auth.sh). About 3 minutes, most of it the image.
+kernel_612=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9.]+\+deb12-amd64$' | awk '{print $1}' | sort -V | tail -1)
+[ -n "$kernel_612" ] || { echo "no linux-image-6.12.*+deb12-amd64 package (apt-get update?)" >&2; exit 1; }
+PEERLESS_GUEST_DIR=build/guest-6.12 PEERLESS_GUEST_KERNEL_PKG=$kernel_612 bash ci/guest/build.sh
+PEERLESS_GUEST_DIR=build/guest-6.12 bash ci/guest/auth.sh
 
 step "done"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # DH-HMAC-CHAP with Linux's own host: the guest's nvme-tcp and nvme-auth (kernel >= 6.0
 # built with CONFIG_NVME_HOST_AUTH; Debian 12's 6.1 is not, its 6.12 is) and nvme-cli
-# against a release peerless-tgt whose host entry has a key and a controller key. Not a
-# CI step: the CI guest runs 6.1. By hand, with a guest built on the 6.12 kernel:
+# against a release peerless-tgt whose host entry has a key and a controller key. CI runs
+# it on a second guest image built on the 6.12 kernel (ci/test.sh); by hand:
 #
 #   PEERLESS_GUEST_DIR=build/guest-6.12 \
 #     PEERLESS_GUEST_KERNEL_PKG=linux-image-6.12.118+deb12-amd64 bash ci/guest/build.sh

@@ -197,7 +197,10 @@ fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::Soc
         json!({"name": "RbdFail", "pool_name": "rbd", "rbd_name": "failfast", "block_size": 4096, "config": config});
     assert_eq!(target.call("bdev_rbd_create", Some(params)), json!("RbdFail"));
     let nsid = target.add_namespace(NQN, "RbdFail");
-    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    // Keep-alive long enough for the OSD's stop and restart: the admin queue sends none
+    // while the test waits on them.
+    let options = Options { kato_ms: 120_000, ..Options::default() };
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &options).expect("connect");
     let mut queue = controller.io_queue(8).expect("I/O queue");
     let data = pattern(0, 8192, 0x33);
     queue.write(nsid, 0, 2, &data).expect("write with the OSD up");
