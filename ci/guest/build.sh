@@ -3,14 +3,14 @@
 # Debian 6.1 kernel with its modules, a busybox initramfs that loads the root disk's
 # modules and switches root, and an ext4 root image (debootstrap minbase + nvme-cli, fio).
 #
-# Everything goes under $PEERLESS_GUEST_DIR (default: build/guest in the checkout). Each
+# Everything goes under $PEERLESS_GUEST_DIR (default: build/guest; relative to the checkout). Each
 # part has a stamp file holding its inputs; a part whose stamp matches is not rebuilt, so a
 # second run takes seconds. Needs root (debootstrap, mkfs.ext4 -d keeping ownership) and
 # the Debian packages in ci/packages.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
-out=${PEERLESS_GUEST_DIR:-$repo/build/guest}
+out=$(realpath -m "${PEERLESS_GUEST_DIR:-$repo/build/guest}")
 mirror=${PEERLESS_GUEST_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 guest_pkgs=nvme-cli,fio,kmod,iproute2,busybox-static,util-linux

@@ -30,7 +30,7 @@ set -euo pipefail
 job=$(realpath "$1")
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
-gdir=${PEERLESS_GUEST_DIR:-$repo/build/guest}
+gdir=$(realpath -m "${PEERLESS_GUEST_DIR:-$repo/build/guest}")
 [ -f "$gdir/rootfs.img" ] && [ -f "$gdir/initrd.cpio.gz" ] || { echo "no guest images in $gdir: run ci/guest/build.sh" >&2; exit 2; }
 timeout_s=${PEERLESS_GUEST_TIMEOUT:-900}
 tgt=${PEERLESS_TGT:-${CARGO_TARGET_DIR:-$repo/build}/release/peerless-tgt}
