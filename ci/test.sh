@@ -90,6 +90,10 @@ cargo build --release --locked -p peerless-target
 bash ci/guest/build.sh
 bash ci/guest/run.sh ci/guest/jobs/interop.sh
 
+step "quickstart"
+# README's first command (examples/quickstart.sh), started, used and stopped as a user would.
+bash ci/quickstart.sh
+
 step "linux host multipath over one RBD image"
 # Two peerless-tgt (the rbd build above) export one Ceph RBD image as one namespace with
 # ANA; Linux's native multipath in the guest sees two paths, the ANA states set over RPC,
