@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+leader=""
+# However the script ends, the target it started does not outlive it.
+trap '[ -z "$leader" ] || kill -KILL -- "-$leader" 2>/dev/null; rm -rf "$work"' EXIT
 sock="$work/rpc.sock"
 BIN=${CARGO_TARGET_DIR:-build}/release
 # A session of its own, so the interrupt reaches cargo and the target as a terminal's would.
@@ -20,8 +22,9 @@ done
 [ -S "$sock" ] || { cat "$work/quickstart.log"; echo "no RPC socket after 5 minutes" >&2; kill -INT -- "-$leader"; exit 1; }
 "$BIN/peerless-rpc" -s "$sock" framework_wait_init >/dev/null
 transport='trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420'
-"$BIN/peerless-perf" identify -r "$transport" | grep -q 'nqn.2016-06.io.peerless:quickstart' \
-    || { echo "identify did not find the quickstart subsystem" >&2; kill -INT -- "-$leader"; exit 1; }
+identify=$("$BIN/peerless-perf" identify -r "$transport")
+grep -q 'nqn.2016-06.io.peerless:quickstart' <<<"$identify" \
+    || { echo "$identify"; echo "identify did not find the quickstart subsystem" >&2; kill -INT -- "-$leader"; exit 1; }
 "$BIN/peerless-perf" -r "$transport subnqn:nqn.2016-06.io.peerless:quickstart" -q 8 -o 4096 -w randrw -t 1 --verify --json \
     | python3 -c 'import json, sys; s = json.load(sys.stdin); sys.exit(0 if s["ios"] > 0 and s["errors"] == 0 and s["mismatches"] == 0 else f"perf: {s}")'
 kill -INT -- "-$leader"
