@@ -120,6 +120,26 @@ osd_stop() {
     ceph -c "$conf" osd down 0 >/dev/null 2>&1 || true
 }
 
+# Freezes the OSD (SIGSTOP) and has the monitor mark it down at once, as when its host
+# stops answering: clients hold or time out their operations. `osd-resume` thaws it; it
+# finds itself marked down, boots again and peers, and the held operations go on.
+# Unlike osd-stop and osd-start this keeps memstore's objects in the process: memstore
+# restored after an orderly stop under I/O has come back with a superblock its monitor
+# refuses ('wrong fsid') in about one run of four here.
+osd_pause() {
+    local pidfile="$dir/run/osd.0.pid"
+    pid_alive "$pidfile" || die "osd.0 is not running"
+    kill -STOP "$(cat "$pidfile")"
+    ceph -c "$conf" osd down 0 >/dev/null 2>&1 || true
+}
+
+osd_resume() {
+    local pidfile="$dir/run/osd.0.pid"
+    pid_alive "$pidfile" || die "osd.0 is not running"
+    kill -CONT "$(cat "$pidfile")"
+    wait_for "osd.0" 60 bash -c "ceph -c '$conf' osd dump 2>/dev/null | grep -q '^osd.0 up'"
+}
+
 start() {
     command -v ceph-mon >/dev/null || die "ceph-mon missing (apt-get install ceph-mon ceph-osd ceph-common)"
     [ -e "$conf" ] && die "$dir already holds a cluster (ci/ceph.sh stop $dir first)"
@@ -168,6 +188,8 @@ case "$cmd" in
     stop) stop ;;
     osd-stop) osd_stop ;;
     osd-start) osd_start ;;
+    osd-pause) osd_pause ;;
+    osd-resume) osd_resume ;;
     status) ceph -c "$conf" -s ;;
-    *) die "usage: ci/ceph.sh start|stop|osd-stop|osd-start|status [DIR]" ;;
+    *) die "usage: ci/ceph.sh start|stop|osd-stop|osd-start|osd-pause|osd-resume|status [DIR]" ;;
 esac

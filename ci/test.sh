@@ -72,7 +72,7 @@ step "rbd: clippy and tests with --features rbd"
 # The Ceph RBD bdev (librbd through bindgen) against real one-node clusters that
 # ci/ceph.sh starts (one monitor, one OSD on memstore): RPC refusals, verified I/O at
 # 4 KiB to 1 MiB, peerless-perf --verify, fio's verify through the plugin built above,
-# the OSD stopped and restarted under I/O, the op-timeout policy, save_config replayed.
+# the OSD frozen and marked down under I/O then back, the op-timeout policy, save_config replayed.
 cargo clippy --locked -p spdk-sys -p peerless-bdev -p peerless-target -p peerless-tools \
     --all-targets --features peerless-tools/rbd,peerless-bdev/rbd -- -D warnings
 cargo build --locked -p peerless-target --features rbd --bin peerless-tgt

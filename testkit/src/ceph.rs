@@ -59,6 +59,18 @@ impl CephCluster {
         self.script_step("osd-start");
     }
 
+    /// Freezes the OSD and has the monitor mark it down (its host stops answering).
+    #[track_caller]
+    pub fn osd_pause(&self) {
+        self.script_step("osd-pause");
+    }
+
+    /// Thaws a paused OSD and waits until the monitor has it up again.
+    #[track_caller]
+    pub fn osd_resume(&self) {
+        self.script_step("osd-resume");
+    }
+
     #[track_caller]
     fn script_step(&self, step: &str) {
         let output = run(Command::new("bash").arg(&self.script).arg(step).arg(&self.dir), START_WAIT);

@@ -204,12 +204,12 @@ fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::Soc
     let mut queue = controller.io_queue(8).expect("I/O queue");
     let data = pattern(0, 8192, 0x33);
     queue.write(nsid, 0, 2, &data).expect("write with the OSD up");
-    cluster.osd_stop();
+    cluster.osd_pause();
     let refused = queue.write(nsid, 2, 2, &data).expect_err("a write with the OSD down and a 3 s op timeout");
     let status = refused.status().unwrap_or_else(|| panic!("an NVMe status, not {refused}"));
     assert_eq!((status.sct, status.sc), (0, 0x82), "Namespace Not Ready: {refused}");
     assert!(!format!("{refused:?}").contains("dnr: true"), "retryable (no DNR): {refused:?}");
-    cluster.osd_start();
+    cluster.osd_resume();
     let mut back = vec![0u8; data.len()];
     queue.read(nsid, 0, 2, &mut back).expect("read once the OSD is back");
     assert!(back == data, "the write made before the OSD stopped is there");
@@ -225,7 +225,7 @@ fn serve(target: &Target, namespaces: &[&str]) -> std::net::SocketAddr {
 }
 
 #[test]
-fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
+fn rbd_namespaces_verify_survive_an_osd_outage_and_round_trip_their_config() {
     let cluster = CephCluster::start(&repo(), "rbd-e2e");
     cluster.rbd(&["create", "--size", &format!("{IMAGE_MIB}M"), "rbd/data512"]);
     cluster.rbd(&["create", "--size", &format!("{IMAGE_MIB}M"), "rbd/data4k"]);
@@ -249,16 +249,17 @@ fn rbd_namespaces_verify_survive_an_osd_restart_and_round_trip_their_config() {
 
     fio_verify(addr);
 
-    // The OSD stops under verified I/O and comes back: librbd holds the operations and
+    // The OSD stops answering under verified I/O (frozen, and marked down by the
+    // monitor) and comes back (boots again and peers): librbd holds the operations and
     // resumes them, nothing is lost, and the target stays up.
     let started = Instant::now();
     let run = perf(addr, 65536, 8, 14).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("perf");
     std::thread::sleep(Duration::from_secs(3));
-    cluster.osd_stop();
+    cluster.osd_pause();
     std::thread::sleep(Duration::from_secs(3));
-    cluster.osd_start();
+    cluster.osd_resume();
     let output = run.wait_with_output().expect("perf ran");
-    check_verified(&output, "perf --verify across an OSD restart");
+    check_verified(&output, "perf --verify across an OSD outage");
     assert!(started.elapsed() < Duration::from_secs(90), "the run took {:?}", started.elapsed());
     assert_eq!(target.call("bdev_get_bdevs", Some(json!({"name": "Rbd512"})))[0]["name"], json!("Rbd512"));
     // perf wrote over namespace 1; namespace 2 still holds the round trips' data.
