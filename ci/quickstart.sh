@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 leader=""
 # However the script ends, the target it started does not outlive it.
-trap '[ -z "$leader" ] || kill -KILL -- "-$leader" 2>/dev/null; rm -rf "$work"' EXIT
+trap '[ -z "$leader" ] || kill -KILL -- "-$leader" 2>/dev/null || true; rm -rf "$work"' EXIT
 sock="$work/rpc.sock"
 BIN=${CARGO_TARGET_DIR:-build}/release
 # A session of its own, so the interrupt reaches cargo and the target as a terminal's would.
