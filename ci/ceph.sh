@@ -147,8 +147,13 @@ start() {
     local fsid
     fsid="$(cat /proc/sys/kernel/random/uuid)"
     write_conf "$fsid"
-    monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$port]" "$dir/monmap" >/dev/null
-    ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >/dev/null
+    monmaptool --create --fsid "$fsid" --addv a "[v1:127.0.0.1:$port]" "$dir/monmap" >/dev/null ||
+        die "monmaptool failed ($(df -Pm "$dir" | awk 'NR == 2 { print $4 }') MiB free under $dir)"
+    # Its reasons go to its log file, not to stderr: show them when it fails.
+    if ! ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" >/dev/null; then
+        tail -n 20 "$dir/log/mon.a.log" >&2 2>/dev/null || true
+        die "ceph-mon --mkfs failed ($(df -Pm "$dir" | awk 'NR == 2 { print $4 }') MiB free under $dir)"
+    fi
     spawn_daemon ceph-mon -c "$conf" -i a
     wait_for "monitor" 30 timeout 5 ceph -c "$conf" mon stat
     # The OSD's own uuid must be the one the monitor registered, or it refuses to boot.
@@ -156,8 +161,10 @@ start() {
     osd_uuid="$(cat /proc/sys/kernel/random/uuid)"
     osd_id="$(ceph -c "$conf" osd new "$osd_uuid")"
     [ "$osd_id" = 0 ] || die "expected osd id 0, got $osd_id"
-    ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1 ||
-        die "ceph-osd --mkfs failed (log in $dir/log)"
+    if ! ceph-osd -c "$conf" -i 0 --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1; then
+        tail -n 20 "$dir/log/osd.0.log" >&2 2>/dev/null || true
+        die "ceph-osd --mkfs failed ($(df -Pm "$dir" | awk 'NR == 2 { print $4 }') MiB free under $dir)"
+    fi
     osd_start
     ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
     ceph -c "$conf" osd pool set rbd size 1 --yes-i-really-mean-it >/dev/null 2>&1

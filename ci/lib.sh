@@ -27,3 +27,21 @@ ensure_packages() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
+
+# Fails at once, naming the directory, when a filesystem the run writes to has less than
+# MIB mebibytes free: out of space, daemons and compilers fail far from the cause (a Ceph
+# monitor exits with status 28, ENOSPC, and an empty stderr).
+require_free_space() {
+    local mib="$1"
+    shift
+    local path avail
+    for path in "$@"; do
+        mkdir -p "$path"
+        avail=$(df -Pm "$path" | awk 'NR == 2 { print $4 }')
+        if [ "$avail" -lt "$mib" ]; then
+            echo "only ${avail} MiB free under $path; this run needs about ${mib} MiB (build dir, guest images, scratch)" >&2
+            return 1
+        fi
+        echo "$path: ${avail} MiB free"
+    done
+}

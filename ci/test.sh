@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 # shellcheck source=ci/lib.sh
 source ci/lib.sh
 
+step "disk space"
+# A fresh clone's build dir, both guest images and the tests' scratch take about 12 GiB.
+require_free_space 16384 "${CARGO_TARGET_DIR:-build}" "${TMPDIR:-/tmp}"
+
 step "packages"
 ensure_packages $(ci_packages)
 
