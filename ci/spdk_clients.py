@@ -219,6 +219,8 @@ def drive_bdevs(t, work):
     check(out(t, "bdev_malloc_create", "-b", "Malloc2", "16", "512") == "Malloc2", "malloc 2")
     check(out(t, "bdev_null_create", "Null0", "64", "4096") == "Null0", "null")
     check(out(t, "bdev_null_create", "-u", str(uuid.uuid4()), "Null1", "8", "512") == "Null1", "null with uuid")
+    check(out(t, "bdev_null_resize", "Null1", "16") == "true", "null resize")
+    check(error_code(t, "bdev_null_resize", "Null1", "4") == -32602, "null resize refuses shrinking")
     aio = os.path.join(work, "aio.img")
     with open(aio, "wb") as f:
         f.truncate(8 << 20)

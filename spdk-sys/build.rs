@@ -33,7 +33,7 @@ mod rbd {
         let bindings = bindgen::Builder::default()
             .header("src/rbd_wrapper.h")
             .allowlist_function("rados_(create|conf_set|conf_read_file|connect|shutdown|ioctx_create|ioctx_destroy)")
-            .allowlist_function("rbd_(open|close|get_size|resize|get_features|aio_.*)")
+            .allowlist_function("rbd_(open|close|get_size|resize|get_features|update_watch|update_unwatch|aio_.*)")
             .allowlist_var("RBD_FEATURE_.*")
             .generate_comments(false)
             .merge_extern_blocks(true)

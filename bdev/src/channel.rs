@@ -13,7 +13,7 @@
 //! `pending`, delay's held completions), which such a wait would deadlock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -41,6 +41,8 @@ pub struct LayerChannel {
     stats: IoStat,
     retired: Arc<Mutex<IoStat>>,
     removed: Arc<AtomicBool>,
+    /// The bdev's block count now; a resize moves it under open channels.
+    num_blocks: Arc<AtomicU64>,
     /// I/O the module had no resources for, oldest first, and everything submitted
     /// after it, which waits behind it to keep the submission order.
     retry: VecDeque<Box<BdevIo>>,
@@ -63,6 +65,7 @@ impl LayerChannel {
     pub(crate) fn device(
         bdev: Arc<dyn Bdev>,
         removed: Arc<AtomicBool>,
+        num_blocks: Arc<AtomicU64>,
         retired: Arc<Mutex<IoStat>>,
         qos: Arc<Mutex<QosLimits>>,
     ) -> IoDevice<LayerChannel> {
@@ -77,6 +80,7 @@ impl LayerChannel {
                 stats: IoStat::default(),
                 retired: retired.clone(),
                 removed: removed.clone(),
+                num_blocks: num_blocks.clone(),
                 retry: VecDeque::new(),
                 qos: None,
                 qos_waiting: VecDeque::new(),
@@ -122,7 +126,7 @@ impl LayerChannel {
         }
         let end = io.offset_blocks.checked_add(io.num_blocks);
         // Flush names a range too (SPDK checks it): a split part must not flush its neighbour.
-        if io.io_type != IoType::Reset && end.is_none_or(|end| end > self.info.num_blocks) {
+        if io.io_type != IoType::Reset && end.is_none_or(|end| end > self.num_blocks.load(Ordering::Relaxed)) {
             return Err(IoStatus::LBA_OUT_OF_RANGE);
         }
         if io.io_type.has_data() {

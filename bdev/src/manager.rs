@@ -1,6 +1,6 @@
 //! The registry of bdevs: registration and removal, descriptors opened by name with
-//! claims, hot-remove events to every open descriptor, QoS limits. Control plane only:
-//! a mutex guards the tables, and no I/O path takes it.
+//! claims, hot-remove and resize events to every open descriptor, QoS limits. Control
+//! plane only: a mutex guards the tables, and no I/O path takes it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -42,18 +42,24 @@ struct Claim {
 }
 
 pub type RemoveCallback = Box<dyn FnOnce(&mut ThreadCtx) + Send>;
+/// Told the new block count each time the bdev grows or shrinks while open.
+pub type ResizeCallback = Arc<dyn Fn(&mut ThreadCtx, u64) + Send + Sync>;
 
 struct DescState {
     id: u64,
     write: bool,
     opener: Option<ThreadHandle>,
     on_remove: Mutex<Option<RemoveCallback>>,
+    on_resize: Mutex<Option<ResizeCallback>>,
 }
 
 pub(crate) struct Entry {
     pub bdev: Arc<dyn Bdev>,
     pub device: IoDevice<LayerChannel>,
     pub removed: Arc<AtomicBool>,
+    /// The block count now: the module's `info()` is the one it registered with, and
+    /// SPDK's `spdk_bdev_notify_blockcnt_change` moves it after a resize.
+    pub num_blocks: Arc<AtomicU64>,
     claim: Mutex<Option<Claim>>,
     descs: Mutex<Vec<Weak<DescState>>>,
     pub qos: Arc<Mutex<QosLimits>>,
@@ -83,6 +89,17 @@ impl Desc {
 
     pub fn is_removed(&self) -> bool {
         self.entry.removed.load(Ordering::Acquire)
+    }
+
+    /// The bdev's block count now (it may have been resized since it was registered).
+    pub fn num_blocks(&self) -> u64 {
+        self.entry.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// Runs `callback` on the opening thread (inline when opened outside a reactor)
+    /// with the new block count whenever the bdev is resized while this is open.
+    pub fn on_resize(&self, callback: ResizeCallback) {
+        *self.state.on_resize.lock() = Some(callback);
     }
 
     /// Claims the bdev for a module or subsystem (`by` names it in errors and output).
@@ -215,11 +232,14 @@ impl BdevManager {
         let removed = Arc::new(AtomicBool::new(false));
         let retired = Arc::new(Mutex::new(IoStat::default()));
         let qos = Arc::new(Mutex::new(QosLimits::default()));
-        let device = LayerChannel::device(bdev.clone(), removed.clone(), retired.clone(), qos.clone());
+        let num_blocks = Arc::new(AtomicU64::new(info.num_blocks));
+        let device =
+            LayerChannel::device(bdev.clone(), removed.clone(), num_blocks.clone(), retired.clone(), qos.clone());
         bdevs.push(Arc::new(Entry {
             bdev,
             device,
             removed,
+            num_blocks,
             claim: Mutex::new(None),
             descs: Mutex::new(Vec::new()),
             qos,
@@ -290,6 +310,7 @@ impl BdevManager {
             write,
             opener,
             on_remove: Mutex::new(on_remove),
+            on_resize: Mutex::new(None),
         });
         entry.descs.lock().push(Arc::downgrade(&state));
         self.inner.open_descs.fetch_add(1, Ordering::Relaxed);
@@ -309,6 +330,57 @@ impl BdevManager {
     pub fn unregister(&self, ctx: Option<&mut ThreadCtx>, name: &str) -> Result<(), BdevError> {
         let entry = self.find(name)?;
         self.remove(ctx, entry)
+    }
+
+    /// The block count of bdev `name` now.
+    pub fn num_blocks(&self, name: &str) -> Result<u64, BdevError> {
+        Ok(self.find(name)?.num_blocks.load(Ordering::Acquire))
+    }
+
+    /// SPDK's `spdk_bdev_notify_blockcnt_change`: a module says its device now holds
+    /// `num_blocks`. Growing always succeeds; shrinking is refused while anyone has the
+    /// bdev open, since an opener may hold addresses past the new end. Every open
+    /// descriptor with a resize callback hears the new count on its own thread.
+    pub fn notify_resize(&self, ctx: Option<&mut ThreadCtx>, name: &str, num_blocks: u64) -> Result<(), BdevError> {
+        let entry = self.find(name)?;
+        let real_name = entry.bdev.info().name.clone();
+        if num_blocks == 0 {
+            return Err(BdevError::invalid("num_blocks", "a bdev needs at least one block"));
+        }
+        let descs: Vec<Arc<DescState>> = entry.descs.lock().iter().filter_map(Weak::upgrade).collect();
+        let old = entry.num_blocks.load(Ordering::Acquire);
+        if num_blocks < old && !descs.is_empty() {
+            return Err(BdevError::invalid(
+                "num_blocks",
+                format!(
+                    "bdev '{real_name}' is open ({} descriptors): it may grow but not shrink from {old} to {num_blocks} blocks",
+                    descs.len()
+                ),
+            ));
+        }
+        if num_blocks == old {
+            return Ok(());
+        }
+        entry.num_blocks.store(num_blocks, Ordering::Release);
+        peerless_core::log_notice!("bdev '{real_name}' resized from {old} to {num_blocks} blocks");
+        let mut ctx = ctx;
+        for desc in descs {
+            let Some(callback) = desc.on_resize.lock().clone() else { continue };
+            let run = move |ctx: &mut ThreadCtx| callback(ctx, num_blocks);
+            match (&desc.opener, ctx.as_deref_mut()) {
+                (Some(opener), Some(ctx)) if opener.id() != ctx.id() => {
+                    let _ = ctx.send_to(opener, run);
+                }
+                (Some(opener), None) => {
+                    let _ = opener.send_blocking(run);
+                }
+                (_, Some(ctx)) => run(ctx),
+                (None, None) => {
+                    peerless_core::log_warn!("resize of '{real_name}': an opener without a thread missed it")
+                }
+            }
+        }
+        Ok(())
     }
 
     /// SPDK's `spdk_bdev_unregister_by_name`: `unregister`, only if `module` made the
@@ -461,6 +533,22 @@ impl BdevManager {
 
     pub fn open_descriptors(&self) -> u64 {
         self.inner.open_descs.load(Ordering::Relaxed)
+    }
+
+    /// A handle that does not keep the registry alive, for callbacks a bdev itself
+    /// holds (a strong one there would be a cycle through the registry's table).
+    pub fn downgrade(&self) -> WeakBdevManager {
+        WeakBdevManager(Arc::downgrade(&self.inner))
+    }
+}
+
+/// `BdevManager::downgrade`.
+#[derive(Clone)]
+pub struct WeakBdevManager(Weak<Inner>);
+
+impl WeakBdevManager {
+    pub fn upgrade(&self) -> Option<BdevManager> {
+        self.0.upgrade().map(|inner| BdevManager { inner })
     }
 }
 

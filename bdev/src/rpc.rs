@@ -60,7 +60,7 @@ pub fn bdev_json(manager: &BdevManager, bdev: &Arc<dyn Bdev>, qos: QosLimits) ->
         "aliases": [info.uuid.to_string()],
         "product_name": info.product_name,
         "block_size": info.block_size,
-        "num_blocks": info.num_blocks,
+        "num_blocks": manager.num_blocks(&info.name).unwrap_or(info.num_blocks),
         "preferred_write_alignment": 0,
         "preferred_write_granularity": 0,
         "optimal_write_size": 0,

@@ -468,3 +468,47 @@ fn a_reset_waits_for_io_held_by_qos_before_it() {
     ];
     assert_eq!(completion_order(&harness.run(&desc, batch)), [0, 1, 2, 3, 4]);
 }
+
+#[test]
+fn a_resize_moves_the_range_under_open_channels_and_tells_each_opener_on_its_thread() {
+    let harness = Harness::new();
+    harness.bdevs.register(Arc::new(NullBdev::new(info("Null0", 64)))).unwrap();
+    let desc = Arc::new(harness.bdevs.open("Null0", true, Some(harness.thread.clone()), None).unwrap());
+    let heard: Arc<parking_lot::Mutex<Vec<(String, u64)>>> = Arc::default();
+    let log = heard.clone();
+    desc.on_resize(Arc::new(move |ctx: &mut ThreadCtx, blocks| log.lock().push((ctx.name().to_string(), blocks))));
+    assert_eq!(harness.run_one(&desc, read(60, 8, BLOCK)).status, IoStatus::LBA_OUT_OF_RANGE);
+
+    // Grown from a thread that is not the opener's: the opener hears it on its own.
+    let bdevs = harness.bdevs.clone();
+    std::thread::spawn(move || bdevs.notify_resize(None, "Null0", 128)).join().unwrap().unwrap();
+    assert_eq!(desc.num_blocks(), 128);
+    assert_eq!(harness.bdevs.num_blocks("Null0").unwrap(), 128);
+    let deadline = Instant::now() + WAIT;
+    while heard.lock().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let opener = harness.on_thread(|ctx| ctx.name().to_string());
+    assert_eq!(*heard.lock(), [(opener, 128)]);
+    // The channel the first read made follows the new size.
+    assert_ok(&harness.run_one(&desc, read(60, 8, BLOCK)));
+    assert_ok(&harness.run_one(&desc, read(127, 1, BLOCK)));
+    assert_eq!(harness.run_one(&desc, read(127, 2, BLOCK)).status, IoStatus::LBA_OUT_OF_RANGE);
+
+    // The same size again is no event; shrinking under an opener and zero are refused.
+    harness.bdevs.notify_resize(None, "Null0", 128).unwrap();
+    let refused = harness.bdevs.notify_resize(None, "Null0", 100).unwrap_err();
+    assert!(refused.to_string().contains("open"), "{refused}");
+    let refused = harness.bdevs.notify_resize(None, "Null0", 0).unwrap_err();
+    assert!(refused.to_string().contains("at least one block"), "{refused}");
+    assert!(matches!(harness.bdevs.notify_resize(None, "Nothing", 8), Err(BdevError::NotFound(_))));
+    assert_eq!(desc.num_blocks(), 128);
+    assert_eq!(heard.lock().len(), 1, "refusals and repeats told nobody");
+
+    // With nobody holding it, it may shrink.
+    drop(desc);
+    harness.bdevs.notify_resize(None, "Null0", 32).unwrap();
+    let desc = harness.open("Null0", true);
+    assert_eq!(harness.run_one(&desc, read(32, 1, BLOCK)).status, IoStatus::LBA_OUT_OF_RANGE);
+    assert_ok(&harness.run_one(&desc, read(31, 1, BLOCK)));
+}

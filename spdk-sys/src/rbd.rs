@@ -156,6 +156,8 @@ pub struct Image {
     raw: sys::rbd_image_t,
     ioctx: sys::rados_ioctx_t,
     cluster: Option<Arc<Cluster>>,
+    /// The header watch `watch_updates` set up, if any.
+    watch: std::sync::Mutex<Option<UpdateWatch>>,
     /// "pool/image", for errors.
     spec: String,
 }
@@ -165,11 +167,30 @@ unsafe impl Send for Image {}
 // SAFETY: as above.
 unsafe impl Sync for Image {}
 
+/// What is called when an image's header changes (a resize by any client).
+type UpdateCallback = Box<dyn Fn() + Send + Sync>;
+
+/// A registered header watch: librbd's handle and the callback it was given, which
+/// lives until the watch is gone.
+struct UpdateWatch {
+    handle: u64,
+    callback: *mut UpdateCallback,
+}
+
+/// librbd's trampoline into an `UpdateCallback`; runs on one of librbd's threads.
+extern "C" fn on_image_update(arg: *mut c_void) {
+    // SAFETY: `arg` is the `*mut UpdateCallback` `watch_updates` registered; it is freed
+    // only after rbd_update_unwatch returned, which waits for running callbacks.
+    let callback = unsafe { &*(arg as *const UpdateCallback) };
+    callback();
+}
+
 /// A raw image and context on their way to be closed on another thread.
 struct Closing {
     raw: sys::rbd_image_t,
     ioctx: sys::rados_ioctx_t,
     cluster: Option<Arc<Cluster>>,
+    watch: Option<UpdateWatch>,
 }
 
 // SAFETY: moved whole to the closing thread, used there alone.
@@ -177,6 +198,18 @@ unsafe impl Send for Closing {}
 
 impl Closing {
     fn close(self) {
+        if let Some(watch) = self.watch {
+            // SAFETY: the watch was registered on this live image; unwatching waits for
+            // a callback already running, so the callback can be freed afterwards.
+            let ret = unsafe { sys::rbd_update_unwatch(self.raw, watch.handle) };
+            if ret < 0 {
+                // Still registered: the callback must outlive the image, so it leaks.
+                eprintln!("rbd: rbd_update_unwatch failed ({}); its callback is leaked", strerror(-ret));
+            } else {
+                // SAFETY: made by Box::into_raw in watch_updates, and librbd holds it no more.
+                drop(unsafe { Box::from_raw(watch.callback) });
+            }
+        }
         // SAFETY: the image and ioctx are live and nothing else refers to them any more
         // (the `Image` that owned them is gone); rbd_close waits for librbd's in-flight
         // I/O, whose buffers their owners keep (`AioQueue` never frees an I/O in flight).
@@ -208,7 +241,7 @@ impl Image {
             unsafe { sys::rados_ioctx_destroy(ioctx) };
             return Err(Error::new(format!("open image {spec}"), ret));
         }
-        Ok(Image { raw, ioctx, cluster: Some(cluster.clone()), spec })
+        Ok(Image { raw, ioctx, cluster: Some(cluster.clone()), spec, watch: std::sync::Mutex::new(None) })
     }
 
     /// Size and features as librbd knows them now (it refreshes after a resize
@@ -242,11 +275,35 @@ impl Image {
     pub fn spec(&self) -> &str {
         &self.spec
     }
+
+    /// Calls `callback` on a librbd thread whenever the image's header changes, as it
+    /// does when any client resizes it; `facts` then returns the new size. One watch
+    /// per image: a second call replaces nothing and fails with EEXIST.
+    pub fn watch_updates(&self, callback: impl Fn() + Send + Sync + 'static) -> Result<(), Error> {
+        let mut watch = self.watch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if watch.is_some() {
+            return Err(Error::new(format!("watch {}", self.spec), -libc::EEXIST));
+        }
+        let boxed: UpdateCallback = Box::new(callback);
+        let callback = Box::into_raw(Box::new(boxed));
+        let mut handle = 0u64;
+        // SAFETY: a live image, a valid out-pointer, and a callback pointer that stays
+        // valid until the watch is removed in `Closing::close`.
+        let ret = unsafe { sys::rbd_update_watch(self.raw, &mut handle, Some(on_image_update), callback.cast()) };
+        if ret < 0 {
+            // SAFETY: librbd refused it, so it holds no copy of the pointer.
+            drop(unsafe { Box::from_raw(callback) });
+            return Err(Error::new(format!("watch {}", self.spec), ret));
+        }
+        *watch = Some(UpdateWatch { handle, callback });
+        Ok(())
+    }
 }
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let closing = Closing { raw: self.raw, ioctx: self.ioctx, cluster: self.cluster.take() };
+        let watch = self.watch.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let closing = Closing { raw: self.raw, ioctx: self.ioctx, cluster: self.cluster.take(), watch };
         // rbd_close waits for the OSDs: never on the dropping thread, which may be a reactor.
         let spawned = std::thread::Builder::new().name("rbd-close".into()).spawn(move || closing.close());
         if let Err(err) = spawned {

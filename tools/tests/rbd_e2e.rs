@@ -2,7 +2,8 @@
 //! the RPC methods and their refusals, data through the initiator at 4 KiB to 1 MiB on
 //! 512- and 4096-byte blocks, peerless-perf --verify, the OSD stopped and restarted under
 //! verified I/O, and save_config replayed by a second target that reads back the first
-//! one's data from Ceph. One test, because the cluster takes seconds to start and the
+//! one's data from Ceph, and the image grown by RPC on one target and by `rbd resize`
+//! outside both, each target and its hosts seeing the new size. One test, because the cluster takes seconds to start and the
 //! OSD restart would disturb any test sharing it. The binary must come from
 //! `cargo build -p peerless-target --features rbd`.
 #![cfg(feature = "rbd")]
@@ -215,6 +216,95 @@ fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::Soc
     assert!(back == data, "the write made before the OSD stopped is there");
 }
 
+/// Set Features Asynchronous Event Configuration: Namespace Attribute notices (bit 8).
+const FID_ASYNC_EVENT_CONFIG: u8 = 0x0b;
+const AEC_NAMESPACE_ATTRIBUTE: u32 = 1 << 8;
+/// The completion of an AER for a Namespace Attribute Changed notice: type Notice (2),
+/// information 00h, log page 04h (Changed Namespace List).
+const NAMESPACE_CHANGED_EVENT: u64 = 0x0004_0002;
+const WAIT: Duration = Duration::from_secs(30);
+
+fn num_blocks(target: &Target, bdev: &str) -> u64 {
+    let bdevs = target.call("bdev_get_bdevs", Some(json!({"name": bdev})));
+    bdevs[0]["num_blocks"].as_u64().unwrap_or_else(|| panic!("num_blocks of {bdev}: {bdevs}"))
+}
+
+#[track_caller]
+fn wait_for_blocks(target: &Target, bdev: &str, expected: u64, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    while num_blocks(target, bdev) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {bdev} still has {} blocks, not {expected}",
+            num_blocks(target, bdev)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[track_caller]
+fn expect_namespace_changed(controller: &mut Controller, nsid: u32) {
+    let mut events = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while events.is_empty() && Instant::now() < deadline {
+        controller.poll_admin(&mut events).expect("poll admin");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(events.len(), 1, "one Namespace Attribute Changed notice: {events:?}");
+    assert!(events[0].is_ok() && events[0].result == NAMESPACE_CHANGED_EVENT, "{:?}", events[0]);
+    let list = controller.get_log_page(0x04, 0xffff_ffff, 0, 4096).expect("Changed Namespace List");
+    assert_eq!(&list[..8], [nsid.to_le_bytes(), [0; 4]].concat(), "the list names namespace {nsid} alone");
+}
+
+/// The image under Rbd4k (namespace 2 on both targets, 4096-byte blocks) grows twice: by
+/// `bdev_rbd_resize` on the first target, which the second sees through its watch on the
+/// image, and by `rbd resize` from outside, which both see. A host on the second target
+/// hears each change, reads the new size and writes past the old end.
+fn check_resize(first: &Target, second: &Target, cluster: &CephCluster, addr: std::net::SocketAddr) {
+    let mut controller = Controller::connect(addr, NQN, HOSTNQN, &Options::default()).expect("connect");
+    controller.set_features(FID_ASYNC_EVENT_CONFIG, AEC_NAMESPACE_ATTRIBUTE).expect("enable notices");
+    controller.submit_async_event_request().expect("AER");
+    let mut queue = controller.io_queue(8).expect("I/O queue");
+    let old_blocks = IMAGE_MIB * 256;
+    assert_eq!(controller.identify_namespace(2).expect("identify").nsze, old_blocks);
+    let mut block = vec![0u8; 4096];
+    let past_end = queue.read(2, old_blocks, 1, &mut block);
+    assert!(past_end.is_err(), "a read past the end succeeded before the resize");
+
+    let refused = |params: Value, expect: &str| {
+        let (code, message) = first.call_err("bdev_rbd_resize", Some(params.clone()));
+        assert!(code != 0 && message.contains(expect), "bdev_rbd_resize {params}: ({code}) {message}");
+    };
+    refused(json!({"name": "Rbd4k", "new_size": IMAGE_MIB - 1}), "smaller");
+    refused(json!({"name": "Nothing", "new_size": 128}), "Nothing");
+    refused(json!({"name": "Rbd4k", "new_size": 128, "bogus": 1}), "bogus");
+    refused(json!({"name": "Rbd4k"}), "new_size");
+    assert_eq!(num_blocks(first, "Rbd4k"), old_blocks, "a refused resize changed the size");
+
+    // Grown by RPC on the first target: it answers once its bdev has the new size.
+    assert_eq!(first.call("bdev_rbd_resize", Some(json!({"name": "Rbd4k", "new_size": 96}))), json!(true));
+    assert_eq!(num_blocks(first, "Rbd4k"), 96 * 256);
+    wait_for_blocks(second, "Rbd4k", 96 * 256, "the second target after the first one's resize");
+    expect_namespace_changed(&mut controller, 2);
+    assert_eq!(controller.identify_namespace(2).expect("identify").nsze, 96 * 256);
+    let data = pattern(old_blocks * 4096, 65536, 0x3c);
+    queue.write(2, old_blocks, 16, &data).expect("write past the old end");
+    let mut back = vec![0u8; 65536];
+    queue.read(2, old_blocks, 16, &mut back).expect("read past the old end");
+    assert!(back == data, "data past the old end came back different");
+
+    // Grown from outside both targets.
+    controller.submit_async_event_request().expect("AER");
+    cluster.rbd(&["resize", "--size", "128M", "rbd/data4k"]);
+    wait_for_blocks(first, "Rbd4k", 128 * 256, "the first target after rbd resize");
+    wait_for_blocks(second, "Rbd4k", 128 * 256, "the second target after rbd resize");
+    expect_namespace_changed(&mut controller, 2);
+    assert_eq!(controller.identify_namespace(2).expect("identify").nsze, 128 * 256);
+    queue.read(2, 128 * 256 - 1, 1, &mut block).expect("read the new last block");
+    // The other namespace kept its size and heard nothing of this.
+    assert_eq!(controller.identify_namespace(1).expect("identify").nsze, IMAGE_MIB * 2048);
+}
+
 fn serve(target: &Target, namespaces: &[&str]) -> std::net::SocketAddr {
     target.create_tcp_transport(json!({"max_io_size": 1_048_576, "io_unit_size": 131_072}));
     target.create_subsystem(NQN);
@@ -288,6 +378,8 @@ fn rbd_namespaces_verify_survive_an_osd_outage_and_round_trip_their_config() {
     assert_eq!(second.call("framework_get_config", Some(json!({"name": "bdev"}))), config);
     let addr_b = serve(&second, &["Rbd512", "Rbd4k"]);
     read_back(addr_b, 2, 4096, 0x5a);
+
+    check_resize(&target, &second, &cluster, addr_b);
 
     // Delete, then the cluster is free to go.
     assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "Rbd512"}))), json!(true));

@@ -12,6 +12,8 @@
 #   start NAME           start target NAME again from its configuration
 #   ana NAME STATE       nvmf_subsystem_listener_set_ana_state on NAME's listener
 #   writes NAME          print the namespace bdev's num_write_ops on NAME
+#   resize NAME MIB      bdev_rbd_resize on NAME: the image grows to MIB MiB
+#   blocks NAME          print the namespace bdev's num_blocks on NAME
 # and this script answers with ctl/N.out and then ctl/N.rc (the exit status).
 #
 # Usage: multipath.host.sh RUN_DIR.  Env: PEERLESS_TGT (a binary built with --features
@@ -140,6 +142,10 @@ serve() {
         writes)
             rpc "$name" bdev_get_iostat '{"name": "Rbd0"}' |
                 python3 -c 'import json, sys; print(json.load(sys.stdin)["bdevs"][0]["num_write_ops"])' ;;
+        resize) rpc "$name" bdev_rbd_resize "{\"name\": \"Rbd0\", \"new_size\": $arg}" ;;
+        blocks)
+            rpc "$name" bdev_get_bdevs '{"name": "Rbd0"}' |
+                python3 -c 'import json, sys; print(json.load(sys.stdin)[0]["num_blocks"])' ;;
         *) echo "unknown request '$verb'"; return 2 ;;
     esac
 }

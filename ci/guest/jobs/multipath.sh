@@ -169,6 +169,31 @@ echo "A's writes: $writes_a before, $after after"
 [ "$after" -gt "$writes_a" ] || fail "the restarted A, optimized, carried no I/O"
 nvme list-subsys "$dev"
 
+step "the image grows by RPC on B; A sees it through Ceph, and Linux through both paths"
+grown=$((TGT_SIZE + (64 << 20)))
+size_is() { [ "$(blockdev --getsize64 "$1")" = "$2" ]; }
+ctl resize b $((grown >> 20))
+ctl blocks b
+[ "$reply" = $((grown / 4096)) ] || fail "B's bdev has $reply blocks after the resize, not $((grown / 4096))"
+# A was not asked: its watch on the image tells it.
+for _ in $(seq 150); do
+    ctl blocks a
+    [ "$reply" = $((grown / 4096)) ] && break
+    sleep 0.2
+done
+[ "$reply" = $((grown / 4096)) ] || fail "A's bdev still has $reply blocks, not $((grown / 4096))"
+wait_for "$dev at $grown bytes" 30 size_is "$dev" "$grown"
+# Each path's disk is hidden (no /dev node); sysfs gives its size in 512-byte sectors.
+path_size_is() { [ "$(cat "$(path_of "$1")/size")" = $(($2 / 512)) ]; }
+for ctrl in "$ctrl_a" "$ctrl_b"; do
+    wait_for "$ctrl's path at $grown bytes" 30 path_size_is "$ctrl" "$grown"
+done
+dd if=/dev/urandom of=/tmp/pattern bs=1M count=4 status=none
+dd if=/tmp/pattern of="$dev" bs=1M seek=$(((grown >> 20) - 4)) oflag=direct status=none
+dd if="$dev" of=/tmp/back bs=1M skip=$(((grown >> 20) - 4)) count=4 iflag=direct status=none
+cmp /tmp/pattern /tmp/back || fail "4 MiB written at the grown end read back different"
+echo "$dev: $(blockdev --getsize64 "$dev") bytes, the last 4 MiB written and read back"
+
 step "disconnect"
 nvme disconnect -n "$TGT_NQN"
 echo "--- kernel log (nvme)"

@@ -203,7 +203,7 @@ pub fn namespace_data(ns: &Arc<Namespace>, controller: &Controller) -> Vec<u8> {
     let info = ns.desc.bdev().info();
     let reached = controller.ana.as_ref().map(|ana| ana.state(ns.anagrpid));
     identify::namespace(&NamespaceData {
-        num_blocks: info.num_blocks,
+        num_blocks: ns.desc.num_blocks(),
         block_size: info.block_size,
         nguid: ns.nguid,
         eui64: ns.eui64,

@@ -3,7 +3,7 @@
 //! LBA range, the transfer size against MDTS, the subsystem's command limits, and the
 //! SGL against the TCP binding.
 
-use peerless_bdev::{BdevInfo, IoType};
+use peerless_bdev::IoType;
 
 use super::transport::MIN_PAGE_BYTES;
 
@@ -107,8 +107,8 @@ pub struct NsInfo {
 }
 
 impl NsInfo {
-    pub fn new(bdev: &BdevInfo, limits: CommandLimits) -> NsInfo {
-        NsInfo { block_size: bdev.block_size, num_blocks: bdev.num_blocks, limits }
+    pub fn new(block_size: u32, num_blocks: u64, limits: CommandLimits) -> NsInfo {
+        NsInfo { block_size, num_blocks, limits }
     }
 }
 

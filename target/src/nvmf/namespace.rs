@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Weak};
 
-use peerless_bdev::manager::RemoveCallback;
+use peerless_bdev::manager::{RemoveCallback, ResizeCallback};
 use peerless_bdev::{Bdev, ClaimType, Desc};
 use peerless_core::mem::P2pProvider;
 use peerless_core::reactor::ThreadCtx;
@@ -160,6 +160,7 @@ impl NvmfTarget {
         let anagrpid = choose_anagrpid(&subsystem.nqn, &state, nsid, spec.anagrpid)?;
         let on_remove = on_bdev_removed(Arc::downgrade(&self.0), subsystem.nqn.clone(), nsid);
         let desc = self.0.bdevs.open(&spec.bdev_name, true, Some(ctx.handle()), Some(on_remove))?;
+        desc.on_resize(on_bdev_resized(Arc::downgrade(&self.0), subsystem.nqn.clone(), nsid));
         desc.claim(ClaimType::ExclusiveWrite, NS_CLAIMANT)?;
         let ns = Namespace {
             nsid,
@@ -214,6 +215,27 @@ fn on_bdev_removed(target: Weak<TargetShared>, nqn: String, nsid: u32) -> Remove
             peerless_core::log_notice!("namespace {nsid} of {nqn} removed: its bdev '{}' went away", ns.bdev_name);
             target.namespace_changed(ctx, &subsystem, nsid);
         }
+    })
+}
+
+/// What runs when the bdev under namespace `nsid` of `nqn` is resized: the poll groups
+/// forget their cached size and every controller gets a Namespace Attribute Changed
+/// notice with the NSID in its Changed Namespace List (NVMe Base 2.0, 5.2.2 and 5.16.1.5),
+/// after which hosts read Identify Namespace again and see the new NSZE. Weak for the
+/// reason `on_bdev_removed` gives.
+fn on_bdev_resized(target: Weak<TargetShared>, nqn: String, nsid: u32) -> ResizeCallback {
+    Arc::new(move |ctx: &mut ThreadCtx, num_blocks: u64| {
+        let Some(shared) = target.upgrade() else { return };
+        let target = NvmfTarget(shared);
+        let Some(subsystem) = target.find_subsystem(&nqn) else { return };
+        let bdev_name = match subsystem.state.lock().namespaces.get(&nsid) {
+            Some(ns) => ns.bdev_name.clone(),
+            None => return,
+        };
+        peerless_core::log_notice!(
+            "namespace {nsid} of {nqn} now holds {num_blocks} blocks (bdev '{bdev_name}' resized)"
+        );
+        target.namespace_changed(ctx, &subsystem, nsid);
     })
 }
 

@@ -49,7 +49,7 @@ impl NsTables {
                     (state.namespaces.get(&nsid).cloned()?, state.limits)
                 };
                 let handle = ns.desc.channel(ctx);
-                let info = NsInfo::new(ns.desc.bdev().info(), limits);
+                let info = NsInfo::new(ns.desc.bdev().info().block_size, ns.desc.num_blocks(), limits);
                 self.by_subsystem[sid].push((nsid, NsEntry { ns, handle, info }));
                 self.by_subsystem[sid].len() - 1
             }

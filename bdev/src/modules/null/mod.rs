@@ -1,6 +1,7 @@
 //! bdev_null: a device with no storage. Writes are dropped and reads leave the buffers
 //! as they are, as SPDK's null bdev does, so it measures the framework's own cost.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use peerless_core::reactor::ThreadCtx;
@@ -47,6 +48,14 @@ struct CreateParams {
     preferred_unmap_granularity: u32,
     #[serde(default)]
     preferred_unmap_alignment: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResizeParams {
+    name: String,
+    /// The new size in MiB, as SPDK takes it.
+    new_size: u64,
 }
 
 #[derive(Deserialize)]
@@ -141,7 +150,7 @@ impl BdevModule for NullModule {
                     uuid: parse_uuid(params.uuid.as_deref())?,
                     max_io_blocks: 0,
                 };
-                bdevs.register(Arc::new(NullBdev { info }))?;
+                bdevs.register(Arc::new(NullBdev::new(info)))?;
                 Ok::<_, RpcError>(params.name)
             })();
             match result {
@@ -149,6 +158,15 @@ impl BdevModule for NullModule {
                 Err(err) => responder.err(err),
             }
         });
+        let bdevs = manager.clone();
+        registry.method(
+            "bdev_null_resize",
+            StateMask::RUNTIME,
+            move |ctx: &mut ThreadCtx, params: ResizeParams, responder| match resize(ctx, &bdevs, &params) {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err),
+            },
+        );
         let bdevs = manager.clone();
         registry.method(
             "bdev_null_delete",
@@ -165,13 +183,38 @@ impl BdevModule for NullModule {
     }
 }
 
+/// SPDK's `bdev_null_resize`: to `new_size` MiB, never below the size now (in whole MiB,
+/// as SPDK compares).
+fn resize(ctx: &mut ThreadCtx, manager: &BdevManager, params: &ResizeParams) -> Result<(), RpcError> {
+    let bdev = manager.get_as::<NullBdev>(&params.name, MODULE_NAME)?;
+    let block_size = u64::from(bdev.info.block_size);
+    let current_mib = (manager.num_blocks(&params.name)? * block_size) >> 20;
+    if params.new_size < current_mib {
+        return Err(RpcError::invalid_params(format!(
+            "new_size: {} MiB is smaller than bdev '{}' now ({current_mib} MiB)",
+            params.new_size, params.name
+        )));
+    }
+    let num_blocks = params
+        .new_size
+        .checked_mul(1 << 20)
+        .map(|bytes| bytes / block_size)
+        .ok_or_else(|| RpcError::invalid_params(format!("new_size: {} MiB is too large", params.new_size)))?;
+    manager.notify_resize(Some(ctx), &params.name, num_blocks)?;
+    bdev.num_blocks.store(num_blocks, Ordering::Release);
+    Ok(())
+}
+
 pub struct NullBdev {
     info: BdevInfo,
+    /// The size now, for `save_config` (it starts as `info`'s and moves on a resize).
+    num_blocks: AtomicU64,
 }
 
 impl NullBdev {
     pub fn new(info: BdevInfo) -> NullBdev {
-        NullBdev { info }
+        let num_blocks = AtomicU64::new(info.num_blocks);
+        NullBdev { info, num_blocks }
     }
 }
 
@@ -195,7 +238,7 @@ impl Bdev for NullBdev {
     fn config_entry(&self) -> Option<Value> {
         Some(json!({"method": "bdev_null_create", "params": {
             "name": self.info.name, "block_size": self.info.block_size,
-            "num_blocks": self.info.num_blocks, "uuid": self.info.uuid.to_string(),
+            "num_blocks": self.num_blocks.load(Ordering::Acquire), "uuid": self.info.uuid.to_string(),
         }}))
     }
 }

@@ -1,6 +1,6 @@
 //! bdev_rbd: Ceph RBD images through librbd (cargo feature `rbd`), with SPDK's RPC
 //! methods and parameters: `bdev_rbd_register_cluster`, `bdev_rbd_unregister_cluster`,
-//! `bdev_rbd_get_clusters_info`, `bdev_rbd_create`, `bdev_rbd_delete`.
+//! `bdev_rbd_get_clusters_info`, `bdev_rbd_create`, `bdev_rbd_delete`, `bdev_rbd_resize`.
 //!
 //! A bdev either names a registered cluster (`cluster_name`: one shared librados
 //! connection) or brings its own connection (`user_id` and `config`, as SPDK's does).
@@ -21,6 +21,7 @@
 
 mod channel;
 mod cluster;
+mod resize;
 
 use std::sync::Arc;
 
@@ -119,11 +120,17 @@ impl BdevModule for RbdModule {
             },
         );
         let bdevs = manager.clone();
-        registry.method("bdev_rbd_create", StateMask::RUNTIME, move |_, params: CreateParams, responder| match create(
-            &bdevs, params,
-        ) {
-            Ok(name) => responder.ok(name),
-            Err(err) => responder.err(err),
+        registry.method(
+            "bdev_rbd_create",
+            StateMask::RUNTIME,
+            move |ctx: &mut ThreadCtx, params: CreateParams, responder| match create(ctx, &bdevs, params) {
+                Ok(name) => responder.ok(name),
+                Err(err) => responder.err(err),
+            },
+        );
+        let bdevs = manager.clone();
+        registry.method("bdev_rbd_resize", StateMask::RUNTIME, move |_, params: resize::ResizeParams, responder| {
+            resize::resize(&bdevs, params, responder)
         });
         let bdevs = manager.clone();
         registry.method(
@@ -170,7 +177,7 @@ fn default_name(manager: &BdevManager) -> String {
     (0..).map(|index| format!("Ceph{index}")).find(|name| manager.get(name).is_err()).unwrap_or_default()
 }
 
-fn create(manager: &BdevManager, params: CreateParams) -> Result<String, RpcError> {
+fn create(ctx: &mut ThreadCtx, manager: &BdevManager, params: CreateParams) -> Result<String, RpcError> {
     let block_size = params.block_size;
     if !(512..=65536).contains(&block_size) || !block_size.is_power_of_two() {
         return Err(RpcError::invalid_params(format!(
@@ -246,12 +253,18 @@ fn create(manager: &BdevManager, params: CreateParams) -> Result<String, RpcErro
         facts.size_bytes,
         if facts.features & FEATURE_EXCLUSIVE_LOCK != 0 { "on, managed by librbd" } else { "off" }
     );
-    let bdev =
-        RbdBdev { info, image: Arc::new(image), pool_name: params.pool_name, rbd_name: params.rbd_name, connection };
-    let bdev = Arc::new(bdev);
-    if let Err(err) = manager.register(bdev.clone()) {
+    let bdev = Arc::new(RbdBdev {
+        info,
+        image: Arc::new(image),
+        pool_name: params.pool_name,
+        rbd_name: params.rbd_name,
+        connection,
+        sizes: resize::SizeReporter::new(manager, ctx.handle()),
+    });
+    // A resize by another client must not go unseen: no watch, no bdev.
+    if let Err(err) = resize::watch(&bdev).and_then(|()| manager.register(bdev.clone()).map_err(RpcError::from)) {
         release(&bdev.connection);
-        return Err(err.into());
+        return Err(err);
     }
     Ok(name)
 }
@@ -262,6 +275,7 @@ pub struct RbdBdev {
     pool_name: String,
     rbd_name: String,
     connection: Connection,
+    sizes: resize::SizeReporter,
 }
 
 impl Bdev for RbdBdev {
