@@ -31,5 +31,5 @@ cat > "$WORK/config.json" <<JSON
 JSON
 bench_start_target "$BIN" "$WORK" "$WORK/config.json" "$MODE"
 echo "crowd benchmark: target in $MODE mode on core 0, perf on core 1"
-"$BIN/crowd" "127.0.0.1:$PORT" "$NQN" "$BIN/peerless-perf" "$TGT" "$HOSTS" "$SECONDS_PER_RUN" "$ROUNDS"
+"$BIN/crowd" "127.0.0.1:$PORT" "$NQN" "$BIN/peerless-perf" "$TGT" "$WORK/rpc.sock" "$HOSTS" "$SECONDS_PER_RUN" "$ROUNDS"
 grep -c "WARNING\|ERROR" "$WORK/tgt.log" | sed 's/^/target log warnings and errors: /'

@@ -30,6 +30,7 @@ struct Args {
     nqn: String,
     perf: String,
     target_pid: u32,
+    rpc_socket: String,
     hosts: Vec<usize>,
     seconds: u32,
     rounds: usize,
@@ -37,8 +38,8 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() != 7 {
-        return Err("usage: crowd ADDR NQN PERF_BINARY TARGET_PID HOSTS[,HOSTS...] SECONDS ROUNDS".into());
+    if args.len() != 8 {
+        return Err("usage: crowd ADDR NQN PERF_BINARY TARGET_PID RPC_SOCKET HOSTS[,HOSTS...] SECONDS ROUNDS".into());
     }
     let number = |what: &str, text: &str| text.parse::<usize>().map_err(|err| format!("{what} {text:?}: {err}"));
     Ok(Args {
@@ -46,9 +47,10 @@ fn parse_args() -> Result<Args, String> {
         nqn: args[1].clone(),
         perf: args[2].clone(),
         target_pid: number("TARGET_PID", &args[3])? as u32,
-        hosts: args[4].split(',').map(|n| number("HOSTS", n)).collect::<Result<_, _>>()?,
-        seconds: number("SECONDS", &args[5])? as u32,
-        rounds: number("ROUNDS", &args[6])?.max(1),
+        rpc_socket: args[4].clone(),
+        hosts: args[5].split(',').map(|n| number("HOSTS", n)).collect::<Result<_, _>>()?,
+        seconds: number("SECONDS", &args[6])? as u32,
+        rounds: number("ROUNDS", &args[7])?.max(1),
     })
 }
 
@@ -78,6 +80,16 @@ fn rss_bytes(pid: u32) -> Result<u64, String> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:")).ok_or("no VmRSS")?;
     let kib: u64 = line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).ok_or("bad VmRSS")?;
     Ok(kib * 1024)
+}
+
+/// The target's heap in bytes (`mem_get_stats` `heap_bytes`, from its counting allocator):
+/// exact, where RSS keeps what malloc holds for reuse.
+fn heap_bytes(args: &Args) -> Result<u64, String> {
+    use peerless_tools::rpc_client::{Address, ClientOptions, RpcClient};
+    let address = Address::Unix(args.rpc_socket.clone().into());
+    let mut client = RpcClient::connect(&address, ClientOptions::default()).map_err(|err| err.to_string())?;
+    let stats = client.call("mem_get_stats", None).map_err(|err| err.to_string())?;
+    stats["heap_bytes"].as_u64().ok_or_else(|| format!("mem_get_stats has no heap_bytes: {stats}"))
 }
 
 /// Connects `count` idle hosts from a few threads; returns them and the time it took.
@@ -135,21 +147,28 @@ impl Side {
 
 fn run(args: &Args, hosts: usize) -> Result<(), String> {
     let (mut alone, mut crowded) = (Side::default(), Side::default());
-    let (mut rates, mut per_conn) = (Vec::new(), Vec::new());
+    let (mut rates, mut heap_per_conn, mut rss_per_conn) = (Vec::new(), Vec::new(), None);
     for _ in 0..args.rounds {
         alone.measure(args)?;
-        let before = rss_bytes(args.target_pid)?;
+        let (rss_before, heap_before) = (rss_bytes(args.target_pid)?, heap_bytes(args)?);
         let (crowd, took) = connect_crowd(args, hosts)?;
         thread::sleep(SETTLE);
-        let after = rss_bytes(args.target_pid)?;
+        let (rss_after, heap_after) = (rss_bytes(args.target_pid)?, heap_bytes(args)?);
         rates.push(hosts as f64 / took.as_secs_f64());
-        per_conn.push(after.saturating_sub(before) as f64 / hosts as f64);
+        heap_per_conn.push(heap_after.saturating_sub(heap_before) as f64 / hosts as f64);
+        // Only the first crowd grows RSS: later ones reuse what malloc kept of it.
+        rss_per_conn.get_or_insert(rss_after.saturating_sub(rss_before) as f64 / hosts as f64);
         crowded.measure(args)?;
         crowded.measure(args)?;
         drop(crowd);
         thread::sleep(SETTLE);
         alone.measure(args)?;
     }
+    // Every run's figures, in the order they ran, so a bimodal machine shows itself.
+    let runs = |values: &[f64]| values.iter().map(|value| format!("{value:.0}")).collect::<Vec<_>>().join(" ");
+    eprintln!("  runs, QD32 IOPS: uncrowded {} | crowded {}", runs(&alone.iops), runs(&crowded.iops));
+    let runs = |values: &[f64]| values.iter().map(|value| format!("{value:.1}")).collect::<Vec<_>>().join(" ");
+    eprintln!("  runs, QD1 avg us: uncrowded {} | crowded {}", runs(&alone.qd1_us), runs(&crowded.qd1_us));
     let (iops_a, iops_b) = (median(&mut alone.iops), median(&mut crowded.iops));
     let (lat_a, lat_b) = (median(&mut alone.qd1_us), median(&mut crowded.qd1_us));
     let (p99_a, p99_b) = (median(&mut alone.qd1_p99_us), median(&mut crowded.qd1_p99_us));
@@ -159,10 +178,13 @@ fn run(args: &Args, hosts: usize) -> Result<(), String> {
     println!("  {:<22} {:>12.2} {:>12.2} {:>8.3}", "QD1 latency avg (us)", lat_a, lat_b, lat_b / lat_a);
     println!("  {:<22} {:>12.2} {:>12.2} {:>8.3}", "QD1 latency p99 (us)", p99_a, p99_b, p99_b / p99_a);
     println!(
-        "  setup: {:.0} hosts/s (ICReq + Connect + enable + Identify, {CONNECTING_THREADS} threads); target RSS \
-         per idle connection: {:.0} bytes",
-        median(&mut rates),
-        median(&mut per_conn)
+        "  setup: {:.0} hosts/s (ICReq + Connect + enable + Identify, {CONNECTING_THREADS} threads)",
+        median(&mut rates)
+    );
+    println!(
+        "  target memory per idle connection: {:.0} bytes of heap (median), {:.0} bytes of RSS growth (first crowd)",
+        median(&mut heap_per_conn),
+        rss_per_conn.unwrap_or(0.0)
     );
     Ok(())
 }

@@ -832,6 +832,7 @@ fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder: Responder)
                 "data_buffers": data_buffers,
                 "refused": cpu.refusals,
                 "providers": providers,
+                "heap_bytes": peerless_core::mem::alloc_count::live_bytes(),
             }))
         },
     );
