@@ -5,14 +5,22 @@
 #   B: fio's rbd engine -> librbd, in fio's process
 # Both through librbd to the same OSD, so the ratio A/B is what the NVMe/TCP hop and the
 # target cost. Runs alternate A B B A per workload (ROUNDS times), ratio of medians.
-# fio is pinned to core 1, the target's reactor to core 0; the Ceph daemons float.
-# Usage: bench/rbd.sh [seconds per run (5)] [rounds (2)]
+# fio is pinned to core 1, the target's reactor to core 0; the Ceph daemons and librbd's
+# threads float. The target's reactor sleeps when it has nothing to do (interrupt mode, by
+# default): on two cores a busy-polling reactor would take a whole core from the OSD and
+# librbd, which side B has to itself.
+# The peerless_nvmf engine busy-polls for completions, as SPDK's fio plugin does, so it
+# holds core 1; fio's rbd engine sleeps between completions unless RBD_BUSY_POLL=1 makes
+# it spin too (its busy_poll option). Both ways are worth seeing: on two cores the OSD
+# needs the CPU an initiator leaves it.
+# Usage: bench/rbd.sh [seconds per run (5)] [rounds (2)] [target mode: interrupt|adaptive|poll]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 SECONDS_PER_RUN=${1:-5}
 ROUNDS=${2:-2}
+MODE=${3:-interrupt}
 BUILD=${CARGO_TARGET_DIR:-build}
 bash tools/fio/build.sh >/dev/null
 cargo build --release -q -p peerless-target --features rbd
@@ -23,17 +31,20 @@ fio --enghelp 2>/dev/null | grep -qx '[[:space:]]*rbd' || { echo "this fio has n
 WORK=$(mktemp -d)
 BENCH_DIRS+=("$WORK")
 CEPH="$WORK/ceph"
-CEPH_PORT=${CEPH_PORT:-16789} bash ci/ceph.sh start "$CEPH" >/dev/null
+# The OSD keeps objects in RAM (memstore): room for the image twice over, since a full OSD
+# (the "full" flag at 95 %) holds every write until space frees, which looks like a hang.
+IMAGE_MIB=512
+CEPH_MEMSTORE_MB=$((IMAGE_MIB * 2 + 512)) CEPH_PORT=${CEPH_PORT:-16789} bash ci/ceph.sh start "$CEPH" >/dev/null
 trap 'bash ci/ceph.sh stop "$CEPH"; bench_cleanup' EXIT
 # fio's rbd engine reads the cluster from CEPH_CONF; the target from its config.
 export CEPH_CONF="$CEPH/ceph.conf"
 # Layering only, no exclusive-lock: the two sides take turns on the image, and a target
 # stopped with SIGTERM exits before its image's close (on a thread of its own) has released
 # the lock, which would leave fio's librbd waiting for the dead owner's watch to expire.
-rbd -c "$CEPH/ceph.conf" create --size 1G --image-feature layering rbd/bench
+rbd -c "$CEPH/ceph.conf" create --size "${IMAGE_MIB}M" --image-feature layering rbd/bench
 # Fill the image once so neither side reads unallocated objects.
 fio --name=fill --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench --rw=write --bs=1m \
-    --iodepth=16 --size=1g --output-format=terse >/dev/null 2>&1 </dev/null \
+    --iodepth=16 --size="${IMAGE_MIB}m" --output-format=terse >/dev/null 2>&1 </dev/null \
     || { echo "fio's rbd engine could not write the image" >&2; exit 1; }
 
 PORT=4434
@@ -52,12 +63,13 @@ JSON
 run_one() {
     local side=$1 rw=$2 bs=$3 depth=$4 out
     local common=(--name=job --rw="$rw" --bs="$bs" --iodepth="$depth" --time_based=1
-        --runtime="$SECONDS_PER_RUN" --norandommap=1 --size=1g --output-format=json)
+        --runtime="$SECONDS_PER_RUN" --norandommap=1 --size="${IMAGE_MIB}m" --output-format=json)
     if [ "$side" = A ]; then
         out=$(taskset -c 1 env LD_PRELOAD="$SO" fio --ioengine=peerless_nvmf --thread=1 \
             --filename="trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid=$PORT ns=1" "${common[@]}" 2>/dev/null)
     else
-        out=$(taskset -c 1 fio --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench "${common[@]}" 2>/dev/null)
+        out=$(taskset -c 1 fio --ioengine=rbd --clientname=admin --pool=rbd --rbdname=bench \
+            --busy_poll="${RBD_BUSY_POLL:-0}" "${common[@]}" 2>/dev/null)
     fi
     python3 -c '
 import json, sys
@@ -76,7 +88,7 @@ while read -r name rw bs depth; do
     for ((round = 0; round < ROUNDS; round++)); do
         for side in A B B A; do
             if [ "$side" = A ]; then
-                bench_start_target "$BIN" "$WORK/tgt" "$WORK/config.json"
+                bench_start_target "$BIN" "$WORK/tgt" "$WORK/config.json" "$MODE"
                 # Connecting to the cluster and opening the image come before the listener.
                 for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
                 a+=("$(run_one A "$rw" "$bs" "$depth")")

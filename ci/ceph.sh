@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A one-node Ceph cluster for tests and for trying RBD behind Peerless: one monitor and one
-# OSD on memstore (RAM, nothing on disk), pool size 1, auth off, loopback only.
+# OSD, pool size 1, auth off, loopback only. The OSD keeps its objects in RAM (memstore)
+# or, with CEPH_OBJECTSTORE=bluestore, in a sparse file under DIR, which survives the OSD
+# being stopped and started again (memstore's restore on restart is not reliable).
 #
 #   ci/ceph.sh start [DIR]     start (DIR defaults to /tmp/peerless-ceph); prints the conf path
 #   ci/ceph.sh stop  [DIR]     stop both daemons and remove DIR
@@ -9,7 +11,8 @@
 #   ci/ceph.sh status [DIR]
 #
 # Clients use `-c DIR/ceph.conf` (librados: config_file). Pool `rbd` exists after start.
-# Env: CEPH_MEMSTORE_MB (OSD RAM, default 1024), CEPH_PORT (monitor port, default 6789).
+# Env: CEPH_OBJECTSTORE (memstore or bluestore, default memstore), CEPH_MEMSTORE_MB (the
+# OSD's capacity in MiB, RAM or file, default 1024), CEPH_PORT (monitor port, default 6789).
 set -euo pipefail
 
 cmd="${1:-}"
@@ -17,6 +20,7 @@ dir="${2:-/tmp/peerless-ceph}"
 conf="$dir/ceph.conf"
 port="${CEPH_PORT:-6789}"
 memstore_mb="${CEPH_MEMSTORE_MB:-1024}"
+objectstore="${CEPH_OBJECTSTORE:-memstore}"
 
 die() { echo "ceph.sh: $*" >&2; exit 1; }
 
@@ -46,6 +50,26 @@ wait_for() {
     die "$what not ready after ${seconds}s (logs in $dir/log)"
 }
 
+objectstore_conf() {
+    case "$objectstore" in
+        memstore)
+            echo "osd objectstore = memstore"
+            echo "memstore device bytes = $((memstore_mb * 1024 * 1024))" ;;
+        bluestore)
+            # One sparse file for data and metadata; small caches: a test box, not a server.
+            echo "osd objectstore = bluestore"
+            echo "bluestore block create = true"
+            echo "bluestore block size = $((memstore_mb * 1024 * 1024))"
+            echo "bluestore block db create = false"
+            echo "bluestore block wal create = false"
+            echo "bluestore fsck on mkfs = false"
+            echo "bluestore fsck on mount = false"
+            echo "bluestore cache size = $((128 * 1024 * 1024))"
+            echo "osd memory target = $((896 * 1024 * 1024))" ;;
+        *) die "CEPH_OBJECTSTORE=$objectstore: expected memstore or bluestore" ;;
+    esac
+}
+
 write_conf() {
     local fsid="$1"
     cat >"$conf" <<CONF
@@ -70,8 +94,7 @@ mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
 osd crush chooseleaf type = 0
-osd objectstore = memstore
-memstore device bytes = $((memstore_mb * 1024 * 1024))
+$(objectstore_conf)
 # Clients get no admin socket: several in one process or one directory would collide.
 admin socket =
 [mon]
@@ -143,6 +166,7 @@ osd_resume() {
 start() {
     command -v ceph-mon >/dev/null || die "ceph-mon missing (apt-get install ceph-mon ceph-osd ceph-common)"
     [ -e "$conf" ] && die "$dir already holds a cluster (ci/ceph.sh stop $dir first)"
+    objectstore_conf >/dev/null
     mkdir -p "$dir/run" "$dir/log" "$dir/mon.a" "$dir/osd.0"
     local fsid
     fsid="$(cat /proc/sys/kernel/random/uuid)"

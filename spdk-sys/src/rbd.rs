@@ -300,13 +300,44 @@ impl Image {
     }
 }
 
+/// Image closes still running on their own threads, so a process can let them finish
+/// before it exits (`wait_for_closes`): an exit in the middle leaves the image's watch
+/// and exclusive lock to time out at the OSDs, and every other client of the image waits
+/// for that.
+static CLOSING: (std::sync::Mutex<usize>, std::sync::Condvar) = (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+fn closing_count() -> std::sync::MutexGuard<'static, usize> {
+    CLOSING.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn close_done() {
+    *closing_count() -= 1;
+    CLOSING.1.notify_all();
+}
+
+/// Waits up to `timeout` for the images dropped so far to be closed; returns how many
+/// are still closing then.
+pub fn wait_for_closes(timeout: std::time::Duration) -> usize {
+    let guard = closing_count();
+    let (guard, _) = CLOSING
+        .1
+        .wait_timeout_while(guard, timeout, |pending| *pending > 0)
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    *guard
+}
+
 impl Drop for Image {
     fn drop(&mut self) {
         let watch = self.watch.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         let closing = Closing { raw: self.raw, ioctx: self.ioctx, cluster: self.cluster.take(), watch };
         // rbd_close waits for the OSDs: never on the dropping thread, which may be a reactor.
-        let spawned = std::thread::Builder::new().name("rbd-close".into()).spawn(move || closing.close());
+        *closing_count() += 1;
+        let spawned = std::thread::Builder::new().name("rbd-close".into()).spawn(move || {
+            closing.close();
+            close_done();
+        });
         if let Err(err) = spawned {
+            close_done();
             // The closure went with the error, unclosed: the handle leaks (librbd's watch
             // on it times out at the OSDs) rather than blocking a reactor here.
             eprintln!("rbd: no thread to close {} ({err}); its handle is leaked", self.spec);

@@ -274,6 +274,7 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
         metrics.stop();
     }
     server.stop();
+    peerless_bdev::modules::finish();
     log_notice!("peerless-tgt stopped");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! A one-node Ceph cluster for tests, through `ci/ceph.sh` (one monitor, one OSD on
-//! memstore, pool `rbd` of size 1, auth off, loopback): started in a scratch directory
-//! on a free monitor port, stopped when dropped.
+//! memstore or bluestore, pool `rbd` of size 1, auth off, loopback): started in a scratch
+//! directory on a free monitor port, stopped when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,16 +19,34 @@ pub struct CephCluster {
 }
 
 impl CephCluster {
-    /// Starts a cluster; `repo` is the repository root (where `ci/ceph.sh` is).
+    /// Starts a cluster whose OSD keeps its objects in RAM (memstore); `repo` is the
+    /// repository root (where `ci/ceph.sh` is).
     #[track_caller]
     pub fn start(repo: &Path, test: &str) -> CephCluster {
+        CephCluster::start_on(repo, test, "memstore")
+    }
+
+    /// Starts a cluster whose OSD keeps its objects in a file (bluestore), so it can be
+    /// stopped and started again (`osd_stop`, `osd_start`) with everything it held.
+    #[track_caller]
+    pub fn start_bluestore(repo: &Path, test: &str) -> CephCluster {
+        CephCluster::start_on(repo, test, "bluestore")
+    }
+
+    #[track_caller]
+    fn start_on(repo: &Path, test: &str, objectstore: &str) -> CephCluster {
         let scratch = Scratch::new(test);
         let dir = scratch.path().join("ceph");
         let script = repo.join("ci/ceph.sh");
         let cluster = CephCluster { script, dir, _scratch: scratch };
         let port = free_port().to_string();
         let output = run(
-            Command::new("bash").arg(&cluster.script).arg("start").arg(&cluster.dir).env("CEPH_PORT", port),
+            Command::new("bash")
+                .arg(&cluster.script)
+                .arg("start")
+                .arg(&cluster.dir)
+                .env("CEPH_PORT", port)
+                .env("CEPH_OBJECTSTORE", objectstore),
             START_WAIT,
         );
         assert!(output.status.success(), "ci/ceph.sh start failed: {output:?}");
@@ -48,7 +66,7 @@ impl CephCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Stops the OSD (orderly: memstore keeps what it holds for the restart).
+    /// Stops the OSD (orderly); `osd_start` brings it back with its objects on bluestore.
     #[track_caller]
     pub fn osd_stop(&self) {
         self.script_step("osd-stop");

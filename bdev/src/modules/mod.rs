@@ -25,6 +25,14 @@ pub trait BdevModule: Send + Sync {
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager);
 }
 
+/// What modules finish after the application has stopped and every bdev is gone, before
+/// the process exits: RBD images close on threads of their own, and an exit before they
+/// are done would leave their watches and locks to time out at the OSDs.
+pub fn finish() {
+    #[cfg(feature = "rbd")]
+    rbd::finish();
+}
+
 /// Every module built into this binary, in the order their config entries replay.
 pub fn all() -> Vec<Box<dyn BdevModule>> {
     vec![

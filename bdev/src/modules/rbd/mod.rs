@@ -342,6 +342,22 @@ impl Bdev for RbdBdev {
     }
 }
 
+/// How long an exiting target waits for its images to close; librbd's close waits for
+/// the OSDs, which may be gone.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Lets the images dropped at shutdown finish closing (see `modules::finish`).
+pub(crate) fn finish() {
+    let pending = spdk_sys::rbd::wait_for_closes(CLOSE_WAIT);
+    if pending > 0 {
+        peerless_core::log_warn!(
+            "rbd: {pending} image(s) still closing after {} s; exiting without them (their watches and \
+             locks time out at the OSDs)",
+            CLOSE_WAIT.as_secs()
+        );
+    }
+}
+
 /// A channel whose completion queue could not be made: fails every I/O.
 struct FailedChannel;
 
