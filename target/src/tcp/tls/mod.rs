@@ -40,6 +40,13 @@ fn refusal_index() -> Index<Ssl, String> {
     *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL has room for an ex_data index"))
 }
 
+/// Where the PSK callback leaves whom the identity named once it found the key: OpenSSL
+/// does not keep a TLS 1.3 server's PSK identity for later.
+fn peer_index() -> Index<Ssl, TlsPeer> {
+    static INDEX: OnceLock<Index<Ssl, TlsPeer>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL has room for an ex_data index"))
+}
+
 /// Checks, when a host is added, that key `name` is a TLS PSK this target can use, so a
 /// wrong key fails the RPC rather than every handshake.
 pub fn resolve_psk(keyring: &Keyring, name: &str) -> Result<KeyRef, RpcError> {
@@ -84,8 +91,9 @@ pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslConte
     let target = target.clone();
     builder.set_psk_server_callback(move |ssl: &mut SslRef, identity: Option<&[u8]>, out: &mut [u8]| {
         match find_psk(&target, local, identity) {
-            Ok(psk) if psk.len() <= out.len() => {
+            Ok((psk, peer)) if psk.len() <= out.len() => {
                 out[..psk.len()].copy_from_slice(&psk);
+                ssl.set_ex_data(peer_index(), peer);
                 Ok(psk.len())
             }
             Ok(_) => {
@@ -104,7 +112,11 @@ pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslConte
 
 /// The TLS PSK for `identity` at listener `local`, or why there is none. The reason
 /// names NQNs and key names, never key material.
-fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> Result<Zeroizing<Vec<u8>>, String> {
+fn find_psk(
+    target: &NvmfTarget,
+    local: SocketAddr,
+    identity: Option<&[u8]>,
+) -> Result<(Zeroizing<Vec<u8>>, TlsPeer), String> {
     let identity = identity.ok_or("the host presented no PSK identity")?;
     let shown = || String::from_utf8_lossy(&identity[..identity.len().min(300)]).into_owned();
     let parsed = Identity::parse(identity)
@@ -133,11 +145,11 @@ fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> 
         ));
     }
     let identity_text = std::str::from_utf8(identity).map_err(|_| "PSK identity is not UTF-8".to_string())?;
-    configured.tls_psk(&parsed.hostnqn, identity_text).map_err(|err| err.to_string())
+    let psk = configured.tls_psk(&parsed.hostnqn, identity_text).map_err(|err| err.to_string())?;
+    Ok((psk, TlsPeer { hostnqn: parsed.hostnqn, subnqn: parsed.subnqn }))
 }
 
 /// Who a completed handshake's identity named.
 fn peer_of(ssl: &SslRef) -> Option<TlsPeer> {
-    let identity = Identity::parse(ssl.psk_identity()?)?;
-    Some(TlsPeer { hostnqn: identity.hostnqn, subnqn: identity.subnqn })
+    ssl.ex_data(peer_index()).cloned()
 }

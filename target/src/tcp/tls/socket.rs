@@ -92,7 +92,20 @@ impl Socket for TlsSocket {
         if !self.established && !self.handshake()? {
             return Err(ErrorKind::WouldBlock.into());
         }
-        io_result(self.stream.ssl_read(buf))
+        // One record (16 KiB at most) per OpenSSL read: take every whole one there is,
+        // so a large PDU costs one poll, not one per record.
+        let mut total = 0;
+        while total < buf.len() {
+            match io_result(self.stream.ssl_read(&mut buf[total..])) {
+                Ok(0) if total > 0 => break,
+                Ok(read) if read > 0 => total += read,
+                Err(err) if total > 0 && err.kind() == ErrorKind::WouldBlock => break,
+                // End of stream, or an error, with nothing read before it: say so now;
+                // after data, the next read says it.
+                other => return if total > 0 { Ok(total) } else { other },
+            }
+        }
+        Ok(total)
     }
 
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
