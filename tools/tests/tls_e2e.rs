@@ -171,11 +171,14 @@ fn tls12_handshake(addr: SocketAddr, psk: &str) -> Result<(), String> {
     ssl.connect(tcp).map(drop).map_err(|err| err.to_string())
 }
 
+/// What a refusal is, and a try that says whether it was refused.
+type Refusal<'a> = (&'a str, Box<dyn Fn() -> bool + 'a>);
+
 #[test]
 fn every_refusal_closes_the_connection_and_a_good_host_still_connects() {
     let served = serve("tls-refusals", json!({}));
     let none = Digests::default();
-    let refusals: Vec<(&str, Box<dyn Fn() -> bool>)> = vec![
+    let refusals: Vec<Refusal<'_>> = vec![
         (
             "an unlisted host",
             Box::new(|| Controller::connect(served.secure, NQN, STRANGER, &options(Some(&served.psk), none)).is_err()),
@@ -245,8 +248,9 @@ fn rpcs_that_would_weaken_the_channel_are_refused() {
     assert!(add_host("missing").contains("no key named"));
     // What the RPCs show: key names and the secure listener, as SPDK shows them.
     let listeners = target.call("nvmf_subsystem_get_listeners", Some(json!({"nqn": NQN})));
+    let secure_port = served.secure.port().to_string();
     let secure =
-        listeners.as_array().unwrap().iter().find(|l| l["address"]["trsvcid"] == served.secure.port().to_string());
+        listeners.as_array().unwrap().iter().find(|l| l["address"]["trsvcid"].as_str() == Some(secure_port.as_str()));
     assert_eq!(secure.unwrap()["secure_channel"], true);
     let subsystems = target.call("nvmf_get_subsystems", None);
     let ours = subsystems.as_array().unwrap().iter().find(|s| s["nqn"] == NQN).unwrap();
@@ -338,11 +342,12 @@ fn no_key_material_in_the_log_rpc_answers_or_saved_config_and_the_config_round_t
     let calls = nvmf["config"].as_array().unwrap();
     let add_host = calls.iter().find(|c| c["method"] == "nvmf_subsystem_add_host" && c["params"]["host"] == HOSTNQN);
     assert_eq!(add_host.unwrap()["params"], json!({"nqn": NQN, "host": HOSTNQN, "psk": "psk0"}));
+    let secure_port = served.secure.port().to_string();
     let listener = calls
         .iter()
         .find(|c| {
             c["method"] == "nvmf_subsystem_add_listener"
-                && c["params"]["listen_address"]["trsvcid"] == served.secure.port().to_string()
+                && c["params"]["listen_address"]["trsvcid"].as_str() == Some(secure_port.as_str())
         })
         .unwrap();
     assert_eq!(listener["params"]["secure_channel"], true);

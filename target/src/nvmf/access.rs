@@ -28,7 +28,9 @@ const DISCONNECT_POLL_US: u64 = 1_000;
 impl NvmfTarget {
     /// Lets hosts reach subsystem `nqn` at `addr` over transport `trtype`; the transport
     /// listens there unless it already does for another subsystem. With ANA reporting,
-    /// every ANA group of the new listener starts in `ana_state`.
+    /// every ANA group of the new listener starts in `ana_state`. With `secure`, hosts
+    /// reach it over TLS 1.3 only.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_listener(
         &self,
         ctx: &mut ThreadCtx,

@@ -152,6 +152,7 @@ fn log_full(addr: SocketAddr, options: &TcpOptions, report: peerless_core::throt
 /// Accepts what is waiting. A connection is refused only when the established ones fill
 /// the listener; unestablished ones never refuse a newcomer (the poll group evicts the
 /// oldest of them instead, see `lifecycle.rs`).
+#[allow(clippy::too_many_arguments)]
 fn accept(
     socket: &TcpListener,
     target: &NvmfTarget,

@@ -42,7 +42,7 @@ impl PskHash {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn digest_bytes(self) -> usize {
         match self {
             PskHash::Sha256 => MessageDigest::sha256().size(),
             PskHash::Sha384 => MessageDigest::sha384().size(),
@@ -117,8 +117,8 @@ impl ConfiguredPsk {
         let decoded = Zeroizing::new(openssl::base64::decode_block(encoded).map_err(|_| PskError::Base64)?);
         let key_len = decoded.len().checked_sub(CRC_BYTES).ok_or(PskError::Length(decoded.len()))?;
         let allowed = match retained_hash {
-            Some(hash) => key_len == hash.len(),
-            None => key_len == PskHash::Sha256.len() || key_len == PskHash::Sha384.len(),
+            Some(hash) => key_len == hash.digest_bytes(),
+            None => key_len == PskHash::Sha256.digest_bytes() || key_len == PskHash::Sha384.digest_bytes(),
         };
         if !allowed {
             return Err(PskError::Length(key_len));
@@ -141,7 +141,7 @@ impl ConfiguredPsk {
 
     /// The hash of the TLS cipher suite, chosen by the key's length.
     pub fn cipher_hash(&self) -> PskHash {
-        if self.key.len() == PskHash::Sha384.len() {
+        if self.key.len() == PskHash::Sha384.digest_bytes() {
             PskHash::Sha384
         } else {
             PskHash::Sha256
@@ -152,7 +152,7 @@ impl ConfiguredPsk {
     pub fn retained(&self, hostnqn: &str) -> Result<Zeroizing<Vec<u8>>, PskError> {
         match self.retained_hash {
             None => Ok(Zeroizing::new(self.key.to_vec())),
-            Some(hash) => hkdf(hash, &self.key, RETAINED_LABEL, hostnqn.as_bytes(), hash.len()),
+            Some(hash) => hkdf(hash, &self.key, RETAINED_LABEL, hostnqn.as_bytes(), hash.digest_bytes()),
         }
     }
 
@@ -165,7 +165,7 @@ impl ConfiguredPsk {
     pub fn tls_psk(&self, hostnqn: &str, identity: &str) -> Result<Zeroizing<Vec<u8>>, PskError> {
         let retained = self.retained(hostnqn)?;
         let hash = self.cipher_hash();
-        hkdf(hash, &retained, TLS_PSK_LABEL, identity.as_bytes(), hash.len())
+        hkdf(hash, &retained, TLS_PSK_LABEL, identity.as_bytes(), hash.digest_bytes())
     }
 }
 
