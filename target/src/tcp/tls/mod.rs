@@ -77,6 +77,15 @@ fn check_supported(psk: &ConfiguredPsk) -> Result<(), String> {
 /// The TLS context of one secure listener: its PSK callback looks keys up in `target`
 /// for connections that arrived at `local`.
 pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslContext, ErrorStack> {
+    let target = target.clone();
+    context_with(move |identity| find_psk(&target, local, identity))
+}
+
+/// What a PSK lookup answers: the TLS PSK and whom it belongs to, or why there is none.
+type Lookup = Result<(Zeroizing<Vec<u8>>, TlsPeer), String>;
+
+/// A server context whose PSKs come from `lookup`.
+fn context_with(lookup: impl Fn(Option<&[u8]>) -> Lookup + Send + Sync + 'static) -> Result<SslContext, ErrorStack> {
     let mut builder = SslContext::builder(SslMethod::tls_server())?;
     builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
     builder.set_max_proto_version(Some(SslVersion::TLS1_3))?;
@@ -88,9 +97,8 @@ pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslConte
     // The connection's outbox retries a write from the same bytes, possibly from a
     // buffer that moved, and takes partial writes.
     builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
-    let target = target.clone();
     builder.set_psk_server_callback(move |ssl: &mut SslRef, identity: Option<&[u8]>, out: &mut [u8]| {
-        match find_psk(&target, local, identity) {
+        match lookup(identity) {
             Ok((psk, peer)) if psk.len() <= out.len() => {
                 out[..psk.len()].copy_from_slice(&psk);
                 ssl.set_ex_data(peer_index(), peer);
@@ -112,11 +120,7 @@ pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslConte
 
 /// The TLS PSK for `identity` at listener `local`, or why there is none. The reason
 /// names NQNs and key names, never key material.
-fn find_psk(
-    target: &NvmfTarget,
-    local: SocketAddr,
-    identity: Option<&[u8]>,
-) -> Result<(Zeroizing<Vec<u8>>, TlsPeer), String> {
+fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> Lookup {
     let identity = identity.ok_or("the host presented no PSK identity")?;
     let shown = || String::from_utf8_lossy(&identity[..identity.len().min(300)]).into_owned();
     let parsed = Identity::parse(identity)
@@ -153,3 +157,6 @@ fn find_psk(
 fn peer_of(ssl: &SslRef) -> Option<TlsPeer> {
     ssl.ex_data(peer_index()).cloned()
 }
+
+#[cfg(test)]
+mod tests;

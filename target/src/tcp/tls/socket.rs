@@ -40,7 +40,10 @@ impl TlsSocket {
         Ok(TlsSocket { stream, established: false, gather: Vec::new() })
     }
 
-    /// Moves the handshake on with what has arrived; Ok(true) once it is complete.
+    /// Moves the handshake on with what has arrived; Ok(true) once it is complete. The
+    /// server's flight is a few hundred bytes, which a fresh socket's send buffer always
+    /// takes; should it not (WANT_WRITE), the next readiness or the ICReq deadline
+    /// decides.
     fn handshake(&mut self) -> io::Result<bool> {
         match self.stream.accept() {
             Ok(()) => {
@@ -56,11 +59,15 @@ impl TlsSocket {
                         None => format!("TLS handshake failed: {err}"),
                     },
                 };
-                let peer = self.stream.get_ref().peer_addr().ok();
+                let peer = self
+                    .stream
+                    .get_ref()
+                    .peer_addr()
+                    .map_or_else(|_| "an unknown address".into(), |addr| addr.to_string());
                 REFUSALS.with(|cell| {
                     let (start, throttle) = &mut *cell.borrow_mut();
                     if let Some(report) = throttle.event(start.elapsed().as_nanos() as u64) {
-                        peerless_core::log_warn!("TLS connection from {peer:?} refused: {why}{}", report.suffix());
+                        peerless_core::log_warn!("TLS connection from {peer} refused: {why}{}", report.suffix());
                     }
                 });
                 Err(io::Error::new(ErrorKind::PermissionDenied, why))
