@@ -236,6 +236,7 @@ fn rpcs_that_would_weaken_the_channel_are_refused() {
     };
     let port = peerless_testkit::free_port();
     assert!(err("nvmf_subsystem_add_listener", listen(open, port, true)).contains("allows any host"));
+    assert!(err("nvmf_subsystem_add_listener", listen("discovery", port, true)).contains("discovery subsystem"));
     // One socket per address: a plain subsystem cannot share the secure one's port.
     assert!(err("nvmf_subsystem_add_listener", listen(open, served.secure.port(), false)).contains("secure_channel"));
     add_key(target, "dhchap", "DHHC-1:00:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWadNtdU:");

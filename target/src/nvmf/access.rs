@@ -15,7 +15,7 @@ use super::ana::AnaState;
 use super::auth::session::HostKeys;
 use super::ctrlr::Controller;
 use super::error::NvmfError;
-use super::subsystem::{validate_nqn, ListenAddress, Subsystem};
+use super::subsystem::{validate_nqn, ListenAddress, Subsystem, SubsystemKind};
 use super::target::NvmfTarget;
 use super::transport::SockImpl;
 
@@ -42,6 +42,13 @@ impl NvmfTarget {
         secure: bool,
     ) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
+        if secure && subsystem.kind == SubsystemKind::Discovery {
+            // Its PSK identity would name the discovery NQN, for which no host has a key.
+            return Err(NvmfError::unsupported(
+                "secure_channel",
+                "the discovery subsystem is not served over TLS here",
+            ));
+        }
         if secure && subsystem.state.lock().allow_any_host {
             // TLS finds a host's key by its NQN: an unknown host has none (SPDK refuses too).
             return Err(NvmfError::Invalid(format!(
