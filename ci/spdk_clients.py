@@ -35,6 +35,7 @@ MAJOR = int(VERSION.split(".")[0])
 NQN = "nqn.2016-06.io.spdk:cnode1"
 NQN2 = "nqn.2016-06.io.spdk:cnode2"
 NQN3 = "nqn.2016-06.io.spdk:cnode3"
+NQN_TLS = "nqn.2016-06.io.spdk:cnode4"
 HOST = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"
 HOST2 = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555556"
 # Every CLI call is bounded; the target answers in microseconds, so this is only a hang guard.
@@ -307,7 +308,7 @@ def drive_bdevs(t, work):
     check(error_code(t, "framework_start_init") == -1, "framework_start_init after init is -1")
 
 
-def drive_nvmf(t, perf):
+def drive_nvmf(t, perf, work):
     port = free_port()
     if MAJOR >= 26:
         out(t, "nvmf_create_transport", "-t", "TCP", "-q", "64", "-m", "8", "-c", "8192", "-i", "131072", "-a", "32",
@@ -418,6 +419,8 @@ def drive_nvmf(t, perf):
     check(stats["poll_groups"][0]["name"] == "nvmf_tgt_poll_group_000", f"stats {stats}")
     check("payload_bytes" in mem and "providers" in mem, f"mem_get_stats {mem}")
 
+    drive_tls(t, perf, work)
+
     # Removing each kind of thing, on a subsystem made for it.
     gone = "nqn.2016-06.io.spdk:gone"
     out(t, "nvmf_create_subsystem", gone)
@@ -435,6 +438,39 @@ def drive_nvmf(t, perf):
     check(error_code(t, "nvmf_get_subsystems", gone) == -32602, "a deleted subsystem is gone")
     check(error_code(t, "nvmf_create_subsystem", "not-an-nqn") == -32602, "bad NQN is invalid params")
     return port
+
+
+def drive_tls(t, perf, work):
+    """The secure channel: a host PSK by keyring name (`--psk`) and a `--secure-channel`
+    listener, both saved, so the round trips below carry them; a PSK host connects with
+    peerless-perf --psk."""
+    psk = "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:"
+    psk_path = os.path.join(work, "psk1.key")
+    with open(psk_path, "w") as f:
+        f.write(psk)
+    os.chmod(psk_path, 0o600)
+    out(t, "keyring_file_add_key", "psk1", psk_path)
+    tls_port = free_port()
+    out(t, "nvmf_create_subsystem", NQN_TLS, "-s", "SPDK00000000000004")
+    out(t, "bdev_malloc_create", "-b", "TlsNs", "16", "512")
+    out(t, "nvmf_subsystem_add_ns", NQN_TLS, "TlsNs")
+    out(t, "nvmf_subsystem_add_host", NQN_TLS, HOST, "--psk", "psk1")
+    check(error_code(t, "nvmf_subsystem_add_host", NQN_TLS, HOST2, "--psk", "key1") == -32602,
+          "nvmf_subsystem_add_host: a DH-HMAC-CHAP secret is no TLS PSK")
+    out(t, "nvmf_subsystem_add_listener", NQN_TLS, "-t", "tcp", "-a", "127.0.0.1", "-s", str(tls_port), "-f", "ipv4",
+        "--secure-channel")
+    check(error_code(t, "nvmf_subsystem_add_listener", NQN, "-t", "tcp", "-a", "127.0.0.1", "-s", str(free_port()),
+                     "--secure-channel") == -32602, "a secure channel for a subsystem open to any host is refused")
+    listeners = js(t, "nvmf_subsystem_get_listeners", NQN_TLS)
+    check(listeners and listeners[0].get("secure_channel") is True, f"secure listener {listeners}")
+    hosts = js(t, "nvmf_get_subsystems", NQN_TLS)[0]["hosts"]
+    check(hosts == [{"nqn": HOST, "psk": "psk1"}], f"PSK host {hosts}")
+    if perf:
+        trid = f"trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:{tls_port} subnqn:{NQN_TLS}"
+        run = subprocess.run([perf, "-r", trid, "-q", "4", "-o", "4096", "-w", "randrw", "-t", "1", "--verify",
+                              "--hostnqn", HOST, "--psk", psk_path], capture_output=True, text=True, timeout=60)
+        check(run.returncode == 0, f"peerless-perf --psk over TLS: {run.stdout} {run.stderr}")
+    check(psk not in json.dumps(js(t, "nvmf_get_subsystems")), "nvmf_get_subsystems shows key material")
 
 
 def drive_batches(t):
@@ -493,7 +529,7 @@ def main():
     methods = drive_framework(t)
     drive_keyring(t, work)
     drive_bdevs(t, work)
-    port = drive_nvmf(t, args.perf)
+    port = drive_nvmf(t, args.perf, work)
     if MAJOR >= 26:
         drive_batches(t)
 
@@ -506,6 +542,7 @@ def main():
 
     saved = save_config(t)
     check("DHHC-1" not in json.dumps(saved), "save_config shows key material")
+    check("NVMeTLSkey-1" not in json.dumps(saved), "save_config shows TLS key material")
     check(any(s["subsystem"] == "keyring" and s["config"] for s in saved["subsystems"]), "save_config keeps the keyring")
     saved_path = os.path.join(work, "saved.json")
     with open(saved_path, "w") as f:

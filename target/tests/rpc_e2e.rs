@@ -463,7 +463,7 @@ fn parameters_the_target_cannot_honour_are_refused_by_name() {
         ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "timeout_ms": 5}), -32602, &["timeout_ms"]),
         ("nvmf_subsystem_remove_host", json!({"nqn": NQN, "host": host, "psk": "key0"}), -32602, &["psk"]),
         ("nvmf_get_stats", json!({"trtype": "TCP"}), -32602, &["unknown field `trtype`"]),
-        ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "psk": "key0"}), -32602, &["psk", "TLS"]),
+        ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "psk": "key0"}), -32602, &["psk", "no key named"]),
         ("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": host, "dhchap_key": "k"}), -32602, &["dhchap_key"]),
         (
             "nvmf_subsystem_add_host",

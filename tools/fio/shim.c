@@ -30,7 +30,7 @@ enum { PEERLESS_QUEUED = 0, PEERLESS_BUSY = 1 };
 #define ERR_BYTES 512
 
 extern void *peerless_nvmf_setup(const char *hostnqn, const char *digest_enable, const char *dhchap_key,
-				 const char *dhchap_ctrlr_key, char *err, size_t err_len);
+				 const char *dhchap_ctrlr_key, const char *psk, char *err, size_t err_len);
 extern void *peerless_bdev_setup(const char *json_conf, char *err, size_t err_len);
 extern int peerless_add_file(void *engine, unsigned int fileno, const char *name, uint64_t *size,
 			     char *err, size_t err_len);
@@ -50,6 +50,7 @@ struct peerless_options {
 	char *digest_enable;
 	char *dhchap_key;
 	char *dhchap_ctrlr_key;
+	char *psk;
 	char *json_conf;
 	char *spdk_json_conf;
 };
@@ -117,8 +118,8 @@ static int nvmf_setup(struct thread_data *td)
 	if (require_thread_mode(td))
 		return 1;
 	return finish_setup(td,
-			    peerless_nvmf_setup(o->hostnqn, o->digest_enable, o->dhchap_key, o->dhchap_ctrlr_key, err,
-						sizeof(err)),
+			    peerless_nvmf_setup(o->hostnqn, o->digest_enable, o->dhchap_key, o->dhchap_ctrlr_key, o->psk,
+						err, sizeof(err)),
 			    err);
 }
 
@@ -280,6 +281,15 @@ static struct fio_option nvmf_options[] = {
 		.type = FIO_OPT_STR_STORE,
 		.off1 = offsetof(struct peerless_options, dhchap_ctrlr_key),
 		.help = "DH-HMAC-CHAP controller key file: the target proves itself too",
+		.category = FIO_OPT_C_ENGINE,
+		.group = FIO_OPT_G_INVALID,
+	},
+	{
+		.name = "psk",
+		.lname = "NVMe/TCP TLS PSK file",
+		.type = FIO_OPT_STR_STORE,
+		.off1 = offsetof(struct peerless_options, psk),
+		.help = "TLS PSK file (NVMeTLSkey-1:...): connect over TLS 1.3 to a secure_channel listener",
 		.category = FIO_OPT_C_ENGINE,
 		.group = FIO_OPT_G_INVALID,
 	},

@@ -28,6 +28,7 @@ fn config(fake: &Fake, workload: &str, verify: bool) -> PerfConfig {
         kato_ms: 10_000,
         rate_iops: None,
         auth: None,
+        tls: None,
     }
 }
 

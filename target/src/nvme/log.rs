@@ -106,6 +106,8 @@ pub struct DiscoveryEntry<'a> {
 
 /// TRTYPE for TCP.
 const TRTYPE_TCP: u8 = 3;
+/// TSAS SECTYPE of a TCP entry whose listener requires TLS 1.3.
+const TCP_SECTYPE_TLS13: u8 = 2;
 /// Admin queue size a host may use to connect (SPDK_NVMF_MIN_ADMIN_MAX_SQ_SIZE).
 const ADMIN_MAX_SQ_SIZE: u16 = 32;
 
@@ -126,7 +128,10 @@ pub fn discovery(generation: u64, entries: &[DiscoveryEntry<'_>]) -> Vec<u8> {
         put_str(&mut bytes, at + 32, 32, entry.trsvcid, b' ');
         put_str(&mut bytes, at + 256, 256, entry.subnqn, 0);
         put_str(&mut bytes, at + 512, 256, entry.traddr, b' ');
-        // TSAS for TCP: SECTYPE 0, no security.
+        // TSAS for TCP (NVMe/TCP 1.0, 3.6.1.1): SECTYPE 2 is TLS 1.3, 0 no security.
+        if entry.secure_channel_required {
+            bytes[at + 768] = TCP_SECTYPE_TLS13;
+        }
     }
     bytes
 }
@@ -155,6 +160,23 @@ mod tests {
         assert_eq!(&page[1024 + 32..1024 + 36], b"4420");
         assert_eq!(get_str(&page, 1024 + 256, 256).as_deref(), Some("nqn.2016-06.io.peerless:cnode1"));
         assert_eq!(&page[1024 + 512..1024 + 521], b"127.0.0.1");
+        assert_eq!(page[1024 + 768], 0, "TSAS SECTYPE: no security");
+    }
+
+    #[test]
+    fn a_secure_listener_requires_tls_1_3() {
+        let entry = DiscoveryEntry {
+            subtype: 2,
+            portid: 0,
+            ipv6: false,
+            trsvcid: "4421",
+            traddr: "127.0.0.1",
+            subnqn: "nqn.2016-06.io.peerless:secure",
+            secure_channel_required: true,
+        };
+        let page = discovery(1, &[entry]);
+        assert_eq!(page[1024 + 3], 1, "TREQ: secure channel required");
+        assert_eq!(page[1024 + 768], 2, "TSAS SECTYPE: TLS 1.3");
     }
 
     #[test]

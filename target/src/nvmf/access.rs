@@ -8,13 +8,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use peerless_core::keyring::KeyRef;
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 
 use super::ana::AnaState;
 use super::auth::session::HostKeys;
 use super::ctrlr::Controller;
 use super::error::NvmfError;
-use super::subsystem::{validate_nqn, ListenAddress, Subsystem};
+use super::subsystem::{validate_nqn, ListenAddress, Subsystem, SubsystemKind};
 use super::target::NvmfTarget;
 use super::transport::SockImpl;
 
@@ -27,7 +28,9 @@ const DISCONNECT_POLL_US: u64 = 1_000;
 impl NvmfTarget {
     /// Lets hosts reach subsystem `nqn` at `addr` over transport `trtype`; the transport
     /// listens there unless it already does for another subsystem. With ANA reporting,
-    /// every ANA group of the new listener starts in `ana_state`.
+    /// every ANA group of the new listener starts in `ana_state`. With `secure`, hosts
+    /// reach it over TLS 1.3 only.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_listener(
         &self,
         ctx: &mut ThreadCtx,
@@ -36,8 +39,22 @@ impl NvmfTarget {
         addr: SocketAddr,
         ana_state: AnaState,
         sock_impl: Option<SockImpl>,
+        secure: bool,
     ) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
+        if secure && subsystem.kind == SubsystemKind::Discovery {
+            // Its PSK identity would name the discovery NQN, for which no host has a key.
+            return Err(NvmfError::unsupported(
+                "secure_channel",
+                "the discovery subsystem is not served over TLS here",
+            ));
+        }
+        if secure && subsystem.state.lock().allow_any_host {
+            // TLS finds a host's key by its NQN: an unknown host has none (SPDK refuses too).
+            return Err(NvmfError::Invalid(format!(
+                "secure_channel: {nqn} allows any host; a secure channel needs each host's PSK (nvmf_subsystem_add_host --psk)"
+            )));
+        }
         if !AnaState::SETTABLE.contains(&ana_state) {
             return Err(NvmfError::Invalid(format!(
                 "ana_state '{}' is reported by the target, not set",
@@ -57,6 +74,13 @@ impl NvmfTarget {
         if subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
             return Err(NvmfError::ListenerExists { nqn: subsystem.nqn.clone(), addr });
         }
+        if let Some(existing) = self.listening_secure(transport.trtype(), addr).filter(|existing| *existing != secure) {
+            // One socket serves every subsystem at an address: TLS or not, for all of them.
+            return Err(NvmfError::CannotListen(format!(
+                "{addr} already listens {} for another subsystem; secure_channel must match",
+                if existing { "with a secure channel (TLS)" } else { "without a secure channel" }
+            )));
+        }
         match self.listening_sock_impl(transport.trtype(), addr) {
             // Another subsystem's listener already there: its sockets are watched one way.
             Some(existing) if sock_impl.is_some_and(|wanted| wanted != existing) => {
@@ -68,12 +92,14 @@ impl NvmfTarget {
             Some(_) => {}
             None => {
                 let listener = transport
-                    .listen(ctx, self, addr, sock_impl.unwrap_or_default())
+                    .listen(ctx, self, addr, sock_impl.unwrap_or_default(), secure)
                     .map_err(NvmfError::CannotListen)?;
                 self.0.listeners.lock().push((transport.trtype(), listener));
             }
         }
-        subsystem.state.lock().listeners.push(ListenAddress::new(addr, groups, ana_state));
+        let mut listener = ListenAddress::new(addr, groups, ana_state);
+        listener.secure = secure;
+        subsystem.state.lock().listeners.push(listener);
         self.discovery_changed();
         Ok(())
     }
@@ -125,6 +151,18 @@ impl NvmfTarget {
     /// Puts `host` on the allow-list of subsystem `nqn`; with a DH-HMAC-CHAP key, the
     /// host must authenticate on every queue it connects.
     pub fn add_host_with_keys(&self, nqn: &str, host: &str, keys: HostKeys) -> Result<(), NvmfError> {
+        self.add_host_with_psk(nqn, host, keys, None)
+    }
+
+    /// Puts `host` on the allow-list of subsystem `nqn` with its DH-HMAC-CHAP keys and its
+    /// TLS pre-shared key; with a PSK, the host connects through secure listeners only.
+    pub fn add_host_with_psk(
+        &self,
+        nqn: &str,
+        host: &str,
+        keys: HostKeys,
+        psk: Option<KeyRef>,
+    ) -> Result<(), NvmfError> {
         validate_nqn(host).map_err(|why| NvmfError::Invalid(format!("Invalid host NQN: {why}")))?;
         check_keys(&keys)?;
         let subsystem = self.nvm_subsystem(nqn, "hosts")?;
@@ -136,6 +174,9 @@ impl NvmfTarget {
             state.hosts.push(host.to_string());
             if keys.required() {
                 state.host_keys.insert(host.to_string(), keys);
+            }
+            if let Some(psk) = psk {
+                state.host_psks.insert(host.to_string(), psk);
             }
         }
         self.discovery_changed();
@@ -172,6 +213,7 @@ impl NvmfTarget {
                 return Err(NvmfError::NoSuchHost { nqn: subsystem.nqn.clone(), host: host.to_string() });
             }
             state.host_keys.remove(host);
+            state.host_psks.remove(host);
             if state.allow_any_host {
                 Vec::new()
             } else {
@@ -189,7 +231,14 @@ impl NvmfTarget {
     /// connected keep their controllers either way, as in SPDK.
     pub fn set_allow_any_host(&self, nqn: &str, allow: bool) -> Result<(), NvmfError> {
         let subsystem = self.nvm_subsystem(nqn, "hosts")?;
-        subsystem.state.lock().allow_any_host = allow;
+        let mut state = subsystem.state.lock();
+        if allow && state.listeners.iter().any(|listener| listener.secure) {
+            return Err(NvmfError::Invalid(format!(
+                "allow_any_host: {nqn} has a secure_channel listener, which needs each host's PSK"
+            )));
+        }
+        state.allow_any_host = allow;
+        drop(state);
         self.discovery_changed();
         Ok(())
     }
@@ -263,7 +312,9 @@ mod tests {
     }
 
     fn listen(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
-        world.on_app(move |ctx, target| target.add_listener(ctx, nqn, TRTYPE, addr(port), AnaState::Optimized, None))
+        world.on_app(move |ctx, target| {
+            target.add_listener(ctx, nqn, TRTYPE, addr(port), AnaState::Optimized, None, false)
+        })
     }
 
     fn unlisten(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
@@ -295,8 +346,8 @@ mod tests {
     #[test]
     fn a_listener_needs_its_transport_and_an_address_it_can_take() {
         let world = world();
-        let err =
-            world.on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420), AnaState::Optimized, None));
+        let err = world
+            .on_app(|ctx, target| target.add_listener(ctx, NQN, "RDMA", addr(4420), AnaState::Optimized, None, false));
         assert_eq!(err, Err(NvmfError::NoTransport("RDMA".into())));
         // The test transport refuses port 1, as a system refuses an address in use.
         let err = listen(&world, NQN, 1).unwrap_err();

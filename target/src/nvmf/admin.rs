@@ -278,7 +278,7 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &Transport
 /// Entries for every subsystem `hostnqn` may reach, one per listener, and this
 /// discovery subsystem's own listeners.
 pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
-    let mut owned: Vec<(u8, String, std::net::SocketAddr)> = Vec::new();
+    let mut owned: Vec<(u8, String, std::net::SocketAddr, bool)> = Vec::new();
     for subsystem in target.subsystems() {
         let state = subsystem.state.lock();
         let subtype = match subsystem.kind {
@@ -287,23 +287,23 @@ pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
             SubsystemKind::Nvme => continue,
         };
         for listener in &state.listeners {
-            owned.push((subtype, subsystem.nqn.clone(), listener.addr));
+            owned.push((subtype, subsystem.nqn.clone(), listener.addr, listener.secure));
         }
     }
     let addresses: Vec<(String, String)> =
-        owned.iter().map(|(_, _, addr)| (addr.ip().to_string(), addr.port().to_string())).collect();
+        owned.iter().map(|(_, _, addr, _)| (addr.ip().to_string(), addr.port().to_string())).collect();
     let entries: Vec<DiscoveryEntry<'_>> = owned
         .iter()
         .zip(&addresses)
         .enumerate()
-        .map(|(index, ((subtype, nqn, addr), (traddr, trsvcid)))| DiscoveryEntry {
+        .map(|(index, ((subtype, nqn, addr, secure), (traddr, trsvcid)))| DiscoveryEntry {
             subtype: *subtype,
             portid: index as u16,
             ipv6: addr.is_ipv6(),
             trsvcid,
             traddr,
             subnqn: nqn,
-            secure_channel_required: false,
+            secure_channel_required: *secure,
         })
         .collect();
     logpage::discovery(target.discovery_generation(), &entries)

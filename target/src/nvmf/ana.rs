@@ -301,7 +301,9 @@ mod tests {
         }
         for port in [4420, 4421] {
             world
-                .on_app(move |ctx, target| target.add_listener(ctx, NQN, TRTYPE, addr(port), AnaState::Optimized, None))
+                .on_app(move |ctx, target| {
+                    target.add_listener(ctx, NQN, TRTYPE, addr(port), AnaState::Optimized, None, false)
+                })
                 .unwrap();
         }
         world
@@ -351,8 +353,9 @@ mod tests {
         assert!(err(target.set_ana_state("discovery", addr(4420), AnaState::Optimized, None)).contains("discovery"));
         assert!(err(target.set_ana_state("nqn.2016-06.io.peerless:none", addr(4420), AnaState::Optimized, None))
             .contains("Unable to find subsystem"));
-        let plain_listener = world
-            .on_app(|ctx, target| target.add_listener(ctx, PLAIN, TRTYPE, addr(4430), AnaState::Inaccessible, None));
+        let plain_listener = world.on_app(|ctx, target| {
+            target.add_listener(ctx, PLAIN, TRTYPE, addr(4430), AnaState::Inaccessible, None, false)
+        });
         assert!(err(plain_listener).contains("does not report ANA"));
     }
 

@@ -57,6 +57,16 @@ pub struct ConnInfo {
     pub thread: ThreadHandle,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Who the connection's TLS handshake proved it to be; None for plain TCP.
+    pub tls: Option<TlsPeer>,
+}
+
+/// The host and subsystem a TLS PSK identity named (NVMe/TCP 1.0, 3.6.1.3): the PSK
+/// the handshake used is theirs, so Connect must name the same two.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub hostnqn: String,
+    pub subnqn: String,
 }
 
 pub struct Connected {
@@ -113,6 +123,7 @@ fn admit(
         peerless_core::log_warn!("connect to '{subnqn}' refused: host '{hostnqn}' is not allowed");
         return Err(Refusal { status: status::CONNECT_INVALID_HOST, dw0: 512 | (1 << 16) });
     }
+    check_secure_channel(&subsystem, info, &subnqn, &hostnqn)?;
     let auth_required = subsystem.host_keys(&hostnqn).required();
     let connected = if qid == 0 {
         connect_admin(&subsystem, options, info, sqe, hostnqn, hostid, cntlid, queue_entries)
@@ -120,6 +131,35 @@ fn admit(
         connect_io(&subsystem, options, info, qid, hostnqn, cntlid, queue_entries)
     };
     connected.map(|connected| Connected { auth_required, ..connected })
+}
+
+/// A secure listener admits only the host and subsystem its TLS handshake proved; a
+/// host with a PSK connects only over TLS (its key says its traffic is to be encrypted).
+fn check_secure_channel(subsystem: &Subsystem, info: &ConnInfo, subnqn: &str, hostnqn: &str) -> Result<(), Refusal> {
+    let refused = Refusal { status: status::CONNECT_INVALID_HOST, dw0: 512 | (1 << 16) };
+    match &info.tls {
+        Some(peer) if peer.hostnqn != hostnqn || peer.subnqn != subnqn => {
+            peerless_core::log_warn!(
+                "connect to '{subnqn}' as '{hostnqn}' refused: the TLS PSK identity was for '{}' to '{}'",
+                peer.hostnqn,
+                peer.subnqn
+            );
+            Err(refused)
+        }
+        Some(_) => Ok(()),
+        None if subsystem.listener_secure(info.local) => {
+            peerless_core::log_warn!("connect to '{subnqn}' on {} refused: that listener requires TLS", info.local);
+            Err(refused)
+        }
+        None if subsystem.host_psk(hostnqn).is_some() => {
+            peerless_core::log_warn!(
+                "connect to '{subnqn}' on {} refused: host '{hostnqn}' has a PSK and must use a secure_channel listener",
+                info.local
+            );
+            Err(refused)
+        }
+        None => Ok(()),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -370,13 +370,10 @@ pub(super) fn parse_address(target: &NvmfTarget, address: &ListenAddressParams) 
 }
 
 impl AddListener {
-    /// Refuses what a listener here cannot be: TLS, other socket layers, NUMA pinning.
+    /// Refuses what a listener here cannot be: other socket layers, NUMA pinning.
     /// Returns the ANA state its groups start in.
     fn check(&self) -> Result<AnaState, RpcError> {
         check_target(&self.tgt_name)?;
-        if self.secure_channel {
-            return Err(refuse("secure_channel", "TLS is not supported yet; leave it false"));
-        }
         if let Some(sock_impl) = self.sock_impl.as_deref().filter(|name| SockImpl::parse(name).is_none()) {
             return Err(refuse(
                 "sock_impl",
@@ -400,7 +397,8 @@ fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddListener, r
     let result = params.check().and_then(|ana_state| {
         let addr = parse_address(target, &params.listen_address)?;
         let sock_impl = params.sock_impl.as_deref().and_then(SockImpl::parse);
-        Ok(target.add_listener(ctx, &params.nqn, &params.listen_address.trtype, addr, ana_state, sock_impl)?)
+        let trtype = &params.listen_address.trtype;
+        Ok(target.add_listener(ctx, &params.nqn, trtype, addr, ana_state, sock_impl, params.secure_channel)?)
     });
     answer(responder, result);
 }
@@ -532,11 +530,9 @@ struct AddHost {
 fn add_host(_: &mut ThreadCtx, target: &NvmfTarget, keyring: &Keyring, params: AddHost, responder: Responder) {
     let result = (|| {
         check_target(&params.tgt_name)?;
-        if params.psk.is_some() {
-            return Err(refuse("psk", "TLS is not supported yet, so there is no pre-shared key to use"));
-        }
+        let psk = params.psk.as_deref().map(|name| crate::tcp::tls::resolve_psk(keyring, name)).transpose()?;
         let keys = resolve_keys(keyring, params.dhchap_key.as_deref(), params.dhchap_ctrlr_key.as_deref())?;
-        Ok(target.add_host_with_keys(&params.nqn, &params.host, keys)?)
+        Ok(target.add_host_with_psk(&params.nqn, &params.host, keys, psk)?)
     })();
     answer(responder, result);
 }
@@ -605,6 +601,9 @@ pub fn subsystem_json(subsystem: &Subsystem) -> Value {
                 if let Some(key) = &keys.dhchap_ctrlr_key {
                     entry["dhchap_ctrlr_key"] = json!(key.name());
                 }
+            }
+            if let Some(key) = state.host_psks.get(host) {
+                entry["psk"] = json!(key.name());
             }
             entry
         })
@@ -726,6 +725,9 @@ fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, resp
                 .iter()
                 .map(|listener| {
                     let mut entry = json!({"address": listener.to_json()});
+                    if listener.secure {
+                        entry["secure_channel"] = json!(true);
+                    }
                     // As SPDK: every group up to ANAGRPMAX, when the subsystem reports ANA.
                     if state.ana_reporting {
                         let states: Vec<Value> = (1..=listener.ana.groups())

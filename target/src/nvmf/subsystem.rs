@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use peerless_core::keyring::KeyRef;
 
 use super::ana::{AnaState, ListenerAna, MAX_ANA_GROUPS};
 use super::auth::session::HostKeys;
@@ -195,12 +196,14 @@ impl SubsystemConfig {
 pub struct ListenAddress {
     pub addr: SocketAddr,
     pub ana: Arc<ListenerAna>,
+    /// Hosts reach it over TLS 1.3 only (`secure_channel`, NVMe/TCP 1.0, 3.6.1).
+    pub secure: bool,
 }
 
 impl ListenAddress {
     /// A listener at `addr` with `groups` ANA groups, each in state `initial`.
     pub fn new(addr: SocketAddr, groups: u32, initial: AnaState) -> ListenAddress {
-        ListenAddress { addr, ana: Arc::new(ListenerAna::new(groups, initial)) }
+        ListenAddress { addr, ana: Arc::new(ListenerAna::new(groups, initial)), secure: false }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
@@ -227,6 +230,8 @@ pub struct SubsystemState {
     pub hosts: Vec<String>,
     /// DH-HMAC-CHAP keys of listed hosts that have them (NVMe Base 2.0, 8.13).
     pub host_keys: BTreeMap<String, HostKeys>,
+    /// TLS pre-shared keys of listed hosts that have one (`nvmf_subsystem_add_host psk`).
+    pub host_psks: BTreeMap<String, KeyRef>,
     pub listeners: Vec<ListenAddress>,
     pub namespaces: BTreeMap<u32, Arc<Namespace>>,
     pub max_namespaces: u32,
@@ -259,6 +264,7 @@ impl Subsystem {
                 ana_reporting: false,
                 hosts: Vec::new(),
                 host_keys: BTreeMap::new(),
+                host_psks: BTreeMap::new(),
                 listeners: Vec::new(),
                 namespaces: BTreeMap::new(),
                 max_namespaces: if kind == SubsystemKind::Discovery { 0 } else { DEFAULT_MAX_NAMESPACES },
@@ -279,6 +285,16 @@ impl Subsystem {
     /// The DH-HMAC-CHAP keys configured for `hostnqn` (none when it has none).
     pub fn host_keys(&self, hostnqn: &str) -> HostKeys {
         self.state.lock().host_keys.get(hostnqn).cloned().unwrap_or_default()
+    }
+
+    /// The TLS pre-shared key configured for `hostnqn`, if any.
+    pub fn host_psk(&self, hostnqn: &str) -> Option<KeyRef> {
+        self.state.lock().host_psks.get(hostnqn).cloned()
+    }
+
+    /// Whether this subsystem's listener at `local` takes TLS connections only.
+    pub fn listener_secure(&self, local: SocketAddr) -> bool {
+        self.state.lock().listeners.iter().any(|listener| listener.addr == local && listener.secure)
     }
 
     /// Whether a connection that arrived on `local` may reach this subsystem. The

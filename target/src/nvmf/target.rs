@@ -322,6 +322,16 @@ impl NvmfTarget {
             .find(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr)
             .map(|(_, listener)| listener.sock_impl())
     }
+
+    /// Whether the transport's socket at `addr` is a secure (TLS) one; None when none listens there.
+    pub fn listening_secure(&self, trtype: &str, addr: SocketAddr) -> Option<bool> {
+        self.0
+            .listeners
+            .lock()
+            .iter()
+            .find(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr)
+            .map(|(_, listener)| listener.secure())
+    }
 }
 
 /// The `nvmf` framework subsystem.
@@ -424,6 +434,9 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                         params["dhchap_ctrlr_key"] = json!(key.name());
                     }
                 }
+                if let Some(key) = state.host_psks.get(host) {
+                    params["psk"] = json!(key.name());
+                }
                 entries.push(json!({"method": "nvmf_subsystem_add_host", "params": params}));
             }
             for ns in state.namespaces.values() {
@@ -440,6 +453,9 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
                 let mut params = json!({"nqn": subsystem.nqn, "listen_address": listener.to_json()});
                 if let Some(SockImpl::Uring) = self.target.listening_sock_impl("TCP", listener.addr) {
                     params["sock_impl"] = json!(SockImpl::Uring.as_str());
+                }
+                if listener.secure {
+                    params["secure_channel"] = json!(true);
                 }
                 entries.push(json!({"method": "nvmf_subsystem_add_listener", "params": params}));
                 // A listener starts optimized; each group set otherwise is set again.

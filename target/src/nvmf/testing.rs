@@ -125,7 +125,11 @@ impl Transport for LoopTransport {
         _: &NvmfTarget,
         addr: SocketAddr,
         _: SockImpl,
+        secure: bool,
     ) -> Result<Box<dyn TransportListener>, String> {
+        if secure {
+            return Err("this transport has no TLS: secure_channel is for the TCP transport".into());
+        }
         // Port 1 stands for an address the system refuses.
         if addr.port() == 1 {
             return Err(format!("cannot listen on {addr}: refused by the test transport"));

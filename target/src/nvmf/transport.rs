@@ -228,6 +228,7 @@ pub trait Transport: Send + Sync + 'static {
         target: &NvmfTarget,
         addr: SocketAddr,
         sock_impl: SockImpl,
+        secure: bool,
     ) -> Result<Box<dyn TransportListener>, String>;
 
     /// This transport's state in the poll group of the calling thread.
@@ -269,6 +270,10 @@ pub trait TransportListener: Send {
     /// How it watches its connections' sockets.
     fn sock_impl(&self) -> SockImpl {
         SockImpl::Posix
+    }
+    /// Whether its connections speak TLS 1.3 first (`secure_channel`).
+    fn secure(&self) -> bool {
+        false
     }
     fn stop(self: Box<Self>, ctx: &mut ThreadCtx);
 }

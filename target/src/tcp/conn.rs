@@ -209,8 +209,8 @@ impl<S: Socket> Conn<S> {
         }
         // The budget ran out with PDUs perhaps still whole in the buffer, or the buffer
         // is full and the socket was not read: either way come back next pass.
-        self.input_backlog =
-            self.phase != Phase::Closing && (handled == pdu_budget || self.recv_end == self.recv.len());
+        self.input_backlog = self.phase != Phase::Closing
+            && (handled == pdu_budget || self.recv_end == self.recv.len() || self.stream.has_buffered_input());
         busy
     }
 
@@ -333,6 +333,8 @@ impl<S: Socket> Conn<S> {
             return Err(Fatal::field(10));
         }
         self.digests = request.digests;
+        // ICReq follows a completed TLS handshake, if any: the peer is known now.
+        self.qpair.tls_peer = self.stream.tls_peer();
         // HPDA is 0's based, in dwords: 4 to 128 bytes.
         self.data_alignment = (usize::from(request.hpda) + 1) * 4;
         let response = IcResp { pfv: 0, cpda: 0, digests: request.digests, maxh2cdata: self.max_h2c_data as u32 };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
+use openssl::ssl::SslContext;
 use peerless_core::reactor::{PollStatus, PollerId, ThreadCtx};
 use peerless_core::throttle::Throttle;
 
@@ -15,6 +16,7 @@ use super::conn::Conn;
 use super::lifecycle::{ListenerCounts, Seat};
 use super::options::TcpOptions;
 use super::poll_group::TcpPollGroup;
+use super::tls::{self, TlsSocket};
 use super::TRTYPE;
 use crate::nvmf::transport::{SockImpl, TransportListener};
 use crate::nvmf::{poll_group, NvmfTarget};
@@ -33,6 +35,8 @@ pub struct Listener {
     /// Its connections, established or not, counted by the poll groups serving them.
     pub counts: Arc<ListenerCounts>,
     sock_impl: SockImpl,
+    /// Its connections begin with a TLS 1.3 handshake (`secure_channel`).
+    secure: bool,
 }
 
 /// Why accepting stopped short, each logged through its own throttle.
@@ -83,10 +87,12 @@ impl Listener {
         acceptor_poll_rate_us: u32,
         options: TcpOptions,
         sock_impl: SockImpl,
+        secure: bool,
     ) -> std::io::Result<Listener> {
         let socket = Arc::new(TcpListener::bind(addr)?);
         socket.set_nonblocking(true)?;
         let bound = socket.local_addr()?;
+        let tls = if secure { Some(tls::server_context(target, bound).map_err(std::io::Error::other)?) } else { None };
         let counts = Arc::new(ListenerCounts::default());
         let (accepting, counter, target) = (socket.clone(), counts.clone(), target.clone());
         let options = Arc::new(options);
@@ -101,14 +107,16 @@ impl Listener {
         let period_us = u64::from(acceptor_poll_rate_us);
         let poller = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*socket), period_us, move |ctx| {
             let now_ns = ctx.now_ns();
-            let accepted = accept(&accepting, &target, &counter, &options, sock_impl, &mut refusals, now_ns);
+            let accepted =
+                accept(&accepting, &target, &counter, &options, sock_impl, tls.as_ref(), &mut refusals, now_ns);
             if let Some(report) = refusals.full.flush(now_ns) {
                 log_full(bound, &options, report);
             }
             PollStatus::from_work(accepted > 0)
         })?;
-        peerless_core::log_notice!("NVMe/TCP target listening on {bound}");
-        Ok(Listener { addr: bound, poller: poller.detach(), counts, sock_impl })
+        let secured = if secure { " (secure channel: TLS 1.3 with PSK)" } else { "" };
+        peerless_core::log_notice!("NVMe/TCP target listening on {bound}{secured}");
+        Ok(Listener { addr: bound, poller: poller.detach(), counts, sock_impl, secure })
     }
 }
 
@@ -119,6 +127,10 @@ impl TransportListener for Listener {
 
     fn sock_impl(&self) -> SockImpl {
         self.sock_impl
+    }
+
+    fn secure(&self) -> bool {
+        self.secure
     }
 
     /// Stops accepting (the poller's end unwatches the socket); connections already made
@@ -140,12 +152,14 @@ fn log_full(addr: SocketAddr, options: &TcpOptions, report: peerless_core::throt
 /// Accepts what is waiting. A connection is refused only when the established ones fill
 /// the listener; unestablished ones never refuse a newcomer (the poll group evicts the
 /// oldest of them instead, see `lifecycle.rs`).
+#[allow(clippy::too_many_arguments)]
 fn accept(
     socket: &TcpListener,
     target: &NvmfTarget,
     counts: &Arc<ListenerCounts>,
     options: &Arc<TcpOptions>,
     sock_impl: SockImpl,
+    tls: Option<&SslContext>,
     refusals: &mut Refusals,
     now_ns: u64,
 ) -> usize {
@@ -185,6 +199,23 @@ fn accept(
         // Counted at once, so the next accept (and the eviction on arrival) sees it.
         let seat = Seat::take(counts);
         let (target, options) = (target.clone(), options.clone());
+        if let Some(tls) = tls {
+            let tls = tls.clone();
+            let _ = group.send(move |ctx| {
+                let conn = TlsSocket::new(&tls, stream)
+                    .and_then(|socket| Conn::new(id, socket, &target, &transport, &options));
+                match conn {
+                    Ok(conn) => poll_group::with(&target, ctx, |group, ctx| {
+                        let tcp = group.transport_group(ctx, &transport);
+                        if let Some(tcp) = tcp.as_any_mut().downcast_mut::<TcpPollGroup>() {
+                            tcp.secure_group(ctx, &options).add_conn(ctx, conn, Some(seat), sock_impl);
+                        }
+                    }),
+                    Err(err) => peerless_core::log_warn!("cannot set up an accepted TLS connection: {err}"),
+                }
+            });
+            continue;
+        }
         // A connection is built on its poll group's thread: it owns thread-local state.
         let _ = group.send(move |ctx| {
             let conn = Conn::new(id, stream, &target, &transport, &options);

@@ -11,6 +11,7 @@ pub mod pdu;
 pub mod poll_group;
 mod send;
 pub mod socket;
+pub mod tls;
 pub mod transport;
 
 pub use transport::{TcpTransport, TRTYPE};

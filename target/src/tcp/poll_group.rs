@@ -33,6 +33,7 @@ use super::conn::Conn;
 use super::lifecycle::{Deadlines, IdleWatch, Lifecycle, Progress, Seat, Stage};
 use super::options::TcpOptions;
 use super::socket::Socket;
+use super::tls::TlsSocket;
 use crate::nvmf::qpair::Qpair;
 use crate::nvmf::transport::{GroupCtx, SockImpl, TransportPollGroup};
 
@@ -116,6 +117,9 @@ pub struct TcpPollGroup<S: Socket = TcpStream> {
     watch_generation: u32,
     /// Slots whose io_uring watch the kernel ended during a look, watched again after it.
     ended_watches: Vec<u32>,
+    /// Connections of secure listeners, in a group of their own made at the first: the
+    /// plain connections' sockets stay of a type with no TLS in their path.
+    secure: Option<Box<TcpPollGroup<TlsSocket>>>,
 }
 
 /// Without epoll, deadlines or a limit: for in-memory sockets (tests, the simulation).
@@ -139,6 +143,7 @@ impl<S: Socket> Default for TcpPollGroup<S> {
             uring_unavailable: true,
             watch_generation: 0,
             ended_watches: Vec::new(),
+            secure: None,
         }
     }
 }
@@ -182,7 +187,13 @@ impl<S: Socket> TcpPollGroup<S> {
             uring_unavailable: false,
             watch_generation: 0,
             ended_watches: Vec::new(),
+            secure: None,
         }
+    }
+
+    /// The group of this thread's TLS connections, made at the first of them.
+    pub fn secure_group(&mut self, ctx: &mut ThreadCtx, tcp: &TcpOptions) -> &mut TcpPollGroup<TlsSocket> {
+        self.secure.get_or_insert_with(|| Box::new(TcpPollGroup::new(ctx, tcp)))
     }
 
     /// The group's io_uring readiness ring, made on first use; the reactor watches its
@@ -528,6 +539,9 @@ impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {
                 self.active.swap_remove(index);
             }
         }
+        if let Some(secure) = self.secure.as_mut() {
+            busy |= secure.poll(ctx, group);
+        }
         busy
     }
 
@@ -537,10 +551,13 @@ impl<S: Socket + 'static> TransportPollGroup for TcpPollGroup<S> {
             visit(entry.conn.qpair_mut());
             self.activate(slot as u32);
         }
+        if let Some(secure) = self.secure.as_mut() {
+            secure.for_each_qpair(visit);
+        }
     }
 
     fn connection_count(&self) -> usize {
-        self.live
+        self.live + self.secure.as_ref().map_or(0, |secure| secure.connection_count())
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

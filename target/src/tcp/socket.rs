@@ -38,6 +38,17 @@ pub trait Socket {
 
     /// The descriptor interrupt mode waits on; None for a socket that has none.
     fn fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// Whether input waits in the socket's own buffers, where the descriptor's readiness
+    /// does not show it (TLS records decrypted but not yet read).
+    fn has_buffered_input(&self) -> bool {
+        false
+    }
+
+    /// Who a TLS handshake proved the peer to be; None for plain TCP.
+    fn tls_peer(&self) -> Option<crate::nvmf::connect::TlsPeer> {
+        None
+    }
 }
 
 impl Socket for TcpStream {

@@ -79,8 +79,10 @@ impl Transport for TcpTransport {
         target: &NvmfTarget,
         addr: SocketAddr,
         sock_impl: SockImpl,
+        secure: bool,
     ) -> Result<Box<dyn TransportListener>, String> {
-        let listener = Listener::bind(ctx, target, addr, self.opts.acceptor_poll_rate, self.tcp.clone(), sock_impl)
+        let rate = self.opts.acceptor_poll_rate;
+        let listener = Listener::bind(ctx, target, addr, rate, self.tcp.clone(), sock_impl, secure)
             .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
         Ok(Box::new(listener))
     }

@@ -272,7 +272,11 @@ impl Transport for SimTransport {
         _: &NvmfTarget,
         addr: SocketAddr,
         _: SockImpl,
+        secure: bool,
     ) -> Result<Box<dyn TransportListener>, String> {
+        if secure {
+            return Err("this transport has no TLS: secure_channel is for the TCP transport".into());
+        }
         // No socket: the world makes each connection itself.
         Ok(Box::new(SimListener { addr }))
     }
@@ -490,7 +494,15 @@ impl World {
         let subsystem_config = SubsystemConfig { allow_any_host: true, ..SubsystemConfig::new(NQN) };
         let subsystem = target.create_subsystem(&subsystem_config).expect("the subsystem");
         let set_up = app.run_on(thread.id(), |ctx| {
-            target.add_listener(ctx, NQN, "TCP", local, peerless_target::nvmf::ana::AnaState::Optimized, None)?;
+            target.add_listener(
+                ctx,
+                NQN,
+                "TCP",
+                local,
+                peerless_target::nvmf::ana::AnaState::Optimized,
+                None,
+                false,
+            )?;
             for &(nsid, _, _) in &config.namespaces {
                 let p2pmem = if cmb.is_some() && nsid == p2p_nsid { P2pPlacement::Auto } else { P2pPlacement::Off };
                 let spec = NamespaceSpec { nsid: Some(nsid), p2pmem, ..NamespaceSpec::new(&format!("Sim{nsid}")) };

@@ -83,6 +83,7 @@ pub unsafe extern "C" fn peerless_nvmf_setup(
     digest_enable: *const c_char,
     dhchap_key: *const c_char,
     dhchap_ctrlr_key: *const c_char,
+    psk: *const c_char,
     err: *mut c_char,
     err_len: usize,
 ) -> *mut c_void {
@@ -90,7 +91,9 @@ pub unsafe extern "C" fn peerless_nvmf_setup(
     let (hostnqn, digest) = unsafe { (opt_str(hostnqn), opt_str(digest_enable)) };
     // SAFETY: as above.
     let (key, ctrlr_key) = unsafe { (opt_str(dhchap_key), opt_str(dhchap_ctrlr_key)) };
-    match guarded(Err("panic".into()), || NvmfEngine::new(hostnqn, digest, key, ctrlr_key)) {
+    // SAFETY: as above.
+    let psk = unsafe { opt_str(psk) };
+    match guarded(Err("panic".into()), || NvmfEngine::new(hostnqn, digest, key, ctrlr_key, psk)) {
         Ok(engine) => into_raw(Box::new(engine)),
         Err(message) => {
             // SAFETY: the caller's contract covers `err`.

@@ -164,6 +164,39 @@ fn nvmf_engine_authenticates_with_key_files() {
     assert!(text.contains("DH-HMAC-CHAP"), "the reason is shown: {text}");
 }
 
+/// With `psk` the engine connects every queue over TLS 1.3 to a secure_channel listener;
+/// without it the listener takes nothing.
+#[test]
+fn nvmf_engine_connects_over_tls_with_a_psk_file() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:f10f10f1-0000-4000-8000-000000000002";
+    const TLS_NQN: &str = "nqn.2016-06.io.peerless:fio-tls";
+    // libnvme's PSK test key (a SHA-256 retained hash) in the interchange format.
+    const PSK: &str = "NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:";
+    let so = plugin_or_skip!();
+    let dir = Scratch::new("fio-nvmf-tls");
+    let target = tgt().start("fio-nvmf-tls", &[]);
+    target.create_tcp_transport(json!({}));
+    target.call("nvmf_create_subsystem", Some(json!({"nqn": TLS_NQN, "allow_any_host": false})));
+    target.add_malloc_namespace(TLS_NQN, "Malloc0", 32768, 512);
+    let key = dir.join("host.psk");
+    std::fs::write(&key, PSK).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    target.call("keyring_file_add_key", Some(json!({"name": "psk0", "path": key})));
+    target.call("nvmf_subsystem_add_host", Some(json!({"nqn": TLS_NQN, "host": HOST, "psk": "psk0"})));
+    let addr = target.listen_with(TLS_NQN, json!({"secure_channel": true}));
+    let filename = format!(
+        "trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid={} subnqn={} ns=1",
+        addr.port(),
+        TLS_NQN.replace(':', "\\:")
+    );
+    let tls = [format!("--hostnqn={HOST}"), format!("--psk={}", key.display())];
+    check_verified(&fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &tls)));
+    let output = fio(&so, &dir, &verify_job("peerless_nvmf", &filename, &tls[..1]));
+    assert!(!output.status.success(), "no PSK, no I/O");
+}
+
 #[test]
 fn bdev_engine_writes_and_verifies() {
     let so = plugin_or_skip!();

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 use peerless_tools::initiator::auth::secret_argument;
-use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostAuth, Options};
+use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostAuth, HostTls, Options};
 use peerless_tools::perf::{self, identify, parse_core_mask, PerfConfig, TransportId, Workload};
 
 /// Host NQN used when neither --hostnqn nor the transport ID names one.
@@ -123,6 +123,10 @@ struct AuthArgs {
     /// DH-HMAC-CHAP controller key file (or secret): authenticate the target too.
     #[arg(long = "dhchap-ctrlr-key", value_name = "FILE", requires = "dhchap_key")]
     dhchap_ctrlr_key: Option<String>,
+    /// TLS PSK file (`NVMeTLSkey-1:01:...:`, as `nvme gen-tls-key` prints): connect over
+    /// TLS 1.3 to a secure_channel listener.
+    #[arg(long = "psk", value_name = "FILE")]
+    psk: Option<PathBuf>,
 }
 
 impl AuthArgs {
@@ -131,6 +135,10 @@ impl AuthArgs {
         let secret = secret_argument(key).map_err(|e| e.to_string())?;
         let ctrlr = self.dhchap_ctrlr_key.as_deref().map(secret_argument).transpose().map_err(|e| e.to_string())?;
         HostAuth::new(&secret, ctrlr.as_deref()).map(Some).map_err(|e| e.to_string())
+    }
+
+    fn host_tls(&self) -> Result<Option<HostTls>, String> {
+        self.psk.as_deref().map(HostTls::from_file).transpose().map_err(|e| e.to_string())
     }
 }
 
@@ -159,6 +167,7 @@ fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
         kato_ms: args.kato_ms,
         rate_iops: args.rate_iops,
         auth: args.auth.host_auth()?,
+        tls: args.auth.host_tls()?,
         trid,
     })
 }
@@ -188,6 +197,7 @@ fn run_identify(args: IdentifyArgs) -> Result<(), String> {
     let options = Options {
         digests: Digests { header: args.header_digest, data: args.data_digest },
         auth: args.auth.host_auth()?,
+        tls: args.auth.host_tls()?,
         ..Options::default()
     };
     let mut out = std::io::stdout().lock();

@@ -15,7 +15,8 @@ use super::auth::HostAuth;
 use super::error::{Error, Result};
 use super::info::{Capabilities, ControllerInfo, NamespaceInfo};
 use super::queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
-use super::transport::{Transport, MAX_TRANSFER_BYTES};
+use super::tls::HostTls;
+use super::transport::{TlsLogin, Transport, MAX_TRANSFER_BYTES};
 
 /// Entries of the admin queue (Linux's NVME_AQ_DEPTH; the discovery log's ASQSZ).
 pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
@@ -78,6 +79,8 @@ pub struct Options {
     pub admin_entries: u16,
     /// DH-HMAC-CHAP secrets, for targets that ask the host to authenticate.
     pub auth: Option<HostAuth>,
+    /// A TLS PSK: every queue connects over TLS 1.3 (a `secure_channel` listener).
+    pub tls: Option<HostTls>,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             hostid: *b"peerless-host-id",
             admin_entries: ADMIN_QUEUE_ENTRIES,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -101,6 +105,13 @@ struct Target {
     subnqn: String,
     hostnqn: String,
     options: Options,
+}
+
+impl Target {
+    fn tls_login(&self) -> Option<TlsLogin<'_>> {
+        let key = self.options.tls.as_ref()?;
+        Some(TlsLogin { key, hostnqn: &self.hostnqn, subnqn: &self.subnqn })
+    }
 }
 
 pub struct Controller {
@@ -126,7 +137,7 @@ impl Controller {
             return Err(Error::Invalid(format!("{} admin queue entries", options.admin_entries)));
         }
         let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-        let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
+        let transport = Transport::connect(addr, options.digests, options.connect_timeout, target.tls_login())?;
         let mut admin =
             QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
         let cntlid = connect_and_authenticate(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
@@ -365,7 +376,7 @@ impl Controller {
             return Err(Error::Invalid(format!("{entries} queue entries (at most {MAX_QUEUE_ENTRIES})")));
         }
         let options = &self.target.options;
-        let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
+        let transport = Transport::connect(addr, options.digests, options.connect_timeout, self.target.tls_login())?;
         let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
         // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
         let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
@@ -411,7 +422,8 @@ impl Controller {
     /// controller asked for authentication. For tests of a host that skips it.
     pub fn connect_io_queue_unauthenticated(&mut self, qid: u16, entries: u16) -> Result<(QueuePair, bool)> {
         let options = &self.target.options;
-        let transport = Transport::connect(self.target.addr, options.digests, options.connect_timeout)?;
+        let transport =
+            Transport::connect(self.target.addr, options.digests, options.connect_timeout, self.target.tls_login())?;
         let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
         let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
         queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
@@ -437,7 +449,7 @@ pub fn connect_admin_queue(
     options: &Options,
 ) -> Result<(QueuePair, u16, bool)> {
     let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-    let transport = Transport::connect(addr, options.digests, options.connect_timeout)?;
+    let transport = Transport::connect(addr, options.digests, options.connect_timeout, target.tls_login())?;
     let mut admin =
         QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
     let result = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;

@@ -36,6 +36,8 @@ pub struct DiscoveryEntry {
     pub trsvcid: String,
     pub subnqn: String,
     pub traddr: String,
+    /// TSAS SECTYPE of a TCP entry: 0 none, 2 TLS 1.3 (NVMe/TCP 1.0, 3.6.1.1).
+    pub tcp_sectype: u8,
 }
 
 impl DiscoveryEntry {
@@ -52,6 +54,7 @@ impl DiscoveryEntry {
             trsvcid: text(32, 32),
             subnqn: text(256, 256),
             traddr: text(512, 256),
+            tcp_sectype: bytes.get(768).copied().unwrap_or(0),
         }
     }
 }

@@ -19,6 +19,7 @@ mod error;
 mod inflight;
 mod info;
 mod queue;
+pub mod tls;
 mod transport;
 
 pub use auth::HostAuth;
@@ -28,4 +29,5 @@ pub use error::{Error, Result};
 pub use info::{hex, uuid_string, Capabilities, ControllerInfo, NamespaceInfo};
 pub use peerless_target::tcp::pdu::Digests;
 pub use queue::{Completion, IoQueue, QueuePair, Xfer, DIRECT_MIN_BYTES, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+pub use tls::HostTls;
 pub use transport::{Negotiated, RawPdu, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};

@@ -415,7 +415,7 @@ impl QueuePair {
 }
 
 /// Reads what the socket has into `buf`: None when nothing is there yet.
-fn read_some(stream: &mut std::net::TcpStream, buf: &mut [u8]) -> Result<Option<usize>> {
+fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> Result<Option<usize>> {
     match stream.read(buf) {
         Ok(0) => Err(Error::Closed),
         Ok(read) => Ok(Some(read)),

@@ -17,6 +17,15 @@ use peerless_target::tcp::pdu::{
 };
 
 use super::error::{Error, Result};
+use super::tls::{HostTls, Stream};
+
+/// What a TLS connection needs: the host's key and the NQNs its identity names.
+#[derive(Clone, Copy)]
+pub(crate) struct TlsLogin<'a> {
+    pub key: &'a HostTls,
+    pub hostnqn: &'a str,
+    pub subnqn: &'a str,
+}
 
 /// Largest data transfer of one command this initiator moves (and so the largest C2HData
 /// PDU it accepts): sizes the receive buffer.
@@ -251,7 +260,7 @@ impl TxBuf {
         self.buf.len() - self.sent
     }
 
-    pub fn flush(&mut self, stream: &mut TcpStream) -> Result<()> {
+    pub fn flush(&mut self, stream: &mut impl Write) -> Result<()> {
         while self.sent < self.buf.len() {
             match stream.write(&self.buf[self.sent..]) {
                 Ok(0) => return Err(Error::Closed),
@@ -271,19 +280,30 @@ impl TxBuf {
 
 /// A connected, handshaken NVMe/TCP connection in non-blocking mode.
 pub(crate) struct Transport {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rx: RxBuf,
     pub tx: TxBuf,
     pub negotiated: Negotiated,
 }
 
 impl Transport {
-    /// Connects and exchanges ICReq/ICResp, asking for `digests`.
-    pub fn connect(addr: SocketAddr, digests: Digests, timeout: Duration) -> Result<Transport> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| Error::io("connect", &e))?;
+    /// Connects (with a TLS handshake first when `tls` names the key and the NQNs) and
+    /// exchanges ICReq/ICResp, asking for `digests`.
+    pub fn connect(
+        addr: SocketAddr,
+        digests: Digests,
+        timeout: Duration,
+        tls: Option<TlsLogin<'_>>,
+    ) -> Result<Transport> {
+        let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| Error::io("connect", &e))?;
         // Commands are small and latency-bound; never let Nagle hold one back.
-        stream.set_nodelay(true).map_err(|e| Error::io("set TCP_NODELAY", &e))?;
-        stream.set_read_timeout(Some(timeout)).map_err(|e| Error::io("set read timeout", &e))?;
+        tcp.set_nodelay(true).map_err(|e| Error::io("set TCP_NODELAY", &e))?;
+        tcp.set_read_timeout(Some(timeout)).map_err(|e| Error::io("set read timeout", &e))?;
+        tcp.set_write_timeout(Some(timeout)).map_err(|e| Error::io("set write timeout", &e))?;
+        let mut stream = match tls {
+            None => Stream::Plain(tcp),
+            Some(login) => Stream::Tls(Box::new(login.key.handshake(tcp, login.hostnqn, login.subnqn)?)),
+        };
         let request = IcReq { pfv: 0, hpda: 0, digests, maxr2t: 0 };
         stream.write_all(&request.encode()).map_err(|e| Error::io("send ICReq", &e))?;
         let response = read_ic_resp(&mut stream)?;
@@ -301,8 +321,10 @@ impl Transport {
         if response.maxh2cdata < MIN_MAXH2CDATA {
             return Err(Error::Protocol(format!("ICResp MAXH2CDATA {} below 4096", response.maxh2cdata)));
         }
-        stream.set_read_timeout(None).map_err(|e| Error::io("clear read timeout", &e))?;
-        stream.set_nonblocking(true).map_err(|e| Error::io("set non-blocking", &e))?;
+        let tcp = stream.tcp();
+        tcp.set_read_timeout(None).map_err(|e| Error::io("clear read timeout", &e))?;
+        tcp.set_write_timeout(None).map_err(|e| Error::io("clear write timeout", &e))?;
+        tcp.set_nonblocking(true).map_err(|e| Error::io("set non-blocking", &e))?;
         let negotiated = Negotiated { digests: granted, maxh2cdata: response.maxh2cdata };
         Ok(Transport { stream, rx: RxBuf::new(granted), tx: TxBuf { buf: Vec::new(), sent: 0 }, negotiated })
     }
@@ -310,6 +332,9 @@ impl Transport {
     /// Waits until the socket is readable (or writable, with `write`) or `deadline`
     /// passes (Ok(false)).
     pub fn wait_ready(&self, deadline: Instant, write: bool) -> Result<bool> {
+        if self.stream.has_buffered_input() {
+            return Ok(true);
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let events = if write { PollFlags::POLLIN | PollFlags::POLLOUT } else { PollFlags::POLLIN };
@@ -357,7 +382,7 @@ impl Transport {
 }
 
 /// Reads the ICResp (or a TermReq refusing the connection) in blocking mode.
-fn read_ic_resp(stream: &mut TcpStream) -> Result<IcResp> {
+fn read_ic_resp(stream: &mut impl Read) -> Result<IcResp> {
     let mut bytes = [0u8; IC_BYTES];
     read_exact(stream, &mut bytes[..COMMON_HEADER_BYTES])?;
     let header = CommonHeader::parse(&bytes);
@@ -371,7 +396,7 @@ fn read_ic_resp(stream: &mut TcpStream) -> Result<IcResp> {
     }
 }
 
-fn read_exact(stream: &mut TcpStream, bytes: &mut [u8]) -> Result<()> {
+fn read_exact(stream: &mut impl Read, bytes: &mut [u8]) -> Result<()> {
     stream.read_exact(bytes).map_err(|e| match e.kind() {
         ErrorKind::UnexpectedEof => Error::Closed,
         ErrorKind::WouldBlock | ErrorKind::TimedOut => Error::Timeout { what: "ICResp", ms: 0 },

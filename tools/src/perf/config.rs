@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::initiator::{Digests, HostAuth};
+use crate::initiator::{Digests, HostAuth, HostTls};
 
 use super::trid::TransportId;
 
@@ -72,10 +72,16 @@ pub struct PerfConfig {
     pub rate_iops: Option<u32>,
     /// DH-HMAC-CHAP secrets (`--dhchap-key`, `--dhchap-ctrlr-key`).
     pub auth: Option<HostAuth>,
+    /// A TLS PSK (`--psk`): connect over TLS 1.3 to a secure_channel listener.
+    pub tls: Option<HostTls>,
 }
 
 impl PerfConfig {
     pub fn check(&self) -> Result<(), String> {
+        if self.tls.is_some() && self.trid.subnqn.is_none() {
+            // A PSK identity names the subsystem; discovery to find one is not done over TLS.
+            return Err("--psk needs the subsystem: give subnqn:NQN in -r".into());
+        }
         if self.queue_depth == 0 {
             return Err("-q must be at least 1".into());
         }

@@ -65,8 +65,13 @@ fn pin_to(core: usize) -> Result<(), String> {
 pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     config.check().map_err(Error::Config)?;
     let addr = config.trid.socket_addr().map_err(Error::Config)?;
-    let options =
-        Options { digests: config.digests, kato_ms: config.kato_ms, auth: config.auth.clone(), ..Options::default() };
+    let options = Options {
+        digests: config.digests,
+        kato_ms: config.kato_ms,
+        auth: config.auth.clone(),
+        tls: config.tls.clone(),
+        ..Options::default()
+    };
     let subnqn = resolve_subnqn(&config.trid, addr, &config.hostnqn, &options)?;
     writeln!(out, "Initializing NVMe Controllers")?;
     let mut ctrl = Controller::connect(addr, &subnqn, &config.hostnqn, &options)?;

@@ -69,7 +69,13 @@ impl Qpair {
         data: &[u8; CONNECT_DATA_BYTES],
     ) {
         let sqe = self.requests[index].sqe;
-        let info = ConnInfo { conn_id: self.id, thread: ctx.handle(), peer: self.peer, local: self.local };
+        let info = ConnInfo {
+            conn_id: self.id,
+            thread: ctx.handle(),
+            peer: self.peer,
+            local: self.local,
+            tls: self.tls_peer.clone(),
+        };
         match connect::connect(&self.target, &self.opts, &info, &sqe, data) {
             Ok(connected) => {
                 let controller = connected.controller;

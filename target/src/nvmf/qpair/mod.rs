@@ -175,6 +175,8 @@ pub struct Qpair {
     pub id: u64,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Set by the transport once a TLS handshake named the peer (before any command).
+    pub tls_peer: Option<super::connect::TlsPeer>,
     target: NvmfTarget,
     opts: Arc<TransportOptions>,
     pool: &'static DataPool,
@@ -231,6 +233,7 @@ impl Qpair {
             config,
             queue: None,
             closing: false,
+            tls_peer: None,
             requests: vec![Request::empty()],
             free: vec![0],
             cids: vec![FREE_CID],

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use peerless_tools::initiator::auth::secret_argument;
 use peerless_tools::initiator::{
-    self, subtype, Completion, Controller, Error, HostAuth, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
+    self, subtype, Completion, Controller, Error, HostAuth, HostTls, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
 };
 
 use crate::engine::{Engine, Event, Op, Queued, Request};
@@ -39,12 +39,14 @@ pub struct NvmfEngine {
 }
 
 impl NvmfEngine {
-    /// `dhchap_key`, `dhchap_ctrlr_key`: DH-HMAC-CHAP key files (as `peerless-perf`'s).
+    /// `dhchap_key`, `dhchap_ctrlr_key`: DH-HMAC-CHAP key files; `psk`: a TLS PSK file
+    /// (all as `peerless-perf`'s).
     pub fn new(
         hostnqn: Option<&str>,
         digest_enable: Option<&str>,
         dhchap_key: Option<&str>,
         dhchap_ctrlr_key: Option<&str>,
+        psk: Option<&str>,
     ) -> Result<NvmfEngine, String> {
         let digests = parse_digests(digest_enable)?;
         let auth = match (dhchap_key, dhchap_ctrlr_key) {
@@ -56,9 +58,13 @@ impl NvmfEngine {
                 Some(HostAuth::new(&secret, ctrlr.as_deref()).map_err(|e| e.to_string())?)
             }
         };
+        let tls = psk
+            .map(|path| HostTls::from_file(std::path::Path::new(path)))
+            .transpose()
+            .map_err(|e| format!("psk: {e}"))?;
         Ok(NvmfEngine {
             hostnqn: hostnqn.unwrap_or(DEFAULT_HOSTNQN).to_string(),
-            options: Options { digests, auth, ..Options::default() },
+            options: Options { digests, auth, tls, ..Options::default() },
             files: HashMap::new(),
             spare: Vec::new(),
             completions: Vec::new(),
@@ -69,6 +75,10 @@ impl NvmfEngine {
 
     fn connect(&self, spec: &NvmfFile) -> Result<Controller, Error> {
         let subnqn = match &spec.subnqn {
+            // A PSK identity names the subsystem; discovery is not done over TLS.
+            None if self.options.tls.is_some() => {
+                return Err(Error::Invalid("psk needs the subsystem: name it with subnqn= in the filename".into()))
+            }
             Some(nqn) => nqn.clone(),
             None => {
                 let log = initiator::discover(spec.addr, &self.hostnqn, &self.options)?;

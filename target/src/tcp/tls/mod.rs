@@ -1,0 +1,162 @@
+//! TLS 1.3 for NVMe/TCP with pre-shared keys (NVMe/TCP 1.0, 3.6.1: the secure channel).
+//!
+//! A listener added with `secure_channel` wraps each accepted socket in a [`TlsSocket`]:
+//! the server side of a TLS 1.3 handshake runs first, driven from the socket's readiness
+//! like every other read, and then the record layer runs in user space through OpenSSL.
+//! Only external PSKs authenticate: no certificates, no session tickets, no TLS 1.2, and
+//! the two cipher suites NVMe/TCP names. The PSK is found by the identity the host
+//! presents (`NVMe0R01 <hostnqn> <subnqn>`): the host must be listed on that subsystem
+//! with a `psk` (a keyring key holding the interchange format, see [`psk`]), and the
+//! subsystem must have a secure listener where the connection arrived.
+//!
+//! The kernel's TLS offload (kTLS) is not used: it needs the `tls` module and an OpenSSL
+//! built with ktls support, neither of which the hosts this target is built on have.
+
+pub mod psk;
+mod socket;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use openssl::error::ErrorStack;
+use openssl::ex_data::Index;
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslMode, SslOptions, SslRef, SslSessionCacheMode, SslVersion};
+use peerless_core::keyring::{KeyRef, Keyring};
+use peerless_core::rpc::RpcError;
+use zeroize::Zeroizing;
+
+pub use socket::TlsSocket;
+
+use self::psk::{ConfiguredPsk, Identity, PskHash};
+use crate::nvmf::connect::TlsPeer;
+use crate::nvmf::NvmfTarget;
+
+/// The TLS 1.3 cipher suites NVMe/TCP allows (NVMe/TCP 1.0, 3.6.1.2).
+pub const CIPHER_SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384";
+
+/// Where the PSK callback leaves why it found no key, for the refusal's log line.
+fn refusal_index() -> Index<Ssl, String> {
+    static INDEX: OnceLock<Index<Ssl, String>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL has room for an ex_data index"))
+}
+
+/// Where the PSK callback leaves whom the identity named once it found the key: OpenSSL
+/// does not keep a TLS 1.3 server's PSK identity for later.
+fn peer_index() -> Index<Ssl, TlsPeer> {
+    static INDEX: OnceLock<Index<Ssl, TlsPeer>> = OnceLock::new();
+    *INDEX.get_or_init(|| Ssl::new_ex_index().expect("OpenSSL has room for an ex_data index"))
+}
+
+/// Checks, when a host is added, that key `name` is a TLS PSK this target can use, so a
+/// wrong key fails the RPC rather than every handshake.
+pub fn resolve_psk(keyring: &Keyring, name: &str) -> Result<KeyRef, RpcError> {
+    let key = keyring
+        .get(name)
+        .map_err(|err| RpcError::invalid_params(format!("psk: {err} (add it first with keyring_file_add_key)")))?;
+    let secret = key.load().map_err(|err| RpcError::invalid_params(format!("psk: {err}")))?;
+    let parsed = ConfiguredPsk::parse(secret.bytes()).map_err(|err| {
+        RpcError::invalid_params(format!("psk: key '{name}' is not a TLS PSK in interchange format: {err}"))
+    })?;
+    check_supported(&parsed).map_err(|why| RpcError::invalid_params(format!("psk: key '{name}': {why}")))?;
+    Ok(key)
+}
+
+/// OpenSSL's PSK callbacks that the `openssl` crate offers give TLS 1.3 a SHA-256 PSK
+/// only (OpenSSL assumes TLS_AES_128_GCM_SHA256 for them); the SHA-384 suite needs its
+/// session-based PSK callbacks, which the crate does not expose.
+fn check_supported(psk: &ConfiguredPsk) -> Result<(), String> {
+    match psk.cipher_hash() {
+        PskHash::Sha256 => Ok(()),
+        PskHash::Sha384 => Err(
+            "a 48-byte PSK (TLS_AES_256_GCM_SHA384) is not supported here; use a 32-byte one (nvme gen-tls-key --hmac=1)"
+                .into(),
+        ),
+    }
+}
+
+/// The TLS context of one secure listener: its PSK callback looks keys up in `target`
+/// for connections that arrived at `local`.
+pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslContext, ErrorStack> {
+    let target = target.clone();
+    context_with(move |identity| find_psk(&target, local, identity))
+}
+
+/// What a PSK lookup answers: the TLS PSK and whom it belongs to, or why there is none.
+type Lookup = Result<(Zeroizing<Vec<u8>>, TlsPeer), String>;
+
+/// A server context whose PSKs come from `lookup`.
+fn context_with(lookup: impl Fn(Option<&[u8]>) -> Lookup + Send + Sync + 'static) -> Result<SslContext, ErrorStack> {
+    let mut builder = SslContext::builder(SslMethod::tls_server())?;
+    builder.set_min_proto_version(Some(SslVersion::TLS1_3))?;
+    builder.set_max_proto_version(Some(SslVersion::TLS1_3))?;
+    builder.set_ciphersuites(CIPHER_SUITES)?;
+    // No resumption: every connection proves its PSK anew, and no ticket key to guard.
+    builder.set_options(SslOptions::NO_TICKET);
+    builder.set_num_tickets(0)?;
+    builder.set_session_cache_mode(SslSessionCacheMode::OFF);
+    // The connection's outbox retries a write from the same bytes, possibly from a
+    // buffer that moved, and takes partial writes.
+    builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    builder.set_psk_server_callback(move |ssl: &mut SslRef, identity: Option<&[u8]>, out: &mut [u8]| {
+        match lookup(identity) {
+            Ok((psk, peer)) if psk.len() <= out.len() => {
+                out[..psk.len()].copy_from_slice(&psk);
+                ssl.set_ex_data(peer_index(), peer);
+                Ok(psk.len())
+            }
+            Ok(_) => {
+                ssl.set_ex_data(refusal_index(), "the TLS PSK is longer than OpenSSL takes".to_string());
+                Ok(0)
+            }
+            Err(why) => {
+                ssl.set_ex_data(refusal_index(), why);
+                // No key: OpenSSL ends the handshake with an alert.
+                Ok(0)
+            }
+        }
+    });
+    Ok(builder.build())
+}
+
+/// The TLS PSK for `identity` at listener `local`, or why there is none. The reason
+/// names NQNs and key names, never key material.
+fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> Lookup {
+    let identity = identity.ok_or("the host presented no PSK identity")?;
+    let shown = || String::from_utf8_lossy(&identity[..identity.len().min(300)]).into_owned();
+    let parsed = Identity::parse(identity)
+        .ok_or_else(|| format!("PSK identity '{}' is not an NVMe retained-PSK identity", shown()))?;
+    let subsystem = target
+        .find_subsystem(&parsed.subnqn)
+        .ok_or_else(|| format!("PSK identity names subsystem '{}', which does not exist", parsed.subnqn))?;
+    if !subsystem.listener_secure(local) {
+        return Err(format!("subsystem '{}' has no secure_channel listener at {local}", parsed.subnqn));
+    }
+    if !subsystem.host_allowed(&parsed.hostnqn) {
+        return Err(format!("host '{}' is not allowed on '{}'", parsed.hostnqn, parsed.subnqn));
+    }
+    let key = subsystem
+        .host_psk(&parsed.hostnqn)
+        .ok_or_else(|| format!("host '{}' has no psk on '{}'", parsed.hostnqn, parsed.subnqn))?;
+    let secret = key.load().map_err(|err| format!("psk of host '{}': {err}", parsed.hostnqn))?;
+    let configured = ConfiguredPsk::parse(secret.bytes()).map_err(|err| format!("key '{}': {err}", key.name()))?;
+    check_supported(&configured).map_err(|why| format!("key '{}': {why}", key.name()))?;
+    if configured.cipher_hash() != parsed.cipher {
+        return Err(format!(
+            "PSK identity asks for {} but key '{}' is for {}",
+            parsed.cipher.cipher_suite(),
+            key.name(),
+            configured.cipher_hash().cipher_suite()
+        ));
+    }
+    let identity_text = std::str::from_utf8(identity).map_err(|_| "PSK identity is not UTF-8".to_string())?;
+    let psk = configured.tls_psk(&parsed.hostnqn, identity_text).map_err(|err| err.to_string())?;
+    Ok((psk, TlsPeer { hostnqn: parsed.hostnqn, subnqn: parsed.subnqn }))
+}
+
+/// Who a completed handshake's identity named.
+fn peer_of(ssl: &SslRef) -> Option<TlsPeer> {
+    ssl.ex_data(peer_index()).cloned()
+}
+
+#[cfg(test)]
+mod tests;

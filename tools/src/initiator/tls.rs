@@ -1,0 +1,145 @@
+//! The host side of the NVMe/TCP secure channel (NVMe/TCP 1.0, 3.6.1): a TLS 1.3
+//! handshake with the PSK derived from the host's configured key, before ICReq. The
+//! record layer then runs in OpenSSL, and the connection's socket becomes a [`Stream`].
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslMode, SslOptions, SslStream, SslVersion};
+use peerless_target::tcp::tls::psk::{ConfiguredPsk, PskHash};
+use peerless_target::tcp::tls::CIPHER_SUITES;
+use zeroize::Zeroizing;
+
+use super::error::{Error, Result};
+
+/// A host's configured PSK (interchange format); Debug output never shows it.
+#[derive(Clone)]
+pub struct HostTls {
+    interchange: Arc<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for HostTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostTls(<PSK redacted>)")
+    }
+}
+
+impl HostTls {
+    /// Checks the key's form now, so a typo fails before connecting.
+    pub fn new(interchange: &str) -> Result<HostTls> {
+        let parsed =
+            ConfiguredPsk::parse(interchange.as_bytes()).map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
+        if parsed.cipher_hash() == PskHash::Sha384 {
+            return Err(Error::Unsupported(
+                "a 48-byte TLS PSK (TLS_AES_256_GCM_SHA384): the openssl crate offers SHA-256 PSKs only".into(),
+            ));
+        }
+        Ok(HostTls { interchange: Arc::new(Zeroizing::new(interchange.trim_end().to_string())) })
+    }
+
+    /// Reads the key from a file (what `nvme gen-tls-key` printed, saved 0600).
+    pub fn from_file(path: &Path) -> Result<HostTls> {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|err| Error::Invalid(format!("PSK file {}: {err}", path.display())))?,
+        );
+        HostTls::new(&text)
+    }
+
+    /// The TLS handshake over `tcp` as `hostnqn` to `subnqn`, blocking up to the
+    /// socket's timeouts.
+    pub fn handshake(&self, tcp: TcpStream, hostnqn: &str, subnqn: &str) -> Result<SslStream<TcpStream>> {
+        let psk = ConfiguredPsk::parse(self.interchange.as_bytes())
+            .map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
+        let identity = psk.identity(hostnqn, subnqn);
+        let tls_psk = psk.tls_psk(hostnqn, &identity).map_err(|err| Error::Invalid(err.to_string()))?;
+        let tls_err = |what: &'static str| {
+            move |err: openssl::error::ErrorStack| Error::Io {
+                op: what,
+                kind: io::ErrorKind::Other,
+                message: err.to_string(),
+            }
+        };
+        let mut builder = SslContext::builder(SslMethod::tls_client()).map_err(tls_err("TLS context"))?;
+        builder.set_min_proto_version(Some(SslVersion::TLS1_3)).map_err(tls_err("TLS version"))?;
+        builder.set_max_proto_version(Some(SslVersion::TLS1_3)).map_err(tls_err("TLS version"))?;
+        builder.set_ciphersuites(CIPHER_SUITES).map_err(tls_err("TLS cipher suites"))?;
+        builder.set_options(SslOptions::NO_TICKET);
+        // The send buffer may grow (move) between a write the socket refused and its retry.
+        builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+        builder.set_psk_client_callback(move |_, _hint, identity_out, psk_out| {
+            // The identity goes out NUL-terminated (OpenSSL reads a C string).
+            if identity.len() >= identity_out.len() || tls_psk.len() > psk_out.len() {
+                return Ok(0);
+            }
+            identity_out[..identity.len()].copy_from_slice(identity.as_bytes());
+            identity_out[identity.len()] = 0;
+            psk_out[..tls_psk.len()].copy_from_slice(&tls_psk);
+            Ok(tls_psk.len())
+        });
+        let context = builder.build();
+        let ssl = Ssl::new(&context).map_err(tls_err("TLS session"))?;
+        ssl.connect(tcp).map_err(|err| Error::Io {
+            op: "TLS handshake",
+            kind: io::ErrorKind::ConnectionRefused,
+            message: format!("{err} (a wrong PSK, or a host or subsystem the target does not know?)"),
+        })
+    }
+}
+
+/// A connection's byte stream: plain TCP, or TLS over it.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<SslStream<TcpStream>>),
+}
+
+impl Stream {
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref(),
+        }
+    }
+
+    /// Input OpenSSL decrypted and holds while the socket shows nothing: read it first.
+    pub fn has_buffered_input(&self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls.ssl().pending() > 0,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.read(buf),
+            Stream::Tls(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(tcp) => tcp.write(buf),
+            Stream::Tls(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(tcp) => tcp.flush(),
+            Stream::Tls(tls) => tls.flush(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp().as_fd()
+    }
+}
