@@ -79,6 +79,9 @@ fn check_refusals(target: &Target) {
         "config_param.mon_host",
     );
     refused("bdev_rbd_register_cluster", json!({"name": "c3", "key": "x"}), "key");
+    for connections in [json!(0), json!(17), json!("2")] {
+        refused("bdev_rbd_register_cluster", json!({"name": "c4", "connections": connections}), "connections");
+    }
     refused("bdev_rbd_unregister_cluster", json!({"name": "ceph"}), "Rbd512");
     refused("bdev_rbd_delete", json!({"name": "nothing"}), "nothing");
     let info = target.call("bdev_rbd_get_clusters_info", Some(json!({"name": "ceph"})));
@@ -214,6 +217,42 @@ fn check_fail_policy(target: &Target, cluster: &CephCluster, addr: std::net::Soc
     let mut back = vec![0u8; data.len()];
     queue.read(nsid, 0, 2, &mut back).expect("read once the OSD is back");
     assert!(back == data, "the write made before the OSD stopped is there");
+}
+
+/// A cluster registered with two librados connections: three bdevs spread over them, the
+/// least used first, each serving verified data; save_config keeps the count.
+fn check_connections(target: &Target, cluster: &CephCluster, addr: std::net::SocketAddr) {
+    let conf = cluster.conf().display().to_string();
+    let registered =
+        target.call("bdev_rbd_register_cluster", Some(json!({"name": "pair", "config_file": conf, "connections": 2})));
+    assert_eq!(registered, json!("pair"));
+    let mut namespaces = Vec::new();
+    for (index, block_size) in [(0, 512u32), (1, 4096), (2, 512)] {
+        let image = format!("pair{index}");
+        cluster.rbd(&["create", "--size", "16M", &format!("rbd/{image}")]);
+        let name = format!("Pair{index}");
+        let params = json!({"name": name, "pool_name": "rbd", "rbd_name": image, "block_size": block_size,
+            "cluster_name": "pair"});
+        assert_eq!(target.call("bdev_rbd_create", Some(params)), json!(name));
+        namespaces.push((target.add_namespace(NQN, &name), block_size));
+    }
+    let info = target.call("bdev_rbd_get_clusters_info", Some(json!({"name": "pair"})));
+    assert_eq!(info["connections"], json!([["Pair0", "Pair2"], ["Pair1"]]), "{info}");
+    round_trips(addr, &namespaces, 0x77);
+    let config = target.call("framework_get_config", Some(json!({"name": "bdev"})));
+    let saved = config.as_array().expect("entries").iter().find(|e| e["method"] == json!("bdev_rbd_register_cluster"));
+    assert_eq!(saved.expect("the cluster is saved")["params"]["connections"], json!(2), "{config}");
+    // The freed connection takes the next bdev.
+    assert_eq!(target.call("bdev_rbd_delete", Some(json!({"name": "Pair1"}))), json!(true));
+    let params =
+        json!({"name": "Pair3", "pool_name": "rbd", "rbd_name": "pair1", "block_size": 4096, "cluster_name": "pair"});
+    assert_eq!(target.call("bdev_rbd_create", Some(params)), json!("Pair3"));
+    let info = target.call("bdev_rbd_get_clusters_info", Some(json!({"name": "pair"})));
+    assert_eq!(info["connections"], json!([["Pair0", "Pair2"], ["Pair3"]]), "{info}");
+    for name in ["Pair0", "Pair2", "Pair3"] {
+        assert_eq!(target.call("bdev_rbd_delete", Some(json!({"name": name}))), json!(true));
+    }
+    assert_eq!(target.call("bdev_rbd_unregister_cluster", Some(json!({"name": "pair"}))), json!(true));
 }
 
 /// Set Features Asynchronous Event Configuration: Namespace Attribute notices (bit 8).
@@ -397,6 +436,8 @@ fn rbd_namespaces_verify_survive_an_osd_outage_and_round_trip_their_config() {
     assert_eq!(second.call("bdev_rbd_delete", Some(json!({"name": "RbdFail"}))), json!(true));
     assert_eq!(second.call("bdev_rbd_unregister_cluster", Some(json!({"name": "ceph"}))), json!(true));
     assert_eq!(second.call("bdev_rbd_get_clusters_info", None), json!([]));
+
+    check_connections(&second, &cluster, addr_b);
 
     // A target stopped with SIGTERM closes its images before it exits: no watch of its
     // is left for the OSD to time out (30 s), which another client of the image, such as

@@ -1,12 +1,15 @@
-//! Registered Ceph clusters (`bdev_rbd_register_cluster`): one librados connection per
-//! name, shared by every bdev created with that `cluster_name`. The registry is
-//! process-wide, as SPDK's is: one target per process.
+//! Registered Ceph clusters (`bdev_rbd_register_cluster`): librados connections per name,
+//! shared by every bdev created with that `cluster_name`. One connection by default, as
+//! SPDK has; `connections` opens several (as Ceph's NVMe-oF gateway does with
+//! `bdevs_per_cluster`), since one connection's messenger threads carry all of its
+//! bdevs' traffic, and each new bdev takes the least used. The registry is process-wide,
+//! as SPDK's is: one target per process.
 //!
 //! Connecting blocks for the monitor's answer; it runs on the thread that handles the
 //! RPC (the app thread), as SPDK's does, so a slow monitor delays other RPCs, never I/O
 //! on the other reactors' threads.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -14,15 +17,20 @@ use peerless_core::rpc::RpcError;
 use serde_json::{json, Map, Value};
 use spdk_sys::rbd::{Cluster, ClusterConfig};
 
-/// A registered cluster: how it was asked for, its connection, and who uses it.
+/// Most librados connections one registration may open: each has its own messenger
+/// threads and sockets to every OSD.
+pub(super) const MAX_CONNECTIONS: u32 = 16;
+
+/// A registered cluster: how it was asked for, its connections, and who uses which.
 pub(super) struct Registered {
     pub(super) name: String,
     pub(super) config: ClusterConfig,
     /// `config_param` as given, for `bdev_rbd_get_clusters_info` and `save_config`.
     pub(super) config_param: Option<Map<String, Value>>,
-    pub(super) connection: Arc<Cluster>,
-    /// Bdevs created on it; unregistering waits for none.
-    users: Mutex<BTreeSet<String>>,
+    connections: Vec<Arc<Cluster>>,
+    /// Bdevs created on it, each with the index of its connection; unregistering waits
+    /// for none.
+    users: Mutex<BTreeMap<String, usize>>,
 }
 
 fn registry() -> &'static Mutex<BTreeMap<String, Arc<Registered>>> {
@@ -45,20 +53,26 @@ pub(super) fn register(
     name: String,
     config: ClusterConfig,
     config_param: Option<Map<String, Value>>,
+    connections: u32,
 ) -> Result<String, RpcError> {
+    if !(1..=MAX_CONNECTIONS).contains(&connections) {
+        return Err(RpcError::invalid_params(format!("connections {connections}: expected 1 to {MAX_CONNECTIONS}")));
+    }
     if registry().lock().contains_key(&name) {
         return Err(RpcError::exists(format!("cluster '{name}' is already registered")));
     }
-    let connection = Cluster::connect(&config)
+    let connections = (0..connections)
+        .map(|_| Cluster::connect(&config))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|err| RpcError::errno(errno(err.errno), format!("cluster '{name}': {err}")))?;
     let mut clusters = registry().lock();
     if clusters.contains_key(&name) {
         return Err(RpcError::exists(format!("cluster '{name}' is already registered")));
     }
-    peerless_core::log_info!("rbd: cluster '{name}' connected");
+    peerless_core::log_info!("rbd: cluster '{name}' connected ({} connection(s))", connections.len());
     clusters.insert(
         name.clone(),
-        Arc::new(Registered { name: name.clone(), config, config_param, connection, users: Mutex::default() }),
+        Arc::new(Registered { name: name.clone(), config, config_param, connections, users: Mutex::default() }),
     );
     Ok(name)
 }
@@ -71,7 +85,7 @@ pub(super) fn unregister(name: &str) -> Result<(), RpcError> {
         };
         let users = entry.users.lock().clone();
         if !users.is_empty() {
-            let list: Vec<String> = users.into_iter().collect();
+            let list: Vec<String> = users.into_keys().collect();
             return Err(RpcError::errno(
                 nix::errno::Errno::EBUSY,
                 format!("cluster '{name}' is used by bdevs {}", list.join(", ")),
@@ -84,12 +98,26 @@ pub(super) fn unregister(name: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
-/// The cluster `name` for bdev `bdev`, recorded as its user.
-pub(super) fn acquire(name: &str, bdev: &str) -> Result<Arc<Registered>, RpcError> {
+/// The cluster `name` for bdev `bdev`, recorded as its user, and the connection it is
+/// to use: the one fewest bdevs use, the first of those on a tie.
+pub(super) fn acquire(name: &str, bdev: &str) -> Result<(Arc<Registered>, Arc<Cluster>), RpcError> {
     let clusters = registry().lock();
     let entry = clusters.get(name).ok_or_else(|| RpcError::no_such_device(format!("no cluster '{name}'")))?;
-    entry.users.lock().insert(bdev.to_string());
-    Ok(entry.clone())
+    let mut users = entry.users.lock();
+    let index = least_used(entry.connections.len(), users.values().copied());
+    users.insert(bdev.to_string(), index);
+    Ok((entry.clone(), entry.connections[index].clone()))
+}
+
+/// Of `count` connections, the one fewest users are on (the lowest index on a tie).
+fn least_used(count: usize, in_use: impl Iterator<Item = usize>) -> usize {
+    let mut load = vec![0usize; count];
+    for index in in_use {
+        if let Some(slot) = load.get_mut(index) {
+            *slot += 1;
+        }
+    }
+    (0..count).min_by_key(|index| load[*index]).unwrap_or(0)
 }
 
 pub(super) fn release(entry: &Registered, bdev: &str) {
@@ -111,6 +139,11 @@ impl Registered {
         }
         if let Some(key_file) = &self.config.key_file {
             params.insert("key_file".into(), json!(key_file));
+        }
+        // SPDK has no such parameter: written only when it is not the default, so a
+        // configuration without it still loads into SPDK.
+        if self.connections.len() != 1 {
+            params.insert("connections".into(), json!(self.connections.len()));
         }
         Value::Object(params)
     }
@@ -135,7 +168,13 @@ fn info_of(entry: &Registered) -> Value {
         if let Some(name) = map.remove("name") {
             map.insert("cluster_name".into(), name);
         }
-        map.insert("bdevs".into(), json!(entry.users.lock().iter().collect::<Vec<_>>()));
+        let users = entry.users.lock();
+        map.insert("bdevs".into(), json!(users.keys().collect::<Vec<_>>()));
+        // Which bdevs share which connection, in connection order.
+        let per_connection: Vec<Vec<&String>> = (0..entry.connections.len())
+            .map(|index| users.iter().filter(|(_, used)| **used == index).map(|(bdev, _)| bdev).collect())
+            .collect();
+        map.insert("connections".into(), json!(per_connection));
     }
     value
 }
@@ -179,6 +218,26 @@ mod tests {
         assert!(unregister("no-such-cluster").unwrap_err().message.contains("no-such-cluster"));
         assert!(acquire("no-such-cluster", "bdev").is_err());
         assert!(info(Some("no-such-cluster")).is_err());
+    }
+
+    #[test]
+    fn new_bdevs_take_the_least_used_connection() {
+        assert_eq!(least_used(1, [0, 0, 0].into_iter()), 0);
+        assert_eq!(least_used(3, [].into_iter()), 0);
+        assert_eq!(least_used(3, [0].into_iter()), 1);
+        assert_eq!(least_used(3, [0, 1].into_iter()), 2);
+        assert_eq!(least_used(3, [0, 1, 2].into_iter()), 0);
+        // A bdev deleted from the middle leaves a hole the next one fills.
+        assert_eq!(least_used(3, [0, 2, 0, 2, 1].into_iter()), 1);
+        assert_eq!(least_used(2, [5, 0].into_iter()), 1, "an index out of range is not counted");
+    }
+
+    #[test]
+    fn connection_counts_outside_the_range_are_refused() {
+        for connections in [0, MAX_CONNECTIONS + 1] {
+            let err = register("c".into(), ClusterConfig::default(), None, connections).unwrap_err();
+            assert!(err.message.contains("connections"), "{err}");
+        }
     }
 
     #[test]

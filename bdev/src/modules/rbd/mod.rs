@@ -56,6 +56,13 @@ struct RegisterClusterParams {
     config_file: Option<String>,
     #[serde(default)]
     key_file: Option<String>,
+    /// librados connections to open (Peerless's own parameter; SPDK opens one).
+    #[serde(default = "one")]
+    connections: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Deserialize)]
@@ -162,7 +169,7 @@ fn register_cluster(params: RegisterClusterParams) -> Result<String, RpcError> {
         key_file: params.key_file,
         params: options,
     };
-    cluster::register(params.name, config, params.config_param)
+    cluster::register(params.name, config, params.config_param, params.connections)
 }
 
 /// Where a bdev's connection comes from.
@@ -199,8 +206,7 @@ fn create(ctx: &mut ThreadCtx, manager: &BdevManager, params: CreateParams) -> R
                     )));
                 }
             }
-            let entry = cluster::acquire(&cluster_name, &name)?;
-            let connection = entry.connection.clone();
+            let (entry, connection) = cluster::acquire(&cluster_name, &name)?;
             (Connection::Registered(entry), connection)
         }
         None => {
