@@ -9,7 +9,9 @@
 //! - `spdk` (feature `spdk`): bindings to the SPDK build named by `SPDK_ROOT`.
 //! - [`rbd`] (feature `rbd`): Ceph's librados and librbd, raw (`rbd_sys`) and a safe
 //!   layer: cluster connection, image, asynchronous I/O reaped through an eventfd.
-#![cfg_attr(not(any(feature = "dpdk", feature = "rbd")), no_std)]
+//! - [`tls_psk`] (feature `tls`): OpenSSL's session-based TLS 1.3 PSK callbacks, for
+//!   the SHA-384 cipher suite the `openssl` crate's PSK callbacks cannot carry.
+#![cfg_attr(not(any(feature = "dpdk", feature = "rbd", feature = "tls")), no_std)]
 
 /// Raw DPDK bindings. Generated code: lints of this crate do not apply to it.
 #[cfg(feature = "dpdk")]
@@ -45,3 +47,6 @@ pub mod rbd_sys {
 
 #[cfg(feature = "rbd")]
 pub mod rbd;
+
+#[cfg(feature = "tls")]
+pub mod tls_psk;

@@ -240,12 +240,8 @@ fn rpcs_that_would_weaken_the_channel_are_refused() {
     // One socket per address: a plain subsystem cannot share the secure one's port.
     assert!(err("nvmf_subsystem_add_listener", listen(open, served.secure.port(), false)).contains("secure_channel"));
     add_key(target, "dhchap", "DHHC-1:00:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWadNtdU:");
-    let mut key48 = [0u8; 48];
-    random(&mut key48).unwrap();
-    add_key(target, "psk48", &ConfiguredPsk::format(Some(PskHash::Sha384), &key48));
     let add_host = |key: &str| err("nvmf_subsystem_add_host", json!({"nqn": NQN, "host": STRANGER, "psk": key}));
     assert!(add_host("dhchap").contains("not a TLS PSK"));
-    assert!(add_host("psk48").contains("48-byte PSK"));
     assert!(add_host("missing").contains("no key named"));
     // What the RPCs show: key names and the secure listener, as SPDK shows them.
     let listeners = target.call("nvmf_subsystem_get_listeners", Some(json!({"nqn": NQN})));
@@ -256,6 +252,38 @@ fn rpcs_that_would_weaken_the_channel_are_refused() {
     let subsystems = target.call("nvmf_get_subsystems", None);
     let ours = subsystems.as_array().unwrap().iter().find(|s| s["nqn"] == NQN).unwrap();
     assert_eq!(ours["hosts"], json!([{"nqn": HOSTNQN, "psk": "psk0"}, {"nqn": PLAIN_HOST}]));
+}
+
+#[test]
+fn a_48_byte_psk_carries_io_over_the_sha384_suite_beside_a_32_byte_one() {
+    let served = serve("tls-sha384", json!({}));
+    let mut key48 = [0u8; 48];
+    random(&mut key48).unwrap();
+    let psk48 = ConfiguredPsk::format(Some(PskHash::Sha384), &key48).to_string();
+    add_key(&served.target, "psk48", &psk48);
+    served.target.call("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": STRANGER, "psk": "psk48"})));
+    // Each host in its own half of the 2 MiB namespace.
+    for (host, psk, seed, base) in
+        [(STRANGER, psk48.as_str(), 40, 0u64), (HOSTNQN, served.psk.as_str(), 50, BLOCKS / 2)]
+    {
+        let mut controller =
+            Controller::connect(served.secure, NQN, host, &options(Some(psk), Digests { header: true, data: true }))
+                .unwrap_or_else(|err| panic!("{host}: {err}"));
+        let mut queue = controller.io_queue(8).unwrap();
+        for (index, (bytes, offset)) in [(512, 0u64), (65536, 8), (524288, 136)].into_iter().enumerate() {
+            let blocks = (bytes / BLOCK as usize) as u32;
+            let lba = base + offset;
+            let data = pattern(bytes, seed + index as u32);
+            queue.write(1, lba, blocks, &data).unwrap_or_else(|err| panic!("{host}: write {bytes} B: {err}"));
+            let mut back = vec![0u8; bytes];
+            queue.read(1, lba, blocks, &mut back).unwrap_or_else(|err| panic!("{host}: read {bytes} B: {err}"));
+            assert!(back == data, "{host}: {bytes} B read back differs");
+        }
+        controller.shutdown().unwrap();
+    }
+    // Each host's key is its own: the 48-byte key does not open the 32-byte host's door.
+    let crossed = Controller::connect(served.secure, NQN, HOSTNQN, &options(Some(&psk48), Digests::default()));
+    assert!(crossed.is_err(), "a host got in with another host's key");
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslMode, SslOptions, SslStream, SslVersion};
-use peerless_target::tcp::tls::psk::{ConfiguredPsk, PskHash};
-use peerless_target::tcp::tls::CIPHER_SUITES;
+use peerless_target::tcp::tls::psk::ConfiguredPsk;
+use peerless_target::tcp::tls::{set_client_offer, suite_of};
 use zeroize::Zeroizing;
 
 use super::error::{Error, Result};
@@ -30,13 +30,7 @@ impl std::fmt::Debug for HostTls {
 impl HostTls {
     /// Checks the key's form now, so a typo fails before connecting.
     pub fn new(interchange: &str) -> Result<HostTls> {
-        let parsed =
-            ConfiguredPsk::parse(interchange.as_bytes()).map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
-        if parsed.cipher_hash() == PskHash::Sha384 {
-            return Err(Error::Unsupported(
-                "a 48-byte TLS PSK (TLS_AES_256_GCM_SHA384): the openssl crate offers SHA-256 PSKs only".into(),
-            ));
-        }
+        ConfiguredPsk::parse(interchange.as_bytes()).map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
         Ok(HostTls { interchange: Arc::new(Zeroizing::new(interchange.trim_end().to_string())) })
     }
 
@@ -66,20 +60,14 @@ impl HostTls {
         let mut builder = SslContext::builder(SslMethod::tls_client()).map_err(tls_err("TLS context"))?;
         builder.set_min_proto_version(Some(SslVersion::TLS1_3)).map_err(tls_err("TLS version"))?;
         builder.set_max_proto_version(Some(SslVersion::TLS1_3)).map_err(tls_err("TLS version"))?;
-        builder.set_ciphersuites(CIPHER_SUITES).map_err(tls_err("TLS cipher suites"))?;
+        let suite = suite_of(psk.cipher_hash());
+        builder.set_ciphersuites(suite.name()).map_err(tls_err("TLS cipher suites"))?;
         builder.set_options(SslOptions::NO_TICKET);
         // The send buffer may grow (move) between a write the socket refused and its retry.
         builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
-        builder.set_psk_client_callback(move |_, _hint, identity_out, psk_out| {
-            // The identity goes out NUL-terminated (OpenSSL reads a C string).
-            if identity.len() >= identity_out.len() || tls_psk.len() > psk_out.len() {
-                return Ok(0);
-            }
-            identity_out[..identity.len()].copy_from_slice(identity.as_bytes());
-            identity_out[identity.len()] = 0;
-            psk_out[..tls_psk.len()].copy_from_slice(&tls_psk);
-            Ok(tls_psk.len())
-        });
+        // Offered as a session with its cipher suite: a 48-byte PSK asks for
+        // TLS_AES_256_GCM_SHA384, a 32-byte one for TLS_AES_128_GCM_SHA256.
+        set_client_offer(&mut builder, Box::new(move |_| Some((identity.as_bytes().to_vec(), tls_psk.clone(), suite))));
         let context = builder.build();
         let ssl = Ssl::new(&context).map_err(tls_err("TLS session"))?;
         ssl.connect(tcp).map_err(|err| Error::Io {

@@ -23,6 +23,8 @@ use openssl::ex_data::Index;
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslMode, SslOptions, SslRef, SslSessionCacheMode, SslVersion};
 use peerless_core::keyring::{KeyRef, Keyring};
 use peerless_core::rpc::RpcError;
+use spdk_sys::tls_psk;
+pub use spdk_sys::tls_psk::{set_client_offer, PskSuite};
 use zeroize::Zeroizing;
 
 pub use socket::TlsSocket;
@@ -54,23 +56,18 @@ pub fn resolve_psk(keyring: &Keyring, name: &str) -> Result<KeyRef, RpcError> {
         .get(name)
         .map_err(|err| RpcError::invalid_params(format!("psk: {err} (add it first with keyring_file_add_key)")))?;
     let secret = key.load().map_err(|err| RpcError::invalid_params(format!("psk: {err}")))?;
-    let parsed = ConfiguredPsk::parse(secret.bytes()).map_err(|err| {
+    ConfiguredPsk::parse(secret.bytes()).map_err(|err| {
         RpcError::invalid_params(format!("psk: key '{name}' is not a TLS PSK in interchange format: {err}"))
     })?;
-    check_supported(&parsed).map_err(|why| RpcError::invalid_params(format!("psk: key '{name}': {why}")))?;
     Ok(key)
 }
 
-/// OpenSSL's PSK callbacks that the `openssl` crate offers give TLS 1.3 a SHA-256 PSK
-/// only (OpenSSL assumes TLS_AES_128_GCM_SHA256 for them); the SHA-384 suite needs its
-/// session-based PSK callbacks, which the crate does not expose.
-fn check_supported(psk: &ConfiguredPsk) -> Result<(), String> {
-    match psk.cipher_hash() {
-        PskHash::Sha256 => Ok(()),
-        PskHash::Sha384 => Err(
-            "a 48-byte PSK (TLS_AES_256_GCM_SHA384) is not supported here; use a 32-byte one (nvme gen-tls-key --hmac=1)"
-                .into(),
-        ),
+/// The cipher suite a PSK of `hash` is used with (NVMe/TCP 1.0, 3.6.1.2): the TLS PSK is
+/// as long as the suite's hash, and OpenSSL is handed both together.
+pub fn suite_of(hash: PskHash) -> PskSuite {
+    match hash {
+        PskHash::Sha256 => PskSuite::Aes128GcmSha256,
+        PskHash::Sha384 => PskSuite::Aes256GcmSha384,
     }
 }
 
@@ -81,8 +78,9 @@ pub fn server_context(target: &NvmfTarget, local: SocketAddr) -> Result<SslConte
     context_with(move |identity| find_psk(&target, local, identity))
 }
 
-/// What a PSK lookup answers: the TLS PSK and whom it belongs to, or why there is none.
-type Lookup = Result<(Zeroizing<Vec<u8>>, TlsPeer), String>;
+/// What a PSK lookup answers: the TLS PSK, whom it belongs to and its hash, or why there
+/// is none.
+type Lookup = Result<(Zeroizing<Vec<u8>>, TlsPeer, PskHash), String>;
 
 /// A server context whose PSKs come from `lookup`.
 fn context_with(lookup: impl Fn(Option<&[u8]>) -> Lookup + Send + Sync + 'static) -> Result<SslContext, ErrorStack> {
@@ -97,24 +95,24 @@ fn context_with(lookup: impl Fn(Option<&[u8]>) -> Lookup + Send + Sync + 'static
     // The connection's outbox retries a write from the same bytes, possibly from a
     // buffer that moved, and takes partial writes.
     builder.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
-    builder.set_psk_server_callback(move |ssl: &mut SslRef, identity: Option<&[u8]>, out: &mut [u8]| {
+    // The PSK goes to OpenSSL as a session with its cipher suite, so a 48-byte PSK
+    // selects TLS_AES_256_GCM_SHA384 (the `openssl` crate's own PSK callback would
+    // assume SHA-256).
+    let lookup = move |ssl: &mut SslRef, identity: &[u8]| {
+        let identity = (!identity.is_empty()).then_some(identity);
         match lookup(identity) {
-            Ok((psk, peer)) if psk.len() <= out.len() => {
-                out[..psk.len()].copy_from_slice(&psk);
+            Ok((psk, peer, hash)) => {
                 ssl.set_ex_data(peer_index(), peer);
-                Ok(psk.len())
-            }
-            Ok(_) => {
-                ssl.set_ex_data(refusal_index(), "the TLS PSK is longer than OpenSSL takes".to_string());
-                Ok(0)
+                Some((psk, suite_of(hash)))
             }
             Err(why) => {
                 ssl.set_ex_data(refusal_index(), why);
                 // No key: OpenSSL ends the handshake with an alert.
-                Ok(0)
+                None
             }
         }
-    });
+    };
+    tls_psk::set_server_lookup(&mut builder, Box::new(lookup));
     Ok(builder.build())
 }
 
@@ -139,7 +137,6 @@ fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> 
         .ok_or_else(|| format!("host '{}' has no psk on '{}'", parsed.hostnqn, parsed.subnqn))?;
     let secret = key.load().map_err(|err| format!("psk of host '{}': {err}", parsed.hostnqn))?;
     let configured = ConfiguredPsk::parse(secret.bytes()).map_err(|err| format!("key '{}': {err}", key.name()))?;
-    check_supported(&configured).map_err(|why| format!("key '{}': {why}", key.name()))?;
     if configured.cipher_hash() != parsed.cipher {
         return Err(format!(
             "PSK identity asks for {} but key '{}' is for {}",
@@ -150,7 +147,7 @@ fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> 
     }
     let identity_text = std::str::from_utf8(identity).map_err(|_| "PSK identity is not UTF-8".to_string())?;
     let psk = configured.tls_psk(&parsed.hostnqn, identity_text).map_err(|err| err.to_string())?;
-    Ok((psk, TlsPeer { hostnqn: parsed.hostnqn, subnqn: parsed.subnqn }))
+    Ok((psk, TlsPeer { hostnqn: parsed.hostnqn, subnqn: parsed.subnqn }, parsed.cipher))
 }
 
 /// Who a completed handshake's identity named.

@@ -94,7 +94,7 @@ fn the_handshake_goes_as_far_as_input_allows_then_records_flow_both_ways() {
         answer
     });
     let (tcp, _) = listener.accept().unwrap();
-    let mut socket = TlsSocket::new(&server(Ok((Zeroizing::new(KEY.to_vec()), peer()))), tcp).unwrap();
+    let mut socket = TlsSocket::new(&server(Ok((Zeroizing::new(KEY.to_vec()), peer(), PskHash::Sha256))), tcp).unwrap();
     socket.prepare(0).unwrap();
     // Nothing has arrived: the handshake cannot start, and the read says so at once.
     let mut buf = [0u8; 64];
@@ -125,7 +125,7 @@ fn a_large_read_takes_every_whole_record_there_is() {
         tls.shutdown().unwrap();
     });
     let (tcp, _) = listener.accept().unwrap();
-    let mut socket = TlsSocket::new(&server(Ok((Zeroizing::new(KEY.to_vec()), peer()))), tcp).unwrap();
+    let mut socket = TlsSocket::new(&server(Ok((Zeroizing::new(KEY.to_vec()), peer(), PskHash::Sha256))), tcp).unwrap();
     socket.prepare(0).unwrap();
     let (got, _) = read_all(&mut socket, payload.len(), payload.len()).unwrap();
     assert!(got == payload);
@@ -167,7 +167,7 @@ fn serve_one(listener: &TcpListener, context: &SslContext) -> std::io::Error {
 fn a_wrong_psk_or_a_failed_lookup_refuses_the_handshake_and_says_why() {
     let (listener, port) = listen();
     let host = thread::spawn(move || client(port, [8; 32]));
-    let err = serve_one(&listener, &server(Ok((Zeroizing::new(KEY.to_vec()), peer()))));
+    let err = serve_one(&listener, &server(Ok((Zeroizing::new(KEY.to_vec()), peer(), PskHash::Sha256))));
     assert_eq!(err.kind(), ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
     assert!(host.join().unwrap().is_err(), "the host with the wrong key got in");
@@ -193,8 +193,47 @@ fn plaintext_nvme_tcp_is_no_handshake() {
         let _ = tcp.read_to_end(&mut rest);
         rest
     });
-    let err = serve_one(&listener, &server(Ok((Zeroizing::new(KEY.to_vec()), peer()))));
+    let err = serve_one(&listener, &server(Ok((Zeroizing::new(KEY.to_vec()), peer(), PskHash::Sha256))));
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     let answer = host.join().unwrap();
     assert!(answer.first().is_none_or(|&byte| byte == 0x15), "only a TLS alert, never an ICResp: {answer:?}");
+}
+
+/// A client that offers its PSK as a session with its cipher suite, as the initiator does.
+fn session_client(port: u16, key: Vec<u8>, suite: PskSuite) -> Result<SslStream<TcpStream>, String> {
+    let mut builder = SslContext::builder(SslMethod::tls_client()).unwrap();
+    builder.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    builder.set_ciphersuites(suite.name()).unwrap();
+    let offer = move |_: &mut SslRef| Some((IDENTITY.as_bytes().to_vec(), Zeroizing::new(key.clone()), suite));
+    set_client_offer(&mut builder, Box::new(offer));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    Ssl::new(&builder.build()).unwrap().connect(tcp).map_err(|err| err.to_string())
+}
+
+#[test]
+fn each_psk_length_negotiates_its_own_cipher_suite_and_a_mismatch_is_refused() {
+    for (hash, len) in [(PskHash::Sha384, 48), (PskHash::Sha256, 32)] {
+        let (listener, port) = listen();
+        let key: Vec<u8> = (0..len as u8).collect();
+        let host_key = key.clone();
+        let host = thread::spawn(move || {
+            let mut tls = session_client(port, host_key, suite_of(hash))?;
+            tls.write_all(b"ping").map_err(|err| err.to_string())?;
+            Ok::<_, String>(tls.ssl().current_cipher().map(|cipher| cipher.standard_name().unwrap_or("?").to_string()))
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        let mut socket = TlsSocket::new(&server(Ok((Zeroizing::new(key), peer(), hash))), tcp).unwrap();
+        socket.prepare(0).unwrap();
+        let (got, _) = read_all(&mut socket, 4, 64).unwrap();
+        assert_eq!(got, b"ping", "{hash:?}");
+        let cipher = host.join().unwrap().unwrap();
+        assert_eq!(cipher.as_deref(), Some(hash.cipher_suite()), "{hash:?}");
+        assert_eq!(socket.tls_peer(), Some(peer()));
+    }
+    // The host's 48-byte key for SHA-384 against the server's 32-byte one for SHA-256.
+    let (listener, port) = listen();
+    let host = thread::spawn(move || session_client(port, vec![3; 48], PskSuite::Aes256GcmSha384));
+    let err = serve_one(&listener, &server(Ok((Zeroizing::new(KEY.to_vec()), peer(), PskHash::Sha256))));
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(host.join().unwrap().is_err(), "a host with a key of the other suite got in");
 }
