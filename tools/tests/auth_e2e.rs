@@ -8,8 +8,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peerless_target::nvme::cmd::SqeBuilder;
@@ -22,7 +20,7 @@ use peerless_testkit::Target;
 use peerless_tools::initiator::auth::{self as host_auth};
 use peerless_tools::initiator::{connect_admin_queue, Controller, Error, HostAuth, Options, QueuePair, Xfer};
 use serde_json::{json, Value};
-use support::{tgt, HOSTNQN};
+use support::{add_key, secret_parts, tgt, write_key, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:auth";
 const BLOCK: u32 = 512;
@@ -33,24 +31,6 @@ fn new_secret(transform: Option<Digest>, len: usize) -> String {
     let mut key = vec![0u8; len];
     random(&mut key).unwrap();
     DhchapSecret::format(transform, &key)
-}
-
-/// The parts of a secret that must never show: its text and its base64 body.
-fn secret_parts(secret: &str) -> Vec<String> {
-    let body = secret.trim_end_matches(':').rsplit(':').next().unwrap().to_string();
-    vec![secret.to_string(), body]
-}
-
-fn write_key(dir: &Path, name: &str, secret: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{secret}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-fn add_key(target: &Target, name: &str, secret: &str) {
-    let path = write_key(target.dir(), &format!("{name}.key"), secret);
-    target.call("keyring_file_add_key", Some(json!({"name": name, "path": path})));
 }
 
 struct Keys {

@@ -11,8 +11,6 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{Ssl, SslContext, SslMethod, SslVersion};
@@ -21,7 +19,7 @@ use peerless_target::tcp::tls::psk::{ConfiguredPsk, PskHash};
 use peerless_testkit::Target;
 use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostTls, Options};
 use serde_json::{json, Value};
-use support::{tgt, HOSTNQN};
+use support::{add_key, secret_parts, tgt, write_key, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:tls";
 /// A host on the list without a PSK.
@@ -37,24 +35,6 @@ fn new_psk() -> String {
     let mut key = [0u8; 32];
     random(&mut key).unwrap();
     ConfiguredPsk::format(Some(PskHash::Sha256), &key).to_string()
-}
-
-/// The parts of a key that must never show: its text and its base64 body.
-fn secret_parts(psk: &str) -> Vec<String> {
-    let body = psk.trim_end_matches(':').rsplit(':').next().unwrap().to_string();
-    vec![psk.to_string(), body]
-}
-
-fn write_key(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, format!("{text}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
-fn add_key(target: &Target, name: &str, text: &str) {
-    let path = write_key(target.dir(), &format!("{name}.key"), text);
-    target.call("keyring_file_add_key", Some(json!({"name": name, "path": path})));
 }
 
 struct Served {
