@@ -367,18 +367,7 @@ impl BdevManager {
         for desc in descs {
             let Some(callback) = desc.on_resize.lock().clone() else { continue };
             let run = move |ctx: &mut ThreadCtx| callback(ctx, num_blocks);
-            match (&desc.opener, ctx.as_deref_mut()) {
-                (Some(opener), Some(ctx)) if opener.id() != ctx.id() => {
-                    let _ = ctx.send_to(opener, run);
-                }
-                (Some(opener), None) => {
-                    let _ = opener.send_blocking(run);
-                }
-                (_, Some(ctx)) => run(ctx),
-                (None, None) => {
-                    peerless_core::log_warn!("resize of '{real_name}': an opener without a thread missed it")
-                }
-            }
+            on_opener_thread(ctx.as_deref_mut(), &desc, run, || format!("resize of '{real_name}'"));
         }
         Ok(())
     }
@@ -418,18 +407,7 @@ impl BdevManager {
         let mut ctx = ctx;
         for desc in descs {
             let Some(callback) = desc.on_remove.lock().take() else { continue };
-            match (&desc.opener, ctx.as_deref_mut()) {
-                (Some(opener), Some(ctx)) if opener.id() != ctx.id() => {
-                    let _ = ctx.send_to(opener, callback);
-                }
-                (Some(opener), None) => {
-                    let _ = opener.send_blocking(callback);
-                }
-                (_, Some(ctx)) => callback(ctx),
-                (None, None) => {
-                    peerless_core::log_warn!("hot-remove of '{real_name}': an opener without a thread missed it")
-                }
-            }
+            on_opener_thread(ctx.as_deref_mut(), &desc, callback, || format!("hot-remove of '{real_name}'"));
         }
         entry.bdev.destruct();
         peerless_core::log_info!("bdev '{real_name}' unregistered");
@@ -549,6 +527,27 @@ pub struct WeakBdevManager(Weak<Inner>);
 impl WeakBdevManager {
     pub fn upgrade(&self) -> Option<BdevManager> {
         self.0.upgrade().map(|inner| BdevManager { inner })
+    }
+}
+
+/// Runs an event's `work` on the thread that opened `desc`: by message from another
+/// reactor, blocking from outside one, inline when already there or when the opener
+/// named no thread. `what` names the event for the warning when nobody can run it.
+fn on_opener_thread(
+    ctx: Option<&mut ThreadCtx>,
+    desc: &DescState,
+    work: impl FnOnce(&mut ThreadCtx) + Send + 'static,
+    what: impl FnOnce() -> String,
+) {
+    match (&desc.opener, ctx) {
+        (Some(opener), Some(ctx)) if opener.id() != ctx.id() => {
+            let _ = ctx.send_to(opener, work);
+        }
+        (Some(opener), None) => {
+            let _ = opener.send_blocking(work);
+        }
+        (_, Some(ctx)) => work(ctx),
+        (None, None) => peerless_core::log_warn!("{}: an opener without a thread missed it", what()),
     }
 }
 

@@ -20,7 +20,7 @@ use peerless_testkit::Target;
 use peerless_tools::initiator::auth::{self as host_auth};
 use peerless_tools::initiator::{connect_admin_queue, Controller, Error, HostAuth, Options, QueuePair, Xfer};
 use serde_json::{json, Value};
-use support::{add_key, secret_parts, tgt, write_key, HOSTNQN};
+use support::{add_key, saved_config, secret_parts, tgt, write_key, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:auth";
 const BLOCK: u32 = 512;
@@ -354,21 +354,6 @@ fn no_key_material_in_the_log_rpc_answers_or_saved_config_and_the_config_round_t
     let mut controller = Controller::connect(listen, NQN, HOSTNQN, &options(Some(auth))).unwrap();
     io_round_trip(&mut controller, 2);
     drop(second);
-}
-
-/// What `save_config` writes (rpc.py's composite of the framework calls).
-fn saved_config(target: &Target) -> Value {
-    let listed = target.call("framework_get_subsystems", None);
-    let subsystems: Vec<Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| {
-            let name = entry["subsystem"].clone();
-            json!({"subsystem": name, "config": target.call("framework_get_config", Some(json!({"name": name})))})
-        })
-        .collect();
-    json!({"subsystems": subsystems})
 }
 
 /// The listener the saved configuration restores.

@@ -19,7 +19,7 @@ use peerless_target::tcp::tls::psk::{ConfiguredPsk, PskHash};
 use peerless_testkit::Target;
 use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostTls, Options};
 use serde_json::{json, Value};
-use support::{add_key, secret_parts, tgt, write_key, HOSTNQN};
+use support::{add_key, saved_config, secret_parts, tgt, write_key, HOSTNQN};
 
 const NQN: &str = "nqn.2016-06.io.peerless:tls";
 /// A host on the list without a PSK.
@@ -306,21 +306,6 @@ fn a_host_stalling_mid_handshake_is_evicted_and_does_not_stop_another() {
     queue.read(1, 40, 8, &mut back).unwrap();
     assert!(back == data);
     good.shutdown().unwrap();
-}
-
-/// What `save_config` writes (rpc.py's composite of the framework calls).
-fn saved_config(target: &Target) -> Value {
-    let listed = target.call("framework_get_subsystems", None);
-    let subsystems: Vec<Value> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|entry| {
-            let name = entry["subsystem"].clone();
-            json!({"subsystem": name, "config": target.call("framework_get_config", Some(json!({"name": name})))})
-        })
-        .collect();
-    json!({"subsystems": subsystems})
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use peerless_testkit::{Binary, Target};
-use serde_json::json;
+use serde_json::{json, Value};
 
 pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:a1b2c3d4-0000-4000-8000-000000000001";
 
@@ -36,4 +36,19 @@ pub fn write_key(dir: &Path, name: &str, secret: &str) -> PathBuf {
 pub fn add_key(target: &Target, name: &str, secret: &str) {
     let path = write_key(target.dir(), &format!("{name}.key"), secret);
     target.call("keyring_file_add_key", Some(json!({"name": name, "path": path})));
+}
+
+/// What `save_config` writes (rpc.py's composite of the framework calls).
+pub fn saved_config(target: &Target) -> Value {
+    let listed = target.call("framework_get_subsystems", None);
+    let subsystems: Vec<Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            let name = entry["subsystem"].clone();
+            json!({"subsystem": name, "config": target.call("framework_get_config", Some(json!({"name": name})))})
+        })
+        .collect();
+    json!({"subsystems": subsystems})
 }
