@@ -64,6 +64,13 @@ pub enum Command {
     /// Delete a null bdev
     #[command(name = "bdev_null_delete")]
     BdevNullDelete { name: String },
+    /// Grow a null bdev
+    #[command(name = "bdev_null_resize")]
+    BdevNullResize {
+        name: String,
+        /// The new size in MiB (not less than now)
+        new_size: u64,
+    },
     /// Create a bdev on a file or block device through io_uring
     #[command(name = "bdev_uring_create")]
     BdevUringCreate {
@@ -284,6 +291,10 @@ impl Command {
                 call("bdev_null_create", params, Json)
             }
             Command::BdevNullDelete { name } => named("bdev_null_delete", name),
+            Command::BdevNullResize { name, new_size } => {
+                let params = p().set("name", name.as_str()).set("new_size", *new_size);
+                call("bdev_null_resize", params, Json)
+            }
             Command::BdevUringCreate { filename, name, block_size, uuid } => {
                 let params = p()
                     .set("filename", filename.as_str())

@@ -108,6 +108,7 @@ fn bdev_create_and_delete() {
         json!({"num_blocks": 16131, "block_size": 520, "name": "Null1", "uuid": "u-2", "md_size": 8, "dif_type": 1}),
     );
     check(&["bdev_null_delete", "Null0"], "bdev_null_delete", json!({"name": "Null0"}));
+    check(&["bdev_null_resize", "Null0", "128"], "bdev_null_resize", json!({"name": "Null0", "new_size": 128}));
     check(
         &["bdev_uring_create", "/dev/nvme0n1", "uring0", "4096"],
         "bdev_uring_create",
