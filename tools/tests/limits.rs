@@ -272,6 +272,23 @@ fn open_descriptors(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(Iterator::count).expect("the target's /proc fd directory")
 }
 
+/// The target's open descriptors once the count has held still for a while: the RPC
+/// connections a test just made close on the target's side some time after the test's,
+/// later still on a loaded machine, and each one counted open would be one more free.
+fn settled_open_descriptors(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut count = open_descriptors(pid);
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = open_descriptors(pid);
+        if now != count {
+            (count, still_since) = (now, Instant::now());
+        }
+    }
+    count
+}
+
 /// Sets process `pid`'s soft RLIMIT_NOFILE, leaving the hard limit as it is.
 fn set_open_files_soft_limit(pid: u32, soft: usize) {
     let status = std::process::Command::new("prlimit")
@@ -307,7 +324,7 @@ fn out_of_descriptors_refuses_newcomers_at_once_and_recovers() {
         .and_then(|line| line.split_whitespace().nth(3))
         .and_then(|soft| soft.parse().ok())
         .unwrap_or_else(|| panic!("no open files limit in {limit_before}"));
-    set_open_files_soft_limit(pid, open_descriptors(pid) + FREE_DESCRIPTORS);
+    set_open_files_soft_limit(pid, settled_open_descriptors(pid) + FREE_DESCRIPTORS);
 
     let hosts: Vec<TcpStream> =
         (0..HOSTS).map(|_| TcpStream::connect(addr).expect("the kernel completes the handshake")).collect();

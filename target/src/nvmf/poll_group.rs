@@ -326,6 +326,31 @@ pub fn with<R>(target: &NvmfTarget, ctx: &mut ThreadCtx, work: impl FnOnce(&mut 
     work(&mut group, ctx)
 }
 
+/// Gives every poll group its part of a new transport, then runs `done` on the calling
+/// thread. Made now rather than at a group's first connection, so the descriptors a part
+/// holds (its epoll, its timers) are taken while configuring, never while the process is
+/// short of them and a host is waiting.
+pub fn add_transport(
+    ctx: &mut ThreadCtx,
+    target: &NvmfTarget,
+    transport: Arc<dyn Transport>,
+    done: impl FnOnce(&mut ThreadCtx) + Send + 'static,
+) {
+    let target = target.clone();
+    let groups: Vec<u64> = target.0.poll_groups.lock().iter().map(|group| group.id().0).collect();
+    ctx.app().for_each_thread(
+        ctx,
+        move |ctx| {
+            if groups.contains(&ctx.id().0) {
+                with(&target, ctx, |group, ctx| {
+                    group.transport_group(ctx, &transport);
+                });
+            }
+        },
+        done,
+    );
+}
+
 /// Visits every poll group thread in turn, collecting what `visit` returns; `done` runs
 /// on the calling thread with the results, ordered by thread name.
 pub fn gather<T: Send + 'static>(

@@ -53,23 +53,39 @@ struct Refusals {
 /// sleeping reactor over and over.
 struct SpareFd(Option<File>);
 
+/// What the spare descriptor did for a failed accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A waiting connection was taken and closed.
+    Closed,
+    /// Nothing was waiting: accept(2) takes a descriptor before it looks at the
+    /// backlog, so it reports EMFILE even when no host is there to refuse.
+    NoneWaiting,
+    /// There was no spare (another thread took the descriptor it freed); the
+    /// connection waits in the backlog.
+    NoSpare,
+}
+
 impl SpareFd {
     fn open() -> SpareFd {
         SpareFd(File::open("/dev/null").ok())
     }
 
-    /// Refuses one waiting connection with the spare descriptor. False when there is
-    /// none (another thread took the descriptor it freed): the connection then waits.
-    fn refuse_one(&mut self, socket: &TcpListener) -> bool {
+    /// Refuses one waiting connection with the spare descriptor.
+    fn refuse_one(&mut self, socket: &TcpListener) -> Refusal {
         let Some(spare) = self.0.take() else {
             self.0 = File::open("/dev/null").ok();
-            return false;
+            return Refusal::NoSpare;
         };
         drop(spare);
-        // Dropped at once: the refusal is the close.
-        let refused = socket.accept().is_ok();
+        // The accepted stream is dropped at once: the refusal is the close.
+        let refusal = match socket.accept() {
+            Ok(_) => Refusal::Closed,
+            Err(err) if err.kind() == ErrorKind::WouldBlock => Refusal::NoneWaiting,
+            Err(_) => Refusal::NoSpare,
+        };
         self.0 = File::open("/dev/null").ok();
-        refused
+        refusal
     }
 }
 
@@ -169,7 +185,12 @@ fn accept(
             Ok((stream, _)) => stream,
             Err(err) if err.kind() == ErrorKind::WouldBlock || err.kind() == ErrorKind::Interrupted => break,
             Err(err) => {
-                let refused = out_of_descriptors(&err) && refusals.spare.refuse_one(socket);
+                let refusal =
+                    if out_of_descriptors(&err) { refusals.spare.refuse_one(socket) } else { Refusal::NoSpare };
+                if refusal == Refusal::NoneWaiting {
+                    break;
+                }
+                let refused = refusal == Refusal::Closed;
                 if let Some(report) = refusals.no_fds.event(now_ns) {
                     peerless_core::log_warn!(
                         "listener {:?}: cannot accept: {err} (open files limit {}); {}{}",
@@ -231,4 +252,57 @@ fn accept(
         });
     }
     accepted
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn listening() -> TcpListener {
+        let socket = TcpListener::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("nonblocking");
+        socket
+    }
+
+    #[test]
+    fn the_spare_closes_a_waiting_connection_and_is_taken_again() {
+        let socket = listening();
+        let mut host = TcpStream::connect(socket.local_addr().unwrap()).expect("connect");
+        let mut spare = SpareFd::open();
+        // The kernel queues the handshake; the listener sees it once it lands.
+        let mut refusal = Refusal::NoneWaiting;
+        for _ in 0..1000 {
+            refusal = spare.refuse_one(&socket);
+            if refusal != Refusal::NoneWaiting {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(refusal, Refusal::Closed);
+        host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(host.read(&mut [0; 8]).expect("the host hears a FIN"), 0);
+        assert!(spare.0.is_some(), "the spare is held again for the next refusal");
+    }
+
+    #[test]
+    fn an_empty_backlog_is_not_a_refusal() {
+        let socket = listening();
+        let mut spare = SpareFd::open();
+        assert_eq!(spare.refuse_one(&socket), Refusal::NoneWaiting);
+        assert!(spare.0.is_some());
+    }
+
+    #[test]
+    fn without_a_spare_the_connection_waits_and_the_spare_is_taken_for_next_time() {
+        let socket = listening();
+        let host = TcpStream::connect(socket.local_addr().unwrap()).expect("connect");
+        let mut spare = SpareFd(None);
+        assert_eq!(spare.refuse_one(&socket), Refusal::NoSpare);
+        assert!(spare.0.is_some());
+        drop(host);
+    }
 }

@@ -156,12 +156,15 @@ fn create_transport(ctx: &mut ThreadCtx, target: &NvmfTarget, params: Value, res
         };
         let poll_groups = ctx.app().options().cpumask.cores().count().max(1);
         match target.create_transport(trtype, &params, poll_groups) {
-            Ok(_) => Ok(()),
+            Ok(transport) => Ok(transport),
             Err(why) if why.contains("already exists") => Err(RpcError::exists(why)),
             Err(why) => Err(RpcError::invalid_params(why)),
         }
     })();
-    answer(responder, result);
+    match result {
+        Ok(transport) => super::poll_group::add_transport(ctx, target, transport, move |_| responder.ok_true()),
+        Err(err) => responder.err(err),
+    }
 }
 
 #[derive(Deserialize)]
