@@ -158,14 +158,14 @@ def drive_framework(t):
     version = js(t, "spdk_get_version")
     check(version["version"].startswith("SPDK v") and version["fields"]["major"] >= 24, f"version {version}")
     out(t, "framework_wait_init")
-    for sub in ["keyring", "bdev", "nvmf"]:
+    for sub in ["sock", "keyring", "bdev", "nvmf"]:
         check(isinstance(js(t, "framework_get_config", sub), list), f"framework_get_config {sub}")
     methods = js(t, "rpc_get_methods")
     current = js(t, "rpc_get_methods", "-c")
     check("framework_start_init" not in current and "bdev_malloc_create" in current, "rpc_get_methods -c")
     check(set(js(t, "rpc_get_methods", "-i")) == set(methods), "rpc_get_methods -i: no aliases")
     subsystems = js(t, "framework_get_subsystems")
-    check([s["subsystem"] for s in subsystems] == ["keyring", "bdev", "nvmf"], f"subsystems {subsystems}")
+    check([s["subsystem"] for s in subsystems] == ["sock", "keyring", "bdev", "nvmf"], f"subsystems {subsystems}")
     reactors = js(t, "framework_get_reactors")
     check(reactors["reactors"][0]["lcore"] == 0 and reactors["reactors"][0]["lw_threads"], f"reactors {reactors}")
     stats = js(t, "thread_get_stats")
@@ -440,6 +440,21 @@ def drive_nvmf(t, perf, work):
     return port
 
 
+def drive_sock(t):
+    """The ssl implementation's options: kTLS off and on again, TLS 1.3 only, and the
+    other implementations' options refused rather than ignored."""
+    out(t, "sock_impl_set_options", "-i", "ssl", "--disable-ktls", "--tls-version", "13")
+    options = js(t, "sock_impl_get_options", "-i", "ssl")
+    check(options == {"enable_ktls": False, "tls_version": 13}, f"sock_impl_get_options ssl {options}")
+    check(error_code(t, "sock_impl_set_options", "-i", "ssl", "--tls-version", "12") == -32602,
+          "sock_impl_set_options: TLS 1.2 refused")
+    check(error_code(t, "sock_impl_set_options", "-i", "posix", "--enable-zerocopy-send-server") == -32602,
+          "sock_impl_set_options: a posix option refused")
+    check(error_code(t, "sock_impl_get_options", "-i", "vpp") == -32602, "sock_impl_get_options: unknown impl")
+    out(t, "sock_impl_set_options", "-i", "ssl", "--enable-ktls")
+    check(js(t, "sock_impl_get_options", "-i", "ssl")["enable_ktls"] is True, "sock_impl_set_options --enable-ktls")
+
+
 def drive_tls(t, perf, work):
     """The secure channel: a host PSK by keyring name (`--psk`) and a `--secure-channel`
     listener, both saved, so the round trips below carry them; a PSK host connects with
@@ -527,6 +542,7 @@ def main():
     t = Target(args.tgt, work, "first")
     rpc(t.sock, "framework_wait_init", retries=50)
     methods = drive_framework(t)
+    drive_sock(t)
     drive_keyring(t, work)
     drive_bdevs(t, work)
     port = drive_nvmf(t, args.perf, work)

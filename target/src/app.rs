@@ -127,12 +127,15 @@ pub fn registry(keyring: &Keyring, bdevs: &BdevManager, target: &NvmfTarget) -> 
     keyring::rpc::register(&mut registry, keyring);
     peerless_bdev::register_rpcs(&mut registry, bdevs);
     nvmf::rpc::register(&mut registry, target, keyring);
+    crate::tcp::sock_rpc::register(&mut registry);
     registry
 }
 
 /// The framework subsystems in init order (SPDK's names, so configs carry over).
 fn register_subsystems(app: &AppHandle, keyring: &Keyring, bdevs: &BdevManager, target: &NvmfTarget) {
-    // Keys first: configuration that names a key is restored after it.
+    // Socket options first, as in SPDK: listeners are made with them.
+    app.register_subsystem(Arc::new(crate::tcp::sock_rpc::SockSubsystem));
+    // Keys next: configuration that names a key is restored after it.
     app.register_subsystem(Arc::new(KeyringSubsystem { keyring: keyring.clone() }));
     app.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
     app.register_subsystem(Arc::new(NvmfSubsystem { target: target.clone() }));
@@ -330,18 +333,28 @@ fn watch_signals(app: &AppHandle, signals: SignalFd) {
     }
 }
 
+/// Takes every pending signal in one go. The kernel hands out the lowest-numbered
+/// pending signal first, so a SIGUSR1 sent before a SIGHUP would otherwise still be
+/// unread when the stop begins, and its state report lost.
 fn on_signal(ctx: &mut peerless_core::reactor::ThreadCtx, signals: &SignalFd) -> PollStatus {
-    match signals.read_signal() {
-        Ok(Some(info)) if info.ssi_signo == Signal::SIGUSR1 as u32 => {
+    let mut stop_signal = None;
+    let mut any = false;
+    while let Ok(Some(info)) = signals.read_signal() {
+        any = true;
+        if info.ssi_signo == Signal::SIGUSR1 as u32 {
             log_state(ctx);
-            PollStatus::Busy
+        } else {
+            stop_signal.get_or_insert(info.ssi_signo);
         }
-        Ok(Some(info)) => {
-            log_notice!("received signal {}; stopping", info.ssi_signo);
-            ctx.app().stop();
-            PollStatus::Busy
-        }
-        _ => PollStatus::Idle,
+    }
+    if let Some(signo) = stop_signal {
+        log_notice!("received signal {signo}; stopping");
+        ctx.app().stop();
+    }
+    if any {
+        PollStatus::Busy
+    } else {
+        PollStatus::Idle
     }
 }
 

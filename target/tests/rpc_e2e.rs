@@ -231,6 +231,7 @@ fn framework_reports_reactors_threads_and_pollers() {
     assert_eq!(
         client.call("framework_get_subsystems", None),
         json!([
+            {"subsystem": "sock", "depends_on": []},
             {"subsystem": "keyring", "depends_on": []},
             {"subsystem": "bdev", "depends_on": []},
             {"subsystem": "nvmf", "depends_on": ["bdev"]}
@@ -276,6 +277,12 @@ fn sigterm_and_kill_instance_stop_cleanly() {
                 let usr1 = target.client().call("spdk_kill_instance", Some(json!({"sig_name": "SIGUSR1"})));
                 assert_eq!(usr1, json!(true));
                 assert!(target.client().call("spdk_get_version", None).is_object(), "SIGUSR1 stopped the target");
+                // A signal is handled when the app thread next reads its signalfd, after
+                // the RPC that sent it has answered: wait for the report before stopping.
+                let deadline = std::time::Instant::now() + peerless_testkit::WAIT;
+                while !target.log().contains("lightweight thread(s)") && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
                 let answer = target.client().call("spdk_kill_instance", Some(json!({"sig_name": sig_name})));
                 assert_eq!(answer, json!(true));
             }

@@ -119,7 +119,7 @@ reqs = [c.request("spdk_get_version"), c.request("log_get_level"), c.request("fr
 c.send(*reqs)
 answers = sorted((c.recv() for _ in reqs), key=lambda a: a["id"])
 check([a["id"] for a in answers] == [r["id"] for r in reqs], "three requests in one write")
-check(answers[2]["result"] == [{"subsystem": "keyring", "depends_on": []}, {"subsystem": "bdev", "depends_on": []}, {"subsystem": "nvmf", "depends_on": ["bdev"]}], str(answers[2]))
+check(answers[2]["result"] == [{"subsystem": "sock", "depends_on": []}, {"subsystem": "keyring", "depends_on": []}, {"subsystem": "bdev", "depends_on": []}, {"subsystem": "nvmf", "depends_on": ["bdev"]}], str(answers[2]))
 
 check(ok(c, "bdev_malloc_create", {"num_blocks": 131072, "block_size": 512, "name": "Malloc0", "md_interleave": False, "dif_is_head_of_md": False}) == "Malloc0", "malloc")
 check(ok(c, "bdev_null_create", {"num_blocks": 262144, "block_size": 4096, "name": "Null0", "dif_is_head_of_md": False}) == "Null0", "null")

@@ -3,7 +3,8 @@
 //! library (and `peerless-perf`) over loopback TLS 1.3. I/O from 512 bytes to the
 //! largest transfer with and without digests; every refusal (wrong PSK, plaintext,
 //! TLS 1.2, an unlisted host, a listed host without a PSK, a PSK host on a plain
-//! listener, RPCs that would weaken the channel); a host that stalls mid-handshake is
+//! listener, a version-1 identity whose digest names another key, RPCs that would
+//! weaken the channel); both PSK identity versions; a host that stalls mid-handshake is
 //! evicted while another works; and no key material in the log, RPC answers or saved
 //! configuration, which restores the same channel.
 
@@ -127,15 +128,54 @@ fn perf_verifies_over_tls_with_a_psk_file() {
         assert_eq!((summary["errors"].as_u64(), summary["mismatches"].as_u64()), (Some(0), Some(0)), "{summary}");
         assert!(summary["ios"].as_u64().unwrap() > 0, "{summary}");
     }
+    // A version-1 identity (with its digest) carries the same run.
+    let output = perf(served.secure, &["--psk", key.to_str().unwrap(), "--psk-identity-version", "1"]);
+    assert!(output.status.success(), "{output:?}");
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((summary["errors"].as_u64(), summary["mismatches"].as_u64()), (Some(0), Some(0)), "{summary}");
+    let output = perf(served.secure, &["--psk", key.to_str().unwrap(), "--psk-identity-version", "2"]);
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("0 or 1"), "{output:?}");
     // Without the key the secure listener takes nothing.
     assert!(!perf(served.secure, &[]).status.success());
+}
+
+#[test]
+fn version_one_identities_connect_on_both_suites_and_a_digest_of_another_key_is_named() {
+    let served = serve("tls-identity-v1", json!({}));
+    let v1 = |psk: &str| Options {
+        tls: Some(HostTls::new(psk).unwrap().with_identity_version(1).unwrap()),
+        command_timeout: Duration::from_secs(10),
+        ..Options::default()
+    };
+    // First, so its reason is the one logged: the host's NQN with a key the target does
+    // not hold for it.
+    assert!(Controller::connect(served.secure, NQN, HOSTNQN, &v1(&new_psk())).is_err());
+    let log = served.target.log();
+    assert!(log.contains("PSK identity's digest does not match key 'psk0'"), "{log}");
+    let mut key48 = [0u8; 48];
+    random(&mut key48).unwrap();
+    let psk48 = ConfiguredPsk::format(Some(PskHash::Sha384), &key48).to_string();
+    add_key(&served.target, "psk48", &psk48);
+    served.target.call("nvmf_subsystem_add_host", Some(json!({"nqn": NQN, "host": STRANGER, "psk": "psk48"})));
+    for (host, psk, lba) in [(HOSTNQN, served.psk.as_str(), 0u64), (STRANGER, psk48.as_str(), 64)] {
+        let mut controller =
+            Controller::connect(served.secure, NQN, host, &v1(psk)).unwrap_or_else(|err| panic!("{host}: {err}"));
+        let mut queue = controller.io_queue(8).unwrap();
+        let data = pattern(65536, lba as u32);
+        queue.write(1, lba, 128, &data).unwrap();
+        let mut back = vec![0u8; data.len()];
+        queue.read(1, lba, 128, &mut back).unwrap();
+        assert!(back == data, "{host}: read back differs");
+        controller.shutdown().unwrap();
+    }
 }
 
 /// A TLS 1.2 PSK client: the target speaks TLS 1.3 only.
 fn tls12_handshake(addr: SocketAddr, psk: &str) -> Result<(), String> {
     let configured = ConfiguredPsk::parse(psk.as_bytes()).unwrap();
-    let identity = configured.identity(HOSTNQN, NQN);
-    let tls_psk = configured.tls_psk(HOSTNQN, &identity).unwrap();
+    let identity = configured.identity(0, HOSTNQN, NQN).unwrap();
+    let tls_psk = configured.tls_psk(&identity).unwrap();
+    let identity = identity.to_string();
     let mut builder = SslContext::builder(SslMethod::tls_client()).unwrap();
     builder.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
     builder.set_cipher_list("PSK-AES128-GCM-SHA256").unwrap();
@@ -360,4 +400,56 @@ fn no_key_material_in_the_log_rpc_answers_or_saved_config_and_the_config_round_t
     controller.io_queue(4).unwrap().read(1, 0, 1, &mut back).unwrap();
     Controller::connect(served.secure, NQN, HOSTNQN, &options(None, Digests::default())).err().expect("still TLS only");
     drop(second);
+}
+
+/// The kernel's kTLS counters (`/proc/net/tls_stat`), None where it has no tls module.
+fn tls_stat(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/tls_stat").ok()?;
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(char::is_whitespace)?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
+/// With `enable_ktls` (the default) the record layer moves into the kernel where the
+/// kernel has the tls module, which its counters show; where it has not, the target says
+/// so once and keeps the records in OpenSSL. Either way, I/O is intact. With kTLS off no
+/// attempt is made.
+#[test]
+fn records_move_into_the_kernel_where_it_offers_ktls_and_stay_in_openssl_where_not() {
+    let served = serve("tls-ktls", json!({}));
+    let options_now = served.target.call("sock_impl_get_options", Some(json!({"impl_name": "ssl"})));
+    assert_eq!(options_now, json!({"enable_ktls": true, "tls_version": 13}));
+    let software_before = (tls_stat("TlsTxSw"), tls_stat("TlsRxSw"));
+    let io = |seed: u32| {
+        let mut controller =
+            Controller::connect(served.secure, NQN, HOSTNQN, &options(Some(&served.psk), Digests::default())).unwrap();
+        let mut queue = controller.io_queue(8).unwrap();
+        for (bytes, lba) in [(512usize, 0u64), (131072, 8), (MAX_IO_BYTES, 512)] {
+            let data = pattern(bytes, seed + lba as u32);
+            queue.write(1, lba, (bytes / BLOCK as usize) as u32, &data).unwrap();
+            let mut back = vec![0u8; bytes];
+            queue.read(1, lba, (bytes / BLOCK as usize) as u32, &mut back).unwrap();
+            assert!(back == data, "{bytes} B read back differs");
+        }
+        controller.shutdown().unwrap();
+    };
+    io(1);
+    let log = served.target.log();
+    match software_before {
+        (Some(tx), Some(rx)) => {
+            // Two queues (admin and I/O), each offloaded both ways.
+            assert!(tls_stat("TlsTxSw").unwrap() >= tx + 2 && tls_stat("TlsRxSw").unwrap() >= rx + 2, "{log}");
+            assert!(!log.contains("kTLS unavailable"), "{log}");
+        }
+        _ => assert!(log.contains("kTLS unavailable, TLS records stay in OpenSSL: the kernel has no TLS"), "{log}"),
+    }
+    // Off: connections keep OpenSSL's records, and say nothing about it.
+    served.target.call("sock_impl_set_options", Some(json!({"impl_name": "ssl", "enable_ktls": false})));
+    let software_off = (tls_stat("TlsTxSw"), tls_stat("TlsRxSw"));
+    io(2);
+    assert_eq!((tls_stat("TlsTxSw"), tls_stat("TlsRxSw")), software_off, "kTLS was used while off");
+    let saved = saved_config(&served.target);
+    let sock = saved["subsystems"].as_array().unwrap().iter().find(|s| s["subsystem"] == "sock").unwrap();
+    assert_eq!(sock["config"][0]["params"], json!({"impl_name": "ssl", "enable_ktls": false, "tls_version": 13}));
 }

@@ -10,6 +10,7 @@ mod outbox;
 pub mod pdu;
 pub mod poll_group;
 mod send;
+pub mod sock_rpc;
 pub mod socket;
 pub mod tls;
 pub mod transport;

@@ -127,6 +127,10 @@ struct AuthArgs {
     /// TLS 1.3 to a secure_channel listener.
     #[arg(long = "psk", value_name = "FILE")]
     psk: Option<PathBuf>,
+    /// The PSK identity version to present: 0 (`NVMe0R..`) or 1 (`NVMe1R.. <digest>`,
+    /// which binds the identity to the key).
+    #[arg(long = "psk-identity-version", value_name = "0|1", default_value_t = 0, requires = "psk")]
+    psk_identity_version: u8,
 }
 
 impl AuthArgs {
@@ -138,7 +142,9 @@ impl AuthArgs {
     }
 
     fn host_tls(&self) -> Result<Option<HostTls>, String> {
-        self.psk.as_deref().map(HostTls::from_file).transpose().map_err(|e| e.to_string())
+        let Some(path) = self.psk.as_deref() else { return Ok(None) };
+        let tls = HostTls::from_file(path).and_then(|tls| tls.with_identity_version(self.psk_identity_version));
+        tls.map(Some).map_err(|e| e.to_string())
     }
 }
 

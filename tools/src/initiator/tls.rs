@@ -19,6 +19,9 @@ use super::error::{Error, Result};
 #[derive(Clone)]
 pub struct HostTls {
     interchange: Arc<Zeroizing<String>>,
+    /// The PSK identity version presented: 0 (`NVMe0R..`, the default) or 1
+    /// (`NVMe1R.. <digest>`).
+    identity_version: u8,
 }
 
 impl std::fmt::Debug for HostTls {
@@ -31,7 +34,15 @@ impl HostTls {
     /// Checks the key's form now, so a typo fails before connecting.
     pub fn new(interchange: &str) -> Result<HostTls> {
         ConfiguredPsk::parse(interchange.as_bytes()).map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
-        Ok(HostTls { interchange: Arc::new(Zeroizing::new(interchange.trim_end().to_string())) })
+        Ok(HostTls { interchange: Arc::new(Zeroizing::new(interchange.trim_end().to_string())), identity_version: 0 })
+    }
+
+    /// Presents a PSK identity of `version` (0 or 1; NVMe/TCP 1.0, 3.6.1.3).
+    pub fn with_identity_version(self, version: u8) -> Result<HostTls> {
+        if version > 1 {
+            return Err(Error::Invalid(format!("TLS PSK identity version {version}: 0 or 1")));
+        }
+        Ok(HostTls { identity_version: version, ..self })
     }
 
     /// Reads the key from a file (what `nvme gen-tls-key` printed, saved 0600).
@@ -48,8 +59,10 @@ impl HostTls {
     pub fn handshake(&self, tcp: TcpStream, hostnqn: &str, subnqn: &str) -> Result<SslStream<TcpStream>> {
         let psk = ConfiguredPsk::parse(self.interchange.as_bytes())
             .map_err(|err| Error::Invalid(format!("TLS PSK: {err}")))?;
-        let identity = psk.identity(hostnqn, subnqn);
-        let tls_psk = psk.tls_psk(hostnqn, &identity).map_err(|err| Error::Invalid(err.to_string()))?;
+        let invalid = |err: peerless_target::tcp::tls::psk::PskError| Error::Invalid(err.to_string());
+        let identity = psk.identity(self.identity_version, hostnqn, subnqn).map_err(invalid)?;
+        let tls_psk = psk.tls_psk(&identity).map_err(invalid)?;
+        let identity = identity.to_string();
         let tls_err = |what: &'static str| {
             move |err: openssl::error::ErrorStack| Error::Io {
                 op: what,

@@ -104,6 +104,29 @@ pub enum Command {
     /// List the keys: names, paths and use, never their contents
     #[command(name = "keyring_get_keys")]
     KeyringGetKeys,
+    /// Set options of a sock implementation (only ssl has any: kTLS and the TLS version)
+    #[command(name = "sock_impl_set_options")]
+    SockImplSetOptions {
+        /// Name of the sock implementation, e.g. ssl
+        #[arg(short = 'i', long = "impl")]
+        impl_name: String,
+        /// TLS protocol version (13; 0 for the default)
+        #[arg(long = "tls-version")]
+        tls_version: Option<u32>,
+        /// Hand TLS records to the kernel after the handshake, where it has kTLS
+        #[arg(long = "enable-ktls", conflicts_with = "disable_ktls")]
+        enable_ktls: bool,
+        /// Keep TLS records in user space
+        #[arg(long = "disable-ktls")]
+        disable_ktls: bool,
+    },
+    /// Show options of a sock implementation
+    #[command(name = "sock_impl_get_options")]
+    SockImplGetOptions {
+        /// Name of the sock implementation, e.g. ssl
+        #[arg(short = 'i', long = "impl")]
+        impl_name: String,
+    },
 }
 
 impl Command {
@@ -146,6 +169,14 @@ impl Command {
                 call("keyring_file_remove_key", none().set("name", name.as_str()), Nothing)
             }
             Command::KeyringGetKeys => call("keyring_get_keys", none(), Json),
+            Command::SockImplSetOptions { impl_name, tls_version, enable_ktls, disable_ktls } => {
+                let ktls = (*enable_ktls || *disable_ktls).then_some(*enable_ktls);
+                let params = none().set("impl_name", impl_name.as_str()).opt("tls_version", *tls_version);
+                call("sock_impl_set_options", params.opt("enable_ktls", ktls), Nothing)
+            }
+            Command::SockImplGetOptions { impl_name } => {
+                call("sock_impl_get_options", none().set("impl_name", impl_name.as_str()), Json)
+            }
         }
     }
 }

@@ -74,6 +74,19 @@ fn framework_and_log() {
     );
     check(&["keyring_file_remove_key", "key0"], "keyring_file_remove_key", json!({"name": "key0"}));
     check(&["keyring_get_keys"], "keyring_get_keys", Value::Null);
+    check(
+        &["sock_impl_set_options", "-i", "ssl", "--disable-ktls", "--tls-version", "13"],
+        "sock_impl_set_options",
+        json!({"impl_name": "ssl", "enable_ktls": false, "tls_version": 13}),
+    );
+    check(
+        &["sock_impl_set_options", "-i", "ssl", "--enable-ktls"],
+        "sock_impl_set_options",
+        json!({"impl_name": "ssl", "enable_ktls": true}),
+    );
+    check(&["sock_impl_set_options", "-i", "ssl"], "sock_impl_set_options", json!({"impl_name": "ssl"}));
+    check(&["sock_impl_get_options", "-i", "ssl"], "sock_impl_get_options", json!({"impl_name": "ssl"}));
+    check_refused(&["sock_impl_set_options", "-i", "ssl", "--enable-ktls", "--disable-ktls"], "cannot be used with");
     check(&["log_get_flags"], "log_get_flags", Value::Null);
     check(&["log_set_level", "DEBUG"], "log_set_level", json!({"level": "DEBUG"}));
     check(&["log_get_level"], "log_get_level", Value::Null);

@@ -5,13 +5,15 @@
 //! like every other read, and then the record layer runs in user space through OpenSSL.
 //! Only external PSKs authenticate: no certificates, no session tickets, no TLS 1.2, and
 //! the two cipher suites NVMe/TCP names. The PSK is found by the identity the host
-//! presents (`NVMe0R01 <hostnqn> <subnqn>`): the host must be listed on that subsystem
-//! with a `psk` (a keyring key holding the interchange format, see [`psk`]), and the
-//! subsystem must have a secure listener where the connection arrived.
+//! presents (`NVMe0R01 <hostnqn> <subnqn>`, or version 1's `NVMe1R01 <hostnqn> <subnqn>
+//! <digest>`): the host must be listed on that subsystem with a `psk` (a keyring key
+//! holding the interchange format, see [`psk`]), and the subsystem must have a secure
+//! listener where the connection arrived.
 //!
-//! The kernel's TLS offload (kTLS) is not used: it needs the `tls` module and an OpenSSL
-//! built with ktls support, neither of which the hosts this target is built on have.
+//! After the handshake the record layer moves into the kernel (kTLS) where it has the
+//! `tls` module, and stays in OpenSSL where it does not (see [`ktls`]).
 
+pub mod ktls;
 pub mod psk;
 mod socket;
 
@@ -113,6 +115,7 @@ fn context_with(lookup: impl Fn(Option<&[u8]>) -> Lookup + Send + Sync + 'static
         }
     };
     tls_psk::set_server_lookup(&mut builder, Box::new(lookup));
+    ktls::report_secrets(&mut builder);
     Ok(builder.build())
 }
 
@@ -145,8 +148,20 @@ fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> 
             configured.cipher_hash().cipher_suite()
         ));
     }
-    let identity_text = std::str::from_utf8(identity).map_err(|_| "PSK identity is not UTF-8".to_string())?;
-    let psk = configured.tls_psk(&parsed.hostnqn, identity_text).map_err(|err| err.to_string())?;
+    if let Some(presented) = &parsed.digest {
+        // The digest binds a version-1 identity to its key: a host holding another key
+        // for the same pair of NQNs presents another digest, and is told so here
+        // rather than by a failed binder.
+        let expected = configured.digest(&parsed.hostnqn, &parsed.subnqn).map_err(|err| err.to_string())?;
+        if presented.len() != expected.len() || !openssl::memcmp::eq(presented.as_bytes(), expected.as_bytes()) {
+            return Err(format!(
+                "PSK identity's digest does not match key '{}' of host '{}': the host holds another key",
+                key.name(),
+                parsed.hostnqn
+            ));
+        }
+    }
+    let psk = configured.tls_psk(&parsed).map_err(|err| err.to_string())?;
     Ok((psk, TlsPeer { hostnqn: parsed.hostnqn, subnqn: parsed.subnqn }, parsed.cipher))
 }
 

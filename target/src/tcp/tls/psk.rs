@@ -7,23 +7,28 @@
 //!
 //! - the retained PSK: HKDF with the `hh` hash over the configured PSK, info
 //!   HkdfLabel(length, "tls13 HostNQN", host NQN), empty salt;
-//! - the PSK identity: `NVMe0R0c <hostnqn> <subnqn>`, `c` naming the cipher suite's hash
-//!   (01 SHA-256 for a 32-byte key, 02 SHA-384 for a 48-byte one);
+//! - the PSK identity, version 0: `NVMe0R0c <hostnqn> <subnqn>`, `c` naming the cipher
+//!   suite's hash (01 SHA-256 for a 32-byte key, 02 SHA-384 for a 48-byte one);
+//! - or version 1: `NVMe1R0c <hostnqn> <subnqn> <PSK digest>`, the digest being the base64
+//!   of HMAC(retained PSK, `<hostnqn> <subnqn> NVMe-over-Fabrics`) with the suite's hash,
+//!   which binds the identity to the key;
 //! - the TLS PSK: HKDF with the cipher suite's hash over the retained PSK, info
-//!   HkdfLabel(length, "tls13 nvme-tls-psk", identity), empty salt.
+//!   HkdfLabel(length, "tls13 nvme-tls-psk", context), empty salt, where the context is
+//!   the whole identity in version 0 and `0c <PSK digest>` in version 1.
 //!
 //! HKDF is OpenSSL's (Extract then Expand, as the Linux host and SPDK compute it).
 
 use openssl::hash::MessageDigest;
 use openssl::md::{Md, MdRef};
-use openssl::pkey::Id;
+use openssl::pkey::{Id, PKey};
 use openssl::pkey_ctx::{HkdfMode, PkeyCtx};
+use openssl::sign::Signer;
 use zeroize::Zeroizing;
 
 const PREFIX: &str = "NVMeTLSkey-1:";
 const CRC_BYTES: usize = 4;
-/// The version-0 identity prefix of a retained PSK (NVMe/TCP 1.0, 3.6.1.3).
-const IDENTITY_PREFIX: &str = "NVMe0R";
+/// What the digest of a version-1 identity is computed over, after the two NQNs.
+const DIGEST_SEED: &[u8] = b" NVMe-over-Fabrics";
 const RETAINED_LABEL: &[u8] = b"tls13 HostNQN";
 const TLS_PSK_LABEL: &[u8] = b"tls13 nvme-tls-psk";
 
@@ -42,11 +47,15 @@ impl PskHash {
         }
     }
 
-    pub fn digest_bytes(self) -> usize {
+    fn message_digest(self) -> MessageDigest {
         match self {
-            PskHash::Sha256 => MessageDigest::sha256().size(),
-            PskHash::Sha384 => MessageDigest::sha384().size(),
+            PskHash::Sha256 => MessageDigest::sha256(),
+            PskHash::Sha384 => MessageDigest::sha384(),
         }
+    }
+
+    pub fn digest_bytes(self) -> usize {
+        self.message_digest().size()
     }
 
     /// The `hh` / identity digit of this hash.
@@ -82,6 +91,8 @@ pub enum PskError {
     Crc,
     #[error("OpenSSL could not derive the key: {0}")]
     Derive(String),
+    #[error("identity version {0} is not 0 or 1")]
+    IdentityVersion(u8),
 }
 
 /// A configured PSK; the key bytes are wiped when it drops and never printed.
@@ -152,41 +163,86 @@ impl ConfiguredPsk {
     pub fn retained(&self, hostnqn: &str) -> Result<Zeroizing<Vec<u8>>, PskError> {
         match self.retained_hash {
             None => Ok(Zeroizing::new(self.key.to_vec())),
-            Some(hash) => hkdf(hash, &self.key, RETAINED_LABEL, hostnqn.as_bytes(), hash.digest_bytes()),
+            Some(hash) => {
+                hkdf(hash, KeyIs::Material, &self.key, RETAINED_LABEL, hostnqn.as_bytes(), hash.digest_bytes())
+            }
         }
     }
 
-    /// The identity a host presents for this key between `hostnqn` and `subnqn`.
-    pub fn identity(&self, hostnqn: &str, subnqn: &str) -> String {
-        identity(self.cipher_hash(), hostnqn, subnqn)
+    /// The identity of `version` (0 or 1) a host presents for this key between
+    /// `hostnqn` and `subnqn`.
+    pub fn identity(&self, version: u8, hostnqn: &str, subnqn: &str) -> Result<Identity, PskError> {
+        let digest = match version {
+            0 => None,
+            1 => Some(self.digest(hostnqn, subnqn)?),
+            other => return Err(PskError::IdentityVersion(other)),
+        };
+        Ok(Identity { cipher: self.cipher_hash(), hostnqn: hostnqn.into(), subnqn: subnqn.into(), digest })
     }
 
-    /// The PSK TLS uses, for `identity` (NVMe/TCP 1.0, 3.6.1.4).
-    pub fn tls_psk(&self, hostnqn: &str, identity: &str) -> Result<Zeroizing<Vec<u8>>, PskError> {
+    /// The PSK digest of a version-1 identity (NVMe/TCP 1.0, 3.6.1.3): HMAC with the
+    /// cipher suite's hash, keyed by the retained PSK, over both NQNs and a fixed seed.
+    pub fn digest(&self, hostnqn: &str, subnqn: &str) -> Result<String, PskError> {
         let retained = self.retained(hostnqn)?;
         let hash = self.cipher_hash();
-        hkdf(hash, &retained, TLS_PSK_LABEL, identity.as_bytes(), hash.digest_bytes())
+        let mac = || {
+            let key = PKey::hmac(&retained)?;
+            let mut signer = Signer::new(hash.message_digest(), &key)?;
+            signer.update(hostnqn.as_bytes())?;
+            signer.update(b" ")?;
+            signer.update(subnqn.as_bytes())?;
+            signer.update(DIGEST_SEED)?;
+            signer.sign_to_vec()
+        };
+        let mac = Zeroizing::new(mac().map_err(|err| PskError::Derive(err.to_string()))?);
+        Ok(openssl::base64::encode_block(&mac))
+    }
+
+    /// The PSK TLS uses for `identity` (NVMe/TCP 1.0, 3.6.1.4).
+    pub fn tls_psk(&self, identity: &Identity) -> Result<Zeroizing<Vec<u8>>, PskError> {
+        let retained = self.retained(&identity.hostnqn)?;
+        let hash = self.cipher_hash();
+        let context = match &identity.digest {
+            None => identity.to_string(),
+            Some(digest) => format!("{:02} {digest}", identity.cipher.id()),
+        };
+        hkdf(hash, KeyIs::Material, &retained, TLS_PSK_LABEL, context.as_bytes(), hash.digest_bytes())
     }
 }
 
-pub fn identity(cipher: PskHash, hostnqn: &str, subnqn: &str) -> String {
-    format!("{IDENTITY_PREFIX}{:02} {hostnqn} {subnqn}", cipher.id())
-}
-
-/// What a PSK identity names.
+/// What a retained-PSK identity names; with a digest, it is a version-1 identity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     pub cipher: PskHash,
     pub hostnqn: String,
     pub subnqn: String,
+    pub digest: Option<String>,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (version, cipher, host, sub) = (self.version(), self.cipher.id(), &self.hostnqn, &self.subnqn);
+        write!(f, "NVMe{version}R{cipher:02} {host} {sub}")?;
+        match &self.digest {
+            Some(digest) => write!(f, " {digest}"),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Identity {
-    /// Reads a version-0 retained-PSK identity; None for anything else (a generated
-    /// PSK's `NVMe0G`, a version-1 identity with a digest, garbage).
+    pub fn version(&self) -> u8 {
+        u8::from(self.digest.is_some())
+    }
+
+    /// Reads a retained-PSK identity of version 0 or 1; None for anything else (a
+    /// generated PSK's `NVMe0G`/`NVMe1G`, another version, garbage).
     pub fn parse(identity: &[u8]) -> Option<Identity> {
         let text = std::str::from_utf8(identity).ok()?;
-        let rest = text.strip_prefix(IDENTITY_PREFIX)?;
+        let (with_digest, rest) = match text.strip_prefix("NVMe0R") {
+            Some(rest) => (false, rest),
+            None => (true, text.strip_prefix("NVMe1R")?),
+        };
         let mut parts = rest.split(' ');
         let cipher = match parts.next()? {
             "01" => PskHash::Sha256,
@@ -195,36 +251,66 @@ impl Identity {
         };
         let hostnqn = parts.next().filter(|nqn| !nqn.is_empty())?.to_string();
         let subnqn = parts.next().filter(|nqn| !nqn.is_empty())?.to_string();
+        let digest = if with_digest {
+            // Base64 of a SHA-256 or SHA-384 HMAC: 44 or 64 characters.
+            let digest = parts.next()?;
+            let decoded = openssl::base64::decode_block(digest).ok()?;
+            if decoded.len() != cipher.digest_bytes() {
+                return None;
+            }
+            Some(digest.to_string())
+        } else {
+            None
+        };
         if parts.next().is_some() {
             return None;
         }
-        Some(Identity { cipher, hostnqn, subnqn })
+        Some(Identity { cipher, hostnqn, subnqn, digest })
     }
 }
 
-/// HKDF-Extract (empty salt) then HKDF-Expand with the TLS 1.3 HkdfLabel info
-/// (RFC 8446, 7.1): length (2 bytes), label and context, each with a length byte.
-fn hkdf(
+/// How [`hkdf`] treats its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum KeyIs {
+    /// Input keying material: HKDF-Extract with an empty salt runs first (the NVMe/TCP
+    /// derivations).
+    Material,
+    /// Already a pseudorandom key, such as a TLS 1.3 traffic secret: HKDF-Expand only.
+    Pseudorandom,
+}
+
+/// HKDF-Expand with the TLS 1.3 HkdfLabel info (RFC 8446, 7.1): the output length (2
+/// bytes), then the label and the context, each after a length byte.
+pub(super) fn hkdf(
     hash: PskHash,
+    key_is: KeyIs,
     key: &[u8],
     label: &[u8],
     context: &[u8],
     out_len: usize,
 ) -> Result<Zeroizing<Vec<u8>>, PskError> {
-    let context_len = u8::try_from(context.len()).map_err(|_| PskError::Derive("context over 255 bytes".into()))?;
+    let too_long = |what: &str| PskError::Derive(format!("{what} over 255 bytes"));
+    let context_len = u8::try_from(context.len()).map_err(|_| too_long("context"))?;
+    let label_len = u8::try_from(label.len()).map_err(|_| too_long("label"))?;
+    let out_len_field = u16::try_from(out_len).map_err(|_| PskError::Derive("output over 65535 bytes".into()))?;
     let mut info = Vec::with_capacity(4 + label.len() + context.len());
-    info.extend_from_slice(&(key.len() as u16).to_be_bytes());
-    info.push(label.len() as u8);
+    info.extend_from_slice(&out_len_field.to_be_bytes());
+    info.push(label_len);
     info.extend_from_slice(label);
     info.push(context_len);
     info.extend_from_slice(context);
     let derive = || {
         let mut ctx = PkeyCtx::new_id(Id::HKDF)?;
         ctx.derive_init()?;
-        ctx.set_hkdf_mode(HkdfMode::EXTRACT_THEN_EXPAND)?;
+        match key_is {
+            KeyIs::Material => {
+                ctx.set_hkdf_mode(HkdfMode::EXTRACT_THEN_EXPAND)?;
+                ctx.set_hkdf_salt(&[])?;
+            }
+            KeyIs::Pseudorandom => ctx.set_hkdf_mode(HkdfMode::EXPAND_ONLY)?,
+        }
         ctx.set_hkdf_md(hash.md())?;
         ctx.set_hkdf_key(key)?;
-        ctx.set_hkdf_salt(&[])?;
         ctx.add_hkdf_info(&info)?;
         let mut out = Zeroizing::new(vec![0u8; out_len]);
         ctx.derive(Some(&mut out))?;

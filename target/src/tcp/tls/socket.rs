@@ -2,17 +2,20 @@
 //! inside `read` until it completes (each attempt takes what the socket has and returns
 //! `WouldBlock` for more, so a reactor never waits on it), then reads and writes go
 //! through OpenSSL's record layer. A host that stalls mid-handshake has not sent ICReq,
-//! so the connection's ICReq deadline evicts it like any silent host.
+//! so the connection's ICReq deadline evicts it like any silent host. Where the kernel
+//! can, the record layer then moves into it (see [`ktls`]).
 
 use std::cell::RefCell;
-use std::io::{self, ErrorKind, IoSlice};
+use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{ErrorCode, Ssl, SslContext, SslStream};
 use peerless_core::throttle::Throttle;
 
+use super::ktls::{self, Offloaded};
 use super::{peer_of, refusal_index};
 use crate::nvmf::connect::TlsPeer;
 use crate::tcp::socket::Socket;
@@ -29,15 +32,47 @@ thread_local! {
 pub struct TlsSocket {
     stream: SslStream<TcpStream>,
     established: bool,
+    /// The directions whose records the kernel carries (kTLS) since the handshake.
+    kernel: Offloaded,
     /// Small PDUs and their payloads gathered into one record rather than one each.
     gather: Vec<u8>,
 }
 
 impl TlsSocket {
     pub fn new(context: &SslContext, tcp: TcpStream) -> io::Result<TlsSocket> {
-        let ssl = Ssl::new(context).map_err(io::Error::other)?;
+        let mut ssl = Ssl::new(context).map_err(io::Error::other)?;
+        if ktls::worth_trying() {
+            ktls::collect_secrets(&mut ssl);
+        }
         let stream = SslStream::new(ssl, tcp).map_err(io::Error::other)?;
-        Ok(TlsSocket { stream, established: false, gather: Vec::new() })
+        Ok(TlsSocket { stream, established: false, kernel: Offloaded::default(), gather: Vec::new() })
+    }
+
+    /// Which directions the kernel carries.
+    pub fn offloaded(&self) -> Offloaded {
+        self.kernel
+    }
+
+    /// Hands the record layer to the kernel where it can take it; otherwise (or for
+    /// the direction it cannot take) OpenSSL keeps it, and the first connection to find
+    /// it so says why.
+    fn offload_records(&mut self) {
+        if !ktls::worth_trying() {
+            return;
+        }
+        match ktls::offload(self.stream.ssl(), self.stream.get_ref()) {
+            Ok(offloaded) => {
+                self.kernel = offloaded;
+                if !offloaded.tx {
+                    log_once(&KTLS_PARTIAL_LOGGED, || {
+                        "kTLS: the kernel took the receive side only; TLS writes stay in OpenSSL".to_string()
+                    });
+                }
+            }
+            Err(why) => {
+                log_once(&KTLS_REFUSED_LOGGED, || format!("kTLS unavailable, TLS records stay in OpenSSL: {why}"))
+            }
+        }
     }
 
     /// Moves the handshake on with what has arrived; Ok(true) once it is complete. The
@@ -48,6 +83,7 @@ impl TlsSocket {
         match self.stream.accept() {
             Ok(()) => {
                 self.established = true;
+                self.offload_records();
                 Ok(true)
             }
             Err(err) if matches!(err.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => Ok(false),
@@ -76,6 +112,27 @@ impl TlsSocket {
     }
 }
 
+/// One message for the whole process, the first time it applies.
+fn log_once(logged: &AtomicBool, message: impl FnOnce() -> String) {
+    if !logged.swap(true, Ordering::Relaxed) {
+        peerless_core::log_notice!("{}", message());
+    }
+}
+
+static KTLS_REFUSED_LOGGED: AtomicBool = AtomicBool::new(false);
+static KTLS_PARTIAL_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// A read of records the kernel decrypts. A record that is not application data (the
+/// host's close_notify or another alert, a KeyUpdate) fails a plain read with EIO; on
+/// an NVMe/TCP connection nothing may follow an alert, so it reads as the end of the
+/// stream.
+fn kernel_read(tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    match Read::read(tcp, buf) {
+        Err(err) if err.raw_os_error() == Some(nix::libc::EIO) => Ok(0),
+        other => other,
+    }
+}
+
 /// An OpenSSL error as the driver reads errors: `WouldBlock` for "try again later",
 /// end of stream for the peer's close_notify or a closed socket.
 fn io_result(result: Result<usize, openssl::ssl::Error>) -> io::Result<usize> {
@@ -99,6 +156,9 @@ impl Socket for TlsSocket {
         if !self.established && !self.handshake()? {
             return Err(ErrorKind::WouldBlock.into());
         }
+        if self.kernel.rx {
+            return kernel_read(self.stream.get_mut(), buf);
+        }
         // One record (16 KiB at most) per OpenSSL read: take every whole one there is,
         // so a large PDU costs one poll, not one per record.
         let mut total = 0;
@@ -120,12 +180,19 @@ impl Socket for TlsSocket {
             // Nothing is sent before ICReq, which comes after the handshake.
             return Err(ErrorKind::WouldBlock.into());
         }
+        if self.kernel.tx {
+            return Write::write(self.stream.get_mut(), buf);
+        }
         io_result(self.stream.ssl_write(buf))
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if !self.established {
             return Err(ErrorKind::WouldBlock.into());
+        }
+        if self.kernel.tx {
+            // The kernel cuts records from whatever the iovecs hold: no gather copy.
+            return Write::write_vectored(self.stream.get_mut(), bufs);
         }
         let first = bufs.iter().find(|buf| !buf.is_empty()).map_or(0, |buf| buf.len());
         if first >= GATHER_BYTES || bufs.len() == 1 {
@@ -146,8 +213,10 @@ impl Socket for TlsSocket {
     }
 
     fn shutdown(&mut self) {
-        if self.established {
+        if self.established && !self.kernel.tx {
             // close_notify, if the socket takes it now; the TCP shutdown follows regardless.
+            // With the kernel sending, OpenSSL's send state is stale and must not write:
+            // the peer sees the TCP close alone.
             let _ = self.stream.shutdown();
         }
         let _ = self.stream.get_ref().shutdown(Shutdown::Both);
@@ -168,7 +237,7 @@ impl Socket for TlsSocket {
     /// OpenSSL may hold decrypted bytes the last read had no room for; the socket's fd
     /// then says nothing, so the connection must be polled again without it.
     fn has_buffered_input(&self) -> bool {
-        self.stream.ssl().pending() > 0
+        !self.kernel.rx && self.stream.ssl().pending() > 0
     }
 
     fn tls_peer(&self) -> Option<TlsPeer> {

@@ -73,17 +73,55 @@ fn derives_the_retained_and_tls_psks_and_identity() {
     for (text, retained, identity, tls) in cases {
         let psk = ConfiguredPsk::parse(text.as_bytes()).unwrap();
         assert_eq!(hex(&psk.retained(HOST).unwrap()), retained, "{text}");
-        assert_eq!(psk.identity(HOST, SUBSYS), identity);
-        assert_eq!(hex(&psk.tls_psk(HOST, identity).unwrap()), tls, "{text}");
+        let derived = psk.identity(0, HOST, SUBSYS).unwrap();
+        assert_eq!(derived.to_string(), identity);
+        assert_eq!(Identity::parse(identity.as_bytes()).unwrap(), derived);
+        assert_eq!(hex(&psk.tls_psk(&derived).unwrap()), tls, "{text}");
     }
 }
 
 #[test]
 fn another_host_or_subsystem_gets_another_tls_psk() {
     let psk = ConfiguredPsk::parse(ConfiguredPsk::format(Some(PskHash::Sha256), &KEY32).as_bytes()).unwrap();
-    let ours = psk.tls_psk(HOST, &psk.identity(HOST, SUBSYS)).unwrap();
-    assert_ne!(*ours, *psk.tls_psk("nqn.other-host", &psk.identity("nqn.other-host", SUBSYS)).unwrap());
-    assert_ne!(*ours, *psk.tls_psk(HOST, &psk.identity(HOST, "nqn.other-subsys")).unwrap());
+    for version in [0, 1] {
+        let tls_psk = |host, sub| psk.tls_psk(&psk.identity(version, host, sub).unwrap()).unwrap();
+        let ours = tls_psk(HOST, SUBSYS);
+        assert_ne!(*ours, *tls_psk("nqn.other-host", SUBSYS));
+        assert_ne!(*ours, *tls_psk(HOST, "nqn.other-subsys"));
+    }
+    let v0 = psk.tls_psk(&psk.identity(0, HOST, SUBSYS).unwrap()).unwrap();
+    let v1 = psk.tls_psk(&psk.identity(1, HOST, SUBSYS).unwrap()).unwrap();
+    assert_ne!(*v0, *v1, "the two identity versions derive different TLS PSKs");
+    assert_eq!(psk.identity(2, HOST, SUBSYS).unwrap_err(), PskError::IdentityVersion(2));
+}
+
+#[test]
+fn version_one_identities_carry_libnvme_s_digests() {
+    // libnvme's nvme_generate_tls_key_identity vectors (test/psk.c, version 1).
+    let cases = [
+        (Some(PskHash::Sha256), KEY32.to_vec(), "NVMe1R01 nqn.psk-test-host nqn.psk-test-subsys iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU="),
+        (
+            Some(PskHash::Sha384),
+            key48(),
+            "NVMe1R02 nqn.psk-test-host nqn.psk-test-subsys QhW2+Rp6RzHlNtCslyRxMnwJ11tKKhz8JCAQpQ+XUD8f9td1VeH5h53yz2wKJG1a",
+        ),
+    ];
+    for (hash, key, expected) in cases {
+        let psk = ConfiguredPsk::parse(ConfiguredPsk::format(hash, &key).as_bytes()).unwrap();
+        let identity = psk.identity(1, HOST, SUBSYS).unwrap();
+        assert_eq!(identity.to_string(), expected);
+        assert_eq!(identity.version(), 1);
+        assert_eq!(Identity::parse(expected.as_bytes()).unwrap(), identity);
+    }
+}
+
+#[test]
+fn a_version_one_tls_psk_hashes_the_digest_not_the_whole_identity() {
+    // Figures from an independent HKDF-Expand-Label (Python's hmac module), context
+    // "01 <digest>" over the retained PSK of the SHA-256 case above.
+    let psk = ConfiguredPsk::parse(ConfiguredPsk::format(Some(PskHash::Sha256), &KEY32).as_bytes()).unwrap();
+    let identity = psk.identity(1, HOST, SUBSYS).unwrap();
+    assert_eq!(hex(&psk.tls_psk(&identity).unwrap()), V1_TLS_PSK_SHA256);
 }
 
 #[test]
@@ -121,11 +159,22 @@ fn debug_output_never_shows_the_key() {
 #[test]
 fn reads_identities_and_refuses_others() {
     let parsed = Identity::parse(b"NVMe0R01 nqn.h nqn.s").unwrap();
-    assert_eq!(parsed, Identity { cipher: PskHash::Sha256, hostnqn: "nqn.h".into(), subnqn: "nqn.s".into() });
+    assert_eq!(
+        parsed,
+        Identity { cipher: PskHash::Sha256, hostnqn: "nqn.h".into(), subnqn: "nqn.s".into(), digest: None }
+    );
     assert_eq!(Identity::parse(b"NVMe0R02 nqn.h nqn.s").unwrap().cipher, PskHash::Sha384);
+    let v1 = Identity::parse(b"NVMe1R01 nqn.h nqn.s iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU=").unwrap();
+    assert_eq!(v1.digest.as_deref(), Some("iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU="));
     for bad in [
         &b"NVMe0G01 nqn.h nqn.s"[..],
-        b"NVMe1R01 nqn.h nqn.s iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU=",
+        b"NVMe1G01 nqn.h nqn.s iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU=",
+        b"NVMe2R01 nqn.h nqn.s",
+        // Version 1 without its digest, with a digest of the other hash, or not base64.
+        b"NVMe1R01 nqn.h nqn.s",
+        b"NVMe1R02 nqn.h nqn.s iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU=",
+        b"NVMe1R01 nqn.h nqn.s not-base64!",
+        b"NVMe0R01 nqn.h nqn.s iSbjiStwJ/1TrTvDlt2fjFmzvsytOJelidNnA+X5lEU=",
         b"NVMe0R03 nqn.h nqn.s",
         b"NVMe0R01 nqn.h",
         b"NVMe0R01  nqn.s",
@@ -136,3 +185,5 @@ fn reads_identities_and_refuses_others() {
         assert_eq!(Identity::parse(bad), None, "{}", String::from_utf8_lossy(bad));
     }
 }
+
+const V1_TLS_PSK_SHA256: &str = "8fc3c0badfd4c0c66fa3ca33aadd0314f85536cc9bc47338b60f3e6e563786ca";

@@ -1,0 +1,161 @@
+//! `sock_impl_set_options` and `sock_impl_get_options` with SPDK's names, and the `sock`
+//! framework subsystem whose saved config replays them.
+//!
+//! Only the `ssl` implementation (the NVMe/TCP secure channel) has options here:
+//! `enable_ktls` and `tls_version`. The posix and uring implementations take their socket
+//! settings from `nvmf_create_transport`, so SPDK's other options are refused by name
+//! rather than accepted and ignored.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use peerless_core::reactor::{Subsystem, ThreadCtx};
+use peerless_core::rpc::registry::{Registry, StateMask};
+use peerless_core::rpc::RpcError;
+
+use super::tls::ktls;
+
+/// The one TLS version the secure channel speaks (NVMe/TCP 1.0, 3.6.1.1: TLS 1.3).
+const TLS_VERSION: u32 = 13;
+const SSL: &str = "ssl";
+/// SPDK's options that no implementation here has, and why.
+const UNSUPPORTED: [(&str, &str); 8] = [
+    ("recv_buf_size", "socket buffer sizes follow the kernel's autotuning"),
+    ("send_buf_size", "socket buffer sizes follow the kernel's autotuning"),
+    ("enable_recv_pipe", "each connection reads into its own receive buffer"),
+    ("enable_quickack", "not offered"),
+    ("enable_placement_id", "poll groups are chosen round-robin, as nvmf_create_transport says"),
+    ("enable_zerocopy_send_server", "not offered"),
+    ("enable_zerocopy_send_client", "not offered"),
+    ("zerocopy_threshold", "not offered"),
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetOptions {
+    impl_name: String,
+}
+
+/// The ssl implementation's options; anything else in the call is refused by name.
+#[derive(Deserialize, Default)]
+struct SslOptions {
+    #[serde(default)]
+    enable_ktls: Option<bool>,
+    #[serde(default)]
+    tls_version: Option<u32>,
+}
+
+fn check_impl(name: &str) -> Result<(), RpcError> {
+    match name {
+        SSL => Ok(()),
+        "posix" | "uring" => Err(RpcError::invalid_params(format!(
+            "sock implementation '{name}' has no options here: its sockets are set up by nvmf_create_transport \
+             (sock_priority) and nvmf_subsystem_add_listener (sock_impl); only 'ssl' takes enable_ktls and tls_version"
+        ))),
+        _ => Err(RpcError::invalid_params(format!(
+            "no sock implementation named '{name}'; the implementations are posix, uring and ssl"
+        ))),
+    }
+}
+
+fn set_options(params: Value) -> Result<(), RpcError> {
+    let Value::Object(mut fields) = params else {
+        return Err(RpcError::invalid_params("sock_impl_set_options takes an object with impl_name"));
+    };
+    let name = match fields.remove("impl_name") {
+        Some(Value::String(name)) => name,
+        Some(other) => return Err(RpcError::invalid_params(format!("impl_name must be a string, not {other}"))),
+        None => return Err(RpcError::invalid_params("impl_name is required (posix, uring or ssl)")),
+    };
+    check_impl(&name)?;
+    if let Some((field, why)) = UNSUPPORTED.iter().find(|(field, _)| fields.contains_key(*field)) {
+        return Err(RpcError::invalid_params(format!("{field} is not supported for '{name}': {why}")));
+    }
+    if let Some(unknown) = fields.keys().find(|key| !matches!(key.as_str(), "enable_ktls" | "tls_version")) {
+        return Err(RpcError::invalid_params(format!("unknown option '{unknown}' for sock implementation '{name}'")));
+    }
+    let options: SslOptions =
+        serde_json::from_value(Value::Object(fields)).map_err(|err| RpcError::invalid_params(err.to_string()))?;
+    // 0 is SPDK's "the implementation's default".
+    if let Some(version) = options.tls_version.filter(|version| ![0, TLS_VERSION].contains(version)) {
+        return Err(RpcError::invalid_params(format!(
+            "tls_version {version}: the NVMe/TCP secure channel is TLS 1.3 only (13, or 0 for the default)"
+        )));
+    }
+    if let Some(enable) = options.enable_ktls {
+        ktls::set_enabled(enable);
+        peerless_core::log_info!("sock: kTLS for the ssl implementation {}", if enable { "on" } else { "off" });
+    }
+    Ok(())
+}
+
+fn ssl_options() -> Value {
+    json!({"enable_ktls": ktls::enabled(), "tls_version": TLS_VERSION})
+}
+
+pub fn register(registry: &mut Registry) {
+    registry.method("sock_impl_set_options", StateMask::ANY, |_, params: Value, responder| match set_options(params) {
+        Ok(()) => responder.ok_true(),
+        Err(err) => responder.err(err),
+    });
+    registry.method("sock_impl_get_options", StateMask::ANY, |_, params: GetOptions, responder| {
+        match check_impl(&params.impl_name) {
+            Ok(()) => responder.ok(ssl_options()),
+            Err(err) => responder.err(err),
+        }
+    });
+}
+
+/// The `sock` subsystem: nothing to start; its saved config restores the ssl options
+/// before any listener is made.
+pub struct SockSubsystem;
+
+impl Subsystem for SockSubsystem {
+    fn name(&self) -> &'static str {
+        "sock"
+    }
+
+    fn config(&self, _ctx: &mut ThreadCtx) -> Vec<Value> {
+        saved_config()
+    }
+}
+
+fn saved_config() -> Vec<Value> {
+    let mut params = ssl_options();
+    params["impl_name"] = json!(SSL);
+    vec![json!({"method": "sock_impl_set_options", "params": params})]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(params: Value) -> String {
+        set_options(params).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn only_ssl_takes_options_and_each_refusal_names_the_field() {
+        assert!(refused(json!({"impl_name": "posix", "enable_ktls": true})).contains("has no options here"));
+        assert!(refused(json!({"impl_name": "vpp"})).contains("no sock implementation named 'vpp'"));
+        assert!(refused(json!({"enable_ktls": true})).contains("impl_name is required"));
+        assert!(refused(json!({"impl_name": 7})).contains("impl_name must be a string"));
+        assert!(refused(json!({"impl_name": "ssl", "recv_buf_size": 4096})).contains("recv_buf_size is not supported"));
+        assert!(refused(json!({"impl_name": "ssl", "colour": "blue"})).contains("unknown option 'colour'"));
+        assert!(refused(json!({"impl_name": "ssl", "tls_version": 12})).contains("TLS 1.3 only"));
+        assert!(refused(json!({"impl_name": "ssl", "enable_ktls": "yes"})).contains("invalid type"));
+        assert!(refused(json!(["ssl"])).contains("takes an object"));
+    }
+
+    #[test]
+    fn ktls_is_switched_and_reported() {
+        let before = ktls::enabled();
+        set_options(json!({"impl_name": "ssl", "enable_ktls": false, "tls_version": 13})).unwrap();
+        assert_eq!(ssl_options(), json!({"enable_ktls": false, "tls_version": 13}));
+        set_options(json!({"impl_name": "ssl", "enable_ktls": true, "tls_version": 0})).unwrap();
+        assert!(ktls::enabled());
+        let saved = saved_config();
+        assert_eq!(saved[0]["params"], json!({"impl_name": "ssl", "enable_ktls": true, "tls_version": 13}));
+        ktls::set_enabled(before);
+    }
+}
