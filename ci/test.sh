@@ -4,7 +4,8 @@
 # with the plugin's engines, SPDK's own Python clients, the Debian package, DPDK memory,
 # Ceph RBD against a one-node cluster, and Linux's NVMe/TCP host against the target in a
 # QEMU guest (ci/guest), alone, with native multipath over two targets on one RBD image,
-# and authenticating with DH-HMAC-CHAP on Debian 12's 6.12 kernel.
+# and authenticating with DH-HMAC-CHAP on Debian 12's 6.12 kernel; and the target run
+# inside that guest, beside its soft-RoCE and kernel TLS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -93,6 +94,15 @@ step "linux host interop"
 cargo build --release --locked -p peerless-target
 bash ci/guest/build.sh
 bash ci/guest/run.sh ci/guest/jobs/interop.sh
+
+step "peerless-tgt inside the guest: NVMe/TCP, soft-RoCE, kernel TLS"
+# The release binaries shared read-only into the same guest image (run.sh's
+# PEERLESS_GUEST_TARGET=guest): peerless-tgt runs there, peerless-perf --verify against it
+# over the guest's eth0 address and loopback, SIGTERM and a clean exit; then the guest
+# kernel's soft-RoCE (rdma_rxe: rping and ib_write_bw over RDMA CM) and tls.ko, which the
+# coming NVMe/RDMA and kernel TLS work need (ci/guest/README.md). About 30 s.
+cargo build --release --locked -p peerless-target -p peerless-tools --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
+PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/in-guest.sh
 
 step "quickstart"
 # README's first command (examples/quickstart.sh), started, used and stopped as a user would.

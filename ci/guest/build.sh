@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds, once, what ci/guest/run.sh boots: QEMU (Debian's qemu-system-x86, unpacked), a
 # Debian 6.1 kernel with its modules, a busybox initramfs that loads the root disk's
-# modules and switches root, and an ext4 root image (debootstrap minbase + nvme-cli, fio).
+# modules and switches root, and an ext4 root image (debootstrap minbase + nvme-cli, fio,
+# and what a peerless-tgt run inside the guest needs: OpenSSL 3, soft-RoCE's user space).
 #
 # Everything goes under $PEERLESS_GUEST_DIR (default: build/guest; relative to the checkout). Each
 # part has a stamp file holding its inputs; a part whose stamp matches is not rebuilt, so a
@@ -13,7 +14,14 @@ repo=$(pwd)
 out=$(realpath -m "${PEERLESS_GUEST_DIR:-$repo/build/guest}")
 mirror=${PEERLESS_GUEST_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-guest_pkgs=nvme-cli,fio,kmod,iproute2,busybox-static,util-linux
+# libssl3: the release binaries link libssl.so.3/libcrypto.so.3 (run.sh's
+# PEERLESS_GUEST_TARGET=guest runs them here). rdma-core .. perftest: soft-RoCE (rdma_rxe)
+# and its checks, ibv_devices, rping, ib_write_bw; iproute2 brings the `rdma` tool.
+guest_pkgs=nvme-cli,fio,kmod,iproute2,busybox-static,util-linux,libssl3,rdma-core,ibverbs-providers,ibverbs-utils,rdmacm-utils,perftest
+# Module folders left out of the image: graphics, sound, wireless, media, input and RDMA
+# hardware drivers are half the modules and the guest has none of those devices.
+# drivers/infiniband/{core,sw,ulp} stay: ib_core, rdma_cm, ib_uverbs, rdma_ucm, rdma_rxe.
+drop_modules="drivers/gpu drivers/media drivers/net/wireless sound drivers/infiniband/hw drivers/staging drivers/iio drivers/input drivers/hid drivers/bluetooth net/bluetooth net/wireless net/mac80211"
 mkdir -p "$out"
 
 log() { printf '[guest-build %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -66,18 +74,17 @@ fi
 # --- Root image: the tree + the kernel's modules + our init, as ext4 (mkfs.ext4 -d: no
 # loop mount). Rebuilt when the tree, the kernel or the init changes (seconds).
 init_sum=$(sha256sum ci/guest/init.sh | cut -d' ' -f1)
-img_inputs="$tree_inputs|$kpkg=$kpkg_ver|$init_sum"
+img_inputs="$tree_inputs|$kpkg=$kpkg_ver|$init_sum|$drop_modules"
 if ! stamp_ok rootfs-img "$img_inputs" || [ ! -f "$out/rootfs.img" ]; then
     log "root image: ext4 from the tree"
     rm -rf "$out/rootfs/lib/modules" && mkdir -p "$out/rootfs/lib/modules"
     cp -a "$out/kernel/lib/modules/$kver" "$out/rootfs/lib/modules/"
-    # Graphics, sound, wireless and media drivers are half the modules; the guest needs none.
-    for d in drivers/gpu drivers/media drivers/net/wireless sound drivers/infiniband drivers/staging drivers/iio drivers/input drivers/hid drivers/bluetooth net/bluetooth net/wireless net/mac80211; do
+    for d in $drop_modules; do
         rm -rf "$out/rootfs/lib/modules/$kver/kernel/$d"
     done
     depmod -b "$out/rootfs" "$kver"
     install -m 0755 ci/guest/init.sh "$out/rootfs/sbin/peerless-init"
-    mkdir -p "$out/rootfs/job"
+    mkdir -p "$out/rootfs/job" "$out/rootfs/peerless"
     echo peerless-guest >"$out/rootfs/etc/hostname"
     size_mb=$(($(du -sm "$out/rootfs" | cut -f1) * 13 / 10 + 256))
     rm -f "$out/rootfs.img.tmp"

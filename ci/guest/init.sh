@@ -1,7 +1,8 @@
 #!/bin/bash
 # PID 1 of the guest (installed as /sbin/peerless-init by ci/guest/build.sh): mounts the
-# 9p share "job" at /job, brings up QEMU's user network, runs /job/job.sh with its output
-# in /job/out, records the exit status, and powers off.
+# 9p share "job" at /job (and, when run.sh offers it, the read-only share "peerless" of
+# release binaries at /peerless), brings up QEMU's user network, runs /job/job.sh with its
+# output in /job/out, records the exit status, and powers off.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -20,6 +21,13 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 job /job; then
     echo o >/proc/sysrq-trigger
 fi
 mkdir -p /job/out
+# The binaries share exists only in run.sh's PEERLESS_GUEST_TARGET=guest mode; each virtio
+# 9p device names its tag in sysfs (NUL-terminated).
+if cat /sys/bus/virtio/drivers/9pnet_virtio/virtio*/mount_tag 2>/dev/null | tr '\0' '\n' | grep -qx peerless; then
+    mkdir -p /peerless
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro peerless /peerless ||
+        echo "peerless-init: cannot mount the binaries share at /peerless"
+fi
 
 # QEMU user networking: the guest is 10.0.2.15, the host's forwards appear at 10.0.2.100.
 ip link set lo up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Boots the guest built by ci/guest/build.sh and runs JOB (a bash script) inside it, against
-# a peerless-tgt started here on loopback. Usage: ci/guest/run.sh JOB
+# a peerless-tgt started here on loopback, or (PEERLESS_GUEST_TARGET=guest) with the release
+# binaries shared into the guest so the job runs the target there. Usage: ci/guest/run.sh JOB
 #
 # The run folder ($PEERLESS_GUEST_DIR/runs/NAME-TIME, printed) holds console.log (the
 # guest's serial console), target.log (peerless-tgt's stderr), target.json, and out/ (the
@@ -16,7 +17,15 @@
 #   PEERLESS_TGT_FLAGS    extra flags for the target (default: -L nvmf -L nvmf_tcp
 #                         --interrupt-mode: a polling reactor would take one of the two
 #                         cores the emulated guest needs)
-#   PEERLESS_GUEST_TARGET set to 0 to start no target
+#   PEERLESS_GUEST_TARGET set to 0 to start no target; set to `guest` to start none here and
+#                         share PEERLESS_GUEST_BIN read-only with the guest at /peerless, for a
+#                         job that runs peerless-tgt inside the guest (where soft-RoCE and
+#                         kernel TLS exist); /job/env then holds PEERLESS_BIN=/peerless,
+#                         GUEST_ADDR=10.0.2.15 and GUEST_NETDEV=eth0
+#   PEERLESS_GUEST_BIN    the folder shared in `guest` mode (default: $CARGO_TARGET_DIR or
+#                         build, release/); it must hold peerless-tgt, peerless-perf and
+#                         peerless-rpc, built without -C target-cpu=native (the guest's
+#                         `-cpu max` has no AVX-512)
 #   PEERLESS_GUEST_HOST   a host-side script to run instead of the one target: run.sh starts
 #                         `bash SCRIPT RUN_DIR` in the background and boots once the script
 #                         has written RUN_DIR/env, RUN_DIR/forwards ("GUEST_PORT HOST_PORT" a
@@ -35,6 +44,7 @@ gdir=$(realpath -m "${PEERLESS_GUEST_DIR:-$repo/build/guest}")
 timeout_s=${PEERLESS_GUEST_TIMEOUT:-900}
 tgt=${PEERLESS_TGT:-${CARGO_TARGET_DIR:-$repo/build}/release/peerless-tgt}
 config=${PEERLESS_TGT_CONFIG:-$repo/examples/quickstart.json}
+guest_target=${PEERLESS_GUEST_TARGET:-1}
 
 name=$(basename "$job" .sh)
 run="$gdir/runs/$name-$(date -u +%Y%m%dT%H%M%S)-$$"
@@ -45,6 +55,7 @@ log() { printf '[guest-run %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
 tgt_pid=""
 host_pid=""
+bin_share=()
 cleanup() {
     if [ -n "$host_pid" ] && kill -0 "$host_pid" 2>/dev/null; then
         kill -TERM "$host_pid" 2>/dev/null || true
@@ -75,7 +86,18 @@ if [ -n "${PEERLESS_GUEST_HOST:-}" ]; then
     done
     [ -f "$run/host.ready" ] || { echo "the host side never got ready:" >&2; tail -30 "$run/host.log" >&2; exit 1; }
     log "host side pid $host_pid ready ($run/host.log): forwards $(tr '\n' ' ' <"$run/forwards")"
-elif [ "${PEERLESS_GUEST_TARGET:-1}" != 0 ]; then
+elif [ "$guest_target" = guest ]; then
+    bin=$(realpath -m "${PEERLESS_GUEST_BIN:-${CARGO_TARGET_DIR:-$repo/build}/release}")
+    for b in peerless-tgt peerless-perf peerless-rpc; do
+        [ -x "$bin/$b" ] || { echo "no $bin/$b to share with the guest (cargo build --release -p peerless-target -p peerless-tools, or set PEERLESS_GUEST_BIN)" >&2; exit 2; }
+    done
+    # The job starts its own target; these name where it finds the binaries and itself.
+    printf 'PEERLESS_BIN=/peerless\nGUEST_ADDR=10.0.2.15\nGUEST_NETDEV=eth0\n' >"$run/env"
+    # shellcheck disable=SC2054 # the commas belong to QEMU option values
+    bin_share=(-fsdev "local,id=bin,path=$bin,security_model=none,readonly=on"
+        -device virtio-9p-pci,fsdev=bin,mount_tag=peerless)
+    log "no target here: the guest runs the binaries of $bin (at /peerless)"
+elif [ "$guest_target" != 0 ]; then
     [ -x "$tgt" ] || { echo "no target binary $tgt (cargo build --release -p peerless-target, or set PEERLESS_TGT)" >&2; exit 2; }
     # The config with its listener on PORT, and what the job should find, as shell variables.
     python3 - "$config" "$port" "$run/target.json" "$run/env" <<'EOF'
@@ -143,6 +165,7 @@ QEMU_MODULE_DIR="$q/lib/x86_64-linux-gnu/qemu" timeout -k 10 "$timeout_s" "$q/bi
     -device virtio-blk-pci,drive=root \
     -fsdev "local,id=job,path=$run,security_model=none" \
     -device virtio-9p-pci,fsdev=job,mount_tag=job \
+    "${bin_share[@]}" \
     -netdev "$netdev" \
     -device virtio-net-pci,netdev=n0,romfile= \
     >"$run/qemu.log" 2>&1
@@ -161,8 +184,9 @@ rc=$(cat "$run/out/rc" 2>/dev/null || echo none)
 if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
     log "FAILED: the guest did not finish in ${timeout_s}s"
 elif [ "$rc" = 0 ]; then
-    if grep -q -E 'panicked|RUST_BACKTRACE' "$run"/target*.log 2>/dev/null; then
-        log "FAILED: the job passed but peerless-tgt panicked: $(grep -l -E 'panicked|RUST_BACKTRACE' "$run"/target*.log)"
+    # A target the job ran in the guest leaves its log in out/.
+    if grep -q -E 'panicked|RUST_BACKTRACE' "$run"/target*.log "$run"/out/target*.log 2>/dev/null; then
+        log "FAILED: the job passed but peerless-tgt panicked: $(grep -l -E 'panicked|RUST_BACKTRACE' "$run"/target*.log "$run"/out/target*.log 2>/dev/null)"
     else
         log "PASSED: $run"
         exit 0
