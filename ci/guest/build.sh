@@ -15,9 +15,10 @@ out=$(realpath -m "${PEERLESS_GUEST_DIR:-$repo/build/guest}")
 mirror=${PEERLESS_GUEST_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
 # libssl3: the release binaries link libssl.so.3/libcrypto.so.3 (run.sh's
-# PEERLESS_GUEST_TARGET=guest runs them here). rdma-core .. perftest: soft-RoCE (rdma_rxe)
-# and its checks, ibv_devices, rping, ib_write_bw; iproute2 brings the `rdma` tool.
-guest_pkgs=nvme-cli,fio,kmod,iproute2,busybox-static,util-linux,libssl3,rdma-core,ibverbs-providers,ibverbs-utils,rdmacm-utils,perftest
+# PEERLESS_GUEST_TARGET=guest runs them here); libibverbs1 and librdmacm1 for a build
+# with the NVMe/RDMA transport. rdma-core .. perftest: soft-RoCE (rdma_rxe) and its checks,
+# ibv_devices, rping, ib_write_bw; iproute2 brings the `rdma` tool.
+guest_pkgs=nvme-cli,fio,kmod,iproute2,busybox-static,util-linux,libssl3,libibverbs1,librdmacm1,rdma-core,ibverbs-providers,ibverbs-utils,rdmacm-utils,perftest
 # Module folders left out of the image: graphics, sound, wireless, media, input and RDMA
 # hardware drivers are half the modules and the guest has none of those devices.
 # drivers/infiniband/{core,sw,ulp} stay: ib_core, rdma_cm, ib_uverbs, rdma_ucm, rdma_rxe.
