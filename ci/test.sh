@@ -98,9 +98,10 @@ bash ci/guest/run.sh ci/guest/jobs/interop.sh
 step "peerless-tgt inside the guest: NVMe/TCP, soft-RoCE, kernel TLS"
 # The release binaries shared read-only into the same guest image (run.sh's
 # PEERLESS_GUEST_TARGET=guest): peerless-tgt runs there, peerless-perf --verify against it
-# over the guest's eth0 address and loopback, SIGTERM and a clean exit; then the guest
-# kernel's soft-RoCE (rdma_rxe: rping and ib_write_bw over RDMA CM) and tls.ko, which the
-# coming NVMe/RDMA and kernel TLS work need (ci/guest/README.md). About 30 s.
+# over the guest's eth0 address and loopback, and over TLS with the records in the guest
+# kernel's tls.ko (kTLS) and then without; SIGTERM and a clean exit; then the kernel's
+# soft-RoCE (rdma_rxe: rping and ib_write_bw over RDMA CM) for the coming NVMe/RDMA
+# transport (ci/guest/README.md). About 45 s.
 cargo build --release --locked -p peerless-target -p peerless-tools --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/in-guest.sh
 

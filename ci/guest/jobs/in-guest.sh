@@ -1,14 +1,17 @@
 #!/bin/bash
 # Guest job for run.sh's PEERLESS_GUEST_TARGET=guest mode: the release binaries are shared
 # read-only at $PEERLESS_BIN and peerless-tgt runs here, inside the guest, because soft-RoCE
-# (rdma_rxe) and kernel TLS (tls.ko) exist only in the guest's kernel. Three parts, each
+# (rdma_rxe) and kernel TLS (tls.ko) exist only in the guest's kernel. Each step is
 # checked, the first failure ending the job non-zero:
-#   1. peerless-tgt (RAM namespace, NVMe/TCP on $GUEST_ADDR and 127.0.0.1, interrupt mode:
-#      the guest has two emulated CPUs), peerless-rpc against it, peerless-perf --verify
-#      over both addresses (the second with header and data digests), SIGTERM, clean exit;
-#   2. soft-RoCE: rdma_rxe on $GUEST_NETDEV, ibv_devices, MTU 9000, then RDMA CM and data
-#      in loopback with rping (verified payloads) and ib_write_bw;
-#   3. kernel TLS: tls.ko loads and /proc/net/tls_stat exists.
+#   1. kernel TLS: tls.ko loads and /proc/net/tls_stat exists;
+#   2. peerless-tgt (RAM namespaces, NVMe/TCP on $GUEST_ADDR and 127.0.0.1, interrupt
+#      mode: the guest has two emulated CPUs), peerless-rpc against it, peerless-perf
+#      --verify over both addresses (the second with header and data digests);
+#   3. the secure channel (TLS 1.3 PSK, a key from nvme gen-tls-key) with the record layer
+#      in the kernel (kTLS: tls_stat counts the offloaded sockets), then with kTLS switched
+#      off over RPC (the counters stay still); SIGTERM, clean exit;
+#   4. soft-RoCE: rdma_rxe on $GUEST_NETDEV, ibv_devices, MTU 9000, then RDMA CM and data
+#      in loopback with rping (verified payloads) and ib_write_bw.
 # The target's log and the tools' output stay in /job/out.
 set -Eeuo pipefail
 source /job/env
@@ -18,6 +21,10 @@ netdev=$GUEST_NETDEV
 out=/job/out
 nqn=nqn.2016-06.io.peerless:in-guest
 serial=PEERLESSGUEST0001
+# The secure channel's subsystem: closed to all but one host, which has a PSK.
+nqn_tls=nqn.2016-06.io.peerless:in-guest-tls
+hostnqn_tls=nqn.2014-08.org.nvmexpress:uuid:7e57a11e-0000-4000-8000-000000000001
+psk=/tmp/psk0
 t0=$(date +%s)
 tgt_pid=""
 target_part=1
@@ -39,6 +46,9 @@ trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
 # json_number FILE KEY: the number KEY holds in peerless-perf's one-line --json summary
 # (the guest has no python3 or jq).
 json_number() { grep -o "\"$2\":[0-9.e+-]*" "$1" | head -1 | cut -d: -f2; }
+# tls_stat NAME: one of the kernel's kTLS counters.
+tls_stat() { awk -v k="$1" '$1 == k {print $2; exit}' /proc/net/tls_stat; }
+trid() { echo "trtype:tcp adrfam:IPv4 traddr:$1 trsvcid:$2 subnqn:$3"; }
 
 step "the shared binaries"
 for b in peerless-tgt peerless-perf peerless-rpc; do
@@ -52,21 +62,37 @@ done
 grep -q -w avx2 /proc/cpuinfo && echo "cpu: avx2 present"
 if grep -q -w avx512f /proc/cpuinfo; then echo "cpu: avx512f present"; else echo "cpu: no avx512f"; fi
 
-step "peerless-tgt in the guest: RAM namespace, NVMe/TCP on $addr:4420 and 127.0.0.1:4420"
+step "kernel TLS: tls.ko"
+modprobe tls
+[ -e /proc/net/tls_stat ] || fail "tls.ko loaded but /proc/net/tls_stat is missing"
+cat /proc/net/tls_stat
+echo "ok: tls.ko loaded, /proc/net/tls_stat present"
+
+step "peerless-tgt in the guest: NVMe/TCP on $addr:4420 and 127.0.0.1:4420, TLS on $addr:4421"
+# listener NQN ADDR PORT [EXTRA]: an nvmf_subsystem_add_listener entry.
 listener() {
-    printf '{"method": "nvmf_subsystem_add_listener", "params": {"nqn": "%s", "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "%s", "trsvcid": "4420"}}}' "$nqn" "$1"
+    printf '{"method": "nvmf_subsystem_add_listener", "params": {"nqn": "%s", "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "%s", "trsvcid": "%s"}%s}}' "$1" "$2" "$3" "${4:+, $4}"
 }
+(umask 077 && nvme gen-tls-key --hmac=1 >"$psk")
+grep -q '^NVMeTLSkey-1:01:' "$psk" || fail "nvme gen-tls-key wrote no PSK in the interchange format"
 cat >/tmp/target.json <<JSON
 {"subsystems": [
+ {"subsystem": "keyring", "config": [
+   {"method": "keyring_file_add_key", "params": {"name": "psk0", "path": "$psk"}}]},
  {"subsystem": "bdev", "config": [
-   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}}]},
+   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
+   {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 65536, "block_size": 512}}]},
  {"subsystem": "nvmf", "config": [
    {"method": "nvmf_create_transport", "params": {"trtype": "TCP"}},
    {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn", "serial_number": "$serial",
      "model_number": "Peerless in the guest", "allow_any_host": true}},
    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn", "namespace": {"bdev_name": "Malloc0"}}},
-   $(listener "$addr"),
-   $(listener 127.0.0.1)]}]}
+   $(listener "$nqn" "$addr" 4420),
+   $(listener "$nqn" 127.0.0.1 4420),
+   {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn_tls", "allow_any_host": false}},
+   {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn_tls", "namespace": {"bdev_name": "Malloc1"}}},
+   {"method": "nvmf_subsystem_add_host", "params": {"nqn": "$nqn_tls", "host": "$hostnqn_tls", "psk": "psk0"}},
+   $(listener "$nqn_tls" "$addr" 4421 '"secure_channel": true')]}]}
 JSON
 cp /tmp/target.json "$out/target.json"
 sock=/tmp/peerless.sock
@@ -80,30 +106,32 @@ for _ in $(seq 600); do
 done
 kill -0 "$tgt_pid" 2>/dev/null || { tgt_pid=""; fail "peerless-tgt exited at start"; }
 grep -q "peerless-tgt ready" "$out/target.log" || fail "peerless-tgt not ready after 60 s"
-for a in "$addr" 127.0.0.1; do
-    grep -q "listening on $a:4420" "$out/target.log" || fail "peerless-tgt is not listening on $a:4420"
+for a in "$addr:4420" 127.0.0.1:4420 "$addr:4421"; do
+    grep -q "listening on $a" "$out/target.log" || fail "peerless-tgt is not listening on $a"
 done
-echo "peerless-tgt pid $tgt_pid ready, listening on $addr:4420 and 127.0.0.1:4420"
+echo "peerless-tgt pid $tgt_pid ready, listening on $addr:4420, 127.0.0.1:4420 and $addr:4421 (TLS)"
 "$bin/peerless-rpc" -s "$sock" framework_wait_init >/dev/null
 "$bin/peerless-rpc" -s "$sock" nvmf_get_subsystems >"$out/subsystems.json"
-grep -q "$nqn" "$out/subsystems.json" || fail "nvmf_get_subsystems does not list $nqn"
-echo "ok: peerless-rpc nvmf_get_subsystems lists $nqn"
+for n in "$nqn" "$nqn_tls"; do
+    grep -q "\"$n\"" "$out/subsystems.json" || fail "nvmf_get_subsystems does not list $n"
+done
+echo "ok: peerless-rpc nvmf_get_subsystems lists $nqn and $nqn_tls"
 
 step "peerless-perf identify over $addr"
-"$bin/peerless-perf" identify -r "trtype:tcp adrfam:IPv4 traddr:$addr trsvcid:4420 subnqn:$nqn" >"$out/identify.txt"
+"$bin/peerless-perf" identify -r "$(trid "$addr" 4420 "$nqn")" >"$out/identify.txt"
 grep -q "$serial" "$out/identify.txt" || { cat "$out/identify.txt"; fail "identify does not show serial $serial"; }
 echo "ok: identify shows serial $serial"
 
-# perf_verify NAME ADDR ARGS...: a verified run (--verify: every block written with a
+# perf_verify NAME TRID ARGS...: a verified run (--verify: every block written with a
 # pattern naming its LBA and the seed, then read back and compared); peerless-perf exits
 # non-zero on an I/O error or a mismatched block, and the summary must count I/Os.
 perf_verify() {
-    local name=$1 a=$2
+    local name=$1 where=$2
     shift 2
-    step "peerless-perf --verify $* over $a ($name)"
+    step "peerless-perf --verify $* ($name)"
+    echo "-r '$where'"
     local rc=0 ios errors mismatches iops mibps
-    "$bin/peerless-perf" -r "trtype:tcp adrfam:IPv4 traddr:$a trsvcid:4420 subnqn:$nqn" \
-        --verify --json "$@" >"$out/perf-$name.json" 2>"$out/perf-$name.log" || rc=$?
+    "$bin/peerless-perf" -r "$where" --verify --json "$@" >"$out/perf-$name.json" 2>"$out/perf-$name.log" || rc=$?
     [ "$rc" -eq 0 ] || { cat "$out/perf-$name.log"; fail "peerless-perf ($name) exited $rc"; }
     ios=$(json_number "$out/perf-$name.json" ios)
     errors=$(json_number "$out/perf-$name.json" errors)
@@ -115,12 +143,49 @@ perf_verify() {
         fail "perf ($name): $errors I/O errors, $mismatches mismatched blocks"
     printf 'ok: %s I/Os verified, %.0f IOPS, %.2f MiB/s (TCG: functional, not a benchmark)\n' "$ios" "$iops" "$mibps"
 }
-perf_verify randrw-4k "$addr" -q 8 -o 4096 -w randrw -M 50 -t 5 -c 0x2
+perf_verify randrw-4k "$(trid "$addr" 4420 "$nqn")" -q 8 -o 4096 -w randrw -M 50 -t 5 -c 0x2
 # Digests exercise CRC32C on this CPU (no AVX-512: the run-time dispatch must pick another path).
-perf_verify randwrite-128k-digests 127.0.0.1 -q 4 -o 131072 -w randwrite -t 3 -c 0x2 -H -I
+perf_verify randwrite-128k-digests "$(trid 127.0.0.1 4420 "$nqn")" -q 4 -o 131072 -w randwrite -t 3 -c 0x2 -H -I
 grep -q 'from 127.0.0.1:[0-9]*: ICReq, digests .*header: true, data: true' "$out/target.log" ||
     fail "the target's log (-L nvmf_tcp) shows no connection from 127.0.0.1 with both digests"
 echo "ok: the target took both digests from 127.0.0.1"
+
+# The secure channel. kTLS is on by default: after each handshake the target hands the
+# record layer to the kernel, which counts each socket in TlsTxSw/TlsRxSw (and while open
+# in TlsCurrTxSw/TlsCurrRxSw). Each perf run opens two queues (admin and I/O).
+tls_args=(--psk "$psk" --hostnqn "$hostnqn_tls" -c 0x2)
+# wait_tls_sockets_closed: the kernel's open kTLS sockets back to zero (the target closes
+# its side once the host has gone).
+wait_tls_sockets_closed() {
+    for _ in $(seq 100); do
+        [ "$(tls_stat TlsCurrTxSw)" = 0 ] && [ "$(tls_stat TlsCurrRxSw)" = 0 ] && return 0
+        sleep 0.1
+    done
+    cat /proc/net/tls_stat
+    fail "kTLS sockets still open 10 s after the host left"
+}
+tx0=$(tls_stat TlsTxSw) rx0=$(tls_stat TlsRxSw)
+perf_verify tls-ktls-randrw-4k "$(trid "$addr" 4421 "$nqn_tls")" -q 8 -o 4096 -w randrw -M 50 -t 3 "${tls_args[@]}"
+perf_verify tls-ktls-randrw-128k "$(trid "$addr" 4421 "$nqn_tls")" -q 4 -o 131072 -w randrw -M 50 -t 3 -H -I "${tls_args[@]}"
+tx1=$(tls_stat TlsTxSw) rx1=$(tls_stat TlsRxSw)
+cat /proc/net/tls_stat
+if grep -n 'kTLS unavailable\|kTLS: the kernel took' "$out/target.log"; then
+    fail "the target kept TLS records in OpenSSL with tls.ko loaded"
+fi
+[ $((tx1 - tx0)) -ge 4 ] && [ $((rx1 - rx0)) -ge 4 ] ||
+    fail "kTLS sockets: TlsTxSw $tx0 -> $tx1, TlsRxSw $rx0 -> $rx1; two perf runs of two queues should add 4 each"
+[ "$(tls_stat TlsDecryptError)" = 0 ] || fail "the kernel counted TLS decrypt errors: $(tls_stat TlsDecryptError)"
+wait_tls_sockets_closed
+echo "ok: TLS 1.3 over $addr:4421 verified with records in the kernel (TlsTxSw +$((tx1 - tx0)), TlsRxSw +$((rx1 - rx0)), none left open)"
+
+step "kTLS off: sock_impl_set_options -i ssl --disable-ktls"
+"$bin/peerless-rpc" -s "$sock" sock_impl_set_options -i ssl --disable-ktls >/dev/null
+"$bin/peerless-rpc" -s "$sock" sock_impl_get_options -i ssl | tee "$out/sock-options.json"
+grep -q '"enable_ktls": *false' "$out/sock-options.json" || fail "sock_impl_get_options does not show enable_ktls false"
+perf_verify tls-openssl-randrw-4k "$(trid "$addr" 4421 "$nqn_tls")" -q 8 -o 4096 -w randrw -M 50 -t 3 "${tls_args[@]}"
+[ "$(tls_stat TlsTxSw)" = "$tx1" ] && [ "$(tls_stat TlsRxSw)" = "$rx1" ] ||
+    fail "kTLS sockets counted with kTLS off: TlsTxSw $tx1 -> $(tls_stat TlsTxSw), TlsRxSw $rx1 -> $(tls_stat TlsRxSw)"
+echo "ok: with kTLS off the records stayed in OpenSSL (counters unchanged) and I/O verified"
 
 step "SIGTERM to peerless-tgt"
 kill -TERM "$tgt_pid"
@@ -217,10 +282,4 @@ awk -v v="$avg" 'BEGIN {exit !(v > 0)}' || fail "ib_write_bw average bandwidth '
 echo "ok: ib_write_bw 2000 x 64 KiB, average $avg MB/s (TCG: functional, not a benchmark)"
 rdma link delete rxe0
 
-step "kernel TLS: tls.ko"
-modprobe tls
-[ -e /proc/net/tls_stat ] || fail "tls.ko loaded but /proc/net/tls_stat is missing"
-cat /proc/net/tls_stat
-echo "ok: tls.ko loaded, /proc/net/tls_stat present"
-
-step "done: peerless-tgt in the guest, soft-RoCE and kernel TLS all checked"
+step "done: peerless-tgt in the guest (NVMe/TCP, TLS with and without kTLS), soft-RoCE"
