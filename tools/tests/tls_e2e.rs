@@ -411,15 +411,16 @@ fn tls_stat(name: &str) -> Option<u64> {
     })
 }
 
-/// With `enable_ktls` (the default) the record layer moves into the kernel where the
-/// kernel has the tls module, which its counters show; where it has not, the target says
-/// so once and keeps the records in OpenSSL. Either way, I/O is intact. With kTLS off no
-/// attempt is made.
+/// With `enable_ktls` the record layer moves into the kernel where the kernel has the
+/// tls module, which its counters show; where it has not, the target says so once and
+/// keeps the records in OpenSSL. Either way, I/O is intact. With kTLS off (the default)
+/// no attempt is made.
 #[test]
 fn records_move_into_the_kernel_where_it_offers_ktls_and_stay_in_openssl_where_not() {
     let served = serve("tls-ktls", json!({}));
     let options_now = served.target.call("sock_impl_get_options", Some(json!({"impl_name": "ssl"})));
-    assert_eq!(options_now, json!({"enable_ktls": true, "tls_version": 13}));
+    assert_eq!(options_now, json!({"enable_ktls": false, "tls_version": 13}));
+    served.target.call("sock_impl_set_options", Some(json!({"impl_name": "ssl", "enable_ktls": true})));
     let software_before = (tls_stat("TlsTxSw"), tls_stat("TlsRxSw"));
     let io = |seed: u32| {
         let mut controller =

@@ -7,8 +7,9 @@
 #   2. peerless-tgt (RAM namespaces, NVMe/TCP on $GUEST_ADDR and 127.0.0.1, interrupt
 #      mode: the guest has two emulated CPUs), peerless-rpc against it, peerless-perf
 #      --verify over both addresses (the second with header and data digests);
-#   3. the secure channel (TLS 1.3 PSK, a key from nvme gen-tls-key) with the record layer
-#      in the kernel (kTLS: tls_stat counts the offloaded sockets), then with kTLS switched
+#   3. the secure channel (TLS 1.3 PSK, keys from nvme gen-tls-key: 32 bytes, and 48 bytes
+#      with a version-1 identity) with the record layer in the kernel (kTLS: tls_stat
+#      counts the offloaded sockets), then with kTLS switched
 #      off over RPC (the counters stay still); SIGTERM, clean exit;
 #   4. soft-RoCE: rdma_rxe on $GUEST_NETDEV, ibv_devices, MTU 9000, then RDMA CM and data
 #      in loopback with rping (verified payloads) and ib_write_bw.
@@ -25,6 +26,9 @@ serial=PEERLESSGUEST0001
 nqn_tls=nqn.2016-06.io.peerless:in-guest-tls
 hostnqn_tls=nqn.2014-08.org.nvmexpress:uuid:7e57a11e-0000-4000-8000-000000000001
 psk=/tmp/psk0
+# A second host with a 48-byte key: TLS_AES_256_GCM_SHA384, the other suite.
+hostnqn_tls384=nqn.2014-08.org.nvmexpress:uuid:7e57a11e-0000-4000-8000-000000000384
+psk384=/tmp/psk384
 t0=$(date +%s)
 tgt_pid=""
 target_part=1
@@ -73,12 +77,14 @@ step "peerless-tgt in the guest: NVMe/TCP on $addr:4420 and 127.0.0.1:4420, TLS 
 listener() {
     printf '{"method": "nvmf_subsystem_add_listener", "params": {"nqn": "%s", "listen_address": {"trtype": "TCP", "adrfam": "IPv4", "traddr": "%s", "trsvcid": "%s"}%s}}' "$1" "$2" "$3" "${4:+, $4}"
 }
-(umask 077 && nvme gen-tls-key --hmac=1 >"$psk")
+(umask 077 && nvme gen-tls-key --hmac=1 >"$psk" && nvme gen-tls-key --hmac=2 >"$psk384")
 grep -q '^NVMeTLSkey-1:01:' "$psk" || fail "nvme gen-tls-key wrote no PSK in the interchange format"
+grep -q '^NVMeTLSkey-1:02:' "$psk384" || fail "nvme gen-tls-key --hmac=2 wrote no 48-byte PSK"
 cat >/tmp/target.json <<JSON
 {"subsystems": [
  {"subsystem": "keyring", "config": [
-   {"method": "keyring_file_add_key", "params": {"name": "psk0", "path": "$psk"}}]},
+   {"method": "keyring_file_add_key", "params": {"name": "psk0", "path": "$psk"}},
+   {"method": "keyring_file_add_key", "params": {"name": "psk384", "path": "$psk384"}}]},
  {"subsystem": "bdev", "config": [
    {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 131072, "block_size": 512}},
    {"method": "bdev_malloc_create", "params": {"name": "Malloc1", "num_blocks": 65536, "block_size": 512}}]},
@@ -92,6 +98,7 @@ cat >/tmp/target.json <<JSON
    {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn_tls", "allow_any_host": false}},
    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn_tls", "namespace": {"bdev_name": "Malloc1"}}},
    {"method": "nvmf_subsystem_add_host", "params": {"nqn": "$nqn_tls", "host": "$hostnqn_tls", "psk": "psk0"}},
+   {"method": "nvmf_subsystem_add_host", "params": {"nqn": "$nqn_tls", "host": "$hostnqn_tls384", "psk": "psk384"}},
    $(listener "$nqn_tls" "$addr" 4421 '"secure_channel": true')]}]}
 JSON
 cp /tmp/target.json "$out/target.json"
@@ -150,8 +157,8 @@ grep -q 'from 127.0.0.1:[0-9]*: ICReq, digests .*header: true, data: true' "$out
     fail "the target's log (-L nvmf_tcp) shows no connection from 127.0.0.1 with both digests"
 echo "ok: the target took both digests from 127.0.0.1"
 
-# The secure channel. kTLS is on by default: after each handshake the target hands the
-# record layer to the kernel, which counts each socket in TlsTxSw/TlsRxSw (and while open
+# The secure channel, kTLS switched on (it is off by default, as in SPDK): after each
+# handshake the target hands the record layer to the kernel, which counts each socket in TlsTxSw/TlsRxSw (and while open
 # in TlsCurrTxSw/TlsCurrRxSw). Each perf run opens two queues (admin and I/O).
 tls_args=(--psk "$psk" --hostnqn "$hostnqn_tls" -c 0x2)
 # wait_tls_sockets_closed: the kernel's open kTLS sockets back to zero (the target closes
@@ -164,16 +171,21 @@ wait_tls_sockets_closed() {
     cat /proc/net/tls_stat
     fail "kTLS sockets still open 10 s after the host left"
 }
+"$bin/peerless-rpc" -s "$sock" sock_impl_set_options -i ssl --enable-ktls >/dev/null
 tx0=$(tls_stat TlsTxSw) rx0=$(tls_stat TlsRxSw)
 perf_verify tls-ktls-randrw-4k "$(trid "$addr" 4421 "$nqn_tls")" -q 8 -o 4096 -w randrw -M 50 -t 3 "${tls_args[@]}"
 perf_verify tls-ktls-randrw-128k "$(trid "$addr" 4421 "$nqn_tls")" -q 4 -o 131072 -w randrw -M 50 -t 3 -H -I "${tls_args[@]}"
+# The SHA-384 suite (a 48-byte key, AES-256-GCM in the kernel), presenting a version-1
+# identity (NVMe1R02 ... <digest>).
+perf_verify tls-ktls-sha384-v1-64k "$(trid "$addr" 4421 "$nqn_tls")" -q 4 -o 65536 -w randrw -M 50 -t 3 \
+    --psk "$psk384" --psk-identity-version 1 --hostnqn "$hostnqn_tls384" -c 0x2
 tx1=$(tls_stat TlsTxSw) rx1=$(tls_stat TlsRxSw)
 cat /proc/net/tls_stat
 if grep -n 'kTLS unavailable\|kTLS: the kernel took' "$out/target.log"; then
     fail "the target kept TLS records in OpenSSL with tls.ko loaded"
 fi
-[ $((tx1 - tx0)) -ge 4 ] && [ $((rx1 - rx0)) -ge 4 ] ||
-    fail "kTLS sockets: TlsTxSw $tx0 -> $tx1, TlsRxSw $rx0 -> $rx1; two perf runs of two queues should add 4 each"
+[ $((tx1 - tx0)) -ge 6 ] && [ $((rx1 - rx0)) -ge 6 ] ||
+    fail "kTLS sockets: TlsTxSw $tx0 -> $tx1, TlsRxSw $rx0 -> $rx1; three perf runs of two queues should add 6 each"
 [ "$(tls_stat TlsDecryptError)" = 0 ] || fail "the kernel counted TLS decrypt errors: $(tls_stat TlsDecryptError)"
 wait_tls_sockets_closed
 echo "ok: TLS 1.3 over $addr:4421 verified with records in the kernel (TlsTxSw +$((tx1 - tx0)), TlsRxSw +$((rx1 - rx0)), none left open)"
