@@ -699,6 +699,20 @@ impl Cq {
         Ok(count)
     }
 
+    /// Waits up to `timeout` for the channel to fire, then reads and acknowledges its
+    /// events; returns how many there were (0: timed out, or no channel). For tools and
+    /// tests: a reactor watches [`Cq::event_fd`] instead.
+    pub fn wait_event(&self, timeout: std::time::Duration) -> Result<u32, Error> {
+        let Some(fd) = self.event_fd() else { return Ok(0) };
+        let mut pollfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pollfd, 1, ms) } < 0 {
+            return Err(Error::last("poll on a completion channel"));
+        }
+        self.drain_events()
+    }
+
     fn ack(&self, count: u32) {
         if count > 0 {
             // SAFETY: live CQ; `count` events were read from its channel.
