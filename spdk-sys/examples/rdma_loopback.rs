@@ -19,7 +19,7 @@ use spdk_sys::rdma::{
 };
 
 const USAGE: &str = "\
-Usage: rdma_loopback --addr IP [--port N] [--size BYTES] [--no-srq]
+Usage: rdma_loopback --addr IP [--port N] [--size BYTES] [--no-srq] [--reject | --bad-rkey]
 
 Listens with RDMA CM on IP:N, connects to it from a second thread, exchanges a SEND each
 way, and has the listening side RDMA WRITE and RDMA READ BYTES of the connecting side's
@@ -29,6 +29,10 @@ registered buffer, checking every byte. Prints each step; exits non-zero on any 
   --port N       the listening port (default 0: any free port)
   --size BYTES   bytes per RDMA WRITE and READ (default 65536, at most 1 GiB)
   --no-srq       the listening side's receives on the queue pair, not a shared receive queue
+  --reject       the listening side refuses the connection instead (NVMe/RDMA status
+                 \"no resources\" in the reject's private data), and the client checks that
+  --bad-rkey     the listening side RDMA WRITEs with a wrong remote key: the write must
+                 fail, the SEND behind it be flushed, and both sides see the disconnect
   -h, --help     this text";
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,11 +49,14 @@ struct Options {
     port: u16,
     size: usize,
     srq: bool,
+    reject: bool,
+    bad_rkey: bool,
 }
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut addr = None;
-    let mut options = Options { addr: IpAddr::from([0, 0, 0, 0]), port: 0, size: 65536, srq: true };
+    let mut options =
+        Options { addr: IpAddr::from([0, 0, 0, 0]), port: 0, size: 65536, srq: true, reject: false, bad_rkey: false };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -59,8 +66,13 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
             "--port" => options.port = value("--port")?.parse().map_err(|e| format!("--port: {e}"))?,
             "--size" => options.size = value("--size")?.parse().map_err(|e| format!("--size: {e}"))?,
             "--no-srq" => options.srq = false,
+            "--reject" => options.reject = true,
+            "--bad-rkey" => options.bad_rkey = true,
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if options.reject && options.bad_rkey {
+        return Err("--reject and --bad-rkey exclude each other".into());
     }
     options.addr = addr.ok_or("--addr is required (an address of the RDMA device's interface)")?;
     if options.size == 0 || options.size > 1 << 30 {
@@ -126,41 +138,43 @@ fn expect_event(channel: &Arc<EventChannel>, want: CmEventKind, who: &str) -> Re
     }
 }
 
-/// Waits for `count` completions on `cq`, arming its channel between polls as a reactor
-/// in interrupt mode would; any failed completion is an error naming its status.
-fn completions(cq: &Cq, count: usize, who: &str) -> Result<Vec<Completion>, String> {
+/// Waits for at least `count` completions on `cq`, whatever their status, arming its
+/// channel between polls as a reactor in interrupt mode would.
+fn poll_completions(cq: &Cq, count: usize, who: &str) -> Result<Vec<Completion>, String> {
     let deadline = Instant::now() + TIMEOUT;
     let mut out = Vec::new();
     let mut batch = [Completion::default(); 8];
+    let mut armed = false;
     while out.len() < count {
         let n = cq.poll(&mut batch).map_err(|e| format!("{who}: {e}"))?;
-        for wc in &batch[..n] {
-            if !wc.is_success() {
-                return Err(format!("{who}: work request {} failed: {} ({wc:?})", wc.wr_id(), wc.status_str()));
-            }
-            out.push(*wc);
-        }
+        out.extend_from_slice(&batch[..n]);
         if n > 0 {
+            armed = false;
             continue;
         }
         if Instant::now() > deadline {
             return Err(format!("{who}: {} of {count} completions within {TIMEOUT:?}", out.len()));
         }
-        cq.arm().map_err(|e| format!("{who}: {e}"))?;
-        // A completion that landed before arming raises no event: poll once more first.
-        let n = cq.poll(&mut batch).map_err(|e| format!("{who}: {e}"))?;
-        if n == 0 {
+        if armed {
             cq.wait_event(Duration::from_millis(100)).map_err(|e| format!("{who}: {e}"))?;
-            continue;
-        }
-        for wc in &batch[..n] {
-            if !wc.is_success() {
-                return Err(format!("{who}: work request {} failed: {} ({wc:?})", wc.wr_id(), wc.status_str()));
-            }
-            out.push(*wc);
+            armed = false;
+        } else {
+            // Poll once more after arming (the loop does): a completion that landed
+            // before arming raises no event.
+            cq.arm().map_err(|e| format!("{who}: {e}"))?;
+            armed = true;
         }
     }
     Ok(out)
+}
+
+/// As [`poll_completions`], and any failed completion is an error naming its status.
+fn completions(cq: &Cq, count: usize, who: &str) -> Result<Vec<Completion>, String> {
+    let got = poll_completions(cq, count, who)?;
+    if let Some(wc) = got.iter().find(|wc| !wc.is_success()) {
+        return Err(format!("{who}: work request {} failed: {} ({wc:?})", wc.wr_id(), wc.status_str()));
+    }
+    Ok(got)
 }
 
 struct Side {
@@ -198,15 +212,33 @@ fn run(options: &Options) -> Result<(), String> {
 
     let size = options.size;
     let client_devices = devices.clone();
-    let client = std::thread::spawn(move || client(target, &client_devices, size));
+    let mode = if options.reject {
+        Mode::Rejected
+    } else if options.bad_rkey {
+        Mode::BadRkey
+    } else {
+        Mode::Transfer
+    };
+    let client = std::thread::spawn(move || client(target, &client_devices, size, mode));
     let served = serve(&channel, &devices, options);
     let connected = client.join().map_err(|_| "client thread panicked".to_string())?;
     served?;
     connected?;
-    println!(
-        "ok: RDMA CM connect with NVMe/RDMA private data, SEND both ways, RDMA WRITE and RDMA READ of {size} bytes verified"
-    );
+    match mode {
+        Mode::Rejected => println!("ok: RDMA CM connect refused with NVMe/RDMA reject private data, as asked"),
+        Mode::BadRkey => println!("ok: a wrong remote key failed its RDMA WRITE, flushed the queue, ended the connection"),
+        Mode::Transfer => println!(
+            "ok: RDMA CM connect with NVMe/RDMA private data, SEND both ways, RDMA WRITE and RDMA READ of {size} bytes verified"
+        ),
+    }
     Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Transfer,
+    Rejected,
+    BadRkey,
 }
 
 fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Options) -> Result<(), String> {
@@ -219,9 +251,14 @@ fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Option
         Ok(_) => return reject(&id, RejectStatus::InvalidCntlid),
         Err(status) => return reject(&id, status),
     };
+    if options.reject {
+        id.reject(&CmReject { status: RejectStatus::NoResources }.encode()).map_err(|e| format!("{who}: {e}"))?;
+        println!("server: rejected the connection: {}", RejectStatus::NoResources);
+        return Ok(());
+    }
     println!(
         "server: connect request: qid {} hrqsize {} hsqsize {} cntlid {}; host allows {} RDMA READs",
-        cm.qid, cm.hrqsize, cm.hsqsize, cm.cntlid, request.responder_resources
+        cm.qid, cm.hrqsize, cm.hsqsize, cm.cntlid, request.initiator_depth
     );
     let server = side(&id, devices, options.size, Access::LOCAL_WRITE, who)?;
     let attr = server.pd.context().query_device().map_err(|e| e.to_string())?;
@@ -243,7 +280,10 @@ fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Option
         Some(srq) => srq.post_recv(&mut recv).map_err(|e| e.to_string())?,
         None => id.post_recv(&mut recv).map_err(|e| e.to_string())?,
     }
-    let reads = request.responder_resources.min(attr.max_qp_init_rd_atom.clamp(0, 255) as u8).max(1);
+    let reads = request.initiator_depth.min(attr.max_qp_init_rd_atom.clamp(0, 255) as u8);
+    if reads == 0 {
+        return reject(&id, RejectStatus::InvalidIrd);
+    }
     let accept = CmAccept { crqsize: QUEUE as u16 }.encode();
     let param = ConnParam { private_data: &accept, initiator_depth: reads, ..Default::default() };
     id.accept(&param).map_err(|e| format!("{who}: {e}"))?;
@@ -255,6 +295,7 @@ fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Option
         if srq.is_some() { "a shared receive queue" } else { "the queue pair" }
     );
 
+    println!("server: dma-buf registration on this device: {:?}", server.pd.dmabuf_support());
     let got = completions(&server.cq, 1, who)?;
     let wc = got[0];
     if wc.opcode() != Some(WcOpcode::Recv) || wc.byte_len() != MSG_LEN || Some(wc.qp_num()) != id.qp_num() {
@@ -270,6 +311,9 @@ fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Option
     let size = options.size;
     if len as usize != 2 * size {
         return Err(format!("server: client offers {len} bytes, expected {}", 2 * size));
+    }
+    if options.bad_rkey {
+        return write_with_a_wrong_key(channel, &id, &server, RemoteKey { addr, rkey: rkey ^ 0xff00 });
     }
 
     let written = pattern(size, 0xa5);
@@ -307,12 +351,51 @@ fn serve(channel: &Arc<EventChannel>, devices: &Arc<CmDevices>, options: &Option
     Ok(())
 }
 
+/// A keyed SGL with a key the host never issued: the NIC fails the RDMA WRITE (remote
+/// access error), the queue pair goes to the error state, and the SEND queued behind it
+/// completes as flushed; the connection, and only it, is then torn down.
+fn write_with_a_wrong_key(
+    channel: &Arc<EventChannel>,
+    id: &CmId,
+    server: &Side,
+    remote: RemoteKey,
+) -> Result<(), String> {
+    let who = "server";
+    let data = server.mr.sge(DATA_AT, 4096.min(server.mr.len() - DATA_AT) as u32).map_err(|e| e.to_string())?;
+    let response = server.mr.sge(SEND_AT, MSG_LEN).map_err(|e| e.to_string())?;
+    let mut wrs = [
+        SendWr::rdma_write(7, &[data], remote).map_err(|e| e.to_string())?.signaled(true),
+        SendWr::send(8, &[response]).map_err(|e| e.to_string())?.signaled(true),
+    ];
+    id.post_send(&mut wrs).map_err(|e| e.to_string())?;
+    let got = poll_completions(&server.cq, 2, who)?;
+    let write = got.iter().find(|wc| wc.wr_id() == 7).ok_or("server: no completion for the RDMA WRITE")?;
+    if write.is_success() || write.is_flush() {
+        return Err(format!("server: RDMA WRITE with rkey {:#x} did not fail: {write:?}", remote.rkey));
+    }
+    println!(
+        "server: RDMA WRITE with wrong rkey {:#x} failed: {} ({:?})",
+        remote.rkey,
+        write.status_str(),
+        write.status()
+    );
+    let send = got.iter().find(|wc| wc.wr_id() == 8).ok_or("server: no completion for the SEND")?;
+    if !send.is_flush() || send.opcode().is_some() {
+        return Err(format!("server: the SEND behind the failed write was not flushed: {send:?}"));
+    }
+    println!("server: the SEND behind it was flushed ({})", send.status_str());
+    id.disconnect().map_err(|e| format!("{who}: {e}"))?;
+    expect_event(channel, CmEventKind::Disconnected, who)?;
+    println!("server: disconnected");
+    Ok(())
+}
+
 fn reject(id: &CmId, status: RejectStatus) -> Result<(), String> {
     id.reject(&CmReject { status }.encode()).map_err(|e| e.to_string())?;
     Err(format!("server: rejected the connection: {status}"))
 }
 
-fn client(target: SocketAddr, devices: &Arc<CmDevices>, size: usize) -> Result<(), String> {
+fn client(target: SocketAddr, devices: &Arc<CmDevices>, size: usize, mode: Mode) -> Result<(), String> {
     let who = "client";
     let channel = EventChannel::new().map_err(|e| format!("{who}: {e}"))?;
     let mut id = channel.create_id(1).map_err(|e| format!("{who}: {e}"))?;
@@ -347,6 +430,16 @@ fn client(target: SocketAddr, devices: &Arc<CmDevices>, size: usize) -> Result<(
         rnr_retry_count: 7,
     };
     id.connect(&param).map_err(|e| format!("{who}: {e}"))?;
+    if mode == Mode::Rejected {
+        let event = expect_event(&channel, CmEventKind::Rejected, who)?;
+        let record = CmReject::decode(event.private_data.as_slice())
+            .ok_or_else(|| format!("client: reject without an NVMe/RDMA record: {:?}", event.private_data))?;
+        if record.status != RejectStatus::NoResources {
+            return Err(format!("client: rejected with {}, expected no resources", record.status));
+        }
+        println!("client: rejected (CM status {}): {}", event.status, record.status);
+        return Ok(());
+    }
     let established = expect_event(&channel, CmEventKind::Established, who)?;
     let accept = CmAccept::decode(established.private_data.as_slice())
         .map_err(|status| format!("client: accept private data: {status}"))?;
@@ -357,6 +450,23 @@ fn client(target: SocketAddr, devices: &Arc<CmDevices>, size: usize) -> Result<(
     let sge = host.mr.sge(SEND_AT, MSG_LEN).map_err(|e| e.to_string())?;
     let mut send = [SendWr::send(10, &[sge]).map_err(|e| e.to_string())?.signaled(true)];
     id.post_send(&mut send).map_err(|e| e.to_string())?;
+    if mode == Mode::BadRkey {
+        let sent = poll_completions(&host.cq, 1, who)?;
+        if !sent.iter().any(|wc| wc.wr_id() == 10 && wc.is_success()) {
+            return Err(format!("client: SEND did not complete: {sent:?}"));
+        }
+        expect_event(&channel, CmEventKind::Disconnected, who)?;
+        let mut got: Vec<Completion> = sent.into_iter().filter(|wc| wc.wr_id() != 10).collect();
+        if got.is_empty() {
+            got = poll_completions(&host.cq, 1, who)?;
+        }
+        let recv = got.iter().find(|wc| wc.wr_id() == 200).ok_or("client: the posted receive never completed")?;
+        if !recv.is_flush() {
+            return Err(format!("client: the posted receive should have been flushed: {recv:?}"));
+        }
+        println!("client: the server disconnected; the posted receive was flushed");
+        return Ok(());
+    }
     let got = completions(&host.cq, 2, who)?;
     if !got.iter().any(|wc| wc.opcode() == Some(WcOpcode::Recv) && wc.byte_len() == MSG_LEN) {
         return Err(format!("client: no response among {got:?}"));
@@ -393,6 +503,9 @@ mod tests {
             ("10.0.2.15".parse().unwrap(), 4420, 4096, false)
         );
         assert!(parse(&args(&["--help"])).expect("help").is_none());
+        assert!(parse(&args(&["--addr", "::1", "--reject"])).expect("valid").expect("not help").reject);
+        assert!(parse(&args(&["--addr", "::1", "--bad-rkey"])).expect("valid").expect("not help").bad_rkey);
+        assert!(parse(&args(&["--addr", "::1", "--bad-rkey", "--reject"])).is_err());
         for bad in
             [&["--port", "1"][..], &["--addr", "x"], &["--addr", "::1", "--size", "0"], &["--addr", "::1", "--bogus"]]
         {

@@ -252,9 +252,12 @@ pub struct CmEvent {
     pub new_id: Option<CmId>,
     /// What the peer sent with a connect, accept or reject.
     pub private_data: PrivateData,
-    /// Connect request/established: RDMA READs the peer accepts as responder.
+    /// Connect request/established, from this side's view (the CM swaps the peer's
+    /// values): RDMA READs the peer may have outstanding against this side (its
+    /// initiator depth), which this side's responder resources must cover.
     pub responder_resources: u8,
-    /// Connect request/established: RDMA READs the peer issues as initiator.
+    /// From this side's view: RDMA READs this side may have outstanding against the peer
+    /// (the peer's responder resources). A target caps its reads per queue pair at this.
     pub initiator_depth: u8,
     pub retry_count: u8,
     pub rnr_retry_count: u8,

@@ -12,6 +12,12 @@
 //! a protection error, never reach freed memory. Inline sends (the CPU reading the data
 //! at post time) are therefore not offered.
 //!
+//! Bindgen over rdma-core here, rather than a crate such as `sideway`: that one has no
+//! shared receive queue and no `rdma_reject` or accept private data (the NVMe/RDMA
+//! connection handshake needs both), it loads libibverbs at run time instead of linking
+//! it, and its licence (MPL-2.0) differs from the project's; spdk-sys already follows
+//! this pattern for DPDK and librbd, with the same build dependencies.
+//!
 //! Every call that can wait is non-blocking here: the CM event channel's and completion
 //! channel's descriptors are `O_NONBLOCK`, for a reactor to watch.
 
