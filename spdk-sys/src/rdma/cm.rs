@@ -13,7 +13,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::verbs::{set_nonblocking, CmDevices, Context, Cq, Pd, Srq};
+use super::queues::{set_nonblocking, Cq, Srq};
+use super::verbs::{CmDevices, Context, Pd};
 use super::wr::{link_recv, link_send, post_result, PostError, RecvWr, SendWr};
 use super::Error;
 use crate::rdma_sys as sys;

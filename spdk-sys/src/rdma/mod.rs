@@ -22,7 +22,9 @@
 //! channel's descriptors are `O_NONBLOCK`, for a reactor to watch.
 
 mod cm;
+mod memory;
 pub mod nvme;
+mod queues;
 mod verbs;
 mod wr;
 
@@ -30,10 +32,9 @@ use std::borrow::Cow;
 use std::fmt;
 
 pub use cm::{CmEvent, CmEventKind, CmId, ConnParam, EventChannel, PrivateData, QpConfig};
-pub use verbs::{
-    devices, Access, CmDevices, Context, Cq, DeviceAttr, DeviceInfo, DmaBuffer, DmabufSupport, Mr, Pd, PortAttr,
-    RegistrableMemory, Srq,
-};
+pub use memory::{Access, DmaBuffer, Mr, RegistrableMemory};
+pub use queues::{Cq, Srq};
+pub use verbs::{devices, CmDevices, Context, DeviceAttr, DeviceInfo, DmabufSupport, Pd, PortAttr};
 pub use wr::{Completion, PostError, RecvWr, RemoteKey, SendOp, SendWr, Sge, WcOpcode, WcStatus, WrError, MAX_SGE};
 
 /// An rdma-core call that failed, with the errno it reported.
