@@ -126,6 +126,9 @@ mod rdma {
         "ibv_create_srq",
         "ibv_destroy_srq",
         "ibv_wc_status_str",
+        "ibv_get_async_event",
+        "ibv_ack_async_event",
+        "ibv_event_type_str",
         "ibv_port_state_str",
         "rdma_create_event_channel",
         "rdma_destroy_event_channel",
@@ -175,6 +178,8 @@ mod rdma {
         "ibv_wc_status",
         "ibv_qp_type",
         "ibv_port_state",
+        "ibv_async_event",
+        "ibv_event_type",
         "rdma_cm_id",
         "rdma_cm_event",
         "rdma_cm_event_type",
@@ -203,7 +208,7 @@ mod rdma {
             .clang_args(&cflags)
             // Newtypes, never Rust enums: a value the library returns that this build does
             // not know (a newer rdma-core) must not be undefined behaviour.
-            .newtype_enum("ibv_.*_flags|ibv_wc_status|ibv_wc_opcode|ibv_wr_opcode|ibv_qp_type|ibv_port_state|rdma_cm_event_type|rdma_port_space")
+            .newtype_enum("ibv_.*_flags|ibv_event_type|ibv_wc_status|ibv_wc_opcode|ibv_wr_opcode|ibv_qp_type|ibv_port_state|rdma_cm_event_type|rdma_port_space")
             .derive_default(true)
             // rdma-core's comments are not Rust docs.
             .generate_comments(false)

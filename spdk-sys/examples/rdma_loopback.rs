@@ -387,6 +387,14 @@ fn write_with_a_wrong_key(
     id.disconnect().map_err(|e| format!("{who}: {e}"))?;
     expect_event(channel, CmEventKind::Disconnected, who)?;
     println!("server: disconnected");
+    print_async_events(&server.pd, who)
+}
+
+/// Prints the device's asynchronous events (a queue pair's error shows here too).
+fn print_async_events(pd: &Pd, who: &str) -> Result<(), String> {
+    while let Some(event) = pd.context().get_async_event().map_err(|e| format!("{who}: {e}"))? {
+        println!("{who}: async event {:?} on {:?}", event.kind, event.element);
+    }
     Ok(())
 }
 
@@ -465,7 +473,7 @@ fn client(target: SocketAddr, devices: &Arc<CmDevices>, size: usize, mode: Mode)
             return Err(format!("client: the posted receive should have been flushed: {recv:?}"));
         }
         println!("client: the server disconnected; the posted receive was flushed");
-        return Ok(());
+        return print_async_events(&host.pd, who);
     }
     let got = completions(&host.cq, 2, who)?;
     if !got.iter().any(|wc| wc.opcode() == Some(WcOpcode::Recv) && wc.byte_len() == MSG_LEN) {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use spdk_sys::rdma::{self, CmDevices, Context, EventChannel};
+use spdk_sys::rdma::{self, Access, CmDevices, Completion, Context, Cq, DmaBuffer, EventChannel, Pd, RecvWr, Srq};
 
 #[test]
 fn device_lists_agree_and_a_missing_device_is_named() {
@@ -30,6 +30,7 @@ fn device_lists_agree_and_a_missing_device_is_named() {
         assert!(attr.max_qp_wr > 0 && attr.max_cqe > 0 && attr.phys_port_cnt >= 1, "{attr:?}");
         let port = context.query_port(1).expect("port 1");
         assert!(port.active_mtu >= 256, "{port:?}");
+        objects_on_a_device(&context);
     }
 }
 
@@ -49,4 +50,38 @@ fn the_cm_event_channel_opens_exactly_when_the_kernel_offers_rdma_cm() {
             assert!(err.to_string().contains("rdma_cm"), "names what is missing: {err}");
         }
     }
+}
+
+/// With a device: a PD, a registered buffer (bounds of its entries), a CQ with its channel
+/// (armed, nothing pending), an SRQ taking receives; dropped in any order the types allow.
+fn objects_on_a_device(context: &Context) {
+    let pd = Pd::new(context).expect("protection domain");
+    eprintln!("{}: dma-buf registration {:?}", context.name(), pd.dmabuf_support());
+    for len in [1usize, 4096, 1 << 20] {
+        let buffer = DmaBuffer::new(len).expect("buffer");
+        let mr = pd.register(buffer, Access::LOCAL_WRITE | Access::REMOTE_READ).expect("register");
+        assert_eq!(mr.len(), len);
+        assert_eq!(mr.sge(0, len as u32).expect("whole region").lkey, mr.lkey());
+        assert!(mr.sge(1, len as u32).is_err() && mr.sge(len, 1).is_err(), "outside the region");
+    }
+    let cq = Cq::new(context, 64, true).expect("CQ with a channel");
+    assert!(cq.capacity() >= 64 && cq.event_fd().is_some());
+    cq.arm().expect("arm");
+    let mut out = [Completion::default(); 4];
+    assert_eq!(cq.poll(&mut out).expect("poll"), 0);
+    assert_eq!(cq.drain_events().expect("drain"), 0);
+    let polled_only = Cq::new(context, 8, false).expect("CQ without a channel");
+    assert!(polled_only.arm().is_err() && polled_only.event_fd().is_none());
+    let srq = Srq::new(&pd, 32, 1).expect("SRQ");
+    let buffer = DmaBuffer::new(32 * 64).expect("buffer");
+    let mr = pd.register(buffer, Access::LOCAL_WRITE).expect("register");
+    let mut recvs: Vec<RecvWr> =
+        (0..32).map(|i| RecvWr::new(i, &[mr.sge(i as usize * 64, 64).expect("entry")]).expect("wr")).collect();
+    srq.post_recv(&mut recvs).expect("32 receives fit a 32-entry SRQ");
+    while let Some(event) = context.get_async_event().expect("async events") {
+        eprintln!("{}: async event {event:?}", context.name());
+    }
+    drop(pd);
+    drop(srq);
+    drop(mr);
 }

@@ -107,10 +107,10 @@ impl EventChannel {
         }
         // SAFETY: every event names a live id; `context` is the token given at creation.
         let token = unsafe { (*event.id).context } as usize as u64;
-        let new_id = (kind == CmEventKind::ConnectRequest).then(|| CmId {
+        // A connect request's id is new and now the caller's to destroy.
+        let new_id = NonNull::new(event.id).filter(|_| kind == CmEventKind::ConnectRequest).map(|raw| CmId {
             qp: None,
-            // SAFETY: a connect request's id is new, non-null, and now the caller's to destroy.
-            raw: unsafe { NonNull::new_unchecked(event.id) },
+            raw,
             channel: self.clone(),
         });
         let out = CmEvent {

@@ -34,7 +34,10 @@ use std::fmt;
 pub use cm::{CmEvent, CmEventKind, CmId, ConnParam, EventChannel, PrivateData, QpConfig};
 pub use memory::{Access, DmaBuffer, Mr, RegistrableMemory};
 pub use queues::{Cq, Srq};
-pub use verbs::{devices, CmDevices, Context, DeviceAttr, DeviceInfo, DmabufSupport, Pd, PortAttr};
+pub use verbs::{
+    devices, AsyncElement, AsyncEvent, AsyncEventKind, CmDevices, Context, DeviceAttr, DeviceInfo, DmabufSupport, Pd,
+    PortAttr,
+};
 pub use wr::{Completion, PostError, RecvWr, RemoteKey, SendOp, SendWr, Sge, WcOpcode, WcStatus, WrError, MAX_SGE};
 
 /// An rdma-core call that failed, with the errno it reported.

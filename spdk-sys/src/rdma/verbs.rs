@@ -2,6 +2,7 @@
 //! domains.
 
 use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
@@ -217,6 +218,166 @@ impl Context {
     }
 }
 
+impl Context {
+    /// The descriptor that is readable when the device has an asynchronous event.
+    pub fn async_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd stays open as long as the context.
+        unsafe { BorrowedFd::borrow_raw((*self.raw()).async_fd) }
+    }
+
+    /// The next asynchronous event (a queue pair gone to the error state, an SRQ's last
+    /// receive consumed, a port change, a fatal device error), copied and acknowledged;
+    /// None when none is waiting (never blocks, whatever the descriptor's mode).
+    pub fn get_async_event(&self) -> Result<Option<AsyncEvent>, Error> {
+        let mut pollfd = libc::pollfd { fd: self.async_fd_raw(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, no wait.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, 0) };
+        if ready < 0 {
+            return Err(Error::last("poll on a device's async event descriptor"));
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        let mut raw = sys::ibv_async_event::default();
+        // SAFETY: live context, valid out-pointer; the descriptor is readable, so this
+        // does not block.
+        if unsafe { sys::ibv_get_async_event(self.raw(), &mut raw) } != 0 {
+            return Err(Error::last("ibv_get_async_event"));
+        }
+        let kind = AsyncEventKind::from_raw(raw.event_type);
+        // SAFETY: the member read is the one the event type names; a QP named by an
+        // unacknowledged event is alive (destroying it waits for the acknowledgement).
+        let element = unsafe {
+            match kind.element() {
+                Element::Qp if !raw.element.qp.is_null() => AsyncElement::Qp((*raw.element.qp).qp_num),
+                Element::Port => AsyncElement::Port(u8::try_from(raw.element.port_num).unwrap_or(0)),
+                Element::Cq => AsyncElement::Cq,
+                Element::Srq => AsyncElement::Srq,
+                _ => AsyncElement::Device,
+            }
+        };
+        // SAFETY: acknowledged once, after everything needed was copied out.
+        unsafe { sys::ibv_ack_async_event(&mut raw) };
+        Ok(Some(AsyncEvent { kind, element }))
+    }
+
+    fn async_fd_raw(&self) -> i32 {
+        // SAFETY: live context; a plain field.
+        unsafe { (*self.raw()).async_fd }
+    }
+}
+
+/// A device's asynchronous event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    pub kind: AsyncEventKind,
+    pub element: AsyncElement,
+}
+
+/// What an asynchronous event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncElement {
+    /// The queue pair with this number: the transport ends that queue only.
+    Qp(u32),
+    Cq,
+    Srq,
+    Port(u8),
+    Device,
+}
+
+enum Element {
+    Qp,
+    Cq,
+    Srq,
+    Port,
+    Device,
+}
+
+/// The kind of an asynchronous event (`IBV_EVENT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AsyncEventKind {
+    CqError,
+    QpFatal,
+    QpRequestError,
+    QpAccessError,
+    CommEstablished,
+    SqDrained,
+    PathMigrated,
+    PathMigrationError,
+    DeviceFatal,
+    PortActive,
+    PortError,
+    LidChange,
+    PkeyChange,
+    SmChange,
+    SrqError,
+    SrqLimitReached,
+    /// A queue pair on an SRQ will take no more receives: now it may be destroyed
+    /// without losing one (InfiniBand's rule for QPs on an SRQ).
+    QpLastWqeReached,
+    ClientReregister,
+    GidChange,
+    Other(u32),
+}
+
+impl AsyncEventKind {
+    fn from_raw(raw: sys::ibv_event_type) -> AsyncEventKind {
+        use sys::ibv_event_type as e;
+        match raw {
+            e::IBV_EVENT_CQ_ERR => AsyncEventKind::CqError,
+            e::IBV_EVENT_QP_FATAL => AsyncEventKind::QpFatal,
+            e::IBV_EVENT_QP_REQ_ERR => AsyncEventKind::QpRequestError,
+            e::IBV_EVENT_QP_ACCESS_ERR => AsyncEventKind::QpAccessError,
+            e::IBV_EVENT_COMM_EST => AsyncEventKind::CommEstablished,
+            e::IBV_EVENT_SQ_DRAINED => AsyncEventKind::SqDrained,
+            e::IBV_EVENT_PATH_MIG => AsyncEventKind::PathMigrated,
+            e::IBV_EVENT_PATH_MIG_ERR => AsyncEventKind::PathMigrationError,
+            e::IBV_EVENT_DEVICE_FATAL => AsyncEventKind::DeviceFatal,
+            e::IBV_EVENT_PORT_ACTIVE => AsyncEventKind::PortActive,
+            e::IBV_EVENT_PORT_ERR => AsyncEventKind::PortError,
+            e::IBV_EVENT_LID_CHANGE => AsyncEventKind::LidChange,
+            e::IBV_EVENT_PKEY_CHANGE => AsyncEventKind::PkeyChange,
+            e::IBV_EVENT_SM_CHANGE => AsyncEventKind::SmChange,
+            e::IBV_EVENT_SRQ_ERR => AsyncEventKind::SrqError,
+            e::IBV_EVENT_SRQ_LIMIT_REACHED => AsyncEventKind::SrqLimitReached,
+            e::IBV_EVENT_QP_LAST_WQE_REACHED => AsyncEventKind::QpLastWqeReached,
+            e::IBV_EVENT_CLIENT_REREGISTER => AsyncEventKind::ClientReregister,
+            e::IBV_EVENT_GID_CHANGE => AsyncEventKind::GidChange,
+            other => AsyncEventKind::Other(other.0),
+        }
+    }
+
+    /// Which member of the event's union names the object (verbs.h, `ibv_async_event`).
+    fn element(self) -> Element {
+        use AsyncEventKind as k;
+        match self {
+            k::QpFatal
+            | k::QpRequestError
+            | k::QpAccessError
+            | k::CommEstablished
+            | k::SqDrained
+            | k::PathMigrated
+            | k::PathMigrationError
+            | k::QpLastWqeReached => Element::Qp,
+            k::CqError => Element::Cq,
+            k::SrqError | k::SrqLimitReached => Element::Srq,
+            k::PortActive
+            | k::PortError
+            | k::LidChange
+            | k::PkeyChange
+            | k::SmChange
+            | k::ClientReregister
+            | k::GidChange => Element::Port,
+            k::DeviceFatal | k::Other(_) => Element::Device,
+        }
+    }
+
+    /// Whether the event puts its queue pair in the error state (end that queue).
+    pub fn ends_queue_pair(self) -> bool {
+        matches!(self, AsyncEventKind::QpFatal | AsyncEventKind::QpRequestError | AsyncEventKind::QpAccessError)
+    }
+}
+
 /// Copies a static C string rdma-core returned (a state or status name).
 pub(crate) fn static_cstr(ptr: *const std::os::raw::c_char) -> String {
     // SAFETY: callers pass non-null pointers to rdma-core's static NUL-terminated names.
@@ -351,4 +512,31 @@ impl Drop for Pd {
 pub enum DmabufSupport {
     Supported,
     NotSupported,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn async_event_kinds_map_to_the_union_member_they_name() {
+        use sys::ibv_event_type as e;
+        let qp = [
+            e::IBV_EVENT_QP_FATAL,
+            e::IBV_EVENT_QP_REQ_ERR,
+            e::IBV_EVENT_QP_ACCESS_ERR,
+            e::IBV_EVENT_QP_LAST_WQE_REACHED,
+        ];
+        for raw in qp {
+            assert!(matches!(AsyncEventKind::from_raw(raw).element(), Element::Qp), "{raw:?}");
+        }
+        assert!(matches!(AsyncEventKind::from_raw(e::IBV_EVENT_PORT_ERR).element(), Element::Port));
+        assert!(matches!(AsyncEventKind::from_raw(e::IBV_EVENT_SRQ_LIMIT_REACHED).element(), Element::Srq));
+        assert!(matches!(AsyncEventKind::from_raw(e::IBV_EVENT_CQ_ERR).element(), Element::Cq));
+        assert_eq!(AsyncEventKind::from_raw(e::IBV_EVENT_DEVICE_FATAL), AsyncEventKind::DeviceFatal);
+        assert_eq!(AsyncEventKind::from_raw(sys::ibv_event_type(77)), AsyncEventKind::Other(77));
+        assert!(matches!(AsyncEventKind::Other(77).element(), Element::Device), "an unknown event names no object");
+        assert!(AsyncEventKind::QpFatal.ends_queue_pair() && AsyncEventKind::QpAccessError.ends_queue_pair());
+        assert!(!AsyncEventKind::QpLastWqeReached.ends_queue_pair() && !AsyncEventKind::PortError.ends_queue_pair());
+    }
 }
