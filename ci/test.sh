@@ -84,6 +84,17 @@ cargo build --locked -p peerless-target --features rbd --bin peerless-tgt
 cargo test --locked -p peerless-bdev --features rbd --lib rbd
 cargo test --locked -p peerless-tools --features rbd --test rbd_e2e -- --nocapture
 
+step "rdma: clippy and tests with --features rdma"
+# The NVMe/RDMA bindings (spdk-sys::rdma: bindgen over rdma-core, a C wrapper for verbs.h's
+# inline calls, the safe layer). This machine has no RDMA device: the tests check the
+# wrappers, the NVMe/RDMA private data, and that no device means empty lists and clear
+# errors; the rdma_loopback example (run in a soft-RoCE guest) is built and its --help run.
+cargo clippy --locked -p spdk-sys -p peerless-target -p peerless-tools --all-targets \
+    --features peerless-tools/rdma -- -D warnings
+cargo test --locked -p spdk-sys --features rdma
+cargo build --locked -p spdk-sys --features rdma --example rdma_loopback
+"${CARGO_TARGET_DIR:-build}/debug/examples/rdma_loopback" --help >/dev/null
+
 step "fuzz (bounded)"
 # Each cargo-fuzz target for a short bounded time; bench/fuzz.sh runs them long.
 bench/fuzz.sh "${FUZZ_SECONDS:-15}"

@@ -8,6 +8,10 @@
 //! - `spdk`: the same for the SPDK install or build tree named by `SPDK_ROOT`.
 //! - `rbd`: bindgen over Ceph's `rbd/librbd.h` and `rados/librados.h` (Debian:
 //!   `librbd-dev`, which has no pkg-config file), linking `librbd` and `librados`.
+//! - `rdma`: rdma-core's libibverbs and librdmacm, found by pkg-config (Debian:
+//!   `libibverbs-dev`, `librdmacm-dev`); bindgen reads `src/rdma_wrapper.h` through an
+//!   allowlist, and `cc` compiles `src/rdma_wrapper.c`, which gives verbs.h's static
+//!   inline fast-path calls (post send/receive, poll and arm a CQ) real symbols.
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -17,6 +21,8 @@ fn main() {
     spdk::generate();
     #[cfg(feature = "rbd")]
     rbd::generate();
+    #[cfg(feature = "rdma")]
+    rdma::generate();
 }
 
 #[cfg(feature = "rbd")]
@@ -46,7 +52,7 @@ mod rbd {
 }
 
 /// Runs `pkg-config` on `packages`; `extra_path` goes in front of `PKG_CONFIG_PATH`.
-#[cfg(feature = "dpdk")]
+#[cfg(any(feature = "dpdk", feature = "rdma"))]
 fn pkg_config(what: &str, packages: &[&str], extra_path: Option<&str>, hint: &str) -> Vec<String> {
     let mut command = std::process::Command::new("pkg-config");
     command.arg(what).args(packages);
@@ -69,7 +75,7 @@ fn pkg_config(what: &str, packages: &[&str], extra_path: Option<&str>, hint: &st
 }
 
 /// Turns `pkg-config --libs` output into cargo link directives.
-#[cfg(feature = "dpdk")]
+#[cfg(any(feature = "dpdk", feature = "rdma"))]
 fn emit_link_flags(flags: &[String]) {
     for flag in flags {
         if let Some(dir) = flag.strip_prefix("-L") {
@@ -85,6 +91,141 @@ fn emit_link_flags(flags: &[String]) {
         } else {
             println!("cargo:warning=spdk-sys: ignoring link flag {flag}");
         }
+    }
+}
+
+#[cfg(feature = "rdma")]
+mod rdma {
+    use std::path::PathBuf;
+
+    const HINT: &str = "the `rdma` feature needs rdma-core's development files \
+        (Debian: apt-get install libibverbs-dev librdmacm-dev pkg-config) and libclang for bindgen (libclang-dev)";
+
+    /// What an NVMe/RDMA target and initiator call: devices, protection domains, memory
+    /// registration, completion channels and queues, shared receive queues, and the
+    /// RDMA CM's connection life cycle. verbs.h's static inline calls are reached through
+    /// `peerless_*` in `src/rdma_wrapper.c`, never by their own names (no symbol).
+    const FUNCTIONS: &[&str] = &[
+        "ibv_get_device_list",
+        "ibv_free_device_list",
+        "ibv_get_device_name",
+        "ibv_get_device_guid",
+        "ibv_open_device",
+        "ibv_close_device",
+        "ibv_query_device",
+        "ibv_alloc_pd",
+        "ibv_dealloc_pd",
+        "ibv_reg_dmabuf_mr",
+        "ibv_dereg_mr",
+        "ibv_create_comp_channel",
+        "ibv_destroy_comp_channel",
+        "ibv_create_cq",
+        "ibv_destroy_cq",
+        "ibv_get_cq_event",
+        "ibv_ack_cq_events",
+        "ibv_create_srq",
+        "ibv_destroy_srq",
+        "ibv_wc_status_str",
+        "ibv_get_async_event",
+        "ibv_ack_async_event",
+        "ibv_event_type_str",
+        "ibv_port_state_str",
+        "rdma_create_event_channel",
+        "rdma_destroy_event_channel",
+        "rdma_create_id",
+        "rdma_destroy_id",
+        "rdma_bind_addr",
+        "rdma_listen",
+        "rdma_resolve_addr",
+        "rdma_resolve_route",
+        "rdma_create_qp",
+        "rdma_destroy_qp",
+        "rdma_connect",
+        "rdma_accept",
+        "rdma_reject",
+        "rdma_disconnect",
+        "rdma_get_cm_event",
+        "rdma_ack_cm_event",
+        "rdma_event_str",
+        "rdma_get_devices",
+        "rdma_free_devices",
+        "rdma_get_src_port",
+        "rdma_get_dst_port",
+        "peerless_.*",
+    ];
+    const TYPES: &[&str] = &[
+        "ibv_context",
+        "ibv_device",
+        "ibv_device_attr",
+        "ibv_port_attr",
+        "ibv_pd",
+        "ibv_mr",
+        "ibv_cq",
+        "ibv_comp_channel",
+        "ibv_srq",
+        "ibv_srq_init_attr",
+        "ibv_qp",
+        "ibv_qp_init_attr",
+        "ibv_send_wr",
+        "ibv_recv_wr",
+        "ibv_sge",
+        "ibv_wc",
+        "ibv_access_flags",
+        "ibv_send_flags",
+        "ibv_wc_flags",
+        "ibv_wr_opcode",
+        "ibv_wc_opcode",
+        "ibv_wc_status",
+        "ibv_qp_type",
+        "ibv_port_state",
+        "ibv_async_event",
+        "ibv_event_type",
+        "rdma_cm_id",
+        "rdma_cm_event",
+        "rdma_cm_event_type",
+        "rdma_conn_param",
+        "rdma_event_channel",
+        "rdma_port_space",
+    ];
+
+    pub fn generate() {
+        let cflags = super::pkg_config("--cflags", &["libibverbs", "librdmacm"], None, HINT);
+        let libs = super::pkg_config("--libs", &["libibverbs", "librdmacm"], None, HINT);
+        println!("cargo:rerun-if-changed=src/rdma_wrapper.h");
+        println!("cargo:rerun-if-changed=src/rdma_wrapper.c");
+        println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
+
+        let mut build = cc::Build::new();
+        build.file("src/rdma_wrapper.c").include("src");
+        for flag in &cflags {
+            build.flag(flag);
+        }
+        build.compile("peerless_rdma_wrapper");
+        super::emit_link_flags(&libs);
+
+        let mut builder = bindgen::Builder::default()
+            .header("src/rdma_wrapper.h")
+            .clang_args(&cflags)
+            // Newtypes, never Rust enums: a value the library returns that this build does
+            // not know (a newer rdma-core) must not be undefined behaviour.
+            .newtype_enum("ibv_.*_flags|ibv_event_type|ibv_wc_status|ibv_wc_opcode|ibv_wr_opcode|ibv_qp_type|ibv_port_state|rdma_cm_event_type|rdma_port_space")
+            .derive_default(true)
+            // rdma-core's comments are not Rust docs.
+            .generate_comments(false)
+            .merge_extern_blocks(true)
+            .layout_tests(false)
+            .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+        for f in FUNCTIONS {
+            builder = builder.allowlist_function(f);
+        }
+        for t in TYPES {
+            builder = builder.allowlist_type(t);
+        }
+        let bindings = builder
+            .generate()
+            .unwrap_or_else(|err| panic!("spdk-sys: bindgen over rdma-core's headers failed: {err}; {HINT}"));
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("rdma.rs");
+        bindings.write_to_file(&out).unwrap_or_else(|err| panic!("spdk-sys: cannot write {}: {err}", out.display()));
     }
 }
 

@@ -9,9 +9,13 @@
 //! - `spdk` (feature `spdk`): bindings to the SPDK build named by `SPDK_ROOT`.
 //! - [`rbd`] (feature `rbd`): Ceph's librados and librbd, raw (`rbd_sys`) and a safe
 //!   layer: cluster connection, image, asynchronous I/O reaped through an eventfd.
+//! - [`rdma`] (feature `rdma`): rdma-core's libibverbs and librdmacm, raw (`rdma_sys`)
+//!   and a safe layer for the NVMe/RDMA transport: devices, protection domains, memory
+//!   regions, completion queues with their channels, shared receive queues, RDMA CM
+//!   (passive and active side), work requests, completions, and NVMe/RDMA private data.
 //! - [`tls_psk`] (feature `tls`): OpenSSL's session-based TLS 1.3 PSK callbacks, for
 //!   the SHA-384 cipher suite the `openssl` crate's PSK callbacks cannot carry.
-#![cfg_attr(not(any(feature = "dpdk", feature = "rbd", feature = "tls")), no_std)]
+#![cfg_attr(not(any(feature = "dpdk", feature = "rbd", feature = "rdma", feature = "tls")), no_std)]
 
 /// Raw DPDK bindings. Generated code: lints of this crate do not apply to it.
 #[cfg(feature = "dpdk")]
@@ -47,6 +51,18 @@ pub mod rbd_sys {
 
 #[cfg(feature = "rbd")]
 pub mod rbd;
+
+/// Raw libibverbs and librdmacm bindings (feature `rdma`), with `peerless_*` for
+/// verbs.h's static inline calls.
+#[cfg(feature = "rdma")]
+#[allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code, clippy::all)]
+#[allow(unsafe_op_in_unsafe_fn, missing_docs, rustdoc::all)]
+pub mod rdma_sys {
+    include!(concat!(env!("OUT_DIR"), "/rdma.rs"));
+}
+
+#[cfg(feature = "rdma")]
+pub mod rdma;
 
 #[cfg(feature = "tls")]
 pub mod tls_psk;
