@@ -443,16 +443,19 @@ def drive_nvmf(t, perf, work):
 def drive_sock(t):
     """The ssl implementation's options: kTLS off and on again, TLS 1.3 only, and the
     other implementations' options refused rather than ignored."""
-    out(t, "sock_impl_set_options", "-i", "ssl", "--disable-ktls", "--tls-version", "13")
+    # SPDK 26 renamed the switches: --ktls/--no-ktls, --zerocopy-send-server.
+    ktls_on, ktls_off = ("--ktls", "--no-ktls") if MAJOR >= 26 else ("--enable-ktls", "--disable-ktls")
+    zerocopy = "--zerocopy-send-server" if MAJOR >= 26 else "--enable-zerocopy-send-server"
+    out(t, "sock_impl_set_options", "-i", "ssl", ktls_off, "--tls-version", "13")
     options = js(t, "sock_impl_get_options", "-i", "ssl")
     check(options == {"enable_ktls": False, "tls_version": 13}, f"sock_impl_get_options ssl {options}")
     check(error_code(t, "sock_impl_set_options", "-i", "ssl", "--tls-version", "12") == -32602,
           "sock_impl_set_options: TLS 1.2 refused")
-    check(error_code(t, "sock_impl_set_options", "-i", "posix", "--enable-zerocopy-send-server") == -32602,
+    check(error_code(t, "sock_impl_set_options", "-i", "posix", zerocopy) == -32602,
           "sock_impl_set_options: a posix option refused")
     check(error_code(t, "sock_impl_get_options", "-i", "vpp") == -32602, "sock_impl_get_options: unknown impl")
-    out(t, "sock_impl_set_options", "-i", "ssl", "--enable-ktls")
-    check(js(t, "sock_impl_get_options", "-i", "ssl")["enable_ktls"] is True, "sock_impl_set_options --enable-ktls")
+    out(t, "sock_impl_set_options", "-i", "ssl", ktls_on)
+    check(js(t, "sock_impl_get_options", "-i", "ssl")["enable_ktls"] is True, f"sock_impl_set_options {ktls_on}")
 
 
 def drive_tls(t, perf, work):

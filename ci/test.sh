@@ -111,9 +111,11 @@ step "peerless-tgt inside the guest: NVMe/TCP, soft-RoCE, kernel TLS"
 # PEERLESS_GUEST_TARGET=guest): peerless-tgt runs there, peerless-perf --verify against it
 # over the guest's eth0 address and loopback, and over TLS with the records in the guest
 # kernel's tls.ko (kTLS) and then without; SIGTERM and a clean exit; then the kernel's
-# soft-RoCE (rdma_rxe: rping and ib_write_bw over RDMA CM) for the coming NVMe/RDMA
-# transport (ci/guest/README.md). About 45 s.
+# soft-RoCE (rdma_rxe: rping and ib_write_bw over RDMA CM, then spdk-sys's verbs layer
+# through its rdma_loopback example) for the coming NVMe/RDMA transport
+# (ci/guest/README.md). About a minute.
 cargo build --release --locked -p peerless-target -p peerless-tools --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
+cargo build --release --locked -p spdk-sys --features rdma --example rdma_loopback
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/in-guest.sh
 
 step "quickstart"

@@ -292,6 +292,20 @@ row=$(awk '$1 == 65536 && $2 == 2000 {print; exit}' "$out/ib_write_bw-client.log
 avg=$(awk '{print $4}' <<<"$row")
 awk -v v="$avg" 'BEGIN {exit !(v > 0)}' || fail "ib_write_bw average bandwidth '$avg' MB/s"
 echo "ok: ib_write_bw 2000 x 64 KiB, average $avg MB/s (TCG: functional, not a benchmark)"
+# Peerless's own verbs layer (spdk-sys's rdma feature) on the same device: RDMA CM with
+# NVMe/RDMA private data, SEND both ways, RDMA WRITE and READ checked byte for byte, with
+# and without a shared receive queue; a reject decoded; a wrong rkey failing the WRITE,
+# flushing what follows and ending the connection on both sides.
+loopback=$bin/examples/rdma_loopback
+[ -x "$loopback" ] || fail "$loopback is missing: cargo build --release -p spdk-sys --features rdma --example rdma_loopback"
+for args in "" "--no-srq" "--size 4194304" "--size 1 --no-srq" "--reject" "--bad-rkey" "--bad-rkey --no-srq"; do
+    step "rdma_loopback --addr $addr $args"
+    name=rdma_loopback${args// /}
+    # shellcheck disable=SC2086 # the flags split on purpose
+    "$loopback" --addr "$addr" $args >"$out/$name.log" 2>&1 || { cat "$out/$name.log"; fail "rdma_loopback $args failed"; }
+    tail -3 "$out/$name.log"
+done
+echo "ok: spdk-sys's verbs layer over rxe0: data, reject and a bad rkey as expected"
 rdma link delete rxe0
 
 step "done: peerless-tgt in the guest (NVMe/TCP, TLS with and without kTLS), soft-RoCE"

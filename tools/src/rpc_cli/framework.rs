@@ -114,10 +114,11 @@ pub enum Command {
         #[arg(long = "tls-version")]
         tls_version: Option<u32>,
         /// Hand TLS records to the kernel after the handshake, where it has kTLS
-        #[arg(long = "enable-ktls", conflicts_with = "disable_ktls")]
+        /// (rpc.py 26 spells it --ktls)
+        #[arg(long = "enable-ktls", visible_alias = "ktls", conflicts_with = "disable_ktls")]
         enable_ktls: bool,
-        /// Keep TLS records in user space
-        #[arg(long = "disable-ktls")]
+        /// Keep TLS records in user space (rpc.py 26: --no-ktls)
+        #[arg(long = "disable-ktls", visible_alias = "no-ktls")]
         disable_ktls: bool,
     },
     /// Show options of a sock implementation

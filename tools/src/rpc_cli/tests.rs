@@ -85,6 +85,17 @@ fn framework_and_log() {
         json!({"impl_name": "ssl", "enable_ktls": true}),
     );
     check(&["sock_impl_set_options", "-i", "ssl"], "sock_impl_set_options", json!({"impl_name": "ssl"}));
+    // rpc.py 26's spellings.
+    check(
+        &["sock_impl_set_options", "-i", "ssl", "--no-ktls"],
+        "sock_impl_set_options",
+        json!({"impl_name": "ssl", "enable_ktls": false}),
+    );
+    check(
+        &["sock_impl_set_options", "--impl", "ssl", "--ktls"],
+        "sock_impl_set_options",
+        json!({"impl_name": "ssl", "enable_ktls": true}),
+    );
     check(&["sock_impl_get_options", "-i", "ssl"], "sock_impl_get_options", json!({"impl_name": "ssl"}));
     check_refused(&["sock_impl_set_options", "-i", "ssl", "--enable-ktls", "--disable-ktls"], "cannot be used with");
     check(&["log_get_flags"], "log_get_flags", Value::Null);
