@@ -9,32 +9,13 @@
 # ratios go to /job/out/figures.txt. The kernel's AES-NI and GHASH drivers are loaded
 # first, as udev does at a real server's boot (nothing loads them in this guest), so the
 # kernel's AES-GCM is not its generic C code.
-set -Eeuo pipefail
 source /job/env
-bin=$PEERLESS_BIN
-out=/job/out
+# shellcheck source=ci/guest/jobs/target-lib.sh
+source /job/target-lib.sh
 nqn=nqn.2016-06.io.peerless:ktls
 host128=nqn.2014-08.org.nvmexpress:uuid:0b5e0c1a-0000-4000-8000-000000000128
 plain_host=nqn.2014-08.org.nvmexpress:uuid:0b5e0c1a-0000-4000-8000-000000000001
-sock=/tmp/peerless.sock
 keys=/tmp/keys
-t0=$(date +%s)
-tgt_pid=""
-
-step() { printf '\n=== %s (+%ss)\n' "$*" "$(($(date +%s) - t0))"; }
-fail() {
-    echo "FAIL: $*"
-    if [ -s "$out/target.log" ]; then
-        echo "--- last lines of the target log ($out/target.log)"
-        tail -20 "$out/target.log"
-    fi
-    echo "--- kernel log (last 20 lines)"
-    dmesg | tail -20 || true
-    [ -z "$tgt_pid" ] || kill -KILL "$tgt_pid" 2>/dev/null || true
-    exit 1
-}
-trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
-json_number() { grep -o "\"$2\":[0-9.e+-]*" "$1" | head -1 | cut -d: -f2; }
 rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
 
 step "kernel TLS: tls.ko"
@@ -78,15 +59,7 @@ cat >/tmp/target.json <<JSON
    $(listener 4420 true),
    $(listener 4421 false)]}]}
 JSON
-cp /tmp/target.json "$out/target.json"
-"$bin/peerless-tgt" -c /tmp/target.json -r "$sock" -m 0x1 --interrupt-mode -L nvmf_tcp >"$out/target.log" 2>&1 &
-tgt_pid=$!
-for _ in $(seq 600); do
-    grep -q "peerless-tgt ready" "$out/target.log" && break
-    kill -0 "$tgt_pid" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "peerless-tgt ready" "$out/target.log" || { tgt_pid=""; fail "peerless-tgt did not start"; }
+TARGET_FLAGS="-m 0x1" start_target /tmp/target.json
 grep -q "listening on 127.0.0.1:4420 (secure channel" "$out/target.log" || fail "no secure listener on 4420"
 options=$(rpc sock_impl_get_options -i ssl | tr -d ' \n')
 [ "$options" = '{"enable_ktls":false,"tls_version":13}' ] || fail "sock_impl_get_options -i ssl: $options"
@@ -156,14 +129,6 @@ if grep -n "kTLS unavailable\|took the receive side only" "$out/target.log"; the
 fi
 
 step "SIGTERM to peerless-tgt"
-kill -TERM "$tgt_pid"
-for _ in $(seq 200); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$tgt_pid" 2>/dev/null && fail "peerless-tgt still running 20 s after SIGTERM"
-trc=0
-wait "$tgt_pid" || trc=$?
-tgt_pid=""
-[ "$trc" -eq 0 ] || fail "peerless-tgt exited $trc after SIGTERM"
-if grep -n -E 'panicked|RUST_BACKTRACE' "$out/target.log"; then fail "peerless-tgt panicked"; fi
+stop_target
 if grep -q -E 'NVMeTLSkey-1:0[12]:[A-Za-z0-9+/]{8}' "$out/target.log"; then fail "key material in the target log"; fi
-echo "ok: peerless-tgt exited 0; no key material in its log"
 echo "done: figures in $out/figures.txt"

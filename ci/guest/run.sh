@@ -50,6 +50,8 @@ name=$(basename "$job" .sh)
 run="$gdir/runs/$name-$(date -u +%Y%m%dT%H%M%S)-$$"
 mkdir -p "$run/out"
 cp "$job" "$run/job.sh"
+# What jobs that run the target in the guest share (jobs/target-lib.sh).
+cp ci/guest/jobs/target-lib.sh "$run/target-lib.sh"
 console="$run/console.log"
 log() { printf '[guest-run %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 

@@ -14,12 +14,11 @@
 #   4. soft-RoCE: rdma_rxe on $GUEST_NETDEV, ibv_devices, MTU 9000, then RDMA CM and data
 #      in loopback with rping (verified payloads) and ib_write_bw.
 # The target's log and the tools' output stay in /job/out.
-set -Eeuo pipefail
 source /job/env
-bin=$PEERLESS_BIN
+# shellcheck source=ci/guest/jobs/target-lib.sh
+source /job/target-lib.sh
 addr=$GUEST_ADDR
 netdev=$GUEST_NETDEV
-out=/job/out
 nqn=nqn.2016-06.io.peerless:in-guest
 serial=PEERLESSGUEST0001
 # The secure channel's subsystem: closed to all but one host, which has a PSK.
@@ -29,27 +28,6 @@ psk=/tmp/psk0
 # A second host with a 48-byte key: TLS_AES_256_GCM_SHA384, the other suite.
 hostnqn_tls384=nqn.2014-08.org.nvmexpress:uuid:7e57a11e-0000-4000-8000-000000000384
 psk384=/tmp/psk384
-t0=$(date +%s)
-tgt_pid=""
-target_part=1
-
-step() { printf '\n=== %s (+%ss)\n' "$*" "$(($(date +%s) - t0))"; }
-fail() {
-    echo "FAIL: $*"
-    if [ -n "$target_part" ] && [ -s "$out/target.log" ]; then
-        echo "--- last lines of the target log ($out/target.log)"
-        tail -20 "$out/target.log"
-    fi
-    # rxe asks eth0 its speed at every query; virtio-net has none to tell.
-    echo "--- kernel log (last 20 lines)"
-    dmesg | grep -v 'speed is unknown' | tail -20 || true
-    [ -z "$tgt_pid" ] || kill -KILL "$tgt_pid" 2>/dev/null || true
-    exit 1
-}
-trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
-# json_number FILE KEY: the number KEY holds in peerless-perf's one-line --json summary
-# (the guest has no python3 or jq).
-json_number() { grep -o "\"$2\":[0-9.e+-]*" "$1" | head -1 | cut -d: -f2; }
 # tls_stat NAME: one of the kernel's kTLS counters.
 tls_stat() { awk -v k="$1" '$1 == k {print $2; exit}' /proc/net/tls_stat; }
 trid() { echo "trtype:tcp adrfam:IPv4 traddr:$1 trsvcid:$2 subnqn:$3"; }
@@ -101,18 +79,7 @@ cat >/tmp/target.json <<JSON
    {"method": "nvmf_subsystem_add_host", "params": {"nqn": "$nqn_tls", "host": "$hostnqn_tls384", "psk": "psk384"}},
    $(listener "$nqn_tls" "$addr" 4421 '"secure_channel": true')]}]}
 JSON
-cp /tmp/target.json "$out/target.json"
-sock=/tmp/peerless.sock
-"$bin/peerless-tgt" -c /tmp/target.json -r "$sock" -L nvmf -L nvmf_tcp --interrupt-mode >"$out/target.log" 2>&1 &
-tgt_pid=$!
-# Under TCG the first start pages a 30 MB binary in over 9p: allow a minute.
-for _ in $(seq 600); do
-    grep -q "peerless-tgt ready" "$out/target.log" && break
-    kill -0 "$tgt_pid" 2>/dev/null || break
-    sleep 0.1
-done
-kill -0 "$tgt_pid" 2>/dev/null || { tgt_pid=""; fail "peerless-tgt exited at start"; }
-grep -q "peerless-tgt ready" "$out/target.log" || fail "peerless-tgt not ready after 60 s"
+TARGET_FLAGS="-L nvmf -L nvmf_tcp" start_target /tmp/target.json
 for a in "$addr:4420" 127.0.0.1:4420 "$addr:4421"; do
     grep -q "listening on $a" "$out/target.log" || fail "peerless-tgt is not listening on $a"
 done
@@ -200,17 +167,7 @@ perf_verify tls-openssl-randrw-4k "$(trid "$addr" 4421 "$nqn_tls")" -q 8 -o 4096
 echo "ok: with kTLS off the records stayed in OpenSSL (counters unchanged) and I/O verified"
 
 step "SIGTERM to peerless-tgt"
-kill -TERM "$tgt_pid"
-for _ in $(seq 200); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
-kill -0 "$tgt_pid" 2>/dev/null && fail "peerless-tgt still running 20 s after SIGTERM"
-trc=0
-wait "$tgt_pid" || trc=$?
-tgt_pid=""
-[ "$trc" -eq 0 ] || fail "peerless-tgt exited $trc after SIGTERM"
-grep -q "peerless-tgt stopped" "$out/target.log" || fail "no 'peerless-tgt stopped' in the target log"
-if grep -n -E 'panicked|RUST_BACKTRACE' "$out/target.log"; then fail "peerless-tgt panicked"; fi
-echo "ok: peerless-tgt exited 0 and logged its orderly stop"
-target_part=""
+stop_target
 
 step "soft-RoCE: rdma_rxe on $netdev"
 # -a: without it modprobe takes the later names as parameters of the first.
