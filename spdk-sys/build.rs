@@ -74,6 +74,21 @@ fn pkg_config(what: &str, packages: &[&str], extra_path: Option<&str>, hint: &st
     String::from_utf8_lossy(&output.stdout).split_whitespace().map(str::to_string).collect()
 }
 
+/// Compiles a C wrapper (static inlines and macros made into symbols) into the library
+/// `name`, with the package's C flags and `defines`.
+#[cfg(any(feature = "dpdk", feature = "rdma"))]
+fn compile_wrapper(source: &str, name: &str, cflags: &[String], defines: &[&str]) {
+    let mut build = cc::Build::new();
+    build.file(source).include("src");
+    for define in defines {
+        build.define(define, None);
+    }
+    for flag in cflags {
+        build.flag(flag);
+    }
+    build.compile(name);
+}
+
 /// Turns `pkg-config --libs` output into cargo link directives.
 #[cfg(any(feature = "dpdk", feature = "rdma"))]
 fn emit_link_flags(flags: &[String]) {
@@ -195,12 +210,7 @@ mod rdma {
         println!("cargo:rerun-if-changed=src/rdma_wrapper.c");
         println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-        let mut build = cc::Build::new();
-        build.file("src/rdma_wrapper.c").include("src");
-        for flag in &cflags {
-            build.flag(flag);
-        }
-        build.compile("peerless_rdma_wrapper");
+        super::compile_wrapper("src/rdma_wrapper.c", "peerless_rdma_wrapper", &cflags, &[]);
         super::emit_link_flags(&libs);
 
         let mut builder = bindgen::Builder::default()
@@ -298,12 +308,7 @@ mod dpdk {
         println!("cargo:rerun-if-changed=src/wrapper.c");
         println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-        let mut build = cc::Build::new();
-        build.file("src/wrapper.c").include("src").define("ALLOW_EXPERIMENTAL_API", None);
-        for flag in &cflags {
-            build.flag(flag);
-        }
-        build.compile("peerless_dpdk_wrapper");
+        super::compile_wrapper("src/wrapper.c", "peerless_dpdk_wrapper", &cflags, &["ALLOW_EXPERIMENTAL_API"]);
         super::emit_link_flags(&libs);
 
         let mut builder = bindgen::Builder::default()
