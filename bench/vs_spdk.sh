@@ -15,7 +15,11 @@
 # does not favour one (A B B A with the floor in the middle). Figures are medians over the
 # rounds; the ratios are ratios of medians. QD1 rows also compare mean latency.
 #
-# Usage: [SPDK_DIR=/path/to/spdk] [INITIATOR=spdk|peerless] bench/vs_spdk.sh [seconds per run (5)] [rounds (3)] [ROW_REGEX]
+# Usage: [SPDK_DIR=/path/to/spdk] [INITIATOR=spdk|peerless] [PROFILE=DIR] bench/vs_spdk.sh [seconds per run (5)] [rounds (3)] [ROW_REGEX]
+# PROFILE=DIR: in the first round, `perf record` samples each target's reactor (core 0)
+# through its run; DIR gets, per row and side, the flat profile (ROW.SIDE.txt: self time
+# by symbol, `perf report --no-children`) and the caller view of the top symbols
+# (ROW.SIDE.callers.txt). The sampling costs the sampled run a few per cent.
 # SPDK_DIR: an SPDK build tree (../shared/tools/build-spdk.sh makes one) holding
 # build/bin/nvmf_tgt and build/bin/spdk_nvme_perf. Without it, Peerless runs beside the
 # floor only. SPDK runs on hugepages when at least 1024 are free, else with --no-huge.
@@ -87,13 +91,36 @@ if [ -n "$SPDK_DIR" ]; then
     await_and_pause "$SPDK_TGT" "$WORK/spdk.sock" nvmf_tgt "$WORK/spdk.log"
 fi
 
-# Runs one workload against a target and sets RUN to "iops mean_latency_us".
+PROFILE=${PROFILE:-}
+PROFILE_AS=""
+if [ -n "$PROFILE" ]; then
+    command -v perf >/dev/null || { echo "PROFILE needs perf (linux-perf)" >&2; exit 2; }
+    mkdir -p "$PROFILE"
+fi
+# Samples PID for the length of a run into $PROFILE/$PROFILE_AS.data, in the background;
+# profile_end turns it into the flat and caller reports.
+profile_start() {
+    perf record -q -g -p "$1" -o "$PROFILE/$PROFILE_AS.data" -- sleep "$SECONDS_PER_RUN" >/dev/null 2>&1 &
+    PROFILER=$!
+}
+profile_end() {
+    wait "$PROFILER" || true
+    perf report -q --stdio --no-children --sort symbol -i "$PROFILE/$PROFILE_AS.data" 2>/dev/null |
+        grep -E '^ +[0-9.]+%' | head -40 >"$PROFILE/$PROFILE_AS.txt" || true
+    perf report -q --stdio --children --sort symbol -G -i "$PROFILE/$PROFILE_AS.data" 2>/dev/null |
+        head -300 >"$PROFILE/$PROFILE_AS.callers.txt" || true
+    rm -f "$PROFILE/$PROFILE_AS.data"
+}
+
+# Runs one workload against a target and sets RUN to "iops mean_latency_us". With
+# PROFILE_AS set (and PROFILE), the target is sampled through the run.
 # Usage: target_run PID PORT PERF_ARGS...
 target_run() {
     local pid=$1 port=$2 status=0
     shift 2
     local trid="trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$port subnqn:$NQN"
     kill -CONT "$pid"
+    [ -z "$PROFILE" ] || [ -z "$PROFILE_AS" ] || profile_start "$pid"
     if [ "$INITIATOR" = spdk ]; then
         "$SPDK_DIR/build/bin/spdk_nvme_perf" -r "$trid" "$@" -t "$SECONDS_PER_RUN" -c 0x2 "${PERF_MEM[@]}" </dev/null \
             >"$WORK/perf.out" 2>&1 || status=$?
@@ -102,6 +129,7 @@ target_run() {
             >"$WORK/perf.out" 2>"$WORK/perf.log" || status=$?
     fi
     kill -STOP "$pid"
+    [ -z "$PROFILE" ] || [ -z "$PROFILE_AS" ] || profile_end
     if [ "$status" != 0 ]; then
         echo "$INITIATOR initiator against port $port ($*) failed:" >&2
         cat "$WORK/perf.out" "$WORK/perf.log" 2>/dev/null >&2
@@ -138,8 +166,14 @@ while IFS='|' read -r name args; do
     p_iops=(); s_iops=(); f_iops=(); p_lat=(); s_lat=(); f_lat=()
     order="P F F P"
     [ -z "$SPDK_DIR" ] || order="P S F F S P"
-    for _ in $(seq "$ROUNDS"); do
+    row_file=$(tr -c 'A-Za-z0-9+\n' _ <<<"$name")
+    for round in $(seq "$ROUNDS"); do
         for side in $order; do
+            # The first run of each target in the first round is the sampled one.
+            PROFILE_AS=""
+            if [ "$round" = 1 ] && [ ! -e "${PROFILE:-/nonexistent}/$row_file.$side.txt" ]; then
+                PROFILE_AS="$row_file.$side"
+            fi
             case $side in
                 P) target_run "$PEERLESS_TGT" "$PEERLESS_PORT" "${perf_args[@]}"
                    read -r i l <<<"$RUN"; p_iops+=("$i"); p_lat+=("$l") ;;

@@ -95,6 +95,18 @@ impl DataBuf {
         Sgl::from_ref(self.seg_ref()?)
     }
 
+    /// The whole buffer's bytes when it is host memory the CPU may read as it is (heap
+    /// and pool buffers); None for DMA and device memory, which go through [`sgl`].
+    ///
+    /// [`sgl`]: DataBuf::sgl
+    pub fn host_bytes(&self) -> Option<&[u8]> {
+        match self {
+            DataBuf::Heap(bytes) => Some(bytes),
+            DataBuf::Pool(buf) => Some(buf.bytes()),
+            DataBuf::Dma(_) | DataBuf::P2p(_) => None,
+        }
+    }
+
     /// The whole buffer as a writable tagged list.
     pub fn sgl_mut(&mut self) -> mem::Result<Sgl<'_>> {
         Sgl::from_ref(self.seg_ref_mut()?)

@@ -212,6 +212,17 @@ impl<'p> IoBuf<'p> {
         SegRef::from_owner(self.seg(false))
     }
 
+    /// The buffer's bytes. Pool memory is host memory by construction (its segments are
+    /// tagged Host), so the CPU may read it without the tagged list a caller would
+    /// otherwise build and check for every send.
+    pub fn bytes(&self) -> &[u8] {
+        let seg = self.seg(false);
+        // SAFETY: the segment is this buffer's own host memory, live while `self` is
+        // borrowed; a `&mut` to it needs `seg_ref_mut(&mut self)`, which that borrow
+        // excludes.
+        unsafe { super::view::host_slice(&seg) }
+    }
+
     pub fn seg_ref_mut(&mut self) -> SegRef<'_> {
         SegRef::from_owner(self.seg(true))
     }
@@ -358,6 +369,21 @@ mod tests {
     use super::*;
     use std::cell::RefCell;
     use std::rc::Rc;
+
+    #[test]
+    fn bytes_are_what_the_writable_list_wrote() {
+        let pool = small_pool(2, 1, 1);
+        let mut cache = pool.cache();
+        let mut buf = cache.get(IoBufClass::Small).expect("a buffer");
+        let len = buf.len();
+        let mut list = buf.sgl_mut();
+        let mut view = list.cpu_view_mut().expect("host memory");
+        view.slices_mut().for_each(|slice| slice.fill(0xa5));
+        drop(list);
+        assert_eq!(buf.bytes().len(), len);
+        assert!(buf.bytes().iter().all(|&byte| byte == 0xa5));
+        assert_eq!(buf.bytes().as_ptr() as usize, buf.seg(false).addr());
+    }
 
     fn small_pool(small: usize, large: usize, cache: usize) -> IoBufPool {
         IoBufPool::new(PoolConfig {

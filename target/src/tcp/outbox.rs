@@ -51,8 +51,18 @@ pub(super) struct Outbox {
 
 #[derive(Default)]
 struct GatherStorage {
-    lists: Vec<Option<Sgl<'static>>>,
+    lists: Vec<Queued<'static>>,
     iov: Vec<IoSlice<'static>>,
+}
+
+/// What one queued segment's slices come from in a gather.
+enum Queued<'q> {
+    /// Bytes of the outbox's own buffer.
+    Own,
+    /// A command's data that is one host buffer: its bytes, with no list to build.
+    Bytes(&'q [u8]),
+    /// Any other command data: its tagged list, read through the CPU view it allows.
+    List(Sgl<'q>),
 }
 
 /// An emptied vector's allocation, re-typed for elements of the same layout (here, the
@@ -183,7 +193,7 @@ impl Outbox {
 
     /// One writev of the queued segments (up to `MAX_IOV` buffers).
     fn write_once<S: Socket>(&mut self, stream: &mut S, qpair: &Qpair) -> io::Result<usize> {
-        let mut lists: Vec<Option<Sgl<'_>>> = recycled(std::mem::take(&mut self.gather.lists));
+        let mut lists: Vec<Queued<'_>> = recycled(std::mem::take(&mut self.gather.lists));
         let mut iov: Vec<IoSlice<'_>> = recycled(std::mem::take(&mut self.gather.iov));
         let gathered = gather(&self.bytes, &self.segments, self.front_written, qpair, &mut lists, &mut iov);
         let result = gathered.and_then(|()| stream.write_vectored(&iov));
@@ -234,21 +244,25 @@ fn gather<'q, 'l>(
     segments: &VecDeque<Segment>,
     mut skip: usize,
     qpair: &'q Qpair,
-    lists: &'l mut Vec<Option<Sgl<'q>>>,
+    lists: &'l mut Vec<Queued<'q>>,
     iov: &mut Vec<IoSlice<'l>>,
 ) -> io::Result<()> {
     for segment in segments.iter().take(MAX_IOV) {
         lists.push(match *segment {
-            Segment::Bytes { .. } => None,
-            Segment::Data { slot, .. } => {
-                Some(qpair.data(slot).map_err(|_| io::Error::other("queued data of a slot no longer sending"))?)
-            }
+            Segment::Bytes { .. } => Queued::Own,
+            Segment::Data { slot, .. } => match qpair.data_bytes(slot) {
+                Some(bytes) => Queued::Bytes(bytes),
+                None => Queued::List(
+                    qpair.data(slot).map_err(|_| io::Error::other("queued data of a slot no longer sending"))?,
+                ),
+            },
         });
     }
-    let lists: &'l [Option<Sgl<'q>>] = lists;
+    let lists: &'l [Queued<'q>] = lists;
     'segments: for (segment, list) in segments.iter().zip(lists) {
         let mut remaining = segment.len();
-        match (*segment, list) {
+        let view;
+        let slices: &mut dyn Iterator<Item = &'l [u8]> = match (*segment, list) {
             (Segment::Bytes { start, end }, _) => {
                 let slice = &bytes[start + skip..end];
                 skip = 0;
@@ -256,29 +270,32 @@ fn gather<'q, 'l>(
                     break 'segments;
                 }
                 iov.push(IoSlice::new(slice));
+                continue;
             }
-            (Segment::Data { .. }, Some(list)) => {
-                let view = list.cpu_view().map_err(|err| io::Error::other(err.to_string()))?;
-                for slice in view.slices() {
-                    if remaining == 0 {
-                        break;
-                    }
-                    let slice = &slice[..slice.len().min(remaining)];
-                    remaining -= slice.len();
-                    if skip >= slice.len() {
-                        skip -= slice.len();
-                        continue;
-                    }
-                    if iov.len() == MAX_IOV {
-                        break 'segments;
-                    }
-                    iov.push(IoSlice::new(&slice[skip..]));
-                    skip = 0;
-                }
+            (Segment::Data { .. }, Queued::Bytes(data)) => &mut std::iter::once(*data),
+            (Segment::Data { .. }, Queued::List(list)) => {
+                view = list.cpu_view().map_err(|err| io::Error::other(err.to_string()))?;
+                &mut view.slices()
             }
-            (Segment::Data { .. }, None) => {
-                return Err(io::Error::other("a queued data segment without its list"));
+            (Segment::Data { .. }, Queued::Own) => {
+                return Err(io::Error::other("a queued data segment without its data"));
             }
+        };
+        for slice in slices {
+            if remaining == 0 {
+                break;
+            }
+            let slice = &slice[..slice.len().min(remaining)];
+            remaining -= slice.len();
+            if skip >= slice.len() {
+                skip -= slice.len();
+                continue;
+            }
+            if iov.len() == MAX_IOV {
+                break 'segments;
+            }
+            iov.push(IoSlice::new(&slice[skip..]));
+            skip = 0;
         }
     }
     Ok(())

@@ -48,6 +48,16 @@ impl<S: Socket> Conn<S> {
         self.out.push_bytes(encoded.as_slice());
     }
 
+    /// Queues `len` bytes of a slot's host data to go from its buffers in place, then
+    /// their digest.
+    fn queue_in_place(&mut self, slot: u16, len: usize, digest: Option<[u8; pdu::DIGEST_BYTES]>) {
+        self.out.push_data(slot, len);
+        peerless_core::mem::stats::count_host_payload_sent_in_place(len);
+        if let Some(digest) = digest {
+            self.out.push_bytes(&digest);
+        }
+    }
+
     /// `len` bytes of a command's data as one C2HData (NVMe/TCP 1.0, 3.6.2.8). With
     /// `completes`, the SUCCESS flag tells the host no CapsuleResp follows. Ok(true):
     /// the data goes from its pool buffers in place and the slot is handed back once the
@@ -62,6 +72,16 @@ impl<S: Socket> Conn<S> {
         let (encoded, pad) = pdu::c2h_data(header, flags, self.digests, self.data_alignment);
         self.out.push_bytes(encoded.as_slice());
         self.out.push_zeros(pad);
+        // One host buffer (the common case): its bytes, with no list to build.
+        if let Some(data) = self.qpair.data_bytes(slot) {
+            if data.len() < len {
+                self.out.truncate_bytes(mark);
+                return Err(Status::DATA_TRANSFER_ERROR);
+            }
+            let digest = self.digests.data.then(|| data_digest(std::iter::once(data), len));
+            self.queue_in_place(slot, len, digest);
+            return Ok(true);
+        }
         let sgl: Sgl<'_> = match self.qpair.data(slot) {
             Ok(sgl) => sgl,
             Err(status) => {
@@ -77,11 +97,7 @@ impl<S: Socket> Conn<S> {
             // Host memory: the kernel copies it straight from the pool buffer; the digest
             // is the one pass the CPU makes over it.
             let digest = self.digests.data.then(|| data_digest(view.slices(), len));
-            self.out.push_data(slot, len);
-            peerless_core::mem::stats::count_host_payload_sent_in_place(len);
-            if let Some(digest) = digest {
-                self.out.push_bytes(&digest);
-            }
+            self.queue_in_place(slot, len, digest);
             return Ok(true);
         }
         // IoMem or device memory is never dereferenced: it is copied into the send buffer

@@ -324,6 +324,17 @@ impl Qpair {
         buffers_sgl(&request.buffers, request.data_len)
     }
 
+    /// The data of a command the engine asked the transport to send, as bytes, when it
+    /// is one host buffer (the common case: a pool buffer); None otherwise, and [`data`]
+    /// gives the tagged list.
+    ///
+    /// [`data`]: Qpair::data
+    pub fn data_bytes(&self, slot: u16) -> Option<&[u8]> {
+        let request = self.requests.get(usize::from(slot)).filter(|r| r.state == ReqState::SendingData)?;
+        let [buffer] = request.buffers.as_slice() else { return None };
+        buffer.host_bytes()?.get(..request.data_len)
+    }
+
     /// The transport sent a command's data (or could not): the command goes on.
     pub fn data_sent(&mut self, cache: &mut IoBufCache<'static>, slot: u16, sent: Result<(), Status>) {
         let index = usize::from(slot);
