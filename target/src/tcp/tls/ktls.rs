@@ -33,10 +33,13 @@ use super::psk::{hkdf, KeyIs, PskHash};
 /// (for a kernel whose AES-GCM or NIC offload is faster), not a default.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 /// Set once `TCP_ULP "tls"` has failed for want of the module, so later connections do
-/// not ask again.
+/// not ask again; cleared by turning kTLS on again (after `modprobe tls`, say).
 static KERNEL_LACKS_TLS: AtomicBool = AtomicBool::new(false);
 
 pub fn set_enabled(enabled: bool) {
+    if enabled {
+        KERNEL_LACKS_TLS.store(false, Ordering::Relaxed);
+    }
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
