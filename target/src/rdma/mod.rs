@@ -81,3 +81,9 @@
 //! A completion in error, an asynchronous QP error, and the CM events Disconnected,
 //! TimewaitExit and DeviceRemoval end the one queue they name (the engine's `close`);
 //! the listener and every other queue stay.
+
+pub mod options;
+pub mod poll_group;
+pub mod transport;
+
+pub use transport::{RdmaTransport, TRTYPE};
