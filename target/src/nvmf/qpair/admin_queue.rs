@@ -45,7 +45,14 @@ impl Qpair {
             return self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0);
         }
         let limit = self.in_capsule_limit();
-        let transfer = match io_cmd::check_sgl(&sqe, Direction::FromHost, CONNECT_DATA_BYTES, in_capsule.len(), limit) {
+        let transfer = match io_cmd::check_sgl(
+            &sqe,
+            Direction::FromHost,
+            CONNECT_DATA_BYTES,
+            in_capsule.len(),
+            limit,
+            self.config.sgl,
+        ) {
             Ok(transfer) => transfer,
             Err(refused) => return self.finish(group.buffers, index, refused, 0),
         };
@@ -133,7 +140,7 @@ impl Qpair {
         let Some(admin) = self.queue.as_mut().and_then(|queue| queue.admin.as_mut()) else {
             return self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0);
         };
-        let outcome = admin::execute(admin, &target, &opts, &sqe, now_ns);
+        let outcome = admin::execute(admin, &target, &opts, self.config.sgl, &sqe, now_ns);
         if admin.take_reset() {
             // CC.EN 1 -> 0: every I/O queue of the controller is deleted (NVMe Base 2.0,
             // 3.7.2); the host reconnects them after it enables the controller again.
