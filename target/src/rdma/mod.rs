@@ -82,8 +82,12 @@
 //! TimewaitExit and DeviceRemoval end the one queue they name (the engine's `close`);
 //! the listener and every other queue stay.
 
+pub mod conn;
+pub mod device;
+pub mod listener;
 pub mod options;
 pub mod poll_group;
 pub mod transport;
+mod wr;
 
 pub use transport::{RdmaTransport, TRTYPE};

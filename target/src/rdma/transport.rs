@@ -7,6 +7,9 @@ use std::sync::Arc;
 use peerless_core::reactor::ThreadCtx;
 use serde_json::{json, Value};
 
+use parking_lot::Mutex;
+
+use super::listener::{CmState, Listener};
 use super::options::RdmaOptions;
 use super::poll_group::RdmaPollGroup;
 use crate::nvmf::buffers::DataPool;
@@ -19,6 +22,9 @@ pub struct RdmaTransport {
     opts: Arc<TransportOptions>,
     pub rdma: RdmaOptions,
     pool: &'static DataPool,
+    /// The RDMA CM's channel and devices, opened at the first listen: a transport is
+    /// created (and its configuration replayed) on a host without RDMA too.
+    cm: Arc<Mutex<Option<Arc<CmState>>>>,
 }
 
 impl RdmaTransport {
@@ -42,7 +48,7 @@ impl RdmaTransport {
                 format!("a shared receive queue of {} per poll group", rdma.max_srq_depth)
             }
         );
-        Ok(Arc::new(RdmaTransport { opts: Arc::new(opts), rdma, pool }))
+        Ok(Arc::new(RdmaTransport { opts: Arc::new(opts), rdma, pool, cm: Arc::new(Mutex::new(None)) }))
     }
 }
 
@@ -80,19 +86,35 @@ impl Transport for RdmaTransport {
 
     fn listen(
         &self,
-        _: &mut ThreadCtx,
-        _: &NvmfTarget,
+        ctx: &mut ThreadCtx,
+        target: &NvmfTarget,
         addr: SocketAddr,
-        _: SockImpl,
+        sock_impl: SockImpl,
         secure: bool,
     ) -> Result<Box<dyn TransportListener>, String> {
         if secure {
             return Err("secure_channel (TLS) is for the TCP transport; NVMe/RDMA has none".into());
         }
-        Err(format!("cannot listen on {addr}: this build's RDMA transport has no listener yet"))
+        if sock_impl != SockImpl::Posix {
+            return Err(format!("sock_impl \"{}\" is for the TCP transport's sockets", sock_impl.as_str()));
+        }
+        let state = {
+            let mut cm = self.cm.lock();
+            match cm.as_ref() {
+                Some(state) => state.clone(),
+                None => {
+                    let state = CmState::open(self.pool).map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+                    *cm = Some(state.clone());
+                    state
+                }
+            }
+        };
+        let listener = Listener::bind(ctx, target, &state, self.opts.clone(), addr, self.rdma.acceptor_backlog)
+            .map_err(|err| format!("cannot listen on {addr}: {err}"))?;
+        Ok(Box::new(listener))
     }
 
-    fn create_poll_group(&self, _: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
-        Box::new(RdmaPollGroup::default())
+    fn create_poll_group(&self, ctx: &mut ThreadCtx) -> Box<dyn TransportPollGroup> {
+        Box::new(RdmaPollGroup::new(ctx, self.opts.clone(), self.rdma.clone(), self.cm.clone()))
     }
 }
