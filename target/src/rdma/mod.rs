@@ -8,10 +8,11 @@
 //!
 //! * The transport (`transport.rs`) holds the options (SPDK's names and defaults), the
 //!   data buffer pool every poll group shares ([`crate::nvmf::buffers::DataPool`]) and,
-//!   per RDMA device met, one protection domain with the pool's memory registered in
-//!   it. The pool is carved once when the transport is created and never grows, so each
+//!   per RDMA device, one protection domain with the pool's memory registered in it.
+//!   The pool is carved once when the transport is created and never grows, so each
 //!   protection domain registers its two regions (small and large buffers) once, when
-//!   the device is first opened; no work request ever registers memory.
+//!   the first listener opens the RDMA CM and its devices (a transport is created on a
+//!   host without RDMA too); no work request ever registers memory.
 //! * A listener is an RDMA CM id bound and listening on the app thread. The CM event
 //!   channel's descriptor is watched through the reactor's fd poller (as the TCP
 //!   listener's socket is), so a reactor in interrupt mode sleeps until a host connects.
@@ -24,7 +25,8 @@
 //!   buffers, else each queue pair posts its own. Each NVMe queue is one RC queue pair
 //!   created on the poll group's thread, after which the group accepts the connection
 //!   with CRQSIZE (Figure 6). Completions carry the queue pair number, which finds the
-//!   queue.
+//!   queue. A queue whose work requests would overflow the CQ is rejected (no
+//!   resources): the CQ is not resized.
 //!
 //! # A command's way
 //!
@@ -45,17 +47,21 @@
 //!    order. The READ's completion tells the engine the data is placed, and the command
 //!    runs in the bdev layer.
 //! 4. For a read, `Action::SendData` has the transport RDMA WRITE the buffers to the
-//!    keyed address, and `Action::Complete` SENDs the 16-byte completion from the
-//!    queue's registered response slot. The WRITE and the SEND go on one queue pair
-//!    in order, so the host sees the data before the completion (RC ordering); only
-//!    the SEND is signalled. A command whose descriptor asked for invalidation is
-//!    answered with SEND with Invalidate of its rkey.
-//! 5. The send completion frees the response slot; the engine frees the buffers when
-//!    it is told the data was sent.
+//!    keyed address (memory the device was not given, an admin command's reply, is
+//!    copied into pool buffers first). The WRITE is signalled: its completion tells
+//!    the engine the data was sent, which frees the buffers and queues the completion,
+//!    which the transport SENDs from the queue's registered response slot. So the host
+//!    sees the data before the completion; SPDK instead posts the WRITE and the SEND
+//!    together and relies on RC ordering, one completion fewer per read (a later
+//!    optimisation). A command whose descriptor asked for invalidation is answered
+//!    with SEND with Invalidate of its rkey.
+//! 5. The SEND's completion frees the response slot.
 //!
-//! Flow control is the queue depth: a queue pair's receive and send work requests are
-//! sized from HSQSIZE + 1 (the most commands the host may have outstanding, NVMe-oF 1.1
-//! §2.4.1), so a command that arrived always has a response slot and send queue room.
+//! Flow control is the queue depth: a queue's depth is the smallest of the target's,
+//! the device's, HRQSIZE and HSQSIZE + 1 (the most commands the host may have
+//! outstanding, NVMe-oF 1.1 §2.4.1); its queue pair has three send work requests per
+//! command and twice as many response slots as commands. An action that finds no
+//! response slot or send queue room stays with the engine until a completion frees one.
 //!
 //! # Buffers and ownership
 //!
