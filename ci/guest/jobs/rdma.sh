@@ -54,7 +54,9 @@ for b in peerless-tgt peerless-rpc; do
         fail "$b needs shared libraries the guest image lacks"
     fi
 done
-ldd "$bin/peerless-tgt" | grep -q libibverbs || fail "peerless-tgt was not built with --features rdma (no libibverbs)"
+# Into a file first: grep -q leaving early would make ldd fail on a broken pipe.
+ldd "$bin/peerless-tgt" >"$out/ldd-peerless-tgt.txt"
+grep -q libibverbs "$out/ldd-peerless-tgt.txt" || fail "peerless-tgt was not built with --features rdma (no libibverbs)"
 
 step "soft-RoCE: rdma_rxe on $netdev, nvme-rdma"
 modprobe -a rdma_rxe ib_uverbs rdma_ucm nvme-rdma
@@ -168,7 +170,7 @@ fio_verify() {
 }
 
 # mem_field NAME: a number of the RDMA pool in mem_get_stats.
-mem_field() { rpc mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | head -1 | cut -d: -f2; }
+mem_field() { rpc mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
 
 buffers=1024
 start_target srq ""

@@ -45,6 +45,7 @@ pub struct NewConnection {
     /// RDMA READs this side may have outstanding on the queue pair.
     pub read_depth: u8,
     pub local: SocketAddr,
+    pub peer: SocketAddr,
 }
 
 impl CmState {
@@ -157,7 +158,8 @@ impl CmState {
         let mut id = id;
         id.set_token(token);
         self.routes.lock().insert(token, group.clone());
-        let conn = NewConnection { id, token, device, request, depth, read_depth: read_depth.max(1), local };
+        let peer = id.peer_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let conn = NewConnection { id, token, device, request, depth, read_depth: read_depth.max(1), local, peer };
         let target = target.clone();
         let sent = group.send(move |ctx| {
             let Some(transport) = target.transport(TRTYPE) else { return };

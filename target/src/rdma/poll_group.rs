@@ -10,7 +10,6 @@
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use peerless_core::log_warn;
@@ -35,8 +34,6 @@ const COMPLETIONS_PER_POLL: usize = 64;
 const TIMER_PERIOD_US: u64 = 100_000;
 /// Receive requests posted to an SRQ per call.
 const RECV_POST_BATCH: usize = 64;
-/// The address shown for a host (the RDMA CM's peer address is not read here).
-const UNKNOWN_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// A shared receive queue and its buffers.
 struct SharedRecvs {
@@ -136,7 +133,7 @@ impl RdmaPollGroup {
         transport: &Arc<dyn Transport>,
         new: NewConnection,
     ) {
-        let NewConnection { mut id, token, device, request, depth, read_depth, local } = new;
+        let NewConnection { mut id, token, device, request, depth, read_depth, local, peer } = new;
         let refuse = |id: &spdk_sys::rdma::CmId, state: &Arc<parking_lot::Mutex<Option<Arc<CmState>>>>, why: String| {
             log_warn!("RDMA listener {local}: refusing queue {} of a host: {why}", request.qid);
             let _ = id.reject(&CmReject { status: RejectStatus::NoResources }.encode());
@@ -177,7 +174,7 @@ impl RdmaPollGroup {
         };
         let icd = self.opts.in_capsule_data_size as usize;
         let config = QpairConfig { data_completes: false, admin_in_capsule_bytes: icd, sgl: SglBinding::Rdma };
-        let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, UNKNOWN_PEER, local);
+        let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, peer, local);
         let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth };
         let mut conn = match Conn::new(parts) {
             Ok(conn) => conn,
