@@ -89,9 +89,13 @@ step "rdma: clippy and tests with --features rdma"
 # inline calls, the safe layer). This machine has no RDMA device: the tests check the
 # wrappers, the NVMe/RDMA private data, and that no device means empty lists and clear
 # errors; the rdma_loopback example (run in a soft-RoCE guest) is built and its --help run.
+# The NVMe/RDMA transport's options and work request ids, and `nvmf_create_transport -t
+# RDMA` against a real peerless-tgt (no device: its listener is refused with the reason).
 cargo clippy --locked -p spdk-sys -p peerless-target -p peerless-tools --all-targets \
     --features peerless-tools/rdma -- -D warnings
 cargo test --locked -p spdk-sys --features rdma
+cargo test --locked -p peerless-target --features rdma --lib rdma::
+cargo test --locked -p peerless-target --features rdma --test rdma_e2e
 cargo build --locked -p spdk-sys --features rdma --example rdma_loopback
 "${CARGO_TARGET_DIR:-build}/debug/examples/rdma_loopback" --help >/dev/null
 
@@ -140,5 +144,15 @@ kernel_612=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9.]+\+deb12-a
 [ -n "$kernel_612" ] || { echo "no linux-image-6.12.*+deb12-amd64 package (apt-get update?)" >&2; exit 1; }
 PEERLESS_GUEST_DIR=build/guest-6.12 PEERLESS_GUEST_KERNEL_PKG=$kernel_612 bash ci/guest/build.sh
 PEERLESS_GUEST_DIR=build/guest-6.12 bash ci/guest/auth.sh
+
+step "linux nvme-rdma host against peerless-tgt over soft-RoCE"
+# Last, since it rebuilds the release binaries with the rdma feature: peerless-tgt's
+# NVMe/RDMA transport in the guest (rxe0), Linux's nvme-rdma host discovering, connecting,
+# writing and reading back with dd and fio verify at QD1 and QD32, disconnecting; the
+# pools full again; a second run with no_srq, stopped by SIGTERM under load
+# (ci/guest/README.md). About a minute with the build.
+cargo build --release --locked -p peerless-target -p peerless-tools --features peerless-tools/rdma \
+    --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
+PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma.sh
 
 step "done"

@@ -223,6 +223,8 @@ pub fn run(options: TargetOptions) -> Result<(), TargetError> {
     let bdevs = BdevManager::new();
     let target = NvmfTarget::new(handle.clone(), bdevs.clone());
     target.register_transport_type(crate::tcp::TRTYPE, crate::tcp::TcpTransport::create);
+    #[cfg(feature = "rdma")]
+    target.register_transport_type(crate::rdma::TRTYPE, crate::rdma::RdmaTransport::create);
     register_subsystems(&handle, &keyring, &bdevs, &target);
     let registry = Arc::new(registry(&keyring, &bdevs, &target));
     let server = match RpcServer::start(&options.rpc_socket, registry.clone(), handle.clone()) {

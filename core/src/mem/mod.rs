@@ -56,6 +56,8 @@ pub use device_dma::{dma_gather, dma_scatter};
 pub use dma::{DmaBuf, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
 pub use miter::{DeviceChunk, IoChunk, MiterChunk, SgMiter, STAGING_CHUNK_BYTES};
 pub use p2pmem::{P2pMem, P2PMEM_GRANULE_BYTES, P2PMEM_MAX_BYTES};
+#[cfg(feature = "rdma")]
+pub use pool::PoolRegion;
 pub use pool::{
     IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX, IOBUF_LARGE_BYTES,
     IOBUF_SMALL_BYTES, IOBUF_WAITERS_MAX,

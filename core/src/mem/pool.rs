@@ -364,6 +364,50 @@ impl Drop for IoBufCache<'_> {
     }
 }
 
+/// One class of a pool's memory as a region an RDMA device may be given: a pool that
+/// lives as long as the process is registered once per protection domain, at start-up,
+/// and every buffer it lends is then named by that region's key.
+#[cfg(feature = "rdma")]
+pub struct PoolRegion {
+    addr: std::ptr::NonNull<u8>,
+    len: usize,
+    /// Held so the memory outlives the region (the pool is never dropped anyway).
+    _pool: &'static IoBufPool,
+}
+
+// SAFETY: the region only names memory (an address and a length); the pool it borrows is
+// itself shared across threads.
+#[cfg(feature = "rdma")]
+unsafe impl Send for PoolRegion {}
+// SAFETY: as above; no method mutates anything.
+#[cfg(feature = "rdma")]
+unsafe impl Sync for PoolRegion {}
+
+// SAFETY: the pool is 'static, so its classes' memory stays mapped at one address for
+// the process's life; the pool never makes references over buffer bytes of its own (a
+// buffer's bytes are reached through its segments by whoever holds the buffer, and a NIC
+// writes a buffer only for a work request its holder posted).
+#[cfg(feature = "rdma")]
+unsafe impl spdk_sys::rdma::RegistrableMemory for PoolRegion {
+    fn region(&self) -> (std::ptr::NonNull<u8>, usize) {
+        (self.addr, self.len)
+    }
+}
+
+#[cfg(feature = "rdma")]
+impl IoBufPool {
+    /// The pool's memory, one region per class, for registration with an RDMA device.
+    pub fn rdma_regions(&'static self) -> Vec<PoolRegion> {
+        self.classes
+            .iter()
+            .filter_map(|class| {
+                let addr = std::ptr::NonNull::new(class.mem.addr() as *mut u8)?;
+                Some(PoolRegion { addr, len: class.size * class.count, _pool: self })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

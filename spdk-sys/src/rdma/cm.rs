@@ -337,6 +337,31 @@ unsafe impl Send for CmId {}
 // SAFETY: as above.
 unsafe impl Sync for CmId {}
 
+/// The IP address a sockaddr holds, None for another family.
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // and aligned enough for.
+            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
 fn sockaddr(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -404,6 +429,25 @@ impl CmId {
     pub fn listen(&self, backlog: i32) -> Result<(), Error> {
         // SAFETY: live, bound id.
         self.check("rdma_listen", unsafe { sys::rdma_listen(self.raw(), backlog) })
+    }
+
+    /// The peer's IP address and port (a connection's id, once the connect request or
+    /// address resolution filled its route); None before, or for a non-IP address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        // SAFETY: live id; the route's destination is a union of socket addresses the CM
+        // fills (zeroed until then), copied bytewise up to the smaller of the two sizes.
+        unsafe {
+            let dst = std::ptr::addr_of!((*self.raw()).route.addr.__bindgen_anon_2);
+            let len = std::mem::size_of::<libc::sockaddr_storage>().min(std::mem::size_of_val(&*dst));
+            std::ptr::copy_nonoverlapping(
+                dst.cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            );
+        }
+        socket_addr(&storage)
     }
 
     /// The local port, host order.
@@ -591,6 +635,17 @@ impl std::fmt::Debug for CmId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockaddrs_convert_back_to_socket_addresses() {
+        for addr in ["192.0.2.7:4420", "[2001:db8::5]:4421", "0.0.0.0:0"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert_eq!(socket_addr(&sockaddr(&addr).0), Some(addr));
+        }
+        // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+        let unspecified: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        assert_eq!(socket_addr(&unspecified), None);
+    }
 
     #[test]
     fn socket_addresses_convert_to_network_order_sockaddrs() {

@@ -9,6 +9,13 @@ pub const SQE_BYTES: usize = 64;
 /// transport (Transport Data Block).
 pub const SGL_DATA_BLOCK_OFFSET: u8 = 0x01;
 pub const SGL_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
+/// The RDMA binding's host memory (NVMe/RDMA 1.0 §2.3, NVMe Base 2.0 Figure 121): a
+/// Keyed SGL Data Block (type 4h), Address subtype, or Invalidate Key subtype (the
+/// controller answers with SEND with Invalidate of the key).
+pub const SGL_KEYED_DATA_BLOCK: u8 = 0x40;
+pub const SGL_KEYED_DATA_BLOCK_INVALIDATE: u8 = 0x4f;
+/// The descriptor type of keyed data blocks (bits 7:4 of the SGL identifier).
+const SGL_TYPE_KEYED: u8 = 0x4;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Sqe(pub [u8; SQE_BYTES]);
@@ -44,8 +51,19 @@ impl Sqe {
         le64(&self.0, 24)
     }
 
+    /// The data length the SGL names: 24 bits in a keyed descriptor, whose key takes the
+    /// rest (NVMe Base 2.0, Figure 121), 32 bits otherwise.
     pub fn sgl_length(&self) -> u32 {
-        le32(&self.0, 32)
+        if self.sgl_type() >> 4 == SGL_TYPE_KEYED {
+            le32(&self.0, 32) & 0x00ff_ffff
+        } else {
+            le32(&self.0, 32)
+        }
+    }
+
+    /// The key of a keyed SGL data block (the host's rkey).
+    pub fn sgl_key(&self) -> u32 {
+        le32(&self.0, 35)
     }
 
     /// SGL identifier: descriptor type in bits 7:4, subtype in bits 3:0.
@@ -141,6 +159,17 @@ impl SqeBuilder {
         super::put64(&mut self.0, 24, 0);
         super::put32(&mut self.0, 32, len);
         self.0[39] = SGL_TRANSPORT_DATA_BLOCK;
+        self
+    }
+
+    /// Host memory named by a Keyed SGL Data Block (the RDMA binding): `len` bytes (24
+    /// bits) at `addr` under `key`, with the Invalidate Key subtype when `invalidate`.
+    pub fn keyed(mut self, addr: u64, len: u32, key: u32, invalidate: bool) -> Self {
+        debug_assert!(len < 1 << 24, "a keyed length has 24 bits");
+        super::put64(&mut self.0, 24, addr);
+        super::put32(&mut self.0, 32, len);
+        super::put32(&mut self.0, 35, key);
+        self.0[39] = if invalidate { SGL_KEYED_DATA_BLOCK_INVALIDATE } else { SGL_KEYED_DATA_BLOCK };
         self
     }
 

@@ -53,6 +53,9 @@ pub struct ControllerData<'a> {
     pub ana_groups: u32,
     /// ANATT in seconds, with ANA.
     pub ana_transition_time_s: u8,
+    /// Keyed SGL Data Blocks are supported (SGLS bit 2): what the RDMA binding moves
+    /// data with, and what a host on it requires.
+    pub keyed_sgl: bool,
 }
 
 /// PCI vendor ID reported; SPDK's target reports Intel's, we report none rather than borrow one.
@@ -75,6 +78,8 @@ const ANACAP: u8 = 0b111 | (1 << 6);
 const LPA_EXTENDED_DATA: u8 = 1 << 2;
 /// SGLS: SGLs supported (bits 1:0 = 01b) and SGL offsets in capsules (bit 20).
 const SGLS: u32 = 0x1 | (1 << 20);
+/// SGLS bit 2: Keyed SGL Data Blocks.
+const SGLS_KEYED: u32 = 1 << 2;
 /// Error log entries kept (ELPE is 0's based).
 pub const ERROR_LOG_ENTRIES: u8 = 1;
 
@@ -122,7 +127,7 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
         put16(&mut bytes, 520, data.oncs);
     }
     bytes[525] = u8::from(data.volatile_write_cache);
-    put32(&mut bytes, 536, SGLS);
+    put32(&mut bytes, 536, if data.keyed_sgl { SGLS | SGLS_KEYED } else { SGLS });
     put_str(&mut bytes, 768, 256, data.subnqn, 0);
     // NVMe-oF attributes (NVMe-oF 1.1, Figure 28): capsule sizes in 16-byte units.
     put32(&mut bytes, 1792, (64 + data.in_capsule_data_bytes) / 16);
@@ -238,6 +243,7 @@ mod tests {
             oncs: ONCS & !ONCS_WRITE_ZEROES,
             ana_groups: 0,
             ana_transition_time_s: 10,
+            keyed_sgl: false,
         });
         assert_eq!(&data[4..7], b"SN1");
         assert_eq!(data[7], b' ', "serial is space-padded");
@@ -248,6 +254,7 @@ mod tests {
         assert_eq!(le16(&data, 520), 0b101, "Compare and Dataset Management, not Write Zeroes");
         assert_eq!((data[76], le32(&data, 92)), (1 << 1, 1 << 8), "no ANA reporting");
         assert!(data[342..352].iter().all(|b| *b == 0) && le32(&data, 540) == 0);
+        assert_eq!(le32(&data, 536), 0x1 | (1 << 20), "SGLS: no keyed data blocks (TCP)");
     }
 
     #[test]
@@ -270,7 +277,9 @@ mod tests {
             oncs: ONCS,
             ana_groups: 32,
             ana_transition_time_s: 10,
+            keyed_sgl: true,
         });
+        assert_eq!(le32(&data, 536), 0x1 | (1 << 2) | (1 << 20), "SGLS with keyed data blocks (RDMA)");
         assert_eq!(data[76], (1 << 1) | (1 << 3), "CMIC: multiple controllers, ANA reporting");
         assert_eq!(le32(&data, 92), (1 << 8) | (1 << 11), "OAES: namespace attribute and ANA change notices");
         assert_eq!((data[342], data[343]), (10, 0b0100_0111), "ANATT, ANACAP");

@@ -102,10 +102,19 @@ pub struct DiscoveryEntry<'a> {
     pub traddr: &'a str,
     pub subnqn: &'a str,
     pub secure_channel_required: bool,
+    /// The listener's transport: "TCP" or "RDMA".
+    pub trtype: &'static str,
 }
 
 /// TRTYPE for TCP.
 const TRTYPE_TCP: u8 = 3;
+/// TRTYPE for RDMA.
+const TRTYPE_RDMA: u8 = 1;
+/// RDMA TSAS (NVMe-oF 1.1, Figure 38): a reliable connected queue pair, no particular
+/// provider, connections made through the RDMA CM.
+const RDMA_QPTYPE_RELIABLE_CONNECTED: u8 = 1;
+const RDMA_PRTYPE_NOT_SPECIFIED: u8 = 1;
+const RDMA_CMS_RDMA_CM: u8 = 1;
 /// TSAS SECTYPE of a TCP entry whose listener requires TLS 1.3.
 const TCP_SECTYPE_TLS13: u8 = 2;
 /// Admin queue size a host may use to connect (SPDK_NVMF_MIN_ADMIN_MAX_SQ_SIZE).
@@ -117,7 +126,8 @@ pub fn discovery(generation: u64, entries: &[DiscoveryEntry<'_>]) -> Vec<u8> {
     put64(&mut bytes, 8, entries.len() as u64);
     for (index, entry) in entries.iter().enumerate() {
         let at = DISCOVERY_HEADER_BYTES + index * DISCOVERY_ENTRY_BYTES;
-        bytes[at] = TRTYPE_TCP;
+        let rdma = entry.trtype.eq_ignore_ascii_case("RDMA");
+        bytes[at] = if rdma { TRTYPE_RDMA } else { TRTYPE_TCP };
         bytes[at + 1] = if entry.ipv6 { 2 } else { 1 };
         bytes[at + 2] = entry.subtype;
         // TREQ: secure channel required (1) or not required (2).
@@ -128,6 +138,13 @@ pub fn discovery(generation: u64, entries: &[DiscoveryEntry<'_>]) -> Vec<u8> {
         put_str(&mut bytes, at + 32, 32, entry.trsvcid, b' ');
         put_str(&mut bytes, at + 256, 256, entry.subnqn, 0);
         put_str(&mut bytes, at + 512, 256, entry.traddr, b' ');
+        if rdma {
+            bytes[at + 768] = RDMA_QPTYPE_RELIABLE_CONNECTED;
+            bytes[at + 769] = RDMA_PRTYPE_NOT_SPECIFIED;
+            bytes[at + 770] = RDMA_CMS_RDMA_CM;
+            // RDMA_PKEY (bytes 8-9) stays 0: no partition (RoCE and iWARP have none).
+            continue;
+        }
         // TSAS for TCP (NVMe/TCP 1.0, 3.6.1.1): SECTYPE 2 is TLS 1.3, 0 no security.
         if entry.secure_channel_required {
             bytes[at + 768] = TCP_SECTYPE_TLS13;
@@ -151,6 +168,7 @@ mod tests {
             traddr: "127.0.0.1",
             subnqn: "nqn.2016-06.io.peerless:cnode1",
             secure_channel_required: false,
+            trtype: "TCP",
         };
         let page = discovery(9, &[entry]);
         assert_eq!(page.len(), 2048);
@@ -173,10 +191,29 @@ mod tests {
             traddr: "127.0.0.1",
             subnqn: "nqn.2016-06.io.peerless:secure",
             secure_channel_required: true,
+            trtype: "TCP",
         };
         let page = discovery(1, &[entry]);
         assert_eq!(page[1024 + 3], 1, "TREQ: secure channel required");
         assert_eq!(page[1024 + 768], 2, "TSAS SECTYPE: TLS 1.3");
+    }
+
+    #[test]
+    fn an_rdma_listener_has_the_rdma_fields() {
+        let entry = DiscoveryEntry {
+            subtype: 2,
+            portid: 3,
+            ipv6: false,
+            trsvcid: "4420",
+            traddr: "10.0.2.15",
+            subnqn: "nqn.2016-06.io.peerless:rdma",
+            secure_channel_required: false,
+            trtype: "RDMA",
+        };
+        let page = discovery(2, &[entry]);
+        assert_eq!((page[1024], page[1025], page[1026], page[1027]), (1, 1, 2, 2), "TRTYPE RDMA, IPv4, TREQ");
+        assert_eq!(&page[1024 + 768..1024 + 771], &[1, 1, 1], "RC queue pair, no provider, RDMA CM");
+        assert_eq!(&page[1024 + 512..1024 + 521], b"10.0.2.15");
     }
 
     #[test]

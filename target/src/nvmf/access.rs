@@ -99,6 +99,7 @@ impl NvmfTarget {
         }
         let mut listener = ListenAddress::new(addr, groups, ana_state);
         listener.secure = secure;
+        listener.trtype = transport.trtype();
         subsystem.state.lock().listeners.push(listener);
         self.discovery_changed();
         Ok(())

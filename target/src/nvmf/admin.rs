@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::ana::{self, AnaState, ANA_TRANSITION_TIME_S};
 use super::connect::keep_alive_timeout_ms;
 use super::ctrlr::{AdminState, Controller, SmartCounters, MAX_ASYNC_EVENTS};
-use super::io_cmd::CommandLimits;
+use super::io_cmd::{CommandLimits, SglBinding};
 use super::namespace::Namespace;
 use super::subsystem::{Subsystem, SubsystemKind};
 use super::target::NvmfTarget;
@@ -61,6 +61,7 @@ pub fn execute(
     admin: &mut AdminState,
     target: &NvmfTarget,
     options: &TransportOptions,
+    sgl: SglBinding,
     sqe: &Sqe,
     now_ns: u64,
 ) -> Outcome {
@@ -69,7 +70,7 @@ pub fn execute(
     let discovery = admin.controller.kind == ControllerType::Discovery;
     match sqe.opcode() {
         opc::FABRICS => fabrics(admin, sqe),
-        opc::IDENTIFY => identify(admin, options, sqe),
+        opc::IDENTIFY => identify(admin, options, sgl, sqe),
         opc::GET_LOG_PAGE => get_log_page(admin, target, options, sqe),
         opc::SET_FEATURES => set_features(admin, options, sqe, discovery),
         opc::GET_FEATURES => get_features(admin, sqe, discovery),
@@ -107,7 +108,7 @@ fn fabrics(admin: &mut AdminState, sqe: &Sqe) -> Outcome {
     }
 }
 
-fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcome {
+fn identify(admin: &AdminState, options: &TransportOptions, sgl: SglBinding, sqe: &Sqe) -> Outcome {
     let cns = (sqe.cdw(10) & 0xff) as u8;
     let subsystem = &admin.controller.subsystem;
     let state = subsystem.state.lock();
@@ -132,6 +133,7 @@ fn identify(admin: &AdminState, options: &TransportOptions, sqe: &Sqe) -> Outcom
             oncs: oncs(&state.limits),
             ana_groups: Subsystem::ana_groups(&state),
             ana_transition_time_s: ANA_TRANSITION_TIME_S,
+            keyed_sgl: sgl == SglBinding::Rdma,
         })),
         _ if discovery => done(Status::INVALID_FIELD),
         // Linux asks for this of every controller reporting NVMe 1.2 or later (its
@@ -278,7 +280,7 @@ fn get_log_page(admin: &mut AdminState, target: &NvmfTarget, options: &Transport
 /// Entries for every subsystem `hostnqn` may reach, one per listener, and this
 /// discovery subsystem's own listeners.
 pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
-    let mut owned: Vec<(u8, String, std::net::SocketAddr, bool)> = Vec::new();
+    let mut owned: Vec<(u8, String, std::net::SocketAddr, bool, &'static str)> = Vec::new();
     for subsystem in target.subsystems() {
         let state = subsystem.state.lock();
         let subtype = match subsystem.kind {
@@ -287,16 +289,16 @@ pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
             SubsystemKind::Nvme => continue,
         };
         for listener in &state.listeners {
-            owned.push((subtype, subsystem.nqn.clone(), listener.addr, listener.secure));
+            owned.push((subtype, subsystem.nqn.clone(), listener.addr, listener.secure, listener.trtype));
         }
     }
     let addresses: Vec<(String, String)> =
-        owned.iter().map(|(_, _, addr, _)| (addr.ip().to_string(), addr.port().to_string())).collect();
+        owned.iter().map(|(_, _, addr, _, _)| (addr.ip().to_string(), addr.port().to_string())).collect();
     let entries: Vec<DiscoveryEntry<'_>> = owned
         .iter()
         .zip(&addresses)
         .enumerate()
-        .map(|(index, ((subtype, nqn, addr, secure), (traddr, trsvcid)))| DiscoveryEntry {
+        .map(|(index, ((subtype, nqn, addr, secure, trtype), (traddr, trsvcid)))| DiscoveryEntry {
             subtype: *subtype,
             portid: index as u16,
             ipv6: addr.is_ipv6(),
@@ -304,6 +306,7 @@ pub fn discovery_log(target: &NvmfTarget, hostnqn: &str) -> Vec<u8> {
             traddr,
             subnqn: nqn,
             secure_channel_required: *secure,
+            trtype,
         })
         .collect();
     logpage::discovery(target.discovery_generation(), &entries)

@@ -42,6 +42,17 @@ impl DataPool {
         Ok(Box::leak(Box::new(DataPool { pool, unit_bytes, cache })))
     }
 
+    /// The pool's memory, for registration with each RDMA device once.
+    #[cfg(feature = "rdma")]
+    pub fn rdma_regions(&'static self) -> Vec<peerless_core::mem::PoolRegion> {
+        self.pool_static().rdma_regions()
+    }
+
+    #[cfg(feature = "rdma")]
+    fn pool_static(&'static self) -> &'static IoBufPool {
+        &self.pool
+    }
+
     /// A cache for the calling poll group.
     pub fn cache(&'static self) -> IoBufCache<'static> {
         self.pool.cache()

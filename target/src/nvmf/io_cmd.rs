@@ -1,13 +1,15 @@
 //! NVM I/O commands (NVM Command Set 1.0, 3) decoded into what the bdev layer runs.
 //! Every field is checked before any data moves: the namespace by the caller, here the
 //! LBA range, the transfer size against MDTS, the subsystem's command limits, and the
-//! SGL against the TCP binding.
+//! SGL against the transport's binding.
 
 use peerless_bdev::IoType;
 
 use super::transport::MIN_PAGE_BYTES;
 
-use crate::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_TRANSPORT_DATA_BLOCK};
+use crate::nvme::cmd::{
+    SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE, SGL_TRANSPORT_DATA_BLOCK,
+};
 use crate::nvme::{io as opc, status, Sqe, Status};
 
 /// Which way a command's data flows.
@@ -134,6 +136,17 @@ impl DsmRanges {
     }
 }
 
+/// How a transport names data that is not in the capsule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SglBinding {
+    /// NVMe/TCP 1.0 §3.3.7: a Transport SGL Data Block; the transport moves the data.
+    #[default]
+    Tcp,
+    /// NVMe/RDMA 1.0 §2.3: a Keyed SGL Data Block naming host memory the controller
+    /// reads or writes with RDMA.
+    Rdma,
+}
+
 /// Checks the SGL of a command that moves `bytes` in `direction`; `in_capsule` is the
 /// data that arrived with the command.
 pub fn check_sgl(
@@ -142,6 +155,7 @@ pub fn check_sgl(
     bytes: usize,
     in_capsule: usize,
     icd_limit: usize,
+    binding: SglBinding,
 ) -> Result<Transfer, Status> {
     if direction == Direction::None {
         return Ok(Transfer::NONE);
@@ -164,7 +178,8 @@ pub fn check_sgl(
             }
             Placement::InCapsule
         }
-        SGL_TRANSPORT_DATA_BLOCK => Placement::Transport,
+        SGL_TRANSPORT_DATA_BLOCK if binding == SglBinding::Tcp => Placement::Transport,
+        SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE if binding == SglBinding::Rdma => Placement::Transport,
         _ => return Err(status::SGL_DESCRIPTOR_TYPE_INVALID),
     };
     Ok(Transfer { direction, placement, bytes })
@@ -177,6 +192,7 @@ pub fn plan(
     max_io_bytes: usize,
     in_capsule: usize,
     icd_limit: usize,
+    binding: SglBinding,
 ) -> Result<Plan, Status> {
     let block_size = info.block_size as usize;
     let block = |io_type: IoType, direction: Direction| -> Result<Plan, Status> {
@@ -188,7 +204,7 @@ pub fn plan(
         if bytes > max_io_bytes {
             return Err(Status::INVALID_FIELD);
         }
-        let transfer = check_sgl(sqe, direction, bytes, in_capsule, icd_limit)?;
+        let transfer = check_sgl(sqe, direction, bytes, in_capsule, icd_limit, binding)?;
         Ok(Plan::Block { io_type, slba, nlb, transfer })
     };
     match sqe.opcode() {
@@ -218,7 +234,7 @@ pub fn plan(
                 len if (needed..=DSM_MAX_RANGES as usize * DSM_RANGE_BYTES).contains(&len) => len,
                 _ => return Err(status::DATA_SGL_LENGTH_INVALID),
             };
-            let transfer = check_sgl(sqe, Direction::FromHost, bytes, in_capsule, icd_limit)?;
+            let transfer = check_sgl(sqe, Direction::FromHost, bytes, in_capsule, icd_limit, binding)?;
             Ok(Plan::Deallocate { ranges: DsmRanges::new(ranges, &info.limits), deallocate, transfer })
         }
         _ => Err(Status::INVALID_OPCODE),
@@ -253,11 +269,41 @@ mod tests {
     }
 
     fn check(sqe: Sqe, in_capsule: usize, expected: Result<Plan, Status>) {
-        assert_eq!(plan(&sqe, &info(), 131072, in_capsule, 4096), expected, "{sqe:?}");
+        assert_eq!(plan(&sqe, &info(), 131072, in_capsule, 4096, SglBinding::Tcp), expected, "{sqe:?}");
     }
 
     fn whole(count: u32) -> DsmRanges {
         DsmRanges { count, max_blocks: 0 }
+    }
+
+    #[test]
+    fn each_binding_takes_its_own_descriptors() {
+        let keyed = |invalidate| {
+            SqeBuilder::new(opc::WRITE, 7)
+                .rw(1, 0, 16)
+                .keyed(0xffff_8000_1234_0000, 8192, 0xdead_beef, invalidate)
+                .build()
+        };
+        let transfer = Transfer { direction: Direction::FromHost, placement: Placement::Transport, bytes: 8192 };
+        for invalidate in [false, true] {
+            let sqe = keyed(invalidate);
+            // The key's low byte shares the dword with the 24-bit length.
+            assert_eq!((sqe.sgl_length(), sqe.sgl_key()), (8192, 0xdead_beef));
+            let planned = plan(&sqe, &info(), 131072, 0, 4096, SglBinding::Rdma);
+            assert_eq!(planned, Ok(Plan::Block { io_type: IoType::Write, slba: 0, nlb: 16, transfer }));
+            let refused = plan(&sqe, &info(), 131072, 0, 4096, SglBinding::Tcp);
+            assert_eq!(refused, Err(status::SGL_DESCRIPTOR_TYPE_INVALID), "NVMe/TCP has no keyed descriptors");
+        }
+        let tcp = SqeBuilder::new(opc::READ, 1).rw(1, 0, 16).transport_data(8192).build();
+        assert_eq!(plan(&tcp, &info(), 131072, 0, 4096, SglBinding::Rdma), Err(status::SGL_DESCRIPTOR_TYPE_INVALID));
+        // In-capsule data reads the same on both.
+        let inline = SqeBuilder::new(opc::WRITE, 1).rw(1, 0, 2).in_capsule(1024).build();
+        for binding in [SglBinding::Tcp, SglBinding::Rdma] {
+            assert!(plan(&inline, &info(), 131072, 1024, 4096, binding).is_ok());
+        }
+        // A keyed length that disagrees with NLB is refused as any other.
+        let short = SqeBuilder::new(opc::READ, 1).rw(1, 0, 16).keyed(0x1000, 4096, 1, false).build();
+        assert_eq!(plan(&short, &info(), 131072, 0, 4096, SglBinding::Rdma), Err(status::DATA_SGL_LENGTH_INVALID));
     }
 
     #[test]
@@ -359,7 +405,7 @@ mod tests {
         let limited = NsInfo { limits: CommandLimits { dmrsl: 0, wzsl: 1 }, ..info() };
         let plan_of = |nlb: u32| {
             let sqe = SqeBuilder::new(opc::WRITE_ZEROES, 1).rw(1, 0, nlb).build();
-            plan(&sqe, &limited, 131072, 0, 4096)
+            plan(&sqe, &limited, 131072, 0, 4096, SglBinding::Tcp)
         };
         // 2^1 pages of 4 KiB = 8 KiB = 16 blocks of 512 bytes.
         let transfer = Transfer::NONE;
@@ -367,7 +413,7 @@ mod tests {
         assert_eq!(plan_of(17), Err(Status::INVALID_FIELD));
         // Without a limit, even more than MDTS runs: Write Zeroes moves no data.
         let sqe = SqeBuilder::new(opc::WRITE_ZEROES, 1).rw(1, 0, 1000).build();
-        assert!(plan(&sqe, &info(), 4096, 0, 4096).is_ok());
+        assert!(plan(&sqe, &info(), 4096, 0, 4096, SglBinding::Tcp).is_ok());
     }
 
     /// DMRSL and DMRL with ONCS bit 2 set are processing limits: the command is planned
@@ -381,7 +427,9 @@ mod tests {
             .cdw(11, 1 << 2)
             .transport_data(4096)
             .build();
-        let Ok(Plan::Deallocate { ranges, .. }) = plan(&sqe, &limited, 131072, 0, 4096) else { panic!("{sqe:?}") };
+        let Ok(Plan::Deallocate { ranges, .. }) = plan(&sqe, &limited, 131072, 0, 4096, SglBinding::Tcp) else {
+            panic!("{sqe:?}")
+        };
         assert_eq!(ranges, DsmRanges { count: 255, max_blocks: 8 }, "the 256th range is past DMRL");
         let mut data = [0u8; 4096];
         for index in 0..256 {

@@ -198,23 +198,30 @@ pub struct ListenAddress {
     pub ana: Arc<ListenerAna>,
     /// Hosts reach it over TLS 1.3 only (`secure_channel`, NVMe/TCP 1.0, 3.6.1).
     pub secure: bool,
+    /// Its transport, as SPDK prints it ("TCP", "RDMA").
+    pub trtype: &'static str,
 }
 
 impl ListenAddress {
     /// A listener at `addr` with `groups` ANA groups, each in state `initial`.
     pub fn new(addr: SocketAddr, groups: u32, initial: AnaState) -> ListenAddress {
-        ListenAddress { addr, ana: Arc::new(ListenerAna::new(groups, initial)), secure: false }
+        ListenAddress { addr, ana: Arc::new(ListenerAna::new(groups, initial)), secure: false, trtype: "TCP" }
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        address_json(self.addr)
+        transport_address_json(self.trtype, self.addr)
     }
 }
 
 /// A TCP address as SPDK's RPCs print a transport ID.
 pub fn address_json(addr: SocketAddr) -> serde_json::Value {
+    transport_address_json("TCP", addr)
+}
+
+/// An address of transport `trtype` as SPDK's RPCs print a transport ID.
+pub fn transport_address_json(trtype: &str, addr: SocketAddr) -> serde_json::Value {
     let adrfam = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
-    serde_json::json!({"trtype": "TCP", "adrfam": adrfam, "traddr": addr.ip().to_string(),
+    serde_json::json!({"trtype": trtype, "adrfam": adrfam, "traddr": addr.ip().to_string(),
         "trsvcid": addr.port().to_string()})
 }
 

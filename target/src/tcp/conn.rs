@@ -15,6 +15,7 @@ use super::outbox::{Flushed, Outbox};
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
 use super::socket::Socket;
 use crate::nvme::Sqe;
+use crate::nvmf::io_cmd::SglBinding;
 use crate::nvmf::qpair::{Fault, Qpair, QpairConfig};
 use crate::nvmf::transport::{GroupCtx, Transport};
 use crate::nvmf::NvmfTarget;
@@ -77,7 +78,11 @@ impl<S: Socket> Conn<S> {
         let largest_data =
             (options.max_io_size as usize).max(options.in_capsule_data_size as usize).max(ADMIN_IN_CAPSULE_BYTES);
         let recv_bytes = pdu::MAX_HEADER_BYTES + 2 * pdu::DIGEST_BYTES + largest_data + READ_SLACK_BYTES;
-        let config = QpairConfig { data_completes: tcp.c2h_success, admin_in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES };
+        let config = QpairConfig {
+            data_completes: tcp.c2h_success,
+            admin_in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES,
+            sgl: SglBinding::Tcp,
+        };
         let max_h2c_data = options.max_io_size as usize;
         let qpair = Qpair::new(id, target.clone(), options, transport.pool(), config, peer, local);
         Ok(Conn {

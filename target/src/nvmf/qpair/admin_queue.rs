@@ -6,7 +6,7 @@ use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_info, log_warn};
 
 use super::{Action, Qpair, Queue, ReqState};
-use crate::nvme::cmd::SGL_TRANSPORT_DATA_BLOCK;
+use crate::nvme::cmd::{SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE, SGL_TRANSPORT_DATA_BLOCK};
 use crate::nvme::{admin as opc, fctype, status, Status};
 use crate::nvmf::admin::{self, Outcome};
 use crate::nvmf::connect::{self, ConnInfo, CONNECT_DATA_BYTES};
@@ -14,7 +14,7 @@ use crate::nvmf::ctrlr::{
     AdminState, AEC_ANA_CHANGE, AEC_DISCOVERY_LOG_CHANGE, AEC_NAMESPACE_ATTRIBUTE, NOTICE_ANA_CHANGE,
     NOTICE_DISCOVERY_CHANGED,
 };
-use crate::nvmf::io_cmd::{self, Direction, Placement};
+use crate::nvmf::io_cmd::{self, Direction, Placement, SglBinding};
 use crate::nvmf::transport::GroupCtx;
 
 /// AUTHREQ.ATR in a Connect response's DW0 (bit 17; SPDK's `authreq.atr`, Linux's
@@ -45,7 +45,14 @@ impl Qpair {
             return self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0);
         }
         let limit = self.in_capsule_limit();
-        let transfer = match io_cmd::check_sgl(&sqe, Direction::FromHost, CONNECT_DATA_BYTES, in_capsule.len(), limit) {
+        let transfer = match io_cmd::check_sgl(
+            &sqe,
+            Direction::FromHost,
+            CONNECT_DATA_BYTES,
+            in_capsule.len(),
+            limit,
+            self.config.sgl,
+        ) {
             Ok(transfer) => transfer,
             Err(refused) => return self.finish(group.buffers, index, refused, 0),
         };
@@ -133,7 +140,7 @@ impl Qpair {
         let Some(admin) = self.queue.as_mut().and_then(|queue| queue.admin.as_mut()) else {
             return self.finish(group.buffers, index, status::COMMAND_SEQUENCE_ERROR, 0);
         };
-        let outcome = admin::execute(admin, &target, &opts, &sqe, now_ns);
+        let outcome = admin::execute(admin, &target, &opts, self.config.sgl, &sqe, now_ns);
         if admin.take_reset() {
             // CC.EN 1 -> 0: every I/O queue of the controller is deleted (NVMe Base 2.0,
             // 3.7.2); the host reconnects them after it enables the controller again.
@@ -146,8 +153,15 @@ impl Qpair {
             }
             Outcome::Done { status, result, data: None } => self.finish(group.buffers, index, status, result),
             Outcome::Done { status, result, data: Some(data) } => {
-                // SGLs only, and a transport data block: the controller sends the data.
-                if sqe.sgl_type() != SGL_TRANSPORT_DATA_BLOCK || !matches!(sqe.psdt(), 1 | 2) {
+                // SGLs only, and the descriptor by which the transport sends the data: a
+                // transport data block (TCP) or host memory under a key (RDMA).
+                let sent_by_transport = match self.config.sgl {
+                    SglBinding::Tcp => sqe.sgl_type() == SGL_TRANSPORT_DATA_BLOCK,
+                    SglBinding::Rdma => {
+                        matches!(sqe.sgl_type(), SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE)
+                    }
+                };
+                if !sent_by_transport || !matches!(sqe.psdt(), 1 | 2) {
                     return self.finish(group.buffers, index, status::SGL_DESCRIPTOR_TYPE_INVALID, 0);
                 }
                 let len = data.len().min(sqe.sgl_length() as usize);

@@ -72,7 +72,14 @@ impl Qpair {
             return self.finish(group.buffers, index, Status::INVALID_FIELD, 0);
         }
         let limit = self.in_capsule_limit();
-        let transfer = match io_cmd::check_sgl(&sqe, Direction::FromHost, len as usize, in_capsule.len(), limit) {
+        let transfer = match io_cmd::check_sgl(
+            &sqe,
+            Direction::FromHost,
+            len as usize,
+            in_capsule.len(),
+            limit,
+            self.config.sgl,
+        ) {
             Ok(transfer) => transfer,
             Err(refused) => return self.finish(group.buffers, index, refused, 0),
         };

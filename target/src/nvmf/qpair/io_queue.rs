@@ -69,6 +69,48 @@ impl Qpair {
         Ok(())
     }
 
+    /// Where host data for the command in `slot` goes, for a transport that places it
+    /// itself (an RDMA READ into the buffers): exactly the transfer's length, writable.
+    pub fn fetch_buffers(&mut self, slot: u16) -> Result<Sgl<'_>, Status> {
+        let request = self.requests.get_mut(usize::from(slot)).ok_or(Status::INTERNAL_ERROR)?;
+        if request.state != ReqState::AwaitingData {
+            return Err(Status::INTERNAL_ERROR);
+        }
+        buffers_sgl_mut(&mut request.buffers, request.transfer.bytes)
+    }
+
+    /// The transport placed all host data of the command in `slot` into
+    /// [`Qpair::fetch_buffers`] (an RDMA READ completed), or could not (`placed` is the
+    /// status the command ends with).
+    pub fn data_placed(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        slot: u16,
+        cid: u16,
+        placed: Result<(), Status>,
+    ) -> Result<(), Fault> {
+        let index = usize::from(slot);
+        let Some(request) = self.requests.get_mut(index).filter(|r| r.state == ReqState::AwaitingData) else {
+            return Err(Fault::UnknownTransfer);
+        };
+        if request.sqe.cid() != cid {
+            return Err(Fault::WrongCommand);
+        }
+        if let Err(failed) = placed {
+            self.finish(group.buffers, index, failed, 0);
+            return Ok(());
+        }
+        if self.closing {
+            // Nothing runs on a closing queue; the command ends unanswered.
+            self.finish(group.buffers, index, status::ABORTED_BY_REQUEST, 0);
+            return Ok(());
+        }
+        request.received = request.transfer.bytes;
+        self.data_complete(ctx, group, index);
+        Ok(())
+    }
+
     /// One timeslice: finished bdev I/O, commands whose buffers came, liveness.
     pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, now_ns: u64) -> bool {
         let mut busy = self.reap_completions(group.buffers);
@@ -113,6 +155,7 @@ impl Qpair {
             self.opts.max_io_size as usize,
             in_capsule.len(),
             self.opts.in_capsule_data_size as usize,
+            self.config.sgl,
         );
         let plan = match planned {
             Ok(plan) => plan,

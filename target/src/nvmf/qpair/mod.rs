@@ -23,7 +23,7 @@ use peerless_core::mem::{IoBufCache, Sgl};
 use super::auth::session::Session;
 use super::buffers::{self, DataPool};
 use super::ctrlr::{AdminState, Controller, IoCounters};
-use super::io_cmd::{Plan, Transfer};
+use super::io_cmd::{Plan, SglBinding, Transfer};
 use super::transport::TransportOptions;
 use super::NvmfTarget;
 use crate::nvme::{status, Cqe, Sqe, Status};
@@ -146,6 +146,8 @@ pub struct QpairConfig {
     pub data_completes: bool,
     /// In-capsule data the admin queue accepts (NVMe/TCP 1.0, 3.3.7: 8 KiB).
     pub admin_in_capsule_bytes: usize,
+    /// How commands name data outside the capsule.
+    pub sgl: super::io_cmd::SglBinding,
 }
 
 /// Counters `nvmf_get_stats`, `nvmf_subsystem_get_qpairs` and `mem_get_stats` report.
@@ -255,6 +257,11 @@ impl Qpair {
         self.queue.as_ref().map(|queue| &queue.controller)
     }
 
+    /// The data buffers this queue's commands take.
+    pub fn pool(&self) -> &'static DataPool {
+        self.pool
+    }
+
     pub fn is_closing(&self) -> bool {
         self.closing
     }
@@ -312,7 +319,9 @@ impl Qpair {
     pub fn is_drained(&self) -> bool {
         self.closing
             && self.actions.is_empty()
-            && self.requests.iter().all(|request| !matches!(request.state, ReqState::Executing | ReqState::SendingData))
+            && self.requests.iter().all(|request| {
+                !matches!(request.state, ReqState::Executing | ReqState::SendingData | ReqState::AwaitingData)
+            })
     }
 
     /// The data of a command the engine asked the transport to send.
@@ -368,12 +377,17 @@ impl Qpair {
         log_debug!(flags::NVMF, "qpair {} from {} closing: {why}", self.id, self.peer);
         self.closing = true;
         self.waiting.clear();
+        // A NIC may still be writing host data into a command's buffers (an RDMA READ in
+        // flight): those stay the command's until the transport says the read ended.
+        let placed_by_nic = self.config.sgl == SglBinding::Rdma;
         for index in 0..self.requests.len() {
             let request = &mut self.requests[index];
-            if matches!(
-                request.state,
-                ReqState::AwaitingData | ReqState::AwaitingBuffer | ReqState::AwaitingEvent | ReqState::AwaitingAbort
-            ) {
+            let ends_now = match request.state {
+                ReqState::AwaitingData => !placed_by_nic,
+                ReqState::AwaitingBuffer | ReqState::AwaitingEvent | ReqState::AwaitingAbort => true,
+                _ => false,
+            };
+            if ends_now {
                 // Their pool buffers go back to the shared pool as they drop.
                 request.buffers.clear();
                 self.release(index);

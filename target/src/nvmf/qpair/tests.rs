@@ -16,6 +16,7 @@ use super::{Action, Fault, Qpair, QpairConfig};
 use crate::nvme::cmd::SqeBuilder;
 use crate::nvme::{fctype, io, put16, put_str, status, Cqe, Status};
 use crate::nvmf::buffers::DataPool;
+use crate::nvmf::io_cmd::SglBinding;
 use crate::nvmf::namespace::{Namespace, P2pPlacement};
 use crate::nvmf::poll_group::{NsTables, Retired};
 use crate::nvmf::subsystem::{ListenAddress, SubsystemKind};
@@ -127,13 +128,19 @@ impl Fixture {
 
     /// A new, unconnected queue pair; returns its index.
     fn qpair(&self) -> usize {
+        self.qpair_with(SglBinding::Tcp)
+    }
+
+    /// A new, unconnected queue pair whose commands name data as `sgl` says.
+    fn qpair_with(&self, sgl: SglBinding) -> usize {
         let (target, opts, pool, addr) = (self.target.clone(), self.opts.clone(), self.pool, self.addr);
         self.on_thread(move |_| {
             WORLD.with(|cell| {
                 let mut world = cell.borrow_mut();
                 let world = world.as_mut().expect("world set up");
                 let id = world.qpairs.len() as u64 + 1;
-                let config = QpairConfig { data_completes: true, admin_in_capsule_bytes: 8192 };
+                let data_completes = sgl == SglBinding::Tcp;
+                let config = QpairConfig { data_completes, admin_in_capsule_bytes: 8192, sgl };
                 world.qpairs.push(Qpair::new(id, target, opts, pool, config, addr, addr));
                 world.qpairs.len() - 1
             })
@@ -184,7 +191,11 @@ impl Fixture {
     /// An admin queue with an enabled controller and one I/O queue of `entries`;
     /// returns the I/O queue's index.
     fn io_queue(&self, entries: u16) -> usize {
-        let admin_queue = self.qpair();
+        self.io_queue_with(entries, SglBinding::Tcp)
+    }
+
+    fn io_queue_with(&self, entries: u16, sgl: SglBinding) -> usize {
+        let admin_queue = self.qpair_with(sgl);
         let cqe = self.connect(admin_queue, 0, 0xffff, 32);
         assert!(cqe.status.is_success(), "{cqe:?}");
         let cntlid = cqe.result as u16;
@@ -192,7 +203,7 @@ impl Fixture {
             SqeBuilder::fabrics(fctype::PROPERTY_SET, 2).u32_at(44, 0x14).u64_at(48, 1 | (6 << 16) | (4 << 20));
         self.command(admin_queue, enable, Vec::new()).unwrap();
         assert!(self.only_completion(admin_queue).status.is_success());
-        let io_queue = self.qpair();
+        let io_queue = self.qpair_with(sgl);
         let cqe = self.connect(io_queue, 1, cntlid, entries);
         assert!(cqe.status.is_success(), "{cqe:?}");
         io_queue
@@ -356,4 +367,81 @@ fn io_before_enable_and_after_reset_is_refused() {
     assert!(fixture.only_completion(admin_queue).status.is_success());
     let again = fixture.qpair();
     assert!(fixture.connect(again, 1, cntlid, 8).status.is_success());
+}
+
+/// A keyed write of `blocks` at `slba` (the RDMA binding: the transport reads the host's
+/// memory into the command's buffers).
+fn keyed_write(cid: u16, slba: u64, blocks: u32) -> SqeBuilder {
+    SqeBuilder::new(io::WRITE, cid).rw(1, slba, blocks).keyed(0x7f00_0000_0000, blocks * BLOCK, 0x1234, true)
+}
+
+#[test]
+fn data_the_transport_places_itself_runs_and_reads_back() {
+    let fixture = Fixture::new(opts(16));
+    let queue = fixture.io_queue_with(8, SglBinding::Rdma);
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 13 + 1) as u8).collect();
+    fixture.command(queue, keyed_write(3, 32, 16), Vec::new()).unwrap();
+    let [Action::FetchData { slot, cid: 3, len: 8192 }] = fixture.actions(queue)[..] else { panic!("no fetch") };
+    // The transport (a NIC's RDMA READ here played by a copy) fills the buffers it is
+    // lent, then says so; a wrong command identifier is a fault, as for TCP.
+    let sent = data.clone();
+    let placed = fixture.step(queue, move |qpair, ctx, group| {
+        {
+            let mut into = qpair.fetch_buffers(slot).unwrap();
+            assert_eq!(into.len(), 8192);
+            let src = peerless_core::mem::Sgl::from_host(&sent).unwrap();
+            assert_eq!(peerless_core::mem::copy(&mut into, &src).unwrap(), 8192);
+        }
+        [qpair.data_placed(ctx, group, slot, 4, Ok(())), qpair.data_placed(ctx, group, slot, 3, Ok(()))]
+    });
+    assert_eq!(placed, [Err(Fault::WrongCommand), Ok(())]);
+    assert!(fixture.only_completion(queue).status.is_success());
+    // Read back: the data goes out, and with RDMA a completion always follows it.
+    let read = SqeBuilder::new(io::READ, 4).rw(1, 32, 16).keyed(0x7f00_0001_0000, 8192, 0x99, false);
+    fixture.command(queue, read, Vec::new()).unwrap();
+    let [Action::SendData { slot, cid: 4, len: 8192, completes: false }] = fixture.actions(queue)[..] else {
+        panic!("no data to send")
+    };
+    let back = fixture.step(queue, move |qpair, _, group| {
+        let mut back = vec![0u8; 8192];
+        peerless_core::mem::ChunkReader::new(&qpair.data(slot).unwrap()).read(&mut back).unwrap();
+        qpair.data_sent(group.buffers, slot, Ok(()));
+        back
+    });
+    assert_eq!(back, data);
+    let cqe = fixture.only_completion(queue);
+    assert_eq!((cqe.cid, cqe.status), (4, Status::SUCCESS));
+    // A failed placement (the READ completed in error) ends the command with its status.
+    fixture.command(queue, keyed_write(5, 0, 1), Vec::new()).unwrap();
+    let [Action::FetchData { slot, cid: 5, .. }] = fixture.actions(queue)[..] else { panic!("no fetch") };
+    fixture
+        .step(queue, move |qpair, ctx, group| qpair.data_placed(ctx, group, slot, 5, Err(Status::DATA_TRANSFER_ERROR)))
+        .unwrap();
+    assert_eq!(fixture.only_completion(queue).status, Status::DATA_TRANSFER_ERROR);
+}
+
+#[test]
+fn closing_keeps_buffers_a_nic_may_still_write() {
+    let fixture = Fixture::new(opts(2));
+    let queue = fixture.io_queue_with(8, SglBinding::Rdma);
+    // 16 KiB: one large buffer (the small ones hold 8 KiB).
+    fixture.command(queue, keyed_write(1, 0, 32), Vec::new()).unwrap();
+    let [Action::FetchData { slot, cid: 1, .. }] = fixture.actions(queue)[..] else { panic!("no fetch") };
+    // The queue closes while its RDMA READ may still be writing: the buffer stays the
+    // command's, and the queue is not drained, until the transport says the read ended.
+    let held = fixture.step(queue, |qpair, ctx, group| {
+        qpair.close("test");
+        qpair.poll(ctx, group, group.now_ns);
+        qpair.is_drained()
+    });
+    assert!(!held, "a closing queue with a read in flight is not drained");
+    assert_eq!(fixture.pool.available(), (2, 1), "the large buffer is still lent");
+    let drained = fixture.step(queue, move |qpair, ctx, group| {
+        // A read that completed after all does not run the write on a closing queue.
+        qpair.data_placed(ctx, group, slot, 1, Ok(())).unwrap();
+        qpair.poll(ctx, group, group.now_ns);
+        (qpair.is_drained(), qpair.next_action())
+    });
+    assert_eq!(drained, (true, None));
+    assert_eq!(fixture.pool.available(), (2, 2), "every buffer is back");
 }

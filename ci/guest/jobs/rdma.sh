@@ -1,0 +1,246 @@
+#!/bin/bash
+# Guest job (run.sh with PEERLESS_GUEST_TARGET=guest): Linux's nvme-rdma host against
+# peerless-tgt built with --features rdma, both inside the guest over soft-RoCE (rxe0 on
+# $GUEST_NETDEV, MTU 9000). Each step is checked, the first failure ending the job:
+#   1. rxe0 up with an active MTU of 4096; nvme-rdma loaded;
+#   2. peerless-tgt (interrupt mode) with an RDMA transport and a RAM namespace, an RDMA
+#      listener on $GUEST_ADDR:4420 for the subsystem and the discovery subsystem;
+#   3. nvme discover -t rdma: the entry's transport is rdma;
+#   4. nvme connect -t rdma, nvme list, id-ctrl (serial, subnqn, keyed SGLs), id-ns;
+#   5. data: a random pattern written with dd at several block sizes and read back with
+#      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32;
+#   6. nvme disconnect; the target frees every queue (nvmf_get_stats) and every data
+#      buffer is back in its pool (mem_get_stats; no per-poll-group cache);
+#   7. SIGTERM: the target exits 0 and logs its orderly stop;
+#   8. again with no_srq (each queue pair posts its own receives): connect, dd and fio,
+#      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop.
+set -Eeuo pipefail
+# shellcheck source=/dev/null
+source /job/env
+bin=$PEERLESS_BIN
+addr=$GUEST_ADDR
+netdev=$GUEST_NETDEV
+out=/job/out
+port=4420
+nqn=nqn.2016-06.io.peerless:rdma
+serial=PEERLESSRDMA0001
+num_blocks=131072
+t0=$(date +%s)
+tgt_pid=""
+sock=/tmp/peerless.sock
+
+step() { printf '\n=== %s (+%ss)\n' "$*" "$(($(date +%s) - t0))"; }
+fail() {
+    echo "FAIL: $*"
+    if [ -n "${log:-}" ] && [ -s "$log" ]; then
+        echo "--- last lines of the target log ($log)"
+        tail -30 "$log"
+    fi
+    echo "--- kernel log (last 30 lines)"
+    dmesg | grep -v 'speed is unknown' | tail -30 || true
+    [ -z "$tgt_pid" ] || kill -KILL "$tgt_pid" 2>/dev/null || true
+    exit 1
+}
+trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
+trim() { sed -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//'; }
+field() { awk -F: -v k="$2" '{ key=$1; gsub(/[ \t]+/, "", key) } key == k { sub(/^[^:]*:[ \t]*/, ""); print; exit }' "$1" | trim; }
+expect_eq() { [ "$2" = "$3" ] || fail "$1: Linux sees '$2', the target configured '$3'"; echo "ok: $1 = '$2'"; }
+rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
+
+step "the shared binaries"
+for b in peerless-tgt peerless-rpc; do
+    [ -x "$bin/$b" ] || fail "$bin/$b is missing: run.sh shares PEERLESS_GUEST_BIN only with PEERLESS_GUEST_TARGET=guest"
+    if ldd "$bin/$b" | grep 'not found'; then
+        fail "$b needs shared libraries the guest image lacks"
+    fi
+done
+# Into a file first: grep -q leaving early would make ldd fail on a broken pipe.
+ldd "$bin/peerless-tgt" >"$out/ldd-peerless-tgt.txt"
+grep -q libibverbs "$out/ldd-peerless-tgt.txt" || fail "peerless-tgt was not built with --features rdma (no libibverbs)"
+
+step "soft-RoCE: rdma_rxe on $netdev, nvme-rdma"
+modprobe -a rdma_rxe ib_uverbs rdma_ucm nvme-rdma
+rdma link add rxe0 type rxe netdev "$netdev"
+ip link set "$netdev" mtu 9000
+for _ in $(seq 50); do
+    ibv_devinfo -d rxe0 >"$out/ibv_devinfo.txt"
+    grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" && grep -q 'active_mtu:.*4096' "$out/ibv_devinfo.txt" && break
+    sleep 0.1
+done
+grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
+echo "ok: rxe0 active"
+
+listener() {
+    printf '{"method": "nvmf_subsystem_add_listener", "params": {"nqn": "%s", "listen_address": {"trtype": "RDMA", "adrfam": "IPv4", "traddr": "%s", "trsvcid": "%s"}}}' "$1" "$addr" "$port"
+}
+# start_target NAME TRANSPORT_PARAMS: peerless-tgt with an RDMA transport of those extra
+# parameters, its log in $out/target-NAME.log.
+start_target() {
+    local name=$1 extra=$2
+    step "peerless-tgt ($name) with NVMe/RDMA on $addr:$port"
+    cat >/tmp/target.json <<JSON
+{"subsystems": [
+ {"subsystem": "bdev", "config": [
+   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": $num_blocks, "block_size": 512}}]},
+ {"subsystem": "nvmf", "config": [
+   {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "num_shared_buffers": $buffers, "buf_cache_size": 0$extra}},
+   {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn", "serial_number": "$serial",
+     "model_number": "Peerless over RDMA", "allow_any_host": true}},
+   {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn", "namespace": {"bdev_name": "Malloc0"}}},
+   $(listener "$nqn"),
+   $(listener discovery)]}]}
+JSON
+    cp /tmp/target.json "$out/target-$name.json"
+    log=$out/target-$name.log
+    "$bin/peerless-tgt" -c /tmp/target.json -r "$sock" -L nvmf --interrupt-mode >"$log" 2>&1 &
+    tgt_pid=$!
+    for _ in $(seq 600); do
+        grep -q "peerless-tgt ready" "$log" && break
+        kill -0 "$tgt_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$tgt_pid" 2>/dev/null || { tgt_pid=""; fail "peerless-tgt exited at start"; }
+    grep -q "peerless-tgt ready" "$log" || fail "peerless-tgt not ready after 60 s"
+    grep -q "NVMe/RDMA target listening on $addr:$port" "$log" || fail "no RDMA listener on $addr:$port"
+    rpc nvmf_get_transports >"$out/transports-$name.json"
+    grep -q '"RDMA"' "$out/transports-$name.json" || fail "nvmf_get_transports does not show RDMA"
+    echo "ok: peerless-tgt pid $tgt_pid listening over RDMA"
+}
+
+# stop_target: SIGTERM; the target must exit 0 within 20 s and log its orderly stop.
+stop_target() {
+    local trc=0
+    kill -TERM "$tgt_pid"
+    for _ in $(seq 200); do kill -0 "$tgt_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$tgt_pid" 2>/dev/null && fail "peerless-tgt still running 20 s after SIGTERM"
+    wait "$tgt_pid" || trc=$?
+    tgt_pid=""
+    [ "$trc" -eq 0 ] || fail "peerless-tgt exited $trc after SIGTERM"
+    grep -q "peerless-tgt stopped" "$log" || fail "no 'peerless-tgt stopped' in the target log"
+    if grep -n -E 'panicked|RUST_BACKTRACE' "$log"; then fail "peerless-tgt panicked"; fi
+    echo "ok: peerless-tgt exited 0 and logged its orderly stop"
+}
+
+# connect: nvme connect -t rdma; sets ctrl and dev.
+connect() {
+    step "nvme connect -t rdma -a $addr -s $port -n $nqn"
+    nvme connect -t rdma -a "$addr" -s "$port" -n "$nqn" | tee "$out/connect.txt"
+    ctrl="" dev=""
+    for _ in $(seq 100); do
+        for c in /sys/class/nvme/nvme*; do
+            if [ -e "$c/subsysnqn" ] && [ "$(cat "$c/subsysnqn")" = "$nqn" ] && [ "$(cat "$c/state")" = live ]; then
+                ctrl=/dev/$(basename "$c")
+            fi
+        done
+        for d in /dev/nvme*n1; do
+            if [[ $d =~ ^/dev/nvme[0-9]+n1$ ]]; then dev=$d; fi
+        done
+        if [ -n "$ctrl" ] && [ -n "$dev" ] && [ -b "$dev" ]; then break; fi
+        sleep 0.2
+    done
+    if [ -z "$ctrl" ] || [ ! -b "$dev" ]; then fail "no live controller for $nqn with a namespace after 20 s"; fi
+    sysfs=/sys/class/nvme/$(basename "$ctrl")
+    expect_eq "sysfs transport" "$(cat "$sysfs/transport")" rdma
+    echo "queue_count $(cat "$sysfs/queue_count"), sqsize $(cat "$sysfs/sqsize")"
+}
+
+# patterns PAIRS...: 4 MiB of random data written at one block size, read back at another.
+patterns() {
+    step "a pattern written with dd, read back with other block sizes"
+    head -c $((4 << 20)) /dev/urandom >/tmp/pattern
+    local pair wbs rbs
+    for pair in "$@"; do
+        wbs=${pair%%:*} rbs=${pair##*:}
+        dd if=/tmp/pattern of="$dev" bs="$wbs" oflag=direct status=none
+        dd if="$dev" of=/tmp/back bs="$rbs" count=$(((4 << 20) / $(numfmt --from=iec "$rbs"))) iflag=direct status=none
+        cmp /tmp/pattern /tmp/back || fail "data written with bs=$wbs differs when read with bs=$rbs"
+        echo "ok: 4 MiB written at bs=$wbs, read back at bs=$rbs, identical"
+    done
+}
+
+# fio_verify NAME QD: random writes 4k..128k verified with crc32c.
+fio_verify() {
+    step "fio verify=crc32c, 4k..128k, QD$2"
+    fio --name="rdma-$1" --filename="$dev" --direct=1 --ioengine=libaio --iodepth="$2" \
+        --rw=randwrite --bssplit=4k/40:16k/25:64k/20:128k/15 --offset=8M --size=16M \
+        --verify=crc32c --do_verify=1 --verify_fatal=1 --output="$out/fio-$1.txt" ||
+        { cat "$out/fio-$1.txt"; fail "fio verify $1 failed"; }
+    grep -q 'err= 0' "$out/fio-$1.txt" || { cat "$out/fio-$1.txt"; fail "fio reported an error"; }
+    grep -E 'write:|read:' "$out/fio-$1.txt"
+}
+
+# mem_field NAME: a number of the RDMA pool in mem_get_stats.
+mem_field() { rpc mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
+
+buffers=1024
+start_target srq ""
+
+step "host identity"
+mkdir -p /etc/nvme
+cat /proc/sys/kernel/random/uuid >/etc/nvme/hostid
+echo "nqn.2014-08.org.nvmexpress:uuid:$(cat /etc/nvme/hostid)" >/etc/nvme/hostnqn
+
+step "nvme discover -t rdma -a $addr -s $port"
+nvme discover -t rdma -a "$addr" -s "$port" | tee "$out/discover.txt"
+grep -q "subnqn: *$nqn" "$out/discover.txt" || fail "the discovery log has no entry for $nqn"
+grep -q "trtype: *rdma" "$out/discover.txt" || fail "the discovery log entry is not of transport rdma"
+grep -q "rdma_cms: *rdma-cm" "$out/discover.txt" || fail "the discovery log entry has no RDMA CM type"
+
+connect
+
+step "nvme list, id-ctrl, id-ns"
+nvme list | tee "$out/list.txt"
+grep -q "$dev" "$out/list.txt" || fail "nvme list does not show $dev"
+nvme id-ctrl "$ctrl" >"$out/id-ctrl.txt"
+grep -E '^(sn|mn|subnqn|sgls|ioccsz|iorcsz|icdoff|msdbd|mdts) ' "$out/id-ctrl.txt"
+expect_eq "id-ctrl sn" "$(field "$out/id-ctrl.txt" sn)" "$serial"
+expect_eq "id-ctrl subnqn" "$(field "$out/id-ctrl.txt" subnqn)" "$nqn"
+sgls=$(($(field "$out/id-ctrl.txt" sgls)))
+[ $((sgls & 4)) -ne 0 ] || fail "id-ctrl sgls $sgls lacks keyed SGL data blocks (bit 2)"
+nvme id-ns "$dev" >"$out/id-ns.txt"
+expect_eq "id-ns nsze" "$(($(field "$out/id-ns.txt" nsze)))" "$num_blocks"
+
+patterns 4K:128K 128K:4K 64K:16K 1M:8K
+fio_verify qd1 1
+fio_verify qd32 32
+
+step "nvme disconnect -n $nqn"
+nvme disconnect -n "$nqn" | tee "$out/disconnect.txt"
+grep -q 'disconnected 1 controller' "$out/disconnect.txt" || fail "disconnect did not report one controller"
+for _ in $(seq 100); do
+    rpc nvmf_get_stats >"$out/stats.json"
+    grep -q '"current_io_qpairs": *[1-9]' "$out/stats.json" || grep -q '"current_admin_qpairs": *[1-9]' "$out/stats.json" || break
+    sleep 0.2
+done
+if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json"; then
+    cat "$out/stats.json"
+    fail "the target still holds queues 20 s after the host disconnected"
+fi
+echo "ok: every queue gone on the target"
+
+for class in small_free large_free; do
+    free=$(mem_field "$class")
+    expect_eq "mem_get_stats $class once the host left" "$free" "$buffers"
+done
+
+step "SIGTERM to peerless-tgt"
+stop_target
+
+start_target no-srq ', "no_srq": true'
+grep -q '"no_srq": *true' "$out/transports-no-srq.json" || fail "nvmf_get_transports does not show no_srq"
+connect
+patterns 128K:4K 8K:64K
+fio_verify no-srq-qd32 32
+
+step "SIGTERM while fio writes at QD32"
+fio --name=load --filename="$dev" --direct=1 --ioengine=libaio --iodepth=32 --rw=randrw \
+    --bssplit=4k/50:128k/50 --size=32M --time_based --runtime=30 --output="$out/fio-load.txt" &
+fio_pid=$!
+sleep 3
+kill -0 "$fio_pid" 2>/dev/null || fail "fio under load ended before the SIGTERM"
+stop_target
+kill -KILL "$fio_pid" 2>/dev/null || true
+wait "$fio_pid" 2>/dev/null || true
+nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+rdma link delete rxe0
+step "done: Linux's nvme-rdma host against peerless-tgt over soft-RoCE"

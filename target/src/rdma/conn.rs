@@ -1,0 +1,458 @@
+//! One NVMe queue over one RC queue pair: its receive buffers (without an SRQ), its
+//! response slots, the keyed descriptors of its commands, and the work requests that
+//! move its data. Completions come from the poll group's shared CQ.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use peerless_bdev::DataBuf;
+use peerless_core::mem::{self, Sgl};
+use peerless_core::reactor::ThreadCtx;
+use peerless_core::{log_debug, log_warn};
+use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus};
+
+use super::device::Device;
+use super::wr::{WrId, WrKind};
+use crate::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE};
+use crate::nvme::{Cqe, Sqe, Status, CQE_BYTES, SQE_BYTES};
+use crate::nvmf::buffers;
+use crate::nvmf::qpair::{Action, Qpair};
+use crate::nvmf::transport::GroupCtx;
+
+/// Send work requests per command: the response SEND, an RDMA WRITE and an RDMA READ.
+pub const SEND_WRS_PER_COMMAND: u32 = 3;
+
+/// Host memory a command named (a Keyed SGL Data Block).
+#[derive(Clone, Copy, Debug)]
+struct Keyed {
+    remote: RemoteKey,
+    len: u32,
+    invalidate: bool,
+    /// Commands that arrived with this identifier while it was in use: each is answered
+    /// with a conflict, and those answers must not take the descriptor away.
+    conflicts: u16,
+}
+
+/// Registered host memory the CPU reaches only by copies.
+pub struct Region {
+    pub buffer: Arc<spdk_sys::rdma::DmaBuffer>,
+    pub mr: Mr,
+    pub unit: usize,
+}
+
+impl Region {
+    pub fn new(device: &Device, count: usize, unit: usize) -> Result<Region, String> {
+        let buffer = spdk_sys::rdma::DmaBuffer::new(count * unit).map_err(|err| err.to_string())?;
+        let mr = device.pd.register(buffer.clone(), Access::LOCAL_WRITE).map_err(|err| err.to_string())?;
+        Ok(Region { buffer, mr, unit })
+    }
+
+    pub fn sge(&self, index: usize, len: usize) -> Option<Sge> {
+        self.mr.sge(index * self.unit, len as u32).ok()
+    }
+}
+
+pub struct Conn {
+    pub id: CmId,
+    pub token: u64,
+    pub qp_num: u32,
+    pub qpair: Qpair,
+    pub device: Arc<Device>,
+    /// Receive buffers of its own (`no_srq`), else the group's SRQ serves it.
+    pub own_recvs: Option<Region>,
+    responses: Region,
+    free_responses: Vec<u16>,
+    keyed: HashMap<u16, Keyed>,
+    /// Host data to read, waiting for a READ slot (the host's IRD bounds them).
+    pending_reads: VecDeque<(u16, u16, u32)>,
+    reads_in_flight: u8,
+    pub read_depth: u8,
+    depth: u16,
+    /// Send-queue work requests posted and not completed; the queue pair holds at most
+    /// `send_capacity`.
+    pub sends_in_flight: u32,
+    send_capacity: u32,
+    /// Own receives posted and not completed (`no_srq`): flushed ones come back too.
+    pub recvs_in_flight: u32,
+    /// Pool buffers lent to a read's data that the device could not reach in place.
+    bounces: HashMap<u16, Vec<DataBuf>>,
+    /// The queue pair was moved to the error state (rdma_disconnect).
+    pub disconnected: bool,
+    /// The RDMA CM said the connection is gone (disconnected, timewait exit, device removal).
+    pub cm_gone: bool,
+}
+
+/// What a new queue's queue pair was made with.
+pub struct ConnParts {
+    pub id: CmId,
+    pub token: u64,
+    pub qpair: Qpair,
+    pub device: Arc<Device>,
+    pub own_recvs: Option<Region>,
+    pub depth: u16,
+    pub read_depth: u8,
+}
+
+impl Conn {
+    pub fn new(parts: ConnParts) -> Result<Conn, String> {
+        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth } = parts;
+        let qp_num = id.qp_num().ok_or("the connection has no queue pair")?;
+        // Responses may outlive their command until the SEND completes: twice the depth.
+        let slots = 2 * usize::from(depth);
+        let responses = Region::new(&device, slots, CQE_BYTES)?;
+        Ok(Conn {
+            id,
+            token,
+            qp_num,
+            qpair,
+            device,
+            own_recvs,
+            responses,
+            free_responses: (0..slots as u16).rev().collect(),
+            keyed: HashMap::with_capacity(usize::from(depth)),
+            pending_reads: VecDeque::new(),
+            reads_in_flight: 0,
+            read_depth,
+            depth,
+            sends_in_flight: 0,
+            send_capacity: u32::from(depth) * SEND_WRS_PER_COMMAND,
+            recvs_in_flight: 0,
+            bounces: HashMap::new(),
+            disconnected: false,
+            cm_gone: false,
+        })
+    }
+
+    /// Commands the queue takes at once.
+    pub fn depth(&self) -> u32 {
+        u32::from(self.depth)
+    }
+
+    /// Posts own receive `index` (without an SRQ).
+    pub fn post_own_recv(&mut self, index: u32) -> Result<(), String> {
+        let Some(region) = &self.own_recvs else { return Ok(()) };
+        let sge = region.sge(index as usize, region.unit).ok_or("receive buffer out of range")?;
+        let wr_id = WrId { kind: WrKind::Recv, tag: index }.encode();
+        let mut wr = [RecvWr::new(wr_id, &[sge]).map_err(|err| err.to_string())?];
+        self.id.post_recv(&mut wr).map_err(|err| err.to_string())?;
+        self.recvs_in_flight += 1;
+        Ok(())
+    }
+
+    /// A command capsule arrived: `capsule` is the SQE and any in-capsule data.
+    pub fn on_capsule(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, capsule: &[u8]) {
+        if capsule.len() < SQE_BYTES {
+            return self.fail("a capsule shorter than a command");
+        }
+        let mut raw = [0u8; SQE_BYTES];
+        raw.copy_from_slice(&capsule[..SQE_BYTES]);
+        let sqe = Sqe(raw);
+        let in_capsule = match sqe.sgl_type() {
+            SGL_DATA_BLOCK_OFFSET => &capsule[SQE_BYTES..],
+            SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE => {
+                self.remember_keyed(&sqe);
+                &[][..]
+            }
+            _ => &[][..],
+        };
+        if let Err(fault) = self.qpair.on_command(ctx, group, sqe, in_capsule) {
+            self.fail(&format!("{fault:?}"));
+        }
+    }
+
+    fn remember_keyed(&mut self, sqe: &Sqe) {
+        let keyed = Keyed {
+            remote: RemoteKey { addr: sqe.sgl_address(), rkey: sqe.sgl_key() },
+            len: sqe.sgl_length(),
+            invalidate: sqe.sgl_type() == SGL_KEYED_DATA_BLOCK_INVALIDATE,
+            conflicts: 0,
+        };
+        self.keyed.entry(sqe.cid()).and_modify(|existing| existing.conflicts += 1).or_insert(keyed);
+    }
+
+    /// Ends the queue for a transport error: the engine closes it and the queue pair goes
+    /// to the error state, so what is posted comes back flushed.
+    pub fn fail(&mut self, why: &str) {
+        if !self.qpair.is_closing() {
+            log_warn!("RDMA queue {} ({}): {why}", self.token, self.device.name());
+        }
+        self.qpair.close(why);
+        self.disconnect();
+    }
+
+    pub fn disconnect(&mut self) {
+        if !self.disconnected {
+            self.disconnected = true;
+            if let Err(err) = self.id.disconnect() {
+                log_debug!(peerless_core::log::flags::NVMF, "rdma_disconnect of queue {}: {err}", self.token);
+            }
+        }
+    }
+
+    /// Turns the engine's actions into work requests while the queue pair has room.
+    pub fn drain_actions(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+        if self.qpair.is_closing() && !self.disconnected {
+            self.disconnect();
+        }
+        while let Some(action) = self.qpair.peek_action().copied() {
+            if self.disconnected {
+                // Nothing more goes on the wire; each action ends as if it had failed.
+                let _ = self.qpair.next_action();
+                match action {
+                    Action::Complete(cqe) => {
+                        self.forget_keyed(cqe.cid);
+                    }
+                    Action::SendData { slot, .. } => {
+                        self.qpair.data_sent(group.buffers, slot, Err(Status::DATA_TRANSFER_ERROR))
+                    }
+                    Action::FetchData { slot, cid, .. } => {
+                        let _ = self.qpair.data_placed(ctx, group, slot, cid, Err(Status::DATA_TRANSFER_ERROR));
+                    }
+                }
+                continue;
+            }
+            if self.sends_in_flight >= self.send_capacity {
+                break;
+            }
+            match action {
+                Action::Complete(cqe) => {
+                    let Some(slot) = self.free_responses.pop() else { break };
+                    let _ = self.qpair.next_action();
+                    self.send_response(slot, cqe);
+                }
+                Action::SendData { slot, cid, len, .. } => {
+                    let _ = self.qpair.next_action();
+                    if let Err(failed) = self.write_data(group, slot, cid, len) {
+                        self.qpair.data_sent(group.buffers, slot, Err(failed));
+                    }
+                }
+                Action::FetchData { slot, cid, len } => {
+                    let _ = self.qpair.next_action();
+                    self.pending_reads.push_back((slot, cid, len));
+                }
+            }
+        }
+        self.start_reads(ctx, group);
+    }
+
+    fn forget_keyed(&mut self, cid: u16) -> Option<Keyed> {
+        match self.keyed.get_mut(&cid) {
+            Some(keyed) if keyed.conflicts > 0 => {
+                keyed.conflicts -= 1;
+                None
+            }
+            Some(_) => self.keyed.remove(&cid),
+            None => None,
+        }
+    }
+
+    /// SENDs a completion, with Invalidate when the command's descriptor asked for it
+    /// (NVMe/RDMA 1.0 §3.6).
+    fn send_response(&mut self, slot: u16, cqe: Cqe) {
+        let keyed = self.forget_keyed(cqe.cid);
+        let sge = self.responses.sge(usize::from(slot), CQE_BYTES);
+        let written = self.responses.buffer.write(usize::from(slot) * CQE_BYTES, &cqe.encode());
+        let (Some(sge), Ok(())) = (sge, written) else {
+            self.free_responses.push(slot);
+            return self.fail("a response slot out of its region");
+        };
+        let wr_id = WrId { kind: WrKind::Send, tag: u32::from(slot) }.encode();
+        let wr = match keyed.filter(|keyed| keyed.invalidate) {
+            Some(keyed) => SendWr::send_with_invalidate(wr_id, &[sge], keyed.remote.rkey),
+            None => SendWr::send(wr_id, &[sge]),
+        };
+        match wr {
+            Ok(wr) => self.post_send(wr),
+            Err(err) => {
+                self.free_responses.push(slot);
+                self.fail(&format!("response: {err}"));
+            }
+        }
+    }
+
+    fn post_send(&mut self, wr: SendWr) {
+        let mut wrs = [wr.signaled(true)];
+        match self.id.post_send(&mut wrs) {
+            Ok(()) => self.sends_in_flight += 1,
+            Err(err) => self.fail(&format!("ibv_post_send: {err}")),
+        }
+    }
+
+    /// RDMA WRITEs a read's data to the host; the engine hears when it completed.
+    fn write_data(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
+        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        if keyed.len < len {
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        let data = self.qpair.data(slot)?;
+        let mut sges = sges_of(&self.device, &data);
+        if sges.is_none() {
+            // Memory the device was not given (an admin command's reply): copied into
+            // pool buffers, which it was.
+            let mut bounce = Vec::new();
+            if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
+                return Err(Status::DATA_TRANSFER_ERROR);
+            }
+            let copied = copy_into(&mut bounce, &data, len as usize);
+            sges = copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize));
+            if sges.is_none() {
+                buffers::give_back(group.buffers, &mut bounce);
+                return Err(Status::DATA_TRANSFER_ERROR);
+            }
+            self.bounces.insert(slot, bounce);
+        }
+        let sges = sges.unwrap_or_default();
+        let wr_id = WrId { kind: WrKind::Write, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
+        let wr = SendWr::rdma_write(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
+        let mut wrs = [wr.signaled(true)];
+        match self.id.post_send(&mut wrs) {
+            Ok(()) => {
+                self.sends_in_flight += 1;
+                Ok(())
+            }
+            Err(err) => {
+                if let Some(mut bounce) = self.bounces.remove(&slot) {
+                    buffers::give_back(group.buffers, &mut bounce);
+                }
+                self.fail(&format!("ibv_post_send (RDMA WRITE): {err}"));
+                Err(Status::DATA_TRANSFER_ERROR)
+            }
+        }
+    }
+
+    fn qpair_pool(&self) -> &'static crate::nvmf::buffers::DataPool {
+        self.qpair.pool()
+    }
+
+    /// Posts the RDMA READs waiting, up to the read depth.
+    fn start_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+        while self.reads_in_flight < self.read_depth && self.sends_in_flight < self.send_capacity {
+            let Some((slot, cid, len)) = self.pending_reads.pop_front() else { break };
+            match self.read_data(slot, cid, len) {
+                Ok(()) => {
+                    self.reads_in_flight += 1;
+                    self.sends_in_flight += 1;
+                }
+                Err(failed) => {
+                    if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, Err(failed)) {
+                        self.fail(&format!("{fault:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_data(&mut self, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
+        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        if keyed.len < len {
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        let into = self.qpair.fetch_buffers(slot)?;
+        // The engine places host data in pool buffers, which every device was given.
+        let sges = sges_of(&self.device, &into).ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let wr_id = WrId { kind: WrKind::Read, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
+        let wr = SendWr::rdma_read(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
+        let mut wrs = [wr.signaled(true)];
+        self.id.post_send(&mut wrs).map_err(|err| {
+            log_warn!("RDMA queue {}: ibv_post_send (RDMA READ): {err}", self.token);
+            Status::DATA_TRANSFER_ERROR
+        })
+    }
+
+    /// A send-queue completion (SEND, WRITE or READ), successful, flushed or failed.
+    pub fn on_send_completion(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        id: WrId,
+        status: WcStatus,
+        what: &str,
+    ) {
+        self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+        let ok = status == WcStatus::Success;
+        if !ok && status != WcStatus::Flushed {
+            self.fail(what);
+        }
+        let (slot, cid) = ((id.tag & 0xffff) as u16, (id.tag >> 16) as u16);
+        match id.kind {
+            WrKind::Send => self.free_responses.push(slot),
+            WrKind::Write => {
+                if let Some(mut bounce) = self.bounces.remove(&slot) {
+                    buffers::give_back(group.buffers, &mut bounce);
+                }
+                let sent = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
+                self.qpair.data_sent(group.buffers, slot, sent);
+            }
+            WrKind::Read => {
+                self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                let placed = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
+                if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, placed) {
+                    self.fail(&format!("{fault:?}"));
+                }
+            }
+            WrKind::Recv => {}
+        }
+    }
+
+    /// Everything posted is back and the engine has nothing left: the queue can go.
+    pub fn is_finished(&self) -> bool {
+        self.disconnected
+            && self.sends_in_flight == 0
+            && self.recvs_in_flight == 0
+            && self.pending_reads.is_empty()
+            && self.qpair.is_drained()
+    }
+
+    /// On the way out: reads never posted end now (the engine gives their buffers back).
+    pub fn end_pending_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+        while let Some((slot, cid, _)) = self.pending_reads.pop_front() {
+            let _ = self.qpair.data_placed(ctx, group, slot, cid, Err(Status::DATA_TRANSFER_ERROR));
+        }
+    }
+}
+
+/// The SGEs of a command's buffers, None when some memory is not the device's.
+fn sges_of(device: &Device, sgl: &Sgl<'_>) -> Option<Vec<Sge>> {
+    sgl.iter().map(|seg| device.sge(&seg)).collect()
+}
+
+fn bounce_sges(device: &Device, bounce: &[DataBuf], len: usize) -> Option<Vec<Sge>> {
+    let mut left = len;
+    let mut sges = Vec::new();
+    for buffer in bounce {
+        let sgl = buffer.sgl().ok()?;
+        for seg in sgl.iter() {
+            if left == 0 {
+                break;
+            }
+            let mut sge = device.sge(&seg)?;
+            sge.len = sge.len.min(left as u32);
+            left -= sge.len as usize;
+            sges.push(sge);
+        }
+    }
+    (left == 0).then_some(sges)
+}
+
+fn copy_into(bounce: &mut [DataBuf], data: &Sgl<'_>, len: usize) -> Result<(), ()> {
+    let mut at = 0;
+    for buffer in bounce.iter_mut() {
+        let mut dst = buffer.sgl_mut().map_err(|_| ())?;
+        let take = dst.len().min(len - at);
+        if take == 0 {
+            break;
+        }
+        let src = data.sub(at, take).map_err(|_| ())?;
+        let mut dst = dst.sub_mut(0, take).map_err(|_| ())?;
+        let copied = mem::copy(&mut dst, &src).map_err(|_| ())?;
+        if copied != take {
+            return Err(());
+        }
+        at += take;
+    }
+    if at == len {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
