@@ -118,6 +118,7 @@ mod tests {
             traddr: "127.0.0.1",
             subnqn: "nqn.2016-06.io.peerless:cnode1",
             secure_channel_required: false,
+            trtype: "TCP",
         };
         let page = discovery(5, &[wire]);
         let entry = DiscoveryEntry::parse(&page[DISCOVERY_HEADER_BYTES..]);

@@ -232,6 +232,7 @@ mod tests {
             oncs: identify::ONCS,
             ana_groups: 0,
             ana_transition_time_s: 0,
+            keyed_sgl: false,
         });
         let info = ControllerInfo::parse(&bytes);
         assert_eq!(

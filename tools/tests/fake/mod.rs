@@ -384,6 +384,7 @@ impl Connection {
                 oncs: identify::ONCS,
                 ana_groups: 0,
                 ana_transition_time_s: 0,
+                keyed_sgl: false,
             }),
             0x00 => identify::namespace(&NamespaceData {
                 num_blocks: self.config.num_blocks,
@@ -420,6 +421,7 @@ impl Connection {
             traddr: "127.0.0.1",
             subnqn,
             secure_channel_required: false,
+            trtype: "TCP",
         };
         let page = log::discovery(7, &[entry(3, peerless_tools::initiator::DISCOVERY_NQN), entry(2, SUBNQN)]);
         let mut data = vec![0u8; len];
