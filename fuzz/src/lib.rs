@@ -133,7 +133,9 @@ fn io_command(sqe: &Sqe, control: u8, data: &[u8]) {
 fn io_command_within(sqe: &Sqe, info: &NsInfo, data: &[u8]) {
     let (max_io_bytes, icd_limit) = (131_072, 8192);
     let in_capsule = data.len();
-    match io_cmd::plan(sqe, info, max_io_bytes, in_capsule, icd_limit) {
+    // Both bindings' SGL rules, chosen by the command's own bytes.
+    let binding = if sqe.cid() & 1 == 1 { io_cmd::SglBinding::Rdma } else { io_cmd::SglBinding::Tcp };
+    match io_cmd::plan(sqe, info, max_io_bytes, in_capsule, icd_limit, binding) {
         Ok(Plan::Block { io_type, slba, nlb, transfer }) => {
             assert!(slba.checked_add(nlb).is_some_and(|end| end <= info.num_blocks), "{sqe:?}");
             assert!(transfer.bytes <= max_io_bytes);
@@ -179,7 +181,7 @@ fn admin_command(sqe: &Sqe) {
     ));
     let mut state = AdminState::new(controller, 128, 4, 0);
     if let admin::Outcome::Done { data: Some(data), .. } =
-        admin::execute(&mut state, &world.target, &world.options, sqe, 0)
+        admin::execute(&mut state, &world.target, &world.options, io_cmd::SglBinding::Tcp, sqe, 0)
     {
         // Never more than MDTS, whatever the host asked for.
         assert!(data.len() <= world.options.max_io_size as usize, "admin data of {} bytes", data.len());
