@@ -9,11 +9,17 @@
 #   4. nvme connect -t rdma, nvme list, id-ctrl (serial, subnqn, keyed SGLs), id-ns;
 #   5. data: a random pattern written with dd at several block sizes and read back with
 #      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32;
-#   6. nvme disconnect; the target frees every queue (nvmf_get_stats) and every data
+#   6. ext4 on the namespace: files written, the file system remounted with the page
+#      cache dropped, the files read back and checked;
+#   7. nvme disconnect; the target frees every queue (nvmf_get_stats) and every data
 #      buffer is back in its pool (mem_get_stats; no per-poll-group cache);
-#   7. SIGTERM: the target exits 0 and logs its orderly stop;
-#   8. again with no_srq (each queue pair posts its own receives): connect, dd and fio,
-#      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop.
+#   8. the target restarted under a connected host: the host reconnects by itself and
+#      its I/O works again; then `nvme disconnect` in the middle of fio, and again every
+#      queue and buffer is freed;
+#   9. SIGTERM: the target exits 0 and logs its orderly stop;
+#  10. again with no_srq (each queue pair posts its own receives): connect, dd and fio,
+#      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop;
+#  11. the kernel log holds no warning, BUG or oops from any of it.
 set -Eeuo pipefail
 # shellcheck source=/dev/null
 source /job/env
@@ -25,6 +31,9 @@ port=4420
 nqn=nqn.2016-06.io.peerless:rdma
 serial=PEERLESSRDMA0001
 num_blocks=131072
+# A restarted target must present the same namespace identity, or the host drops the
+# namespace ("identifiers changed") instead of resuming I/O on it.
+ns_uuid=5e4d0a11-7e55-4f00-8d00-00000000d0a1
 t0=$(date +%s)
 tgt_pid=""
 sock=/tmp/peerless.sock
@@ -81,7 +90,8 @@ start_target() {
     cat >/tmp/target.json <<JSON
 {"subsystems": [
  {"subsystem": "bdev", "config": [
-   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": $num_blocks, "block_size": 512}}]},
+   {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": $num_blocks, "block_size": 512,
+     "uuid": "$ns_uuid"}}]},
  {"subsystem": "nvmf", "config": [
    {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "num_shared_buffers": $buffers, "buf_cache_size": 0$extra}},
    {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn", "serial_number": "$serial",
@@ -121,10 +131,10 @@ stop_target() {
     echo "ok: peerless-tgt exited 0 and logged its orderly stop"
 }
 
-# connect: nvme connect -t rdma; sets ctrl and dev.
+# connect [OPTIONS...]: nvme connect -t rdma with those options; sets ctrl and dev.
 connect() {
-    step "nvme connect -t rdma -a $addr -s $port -n $nqn"
-    nvme connect -t rdma -a "$addr" -s "$port" -n "$nqn" | tee "$out/connect.txt"
+    step "nvme connect -t rdma -a $addr -s $port -n $nqn $*"
+    nvme connect -t rdma -a "$addr" -s "$port" -n "$nqn" "$@" | tee "$out/connect.txt"
     ctrl="" dev=""
     for _ in $(seq 100); do
         for c in /sys/class/nvme/nvme*; do
@@ -204,24 +214,76 @@ patterns 4K:128K 128K:4K 64K:16K 1M:8K
 fio_verify qd1 1
 fio_verify qd32 32
 
+# all_released WHY: every queue gone on the target within 20 s, and both data buffer
+# classes back to full.
+all_released() {
+    for _ in $(seq 100); do
+        rpc nvmf_get_stats >"$out/stats.json"
+        grep -q '"current_io_qpairs": *[1-9]' "$out/stats.json" || grep -q '"current_admin_qpairs": *[1-9]' "$out/stats.json" || break
+        sleep 0.2
+    done
+    if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json"; then
+        cat "$out/stats.json"
+        fail "the target still holds queues 20 s after $1"
+    fi
+    echo "ok: every queue gone on the target after $1"
+    for class in small_free large_free; do
+        expect_eq "mem_get_stats $class after $1" "$(mem_field "$class")" "$buffers"
+    done
+}
+
+step "ext4: files written, remounted from the target, read back"
+mkfs.ext4 -q -F "$dev"
+mkdir -p /mnt/rdma
+mount "$dev" /mnt/rdma
+for i in $(seq 12); do head -c $((i * 257 * 1024 + i * 7)) /dev/urandom >"/mnt/rdma/file$i"; done
+mkdir /mnt/rdma/dir
+cp /mnt/rdma/file12 /mnt/rdma/dir/copy
+(cd /mnt/rdma && sha256sum file* dir/copy) >/tmp/sums
+umount /mnt/rdma
+echo 3 >/proc/sys/vm/drop_caches
+mount "$dev" /mnt/rdma
+(cd /mnt/rdma && sha256sum --quiet -c /tmp/sums) || fail "files differ after the remount"
+umount /mnt/rdma
+echo "ok: $(wc -l </tmp/sums) files identical after a remount with the page cache dropped"
+
 step "nvme disconnect -n $nqn"
 nvme disconnect -n "$nqn" | tee "$out/disconnect.txt"
 grep -q 'disconnected 1 controller' "$out/disconnect.txt" || fail "disconnect did not report one controller"
-for _ in $(seq 100); do
-    rpc nvmf_get_stats >"$out/stats.json"
-    grep -q '"current_io_qpairs": *[1-9]' "$out/stats.json" || grep -q '"current_admin_qpairs": *[1-9]' "$out/stats.json" || break
-    sleep 0.2
-done
-if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json"; then
-    cat "$out/stats.json"
-    fail "the target still holds queues 20 s after the host disconnected"
-fi
-echo "ok: every queue gone on the target"
+all_released "the host disconnected"
 
-for class in small_free large_free; do
-    free=$(mem_field "$class")
-    expect_eq "mem_get_stats $class once the host left" "$free" "$buffers"
-done
+# live_within SECONDS: the controller reports live again.
+live_within() {
+    for _ in $(seq $(($1 * 5))); do
+        [ "$(cat "$sysfs/state")" = live ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+connect --reconnect-delay=1 --ctrl-loss-tmo=120
+step "the target restarted under the connected host"
+stop_target
+sleep 2
+[ "$(cat "$sysfs/state")" != live ] || fail "the host still sees the controller live with the target gone"
+echo "ok: the host sees the controller $(cat "$sysfs/state")"
+start_target restarted ""
+live_within 60 || fail "the host did not reconnect within 60 s of the restart ($(cat "$sysfs/state"))"
+echo "ok: the host reconnected by itself"
+patterns 16K:4K
+fio_verify after-restart 8
+
+step "nvme disconnect in the middle of fio"
+fio --name=cut --filename="$dev" --direct=1 --ioengine=libaio --iodepth=32 --rw=randrw \
+    --bssplit=4k/50:128k/50 --size=32M --time_based --runtime=60 --output="$out/fio-cut.txt" &
+fio_pid=$!
+sleep 3
+kill -0 "$fio_pid" 2>/dev/null || fail "fio ended before the disconnect"
+nvme disconnect -n "$nqn" | tee "$out/disconnect-mid-fio.txt"
+grep -q 'disconnected 1 controller' "$out/disconnect-mid-fio.txt" || fail "disconnect did not report one controller"
+for _ in $(seq 100); do kill -0 "$fio_pid" 2>/dev/null || break; sleep 0.2; done
+kill -0 "$fio_pid" 2>/dev/null && fail "fio still runs 20 s after its device was disconnected"
+wait "$fio_pid" 2>/dev/null || true
+all_released "a disconnect in the middle of fio"
 
 step "SIGTERM to peerless-tgt"
 stop_target
@@ -243,4 +305,11 @@ kill -KILL "$fio_pid" 2>/dev/null || true
 wait "$fio_pid" 2>/dev/null || true
 nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
 rdma link delete rxe0
+
+step "the kernel log"
+dmesg >"$out/dmesg.txt"
+if grep -n -E 'WARNING:|BUG:|Oops|Call Trace|general protection|list_del corruption|refcount_t:|hung_task|blocked for more than' "$out/dmesg.txt"; then
+    fail "the kernel logged a warning, BUG or oops"
+fi
+echo "ok: no warning, BUG or oops in $(wc -l <"$out/dmesg.txt") kernel log lines"
 step "done: Linux's nvme-rdma host against peerless-tgt over soft-RoCE"
