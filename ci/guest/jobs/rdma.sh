@@ -9,8 +9,11 @@
 #   4. nvme connect -t rdma, nvme list, id-ctrl (serial, subnqn, keyed SGLs), id-ns;
 #   5. data: a random pattern written with dd at several block sizes and read back with
 #      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32;
-#   6. ext4 on the namespace: files written, the file system remounted with the page
-#      cache dropped, the files read back and checked;
+#   6. a second namespace with its data in an emulated CMB (p2pmem auto): the provider is
+#      probed once on rxe0 and logged; data is placed where the NIC can reach it, or
+#      falls back to host memory and is counted (rxe cannot register device memory);
+#      then ext4 on the RAM namespace: files written, the file system remounted with the
+#      page cache dropped, the files read back and checked;
 #   7. nvme disconnect; the target frees every queue (nvmf_get_stats) and every data
 #      buffer is back in its pool (mem_get_stats; no per-poll-group cache);
 #   8. the target restarted under a connected host: the host reconnects by itself and
@@ -34,6 +37,7 @@ num_blocks=131072
 # A restarted target must present the same namespace identity, or the host drops the
 # namespace ("identifiers changed") instead of resuming I/O on it.
 ns_uuid=5e4d0a11-7e55-4f00-8d00-00000000d0a1
+sim_uuid=5e4d0a11-7e55-4f00-8d00-00000000d0a2
 t0=$(date +%s)
 tgt_pid=""
 sock=/tmp/peerless.sock
@@ -91,12 +95,15 @@ start_target() {
 {"subsystems": [
  {"subsystem": "bdev", "config": [
    {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": $num_blocks, "block_size": 512,
-     "uuid": "$ns_uuid"}}]},
+     "uuid": "$ns_uuid"}},
+   {"method": "bdev_nvmesim_create", "params": {"name": "Sim0", "num_blocks": 32768, "block_size": 512, "cmb_size_mb": 8,
+     "uuid": "$sim_uuid"}}]},
  {"subsystem": "nvmf", "config": [
    {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "num_shared_buffers": $buffers, "buf_cache_size": 0$extra}},
    {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn", "serial_number": "$serial",
      "model_number": "Peerless over RDMA", "allow_any_host": true}},
    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn", "namespace": {"bdev_name": "Malloc0"}}},
+   {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn", "namespace": {"bdev_name": "Sim0", "p2pmem": "auto"}}},
    $(listener "$nqn"),
    $(listener discovery)]}]}
 JSON
@@ -231,6 +238,27 @@ all_released() {
         expect_eq "mem_get_stats $class after $1" "$(mem_field "$class")" "$buffers"
     done
 }
+
+step "a P2P namespace (an emulated CMB) over RDMA: probed once, placed where the NIC reaches"
+p2p_dev=${dev%n1}n2
+[ -b "$p2p_dev" ] || fail "no second namespace $p2p_dev"
+head -c $((2 << 20)) /dev/urandom >/tmp/p2p-pattern
+dd if=/tmp/p2p-pattern of="$p2p_dev" bs=64K oflag=direct status=none
+dd if="$p2p_dev" of=/tmp/p2p-back bs=4K count=512 iflag=direct status=none
+cmp /tmp/p2p-pattern /tmp/p2p-back || fail "data of the P2P namespace differs when read back"
+probes=$(grep -c "P2P provider 'Sim0" "$log" || true)
+[ "$probes" = 1 ] || fail "the CMB was probed $probes times on rxe0, not once"
+grep "P2P provider 'Sim0" "$log"
+rpc mem_get_stats >"$out/mem-p2p.json"
+in_cmb=$(tr -d ' \n' <"$out/mem-p2p.json" | grep -o '"iomem":[0-9]*' | head -1 | cut -d: -f2)
+fallbacks=$(mem_field p2p_fallbacks)
+if grep -q "P2P provider 'Sim0.*registered; the NIC places" "$log"; then
+    [ "$in_cmb" -gt 0 ] && [ "$fallbacks" = 0 ] || fail "registered, yet $in_cmb bytes in the CMB and $fallbacks fallbacks"
+    echo "ok: rxe0 registered the CMB's dma-buf: $in_cmb payload bytes placed there by the NIC"
+else
+    [ "$in_cmb" = 0 ] && [ "$fallbacks" -ge 2 ] || fail "not registered, yet $in_cmb bytes in the CMB and $fallbacks fallbacks"
+    echo "ok: rxe0 cannot reach the CMB: $fallbacks commands fell back to host memory, none bounced"
+fi
 
 step "ext4: files written, remounted from the target, read back"
 mkfs.ext4 -q -F "$dev"

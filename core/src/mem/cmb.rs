@@ -16,10 +16,11 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use super::map::{Mapping, Prot};
-use super::provider::{DmaEngine, P2pBuf, P2pProvider};
+use super::provider::{DmaBufExport, DmaEngine, P2pBuf, P2pProvider};
 use super::range_alloc::RangeAlloc;
 use super::registry::{self, Region, RegionHandle};
 use super::tag::{DomainId, MemKind, MemTag};
+use super::udmabuf;
 use super::{Error, Result};
 
 /// Allocation granule: NVMe PRP entries name 4 KiB pages.
@@ -64,7 +65,8 @@ struct CmbInner {
     /// Kept alive for as long as segments may name it.
     cpu: Option<Mapping>,
     alloc: RangeAlloc,
-    _fd: OwnedFd,
+    /// Kept for the dma-buf export, and alive for as long as segments may name it.
+    memfd: OwnedFd,
 }
 
 /// An emulated CMB. Dropping it unregisters its region; the memory goes away when the
@@ -110,7 +112,7 @@ impl EmulatedCmb {
             private,
             cpu,
             alloc: RangeAlloc::new(cfg.size_bytes, CMB_GRANULE_BYTES),
-            _fd: fd,
+            memfd: fd,
         });
         let kind = inner.kind();
         let region = registry::register(Region {
@@ -181,7 +183,8 @@ impl fmt::Debug for EmulatedCmb {
 
 fn memfd(size: usize) -> Result<OwnedFd> {
     // SAFETY: the name is a NUL-terminated literal; the call creates a new descriptor.
-    let raw = unsafe { libc::memfd_create(c"peerless-cmb".as_ptr(), libc::MFD_CLOEXEC) };
+    // Sealable, so the memory can be exported as a dma-buf (udmabuf wants it unshrinkable).
+    let raw = unsafe { libc::memfd_create(c"peerless-cmb".as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     if raw < 0 {
         return Err(Error::last_os("memfd_create"));
     }
@@ -191,6 +194,10 @@ fn memfd(size: usize) -> Result<OwnedFd> {
     // SAFETY: `fd` is a valid memfd owned above.
     if unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len) } != 0 {
         return Err(Error::last_os("ftruncate memfd"));
+    }
+    // SAFETY: `fd` is a valid memfd created with MFD_ALLOW_SEALING.
+    if unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::F_ADD_SEALS, udmabuf::REQUIRED_SEALS) } != 0 {
+        return Err(Error::last_os("seal memfd"));
     }
     Ok(fd)
 }
@@ -277,6 +284,11 @@ impl P2pProvider for CmbInner {
     fn available_bytes(&self) -> usize {
         self.alloc.available()
     }
+
+    fn export_dma_buf(&self) -> std::result::Result<DmaBufExport, String> {
+        let fd = udmabuf::export(self.memfd.as_fd(), self.size)?;
+        Ok(DmaBufExport { fd, len: self.size, seg_base: self.seg_base })
+    }
 }
 
 #[cfg(test)]
@@ -324,6 +336,34 @@ mod tests {
         assert_eq!(a.seg().addr(), cmb.cpu_base().expect("mapped"));
         drop((a, b));
         assert_eq!(cmb.available_bytes(), cmb.size_bytes());
+    }
+
+    /// Where the kernel has udmabuf the export is a dma-buf over the very bytes the CMB
+    /// holds; where it has none, the reason names the missing device.
+    #[test]
+    fn exports_its_bytes_as_a_dma_buf_or_says_why_not() {
+        let cmb = EmulatedCmb::new(CmbConfig::new("export", 4 * CMB_GRANULE_BYTES)).expect("cmb");
+        let buf = cmb.alloc(CMB_GRANULE_BYTES).expect("alloc");
+        let offset = buf.seg().addr() - cmb.inner.seg_base;
+        cmb.inner.write(buf.seg().addr(), b"placed by the NIC").expect("write");
+        match cmb.provider().export_dma_buf() {
+            Ok(export) => {
+                assert_eq!(export.len, cmb.size_bytes());
+                assert_eq!(export.seg_base, cmb.cpu_base().expect("mapped"));
+                let view =
+                    Mapping::shared_file(export.fd.as_fd(), export.len, Prot::ReadWrite).expect("mmap the dma-buf");
+                let mut seen = [0u8; 17];
+                for (i, byte) in seen.iter_mut().enumerate() {
+                    // SAFETY: in bounds of a live mapping of the exported memfd.
+                    *byte = unsafe { std::ptr::read_volatile((view.addr() + offset + i) as *const u8) };
+                }
+                assert_eq!(&seen, b"placed by the NIC");
+            }
+            Err(why) => {
+                assert!(!std::path::Path::new("/dev/udmabuf").exists(), "udmabuf is here but the export failed: {why}");
+                assert!(why.contains("/dev/udmabuf"), "{why}");
+            }
+        }
     }
 
     #[test]

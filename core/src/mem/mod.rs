@@ -43,6 +43,7 @@ mod shared;
 pub(crate) mod simd;
 pub mod stats;
 mod tag;
+mod udmabuf;
 mod view;
 
 #[cfg(test)]
@@ -62,7 +63,7 @@ pub use pool::{
     IoBuf, IoBufCache, IoBufClass, IoBufPool, PoolConfig, IOBUF_CACHE_MAX, IOBUF_COUNT_MAX, IOBUF_LARGE_BYTES,
     IOBUF_SMALL_BYTES, IOBUF_WAITERS_MAX,
 };
-pub use provider::{DmaEngine, P2pBuf, P2pProvider};
+pub use provider::{DmaBufExport, DmaEngine, P2pBuf, P2pProvider};
 pub use sgl::{Seg, SegRef, Sgl, SEG_MAX_BYTES, SGL_INLINE_SEGS, SGL_MAX_SEGS};
 pub use shared::SharedRegion;
 pub use stats::{MemStats, Path};

@@ -193,6 +193,13 @@ impl P2pProvider for P2pMemInner {
     fn available_bytes(&self) -> usize {
         self.alloc.available()
     }
+
+    /// Linux's p2pmem pages cannot be pinned long-term (FOLL_LONGTERM refuses P2PDMA
+    /// pages), so a NIC cannot register them from user space, and the p2pmem file has no
+    /// dma-buf export.
+    fn export_dma_buf(&self) -> std::result::Result<super::DmaBufExport, String> {
+        Err("kernel p2pmem has no dma-buf export, and its pages cannot be pinned for a NIC".into())
+    }
 }
 
 #[cfg(test)]

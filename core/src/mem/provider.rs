@@ -2,6 +2,7 @@
 //! or GPU memory) behind one trait, and the buffers they hand out.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::sgl::{Seg, SegRef, Sgl, SEG_MAX_BYTES};
@@ -37,6 +38,13 @@ pub trait P2pProvider: Send + Sync {
     fn capacity_bytes(&self) -> usize;
     fn available_bytes(&self) -> usize;
 
+    /// The provider's whole memory as a dma-buf, which a NIC's driver can import
+    /// (`ibv_reg_dmabuf_mr`) so the NIC places data there itself; or why there is none.
+    /// Called once per NIC, at its first use of the provider, never per I/O.
+    fn export_dma_buf(&self) -> std::result::Result<DmaBufExport, String> {
+        Err("it exports no dma-buf".into())
+    }
+
     fn kind(&self) -> MemKind {
         if self.cpu_mappable() {
             MemKind::IoMem
@@ -44,6 +52,14 @@ pub trait P2pProvider: Send + Sync {
             MemKind::Device
         }
     }
+}
+
+/// A provider's memory exported as a dma-buf: `len` bytes from offset 0 of `fd`, the byte
+/// at offset N named by segments as `seg_base + N`.
+pub struct DmaBufExport {
+    pub fd: OwnedFd,
+    pub len: usize,
+    pub seg_base: usize,
 }
 
 /// A buffer of device memory, returned to its provider on drop.

@@ -24,7 +24,7 @@ use super::options::{RdmaOptions, MAX_SGL_ENTRIES};
 use super::wr::{WrId, WrKind};
 use crate::nvme::SQE_BYTES;
 use crate::nvmf::io_cmd::SglBinding;
-use crate::nvmf::qpair::{Qpair, QpairConfig};
+use crate::nvmf::qpair::{P2pReach, Qpair, QpairConfig};
 use crate::nvmf::transport::{GroupCtx, Transport, TransportOptions, TransportPollGroup};
 use crate::nvmf::NvmfTarget;
 
@@ -173,7 +173,12 @@ impl RdmaPollGroup {
             None
         };
         let icd = self.opts.in_capsule_data_size as usize;
-        let config = QpairConfig { data_completes: false, admin_in_capsule_bytes: icd, sgl: SglBinding::Rdma };
+        let config = QpairConfig {
+            data_completes: false,
+            admin_in_capsule_bytes: icd,
+            sgl: SglBinding::Rdma,
+            p2p_reach: P2pReach::Nic(device.clone()),
+        };
         let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, peer, local);
         let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth };
         let mut conn = match Conn::new(parts) {

@@ -16,7 +16,7 @@ use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcRes
 use super::socket::Socket;
 use crate::nvme::Sqe;
 use crate::nvmf::io_cmd::SglBinding;
-use crate::nvmf::qpair::{Fault, Qpair, QpairConfig};
+use crate::nvmf::qpair::{Fault, P2pReach, Qpair, QpairConfig};
 use crate::nvmf::transport::{GroupCtx, Transport};
 use crate::nvmf::NvmfTarget;
 
@@ -82,6 +82,7 @@ impl<S: Socket> Conn<S> {
             data_completes: tcp.c2h_success,
             admin_in_capsule_bytes: ADMIN_IN_CAPSULE_BYTES,
             sgl: SglBinding::Tcp,
+            p2p_reach: P2pReach::Cpu,
         };
         let max_h2c_data = options.max_io_size as usize;
         let qpair = Qpair::new(id, target.clone(), options, transport.pool(), config, peer, local);

@@ -164,13 +164,18 @@ impl Qpair {
         let transfer = match plan {
             Plan::Block { transfer, .. } | Plan::Deallocate { transfer, .. } => transfer,
         };
-        // The namespace's P2P provider first (the transport places data there with the
-        // CPU's I/O accessors, the bdev DMAs from it); full is an expected state. Taken
-        // while the entry is borrowed: the buffer holds the provider, nothing else must.
+        // The namespace's P2P provider first (the transport places data there, the bdev
+        // DMAs from it); full, or out of the NIC's reach, is an expected state and falls
+        // back to host memory. Taken while the entry is borrowed: the buffer holds the
+        // provider, nothing else must.
         let p2p = match (&entry.ns.provider, plan) {
-            (Some(provider), Plan::Block { .. }) if transfer.bytes > 0 => {
-                Some(mem::P2pBuf::alloc(provider, transfer.bytes))
-            }
+            (Some(provider), Plan::Block { .. }) if transfer.bytes > 0 => Some(
+                self.config
+                    .p2p_reach
+                    .reaches(provider)
+                    .then(|| mem::P2pBuf::alloc(provider, transfer.bytes).ok())
+                    .flatten(),
+            ),
             _ => None,
         };
         let request = &mut self.requests[index];
@@ -181,8 +186,8 @@ impl Qpair {
             return self.execute(ctx, group, index);
         }
         match p2p {
-            Some(Ok(buffer)) => self.requests[index].buffers.push(DataBuf::P2p(buffer)),
-            Some(Err(_)) => self.stats.p2p_fallbacks += 1,
+            Some(Some(buffer)) => self.requests[index].buffers.push(DataBuf::P2p(buffer)),
+            Some(None) => self.stats.p2p_fallbacks += 1,
             None => {}
         }
         self.place(ctx, group, index, in_capsule);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use peerless_bdev::{completion_queue, BdevHandle, BdevIo, CompletionQueue, DataBuf};
 use peerless_core::log::flags;
 use peerless_core::log_debug;
-use peerless_core::mem::{IoBufCache, Sgl};
+use peerless_core::mem::{IoBufCache, P2pProvider, Sgl};
 
 use super::auth::session::Session;
 use super::buffers::{self, DataPool};
@@ -140,7 +140,7 @@ pub(crate) struct Queue {
 }
 
 /// What a transport fixes for each of its queue pairs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct QpairConfig {
     /// Whether C2H data may complete a read by itself (NVMe/TCP `c2h_success`).
     pub data_completes: bool,
@@ -148,6 +148,42 @@ pub struct QpairConfig {
     pub admin_in_capsule_bytes: usize,
     /// How commands name data outside the capsule.
     pub sgl: super::io_cmd::SglBinding,
+    /// Which P2P providers' memory the transport can move this queue's data through.
+    pub p2p_reach: P2pReach,
+}
+
+/// Who moves a queue's data, and so which P2P memory its commands may be given.
+#[derive(Clone)]
+pub enum P2pReach {
+    /// The CPU (NVMe/TCP): it reaches any provider through I/O accessors or the
+    /// provider's DMA engine, as `core::mem`'s copy paths decide.
+    Cpu,
+    /// The NIC (NVMe/RDMA): only memory registered with it, which the transport probes
+    /// once per provider.
+    Nic(Arc<dyn NicReach>),
+}
+
+/// A NIC's answer to "can you place data in this provider's memory yourself".
+pub trait NicReach: Send + Sync {
+    fn reaches(&self, provider: &Arc<dyn P2pProvider>) -> bool;
+}
+
+impl std::fmt::Debug for P2pReach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            P2pReach::Cpu => "Cpu",
+            P2pReach::Nic(_) => "Nic",
+        })
+    }
+}
+
+impl P2pReach {
+    pub fn reaches(&self, provider: &Arc<dyn P2pProvider>) -> bool {
+        match self {
+            P2pReach::Cpu => true,
+            P2pReach::Nic(nic) => nic.reaches(provider),
+        }
+    }
 }
 
 /// Counters `nvmf_get_stats`, `nvmf_subsystem_get_qpairs` and `mem_get_stats` report.
@@ -156,7 +192,8 @@ pub struct QpairStats {
     pub completed: u64,
     /// Payload bytes placed in buffers of each kind (indexed by `MemKind::index`).
     pub placed_bytes: [u64; 3],
-    /// Commands whose namespace wanted P2P memory but got host memory (provider full).
+    /// Commands whose namespace wanted P2P memory but got host memory: the provider was
+    /// full, or the transport's NIC cannot reach it.
     pub p2p_fallbacks: u64,
     /// Times a command found the data buffer pool empty and waited.
     pub buffer_waits: u64,

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use peerless_bdev::modules::malloc::MallocBdev;
 use peerless_bdev::{BdevInfo, BdevManager, Uuid};
-use peerless_core::mem::IoBufCache;
+use peerless_core::mem::{CmbConfig, EmulatedCmb, IoBufCache, MemKind, P2pProvider};
 use peerless_core::reactor::{App, AppOptions, CoreMask, ThreadCtx, ThreadHandle};
 
-use super::{Action, Fault, Qpair, QpairConfig};
+use super::{Action, Fault, NicReach, P2pReach, Qpair, QpairConfig};
 use crate::nvme::cmd::SqeBuilder;
 use crate::nvme::{fctype, io, put16, put_str, status, Cqe, Status};
 use crate::nvmf::buffers::DataPool;
@@ -47,10 +47,18 @@ struct Fixture {
     pool: &'static DataPool,
     opts: Arc<TransportOptions>,
     addr: SocketAddr,
+    /// What the transport played here can move data through.
+    reach: P2pReach,
 }
 
 impl Fixture {
     fn new(opts: TransportOptions) -> Fixture {
+        Fixture::with_provider(opts, None, P2pReach::Cpu)
+    }
+
+    /// The namespace's data placed in `provider` (its `p2pmem`), by a transport that
+    /// reaches what `reach` says.
+    fn with_provider(opts: TransportOptions, provider: Option<Arc<dyn P2pProvider>>, reach: P2pReach) -> Fixture {
         let options =
             AppOptions { cpumask: CoreMask::parse("0x1").unwrap(), interrupt_mode: true, ..AppOptions::default() };
         let app = App::start(options).unwrap();
@@ -81,13 +89,13 @@ impl Fixture {
                 eui64: [0; 8],
                 anagrpid: 1,
                 uuid: [7; 16],
-                p2pmem: P2pPlacement::Off,
-                provider: None,
+                p2pmem: if provider.is_some() { P2pPlacement::Auto } else { P2pPlacement::Off },
+                provider,
             };
             state.namespaces.insert(1, Arc::new(ns));
         }
         let pool = DataPool::create(&opts, 1).unwrap();
-        let fixture = Fixture { _app: app, thread, target, pool, opts: Arc::new(opts), addr };
+        let fixture = Fixture { _app: app, thread, target, pool, opts: Arc::new(opts), addr, reach };
         fixture.on_thread(move |_| {
             let world = World {
                 qpairs: Vec::new(),
@@ -134,13 +142,14 @@ impl Fixture {
     /// A new, unconnected queue pair whose commands name data as `sgl` says.
     fn qpair_with(&self, sgl: SglBinding) -> usize {
         let (target, opts, pool, addr) = (self.target.clone(), self.opts.clone(), self.pool, self.addr);
+        let p2p_reach = self.reach.clone();
         self.on_thread(move |_| {
             WORLD.with(|cell| {
                 let mut world = cell.borrow_mut();
                 let world = world.as_mut().expect("world set up");
                 let id = world.qpairs.len() as u64 + 1;
                 let data_completes = sgl == SglBinding::Tcp;
-                let config = QpairConfig { data_completes, admin_in_capsule_bytes: 8192, sgl };
+                let config = QpairConfig { data_completes, admin_in_capsule_bytes: 8192, sgl, p2p_reach };
                 world.qpairs.push(Qpair::new(id, target, opts, pool, config, addr, addr));
                 world.qpairs.len() - 1
             })
@@ -418,6 +427,40 @@ fn data_the_transport_places_itself_runs_and_reads_back() {
         .step(queue, move |qpair, ctx, group| qpair.data_placed(ctx, group, slot, 5, Err(Status::DATA_TRANSFER_ERROR)))
         .unwrap();
     assert_eq!(fixture.only_completion(queue).status, Status::DATA_TRANSFER_ERROR);
+}
+
+/// A NIC that reaches P2P memory or not, and counts how often it was asked.
+struct PlayedNic {
+    reaches: bool,
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl NicReach for PlayedNic {
+    fn reaches(&self, _: &Arc<dyn P2pProvider>) -> bool {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reaches
+    }
+}
+
+#[test]
+fn p2p_memory_only_where_the_nic_reaches_it_else_host_memory_counted() {
+    for reaches in [false, true] {
+        let cmb = EmulatedCmb::new(CmbConfig::new("nic-reach", 1 << 20)).unwrap();
+        let nic = Arc::new(PlayedNic { reaches, asked: Default::default() });
+        let fixture = Fixture::with_provider(opts(16), Some(cmb.provider()), P2pReach::Nic(nic.clone()));
+        let queue = fixture.io_queue_with(8, SglBinding::Rdma);
+        fixture.command(queue, keyed_write(3, 32, 16), Vec::new()).unwrap();
+        let [Action::FetchData { slot, cid: 3, len: 8192 }] = fixture.actions(queue)[..] else { panic!("no fetch") };
+        let (kinds, fallbacks) = fixture.step(queue, move |qpair, _, _| {
+            let kinds = qpair.fetch_buffers(slot).unwrap().iter().map(|seg| seg.tag().kind()).collect::<Vec<_>>();
+            (kinds, qpair.stats.p2p_fallbacks)
+        });
+        let (want, in_cmb) = if reaches { (MemKind::IoMem, 8192) } else { (MemKind::Host, 0) };
+        assert!(kinds.iter().all(|kind| *kind == want), "reaches {reaches}: {kinds:?}");
+        assert_eq!(fallbacks, u64::from(!reaches), "reaches {reaches}");
+        assert_eq!(cmb.size_bytes() - cmb.available_bytes(), in_cmb, "reaches {reaches}");
+        assert_eq!(nic.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
 }
 
 #[test]
