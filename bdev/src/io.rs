@@ -107,6 +107,17 @@ impl DataBuf {
         }
     }
 
+    /// The whole buffer's bytes, writable, when it is host memory as [`host_bytes`] says.
+    ///
+    /// [`host_bytes`]: DataBuf::host_bytes
+    pub fn host_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            DataBuf::Heap(bytes) => Some(bytes),
+            DataBuf::Pool(buf) => Some(buf.bytes_mut()),
+            DataBuf::Dma(_) | DataBuf::P2p(_) => None,
+        }
+    }
+
     /// The whole buffer as a writable tagged list.
     pub fn sgl_mut(&mut self) -> mem::Result<Sgl<'_>> {
         Sgl::from_ref(self.seg_ref_mut()?)

@@ -223,6 +223,14 @@ impl<'p> IoBuf<'p> {
         unsafe { super::view::host_slice(&seg) }
     }
 
+    /// The buffer's bytes, writable: a transport reads a socket straight into them.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let seg = self.seg(true);
+        // SAFETY: the segment is this buffer's own host memory, live and exclusively
+        // borrowed with `self` for the slice's life.
+        unsafe { super::view::host_slice_mut(&seg) }
+    }
+
     pub fn seg_ref_mut(&mut self) -> SegRef<'_> {
         SegRef::from_owner(self.seg(true))
     }

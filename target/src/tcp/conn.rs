@@ -10,6 +10,7 @@ use peerless_core::log::flags;
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
 
+use super::h2c_direct::{DirectH2c, Stop};
 use super::options::TcpOptions;
 use super::outbox::{Flushed, Outbox};
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
@@ -38,20 +39,22 @@ pub enum Phase {
 /// One connection over a socket `S`: a kernel TCP stream, or an in-memory one in tests and
 /// the simulation.
 pub struct Conn<S: Socket = TcpStream> {
-    stream: S,
+    pub(super) stream: S,
     pub(super) phase: Phase,
     pub(super) digests: Digests,
     /// Allocated when the socket first has something to read and given back when the
     /// connection has been idle a while (`release_idle_buffers`): an idle host costs
     /// no receive buffer.
-    recv: Vec<u8>,
+    pub(super) recv: Vec<u8>,
     /// The size `recv` has when allocated: the largest PDU plus read slack.
     recv_bytes: usize,
     /// Complete PDUs left in `recv` when the per-poll budget ran out: poll again even if
     /// the socket has nothing new.
     input_backlog: bool,
-    recv_start: usize,
-    recv_end: usize,
+    pub(super) recv_start: usize,
+    pub(super) recv_end: usize,
+    /// An H2CData PDU whose data goes from the socket straight into its command's buffer.
+    pub(super) direct: Option<DirectH2c>,
     /// PDUs queued for the socket, C2HData payloads in place in their pool buffers.
     pub(super) out: Outbox,
     /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
@@ -95,6 +98,7 @@ impl<S: Socket> Conn<S> {
             input_backlog: false,
             recv_start: 0,
             recv_end: 0,
+            direct: None,
             out: Outbox::default(),
             max_h2c_data,
             data_alignment: 4,
@@ -160,6 +164,23 @@ impl<S: Socket> Conn<S> {
     fn receive(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, pdu_budget: usize) -> bool {
         let mut busy = false;
         self.input_backlog = false;
+        if self.direct_h2c_reading() {
+            match self.read_direct_h2c() {
+                Ok(progress) => busy = progress,
+                Err(Stop::Closed(why)) => {
+                    self.close(&why);
+                    return true;
+                }
+                Err(Stop::Fatal(fatal, offending)) => {
+                    self.terminate(group, fatal, &offending);
+                    return true;
+                }
+            }
+            if self.direct_h2c_reading() {
+                self.input_backlog = self.stream.has_buffered_input();
+                return busy;
+            }
+        }
         if self.recv.is_empty() {
             self.recv = vec![0u8; self.recv_bytes];
         }
@@ -222,6 +243,9 @@ impl<S: Socket> Conn<S> {
 
     /// Handles one complete PDU from the receive buffer; Ok(false) when none is whole yet.
     fn next_pdu(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> Result<bool, (Fatal, Vec<u8>)> {
+        if self.direct.is_some() {
+            return self.finish_direct_h2c(ctx, group);
+        }
         let available = self.recv_end - self.recv_start;
         if available < pdu::COMMON_HEADER_BYTES {
             return Ok(false);
@@ -252,6 +276,9 @@ impl<S: Socket> Conn<S> {
             if !pdu::header_digest_ok(head, hlen) {
                 return Err((Fatal::new(fes::HEADER_DIGEST_ERROR, 0), quote(head)));
             }
+        }
+        if self.start_direct_h2c(header, &layout, start)? {
+            return Ok(true);
         }
         if layout.total > self.recv.len() {
             return Err((Fatal::new(fes::DATA_LIMIT_EXCEEDED, 4), quote(&self.recv[start..self.recv_end])));
@@ -430,7 +457,7 @@ impl<S: Socket> Conn<S> {
 
 /// The NVMe/TCP fatal error a fault of the engine's input maps to (NVMe/TCP 1.0,
 /// Figure 16), with the offending field's byte offset in the PDU header.
-fn fault_to_fatal(fault: Fault) -> Fatal {
+pub(super) fn fault_to_fatal(fault: Fault) -> Fatal {
     match fault {
         Fault::QueueOverrun => Fatal::new(fes::PDU_SEQUENCE_ERROR, 0),
         // H2CData: TTAG at byte 10, CCCID at byte 8, DATAO at byte 12.

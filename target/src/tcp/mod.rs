@@ -3,6 +3,7 @@
 //! mean is the engine's (`nvmf::qpair`).
 
 pub mod conn;
+mod h2c_direct;
 pub mod lifecycle;
 pub mod listener;
 pub mod options;

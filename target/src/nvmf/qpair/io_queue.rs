@@ -69,6 +69,58 @@ impl Qpair {
         Ok(())
     }
 
+    /// Where `len` bytes of host data at `offset` for the command in `slot` go, for a
+    /// transport that reads them from its socket straight into the command's buffer
+    /// (NVMe/TCP H2CData), checked as [`Qpair::data_received`] checks them. The bytes
+    /// count once [`Qpair::data_written`] says so, so the window is the same on every
+    /// call until then. None when the data does not live in one host buffer (several
+    /// pool buffers, P2P memory): the transport hands the bytes to `data_received`.
+    pub fn h2c_window(&mut self, slot: u16, cid: u16, offset: usize, len: usize) -> Result<Option<&mut [u8]>, Fault> {
+        let request = self.awaiting_data(slot, cid, offset, len)?;
+        let transfer = request.transfer.bytes;
+        let [buffer] = request.buffers.as_mut_slice() else { return Ok(None) };
+        Ok(buffer
+            .host_bytes_mut()
+            .and_then(|bytes| bytes.get_mut(..transfer))
+            .and_then(|bytes| bytes.get_mut(offset..offset + len)))
+    }
+
+    /// The transport wrote (and, with data digests, checked) the `len` bytes at `offset`
+    /// of [`Qpair::h2c_window`]'s window: the command goes on once all its data is in.
+    pub fn data_written(
+        &mut self,
+        ctx: &mut ThreadCtx,
+        group: &mut GroupCtx<'_>,
+        slot: u16,
+        cid: u16,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), Fault> {
+        let request = self.awaiting_data(slot, cid, offset, len)?;
+        request.received += len;
+        if request.received == request.transfer.bytes {
+            self.data_complete(ctx, group, usize::from(slot));
+        }
+        Ok(())
+    }
+
+    /// The command in `slot` when it waits for host data and `offset..offset + len` is
+    /// the next part of it.
+    fn awaiting_data(&mut self, slot: u16, cid: u16, offset: usize, len: usize) -> Result<&mut super::Request, Fault> {
+        let request = self
+            .requests
+            .get_mut(usize::from(slot))
+            .filter(|r| r.state == ReqState::AwaitingData)
+            .ok_or(Fault::UnknownTransfer)?;
+        if request.sqe.cid() != cid {
+            return Err(Fault::WrongCommand);
+        }
+        if offset != request.received || offset + len > request.transfer.bytes {
+            return Err(Fault::OutOfRange);
+        }
+        Ok(request)
+    }
+
     /// Where host data for the command in `slot` goes, for a transport that places it
     /// itself (an RDMA READ into the buffers): exactly the transfer's length, writable.
     pub fn fetch_buffers(&mut self, slot: u16) -> Result<Sgl<'_>, Status> {
