@@ -10,7 +10,7 @@ use peerless_core::log::flags;
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
 
-use super::h2c_direct::{DirectH2c, Stop};
+use super::h2c_direct::{DirectH2c, Stop, DIRECT_H2C_MIN_BYTES, H2C_HEADER_READ_BYTES};
 use super::options::TcpOptions;
 use super::outbox::{Flushed, Outbox};
 use super::pdu::{self, fes, pdu_type, CommonHeader, Digests, Fatal, IcReq, IcResp, Receiver};
@@ -55,6 +55,10 @@ pub struct Conn<S: Socket = TcpStream> {
     pub(super) recv_end: usize,
     /// An H2CData PDU whose data goes from the socket straight into its command's buffer.
     pub(super) direct: Option<DirectH2c>,
+    /// H2CData bytes asked for by R2T and not yet received: while some are, a read at a
+    /// PDU boundary takes little, so a large H2CData's data is read into its command's
+    /// buffer rather than slurped into the receive buffer and copied.
+    pub(super) h2c_bytes_awaited: u64,
     /// PDUs queued for the socket, C2HData payloads in place in their pool buffers.
     pub(super) out: Outbox,
     /// The largest H2CData this connection accepts (ICResp MAXH2CDATA).
@@ -99,6 +103,7 @@ impl<S: Socket> Conn<S> {
             recv_start: 0,
             recv_end: 0,
             direct: None,
+            h2c_bytes_awaited: 0,
             out: Outbox::default(),
             max_h2c_data,
             data_alignment: 4,
@@ -198,7 +203,12 @@ impl<S: Socket> Conn<S> {
         let read = if self.recv_end == self.recv.len() {
             Ok(None)
         } else {
-            self.stream.read(&mut self.recv[self.recv_end..]).map(Some)
+            let limit = if self.recv_start == self.recv_end && self.h2c_bytes_awaited >= DIRECT_H2C_MIN_BYTES as u64 {
+                (self.recv_end + H2C_HEADER_READ_BYTES).min(self.recv.len())
+            } else {
+                self.recv.len()
+            };
+            self.stream.read(&mut self.recv[self.recv_end..limit]).map(Some)
         };
         match read {
             Ok(None) => busy = true,
@@ -343,6 +353,7 @@ impl<S: Socket> Conn<S> {
                 self.qpair.on_command(ctx, group, Sqe(sqe), data).map_err(fault_to_fatal)
             }
             pdu_type::H2C_DATA => {
+                self.h2c_bytes_awaited = self.h2c_bytes_awaited.saturating_sub(data.len() as u64);
                 let data_header = pdu::DataHeader::parse(header_bytes);
                 self.qpair
                     .data_received(ctx, group, data_header.ttag, data_header.cccid, data_header.offset as usize, data)

@@ -22,6 +22,10 @@ use crate::nvmf::transport::GroupCtx;
 /// less than the engine round trip per PDU.
 pub(super) const DIRECT_H2C_MIN_BYTES: usize = 8192;
 
+/// What a read at a PDU boundary takes while R2Ts await their data: an H2CData header
+/// and a little of its data, or a few capsules.
+pub(super) const H2C_HEADER_READ_BYTES: usize = 4096;
+
 /// An H2CData header and its digest (NVMe/TCP 1.0, 3.6.2.7: HLEN 24).
 const QUOTED_HEADER_BYTES: usize = 28;
 
@@ -154,6 +158,7 @@ impl<S: Socket> Conn<S> {
             self.recv_start += pdu::DIGEST_BYTES;
         }
         self.direct = None;
+        self.h2c_bytes_awaited = self.h2c_bytes_awaited.saturating_sub(direct.len as u64);
         self.qpair
             .data_written(ctx, group, direct.ttag, direct.cccid, direct.offset, direct.len)
             .map_err(|fault| (fault_to_fatal(fault), quoted()))?;

@@ -127,6 +127,7 @@ impl<S: Socket> Conn<S> {
         let header = pdu::DataHeader { cccid: cid, ttag, offset: 0, length };
         let encoded = pdu::r2t(header, self.digests);
         self.out.push_bytes(encoded.as_slice());
+        self.h2c_bytes_awaited += u64::from(length);
     }
 }
 
