@@ -175,6 +175,20 @@ pub fn count_host_payload_sent_in_place(bytes: usize) {
     payload(MemKind::Host, bytes);
 }
 
+/// Host payload a socket read straight into its pool buffer: placed in Host memory,
+/// copied by the kernel, never by the CPU in user space.
+pub fn count_host_payload_received_in_place(bytes: usize) {
+    payload(MemKind::Host, bytes);
+}
+
+/// A copy between host bytes a caller holds as slices (a transport's receive buffer into
+/// the pool buffer it was lent as bytes), counted as [`super::copy`] counts one.
+pub fn count_host_copy(bytes: usize) {
+    payload(MemKind::Host, bytes);
+    payload(MemKind::Host, bytes);
+    cpu(Path::Direct, bytes);
+}
+
 /// Host bytes processed in place by the CPU.
 pub(crate) fn count_direct(bytes: usize) {
     payload(MemKind::Host, bytes);

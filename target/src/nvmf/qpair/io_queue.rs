@@ -97,6 +97,7 @@ impl Qpair {
         len: usize,
     ) -> Result<(), Fault> {
         let request = self.awaiting_data(slot, cid, offset, len)?;
+        mem::stats::count_host_payload_received_in_place(len);
         request.received += len;
         if request.received == request.transfer.bytes {
             self.data_complete(ctx, group, usize::from(slot));
@@ -467,6 +468,16 @@ fn buffer_kind(buffer: &DataBuf) -> MemKind {
 /// Copies host data into a command's buffers at `offset`, through the gate for device
 /// memory.
 fn write_into(buffers: &mut [DataBuf], len: usize, offset: usize, data: &[u8]) -> Result<(), Status> {
+    // One host buffer (nearly every command): its bytes, without building and checking a
+    // tagged list per command.
+    if let [buffer] = buffers {
+        let end = offset.checked_add(data.len()).filter(|end| *end <= len).ok_or(Status::DATA_TRANSFER_ERROR)?;
+        if let Some(dst) = buffer.host_bytes_mut().and_then(|bytes| bytes.get_mut(offset..end)) {
+            dst.copy_from_slice(data);
+            mem::stats::count_host_copy(data.len());
+            return Ok(());
+        }
+    }
     let src = Sgl::from_host(data).map_err(|_| Status::INTERNAL_ERROR)?;
     let mut whole = buffers_sgl_mut(buffers, len)?;
     let copied = whole.sub_mut(offset, data.len()).and_then(|mut dst| mem::copy(&mut dst, &src));
