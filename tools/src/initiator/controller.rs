@@ -97,6 +97,15 @@ impl Trtype {
             Trtype::Rdma => "RDMA",
         }
     }
+
+    /// Whether this build can connect over it: RDMA needs the `rdma` feature, and the
+    /// error says so.
+    pub fn available(self) -> std::result::Result<(), &'static str> {
+        match self {
+            Trtype::Rdma if !cfg!(feature = "rdma") => Err(NO_RDMA_FEATURE),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What a build without the `rdma` feature answers to trtype RDMA.
@@ -157,9 +166,7 @@ impl Target {
     fn check(&self) -> Result<()> {
         let options = &self.options;
         if options.trtype == Trtype::Rdma {
-            if !cfg!(feature = "rdma") {
-                return Err(Error::Unsupported(NO_RDMA_FEATURE.into()));
-            }
+            options.trtype.available().map_err(|why| Error::Unsupported(why.into()))?;
             if options.tls.is_some() {
                 return Err(Error::Invalid("TLS is an NVMe/TCP feature; trtype RDMA has none".into()));
             }
@@ -606,4 +613,53 @@ fn property_get(queue: &mut QueuePair, offset: u32, eight_bytes: bool) -> Result
     let cmd = SqeBuilder::fabrics(fctype::PROPERTY_GET, 0).byte(40, u8::from(eight_bytes)).u32_at(44, offset);
     let value = queue.command(cmd, Xfer::None, Vec::new())?.result;
     Ok(if eight_bytes { value } else { value & 0xffff_ffff })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdma(options: Options) -> Result<Controller> {
+        let addr = "127.0.0.1:4420".parse().expect("addr");
+        let options = Options { trtype: Trtype::Rdma, connect_timeout: Duration::from_secs(2), ..options };
+        Controller::connect(addr, "nqn.2016-06.io.spdk:cnode1", "nqn.host", &options)
+    }
+
+    #[test]
+    fn trtype_names_parse_in_any_case() {
+        assert_eq!(Trtype::parse("RDMA"), Some(Trtype::Rdma));
+        assert_eq!(Trtype::parse("tcp"), Some(Trtype::Tcp));
+        assert_eq!(Trtype::parse("fc"), None);
+        assert_eq!(Trtype::Tcp.available(), Ok(()));
+    }
+
+    #[test]
+    fn rdma_refuses_what_only_tcp_has() {
+        let digests = Options { digests: Digests { header: true, data: false }, ..Options::default() };
+        let tls = Options {
+            tls: Some(HostTls::new("NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:").expect("key")),
+            ..Options::default()
+        };
+        for options in [digests, tls] {
+            match rdma(options) {
+                Err(Error::Invalid(why)) => assert!(why.contains("NVMe/TCP"), "{why}"),
+                Err(Error::Unsupported(why)) => assert_eq!(why, NO_RDMA_FEATURE),
+                other => panic!("{:?}", other.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn rdma_says_what_is_missing() {
+        let error = rdma(Options::default()).err().expect("no RDMA target on 127.0.0.1");
+        if cfg!(feature = "rdma") {
+            #[cfg(feature = "rdma")]
+            if spdk_sys::rdma::devices().map_or(true, |found| found.is_empty()) {
+                assert!(error.to_string().contains("no RDMA device"), "{error}");
+            }
+        } else {
+            assert_eq!(error, Error::Unsupported(NO_RDMA_FEATURE.into()));
+            assert!(error.to_string().contains("--features peerless-tools/rdma"));
+        }
+    }
 }
