@@ -18,6 +18,7 @@ use super::queue::{Completion, IoQueue, Link, QueuePair, Xfer, MAX_QUEUE_ENTRIES
 use super::tcp_link::TcpLink;
 use super::tls::HostTls;
 use super::transport::{TlsLogin, Transport, MAX_TRANSFER_BYTES};
+pub use super::trtype::{Trtype, NO_RDMA_FEATURE};
 
 /// Entries of the admin queue (Linux's NVME_AQ_DEPTH; the discovery log's ASQSZ).
 pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
@@ -71,46 +72,6 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// pieces): the admin queue's transfer limit on NVMe/RDMA.
 #[cfg(feature = "rdma")]
 const RDMA_ADMIN_TRANSFER_BYTES: usize = 32 * 1024;
-
-/// The fabric under every queue of a controller (SPDK's trtype).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Trtype {
-    #[default]
-    Tcp,
-    /// Needs the `rdma` feature (peerless-tools/rdma); without it connecting says so.
-    Rdma,
-}
-
-impl Trtype {
-    /// "tcp" or "rdma", any case (as SPDK's and fio's transport IDs spell them).
-    pub fn parse(text: &str) -> Option<Trtype> {
-        match text.to_ascii_lowercase().as_str() {
-            "tcp" => Some(Trtype::Tcp),
-            "rdma" => Some(Trtype::Rdma),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Trtype::Tcp => "TCP",
-            Trtype::Rdma => "RDMA",
-        }
-    }
-
-    /// Whether this build can connect over it: RDMA needs the `rdma` feature, and the
-    /// error says so.
-    pub fn available(self) -> std::result::Result<(), &'static str> {
-        match self {
-            Trtype::Rdma if !cfg!(feature = "rdma") => Err(NO_RDMA_FEATURE),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// What a build without the `rdma` feature answers to trtype RDMA.
-pub const NO_RDMA_FEATURE: &str =
-    "NVMe/RDMA: this build has no RDMA transport; rebuild with the `rdma` feature (cargo build --features peerless-tools/rdma)";
 
 /// How to connect.
 #[derive(Clone, Debug)]
@@ -623,14 +584,6 @@ mod tests {
         let addr = "127.0.0.1:4420".parse().expect("addr");
         let options = Options { trtype: Trtype::Rdma, connect_timeout: Duration::from_secs(2), ..options };
         Controller::connect(addr, "nqn.2016-06.io.spdk:cnode1", "nqn.host", &options)
-    }
-
-    #[test]
-    fn trtype_names_parse_in_any_case() {
-        assert_eq!(Trtype::parse("RDMA"), Some(Trtype::Rdma));
-        assert_eq!(Trtype::parse("tcp"), Some(Trtype::Tcp));
-        assert_eq!(Trtype::parse("fc"), None);
-        assert_eq!(Trtype::Tcp.available(), Ok(()));
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod rdma;
 mod tcp_link;
 pub mod tls;
 mod transport;
+mod trtype;
 
 pub use auth::HostAuth;
 pub use controller::{

@@ -4,7 +4,7 @@
 
 use peerless_target::nvme::cmd::{Sqe, SqeBuilder};
 use peerless_target::nvme::{CQE_BYTES, SQE_BYTES};
-use spdk_sys::rdma::nvme::{CmReject, CmRequest};
+use spdk_sys::rdma::nvme::{CmReject, CmRequest, RejectStatus};
 
 use crate::initiator::error::Error;
 use crate::initiator::queue::Xfer;
@@ -130,13 +130,21 @@ pub fn cm_request(qid: u16, entries: u16, cntlid: u16) -> CmRequest {
     CmRequest { qid, hrqsize: entries, hsqsize: entries - 1, cntlid }
 }
 
-/// The error a refused connect becomes: the controller's reason when it sent one.
+/// The error a refused connect becomes: the controller's reason when it sent one. A
+/// reject by the peer's CM itself (no listener on that port) carries zeroed private data,
+/// which reads as RECFMT 0 with status 0, a value Figure 7 does not define.
 pub fn rejected(private_data: &[u8], cm_status: i32) -> Error {
     match CmReject::decode(private_data) {
-        Some(reject) => Error::Unsupported(format!("the target refused the RDMA connection: {}", reject.status)),
-        None => {
-            Error::Unsupported(format!("the target refused the RDMA connection (RDMA CM reject reason {cm_status})"))
+        Some(reject) if reject.status != RejectStatus::Other(0) => {
+            Error::Unsupported(format!("the target refused the RDMA connection: {}", reject.status))
         }
+        _ => Error::Io {
+            op: "RDMA CM connect",
+            kind: std::io::ErrorKind::ConnectionRefused,
+            message: format!(
+                "refused (RDMA CM reject reason {cm_status}): no NVMe/RDMA listener at that address and port?"
+            ),
+        },
     }
 }
 
@@ -145,7 +153,7 @@ mod tests {
     use super::*;
     use peerless_target::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK};
     use peerless_target::nvme::io;
-    use spdk_sys::rdma::nvme::{RejectStatus, REQUEST_LEN};
+    use spdk_sys::rdma::nvme::REQUEST_LEN;
 
     #[test]
     fn keyed_sgl_names_the_command_buffer() {
@@ -223,7 +231,13 @@ mod tests {
         let record = CmReject { status: RejectStatus::InvalidHsqsize }.encode();
         let error = rejected(&record, 28).to_string();
         assert!(error.contains("refused") && error.contains(&RejectStatus::InvalidHsqsize.to_string()), "{error}");
-        let error = rejected(&[], 28).to_string();
-        assert!(error.contains("reject reason 28"), "{error}");
+        // The CM's own reject (no listener): no record, or a zeroed one.
+        for private_data in [&[][..], &[0u8; 32][..]] {
+            let error = rejected(private_data, 28);
+            assert!(matches!(error, Error::Io { kind: std::io::ErrorKind::ConnectionRefused, .. }), "{error:?}");
+            assert!(
+                error.to_string().contains("reject reason 28") && error.to_string().contains("no NVMe/RDMA listener")
+            );
+        }
     }
 }
