@@ -214,9 +214,8 @@ impl QueuePair {
         if xfer != Xfer::None && !(1..=self.max_transfer_bytes).contains(&len) {
             return Err(Error::Invalid(format!("transfer of {len} bytes (limit {})", self.max_transfer_bytes)));
         }
-        let len32 = u32::try_from(len).map_err(|_| Error::Invalid(format!("transfer of {len} bytes")))?;
+        u32::try_from(len).map_err(|_| Error::Invalid(format!("transfer of {len} bytes")))?;
         let Some(cid) = self.free.pop() else { return Err(Error::QueueFull { depth: self.depth() }) };
-        debug_assert!(len32 as usize == len);
         let in_capsule = xfer == Xfer::ToController && len <= self.in_capsule_bytes;
         let QueuePair { link, slots, ready, .. } = self;
         #[cfg(not(feature = "rdma"))]
@@ -335,10 +334,10 @@ impl QueuePair {
 
     /// Sends bytes exactly as given (tests of the target's PDU validation).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
+        let timeout = self.timeout;
         let tcp = self.tcp()?;
         tcp.transport.tx.push(bytes);
-        let timeout = self.timeout;
-        self.tcp()?.transport.flush_all(timeout)
+        tcp.transport.flush_all(timeout)
     }
 
     /// The next PDU as it arrived, unvalidated (tests). Do not mix with outstanding commands.
