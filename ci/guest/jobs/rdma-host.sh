@@ -14,7 +14,9 @@
 #   6. a connect to a port with no RDMA listener fails with a message, not a hang;
 #   7. the fio engine (libpeerless_fio.so, in the shared folder) with trtype=rdma:
 #      random writes verified with crc32c at 4 KiB and 128 KiB, QD32;
-#   8. SIGTERM: the target exits 0 and logs its orderly stop.
+#   8. SIGTERM while peerless-perf runs at QD32 over RDMA: the target exits 0 and logs
+#      its orderly stop, and peerless-perf sees its queues go, ending non-zero with a
+#      reason within 15 s instead of waiting on receives that will never complete.
 source /job/env
 # shellcheck source=ci/guest/jobs/target-lib.sh
 source /job/target-lib.sh
@@ -142,7 +144,23 @@ fio_verify() {
 fio_verify 4k 4k
 fio_verify 128k 128k
 
-step "SIGTERM to peerless-tgt"
+step "SIGTERM to peerless-tgt while peerless-perf runs at QD32 over RDMA"
+"$bin/peerless-perf" -r "$(trid "$addr" 4420 "$nqn")" -q 32 -o 4096 -w randrw -M 50 -t 60 -c 0x2 \
+    >"$out/perf-sigterm.log" 2>&1 &
+perf_pid=$!
+sleep 4
+kill -0 "$perf_pid" 2>/dev/null || { cat "$out/perf-sigterm.log"; fail "peerless-perf ended before the SIGTERM"; }
 stop_target
+for _ in $(seq 150); do kill -0 "$perf_pid" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$perf_pid" 2>/dev/null; then
+    kill -KILL "$perf_pid"
+    fail "peerless-perf still runs 15 s after its target stopped"
+fi
+rc=0
+wait "$perf_pid" || rc=$?
+tail -3 "$out/perf-sigterm.log"
+[ "$rc" -ne 0 ] || fail "peerless-perf exited 0 though its target went away"
+grep -q 'peerless-perf: ' "$out/perf-sigterm.log" || fail "peerless-perf ended without a reason"
+echo "ok: peerless-perf ended (exit $rc) with a reason once the target was gone"
 rdma link delete rxe0
 step "done: Peerless's NVMe/RDMA host against peerless-tgt over soft-RoCE"

@@ -27,6 +27,10 @@ use layout::{cm_request, decode_wr_id, encode_command, recv_wr_id, rejected, sen
 
 /// Work completions taken from the CQ per poll call.
 const POLL_BATCH: usize = 32;
+/// How often a queue with nothing completing looks at its RDMA CM events: a target that
+/// disconnects leaves the posted receives waiting until the event is read (librdmacm
+/// moves the queue pair to the error state then, which flushes them).
+const CM_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 fn rdma_error(op: &'static str) -> impl Fn(rdma::Error) -> Error {
     move |e| Error::Io { op, kind: std::io::ErrorKind::Other, message: e.to_string() }
@@ -50,7 +54,8 @@ pub(crate) struct Params {
 pub(crate) struct RdmaLink {
     // Field order is drop order: the queue pair goes before the memory it names.
     id: CmId,
-    _channel: Arc<EventChannel>,
+    channel: Arc<EventChannel>,
+    next_cm_check: Instant,
     cq: Arc<Cq>,
     control_mr: Mr,
     control: Arc<DmaBuffer>,
@@ -109,7 +114,8 @@ impl RdmaLink {
         id.create_qp(&pd, config).map_err(rdma_error("RDMA queue pair"))?;
         let mut link = RdmaLink {
             id,
-            _channel: channel.clone(),
+            channel: channel.clone(),
+            next_cm_check: Instant::now(),
             cq,
             control_mr,
             control,
@@ -229,6 +235,9 @@ impl RdmaLink {
 
     fn poll_into(&mut self, wcs: &mut [Wc], slots: &mut [Slot], ready: &mut VecDeque<Completion>) -> Result<usize> {
         let polled = self.cq.poll(wcs).map_err(rdma_error("poll RDMA completions"))?;
+        if polled == 0 {
+            self.check_connection()?;
+        }
         for wc in &wcs[..polled] {
             if !wc.is_success() {
                 if wc.is_flush() {
@@ -248,6 +257,22 @@ impl RdmaLink {
             }
         }
         Ok(polled)
+    }
+
+    /// Ends the queue when the RDMA CM says the connection is gone; looks at most every
+    /// CM_CHECK_INTERVAL, so a busy queue pays nothing and an idle one one read.
+    fn check_connection(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if now < self.next_cm_check {
+            return Ok(());
+        }
+        self.next_cm_check = now + CM_CHECK_INTERVAL;
+        while let Some(event) = self.channel.get_event().map_err(rdma_error("RDMA CM event"))? {
+            if event.kind.ends_connection() {
+                return Err(Error::Closed);
+            }
+        }
+        Ok(())
     }
 
     fn response(&mut self, index: u16, wc: &Wc, slots: &mut [Slot], ready: &mut VecDeque<Completion>) -> Result<()> {
