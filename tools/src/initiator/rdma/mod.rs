@@ -75,10 +75,9 @@ impl RdmaLink {
     pub fn connect(p: &Params) -> Result<RdmaLink> {
         let devices = CmDevices::open().map_err(rdma_error("open RDMA devices"))?;
         if devices.is_empty() {
-            return Err(Error::Unsupported(
-                "no RDMA device on this machine (soft-RoCE: modprobe rdma_rxe; rdma link add rxe0 type rxe netdev IFACE)"
-                    .into(),
-            ));
+            let message =
+                "none on this machine (soft-RoCE: modprobe rdma_rxe; rdma link add rxe0 type rxe netdev IFACE)";
+            return Err(Error::Io { op: "RDMA devices", kind: std::io::ErrorKind::NotFound, message: message.into() });
         }
         let channel = EventChannel::new().map_err(rdma_error("RDMA CM event channel"))?;
         let mut id = channel.create_id(u64::from(p.qid)).map_err(rdma_error("RDMA CM id"))?;
