@@ -91,9 +91,13 @@ step "rdma: clippy and tests with --features rdma"
 # errors; the rdma_loopback example (run in a soft-RoCE guest) is built and its --help run.
 # The NVMe/RDMA transport's options and work request ids, and `nvmf_create_transport -t
 # RDMA` against a real peerless-tgt (no device: its listener is refused with the reason).
-cargo clippy --locked -p spdk-sys -p peerless-target -p peerless-tools --all-targets \
-    --features peerless-tools/rdma -- -D warnings
+# The initiator's NVMe/RDMA side: its keyed SGL, private data, layout and refusals, and
+# trtype rdma in perf's transport IDs and the fio engine's filenames.
+cargo clippy --locked -p spdk-sys -p peerless-target -p peerless-tools -p peerless-fio --all-targets \
+    --features peerless-tools/rdma,peerless-fio/rdma -- -D warnings
 cargo test --locked -p spdk-sys --features rdma
+cargo test --locked -p peerless-tools --features rdma --lib
+cargo test --locked -p peerless-fio --features rdma --lib spec::
 cargo test --locked -p peerless-target --features rdma --lib rdma::
 cargo test --locked -p peerless-target --features rdma --test rdma_e2e
 cargo build --locked -p spdk-sys --features rdma --example rdma_loopback
@@ -145,14 +149,19 @@ kernel_612=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9.]+\+deb12-a
 PEERLESS_GUEST_DIR=build/guest-6.12 PEERLESS_GUEST_KERNEL_PKG=$kernel_612 bash ci/guest/build.sh
 PEERLESS_GUEST_DIR=build/guest-6.12 bash ci/guest/auth.sh
 
-step "linux nvme-rdma host against peerless-tgt over soft-RoCE"
+step "NVMe/RDMA over soft-RoCE: Linux's nvme-rdma host, then Peerless's own"
 # Last, since it rebuilds the release binaries with the rdma feature: peerless-tgt's
 # NVMe/RDMA transport in the guest (rxe0), Linux's nvme-rdma host discovering, connecting,
 # writing and reading back with dd and fio verify at QD1 and QD32, disconnecting; the
 # pools full again; a second run with no_srq, stopped by SIGTERM under load
-# (ci/guest/README.md). About a minute with the build.
+# (ci/guest/README.md). Then Peerless's own NVMe/RDMA host against it: peerless-perf
+# identify (with and without discovery), --verify at 4 KiB and 128 KiB, QD1 and QD32,
+# a refused connect, and the fio engine (rebuilt with trtype=rdma) with verify=crc32c.
+# About two minutes with the builds.
 cargo build --release --locked -p peerless-target -p peerless-tools --features peerless-tools/rdma \
     --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma.sh
+bash tools/fio/build.sh --features rdma
+PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma-host.sh
 
 step "done"

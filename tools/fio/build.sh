@@ -4,7 +4,8 @@
 #   2. fetches fio's own sources, the same version as the installed fio, with
 #      `apt-get source` through a private sources list (no system file changes);
 #   3. configures that tree once, for config-host.h (cached);
-#   4. FIO_SRC=<tree> cargo build --release -p peerless-fio.
+#   4. FIO_SRC=<tree> cargo build --release -p peerless-fio, with this script's arguments
+#      (e.g. `--features rdma` for trtype=rdma filenames).
 # A second run does only step 4, which cargo makes quick.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -60,7 +61,7 @@ fi
 
 # 4. The plugin.
 export FIO_SRC="$tree"
-cargo build --release --locked -p peerless-fio
+cargo build --release --locked -p peerless-fio "$@"
 target_dir="${CARGO_TARGET_DIR:-$repo/build}"
 so="$target_dir/release/libpeerless_fio.so"
 [ -f "$so" ] || { echo "build.sh: $so was not produced" >&2; exit 1; }

@@ -1,17 +1,19 @@
 //! The engines' text inputs: SPDK's transport ID filename
-//! (`trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid=4420 ns=1 [subnqn=...]`; spaces
+//! (`trtype=tcp adrfam=IPv4 traddr=127.0.0.1 trsvcid=4420 ns=1 [subnqn=...]`, or
+//! `trtype=rdma` in a build with the `rdma` feature; spaces
 //! between pairs because fio splits filenames on ':') and the `digest_enable` option.
 
 use std::net::{IpAddr, SocketAddr};
 
-use peerless_tools::initiator::Digests;
+use peerless_tools::initiator::{Digests, Trtype};
 
-/// NVMe/TCP's well-known port (NVMe/TCP 1.0, 3.2).
+/// NVMe-oF's well-known port, TCP and RDMA alike (NVMe/TCP 1.0, 3.2).
 pub const DEFAULT_TRSVCID: u16 = 4420;
 
 /// Where one fio file lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NvmfFile {
+    pub trtype: Trtype,
     pub addr: SocketAddr,
     /// None: discover and use the first NVMe subsystem.
     pub subnqn: Option<String>,
@@ -43,11 +45,11 @@ pub fn parse_nvmf_filename(text: &str) -> Result<NvmfFile, String> {
             return Err(format!("'{key}' given twice in filename '{text}'"));
         }
     }
-    match trtype {
-        Some(kind) if kind.eq_ignore_ascii_case("tcp") => {}
-        Some(kind) => return Err(format!("trtype={kind}: only tcp is supported")),
+    let trtype = match trtype {
+        Some(kind) => Trtype::parse(kind).ok_or_else(|| format!("trtype={kind}: tcp or rdma"))?,
         None => return Err(format!("no trtype in filename '{text}'")),
-    }
+    };
+    trtype.available()?;
     let traddr = traddr.ok_or_else(|| format!("no traddr in filename '{text}'"))?;
     let ip: IpAddr = traddr.parse().map_err(|_| format!("traddr={traddr} is not an IP address"))?;
     match adrfam.map(str::to_ascii_lowercase).as_deref() {
@@ -68,7 +70,7 @@ pub fn parse_nvmf_filename(text: &str) -> Result<NvmfFile, String> {
             _ => return Err(format!("ns={ns} is not a namespace ID")),
         },
     };
-    Ok(NvmfFile { addr: SocketAddr::new(ip, port), subnqn: subnqn.map(str::to_string), nsid })
+    Ok(NvmfFile { trtype, addr: SocketAddr::new(ip, port), subnqn: subnqn.map(str::to_string), nsid })
 }
 
 /// `digest_enable`: NONE, HEADER, DATA or BOTH (SPDK's fio plugin), any case.
@@ -91,7 +93,12 @@ mod tests {
         let got = parse_nvmf_filename(text);
         match expected {
             Ok((addr, subnqn, nsid)) => {
-                let want = NvmfFile { addr: addr.parse().unwrap(), subnqn: subnqn.map(str::to_string), nsid };
+                let want = NvmfFile {
+                    trtype: Trtype::Tcp,
+                    addr: addr.parse().unwrap(),
+                    subnqn: subnqn.map(str::to_string),
+                    nsid,
+                };
                 assert_eq!(got, Ok(want), "{text}");
             }
             Err(fragment) => {
@@ -116,7 +123,7 @@ mod tests {
     #[test]
     fn bad_filenames_say_what_is_wrong() {
         check("traddr=127.0.0.1", Err("no trtype"));
-        check("trtype=rdma traddr=127.0.0.1", Err("only tcp"));
+        check("trtype=fc traddr=127.0.0.1", Err("tcp or rdma"));
         check("trtype=tcp", Err("no traddr"));
         check("trtype=tcp traddr=host.example", Err("not an IP address"));
         check("trtype=tcp traddr=127.0.0.1 adrfam=IPv6", Err("does not match"));
@@ -127,6 +134,18 @@ mod tests {
         check("trtype=tcp traddr=127.0.0.1 traddr=127.0.0.2", Err("given twice"));
         check("trtype=tcp traddr", Err("not key=value"));
         check("trtype=tcp traddr=", Err("has no value"));
+    }
+
+    #[test]
+    fn rdma_filenames_need_the_feature() {
+        let parsed = parse_nvmf_filename("trtype=RDMA adrfam=IPv4 traddr=10.0.2.15 trsvcid=4420 ns=1");
+        if Trtype::Rdma.available().is_ok() {
+            let file = parsed.expect("rdma");
+            assert_eq!((file.trtype, file.addr, file.nsid), (Trtype::Rdma, "10.0.2.15:4420".parse().unwrap(), Some(1)));
+        } else {
+            let error = parsed.expect_err("a build without rdma");
+            assert!(error.contains("peerless-tools/rdma"), "{error}");
+        }
     }
 
     #[test]

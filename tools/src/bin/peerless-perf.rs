@@ -1,8 +1,10 @@
-//! peerless-perf: NVMe/TCP benchmark and identify tool with spdk_nvme_perf's flags.
+//! peerless-perf: NVMe-oF (TCP; RDMA with the `rdma` feature) benchmark and identify tool
+//! with spdk_nvme_perf's flags.
 //!
 //! ```text
 //! peerless-perf -r 'trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420' -q 128 -o 4096 -w randread -t 10
 //! peerless-perf identify -r 'trtype:tcp traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1'
+//! peerless-perf -r 'trtype:rdma traddr:10.0.2.15 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1' -q 32 -o 4096 -w randrw -M 50 -t 5 --verify
 //! ```
 #![forbid(unsafe_code)]
 
@@ -20,7 +22,7 @@ use peerless_tools::perf::{self, identify, parse_core_mask, PerfConfig, Transpor
 const DEFAULT_HOSTNQN: &str = "nqn.2014-08.io.peerless:perf";
 
 #[derive(Parser)]
-#[command(name = "peerless-perf", about = "NVMe/TCP benchmark (spdk_nvme_perf's flags) and identify")]
+#[command(name = "peerless-perf", about = "NVMe-oF benchmark over TCP or RDMA (spdk_nvme_perf's flags) and identify")]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -37,7 +39,8 @@ enum Command {
 
 #[derive(Args)]
 struct IdentifyArgs {
-    /// Transport ID: 'trtype:tcp adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'.
+    /// Transport ID: 'trtype:tcp|rdma adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'
+    /// (rdma needs a build with the `rdma` feature).
     #[arg(short = 'r', long = "transport")]
     trid: String,
     #[arg(long)]
@@ -54,7 +57,8 @@ struct IdentifyArgs {
 
 #[derive(Args)]
 struct PerfArgs {
-    /// Transport ID: 'trtype:tcp adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'.
+    /// Transport ID: 'trtype:tcp|rdma adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'
+    /// (rdma needs a build with the `rdma` feature).
     #[arg(short = 'r', long = "transport")]
     trid: Option<String>,
     /// I/O depth per namespace per core.
@@ -201,6 +205,7 @@ fn run_identify(args: IdentifyArgs) -> Result<(), String> {
     let addr = trid.socket_addr()?;
     let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
     let options = Options {
+        trtype: trid.trtype,
         digests: Digests { header: args.header_digest, data: args.data_digest },
         auth: args.auth.host_auth()?,
         tls: args.auth.host_tls()?,

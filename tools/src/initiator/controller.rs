@@ -14,9 +14,11 @@ use peerless_target::tcp::pdu::Digests;
 use super::auth::HostAuth;
 use super::error::{Error, Result};
 use super::info::{Capabilities, ControllerInfo, NamespaceInfo};
-use super::queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+use super::queue::{Completion, IoQueue, Link, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+use super::tcp_link::TcpLink;
 use super::tls::HostTls;
 use super::transport::{TlsLogin, Transport, MAX_TRANSFER_BYTES};
+pub use super::trtype::{Trtype, NO_RDMA_FEATURE};
 
 /// Entries of the admin queue (Linux's NVME_AQ_DEPTH; the discovery log's ASQSZ).
 pub const ADMIN_QUEUE_ENTRIES: u16 = 32;
@@ -66,9 +68,16 @@ const CSTS_SHST_COMPLETE: u64 = 0x2 << 2;
 /// Waiting for shutdown when the controller gives no RTD3E hint (Linux's default too).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Data per command an RDMA admin queue's registered buffers hold (Identify, log pages in
+/// pieces): the admin queue's transfer limit on NVMe/RDMA.
+#[cfg(feature = "rdma")]
+const RDMA_ADMIN_TRANSFER_BYTES: usize = 32 * 1024;
+
 /// How to connect.
 #[derive(Clone, Debug)]
 pub struct Options {
+    /// TCP (the default) or RDMA.
+    pub trtype: Trtype,
     pub digests: Digests,
     /// Keep Alive Timeout asked for at Connect; 0 turns keep-alive off.
     pub kato_ms: u32,
@@ -86,6 +95,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
+            trtype: Trtype::Tcp,
             digests: Digests::default(),
             kato_ms: 10_000,
             connect_timeout: Duration::from_secs(5),
@@ -112,6 +122,70 @@ impl Target {
         let key = self.options.tls.as_ref()?;
         Some(TlsLogin { key, hostnqn: &self.hostnqn, subnqn: &self.subnqn })
     }
+
+    /// Refuses what the transport cannot do before anything is connected.
+    fn check(&self) -> Result<()> {
+        let options = &self.options;
+        if options.trtype == Trtype::Rdma {
+            options.trtype.available().map_err(|why| Error::Invalid(why.into()))?;
+            if options.tls.is_some() {
+                return Err(Error::Invalid("TLS is an NVMe/TCP feature; trtype RDMA has none".into()));
+            }
+            if options.digests != Digests::default() {
+                return Err(Error::Invalid(
+                    "header and data digests are NVMe/TCP PDU features; trtype RDMA has none".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects queue `qid` through `addr`: its transport's connection (the RDMA CM
+    /// request names the queue and the controller), ready for the Fabrics Connect.
+    /// `in_capsule_bytes` is what the queue may send in capsules until the controller's
+    /// limits are known; an RDMA admin queue sends none (its data always moves by keyed
+    /// SGL, as Linux's and SPDK's hosts do).
+    #[cfg_attr(not(feature = "rdma"), allow(unused_variables))]
+    fn open_queue(
+        &self,
+        addr: SocketAddr,
+        qid: u16,
+        entries: u16,
+        cntlid: u16,
+        in_capsule_bytes: usize,
+        max_transfer_bytes: usize,
+    ) -> Result<QueuePair> {
+        self.check()?;
+        let options = &self.options;
+        let link = match options.trtype {
+            Trtype::Tcp => Link::Tcp(TcpLink::new(Transport::connect(
+                addr,
+                options.digests,
+                options.connect_timeout,
+                self.tls_login(),
+            )?)),
+            #[cfg(feature = "rdma")]
+            Trtype::Rdma => {
+                let in_capsule_bytes = if qid == 0 { 0 } else { in_capsule_bytes };
+                let max_transfer_bytes = if qid == 0 { RDMA_ADMIN_TRANSFER_BYTES } else { max_transfer_bytes };
+                let params = super::rdma::Params {
+                    addr,
+                    qid,
+                    entries,
+                    cntlid,
+                    in_capsule_bytes,
+                    max_transfer_bytes,
+                    timeout: options.connect_timeout,
+                };
+                Link::Rdma(Box::new(super::rdma::RdmaLink::connect(&params)?))
+            }
+            #[cfg(not(feature = "rdma"))]
+            Trtype::Rdma => return Err(Error::Invalid(NO_RDMA_FEATURE.into())),
+        };
+        let mut queue = QueuePair::new(link, qid, entries, in_capsule_bytes, options.command_timeout);
+        queue.set_limits(in_capsule_bytes, MAX_TRANSFER_BYTES);
+        Ok(queue)
+    }
 }
 
 pub struct Controller {
@@ -137,9 +211,14 @@ impl Controller {
             return Err(Error::Invalid(format!("{} admin queue entries", options.admin_entries)));
         }
         let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-        let transport = Transport::connect(addr, options.digests, options.connect_timeout, target.tls_login())?;
-        let mut admin =
-            QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
+        let mut admin = target.open_queue(
+            addr,
+            0,
+            options.admin_entries,
+            DYNAMIC_CNTLID,
+            ADMIN_IN_CAPSULE_BYTES,
+            MAX_TRANSFER_BYTES,
+        )?;
         let cntlid = connect_and_authenticate(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
         let cap = Capabilities(property_get(&mut admin, property::CAP, true)?);
         let vs = property_get(&mut admin, property::VS, false)? as u32;
@@ -202,6 +281,10 @@ impl Controller {
 
     pub fn addr(&self) -> SocketAddr {
         self.target.addr
+    }
+
+    pub fn trtype(&self) -> Trtype {
+        self.target.options.trtype
     }
 
     /// The admin queue, for commands the helpers do not cover (tests, AER).
@@ -275,7 +358,8 @@ impl Controller {
         if len == 0 || !len.is_multiple_of(4) || !offset.is_multiple_of(4) {
             return Err(Error::Invalid(format!("log page read of {len} bytes at {offset}: dword multiples only")));
         }
-        let chunk_max = self.max_transfer_bytes();
+        // The admin queue's own limit may be lower (an RDMA queue's registered buffers).
+        let chunk_max = self.max_transfer_bytes().min(self.admin.max_transfer_bytes());
         let mut page = Vec::with_capacity(len);
         while page.len() < len {
             let chunk = (len - page.len()).min(chunk_max);
@@ -375,9 +459,7 @@ impl Controller {
         if !(MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&entries) {
             return Err(Error::Invalid(format!("{entries} queue entries (at most {MAX_QUEUE_ENTRIES})")));
         }
-        let options = &self.target.options;
-        let transport = Transport::connect(addr, options.digests, options.connect_timeout, self.target.tls_login())?;
-        let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
+        let mut queue = self.open_io_queue(addr, qid, entries)?;
         // The I/O queue's KATO field is reserved; the admin queue's timer covers the association.
         let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
         // The queue's in-capsule limit holds from Connect on: authentication messages obey it.
@@ -421,13 +503,20 @@ impl Controller {
     /// Connects I/O queue `qid` and stops after Connect: returns the queue and whether the
     /// controller asked for authentication. For tests of a host that skips it.
     pub fn connect_io_queue_unauthenticated(&mut self, qid: u16, entries: u16) -> Result<(QueuePair, bool)> {
-        let options = &self.target.options;
-        let transport =
-            Transport::connect(self.target.addr, options.digests, options.connect_timeout, self.target.tls_login())?;
-        let mut queue = QueuePair::new(transport, qid, entries, CONNECT_DATA_BYTES, options.command_timeout);
+        let mut queue = self.open_io_queue(self.target.addr, qid, entries)?;
         let result = fabrics_connect(&mut queue, &self.target, qid, self.cntlid, 0)?;
         queue.set_limits(self.info.in_capsule_data_bytes(), self.max_transfer_bytes());
         Ok((queue, result & CONNECT_AUTHREQ_ATR != 0))
+    }
+
+    /// An I/O queue's connection: Connect data travels in the capsule over TCP; over
+    /// RDMA in the capsule only when IOCCSZ leaves room, else by keyed SGL.
+    fn open_io_queue(&self, addr: SocketAddr, qid: u16, entries: u16) -> Result<QueuePair> {
+        let in_capsule = match self.target.options.trtype {
+            Trtype::Tcp => CONNECT_DATA_BYTES,
+            Trtype::Rdma => self.info.in_capsule_data_bytes(),
+        };
+        self.target.open_queue(addr, qid, entries, self.cntlid, in_capsule, self.max_transfer_bytes())
     }
 
     /// Authenticates the admin queue again (NVMe Base 2.0, 8.13: a host may at any time).
@@ -449,9 +538,14 @@ pub fn connect_admin_queue(
     options: &Options,
 ) -> Result<(QueuePair, u16, bool)> {
     let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-    let transport = Transport::connect(addr, options.digests, options.connect_timeout, target.tls_login())?;
-    let mut admin =
-        QueuePair::new(transport, 0, options.admin_entries, ADMIN_IN_CAPSULE_BYTES, options.command_timeout);
+    let mut admin = target.open_queue(
+        addr,
+        0,
+        options.admin_entries,
+        DYNAMIC_CNTLID,
+        ADMIN_IN_CAPSULE_BYTES,
+        MAX_TRANSFER_BYTES,
+    )?;
     let result = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
     Ok((admin, result as u16, result & CONNECT_AUTHREQ_ATR != 0))
 }
@@ -480,4 +574,44 @@ fn property_get(queue: &mut QueuePair, offset: u32, eight_bytes: bool) -> Result
     let cmd = SqeBuilder::fabrics(fctype::PROPERTY_GET, 0).byte(40, u8::from(eight_bytes)).u32_at(44, offset);
     let value = queue.command(cmd, Xfer::None, Vec::new())?.result;
     Ok(if eight_bytes { value } else { value & 0xffff_ffff })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rdma(options: Options) -> Result<Controller> {
+        let addr = "127.0.0.1:4420".parse().expect("addr");
+        let options = Options { trtype: Trtype::Rdma, connect_timeout: Duration::from_secs(2), ..options };
+        Controller::connect(addr, "nqn.2016-06.io.spdk:cnode1", "nqn.host", &options)
+    }
+
+    #[test]
+    fn rdma_refuses_what_only_tcp_has() {
+        let digests = Options { digests: Digests { header: true, data: false }, ..Options::default() };
+        let tls = Options {
+            tls: Some(HostTls::new("NVMeTLSkey-1:01:VRLbtnN9AQb2WXW3c9+wEf/DRLz0QuLdbYvEhwtdWwNf9LrZ:").expect("key")),
+            ..Options::default()
+        };
+        for options in [digests, tls] {
+            match rdma(options) {
+                Err(Error::Invalid(why)) => assert!(why.contains("NVMe/TCP") || why == NO_RDMA_FEATURE, "{why}"),
+                other => panic!("{:?}", other.err()),
+            }
+        }
+    }
+
+    #[test]
+    fn rdma_says_what_is_missing() {
+        let error = rdma(Options::default()).err().expect("no RDMA target on 127.0.0.1");
+        if cfg!(feature = "rdma") {
+            #[cfg(feature = "rdma")]
+            if spdk_sys::rdma::devices().map_or(true, |found| found.is_empty()) {
+                assert!(error.to_string().contains("RDMA devices: none on this machine"), "{error}");
+            }
+        } else {
+            assert_eq!(error, Error::Invalid(NO_RDMA_FEATURE.into()));
+            assert!(error.to_string().contains("--features peerless-tools/rdma"));
+        }
+    }
 }

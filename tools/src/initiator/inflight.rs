@@ -213,19 +213,31 @@ impl Handler<'_> {
     }
 
     fn complete(&mut self, cid: u16, status: Status, dnr: bool, result: u64) {
-        let slot = &mut self.slots[usize::from(cid)];
-        debug_assert!(slot.busy);
-        slot.busy = false;
-        self.ready.push_back(Completion {
-            cid,
-            opcode: slot.opcode,
-            status,
-            dnr,
-            result,
-            buf: std::mem::take(&mut slot.buf),
-            data_digest_error: slot.digest_error,
-        });
+        complete_slot(self.slots, self.ready, cid, status, dnr, result);
     }
+}
+
+/// Frees busy slot `cid` into a completion, its buffer handed back to the caller.
+pub(crate) fn complete_slot(
+    slots: &mut [Slot],
+    ready: &mut VecDeque<Completion>,
+    cid: u16,
+    status: Status,
+    dnr: bool,
+    result: u64,
+) {
+    let slot = &mut slots[usize::from(cid)];
+    debug_assert!(slot.busy);
+    slot.busy = false;
+    ready.push_back(Completion {
+        cid,
+        opcode: slot.opcode,
+        status,
+        dnr,
+        result,
+        buf: std::mem::take(&mut slot.buf),
+        data_digest_error: slot.digest_error,
+    });
 }
 
 /// Queues a PDU header, its data and (when negotiated) the data digest.

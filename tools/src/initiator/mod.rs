@@ -1,5 +1,6 @@
-//! The NVMe/TCP host side: an initiator library. A `Controller` owns the admin queue;
-//! each `IoQueue` is a queue pair on its own TCP connection, driven without blocking by
+//! The NVMe-oF host side over TCP and (with the `rdma` feature) RDMA: an initiator
+//! library. A `Controller` owns the admin queue; each `IoQueue` is a queue pair on its
+//! own connection (`Options::trtype`), driven without blocking by
 //! `submit_*`/`poll`, or with blocking helpers.
 //!
 //! ```no_run
@@ -19,15 +20,23 @@ mod error;
 mod inflight;
 mod info;
 mod queue;
+#[cfg(feature = "rdma")]
+mod rdma;
+mod tcp_link;
 pub mod tls;
 mod transport;
+mod trtype;
 
 pub use auth::HostAuth;
-pub use controller::{connect_admin_queue, feature, property, Controller, Options, ADMIN_QUEUE_ENTRIES, MAX_NQN_BYTES};
+pub use controller::{
+    connect_admin_queue, feature, property, Controller, Options, Trtype, ADMIN_QUEUE_ENTRIES, MAX_NQN_BYTES,
+    NO_RDMA_FEATURE,
+};
 pub use discovery::{discover, subtype, DiscoveryEntry, DiscoveryLog, DISCOVERY_NQN, MAX_DISCOVERY_ENTRIES};
 pub use error::{Error, Result};
 pub use info::{hex, uuid_string, Capabilities, ControllerInfo, NamespaceInfo};
 pub use peerless_target::tcp::pdu::Digests;
-pub use queue::{Completion, IoQueue, QueuePair, Xfer, DIRECT_MIN_BYTES, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+pub use queue::{Completion, IoQueue, QueuePair, Xfer, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES};
+pub use tcp_link::DIRECT_MIN_BYTES;
 pub use tls::HostTls;
 pub use transport::{Negotiated, RawPdu, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};

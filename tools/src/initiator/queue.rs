@@ -4,29 +4,23 @@
 //! completion, so the hot path allocates nothing.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read};
 use std::time::{Duration, Instant};
 
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::{fctype, io, Status};
-use peerless_target::tcp::pdu::{self, pdu_type, DIGEST_BYTES};
 
 use super::error::{Error, Result};
-use super::inflight::{push_with_data, Direct, Fault, Handler, Slot};
-use super::transport::{Negotiated, RawPdu, Transport, TxBuf, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
+use super::inflight::Slot;
+#[cfg(feature = "rdma")]
+use super::rdma::RdmaLink;
+use super::tcp_link::TcpLink;
+use super::transport::{Negotiated, RawPdu, MAX_TRANSFER_BYTES, TX_FLUSH_BYTES};
 
 /// Most entries a queue may have (NVMe: SQSIZE is a 0's based u16; we bound it lower
 /// because every entry owns a slot).
 pub const MAX_QUEUE_ENTRIES: u16 = 4096;
 /// Fewest entries: a queue of one entry can hold no command (full = entries - 1).
 pub const MIN_QUEUE_ENTRIES: u16 = 2;
-/// PDUs handled per receive round at most, bounding the time one queue holds its thread.
-const MAX_PDUS_PER_POLL: usize = 1024;
-/// Socket reads per `poll` at most.
-const RECEIVE_ROUNDS: usize = 4;
-/// C2HData at least this large, not yet fully received, is read from the socket straight
-/// into its command's buffer instead of through the receive buffer (one copy fewer).
-pub const DIRECT_MIN_BYTES: usize = 16 * 1024;
 
 /// Which way a command's data moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,13 +64,21 @@ impl Completion {
     }
 }
 
+/// The connection under a queue pair. An enum, not a trait object: the TCP hot path
+/// stays statically dispatched, and the RDMA variant exists only with the `rdma` feature.
+pub(crate) enum Link {
+    Tcp(TcpLink),
+    #[cfg(feature = "rdma")]
+    Rdma(Box<RdmaLink>),
+}
+
 /// One queue pair on its own connection, driven by one thread through `&mut self`.
 ///
 /// CIDs are slot indices. A CID is handed out again only after its completion left the
 /// queue through `poll` or `wait`, but a caller that resubmits while walking a batch of
 /// completions may get a CID of that same batch: map the whole batch first.
 pub struct QueuePair {
-    transport: Transport,
+    link: Link,
     qid: u16,
     entries: u16,
     slots: Vec<Slot>,
@@ -87,10 +89,6 @@ pub struct QueuePair {
     timeout: Duration,
     /// A blocking helper's reusable data buffer.
     spare: Vec<u8>,
-    /// A large C2HData PDU being read straight into its buffer.
-    direct: Option<Direct>,
-    /// How many C2HData PDUs took that path.
-    direct_pdus: u64,
     failed: Option<Error>,
 }
 
@@ -98,18 +96,12 @@ pub struct QueuePair {
 pub type IoQueue = QueuePair;
 
 impl QueuePair {
-    pub(crate) fn new(
-        transport: Transport,
-        qid: u16,
-        entries: u16,
-        in_capsule_bytes: usize,
-        timeout: Duration,
-    ) -> Self {
+    pub(crate) fn new(link: Link, qid: u16, entries: u16, in_capsule_bytes: usize, timeout: Duration) -> Self {
         assert!((MIN_QUEUE_ENTRIES..=MAX_QUEUE_ENTRIES).contains(&entries), "entries {entries}");
         // A full queue holds entries - 1 commands (NVMe Base 2.0, 3.3.1.5); CIDs are slot indices.
         let depth = entries - 1;
         QueuePair {
-            transport,
+            link,
             qid,
             entries,
             slots: (0..depth).map(|_| Slot::default()).collect(),
@@ -119,8 +111,6 @@ impl QueuePair {
             max_transfer_bytes: MAX_TRANSFER_BYTES,
             timeout,
             spare: Vec::new(),
-            direct: None,
-            direct_pdus: 0,
             failed: None,
         }
     }
@@ -148,8 +138,23 @@ impl QueuePair {
         self.free.len()
     }
 
+    /// What the ICResp granted; NVMe/RDMA has no such handshake (no digests, and data
+    /// moves by RDMA READ and WRITE, so MAXH2CDATA 0).
     pub fn negotiated(&self) -> Negotiated {
-        self.transport.negotiated
+        match &self.link {
+            Link::Tcp(tcp) => tcp.transport.negotiated,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => Negotiated { digests: Default::default(), maxh2cdata: 0 },
+        }
+    }
+
+    /// "tcp" or "rdma": the transport this queue runs on.
+    pub fn trtype(&self) -> &'static str {
+        match &self.link {
+            Link::Tcp(_) => "tcp",
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => "rdma",
+        }
     }
 
     pub fn in_capsule_bytes(&self) -> usize {
@@ -162,7 +167,11 @@ impl QueuePair {
 
     /// C2HData PDUs whose data was read from the socket straight into the command's buffer.
     pub fn direct_c2h_pdus(&self) -> u64 {
-        self.direct_pdus
+        match &self.link {
+            Link::Tcp(tcp) => tcp.direct_pdus,
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => 0,
+        }
     }
 
     /// The error that ended this queue, if one did.
@@ -170,7 +179,16 @@ impl QueuePair {
         self.failed.as_ref()
     }
 
+    /// The controller's limits once known; an RDMA queue keeps within the registered
+    /// buffers it was built with.
     pub(crate) fn set_limits(&mut self, in_capsule_bytes: usize, max_transfer_bytes: usize) {
+        let (in_capsule_bytes, max_transfer_bytes) = match &self.link {
+            Link::Tcp(_) => (in_capsule_bytes, max_transfer_bytes),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(rdma) => {
+                (in_capsule_bytes.min(rdma.in_capsule_bytes()), max_transfer_bytes.min(rdma.chunk_bytes()))
+            }
+        };
         self.in_capsule_bytes = in_capsule_bytes;
         self.max_transfer_bytes = max_transfer_bytes.clamp(1, MAX_TRANSFER_BYTES);
     }
@@ -196,25 +214,32 @@ impl QueuePair {
         if xfer != Xfer::None && !(1..=self.max_transfer_bytes).contains(&len) {
             return Err(Error::Invalid(format!("transfer of {len} bytes (limit {})", self.max_transfer_bytes)));
         }
-        let len32 = u32::try_from(len).map_err(|_| Error::Invalid(format!("transfer of {len} bytes")))?;
+        u32::try_from(len).map_err(|_| Error::Invalid(format!("transfer of {len} bytes")))?;
         let Some(cid) = self.free.pop() else { return Err(Error::QueueFull { depth: self.depth() }) };
         let in_capsule = xfer == Xfer::ToController && len <= self.in_capsule_bytes;
-        let sqe = match xfer {
-            _ if in_capsule => cmd.in_capsule(len32),
-            Xfer::None => cmd.transport_data(0),
-            _ => cmd.transport_data(len32),
-        }
-        .u16_at(2, cid)
-        .build();
-        let digests = self.transport.negotiated.digests;
-        let data = if in_capsule { &buf[..] } else { &[][..] };
-        push_with_data(&mut self.transport.tx, pdu::capsule_cmd(&sqe.0, data.len(), digests).as_slice(), data, digests);
-        let slot = &mut self.slots[usize::from(cid)];
+        let QueuePair { link, slots, ready, .. } = self;
+        #[cfg(not(feature = "rdma"))]
+        let _ = ready;
+        let opcode = match link {
+            Link::Tcp(tcp) => tcp.submit(cmd, xfer, cid, &buf, in_capsule).opcode(),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(rdma) => match rdma.submit(cmd, xfer, cid, &buf, in_capsule, slots, ready) {
+                Ok(sqe) => sqe.opcode(),
+                Err(error) => {
+                    self.free.push(cid);
+                    return self.fail_on(Err(error));
+                }
+            },
+        };
+        let slot = &mut slots[usize::from(cid)];
         debug_assert!(!slot.busy, "cid {cid} was on the free list while busy");
-        *slot =
-            Slot { busy: true, opcode: sqe.opcode(), xfer: Some(xfer), in_capsule, buf, moved: 0, digest_error: false };
-        if self.transport.tx.len() >= TX_FLUSH_BYTES {
-            self.flush()?;
+        *slot = Slot { busy: true, opcode, xfer: Some(xfer), in_capsule, buf, moved: 0, digest_error: false };
+        #[allow(irrefutable_let_patterns)]
+        if let Link::Tcp(tcp) = &mut self.link {
+            if tcp.transport.tx.len() >= TX_FLUSH_BYTES {
+                let result = tcp.flush();
+                self.fail_on(result)?;
+            }
         }
         Ok(cid)
     }
@@ -294,21 +319,40 @@ impl QueuePair {
                 let ms = self.timeout.as_millis() as u64;
                 return Err(Error::Timeout { what: "a command completion", ms });
             }
-            // Wait for the controller, or for room to send what is still queued.
-            self.transport.wait_ready(deadline, !self.transport.tx.is_empty())?;
+            match &self.link {
+                // Wait for the controller, or for room to send what is still queued.
+                Link::Tcp(tcp) => {
+                    tcp.transport.wait_ready(deadline, !tcp.transport.tx.is_empty())?;
+                }
+                // Completions arrive in memory, with no descriptor to sleep on: spin, but
+                // let the other threads of a small machine run.
+                #[cfg(feature = "rdma")]
+                Link::Rdma(_) => std::thread::yield_now(),
+            }
         }
     }
 
     /// Sends bytes exactly as given (tests of the target's PDU validation).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<()> {
-        self.transport.tx.push(bytes);
-        self.transport.flush_all(self.timeout)
+        let timeout = self.timeout;
+        let tcp = self.tcp()?;
+        tcp.transport.tx.push(bytes);
+        tcp.transport.flush_all(timeout)
     }
 
     /// The next PDU as it arrived, unvalidated (tests). Do not mix with outstanding commands.
     pub fn recv_pdu(&mut self, timeout: Duration) -> Result<RawPdu> {
-        self.transport.flush_all(timeout)?;
-        self.transport.recv_raw(timeout)
+        let tcp = self.tcp()?;
+        tcp.transport.flush_all(timeout)?;
+        tcp.transport.recv_raw(timeout)
+    }
+
+    fn tcp(&mut self) -> Result<&mut TcpLink> {
+        match &mut self.link {
+            Link::Tcp(tcp) => Ok(tcp),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(_) => Err(Error::Unsupported("raw PDUs on an NVMe/RDMA queue (they are NVMe/TCP's)".into())),
+        }
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -318,118 +362,31 @@ impl QueuePair {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
-        let result = self.transport.tx.flush(&mut self.transport.stream);
-        self.fail_on(result)
-    }
-
     fn fail_on<T>(&mut self, result: Result<T>) -> Result<T> {
         if let Err(error) = &result {
             if self.failed.is_none() {
                 self.failed = Some(error.clone());
                 // Best effort: a TermReq we queued should reach the target before we go.
-                let _ = self.transport.tx.flush(&mut self.transport.stream);
+                #[allow(irrefutable_let_patterns)]
+                if let Link::Tcp(tcp) = &mut self.link {
+                    let _ = tcp.flush();
+                }
             }
         }
         result
     }
 
-    /// Sends, receives and handles every complete PDU.
+    /// Sends, receives and handles whatever arrived.
     fn progress(&mut self) -> Result<()> {
         self.check_failed()?;
-        self.flush()?;
-        let received = self.receive();
-        self.fail_on(received)?;
-        self.flush()
+        let QueuePair { link, slots, ready, .. } = self;
+        let result = match link {
+            Link::Tcp(tcp) => tcp.flush().and_then(|()| tcp.receive(slots, ready)).and_then(|()| tcp.flush()),
+            #[cfg(feature = "rdma")]
+            Link::Rdma(rdma) => rdma.poll(slots, ready).map(drop),
+        };
+        self.fail_on(result)
     }
-
-    fn receive(&mut self) -> Result<()> {
-        for _ in 0..RECEIVE_ROUNDS {
-            if self.direct.is_some() && !self.read_direct()? {
-                return Ok(());
-            }
-            let filled = self.transport.rx.fill(&mut self.transport.stream);
-            // Handle what is buffered even when the read failed: a TermReq just before the
-            // close explains the close better than the close does.
-            let read = self.handle_pdus().and(filled)?;
-            // A short read drained the socket: another now would only cost a syscall.
-            if self.direct.is_none() && (read == 0 || !self.transport.rx.more()) {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    fn handle_pdus(&mut self) -> Result<()> {
-        let QueuePair { transport, slots, ready, direct, direct_pdus, .. } = self;
-        let Transport { rx, tx, negotiated, .. } = transport;
-        let mut handler = Handler { slots, ready, tx, negotiated };
-        for _ in 0..MAX_PDUS_PER_POLL {
-            let Some(pdu) = rx.next(handler.tx)? else {
-                // Nothing complete: a large C2HData under way continues straight into its buffer.
-                if let Some(partial) = rx.take_partial_data(handler.tx, DIRECT_MIN_BYTES)? {
-                    match handler.begin_direct(&partial) {
-                        Ok(started) => {
-                            *direct = Some(started);
-                            *direct_pdus += 1;
-                        }
-                        Err(fault) => return Err(terminate(handler.tx, fault, partial.header)),
-                    }
-                }
-                break;
-            };
-            if let Err(fault) = handler.handle(&pdu) {
-                return Err(terminate(handler.tx, fault, &pdu.bytes[..pdu.layout.header_bytes]));
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads the rest of a large C2HData PDU into its command's buffer. Ok(false): more to come.
-    fn read_direct(&mut self) -> Result<bool> {
-        let QueuePair { transport, slots, ready, direct, .. } = self;
-        let Some(state) = direct.as_mut() else { return Ok(true) };
-        let buf = &mut slots[usize::from(state.cid)].buf;
-        while state.at < state.end {
-            let Some(read) = read_some(&mut transport.stream, &mut buf[state.at..state.end])? else { return Ok(false) };
-            if let Some(crc) = state.crc.as_mut() {
-                crc.update(&buf[state.at..state.at + read]);
-            }
-            state.at += read;
-        }
-        if state.crc.is_some() {
-            while state.trailer_got < DIGEST_BYTES {
-                let Some(read) = read_some(&mut transport.stream, &mut state.trailer[state.trailer_got..])? else {
-                    return Ok(false);
-                };
-                state.trailer_got += read;
-            }
-        }
-        let digest_ok = state.crc.is_none_or(|crc| crc.finish().to_le_bytes() == state.trailer);
-        let (cid, len, flags) = (state.cid, state.len, state.flags);
-        *direct = None;
-        let mut handler = Handler { slots, ready, tx: &mut transport.tx, negotiated: &transport.negotiated };
-        handler.finish_c2h(cid, len, digest_ok, flags).map_err(|fault| terminate(handler.tx, fault, &[]))?;
-        Ok(true)
-    }
-}
-
-/// Reads what the socket has into `buf`: None when nothing is there yet.
-fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> Result<Option<usize>> {
-    match stream.read(buf) {
-        Ok(0) => Err(Error::Closed),
-        Ok(read) => Ok(Some(read)),
-        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(None),
-        Err(e) => Err(Error::io("receive", &e)),
-    }
-}
-
-/// Queues the H2CTermReq that tells the controller why we end the connection (NVMe/TCP
-/// 1.0, 3.6.2.4), quoting the offending header.
-fn terminate(tx: &mut TxBuf, fault: Fault, header: &[u8]) -> Error {
-    tx.push(&pdu::term_req(pdu_type::H2C_TERM_REQ, fault.fatal, header));
-    let (fes, fei) = (fault.fatal.fes, fault.fatal.fei);
-    Error::Protocol(format!("{}: FES {fes:#x} FEI {fei:#x}", fault.message))
 }
 
 fn check_nlb(nlb: u32) -> Result<()> {

@@ -66,6 +66,7 @@ pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     config.check().map_err(Error::Config)?;
     let addr = config.trid.socket_addr().map_err(Error::Config)?;
     let options = Options {
+        trtype: config.trid.trtype,
         digests: config.digests,
         kato_ms: config.kato_ms,
         auth: config.auth.clone(),
@@ -101,7 +102,7 @@ pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     if granted < wanted {
         return Err(Error::Config(format!("the controller granted {granted} of {wanted} I/O queues")));
     }
-    let device = format!("TCP (addr:{} subnqn:{subnqn})", addr.ip());
+    let device = format!("{} (addr:{} subnqn:{subnqn})", config.trid.trtype.name(), addr.ip());
     let jobs = build_jobs(config, &mut ctrl, &namespaces, &device, out)?;
     writeln!(out, "Initialization complete. Launching workers.")?;
     let start = Instant::now();

@@ -1,10 +1,13 @@
 //! SPDK's transport ID strings (`spdk_nvme_transport_id_parse`): whitespace-separated
 //! `key:value` or `key=value` pairs, keys case-insensitive, e.g.
-//! `trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1`.
+//! `trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1`;
+//! `trtype:rdma` with the `rdma` feature.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-/// The NVMe/TCP well-known port (IANA, NVMe/TCP 1.0 3.4.1).
+use crate::initiator::Trtype;
+
+/// The NVMe-oF well-known port, for TCP and RDMA alike (IANA; NVMe/TCP 1.0 3.4.1).
 pub const DEFAULT_TRSVCID: u16 = 4420;
 /// Longest value accepted for any key (an NQN is 223 bytes; addresses are far shorter).
 const MAX_VALUE_BYTES: usize = 256;
@@ -17,6 +20,7 @@ pub enum AddressFamily {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransportId {
+    pub trtype: Trtype,
     pub adrfam: AddressFamily,
     pub traddr: String,
     pub trsvcid: u16,
@@ -30,6 +34,7 @@ impl TransportId {
     pub fn parse(text: &str) -> Result<TransportId, String> {
         let mut trtype = None;
         let mut id = TransportId {
+            trtype: Trtype::Tcp,
             adrfam: AddressFamily::Ipv4,
             traddr: String::new(),
             trsvcid: DEFAULT_TRSVCID,
@@ -61,11 +66,11 @@ impl TransportId {
                 other => return Err(format!("unknown transport ID key {other:?}")),
             }
         }
-        match trtype.as_deref() {
-            Some("tcp") => {}
-            Some(other) => return Err(format!("trtype {other:?}: only tcp is supported")),
+        id.trtype = match trtype.as_deref() {
+            Some(name) => Trtype::parse(name).ok_or_else(|| format!("trtype {name:?}: tcp or rdma"))?,
             None => return Err("trtype missing".into()),
-        }
+        };
+        id.trtype.available()?;
         if id.traddr.is_empty() {
             return Err("traddr missing".into());
         }
@@ -116,7 +121,7 @@ mod tests {
         );
         check("TRTYPE=TCP traddr=10.0.0.1 trsvcid=4421 ns=2", Ok(("10.0.0.1", 4421, None, Some(2))));
         check("  trtype:tcp\ttraddr:::1  adrfam:ipv6 ", Ok(("::1", 4420, None, None)));
-        check("trtype:rdma traddr:1.2.3.4", Err("only tcp"));
+        check("trtype:fc traddr:1.2.3.4", Err("tcp or rdma"));
         check("traddr:1.2.3.4", Err("trtype missing"));
         check("trtype:tcp", Err("traddr missing"));
         check("trtype:tcp traddr:1.2.3.4 trsvcid:http", Err("not a port"));
@@ -124,6 +129,19 @@ mod tests {
         check("trtype:tcp traddr:1.2.3.4 ns:0", Err("ns"));
         check("trtype:tcp traddr", Err("not key:value"));
         check("trtype:tcp traddr:", Err("value of 0 bytes"));
+    }
+
+    #[test]
+    fn rdma_needs_the_feature() {
+        let parsed = TransportId::parse("trtype:RDMA adrfam:IPv4 traddr:10.0.2.15 trsvcid:4420 subnqn:nqn.x");
+        if cfg!(feature = "rdma") {
+            let id = parsed.expect("rdma");
+            assert_eq!((id.trtype, id.trsvcid, id.subnqn.as_deref()), (Trtype::Rdma, 4420, Some("nqn.x")));
+        } else {
+            let error = parsed.expect_err("no rdma feature");
+            assert!(error.contains("peerless-tools/rdma"), "{error}");
+        }
+        assert_eq!(TransportId::parse("trtype:Tcp traddr:::1").expect("tcp").trtype, Trtype::Tcp);
     }
 
     #[test]

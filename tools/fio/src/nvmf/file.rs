@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use peerless_target::nvme::cmd::SqeBuilder;
 use peerless_target::nvme::io;
-use peerless_tools::initiator::{Completion, Controller, Error, IoQueue, Xfer};
+use peerless_tools::initiator::{Completion, Controller, Error, IoQueue, Trtype, Xfer};
 
 use crate::engine::{blocks, Event, Op, Token};
 use crate::iou::IoBuf;
@@ -40,6 +40,7 @@ struct Parent {
 }
 
 pub struct File {
+    pub trtype: Trtype,
     pub addr: SocketAddr,
     pub subnqn: String,
     /// Connected from open to close only (see `NvmfEngine::add_file`).
@@ -57,8 +58,9 @@ pub struct File {
 }
 
 impl File {
-    pub fn new(addr: SocketAddr, subnqn: String, nsid: u32, block_size: u32, size_bytes: u64) -> File {
+    pub fn new(trtype: Trtype, addr: SocketAddr, subnqn: String, nsid: u32, block_size: u32, size_bytes: u64) -> File {
         File {
+            trtype,
             addr,
             subnqn,
             controller: None,

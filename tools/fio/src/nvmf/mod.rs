@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use peerless_tools::initiator::auth::secret_argument;
 use peerless_tools::initiator::{
-    self, subtype, Completion, Controller, Error, HostAuth, HostTls, Options, MAX_QUEUE_ENTRIES, MIN_QUEUE_ENTRIES,
+    self, subtype, Completion, Controller, Error, HostAuth, HostTls, Options, Trtype, MAX_QUEUE_ENTRIES,
+    MIN_QUEUE_ENTRIES,
 };
 
 use crate::engine::{Engine, Event, Op, Queued, Request};
@@ -81,7 +82,7 @@ impl NvmfEngine {
             }
             Some(nqn) => nqn.clone(),
             None => {
-                let log = initiator::discover(spec.addr, &self.hostnqn, &self.options)?;
+                let log = initiator::discover(spec.addr, &self.hostnqn, &self.options_for(spec.trtype))?;
                 let first = log.entries.into_iter().find(|entry| entry.subtype == subtype::NVME);
                 first.map(|entry| entry.subnqn).ok_or(Error::Invalid(format!(
                     "the discovery log of {} lists no NVMe subsystem; name one with subnqn=",
@@ -89,7 +90,12 @@ impl NvmfEngine {
                 )))?
             }
         };
-        Controller::connect(spec.addr, &subnqn, &self.hostnqn, &self.options)
+        Controller::connect(spec.addr, &subnqn, &self.hostnqn, &self.options_for(spec.trtype))
+    }
+
+    /// The engine's options on the fabric a filename names.
+    fn options_for(&self, trtype: Trtype) -> Options {
+        Options { trtype, ..self.options.clone() }
     }
 
     /// Takes every completion off every queue into `ready`, failing the io_us of a broken
@@ -162,7 +168,8 @@ impl Engine for NvmfEngine {
         // fio sets up every job before the first one runs; a controller left connected
         // here would sit without keep-alives through the earlier jobs (stonewall) and be
         // dropped by the target. So this one only sizes the namespace; open reconnects.
-        let file = File::new(spec.addr, controller.subnqn().to_string(), nsid, ns.block_size, ns.size_bytes());
+        let file =
+            File::new(spec.trtype, spec.addr, controller.subnqn().to_string(), nsid, ns.block_size, ns.size_bytes());
         let size = file.size_bytes;
         self.files.insert(fileno, file);
         Ok(size)
@@ -173,10 +180,11 @@ impl Engine for NvmfEngine {
         if file.queue.is_some() {
             return Ok(());
         }
+        let options = Options { trtype: file.trtype, ..self.options.clone() };
         let controller = match &mut file.controller {
             Some(controller) => controller,
             slot => slot.insert(
-                Controller::connect(file.addr, &file.subnqn, &self.hostnqn, &self.options)
+                Controller::connect(file.addr, &file.subnqn, &self.hostnqn, &options)
                     .map_err(|err| format!("connect to {} at {}: {err}", file.subnqn, file.addr))?,
             ),
         };
