@@ -152,12 +152,15 @@ PEERLESS_GUEST_DIR=build/guest-6.12 bash ci/guest/auth.sh
 step "NVMe/RDMA over soft-RoCE: Linux's nvme-rdma host, then Peerless's own"
 # Last, since it rebuilds the release binaries with the rdma feature: peerless-tgt's
 # NVMe/RDMA transport in the guest (rxe0), Linux's nvme-rdma host discovering, connecting,
-# writing and reading back with dd and fio verify at QD1 and QD32, disconnecting; the
-# pools full again; a second run with no_srq, stopped by SIGTERM under load
-# (ci/guest/README.md). Then Peerless's own NVMe/RDMA host against it: peerless-perf
+# writing and reading back with dd and fio verify at QD1 and QD32, a P2P namespace probed
+# and falling back to host memory, ext4 across a remount, disconnecting; the pools full
+# again; the target restarted under the host, which reconnects; a disconnect in the
+# middle of fio; a second run with no_srq, stopped by SIGTERM under load; a clean kernel
+# log (ci/guest/README.md). Then Peerless's own NVMe/RDMA host against it: peerless-perf
 # identify (with and without discovery), --verify at 4 KiB and 128 KiB, QD1 and QD32,
-# a refused connect, and the fio engine (rebuilt with trtype=rdma) with verify=crc32c.
-# About two minutes with the builds.
+# a refused connect, the fio engine (rebuilt with trtype=rdma) with verify=crc32c, a
+# host frozen until its keep-alive expires and a host killed mid-write (queues and
+# buffers all come back). About three minutes with the builds.
 cargo build --release --locked -p peerless-target -p peerless-tools --features peerless-tools/rdma \
     --bin peerless-tgt --bin peerless-perf --bin peerless-rpc
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma.sh

@@ -14,7 +14,11 @@
 #   6. a connect to a port with no RDMA listener fails with a message, not a hang;
 #   7. the fio engine (libpeerless_fio.so, in the shared folder) with trtype=rdma:
 #      random writes verified with crc32c at 4 KiB and 128 KiB, QD32;
-#   8. SIGTERM while peerless-perf runs at QD32 over RDMA: the target exits 0 and logs
+#   8. a host frozen (SIGSTOP) under 128 KiB reads with a 2 s keep-alive timeout: the
+#      target ends its association on its own; a host killed (SIGKILL) under 128 KiB
+#      writes, with the target's RDMA READs of its memory in flight: in both cases every
+#      queue goes and every data buffer comes back to the pool;
+#   9. SIGTERM while peerless-perf runs at QD32 over RDMA: the target exits 0 and logs
 #      its orderly stop, and peerless-perf sees its queues go, ending non-zero with a
 #      reason within 15 s instead of waiting on receives that will never complete.
 source /job/env
@@ -25,6 +29,9 @@ netdev=$GUEST_NETDEV
 nqn=nqn.2016-06.io.peerless:rdma-host
 serial=PEERLESSRDMAHOST
 num_blocks=131072
+# The data buffers of each class; no per-poll-group cache, so a pool back to this many
+# means every buffer came home.
+buffers=1024
 trid() { echo "trtype:rdma adrfam:IPv4 traddr:$1 trsvcid:$2${3:+ subnqn:$3}"; }
 
 step "the shared binaries"
@@ -59,7 +66,8 @@ cat >/tmp/target.json <<JSON
  {"subsystem": "bdev", "config": [
    {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": $num_blocks, "block_size": 512}}]},
  {"subsystem": "nvmf", "config": [
-   {"method": "nvmf_create_transport", "params": {"trtype": "RDMA"}},
+   {"method": "nvmf_create_transport", "params": {"trtype": "RDMA", "num_shared_buffers": $buffers, "buf_cache_size": 0,
+     "min_kato": 1000}},
    {"method": "nvmf_create_subsystem", "params": {"nqn": "$nqn", "serial_number": "$serial",
      "model_number": "Peerless RDMA host", "allow_any_host": true}},
    {"method": "nvmf_subsystem_add_ns", "params": {"nqn": "$nqn", "namespace": {"bdev_name": "Malloc0"}}},
@@ -143,6 +151,51 @@ fio_verify() {
 }
 fio_verify 4k 4k
 fio_verify 128k 128k
+
+# mem_field NAME: a number of the RDMA pool in mem_get_stats.
+mem_field() { "$bin/peerless-rpc" -s "$sock" mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
+# released WHY: every queue gone on the target within 20 s, both buffer classes full.
+released() {
+    for _ in $(seq 100); do
+        "$bin/peerless-rpc" -s "$sock" nvmf_get_stats >"$out/stats.json"
+        grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json" || break
+        sleep 0.2
+    done
+    if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json"; then
+        cat "$out/stats.json"
+        fail "the target still holds queues 20 s after $1"
+    fi
+    for class in small_free large_free; do
+        free=$(mem_field "$class")
+        [ "$free" = "$buffers" ] || fail "mem_get_stats $class is $free after $1, not $buffers"
+    done
+    echo "ok: every queue gone and both pools full ($buffers) after $1"
+}
+# load NAME ARGS...: peerless-perf in the background over RDMA for a minute; sets perf_pid.
+load() {
+    local name=$1
+    shift
+    "$bin/peerless-perf" -r "$(trid "$addr" 4420 "$nqn")" -t 60 -c 0x2 "$@" >"$out/perf-$name.log" 2>&1 &
+    perf_pid=$!
+    sleep 4
+    kill -0 "$perf_pid" 2>/dev/null || { cat "$out/perf-$name.log"; fail "peerless-perf ($name) ended early"; }
+}
+
+step "a host frozen under 128 KiB reads: its keep-alive expires, the target ends it"
+expired_before=$(grep -c "due to keep alive timeout" "$out/target.log" || true)
+load frozen --kato-ms 2000 -q 32 -o 131072 -w randread
+kill -STOP "$perf_pid"
+released "the host froze (KATO 2 s)"
+grep "due to keep alive timeout" "$out/target.log" | tail -1
+[ "$(grep -c "due to keep alive timeout" "$out/target.log")" -gt "$expired_before" ] || fail "the target logged no keep-alive expiry"
+kill -KILL "$perf_pid"
+wait "$perf_pid" 2>/dev/null || true
+
+step "a host killed in the middle of 128 KiB writes (the target's RDMA READs in flight)"
+load killed -q 32 -o 131072 -w randwrite
+kill -KILL "$perf_pid"
+wait "$perf_pid" 2>/dev/null || true
+released "the host was killed mid-write"
 
 step "SIGTERM to peerless-tgt while peerless-perf runs at QD32 over RDMA"
 "$bin/peerless-perf" -r "$(trid "$addr" 4420 "$nqn")" -q 32 -o 4096 -w randrw -M 50 -t 60 -c 0x2 \
