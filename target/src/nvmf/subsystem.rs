@@ -213,11 +213,6 @@ impl ListenAddress {
     }
 }
 
-/// A TCP address as SPDK's RPCs print a transport ID.
-pub fn address_json(addr: SocketAddr) -> serde_json::Value {
-    transport_address_json("TCP", addr)
-}
-
 /// An address of transport `trtype` as SPDK's RPCs print a transport ID.
 pub fn transport_address_json(trtype: &str, addr: SocketAddr) -> serde_json::Value {
     let adrfam = if addr.is_ipv6() { "IPv6" } else { "IPv4" };

@@ -21,9 +21,9 @@ use super::auth::rpc::resolve_keys;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
 use super::namespace::{NamespaceSpec, P2pPlacement};
-use super::poll_group::{gather, PollGroupStats};
+use super::poll_group::{gather, PollGroupStats, QpairRow};
 use super::subsystem::{
-    address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
+    transport_address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
 };
 use super::target::{hex, NvmfTarget};
 use super::transport::SockImpl;
