@@ -46,6 +46,18 @@ fn rdma_transport_with_spdk_defaults_is_shown_and_replayed() {
     // TCP is a transport of its own beside it.
     assert_eq!(target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"}))), json!(true));
 
+    // nvmf_get_stats: each poll group lists its part of both transports, RDMA's with SPDK's
+    // fields (no device is open yet: no devices, no buffer waits).
+    let stats = target.call("nvmf_get_stats", None);
+    let groups = stats["poll_groups"].as_array().expect("poll groups");
+    assert!(!groups.is_empty(), "{stats}");
+    for group in groups {
+        let rdma = rdma_of(&group["transports"]);
+        assert_eq!(rdma, json!({"trtype": "RDMA", "pending_data_buffer": 0, "devices": []}), "{group}");
+        let tcp = group["transports"].as_array().unwrap().iter().find(|t| t["trtype"] == "TCP").cloned();
+        assert_eq!(tcp, Some(json!({"trtype": "TCP"})), "{group}");
+    }
+
     let shown = rdma_of(&target.call("nvmf_get_transports", Some(json!({"trtype": "rdma"}))));
     for (key, value) in [
         ("max_queue_depth", json!(128)),

@@ -12,6 +12,7 @@ use peerless_core::{log_debug, log_warn};
 use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus};
 
 use super::device::Device;
+use super::stats::DeviceStats;
 use super::wr::{WrId, WrKind};
 use crate::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE};
 use crate::nvme::{Cqe, Sqe, Status, CQE_BYTES, SQE_BYTES};
@@ -80,6 +81,12 @@ pub struct Conn {
     pub disconnected: bool,
     /// The RDMA CM said the connection is gone (disconnected, timewait exit, device removal).
     pub cm_gone: bool,
+    /// What this queue posted and waited for; the poll group adds them to its device's.
+    pub stats: DeviceStats,
+    /// When each outstanding command's capsule arrived (the poll pass's clock), by CID.
+    arrivals: HashMap<u16, u64>,
+    /// The arrival of the command each response slot answers, for `request_latency`.
+    answered_arrival: Vec<u64>,
 }
 
 /// What a new queue's queue pair was made with.
@@ -120,6 +127,9 @@ impl Conn {
             bounces: HashMap::new(),
             disconnected: false,
             cm_gone: false,
+            stats: DeviceStats::default(),
+            arrivals: HashMap::with_capacity(usize::from(depth)),
+            answered_arrival: vec![0; slots],
         })
     }
 
@@ -135,6 +145,7 @@ impl Conn {
         let wr_id = WrId { kind: WrKind::Recv, tag: index }.encode();
         let mut wr = [RecvWr::new(wr_id, &[sge]).map_err(|err| err.to_string())?];
         self.id.post_recv(&mut wr).map_err(|err| err.to_string())?;
+        self.stats.posted_recvs(1);
         self.recvs_in_flight += 1;
         Ok(())
     }
@@ -147,6 +158,7 @@ impl Conn {
         let mut raw = [0u8; SQE_BYTES];
         raw.copy_from_slice(&capsule[..SQE_BYTES]);
         let sqe = Sqe(raw);
+        self.arrivals.entry(sqe.cid()).or_insert(group.now_ns);
         let in_capsule = match sqe.sgl_type() {
             SGL_DATA_BLOCK_OFFSET => &capsule[SQE_BYTES..],
             SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE => {
@@ -212,12 +224,21 @@ impl Conn {
                 continue;
             }
             if self.sends_in_flight >= self.send_capacity {
+                match action {
+                    Action::Complete(_) => self.stats.pending_rdma_send += 1,
+                    Action::SendData { .. } => self.stats.pending_rdma_write += 1,
+                    Action::FetchData { .. } => self.stats.pending_rdma_read += 1,
+                }
                 break;
             }
             match action {
                 Action::Complete(cqe) => {
-                    let Some(slot) = self.free_responses.pop() else { break };
+                    let Some(slot) = self.free_responses.pop() else {
+                        self.stats.pending_rdma_send += 1;
+                        break;
+                    };
                     let _ = self.qpair.next_action();
+                    self.answered_arrival[usize::from(slot)] = self.arrivals.remove(&cqe.cid).unwrap_or(group.now_ns);
                     self.send_response(slot, cqe);
                 }
                 Action::SendData { slot, cid, len, .. } => {
@@ -273,7 +294,10 @@ impl Conn {
     fn post_send(&mut self, wr: SendWr) {
         let mut wrs = [wr.signaled(true)];
         match self.id.post_send(&mut wrs) {
-            Ok(()) => self.sends_in_flight += 1,
+            Ok(()) => {
+                self.stats.posted_sends(1);
+                self.sends_in_flight += 1;
+            }
             Err(err) => self.fail(&format!("ibv_post_send: {err}")),
         }
     }
@@ -307,6 +331,7 @@ impl Conn {
         let mut wrs = [wr.signaled(true)];
         match self.id.post_send(&mut wrs) {
             Ok(()) => {
+                self.stats.posted_sends(1);
                 self.sends_in_flight += 1;
                 Ok(())
             }
@@ -330,6 +355,7 @@ impl Conn {
             let Some((slot, cid, len)) = self.pending_reads.pop_front() else { break };
             match self.read_data(slot, cid, len) {
                 Ok(()) => {
+                    self.stats.posted_sends(1);
                     self.reads_in_flight += 1;
                     self.sends_in_flight += 1;
                 }
@@ -339,6 +365,9 @@ impl Conn {
                     }
                 }
             }
+        }
+        if !self.pending_reads.is_empty() && !self.disconnected {
+            self.stats.pending_rdma_read += 1;
         }
     }
 
@@ -375,7 +404,12 @@ impl Conn {
         }
         let (slot, cid) = ((id.tag & 0xffff) as u16, (id.tag >> 16) as u16);
         match id.kind {
-            WrKind::Send => self.free_responses.push(slot),
+            WrKind::Send => {
+                if let (true, Some(arrived)) = (ok, self.answered_arrival.get(usize::from(slot))) {
+                    self.stats.request_latency += group.now_ns.saturating_sub(*arrived);
+                }
+                self.free_responses.push(slot);
+            }
             WrKind::Write => {
                 if let Some(mut bounce) = self.bounces.remove(&slot) {
                     buffers::give_back(group.buffers, &mut bounce);

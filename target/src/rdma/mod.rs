@@ -93,6 +93,7 @@ pub mod device;
 pub mod listener;
 pub mod options;
 pub mod poll_group;
+pub mod stats;
 pub mod transport;
 mod wr;
 

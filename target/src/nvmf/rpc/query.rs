@@ -173,24 +173,22 @@ pub(super) fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: Target
     if let Err(err) = check_target(&params.tgt_name) {
         return responder.err(err);
     }
-    let trtypes: Vec<Value> =
-        target.transports().iter().map(|transport| json!({"trtype": transport.trtype()})).collect();
     let auth_failures = target.0.auth_limiter.counts();
     gather(
         ctx,
         target,
-        |group, ctx| group.stats(ctx.stats().busy_ns),
+        |group, ctx| (group.stats(ctx.stats().busy_ns), group.transport_stats()),
         move |_, groups| {
             let poll_groups: Vec<Value> = groups
                 .iter()
-                .map(|(name, stats): &(String, PollGroupStats)| {
+                .map(|(name, (stats, transports)): &(String, (PollGroupStats, Vec<Value>))| {
                     json!({"name": name, "admin_qpairs": stats.admin_qpairs, "io_qpairs": stats.io_qpairs,
                         "current_admin_qpairs": stats.current_admin_qpairs, "current_io_qpairs": stats.current_io_qpairs,
                         "current_unassociated_qpairs": stats.current_unassociated_qpairs,
                         "pending_bdev_io": stats.pending_bdev_io, "completed_nvme_io": stats.completed_nvme_io,
                         "pending_buffer_waits": stats.buffer_waits, "busy_ns": stats.busy_ns,
                         "cpu_ns_per_io": stats.busy_ns.checked_div(stats.completed_nvme_io).unwrap_or(0),
-                        "transports": trtypes})
+                        "transports": transports})
                 })
                 .collect();
             // Beside SPDK's fields: failed DH-HMAC-CHAP attempts by host and address.
