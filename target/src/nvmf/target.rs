@@ -451,7 +451,7 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
             }
             for listener in &state.listeners {
                 let mut params = json!({"nqn": subsystem.nqn, "listen_address": listener.to_json()});
-                if let Some(SockImpl::Uring) = self.target.listening_sock_impl("TCP", listener.addr) {
+                if let Some(SockImpl::Uring) = self.target.listening_sock_impl(listener.trtype, listener.addr) {
                     params["sock_impl"] = json!(SockImpl::Uring.as_str());
                 }
                 if listener.secure {
