@@ -9,7 +9,7 @@ use peerless_bdev::DataBuf;
 use peerless_core::mem::{self, Sgl};
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
-use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus};
+use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus, WrError};
 
 use super::device::Device;
 use super::stats::DeviceStats;
@@ -32,6 +32,22 @@ struct Keyed {
     /// Commands that arrived with this identifier while it was in use: each is answered
     /// with a conflict, and those answers must not take the descriptor away.
     conflicts: u16,
+}
+
+/// One RDMA WRITE of a read's data: the pool memory it leaves and where it lands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteSeg {
+    pub sges: Vec<Sge>,
+    pub remote: RemoteKey,
+}
+
+/// A read's data waiting for its completion, to go out in one chain with it.
+struct HeldWrite {
+    writes: Vec<WriteSeg>,
+    /// The memory the WRITEs read (the command's buffers, or pool buffers it was copied
+    /// into): the queue's from the moment the engine hears the data was sent until the
+    /// SEND behind the WRITEs completes.
+    buffers: Vec<DataBuf>,
 }
 
 /// Registered host memory the CPU reaches only by copies.
@@ -75,8 +91,18 @@ pub struct Conn {
     send_capacity: u32,
     /// Own receives posted and not completed (`no_srq`): flushed ones come back too.
     pub recvs_in_flight: u32,
-    /// Pool buffers lent to a read's data that the device could not reach in place.
-    bounces: HashMap<u16, Vec<DataBuf>>,
+    /// Reads' data by CID, waiting for the command's completion to be chained behind.
+    held: HashMap<u16, HeldWrite>,
+    /// By response slot: the data buffers its chained WRITEs read, freed when its SEND
+    /// completes (successfully or flushed).
+    response_buffers: Vec<Vec<DataBuf>>,
+    /// By response slot: unsignaled WRITEs posted before its SEND and not yet accounted
+    /// (a failed or flushed one completes on its own; a successful one with the SEND).
+    chained: Vec<u8>,
+    /// Send work requests built this pass, posted with one `ibv_post_send` at its end, or
+    /// one command's at a time with `no_wr_batching`.
+    batch: Vec<SendWr>,
+    batch_wrs: bool,
     /// The queue pair was moved to the error state (rdma_disconnect).
     pub disconnected: bool,
     /// The RDMA CM said the connection is gone (disconnected, timewait exit, device removal).
@@ -98,11 +124,13 @@ pub struct ConnParts {
     pub own_recvs: Option<Region>,
     pub depth: u16,
     pub read_depth: u8,
+    /// Post the work requests of several commands at once (not `no_wr_batching`).
+    pub batch_wrs: bool,
 }
 
 impl Conn {
     pub fn new(parts: ConnParts) -> Result<Conn, String> {
-        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth } = parts;
+        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, batch_wrs } = parts;
         let qp_num = id.qp_num().ok_or("the connection has no queue pair")?;
         // Responses may outlive their command until the SEND completes: twice the depth.
         let slots = 2 * usize::from(depth);
@@ -124,7 +152,11 @@ impl Conn {
             sends_in_flight: 0,
             send_capacity: u32::from(depth) * SEND_WRS_PER_COMMAND,
             recvs_in_flight: 0,
-            bounces: HashMap::new(),
+            held: HashMap::new(),
+            response_buffers: (0..slots).map(|_| Vec::new()).collect(),
+            chained: vec![0; slots],
+            batch: Vec::with_capacity(usize::from(depth)),
+            batch_wrs,
             disconnected: false,
             cm_gone: false,
             stats: DeviceStats::default(),
@@ -201,7 +233,8 @@ impl Conn {
         }
     }
 
-    /// Turns the engine's actions into work requests while the queue pair has room.
+    /// Turns the engine's actions into work requests while the queue pair has room, and
+    /// posts them.
     pub fn drain_actions(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
         if self.qpair.is_closing() && !self.disconnected {
             self.disconnect();
@@ -213,6 +246,7 @@ impl Conn {
                 match action {
                     Action::Complete(cqe) => {
                         self.forget_keyed(cqe.cid);
+                        self.release_held(group, cqe.cid);
                     }
                     Action::SendData { slot, .. } => {
                         self.qpair.data_sent(group.buffers, slot, Err(Status::DATA_TRANSFER_ERROR))
@@ -223,29 +257,32 @@ impl Conn {
                 }
                 continue;
             }
-            if self.sends_in_flight >= self.send_capacity {
-                match action {
-                    Action::Complete(_) => self.stats.pending_rdma_send += 1,
-                    Action::SendData { .. } => self.stats.pending_rdma_write += 1,
-                    Action::FetchData { .. } => self.stats.pending_rdma_read += 1,
-                }
-                break;
-            }
             match action {
                 Action::Complete(cqe) => {
+                    // The SEND and the WRITEs of the command's data go in one chain.
+                    let writes = self.held.get(&cqe.cid).map_or(0, |held| held.writes.len() as u32);
+                    if self.sends_in_flight + writes + 1 > self.send_capacity {
+                        if writes > 0 {
+                            self.stats.pending_rdma_write += 1;
+                        } else {
+                            self.stats.pending_rdma_send += 1;
+                        }
+                        break;
+                    }
                     let Some(slot) = self.free_responses.pop() else {
                         self.stats.pending_rdma_send += 1;
                         break;
                     };
                     let _ = self.qpair.next_action();
                     self.answered_arrival[usize::from(slot)] = self.arrivals.remove(&cqe.cid).unwrap_or(group.now_ns);
-                    self.send_response(slot, cqe);
+                    self.send_response(ctx, group, slot, cqe);
                 }
                 Action::SendData { slot, cid, len, .. } => {
+                    // Nothing is posted yet: the WRITE waits for the completion the engine
+                    // queues once it hears the data is on its way.
                     let _ = self.qpair.next_action();
-                    if let Err(failed) = self.write_data(group, slot, cid, len) {
-                        self.qpair.data_sent(group.buffers, slot, Err(failed));
-                    }
+                    let held = self.hold_write(group, slot, cid, len);
+                    self.qpair.data_sent(group.buffers, slot, held);
                 }
                 Action::FetchData { slot, cid, len } => {
                     let _ = self.qpair.next_action();
@@ -254,6 +291,7 @@ impl Conn {
             }
         }
         self.start_reads(ctx, group);
+        self.flush_sends(ctx, group);
     }
 
     fn forget_keyed(&mut self, cid: u16) -> Option<Keyed> {
@@ -268,80 +306,105 @@ impl Conn {
     }
 
     /// SENDs a completion, with Invalidate when the command's descriptor asked for it
-    /// (NVMe/RDMA 1.0 §3.6).
-    fn send_response(&mut self, slot: u16, cqe: Cqe) {
+    /// (NVMe/RDMA 1.0 §3.6), behind the RDMA WRITEs of a read's data in the same chain.
+    fn send_response(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, slot: u16, cqe: Cqe) {
         let keyed = self.forget_keyed(cqe.cid);
+        let held = self.held.remove(&cqe.cid);
         let sge = self.responses.sge(usize::from(slot), CQE_BYTES);
         let written = self.responses.buffer.write(usize::from(slot) * CQE_BYTES, &cqe.encode());
-        let (Some(sge), Ok(())) = (sge, written) else {
+        let invalidate = keyed.filter(|keyed| keyed.invalidate).map(|keyed| keyed.remote.rkey);
+        let start = self.batch.len();
+        let built = match (sge, written) {
+            (Some(sge), Ok(())) => {
+                let writes = held.as_ref().map_or(&[][..], |held| &held.writes[..]);
+                response_chain(slot, writes, sge, invalidate, &mut self.batch).map_err(|err| format!("response: {err}"))
+            }
+            _ => Err("a response slot out of its region".to_string()),
+        };
+        let mut buffers = held.map(|held| held.buffers).unwrap_or_default();
+        if let Err(why) = built {
+            self.batch.truncate(start);
+            buffers::give_back(group.buffers, &mut buffers);
             self.free_responses.push(slot);
-            return self.fail("a response slot out of its region");
-        };
-        let wr_id = WrId { kind: WrKind::Send, tag: u32::from(slot) }.encode();
-        let wr = match keyed.filter(|keyed| keyed.invalidate) {
-            Some(keyed) => SendWr::send_with_invalidate(wr_id, &[sge], keyed.remote.rkey),
-            None => SendWr::send(wr_id, &[sge]),
-        };
-        match wr {
-            Ok(wr) => self.post_send(wr),
-            Err(err) => {
-                self.free_responses.push(slot);
-                self.fail(&format!("response: {err}"));
-            }
+            return self.fail(&why);
+        }
+        let chain = self.batch.len() - start;
+        self.sends_in_flight += chain as u32;
+        self.chained[usize::from(slot)] = (chain - 1) as u8;
+        self.response_buffers[usize::from(slot)] = buffers;
+        if !self.batch_wrs {
+            self.flush_sends(ctx, group);
         }
     }
 
-    fn post_send(&mut self, wr: SendWr) {
-        let mut wrs = [wr.signaled(true)];
-        match self.id.post_send(&mut wrs) {
-            Ok(()) => {
-                self.stats.posted_sends(1);
-                self.sends_in_flight += 1;
-            }
-            Err(err) => self.fail(&format!("ibv_post_send: {err}")),
+    /// Posts the send work requests built so far in one `ibv_post_send`. What could not
+    /// be posted never completes: it ends here as a flushed request would, so its slots
+    /// and buffers come back and the engine hears of its data.
+    fn flush_sends(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+        if self.batch.is_empty() {
+            return;
         }
+        let mut batch = std::mem::take(&mut self.batch);
+        let posted = if self.disconnected {
+            0
+        } else {
+            match self.id.post_send(&mut batch) {
+                Ok(()) => batch.len(),
+                Err(err) => {
+                    self.fail(&format!("ibv_post_send: {err}"));
+                    err.index.min(batch.len())
+                }
+            }
+        };
+        if posted > 0 {
+            self.stats.posted_sends(posted);
+        }
+        for wr in &batch[posted..] {
+            self.on_send_completion(ctx, group, WrId::decode(wr.wr_id()), WcStatus::Flushed, "never posted");
+        }
+        batch.clear();
+        self.batch = batch;
     }
 
-    /// RDMA WRITEs a read's data to the host; the engine hears when it completed.
-    fn write_data(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
+    /// Readies the RDMA WRITE of a read's data to the host; it is posted with the
+    /// command's completion. The engine's buffers become the queue's.
+    fn hold_write(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
         let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
         let data = self.qpair.data(slot)?;
-        let mut sges = sges_of(&self.device, &data);
-        if sges.is_none() {
-            // Memory the device was not given (an admin command's reply): copied into
-            // pool buffers, which it was.
-            let mut bounce = Vec::new();
-            if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
-                return Err(Status::DATA_TRANSFER_ERROR);
-            }
-            let copied = copy_into(&mut bounce, &data, len as usize);
-            sges = copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize));
-            if sges.is_none() {
-                buffers::give_back(group.buffers, &mut bounce);
-                return Err(Status::DATA_TRANSFER_ERROR);
-            }
-            self.bounces.insert(slot, bounce);
-        }
-        let sges = sges.unwrap_or_default();
-        let wr_id = WrId { kind: WrKind::Write, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
-        let wr = SendWr::rdma_write(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        let mut wrs = [wr.signaled(true)];
-        match self.id.post_send(&mut wrs) {
-            Ok(()) => {
-                self.stats.posted_sends(1);
-                self.sends_in_flight += 1;
-                Ok(())
-            }
-            Err(err) => {
-                if let Some(mut bounce) = self.bounces.remove(&slot) {
-                    buffers::give_back(group.buffers, &mut bounce);
+        let (sges, mut buffers) = match sges_of(&self.device, &data) {
+            Some(sges) => (sges, Vec::new()),
+            None => {
+                // Memory the device was not given (an admin command's reply): copied into
+                // pool buffers, which it was.
+                let mut bounce = Vec::new();
+                if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
+                    return Err(Status::DATA_TRANSFER_ERROR);
                 }
-                self.fail(&format!("ibv_post_send (RDMA WRITE): {err}"));
-                Err(Status::DATA_TRANSFER_ERROR)
+                let copied = copy_into(&mut bounce, &data, len as usize);
+                match copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize)) {
+                    Some(sges) => (sges, bounce),
+                    None => {
+                        buffers::give_back(group.buffers, &mut bounce);
+                        return Err(Status::DATA_TRANSFER_ERROR);
+                    }
+                }
             }
+        };
+        buffers.append(&mut self.qpair.take_data_buffers(slot)?);
+        let held = HeldWrite { writes: vec![WriteSeg { sges, remote: keyed.remote }], buffers };
+        if let Some(mut replaced) = self.held.insert(cid, held) {
+            buffers::give_back(group.buffers, &mut replaced.buffers);
+        }
+        Ok(())
+    }
+
+    /// Frees a read's data that will not be sent (its queue is going).
+    fn release_held(&mut self, group: &mut GroupCtx<'_>, cid: u16) {
+        if let Some(mut held) = self.held.remove(&cid) {
+            buffers::give_back(group.buffers, &mut held.buffers);
         }
     }
 
@@ -355,9 +418,11 @@ impl Conn {
             let Some((slot, cid, len)) = self.pending_reads.pop_front() else { break };
             match self.read_data(slot, cid, len) {
                 Ok(()) => {
-                    self.stats.posted_sends(1);
                     self.reads_in_flight += 1;
                     self.sends_in_flight += 1;
+                    if !self.batch_wrs {
+                        self.flush_sends(ctx, group);
+                    }
                 }
                 Err(failed) => {
                     if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, Err(failed)) {
@@ -381,11 +446,8 @@ impl Conn {
         let sges = sges_of(&self.device, &into).ok_or(Status::DATA_TRANSFER_ERROR)?;
         let wr_id = WrId { kind: WrKind::Read, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
         let wr = SendWr::rdma_read(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        let mut wrs = [wr.signaled(true)];
-        self.id.post_send(&mut wrs).map_err(|err| {
-            log_warn!("RDMA queue {}: ibv_post_send (RDMA READ): {err}", self.token);
-            Status::DATA_TRANSFER_ERROR
-        })
+        self.batch.push(wr.signaled(true));
+        Ok(())
     }
 
     /// A send-queue completion (SEND, WRITE or READ), successful, flushed or failed.
@@ -405,17 +467,24 @@ impl Conn {
         let (slot, cid) = ((id.tag & 0xffff) as u16, (id.tag >> 16) as u16);
         match id.kind {
             WrKind::Send => {
-                if let (true, Some(arrived)) = (ok, self.answered_arrival.get(usize::from(slot))) {
+                let index = usize::from(slot);
+                // The unsignaled WRITEs before it are done too (RC completes in order).
+                let chained = self.chained.get_mut(index).map_or(0, std::mem::take);
+                self.sends_in_flight = self.sends_in_flight.saturating_sub(u32::from(chained));
+                if let Some(held) = self.response_buffers.get_mut(index) {
+                    buffers::give_back(group.buffers, held);
+                }
+                if let (true, Some(arrived)) = (ok, self.answered_arrival.get(index)) {
                     self.stats.request_latency += group.now_ns.saturating_sub(*arrived);
                 }
                 self.free_responses.push(slot);
             }
             WrKind::Write => {
-                if let Some(mut bounce) = self.bounces.remove(&slot) {
-                    buffers::give_back(group.buffers, &mut bounce);
+                // A chained WRITE completes on its own only failed or flushed; its SEND,
+                // which completes after it, frees the buffers.
+                if let Some(chained) = self.chained.get_mut(usize::from(slot)) {
+                    *chained = chained.saturating_sub(1);
                 }
-                let sent = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
-                self.qpair.data_sent(group.buffers, slot, sent);
             }
             WrKind::Read => {
                 self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
@@ -434,13 +503,18 @@ impl Conn {
             && self.sends_in_flight == 0
             && self.recvs_in_flight == 0
             && self.pending_reads.is_empty()
+            && self.held.is_empty()
             && self.qpair.is_drained()
     }
 
-    /// On the way out: reads never posted end now (the engine gives their buffers back).
-    pub fn end_pending_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+    /// On the way out: reads never posted end now (the engine gives their buffers back),
+    /// and reads' data never sent goes back to the pool.
+    pub fn end_unsent(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
         while let Some((slot, cid, _)) = self.pending_reads.pop_front() {
             let _ = self.qpair.data_placed(ctx, group, slot, cid, Err(Status::DATA_TRANSFER_ERROR));
+        }
+        for (_, mut held) in self.held.drain() {
+            buffers::give_back(group.buffers, &mut held.buffers);
         }
     }
 }
@@ -488,5 +562,104 @@ fn copy_into(bounce: &mut [DataBuf], data: &Sgl<'_>, len: usize) -> Result<(), (
         Ok(())
     } else {
         Err(())
+    }
+}
+
+/// The work requests answering a command, appended to `into`: an RDMA WRITE per piece of
+/// a read's data, unsignaled, then the response SEND (with Invalidate of `invalidate`),
+/// signaled. One post carries them; RC delivers them in order, so the host has the data
+/// before it sees the completion (NVMe/RDMA 1.0 §3.6), and the SEND's completion says
+/// the WRITEs are done too. A WRITE that fails still completes, with its error.
+pub(super) fn response_chain(
+    slot: u16,
+    writes: &[WriteSeg],
+    response: Sge,
+    invalidate: Option<u32>,
+    into: &mut Vec<SendWr>,
+) -> Result<(), WrError> {
+    for write in writes {
+        let wr_id = WrId { kind: WrKind::Write, tag: u32::from(slot) }.encode();
+        into.push(SendWr::rdma_write(wr_id, &write.sges, write.remote)?.signaled(false));
+    }
+    let wr_id = WrId { kind: WrKind::Send, tag: u32::from(slot) }.encode();
+    let send = match invalidate {
+        Some(rkey) => SendWr::send_with_invalidate(wr_id, &[response], rkey)?,
+        None => SendWr::send(wr_id, &[response])?,
+    };
+    into.push(send.signaled(true));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use spdk_sys::rdma::SendOp;
+
+    use super::*;
+
+    fn seg(addr: u64, lens: &[u32], remote: u64) -> WriteSeg {
+        let mut at = addr;
+        let sges = lens
+            .iter()
+            .map(|&len| {
+                let sge = Sge { addr: at, len, lkey: 0x11 };
+                at += u64::from(len);
+                sge
+            })
+            .collect();
+        WriteSeg { sges, remote: RemoteKey { addr: remote, rkey: 0xbeef } }
+    }
+
+    const RESPONSE: Sge = Sge { addr: 0x9000, len: CQE_BYTES as u32, lkey: 0x22 };
+
+    #[test]
+    fn a_read_is_answered_by_its_writes_then_one_signaled_send() {
+        for lens in [&[4096][..], &[8192, 8192, 4096], &[512]] {
+            let mut chain = Vec::new();
+            let write = seg(0x10_0000, lens, 0x7000_0000);
+            response_chain(5, std::slice::from_ref(&write), RESPONSE, None, &mut chain).unwrap();
+            assert_eq!(chain.len(), 2, "{chain:?}");
+            let (data, send) = (&chain[0], &chain[1]);
+            assert_eq!(data.op(), SendOp::RdmaWrite(write.remote));
+            assert!(!data.is_signaled(), "only the SEND is signaled: {data:?}");
+            assert_eq!(data.sges().collect::<Vec<_>>(), write.sges);
+            assert_eq!(data.byte_len(), lens.iter().sum::<u32>());
+            assert_eq!(WrId::decode(data.wr_id()), WrId { kind: WrKind::Write, tag: 5 });
+            assert_eq!(send.op(), SendOp::Send);
+            assert!(send.is_signaled());
+            assert_eq!(send.sges().collect::<Vec<_>>(), vec![RESPONSE]);
+            assert_eq!(WrId::decode(send.wr_id()), WrId { kind: WrKind::Send, tag: 5 });
+        }
+    }
+
+    #[test]
+    fn several_writes_keep_their_order_before_the_send() {
+        let writes = [seg(0x1000, &[4096], 0xa000), seg(0x3000, &[1024, 1024], 0xb000), seg(0x8000, &[16], 0xc000)];
+        let mut chain = vec![SendWr::send(1, &[RESPONSE]).unwrap()];
+        response_chain(0xffff, &writes, RESPONSE, Some(0xbeef), &mut chain).unwrap();
+        assert_eq!(chain.len(), 5, "appended after what was there");
+        for (wr, write) in chain[1..4].iter().zip(&writes) {
+            assert_eq!(wr.op(), SendOp::RdmaWrite(write.remote));
+            assert!(!wr.is_signaled());
+            assert_eq!(WrId::decode(wr.wr_id()).tag, 0xffff);
+        }
+        assert_eq!(chain[4].op(), SendOp::SendWithInvalidate { rkey: 0xbeef });
+        assert!(chain[4].is_signaled());
+    }
+
+    #[test]
+    fn a_completion_without_data_is_one_send() {
+        let mut chain = Vec::new();
+        response_chain(2, &[], RESPONSE, None, &mut chain).unwrap();
+        assert_eq!(chain.len(), 1);
+        assert_eq!((chain[0].op(), chain[0].is_signaled()), (SendOp::Send, true));
+    }
+
+    #[test]
+    fn a_write_of_too_many_entries_is_refused_and_nothing_is_kept_half_built() {
+        let lens = vec![64; spdk_sys::rdma::MAX_SGE + 1];
+        let mut chain = Vec::new();
+        let err = response_chain(1, &[seg(0, &lens, 0)], RESPONSE, None, &mut chain);
+        assert!(err.is_err());
+        assert!(chain.is_empty(), "the caller truncates to where it started; nothing was pushed");
     }
 }

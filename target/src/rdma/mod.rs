@@ -46,29 +46,35 @@
 //!    at most the host's responder resources (IRD) at once per queue pair; more wait in
 //!    order. The READ's completion tells the engine the data is placed, and the command
 //!    runs in the bdev layer.
-//! 4. For a read, `Action::SendData` has the transport RDMA WRITE the buffers to the
-//!    keyed address (memory the device was not given, an admin command's reply, is
-//!    copied into pool buffers first). The WRITE is signalled: its completion tells
-//!    the engine the data was sent, which frees the buffers and queues the completion,
-//!    which the transport SENDs from the queue's registered response slot. So the host
-//!    sees the data before the completion; SPDK instead posts the WRITE and the SEND
-//!    together and relies on RC ordering, one completion fewer per read (a later
-//!    optimisation). A command whose descriptor asked for invalidation is answered
-//!    with SEND with Invalidate of its rkey.
-//! 5. The SEND's completion frees the response slot.
+//! 4. For a read, `Action::SendData` has the transport ready an RDMA WRITE of the
+//!    buffers to the keyed address (memory the device was not given, an admin command's
+//!    reply, is copied into pool buffers first) and take the buffers from the engine,
+//!    which then queues the completion at once. The WRITE and the response SEND (from
+//!    the queue's registered response slot) go in one chain, only the SEND signaled: RC
+//!    executes a queue pair's requests in order, so the host has the data before it
+//!    sees the completion (NVMe/RDMA 1.0 §3.6), and the SEND's completion means the
+//!    WRITE is done, which frees the buffers. A WRITE that fails completes on its own,
+//!    with its error, and ends the queue. A command whose descriptor asked for
+//!    invalidation is answered with SEND with Invalidate of its rkey.
+//! 5. The SEND's completion frees the response slot (and a read's buffers). The work
+//!    requests a poll pass builds, over all commands of a queue pair, are posted with
+//!    one `ibv_post_send` at the end of the pass; with `no_wr_batching`, each command's
+//!    (a READ, or WRITE and SEND) as soon as they are built.
 //!
 //! Flow control is the queue depth: a queue's depth is the smallest of the target's,
 //! the device's, HRQSIZE and HSQSIZE + 1 (the most commands the host may have
 //! outstanding, NVMe-oF 1.1 §2.4.1); its queue pair has three send work requests per
-//! command and twice as many response slots as commands. An action that finds no
-//! response slot or send queue room stays with the engine until a completion frees one.
+//! command (a READ, a WRITE and a SEND) and twice as many response slots as commands.
+//! An action that finds no response slot or send queue room stays with the engine
+//! until a completion frees one.
 //!
 //! # Buffers and ownership
 //!
 //! Receive buffers belong to the poll group (with an SRQ) or the queue pair (without);
 //! response slots to the queue pair; data buffers to the engine's request from
-//! `FetchData` or the bdev's completion until the engine is told the transfer ended.
-//! Every buffer handed to the NIC stays owned by its queue pair until its work
+//! `FetchData` or the bdev's completion until the engine is told the transfer ended;
+//! a read's data buffers then to the queue pair, with the response slot whose SEND is
+//! chained behind their WRITE, until that SEND completes. Every buffer handed to the NIC stays owned by its queue pair until its work
 //! request completes, successfully or flushed: a queue pair that errors or
 //! disconnects is moved to the error state, and its resources are freed only once
 //! every posted request has come back (the flushes), so a host that vanishes during

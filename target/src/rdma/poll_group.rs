@@ -184,7 +184,8 @@ impl RdmaPollGroup {
         let icd = self.opts.in_capsule_data_size as usize;
         let config = QpairConfig { data_completes: false, admin_in_capsule_bytes: icd, sgl: SglBinding::Rdma };
         let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, peer, local);
-        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth };
+        let batch_wrs = !self.rdma.no_wr_batching;
+        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, batch_wrs };
         let mut conn = match Conn::new(parts) {
             Ok(conn) => conn,
             Err(why) => {
@@ -346,7 +347,7 @@ impl TransportPollGroup for RdmaPollGroup {
         for conn in self.conns.values_mut() {
             busy |= conn.qpair.poll(ctx, group, now_ns);
             if conn.disconnected {
-                conn.end_pending_reads(ctx, group);
+                conn.end_unsent(ctx, group);
             }
             conn.drain_actions(ctx, group);
         }

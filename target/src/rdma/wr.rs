@@ -11,7 +11,8 @@ pub enum WrKind {
     Send,
     /// Host data in: the tag is the engine's slot (low 16 bits) and the CID (high 16).
     Read,
-    /// Host data out: as `Read`.
+    /// Host data out, chained before a response SEND and unsignaled: the tag is that
+    /// response's slot (it completes on its own only when it failed or was flushed).
     Write,
 }
 
