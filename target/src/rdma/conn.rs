@@ -6,15 +6,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use peerless_bdev::DataBuf;
-use peerless_core::mem::{self, Sgl};
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
-use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus, WrError};
+use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus};
 
 use super::device::Device;
+use super::sgl::{self, bounce_sges, copy_into, sges_of, KeyedPart, WriteSeg};
 use super::stats::DeviceStats;
-use super::wr::{WrId, WrKind};
-use crate::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE};
+use super::wr::{read_chain, response_chain, WrId, WrKind};
+use crate::nvme::cmd::{
+    SqeBuilder, SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE, SGL_LAST_SEGMENT_OFFSET,
+};
 use crate::nvme::{Cqe, Sqe, Status, CQE_BYTES, SQE_BYTES};
 use crate::nvmf::buffers;
 use crate::nvmf::qpair::{Action, Qpair};
@@ -23,10 +25,21 @@ use crate::nvmf::transport::GroupCtx;
 /// Send work requests per command: the response SEND, an RDMA WRITE and an RDMA READ.
 pub const SEND_WRS_PER_COMMAND: u32 = 3;
 
-/// Host memory a command named (a Keyed SGL Data Block).
-#[derive(Clone, Copy, Debug)]
+/// The send queue of a queue pair of `depth` commands: three requests per command, and
+/// room for one command whose data spans MSDBD descriptors (a READ or WRITE each) besides
+/// its SEND, so such a command always fits once the queue drains.
+pub fn send_queue_wrs(depth: u32) -> u32 {
+    depth * SEND_WRS_PER_COMMAND + sgl::MSDBD as u32 + 1
+}
+
+/// Host memory a command named: a Keyed SGL Data Block, or several (a Last Segment
+/// descriptor's list).
+#[derive(Clone, Debug)]
 struct Keyed {
-    remote: RemoteKey,
+    /// The one descriptor of the command, or the first of several.
+    one: KeyedPart,
+    /// Every descriptor when there are several; empty (no allocation) for one.
+    many: Vec<KeyedPart>,
     len: u32,
     invalidate: bool,
     /// Commands that arrived with this identifier while it was in use: each is answered
@@ -34,11 +47,14 @@ struct Keyed {
     conflicts: u16,
 }
 
-/// One RDMA WRITE of a read's data: the pool memory it leaves and where it lands.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteSeg {
-    pub sges: Vec<Sge>,
-    pub remote: RemoteKey,
+impl Keyed {
+    fn parts(&self) -> &[KeyedPart] {
+        if self.many.is_empty() {
+            std::slice::from_ref(&self.one)
+        } else {
+            &self.many
+        }
+    }
 }
 
 /// A read's data waiting for its completion, to go out in one chain with it.
@@ -82,7 +98,12 @@ pub struct Conn {
     keyed: HashMap<u16, Keyed>,
     /// Host data to read, waiting for a READ slot (the host's IRD bounds them).
     pending_reads: VecDeque<(u16, u16, u32)>,
-    reads_in_flight: u8,
+    /// RDMA READs posted and not completed (a command spanning several descriptors has
+    /// one per descriptor).
+    reads_in_flight: u32,
+    /// By engine slot: the unsignaled READs of a multi-descriptor command not yet
+    /// accounted (as `chained` for WRITEs).
+    read_parts: HashMap<u16, u32>,
     pub read_depth: u8,
     depth: u16,
     /// Send-queue work requests posted and not completed; the queue pair holds at most
@@ -103,6 +124,7 @@ pub struct Conn {
     /// one command's at a time with `no_wr_batching`.
     batch: Vec<SendWr>,
     batch_wrs: bool,
+    max_io_bytes: u32,
     /// The queue pair was moved to the error state (rdma_disconnect).
     pub disconnected: bool,
     /// The RDMA CM said the connection is gone (disconnected, timewait exit, device removal).
@@ -124,13 +146,15 @@ pub struct ConnParts {
     pub own_recvs: Option<Region>,
     pub depth: u16,
     pub read_depth: u8,
+    /// The transport's max_io_size: a descriptor list naming more is refused.
+    pub max_io_bytes: u32,
     /// Post the work requests of several commands at once (not `no_wr_batching`).
     pub batch_wrs: bool,
 }
 
 impl Conn {
     pub fn new(parts: ConnParts) -> Result<Conn, String> {
-        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, batch_wrs } = parts;
+        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, max_io_bytes, batch_wrs } = parts;
         let qp_num = id.qp_num().ok_or("the connection has no queue pair")?;
         // Responses may outlive their command until the SEND completes: twice the depth.
         let slots = 2 * usize::from(depth);
@@ -147,16 +171,18 @@ impl Conn {
             keyed: HashMap::with_capacity(usize::from(depth)),
             pending_reads: VecDeque::new(),
             reads_in_flight: 0,
+            read_parts: HashMap::new(),
             read_depth,
             depth,
             sends_in_flight: 0,
-            send_capacity: u32::from(depth) * SEND_WRS_PER_COMMAND,
+            send_capacity: send_queue_wrs(u32::from(depth)),
             recvs_in_flight: 0,
             held: HashMap::new(),
             response_buffers: (0..slots).map(|_| Vec::new()).collect(),
             chained: vec![0; slots],
             batch: Vec::with_capacity(usize::from(depth)),
             batch_wrs,
+            max_io_bytes,
             disconnected: false,
             cm_gone: false,
             stats: DeviceStats::default(),
@@ -189,14 +215,33 @@ impl Conn {
         }
         let mut raw = [0u8; SQE_BYTES];
         raw.copy_from_slice(&capsule[..SQE_BYTES]);
-        let sqe = Sqe(raw);
+        let mut sqe = Sqe(raw);
         self.arrivals.entry(sqe.cid()).or_insert(group.now_ns);
         let in_capsule = match sqe.sgl_type() {
             SGL_DATA_BLOCK_OFFSET => &capsule[SQE_BYTES..],
             SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE => {
-                self.remember_keyed(&sqe);
+                let remote = RemoteKey { addr: sqe.sgl_address(), rkey: sqe.sgl_key() };
+                let invalidate = sqe.sgl_type() == SGL_KEYED_DATA_BLOCK_INVALIDATE;
+                let one = KeyedPart { remote, len: sqe.sgl_length() };
+                self.remember_keyed(sqe.cid(), Keyed { one, many: Vec::new(), len: one.len, invalidate, conflicts: 0 });
                 &[][..]
             }
+            SGL_LAST_SEGMENT_OFFSET => match sgl::parse_last_segment(&sqe, &capsule[SQE_BYTES..], self.max_io_bytes) {
+                Ok((many, len)) => {
+                    // The engine sees one keyed transfer of the whole length; the
+                    // descriptors stay here, and the capsule's data was the list.
+                    sqe = SqeBuilder(sqe.0).keyed(0, len, 0, false).build();
+                    let keyed = Keyed { one: many[0], many, len, invalidate: false, conflicts: 0 };
+                    self.remember_keyed(sqe.cid(), keyed);
+                    &[][..]
+                }
+                Err(status) => {
+                    if let Err(fault) = self.qpair.refuse_command(group, sqe, status) {
+                        self.fail(&format!("{fault:?}"));
+                    }
+                    return;
+                }
+            },
             _ => &[][..],
         };
         if let Err(fault) = self.qpair.on_command(ctx, group, sqe, in_capsule) {
@@ -204,14 +249,8 @@ impl Conn {
         }
     }
 
-    fn remember_keyed(&mut self, sqe: &Sqe) {
-        let keyed = Keyed {
-            remote: RemoteKey { addr: sqe.sgl_address(), rkey: sqe.sgl_key() },
-            len: sqe.sgl_length(),
-            invalidate: sqe.sgl_type() == SGL_KEYED_DATA_BLOCK_INVALIDATE,
-            conflicts: 0,
-        };
-        self.keyed.entry(sqe.cid()).and_modify(|existing| existing.conflicts += 1).or_insert(keyed);
+    fn remember_keyed(&mut self, cid: u16, keyed: Keyed) {
+        self.keyed.entry(cid).and_modify(|existing| existing.conflicts += 1).or_insert(keyed);
     }
 
     /// Ends the queue for a transport error: the engine closes it and the queue pair goes
@@ -312,7 +351,7 @@ impl Conn {
         let held = self.held.remove(&cqe.cid);
         let sge = self.responses.sge(usize::from(slot), CQE_BYTES);
         let written = self.responses.buffer.write(usize::from(slot) * CQE_BYTES, &cqe.encode());
-        let invalidate = keyed.filter(|keyed| keyed.invalidate).map(|keyed| keyed.remote.rkey);
+        let invalidate = keyed.filter(|keyed| keyed.invalidate).map(|keyed| keyed.one.remote.rkey);
         let start = self.batch.len();
         let built = match (sge, written) {
             (Some(sge), Ok(())) => {
@@ -369,7 +408,7 @@ impl Conn {
     /// Readies the RDMA WRITE of a read's data to the host; it is posted with the
     /// command's completion. The engine's buffers become the queue's.
     fn hold_write(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
-        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let keyed = self.keyed.get(&cid).ok_or(Status::DATA_TRANSFER_ERROR)?;
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
@@ -393,8 +432,12 @@ impl Conn {
                 }
             }
         };
+        let Some(writes) = sgl::split(&sges, keyed.parts(), len) else {
+            buffers::give_back(group.buffers, &mut buffers);
+            return Err(Status::DATA_TRANSFER_ERROR);
+        };
         buffers.append(&mut self.qpair.take_data_buffers(slot)?);
-        let held = HeldWrite { writes: vec![WriteSeg { sges, remote: keyed.remote }], buffers };
+        let held = HeldWrite { writes, buffers };
         if let Some(mut replaced) = self.held.insert(cid, held) {
             buffers::give_back(group.buffers, &mut replaced.buffers);
         }
@@ -414,12 +457,19 @@ impl Conn {
 
     /// Posts the RDMA READs waiting, up to the read depth.
     fn start_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
-        while self.reads_in_flight < self.read_depth && self.sends_in_flight < self.send_capacity {
-            let Some((slot, cid, len)) = self.pending_reads.pop_front() else { break };
+        while let Some(&(slot, cid, len)) = self.pending_reads.front() {
+            // A READ per descriptor. The NIC itself holds READs beyond the host's IRD, so a
+            // command of more descriptors than that still goes, alone.
+            let reads = self.keyed.get(&cid).map_or(1, |keyed| keyed.parts().len() as u32);
+            let ird_room = self.reads_in_flight == 0 || self.reads_in_flight + reads <= u32::from(self.read_depth);
+            if !ird_room || self.sends_in_flight + reads > self.send_capacity {
+                break;
+            }
+            self.pending_reads.pop_front();
             match self.read_data(slot, cid, len) {
-                Ok(()) => {
-                    self.reads_in_flight += 1;
-                    self.sends_in_flight += 1;
+                Ok(posted) => {
+                    self.reads_in_flight += posted;
+                    self.sends_in_flight += posted;
                     if !self.batch_wrs {
                         self.flush_sends(ctx, group);
                     }
@@ -436,18 +486,27 @@ impl Conn {
         }
     }
 
-    fn read_data(&mut self, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
-        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+    /// Queues the RDMA READs of a command's host data, one per descriptor, only the last
+    /// signaled (a queue pair's requests complete in order); returns how many.
+    fn read_data(&mut self, slot: u16, cid: u16, len: u32) -> Result<u32, Status> {
+        let keyed = self.keyed.get(&cid).ok_or(Status::DATA_TRANSFER_ERROR)?;
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
         let into = self.qpair.fetch_buffers(slot)?;
         // The engine places host data in pool buffers, which every device was given.
         let sges = sges_of(&self.device, &into).ok_or(Status::DATA_TRANSFER_ERROR)?;
-        let wr_id = WrId { kind: WrKind::Read, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
-        let wr = SendWr::rdma_read(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        self.batch.push(wr.signaled(true));
-        Ok(())
+        let reads = sgl::split(&sges, keyed.parts(), len).filter(|reads| !reads.is_empty());
+        let reads = reads.ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let start = self.batch.len();
+        if read_chain(slot, cid, &reads, &mut self.batch).is_err() {
+            self.batch.truncate(start);
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        if reads.len() > 1 {
+            self.read_parts.insert(slot, reads.len() as u32 - 1);
+        }
+        Ok(reads.len() as u32)
     }
 
     /// A send-queue completion (SEND, WRITE or READ), successful, flushed or failed.
@@ -486,8 +545,19 @@ impl Conn {
                     *chained = chained.saturating_sub(1);
                 }
             }
-            WrKind::Read => {
+            WrKind::ReadPart => {
+                // Completes on its own only failed or flushed; the command's last READ,
+                // after it, tells the engine.
                 self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                if let Some(parts) = self.read_parts.get_mut(&slot) {
+                    *parts = parts.saturating_sub(1);
+                }
+            }
+            WrKind::Read => {
+                // The unsignaled READs before it are done too.
+                let parts = self.read_parts.remove(&slot).unwrap_or(0);
+                self.sends_in_flight = self.sends_in_flight.saturating_sub(parts);
+                self.reads_in_flight = self.reads_in_flight.saturating_sub(1 + parts);
                 let placed = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
                 if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, placed) {
                     self.fail(&format!("{fault:?}"));
@@ -516,150 +586,5 @@ impl Conn {
         for (_, mut held) in self.held.drain() {
             buffers::give_back(group.buffers, &mut held.buffers);
         }
-    }
-}
-
-/// The SGEs of a command's buffers, None when some memory is not the device's.
-fn sges_of(device: &Device, sgl: &Sgl<'_>) -> Option<Vec<Sge>> {
-    sgl.iter().map(|seg| device.sge(&seg)).collect()
-}
-
-fn bounce_sges(device: &Device, bounce: &[DataBuf], len: usize) -> Option<Vec<Sge>> {
-    let mut left = len;
-    let mut sges = Vec::new();
-    for buffer in bounce {
-        let sgl = buffer.sgl().ok()?;
-        for seg in sgl.iter() {
-            if left == 0 {
-                break;
-            }
-            let mut sge = device.sge(&seg)?;
-            sge.len = sge.len.min(left as u32);
-            left -= sge.len as usize;
-            sges.push(sge);
-        }
-    }
-    (left == 0).then_some(sges)
-}
-
-fn copy_into(bounce: &mut [DataBuf], data: &Sgl<'_>, len: usize) -> Result<(), ()> {
-    let mut at = 0;
-    for buffer in bounce.iter_mut() {
-        let mut dst = buffer.sgl_mut().map_err(|_| ())?;
-        let take = dst.len().min(len - at);
-        if take == 0 {
-            break;
-        }
-        let src = data.sub(at, take).map_err(|_| ())?;
-        let mut dst = dst.sub_mut(0, take).map_err(|_| ())?;
-        let copied = mem::copy(&mut dst, &src).map_err(|_| ())?;
-        if copied != take {
-            return Err(());
-        }
-        at += take;
-    }
-    if at == len {
-        Ok(())
-    } else {
-        Err(())
-    }
-}
-
-/// The work requests answering a command, appended to `into`: an RDMA WRITE per piece of
-/// a read's data, unsignaled, then the response SEND (with Invalidate of `invalidate`),
-/// signaled. One post carries them; RC delivers them in order, so the host has the data
-/// before it sees the completion (NVMe/RDMA 1.0 §3.6), and the SEND's completion says
-/// the WRITEs are done too. A WRITE that fails still completes, with its error.
-pub(super) fn response_chain(
-    slot: u16,
-    writes: &[WriteSeg],
-    response: Sge,
-    invalidate: Option<u32>,
-    into: &mut Vec<SendWr>,
-) -> Result<(), WrError> {
-    for write in writes {
-        let wr_id = WrId { kind: WrKind::Write, tag: u32::from(slot) }.encode();
-        into.push(SendWr::rdma_write(wr_id, &write.sges, write.remote)?.signaled(false));
-    }
-    let wr_id = WrId { kind: WrKind::Send, tag: u32::from(slot) }.encode();
-    let send = match invalidate {
-        Some(rkey) => SendWr::send_with_invalidate(wr_id, &[response], rkey)?,
-        None => SendWr::send(wr_id, &[response])?,
-    };
-    into.push(send.signaled(true));
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use spdk_sys::rdma::SendOp;
-
-    use super::*;
-
-    fn seg(addr: u64, lens: &[u32], remote: u64) -> WriteSeg {
-        let mut at = addr;
-        let sges = lens
-            .iter()
-            .map(|&len| {
-                let sge = Sge { addr: at, len, lkey: 0x11 };
-                at += u64::from(len);
-                sge
-            })
-            .collect();
-        WriteSeg { sges, remote: RemoteKey { addr: remote, rkey: 0xbeef } }
-    }
-
-    const RESPONSE: Sge = Sge { addr: 0x9000, len: CQE_BYTES as u32, lkey: 0x22 };
-
-    #[test]
-    fn a_read_is_answered_by_its_writes_then_one_signaled_send() {
-        for lens in [&[4096][..], &[8192, 8192, 4096], &[512]] {
-            let mut chain = Vec::new();
-            let write = seg(0x10_0000, lens, 0x7000_0000);
-            response_chain(5, std::slice::from_ref(&write), RESPONSE, None, &mut chain).unwrap();
-            assert_eq!(chain.len(), 2, "{chain:?}");
-            let (data, send) = (&chain[0], &chain[1]);
-            assert_eq!(data.op(), SendOp::RdmaWrite(write.remote));
-            assert!(!data.is_signaled(), "only the SEND is signaled: {data:?}");
-            assert_eq!(data.sges().collect::<Vec<_>>(), write.sges);
-            assert_eq!(data.byte_len(), lens.iter().sum::<u32>());
-            assert_eq!(WrId::decode(data.wr_id()), WrId { kind: WrKind::Write, tag: 5 });
-            assert_eq!(send.op(), SendOp::Send);
-            assert!(send.is_signaled());
-            assert_eq!(send.sges().collect::<Vec<_>>(), vec![RESPONSE]);
-            assert_eq!(WrId::decode(send.wr_id()), WrId { kind: WrKind::Send, tag: 5 });
-        }
-    }
-
-    #[test]
-    fn several_writes_keep_their_order_before_the_send() {
-        let writes = [seg(0x1000, &[4096], 0xa000), seg(0x3000, &[1024, 1024], 0xb000), seg(0x8000, &[16], 0xc000)];
-        let mut chain = vec![SendWr::send(1, &[RESPONSE]).unwrap()];
-        response_chain(0xffff, &writes, RESPONSE, Some(0xbeef), &mut chain).unwrap();
-        assert_eq!(chain.len(), 5, "appended after what was there");
-        for (wr, write) in chain[1..4].iter().zip(&writes) {
-            assert_eq!(wr.op(), SendOp::RdmaWrite(write.remote));
-            assert!(!wr.is_signaled());
-            assert_eq!(WrId::decode(wr.wr_id()).tag, 0xffff);
-        }
-        assert_eq!(chain[4].op(), SendOp::SendWithInvalidate { rkey: 0xbeef });
-        assert!(chain[4].is_signaled());
-    }
-
-    #[test]
-    fn a_completion_without_data_is_one_send() {
-        let mut chain = Vec::new();
-        response_chain(2, &[], RESPONSE, None, &mut chain).unwrap();
-        assert_eq!(chain.len(), 1);
-        assert_eq!((chain[0].op(), chain[0].is_signaled()), (SendOp::Send, true));
-    }
-
-    #[test]
-    fn a_write_of_too_many_entries_is_refused_and_nothing_is_kept_half_built() {
-        let lens = vec![64; spdk_sys::rdma::MAX_SGE + 1];
-        let mut chain = Vec::new();
-        let err = response_chain(1, &[seg(0, &lens, 0)], RESPONSE, None, &mut chain);
-        assert!(err.is_err());
-        assert!(chain.is_empty(), "the caller truncates to where it started; nothing was pushed");
     }
 }

@@ -36,8 +36,14 @@
 //! 2. The transport reads the SQE and its SGL (NVMe/RDMA 1.0 §2.3): a Data Block with
 //!    the Offset subtype points at in-capsule data (`in_capsule_data_size` at most); a
 //!    Keyed SGL Data Block (address, length, rkey; subtype 0h or Fh, "invalidate")
-//!    names host memory. The keyed descriptor is kept by command identifier and the
-//!    SQE with its in-capsule bytes goes to [`crate::nvmf::qpair::Qpair::on_command`].
+//!    names host memory; so does a Last Segment descriptor (Offset subtype) pointing
+//!    at a list of up to MSDBD (16) keyed data blocks in the capsule's data (`sgl`),
+//!    which the engine sees as one keyed transfer of their total length, and which is
+//!    moved with one RDMA READ or WRITE per descriptor (a bad list is answered with
+//!    its status: SGL Offset Invalid, Data SGL Length Invalid, Invalid Number of SGL
+//!    Descriptors, SGL Descriptor Type Invalid). The descriptors are kept by command
+//!    identifier and the SQE with its in-capsule bytes goes to
+//!    [`crate::nvmf::qpair::Qpair::on_command`].
 //!    The receive buffer is posted again at once: the engine copies in-capsule data
 //!    before `on_command` returns.
 //! 3. The engine gives the command its pool buffers and asks for host data with
@@ -99,6 +105,7 @@ pub mod device;
 pub mod listener;
 pub mod options;
 pub mod poll_group;
+pub mod sgl;
 pub mod stats;
 pub mod transport;
 mod wr;

@@ -17,7 +17,7 @@ use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 use spdk_sys::rdma::nvme::{CmAccept, CmReject, RejectStatus};
 use spdk_sys::rdma::{Completion, ConnParam, Cq, QpConfig, RecvWr, Srq};
 
-use super::conn::{Conn, ConnParts, Region, SEND_WRS_PER_COMMAND};
+use super::conn::{send_queue_wrs, Conn, ConnParts, Region};
 use super::device::Device;
 use super::listener::{CmState, NewConnection};
 use super::options::{RdmaOptions, MAX_SGL_ENTRIES};
@@ -155,7 +155,7 @@ impl RdmaPollGroup {
             Err(why) => return refuse(&id, &self.state, why),
         };
         let depth32 = u32::from(depth);
-        let wrs = depth32 * SEND_WRS_PER_COMMAND + if self.rdma.no_srq { depth32 } else { 0 };
+        let wrs = send_queue_wrs(depth32) + if self.rdma.no_srq { depth32 } else { 0 };
         let gd = &mut self.devices[index];
         if gd.committed + wrs > gd.cq.capacity() {
             let why = format!("its {wrs} work requests would overflow the poll group's CQ of {}", gd.cq.capacity());
@@ -165,7 +165,7 @@ impl RdmaPollGroup {
             send_cq: gd.cq.clone(),
             recv_cq: gd.cq.clone(),
             srq: gd.srq.as_ref().map(|shared| shared.srq.clone()),
-            max_send_wr: depth32 * SEND_WRS_PER_COMMAND,
+            max_send_wr: send_queue_wrs(depth32),
             max_recv_wr: depth32,
             max_send_sge: MAX_SGL_ENTRIES.min(device.attr.max_sge.max(1) as u32),
             max_recv_sge: 1,
@@ -185,7 +185,8 @@ impl RdmaPollGroup {
         let config = QpairConfig { data_completes: false, admin_in_capsule_bytes: icd, sgl: SglBinding::Rdma };
         let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, peer, local);
         let batch_wrs = !self.rdma.no_wr_batching;
-        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, batch_wrs };
+        let max_io_bytes = self.opts.max_io_size;
+        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, max_io_bytes, batch_wrs };
         let mut conn = match Conn::new(parts) {
             Ok(conn) => conn,
             Err(why) => {
@@ -363,7 +364,7 @@ impl TransportPollGroup for RdmaPollGroup {
             if let Some(gd) = self.devices.iter_mut().find(|gd| Arc::ptr_eq(&gd.device, &conn.device)) {
                 let depth = conn.depth();
                 let own = if gd.srq.is_some() { 0 } else { depth };
-                gd.committed = gd.committed.saturating_sub(depth * SEND_WRS_PER_COMMAND + own);
+                gd.committed = gd.committed.saturating_sub(send_queue_wrs(depth) + own);
                 gd.stats.add(&conn.stats);
             }
             busy = true;
