@@ -98,10 +98,14 @@
 //!
 //! A completion in error, an asynchronous QP error, and the CM events Disconnected,
 //! TimewaitExit and DeviceRemoval end the one queue they name (the engine's `close`);
-//! the listener and every other queue stay.
+//! the listener and every other queue stay. A device's asynchronous events (`events`)
+//! are watched on the app thread through its event descriptor: a queue pair's fatal,
+//! request or access error ends its queue, a fatal device error or a port error every
+//! queue on the device; the rest is logged.
 
 pub mod conn;
 pub mod device;
+pub mod events;
 pub mod listener;
 pub mod options;
 pub mod poll_group;

@@ -218,6 +218,9 @@ impl RdmaPollGroup {
             return refuse(&conn.id, &self.state, err.to_string());
         }
         self.devices[index].committed += wrs;
+        if let Some(state) = self.state.lock().as_ref() {
+            state.qps.insert(conn.qp_num, token, conn.device.name());
+        }
         self.by_token.insert(token, conn.qp_num);
         self.conns.insert(conn.qp_num, conn);
         if let Some(timer) = &self.timer {
@@ -232,6 +235,13 @@ impl RdmaPollGroup {
             conn.cm_gone = true;
             conn.qpair.close(&format!("RDMA CM: {kind:?}"));
             conn.disconnect();
+        }
+    }
+
+    /// Ends the queue `token` for a device's asynchronous event.
+    pub fn end_queue(&mut self, token: u64, why: &str) {
+        if let Some(conn) = self.by_token.get(&token).and_then(|qp_num| self.conns.get_mut(qp_num)) {
+            conn.fail(why);
         }
     }
 
@@ -360,6 +370,7 @@ impl TransportPollGroup for RdmaPollGroup {
             self.by_token.remove(&conn.token);
             if let Some(state) = self.state.lock().as_ref() {
                 state.routes.lock().remove(&conn.token);
+                state.qps.remove(qp_num);
             }
             if let Some(gd) = self.devices.iter_mut().find(|gd| Arc::ptr_eq(&gd.device, &conn.device)) {
                 let depth = conn.depth();
