@@ -14,7 +14,9 @@
 #      buffer is back in its pool (mem_get_stats; no per-poll-group cache);
 #   7. SIGTERM: the target exits 0 and logs its orderly stop;
 #   8. again with no_srq (each queue pair posts its own receives): connect, dd and fio,
-#      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop.
+#      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop;
+#   9. a port error (the link under rxe0 down) ends every queue on the device
+#      (port_error_ends_queues).
 set -Eeuo pipefail
 # shellcheck source=/dev/null
 source /job/env
@@ -276,5 +278,37 @@ stop_target
 kill -KILL "$fio_pid" 2>/dev/null || true
 wait "$fio_pid" 2>/dev/null || true
 nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+
+# --- the device's asynchronous events ------------------------------------------------
+# port_error_ends_queues: with a host connected, the link under rxe0 goes down; rxe0
+# reports a port error, and the target ends every queue on the device (and says so).
+port_error_ends_queues() {
+    start_target port-error ""
+    connect
+    step "link down under rxe0: the port error ends the device's queues"
+    ip link set "$netdev" down
+    for _ in $(seq 100); do
+        grep -q "asynchronous event PortError" "$log" && break
+        sleep 0.1
+    done
+    grep "asynchronous event" "$log" || true
+    grep -q "asynchronous event PortError.*ending its [1-9][0-9]* queues" "$log" ||
+        { ip link set "$netdev" up; fail "no port error ending rxe0's queues in the target log"; }
+    for _ in $(seq 100); do
+        rpc nvmf_get_stats >"$out/stats-port-error.json"
+        grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats-port-error.json" || break
+        sleep 0.2
+    done
+    ip link set "$netdev" up
+    if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats-port-error.json"; then
+        fail "queues still open 20 s after rxe0's port error"
+    fi
+    echo "ok: the port error ended every queue on rxe0"
+    nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+    stop_target
+}
+port_error_ends_queues
+# --------------------------------------------------------------------------------------
+
 rdma link delete rxe0
 step "done: Linux's nvme-rdma host against peerless-tgt over soft-RoCE"
