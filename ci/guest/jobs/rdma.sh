@@ -304,8 +304,10 @@ port_error_ends_queues() {
         fail "queues still open 20 s after rxe0's port error"
     fi
     echo "ok: the port error ended every queue on rxe0"
-    nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+    # The target first, then the host; its disconnect waits about a minute for the
+    # error recovery the port error started (the step's time, most of it).
     stop_target
+    nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
 }
 port_error_ends_queues
 # --------------------------------------------------------------------------------------
