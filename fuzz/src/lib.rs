@@ -67,7 +67,14 @@ fn world() -> &'static World {
         let registry = peerless_target::app::registry(&peerless_core::keyring::Keyring::new(), &bdevs, &target);
         let methods = registry.names(None);
         let options: TransportOptions = serde_json::from_value(json!({"trtype": "TCP"})).expect("default options");
-        let info = ConnInfo { conn_id: 1, thread: handle.app_thread(), peer: addr, local: addr, tls: None };
+        let info = ConnInfo {
+            conn_id: 1,
+            thread: handle.app_thread(),
+            peer: addr,
+            local: addr,
+            trtype: "TCP".into(),
+            tls: None,
+        };
         World { registry, methods, target, options, info }
     })
 }

@@ -46,6 +46,18 @@ fn rdma_transport_with_spdk_defaults_is_shown_and_replayed() {
     // TCP is a transport of its own beside it.
     assert_eq!(target.call("nvmf_create_transport", Some(json!({"trtype": "TCP"}))), json!(true));
 
+    // nvmf_get_stats: each poll group lists its part of both transports, RDMA's with SPDK's
+    // fields (no device is open yet: no devices, no buffer waits).
+    let stats = target.call("nvmf_get_stats", None);
+    let groups = stats["poll_groups"].as_array().expect("poll groups");
+    assert!(!groups.is_empty(), "{stats}");
+    for group in groups {
+        let rdma = rdma_of(&group["transports"]);
+        assert_eq!(rdma, json!({"trtype": "RDMA", "pending_data_buffer": 0, "devices": []}), "{group}");
+        let tcp = group["transports"].as_array().unwrap().iter().find(|t| t["trtype"] == "TCP").cloned();
+        assert_eq!(tcp, Some(json!({"trtype": "TCP"})), "{group}");
+    }
+
     let shown = rdma_of(&target.call("nvmf_get_transports", Some(json!({"trtype": "rdma"}))));
     for (key, value) in [
         ("max_queue_depth", json!(128)),
@@ -77,6 +89,30 @@ fn rdma_transport_with_spdk_defaults_is_shown_and_replayed() {
     let secure = json!({"nqn": nqn, "listen_address": address, "secure_channel": true});
     let (_, message) = target.call_err("nvmf_subsystem_add_listener", Some(secure));
     assert!(message.contains("secure_channel"), "{message}");
+    assert_eq!(target.call("nvmf_get_subsystems", None)[1]["listen_addresses"], json!([]));
+
+    // One address carries a listener of each transport (a listener is its whole transport
+    // ID): with a TCP listener at an address, RDMA at the same one is not "already
+    // listening" but tried, and refused here only for want of a device. The TCP one stays,
+    // is found by its transport, and takes hosts.
+    let port = peerless_testkit::free_port().to_string();
+    let tcp = json!({"trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port});
+    let rdma = json!({"trtype": "RDMA", "adrfam": "IPv4", "traddr": "127.0.0.1", "trsvcid": port});
+    target.call("nvmf_subsystem_add_listener", Some(json!({"nqn": nqn, "listen_address": tcp})));
+    let (code, message) =
+        target.call_err("nvmf_subsystem_add_listener", Some(json!({"nqn": nqn, "listen_address": rdma})));
+    assert!(message.contains(&format!("cannot listen on 127.0.0.1:{port}")), "{code} {message}");
+    let (code, message) =
+        target.call_err("nvmf_subsystem_add_listener", Some(json!({"nqn": nqn, "listen_address": tcp})));
+    assert_eq!((code, message), (-17, format!("{nqn} already listens on 127.0.0.1:{port} over TCP")));
+    let (code, message) =
+        target.call_err("nvmf_subsystem_remove_listener", Some(json!({"nqn": nqn, "listen_address": rdma})));
+    assert_eq!((code, message), (-19, format!("{nqn} does not listen on 127.0.0.1:{port} over RDMA")));
+    assert_eq!(target.call("nvmf_get_subsystems", None)[1]["listen_addresses"], json!([tcp]));
+    let stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}"));
+    assert!(stream.is_ok(), "the TCP listener takes connections: {stream:?}");
+    drop(stream);
+    target.call("nvmf_subsystem_remove_listener", Some(json!({"nqn": nqn, "listen_address": tcp})));
     assert_eq!(target.call("nvmf_get_subsystems", None)[1]["listen_addresses"], json!([]));
 
     // save_config -> a new target started from it has the same transport.

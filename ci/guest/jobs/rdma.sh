@@ -8,7 +8,8 @@
 #   3. nvme discover -t rdma: the entry's transport is rdma;
 #   4. nvme connect -t rdma, nvme list, id-ctrl (serial, subnqn, keyed SGLs), id-ns;
 #   5. data: a random pattern written with dd at several block sizes and read back with
-#      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32;
+#      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32; then
+#      the RDMA device counters of nvmf_get_stats are nonzero and agree (check_rdma_counters);
 #   6. a second namespace with its data in an emulated CMB (p2pmem auto): the provider is
 #      probed once on rxe0 and logged; data is placed where the NIC can reach it, or
 #      falls back to host memory and is counted (rxe cannot register device memory);
@@ -22,7 +23,9 @@
 #   9. SIGTERM: the target exits 0 and logs its orderly stop;
 #  10. again with no_srq (each queue pair posts its own receives): connect, dd and fio,
 #      then SIGTERM while fio runs at QD32: the target still exits 0 and logs its stop;
-#  11. the kernel log holds no warning, BUG or oops from any of it.
+#  11. a port error (the link under rxe0 down) ends every queue on the device
+#      (port_error_ends_queues);
+#  12. the kernel log holds no warning, BUG or oops from any of it.
 set -Eeuo pipefail
 # shellcheck source=/dev/null
 source /job/env
@@ -189,6 +192,37 @@ fio_verify() {
 # mem_field NAME: a number of the RDMA pool in mem_get_stats.
 mem_field() { rpc mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
 
+# --- RDMA device counters (nvmf_get_stats, SPDK's RDMA poll group fields) -------------
+# check_rdma_counters NAME: after I/O, the RDMA devices' counters summed over poll groups
+# are real and agree with each other: commands were received, every one into a posted
+# receive and answered by a posted SEND, and no count exceeds what contains it.
+rdma_counter() { tr -d ' \n' <"$1" | grep -o "\"$2\":[0-9]*" | cut -d: -f2 | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
+check_rdma_counters() {
+    step "RDMA device counters in nvmf_get_stats ($1)"
+    local f=$out/stats-counters-$1.json
+    rpc nvmf_get_stats >"$f"
+    grep -q '"pending_data_buffer"' "$f" || { cat "$f"; fail "nvmf_get_stats has no RDMA transport entry"; }
+    grep -q '"name": *"rxe0"' "$f" || { cat "$f"; fail "nvmf_get_stats lists no device rxe0"; }
+    local polls idle completions requests latency send_wrs send_db recv_wrs recv_db
+    polls=$(rdma_counter "$f" polls) idle=$(rdma_counter "$f" idle_polls)
+    completions=$(rdma_counter "$f" completions) requests=$(rdma_counter "$f" requests)
+    latency=$(rdma_counter "$f" request_latency)
+    send_wrs=$(rdma_counter "$f" total_send_wrs) send_db=$(rdma_counter "$f" send_doorbell_updates)
+    recv_wrs=$(rdma_counter "$f" total_recv_wrs) recv_db=$(rdma_counter "$f" recv_doorbell_updates)
+    echo "polls $polls idle $idle completions $completions requests $requests latency ${latency}ns"
+    echo "send wrs $send_wrs doorbells $send_db; recv wrs $recv_wrs doorbells $recv_db"
+    ((requests > 1000)) || fail "requests $requests after dd and fio"
+    ((polls > 0 && polls >= idle)) || fail "polls $polls, idle_polls $idle"
+    ((completions >= requests)) || fail "completions $completions < requests $requests"
+    ((recv_wrs >= requests)) || fail "total_recv_wrs $recv_wrs < requests $requests"
+    ((send_wrs >= requests)) || fail "total_send_wrs $send_wrs < requests $requests (one SEND each)"
+    ((send_db > 0 && send_db <= send_wrs)) || fail "send doorbells $send_db of $send_wrs wrs"
+    ((recv_db > 0 && recv_db <= recv_wrs)) || fail "recv doorbells $recv_db of $recv_wrs wrs"
+    ((latency > 0)) || fail "request_latency is 0 after I/O"
+    echo "ok: RDMA counters nonzero and consistent"
+}
+# --------------------------------------------------------------------------------------
+
 buffers=1024
 start_target srq ""
 
@@ -220,6 +254,7 @@ expect_eq "id-ns nsze" "$(($(field "$out/id-ns.txt" nsze)))" "$num_blocks"
 patterns 4K:128K 128K:4K 64K:16K 1M:8K
 fio_verify qd1 1
 fio_verify qd32 32
+check_rdma_counters srq
 
 # all_released WHY: every queue gone on the target within 20 s, and both data buffer
 # classes back to full.
@@ -321,6 +356,7 @@ grep -q '"no_srq": *true' "$out/transports-no-srq.json" || fail "nvmf_get_transp
 connect
 patterns 128K:4K 8K:64K
 fio_verify no-srq-qd32 32
+check_rdma_counters no-srq
 
 step "SIGTERM while fio writes at QD32"
 fio --name=load --filename="$dev" --direct=1 --ioengine=libaio --iodepth=32 --rw=randrw \
@@ -332,6 +368,40 @@ stop_target
 kill -KILL "$fio_pid" 2>/dev/null || true
 wait "$fio_pid" 2>/dev/null || true
 nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+
+# --- the device's asynchronous events ------------------------------------------------
+# port_error_ends_queues: with a host connected, the link under rxe0 goes down; rxe0
+# reports a port error, and the target ends every queue on the device (and says so).
+port_error_ends_queues() {
+    start_target port-error ""
+    connect
+    step "link down under rxe0: the port error ends the device's queues"
+    ip link set "$netdev" down
+    for _ in $(seq 100); do
+        grep -q "asynchronous event PortError" "$log" && break
+        sleep 0.1
+    done
+    grep "asynchronous event" "$log" || true
+    grep -q "asynchronous event PortError.*ending its [1-9][0-9]* queues" "$log" ||
+        { ip link set "$netdev" up; fail "no port error ending rxe0's queues in the target log"; }
+    for _ in $(seq 100); do
+        rpc nvmf_get_stats >"$out/stats-port-error.json"
+        grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats-port-error.json" || break
+        sleep 0.2
+    done
+    ip link set "$netdev" up
+    if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats-port-error.json"; then
+        fail "queues still open 20 s after rxe0's port error"
+    fi
+    echo "ok: the port error ended every queue on rxe0"
+    # The target first, then the host; its disconnect waits about a minute for the
+    # error recovery the port error started (the step's time, most of it).
+    stop_target
+    nvme disconnect -n "$nqn" >/dev/null 2>&1 || true
+}
+port_error_ends_queues
+# --------------------------------------------------------------------------------------
+
 rdma link delete rxe0
 
 step "the kernel log"

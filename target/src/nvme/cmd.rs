@@ -14,6 +14,11 @@ pub const SGL_TRANSPORT_DATA_BLOCK: u8 = 0x5a;
 /// controller answers with SEND with Invalidate of the key).
 pub const SGL_KEYED_DATA_BLOCK: u8 = 0x40;
 pub const SGL_KEYED_DATA_BLOCK_INVALIDATE: u8 = 0x4f;
+/// A Last Segment descriptor (type 3h) with the Offset subtype (1h): the command's SGL
+/// continues in a list of descriptors in the capsule, at an offset into its data
+/// (NVMe-oF 1.1 §2.3.1, NVMe Base 2.0 4.3.2); the RDMA binding carries several keyed
+/// data blocks this way (up to MSDBD of them).
+pub const SGL_LAST_SEGMENT_OFFSET: u8 = 0x31;
 /// The descriptor type of keyed data blocks (bits 7:4 of the SGL identifier).
 const SGL_TYPE_KEYED: u8 = 0x4;
 

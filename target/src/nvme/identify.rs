@@ -58,6 +58,10 @@ pub struct ControllerData<'a> {
     pub keyed_sgl: bool,
 }
 
+/// SGL descriptors a command may carry with keyed data blocks (the RDMA binding), as
+/// SPDK's RDMA transport reports (its NVMF_DEFAULT_MSDBD).
+pub const KEYED_MSDBD: u8 = 16;
+
 /// PCI vendor ID reported; SPDK's target reports Intel's, we report none rather than borrow one.
 const VENDOR_ID: u16 = 0;
 /// ONCS bits: Compare (0), Dataset Management (2), Write Zeroes (3).
@@ -134,7 +138,9 @@ pub fn controller(data: &ControllerData<'_>) -> Vec<u8> {
     put32(&mut bytes, 1796, 1);
     put16(&mut bytes, 1800, 0); // ICDOFF
     bytes[1802] = 0; // FCATT: dynamic controller model
-    bytes[1803] = 1; // MSDBD: one SGL descriptor per command
+                     // MSDBD: keyed data blocks come several to a command (a Last Segment list in the
+                     // capsule, NVMe-oF 1.1 §2.3.1); a transport data block comes alone.
+    bytes[1803] = if data.keyed_sgl { KEYED_MSDBD } else { 1 };
     bytes
 }
 
@@ -255,6 +261,7 @@ mod tests {
         assert_eq!((data[76], le32(&data, 92)), (1 << 1, 1 << 8), "no ANA reporting");
         assert!(data[342..352].iter().all(|b| *b == 0) && le32(&data, 540) == 0);
         assert_eq!(le32(&data, 536), 0x1 | (1 << 20), "SGLS: no keyed data blocks (TCP)");
+        assert_eq!(data[1803], 1, "MSDBD: one transport data block per command (TCP)");
     }
 
     #[test]
@@ -280,6 +287,7 @@ mod tests {
             keyed_sgl: true,
         });
         assert_eq!(le32(&data, 536), 0x1 | (1 << 2) | (1 << 20), "SGLS with keyed data blocks (RDMA)");
+        assert_eq!(data[1803], KEYED_MSDBD, "MSDBD: up to 16 keyed data blocks per command (RDMA)");
         assert_eq!(data[76], (1 << 1) | (1 << 3), "CMIC: multiple controllers, ANA reporting");
         assert_eq!(le32(&data, 92), (1 << 8) | (1 << 11), "OAES: namespace attribute and ANA change notices");
         assert_eq!((data[342], data[343]), (10, 0b0100_0111), "ANATT, ANACAP");

@@ -54,6 +54,8 @@ pub mod status {
     /// Command Abort Requested (NVMe Base 2.0, Figure 101).
     pub const ABORTED_BY_REQUEST: Status = Status { sct: sct::GENERIC, sc: 0x07 };
     pub const COMMAND_SEQUENCE_ERROR: Status = Status { sct: sct::GENERIC, sc: 0x0c };
+    /// Invalid Number of SGL Descriptors (NVMe Base 2.0, Figure 101): more than MSDBD.
+    pub const SGL_DESCRIPTOR_COUNT_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x0e };
     pub const DATA_SGL_LENGTH_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x0f };
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x11 };
     pub const SGL_OFFSET_INVALID: Status = Status { sct: sct::GENERIC, sc: 0x16 };

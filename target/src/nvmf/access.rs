@@ -71,8 +71,9 @@ impl NvmfTarget {
         let Some(transport) = self.transport(trtype) else {
             return Err(NvmfError::NoTransport(trtype.to_uppercase()));
         };
-        if subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr) {
-            return Err(NvmfError::ListenerExists { nqn: subsystem.nqn.clone(), addr });
+        if subsystem.state.lock().listeners.iter().any(|listener| listener.is(transport.trtype(), addr)) {
+            let trtype = transport.trtype().to_string();
+            return Err(NvmfError::ListenerExists { nqn: subsystem.nqn.clone(), trtype, addr });
         }
         if let Some(existing) = self.listening_secure(transport.trtype(), addr).filter(|existing| *existing != secure) {
             // One socket serves every subsystem at an address: TLS or not, for all of them.
@@ -105,14 +106,21 @@ impl NvmfTarget {
         Ok(())
     }
 
-    /// Stops subsystem `nqn` listening at `addr`; the socket closes once no subsystem
-    /// lists it.
-    pub fn remove_listener(&self, ctx: &mut ThreadCtx, nqn: &str, addr: SocketAddr) -> Result<(), NvmfError> {
+    /// Stops subsystem `nqn` listening over `trtype` at `addr`; the transport's listener
+    /// there closes once no subsystem lists it.
+    pub fn remove_listener(
+        &self,
+        ctx: &mut ThreadCtx,
+        nqn: &str,
+        trtype: &str,
+        addr: SocketAddr,
+    ) -> Result<(), NvmfError> {
         let subsystem = self.lookup(nqn)?;
         let removed = {
             let mut state = subsystem.state.lock();
-            let Some(position) = state.listeners.iter().position(|listener| listener.addr == addr) else {
-                return Err(NvmfError::NoSuchListener { nqn: subsystem.nqn.clone(), addr });
+            let Some(position) = state.listeners.iter().position(|listener| listener.is(trtype, addr)) else {
+                let trtype = trtype.to_uppercase();
+                return Err(NvmfError::NoSuchListener { nqn: subsystem.nqn.clone(), trtype, addr });
             };
             state.listeners.remove(position)
         };
@@ -122,22 +130,25 @@ impl NvmfTarget {
         if Subsystem::ana_groups(&subsystem.state.lock()) > 0 {
             self.ana_changed(&subsystem, &removed.ana);
         }
-        self.release_listener(ctx, addr);
+        self.release_listener(ctx, removed.trtype, addr);
         self.discovery_changed();
         Ok(())
     }
 
-    /// Closes the socket of `addr` once no subsystem lists it.
-    pub(super) fn release_listener(&self, ctx: &mut ThreadCtx, addr: SocketAddr) {
+    /// Closes the listener of transport `trtype` at `addr` once no subsystem lists it;
+    /// another transport's listener at the same address stays.
+    pub(super) fn release_listener(&self, ctx: &mut ThreadCtx, trtype: &str, addr: SocketAddr) {
         let still_used = self
             .subsystems()
             .iter()
-            .any(|subsystem| subsystem.state.lock().listeners.iter().any(|listener| listener.addr == addr));
+            .any(|subsystem| subsystem.state.lock().listeners.iter().any(|listener| listener.is(trtype, addr)));
         if still_used {
             return;
         }
         let mut listeners = self.0.listeners.lock();
-        if let Some(position) = listeners.iter().position(|(_, listener)| listener.addr() == addr) {
+        let position =
+            listeners.iter().position(|(kind, listener)| kind.eq_ignore_ascii_case(trtype) && listener.addr() == addr);
+        if let Some(position) = position {
             let (_, listener) = listeners.swap_remove(position);
             drop(listeners);
             listener.stop(ctx);
@@ -294,7 +305,7 @@ mod tests {
     use crate::nvme::identify::ControllerType;
     use crate::nvmf::ctrlr::QpairInfo;
     use crate::nvmf::subsystem::{SubsystemConfig, DISCOVERY_NQN};
-    use crate::nvmf::testing::{World, TRTYPE};
+    use crate::nvmf::testing::{World, OTHER_TRTYPE, TRTYPE};
 
     const NQN: &str = "nqn.2016-06.io.peerless:access";
     const OTHER: &str = "nqn.2016-06.io.peerless:other";
@@ -319,7 +330,7 @@ mod tests {
     }
 
     fn unlisten(world: &World, nqn: &'static str, port: u16) -> Result<(), NvmfError> {
-        world.on_app(move |ctx, target| target.remove_listener(ctx, nqn, addr(port)))
+        world.on_app(move |ctx, target| target.remove_listener(ctx, nqn, TRTYPE, addr(port)))
     }
 
     #[test]
@@ -331,7 +342,10 @@ mod tests {
         assert_eq!(listen(&world, OTHER, 4420), Ok(()));
         assert_eq!(listen(&world, "discovery", 4420), Ok(()), "the discovery subsystem listens too");
         assert_eq!(world.open_listeners(), vec![addr(4420)], "one socket for all three");
-        assert_eq!(listen(&world, NQN, 4420), Err(NvmfError::ListenerExists { nqn: NQN.into(), addr: addr(4420) }));
+        assert_eq!(
+            listen(&world, NQN, 4420),
+            Err(NvmfError::ListenerExists { nqn: NQN.into(), trtype: TRTYPE.into(), addr: addr(4420) })
+        );
 
         assert_eq!(unlisten(&world, NQN, 4420), Ok(()));
         assert_eq!(unlisten(&world, "discovery", 4420), Ok(()));
@@ -340,8 +354,57 @@ mod tests {
         assert_eq!(world.open_listeners(), vec![], "the last one closed the socket");
         assert_eq!(
             unlisten(&world, OTHER, 4420),
-            Err(NvmfError::NoSuchListener { nqn: OTHER.into(), addr: addr(4420) })
+            Err(NvmfError::NoSuchListener { nqn: OTHER.into(), trtype: TRTYPE.into(), addr: addr(4420) })
         );
+    }
+
+    /// A listener is its whole transport ID: one address and port carry a listener of
+    /// each transport for one subsystem, each added, found and removed on its own.
+    #[test]
+    fn one_address_carries_a_listener_of_each_transport() {
+        let world = world();
+        world.target.create_transport(OTHER_TRTYPE, &serde_json::json!({"trtype": OTHER_TRTYPE}), 1).unwrap();
+        let other = |world: &World, nqn: &'static str, add: bool| {
+            world.on_app(move |ctx, target| match add {
+                true => target.add_listener(ctx, nqn, OTHER_TRTYPE, addr(4420), AnaState::Optimized, None, false),
+                false => target.remove_listener(ctx, nqn, OTHER_TRTYPE, addr(4420)),
+            })
+        };
+        assert_eq!(listen(&world, NQN, 4420), Ok(()));
+        assert_eq!(other(&world, NQN, true), Ok(()), "a second transport at the same address");
+        assert_eq!(
+            other(&world, NQN, true),
+            Err(NvmfError::ListenerExists { nqn: NQN.into(), trtype: OTHER_TRTYPE.into(), addr: addr(4420) })
+        );
+        assert_eq!(world.open_listeners_by_transport(), vec![(TRTYPE, addr(4420)), (OTHER_TRTYPE, addr(4420))]);
+        let subsystem = world.target.find_subsystem(NQN).unwrap();
+        let shown: Vec<_> = subsystem.state.lock().listeners.iter().map(|l| l.to_json()["trtype"].clone()).collect();
+        assert_eq!(shown, vec![TRTYPE, OTHER_TRTYPE]);
+        // A connection is let in only through a listener of its own transport.
+        assert!(subsystem.listener_allowed(TRTYPE, addr(4420)) && subsystem.listener_allowed(OTHER_TRTYPE, addr(4420)));
+        assert!(!subsystem.listener_allowed("TCP", addr(4420)), "no TCP listener there");
+
+        // OTHER listens at that address over the second transport only.
+        assert_eq!(other(&world, OTHER, true), Ok(()));
+        let only_other = world.target.find_subsystem(OTHER).unwrap();
+        assert!(only_other.listener_allowed(OTHER_TRTYPE, addr(4420)));
+        assert!(!only_other.listener_allowed(TRTYPE, addr(4420)), "the first transport's queues do not reach it");
+
+        // Removing one transport's listener leaves the other's, here and on the target.
+        assert_eq!(unlisten(&world, NQN, 4420), Ok(()));
+        assert!(
+            !subsystem.listener_allowed(TRTYPE, addr(4420)) && subsystem.listener_allowed(OTHER_TRTYPE, addr(4420))
+        );
+        assert_eq!(world.open_listeners_by_transport(), vec![(OTHER_TRTYPE, addr(4420))]);
+        assert_eq!(
+            unlisten(&world, NQN, 4420),
+            Err(NvmfError::NoSuchListener { nqn: NQN.into(), trtype: TRTYPE.into(), addr: addr(4420) })
+        );
+        // The second transport's listener closes with the last subsystem using it.
+        assert_eq!(other(&world, NQN, false), Ok(()));
+        assert_eq!(world.open_listeners_by_transport(), vec![(OTHER_TRTYPE, addr(4420))], "{OTHER} still uses it");
+        assert_eq!(world.on_app(|ctx, target| target.delete_subsystem(ctx, OTHER)), Ok(()));
+        assert_eq!(world.open_listeners_by_transport(), vec![]);
     }
 
     #[test]

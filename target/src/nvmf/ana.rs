@@ -214,11 +214,12 @@ pub fn log_page(controller: &Controller, rgo: bool) -> Vec<u8> {
 
 impl NvmfTarget {
     /// `nvmf_subsystem_listener_set_ana_state`: sets the state of group `anagrpid` (every
-    /// group for `None` or 0, as SPDK takes it) on the listener at `addr`, and sends the
-    /// ANA change notice to the controllers connected through it.
+    /// group for `None` or 0, as SPDK takes it) on the listener of `trtype` at `addr`, and
+    /// sends the ANA change notice to the controllers connected through it.
     pub fn set_ana_state(
         &self,
         nqn: &str,
+        trtype: &str,
         addr: SocketAddr,
         state: AnaState,
         anagrpid: Option<u32>,
@@ -241,8 +242,9 @@ impl NvmfTarget {
                     sub.max_namespaces
                 )));
             }
-            let Some(listener) = sub.listeners.iter().find(|listener| listener.addr == addr) else {
-                return Err(NvmfError::NoSuchListener { nqn: nqn.to_string(), addr });
+            let Some(listener) = sub.listeners.iter().find(|listener| listener.is(trtype, addr)) else {
+                let trtype = trtype.to_uppercase();
+                return Err(NvmfError::NoSuchListener { nqn: nqn.to_string(), trtype, addr });
             };
             listener.ana.set(state, anagrpid).then(|| listener.ana.clone())
         };
@@ -338,21 +340,38 @@ mod tests {
     fn states_are_set_per_listener_and_refused_when_they_cannot_be() {
         let world = world();
         let target = &world.target;
-        assert_eq!(target.set_ana_state(NQN, addr(4421), AnaState::Inaccessible, Some(3)), Ok(()));
+        assert_eq!(target.set_ana_state(NQN, TRTYPE, addr(4421), AnaState::Inaccessible, Some(3)), Ok(()));
         let (on_a, on_b) = (controller_on(&world, 4420), controller_on(&world, 4421));
         assert_eq!((on_a.ana_refusal(3), on_b.ana_refusal(1)), (None, None));
         assert_eq!(on_b.ana_refusal(3), Some(Status { sct: 3, sc: 2 }), "only B's group 3");
-        assert_eq!(target.set_ana_state(NQN, addr(4420), AnaState::NonOptimized, Some(0)), Ok(()), "0 is every group");
+        assert_eq!(
+            target.set_ana_state(NQN, TRTYPE, addr(4420), AnaState::NonOptimized, Some(0)),
+            Ok(()),
+            "0 is every group"
+        );
         assert!((1..=4).all(|group| on_a.ana.as_ref().unwrap().state(group) == AnaState::NonOptimized));
 
         let err = |result: Result<(), NvmfError>| result.unwrap_err().to_string();
-        assert!(err(target.set_ana_state(NQN, addr(4420), AnaState::Optimized, Some(5))).contains("ANAGRPMAX"));
-        assert!(err(target.set_ana_state(NQN, addr(4499), AnaState::Optimized, None)).contains("does not listen"));
-        assert!(err(target.set_ana_state(PLAIN, addr(4420), AnaState::Optimized, None)).contains("ana_reporting"));
-        assert!(err(target.set_ana_state(NQN, addr(4420), AnaState::Change, None)).contains("reported by the target"));
-        assert!(err(target.set_ana_state("discovery", addr(4420), AnaState::Optimized, None)).contains("discovery"));
-        assert!(err(target.set_ana_state("nqn.2016-06.io.peerless:none", addr(4420), AnaState::Optimized, None))
-            .contains("Unable to find subsystem"));
+        assert!(err(target.set_ana_state(NQN, TRTYPE, addr(4420), AnaState::Optimized, Some(5))).contains("ANAGRPMAX"));
+        assert!(
+            err(target.set_ana_state(NQN, TRTYPE, addr(4499), AnaState::Optimized, None)).contains("does not listen")
+        );
+        assert!(
+            err(target.set_ana_state(PLAIN, TRTYPE, addr(4420), AnaState::Optimized, None)).contains("ana_reporting")
+        );
+        assert!(err(target.set_ana_state(NQN, TRTYPE, addr(4420), AnaState::Change, None))
+            .contains("reported by the target"));
+        assert!(
+            err(target.set_ana_state("discovery", TRTYPE, addr(4420), AnaState::Optimized, None)).contains("discovery")
+        );
+        assert!(err(target.set_ana_state(
+            "nqn.2016-06.io.peerless:none",
+            TRTYPE,
+            addr(4420),
+            AnaState::Optimized,
+            None
+        ))
+        .contains("Unable to find subsystem"));
         let plain_listener = world.on_app(|ctx, target| {
             target.add_listener(ctx, PLAIN, TRTYPE, addr(4430), AnaState::Inaccessible, None, false)
         });
@@ -363,7 +382,7 @@ mod tests {
     fn each_controller_reads_its_own_listener_s_states() {
         let world = world();
         let (on_a, on_b) = (controller_on(&world, 4420), controller_on(&world, 4421));
-        world.target.set_ana_state(NQN, addr(4421), AnaState::Inaccessible, Some(3)).unwrap();
+        world.target.set_ana_state(NQN, TRTYPE, addr(4421), AnaState::Inaccessible, Some(3)).unwrap();
         let page_a = log_page(&on_a, false);
         let page_b = log_page(&on_b, false);
         // Groups 1 (NSID 1) and 3 (NSIDs 2 and 3); groups 2 and 4 have no namespace.
@@ -381,7 +400,7 @@ mod tests {
         // Change counts start at 0 at a controller's connect and at each Controller Level Reset.
         let late = Arc::new(controller_on(&world, 4421));
         assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (0, 0));
-        world.target.set_ana_state(NQN, addr(4421), AnaState::Optimized, Some(3)).unwrap();
+        world.target.set_ana_state(NQN, TRTYPE, addr(4421), AnaState::Optimized, Some(3)).unwrap();
         assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (1, 1));
         assert_eq!(le64(&log_page(&on_b, false), 0), 2, "the earlier controller saw both changes");
         let mut admin = AdminState::new(late.clone(), 128, 4, 0);
@@ -389,7 +408,7 @@ mod tests {
         assert!(admin.property_set(prop::CC, 0));
         assert_eq!((le64(&log_page(&late, false), 0), le64(&log_page(&late, false), 60)), (0, 0));
 
-        world.on_app(|ctx, target| target.remove_listener(ctx, NQN, addr(4420))).unwrap();
+        world.on_app(|ctx, target| target.remove_listener(ctx, NQN, TRTYPE, addr(4420))).unwrap();
         assert_eq!(
             on_a.ana_refusal(1),
             Some(Status { sct: 3, sc: 2 }),

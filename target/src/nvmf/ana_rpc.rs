@@ -33,7 +33,7 @@ fn set_ana_state(_: &mut ThreadCtx, target: &NvmfTarget, params: SetAnaState, re
     let result = check_target(&params.tgt_name).and_then(|()| {
         let state = AnaState::parse_settable(&params.ana_state)?;
         let addr = parse_address(target, &params.listen_address)?;
-        Ok(target.set_ana_state(&params.nqn, addr, state, params.anagrpid)?)
+        Ok(target.set_ana_state(&params.nqn, &params.listen_address.trtype, addr, state, params.anagrpid)?)
     });
     answer(responder, result);
 }

@@ -57,6 +57,8 @@ pub struct ConnInfo {
     pub thread: ThreadHandle,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The transport it came over ("TCP", "RDMA"): with `local`, the listener it reached.
+    pub trtype: String,
     /// Who the connection's TLS handshake proved it to be; None for plain TCP.
     pub tls: Option<TlsPeer>,
 }
@@ -115,7 +117,7 @@ fn admit(
     let hostnqn = get_str(data, 512, 256).ok_or(invalid(true, 512))?;
 
     let subsystem = target.find_subsystem(&subnqn).ok_or(invalid(true, 256))?;
-    if !subsystem.listener_allowed(info.local) {
+    if !subsystem.listener_allowed(&info.trtype, info.local) {
         peerless_core::log_warn!("connect to '{subnqn}' on {}: not a listener of that subsystem", info.local);
         return Err(invalid(true, 256));
     }
@@ -147,7 +149,7 @@ fn check_secure_channel(subsystem: &Subsystem, info: &ConnInfo, subnqn: &str, ho
             Err(refused)
         }
         Some(_) => Ok(()),
-        None if subsystem.listener_secure(info.local) => {
+        None if subsystem.listener_secure(&info.trtype, info.local) => {
             peerless_core::log_warn!("connect to '{subnqn}' on {} refused: that listener requires TLS", info.local);
             Err(refused)
         }
@@ -203,7 +205,7 @@ fn connect_admin(
             // As SPDK: the transport's limit until Set Features Number of Queues lowers it.
             options.max_io_qpairs_per_ctrlr,
         )
-        .with_ana(listener_ana(&state, info.local)),
+        .with_ana(listener_ana(&state, &info.trtype, info.local)),
     );
     controller.qpairs.lock().push(qpair_info(info, 0));
     state.controllers.insert(cntlid, controller.clone());
@@ -254,12 +256,12 @@ fn connect_io(
     Ok(Connected { controller, qid, queue_entries: queue_entries as u16, auth_required: false })
 }
 
-/// The ANA states of the listener at `local`, when the subsystem reports ANA.
-fn listener_ana(state: &SubsystemState, local: SocketAddr) -> Option<Arc<ListenerAna>> {
+/// The ANA states of the listener of `trtype` at `local`, when the subsystem reports ANA.
+fn listener_ana(state: &SubsystemState, trtype: &str, local: SocketAddr) -> Option<Arc<ListenerAna>> {
     if !state.ana_reporting {
         return None;
     }
-    state.listeners.iter().find(|listener| listener.addr == local).map(|listener| listener.ana.clone())
+    state.listeners.iter().find(|listener| listener.is(trtype, local)).map(|listener| listener.ana.clone())
 }
 
 fn qpair_info(info: &ConnInfo, qid: u16) -> QpairInfo {

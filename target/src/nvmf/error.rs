@@ -31,10 +31,10 @@ pub enum NvmfError {
     NoTransport(String),
     #[error("transport '{trtype}' does not exist; the target has {have:?}")]
     NoSuchTransport { trtype: String, have: Vec<&'static str> },
-    #[error("{nqn} already listens on {addr}")]
-    ListenerExists { nqn: String, addr: SocketAddr },
-    #[error("{nqn} does not listen on {addr}")]
-    NoSuchListener { nqn: String, addr: SocketAddr },
+    #[error("{nqn} already listens on {addr} over {trtype}")]
+    ListenerExists { nqn: String, trtype: String, addr: SocketAddr },
+    #[error("{nqn} does not listen on {addr} over {trtype}")]
+    NoSuchListener { nqn: String, trtype: String, addr: SocketAddr },
     /// The transport could not listen (the address is in use, not local, ...).
     #[error("{0}")]
     CannotListen(String),

@@ -276,6 +276,22 @@ impl PollGroup {
         stats
     }
 
+    /// This group's `transports` entries of `nvmf_get_stats`: each transport part's type
+    /// and what the transport reports of it.
+    pub fn transport_stats(&self) -> Vec<serde_json::Value> {
+        self.transports
+            .iter()
+            .map(|part| {
+                let mut entry = serde_json::Map::new();
+                entry.insert("trtype".into(), part.trtype.into());
+                if let serde_json::Value::Object(fields) = part.group.dump_stats() {
+                    entry.extend(fields);
+                }
+                serde_json::Value::Object(entry)
+            })
+            .collect()
+    }
+
     /// Every queue pair of the subsystem `nqn`, for `nvmf_subsystem_get_qpairs`.
     pub fn qpairs(&mut self, nqn: &str) -> Vec<QpairRow> {
         let mut rows = Vec::new();

@@ -211,11 +211,13 @@ impl ListenAddress {
     pub fn to_json(&self) -> serde_json::Value {
         transport_address_json(self.trtype, self.addr)
     }
-}
 
-/// A TCP address as SPDK's RPCs print a transport ID.
-pub fn address_json(addr: SocketAddr) -> serde_json::Value {
-    transport_address_json("TCP", addr)
+    /// Whether this is the listener of transport `trtype` at `addr`. A listener is its
+    /// whole transport ID, as SPDK compares them (trtype, adrfam, traddr, trsvcid): one
+    /// address and port may carry a TCP listener and an RDMA one, each its own.
+    pub fn is(&self, trtype: &str, addr: SocketAddr) -> bool {
+        self.addr == addr && self.trtype.eq_ignore_ascii_case(trtype)
+    }
 }
 
 /// An address of transport `trtype` as SPDK's RPCs print a transport ID.
@@ -299,16 +301,17 @@ impl Subsystem {
         self.state.lock().host_psks.get(hostnqn).cloned()
     }
 
-    /// Whether this subsystem's listener at `local` takes TLS connections only.
-    pub fn listener_secure(&self, local: SocketAddr) -> bool {
-        self.state.lock().listeners.iter().any(|listener| listener.addr == local && listener.secure)
+    /// Whether this subsystem's listener of `trtype` at `local` takes TLS connections only.
+    pub fn listener_secure(&self, trtype: &str, local: SocketAddr) -> bool {
+        self.state.lock().listeners.iter().any(|listener| listener.is(trtype, local) && listener.secure)
     }
 
-    /// Whether a connection that arrived on `local` may reach this subsystem. The
-    /// discovery subsystem answers on every listener.
-    pub fn listener_allowed(&self, local: SocketAddr) -> bool {
+    /// Whether a connection that arrived over `trtype` on `local` may reach this
+    /// subsystem: one of its listeners is that transport at that address. The discovery
+    /// subsystem answers on every listener.
+    pub fn listener_allowed(&self, trtype: &str, local: SocketAddr) -> bool {
         self.kind == SubsystemKind::Discovery
-            || self.state.lock().listeners.iter().any(|listener| listener.addr == local)
+            || self.state.lock().listeners.iter().any(|listener| listener.is(trtype, local))
     }
 
     /// ANA groups each listener keeps states for: ANAGRPMAX, which is max_namespaces as

@@ -161,13 +161,13 @@ impl NvmfTarget {
         for controller in controllers {
             self.disconnect_controller(&controller);
         }
-        let addresses: Vec<SocketAddr> = {
+        let addresses: Vec<(&'static str, SocketAddr)> = {
             let mut state = found.state.lock();
             state.namespaces.clear();
-            state.listeners.drain(..).map(|listener| listener.addr).collect()
+            state.listeners.drain(..).map(|listener| (listener.trtype, listener.addr)).collect()
         };
-        for addr in addresses {
-            self.release_listener(ctx, addr);
+        for (trtype, addr) in addresses {
+            self.release_listener(ctx, trtype, addr);
         }
         let id = found.id;
         for group in self.0.poll_groups.lock().clone() {
@@ -451,7 +451,7 @@ impl peerless_core::reactor::Subsystem for NvmfSubsystem {
             }
             for listener in &state.listeners {
                 let mut params = json!({"nqn": subsystem.nqn, "listen_address": listener.to_json()});
-                if let Some(SockImpl::Uring) = self.target.listening_sock_impl("TCP", listener.addr) {
+                if let Some(SockImpl::Uring) = self.target.listening_sock_impl(listener.trtype, listener.addr) {
                     params["sock_impl"] = json!(SockImpl::Uring.as_str());
                 }
                 if listener.secure {

@@ -17,6 +17,9 @@ use super::NvmfTarget;
 
 const WAIT: Duration = Duration::from_secs(10);
 pub const TRTYPE: &str = "LOOP";
+/// A second transport type, registered (not created), for listeners of two transports
+/// at one address.
+pub const OTHER_TRTYPE: &str = "LOOPB";
 
 pub struct World {
     app: Option<App>,
@@ -37,6 +40,7 @@ impl World {
         let bdevs = BdevManager::new();
         let target = NvmfTarget::new(app.handle(), bdevs.clone());
         target.register_transport_type(TRTYPE, LoopTransport::create);
+        target.register_transport_type(OTHER_TRTYPE, LoopTransport::create_other);
         target.create_transport(TRTYPE, &json!({"trtype": TRTYPE}), 1).expect("the test transport");
         World { app: Some(app), target, bdevs }
     }
@@ -59,6 +63,11 @@ impl World {
     /// The addresses the target has a listener open on.
     pub fn open_listeners(&self) -> Vec<SocketAddr> {
         self.target.0.listeners.lock().iter().map(|(_, listener)| listener.addr()).collect()
+    }
+
+    /// The listeners the target has open, with their transports.
+    pub fn open_listeners_by_transport(&self) -> Vec<(&'static str, SocketAddr)> {
+        self.target.0.listeners.lock().iter().map(|(trtype, listener)| (*trtype, listener.addr())).collect()
     }
 
     /// A malloc bdev of 64 blocks of 512 bytes.
@@ -85,12 +94,21 @@ impl Drop for World {
 }
 
 struct LoopTransport {
+    trtype: &'static str,
     opts: Arc<TransportOptions>,
     pool: &'static DataPool,
 }
 
 impl LoopTransport {
     fn create(params: &Value, poll_groups: usize) -> Result<Arc<dyn Transport>, String> {
+        LoopTransport::create_as(TRTYPE, params, poll_groups)
+    }
+
+    fn create_other(params: &Value, poll_groups: usize) -> Result<Arc<dyn Transport>, String> {
+        LoopTransport::create_as(OTHER_TRTYPE, params, poll_groups)
+    }
+
+    fn create_as(trtype: &'static str, params: &Value, poll_groups: usize) -> Result<Arc<dyn Transport>, String> {
         let mut opts: TransportOptions = serde_json::from_value(params.clone()).map_err(|err| err.to_string())?;
         // The smallest pool there is: no command ever runs here.
         opts.max_io_size = 4096;
@@ -98,13 +116,13 @@ impl LoopTransport {
         opts.num_shared_buffers = 2;
         opts.buf_cache_size = 0;
         let pool = DataPool::create(&opts, poll_groups)?;
-        Ok(Arc::new(LoopTransport { opts: Arc::new(opts), pool }))
+        Ok(Arc::new(LoopTransport { trtype, opts: Arc::new(opts), pool }))
     }
 }
 
 impl Transport for LoopTransport {
     fn trtype(&self) -> &'static str {
-        TRTYPE
+        self.trtype
     }
 
     fn opts(&self) -> &Arc<TransportOptions> {
@@ -116,7 +134,7 @@ impl Transport for LoopTransport {
     }
 
     fn to_json(&self) -> Value {
-        json!({"trtype": TRTYPE})
+        json!({"trtype": self.trtype})
     }
 
     fn listen(

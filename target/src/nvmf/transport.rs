@@ -300,6 +300,12 @@ pub trait TransportPollGroup {
     /// Connections, established or not, this group holds (queue pair or not).
     fn connection_count(&self) -> usize;
 
+    /// The transport's own fields of this group's `transports` entry in `nvmf_get_stats`
+    /// (SPDK's `poll_group_dump_stat`), an object; none by default.
+    fn dump_stats(&self) -> Value {
+        Value::Object(serde_json::Map::new())
+    }
+
     /// For the transport's own messages to its groups (new connections, ...).
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }

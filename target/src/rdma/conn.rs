@@ -6,14 +6,17 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use peerless_bdev::DataBuf;
-use peerless_core::mem::{self, Sgl};
 use peerless_core::reactor::ThreadCtx;
 use peerless_core::{log_debug, log_warn};
 use spdk_sys::rdma::{Access, CmId, Mr, RecvWr, RemoteKey, SendWr, Sge, WcStatus};
 
 use super::device::Device;
-use super::wr::{WrId, WrKind};
-use crate::nvme::cmd::{SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE};
+use super::sgl::{self, bounce_sges, copy_into, sges_of, KeyedPart, WriteSeg};
+use super::stats::DeviceStats;
+use super::wr::{read_chain, response_chain, WrId, WrKind};
+use crate::nvme::cmd::{
+    SqeBuilder, SGL_DATA_BLOCK_OFFSET, SGL_KEYED_DATA_BLOCK, SGL_KEYED_DATA_BLOCK_INVALIDATE, SGL_LAST_SEGMENT_OFFSET,
+};
 use crate::nvme::{Cqe, Sqe, Status, CQE_BYTES, SQE_BYTES};
 use crate::nvmf::buffers;
 use crate::nvmf::qpair::{Action, Qpair};
@@ -22,15 +25,45 @@ use crate::nvmf::transport::GroupCtx;
 /// Send work requests per command: the response SEND, an RDMA WRITE and an RDMA READ.
 pub const SEND_WRS_PER_COMMAND: u32 = 3;
 
-/// Host memory a command named (a Keyed SGL Data Block).
-#[derive(Clone, Copy, Debug)]
+/// The send queue of a queue pair of `depth` commands: three requests per command, and
+/// room for one command whose data spans MSDBD descriptors (a READ or WRITE each) besides
+/// its SEND, so such a command always fits once the queue drains.
+pub fn send_queue_wrs(depth: u32) -> u32 {
+    depth * SEND_WRS_PER_COMMAND + sgl::MSDBD as u32 + 1
+}
+
+/// Host memory a command named: a Keyed SGL Data Block, or several (a Last Segment
+/// descriptor's list).
+#[derive(Clone, Debug)]
 struct Keyed {
-    remote: RemoteKey,
+    /// The one descriptor of the command, or the first of several.
+    one: KeyedPart,
+    /// Every descriptor when there are several; empty (no allocation) for one.
+    many: Vec<KeyedPart>,
     len: u32,
     invalidate: bool,
     /// Commands that arrived with this identifier while it was in use: each is answered
     /// with a conflict, and those answers must not take the descriptor away.
     conflicts: u16,
+}
+
+impl Keyed {
+    fn parts(&self) -> &[KeyedPart] {
+        if self.many.is_empty() {
+            std::slice::from_ref(&self.one)
+        } else {
+            &self.many
+        }
+    }
+}
+
+/// A read's data waiting for its completion, to go out in one chain with it.
+struct HeldWrite {
+    writes: Vec<WriteSeg>,
+    /// The memory the WRITEs read (the command's buffers, or pool buffers it was copied
+    /// into): the queue's from the moment the engine hears the data was sent until the
+    /// SEND behind the WRITEs completes.
+    buffers: Vec<DataBuf>,
 }
 
 /// Registered host memory the CPU reaches only by copies.
@@ -65,7 +98,12 @@ pub struct Conn {
     keyed: HashMap<u16, Keyed>,
     /// Host data to read, waiting for a READ slot (the host's IRD bounds them).
     pending_reads: VecDeque<(u16, u16, u32)>,
-    reads_in_flight: u8,
+    /// RDMA READs posted and not completed (a command spanning several descriptors has
+    /// one per descriptor).
+    reads_in_flight: u32,
+    /// By engine slot: the unsignaled READs of a multi-descriptor command not yet
+    /// accounted (as `chained` for WRITEs).
+    read_parts: HashMap<u16, u32>,
     pub read_depth: u8,
     depth: u16,
     /// Send-queue work requests posted and not completed; the queue pair holds at most
@@ -74,12 +112,29 @@ pub struct Conn {
     send_capacity: u32,
     /// Own receives posted and not completed (`no_srq`): flushed ones come back too.
     pub recvs_in_flight: u32,
-    /// Pool buffers lent to a read's data that the device could not reach in place.
-    bounces: HashMap<u16, Vec<DataBuf>>,
+    /// Reads' data by CID, waiting for the command's completion to be chained behind.
+    held: HashMap<u16, HeldWrite>,
+    /// By response slot: the data buffers its chained WRITEs read, freed when its SEND
+    /// completes (successfully or flushed).
+    response_buffers: Vec<Vec<DataBuf>>,
+    /// By response slot: unsignaled WRITEs posted before its SEND and not yet accounted
+    /// (a failed or flushed one completes on its own; a successful one with the SEND).
+    chained: Vec<u8>,
+    /// Send work requests built this pass, posted with one `ibv_post_send` at its end, or
+    /// one command's at a time with `no_wr_batching`.
+    batch: Vec<SendWr>,
+    batch_wrs: bool,
+    max_io_bytes: u32,
     /// The queue pair was moved to the error state (rdma_disconnect).
     pub disconnected: bool,
     /// The RDMA CM said the connection is gone (disconnected, timewait exit, device removal).
     pub cm_gone: bool,
+    /// What this queue posted and waited for; the poll group adds them to its device's.
+    pub stats: DeviceStats,
+    /// When each outstanding command's capsule arrived (the poll pass's clock), by CID.
+    arrivals: HashMap<u16, u64>,
+    /// The arrival of the command each response slot answers, for `request_latency`.
+    answered_arrival: Vec<u64>,
 }
 
 /// What a new queue's queue pair was made with.
@@ -91,11 +146,15 @@ pub struct ConnParts {
     pub own_recvs: Option<Region>,
     pub depth: u16,
     pub read_depth: u8,
+    /// The transport's max_io_size: a descriptor list naming more is refused.
+    pub max_io_bytes: u32,
+    /// Post the work requests of several commands at once (not `no_wr_batching`).
+    pub batch_wrs: bool,
 }
 
 impl Conn {
     pub fn new(parts: ConnParts) -> Result<Conn, String> {
-        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth } = parts;
+        let ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, max_io_bytes, batch_wrs } = parts;
         let qp_num = id.qp_num().ok_or("the connection has no queue pair")?;
         // Responses may outlive their command until the SEND completes: twice the depth.
         let slots = 2 * usize::from(depth);
@@ -112,14 +171,23 @@ impl Conn {
             keyed: HashMap::with_capacity(usize::from(depth)),
             pending_reads: VecDeque::new(),
             reads_in_flight: 0,
+            read_parts: HashMap::new(),
             read_depth,
             depth,
             sends_in_flight: 0,
-            send_capacity: u32::from(depth) * SEND_WRS_PER_COMMAND,
+            send_capacity: send_queue_wrs(u32::from(depth)),
             recvs_in_flight: 0,
-            bounces: HashMap::new(),
+            held: HashMap::new(),
+            response_buffers: (0..slots).map(|_| Vec::new()).collect(),
+            chained: vec![0; slots],
+            batch: Vec::with_capacity(usize::from(depth)),
+            batch_wrs,
+            max_io_bytes,
             disconnected: false,
             cm_gone: false,
+            stats: DeviceStats::default(),
+            arrivals: HashMap::with_capacity(usize::from(depth)),
+            answered_arrival: vec![0; slots],
         })
     }
 
@@ -135,6 +203,7 @@ impl Conn {
         let wr_id = WrId { kind: WrKind::Recv, tag: index }.encode();
         let mut wr = [RecvWr::new(wr_id, &[sge]).map_err(|err| err.to_string())?];
         self.id.post_recv(&mut wr).map_err(|err| err.to_string())?;
+        self.stats.posted_recvs(1);
         self.recvs_in_flight += 1;
         Ok(())
     }
@@ -146,13 +215,33 @@ impl Conn {
         }
         let mut raw = [0u8; SQE_BYTES];
         raw.copy_from_slice(&capsule[..SQE_BYTES]);
-        let sqe = Sqe(raw);
+        let mut sqe = Sqe(raw);
+        self.arrivals.entry(sqe.cid()).or_insert(group.now_ns);
         let in_capsule = match sqe.sgl_type() {
             SGL_DATA_BLOCK_OFFSET => &capsule[SQE_BYTES..],
             SGL_KEYED_DATA_BLOCK | SGL_KEYED_DATA_BLOCK_INVALIDATE => {
-                self.remember_keyed(&sqe);
+                let remote = RemoteKey { addr: sqe.sgl_address(), rkey: sqe.sgl_key() };
+                let invalidate = sqe.sgl_type() == SGL_KEYED_DATA_BLOCK_INVALIDATE;
+                let one = KeyedPart { remote, len: sqe.sgl_length() };
+                self.remember_keyed(sqe.cid(), Keyed { one, many: Vec::new(), len: one.len, invalidate, conflicts: 0 });
                 &[][..]
             }
+            SGL_LAST_SEGMENT_OFFSET => match sgl::parse_last_segment(&sqe, &capsule[SQE_BYTES..], self.max_io_bytes) {
+                Ok((many, len)) => {
+                    // The engine sees one keyed transfer of the whole length; the
+                    // descriptors stay here, and the capsule's data was the list.
+                    sqe = SqeBuilder(sqe.0).keyed(0, len, 0, false).build();
+                    let keyed = Keyed { one: many[0], many, len, invalidate: false, conflicts: 0 };
+                    self.remember_keyed(sqe.cid(), keyed);
+                    &[][..]
+                }
+                Err(status) => {
+                    if let Err(fault) = self.qpair.refuse_command(group, sqe, status) {
+                        self.fail(&format!("{fault:?}"));
+                    }
+                    return;
+                }
+            },
             _ => &[][..],
         };
         if let Err(fault) = self.qpair.on_command(ctx, group, sqe, in_capsule) {
@@ -160,14 +249,8 @@ impl Conn {
         }
     }
 
-    fn remember_keyed(&mut self, sqe: &Sqe) {
-        let keyed = Keyed {
-            remote: RemoteKey { addr: sqe.sgl_address(), rkey: sqe.sgl_key() },
-            len: sqe.sgl_length(),
-            invalidate: sqe.sgl_type() == SGL_KEYED_DATA_BLOCK_INVALIDATE,
-            conflicts: 0,
-        };
-        self.keyed.entry(sqe.cid()).and_modify(|existing| existing.conflicts += 1).or_insert(keyed);
+    fn remember_keyed(&mut self, cid: u16, keyed: Keyed) {
+        self.keyed.entry(cid).and_modify(|existing| existing.conflicts += 1).or_insert(keyed);
     }
 
     /// Ends the queue for a transport error: the engine closes it and the queue pair goes
@@ -189,7 +272,8 @@ impl Conn {
         }
     }
 
-    /// Turns the engine's actions into work requests while the queue pair has room.
+    /// Turns the engine's actions into work requests while the queue pair has room, and
+    /// posts them.
     pub fn drain_actions(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
         if self.qpair.is_closing() && !self.disconnected {
             self.disconnect();
@@ -201,6 +285,7 @@ impl Conn {
                 match action {
                     Action::Complete(cqe) => {
                         self.forget_keyed(cqe.cid);
+                        self.release_held(group, cqe.cid);
                     }
                     Action::SendData { slot, .. } => {
                         self.qpair.data_sent(group.buffers, slot, Err(Status::DATA_TRANSFER_ERROR))
@@ -211,20 +296,32 @@ impl Conn {
                 }
                 continue;
             }
-            if self.sends_in_flight >= self.send_capacity {
-                break;
-            }
             match action {
                 Action::Complete(cqe) => {
-                    let Some(slot) = self.free_responses.pop() else { break };
+                    // The SEND and the WRITEs of the command's data go in one chain.
+                    let writes = self.held.get(&cqe.cid).map_or(0, |held| held.writes.len() as u32);
+                    if self.sends_in_flight + writes + 1 > self.send_capacity {
+                        if writes > 0 {
+                            self.stats.pending_rdma_write += 1;
+                        } else {
+                            self.stats.pending_rdma_send += 1;
+                        }
+                        break;
+                    }
+                    let Some(slot) = self.free_responses.pop() else {
+                        self.stats.pending_rdma_send += 1;
+                        break;
+                    };
                     let _ = self.qpair.next_action();
-                    self.send_response(slot, cqe);
+                    self.answered_arrival[usize::from(slot)] = self.arrivals.remove(&cqe.cid).unwrap_or(group.now_ns);
+                    self.send_response(ctx, group, slot, cqe);
                 }
                 Action::SendData { slot, cid, len, .. } => {
+                    // Nothing is posted yet: the WRITE waits for the completion the engine
+                    // queues once it hears the data is on its way.
                     let _ = self.qpair.next_action();
-                    if let Err(failed) = self.write_data(group, slot, cid, len) {
-                        self.qpair.data_sent(group.buffers, slot, Err(failed));
-                    }
+                    let held = self.hold_write(group, slot, cid, len);
+                    self.qpair.data_sent(group.buffers, slot, held);
                 }
                 Action::FetchData { slot, cid, len } => {
                     let _ = self.qpair.next_action();
@@ -233,6 +330,7 @@ impl Conn {
             }
         }
         self.start_reads(ctx, group);
+        self.flush_sends(ctx, group);
     }
 
     fn forget_keyed(&mut self, cid: u16) -> Option<Keyed> {
@@ -247,76 +345,109 @@ impl Conn {
     }
 
     /// SENDs a completion, with Invalidate when the command's descriptor asked for it
-    /// (NVMe/RDMA 1.0 §3.6).
-    fn send_response(&mut self, slot: u16, cqe: Cqe) {
+    /// (NVMe/RDMA 1.0 §3.6), behind the RDMA WRITEs of a read's data in the same chain.
+    fn send_response(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, slot: u16, cqe: Cqe) {
         let keyed = self.forget_keyed(cqe.cid);
+        let held = self.held.remove(&cqe.cid);
         let sge = self.responses.sge(usize::from(slot), CQE_BYTES);
         let written = self.responses.buffer.write(usize::from(slot) * CQE_BYTES, &cqe.encode());
-        let (Some(sge), Ok(())) = (sge, written) else {
-            self.free_responses.push(slot);
-            return self.fail("a response slot out of its region");
-        };
-        let wr_id = WrId { kind: WrKind::Send, tag: u32::from(slot) }.encode();
-        let wr = match keyed.filter(|keyed| keyed.invalidate) {
-            Some(keyed) => SendWr::send_with_invalidate(wr_id, &[sge], keyed.remote.rkey),
-            None => SendWr::send(wr_id, &[sge]),
-        };
-        match wr {
-            Ok(wr) => self.post_send(wr),
-            Err(err) => {
-                self.free_responses.push(slot);
-                self.fail(&format!("response: {err}"));
+        let invalidate = keyed.filter(|keyed| keyed.invalidate).map(|keyed| keyed.one.remote.rkey);
+        let start = self.batch.len();
+        let built = match (sge, written) {
+            (Some(sge), Ok(())) => {
+                let writes = held.as_ref().map_or(&[][..], |held| &held.writes[..]);
+                response_chain(slot, writes, sge, invalidate, &mut self.batch).map_err(|err| format!("response: {err}"))
             }
+            _ => Err("a response slot out of its region".to_string()),
+        };
+        let mut buffers = held.map(|held| held.buffers).unwrap_or_default();
+        if let Err(why) = built {
+            self.batch.truncate(start);
+            buffers::give_back(group.buffers, &mut buffers);
+            self.free_responses.push(slot);
+            return self.fail(&why);
+        }
+        let chain = self.batch.len() - start;
+        self.sends_in_flight += chain as u32;
+        self.chained[usize::from(slot)] = (chain - 1) as u8;
+        self.response_buffers[usize::from(slot)] = buffers;
+        if !self.batch_wrs {
+            self.flush_sends(ctx, group);
         }
     }
 
-    fn post_send(&mut self, wr: SendWr) {
-        let mut wrs = [wr.signaled(true)];
-        match self.id.post_send(&mut wrs) {
-            Ok(()) => self.sends_in_flight += 1,
-            Err(err) => self.fail(&format!("ibv_post_send: {err}")),
+    /// Posts the send work requests built so far in one `ibv_post_send`. What could not
+    /// be posted never completes: it ends here as a flushed request would, so its slots
+    /// and buffers come back and the engine hears of its data.
+    fn flush_sends(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+        if self.batch.is_empty() {
+            return;
         }
+        let mut batch = std::mem::take(&mut self.batch);
+        let posted = if self.disconnected {
+            0
+        } else {
+            match self.id.post_send(&mut batch) {
+                Ok(()) => batch.len(),
+                Err(err) => {
+                    self.fail(&format!("ibv_post_send: {err}"));
+                    err.index.min(batch.len())
+                }
+            }
+        };
+        if posted > 0 {
+            self.stats.posted_sends(posted);
+        }
+        for wr in &batch[posted..] {
+            self.on_send_completion(ctx, group, WrId::decode(wr.wr_id()), WcStatus::Flushed, "never posted");
+        }
+        batch.clear();
+        self.batch = batch;
     }
 
-    /// RDMA WRITEs a read's data to the host; the engine hears when it completed.
-    fn write_data(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
-        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+    /// Readies the RDMA WRITE of a read's data to the host; it is posted with the
+    /// command's completion. The engine's buffers become the queue's.
+    fn hold_write(&mut self, group: &mut GroupCtx<'_>, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
+        let keyed = self.keyed.get(&cid).ok_or(Status::DATA_TRANSFER_ERROR)?;
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
         let data = self.qpair.data(slot)?;
-        let mut sges = sges_of(&self.device, &data);
-        if sges.is_none() {
-            // Memory the device was not given (an admin command's reply): copied into
-            // pool buffers, which it was.
-            let mut bounce = Vec::new();
-            if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
-                return Err(Status::DATA_TRANSFER_ERROR);
-            }
-            let copied = copy_into(&mut bounce, &data, len as usize);
-            sges = copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize));
-            if sges.is_none() {
-                buffers::give_back(group.buffers, &mut bounce);
-                return Err(Status::DATA_TRANSFER_ERROR);
-            }
-            self.bounces.insert(slot, bounce);
-        }
-        let sges = sges.unwrap_or_default();
-        let wr_id = WrId { kind: WrKind::Write, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
-        let wr = SendWr::rdma_write(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        let mut wrs = [wr.signaled(true)];
-        match self.id.post_send(&mut wrs) {
-            Ok(()) => {
-                self.sends_in_flight += 1;
-                Ok(())
-            }
-            Err(err) => {
-                if let Some(mut bounce) = self.bounces.remove(&slot) {
-                    buffers::give_back(group.buffers, &mut bounce);
+        let (sges, mut buffers) = match sges_of(&self.device, &data) {
+            Some(sges) => (sges, Vec::new()),
+            None => {
+                // Memory the device was not given (an admin command's reply): copied into
+                // pool buffers, which it was.
+                let mut bounce = Vec::new();
+                if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
+                    return Err(Status::DATA_TRANSFER_ERROR);
                 }
-                self.fail(&format!("ibv_post_send (RDMA WRITE): {err}"));
-                Err(Status::DATA_TRANSFER_ERROR)
+                let copied = copy_into(&mut bounce, &data, len as usize);
+                match copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize)) {
+                    Some(sges) => (sges, bounce),
+                    None => {
+                        buffers::give_back(group.buffers, &mut bounce);
+                        return Err(Status::DATA_TRANSFER_ERROR);
+                    }
+                }
             }
+        };
+        let Some(writes) = sgl::split(&sges, keyed.parts(), len) else {
+            buffers::give_back(group.buffers, &mut buffers);
+            return Err(Status::DATA_TRANSFER_ERROR);
+        };
+        buffers.append(&mut self.qpair.take_data_buffers(slot)?);
+        let held = HeldWrite { writes, buffers };
+        if let Some(mut replaced) = self.held.insert(cid, held) {
+            buffers::give_back(group.buffers, &mut replaced.buffers);
+        }
+        Ok(())
+    }
+
+    /// Frees a read's data that will not be sent (its queue is going).
+    fn release_held(&mut self, group: &mut GroupCtx<'_>, cid: u16) {
+        if let Some(mut held) = self.held.remove(&cid) {
+            buffers::give_back(group.buffers, &mut held.buffers);
         }
     }
 
@@ -326,12 +457,22 @@ impl Conn {
 
     /// Posts the RDMA READs waiting, up to the read depth.
     fn start_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
-        while self.reads_in_flight < self.read_depth && self.sends_in_flight < self.send_capacity {
-            let Some((slot, cid, len)) = self.pending_reads.pop_front() else { break };
+        while let Some(&(slot, cid, len)) = self.pending_reads.front() {
+            // A READ per descriptor. The NIC itself holds READs beyond the host's IRD, so a
+            // command of more descriptors than that still goes, alone.
+            let reads = self.keyed.get(&cid).map_or(1, |keyed| keyed.parts().len() as u32);
+            let ird_room = self.reads_in_flight == 0 || self.reads_in_flight + reads <= u32::from(self.read_depth);
+            if !ird_room || self.sends_in_flight + reads > self.send_capacity {
+                break;
+            }
+            self.pending_reads.pop_front();
             match self.read_data(slot, cid, len) {
-                Ok(()) => {
-                    self.reads_in_flight += 1;
-                    self.sends_in_flight += 1;
+                Ok(posted) => {
+                    self.reads_in_flight += posted;
+                    self.sends_in_flight += posted;
+                    if !self.batch_wrs {
+                        self.flush_sends(ctx, group);
+                    }
                 }
                 Err(failed) => {
                     if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, Err(failed)) {
@@ -340,23 +481,32 @@ impl Conn {
                 }
             }
         }
+        if !self.pending_reads.is_empty() && !self.disconnected {
+            self.stats.pending_rdma_read += 1;
+        }
     }
 
-    fn read_data(&mut self, slot: u16, cid: u16, len: u32) -> Result<(), Status> {
-        let keyed = self.keyed.get(&cid).copied().ok_or(Status::DATA_TRANSFER_ERROR)?;
+    /// Queues the RDMA READs of a command's host data, one per descriptor, only the last
+    /// signaled (a queue pair's requests complete in order); returns how many.
+    fn read_data(&mut self, slot: u16, cid: u16, len: u32) -> Result<u32, Status> {
+        let keyed = self.keyed.get(&cid).ok_or(Status::DATA_TRANSFER_ERROR)?;
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
         let into = self.qpair.fetch_buffers(slot)?;
         // The engine places host data in pool buffers, which every device was given.
         let sges = sges_of(&self.device, &into).ok_or(Status::DATA_TRANSFER_ERROR)?;
-        let wr_id = WrId { kind: WrKind::Read, tag: u32::from(slot) | u32::from(cid) << 16 }.encode();
-        let wr = SendWr::rdma_read(wr_id, &sges, keyed.remote).map_err(|_| Status::DATA_TRANSFER_ERROR)?;
-        let mut wrs = [wr.signaled(true)];
-        self.id.post_send(&mut wrs).map_err(|err| {
-            log_warn!("RDMA queue {}: ibv_post_send (RDMA READ): {err}", self.token);
-            Status::DATA_TRANSFER_ERROR
-        })
+        let reads = sgl::split(&sges, keyed.parts(), len).filter(|reads| !reads.is_empty());
+        let reads = reads.ok_or(Status::DATA_TRANSFER_ERROR)?;
+        let start = self.batch.len();
+        if read_chain(slot, cid, &reads, &mut self.batch).is_err() {
+            self.batch.truncate(start);
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        if reads.len() > 1 {
+            self.read_parts.insert(slot, reads.len() as u32 - 1);
+        }
+        Ok(reads.len() as u32)
     }
 
     /// A send-queue completion (SEND, WRITE or READ), successful, flushed or failed.
@@ -375,16 +525,39 @@ impl Conn {
         }
         let (slot, cid) = ((id.tag & 0xffff) as u16, (id.tag >> 16) as u16);
         match id.kind {
-            WrKind::Send => self.free_responses.push(slot),
-            WrKind::Write => {
-                if let Some(mut bounce) = self.bounces.remove(&slot) {
-                    buffers::give_back(group.buffers, &mut bounce);
+            WrKind::Send => {
+                let index = usize::from(slot);
+                // The unsignaled WRITEs before it are done too (RC completes in order).
+                let chained = self.chained.get_mut(index).map_or(0, std::mem::take);
+                self.sends_in_flight = self.sends_in_flight.saturating_sub(u32::from(chained));
+                if let Some(held) = self.response_buffers.get_mut(index) {
+                    buffers::give_back(group.buffers, held);
                 }
-                let sent = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
-                self.qpair.data_sent(group.buffers, slot, sent);
+                if let (true, Some(arrived)) = (ok, self.answered_arrival.get(index)) {
+                    self.stats.request_latency += group.now_ns.saturating_sub(*arrived);
+                }
+                self.free_responses.push(slot);
+            }
+            WrKind::Write => {
+                // A chained WRITE completes on its own only failed or flushed; its SEND,
+                // which completes after it, frees the buffers.
+                if let Some(chained) = self.chained.get_mut(usize::from(slot)) {
+                    *chained = chained.saturating_sub(1);
+                }
+            }
+            WrKind::ReadPart => {
+                // Completes on its own only failed or flushed; the command's last READ,
+                // after it, tells the engine.
+                self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                if let Some(parts) = self.read_parts.get_mut(&slot) {
+                    *parts = parts.saturating_sub(1);
+                }
             }
             WrKind::Read => {
-                self.reads_in_flight = self.reads_in_flight.saturating_sub(1);
+                // The unsignaled READs before it are done too.
+                let parts = self.read_parts.remove(&slot).unwrap_or(0);
+                self.sends_in_flight = self.sends_in_flight.saturating_sub(parts);
+                self.reads_in_flight = self.reads_in_flight.saturating_sub(1 + parts);
                 let placed = if ok { Ok(()) } else { Err(Status::DATA_TRANSFER_ERROR) };
                 if let Err(fault) = self.qpair.data_placed(ctx, group, slot, cid, placed) {
                     self.fail(&format!("{fault:?}"));
@@ -400,59 +573,18 @@ impl Conn {
             && self.sends_in_flight == 0
             && self.recvs_in_flight == 0
             && self.pending_reads.is_empty()
+            && self.held.is_empty()
             && self.qpair.is_drained()
     }
 
-    /// On the way out: reads never posted end now (the engine gives their buffers back).
-    pub fn end_pending_reads(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
+    /// On the way out: reads never posted end now (the engine gives their buffers back),
+    /// and reads' data never sent goes back to the pool.
+    pub fn end_unsent(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) {
         while let Some((slot, cid, _)) = self.pending_reads.pop_front() {
             let _ = self.qpair.data_placed(ctx, group, slot, cid, Err(Status::DATA_TRANSFER_ERROR));
         }
-    }
-}
-
-/// The SGEs of a command's buffers, None when some memory is not the device's.
-fn sges_of(device: &Device, sgl: &Sgl<'_>) -> Option<Vec<Sge>> {
-    sgl.iter().map(|seg| device.sge(&seg)).collect()
-}
-
-fn bounce_sges(device: &Device, bounce: &[DataBuf], len: usize) -> Option<Vec<Sge>> {
-    let mut left = len;
-    let mut sges = Vec::new();
-    for buffer in bounce {
-        let sgl = buffer.sgl().ok()?;
-        for seg in sgl.iter() {
-            if left == 0 {
-                break;
-            }
-            let mut sge = device.sge(&seg)?;
-            sge.len = sge.len.min(left as u32);
-            left -= sge.len as usize;
-            sges.push(sge);
+        for (_, mut held) in self.held.drain() {
+            buffers::give_back(group.buffers, &mut held.buffers);
         }
-    }
-    (left == 0).then_some(sges)
-}
-
-fn copy_into(bounce: &mut [DataBuf], data: &Sgl<'_>, len: usize) -> Result<(), ()> {
-    let mut at = 0;
-    for buffer in bounce.iter_mut() {
-        let mut dst = buffer.sgl_mut().map_err(|_| ())?;
-        let take = dst.len().min(len - at);
-        if take == 0 {
-            break;
-        }
-        let src = data.sub(at, take).map_err(|_| ())?;
-        let mut dst = dst.sub_mut(0, take).map_err(|_| ())?;
-        let copied = mem::copy(&mut dst, &src).map_err(|_| ())?;
-        if copied != take {
-            return Err(());
-        }
-        at += take;
-    }
-    if at == len {
-        Ok(())
-    } else {
-        Err(())
     }
 }

@@ -15,6 +15,7 @@ use spdk_sys::rdma::nvme::{CmRequest, RejectStatus};
 use spdk_sys::rdma::{CmEvent, CmEventKind, CmId};
 
 use super::device::{Cm, Device};
+use super::events::QueuePairs;
 use super::poll_group::RdmaPollGroup;
 use super::TRTYPE;
 use crate::nvmf::transport::{TransportListener, TransportOptions};
@@ -32,6 +33,10 @@ pub struct CmState {
     listeners: Mutex<HashMap<u64, SocketAddr>>,
     /// The event channel's poller on the app thread.
     poller: Mutex<Option<PollerId>>,
+    /// The queue pairs of the transport's queues, for the devices' asynchronous events.
+    pub qps: QueuePairs,
+    /// Devices whose asynchronous events are watched, by name, with their pollers.
+    pub(super) async_watched: Mutex<Vec<(String, PollerId)>>,
 }
 
 /// What a poll group needs to take a connection the listener let in.
@@ -55,6 +60,8 @@ impl CmState {
             routes: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             poller: Mutex::new(None),
+            qps: QueuePairs::default(),
+            async_watched: Mutex::new(Vec::new()),
         }))
     }
 
@@ -65,12 +72,14 @@ impl CmState {
         target: &NvmfTarget,
         opts: Arc<TransportOptions>,
     ) -> Result<(), String> {
+        let period_us = u64::from(opts.acceptor_poll_rate).max(1);
+        // Devices opened since the last listen are watched too.
+        self.watch_devices(ctx, target, period_us);
         let mut poller = self.poller.lock();
         if poller.is_some() {
             return Ok(());
         }
         let (state, target) = (self.clone(), target.clone());
-        let period_us = u64::from(opts.acceptor_poll_rate).max(1);
         let watching = ctx
             .fd_poller("nvmf_rdma_cm_events", self.cm.channel.fd(), period_us, move |_| {
                 let mut handled = 0;

@@ -36,8 +36,14 @@
 //! 2. The transport reads the SQE and its SGL (NVMe/RDMA 1.0 §2.3): a Data Block with
 //!    the Offset subtype points at in-capsule data (`in_capsule_data_size` at most); a
 //!    Keyed SGL Data Block (address, length, rkey; subtype 0h or Fh, "invalidate")
-//!    names host memory. The keyed descriptor is kept by command identifier and the
-//!    SQE with its in-capsule bytes goes to [`crate::nvmf::qpair::Qpair::on_command`].
+//!    names host memory; so does a Last Segment descriptor (Offset subtype) pointing
+//!    at a list of up to MSDBD (16) keyed data blocks in the capsule's data (`sgl`),
+//!    which the engine sees as one keyed transfer of their total length, and which is
+//!    moved with one RDMA READ or WRITE per descriptor (a bad list is answered with
+//!    its status: SGL Offset Invalid, Data SGL Length Invalid, Invalid Number of SGL
+//!    Descriptors, SGL Descriptor Type Invalid). The descriptors are kept by command
+//!    identifier and the SQE with its in-capsule bytes goes to
+//!    [`crate::nvmf::qpair::Qpair::on_command`].
 //!    The receive buffer is posted again at once: the engine copies in-capsule data
 //!    before `on_command` returns.
 //! 3. The engine gives the command its pool buffers and asks for host data with
@@ -46,29 +52,35 @@
 //!    at most the host's responder resources (IRD) at once per queue pair; more wait in
 //!    order. The READ's completion tells the engine the data is placed, and the command
 //!    runs in the bdev layer.
-//! 4. For a read, `Action::SendData` has the transport RDMA WRITE the buffers to the
-//!    keyed address (memory the device was not given, an admin command's reply, is
-//!    copied into pool buffers first). The WRITE is signalled: its completion tells
-//!    the engine the data was sent, which frees the buffers and queues the completion,
-//!    which the transport SENDs from the queue's registered response slot. So the host
-//!    sees the data before the completion; SPDK instead posts the WRITE and the SEND
-//!    together and relies on RC ordering, one completion fewer per read (a later
-//!    optimisation). A command whose descriptor asked for invalidation is answered
-//!    with SEND with Invalidate of its rkey.
-//! 5. The SEND's completion frees the response slot.
+//! 4. For a read, `Action::SendData` has the transport ready an RDMA WRITE of the
+//!    buffers to the keyed address (memory the device was not given, an admin command's
+//!    reply, is copied into pool buffers first) and take the buffers from the engine,
+//!    which then queues the completion at once. The WRITE and the response SEND (from
+//!    the queue's registered response slot) go in one chain, only the SEND signaled: RC
+//!    executes a queue pair's requests in order, so the host has the data before it
+//!    sees the completion (NVMe/RDMA 1.0 §3.6), and the SEND's completion means the
+//!    WRITE is done, which frees the buffers. A WRITE that fails completes on its own,
+//!    with its error, and ends the queue. A command whose descriptor asked for
+//!    invalidation is answered with SEND with Invalidate of its rkey.
+//! 5. The SEND's completion frees the response slot (and a read's buffers). The work
+//!    requests a poll pass builds, over all commands of a queue pair, are posted with
+//!    one `ibv_post_send` at the end of the pass; with `no_wr_batching`, each command's
+//!    (a READ, or WRITE and SEND) as soon as they are built.
 //!
 //! Flow control is the queue depth: a queue's depth is the smallest of the target's,
 //! the device's, HRQSIZE and HSQSIZE + 1 (the most commands the host may have
 //! outstanding, NVMe-oF 1.1 §2.4.1); its queue pair has three send work requests per
-//! command and twice as many response slots as commands. An action that finds no
-//! response slot or send queue room stays with the engine until a completion frees one.
+//! command (a READ, a WRITE and a SEND) and twice as many response slots as commands.
+//! An action that finds no response slot or send queue room stays with the engine
+//! until a completion frees one.
 //!
 //! # Buffers and ownership
 //!
 //! Receive buffers belong to the poll group (with an SRQ) or the queue pair (without);
 //! response slots to the queue pair; data buffers to the engine's request from
-//! `FetchData` or the bdev's completion until the engine is told the transfer ended.
-//! Every buffer handed to the NIC stays owned by its queue pair until its work
+//! `FetchData` or the bdev's completion until the engine is told the transfer ended;
+//! a read's data buffers then to the queue pair, with the response slot whose SEND is
+//! chained behind their WRITE, until that SEND completes. Every buffer handed to the NIC stays owned by its queue pair until its work
 //! request completes, successfully or flushed: a queue pair that errors or
 //! disconnects is moved to the error state, and its resources are freed only once
 //! every posted request has come back (the flushes), so a host that vanishes during
@@ -86,13 +98,19 @@
 //!
 //! A completion in error, an asynchronous QP error, and the CM events Disconnected,
 //! TimewaitExit and DeviceRemoval end the one queue they name (the engine's `close`);
-//! the listener and every other queue stay.
+//! the listener and every other queue stay. A device's asynchronous events (`events`)
+//! are watched on the app thread through its event descriptor: a queue pair's fatal,
+//! request or access error ends its queue, a fatal device error or a port error every
+//! queue on the device; the rest is logged.
 
 pub mod conn;
 pub mod device;
+pub mod events;
 pub mod listener;
 pub mod options;
 pub mod poll_group;
+pub mod sgl;
+pub mod stats;
 pub mod transport;
 mod wr;
 

@@ -17,11 +17,6 @@ pub const DEFAULT_NUM_CQE: i32 = 4096;
 pub const DEFAULT_ACCEPTOR_BACKLOG: i32 = 100;
 /// Data buffers one command may span, and so the SGEs of one RDMA READ or WRITE.
 pub const MAX_SGL_ENTRIES: u32 = 16;
-/// The keyed SGL descriptors one command may carry (MSDBD) that SPDK advertises; the
-/// in-capsule data must be able to hold that many 16-byte descriptors.
-pub const SPDK_MSDBD: u32 = 16;
-/// Bytes of one SGL descriptor (NVMe Base 2.0, 4.3.2).
-pub const SGL_DESCRIPTOR_BYTES: u32 = 16;
 
 /// Options only the RDMA transport has (`rdma_transport_opts` in SPDK).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

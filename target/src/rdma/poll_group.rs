@@ -17,10 +17,11 @@ use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 use spdk_sys::rdma::nvme::{CmAccept, CmReject, RejectStatus};
 use spdk_sys::rdma::{Completion, ConnParam, Cq, QpConfig, RecvWr, Srq};
 
-use super::conn::{Conn, ConnParts, Region, SEND_WRS_PER_COMMAND};
+use super::conn::{send_queue_wrs, Conn, ConnParts, Region};
 use super::device::Device;
 use super::listener::{CmState, NewConnection};
 use super::options::{RdmaOptions, MAX_SGL_ENTRIES};
+use super::stats::{self, DeviceStats};
 use super::wr::{WrId, WrKind};
 use crate::nvme::SQE_BYTES;
 use crate::nvmf::io_cmd::SglBinding;
@@ -49,6 +50,9 @@ struct GroupDevice {
     /// CQ entries promised: the SRQ's receives and each queue pair's work requests. A
     /// queue that would overflow the CQ is refused.
     committed: u32,
+    /// The CQ's polls, the SRQ's posts, and what this device's dropped queues counted;
+    /// live queues keep their own until they go.
+    stats: DeviceStats,
 }
 
 pub struct RdmaPollGroup {
@@ -62,6 +66,8 @@ pub struct RdmaPollGroup {
     capsule: Vec<u8>,
     /// Wakes a sleeping reactor for keep-alive; paused while the group has no queue.
     timer: Option<Poller>,
+    /// Data buffer waits of the queues already dropped (live ones count their own).
+    retired_buffer_waits: u64,
 }
 
 impl RdmaPollGroup {
@@ -84,6 +90,7 @@ impl RdmaPollGroup {
             completions: vec![Completion::default(); COMPLETIONS_PER_POLL],
             capsule,
             timer: Some(timer),
+            retired_buffer_waits: 0,
         }
     }
 
@@ -104,6 +111,7 @@ impl RdmaPollGroup {
             ctx.watch_fd(fd).map_err(|err| format!("cannot watch the CQ's completion channel: {err}"))?;
         }
         cq.arm().map_err(|err| err.to_string())?;
+        let mut stats = DeviceStats::default();
         let srq = if self.rdma.no_srq {
             None
         } else {
@@ -117,11 +125,12 @@ impl RdmaPollGroup {
                     wrs.push(srq_recv(&shared, index).ok_or("an SRQ receive buffer out of its region")?);
                 }
                 shared.srq.post_recv(&mut wrs).map_err(|err| err.to_string())?;
+                stats.posted_recvs(wrs.len());
             }
             Some(shared)
         };
         let committed = if srq.is_some() { srq_depth } else { 0 };
-        self.devices.push(GroupDevice { device: device.clone(), cq, srq, committed });
+        self.devices.push(GroupDevice { device: device.clone(), cq, srq, committed, stats });
         Ok(self.devices.len() - 1)
     }
 
@@ -146,7 +155,7 @@ impl RdmaPollGroup {
             Err(why) => return refuse(&id, &self.state, why),
         };
         let depth32 = u32::from(depth);
-        let wrs = depth32 * SEND_WRS_PER_COMMAND + if self.rdma.no_srq { depth32 } else { 0 };
+        let wrs = send_queue_wrs(depth32) + if self.rdma.no_srq { depth32 } else { 0 };
         let gd = &mut self.devices[index];
         if gd.committed + wrs > gd.cq.capacity() {
             let why = format!("its {wrs} work requests would overflow the poll group's CQ of {}", gd.cq.capacity());
@@ -156,7 +165,7 @@ impl RdmaPollGroup {
             send_cq: gd.cq.clone(),
             recv_cq: gd.cq.clone(),
             srq: gd.srq.as_ref().map(|shared| shared.srq.clone()),
-            max_send_wr: depth32 * SEND_WRS_PER_COMMAND,
+            max_send_wr: send_queue_wrs(depth32),
             max_recv_wr: depth32,
             max_send_sge: MAX_SGL_ENTRIES.min(device.attr.max_sge.max(1) as u32),
             max_recv_sge: 1,
@@ -180,7 +189,9 @@ impl RdmaPollGroup {
             p2p_reach: P2pReach::Nic(device.clone()),
         };
         let qpair = Qpair::new(token, target.clone(), self.opts.clone(), transport.pool(), config, peer, local);
-        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth };
+        let batch_wrs = !self.rdma.no_wr_batching;
+        let max_io_bytes = self.opts.max_io_size;
+        let parts = ConnParts { id, token, qpair, device, own_recvs, depth, read_depth, max_io_bytes, batch_wrs };
         let mut conn = match Conn::new(parts) {
             Ok(conn) => conn,
             Err(why) => {
@@ -212,6 +223,9 @@ impl RdmaPollGroup {
             return refuse(&conn.id, &self.state, err.to_string());
         }
         self.devices[index].committed += wrs;
+        if let Some(state) = self.state.lock().as_ref() {
+            state.qps.insert(conn.qp_num, token, conn.device.name());
+        }
         self.by_token.insert(token, conn.qp_num);
         self.conns.insert(conn.qp_num, conn);
         if let Some(timer) = &self.timer {
@@ -229,6 +243,13 @@ impl RdmaPollGroup {
         }
     }
 
+    /// Ends the queue `token` for a device's asynchronous event.
+    pub fn end_queue(&mut self, token: u64, why: &str) {
+        if let Some(conn) = self.by_token.get(&token).and_then(|qp_num| self.conns.get_mut(qp_num)) {
+            conn.fail(why);
+        }
+    }
+
     fn poll_cq(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize) -> bool {
         let mut any = false;
         loop {
@@ -239,6 +260,7 @@ impl RdmaPollGroup {
                     break;
                 }
             };
+            self.devices[index].stats.polled(polled);
             for at in 0..polled {
                 let completion = self.completions[at];
                 self.on_completion(ctx, group, index, &completion);
@@ -253,18 +275,18 @@ impl RdmaPollGroup {
 
     fn on_completion(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, index: usize, c: &Completion) {
         let id = WrId::decode(c.wr_id());
-        let gd = &self.devices[index];
+        let GroupDevice { srq, stats, .. } = &mut self.devices[index];
         let conn = self.conns.get_mut(&c.qp_num());
         if id.kind != WrKind::Recv {
             let Some(conn) = conn else { return };
             let what = format!("{:?} completed with {}", id.kind, c.status_str());
             return conn.on_send_completion(ctx, group, id, c.status(), &what);
         }
-        let shared = gd.srq.as_ref();
+        let shared = srq.as_ref();
         let Some(conn) = conn else {
             // A receive for a queue already gone (SRQ): the buffer serves the next one.
             if let Some(shared) = shared {
-                repost_srq(shared, id.tag);
+                repost_srq(shared, id.tag, stats);
             }
             return;
         };
@@ -276,10 +298,11 @@ impl RdmaPollGroup {
                 conn.fail(&format!("receive completed with {}", c.status_str()));
             }
             if let Some(shared) = shared {
-                repost_srq(shared, id.tag);
+                repost_srq(shared, id.tag, stats);
             }
             return;
         }
+        stats.requests += 1;
         let len = (c.byte_len() as usize).min(self.capsule.len());
         let region = match shared {
             Some(shared) => &shared.region,
@@ -291,7 +314,7 @@ impl RdmaPollGroup {
         let copied = region.buffer.read(id.tag as usize * region.unit, &mut self.capsule[..len]);
         // The capsule is copied out: its buffer takes the next one at once.
         match shared {
-            Some(shared) => repost_srq(shared, id.tag),
+            Some(shared) => repost_srq(shared, id.tag, stats),
             None if !conn.disconnected => {
                 if let Err(why) = conn.post_own_recv(id.tag) {
                     conn.fail(&why);
@@ -313,10 +336,11 @@ fn srq_recv(shared: &SharedRecvs, index: u32) -> Option<RecvWr> {
     RecvWr::new(WrId { kind: WrKind::Recv, tag: index }.encode(), &[sge]).ok()
 }
 
-fn repost_srq(shared: &SharedRecvs, index: u32) {
+fn repost_srq(shared: &SharedRecvs, index: u32, stats: &mut DeviceStats) {
     let Some(wr) = srq_recv(shared, index) else { return };
-    if let Err(err) = shared.srq.post_recv(&mut [wr]) {
-        log_warn!("RDMA SRQ: cannot post a receive again: {err}");
+    match shared.srq.post_recv(&mut [wr]) {
+        Ok(()) => stats.posted_recvs(1),
+        Err(err) => log_warn!("RDMA SRQ: cannot post a receive again: {err}"),
     }
 }
 
@@ -339,7 +363,7 @@ impl TransportPollGroup for RdmaPollGroup {
         for conn in self.conns.values_mut() {
             busy |= conn.qpair.poll(ctx, group, now_ns);
             if conn.disconnected {
-                conn.end_pending_reads(ctx, group);
+                conn.end_unsent(ctx, group);
             }
             conn.drain_actions(ctx, group);
         }
@@ -347,14 +371,17 @@ impl TransportPollGroup for RdmaPollGroup {
         for qp_num in finished {
             let Some(conn) = self.conns.remove(&qp_num) else { continue };
             group.retired.retire(&conn.qpair);
+            self.retired_buffer_waits += conn.qpair.stats.buffer_waits;
             self.by_token.remove(&conn.token);
             if let Some(state) = self.state.lock().as_ref() {
                 state.routes.lock().remove(&conn.token);
+                state.qps.remove(qp_num);
             }
             if let Some(gd) = self.devices.iter_mut().find(|gd| Arc::ptr_eq(&gd.device, &conn.device)) {
                 let depth = conn.depth();
                 let own = if gd.srq.is_some() { 0 } else { depth };
-                gd.committed = gd.committed.saturating_sub(depth * SEND_WRS_PER_COMMAND + own);
+                gd.committed = gd.committed.saturating_sub(send_queue_wrs(depth) + own);
+                gd.stats.add(&conn.stats);
             }
             busy = true;
         }
@@ -374,6 +401,27 @@ impl TransportPollGroup for RdmaPollGroup {
 
     fn connection_count(&self) -> usize {
         self.conns.len()
+    }
+
+    /// SPDK's RDMA poll group statistics: data buffer waits, and per device its CQ's
+    /// counters with its live queues' added.
+    fn dump_stats(&self) -> serde_json::Value {
+        let mut pending_data_buffer = self.retired_buffer_waits;
+        for conn in self.conns.values() {
+            pending_data_buffer += conn.qpair.stats.buffer_waits;
+        }
+        let devices: Vec<(String, DeviceStats)> = self
+            .devices
+            .iter()
+            .map(|gd| {
+                let mut total = gd.stats;
+                for conn in self.conns.values().filter(|conn| Arc::ptr_eq(&conn.device, &gd.device)) {
+                    total.add(&conn.stats);
+                }
+                (gd.device.name(), total)
+            })
+            .collect();
+        stats::group_json(pending_data_buffer, &devices)
     }
 
     fn as_any_mut(&mut self) -> &mut dyn Any {

@@ -81,6 +81,7 @@ impl Qpair {
             thread: ctx.handle(),
             peer: self.peer,
             local: self.local,
+            trtype: self.opts.trtype.clone(),
             tls: self.tls_peer.clone(),
         };
         match connect::connect(&self.target, &self.opts, &info, &sqe, data) {

@@ -37,6 +37,18 @@ impl Qpair {
         Ok(())
     }
 
+    /// A command capsule the transport cannot take as it came (its SGL breaks the
+    /// transport binding's rules, e.g. a bad RDMA descriptor list): admitted as any
+    /// command, so SQHD and CID checks hold, and answered with `status`.
+    pub fn refuse_command(&mut self, group: &mut GroupCtx<'_>, sqe: Sqe, status: Status) -> Result<(), Fault> {
+        if self.closing {
+            return Ok(());
+        }
+        let Some(index) = self.admit(&sqe)? else { return Ok(()) };
+        self.finish(group.buffers, index, status, 0);
+        Ok(())
+    }
+
     /// Host data for the command in `slot` (NVMe/TCP H2CData; an RDMA READ completed).
     pub fn data_received(
         &mut self,

@@ -488,3 +488,44 @@ fn closing_keeps_buffers_a_nic_may_still_write() {
     assert_eq!(drained, (true, None));
     assert_eq!(fixture.pool.available(), (2, 2), "every buffer is back");
 }
+
+#[test]
+fn a_transport_takes_sent_data_until_its_nic_is_done() {
+    let fixture = Fixture::new(opts(2));
+    let queue = fixture.io_queue_with(8, SglBinding::Rdma);
+    let read = SqeBuilder::new(io::READ, 7).rw(1, 0, 32).keyed(0x7f00_0000_0000, 16384, 0x99, false);
+    fixture.command(queue, read, Vec::new()).unwrap();
+    let [Action::SendData { slot, cid: 7, len: 16384, .. }] = fixture.actions(queue)[..] else { panic!("no data") };
+    // The transport takes the buffers (an RDMA WRITE still to read them), then says the
+    // data went: the completion follows at once, and the buffer is the transport's.
+    let taken = fixture.step(queue, move |qpair, _, group| {
+        let taken = qpair.take_data_buffers(slot).unwrap();
+        qpair.data_sent(group.buffers, slot, Ok(()));
+        (taken, qpair.take_data_buffers(slot).is_err())
+    });
+    let (mut taken, second_take_refused) = taken;
+    assert!(second_take_refused, "the command is done: nothing more to take");
+    assert_eq!(taken.len(), 1, "16 KiB: one large buffer");
+    assert!(taken[0].len() >= 16384);
+    let cqe = fixture.only_completion(queue);
+    assert_eq!((cqe.cid, cqe.status), (7, Status::SUCCESS));
+    assert_eq!(fixture.pool.available(), (2, 1), "the large buffer is still lent to the transport");
+    // Its SEND completed: the transport gives the buffers back.
+    fixture.step(queue, move |_, _, group| crate::nvmf::buffers::give_back(group.buffers, &mut taken));
+    assert_eq!(fixture.pool.available(), (2, 2));
+}
+
+#[test]
+fn a_command_the_transport_refuses_is_answered_with_its_status() {
+    let fixture = Fixture::new(opts(2));
+    let queue = fixture.io_queue_with(4, SglBinding::Rdma);
+    for (cid, refusal) in [(1, status::SGL_DESCRIPTOR_COUNT_INVALID), (2, status::SGL_OFFSET_INVALID)] {
+        let sqe = SqeBuilder::new(io::WRITE, cid).rw(1, 0, 1).build();
+        fixture.step(queue, move |qpair, _, group| qpair.refuse_command(group, sqe, refusal)).unwrap();
+        let cqe = fixture.only_completion(queue);
+        assert_eq!((cqe.cid, cqe.status), (cid, refusal));
+    }
+    // The queue goes on: its slots came back and the next command runs.
+    fixture.command(queue, keyed_write(3, 0, 1), Vec::new()).unwrap();
+    assert!(matches!(fixture.actions(queue)[..], [Action::FetchData { cid: 3, .. }]));
+}

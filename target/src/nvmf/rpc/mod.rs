@@ -21,9 +21,9 @@ use super::auth::rpc::resolve_keys;
 use super::error::NvmfError;
 use super::io_cmd::CommandLimits;
 use super::namespace::{NamespaceSpec, P2pPlacement};
-use super::poll_group::{gather, PollGroupStats};
+use super::poll_group::{gather, PollGroupStats, QpairRow};
 use super::subsystem::{
-    address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
+    transport_address_json, ListenAddress, Subsystem, SubsystemConfig, SubsystemKind, MAX_CNTLID, MIN_CNTLID,
 };
 use super::target::{hex, NvmfTarget};
 use super::transport::SockImpl;
@@ -312,7 +312,7 @@ fn delete_subsystem(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams,
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenAddressParams {
-    trtype: String,
+    pub(super) trtype: String,
     #[serde(default)]
     adrfam: Option<String>,
     traddr: String,
@@ -414,7 +414,7 @@ fn add_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: AddListener, r
 fn remove_listener(ctx: &mut ThreadCtx, target: &NvmfTarget, params: RemoveListener, responder: Responder) {
     let result = check_target(&params.tgt_name).and_then(|()| {
         let addr = parse_address(target, &params.listen_address)?;
-        Ok(target.remove_listener(ctx, &params.nqn, addr)?)
+        Ok(target.remove_listener(ctx, &params.nqn, &params.listen_address.trtype, addr)?)
     });
     answer(responder, result);
 }

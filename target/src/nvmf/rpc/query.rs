@@ -119,20 +119,26 @@ pub(super) fn get_qpairs(ctx: &mut ThreadCtx, target: &NvmfTarget, params: NqnPa
                 for row in entries {
                     let hostnqn =
                         hosts.iter().find(|(id, _)| *id == row.cntlid).map(|(_, nqn)| nqn.clone()).unwrap_or_default();
-                    let mut qpair = json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
-                        "hostnqn": hostnqn, "trtype": row.trtype,
-                        "listen_address": address_json(row.local),
-                        "peer_address": address_json(row.peer)});
-                    // SPDK's `auth` object, on queues that authenticated or are authenticating.
-                    if let Some((state, digest, dhgroup)) = row.auth {
-                        qpair["auth"] = json!({"state": state, "digest": digest, "dhgroup": dhgroup});
-                    }
-                    qpairs.push(qpair);
+                    qpairs.push(qpair_json(&row, &thread, &hostnqn));
                 }
             }
             responder.ok(qpairs)
         },
     );
+}
+
+/// One queue pair as `nvmf_subsystem_get_qpairs` shows it: its addresses are of its own
+/// transport, as SPDK prints the queue's transport ID ("RDMA" for an RDMA queue).
+fn qpair_json(row: &QpairRow, thread: &str, hostnqn: &str) -> Value {
+    let mut qpair = json!({"cntlid": row.cntlid, "qid": row.qid, "state": row.state, "thread": thread,
+        "hostnqn": hostnqn, "trtype": row.trtype,
+        "listen_address": transport_address_json(row.trtype, row.local),
+        "peer_address": transport_address_json(row.trtype, row.peer)});
+    // SPDK's `auth` object, on queues that authenticated or are authenticating.
+    if let Some((state, digest, dhgroup)) = row.auth {
+        qpair["auth"] = json!({"state": state, "digest": digest, "dhgroup": dhgroup});
+    }
+    qpair
 }
 
 pub(super) fn get_listeners(_: &mut ThreadCtx, target: &NvmfTarget, params: NqnParams, responder: Responder) {
@@ -167,24 +173,22 @@ pub(super) fn get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, params: Target
     if let Err(err) = check_target(&params.tgt_name) {
         return responder.err(err);
     }
-    let trtypes: Vec<Value> =
-        target.transports().iter().map(|transport| json!({"trtype": transport.trtype()})).collect();
     let auth_failures = target.0.auth_limiter.counts();
     gather(
         ctx,
         target,
-        |group, ctx| group.stats(ctx.stats().busy_ns),
+        |group, ctx| (group.stats(ctx.stats().busy_ns), group.transport_stats()),
         move |_, groups| {
             let poll_groups: Vec<Value> = groups
                 .iter()
-                .map(|(name, stats): &(String, PollGroupStats)| {
+                .map(|(name, (stats, transports)): &(String, (PollGroupStats, Vec<Value>))| {
                     json!({"name": name, "admin_qpairs": stats.admin_qpairs, "io_qpairs": stats.io_qpairs,
                         "current_admin_qpairs": stats.current_admin_qpairs, "current_io_qpairs": stats.current_io_qpairs,
                         "current_unassociated_qpairs": stats.current_unassociated_qpairs,
                         "pending_bdev_io": stats.pending_bdev_io, "completed_nvme_io": stats.completed_nvme_io,
                         "pending_buffer_waits": stats.buffer_waits, "busy_ns": stats.busy_ns,
                         "cpu_ns_per_io": stats.busy_ns.checked_div(stats.completed_nvme_io).unwrap_or(0),
-                        "transports": trtypes})
+                        "transports": transports})
                 })
                 .collect();
             // Beside SPDK's fields: failed DH-HMAC-CHAP attempts by host and address.
@@ -257,4 +261,46 @@ pub(super) fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder:
             }))
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(trtype: &'static str) -> QpairRow {
+        QpairRow {
+            cntlid: 3,
+            qid: 1,
+            state: "enabled",
+            trtype,
+            peer: "192.168.100.2:51234".parse().expect("an address"),
+            local: "192.168.100.1:4420".parse().expect("an address"),
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn each_qpair_shows_its_own_transport() {
+        for trtype in ["TCP", "RDMA"] {
+            let shown = qpair_json(&row(trtype), "nvmf_tgt_poll_group_000", "nqn.host");
+            assert_eq!(shown["trtype"], trtype);
+            assert_eq!(shown["listen_address"]["trtype"], trtype);
+            assert_eq!(shown["listen_address"]["traddr"], "192.168.100.1");
+            assert_eq!(shown["listen_address"]["trsvcid"], "4420");
+            assert_eq!(shown["peer_address"]["trtype"], trtype);
+            assert_eq!(shown["peer_address"]["trsvcid"], "51234");
+            assert!(shown.get("auth").is_none());
+        }
+    }
+
+    #[test]
+    fn an_ipv6_queue_says_so() {
+        let mut ipv6 = row("RDMA");
+        ipv6.local = "[fd00::1]:4420".parse().expect("an address");
+        ipv6.peer = "[fd00::2]:50000".parse().expect("an address");
+        let shown = qpair_json(&ipv6, "t", "h");
+        assert_eq!(shown["listen_address"]["adrfam"], "IPv6");
+        assert_eq!(shown["listen_address"]["traddr"], "fd00::1");
+        assert_eq!(shown["peer_address"]["adrfam"], "IPv6");
+    }
 }

@@ -129,7 +129,7 @@ fn find_psk(target: &NvmfTarget, local: SocketAddr, identity: Option<&[u8]>) -> 
     let subsystem = target
         .find_subsystem(&parsed.subnqn)
         .ok_or_else(|| format!("PSK identity names subsystem '{}', which does not exist", parsed.subnqn))?;
-    if !subsystem.listener_secure(local) {
+    if !subsystem.listener_secure(crate::tcp::TRTYPE, local) {
         return Err(format!("subsystem '{}' has no secure_channel listener at {local}", parsed.subnqn));
     }
     if !subsystem.host_allowed(&parsed.hostnqn) {
