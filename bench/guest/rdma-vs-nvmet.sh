@@ -22,17 +22,10 @@ rounds=${BENCH_ROUNDS:-2}
 nvmet=/sys/kernel/config/nvmet
 
 step "soft-RoCE: rdma_rxe on $netdev; nvme-rdma, nvmet-rdma, brd"
-modprobe -a rdma_rxe ib_uverbs rdma_ucm nvme-rdma nvmet nvmet-rdma
+modprobe -a nvme-rdma nvmet nvmet-rdma
 modprobe brd rd_nr=1 rd_size=65536
 [ -b /dev/ram0 ] || fail "brd made no /dev/ram0"
-rdma link add rxe0 type rxe netdev "$netdev"
-ip link set "$netdev" mtu 9000
-for _ in $(seq 50); do
-    ibv_devinfo -d rxe0 >"$out/ibv_devinfo.txt"
-    grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" && break
-    sleep 0.1
-done
-grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
+rxe_up "$netdev"
 
 step "peerless-tgt: Malloc0 (64 MiB) over RDMA on $addr:4420"
 cat >/tmp/target.json <<JSON

@@ -366,6 +366,11 @@ fn sigterm_under_load_exits_promptly_and_keeps_every_acknowledged_write() {
     let status = target.stop_within(exit_bound);
     let exit_time = signalled.elapsed();
     assert!(status.success(), "peerless-tgt exited with {status} after SIGTERM");
+    let log = target.log();
+    assert!(
+        log.contains("shutdown: transport TCP: every data buffer back"),
+        "the target did not report its data buffers back before it exited:\n{log}"
+    );
     let acknowledged: Vec<Vec<u64>> = writers.into_iter().map(|writer| writer.join().unwrap()).collect();
     drop(target);
 

@@ -46,16 +46,7 @@ done
 echo "ok: binaries and the fio engine built with NVMe/RDMA"
 
 step "soft-RoCE: rdma_rxe on $netdev"
-modprobe -a rdma_rxe ib_uverbs rdma_ucm
-rdma link add rxe0 type rxe netdev "$netdev"
-ip link set "$netdev" mtu 9000
-for _ in $(seq 50); do
-    ibv_devinfo -d rxe0 >"$out/ibv_devinfo.txt"
-    grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" && break
-    sleep 0.1
-done
-grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
-echo "ok: rxe0 active"
+rxe_up "$netdev"
 
 step "peerless-tgt with NVMe/RDMA on $addr:4420"
 listener() {
@@ -92,66 +83,6 @@ grep -q "$nqn" "$out/identify-discovery.txt" || fail "the discovery log read ove
 grep -q "$serial" "$out/identify-discovery.txt" || fail "identify after discovery does not show serial $serial"
 echo "ok: discovery and identify over RDMA"
 
-# perf_verify NAME ARGS...: a verified run over RDMA (--verify: every block written with a
-# pattern naming its LBA and the seed, then read back and compared); peerless-perf exits
-# non-zero on an I/O error or a mismatched block, and the summary must count I/Os.
-perf_verify() {
-    local name=$1 rc=0 ios errors mismatches iops mibps
-    shift
-    step "peerless-perf --verify over RDMA: $*"
-    "$bin/peerless-perf" -r "$(trid "$addr" 4420 "$nqn")" --verify --json "$@" >"$out/perf-$name.json" \
-        2>"$out/perf-$name.log" || rc=$?
-    [ "$rc" -eq 0 ] || { cat "$out/perf-$name.log"; fail "peerless-perf ($name) exited $rc"; }
-    ios=$(json_number "$out/perf-$name.json" ios)
-    errors=$(json_number "$out/perf-$name.json" errors)
-    mismatches=$(json_number "$out/perf-$name.json" mismatches)
-    iops=$(json_number "$out/perf-$name.json" iops)
-    mibps=$(json_number "$out/perf-$name.json" mibps)
-    [ -n "$ios" ] && [ "$ios" -gt 0 ] || fail "perf ($name) did no I/O: $(cat "$out/perf-$name.json")"
-    [ "$errors" = 0 ] && [ "$mismatches" = 0 ] ||
-        fail "perf ($name): $errors I/O errors, $mismatches mismatched blocks"
-    grep -q "RDMA (addr:$addr" "$out/perf-$name.log" || fail "perf ($name) does not report an RDMA device"
-    printf 'ok: %s I/Os verified, %.0f IOPS, %.2f MiB/s (TCG and rxe: functional, not a benchmark)\n' \
-        "$ios" "$iops" "$mibps"
-}
-perf_verify randrw-4k-qd1 -q 1 -o 4096 -w randrw -M 50 -t 3 -c 0x2
-perf_verify randrw-4k-qd32 -q 32 -o 4096 -w randrw -M 50 -t 3 -c 0x2
-perf_verify randrw-128k-qd1 -q 1 -o 131072 -w randrw -M 50 -t 3 -c 0x2
-perf_verify randrw-128k-qd32 -q 32 -o 131072 -w randrw -M 50 -t 3 -c 0x2
-
-step "the target holds no queue of the host's once it left"
-for _ in $(seq 100); do
-    "$bin/peerless-rpc" -s "$sock" nvmf_get_stats >"$out/stats.json"
-    grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json" || break
-    sleep 0.2
-done
-if grep -q '"current_io_qpairs": *[1-9]\|"current_admin_qpairs": *[1-9]' "$out/stats.json"; then
-    cat "$out/stats.json"
-    fail "the target still holds queues 20 s after peerless-perf exited"
-fi
-echo "ok: every queue gone on the target"
-
-step "no RDMA listener on port 4430: a clear failure"
-rc=0
-timeout 60 "$bin/peerless-perf" identify -r "$(trid "$addr" 4430 "$nqn")" >"$out/identify-refused.txt" 2>&1 || rc=$?
-cat "$out/identify-refused.txt"
-[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "identify against no listener exited $rc (0: it worked; 124: it hung)"
-grep -q 'peerless-perf: .*refused' "$out/identify-refused.txt" || fail "identify against no listener does not say it was refused"
-echo "ok: refused with a message (exit $rc)"
-
-# fio_verify NAME BS: the fio engine over RDMA, random writes verified with crc32c at QD32.
-fio_verify() {
-    step "fio engine peerless_nvmf, trtype=rdma, verify=crc32c, bs=$2, QD32"
-    LD_PRELOAD="$bin/libpeerless_fio.so" fio --name="rdma-$1" --ioengine=peerless_nvmf --thread=1 \
-        --filename="trtype=rdma adrfam=IPv4 traddr=$addr trsvcid=4420 ns=1" \
-        --rw=randwrite --bs="$2" --iodepth=32 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 \
-        --output="$out/fio-$1.txt" || { cat "$out/fio-$1.txt"; fail "fio ($1) over RDMA failed"; }
-    grep -q 'err= 0' "$out/fio-$1.txt" || { cat "$out/fio-$1.txt"; fail "fio ($1) reported an error"; }
-    grep -E 'write:|read:' "$out/fio-$1.txt"
-}
-fio_verify 4k 4k
-fio_verify 128k 128k
-
 # mem_field NAME: a number of the RDMA pool in mem_get_stats.
 mem_field() { "$bin/peerless-rpc" -s "$sock" mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
 # released WHY: every queue gone on the target within 20 s, both buffer classes full.
@@ -181,6 +112,57 @@ load() {
     kill -0 "$perf_pid" 2>/dev/null || { cat "$out/perf-$name.log"; fail "peerless-perf ($name) ended early"; }
 }
 
+# perf_verify NAME ARGS...: a verified run over RDMA (--verify: every block written with a
+# pattern naming its LBA and the seed, then read back and compared); peerless-perf exits
+# non-zero on an I/O error or a mismatched block, and the summary must count I/Os.
+perf_verify() {
+    local name=$1 rc=0 ios errors mismatches iops mibps
+    shift
+    step "peerless-perf --verify over RDMA: $*"
+    "$bin/peerless-perf" -r "$(trid "$addr" 4420 "$nqn")" --verify --json "$@" >"$out/perf-$name.json" \
+        2>"$out/perf-$name.log" || rc=$?
+    [ "$rc" -eq 0 ] || { cat "$out/perf-$name.log"; fail "peerless-perf ($name) exited $rc"; }
+    ios=$(json_number "$out/perf-$name.json" ios)
+    errors=$(json_number "$out/perf-$name.json" errors)
+    mismatches=$(json_number "$out/perf-$name.json" mismatches)
+    iops=$(json_number "$out/perf-$name.json" iops)
+    mibps=$(json_number "$out/perf-$name.json" mibps)
+    [ -n "$ios" ] && [ "$ios" -gt 0 ] || fail "perf ($name) did no I/O: $(cat "$out/perf-$name.json")"
+    [ "$errors" = 0 ] && [ "$mismatches" = 0 ] ||
+        fail "perf ($name): $errors I/O errors, $mismatches mismatched blocks"
+    grep -q "RDMA (addr:$addr" "$out/perf-$name.log" || fail "perf ($name) does not report an RDMA device"
+    printf 'ok: %s I/Os verified, %.0f IOPS, %.2f MiB/s (TCG and rxe: functional, not a benchmark)\n' \
+        "$ios" "$iops" "$mibps"
+}
+perf_verify randrw-4k-qd1 -q 1 -o 4096 -w randrw -M 50 -t 3 -c 0x2
+perf_verify randrw-4k-qd32 -q 32 -o 4096 -w randrw -M 50 -t 3 -c 0x2
+perf_verify randrw-128k-qd1 -q 1 -o 131072 -w randrw -M 50 -t 3 -c 0x2
+perf_verify randrw-128k-qd32 -q 32 -o 131072 -w randrw -M 50 -t 3 -c 0x2
+
+step "the target holds no queue of the host's once it left"
+released "peerless-perf exited"
+
+step "no RDMA listener on port 4430: a clear failure"
+rc=0
+timeout 60 "$bin/peerless-perf" identify -r "$(trid "$addr" 4430 "$nqn")" >"$out/identify-refused.txt" 2>&1 || rc=$?
+cat "$out/identify-refused.txt"
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || fail "identify against no listener exited $rc (0: it worked; 124: it hung)"
+grep -q 'peerless-perf: .*refused' "$out/identify-refused.txt" || fail "identify against no listener does not say it was refused"
+echo "ok: refused with a message (exit $rc)"
+
+# fio_verify NAME BS: the fio engine over RDMA, random writes verified with crc32c at QD32.
+fio_verify() {
+    step "fio engine peerless_nvmf, trtype=rdma, verify=crc32c, bs=$2, QD32"
+    LD_PRELOAD="$bin/libpeerless_fio.so" fio --name="rdma-$1" --ioengine=peerless_nvmf --thread=1 \
+        --filename="trtype=rdma adrfam=IPv4 traddr=$addr trsvcid=4420 ns=1" \
+        --rw=randwrite --bs="$2" --iodepth=32 --size=8M --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --output="$out/fio-$1.txt" || { cat "$out/fio-$1.txt"; fail "fio ($1) over RDMA failed"; }
+    grep -q 'err= 0' "$out/fio-$1.txt" || { cat "$out/fio-$1.txt"; fail "fio ($1) reported an error"; }
+    grep -E 'write:|read:' "$out/fio-$1.txt"
+}
+fio_verify 4k 4k
+fio_verify 128k 128k
+
 step "a host frozen under 128 KiB reads: its keep-alive expires, the target ends it"
 expired_before=$(grep -c "due to keep alive timeout" "$out/target.log" || true)
 load frozen --kato-ms 2000 -q 32 -o 131072 -w randread
@@ -204,6 +186,9 @@ perf_pid=$!
 sleep 4
 kill -0 "$perf_pid" 2>/dev/null || { cat "$out/perf-sigterm.log"; fail "peerless-perf ended before the SIGTERM"; }
 stop_target
+grep "shutdown: transport RDMA" "$out/target.log"
+grep -q "shutdown: transport RDMA: every data buffer back ($buffers small and $buffers large free" "$out/target.log" ||
+    fail "not every data buffer came back before the target exited"
 for _ in $(seq 150); do kill -0 "$perf_pid" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$perf_pid" 2>/dev/null; then
     kill -KILL "$perf_pid"

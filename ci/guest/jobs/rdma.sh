@@ -365,6 +365,9 @@ fio_pid=$!
 sleep 3
 kill -0 "$fio_pid" 2>/dev/null || fail "fio under load ended before the SIGTERM"
 stop_target
+grep "shutdown: transport RDMA" "$log"
+grep -q "shutdown: transport RDMA: every data buffer back ($buffers small and $buffers large free" "$log" ||
+    fail "not every data buffer came back before the target exited"
 kill -KILL "$fio_pid" 2>/dev/null || true
 wait "$fio_pid" 2>/dev/null || true
 nvme disconnect -n "$nqn" >/dev/null 2>&1 || true

@@ -10,6 +10,7 @@
 #                           emulated CPUs), its log in $out/target.log, waited for ready
 #   stop_target             SIGTERM; it must exit 0 within 20 s, log its orderly stop and
 #                           no panic
+#   rxe_up NETDEV           soft-RoCE: rxe0 over NETDEV at MTU 9000, its port active
 #
 # Variables: bin (the shared binaries), out (/job/out), sock (the RPC socket), tgt_pid;
 # TARGET_FLAGS adds flags to peerless-tgt.
@@ -62,4 +63,17 @@ stop_target() {
     grep -q "peerless-tgt stopped" "$out/target.log" || fail "no 'peerless-tgt stopped' in the target log"
     if grep -n -E 'panicked|RUST_BACKTRACE' "$out/target.log"; then fail "peerless-tgt panicked"; fi
     echo "ok: peerless-tgt exited 0 and logged its orderly stop"
+}
+
+rxe_up() {
+    modprobe -a rdma_rxe ib_uverbs rdma_ucm
+    rdma link add rxe0 type rxe netdev "$1"
+    ip link set "$1" mtu 9000
+    for _ in $(seq 50); do
+        ibv_devinfo -d rxe0 >"$out/ibv_devinfo.txt"
+        grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" && break
+        sleep 0.1
+    done
+    grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
+    echo "ok: rxe0 active on $1"
 }

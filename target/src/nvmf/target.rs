@@ -496,12 +496,39 @@ fn wait_drained(ctx: &mut ThreadCtx, target: NvmfTarget, deadline: Instant, done
             if left > 0 {
                 peerless_core::log_warn!("shutdown: {left} connection(s) still busy after {SHUTDOWN_DRAIN:?}");
             }
+            report_buffers(&next);
             for subsystem in next.subsystems() {
                 subsystem.state.lock().namespaces.clear();
             }
             done(ctx);
         },
     );
+}
+
+/// Says, once every connection is gone, whether each transport's data buffers all came
+/// back: a command that kept one (a transport that lost track of a buffer its NIC may
+/// still write) shows here rather than nowhere. Buffers in poll-group caches are free
+/// too, so with caches the count is a bound.
+fn report_buffers(target: &NvmfTarget) {
+    let groups = target.0.poll_groups.lock().len();
+    for transport in target.transports() {
+        let pool = transport.pool();
+        let (small, large) = pool.available();
+        let (capacity, cached) = (pool.capacity(), pool.cache_size() * groups);
+        let held = |free: usize| capacity.saturating_sub(free + cached);
+        let trtype = transport.trtype();
+        if held(small) + held(large) > 0 {
+            peerless_core::log_warn!(
+                "shutdown: transport {trtype}: {} small and {} large data buffer(s) still held by commands",
+                held(small),
+                held(large)
+            );
+        } else {
+            peerless_core::log_notice!(
+                "shutdown: transport {trtype}: every data buffer back ({small} small and {large} large free, up to {cached} of each in poll-group caches)"
+            );
+        }
+    }
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -140,6 +140,12 @@ impl Target {
         Ok(())
     }
 
+    /// The admin queue (QID 0) of a new association, not yet connected.
+    fn open_admin_queue(&self) -> Result<QueuePair> {
+        let entries = self.options.admin_entries;
+        self.open_queue(self.addr, 0, entries, DYNAMIC_CNTLID, ADMIN_IN_CAPSULE_BYTES, MAX_TRANSFER_BYTES)
+    }
+
     /// Connects queue `qid` through `addr`: its transport's connection (the RDMA CM
     /// request names the queue and the controller), ready for the Fabrics Connect.
     /// `in_capsule_bytes` is what the queue may send in capsules until the controller's
@@ -211,14 +217,7 @@ impl Controller {
             return Err(Error::Invalid(format!("{} admin queue entries", options.admin_entries)));
         }
         let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-        let mut admin = target.open_queue(
-            addr,
-            0,
-            options.admin_entries,
-            DYNAMIC_CNTLID,
-            ADMIN_IN_CAPSULE_BYTES,
-            MAX_TRANSFER_BYTES,
-        )?;
+        let mut admin = target.open_admin_queue()?;
         let cntlid = connect_and_authenticate(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
         let cap = Capabilities(property_get(&mut admin, property::CAP, true)?);
         let vs = property_get(&mut admin, property::VS, false)? as u32;
@@ -538,14 +537,7 @@ pub fn connect_admin_queue(
     options: &Options,
 ) -> Result<(QueuePair, u16, bool)> {
     let target = Target { addr, subnqn: subnqn.into(), hostnqn: hostnqn.into(), options: options.clone() };
-    let mut admin = target.open_queue(
-        addr,
-        0,
-        options.admin_entries,
-        DYNAMIC_CNTLID,
-        ADMIN_IN_CAPSULE_BYTES,
-        MAX_TRANSFER_BYTES,
-    )?;
+    let mut admin = target.open_admin_queue()?;
     let result = fabrics_connect(&mut admin, &target, 0, DYNAMIC_CNTLID, options.kato_ms)?;
     Ok((admin, result as u16, result & CONNECT_AUTHREQ_ATR != 0))
 }

@@ -60,15 +60,7 @@ impl Qpair {
         data: &[u8],
     ) -> Result<(), Fault> {
         let index = usize::from(slot);
-        let Some(request) = self.requests.get_mut(index).filter(|r| r.state == ReqState::AwaitingData) else {
-            return Err(Fault::UnknownTransfer);
-        };
-        if request.sqe.cid() != cid {
-            return Err(Fault::WrongCommand);
-        }
-        if offset != request.received || offset + data.len() > request.transfer.bytes {
-            return Err(Fault::OutOfRange);
-        }
+        let request = self.awaiting_data(slot, cid, offset, data.len())?;
         if let Err(failed) = write_into(&mut request.buffers, request.transfer.bytes, offset, data) {
             // Later data for this command names a transfer that no longer exists.
             self.finish(group.buffers, index, failed, 0);
