@@ -109,6 +109,20 @@ impl Qpair {
         Ok(())
     }
 
+    /// Whether the transport moves data in and out of `provider`'s memory, asked once
+    /// per provider in a row.
+    fn reaches(&mut self, provider: &std::sync::Arc<dyn mem::P2pProvider>) -> bool {
+        let domain = provider.domain();
+        match self.p2p_reached {
+            Some((known, reached)) if known == domain => reached,
+            _ => {
+                let reached = self.config.p2p_reach.reaches(provider);
+                self.p2p_reached = Some((domain, reached));
+                reached
+            }
+        }
+    }
+
     /// The command in `slot` when it waits for host data and `offset..offset + len` is
     /// the next part of it.
     fn awaiting_data(&mut self, slot: u16, cid: u16, offset: usize, len: usize) -> Result<&mut super::Request, Fault> {
@@ -226,13 +240,9 @@ impl Qpair {
         // back to host memory. Taken while the entry is borrowed: the buffer holds the
         // provider, nothing else must.
         let p2p = match (&entry.ns.provider, plan) {
-            (Some(provider), Plan::Block { .. }) if transfer.bytes > 0 => Some(
-                self.config
-                    .p2p_reach
-                    .reaches(provider)
-                    .then(|| mem::P2pBuf::alloc(provider, transfer.bytes).ok())
-                    .flatten(),
-            ),
+            (Some(provider), Plan::Block { .. }) if transfer.bytes > 0 => {
+                Some(self.reaches(provider).then(|| mem::P2pBuf::alloc(provider, transfer.bytes).ok()).flatten())
+            }
             _ => None,
         };
         let request = &mut self.requests[index];

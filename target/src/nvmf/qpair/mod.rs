@@ -18,7 +18,7 @@ use std::sync::Arc;
 use peerless_bdev::{completion_queue, BdevHandle, BdevIo, CompletionQueue, DataBuf};
 use peerless_core::log::flags;
 use peerless_core::log_debug;
-use peerless_core::mem::{IoBufCache, P2pProvider, Sgl};
+use peerless_core::mem::{DomainId, IoBufCache, P2pProvider, Sgl};
 
 use super::auth::session::Session;
 use super::buffers::{self, DataPool};
@@ -233,6 +233,10 @@ pub struct Qpair {
     /// allocated the first time the pool runs dry on this queue.
     staging: Vec<u8>,
     actions: VecDeque<Action>,
+    /// The last provider this queue asked its transport about and the answer: a NIC's
+    /// answer takes a lock, and a P2P namespace asks on every command. Domain ids are
+    /// never reused, so an answer cannot outlive its provider's identity.
+    p2p_reached: Option<(DomainId, bool)>,
     completions: CompletionQueue,
     /// Finished I/O objects, reused: they travel as boxes through the bdev layer, and
     /// keeping the boxes is what makes steady state allocation-free.
@@ -279,6 +283,7 @@ impl Qpair {
             waiting: VecDeque::new(),
             staging: Vec::new(),
             actions: VecDeque::with_capacity(action_capacity(1)),
+            p2p_reached: None,
             completions: completion_queue(1),
             spare_ios: Vec::new(),
             close_after: None,

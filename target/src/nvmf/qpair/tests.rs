@@ -460,6 +460,10 @@ fn p2p_memory_only_where_the_nic_reaches_it_else_host_memory_counted() {
         assert_eq!(fallbacks, u64::from(!reaches), "reaches {reaches}");
         assert_eq!(cmb.size_bytes() - cmb.available_bytes(), in_cmb, "reaches {reaches}");
         assert_eq!(nic.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The queue remembers the answer: a second command does not ask again.
+        fixture.command(queue, keyed_write(4, 64, 16), Vec::new()).unwrap();
+        let [Action::FetchData { cid: 4, .. }] = fixture.actions(queue)[..] else { panic!("no second fetch") };
+        assert_eq!(nic.asked.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }
 
