@@ -150,12 +150,50 @@ impl DmaBuf {
         }
     }
 
-    pub(crate) fn addr(&self) -> usize {
+    /// The first byte's virtual address (with IOVA = VA, also its bus address).
+    pub fn addr(&self) -> usize {
         match &self.mem {
             Backing::Plain { map, .. } => map.addr(),
             #[cfg(feature = "dpdk")]
             Backing::Dpdk(mem) => mem.addr(),
         }
+    }
+
+    /// The address of `off..off + width` or a panic naming the programmer error.
+    fn checked(&self, off: usize, width: usize, align: usize) -> usize {
+        assert!(
+            off.is_multiple_of(align) && off.checked_add(width).is_some_and(|end| end <= self.len),
+            "DmaBuf: {width}-byte access at {off:#x} is misaligned or outside the {}-byte buffer",
+            self.len
+        );
+        self.addr() + off
+    }
+
+    /// A little-endian u32 the device may have written (an NVMe completion queue entry):
+    /// a volatile load, so each poll really reads memory. Panics on an out-of-range or
+    /// misaligned offset.
+    pub fn read_volatile_u32(&self, off: usize) -> u32 {
+        let at = self.checked(off, 4, 4);
+        // SAFETY: `at` is 4-aligned (the buffer is page-aligned) and inside the live
+        // buffer; the device may write it concurrently, which a volatile load tolerates
+        // and no Rust reference to these bytes exists (`&self` hands none out).
+        u32::from_le(unsafe { std::ptr::read_volatile(at as *const u32) })
+    }
+
+    /// Copies `src` into the buffer at `off` (a 64-byte submission queue entry).
+    /// Panics when the range leaves the buffer.
+    pub fn write_bytes(&mut self, off: usize, src: &[u8]) {
+        let at = self.checked(off, src.len(), 1);
+        // SAFETY: `at..at + src.len()` lies in the buffer, which `&mut self` holds
+        // exclusively; `src` is another object's memory and cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), at as *mut u8, src.len()) };
+    }
+
+    /// Zeroes the whole buffer.
+    pub fn zero(&mut self) {
+        let at = self.checked(0, self.len, 1);
+        // SAFETY: the whole buffer, held exclusively through `&mut self`.
+        unsafe { std::ptr::write_bytes(at as *mut u8, 0, self.len) };
     }
 
     fn piece(&self, off: usize, len: usize, writable: bool) -> Result<Seg> {
@@ -242,6 +280,56 @@ mod tests {
         assert!(buf.seg_ref(9_995, 10).is_err());
         let sgl = buf.sgl_mut().expect("under 4 GiB");
         assert!(sgl.cpu_view().expect("host").slices().all(|s| s.iter().all(|&b| b == 0)));
+    }
+
+    #[test]
+    fn ring_accessors_write_read_and_zero_in_bounds() {
+        let mut buf = DmaBuf::alloc(8192).expect("dma");
+        let sqe: Vec<u8> = (0..64u8).collect();
+        buf.write_bytes(64, &sqe);
+        buf.write_bytes(8191, &[0xa5]);
+        buf.write_bytes(100, &[]);
+        assert_eq!(buf.read_volatile_u32(64), u32::from_le_bytes([0, 1, 2, 3]));
+        assert_eq!(buf.read_volatile_u32(124), u32::from_le_bytes([60, 61, 62, 63]));
+        assert_eq!(buf.read_volatile_u32(8188), 0xa500_0000);
+        let view = buf.sgl().expect("sgl");
+        let bytes: Vec<u8> = view.cpu_view().expect("host").slices().flatten().copied().collect();
+        assert_eq!(&bytes[64..128], &sqe[..]);
+        assert!(bytes[..64].iter().chain(&bytes[128..8191]).all(|&b| b == 0));
+        drop(view);
+        buf.zero();
+        assert_eq!(buf.read_volatile_u32(64), 0);
+        assert_eq!(buf.read_volatile_u32(8188), 0);
+    }
+
+    #[test]
+    fn ring_accessors_panic_on_programmer_errors() {
+        let buf = std::sync::Mutex::new(DmaBuf::alloc(4096).expect("dma"));
+        type Case<'a> = (&'a dyn Fn(&mut DmaBuf), &'a str);
+        let cases: [Case<'_>; 4] = [
+            (
+                &|b| {
+                    b.read_volatile_u32(2);
+                },
+                "4-byte access at 0x2",
+            ),
+            (
+                &|b| {
+                    b.read_volatile_u32(4096);
+                },
+                "outside the 4096-byte buffer",
+            ),
+            (&|b| b.write_bytes(4033, &[0; 64]), "64-byte access at 0xfc1"),
+            (&|b| b.write_bytes(usize::MAX, &[0; 2]), "2-byte access"),
+        ];
+        for (case, expected) in cases {
+            let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                case(&mut buf.lock().unwrap_or_else(|p| p.into_inner()))
+            }))
+            .expect_err("panics");
+            let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(msg.contains(expected), "{msg:?} should contain {expected:?}");
+        }
     }
 
     #[test]

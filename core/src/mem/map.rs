@@ -51,10 +51,19 @@ impl Mapping {
 
     /// A shared mapping of `len` bytes of `fd` from offset 0.
     pub(crate) fn shared_file(fd: BorrowedFd<'_>, len: usize, prot: Prot) -> Result<Mapping> {
+        Mapping::shared_file_at(fd, 0, len, prot)
+    }
+
+    /// A shared mapping of `len` bytes of `fd` from `offset`, which mmap wants page-aligned
+    /// (VFIO region offsets and sysfs resource files are).
+    pub(crate) fn shared_file_at(fd: BorrowedFd<'_>, offset: u64, len: usize, prot: Prot) -> Result<Mapping> {
         assert!(len > 0, "empty mapping");
+        let offset = libc::off_t::try_from(offset)
+            .map_err(|_| Error::Config(format!("mmap offset {offset:#x} does not fit off_t")))?;
         // SAFETY: a new shared mapping at a kernel-chosen address; the file's pages are
         // only reached through this module's accessors, which bound-check every access.
-        let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot.bits(), libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        let addr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, prot.bits(), libc::MAP_SHARED, fd.as_raw_fd(), offset) };
         if addr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap shared file"));
         }

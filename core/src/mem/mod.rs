@@ -18,7 +18,8 @@
 //! Memory comes from [`DmaBuf`] (mlock'ed, hugepage when possible, or DPDK's EAL heap
 //! when [`env::start`] chose it, feature `dpdk`), the iobuf-style
 //! [`IoBufPool`], and P2P providers ([`EmulatedCmb`], [`P2pMem`]) recorded in the region
-//! [`registry`].
+//! [`registry`]. The [`pci`] module holds what a user-space PCI driver needs below safe
+//! code: BAR mappings, VFIO, physical addresses, and Host-memory notifications.
 #![allow(unsafe_code)]
 
 pub mod alloc_count;
@@ -34,6 +35,7 @@ mod io;
 mod map;
 mod miter;
 mod p2pmem;
+pub mod pci;
 mod pool;
 mod provider;
 mod range_alloc;
@@ -114,6 +116,9 @@ pub enum Error {
     Dpdk(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// PCI, VFIO and sysfs problems; the text says what to do about them.
+    #[error("{0}")]
+    Pci(String),
 }
 
 impl Error {

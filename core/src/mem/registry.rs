@@ -15,6 +15,7 @@ use std::sync::{Arc, LazyLock};
 
 use parking_lot::RwLock;
 
+use super::pci::watch as host_watch;
 use super::provider::P2pProvider;
 use super::sgl::Seg;
 use super::tag::{DomainId, MemKind, MemTag};
@@ -138,7 +139,28 @@ impl fmt::Debug for RegionHandle {
 }
 
 /// Adds a region. Regions of one domain, and regions with CPU addresses, never overlap.
+///
+/// A Host region is announced to the [`watch_host_memory`](super::pci::watch_host_memory)
+/// listeners before this returns, so before any buffer from it is handed out; a listener's
+/// refusal unregisters it again and fails the call with the listener's error.
 pub(crate) fn register(region: Region) -> Result<RegionHandle> {
+    if region.tag != MemTag::HOST {
+        return insert(region);
+    }
+    let (start, len) = (region.start, region.len);
+    // Held across the insertion and the announcement (not the registry's lock, which
+    // listeners may need for lookups): see `pci::watch` for the ordering.
+    let notify = host_watch::lock();
+    let handle = insert(region)?;
+    if let Err(err) = notify.added(start, len) {
+        remove(handle.key);
+        std::mem::forget(handle);
+        return Err(err);
+    }
+    Ok(handle)
+}
+
+fn insert(region: Region) -> Result<RegionHandle> {
     assert!(region.len > 0, "empty region");
     assert!(
         region.accessor_base.is_none() || region.tag.kind() == MemKind::IoMem,
@@ -162,16 +184,39 @@ pub(crate) fn register(region: Region) -> Result<RegionHandle> {
 
 impl Drop for RegionHandle {
     fn drop(&mut self) {
-        let mut current = REGISTRY.current.write();
-        let mut next = Snapshot::clone(&current);
-        let removed = next.by_domain.remove(&self.key);
-        debug_assert!(removed.is_some(), "region registered twice or removed twice");
-        if removed.is_some_and(|r| r.has_cpu_address()) {
-            next.by_cpu.remove(&self.key.1);
+        if self.key.0 != DomainId::HOST {
+            remove(self.key);
+            return;
         }
-        *current = Arc::new(next);
-        REGISTRY.generation.fetch_add(1, Ordering::Release);
+        // Withdrawn after it left the registry, while its owner still has it mapped.
+        let notify = host_watch::lock();
+        if let Some(region) = remove(self.key) {
+            notify.removed(region.start, region.len);
+        }
     }
+}
+
+fn remove(key: (DomainId, usize)) -> Option<Region> {
+    let mut current = REGISTRY.current.write();
+    let mut next = Snapshot::clone(&current);
+    let removed = next.by_domain.remove(&key);
+    debug_assert!(removed.is_some(), "region registered twice or removed twice");
+    if removed.as_ref().is_some_and(|r| r.has_cpu_address()) {
+        next.by_cpu.remove(&key.1);
+    }
+    *current = Arc::new(next);
+    REGISTRY.generation.fetch_add(1, Ordering::Release);
+    removed
+}
+
+/// Start and length of every registered Host region, for a new listener's replay.
+pub(crate) fn host_regions() -> Vec<(usize, usize)> {
+    let current = REGISTRY.current.read();
+    current
+        .by_domain
+        .range((DomainId::HOST, 0)..=(DomainId::HOST, usize::MAX))
+        .map(|(_, region)| (region.start, region.len))
+        .collect()
 }
 
 /// A thread's handle on a snapshot: an `Rc` so that handing it to an iterator or chunk

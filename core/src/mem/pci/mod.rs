@@ -1,0 +1,33 @@
+//! The low-level pieces of a user-space PCI driver (the bdev module `nvme`), behind safe
+//! functions: MMIO windows over BARs ([`Mmio`]), VFIO containers and devices
+//! ([`VfioContainer`], [`VfioDevice`]), physical addresses for uio_pci_generic
+//! ([`virt_to_phys`], [`PhysTable`]), and notifications of Host memory coming and going
+//! ([`watch_host_memory`]) that keep an IOMMU or a physical-address table in step with the
+//! iobuf pools and DMA buffers.
+//!
+//! A driver using VFIO opens a container and its devices, then subscribes the container
+//! (`watch_host_memory(container.clone())`): every registered Host region is then mapped at
+//! IOVA = VA, which is the bus address the registry already gives plain DMA memory. A
+//! driver using uio_pci_generic subscribes a [`PhysTable`] and builds PRPs from
+//! [`PhysTable::translate`].
+
+mod mmio;
+mod pagemap;
+mod phys_table;
+mod sysfs;
+mod vfio;
+mod vfio_sys;
+pub(crate) mod watch;
+
+pub use mmio::Mmio;
+pub use pagemap::virt_to_phys;
+pub use phys_table::PhysTable;
+pub use vfio::{VfioContainer, VfioDevice};
+pub use watch::{watch_host_memory, HostMemListener, HostMemWatch};
+
+/// The system page size (4096 on x86-64).
+pub(crate) fn page_bytes() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf reads a constant of the running system.
+    *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+}
