@@ -12,6 +12,7 @@ pub mod error;
 mod forward;
 pub mod malloc;
 pub mod null;
+pub mod nvme;
 pub mod nvmesim;
 pub mod passthru;
 #[cfg(feature = "rbd")]
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Box<dyn BdevModule>> {
         Box::new(null::NullModule),
         Box::new(uring::UringModule),
         Box::new(nvmesim::NvmesimModule),
+        Box::new(nvme::NvmeModule::default()),
         Box::new(passthru::PassthruModule),
         Box::new(split::SplitModule),
         Box::new(delay::DelayModule),

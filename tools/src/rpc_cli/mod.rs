@@ -4,6 +4,7 @@
 //! `run` does the talking and printing.
 
 pub mod bdev;
+pub mod bdev_nvme;
 pub mod config;
 pub mod framework;
 pub mod nvmf;
@@ -48,6 +49,8 @@ pub enum Command {
     #[command(flatten)]
     Bdev(bdev::Command),
     #[command(flatten)]
+    BdevNvme(bdev_nvme::Command),
+    #[command(flatten)]
     Nvmf(nvmf::Command),
     #[command(flatten)]
     Config(config::Command),
@@ -60,6 +63,7 @@ impl Command {
         match self {
             Command::Framework(command) => Ok(command.action()),
             Command::Bdev(command) => command.action(),
+            Command::BdevNvme(command) => command.action(),
             Command::Nvmf(command) => command.action(),
             Command::Config(command) => command.action(),
         }

@@ -219,6 +219,13 @@ fn bdev_queries_and_virtual_bdevs() {
     );
     check(&["bdev_split_delete", "Malloc0"], "bdev_split_delete", json!({"base_bdev": "Malloc0"}));
     check(
+        &["bdev_nvme_attach_controller", "-b", "Nvme0", "-t", "PCIe", "-a", "0000:00:04.0", "--num-io-queues", "4"],
+        "bdev_nvme_attach_controller",
+        json!({"name": "Nvme0", "trtype": "PCIe", "traddr": "0000:00:04.0", "num_io_queues": 4}),
+    );
+    check(&["bdev_nvme_detach_controller", "Nvme0"], "bdev_nvme_detach_controller", json!({"name": "Nvme0"}));
+    check(&["bdev_nvme_get_controllers", "-n", "Nvme0"], "bdev_nvme_get_controllers", json!({"name": "Nvme0"}));
+    check(
         &["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "20000", "--r_mbytes_per_sec", "100"],
         "bdev_set_qos_limit",
         json!({"name": "Malloc0", "rw_ios_per_sec": 20000, "r_mbytes_per_sec": 100}),

@@ -1,0 +1,455 @@
+//! One thread's I/O queue pair on a namespace: commands built from bdev I/O, PRPs from
+//! its buffers, completions polled by the thread's poller.
+//!
+//! An I/O larger than the controller's transfer limit (MDTS) goes as several commands and
+//! completes when the last does, with the first error any of them saw. A buffer list
+//! PRPs cannot describe (segments off page boundaries, memory the controller cannot
+//! reach) goes through one of a few bounce buffers of the channel's own.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use peerless_core::mem::{copy, DmaBuf};
+use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
+
+use super::controller::Controller;
+use super::prp::{self, PrpError};
+use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
+use super::spec::{nvm, Sqe};
+use crate::bdev::{BdevChannelOps, SubmitError};
+use crate::io::{BdevIo, IoType};
+use crate::status::IoStatus;
+
+/// Bounce buffers per channel, each of the controller's largest transfer.
+const BOUNCE_BUFFERS: usize = 4;
+/// Completions taken per poll, so one busy queue cannot hold its thread forever.
+const COMPLETIONS_PER_POLL: usize = 256;
+/// Blocks one Read, Write or Write Zeroes names at most (NLB is 16 bits, 0-based).
+const MAX_BLOCKS_PER_COMMAND: u64 = 1 << 16;
+/// Dataset Management ranges in one command (NR is 8 bits, 0-based), 16 bytes each.
+const MAX_DSM_RANGES: usize = 256;
+/// Polls without a completion, with commands in flight, between looks at whether the
+/// device is still there.
+const GONE_CHECK_POLLS: u64 = 4096;
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    parent: u16,
+    bounce: Option<u8>,
+    /// Where the command's bytes sit in the parent's data: what a bounced read copies back.
+    data_offset: usize,
+    data_len: usize,
+}
+
+struct Parent {
+    io: Box<BdevIo>,
+    remaining: u32,
+    status: IoStatus,
+}
+
+struct State {
+    ctrlr: Arc<Controller>,
+    nsid: u32,
+    block_size: u64,
+    queue: Option<QueuePair>,
+    slots: Vec<Slot>,
+    free_cids: Vec<u16>,
+    parents: Vec<Option<Parent>>,
+    free_parents: Vec<u16>,
+    bounces: Vec<DmaBuf>,
+    free_bounces: Vec<u8>,
+    prp_list: Vec<u64>,
+    /// Commands of one I/O, built before any is placed, so running out midway places none.
+    staged: Vec<(u16, Sqe)>,
+    bounced_ios: u64,
+    closed: bool,
+}
+
+pub(crate) struct NvmeChannel {
+    state: Rc<RefCell<State>>,
+    poller: Option<Poller>,
+}
+
+impl NvmeChannel {
+    pub(crate) fn new(
+        ctx: &mut ThreadCtx,
+        name: &str,
+        ctrlr: Arc<Controller>,
+        nsid: u32,
+        block_size: u32,
+    ) -> NvmeChannel {
+        let queue = match ctrlr.create_io_queue() {
+            Ok(queue) => Some(queue),
+            Err(err) => {
+                peerless_core::log_error!("nvme {name}: no I/O queue for this thread, its I/O will fail: {err}");
+                None
+            }
+        };
+        let depth = queue.as_ref().map_or(0, |queue| usize::from(queue.depth()));
+        // One slot stays empty: a full ring keeps one entry free (NVMe Base 2.0 §4.1.2).
+        let usable = depth.saturating_sub(1);
+        let bounce_bytes = ctrlr.max_transfer_bytes();
+        let bounces: Vec<DmaBuf> = if queue.is_some() {
+            (0..BOUNCE_BUFFERS).filter_map(|_| DmaBuf::alloc_plain(bounce_bytes).ok()).collect()
+        } else {
+            Vec::new()
+        };
+        let state = State {
+            nsid,
+            block_size: u64::from(block_size),
+            queue,
+            slots: vec![Slot::default(); depth],
+            free_cids: (0..usable as u16).rev().collect(),
+            parents: (0..usable).map(|_| None).collect(),
+            free_parents: (0..usable as u16).rev().collect(),
+            free_bounces: (0..bounces.len() as u8).rev().collect(),
+            bounces,
+            prp_list: Vec::with_capacity(PAGE_BYTES / 8),
+            staged: Vec::with_capacity(usable),
+            bounced_ios: 0,
+            closed: false,
+            ctrlr,
+        };
+        let state = Rc::new(RefCell::new(state));
+        let poller = completion_poller(ctx, name, state.clone(), depth);
+        NvmeChannel { state, poller: Some(poller) }
+    }
+}
+
+impl Drop for NvmeChannel {
+    fn drop(&mut self) {
+        self.state.borrow_mut().closed = true;
+        // The poller finishes what is in flight, then deletes the queue pair.
+        if let Some(poller) = self.poller.take() {
+            poller.detach();
+        }
+    }
+}
+
+impl BdevChannelOps for NvmeChannel {
+    fn submit(&mut self, _ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
+        let mut state = self.state.borrow_mut();
+        if state.queue.is_none() {
+            drop(state);
+            io.complete(IoStatus::INTERNAL_ERROR);
+            return Ok(());
+        }
+        match state.stage(&io) {
+            Ok(()) => {}
+            Err(Staging::NoResources) => return Err(SubmitError::NoResources(io)),
+            Err(Staging::Refused(status, why)) => {
+                drop(state);
+                peerless_core::log_error!("nvme: {:?} at block {}: {why}", io.io_type, io.offset_blocks);
+                io.complete(status);
+                return Ok(());
+            }
+        }
+        let Some(parent) = state.free_parents.pop() else {
+            state.unstage();
+            return Err(SubmitError::NoResources(io));
+        };
+        let children = state.staged.len() as u32;
+        if children == 0 {
+            state.free_parents.push(parent);
+            drop(state);
+            io.complete(IoStatus::SUCCESS);
+            return Ok(());
+        }
+        let State { staged, slots, queue, parents, .. } = &mut *state;
+        let queue = queue.as_mut().expect("checked above");
+        for (cid, sqe) in staged.drain(..) {
+            slots[usize::from(cid)].parent = parent;
+            queue.push(&sqe);
+        }
+        queue.ring();
+        parents[usize::from(parent)] = Some(Parent { io, remaining: children, status: IoStatus::SUCCESS });
+        Ok(())
+    }
+}
+
+enum Staging {
+    NoResources,
+    Refused(IoStatus, String),
+}
+
+impl State {
+    /// Builds every command of `io` into `staged`, taking their slots and bounce buffers;
+    /// on failure gives back what it took.
+    fn stage(&mut self, io: &BdevIo) -> Result<(), Staging> {
+        let staged = match io.io_type {
+            IoType::Read | IoType::Write => self.stage_data(io),
+            IoType::Flush => self.stage_one(Sqe::new(nvm::FLUSH)),
+            IoType::WriteZeroes => self.stage_write_zeroes(io),
+            IoType::Unmap => self.stage_unmap(io),
+            other => Err(Staging::Refused(IoStatus::INVALID_OPCODE, format!("{} is not supported", other.as_str()))),
+        };
+        if staged.is_err() {
+            self.unstage();
+        }
+        staged
+    }
+
+    fn unstage(&mut self) {
+        while let Some((cid, _)) = self.staged.pop() {
+            if let Some(bounce) = self.slots[usize::from(cid)].bounce.take() {
+                self.free_bounces.push(bounce);
+            }
+            self.free_cids.push(cid);
+        }
+    }
+
+    fn take_cid(&mut self) -> Result<u16, Staging> {
+        let cid = self.free_cids.pop().ok_or(Staging::NoResources)?;
+        self.slots[usize::from(cid)] = Slot::default();
+        Ok(cid)
+    }
+
+    fn stage_one(&mut self, mut sqe: Sqe) -> Result<(), Staging> {
+        let cid = self.take_cid()?;
+        sqe.cid = cid;
+        sqe.nsid = self.nsid;
+        self.staged.push((cid, sqe));
+        Ok(())
+    }
+
+    fn stage_data(&mut self, io: &BdevIo) -> Result<(), Staging> {
+        let sgl = io.sgl().map_err(|err| Staging::Refused(IoStatus::DATA_TRANSFER_ERROR, err.to_string()))?;
+        let total = io.num_blocks * self.block_size;
+        if sgl.len() as u64 != total {
+            let why = format!("{} bytes of buffers for {total} bytes of blocks", sgl.len());
+            return Err(Staging::Refused(IoStatus::DATA_TRANSFER_ERROR, why));
+        }
+        let max_blocks = (self.ctrlr.max_transfer_bytes() as u64 / self.block_size).min(MAX_BLOCKS_PER_COMMAND);
+        let opcode = if io.io_type == IoType::Write { nvm::WRITE } else { nvm::READ };
+        let mut done_blocks = 0;
+        while done_blocks < io.num_blocks {
+            let blocks = (io.num_blocks - done_blocks).min(max_blocks);
+            let offset = (done_blocks * self.block_size) as usize;
+            let len = (blocks * self.block_size) as usize;
+            let part =
+                sgl.sub(offset, len).map_err(|err| Staging::Refused(IoStatus::DATA_TRANSFER_ERROR, err.to_string()))?;
+            let cid = self.take_cid()?;
+            let mut sqe = Sqe::new(opcode);
+            sqe.cid = cid;
+            sqe.nsid = self.nsid;
+            let slba = io.offset_blocks + done_blocks;
+            sqe.cdw10 = slba as u32;
+            sqe.cdw11 = (slba >> 32) as u32;
+            sqe.cdw12 = (blocks - 1) as u32;
+            self.slots[usize::from(cid)].data_offset = offset;
+            self.slots[usize::from(cid)].data_len = len;
+            // The list page goes in only once every command has been built.
+            self.staged.push((cid, sqe));
+            let queue = self.queue.as_ref().expect("a channel without a queue stages nothing");
+            let list_bus = queue.prp_list_bus(cid);
+            let pci = self.ctrlr.pci();
+            let direct = if part.is_host_only() {
+                prp::build(
+                    part.iter().map(|seg| (seg.addr(), seg.len())),
+                    PAGE_BYTES,
+                    &mut self.prp_list,
+                    list_bus,
+                    |addr| pci.host_bus_address(addr),
+                )
+            } else {
+                Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
+            };
+            let (prp1, prp2) = match direct {
+                Ok(prps) => {
+                    let queue = self.queue.as_mut().expect("checked above");
+                    queue.write_prp_list(cid, &self.prp_list);
+                    prps
+                }
+                Err(PrpError::TooManyPages(pages)) => {
+                    let why = format!("{pages} pages in one command exceed the transfer limit");
+                    return Err(Staging::Refused(IoStatus::INVALID_FIELD, why));
+                }
+                Err(PrpError::Unaligned | PrpError::Untranslatable(_)) => self.stage_bounce(cid, io.io_type, &part)?,
+            };
+            let entry = self.staged.last_mut().expect("pushed above");
+            entry.1.prp1 = prp1;
+            entry.1.prp2 = prp2;
+            done_blocks += blocks;
+        }
+        Ok(())
+    }
+
+    /// Puts a command's data in a bounce buffer (a write's bytes go in now) and returns
+    /// the PRPs of that buffer.
+    fn stage_bounce(
+        &mut self,
+        cid: u16,
+        io_type: IoType,
+        part: &peerless_core::mem::Sgl<'_>,
+    ) -> Result<(u64, u64), Staging> {
+        let bounce = self.free_bounces.pop().ok_or(Staging::NoResources)?;
+        self.slots[usize::from(cid)].bounce = Some(bounce);
+        let buffer = &mut self.bounces[usize::from(bounce)];
+        if io_type == IoType::Write {
+            let mut dst =
+                buffer.sgl_mut().map_err(|err| Staging::Refused(IoStatus::INTERNAL_ERROR, err.to_string()))?;
+            dst.truncate(part.len());
+            copy(&mut dst, part).map_err(|err| Staging::Refused(IoStatus::DATA_TRANSFER_ERROR, err.to_string()))?;
+        }
+        let base = buffer.addr();
+        let queue = self.queue.as_mut().expect("a channel without a queue stages nothing");
+        let pci = self.ctrlr.pci();
+        let prps = prp::build(
+            [(base, part.len())].into_iter(),
+            PAGE_BYTES,
+            &mut self.prp_list,
+            queue.prp_list_bus(cid),
+            |addr| pci.host_bus_address(addr),
+        )
+        .map_err(|err| Staging::Refused(IoStatus::INTERNAL_ERROR, format!("bounce buffer: {err}")))?;
+        queue.write_prp_list(cid, &self.prp_list);
+        self.bounced_ios += 1;
+        Ok(prps)
+    }
+
+    fn stage_write_zeroes(&mut self, io: &BdevIo) -> Result<(), Staging> {
+        let mut done = 0;
+        while done < io.num_blocks {
+            let blocks = (io.num_blocks - done).min(MAX_BLOCKS_PER_COMMAND);
+            let slba = io.offset_blocks + done;
+            let mut sqe = Sqe::new(nvm::WRITE_ZEROES);
+            sqe.cdw10 = slba as u32;
+            sqe.cdw11 = (slba >> 32) as u32;
+            sqe.cdw12 = (blocks - 1) as u32;
+            self.stage_one(sqe)?;
+            done += blocks;
+        }
+        Ok(())
+    }
+
+    /// Deallocate (Dataset Management with AD, NVM Command Set 1.0 §3.2.3): the ranges go
+    /// in the command's list page, which a command without data does not otherwise use.
+    fn stage_unmap(&mut self, io: &BdevIo) -> Result<(), Staging> {
+        let max_range_blocks = u64::from(u32::MAX);
+        let ranges = io.num_blocks.div_ceil(max_range_blocks) as usize;
+        if ranges > MAX_DSM_RANGES {
+            return Err(Staging::Refused(IoStatus::INVALID_FIELD, format!("unmap of {} blocks", io.num_blocks)));
+        }
+        let cid = self.take_cid()?;
+        self.prp_list.clear();
+        let mut done = 0;
+        while done < io.num_blocks {
+            let blocks = (io.num_blocks - done).min(max_range_blocks);
+            // A range is context attributes and length (one dword each), then the start.
+            self.prp_list.push(blocks << 32);
+            self.prp_list.push(io.offset_blocks + done);
+            done += blocks;
+        }
+        let queue = self.queue.as_mut().expect("a channel without a queue stages nothing");
+        queue.write_prp_list(cid, &self.prp_list);
+        let mut sqe = Sqe::new(nvm::DATASET_MANAGEMENT);
+        sqe.cid = cid;
+        sqe.nsid = self.nsid;
+        sqe.prp1 = queue.prp_list_bus(cid);
+        sqe.cdw10 = (ranges - 1) as u32;
+        sqe.cdw11 = 1 << 2;
+        self.staged.push((cid, sqe));
+        Ok(())
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.slots.len().saturating_sub(1) - self.free_cids.len()
+    }
+}
+
+fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>, depth: usize) -> Poller {
+    let mut finished: Vec<(Box<BdevIo>, IoStatus)> = Vec::with_capacity(depth);
+    let mut stalled_polls = 0u64;
+    ctx.poller(&format!("nvme_{name}"), 0, move |_ctx| {
+        let mut guard = state.borrow_mut();
+        let state_ref = &mut *guard;
+        let Some(queue) = state_ref.queue.as_mut() else {
+            return if state_ref.closed { PollStatus::Done } else { PollStatus::Idle };
+        };
+        let State { slots, free_cids, parents, free_parents, bounces, free_bounces, .. } = state_ref;
+        let taken = queue.poll(COMPLETIONS_PER_POLL, |cqe| {
+            let Some(slot) = slots.get_mut(usize::from(cqe.cid)) else {
+                peerless_core::log_error!("nvme: completion for unknown command {}", cqe.cid);
+                return;
+            };
+            let slot = std::mem::take(slot);
+            let Some(Some(parent)) = parents.get_mut(usize::from(slot.parent)) else {
+                peerless_core::log_error!("nvme: completion for command {} with no I/O", cqe.cid);
+                return;
+            };
+            free_cids.push(cqe.cid);
+            if !cqe.is_success() && parent.status.is_success() {
+                parent.status = IoStatus::new(cqe.sct, cqe.sc);
+            }
+            if let Some(bounce) = slot.bounce {
+                if parent.io.io_type == IoType::Read && cqe.is_success() {
+                    copy_back(
+                        &mut parent.io,
+                        &bounces[usize::from(bounce)],
+                        slot.data_offset,
+                        slot.data_len,
+                        &mut parent.status,
+                    );
+                }
+                free_bounces.push(bounce);
+            }
+            parent.remaining -= 1;
+            if parent.remaining == 0 {
+                let done = parents[usize::from(slot.parent)].take().expect("checked above");
+                free_parents.push(slot.parent);
+                finished.push((done.io, done.status));
+            }
+        });
+        // A removed device completes nothing and reads all ones; look now and then
+        // while commands wait, not on every pass: a register read is dear.
+        let waiting = taken == 0 && free_cids.len() + 1 < slots.len();
+        stalled_polls = if waiting { stalled_polls + 1 } else { 0 };
+        let gone = waiting && stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue.controller_gone();
+        if gone {
+            // Surprise removal: nothing will complete; fail what is in flight.
+            for (index, parent) in parents.iter_mut().enumerate() {
+                if let Some(parent) = parent.take() {
+                    free_parents.push(index as u16);
+                    finished.push((parent.io, IoStatus::ABORTED_SQ_DELETION));
+                }
+            }
+            free_cids.clear();
+            free_cids.extend((0..slots.len().saturating_sub(1) as u16).rev());
+            free_bounces.clear();
+            free_bounces.extend((0..bounces.len() as u8).rev());
+        }
+        let in_flight = guard.in_flight();
+        let finish_queue = guard.closed && in_flight == 0;
+        let queue = if finish_queue { guard.queue.take() } else { None };
+        let ctrlr = guard.ctrlr.clone();
+        drop(guard);
+        let completed = finished.len();
+        for (io, status) in finished.drain(..) {
+            io.complete(status);
+        }
+        if let Some(queue) = queue {
+            if !gone {
+                ctrlr.delete_io_queue(queue);
+            }
+            return PollStatus::Done;
+        }
+        // Busy while commands are in flight: completions raise no interrupt, and a
+        // reactor in interrupt mode would sleep past them.
+        PollStatus::from_work(completed > 0 || in_flight > 0)
+    })
+}
+
+fn copy_back(io: &mut BdevIo, bounce: &DmaBuf, offset: usize, len: usize, status: &mut IoStatus) {
+    let copied = (|| -> peerless_core::mem::Result<()> {
+        let mut sgl = io.sgl_mut()?;
+        let mut dst = sgl.sub_mut(offset, len)?;
+        let src = bounce.sgl()?;
+        let src = src.sub(0, len)?;
+        copy(&mut dst, &src).map(|_| ())
+    })();
+    if let Err(err) = copied {
+        peerless_core::log_error!("nvme: bounced read of {len} bytes: {err}");
+        *status = IoStatus::DATA_TRANSFER_ERROR;
+    }
+}

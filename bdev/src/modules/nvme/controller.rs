@@ -1,0 +1,316 @@
+//! An NVMe controller over PCIe: bring-up (NVMe Base 2.0 §3.5.1), the admin queue,
+//! identify, I/O queue creation and deletion, and shutdown (§3.6.1).
+//!
+//! Admin commands are control plane: they run one at a time under a lock and are
+//! polled to completion by the caller (at attach, and when a bdev channel creates or
+//! deletes its I/O queue pair), as SPDK's driver does for queue creation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use peerless_core::mem::DmaBuf;
+
+use super::pci::PciFunction;
+use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
+use super::spec::{admin, cc, csts, reg, Cap, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_BYTES};
+
+/// Admin queue entries: a handful of commands are ever in flight.
+const ADMIN_DEPTH: u16 = 32;
+/// Longest an admin command may take. Emulated controllers under TCG are slow.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shutdown takes at most this long (RTD3E is often 0, meaning unreported).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the driver asks for at most; the controller may grant fewer.
+pub const DEFAULT_IO_QUEUES: u16 = 64;
+/// Entries per I/O queue when the controller allows that many.
+pub const DEFAULT_IO_DEPTH: u16 = 256;
+
+struct AdminQueue {
+    queue: QueuePair,
+    /// One page for identify data.
+    data: DmaBuf,
+    data_bus: u64,
+}
+
+pub struct Namespace {
+    pub nsid: u32,
+    pub id: IdentifyNamespace,
+}
+
+pub struct Controller {
+    pci: PciFunction,
+    cap: Cap,
+    id: IdentifyController,
+    max_transfer_bytes: usize,
+    io_depth: u16,
+    io_queues_granted: u16,
+    namespaces: Vec<Namespace>,
+    admin: Mutex<AdminQueue>,
+    /// Free I/O queue identifiers.
+    free_qids: Mutex<Vec<u16>>,
+}
+
+impl Controller {
+    /// Opens the function and brings the controller up, ready for I/O queues.
+    pub fn attach(bdf: &str, io_queues: u16) -> Result<Arc<Controller>, String> {
+        let pci = PciFunction::open(bdf)?;
+        let bar = pci.bar0().clone();
+        if bar.len() < reg::DOORBELLS + 8 {
+            return Err(format!("{}: BAR0 is {} bytes, too small for an NVMe controller", pci.bdf(), bar.len()));
+        }
+        let cap = Cap(bar.read64(reg::CAP));
+        if cap.0 == u64::MAX {
+            return Err(format!("{}: registers read all ones: the device is gone or not enabled", pci.bdf()));
+        }
+        if !cap.nvm_command_set() {
+            return Err(format!("{}: the controller lacks the NVM command set", pci.bdf()));
+        }
+        if cap.min_page_bytes() > PAGE_BYTES || cap.max_page_bytes() < PAGE_BYTES {
+            return Err(format!("{}: the controller does not take 4 KiB memory pages", pci.bdf()));
+        }
+        let stride = cap.doorbell_stride();
+        let version = bar.read32(reg::VS);
+        peerless_core::log_notice!(
+            "nvme {}: NVMe {}.{} controller over {}, {} entries per queue at most",
+            pci.bdf(),
+            version >> 16,
+            version >> 8 & 0xff,
+            pci.route().as_str(),
+            cap.max_queue_entries()
+        );
+        disable(&pci, cap)?;
+        let admin_queue = QueuePair::new(0, ADMIN_DEPTH, stride, bar.clone(), &pci)?;
+        let data = DmaBuf::alloc_plain(IDENTIFY_BYTES).map_err(|err| format!("identify buffer: {err}"))?;
+        let data_bus = pci.host_bus_address(data.addr()).ok_or("identify buffer has no bus address")?;
+        let aqa = u32::from(ADMIN_DEPTH - 1) << 16 | u32::from(ADMIN_DEPTH - 1);
+        bar.write32(reg::AQA, aqa);
+        bar.write64(reg::ASQ, admin_queue.sq_bus());
+        bar.write64(reg::ACQ, admin_queue.cq_bus());
+        bar.write32(reg::CC, cc::EN | cc::CSS_NVM | cc::mps(12) | cc::IOSQES_64 | cc::IOCQES_16);
+        wait_ready(&pci, cap, true)?;
+        let admin = Mutex::new(AdminQueue { queue: admin_queue, data, data_bus });
+
+        let id = IdentifyController::parse(&identify(&admin, admin::CNS_CONTROLLER, 0, pci.bdf())?)?;
+        let max_transfer_bytes = id
+            .max_transfer_bytes(cap.min_page_bytes())
+            .unwrap_or(usize::MAX)
+            // One list page per command: 512 entries of 4 KiB pages.
+            .min(PAGE_BYTES / 8 * PAGE_BYTES);
+        let wanted = io_queues.clamp(1, u16::MAX - 1);
+        let granted = set_queue_count(&admin, wanted, pci.bdf())?;
+        let mut namespaces = Vec::new();
+        let active =
+            super::spec::parse_active_namespaces(&identify(&admin, admin::CNS_ACTIVE_NAMESPACES, 0, pci.bdf())?);
+        for nsid in active.into_iter().filter(|nsid| *nsid <= id.nn) {
+            let ns = IdentifyNamespace::parse(&identify(&admin, admin::CNS_NAMESPACE, nsid, pci.bdf())?)
+                .map_err(|err| format!("namespace {nsid}: {err}"))?;
+            if ns.size_blocks > 0 {
+                namespaces.push(Namespace { nsid, id: ns });
+            }
+        }
+        let io_depth = DEFAULT_IO_DEPTH.min(cap.max_queue_entries().min(u32::from(QueuePair::max_depth())) as u16);
+        Ok(Arc::new(Controller {
+            free_qids: Mutex::new((1..=granted).rev().collect()),
+            pci,
+            cap,
+            id,
+            max_transfer_bytes,
+            io_depth,
+            io_queues_granted: granted,
+            namespaces,
+            admin,
+        }))
+    }
+
+    pub fn pci(&self) -> &PciFunction {
+        &self.pci
+    }
+
+    pub fn identity(&self) -> &IdentifyController {
+        &self.id
+    }
+
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    pub fn max_transfer_bytes(&self) -> usize {
+        self.max_transfer_bytes
+    }
+
+    pub fn io_queues_granted(&self) -> u16 {
+        self.io_queues_granted
+    }
+
+    pub fn io_depth(&self) -> u16 {
+        self.io_depth
+    }
+
+    /// Creates an I/O queue pair: its completion queue first, then its submission queue
+    /// (§3.3.1.1). Interrupts stay off: the reactor polls it.
+    pub fn create_io_queue(&self) -> Result<QueuePair, String> {
+        let qid = self.free_qids.lock().pop().ok_or_else(|| {
+            format!("{}: all {} I/O queues the controller granted are in use", self.pci.bdf(), self.io_queues_granted)
+        })?;
+        let created = self.create_queue_pair(qid);
+        if created.is_err() {
+            self.free_qids.lock().push(qid);
+        }
+        created
+    }
+
+    fn create_queue_pair(&self, qid: u16) -> Result<QueuePair, String> {
+        let queue = QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
+        let size = u32::from(self.io_depth - 1) << 16 | u32::from(qid);
+        let mut create_cq = Sqe::new(admin::CREATE_IO_CQ);
+        create_cq.prp1 = queue.cq_bus();
+        create_cq.cdw10 = size;
+        create_cq.cdw11 = 1; // physically contiguous, no interrupts
+        self.admin_command(create_cq).map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
+        let mut create_sq = Sqe::new(admin::CREATE_IO_SQ);
+        create_sq.prp1 = queue.sq_bus();
+        create_sq.cdw10 = size;
+        create_sq.cdw11 = u32::from(qid) << 16 | 1;
+        if let Err(err) = self.admin_command(create_sq) {
+            let _ = self.delete_queue(admin::DELETE_IO_CQ, qid);
+            return Err(format!("create I/O submission queue {qid}: {err}"));
+        }
+        Ok(queue)
+    }
+
+    /// Deletes a queue pair whose commands have all completed (§3.3.1.3).
+    pub fn delete_io_queue(&self, queue: QueuePair) {
+        let qid = queue.qid();
+        let deleted =
+            self.delete_queue(admin::DELETE_IO_SQ, qid).and_then(|_| self.delete_queue(admin::DELETE_IO_CQ, qid));
+        match deleted {
+            Ok(_) => self.free_qids.lock().push(qid),
+            // The queue's identifier stays taken: the controller may still own it.
+            Err(err) => peerless_core::log_error!("nvme {}: delete I/O queue {qid}: {err}", self.pci.bdf()),
+        }
+    }
+
+    fn delete_queue(&self, opcode: u8, qid: u16) -> Result<Cqe, String> {
+        let mut sqe = Sqe::new(opcode);
+        sqe.cdw10 = u32::from(qid);
+        self.admin_command(sqe)
+    }
+
+    fn admin_command(&self, sqe: Sqe) -> Result<Cqe, String> {
+        admin_command(&self.admin, sqe, self.pci.bdf())
+    }
+
+    /// Normal shutdown (CC.SHN), waiting for CSTS.SHST to report it complete.
+    pub fn shutdown(&self) {
+        let bar = self.pci.bar0();
+        let cc_value = bar.read32(reg::CC);
+        if cc_value == u32::MAX {
+            return;
+        }
+        bar.write32(reg::CC, (cc_value & !cc::SHN_MASK) | cc::SHN_NORMAL);
+        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        loop {
+            let status = bar.read32(reg::CSTS);
+            if status == u32::MAX || status & csts::SHST_MASK == csts::SHST_COMPLETE {
+                return;
+            }
+            if Instant::now() > deadline {
+                peerless_core::log_error!("nvme {}: shutdown did not complete in {SHUTDOWN_TIMEOUT:?}", self.pci.bdf());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn disable(pci: &PciFunction, cap: Cap) -> Result<(), String> {
+    let bar = pci.bar0();
+    let cc_value = bar.read32(reg::CC);
+    if cc_value & cc::EN != 0 {
+        bar.write32(reg::CC, cc_value & !cc::EN);
+    }
+    wait_ready(pci, cap, false)
+}
+
+/// Waits for CSTS.RDY to equal `ready`, as long as CAP.TO allows.
+fn wait_ready(pci: &PciFunction, cap: Cap, ready: bool) -> Result<(), String> {
+    let bar = pci.bar0();
+    let timeout = Duration::from_millis(cap.ready_timeout_ms().max(500));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status = bar.read32(reg::CSTS);
+        if status == u32::MAX {
+            return Err(format!("{}: the device is gone (CSTS reads all ones)", pci.bdf()));
+        }
+        if ready && status & csts::CFS != 0 {
+            return Err(format!("{}: controller fatal status while enabling", pci.bdf()));
+        }
+        if (status & csts::RDY != 0) == ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let what = if ready { "ready" } else { "disabled" };
+            return Err(format!("{}: the controller did not become {what} within {timeout:?} (CAP.TO)", pci.bdf()));
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+fn admin_command(admin: &Mutex<AdminQueue>, mut sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
+    let mut admin = admin.lock();
+    sqe.cid = 0;
+    admin.queue.submit(&sqe);
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let mut done = None;
+        admin.queue.poll(1, |cqe| done = Some(cqe));
+        if let Some(cqe) = done {
+            return if cqe.is_success() {
+                Ok(cqe)
+            } else {
+                Err(format!("status type {:#x} code {:#x}", cqe.sct, cqe.sc))
+            };
+        }
+        if admin.queue.controller_gone() {
+            return Err(format!("{bdf}: the device is gone"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{bdf}: admin command {:#04x} timed out after {ADMIN_TIMEOUT:?}", sqe.opcode));
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// One Identify data structure (§5.17).
+fn identify(admin: &Mutex<AdminQueue>, cns: u32, nsid: u32, bdf: &str) -> Result<Vec<u8>, String> {
+    let data_bus = admin.lock().data_bus;
+    let mut sqe = Sqe::new(admin::IDENTIFY);
+    sqe.nsid = nsid;
+    sqe.prp1 = data_bus;
+    sqe.cdw10 = cns;
+    admin_command(admin, sqe, bdf).map_err(|err| format!("identify (CNS {cns}, namespace {nsid}): {err}"))?;
+    let admin = admin.lock();
+    let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
+    let view = sgl.cpu_view().map_err(|err| err.to_string())?;
+    Ok(view.to_vec())
+}
+
+/// Asks for `wanted` I/O queue pairs (Set Features, Number of Queues, §5.27.1.5) and
+/// returns how many the controller granted: the lesser of its submission and
+/// completion queue counts.
+fn set_queue_count(admin: &Mutex<AdminQueue>, wanted: u16, bdf: &str) -> Result<u16, String> {
+    let mut sqe = Sqe::new(admin::SET_FEATURES);
+    sqe.cdw10 = admin::FEATURE_NUMBER_OF_QUEUES;
+    let zero_based = u32::from(wanted - 1);
+    sqe.cdw11 = zero_based << 16 | zero_based;
+    let cqe = admin_command(admin, sqe, bdf).map_err(|err| format!("set number of queues: {err}"))?;
+    let granted = (cqe.result & 0xffff).min(cqe.result >> 16) + 1;
+    Ok(granted.min(u32::from(wanted)) as u16)
+}

@@ -1,0 +1,91 @@
+//! NVMe controller subcommands (rpc.py's bdev_nvme_* in bdev.py), with rpc.py's flags.
+//! Peerless attaches PCIe controllers; the fabric flags are passed on, and the target
+//! refuses them by name.
+
+use clap::Subcommand;
+
+use super::{call, Action, Output, Params};
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach an NVMe controller; prints the bdevs of its namespaces
+    #[command(name = "bdev_nvme_attach_controller")]
+    BdevNvmeAttachController {
+        /// Controller name; its namespaces become bdevs NAMEn1, NAMEn2, ...
+        #[arg(short = 'b', long)]
+        name: String,
+        /// Transport type: PCIe
+        #[arg(short = 't', long)]
+        trtype: String,
+        /// Transport address: the PCI address, e.g. 0000:00:04.0
+        #[arg(short = 'a', long)]
+        traddr: String,
+        #[arg(short = 'f', long)]
+        adrfam: Option<String>,
+        #[arg(short = 's', long)]
+        trsvcid: Option<String>,
+        #[arg(short = 'n', long)]
+        subnqn: Option<String>,
+        #[arg(short = 'q', long)]
+        hostnqn: Option<String>,
+        /// I/O queue pairs to ask the controller for
+        #[arg(long)]
+        num_io_queues: Option<u32>,
+        /// Most bdevs to create
+        #[arg(short = 'm', long)]
+        max_bdevs: Option<u32>,
+    },
+    /// Detach an NVMe controller and delete its bdevs
+    #[command(name = "bdev_nvme_detach_controller")]
+    BdevNvmeDetachController {
+        name: String,
+        #[arg(short = 't', long)]
+        trtype: Option<String>,
+        #[arg(short = 'a', long)]
+        traddr: Option<String>,
+    },
+    /// List NVMe controllers
+    #[command(name = "bdev_nvme_get_controllers")]
+    BdevNvmeGetControllers {
+        #[arg(short = 'n', long)]
+        name: Option<String>,
+    },
+}
+
+impl Command {
+    pub fn action(&self) -> Result<Action, String> {
+        let p = Params::new;
+        Ok(match self {
+            Command::BdevNvmeAttachController {
+                name,
+                trtype,
+                traddr,
+                adrfam,
+                trsvcid,
+                subnqn,
+                hostnqn,
+                num_io_queues,
+                max_bdevs,
+            } => {
+                let params = p()
+                    .set("name", name.as_str())
+                    .set("trtype", trtype.as_str())
+                    .set("traddr", traddr.as_str())
+                    .opt("adrfam", adrfam.clone())
+                    .opt("trsvcid", trsvcid.clone())
+                    .opt("subnqn", subnqn.clone())
+                    .opt("hostnqn", hostnqn.clone())
+                    .opt("num_io_queues", *num_io_queues)
+                    .opt("max_bdevs", *max_bdevs);
+                call("bdev_nvme_attach_controller", params, Output::Words)
+            }
+            Command::BdevNvmeDetachController { name, trtype, traddr } => {
+                let params = p().set("name", name.as_str()).opt("trtype", trtype.clone()).opt("traddr", traddr.clone());
+                call("bdev_nvme_detach_controller", params, Output::Nothing)
+            }
+            Command::BdevNvmeGetControllers { name } => {
+                call("bdev_nvme_get_controllers", p().opt("name", name.clone()), Output::Json)
+            }
+        })
+    }
+}
