@@ -1,0 +1,95 @@
+#!/bin/bash
+# Guest job: the lab for peerless-tgt's user-space NVMe PCIe driver. Run it with two
+# emulated SSDs (the first with a 64 MiB CMB) and the virtual IOMMU:
+#
+#   PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="cmb0:cmb=64 peer0" PEERLESS_GUEST_IOMMU=1 \
+#       bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
+#
+# It checks, each step failing the job:
+#   1. two NVMe functions at /job/env's NVME_BDFS, no kernel driver on them;
+#   2. 256 huge pages of 2 MiB, hugetlbfs mounted;
+#   3. the first SSD bound to uio_pci_generic (/dev/uioN, /sys/class/uio/uioN), the second
+#      to vfio-pci (/dev/vfio/N; needs PEERLESS_GUEST_IOMMU=1);
+#   4. both controllers' registers read from user space: VS = 0x00010400 (NVMe 1.4),
+#      through sysfs's resource0 for the uio one and through the VFIO device fd for the
+#      other, with the IOVA ranges the IOMMU offers (39 bits: QEMU 7.2's aw-bits);
+#   5. the CMB: the first SSD's is a 64 MiB BAR (CMBLOC/CMBSZ), the second has none.
+# Then the place for the driver's tests (marked below). After the guest is off, run.sh
+# compares each range the job lists in out/nvme-expect with the backing file.
+# shellcheck source=/dev/null
+source /job/env
+# shellcheck source=ci/guest/jobs/target-lib.sh
+source /job/target-lib.sh
+
+step "the emulated SSDs"
+read -r -a bdfs <<<"${NVME_BDFS:-}"
+read -r -a names <<<"${NVME_NAMES:-}"
+[ "${#bdfs[@]}" -ge 2 ] || fail "this job needs two SSDs: PEERLESS_GUEST_NVME=\"cmb0:cmb=64 peer0\" (got '${NVME_NAMES:-}')"
+uio_bdf=${bdfs[0]}
+vfio_bdf=${bdfs[1]}
+for i in 0 1; do
+    dev=/sys/bus/pci/devices/${bdfs[$i]}
+    [ -d "$dev" ] || fail "no PCI device ${bdfs[$i]}"
+    [ "$(cat "$dev/class")" = 0x010802 ] || fail "${bdfs[$i]} is class $(cat "$dev/class"), not NVMe (0x010802)"
+    [ ! -e "$dev/driver" ] || fail "${bdfs[$i]} already has a driver: $(readlink "$dev/driver")"
+    echo "ok: ${names[$i]} at ${bdfs[$i]} ($(cat "$dev/vendor"):$(cat "$dev/device")), no driver"
+done
+lsmod | grep -q '^nvme ' && fail "the kernel nvme driver is loaded"
+echo "ok: the kernel nvme driver is not loaded"
+if [ -d /sys/class/iommu ] && [ -n "$(ls /sys/class/iommu)" ]; then
+    for u in /sys/class/iommu/*; do
+        # VT-d CAP: MGAW (bits 21:16) + 1 is the widest guest address the unit translates.
+        cap=$(cat "$u/intel-iommu/cap")
+        echo "ok: IOMMU $(basename "$u"): cap 0x$cap, MGAW $(((0x$cap >> 16 & 0x3f) + 1)) bits, $(find /sys/kernel/iommu_groups -mindepth 1 -maxdepth 1 | wc -l) groups"
+    done
+fi
+
+step "huge pages"
+hugepages_setup 256
+
+step "bind: ${names[0]} to uio_pci_generic, ${names[1]} to vfio-pci"
+nvme_bind_uio "$uio_bdf"
+uio=$(basename "$(nvme_uio_dev "$uio_bdf")")
+[ -d "/sys/class/uio/$uio" ] || fail "no /sys/class/uio/$uio"
+echo "ok: /sys/class/uio/$uio: name $(cat "/sys/class/uio/$uio/name")"
+nvme_bind_vfio "$vfio_bdf"
+vfio_grp=$(nvme_vfio_group "$vfio_bdf")
+[ -c /dev/vfio/vfio ] || fail "no /dev/vfio/vfio (the container node)"
+ls -l /dev/vfio
+
+step "registers from user space"
+nvme_regs "$uio_bdf" sysfs | tee "$out/regs-${names[0]}.txt"
+grep -qx 'VS=0x00010400' "$out/regs-${names[0]}.txt" || fail "${names[0]}: VS is not 0x00010400 through resource0"
+echo "ok: ${names[0]} (uio) VS = 0x00010400 (NVMe 1.4) through sysfs resource0"
+nvme_regs "$vfio_bdf" vfio | tee "$out/regs-${names[1]}.txt"
+grep -qx 'VS=0x00010400' "$out/regs-${names[1]}.txt" || fail "${names[1]}: VS is not 0x00010400 through VFIO"
+grep -qx 'IOVA_BITS=39' "$out/regs-${names[1]}.txt" || fail "${names[1]}: the IOMMU's IOVA range is not 39 bits wide"
+echo "ok: ${names[1]} (vfio, $vfio_grp) VS = 0x00010400 through the VFIO device fd; IOVA 39 bits"
+
+step "controller memory buffers"
+nvme_cmb_info "$uio_bdf" | tee "$out/cmb-${names[0]}.txt"
+grep -q '^CMB=BAR2 offset=0 size=67108864 ' "$out/cmb-${names[0]}.txt" || fail "${names[0]}: no 64 MiB CMB in BAR2"
+grep -qx 'CMBMSC=0x00000000 (as found)' "$out/cmb-${names[0]}.txt" || fail "${names[0]}: CMBMSC was not 0 at boot"
+echo "ok: ${names[0]} has a 64 MiB CMB in BAR2, CMBMSC 0 until a driver sets it"
+# vfio-pci owns the second function's BARs now; its sysfs mmap still reads them while no
+# VFIO user has it open.
+nvme_cmb_info "$vfio_bdf" | tee "$out/cmb-${names[1]}.txt"
+grep -qx 'CMB=none' "$out/cmb-${names[1]}.txt" || fail "${names[1]}: a CMB where none was asked for"
+echo "ok: ${names[1]} has no CMB"
+
+# ===================================================================================
+# THE DRIVER'S TESTS GO HERE (peerless-tgt's user-space NVMe PCIe driver).
+# Start peerless-tgt with a config whose bdev subsystem holds
+#   {"method": "bdev_nvme_attach_controller",
+#    "params": {"name": "cmb0", "trtype": "PCIe", "traddr": "$uio_bdf"}} (and peer0 at
+# $vfio_bdf), export the bdevs over NVMe/TCP on 127.0.0.1, connect the guest's nvme-tcp
+# host (nvme connect -t tcp), and write the pattern through it, e.g.
+#   python3 /job/nvme_pattern.py write - --offset 1M --len 16M --seed 7 |
+#       dd of=/dev/nvme0n1 bs=128K seek=1M oflag=seek_bytes,direct iflag=fullblock
+# then list each range for run.sh's check after power-off (NAME OFFSET LEN SEED):
+#   echo "cmb0 1048576 16777216 7" >>"$out/nvme-expect"
+# Also read the pattern back in the guest (python3 /job/nvme_pattern.py check /dev/nvme0n1
+# --offset 1M --len 16M --seed 7), with the CMB on and off, and both routes.
+# ===================================================================================
+
+step "done"
