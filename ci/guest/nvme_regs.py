@@ -48,7 +48,8 @@ class Bar0Mmap:
 
     def __init__(self, bdf):
         self.fd = os.open(sysfs(bdf, "resource0"), os.O_RDWR | os.O_SYNC)
-        self.map = mmap.mmap(self.fd, 0x1000, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        # The whole BAR (its size is the file's): registers and doorbells.
+        self.map = mmap.mmap(self.fd, os.fstat(self.fd).st_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.u32 = memoryview(self.map).cast("I")
         self.u64 = memoryview(self.map).cast("Q")
 

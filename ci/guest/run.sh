@@ -46,8 +46,9 @@
 #   PEERLESS_GUEST_NVME_MB size of each backing file in MiB (default: 256)
 #   PEERLESS_GUEST_IOMMU  set to 1 for a virtual Intel IOMMU (intel-iommu with interrupt
 #                         remapping, QEMU 7.2's default aw-bits=39: IOVAs below 2^39) and
-#                         intel_iommu=on on the kernel line: vfio-pci needs it, as the guest
-#                         kernel has no VFIO no-IOMMU mode
+#                         intel_iommu=on iommu=pt on the kernel line: vfio-pci needs it, as
+#                         the guest kernel has no VFIO no-IOMMU mode; pt keeps the other
+#                         devices (uio_pci_generic's too) on physical addresses
 #   PEERLESS_GUEST_MEM    guest RAM in MiB (default: 2048; hugepages come out of it)
 #   PEERLESS_GUEST_TIMEOUT seconds for the whole boot (default: 900)
 #   PEERLESS_GUEST_DIR    where build.sh put the images (default: build/guest)
@@ -197,7 +198,7 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
 done
 if [ ${#nvme_names[@]} -gt 0 ]; then
     printf 'NVME_NAMES="%s"\nNVME_BDFS="%s"\n' "${nvme_names[*]}" "${nvme_bdfs[*]}" >>"$run/env"
-    cp ci/guest/nvme_pattern.py ci/guest/nvme_regs.py "$run/"
+    cp ci/guest/nvme_pattern.py ci/guest/nvme_regs.py ci/guest/nvme_dma.py "$run/"
     for i in "${!nvme_names[@]}"; do
         log "nvme ${nvme_names[$i]} at ${nvme_bdfs[$i]}: $run/nvme-${nvme_names[$i]}.raw (${nvme_mb} MiB)"
     done
@@ -213,8 +214,11 @@ case "${PEERLESS_GUEST_IOMMU:-0}" in
 0) ;;
 1)
     iommu_dev=(-device "intel-iommu,intremap=on")
-    kernel_extra=" intel_iommu=on"
-    log "virtual IOMMU: intel-iommu (aw-bits 39), intel_iommu=on"
+    # iommu=pt: devices no VFIO user owns keep an identity mapping, so a uio_pci_generic
+    # device beside a vfio-pci one still DMAs to physical addresses (without it the
+    # kernel's DMA domain translates them and every command faults in the DMAR).
+    kernel_extra=" intel_iommu=on iommu=pt"
+    log "virtual IOMMU: intel-iommu (aw-bits 39), intel_iommu=on iommu=pt"
     ;;
 *) echo "PEERLESS_GUEST_IOMMU: 0 or 1, not '$PEERLESS_GUEST_IOMMU'" >&2; exit 2 ;;
 esac

@@ -77,6 +77,25 @@ nvme_cmb_info "$vfio_bdf" | tee "$out/cmb-${names[1]}.txt"
 grep -qx 'CMB=none' "$out/cmb-${names[1]}.txt" || fail "${names[1]}: a CMB where none was asked for"
 echo "ok: ${names[1]} has no CMB"
 
+step "DMA on both routes (nvme_dma.py, the lab's own polled host)"
+# Data written to namespace 1 and read back here; run.sh compares the backing files after
+# power-off (out/nvme-expect).
+dma() {
+    local name=$1 offset=$2 len=$3 seed=$4
+    shift 4
+    python3 /job/nvme_dma.py "$@" --offset "$offset" --len "$len" --seed "$seed" | tee "$out/dma-$seed.txt"
+    grep -q "read back: 0 transfers differ" "$out/dma-$seed.txt" || fail "$name: the data read back differs"
+    echo "$name $offset $len $seed" >>"$out/nvme-expect"
+    echo "ok: $name: $len B at $offset written and read back ($*)"
+}
+dma "${names[0]}" $((1 << 20)) $((4 << 20)) 11 "$uio_bdf" uio
+dma "${names[0]}" $((8 << 20)) $((4 << 20)) 12 "$uio_bdf" uio --cmb --transfer $((64 << 10))
+dma "${names[1]}" $((1 << 20)) $((4 << 20)) 13 "$vfio_bdf" vfio
+dma "${names[1]}" $((16 << 20)) $((1 << 20)) 14 "$vfio_bdf" vfio --transfer 4096
+# The CMB behind the IOMMU: the same SSD moved to vfio-pci, PRPs with the BAR's bus address.
+nvme_bind_vfio "$uio_bdf"
+dma "${names[0]}" $((32 << 20)) $((4 << 20)) 15 "$uio_bdf" vfio --cmb
+
 # ===================================================================================
 # THE DRIVER'S TESTS GO HERE (peerless-tgt's user-space NVMe PCIe driver).
 # Start peerless-tgt with a config whose bdev subsystem holds

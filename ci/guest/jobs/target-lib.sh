@@ -103,6 +103,10 @@ nvme_bind() {
 # nvme_bind_uio BDF: uio_pci_generic (no IOMMU needed; DMA addresses are physical, from
 # /proc/self/pagemap). Prints the uio node; nvme_uio_dev BDF prints it again.
 nvme_bind_uio() {
+    local grp=/sys/bus/pci/devices/$1/iommu_group
+    if [ -e "$grp" ] && [ "$(cat "$grp/type")" != identity ]; then
+        fail "$1 is behind the IOMMU in a $(cat "$grp/type") domain: uio DMA to physical addresses would fault (boot with iommu=pt; run.sh adds it)"
+    fi
     modprobe uio_pci_generic
     nvme_bind "$1" uio_pci_generic
     local uio
