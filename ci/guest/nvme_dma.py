@@ -3,14 +3,17 @@
 ours is blamed: a minimal polled NVMe host (one admin and one I/O queue) that writes
 nvme_pattern.py's pattern to namespace 1 and reads it back. run.sh copies it to /job.
 
-    nvme_dma.py BDF uio|vfio --offset BYTES --len BYTES --seed S [--transfer BYTES] [--cmb]
+    nvme_dma.py BDF uio|vfio --offset BYTES --len BYTES --seed S [--transfer BYTES]
+                [--cmb | --cmb-iova IOVA] [--readback-host FILE]
 
 uio: the device bound to uio_pci_generic, memory from hugetlbfs (/dev/hugepages, 2 MiB
 pages are physically contiguous), bus addresses from /proc/self/pagemap. vfio: the device
 bound to vfio-pci, the same memory mapped into the IOMMU (VFIO_IOMMU_MAP_DMA) at IOVA
 0x40000000. --cmb puts the data buffers in the controller's own CMB: CMBMSC = CBA | CMSE |
 CRE with CBA the BAR's bus address, and exactly those addresses in the PRPs (NVMe 1.4
-§3.1.23; LAB.md's pitfall). The controller is disabled again at the end.
+§3.1.23; LAB.md's pitfall). --cmb-iova (vfio) commits that pitfall on purpose: the CMB's
+BAR mapped into the IOMMU at IOVA and that IOVA in the PRPs. --readback-host reads back
+through host memory and saves what came back. The controller is disabled again at the end.
 Prints what it did; exit 1 when a command fails or the data read back differs.
 """
 import argparse
@@ -117,8 +120,11 @@ class VfioDevice:
 
     def to_bus(self, vaddr, size):
         iova, self.iova = self.iova, self.iova + size
-        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, struct.pack("<IIQQQ", 32, 3, vaddr, iova, size))
+        self.map_at(vaddr, iova, size)
         return iova
+
+    def map_at(self, vaddr, iova, size):
+        fcntl.ioctl(self.container, VFIO_IOMMU_MAP_DMA, struct.pack("<IIQQQ", 32, 3, vaddr, iova, size))
 
     def cmb_map(self, index):
         size, offset = self.regions[index]
@@ -204,7 +210,11 @@ def main():
     p.add_argument("--len", type=nvme_pattern.size, required=True, dest="length")
     p.add_argument("--seed", type=nvme_pattern.seed_arg, required=True)
     p.add_argument("--transfer", type=nvme_pattern.size, default=128 << 10)
-    p.add_argument("--cmb", action="store_true")
+    p.add_argument("--cmb", action="store_true", help="data buffers in the CMB, PRPs with its bus address")
+    p.add_argument("--cmb-iova", type=lambda t: int(t, 0), help="vfio: the CMB mapped at this IOVA and "
+                   "the IOVA in the PRPs (LAB.md's pitfall, on purpose)")
+    p.add_argument("--readback-host", metavar="FILE", help="read back into host memory and save the "
+                   "bytes at their offsets in FILE")
     a = p.parse_args()
     if not PAGE <= a.transfer <= 256 << 10 or a.transfer % PAGE or a.offset % PAGE:
         die("--transfer: 4 KiB .. 256 KiB in pages; --offset page-aligned")
@@ -228,46 +238,63 @@ def main():
     ctrl.submit(0, 0x05, prp1=q["cq_bus"], cdw10=(QDEPTH - 1) << 16 | 1, cdw11=1)
     ctrl.submit(0, 0x01, prp1=q["sq_bus"], cdw10=(QDEPTH - 1) << 16 | 1, cdw11=1 << 16 | 1)
     prp_off, prp_bus = mem.alloc(PAGE)
-    if a.cmb:
+    host_base, host_bus = mem.alloc(a.transfer)
+    if a.cmb or a.cmb_iova is not None:
         size, bar_bus = cmb_enable(dev)
-        data_map, data_base = dev.cmb_map(2), 0
-        data_bus = bar_bus
+        data_map, data_base, data_bus = dev.cmb_map(2), 0, bar_bus
         print(f"data buffers in the CMB: bus 0x{bar_bus:x} ({size >> 20} MiB)")
+        if a.cmb_iova is not None:
+            if a.route != "vfio":
+                die("--cmb-iova needs the vfio route")
+            # LAB.md's pitfall on purpose: the BAR mapped into the IOMMU at another IOVA
+            # and that IOVA in the PRPs. The controller does not see its own CMB there.
+            dev.map_at(ctypes.addressof(ctypes.c_char.from_buffer(data_map)), a.cmb_iova, size)
+            data_bus = a.cmb_iova
+            print(f"PRPs carry the CMB's IOMMU mapping at IOVA 0x{data_bus:x}, not its bus address")
     else:
-        data_map = mem.map
-        data_base, data_bus = mem.alloc(a.transfer)
+        data_map, data_base, data_bus = mem.map, host_base, host_bus
         print(f"data buffers in host memory: bus 0x{data_bus:x}")
 
-    def io(opcode, at, n):
+    def io(opcode, at, n, bus):
         if n > PAGE:
-            entries = [data_bus + PAGE * k for k in range(1, (n + PAGE - 1) // PAGE)]
+            entries = [bus + PAGE * k for k in range(1, (n + PAGE - 1) // PAGE)]
             mem.map[prp_off:prp_off + 8 * len(entries)] = struct.pack(f"<{len(entries)}Q", *entries)
-        prp2 = 0 if n <= PAGE else data_bus + PAGE if n <= 2 * PAGE else prp_bus
+        prp2 = 0 if n <= PAGE else bus + PAGE if n <= 2 * PAGE else prp_bus
         slba = at // block
-        ctrl.submit(1, opcode, nsid=1, prp1=data_bus, prp2=prp2, cdw10=slba & 0xFFFFFFFF,
+        ctrl.submit(1, opcode, nsid=1, prp1=bus, prp2=prp2, cdw10=slba & 0xFFFFFFFF,
                     cdw11=slba >> 32, cdw12=n // block - 1)
 
-    written = 0
-    for at in range(a.offset, a.offset + a.length, a.transfer):
-        n = min(a.transfer, a.offset + a.length - at)
+    chunks = [(at, min(a.transfer, a.offset + a.length - at)) for at in range(a.offset, a.offset + a.length, a.transfer)]
+    for at, n in chunks:
         data_map[data_base:data_base + n] = nvme_pattern.blocks(at // 512, n // 512, a.seed)
-        io(0x01, at, n)
-        written += n
+        io(0x01, at, n, data_bus)
     ctrl.submit(1, 0x00, nsid=1)  # flush
+    # Read back into the same kind of buffer, or (--readback-host FILE) into host memory,
+    # saved at the same offsets of FILE for nvme_pattern.py check.
+    if a.readback_host:
+        rd_map, rd_base, rd_bus = mem.map, host_base, host_bus
+        dump = open(a.readback_host, "r+b" if os.path.exists(a.readback_host) else "w+b")
+    else:
+        rd_map, rd_base, rd_bus, dump = data_map, data_base, data_bus, None
     bad = 0
-    for at in range(a.offset, a.offset + a.length, a.transfer):
-        n = min(a.transfer, a.offset + a.length - at)
-        data_map[data_base:data_base + n] = bytes(n)
-        io(0x02, at, n)
-        if bytes(data_map[data_base:data_base + n]) != nvme_pattern.blocks(at // 512, n // 512, a.seed):
+    for at, n in chunks:
+        rd_map[rd_base:rd_base + n] = bytes(n)
+        io(0x02, at, n, rd_bus)
+        got = bytes(rd_map[rd_base:rd_base + n])
+        if dump:
+            dump.seek(at)
+            dump.write(got)
+        if got != nvme_pattern.blocks(at // 512, n // 512, a.seed):
             bad += 1
             if bad <= 4:
-                got = bytes(data_map[data_base:data_base + n])
                 zero_head = got[:PAGE] == bytes(PAGE)
                 print(f"read back differs at byte {at} (+{n})" + (" (first 4 KiB zeros)" if zero_head else ""))
+    if dump:
+        dump.close()
     ctrl.close()
-    print(f"wrote {written} B in {a.transfer} B transfers with seed {a.seed} via {a.route}"
-          f"{' from the CMB' if a.cmb else ''}; read back: {bad} transfers differ")
+    where = " from the CMB" if a.cmb else f" from the CMB at IOVA 0x{a.cmb_iova:x}" if a.cmb_iova is not None else ""
+    print(f"wrote {a.length} B in {a.transfer} B transfers with seed {a.seed} via {a.route}{where}; "
+          f"read back: {bad} transfers differ")
     return 1 if bad else 0
 
 

@@ -13,7 +13,13 @@
 #   4. both controllers' registers read from user space: VS = 0x00010400 (NVMe 1.4),
 #      through sysfs's resource0 for the uio one and through the VFIO device fd for the
 #      other, with the IOVA ranges the IOMMU offers (39 bits: QEMU 7.2's aw-bits);
-#   5. the CMB: the first SSD's is a 64 MiB BAR (CMBLOC/CMBSZ), the second has none.
+#   5. the CMB: the first SSD's is a 64 MiB BAR (CMBLOC/CMBSZ), the second has none;
+#   6. DMA (nvme_dma.py, a polled NVMe host in Python): the pattern written and read back
+#      over uio from host memory and from the CMB, over VFIO from host memory (128 KiB and
+#      4 KiB transfers), and, with the first SSD moved to vfio-pci, from its CMB by bus
+#      address behind the IOMMU; each range listed for run.sh's check of the backing files;
+#   7. LAB.md's CMB pitfall committed on purpose (PRPs with an IOMMU mapping of the CMB):
+#      the first 4 KiB of each transfer come back zeros, and nvme_pattern.py says so.
 # Then the place for the driver's tests (marked below). After the guest is off, run.sh
 # compares each range the job lists in out/nvme-expect with the backing file.
 # shellcheck source=/dev/null
@@ -33,6 +39,8 @@ for i in 0 1; do
     [ "$(cat "$dev/class")" = 0x010802 ] || fail "${bdfs[$i]} is class $(cat "$dev/class"), not NVMe (0x010802)"
     [ ! -e "$dev/driver" ] || fail "${bdfs[$i]} already has a driver: $(readlink "$dev/driver")"
     echo "ok: ${names[$i]} at ${bdfs[$i]} ($(cat "$dev/vendor"):$(cat "$dev/device")), no driver"
+    # The firmware (SeaBIOS) may have enabled it: a driver must expect CC.EN=1.
+    echo "   as found at boot: $(nvme_regs "${bdfs[$i]}" sysfs | grep -E '^(CC|CSTS)=' | tr '\n' ' ')"
 done
 lsmod | grep -q '^nvme ' && fail "the kernel nvme driver is loaded"
 echo "ok: the kernel nvme driver is not loaded"
@@ -95,6 +103,22 @@ dma "${names[1]}" $((16 << 20)) $((1 << 20)) 14 "$vfio_bdf" vfio --transfer 4096
 # The CMB behind the IOMMU: the same SSD moved to vfio-pci, PRPs with the BAR's bus address.
 nvme_bind_vfio "$uio_bdf"
 dma "${names[0]}" $((32 << 20)) $((4 << 20)) 15 "$uio_bdf" vfio --cmb
+
+step "the CMB pitfall, on purpose: PRPs with an IOMMU mapping of the CMB"
+# LAB.md: the controller takes an address that is not its CMB's bus address for host
+# memory, DMAs through the IOMMU to its own BAR and returns zeros for the first 4 KiB
+# of each transfer, with a success status. This keeps that fact, and the checker's
+# signature for it, tested. The range read back through host memory is checked here.
+rc=0
+python3 /job/nvme_dma.py "$uio_bdf" vfio --offset $((48 << 20)) --len $((1 << 20)) --seed 16 \
+    --cmb-iova 0x100000000 --readback-host /tmp/pitfall.raw | tee "$out/dma-pitfall.txt" || rc=$?
+[ "$rc" = 1 ] || fail "the pitfall did not show: nvme_dma.py exited $rc (see above)"
+rc=0
+python3 /job/nvme_pattern.py check /tmp/pitfall.raw --offset $((48 << 20)) --len $((1 << 20)) --seed 16 \
+    --transfer $((128 << 10)) | tee "$out/pitfall-check.txt" || rc=$?
+[ "$rc" = 1 ] && grep -q "SIGNATURE first-4KiB-zeros: 8 transfer" "$out/pitfall-check.txt" ||
+    fail "nvme_pattern.py did not flag all 8 transfers with the first-4KiB-zeros signature"
+echo "ok: the pitfall reproduces and nvme_pattern.py flags it in all 8 transfers"
 
 # ===================================================================================
 # THE DRIVER'S TESTS GO HERE (peerless-tgt's user-space NVMe PCIe driver).
