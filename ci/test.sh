@@ -107,6 +107,11 @@ step "fuzz (bounded)"
 # Each cargo-fuzz target for a short bounded time; bench/fuzz.sh runs them long.
 bench/fuzz.sh "${FUZZ_SECONDS:-15}"
 
+step "guest lab: the NVMe byte pattern checker"
+# ci/guest/nvme_pattern.py writes and checks the self-identifying pattern the NVMe PCIe
+# guest jobs compare on the emulated SSDs' backing files (ci/guest/README.md). Seconds.
+python3 -m unittest discover -s ci/guest -p 'test_*.py'
+
 step "linux host interop"
 # Linux's own NVMe/TCP host (nvme-tcp + nvme-cli in a QEMU guest) against a release
 # peerless-tgt on loopback (ci/guest/README.md). The images are cached in build/guest.

@@ -32,6 +32,24 @@
 #                         line: 10.0.2.100:GUEST_PORT reaches 127.0.0.1:HOST_PORT) and
 #                         RUN_DIR/host.ready; the script serves the job's requests (see
 #                         ci/guest/README.md) and is sent SIGTERM when the guest is done
+#   PEERLESS_GUEST_NVME   emulated NVMe SSDs for the guest, space-separated NAME[:cmb=MB] specs
+#                         (e.g. "cmb0:cmb=64 peer0"; NAME is also the serial). Each is backed
+#                         by $run/nvme-NAME.raw (sparse, zeros, kept after the run so the host
+#                         can compare bytes) at a fixed address, the Nth at 0000:00:1N.0 (the
+#                         other devices keep their automatic slots below 0x10). /job/env gets
+#                         NVME_NAMES and NVME_BDFS, in the same order. No kernel driver binds
+#                         them (the guest has no udev); jobs/target-lib.sh binds them to
+#                         uio_pci_generic or vfio-pci. After the guest powers off, every
+#                         "NAME OFFSET LEN SEED" line of out/nvme-expect is checked with
+#                         ci/guest/nvme_pattern.py against nvme-NAME.raw; a mismatch fails
+#                         the run
+#   PEERLESS_GUEST_NVME_MB size of each backing file in MiB (default: 256)
+#   PEERLESS_GUEST_IOMMU  set to 1 for a virtual Intel IOMMU (intel-iommu with interrupt
+#                         remapping, QEMU 7.2's default aw-bits=39: IOVAs below 2^39) and
+#                         intel_iommu=on iommu=pt on the kernel line: vfio-pci needs it, as
+#                         the guest kernel has no VFIO no-IOMMU mode; pt keeps the other
+#                         devices (uio_pci_generic's too) on physical addresses
+#   PEERLESS_GUEST_MEM    guest RAM in MiB (default: 2048; hugepages come out of it)
 #   PEERLESS_GUEST_TIMEOUT seconds for the whole boot (default: 900)
 #   PEERLESS_GUEST_DIR    where build.sh put the images (default: build/guest)
 set -euo pipefail
@@ -145,6 +163,68 @@ else
     : >"$run/env"
 fi
 
+# Emulated NVMe SSDs: explicit addresses from slot 0x10 up, so the BDFs the job sees do not
+# depend on how many other devices this run has.
+nvme_devs=()
+nvme_names=()
+nvme_bdfs=()
+nvme_mb=${PEERLESS_GUEST_NVME_MB:-256}
+for spec in ${PEERLESS_GUEST_NVME:-}; do
+    nvme_name=${spec%%:*}
+    opts=""
+    [ "$nvme_name" = "$spec" ] || opts=${spec#*:}
+    [[ "$nvme_name" =~ ^[A-Za-z0-9_-]{1,20}$ ]] || { echo "PEERLESS_GUEST_NVME: bad name '$nvme_name' (letters, digits, - and _, at most 20: it is also the serial)" >&2; exit 2; }
+    for n in "${nvme_names[@]}"; do
+        [ "$n" != "$nvme_name" ] || { echo "PEERLESS_GUEST_NVME: '$nvme_name' named twice" >&2; exit 2; }
+    done
+    dev="nvme,serial=$nvme_name,drive=nvme-$nvme_name"
+    IFS=, read -r -a kvs <<<"$opts"
+    for kv in "${kvs[@]}"; do
+        if [[ "$kv" =~ ^cmb=([1-9][0-9]{0,4})$ ]]; then
+            dev+=",cmb_size_mb=${BASH_REMATCH[1]}"
+        else
+            echo "PEERLESS_GUEST_NVME: unknown option '$kv' in '$spec' (known: cmb=MB)" >&2
+            exit 2
+        fi
+    done
+    slot=$((0x10 + ${#nvme_names[@]}))
+    [ "$slot" -le $((0x1e)) ] || { echo "PEERLESS_GUEST_NVME: at most 15 devices" >&2; exit 2; }
+    truncate -s "${nvme_mb}M" "$run/nvme-$nvme_name.raw"
+    # shellcheck disable=SC2054 # the commas belong to QEMU option values
+    nvme_devs+=(-drive "file=$run/nvme-$nvme_name.raw,if=none,id=nvme-$nvme_name,format=raw"
+        -device "$dev,addr=$(printf '%02x' "$slot").0")
+    nvme_names+=("$nvme_name")
+    nvme_bdfs+=("$(printf '0000:00:%02x.0' "$slot")")
+done
+if [ ${#nvme_names[@]} -gt 0 ]; then
+    printf 'NVME_NAMES="%s"\nNVME_BDFS="%s"\n' "${nvme_names[*]}" "${nvme_bdfs[*]}" >>"$run/env"
+    cp ci/guest/nvme_pattern.py ci/guest/nvme_regs.py ci/guest/nvme_dma.py "$run/"
+    for i in "${!nvme_names[@]}"; do
+        log "nvme ${nvme_names[$i]} at ${nvme_bdfs[$i]}: $run/nvme-${nvme_names[$i]}.raw (${nvme_mb} MiB)"
+    done
+fi
+
+# The virtual IOMMU is a system device, but QEMU wants it before the PCI devices it
+# translates for. Interrupt remapping on: vfio_iommu_type1 refuses a group without it
+# ("No interrupt remapping support", unless allow_unsafe_interrupts); under TCG it needs no
+# split irqchip. caching-mode only matters when the guest assigns devices to a nested VM.
+iommu_dev=()
+kernel_extra=""
+case "${PEERLESS_GUEST_IOMMU:-0}" in
+0) ;;
+1)
+    iommu_dev=(-device "intel-iommu,intremap=on")
+    # iommu=pt: devices no VFIO user owns keep an identity mapping, so a uio_pci_generic
+    # device beside a vfio-pci one still DMAs to physical addresses (without it the
+    # kernel's DMA domain translates them and every command faults in the DMAR).
+    kernel_extra=" intel_iommu=on iommu=pt"
+    log "virtual IOMMU: intel-iommu (aw-bits 39), intel_iommu=on iommu=pt"
+    ;;
+*) echo "PEERLESS_GUEST_IOMMU: 0 or 1, not '$PEERLESS_GUEST_IOMMU'" >&2; exit 2 ;;
+esac
+mem_mb=${PEERLESS_GUEST_MEM:-2048}
+[[ "$mem_mb" =~ ^[0-9]+$ ]] && [ "$mem_mb" -ge 512 ] || { echo "PEERLESS_GUEST_MEM: MiB, at least 512, not '$mem_mb'" >&2; exit 2; }
+
 netdev="user,id=n0,restrict=on"
 while read -r guest_port host_port; do
     # socat's messages go to a file: on stderr they would reach the guest as bytes of the
@@ -159,9 +239,10 @@ set +e
 QEMU_MODULE_DIR="$q/lib/x86_64-linux-gnu/qemu" timeout -k 10 "$timeout_s" "$q/bin/qemu-system-x86_64" \
     -L "$q/share/qemu" -L /usr/share/seabios -L /usr/lib/ipxe/qemu \
     -nodefaults -no-user-config -display none -no-reboot \
-    -accel tcg,thread=multi -M q35 -cpu max -m 2048 -smp 2 \
+    -accel tcg,thread=multi -M q35 -cpu max -m "$mem_mb" -smp 2 \
+    "${iommu_dev[@]}" \
     -kernel "$gdir/vmlinuz" -initrd "$gdir/initrd.cpio.gz" \
-    -append "console=ttyS0 panic=-1 net.ifnames=0 loglevel=6" \
+    -append "console=ttyS0 panic=-1 net.ifnames=0 loglevel=6$kernel_extra" \
     -serial "file:$console" \
     -drive "file=$gdir/rootfs.img,if=none,id=root,format=raw,snapshot=on" \
     -device virtio-blk-pci,drive=root \
@@ -170,6 +251,7 @@ QEMU_MODULE_DIR="$q/lib/x86_64-linux-gnu/qemu" timeout -k 10 "$timeout_s" "$q/bi
     "${bin_share[@]}" \
     -netdev "$netdev" \
     -device virtio-net-pci,netdev=n0,romfile= \
+    "${nvme_devs[@]}" \
     >"$run/qemu.log" 2>&1
 qrc=$?
 set -e
@@ -183,6 +265,22 @@ if [ -n "$tgt_pid" ]; then
 fi
 
 rc=$(cat "$run/out/rc" 2>/dev/null || echo none)
+# What the job wrote to the emulated SSDs, compared byte for byte now that the guest is off.
+if [ "$rc" = 0 ] && [ -s "$run/out/nvme-expect" ]; then
+    while read -r nvme_name offset len seed; do
+        [ -n "$nvme_name" ] || continue
+        if [ ! -f "$run/nvme-$nvme_name.raw" ]; then
+            log "out/nvme-expect names '$nvme_name', which is not one of PEERLESS_GUEST_NVME"
+            rc=nvme-expect
+        elif python3 ci/guest/nvme_pattern.py check "$run/nvme-$nvme_name.raw" --offset "$offset" --len "$len" --seed "$seed" >>"$run/nvme-check.log" 2>&1; then
+            log "nvme $nvme_name: bytes $offset+$len hold pattern seed $seed"
+        else
+            log "nvme $nvme_name: bytes $offset+$len do NOT hold pattern seed $seed ($run/nvme-check.log):"
+            tail -12 "$run/nvme-check.log" >&2
+            rc=nvme-expect
+        fi
+    done <"$run/out/nvme-expect"
+fi
 if [ "$qrc" -eq 124 ] || [ "$qrc" -eq 137 ]; then
     log "FAILED: the guest did not finish in ${timeout_s}s"
 elif [ "$rc" = 0 ]; then
@@ -193,6 +291,8 @@ elif [ "$rc" = 0 ]; then
         log "PASSED: $run"
         exit 0
     fi
+elif [ "$rc" = nvme-expect ]; then
+    log "FAILED: the job passed, but the SSDs' backing files do not hold what out/nvme-expect lists"
 else
     log "FAILED: job exit status $rc"
 fi

@@ -5,12 +5,14 @@
 #   step TEXT               a heading with the seconds since the job began
 #   fail TEXT               the reason, the target's last log lines, the kernel's, exit 1
 #   json_number FILE KEY    a number from peerless-perf's one-line --json summary (the
-#                           guest has no python3 or jq)
+#                           guest has no jq; python3 came with fio)
 #   start_target CONFIG     peerless-tgt -c CONFIG in interrupt mode (the guest has two
 #                           emulated CPUs), its log in $out/target.log, waited for ready
 #   stop_target             SIGTERM; it must exit 0 within 20 s, log its orderly stop and
 #                           no panic
 #   rxe_up NETDEV           soft-RoCE: rxe0 over NETDEV at MTU 9000, its port active
+#   nvme_bind_uio BDF, nvme_bind_vfio BDF, hugepages_setup N, nvme_cmb_info BDF,
+#   nvme_regs BDF sysfs|vfio: the emulated NVMe SSDs for a user-space driver (below)
 #
 # Variables: bin (the shared binaries), out (/job/out), sock (the RPC socket), tgt_pid;
 # TARGET_FLAGS adds flags to peerless-tgt.
@@ -77,3 +79,79 @@ rxe_up() {
     grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
     echo "ok: rxe0 active on $1"
 }
+
+# --- Emulated NVMe SSDs (run.sh's PEERLESS_GUEST_NVME; /job/env's NVME_BDFS, NVME_NAMES)
+# for a user-space driver. Nothing binds them at boot (no udev), and nothing here loads the
+# kernel's nvme driver: once it has probed and let go, the CMB registers read 0 (LAB.md).
+
+# nvme_bind BDF DRIVER: hands BDF to DRIVER through driver_override (unbinding whatever
+# had it) and checks that DRIVER took it.
+nvme_bind() {
+    local bdf=$1 drv=$2 dev=/sys/bus/pci/devices/$1 cur=""
+    [ -d "$dev" ] || fail "no PCI device $bdf (PEERLESS_GUEST_NVME: ${NVME_BDFS:-none})"
+    [ -e "$dev/driver" ] && cur=$(basename "$(readlink -f "$dev/driver")")
+    if [ "$cur" != "$drv" ]; then
+        [ -z "$cur" ] || echo "$bdf" >"$dev/driver/unbind"
+        echo "$drv" >"$dev/driver_override"
+        echo "$bdf" >/sys/bus/pci/drivers_probe
+    fi
+    [ -e "$dev/driver" ] && cur=$(basename "$(readlink -f "$dev/driver")") || cur=""
+    [ "$cur" = "$drv" ] || fail "$bdf did not bind to $drv (driver now: ${cur:-none}; dmesg below)"
+    echo "ok: $bdf ($(cat "$dev/vendor"):$(cat "$dev/device"), class $(cat "$dev/class")) bound to $drv"
+}
+
+# nvme_bind_uio BDF: uio_pci_generic (no IOMMU needed; DMA addresses are physical, from
+# /proc/self/pagemap). Prints the uio node; nvme_uio_dev BDF prints it again.
+nvme_bind_uio() {
+    local grp=/sys/bus/pci/devices/$1/iommu_group
+    if [ -e "$grp" ] && [ "$(cat "$grp/type")" != identity ]; then
+        fail "$1 is behind the IOMMU in a $(cat "$grp/type") domain: uio DMA to physical addresses would fault (boot with iommu=pt; run.sh adds it)"
+    fi
+    modprobe uio_pci_generic
+    nvme_bind "$1" uio_pci_generic
+    local uio
+    uio=$(nvme_uio_dev "$1")
+    [ -c "$uio" ] || fail "$1 is bound to uio_pci_generic but $uio is not a character device"
+    echo "ok: $1 is $uio (/sys/class/uio/$(basename "$uio"))"
+}
+nvme_uio_dev() {
+    local d
+    d=$(ls "/sys/bus/pci/devices/$1/uio" 2>/dev/null | head -1)
+    [ -n "$d" ] || fail "$1 has no uio device"
+    echo "/dev/$d"
+}
+
+# nvme_bind_vfio BDF: vfio-pci behind the virtual IOMMU (PEERLESS_GUEST_IOMMU=1; the
+# kernel has no VFIO no-IOMMU mode). Prints the group's node; nvme_vfio_group BDF prints it
+# again.
+nvme_bind_vfio() {
+    [ -e "/sys/bus/pci/devices/$1/iommu_group" ] ||
+        fail "$1 has no IOMMU group: vfio-pci needs the guest's IOMMU (run.sh with PEERLESS_GUEST_IOMMU=1)"
+    modprobe -a vfio-pci vfio_iommu_type1
+    nvme_bind "$1" vfio-pci
+    local grp
+    grp=$(nvme_vfio_group "$1")
+    [ -c "$grp" ] || fail "$1 is bound to vfio-pci but $grp is not a character device"
+    echo "ok: $1 is $grp (IOMMU group of $(ls "/sys/kernel/iommu_groups/$(basename "$grp")/devices" | wc -l) device(s))"
+}
+nvme_vfio_group() { echo "/dev/vfio/$(basename "$(readlink -f "/sys/bus/pci/devices/$1/iommu_group")")"; }
+
+# hugepages_setup N: N 2 MiB huge pages reserved and hugetlbfs at /dev/hugepages.
+hugepages_setup() {
+    local want=$1 got
+    echo "$want" >/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+    got=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
+    [ "$got" -ge "$want" ] || fail "only $got of $want 2 MiB huge pages (guest RAM: PEERLESS_GUEST_MEM)"
+    mkdir -p /dev/hugepages
+    mountpoint -q /dev/hugepages || mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages
+    echo "ok: $got huge pages of 2 MiB, hugetlbfs at /dev/hugepages ($(grep HugePages_Free /proc/meminfo | tr -s ' '))"
+}
+
+# nvme_cmb_info BDF: the BARs and where the CMB is (CMBLOC/CMBSZ, read with CMBMSC.CRE set
+# for the moment and CMBMSC put back as it was). KEY=VALUE lines: BARn=..., CAP.CMBS=,
+# CMB=BARn offset= size= supports=... or CMB=none.
+nvme_cmb_info() { python3 /job/nvme_regs.py cmb "$1"; }
+
+# nvme_regs BDF sysfs|vfio: CAP, VS, CC, CSTS read from user space, through sysfs's
+# resource0 or through VFIO (also the IOVA ranges the IOMMU offers).
+nvme_regs() { python3 /job/nvme_regs.py "$2" "$1"; }
