@@ -45,7 +45,7 @@
 #                         the run
 #   PEERLESS_GUEST_NVME_MB size of each backing file in MiB (default: 256)
 #   PEERLESS_GUEST_IOMMU  set to 1 for a virtual Intel IOMMU (intel-iommu with interrupt
-#                         remapping, QEMU 7.2's default aw-bits=39: IOVAs below 2^39) and
+#                         remapping, aw-bits=48: IOVAs below 2^48, as IOVA = VA needs) and
 #                         intel_iommu=on iommu=pt on the kernel line: vfio-pci needs it, as
 #                         the guest kernel has no VFIO no-IOMMU mode; pt keeps the other
 #                         devices (uio_pci_generic's too) on physical addresses
@@ -213,12 +213,14 @@ kernel_extra=""
 case "${PEERLESS_GUEST_IOMMU:-0}" in
 0) ;;
 1)
-    iommu_dev=(-device "intel-iommu,intremap=on")
+    # aw-bits=48, as server IOMMUs have: the driver maps DMA memory at IOVA = VA, and user
+    # space addresses need 47 bits (QEMU 7.2's default is 39).
+    iommu_dev=(-device "intel-iommu,intremap=on,aw-bits=48")
     # iommu=pt: devices no VFIO user owns keep an identity mapping, so a uio_pci_generic
     # device beside a vfio-pci one still DMAs to physical addresses (without it the
     # kernel's DMA domain translates them and every command faults in the DMAR).
     kernel_extra=" intel_iommu=on iommu=pt"
-    log "virtual IOMMU: intel-iommu (aw-bits 39), intel_iommu=on iommu=pt"
+    log "virtual IOMMU: intel-iommu (aw-bits 48), intel_iommu=on iommu=pt"
     ;;
 *) echo "PEERLESS_GUEST_IOMMU: 0 or 1, not '$PEERLESS_GUEST_IOMMU'" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@
 #      to vfio-pci (/dev/vfio/N; needs PEERLESS_GUEST_IOMMU=1);
 #   4. both controllers' registers read from user space: VS = 0x00010400 (NVMe 1.4),
 #      through sysfs's resource0 for the uio one and through the VFIO device fd for the
-#      other, with the IOVA ranges the IOMMU offers (39 bits: QEMU 7.2's aw-bits);
+#      other, with the IOVA ranges the IOMMU offers (48 bits: run.sh's aw-bits);
 #   5. the CMB: the first SSD's is a 64 MiB BAR (CMBLOC/CMBSZ), the second has none;
 #   6. DMA (nvme_dma.py, a polled NVMe host in Python): the pattern written and read back
 #      over uio from host memory and from the CMB, over VFIO from host memory (128 KiB and
@@ -71,8 +71,8 @@ grep -qx 'VS=0x00010400' "$out/regs-${names[0]}.txt" || fail "${names[0]}: VS is
 echo "ok: ${names[0]} (uio) VS = 0x00010400 (NVMe 1.4) through sysfs resource0"
 nvme_regs "$vfio_bdf" vfio | tee "$out/regs-${names[1]}.txt"
 grep -qx 'VS=0x00010400' "$out/regs-${names[1]}.txt" || fail "${names[1]}: VS is not 0x00010400 through VFIO"
-grep -qx 'IOVA_BITS=39' "$out/regs-${names[1]}.txt" || fail "${names[1]}: the IOMMU's IOVA range is not 39 bits wide"
-echo "ok: ${names[1]} (vfio, $vfio_grp) VS = 0x00010400 through the VFIO device fd; IOVA 39 bits"
+grep -qx 'IOVA_BITS=48' "$out/regs-${names[1]}.txt" || fail "${names[1]}: the IOMMU's IOVA range is not 48 bits wide"
+echo "ok: ${names[1]} (vfio, $vfio_grp) VS = 0x00010400 through the VFIO device fd; IOVA 48 bits"
 
 step "controller memory buffers"
 nvme_cmb_info "$uio_bdf" | tee "$out/cmb-${names[0]}.txt"

@@ -212,7 +212,11 @@ impl Controller {
         let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         loop {
             let status = bar.read32(reg::CSTS);
-            if status == u32::MAX || status & csts::SHST_MASK == csts::SHST_COMPLETE {
+            if status == u32::MAX {
+                return;
+            }
+            if status & csts::SHST_MASK == csts::SHST_COMPLETE {
+                peerless_core::log_notice!("nvme {}: shut down", self.pci.bdf());
                 return;
             }
             if Instant::now() > deadline {

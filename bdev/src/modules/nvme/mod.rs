@@ -32,10 +32,16 @@ pub struct NvmeBdev {
     ctrlr_name: String,
     ctrlr: Arc<Controller>,
     nsid: u32,
+    controllers: rpc::Controllers,
 }
 
 impl NvmeBdev {
-    fn new(ctrlr_name: &str, ctrlr: Arc<Controller>, index: usize) -> Result<NvmeBdev, String> {
+    fn new(
+        ctrlr_name: &str,
+        ctrlr: Arc<Controller>,
+        index: usize,
+        controllers: rpc::Controllers,
+    ) -> Result<NvmeBdev, String> {
         let ns = &ctrlr.namespaces()[index];
         if ns.id.metadata_bytes != 0 {
             return Err(format!(
@@ -52,7 +58,7 @@ impl NvmeBdev {
             uuid,
             max_io_blocks: (ctrlr.max_transfer_bytes() / ns.id.block_size as usize).min(u32::MAX as usize) as u32,
         };
-        Ok(NvmeBdev { info, ctrlr_name: ctrlr_name.into(), nsid: ns.nsid, ctrlr })
+        Ok(NvmeBdev { info, ctrlr_name: ctrlr_name.into(), nsid: ns.nsid, ctrlr, controllers })
     }
 }
 
@@ -98,6 +104,10 @@ impl Bdev for NvmeBdev {
             "route": pci.route().as_str(),
             "max_transfer_bytes": self.ctrlr.max_transfer_bytes(),
         }]})
+    }
+
+    fn destruct(&self) {
+        rpc::forget_bdev(&self.controllers, &self.ctrlr_name, &self.info.name);
     }
 
     /// The controller's attach call recreates every namespace: only the first one writes it.

@@ -21,12 +21,25 @@ use crate::error::BdevError;
 use crate::manager::BdevManager;
 use crate::modules::BdevModule;
 
-struct Attached {
+pub(super) struct Attached {
     ctrlr: Arc<Controller>,
     bdevs: Vec<String>,
 }
 
-type Controllers = Arc<Mutex<BTreeMap<String, Option<Attached>>>>;
+/// The attached controllers by name; None while an attach is under way. A controller
+/// leaves when its last bdev does (detach, or shutdown), and shuts down once the last
+/// channel on it is gone too.
+pub(super) type Controllers = Arc<Mutex<BTreeMap<String, Option<Attached>>>>;
+
+/// A namespace bdev's destruct: its controller forgets it, and is forgotten with its last.
+pub(super) fn forget_bdev(controllers: &Controllers, ctrlr_name: &str, bdev: &str) {
+    let mut controllers = controllers.lock();
+    let Some(Some(attached)) = controllers.get_mut(ctrlr_name) else { return };
+    attached.bdevs.retain(|name| name != bdev);
+    if attached.bdevs.is_empty() {
+        controllers.remove(ctrlr_name);
+    }
+}
 
 #[derive(Default)]
 pub struct NvmeModule {
@@ -170,24 +183,25 @@ impl BdevModule for NvmeModule {
                 let spawned = std::thread::Builder::new().name("nvme-attach".into()).spawn(move || {
                     let attached = Controller::attach(&attach.bdf, attach.io_queues);
                     let name = attach.name.clone();
-                    let finish =
-                        move |_: &mut ThreadCtx| match attached.and_then(|ctrlr| register(&bdevs, &attach, ctrlr)) {
-                            Ok(done) => {
-                                let names = done.bdevs.clone();
-                                controllers.lock().insert(attach.name.clone(), Some(done));
-                                peerless_core::log_notice!(
-                                    "nvme: attached {} at {}: {}",
-                                    attach.name,
-                                    attach.bdf,
-                                    names.join(", ")
-                                );
-                                responder.ok(names);
-                            }
-                            Err(err) => {
-                                controllers.lock().remove(&attach.name);
-                                responder.err(RpcError::errno(Errno::ENODEV, err));
-                            }
-                        };
+                    let finish = move |_: &mut ThreadCtx| match attached
+                        .and_then(|ctrlr| register(&bdevs, &controllers, &attach, ctrlr))
+                    {
+                        Ok(done) => {
+                            let names = done.bdevs.clone();
+                            controllers.lock().insert(attach.name.clone(), Some(done));
+                            peerless_core::log_notice!(
+                                "nvme: attached {} at {}: {}",
+                                attach.name,
+                                attach.bdf,
+                                names.join(", ")
+                            );
+                            responder.ok(names);
+                        }
+                        Err(err) => {
+                            controllers.lock().remove(&attach.name);
+                            responder.err(RpcError::errno(Errno::ENODEV, err));
+                        }
+                    };
                     // Refused only when the app is stopping; the dropped responder answers.
                     if app_thread.send(finish).is_err() {
                         peerless_core::log_error!("nvme: attach of {name} finished after the app stopped");
@@ -253,10 +267,15 @@ fn reserve(controllers: &Controllers, bdevs: &BdevManager, attach: &Attach) -> R
     Ok(())
 }
 
-fn register(bdevs: &BdevManager, attach: &Attach, ctrlr: Arc<Controller>) -> Result<Attached, String> {
+fn register(
+    bdevs: &BdevManager,
+    controllers: &Controllers,
+    attach: &Attach,
+    ctrlr: Arc<Controller>,
+) -> Result<Attached, String> {
     let mut names: Vec<String> = Vec::new();
     for index in 0..ctrlr.namespaces().len().min(attach.max_bdevs) {
-        let bdev = match NvmeBdev::new(&attach.name, ctrlr.clone(), index) {
+        let bdev = match NvmeBdev::new(&attach.name, ctrlr.clone(), index, controllers.clone()) {
             Ok(bdev) => bdev,
             Err(err) => {
                 peerless_core::log_error!("nvme {}: {err}; it gets no bdev", attach.name);
@@ -291,30 +310,37 @@ fn detach(
     if let Some((name, _)) = given.iter().find(|(_, value)| value.as_ref().is_some_and(|value| !value.is_null())) {
         return Err(RpcError::invalid_params(format!("{name} applies to fabrics controllers, not PCIe")));
     }
-    let mut controllers = controllers.lock();
-    let Some(Some(attached)) = controllers.get(&params.name) else {
-        return Err(RpcError::errno(Errno::ENODEV, format!("controller {} does not exist", params.name)));
+    let names = {
+        let controllers = controllers.lock();
+        let Some(Some(attached)) = controllers.get(&params.name) else {
+            return Err(RpcError::errno(Errno::ENODEV, format!("controller {} does not exist", params.name)));
+        };
+        if let Some(trtype) = &params.trtype {
+            if !trtype.eq_ignore_ascii_case("pcie") {
+                return Err(RpcError::errno(Errno::ENODEV, format!("controller {} has no {trtype} path", params.name)));
+            }
+        }
+        if let Some(traddr) = &params.traddr {
+            let bdf = canonical_bdf(traddr).map_err(RpcError::invalid_params)?;
+            if bdf != attached.ctrlr.pci().bdf() {
+                return Err(RpcError::errno(Errno::ENODEV, format!("controller {} has no path {bdf}", params.name)));
+            }
+        }
+        attached.bdevs.clone()
     };
-    if let Some(trtype) = &params.trtype {
-        if !trtype.eq_ignore_ascii_case("pcie") {
-            return Err(RpcError::errno(Errno::ENODEV, format!("controller {} has no {trtype} path", params.name)));
-        }
-    }
-    if let Some(traddr) = &params.traddr {
-        let bdf = canonical_bdf(traddr).map_err(RpcError::invalid_params)?;
-        if bdf != attached.ctrlr.pci().bdf() {
-            return Err(RpcError::errno(Errno::ENODEV, format!("controller {} has no path {bdf}", params.name)));
-        }
-    }
-    let names = attached.bdevs.clone();
+    // Unregistered without the lock: each bdev's destruct takes it to forget itself, and
+    // the last one removes the controller. It shuts down when its last channel is gone.
     for name in &names {
         match bdevs.unregister_by_name(Some(ctx), name, MODULE_NAME) {
             Ok(()) | Err(BdevError::NotFound(_)) => {}
             Err(err) => return Err(err.into()),
         }
     }
-    // The controller shuts down when the last channel on it is gone.
-    controllers.remove(&params.name);
+    // A controller without namespaces has no bdev to take it along.
+    let mut controllers = controllers.lock();
+    if matches!(controllers.get(&params.name), Some(Some(attached)) if attached.bdevs.is_empty()) {
+        controllers.remove(&params.name);
+    }
     Ok(())
 }
 

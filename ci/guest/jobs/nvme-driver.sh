@@ -1,0 +1,162 @@
+#!/bin/bash
+# Guest job: peerless-tgt's user-space NVMe PCIe driver on the lab's emulated SSDs. Run it
+# with two SSDs (the first with a 64 MiB CMB) and the virtual IOMMU:
+#
+#   PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="cmb0:cmb=64 peer0" PEERLESS_GUEST_IOMMU=1 \
+#       bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
+#
+# Each step is checked, the first failure ending the job:
+#   1. attach refusals name the problem: no such function, a function bound to no driver;
+#   2. attach over both routes (cmb0 on uio_pci_generic, peer0 on vfio-pci):
+#      bdev_nvme_get_controllers, identify data in bdev_get_bdevs;
+#   3. both namespaces exported over NVMe/TCP: peerless-perf --verify from 4 KiB to 1 MiB
+#      (beyond the SSDs' 512 KiB MDTS, so commands split), random writes at queue depth 8;
+#   4. Linux's nvme-tcp host in the guest writes the lab's self-identifying pattern with dd
+#      at 4 KiB, 128 KiB and 1 MiB blocks, reads it back and checks it; run.sh compares
+#      the backing files with it after power-off (out/nvme-expect);
+#   5. detach under no load, attach again (the queues and the controller come back; the
+#      host reads back what it wrote before), and refusals of a second attach of one name
+#      or one address;
+#   6. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
+# shellcheck source=/dev/null
+source /job/env
+# shellcheck source=ci/guest/jobs/target-lib.sh
+source /job/target-lib.sh
+read -r -a bdfs <<<"${NVME_BDFS:-}"
+read -r -a names <<<"${NVME_NAMES:-}"
+[ "${#bdfs[@]}" -ge 2 ] || fail "this job needs two SSDs: PEERLESS_GUEST_NVME=\"cmb0:cmb=64 peer0\""
+uio_bdf=${bdfs[0]}
+vfio_bdf=${bdfs[1]}
+nqn=nqn.2016-06.io.peerless:nvme-driver
+rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
+# expect_refusal TEXT CMD...: CMD must fail and say TEXT.
+expect_refusal() {
+    local text=$1 rc=0
+    shift
+    "$@" >/tmp/refusal.out 2>&1 || rc=$?
+    [ "$rc" != 0 ] || fail "'$*' succeeded; it should have been refused"
+    grep -q -- "$text" /tmp/refusal.out || fail "'$*' was refused without saying '$text': $(cat /tmp/refusal.out)"
+    echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
+}
+
+step "huge pages and the target"
+hugepages_setup 256
+cat >/tmp/tgt.json <<EOF
+{"subsystems": [{"subsystem": "nvmf", "config": [
+  {"method": "nvmf_create_transport", "params": {"trtype": "TCP", "max_io_size": 1048576}}]}]}
+EOF
+start_target /tmp/tgt.json
+
+step "attach refusals"
+expect_refusal "no PCI function 0000:00:1f.7" rpc bdev_nvme_attach_controller -b Bad -t PCIe -a 0000:00:1f.7
+expect_refusal "bound to no driver" rpc bdev_nvme_attach_controller -b Bad -t PCIe -a "$vfio_bdf"
+expect_refusal "PCIe controllers only" rpc bdev_nvme_attach_controller -b Bad -t TCP -a 127.0.0.1
+expect_refusal "not a PCI address" rpc bdev_nvme_attach_controller -b Bad -t PCIe -a /dev/nvme0
+
+step "attach ${names[0]} over uio_pci_generic and ${names[1]} over vfio-pci"
+nvme_bind_uio "$uio_bdf"
+nvme_bind_vfio "$vfio_bdf"
+[ "$(rpc bdev_nvme_attach_controller -b Nvme0 -t PCIe -a "$uio_bdf")" = Nvme0n1 ] || fail "attach Nvme0"
+[ "$(rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf")" = Nvme1n1 ] || fail "attach Nvme1"
+rpc bdev_nvme_get_controllers | tee "$out/controllers.json"
+python3 - "$out/controllers.json" "$uio_bdf" "$vfio_bdf" <<'EOF' || fail "bdev_nvme_get_controllers"
+import json, sys
+ctrlrs = {c["name"]: c["ctrlrs"][0] for c in json.load(open(sys.argv[1]))}
+assert ctrlrs["Nvme0"]["trid"] == {"trtype": "PCIe", "traddr": sys.argv[2]}, ctrlrs
+assert ctrlrs["Nvme0"]["route"] == "uio" and ctrlrs["Nvme1"]["route"] == "vfio", ctrlrs
+assert ctrlrs["Nvme1"]["bdevs"] == ["Nvme1n1"], ctrlrs
+EOF
+rpc bdev_get_bdevs -b Nvme0n1 | tee "$out/bdev-Nvme0n1.json"
+python3 - "$out/bdev-Nvme0n1.json" <<'EOF' || fail "identify data in bdev_get_bdevs"
+import json, sys
+b = json.load(open(sys.argv[1]))[0]
+assert (b["block_size"], b["num_blocks"]) == (512, 256 * 2048), b
+nvme = b["driver_specific"]["nvme"][0]
+assert nvme["ctrlr_data"]["serial_number"] == "cmb0", nvme
+assert nvme["max_transfer_bytes"] == 512 * 1024, nvme
+EOF
+echo "ok: both controllers attached, identify data as the lab set it up"
+
+step "NVMe/TCP in front: peerless-perf --verify, 4 KiB to 1 MiB"
+rpc nvmf_create_subsystem "$nqn" -a -s PEERLESSNVME0001 >/dev/null
+rpc nvmf_subsystem_add_ns "$nqn" Nvme0n1 >/dev/null
+rpc nvmf_subsystem_add_ns "$nqn" Nvme1n1 >/dev/null
+rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
+for ns in 1 2; do
+    for size in 4096 131072 524288 1048576; do
+        "$bin/peerless-perf" -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn ns:$ns" \
+            -q 8 -o "$size" -w randwrite -t 2 --verify --json >"$out/perf-$ns-$size.json" 2>"$out/perf-$ns-$size.log" ||
+            fail "peerless-perf --verify, namespace $ns, $size B (see $out/perf-$ns-$size.log)"
+        echo "ok: namespace $ns, $size B: $(json_number "$out/perf-$ns-$size.json" iops) IOPS, verified"
+    done
+done
+
+step "Linux's nvme-tcp host writes the pattern, reads it back"
+modprobe nvme-tcp
+lsmod | grep -q '^nvme ' && fail "the kernel's PCIe nvme driver got loaded"
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" || fail "nvme connect"
+# devs[i]: the host's block device of namespace i + 1 (the kernel may name them in another
+# order), found by the subsystem's serial and each namespace's NSID.
+devs=()
+for _ in $(seq 100); do
+    devs=()
+    for nsid in 1 2; do
+        for blk in /sys/block/nvme*n*; do
+            # Namespace heads only: the per-path nvmeXcYnZ nodes are hidden.
+            [[ $(basename "$blk") =~ ^nvme[0-9]+n[0-9]+$ ]] || continue
+            [ -e "$blk/nsid" ] || continue
+            [ "$(tr -d ' ' <"$blk/device/serial" 2>/dev/null)" = PEERLESSNVME0001 ] || continue
+            [ "$(cat "$blk/nsid")" = "$nsid" ] && devs+=("/dev/$(basename "$blk")")
+        done
+    done
+    [ "${#devs[@]}" = 2 ] && break
+    sleep 0.1
+done
+[ "${#devs[@]}" = 2 ] || fail "the host sees ${#devs[@]} of the 2 namespaces"
+echo "ok: namespace 1 is ${devs[0]}, namespace 2 is ${devs[1]}"
+# pattern DEV NAME OFFSET LEN SEED BS: written through the host with direct I/O, read back.
+pattern() {
+    local dev=$1 name=$2 offset=$3 len=$4 seed=$5 bs=$6
+    python3 /job/nvme_pattern.py write - --offset "$offset" --len "$len" --seed "$seed" |
+        dd of="$dev" bs="$bs" seek="$offset" oflag=seek_bytes,direct iflag=fullblock status=none
+    python3 /job/nvme_pattern.py check "$dev" --offset "$offset" --len "$len" --seed "$seed" >/tmp/check.out ||
+        fail "$name: the pattern read back differs: $(cat /tmp/check.out)"
+    echo "$name $offset $len $seed" >>"$out/nvme-expect"
+    echo "ok: $name: $len B at $offset in $bs blocks written and read back"
+}
+for i in 0 1; do
+    pattern "${devs[$i]}" "${names[$i]}" $((64 << 20)) $((8 << 20)) $((100 + i)) 4096
+    pattern "${devs[$i]}" "${names[$i]}" $((80 << 20)) $((16 << 20)) $((110 + i)) 128K
+    pattern "${devs[$i]}" "${names[$i]}" $((128 << 20)) $((32 << 20)) $((120 + i)) 1M
+done
+nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect"
+
+step "detach and attach again"
+rpc nvmf_subsystem_remove_ns "$nqn" 2 >/dev/null
+rpc bdev_nvme_detach_controller Nvme1
+rpc bdev_nvme_get_controllers -n Nvme1 >/dev/null 2>&1 && fail "Nvme1 is still listed after detach"
+expect_refusal "does not exist" rpc bdev_nvme_detach_controller Nvme1
+[ "$(rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf")" = Nvme1n1 ] || fail "attach Nvme1 again"
+expect_refusal "already exists" rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf"
+expect_refusal "already attached as Nvme0" rpc bdev_nvme_attach_controller -b Nvme9 -t PCIe -a "$uio_bdf"
+rpc nvmf_subsystem_add_ns "$nqn" Nvme1n1 >/dev/null
+# What the host wrote before the detach is still there, read through the new queues.
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" >/dev/null || fail "nvme connect after the re-attach"
+for _ in $(seq 100); do
+    blk=$(grep -l -x 2 /sys/block/nvme*n*/nsid 2>/dev/null | grep -E '/nvme[0-9]+n[0-9]+/' | head -1 || true)
+    [ -n "$blk" ] && break
+    sleep 0.1
+done
+[ -n "$blk" ] || fail "namespace 2 did not come back on the host"
+dev2=/dev/$(basename "$(dirname "$blk")")
+python3 /job/nvme_pattern.py check "$dev2" --offset $((80 << 20)) --len $((16 << 20)) --seed 111 >/tmp/check.out ||
+    fail "peer0 after the re-attach: $(cat /tmp/check.out)"
+nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect"
+echo "ok: Nvme1 detached and attached again; the host reads back what it wrote before"
+
+step "SIGTERM"
+stop_target
+grep -q "nvme $uio_bdf: shut down" "$out/target.log" || fail "no shutdown notice for $uio_bdf"
+grep -q "nvme $vfio_bdf: shut down" "$out/target.log" || fail "no shutdown notice for $vfio_bdf"
+echo "ok: both controllers shut down"
+step "done: the user-space NVMe driver on both routes"
