@@ -17,7 +17,10 @@
 #   5. detach under no load, attach again (the queues and the controller come back; the
 #      host reads back what it wrote before), and refusals of a second attach of one name
 #      or one address;
-#   6. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
+#   6. P2P: cmb0's namespace exported with p2pmem auto and digests on; the host's pattern
+#      goes socket -> CMB -> SSD and back, no payload byte in a host buffer (mem_get_stats),
+#      the bytes checked in the guest and in the backing file after power-off;
+#   7. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
 # shellcheck source=/dev/null
 source /job/env
 # shellcheck source=ci/guest/jobs/target-lib.sh
@@ -153,6 +156,47 @@ python3 /job/nvme_pattern.py check "$dev2" --offset $((80 << 20)) --len $((16 <<
     fail "peer0 after the re-attach: $(cat /tmp/check.out)"
 nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect"
 echo "ok: Nvme1 detached and attached again; the host reads back what it wrote before"
+
+step "P2P: ${names[0]}'s namespace in its own CMB, digests on"
+# A second subsystem exports Nvme0n1 with p2pmem auto: write data lands in the CMB from
+# the socket (through the I/O accessors, CRC32C on a staging chunk), the SSD takes it
+# from there by the CMB's bus address, and reads go the other way. No payload byte may
+# touch a host buffer; the bytes are checked in the guest and, after power-off, in the
+# backing file, so a CMB transfer that returns zeros (LAB.md's pitfall) fails here.
+nqn_p2p=nqn.2016-06.io.peerless:nvme-driver-p2p
+rpc nvmf_subsystem_remove_ns "$nqn" 1 >/dev/null
+rpc nvmf_create_subsystem "$nqn_p2p" -a -s PEERLESSNVMEP2P1 >/dev/null
+rpc bdev_get_bdevs -b Nvme0n1 | grep -q '"bus_address"' || fail "Nvme0n1 reports no CMB"
+rpc nvmf_subsystem_add_ns "$nqn_p2p" Nvme0n1 --p2pmem auto >/dev/null
+rpc nvmf_subsystem_add_listener "$nqn_p2p" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
+payload() { rpc mem_get_stats | python3 -c "import json,sys; print(json.load(sys.stdin)['payload_bytes']['$1'])"; }
+host_before=$(payload host)
+iomem_before=$(payload iomem)
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn_p2p" --hdr-digest --data-digest >/dev/null ||
+    fail "nvme connect with digests"
+p2p_dev=""
+for _ in $(seq 100); do
+    for blk in /sys/block/nvme*n1; do
+        [[ $(basename "$blk") =~ ^nvme[0-9]+n1$ ]] || continue
+        [ "$(tr -d ' ' 2>/dev/null <"$blk/device/serial")" = PEERLESSNVMEP2P1 ] && p2p_dev=/dev/$(basename "$blk")
+    done
+    [ -n "$p2p_dev" ] && break
+    sleep 0.1
+done
+[ -n "$p2p_dev" ] || fail "the P2P namespace did not appear on the host"
+pattern "$p2p_dev" "${names[0]}" $((176 << 20)) $((4 << 20)) 130 4096
+pattern "$p2p_dev" "${names[0]}" $((184 << 20)) $((16 << 20)) 131 128K
+pattern "$p2p_dev" "${names[0]}" $((200 << 20)) $((32 << 20)) 132 1M
+nvme disconnect -n "$nqn_p2p" >/dev/null || fail "nvme disconnect"
+host_after=$(payload host)
+iomem_after=$(payload iomem)
+rpc mem_get_stats >"$out/mem-p2p.json"
+[ "$host_after" = "$host_before" ] || fail "$((host_after - host_before)) payload bytes went through host buffers"
+[ $((iomem_after - iomem_before)) -ge $((2 * (52 << 20))) ] ||
+    fail "only $((iomem_after - iomem_before)) payload bytes in the CMB for 52 MiB written and read"
+bounced=$(rpc bdev_get_bdevs -b Nvme0n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])')
+[ "$bounced" = 0 ] || fail "$bounced commands went through the driver's bounce buffers"
+echo "ok: 52 MiB written and read through ${names[0]}'s CMB: $((iomem_after - iomem_before)) payload bytes there, none in host buffers"
 
 step "SIGTERM"
 stop_target

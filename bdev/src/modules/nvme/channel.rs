@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use peerless_core::mem::{copy, DmaBuf};
+use peerless_core::mem::{copy, registry, DmaBuf, DomainId};
 use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
 
 use super::controller::Controller;
@@ -62,7 +62,6 @@ struct State {
     prp_list: Vec<u64>,
     /// Commands of one I/O, built before any is placed, so running out midway places none.
     staged: Vec<(u16, Sqe)>,
-    bounced_ios: u64,
     closed: bool,
 }
 
@@ -107,7 +106,6 @@ impl NvmeChannel {
             bounces,
             prp_list: Vec::with_capacity(PAGE_BYTES / 8),
             staged: Vec::with_capacity(usable),
-            bounced_ios: 0,
             closed: false,
             ctrlr,
         };
@@ -244,14 +242,15 @@ impl State {
             let queue = self.queue.as_ref().expect("a channel without a queue stages nothing");
             let list_bus = queue.prp_list_bus(cid);
             let pci = self.ctrlr.pci();
+            let segs = part.iter().map(|seg| (seg.addr(), seg.len()));
+            let cmb = self.ctrlr.cmb_domain();
             let direct = if part.is_host_only() {
-                prp::build(
-                    part.iter().map(|seg| (seg.addr(), seg.len())),
-                    PAGE_BYTES,
-                    &mut self.prp_list,
-                    list_bus,
-                    |addr| pci.host_bus_address(addr),
-                )
+                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| pci.host_bus_address(addr))
+            } else if cmb.is_some() && part.iter().all(|seg| Some(seg.tag().domain()) == cmb) {
+                // The controller's own CMB, by the bus addresses its CBA window gives;
+                // NVMe forbids mixing them with host addresses in one command.
+                let domain = cmb.expect("checked above");
+                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| cmb_bus_address(domain, addr))
             } else {
                 Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
             };
@@ -304,7 +303,7 @@ impl State {
         )
         .map_err(|err| Staging::Refused(IoStatus::INTERNAL_ERROR, format!("bounce buffer: {err}")))?;
         queue.write_prp_list(cid, &self.prp_list);
-        self.bounced_ios += 1;
+        self.ctrlr.count_bounce();
         Ok(prps)
     }
 
@@ -438,6 +437,12 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         // reactor in interrupt mode would sleep past them.
         PollStatus::from_work(completed > 0 || in_flight > 0)
     })
+}
+
+/// The bus address of a byte of CMB memory, from its registered region.
+fn cmb_bus_address(domain: DomainId, addr: usize) -> Option<u64> {
+    let region = registry::lookup(domain, addr)?;
+    Some(region.bus_base? + (addr - region.start) as u64)
 }
 
 fn copy_back(io: &mut BdevIo, bounce: &DmaBuf, offset: usize, len: usize, status: &mut IoStatus) {

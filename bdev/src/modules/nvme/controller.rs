@@ -5,15 +5,19 @@
 //! polled to completion by the caller (at attach, and when a bdev channel creates or
 //! deletes its I/O queue pair), as SPDK's driver does for queue creation.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use peerless_core::mem::DmaBuf;
+use peerless_core::mem::pci::BarMemory;
+use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
 
 use super::pci::PciFunction;
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
-use super::spec::{admin, cc, csts, reg, Cap, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_BYTES};
+use super::spec::{
+    admin, cc, cmbmsc, csts, reg, Cap, CmbLayout, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_BYTES,
+};
 
 /// Admin queue entries: a handful of commands are ever in flight.
 const ADMIN_DEPTH: u16 = 32;
@@ -49,6 +53,11 @@ pub struct Controller {
     admin: Mutex<AdminQueue>,
     /// Free I/O queue identifiers.
     free_qids: Mutex<Vec<u16>>,
+    /// The Controller Memory Buffer, when the controller has one that can hold data.
+    cmb: Option<BarMemory>,
+    /// Commands whose data went through a bounce buffer. Counted on that slow path
+    /// only, where a shared counter costs nothing next to the copy.
+    bounced_commands: AtomicU64,
 }
 
 impl Controller {
@@ -80,6 +89,7 @@ impl Controller {
             cap.max_queue_entries()
         );
         disable(&pci, cap)?;
+        let cmb = enable_cmb(&pci, cap)?;
         let admin_queue = QueuePair::new(0, ADMIN_DEPTH, stride, bar.clone(), &pci)?;
         let data = DmaBuf::alloc_plain(IDENTIFY_BYTES).map_err(|err| format!("identify buffer: {err}"))?;
         let data_bus = pci.host_bus_address(data.addr()).ok_or("identify buffer has no bus address")?;
@@ -120,7 +130,30 @@ impl Controller {
             io_queues_granted: granted,
             namespaces,
             admin,
+            cmb,
+            bounced_commands: AtomicU64::new(0),
         }))
+    }
+
+    pub fn count_bounce(&self) {
+        self.bounced_commands.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn bounced_commands(&self) -> u64 {
+        self.bounced_commands.load(Ordering::Relaxed)
+    }
+
+    pub fn cmb(&self) -> Option<&BarMemory> {
+        self.cmb.as_ref()
+    }
+
+    /// The CMB's domain, whose segments this controller reaches by their bus address.
+    pub fn cmb_domain(&self) -> Option<DomainId> {
+        self.cmb.as_ref().map(BarMemory::domain)
+    }
+
+    pub fn cmb_provider(&self) -> Option<Arc<dyn P2pProvider>> {
+        self.cmb.as_ref().map(BarMemory::provider)
     }
 
     pub fn pci(&self) -> &PciFunction {
@@ -232,6 +265,49 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Finds the Controller Memory Buffer, turns its memory space on at the BAR's own bus
+/// address and registers it as P2P memory (NVMe Base 2.0 §8.2.1). A controller takes
+/// PRPs as CMB addresses only when they fall in CBA's window: given any other address
+/// for its own BAR (an IOMMU mapping of it, say) it DMAs to host memory instead and the
+/// data is silently wrong, so the bus address written here is the one PRPs carry.
+fn enable_cmb(pci: &PciFunction, cap: Cap) -> Result<Option<BarMemory>, String> {
+    let bar = pci.bar0();
+    if cap.cmb_gated() {
+        // High dword first: the controller latches CBA when the low dword sets CMSE.
+        bar.write32(reg::CMBMSC + 4, 0);
+        bar.write32(reg::CMBMSC, cmbmsc::CRE as u32);
+    }
+    let Some(layout) = CmbLayout::decode(bar.read32(reg::CMBLOC), bar.read32(reg::CMBSZ)) else {
+        return Ok(None);
+    };
+    let name = format!("cmb {}", pci.bdf());
+    if !layout.data {
+        peerless_core::log_notice!("nvme {}: its CMB cannot hold data (CMBSZ lacks RDS and WDS); not used", pci.bdf());
+        return Ok(None);
+    }
+    let mapping = if layout.bar == 0 { pci.bar0().clone() } else { Arc::new(pci.map_bar(layout.bar)?) };
+    let bar_bus = pci.bar_bus_address(u64::from(layout.bar))?;
+    let cba = bar_bus + layout.offset;
+    if cap.cmb_gated() {
+        let value = cba | cmbmsc::CMSE | cmbmsc::CRE;
+        bar.write32(reg::CMBMSC + 4, (value >> 32) as u32);
+        bar.write32(reg::CMBMSC, value as u32);
+        if bar.read32(reg::CMBSTS) & 1 != 0 {
+            return Err(format!("{}: the controller refused CMB address {cba:#x} (CMBSTS.CBAI)", pci.bdf()));
+        }
+    }
+    let (offset, size) = (layout.offset as usize, layout.size as usize);
+    let memory =
+        BarMemory::register(&name, mapping, offset, size, cba).map_err(|err| format!("{}: CMB: {err}", pci.bdf()))?;
+    peerless_core::log_notice!(
+        "nvme {}: CMB of {} MiB in BAR{} at bus address {cba:#x}, a P2P provider",
+        pci.bdf(),
+        size >> 20,
+        layout.bar
+    );
+    Ok(Some(memory))
 }
 
 fn disable(pci: &PciFunction, cap: Cap) -> Result<(), String> {

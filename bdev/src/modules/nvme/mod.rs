@@ -14,6 +14,7 @@ mod spec;
 
 use std::sync::Arc;
 
+use peerless_core::mem::{DomainId, P2pProvider};
 use peerless_core::reactor::ThreadCtx;
 use serde_json::{json, Value};
 
@@ -81,6 +82,16 @@ impl Bdev for NvmeBdev {
         }
     }
 
+    /// Its controller's CMB, which the controller reaches by bus address; any other
+    /// device memory is bounced by the layer.
+    fn accepts_domain(&self, domain: DomainId) -> bool {
+        self.ctrlr.cmb_domain() == Some(domain)
+    }
+
+    fn p2p_provider(&self) -> Option<Arc<dyn P2pProvider>> {
+        self.ctrlr.cmb_provider()
+    }
+
     fn create_channel(&self, ctx: &mut ThreadCtx) -> Box<dyn BdevChannelOps> {
         Box::new(NvmeChannel::new(ctx, &self.info.name, self.ctrlr.clone(), self.nsid, self.info.block_size))
     }
@@ -103,6 +114,12 @@ impl Bdev for NvmeBdev {
             "ns_data": {"id": self.nsid},
             "route": pci.route().as_str(),
             "max_transfer_bytes": self.ctrlr.max_transfer_bytes(),
+            "bounced_commands": self.ctrlr.bounced_commands(),
+            "cmb": self.ctrlr.cmb().map(|cmb| json!({
+                "size": cmb.size_bytes(),
+                "free": cmb.available_bytes(),
+                "bus_address": format!("{:#x}", cmb.bus_base()),
+            })),
         }]})
     }
 

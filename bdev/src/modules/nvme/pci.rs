@@ -202,6 +202,24 @@ impl PciFunction {
         &self.bar0
     }
 
+    /// Maps BAR `index` (BAR0, the registers, is mapped at open: ask only for others).
+    pub fn map_bar(&self, index: u32) -> Result<Mmio, String> {
+        match &self.access {
+            Access::Vfio(device) => device.map_bar(index).map_err(|err| err.to_string()),
+            Access::Uio { .. } => {
+                let path = sysfs(&self.bdf).join(format!("resource{index}"));
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|err| format!("{}: {err} (run as root)", path.display()))?;
+                let len = file.metadata().map_err(|err| format!("{}: {err}", path.display()))?.len() as usize;
+                Mmio::map_file(&file, 0, len).map_err(|err| err.to_string())
+            }
+        }
+        .map_err(|err| format!("{}: BAR{index}: {err}", self.bdf))
+    }
+
     /// The bus address BAR `index` decodes (its base register, 64-bit when it says so).
     pub fn bar_bus_address(&self, index: u64) -> Result<u64, String> {
         let low = self.config_read32(CONFIG_BAR0 + 4 * index)?;

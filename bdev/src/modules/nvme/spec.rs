@@ -12,6 +12,10 @@ pub mod reg {
     pub const AQA: usize = 0x24;
     pub const ASQ: usize = 0x28;
     pub const ACQ: usize = 0x30;
+    pub const CMBLOC: usize = 0x38;
+    pub const CMBSZ: usize = 0x3c;
+    pub const CMBMSC: usize = 0x50;
+    pub const CMBSTS: usize = 0x58;
     /// The first doorbell; the rest follow at the stride CAP.DSTRD gives.
     pub const DOORBELLS: usize = 0x1000;
 }
@@ -36,6 +40,10 @@ impl Cap {
     /// Whether the NVM command set is supported (CSS bit 0).
     pub fn nvm_command_set(self) -> bool {
         self.0 >> 37 & 1 == 1
+    }
+    /// Whether CMBLOC and CMBSZ read 0 until CMBMSC.CRE is set (CMBS, NVMe 1.4).
+    pub fn cmb_gated(self) -> bool {
+        self.0 >> 57 & 1 == 1
     }
     /// Smallest memory page size, in bytes (MPSMIN).
     pub fn min_page_bytes(self) -> usize {
@@ -71,6 +79,43 @@ pub mod csts {
     pub const CFS: u32 = 1 << 1;
     pub const SHST_MASK: u32 = 3 << 2;
     pub const SHST_COMPLETE: u32 = 2 << 2;
+}
+
+/// Where a Controller Memory Buffer is and what it may hold (CMBLOC §3.1.3.12, CMBSZ
+/// §3.1.3.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CmbLayout {
+    pub bar: u32,
+    pub offset: u64,
+    pub size: u64,
+    /// Read Data Support and Write Data Support: PRPs may point into it for data.
+    pub data: bool,
+}
+
+impl CmbLayout {
+    /// None when CMBSZ says there is no CMB.
+    pub fn decode(cmbloc: u32, cmbsz: u32) -> Option<CmbLayout> {
+        let units = u64::from(cmbsz >> 12);
+        let szu = cmbsz >> 8 & 0xf;
+        if units == 0 || szu > 6 {
+            return None;
+        }
+        let unit = 1u64 << (12 + 4 * szu);
+        Some(CmbLayout {
+            bar: cmbloc & 0x7,
+            offset: u64::from(cmbloc >> 12) * unit,
+            size: units * unit,
+            data: cmbsz >> 3 & 0x3 == 0x3,
+        })
+    }
+}
+
+/// Controller Memory Buffer Memory Space Control (§3.1.3.22).
+pub mod cmbmsc {
+    /// Capabilities Registers Enabled: CMBLOC and CMBSZ read their values.
+    pub const CRE: u64 = 1;
+    /// Controller Memory Space Enable: the controller takes CBA as its CMB's address.
+    pub const CMSE: u64 = 1 << 1;
 }
 
 /// Admin command opcodes (§5).
@@ -298,9 +343,22 @@ mod tests {
         assert_eq!(cap.doorbell_stride(), 4);
         assert!(cap.nvm_command_set());
         assert_eq!((cap.min_page_bytes(), cap.max_page_bytes()), (4096, 65536));
+        assert!(cap.cmb_gated() && !Cap(0).cmb_gated());
         assert_eq!(Cap(2 << 32).doorbell_stride(), 16);
         assert_eq!(doorbells(0, 4), (0x1000, 0x1004));
         assert_eq!(doorbells(3, 16), (0x1000 + 6 * 16, 0x1000 + 7 * 16));
+    }
+
+    #[test]
+    fn cmb_layout_decodes_units_and_support() {
+        // QEMU's 64 MiB CMB: BAR2, offset 0, SZU 1 MiB, SZ 64, SQS LISTS RDS WDS.
+        let layout = CmbLayout::decode(2, 64 << 12 | 2 << 8 | 0b11101).unwrap();
+        assert_eq!(layout, CmbLayout { bar: 2, offset: 0, size: 64 << 20, data: true });
+        // 4 KiB units at offset 16 units in BAR0, without write data support.
+        let layout = CmbLayout::decode(16 << 12, 8 << 12 | 0b01000).unwrap();
+        assert_eq!((layout.bar, layout.offset, layout.size, layout.data), (0, 65536, 32768, false));
+        assert_eq!(CmbLayout::decode(2, 0), None, "no CMB");
+        assert_eq!(CmbLayout::decode(2, 1 << 12 | 7 << 8), None, "a reserved size unit");
     }
 
     #[test]

@@ -51,6 +51,11 @@ impl Mmio {
         self.map.len() == 0
     }
 
+    /// Where the window is mapped: registry regions over device memory behind it start here.
+    pub(crate) fn base_addr(&self) -> usize {
+        self.map.addr()
+    }
+
     /// The address of `off..off + width`, or a panic naming the programmer error.
     fn at(&self, off: usize, width: usize) -> usize {
         assert!(

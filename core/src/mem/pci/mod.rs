@@ -11,6 +11,7 @@
 //! driver using uio_pci_generic subscribes a [`PhysTable`] and builds PRPs from
 //! [`PhysTable::translate`].
 
+mod bar_memory;
 mod mmio;
 mod pagemap;
 mod phys_table;
@@ -19,6 +20,7 @@ mod vfio;
 mod vfio_sys;
 pub(crate) mod watch;
 
+pub use bar_memory::{BarMemory, BAR_MEMORY_GRANULE_BYTES};
 pub use mmio::Mmio;
 pub use pagemap::virt_to_phys;
 pub use phys_table::PhysTable;
