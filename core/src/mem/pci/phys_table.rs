@@ -7,6 +7,8 @@
 //! are published through `OnceLock` and never freed before the table, and an entry is
 //! written before its region is announced as registered (see `pci::watch`), which happens
 //! before any buffer of it reaches another thread.
+//!
+//! Tests that subscribe a table live in `core/tests/host_memory.rs` (see `pci::watch`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -99,41 +101,15 @@ impl HostMemListener for PhysTable {
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::DmaBuf;
-    use super::super::{virt_to_phys, watch_host_memory};
     use super::*;
 
     #[test]
-    fn agrees_with_pagemap_for_every_page_of_a_fresh_buffer() {
+    fn unknown_and_out_of_table_addresses_have_no_translation() {
         let table = PhysTable::new();
-        let _watch = watch_host_memory(Arc::clone(&table) as Arc<dyn HostMemListener>).expect("root reads frames");
-        for len in [4096, 5 * 4096 + 100, crate::mem::HUGEPAGE_BYTES + 4096] {
-            let buf = DmaBuf::alloc(len).expect("dma");
-            for off in (0..len).step_by(4096).chain([len - 1, 17]) {
-                let va = buf.addr() + off;
-                assert_eq!(table.translate(va), Some(virt_to_phys(va).expect("frame")), "{len} bytes, offset {off}");
-            }
-            let addr = buf.addr();
-            drop(buf);
-            assert_eq!(table.translate(addr), None, "withdrawn with its buffer");
-        }
-    }
-
-    #[test]
-    fn unregistered_addresses_have_no_translation() {
-        let table = PhysTable::new();
-        let _watch = watch_host_memory(Arc::clone(&table) as Arc<dyn HostMemListener>).expect("watch");
-        let plain = vec![0u8; 3 * 4096];
-        assert_eq!(table.translate(plain.as_ptr() as usize + 4096), None, "heap memory is not registered");
         assert_eq!(table.translate(0), None);
         assert_eq!(table.translate(usize::MAX), None, "beyond the table");
-    }
-
-    #[test]
-    fn regions_outside_the_table_are_refused() {
-        let table = PhysTable::new();
-        assert!(table.host_region_added(1 << VA_BITS, 4096).is_err());
-        assert!(table.host_region_added(0x1001, 4096).is_err());
+        assert!(table.host_region_added(1 << VA_BITS, 4096).is_err(), "above the table");
+        assert!(table.host_region_added(0x1001, 4096).is_err(), "not page-aligned");
         assert_eq!(table.translate(1 << VA_BITS), None);
     }
 }
