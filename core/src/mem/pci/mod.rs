@@ -31,3 +31,20 @@ pub(crate) fn page_bytes() -> usize {
     // SAFETY: sysconf reads a constant of the running system.
     *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver shares these across reactor threads (a BAR's doorbells, one container
+    /// for all controllers, one physical-address table).
+    #[test]
+    fn shared_handles_are_send_and_sync() {
+        fn shared<T: Send + Sync>() -> &'static str {
+            std::any::type_name::<T>()
+        }
+        for name in [shared::<Mmio>(), shared::<VfioContainer>(), shared::<VfioDevice>(), shared::<PhysTable>()] {
+            assert!(name.contains("pci"), "{name}");
+        }
+    }
+}
