@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use peerless_core::mem::pci::{virt_to_phys, watch_host_memory, HostMemListener, PhysTable};
-use peerless_core::mem::{DmaBuf, Error, Result, HUGEPAGE_BYTES};
+use peerless_core::mem::{DmaBuf, Error, IoBufClass, IoBufPool, PoolConfig, Result, HUGEPAGE_BYTES};
 
 const PAGE: usize = 4096;
 
@@ -169,4 +169,24 @@ fn the_phys_table_knows_nothing_of_unregistered_memory() {
     let heap = vec![0u8; 3 * PAGE];
     assert_eq!(table.translate(heap.as_ptr() as usize + PAGE), None, "heap memory is not registered");
     assert_eq!(table.translate(0), None);
+}
+
+/// The iobuf pools register their memory like any DMA buffer: a table subscribed after
+/// the pool was made translates every buffer a cache hands out.
+#[test]
+fn iobuf_pool_memory_is_announced_too() {
+    let cfg = PoolConfig { small_count: 8, large_count: 2, small_cache: 2, large_cache: 1, ..PoolConfig::default() };
+    let pool = IoBufPool::new(cfg).expect("pool");
+    let table = PhysTable::new();
+    let _watch = watch_host_memory(Arc::clone(&table) as Arc<dyn HostMemListener>).expect("watch");
+    let mut cache = pool.cache();
+    for class in IoBufClass::ALL {
+        let buf = cache.get(class).expect("a buffer");
+        let seg = buf.seg_ref().seg();
+        for off in (0..buf.len()).step_by(PAGE) {
+            let va = seg.addr() + off;
+            assert_eq!(table.translate(va), Some(virt_to_phys(va).expect("frame")), "{class:?} offset {off}");
+        }
+        cache.put(buf);
+    }
 }
