@@ -5,13 +5,17 @@
 //! ([`watch_host_memory`]) that keep an IOMMU or a physical-address table in step with the
 //! iobuf pools and DMA buffers.
 //!
-//! A driver using VFIO opens a container and its devices, then subscribes the container
-//! (`watch_host_memory(container.clone())`): every registered Host region is then mapped at
-//! IOVA = VA, which is the bus address the registry already gives plain DMA memory. A
-//! driver using uio_pci_generic subscribes a [`PhysTable`] and builds PRPs from
-//! [`PhysTable::translate`].
+//! A driver using VFIO opens a container and its devices, then subscribes either the
+//! container itself (`watch_host_memory(container.clone())`: every registered Host region
+//! mapped at IOVA = VA, the bus address the registry already gives plain DMA memory; needs
+//! an IOMMU at least 47 bits wide) or an [`IovaTable`] (IOVAs from a window below 2^39,
+//! for narrower IOMMUs such as QEMU's default intel-iommu; PRPs from
+//! [`IovaTable::translate`]). A driver using uio_pci_generic subscribes a [`PhysTable`]
+//! and builds PRPs from [`PhysTable::translate`].
 
+mod iova_table;
 mod mmio;
+mod page_table;
 mod pagemap;
 mod phys_table;
 mod sysfs;
@@ -19,6 +23,7 @@ mod vfio;
 mod vfio_sys;
 pub(crate) mod watch;
 
+pub use iova_table::{IovaTable, IOVA_WINDOW_END, IOVA_WINDOW_START};
 pub use mmio::Mmio;
 pub use pagemap::virt_to_phys;
 pub use phys_table::PhysTable;
@@ -43,7 +48,13 @@ mod tests {
         fn shared<T: Send + Sync>() -> &'static str {
             std::any::type_name::<T>()
         }
-        for name in [shared::<Mmio>(), shared::<VfioContainer>(), shared::<VfioDevice>(), shared::<PhysTable>()] {
+        for name in [
+            shared::<Mmio>(),
+            shared::<VfioContainer>(),
+            shared::<VfioDevice>(),
+            shared::<PhysTable>(),
+            shared::<IovaTable>(),
+        ] {
             assert!(name.contains("pci"), "{name}");
         }
     }
