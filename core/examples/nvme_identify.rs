@@ -45,6 +45,19 @@ fn open(bdf: &str, mode: &str) -> Result<Access, String> {
         "vfio" | "vfio-va" => {
             let container = Arc::new(VfioContainer::open().map_err(err)?);
             let device = VfioDevice::open(&container, bdf).map_err(err)?;
+            if device.can_reset() {
+                device.reset().map_err(err)?;
+                println!("{bdf}: VFIO_DEVICE_RESET done (group {})", device.iommu_group());
+            } else {
+                println!("{bdf}: no reset offered (group {})", device.iommu_group());
+            }
+            let mut id = [0u8; 4];
+            device.config_read(0, &mut id).map_err(err)?;
+            println!(
+                "{bdf}: config vendor {:#06x} device {:#06x}",
+                u16::from_le_bytes([id[0], id[1]]),
+                u16::from_le_bytes([id[2], id[3]])
+            );
             device.set_bus_master(true).map_err(err)?;
             let bar = device.map_bar(0).map_err(err)?;
             let (watch, translate): (HostMemWatch, Translate) = if mode == "vfio" {
@@ -141,6 +154,12 @@ fn run(bdf: &str, mode: &str) -> Result<(), String> {
     println!("identify: serial {:?} model {:?} firmware {:?}", text(4..24), text(24..64), text(64..72));
     bar.write32(CC, 0);
     wait("CSTS.RDY = 0 at the end", timeout, || bar.read32(CSTS) & 1 == 0)?;
+    // Freed buffers leave the table (and, over VFIO, the IOMMU) at once.
+    let addr = data.addr();
+    drop(data);
+    if (access.translate)(addr).is_some() && mode != "vfio-va" {
+        return Err(format!("{addr:#x} still translates after its buffer was freed"));
+    }
     println!("ok");
     Ok(())
 }

@@ -37,6 +37,7 @@ step "vfio-pci, IOVAs of our own"
 nvme_bind_vfio "${bdfs[1]}"
 "$identify" "${bdfs[1]}" vfio | tee "$out/vfio.txt" || fail "identify over vfio"
 grep -q 'serial "peer0"' "$out/vfio.txt" || fail "vfio: wrong identify data"
+grep -q "config vendor 0x1b36 device 0x0010" "$out/vfio.txt" || fail "vfio: config space read"
 
 step "vfio-pci, IOVA = VA on a 39-bit IOMMU: refused, saying why"
 "$identify" "${bdfs[1]}" vfio-va >"$out/vfio-va.txt" 2>&1 && fail "IOVA = VA mapped on a 39-bit IOMMU"
