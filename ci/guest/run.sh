@@ -49,6 +49,9 @@
 #                         intel_iommu=on iommu=pt on the kernel line: vfio-pci needs it, as
 #                         the guest kernel has no VFIO no-IOMMU mode; pt keeps the other
 #                         devices (uio_pci_generic's too) on physical addresses
+#   PEERLESS_GUEST_IOMMU_AW_BITS the virtual IOMMU's address width, 39 or 48 (default: 48;
+#                         39 is QEMU's own default and many client machines', too narrow
+#                         for IOVA = VA, which the driver's VFIO route does not need)
 #   PEERLESS_GUEST_MEM    guest RAM in MiB (default: 2048; hugepages come out of it)
 #   PEERLESS_GUEST_TIMEOUT seconds for the whole boot (default: 900)
 #   PEERLESS_GUEST_DIR    where build.sh put the images (default: build/guest)
@@ -213,14 +216,15 @@ kernel_extra=""
 case "${PEERLESS_GUEST_IOMMU:-0}" in
 0) ;;
 1)
-    # aw-bits=48, as server IOMMUs have: the driver maps DMA memory at IOVA = VA, and user
-    # space addresses need 47 bits (QEMU 7.2's default is 39).
-    iommu_dev=(-device "intel-iommu,intremap=on,aw-bits=48")
+    # aw-bits=48 by default, as server IOMMUs have; 39 is QEMU 7.2's own.
+    aw_bits=${PEERLESS_GUEST_IOMMU_AW_BITS:-48}
+    [[ "$aw_bits" =~ ^(39|48)$ ]] || { echo "PEERLESS_GUEST_IOMMU_AW_BITS: 39 or 48, not '$aw_bits'" >&2; exit 2; }
+    iommu_dev=(-device "intel-iommu,intremap=on,aw-bits=$aw_bits")
     # iommu=pt: devices no VFIO user owns keep an identity mapping, so a uio_pci_generic
     # device beside a vfio-pci one still DMAs to physical addresses (without it the
     # kernel's DMA domain translates them and every command faults in the DMAR).
     kernel_extra=" intel_iommu=on iommu=pt"
-    log "virtual IOMMU: intel-iommu (aw-bits 48), intel_iommu=on iommu=pt"
+    log "virtual IOMMU: intel-iommu (aw-bits $aw_bits), intel_iommu=on iommu=pt"
     ;;
 *) echo "PEERLESS_GUEST_IOMMU: 0 or 1, not '$PEERLESS_GUEST_IOMMU'" >&2; exit 2 ;;
 esac

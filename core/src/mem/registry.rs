@@ -145,22 +145,32 @@ impl fmt::Debug for RegionHandle {
 /// refusal unregisters it again and fails the call with the listener's error.
 pub(crate) fn register(region: Region) -> Result<RegionHandle> {
     if region.tag != MemTag::HOST {
-        return insert(region);
+        return insert(region).map(|key| RegionHandle { key });
     }
     let (start, len) = (region.start, region.len);
     // Held across the insertion and the announcement (not the registry's lock, which
     // listeners may need for lookups): see `pci::watch` for the ordering.
     let notify = host_watch::lock();
-    let handle = insert(region)?;
-    if let Err(err) = notify.added(start, len) {
-        remove(handle.key);
-        std::mem::forget(handle);
-        return Err(err);
-    }
-    Ok(handle)
+    let mut inserted = Inserted(Some(insert(region)?));
+    // A refusal (or a panicking listener) drops `inserted`, which takes the region out
+    // again; listeners that took it were already told it is gone.
+    notify.added(start, len)?;
+    let key = inserted.0.take().expect("set above");
+    Ok(RegionHandle { key })
 }
 
-fn insert(region: Region) -> Result<RegionHandle> {
+/// A region in the registry whose announcement has not succeeded yet.
+struct Inserted(Option<(DomainId, usize)>);
+
+impl Drop for Inserted {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.take() {
+            remove(key);
+        }
+    }
+}
+
+fn insert(region: Region) -> Result<(DomainId, usize)> {
     assert!(region.len > 0, "empty region");
     assert!(
         region.accessor_base.is_none() || region.tag.kind() == MemKind::IoMem,
@@ -179,7 +189,7 @@ fn insert(region: Region) -> Result<RegionHandle> {
     *current = Arc::new(next);
     // Control plane, under the write lock: the only writer of the generation.
     REGISTRY.generation.fetch_add(1, Ordering::Release);
-    Ok(RegionHandle { key })
+    Ok(key)
 }
 
 impl Drop for RegionHandle {

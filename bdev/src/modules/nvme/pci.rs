@@ -1,5 +1,5 @@
 //! Reaching a PCI function from user space: through VFIO (an IOMMU container; bus
-//! address = virtual address) or uio_pci_generic (no IOMMU; bus address = physical
+//! addresses from an IOVA table) or uio_pci_generic (no IOMMU; bus address = physical
 //! address, so DMA memory must stay put: hugepages). Which one follows the driver the
 //! function is bound to; any other driver, or none, is refused with what to do.
 //!
@@ -13,10 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use peerless_core::mem::pci::{
-    watch_host_memory, HostMemListener, HostMemWatch, Mmio, PhysTable, VfioContainer, VfioDevice,
-};
-use peerless_core::mem::{registry, MemKind};
+use peerless_core::mem::pci::{watch_host_memory, HostMemWatch, IovaTable, Mmio, PhysTable, VfioContainer, VfioDevice};
 
 use super::queue::BusTranslate;
 
@@ -42,7 +39,7 @@ impl Route {
 }
 
 enum Access {
-    Vfio(VfioDevice),
+    Vfio { device: VfioDevice, iovas: Arc<IovaTable> },
     Uio { config: File, phys: Arc<PhysTable> },
 }
 
@@ -97,44 +94,39 @@ fn rebind_hint(bdf: &str) -> String {
     )
 }
 
-/// The IOMMU side of VFIO: host memory mapped at IOVA = VA, following the registry.
-struct ContainerMapper(Arc<VfioContainer>);
-
-impl HostMemListener for ContainerMapper {
-    fn host_region_added(&self, start: usize, len: usize) -> peerless_core::mem::Result<()> {
-        self.0.map_dma(start, start as u64, len)
-    }
-
-    fn host_region_removed(&self, start: usize, len: usize) {
-        if let Err(err) = self.0.unmap_dma(start as u64, len) {
-            peerless_core::log_error!("nvme: vfio unmap of {len} bytes at {start:#x}: {err}");
-        }
-    }
+/// One VFIO container for the process, every function's group in it, and the table that
+/// maps registered host memory into its IOMMU. The IOVAs are the table's own rather than
+/// the virtual addresses, so an IOMMU narrower than user addresses (39 bits is common)
+/// works as well as a 48-bit one.
+struct SharedVfio {
+    container: Arc<VfioContainer>,
+    iovas: Option<(Arc<IovaTable>, HostMemWatch)>,
 }
 
-/// One VFIO container for the process: every function's group joins it.
+static SHARED_VFIO: Mutex<Option<SharedVfio>> = Mutex::new(None);
+
 fn shared_vfio() -> Result<Arc<VfioContainer>, String> {
-    static SHARED: Mutex<Option<Arc<VfioContainer>>> = Mutex::new(None);
-    let mut shared = SHARED.lock();
-    if let Some(container) = shared.as_ref() {
-        return Ok(container.clone());
+    let mut shared = SHARED_VFIO.lock();
+    if let Some(shared) = shared.as_ref() {
+        return Ok(shared.container.clone());
     }
     let container = Arc::new(VfioContainer::open().map_err(|err| err.to_string())?);
-    *shared = Some(container.clone());
+    *shared = Some(SharedVfio { container: container.clone(), iovas: None });
     Ok(container)
 }
 
-/// The container's memory watch starts once a group has set the IOMMU type: VFIO maps
+/// The container's IOVA table, started once a group has set the IOMMU type: VFIO maps
 /// nothing before that.
-fn watch_container(container: &Arc<VfioContainer>) -> Result<(), String> {
-    static WATCHING: OnceLock<Result<HostMemWatch, String>> = OnceLock::new();
-    match WATCHING.get_or_init(|| {
-        watch_host_memory(Arc::new(ContainerMapper(container.clone())))
-            .map_err(|err| format!("vfio DMA mapping: {err}"))
-    }) {
-        Ok(_) => Ok(()),
-        Err(err) => Err(err.clone()),
+fn vfio_iovas() -> Result<Arc<IovaTable>, String> {
+    let mut shared = SHARED_VFIO.lock();
+    let shared = shared.as_mut().ok_or("no VFIO container")?;
+    if let Some((table, _)) = &shared.iovas {
+        return Ok(table.clone());
     }
+    let table = IovaTable::new(shared.container.clone());
+    let watch = watch_host_memory(table.clone()).map_err(|err| format!("VFIO DMA mapping: {err}"))?;
+    shared.iovas = Some((table.clone(), watch));
+    Ok(table)
 }
 
 fn shared_phys_table() -> Result<Arc<PhysTable>, String> {
@@ -157,9 +149,9 @@ impl PciFunction {
             Some("vfio-pci") => {
                 let container = shared_vfio()?;
                 let device = VfioDevice::open(&container, &bdf).map_err(|err| err.to_string())?;
-                watch_container(&container)?;
+                let iovas = vfio_iovas()?;
                 let bar0 = device.map_bar(0).map_err(|err| format!("{bdf}: BAR0: {err}"))?;
-                (Route::Vfio, Access::Vfio(device), bar0)
+                (Route::Vfio, Access::Vfio { device, iovas }, bar0)
             }
             Some("uio_pci_generic") => {
                 let path = sysfs(&bdf);
@@ -205,7 +197,7 @@ impl PciFunction {
     /// Maps BAR `index` (BAR0, the registers, is mapped at open: ask only for others).
     pub fn map_bar(&self, index: u32) -> Result<Mmio, String> {
         match &self.access {
-            Access::Vfio(device) => device.map_bar(index).map_err(|err| err.to_string()),
+            Access::Vfio { device, .. } => device.map_bar(index).map_err(|err| err.to_string()),
             Access::Uio { .. } => {
                 let path = sysfs(&self.bdf).join(format!("resource{index}"));
                 let file = OpenOptions::new()
@@ -233,7 +225,7 @@ impl PciFunction {
 
     fn config_read(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         match &self.access {
-            Access::Vfio(device) => device.config_read(offset, buf).map_err(|err| err.to_string()),
+            Access::Vfio { device, .. } => device.config_read(offset, buf).map_err(|err| err.to_string()),
             Access::Uio { config, .. } => config.read_exact_at(buf, offset).map_err(|err| err.to_string()),
         }
         .map_err(|err| format!("{}: config space read at {offset:#x}: {err}", self.bdf))
@@ -241,7 +233,7 @@ impl PciFunction {
 
     fn config_write(&self, offset: u64, buf: &[u8]) -> Result<(), String> {
         match &self.access {
-            Access::Vfio(device) => device.config_write(offset, buf).map_err(|err| err.to_string()),
+            Access::Vfio { device, .. } => device.config_write(offset, buf).map_err(|err| err.to_string()),
             Access::Uio { config, .. } => config.write_all_at(buf, offset).map_err(|err| err.to_string()),
         }
         .map_err(|err| format!("{}: config space write at {offset:#x}: {err}", self.bdf))
@@ -267,8 +259,7 @@ impl PciFunction {
 impl BusTranslate for PciFunction {
     fn host_bus_address(&self, addr: usize) -> Option<u64> {
         match &self.access {
-            // Every registered host region is mapped in the container at its own address.
-            Access::Vfio(_) => registry::classify(addr).filter(|tag| tag.kind() == MemKind::Host).map(|_| addr as u64),
+            Access::Vfio { iovas, .. } => iovas.translate(addr),
             Access::Uio { phys, .. } => phys.translate(addr),
         }
     }

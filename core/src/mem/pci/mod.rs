@@ -5,14 +5,18 @@
 //! ([`watch_host_memory`]) that keep an IOMMU or a physical-address table in step with the
 //! iobuf pools and DMA buffers.
 //!
-//! A driver using VFIO opens a container and its devices, then subscribes the container
-//! (`watch_host_memory(container.clone())`): every registered Host region is then mapped at
-//! IOVA = VA, which is the bus address the registry already gives plain DMA memory. A
-//! driver using uio_pci_generic subscribes a [`PhysTable`] and builds PRPs from
-//! [`PhysTable::translate`].
+//! A driver using VFIO opens a container and its devices, then subscribes either the
+//! container itself (`watch_host_memory(container.clone())`: every registered Host region
+//! mapped at IOVA = VA, the bus address the registry already gives plain DMA memory; needs
+//! an IOMMU at least 47 bits wide) or an [`IovaTable`] (IOVAs from a window below 2^39,
+//! for narrower IOMMUs such as QEMU's default intel-iommu; PRPs from
+//! [`IovaTable::translate`]). A driver using uio_pci_generic subscribes a [`PhysTable`]
+//! and builds PRPs from [`PhysTable::translate`].
 
 mod bar_memory;
+mod iova_table;
 mod mmio;
+mod page_table;
 mod pagemap;
 mod phys_table;
 mod sysfs;
@@ -21,6 +25,7 @@ mod vfio_sys;
 pub(crate) mod watch;
 
 pub use bar_memory::{BarMemory, BAR_MEMORY_GRANULE_BYTES};
+pub use iova_table::{IovaTable, IOVA_WINDOW_END, IOVA_WINDOW_START};
 pub use mmio::Mmio;
 pub use pagemap::virt_to_phys;
 pub use phys_table::PhysTable;
@@ -32,4 +37,27 @@ pub(crate) fn page_bytes() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     // SAFETY: sysconf reads a constant of the running system.
     *PAGE.get_or_init(|| usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver shares these across reactor threads (a BAR's doorbells, one container
+    /// for all controllers, one physical-address table).
+    #[test]
+    fn shared_handles_are_send_and_sync() {
+        fn shared<T: Send + Sync>() -> &'static str {
+            std::any::type_name::<T>()
+        }
+        for name in [
+            shared::<Mmio>(),
+            shared::<VfioContainer>(),
+            shared::<VfioDevice>(),
+            shared::<PhysTable>(),
+            shared::<IovaTable>(),
+        ] {
+            assert!(name.contains("pci"), "{name}");
+        }
+    }
 }

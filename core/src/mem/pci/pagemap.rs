@@ -116,6 +116,16 @@ mod tests {
     }
 
     #[test]
+    fn entries_decode_and_frame_zero_names_the_privilege() {
+        assert_eq!(frame(PRESENT | 0x1234, 0x7000).expect("present"), 0x1234);
+        assert_eq!(frame(PRESENT | (1 << 55) | (1 << 61) | 0x42, 0).expect("flag bits ignored"), 0x42);
+        let err = frame(PRESENT, 0x7000).expect_err("unprivileged").to_string();
+        assert!(err.contains("0x7000") && err.contains("CAP_SYS_ADMIN"), "{err}");
+        let err = frame(0x1234, 0x7000).expect_err("swapped or never touched").to_string();
+        assert!(err.contains("not resident"), "{err}");
+    }
+
+    #[test]
     fn unmapped_pages_are_refused_as_not_resident() {
         // A reserved, never-touched anonymous range: mapped but not resident.
         let map = crate::mem::map::Mapping::anonymous(PAGE, 0).expect("map");

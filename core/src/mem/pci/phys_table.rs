@@ -1,139 +1,66 @@
 //! The physical address of every 4 KiB page of registered Host memory, for a device
-//! driven through uio_pci_generic (no IOMMU: PRPs carry physical addresses).
+//! driven through uio_pci_generic (no IOMMU: PRPs carry physical addresses). The table
+//! itself is [`super::page_table`]: lookups take no lock and make no syscall.
 //!
-//! A two-level table in the manner of SPDK's `spdk_mem_map`: the top level has one slot
-//! per GiB of virtual address space, each filled at most once with a leaf of one entry per
-//! 4 KiB page. [`PhysTable::translate`] is two atomic loads, no lock, no syscall: leaves
-//! are published through `OnceLock` and never freed before the table, and an entry is
-//! written before its region is announced as registered (see `pci::watch`), which happens
-//! before any buffer of it reaches another thread.
+//! Tests that subscribe a table live in `core/tests/host_memory.rs` (see `pci::watch`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use super::super::{Error, Result};
+use super::super::Result;
+use super::page_table::{PageTable, PAGE_BYTES};
 use super::pagemap;
 use super::watch::HostMemListener;
-
-const PAGE_SHIFT: u32 = 12;
-const PAGE_BYTES: usize = 1 << PAGE_SHIFT;
-/// Virtual address bits user space may use (x86-64 4-level paging: 47; arm64: 48).
-const VA_BITS: u32 = 48;
-/// One leaf covers 1 GiB: 2^18 entries of 8 bytes (2 MiB), made when first needed.
-const LEAF_SHIFT: u32 = 30;
-const LEAF_ENTRIES: usize = 1 << (LEAF_SHIFT - PAGE_SHIFT);
-const TOP_ENTRIES: usize = 1 << (VA_BITS - LEAF_SHIFT);
-/// Marks a filled entry, so physical page 0 stays distinguishable from "unknown".
-const VALID: u64 = 1;
 
 /// A physical-address table for uio: implements [`HostMemListener`] and records each
 /// 4 KiB page's physical address (via pagemap) when a region is added. Subscribe it with
 /// [`super::watch_host_memory`].
+#[derive(Debug)]
 pub struct PhysTable {
-    top: Box<[OnceLock<Box<[AtomicU64]>>]>,
-}
-
-impl std::fmt::Debug for PhysTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let leaves = self.top.iter().filter(|slot| slot.get().is_some()).count();
-        write!(f, "PhysTable({leaves} GiB-leaves)")
-    }
+    pages: PageTable,
 }
 
 impl PhysTable {
-    #[allow(clippy::new_ret_no_self)]
     pub fn new() -> Arc<PhysTable> {
-        Arc::new(PhysTable { top: (0..TOP_ENTRIES).map(|_| OnceLock::new()).collect() })
+        Arc::new(PhysTable { pages: PageTable::new() })
     }
 
     /// The physical address of `addr`, if it lies in a region this table was told of.
     /// Data path: no syscall, no lock.
     pub fn translate(&self, addr: usize) -> Option<u64> {
-        let leaf = self.top.get(addr >> LEAF_SHIFT)?.get()?;
-        // Acquire pairs with the Release store in `host_region_added` (a plain load on
-        // x86); the announce-before-hand-out ordering already orders it in practice.
-        let entry = leaf[(addr >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)].load(Ordering::Acquire);
-        (entry & VALID != 0).then(|| (entry & !(PAGE_BYTES as u64 - 1)) | (addr & (PAGE_BYTES - 1)) as u64)
-    }
-
-    fn entry(&self, addr: usize) -> Option<&AtomicU64> {
-        let leaf =
-            self.top.get(addr >> LEAF_SHIFT)?.get_or_init(|| (0..LEAF_ENTRIES).map(|_| AtomicU64::new(0)).collect());
-        Some(&leaf[(addr >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)])
-    }
-
-    fn clear(&self, start: usize, len: usize) {
-        for page in (start..start + len).step_by(PAGE_BYTES) {
-            if let Some(leaf) = self.top.get(page >> LEAF_SHIFT).and_then(OnceLock::get) {
-                leaf[(page >> PAGE_SHIFT) & (LEAF_ENTRIES - 1)].store(0, Ordering::Release);
-            }
-        }
+        self.pages.lookup(addr)
     }
 }
 
 impl HostMemListener for PhysTable {
     fn host_region_added(&self, start: usize, len: usize) -> Result<()> {
-        let end = start.checked_add(len).filter(|&end| end <= 1 << VA_BITS);
-        if !start.is_multiple_of(PAGE_BYTES) || end.is_none() {
-            return Err(Error::Config(format!(
-                "physical-address table: region {start:#x}+{len:#x} is not page-aligned or lies above {VA_BITS} bits"
-            )));
-        }
+        PageTable::check(start, len)?;
         let system_page = super::page_bytes();
         let first = start / system_page * system_page;
         let frames = pagemap::frames(first, (start + len - first).div_ceil(system_page))?;
         for page in (start..start + len).step_by(PAGE_BYTES) {
             let frame = frames[(page - first) / system_page];
-            let phys = frame * system_page as u64 + ((page - first) % system_page) as u64;
-            debug_assert_eq!(phys % PAGE_BYTES as u64, 0);
-            let entry = self.entry(page).expect("checked against VA_BITS above");
-            entry.store(phys | VALID, Ordering::Release);
+            self.pages.set(page, frame * system_page as u64 + ((page - first) % system_page) as u64);
         }
         Ok(())
     }
 
     fn host_region_removed(&self, start: usize, len: usize) {
-        self.clear(start, len);
+        self.pages.clear(start, len);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::super::DmaBuf;
-    use super::super::{virt_to_phys, watch_host_memory};
+    use super::super::page_table::VA_BITS;
     use super::*;
 
     #[test]
-    fn agrees_with_pagemap_for_every_page_of_a_fresh_buffer() {
+    fn unknown_and_out_of_table_addresses_have_no_translation() {
         let table = PhysTable::new();
-        let _watch = watch_host_memory(Arc::clone(&table) as Arc<dyn HostMemListener>).expect("root reads frames");
-        for len in [4096, 5 * 4096 + 100, crate::mem::HUGEPAGE_BYTES + 4096] {
-            let buf = DmaBuf::alloc(len).expect("dma");
-            for off in (0..len).step_by(4096).chain([len - 1, 17]) {
-                let va = buf.addr() + off;
-                assert_eq!(table.translate(va), Some(virt_to_phys(va).expect("frame")), "{len} bytes, offset {off}");
-            }
-            let addr = buf.addr();
-            drop(buf);
-            assert_eq!(table.translate(addr), None, "withdrawn with its buffer");
-        }
-    }
-
-    #[test]
-    fn unregistered_addresses_have_no_translation() {
-        let table = PhysTable::new();
-        let _watch = watch_host_memory(Arc::clone(&table) as Arc<dyn HostMemListener>).expect("watch");
-        let plain = vec![0u8; 3 * 4096];
-        assert_eq!(table.translate(plain.as_ptr() as usize + 4096), None, "heap memory is not registered");
         assert_eq!(table.translate(0), None);
         assert_eq!(table.translate(usize::MAX), None, "beyond the table");
-    }
-
-    #[test]
-    fn regions_outside_the_table_are_refused() {
-        let table = PhysTable::new();
-        assert!(table.host_region_added(1 << VA_BITS, 4096).is_err());
-        assert!(table.host_region_added(0x1001, 4096).is_err());
+        assert!(table.host_region_added(1 << VA_BITS, 4096).is_err(), "above the table");
+        assert!(table.host_region_added(0x1001, 4096).is_err(), "not page-aligned");
         assert_eq!(table.translate(1 << VA_BITS), None);
     }
 }

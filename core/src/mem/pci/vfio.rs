@@ -74,6 +74,17 @@ impl VfioContainer {
         Ok(VfioContainer { fd, iommu_type, state: Mutex::new(ContainerState::default()) })
     }
 
+    /// A container with no IOMMU behind it (over /dev/null), for tests of what happens
+    /// before any device is attached.
+    #[cfg(test)]
+    pub(super) fn unattached_for_tests() -> VfioContainer {
+        VfioContainer {
+            fd: OwnedFd::from(File::open("/dev/null").expect("/dev/null")),
+            iommu_type: VFIO_TYPE1V2_IOMMU,
+            state: Mutex::new(ContainerState::default()),
+        }
+    }
+
     /// The group's descriptor, opened, checked and attached on first use.
     fn attach_group(&self, group: u32) -> Result<Arc<OwnedFd>> {
         let mut state = self.state.lock();
@@ -193,12 +204,16 @@ impl VfioContainer {
 
 /// A container keeps the IOMMU in step with the registry's Host memory at IOVA = VA:
 /// subscribe it with [`super::watch_host_memory`] after the first device is open.
+///
+/// A region's length is rounded up to a page: the last page may be partly another
+/// region's (DPDK heap blocks), whose own mapping then starts on the next page.
 impl HostMemListener for VfioContainer {
     fn host_region_added(&self, start: usize, len: usize) -> Result<()> {
-        self.map_dma(start, start as u64, len)
+        self.map_dma(start, start as u64, len.div_ceil(super::page_bytes()) * super::page_bytes())
     }
 
     fn host_region_removed(&self, start: usize, len: usize) {
+        let len = len.div_ceil(super::page_bytes()) * super::page_bytes();
         if let Err(err) = self.unmap_dma(start as u64, len) {
             crate::log_error!("{err}");
         }
@@ -459,11 +474,7 @@ mod tests {
     fn a_missing_device_is_named_before_the_container_is_touched() {
         // Any container will do: the sysfs checks come first. Build one without the
         // device node when the host has none, so the test runs everywhere.
-        let container = Arc::new(VfioContainer::open().unwrap_or_else(|_| VfioContainer {
-            fd: OwnedFd::from(File::open("/dev/null").expect("/dev/null")),
-            iommu_type: VFIO_TYPE1V2_IOMMU,
-            state: Mutex::new(ContainerState::default()),
-        }));
+        let container = Arc::new(VfioContainer::open().unwrap_or_else(|_| VfioContainer::unattached_for_tests()));
         let err = VfioDevice::open(&container, "ffff:ff:1f.7").expect_err("no such device").to_string();
         assert!(err.contains("no PCI device ffff:ff:1f.7"), "{err}");
         let err = VfioDevice::open(&container, "04.0").expect_err("malformed").to_string();

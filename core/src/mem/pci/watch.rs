@@ -16,6 +16,9 @@
 //! - A listener must not allocate or free registered memory, nor drop a
 //!   [`HostMemWatch`], from its callbacks: that would wait on the mutex it runs under.
 //!   The attempt panics with that explanation instead of deadlocking.
+//!
+//! The tests live in `core/tests/host_memory.rs`: listeners are process-wide, and a
+//! process of its own keeps them away from the DPDK tests' EAL memory.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -145,123 +148,5 @@ impl Drop for HostMemWatch {
         let before = guard.watchers.listeners.len();
         guard.watchers.listeners.retain(|(id, _)| *id != self.id);
         debug_assert_eq!(guard.watchers.listeners.len() + 1, before, "a watch is subscribed exactly once");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use super::super::super::{DmaBuf, Error};
-    use super::*;
-
-    /// Records what it is told about the regions of interest (other tests allocate
-    /// concurrently, so only the addresses a test owns are checked).
-    #[derive(Default)]
-    struct Recorder {
-        live: Mutex<BTreeSet<(usize, usize)>>,
-        events: Mutex<Vec<(bool, usize, usize)>>,
-        refuse_len: Option<usize>,
-    }
-
-    impl HostMemListener for Recorder {
-        fn host_region_added(&self, start: usize, len: usize) -> Result<()> {
-            if Some(len) == self.refuse_len {
-                return Err(Error::Config(format!("refused {len}")));
-            }
-            assert!(self.live.lock().insert((start, len)), "announced twice: {start:#x}+{len}");
-            self.events.lock().push((true, start, len));
-            Ok(())
-        }
-
-        fn host_region_removed(&self, start: usize, len: usize) {
-            assert!(self.live.lock().remove(&(start, len)), "withdrawn but never announced: {start:#x}+{len}");
-            self.events.lock().push((false, start, len));
-        }
-    }
-
-    impl Recorder {
-        fn events_for(&self, start: usize, len: usize) -> Vec<bool> {
-            self.events.lock().iter().filter(|e| (e.1, e.2) == (start, len)).map(|e| e.0).collect()
-        }
-    }
-
-    #[test]
-    fn existing_new_and_freed_regions_reach_the_listener_until_the_watch_drops() {
-        // Sizes no other test uses, so the regions are recognisably these (a plain buffer's
-        // region is its length rounded up to a page).
-        let before = DmaBuf::alloc(5 * 4096 + 1).expect("dma");
-        let before_len = 6 * 4096;
-        let recorder = Arc::new(Recorder::default());
-        let watch = watch_host_memory(Arc::clone(&recorder) as Arc<dyn HostMemListener>).expect("watch");
-        assert_eq!(
-            recorder.events_for(before.addr(), before_len),
-            [true],
-            "an existing region is announced at watch time"
-        );
-
-        let after = DmaBuf::alloc(7 * 4096).expect("dma");
-        let start = after.addr();
-        assert!(recorder.live.lock().contains(&(start, 7 * 4096)), "announced before alloc returned");
-        drop(after);
-        assert_eq!(recorder.events_for(start, 7 * 4096), [true, false], "withdrawn on drop");
-
-        drop(watch);
-        let later = DmaBuf::alloc(9 * 4096).expect("dma");
-        assert!(recorder.events_for(later.addr(), 9 * 4096).is_empty(), "nothing after the watch dropped");
-        let before_addr = before.addr();
-        drop(before);
-        assert_eq!(recorder.events_for(before_addr, before_len), [true], "no withdrawal after the watch dropped");
-    }
-
-    #[test]
-    fn a_refused_region_fails_its_allocation_and_stays_unregistered() {
-        let recorder = Arc::new(Recorder { refuse_len: Some(37 * 4096), ..Recorder::default() });
-        let _watch = watch_host_memory(Arc::clone(&recorder) as Arc<dyn HostMemListener>).expect("watch");
-        let err = DmaBuf::alloc(37 * 4096).expect_err("refused").to_string();
-        assert!(err.contains("refused 151552"), "{err}");
-        let fine = DmaBuf::alloc(39 * 4096).expect("other sizes pass");
-        assert!(recorder.live.lock().contains(&(fine.addr(), 39 * 4096)));
-    }
-
-    #[test]
-    fn a_listener_refusing_an_existing_region_is_not_subscribed() {
-        let existing = DmaBuf::alloc(41 * 4096).expect("dma");
-        let recorder = Arc::new(Recorder { refuse_len: Some(41 * 4096), ..Recorder::default() });
-        let err = watch_host_memory(Arc::clone(&recorder) as Arc<dyn HostMemListener>).expect_err("refused");
-        assert!(err.to_string().contains("refused"), "{err}");
-        assert!(recorder.live.lock().is_empty(), "everything it took was withdrawn");
-        let start = existing.addr();
-        drop(existing);
-        assert!(recorder.events_for(start, 41 * 4096).is_empty());
-    }
-
-    /// Regions announced while other threads allocate and free: each one the listener
-    /// hears of is announced once and withdrawn once, in that order.
-    #[test]
-    fn concurrent_allocations_are_announced_and_withdrawn_exactly_once() {
-        let recorder = Arc::new(Recorder::default());
-        let threads: Vec<_> = (0..3)
-            .map(|_| {
-                std::thread::spawn(|| {
-                    for i in 0..200 {
-                        drop(DmaBuf::alloc_plain(4096 * (1 + i % 4)).expect("dma"));
-                    }
-                })
-            })
-            .collect();
-        let watch = watch_host_memory(Arc::clone(&recorder) as Arc<dyn HostMemListener>).expect("watch");
-        for thread in threads {
-            thread.join().expect("an allocating thread");
-        }
-        drop(watch);
-        // The Recorder's own asserts check the once-each rule; here, the order.
-        let events = recorder.events.lock();
-        let mut seen = std::collections::HashMap::new();
-        for &(added, start, len) in events.iter() {
-            let state = seen.entry((start, len)).or_insert(false);
-            assert_ne!(*state, added, "{start:#x}+{len}: announced twice or withdrawn unannounced");
-            *state = added;
-        }
     }
 }
