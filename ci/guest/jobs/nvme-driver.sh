@@ -20,7 +20,10 @@
 #   6. P2P: cmb0's namespace exported with p2pmem auto and digests on; the host's pattern
 #      goes socket -> CMB -> SSD and back, no payload byte in a host buffer (mem_get_stats),
 #      the bytes checked in the guest and in the backing file after power-off;
-#   7. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
+#   7. peer to peer: peer0 detached from VFIO, moved to uio_pci_generic and attached again;
+#      its namespace exported with p2pmem naming cmb0's CMB: peer0 DMAs into and out of
+#      the other SSD's BAR, nothing in host buffers, nothing bounced;
+#   8. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
 # shellcheck source=/dev/null
 source /job/env
 # shellcheck source=ci/guest/jobs/target-lib.sh
@@ -166,7 +169,10 @@ step "P2P: ${names[0]}'s namespace in its own CMB, digests on"
 nqn_p2p=nqn.2016-06.io.peerless:nvme-driver-p2p
 rpc nvmf_subsystem_remove_ns "$nqn" 1 >/dev/null
 rpc nvmf_create_subsystem "$nqn_p2p" -a -s PEERLESSNVMEP2P1 >/dev/null
-rpc bdev_get_bdevs -b Nvme0n1 | grep -q '"bus_address"' || fail "Nvme0n1 reports no CMB"
+# Whole outputs into variables: grep -q would stop reading early, and pipefail would then
+# count the writer's SIGPIPE as a failure.
+bdev_json=$(rpc bdev_get_bdevs -b Nvme0n1)
+grep -q '"bus_address"' <<<"$bdev_json" || fail "Nvme0n1 reports no CMB"
 rpc nvmf_subsystem_add_ns "$nqn_p2p" Nvme0n1 --p2pmem auto >/dev/null
 rpc nvmf_subsystem_add_listener "$nqn_p2p" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
 payload() { rpc mem_get_stats | python3 -c "import json,sys; print(json.load(sys.stdin)['payload_bytes']['$1'])"; }
@@ -197,6 +203,43 @@ rpc mem_get_stats >"$out/mem-p2p.json"
 bounced=$(rpc bdev_get_bdevs -b Nvme0n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])')
 [ "$bounced" = 0 ] || fail "$bounced commands went through the driver's bounce buffers"
 echo "ok: 52 MiB written and read through ${names[0]}'s CMB: $((iomem_after - iomem_before)) payload bytes there, none in host buffers"
+
+step "peer to peer: ${names[1]} reads into and writes out of ${names[0]}'s CMB"
+# The second SSD moves to uio_pci_generic (detached first: the driver lets go of the VFIO
+# device), where no IOMMU stands between it and the first SSD's BAR: it takes the CMB's
+# bus addresses in its PRPs. Its namespace is exported with p2pmem naming that CMB.
+nqn_peer=nqn.2016-06.io.peerless:nvme-driver-peer
+rpc nvmf_subsystem_remove_ns "$nqn" 2 >/dev/null
+rpc bdev_nvme_detach_controller Nvme1
+nvme_bind_uio "$vfio_bdf"
+[ "$(rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf")" = Nvme1n1 ] || fail "attach Nvme1 over uio"
+ctrlr_json=$(rpc bdev_nvme_get_controllers -n Nvme1)
+grep -q '"route": "uio"' <<<"$ctrlr_json" || fail "Nvme1 is not on the uio route"
+rpc nvmf_create_subsystem "$nqn_peer" -a -s PEERLESSNVMEPEER >/dev/null
+rpc nvmf_subsystem_add_ns "$nqn_peer" Nvme1n1 --p2pmem "cmb $uio_bdf" >/dev/null
+rpc nvmf_subsystem_add_listener "$nqn_peer" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
+host_before=$(payload host)
+nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn_peer" --hdr-digest --data-digest >/dev/null ||
+    fail "nvme connect to the peer subsystem"
+peer_dev=""
+for _ in $(seq 100); do
+    for blk in /sys/block/nvme*n1; do
+        [[ $(basename "$blk") =~ ^nvme[0-9]+n1$ ]] || continue
+        [ "$(tr -d ' ' 2>/dev/null <"$blk/device/serial")" = PEERLESSNVMEPEER ] && peer_dev=/dev/$(basename "$blk")
+    done
+    [ -n "$peer_dev" ] && break
+    sleep 0.1
+done
+[ -n "$peer_dev" ] || fail "the peer namespace did not appear on the host"
+pattern "$peer_dev" "${names[1]}" $((176 << 20)) $((4 << 20)) 140 4096
+pattern "$peer_dev" "${names[1]}" $((184 << 20)) $((16 << 20)) 141 128K
+pattern "$peer_dev" "${names[1]}" $((200 << 20)) $((32 << 20)) 142 1M
+nvme disconnect -n "$nqn_peer" >/dev/null || fail "nvme disconnect"
+host_after=$(payload host)
+[ "$host_after" = "$host_before" ] || fail "$((host_after - host_before)) payload bytes went through host buffers"
+bounced=$(rpc bdev_get_bdevs -b Nvme1n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])')
+[ "$bounced" = 0 ] || fail "$bounced of ${names[1]}'s commands went through bounce buffers"
+echo "ok: 52 MiB through ${names[0]}'s CMB to and from ${names[1]}, none in host buffers, none bounced"
 
 step "SIGTERM"
 stop_target

@@ -278,6 +278,13 @@ pub fn translate(seg: &Seg) -> Result<u64> {
     })
 }
 
+/// The provider called `name`, if one has memory registered (control plane: a scan).
+pub fn provider_named(name: &str) -> Option<Arc<dyn P2pProvider>> {
+    with_snapshot(|s| {
+        s.by_domain.values().find_map(|region| region.provider.as_ref().filter(|p| p.name() == name).cloned())
+    })
+}
+
 /// The provider that owns a segment's domain, if it is device memory.
 pub fn provider_of(seg: &Seg) -> Option<Arc<dyn P2pProvider>> {
     with_snapshot(|s| s.find_seg(seg).ok().and_then(|r| r.provider.clone()))

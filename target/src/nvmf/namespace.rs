@@ -109,7 +109,14 @@ pub fn choose_provider(
         },
         P2pPlacement::Provider(wanted) => match usable {
             Some(provider) if provider.name() == wanted => Ok(Some(provider)),
-            _ => Err(NvmfError::Invalid(format!("p2pmem: bdev '{name}' cannot DMA from P2P provider '{wanted}'"))),
+            // Another device's memory, which this bdev reaches peer to peer.
+            _ => match peerless_core::mem::registry::provider_named(wanted) {
+                Some(provider) if bdev.accepts_domain(provider.domain()) => Ok(Some(provider)),
+                Some(_) => {
+                    Err(NvmfError::Invalid(format!("p2pmem: bdev '{name}' cannot DMA from P2P provider '{wanted}'")))
+                }
+                None => Err(NvmfError::Invalid(format!("p2pmem: no P2P provider is called '{wanted}'"))),
+            },
         },
     }
 }

@@ -243,13 +243,14 @@ impl State {
             let list_bus = queue.prp_list_bus(cid);
             let pci = self.ctrlr.pci();
             let segs = part.iter().map(|seg| (seg.addr(), seg.len()));
-            let cmb = self.ctrlr.cmb_domain();
+            let device = part
+                .domain()
+                .filter(|domain| self.ctrlr.reaches(*domain) && part.iter().all(|seg| seg.tag().domain() == *domain));
             let direct = if part.is_host_only() {
                 prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| pci.host_bus_address(addr))
-            } else if cmb.is_some() && part.iter().all(|seg| Some(seg.tag().domain()) == cmb) {
-                // The controller's own CMB, by the bus addresses its CBA window gives;
-                // NVMe forbids mixing them with host addresses in one command.
-                let domain = cmb.expect("checked above");
+            } else if let Some(domain) = device {
+                // A CMB (its own, or a peer's) by its bus addresses; NVMe forbids mixing
+                // them with host addresses in one command.
                 prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| cmb_bus_address(domain, addr))
             } else {
                 Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))

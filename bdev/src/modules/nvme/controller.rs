@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use peerless_core::mem::pci::BarMemory;
+use peerless_core::mem::pci::{is_bar_memory, BarMemory};
 use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
 
-use super::pci::PciFunction;
+use super::pci::{PciFunction, Route};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
 use super::spec::{
     admin, cc, cmbmsc, csts, reg, Cap, CmbLayout, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_BYTES,
@@ -150,6 +150,14 @@ impl Controller {
     /// The CMB's domain, whose segments this controller reaches by their bus address.
     pub fn cmb_domain(&self) -> Option<DomainId> {
         self.cmb.as_ref().map(BarMemory::domain)
+    }
+
+    /// Whether this controller can DMA to and from device memory of `domain` by the bus
+    /// addresses the registry holds: its own CMB always; another device's BAR memory only
+    /// over uio, where no IOMMU stands between the two (over VFIO the peer's BAR would
+    /// first have to be mapped into this container's IOMMU).
+    pub fn reaches(&self, domain: DomainId) -> bool {
+        self.cmb_domain() == Some(domain) || (self.pci.route() == Route::Uio && is_bar_memory(domain))
     }
 
     pub fn cmb_provider(&self) -> Option<Arc<dyn P2pProvider>> {

@@ -82,10 +82,10 @@ impl Bdev for NvmeBdev {
         }
     }
 
-    /// Its controller's CMB, which the controller reaches by bus address; any other
-    /// device memory is bounced by the layer.
+    /// Its controller's CMB, and another SSD's where the controller reaches it peer to
+    /// peer; any other device memory is bounced by the layer.
     fn accepts_domain(&self, domain: DomainId) -> bool {
-        self.ctrlr.cmb_domain() == Some(domain)
+        self.ctrlr.reaches(domain)
     }
 
     fn p2p_provider(&self) -> Option<Arc<dyn P2pProvider>> {

@@ -39,7 +39,9 @@ impl Route {
 }
 
 enum Access {
-    Vfio { device: VfioDevice, iovas: Arc<IovaTable> },
+    // The hold on the container drops first (fields drop in order), while the device is
+    // still open and its group still in the container.
+    Vfio { _user: VfioUser, device: VfioDevice, iovas: Arc<IovaTable> },
     Uio { config: File, phys: Arc<PhysTable> },
 }
 
@@ -101,18 +103,48 @@ fn rebind_hint(bdf: &str) -> String {
 struct SharedVfio {
     container: Arc<VfioContainer>,
     iovas: Option<(Arc<IovaTable>, HostMemWatch)>,
+    /// Functions opened through it.
+    users: usize,
 }
 
 static SHARED_VFIO: Mutex<Option<SharedVfio>> = Mutex::new(None);
 
-fn shared_vfio() -> Result<Arc<VfioContainer>, String> {
-    let mut shared = SHARED_VFIO.lock();
-    if let Some(shared) = shared.as_ref() {
-        return Ok(shared.container.clone());
+/// A function's hold on the shared container. The last one to go unmaps host memory and
+/// closes the container while its device is still open: memory allocated afterwards is
+/// not offered to an IOMMU that no device of ours sits behind any more.
+struct VfioUser;
+
+impl VfioUser {
+    fn join() -> Result<(VfioUser, Arc<VfioContainer>), String> {
+        let mut shared = SHARED_VFIO.lock();
+        if let Some(shared) = shared.as_mut() {
+            shared.users += 1;
+            return Ok((VfioUser, shared.container.clone()));
+        }
+        let container = Arc::new(VfioContainer::open().map_err(|err| err.to_string())?);
+        *shared = Some(SharedVfio { container: container.clone(), iovas: None, users: 1 });
+        Ok((VfioUser, container))
     }
-    let container = Arc::new(VfioContainer::open().map_err(|err| err.to_string())?);
-    *shared = Some(SharedVfio { container: container.clone(), iovas: None });
-    Ok(container)
+}
+
+impl Drop for VfioUser {
+    fn drop(&mut self) {
+        let last = {
+            let mut shared = SHARED_VFIO.lock();
+            match shared.as_mut() {
+                Some(state) if state.users > 1 => {
+                    state.users -= 1;
+                    None
+                }
+                _ => shared.take(),
+            }
+        };
+        // Outside the lock: the watch's end unmaps every region through the table.
+        if let Some(SharedVfio { iovas, container, .. }) = last {
+            drop(iovas);
+            drop(container);
+        }
+    }
 }
 
 /// The container's IOVA table, started once a group has set the IOMMU type: VFIO maps
@@ -147,11 +179,11 @@ impl PciFunction {
         let driver = bound_driver(&bdf)?;
         let (route, access, bar0) = match driver.as_deref() {
             Some("vfio-pci") => {
-                let container = shared_vfio()?;
+                let (user, container) = VfioUser::join()?;
                 let device = VfioDevice::open(&container, &bdf).map_err(|err| err.to_string())?;
                 let iovas = vfio_iovas()?;
                 let bar0 = device.map_bar(0).map_err(|err| format!("{bdf}: BAR0: {err}"))?;
-                (Route::Vfio, Access::Vfio { device, iovas }, bar0)
+                (Route::Vfio, Access::Vfio { _user: user, device, iovas }, bar0)
             }
             Some("uio_pci_generic") => {
                 let path = sysfs(&bdf);

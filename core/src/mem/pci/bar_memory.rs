@@ -4,6 +4,7 @@
 //! registry hands out for PRPs.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::super::provider::{DmaEngine, P2pBuf, P2pProvider};
@@ -15,6 +16,24 @@ use super::Mmio;
 
 /// Allocation granule: a memory page, as PRP entries name whole pages.
 pub const BAR_MEMORY_GRANULE_BYTES: usize = 4096;
+/// BAR memory regions live at once, at most (a few per SSD with a CMB).
+const MAX_BAR_MEMORIES: usize = 64;
+
+/// The domains of live BAR memory, read on the data path without a lock: a slot holds a
+/// domain's number, or 0.
+static BAR_DOMAINS: [AtomicU32; MAX_BAR_MEMORIES] = [const { AtomicU32::new(0) }; MAX_BAR_MEMORIES];
+
+/// Whether `domain` is device memory behind a PCI BAR, registered at its bus address: what
+/// a peer device reaches by that address where no IOMMU stands between them.
+pub fn is_bar_memory(domain: DomainId) -> bool {
+    BAR_DOMAINS.iter().any(|slot| slot.load(Ordering::Acquire) == domain.get())
+}
+
+fn claim_slot(domain: DomainId) -> Option<usize> {
+    BAR_DOMAINS
+        .iter()
+        .position(|slot| slot.compare_exchange(0, domain.get(), Ordering::AcqRel, Ordering::Relaxed).is_ok())
+}
 
 struct BarMemoryInner {
     name: String,
@@ -33,6 +52,13 @@ pub struct BarMemory {
     _region: RegionHandle,
     inner: Arc<BarMemoryInner>,
     bus_base: u64,
+    slot: usize,
+}
+
+impl Drop for BarMemory {
+    fn drop(&mut self) {
+        BAR_DOMAINS[self.slot].store(0, Ordering::Release);
+    }
 }
 
 impl BarMemory {
@@ -52,6 +78,8 @@ impl BarMemory {
         }
         let start = bar.base_addr() + offset;
         let domain = DomainId::allocate();
+        let slot = claim_slot(domain)
+            .ok_or_else(|| Error::Config(format!("{name}: more than {MAX_BAR_MEMORIES} BAR memory regions at once")))?;
         let inner = Arc::new(BarMemoryInner {
             name: name.to_string(),
             domain,
@@ -68,8 +96,15 @@ impl BarMemory {
             // The BAR mapping itself: accessors go through it with volatile accesses.
             accessor_base: Some(start),
             provider: Some(Arc::clone(&inner) as Arc<dyn P2pProvider>),
-        })?;
-        Ok(BarMemory { _region: region, inner, bus_base })
+        });
+        let region = match region {
+            Ok(region) => region,
+            Err(err) => {
+                BAR_DOMAINS[slot].store(0, Ordering::Release);
+                return Err(err);
+            }
+        };
+        Ok(BarMemory { _region: region, inner, bus_base, slot })
     }
 
     pub fn provider(&self) -> Arc<dyn P2pProvider> {
@@ -192,9 +227,12 @@ mod tests {
         assert_eq!(registry::translate(&second.seg()).unwrap(), 0xfe00_4000 + 8192);
         drop((buf, second));
         assert_eq!(cmb.available_bytes(), 32 * 1024);
+        let domain = cmb.domain();
+        assert!(is_bar_memory(domain));
         // The bytes went through the mapping at the region's offset in the BAR.
         assert_eq!(&std::fs::read(&path).unwrap()[16 * 1024..16 * 1024 + 8192], &data[..]);
         drop(cmb);
+        assert!(!is_bar_memory(domain), "a dropped region is no longer reachable");
         std::fs::remove_file(&path).unwrap();
     }
 

@@ -24,7 +24,7 @@ mod vfio;
 mod vfio_sys;
 pub(crate) mod watch;
 
-pub use bar_memory::{BarMemory, BAR_MEMORY_GRANULE_BYTES};
+pub use bar_memory::{is_bar_memory, BarMemory, BAR_MEMORY_GRANULE_BYTES};
 pub use iova_table::{IovaTable, IOVA_WINDOW_END, IOVA_WINDOW_START};
 pub use mmio::Mmio;
 pub use pagemap::virt_to_phys;
