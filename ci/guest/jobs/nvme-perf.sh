@@ -11,8 +11,9 @@
 #      serial is the SSD's name, the route is the one bound, namespace 1 is the backing
 #      file's size in 512-byte blocks;
 #   2. --verify runs (write a self-describing pattern, read it back, compare) at 4 KiB QD32
-#      random and 128 KiB QD8 sequential over both routes, and a two-core mixed run:
-#      no I/O error, no mismatched block, I/O done;
+#      random, 128 KiB QD8 sequential and 1 MiB QD4 random (twice the SSD's 512 KiB MDTS:
+#      the driver splits each I/O) over both routes, and a two-core mixed run: no I/O
+#      error, no mismatched block, I/O done;
 #   3. a plain 4 KiB random read run prints the table (IOPS, MiB/s, latency) and -L's
 #      percentiles;
 #   4. refusals: a PCI address with no function, a function bound to another driver (the
@@ -77,6 +78,7 @@ for route in uio vfio; do
     step "--verify over $route ($bdf)"
     perf_run "$route-4k-verify" "$trid" -q 32 -o 4096 -w randwrite -t 3 --verify
     perf_run "$route-128k-verify" "$trid" -q 8 -o 131072 -w write -t 3 --verify
+    perf_run "$route-1m-verify" "$trid" -q 4 -o 1048576 -w randwrite -t 2 --verify
 done
 
 step "two cores, mixed, verified (uio)"

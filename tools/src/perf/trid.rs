@@ -6,6 +6,8 @@
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
+use peerless_bdev::modules::nvme::canonical_bdf;
+
 use crate::initiator::Trtype;
 
 /// The NVMe-oF well-known port, for TCP and RDMA alike (IANA; NVMe/TCP 1.0 3.4.1).
@@ -146,26 +148,6 @@ impl PcieAddress {
         let bdf = traddr.ok_or("traddr missing: trtype PCIe needs traddr:DDDD:BB:DD.F (e.g. 0000:00:04.0)")?;
         Ok(PcieAddress { bdf, nsid })
     }
-}
-
-/// A PCI address in its canonical `DDDD:BB:DD.F` form (lower-case hex); the short
-/// `BB:DD.F` form takes domain 0, as SPDK's parser does.
-pub fn canonical_bdf(text: &str) -> Result<String, String> {
-    let bad = || format!("traddr {text:?} is not a PCI address like 0000:00:04.0 (domain:bus:device.function)");
-    let full = if text.matches(':').count() == 1 { format!("0000:{text}") } else { text.to_string() };
-    let mut fields = full.splitn(3, ':');
-    let (Some(domain), Some(bus), Some(rest)) = (fields.next(), fields.next(), fields.next()) else {
-        return Err(bad());
-    };
-    let (device, function) = rest.split_once('.').ok_or_else(bad)?;
-    // Each field's digits and range: domain 16 bits, bus 8, device 5, function 3 (PCI 3.0 §3.2.2.3.1).
-    let field = |digits: &str, most: usize, max: u32| {
-        let hex = !digits.is_empty() && digits.len() <= most && digits.bytes().all(|b| b.is_ascii_hexdigit());
-        hex.then(|| u32::from_str_radix(digits, 16).ok()).flatten().filter(|v| *v <= max).ok_or_else(bad)
-    };
-    let (domain, bus) = (field(domain, 4, 0xffff)?, field(bus, 2, 0xff)?);
-    let (device, function) = (field(device, 2, 0x1f)?, field(function, 1, 7)?);
-    Ok(format!("{domain:04x}:{bus:02x}:{device:02x}.{function:x}"))
 }
 
 #[cfg(test)]
