@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # peerless-perf driving an NVMe SSD with the bdev layer's user-space driver (trtype PCIe,
-# uio_pci_generic) against Linux's nvme driver with fio's io_uring engine, side by side:
-# this host has no NVMe device, so both run inside the QEMU guest (ci/guest) on two
-# identical emulated SSDs, the release binaries shared in.
-# bench/guest/pcie-vs-kernel.sh alternates the two A B B A at 4 KiB random reads QD32,
-# 4 KiB random writes QD32 and 128 KiB reads QD8, and prints medians and their ratio.
+# uio_pci_generic) against Linux's nvme driver with fio's io_uring engine (completions by
+# interrupt, and polled with --hipri), side by side: this host has no NVMe device, so all
+# run inside the QEMU guest (ci/guest) on two identical emulated SSDs, the release
+# binaries shared in. bench/guest/pcie-vs-kernel.sh alternates them A B C C B A at 4 KiB
+# random reads QD32, 4 KiB random writes QD32 and 128 KiB reads QD8, and prints medians
+# and the ratios.
 # Under TCG the absolute figures mean little: read the ratios.
 # Usage: bench/pcie_vs_kernel.sh [rounds (2)] [seconds per run (5)]
 set -euo pipefail
