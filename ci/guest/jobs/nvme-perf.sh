@@ -79,6 +79,8 @@ for route in uio vfio; do
     perf_run "$route-4k-verify" "$trid" -q 32 -o 4096 -w randwrite -t 3 --verify
     perf_run "$route-128k-verify" "$trid" -q 8 -o 131072 -w write -t 3 --verify
     perf_run "$route-1m-verify" "$trid" -q 4 -o 1048576 -w randwrite -t 2 --verify
+    grep -qF "Attached to NVMe Controller at $bdf over $route [QEMU NVMe Ctrl]" "$out/perf-$route-4k-verify.log" ||
+        fail "$route: the run does not say it attached $bdf over $route"
 done
 
 step "two cores, mixed, verified (uio)"

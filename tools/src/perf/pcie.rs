@@ -62,11 +62,8 @@ pub fn run(config: &PerfConfig, pcie: &PcieAddress, out: &mut dyn Write) -> Resu
     let targets = attach(&session, pcie)?;
     let first = targets.first().map(|target| driver_data(&session, &target.bdev)).unwrap_or(Value::Null);
     let route = first["route"].as_str().unwrap_or("?");
-    writeln!(
-        out,
-        "Attached to NVMe Controller at {} over {route} [{}]",
-        pcie.bdf, first["ctrlr_data"]["model_number"]
-    )?;
+    let model = first["ctrlr_data"]["model_number"].as_str().unwrap_or("?").trim();
+    writeln!(out, "Attached to NVMe Controller at {} over {route} [{model}]", pcie.bdf)?;
     let outcome = if targets.is_empty() {
         Err(Error::Config(format!("{} has no active namespace the driver serves", pcie.bdf)))
     } else {
