@@ -116,3 +116,21 @@ fn bad_runs_are_refused_with_a_reason() {
     assert!(err.contains("nope"), "{err}");
     session.stop();
 }
+
+#[test]
+fn a_rate_limit_is_shared_over_the_jobs_whatever_the_queue_depth() {
+    let session = Session::start("perf-inproc", &[0]).expect("framework");
+    malloc(&session, "m512", 512, 4096);
+    malloc(&session, "m4k", 4096, 512);
+    // 32 I/Os may be in flight per job, but 200 a second in all start: 100 for each of the
+    // two jobs, one every 10 ms (a pacer grants at most one extra slot after a stall).
+    let mut paced = config("randread", 4096, 32, false);
+    paced.rate_iops = Some(200);
+    let summary = run_on_bdevs(&session, &paced, &targets(), "PCIE (test)", &mut Vec::new()).expect("run");
+    assert_eq!((summary.errors, summary.mismatches), (0, 0));
+    assert!(summary.ios > 0 && summary.ios <= 202, "{} I/Os started in 1 s at --rate-iops 200", summary.ios);
+    paced.rate_iops = Some(1);
+    let err = run_on_bdevs(&session, &paced, &targets(), "PCIE (test)", &mut Vec::new()).expect_err("too low");
+    assert!(err.to_string().contains("--rate-iops 1"), "{err}");
+    session.stop();
+}

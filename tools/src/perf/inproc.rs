@@ -117,11 +117,11 @@ pub fn run_on_bdevs(
         descs.push(Arc::new(desc));
     }
     let jobs = config.cores.len() * targets.len();
-    let pool = run_pool(jobs * usize::from(config.queue_depth), config.io_bytes)?;
     let rates = match config.rate_iops {
         Some(rate) => pace::share_per_core(rate, jobs).map_err(Error::Config)?.into_iter().map(Some).collect(),
         None => vec![None; jobs],
     };
+    let pool = run_pool(jobs * usize::from(config.queue_depth), config.io_bytes)?;
     let start = Instant::now();
     let plan = Plan {
         io_bytes: config.io_bytes,
