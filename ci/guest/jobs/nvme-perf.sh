@@ -8,12 +8,13 @@
 #
 # It checks, each step failing the job:
 #   1. identify over uio_pci_generic (first SSD) and over vfio-pci (second SSD): the
-#      serial is the SSD's name, the route is the one bound, namespace 1 is the backing
-#      file's size in 512-byte blocks;
+#      serial is the SSD's name, the route is the one bound, the first has a 64 MiB CMB and
+#      the second none, namespace 1 is the backing file's size in 512-byte blocks;
 #   2. --verify runs (write a self-describing pattern, read it back, compare) at 4 KiB QD32
 #      random, 128 KiB QD8 sequential and 1 MiB QD4 random (twice the SSD's 512 KiB MDTS:
 #      the driver splits each I/O) over both routes, and a two-core mixed run: no I/O
-#      error, no mismatched block, I/O done;
+#      error, no mismatched block, I/O done, and no command bounced by the driver (the
+#      run's buffers are DMA memory);
 #   3. a plain 4 KiB random read run prints the table (IOPS, MiB/s, latency) and -L's
 #      percentiles;
 #   4. refusals: a PCI address with no function, a function bound to another driver (the
@@ -37,9 +38,9 @@ hugepages_setup 256
 nvme_bind_uio "$uio_bdf"
 nvme_bind_vfio "$vfio_bdf"
 
-# identify NAME BDF ROUTE
+# identify NAME BDF ROUTE CMB
 identify() {
-    local name=$1 bdf=$2 route=$3 file=$out/identify-$1.txt
+    local name=$1 bdf=$2 route=$3 cmb=$4 file=$out/identify-$1.txt
     "$perf" identify -r "trtype:PCIe traddr:$bdf" >"$file" 2>"$out/identify-$name.err" ||
         fail "identify $bdf: $(cat "$out/identify-$name.err")"
     cat "$file"
@@ -48,6 +49,7 @@ identify() {
     grep -q '^Namespace ID:1$' "$file" || fail "identify $bdf: no namespace 1"
     grep -Eq "^Size \(in LBAs\): +$((mb * 2048)) \(${mb}MiB\)\$" "$file" || fail "identify $bdf: namespace 1 is not $mb MiB of 512-byte blocks"
     grep -Eq '^Max Data Transfer Size: +[0-9]+$' "$file" || fail "identify $bdf: no transfer limit"
+    grep -Eq "^Controller Memory Buffer: +$cmb" "$file" || fail "identify $bdf: the CMB is not '$cmb'"
     echo "ok: identify over $route: $name, ${mb} MiB namespace, MDTS $(grep -Eo '^Max Data Transfer Size: +[0-9]+' "$file" | grep -Eo '[0-9]+$') bytes"
 }
 
@@ -58,6 +60,9 @@ perf_run() {
     "$perf" -r "$trid" "$@" --json >"$out/perf-$label.json" 2>"$out/perf-$label.log" ||
         fail "peerless-perf $label ($*) exited non-zero: $(tail -5 "$out/perf-$label.log")"
     cat "$out/perf-$label.log"
+    # The run's buffers are DMA memory: the driver must name them in PRPs, never bounce.
+    grep -qx "NVMe commands bounced by the driver: 0" "$out/perf-$label.log" ||
+        fail "$label: the driver bounced commands: $(grep 'bounced by the driver' "$out/perf-$label.log")"
     local ios errors mismatches iops
     ios=$(json_number "$out/perf-$label.json" ios)
     errors=$(json_number "$out/perf-$label.json" errors)
@@ -69,8 +74,8 @@ perf_run() {
 }
 
 step "identify over both routes"
-identify "${names[0]}" "$uio_bdf" uio
-identify "${names[1]}" "$vfio_bdf" vfio
+identify "${names[0]}" "$uio_bdf" uio "64 MiB at bus address 0x"
+identify "${names[1]}" "$vfio_bdf" vfio "Not Supported"
 
 for route in uio vfio; do
     if [ "$route" = uio ]; then bdf=$uio_bdf; else bdf=$vfio_bdf; fi
