@@ -140,12 +140,15 @@ step "the user-space NVMe PCIe driver on emulated SSDs"
 # --verify from 4 KiB to 1 MiB (commands split at the SSDs' 512 KiB MDTS), Linux's nvme-tcp
 # host writing a self-identifying pattern and reading it back, detach and re-attach,
 # SIGTERM with both controllers shut down; after power-off the backing files are compared
-# with what was written. About two minutes.
+# with what was written. Then peerless-perf driving the SSDs itself (trtype PCIe, in
+# process): identify and --verify at 4 KiB, 128 KiB and 1 MiB over both routes, two cores,
+# and its refusals. About three minutes.
 lab_nvme=(PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="cmb0:cmb=64 peer0" PEERLESS_GUEST_IOMMU=1)
 env "${lab_nvme[@]}" bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
 # The driver's VFIO route maps DMA memory at IOVAs of its own: it runs on QEMU's default
 # 39-bit IOMMU, too narrow for IOVA = VA.
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
+env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-perf.sh
 
 step "quickstart"
 # README's first command (examples/quickstart.sh), started, used and stopped as a user would.

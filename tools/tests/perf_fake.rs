@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use fake::{Config, Fake, HOSTNQN, SUBNQN};
 use peerless_tools::initiator::{Controller, Digests, Options};
-use peerless_tools::perf::{self, identify, PerfConfig, TransportId, Workload};
+use peerless_tools::perf::{self, identify, Endpoint, PerfConfig, Workload};
 
 fn config(fake: &Fake, workload: &str, verify: bool) -> PerfConfig {
     let trid = format!("trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:{}", fake.addr.port());
     PerfConfig {
-        trid: TransportId::parse(&trid).expect("trid"),
+        trid: Endpoint::parse(&trid).expect("trid"),
         hostnqn: HOSTNQN.into(),
         queue_depth: 16,
         io_bytes: 4096,

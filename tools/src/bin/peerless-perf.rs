@@ -5,6 +5,8 @@
 //! peerless-perf -r 'trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420' -q 128 -o 4096 -w randread -t 10
 //! peerless-perf identify -r 'trtype:tcp traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1'
 //! peerless-perf -r 'trtype:rdma traddr:10.0.2.15 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1' -q 32 -o 4096 -w randrw -M 50 -t 5 --verify
+//! peerless-perf -r 'trtype:PCIe traddr:0000:00:04.0' -q 32 -o 4096 -w randread -t 10
+//! peerless-perf identify -r 'trtype:PCIe traddr:0000:00:04.0'
 //! ```
 #![forbid(unsafe_code)]
 
@@ -16,13 +18,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{ArgAction, Args, Parser, Subcommand};
 use peerless_tools::initiator::auth::secret_argument;
 use peerless_tools::initiator::{discover, subtype, Controller, Digests, HostAuth, HostTls, Options};
-use peerless_tools::perf::{self, identify, parse_core_mask, PerfConfig, TransportId, Workload};
+use peerless_tools::perf::{self, identify, parse_core_mask, pcie, Endpoint, PerfConfig, Workload};
 
 /// Host NQN used when neither --hostnqn nor the transport ID names one.
 const DEFAULT_HOSTNQN: &str = "nqn.2014-08.io.peerless:perf";
+/// Keep Alive Timeout when --kato-ms is not given.
+const DEFAULT_KATO_MS: u32 = 10_000;
 
 #[derive(Parser)]
-#[command(name = "peerless-perf", about = "NVMe-oF benchmark over TCP or RDMA (spdk_nvme_perf's flags) and identify")]
+#[command(
+    name = "peerless-perf",
+    about = "NVMe benchmark over TCP, RDMA or local PCIe (spdk_nvme_perf's flags) and identify"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -40,7 +47,8 @@ enum Command {
 #[derive(Args)]
 struct IdentifyArgs {
     /// Transport ID: 'trtype:tcp|rdma adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'
-    /// (rdma needs a build with the `rdma` feature).
+    /// (rdma needs a build with the `rdma` feature), or 'trtype:PCIe traddr:0000:00:04.0 [ns:N]'
+    /// for a local NVMe function bound to vfio-pci or uio_pci_generic.
     #[arg(short = 'r', long = "transport")]
     trid: String,
     #[arg(long)]
@@ -58,7 +66,8 @@ struct IdentifyArgs {
 #[derive(Args)]
 struct PerfArgs {
     /// Transport ID: 'trtype:tcp|rdma adrfam:IPv4 traddr:A trsvcid:P [subnqn:N] [ns:N]'
-    /// (rdma needs a build with the `rdma` feature).
+    /// (rdma needs a build with the `rdma` feature), or 'trtype:PCIe traddr:0000:00:04.0 [ns:N]'
+    /// for a local NVMe function bound to vfio-pci or uio_pci_generic.
     #[arg(short = 'r', long = "transport")]
     trid: Option<String>,
     /// I/O depth per namespace per core.
@@ -105,9 +114,9 @@ struct PerfArgs {
     /// Seed for random offsets and the verify pattern (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// Keep Alive Timeout in milliseconds (0 = off).
-    #[arg(long, default_value_t = 10_000)]
-    kato_ms: u32,
+    /// Keep Alive Timeout in milliseconds (0 = off; default 10000). Fabrics only.
+    #[arg(long)]
+    kato_ms: Option<u32>,
     /// Start at most this many I/Os per second in all (shared over the cores), evenly
     /// spaced, as fio's rate_iops: a steady load instead of the most the target takes.
     #[arg(long = "rate-iops", value_name = "IOPS")]
@@ -138,6 +147,12 @@ struct AuthArgs {
 }
 
 impl AuthArgs {
+    fn given(&self) -> Option<&'static str> {
+        [("--dhchap-key", self.dhchap_key.is_some()), ("--psk", self.psk.is_some())]
+            .into_iter()
+            .find_map(|(flag, given)| given.then_some(flag))
+    }
+
     fn host_auth(&self) -> Result<Option<HostAuth>, String> {
         let Some(key) = &self.dhchap_key else { return Ok(None) };
         let secret = secret_argument(key).map_err(|e| e.to_string())?;
@@ -156,9 +171,32 @@ fn required<T>(value: Option<T>, flag: &str) -> Result<T, String> {
     value.ok_or_else(|| format!("{flag} is required"))
 }
 
+/// Options that only mean something to a fabric, refused by name for trtype PCIe
+/// rather than ignored.
+fn refuse_fabric_flags(trid: &Endpoint, flags: &[(&'static str, bool)], auth: &AuthArgs) -> Result<(), String> {
+    if let Endpoint::Pcie(pcie) = trid {
+        let given = flags.iter().find_map(|(flag, given)| given.then_some(*flag)).or(auth.given());
+        if let Some(flag) = given {
+            return Err(format!("{flag} applies to fabrics (tcp, rdma), not to trtype PCIe {}", pcie.bdf));
+        }
+    }
+    Ok(())
+}
+
 fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
-    let trid = TransportId::parse(&required(args.trid, "-r")?)?;
-    let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
+    let trid = Endpoint::parse(&required(args.trid, "-r")?)?;
+    let fabric_flags = [
+        ("-H", args.header_digest),
+        ("-I", args.data_digest),
+        ("--hostnqn", args.hostnqn.is_some()),
+        ("--kato-ms", args.kato_ms.is_some()),
+    ];
+    refuse_fabric_flags(&trid, &fabric_flags, &args.auth)?;
+    let trid_hostnqn = match &trid {
+        Endpoint::Fabric(fabric) => fabric.hostnqn.clone(),
+        Endpoint::Pcie(_) => None,
+    };
+    let hostnqn = args.hostnqn.or(trid_hostnqn).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
     let clock_seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
     Ok(PerfConfig {
         hostnqn,
@@ -174,7 +212,7 @@ fn perf_config(args: PerfArgs) -> Result<PerfConfig, String> {
         json: args.json,
         plot: args.plot,
         seed: args.seed.unwrap_or(clock_seed),
-        kato_ms: args.kato_ms,
+        kato_ms: args.kato_ms.unwrap_or(DEFAULT_KATO_MS),
         rate_iops: args.rate_iops,
         auth: args.auth.host_auth()?,
         tls: args.auth.host_tls()?,
@@ -201,7 +239,17 @@ fn run_perf(args: PerfArgs) -> Result<(), String> {
 }
 
 fn run_identify(args: IdentifyArgs) -> Result<(), String> {
-    let trid = TransportId::parse(&args.trid)?;
+    let endpoint = Endpoint::parse(&args.trid)?;
+    let fabric_flags = [("-H", args.header_digest), ("-I", args.data_digest), ("--hostnqn", args.hostnqn.is_some())];
+    refuse_fabric_flags(&endpoint, &fabric_flags, &args.auth)?;
+    let trid = match endpoint {
+        Endpoint::Fabric(trid) => trid,
+        Endpoint::Pcie(address) => {
+            let mut out = std::io::stdout().lock();
+            pcie::identify(&address, &mut out).map_err(|e| e.to_string())?;
+            return out.flush().map_err(|e| e.to_string());
+        }
+    };
     let addr = trid.socket_addr()?;
     let hostnqn = args.hostnqn.or(trid.hostnqn.clone()).unwrap_or_else(|| DEFAULT_HOSTNQN.into());
     let options = Options {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::initiator::{Digests, HostAuth, HostTls};
 
-use super::trid::TransportId;
+use super::trid::Endpoint;
 
 /// Cores a mask may name (the bits of a u64 mask or a list).
 pub const MAX_CORES: usize = 64;
@@ -49,7 +49,7 @@ impl Workload {
 
 #[derive(Clone, Debug)]
 pub struct PerfConfig {
-    pub trid: TransportId,
+    pub trid: Endpoint,
     pub hostnqn: String,
     /// Outstanding I/Os per namespace per core, spread over its queues.
     pub queue_depth: u16,
@@ -78,7 +78,7 @@ pub struct PerfConfig {
 
 impl PerfConfig {
     pub fn check(&self) -> Result<(), String> {
-        if self.tls.is_some() && self.trid.subnqn.is_none() {
+        if self.tls.is_some() && matches!(&self.trid, Endpoint::Fabric(trid) if trid.subnqn.is_none()) {
             // A PSK identity names the subsystem; discovery to find one is not done over TLS.
             return Err("--psk needs the subsystem: give subnqn:NQN in -r".into());
         }
@@ -99,6 +99,12 @@ impl PerfConfig {
         }
         if self.queues_per_ns > self.queue_depth {
             return Err(format!("-P {} queues cannot share -q {}", self.queues_per_ns, self.queue_depth));
+        }
+        if let Endpoint::Pcie(_) = self.trid {
+            // One bdev channel (one I/O queue pair) per namespace per core.
+            if self.queues_per_ns != 1 {
+                return Err(format!("-P {}: trtype PCIe runs one queue per namespace per core", self.queues_per_ns));
+            }
         }
         if let Some(rate) = self.rate_iops {
             super::pace::share_per_core(rate, self.cores.len())?;

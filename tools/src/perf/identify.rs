@@ -7,7 +7,7 @@ use crate::initiator::{hex, subtype, uuid_string, Controller, DiscoveryLog, Name
 
 const RULE: &str = "=====================================================";
 
-fn field(out: &mut dyn Write, name: &str, value: impl std::fmt::Display) -> io::Result<()> {
+pub(crate) fn field(out: &mut dyn Write, name: &str, value: impl std::fmt::Display) -> io::Result<()> {
     writeln!(out, "{:<40}{value}", format!("{name}:"))
 }
 

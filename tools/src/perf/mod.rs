@@ -1,11 +1,16 @@
 //! `peerless-perf`: spdk_nvme_perf's workloads over the initiator library. The main thread
 //! connects, creates every queue, starts one pinned thread per core (each with its own
 //! queues: shared nothing), prints a line per second, sends keep-alives, and summarizes.
+//! trtype PCIe runs the same workloads in process instead, on reactors and the bdev
+//! layer's nvme driver (`pcie`, `inproc`, `bdev_job`).
 
+pub mod bdev_job;
 pub mod config;
 pub mod identify;
+pub mod inproc;
 pub mod pace;
 pub mod pattern;
+pub mod pcie;
 pub mod report;
 pub mod trid;
 pub mod worker;
@@ -23,7 +28,7 @@ use crate::initiator::{self, discover, subtype, Controller, Options};
 
 pub use config::{parse_core_mask, Access, PerfConfig, Workload};
 pub use report::{LatencyUs, Summary};
-pub use trid::TransportId;
+pub use trid::{Endpoint, PcieAddress, TransportId};
 
 use worker::{Job, Namespace, Plan, Report};
 
@@ -64,20 +69,24 @@ fn pin_to(core: usize) -> Result<(), String> {
 /// Runs the configured workload, writing progress and the summary table to `out`.
 pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     config.check().map_err(Error::Config)?;
-    let addr = config.trid.socket_addr().map_err(Error::Config)?;
+    let trid = match &config.trid {
+        Endpoint::Fabric(trid) => trid,
+        Endpoint::Pcie(pcie) => return pcie::run(config, pcie, out),
+    };
+    let addr = trid.socket_addr().map_err(Error::Config)?;
     let options = Options {
-        trtype: config.trid.trtype,
+        trtype: trid.trtype,
         digests: config.digests,
         kato_ms: config.kato_ms,
         auth: config.auth.clone(),
         tls: config.tls.clone(),
         ..Options::default()
     };
-    let subnqn = resolve_subnqn(&config.trid, addr, &config.hostnqn, &options)?;
+    let subnqn = resolve_subnqn(trid, addr, &config.hostnqn, &options)?;
     writeln!(out, "Initializing NVMe Controllers")?;
     let mut ctrl = Controller::connect(addr, &subnqn, &config.hostnqn, &options)?;
     writeln!(out, "Attached to NVMe over Fabrics controller at {addr}: {subnqn}")?;
-    let nsids = match config.trid.nsid {
+    let nsids = match trid.nsid {
         Some(nsid) => vec![nsid],
         None => ctrl.active_namespaces()?,
     };
@@ -102,7 +111,7 @@ pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     if granted < wanted {
         return Err(Error::Config(format!("the controller granted {granted} of {wanted} I/O queues")));
     }
-    let device = format!("{} (addr:{} subnqn:{subnqn})", config.trid.trtype.name(), addr.ip());
+    let device = format!("{} (addr:{} subnqn:{subnqn})", trid.trtype.name(), addr.ip());
     let jobs = build_jobs(config, &mut ctrl, &namespaces, &device, out)?;
     writeln!(out, "Initialization complete. Launching workers.")?;
     let start = Instant::now();
@@ -170,8 +179,21 @@ pub fn run(config: &PerfConfig, out: &mut dyn Write) -> Result<Summary, Error> {
     if let Some(error) = chores_error {
         return Err(Error::Initiator(error));
     }
-    let (summary, hist) = report::summarize(&rows, elapsed, errors, mismatches);
-    report::table(&rows, &device, elapsed, &summary, out)?;
+    finish(config, &rows, &device, elapsed, errors, mismatches, out)
+}
+
+/// The summary table, `-L` percentiles and `--plot`, for every transport alike.
+fn finish(
+    config: &PerfConfig,
+    rows: &[worker::Row],
+    device: &str,
+    elapsed: Duration,
+    errors: u64,
+    mismatches: u64,
+    out: &mut dyn Write,
+) -> Result<Summary, Error> {
+    let (summary, hist) = report::summarize(rows, elapsed, errors, mismatches);
+    report::table(rows, device, elapsed, &summary, out)?;
     if config.latency_detail > 0 {
         report::latency_detail(&hist, config.latency_detail, out)?;
     }

@@ -1,9 +1,12 @@
 //! SPDK's transport ID strings (`spdk_nvme_transport_id_parse`): whitespace-separated
 //! `key:value` or `key=value` pairs, keys case-insensitive, e.g.
 //! `trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:nqn.2016-06.io.spdk:cnode1`;
-//! `trtype:rdma` with the `rdma` feature.
+//! `trtype:rdma` with the `rdma` feature; `trtype:PCIe traddr:0000:00:04.0` names a local
+//! NVMe function that peerless-perf drives in process through the bdev layer's nvme module.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+
+use peerless_bdev::modules::nvme::canonical_bdf;
 
 use crate::initiator::Trtype;
 
@@ -67,7 +70,7 @@ impl TransportId {
             }
         }
         id.trtype = match trtype.as_deref() {
-            Some(name) => Trtype::parse(name).ok_or_else(|| format!("trtype {name:?}: tcp or rdma"))?,
+            Some(name) => Trtype::parse(name).ok_or_else(|| format!("trtype {name:?}: tcp, rdma or PCIe"))?,
             None => return Err("trtype missing".into()),
         };
         id.trtype.available()?;
@@ -89,9 +92,103 @@ impl TransportId {
     }
 }
 
+/// A local NVMe function (`trtype:PCIe traddr:DDDD:BB:DD.F [ns:N]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PcieAddress {
+    /// Canonical `DDDD:BB:DD.F`, lower-case hex.
+    pub bdf: String,
+    /// Restrict the run to one namespace.
+    pub nsid: Option<u32>,
+}
+
+/// What `-r` names: a controller over a fabric, or a local PCIe function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Fabric(TransportId),
+    Pcie(PcieAddress),
+}
+
+impl Endpoint {
+    pub fn parse(text: &str) -> Result<Endpoint, String> {
+        let pcie = text.split_whitespace().any(|pair| {
+            pair.find([':', '=']).is_some_and(|at| {
+                pair[..at].eq_ignore_ascii_case("trtype") && pair[at + 1..].eq_ignore_ascii_case("pcie")
+            })
+        });
+        if pcie {
+            PcieAddress::parse(text).map(Endpoint::Pcie)
+        } else {
+            TransportId::parse(text).map(Endpoint::Fabric)
+        }
+    }
+}
+
+impl PcieAddress {
+    /// SPDK's PCIe transport ID: `trtype`, `traddr` and `ns`; the fabric keys are refused
+    /// by name rather than ignored.
+    pub fn parse(text: &str) -> Result<PcieAddress, String> {
+        let (mut traddr, mut nsid) = (None, None);
+        for pair in text.split_whitespace() {
+            let Some(at) = pair.find([':', '=']) else { return Err(format!("{pair:?} is not key:value")) };
+            let (key, value) = (&pair[..at], &pair[at + 1..]);
+            if value.is_empty() || value.len() > MAX_VALUE_BYTES {
+                return Err(format!("{key}: value of {} bytes", value.len()));
+            }
+            match key.to_ascii_lowercase().as_str() {
+                "trtype" if value.eq_ignore_ascii_case("pcie") => {}
+                "trtype" => return Err(format!("trtype {value:?} given twice with PCIe")),
+                "traddr" => traddr = Some(canonical_bdf(value)?),
+                "ns" => nsid = Some(value.parse().ok().filter(|n| *n > 0).ok_or(format!("ns {value:?}"))?),
+                fabric @ ("adrfam" | "trsvcid" | "subnqn" | "hostnqn") => {
+                    return Err(format!("{fabric} applies to fabrics (tcp, rdma), not to trtype PCIe"))
+                }
+                other => return Err(format!("unknown transport ID key {other:?}")),
+            }
+        }
+        let bdf = traddr.ok_or("traddr missing: trtype PCIe needs traddr:DDDD:BB:DD.F (e.g. 0000:00:04.0)")?;
+        Ok(PcieAddress { bdf, nsid })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcie_addresses() {
+        let parsed = Endpoint::parse("trtype:PCIe traddr:0000:00:04.0");
+        assert_eq!(parsed, Ok(Endpoint::Pcie(PcieAddress { bdf: "0000:00:04.0".into(), nsid: None })));
+        let parsed = Endpoint::parse("TRTYPE=pcie traddr=00:1F.7 ns=2");
+        assert_eq!(parsed, Ok(Endpoint::Pcie(PcieAddress { bdf: "0000:00:1f.7".into(), nsid: Some(2) })));
+        let parsed = Endpoint::parse("traddr:ABCD:ff:1f.7 trtype:PCIE");
+        assert_eq!(parsed, Ok(Endpoint::Pcie(PcieAddress { bdf: "abcd:ff:1f.7".into(), nsid: None })));
+        let refused = |text: &str, fragment: &str| {
+            let error = Endpoint::parse(text).expect_err(text);
+            assert!(error.contains(fragment), "{text}: {error}");
+        };
+        for bad in [
+            "127.0.0.1",
+            "0000:00:04",
+            "0000:00:20.0",
+            "0000:00:04.8",
+            "00000:00:04.0",
+            "0000:100:04.0",
+            "0000:0g:04.0",
+            "/dev/nvme0",
+            "::.",
+        ] {
+            refused(&format!("trtype:PCIe traddr:{bad}"), "is not a PCI address like 0000:00:04.0");
+        }
+        refused("trtype:PCIe", "traddr missing");
+        refused("trtype:PCIe traddr:0000:00:04.0 trsvcid:4420", "trsvcid applies to fabrics");
+        refused("trtype:PCIe traddr:0000:00:04.0 subnqn:nqn.x", "subnqn applies to fabrics");
+        refused("trtype:PCIe traddr:0000:00:04.0 trtype:tcp", "given twice");
+        refused("trtype:PCIe traddr:0000:00:04.0 ns:0", "ns");
+        refused("trtype:PCIe traddr:0000:00:04.0 color:blue", "unknown transport ID key");
+        let fabric = Endpoint::parse("trtype:tcp traddr:127.0.0.1").expect("tcp");
+        assert!(matches!(fabric, Endpoint::Fabric(TransportId { trtype: Trtype::Tcp, .. })));
+        refused("trtype:fc traddr:1.2.3.4", "tcp, rdma or PCIe");
+    }
 
     /// traddr, trsvcid, subnqn, ns.
     type Parsed<'a> = (&'a str, u16, Option<&'a str>, Option<u32>);
@@ -121,7 +218,7 @@ mod tests {
         );
         check("TRTYPE=TCP traddr=10.0.0.1 trsvcid=4421 ns=2", Ok(("10.0.0.1", 4421, None, Some(2))));
         check("  trtype:tcp\ttraddr:::1  adrfam:ipv6 ", Ok(("::1", 4420, None, None)));
-        check("trtype:fc traddr:1.2.3.4", Err("tcp or rdma"));
+        check("trtype:fc traddr:1.2.3.4", Err("tcp, rdma or PCIe"));
         check("traddr:1.2.3.4", Err("trtype missing"));
         check("trtype:tcp", Err("traddr missing"));
         check("trtype:tcp traddr:1.2.3.4 trsvcid:http", Err("not a port"));
