@@ -131,25 +131,6 @@ cargo build --release --locked -p peerless-target -p peerless-tools --bin peerle
 cargo build --release --locked -p spdk-sys --features rdma --example rdma_loopback
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/in-guest.sh
 
-step "the user-space NVMe PCIe driver on emulated SSDs"
-# The same guest with two emulated SSDs (the first with a 64 MiB CMB) and a virtual IOMMU
-# (ci/guest/README.md). First the lab itself: both SSDs bound to uio_pci_generic and
-# vfio-pci, registers and the CMB read from user space, DMA on both routes by the lab's own
-# small host (nvme_dma.py), and the CMB pitfall reproduced on purpose. Then peerless-tgt's
-# driver: attach refusals, attach over both routes, NVMe/TCP in front with peerless-perf
-# --verify from 4 KiB to 1 MiB (commands split at the SSDs' 512 KiB MDTS), Linux's nvme-tcp
-# host writing a self-identifying pattern and reading it back, detach and re-attach,
-# SIGTERM with both controllers shut down; after power-off the backing files are compared
-# with what was written. Then peerless-perf driving the SSDs itself (trtype PCIe, in
-# process): identify and --verify at 4 KiB, 128 KiB and 1 MiB over both routes, two cores,
-# and its refusals. About three minutes.
-lab_nvme=(PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="cmb0:cmb=64 peer0" PEERLESS_GUEST_IOMMU=1)
-env "${lab_nvme[@]}" bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
-# The driver's VFIO route maps DMA memory at IOVAs of its own: it runs on QEMU's default
-# 39-bit IOMMU, too narrow for IOVA = VA.
-env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
-env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-perf.sh
-
 step "quickstart"
 # README's first command (examples/quickstart.sh), started, used and stopped as a user would.
 bash ci/quickstart.sh
@@ -190,5 +171,27 @@ cargo build --release --locked -p peerless-target -p peerless-tools --features p
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma.sh
 bash tools/fio/build.sh --features rdma
 PEERLESS_GUEST_TARGET=guest bash ci/guest/run.sh ci/guest/jobs/rdma-host.sh
+
+step "the user-space NVMe PCIe driver on emulated SSDs"
+# The same guest with two emulated SSDs (the first with a 64 MiB CMB) and a virtual IOMMU
+# (ci/guest/README.md). First the lab itself: both SSDs bound to uio_pci_generic and
+# vfio-pci, registers and the CMB read from user space, DMA on both routes by the lab's own
+# small host (nvme_dma.py), and the CMB pitfall reproduced on purpose. Then peerless-tgt's
+# driver: attach refusals, attach over both routes, NVMe/TCP in front with peerless-perf
+# --verify from 4 KiB to 1 MiB (commands split at the SSDs' 512 KiB MDTS), Linux's nvme-tcp
+# host writing a self-identifying pattern and reading it back, detach and re-attach, a
+# namespace with its data in cmb0's CMB and one whose SSD reaches that CMB peer to peer
+# (no payload byte in host memory), save_config replayed, SIGTERM with both controllers
+# shut down, fio's peerless_bdev engine on the driver; after power-off the backing files
+# are compared with what was written. Then peerless-perf driving the SSDs itself (trtype
+# PCIe, in process): identify and --verify at 4 KiB, 128 KiB and 1 MiB over both routes,
+# two cores, and its refusals. Last, since the fio engine is built for the RDMA step above.
+# About four minutes.
+lab_nvme=(PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="cmb0:cmb=64 peer0" PEERLESS_GUEST_IOMMU=1)
+env "${lab_nvme[@]}" bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
+# The driver's VFIO route maps DMA memory at IOVAs of its own: it runs on QEMU's default
+# 39-bit IOMMU, too narrow for IOVA = VA.
+env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
+env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-perf.sh
 
 step "done"

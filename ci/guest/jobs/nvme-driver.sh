@@ -23,7 +23,10 @@
 #   7. peer to peer: peer0 detached from VFIO, moved to uio_pci_generic and attached again;
 #      its namespace exported with p2pmem naming cmb0's CMB: peer0 DMAs into and out of
 #      the other SSD's BAR, nothing in host buffers, nothing bounced;
-#   8. SIGTERM: the target stops cleanly and shuts the controllers down (CC.SHN).
+#   8. save_config, SIGTERM (the target stops cleanly and shuts the controllers down with
+#      CC.SHN), the saved config replayed: both controllers and the P2P namespaces back;
+#   9. fio's peerless_bdev engine (the driver inside fio) with verify=crc32c over both
+#      routes, 4 KiB to 1 MiB.
 # shellcheck source=/dev/null
 source /job/env
 # shellcheck source=ci/guest/jobs/target-lib.sh
@@ -241,9 +244,50 @@ bounced=$(rpc bdev_get_bdevs -b Nvme1n1 | python3 -c 'import json,sys; print(jso
 [ "$bounced" = 0 ] || fail "$bounced of ${names[1]}'s commands went through bounce buffers"
 echo "ok: 52 MiB through ${names[0]}'s CMB to and from ${names[1]}, none in host buffers, none bounced"
 
-step "SIGTERM"
+step "save_config, SIGTERM"
+rpc save_config >"$out/saved.json"
 stop_target
 grep -q "nvme $uio_bdf: shut down" "$out/target.log" || fail "no shutdown notice for $uio_bdf"
 grep -q "nvme $vfio_bdf: shut down" "$out/target.log" || fail "no shutdown notice for $vfio_bdf"
 echo "ok: both controllers shut down"
+
+step "the saved config replayed"
+# Both attaches and the namespaces (the peer one naming cmb0's CMB) come back from it.
+cp "$out/target.log" "$out/target-first.log"
+start_target "$out/saved.json"
+rpc bdev_nvme_get_controllers >"$out/controllers-replayed.json"
+python3 - "$out/controllers-replayed.json" "$uio_bdf" "$vfio_bdf" <<'EOF' || fail "the replayed controllers"
+import json, sys
+ctrlrs = {c["name"]: c["ctrlrs"][0]["trid"]["traddr"] for c in json.load(open(sys.argv[1]))}
+assert ctrlrs == {"Nvme0": sys.argv[2], "Nvme1": sys.argv[3]}, ctrlrs
+EOF
+subsystems=$(rpc nvmf_get_subsystems)
+grep -q "\"p2pmem\": \"cmb $uio_bdf\"" <<<"$subsystems" || fail "the peer namespace's p2pmem did not come back"
+# Reads only: the patterns written above stay for run.sh's check of the backing files.
+"$bin/peerless-perf" -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:4420 subnqn:$nqn_peer ns:1" \
+    -q 8 -o 131072 -w randread -t 2 --json >"$out/perf-replayed.json" 2>"$out/perf-replayed.log" ||
+    fail "peerless-perf on the replayed peer namespace"
+stop_target
+echo "ok: save_config round trip: both controllers, the P2P namespaces, I/O through the peer path"
+
+step "fio's peerless_bdev engine on both routes, 4 KiB to 1 MiB"
+# The driver inside fio (the engine runs the framework in process, from a JSON config):
+# verify=crc32c random writes, each size in its own part of the namespaces; 1 MiB splits
+# at the SSDs' 512 KiB MDTS.
+nvme_bind_vfio "$vfio_bdf"
+cat >/tmp/fio-bdev.json <<EOF
+{"subsystems": [{"subsystem": "bdev", "config": [
+  {"method": "bdev_nvme_attach_controller", "params": {"name": "Nvme0", "trtype": "PCIe", "traddr": "$uio_bdf"}},
+  {"method": "bdev_nvme_attach_controller", "params": {"name": "Nvme1", "trtype": "PCIe", "traddr": "$vfio_bdf"}}]}]}
+EOF
+offset=0
+for bs in 4k 128k 512k 1m; do
+    LD_PRELOAD="$bin/libpeerless_fio.so" fio --name="bdev-$bs" --ioengine=peerless_bdev --thread=1 \
+        --json_conf=/tmp/fio-bdev.json --filename=Nvme0n1:Nvme1n1 --rw=randwrite --bs="$bs" --iodepth=16 \
+        --offset=$((offset << 20)) --size=16m --verify=crc32c --do_verify=1 --output="$out/fio-$bs.txt" ||
+        { cat "$out/fio-$bs.txt"; fail "fio with bs=$bs failed"; }
+    grep -q 'err= 0' "$out/fio-$bs.txt" || { cat "$out/fio-$bs.txt"; fail "fio with bs=$bs reported an error"; }
+    echo "ok: fio bs=$bs verified on Nvme0n1 (uio) and Nvme1n1 (vfio)"
+    offset=$((offset + 16))
+done
 step "done: the user-space NVMe driver on both routes"

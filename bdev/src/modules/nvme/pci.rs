@@ -62,7 +62,7 @@ pub fn canonical_bdf(text: &str) -> Result<String, String> {
     let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
     let (device, function) = rest.split_once('.').ok_or_else(bad)?;
     let hex = |field: &str, digits: usize, max: u32| {
-        (field.len() <= digits && !field.is_empty())
+        (field.len() <= digits && !field.is_empty() && field.bytes().all(|byte| byte.is_ascii_hexdigit()))
             .then(|| u32::from_str_radix(field, 16).ok())
             .flatten()
             .filter(|value| *value <= max)
@@ -306,7 +306,16 @@ mod tests {
         assert_eq!(canonical_bdf("0000:00:04.0").unwrap(), "0000:00:04.0");
         assert_eq!(canonical_bdf("00:04.0").unwrap(), "0000:00:04.0");
         assert_eq!(canonical_bdf("0000:0A:1f.7").unwrap(), "0000:0a:1f.7");
-        for bad in ["", "04.0", "0000:00:20.0", "0000:00:04.8", "0000:00:04", "../../etc:00:04.0", "0000:000:04.0"] {
+        for bad in [
+            "",
+            "04.0",
+            "0000:+1:04.0",
+            "0000:00:20.0",
+            "0000:00:04.8",
+            "0000:00:04",
+            "../../etc:00:04.0",
+            "0000:000:04.0",
+        ] {
             assert!(canonical_bdf(bad).unwrap_err().contains("not a PCI address"), "{bad:?}");
         }
     }
