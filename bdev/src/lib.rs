@@ -25,6 +25,18 @@ pub use manager::{BdevHandle, BdevManager, ClaimType, Desc};
 pub use status::IoStatus;
 pub use subsystem::BdevSubsystem;
 
+/// The bdev layer inside an app of its own (bdevperf, the fio engine, peerless-perf over
+/// PCIe): a manager whose subsystem starts and stops with the app, and a registry with
+/// the framework's methods, the layer's and every module's, for a config to replay.
+pub fn serve_in_app(handle: &peerless_core::reactor::AppHandle) -> (BdevManager, peerless_core::rpc::Registry) {
+    let manager = BdevManager::new();
+    handle.register_subsystem(std::sync::Arc::new(BdevSubsystem { manager: manager.clone() }));
+    let mut registry = peerless_core::rpc::Registry::new();
+    peerless_core::rpc::framework::register(&mut registry);
+    register_rpcs(&mut registry, &manager);
+    (manager, registry)
+}
+
 /// Adds the layer's methods and every module's to `registry`.
 pub fn register_rpcs(registry: &mut peerless_core::rpc::Registry, manager: &BdevManager) {
     rpc::register(registry, manager);

@@ -116,7 +116,7 @@ fn namespaces_that_cannot_use_p2p_memory_are_refused_at_rpc_time() {
         "nvmf_subsystem_add_ns",
         Some(json!({"nqn": NQN, "namespace": {"bdev_name": "Sim0", "p2pmem": "Sim9_cmb"}})),
     );
-    assert!(unknown.contains("no P2P provider is called 'Sim9_cmb'"), "{unknown}");
+    assert!(unknown.contains("'Sim9_cmb': no provider has that name"), "{unknown}");
     // The refusals left no claim behind.
     let bdevs = target.call("bdev_get_bdevs", Some(json!({"name": "Malloc0"})));
     assert_eq!(bdevs[0]["claimed"], json!(false));

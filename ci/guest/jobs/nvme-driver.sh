@@ -48,6 +48,26 @@ expect_refusal() {
     echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
 }
 
+# host_dev SERIAL NSID: the host's block device of that namespace of the subsystem with
+# that serial (the kernel may number them in any order), waited for up to 10 s.
+host_dev() {
+    local blk
+    for _ in $(seq 100); do
+        for blk in /sys/block/nvme*n*; do
+            # Namespace heads only: the per-path nvmeXcYnZ nodes are hidden.
+            [[ $(basename "$blk") =~ ^nvme[0-9]+n[0-9]+$ ]] || continue
+            [ "$(cat "$blk/nsid" 2>/dev/null)" = "$2" ] || continue
+            [ "$(tr -d ' ' 2>/dev/null <"$blk/device/serial")" = "$1" ] || continue
+            echo "/dev/$(basename "$blk")"
+            return 0
+        done
+        sleep 0.1
+    done
+    fail "no namespace $2 of subsystem $1 on the host"
+}
+payload() { rpc mem_get_stats | python3 -c "import json,sys; print(json.load(sys.stdin)['payload_bytes']['$1'])"; }
+bounced() { rpc bdev_get_bdevs -b "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])'; }
+
 step "huge pages and the target"
 hugepages_setup 256
 cat >/tmp/tgt.json <<EOF
@@ -104,24 +124,7 @@ step "Linux's nvme-tcp host writes the pattern, reads it back"
 modprobe nvme-tcp
 lsmod | grep -q '^nvme ' && fail "the kernel's PCIe nvme driver got loaded"
 nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" || fail "nvme connect"
-# devs[i]: the host's block device of namespace i + 1 (the kernel may name them in another
-# order), found by the subsystem's serial and each namespace's NSID.
-devs=()
-for _ in $(seq 100); do
-    devs=()
-    for nsid in 1 2; do
-        for blk in /sys/block/nvme*n*; do
-            # Namespace heads only: the per-path nvmeXcYnZ nodes are hidden.
-            [[ $(basename "$blk") =~ ^nvme[0-9]+n[0-9]+$ ]] || continue
-            [ -e "$blk/nsid" ] || continue
-            [ "$(tr -d ' ' <"$blk/device/serial" 2>/dev/null)" = PEERLESSNVME0001 ] || continue
-            [ "$(cat "$blk/nsid")" = "$nsid" ] && devs+=("/dev/$(basename "$blk")")
-        done
-    done
-    [ "${#devs[@]}" = 2 ] && break
-    sleep 0.1
-done
-[ "${#devs[@]}" = 2 ] || fail "the host sees ${#devs[@]} of the 2 namespaces"
+devs=("$(host_dev PEERLESSNVME0001 1)" "$(host_dev PEERLESSNVME0001 2)")
 echo "ok: namespace 1 is ${devs[0]}, namespace 2 is ${devs[1]}"
 # pattern DEV NAME OFFSET LEN SEED BS: written through the host with direct I/O, read back.
 pattern() {
@@ -151,61 +154,49 @@ expect_refusal "already attached as Nvme0" rpc bdev_nvme_attach_controller -b Nv
 rpc nvmf_subsystem_add_ns "$nqn" Nvme1n1 >/dev/null
 # What the host wrote before the detach is still there, read through the new queues.
 nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" >/dev/null || fail "nvme connect after the re-attach"
-for _ in $(seq 100); do
-    blk=$(grep -l -x 2 /sys/block/nvme*n*/nsid 2>/dev/null | grep -E '/nvme[0-9]+n[0-9]+/' | head -1 || true)
-    [ -n "$blk" ] && break
-    sleep 0.1
-done
-[ -n "$blk" ] || fail "namespace 2 did not come back on the host"
-dev2=/dev/$(basename "$(dirname "$blk")")
+dev2=$(host_dev PEERLESSNVME0001 2)
 python3 /job/nvme_pattern.py check "$dev2" --offset $((80 << 20)) --len $((16 << 20)) --seed 111 >/tmp/check.out ||
     fail "peer0 after the re-attach: $(cat /tmp/check.out)"
 nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect"
 echo "ok: Nvme1 detached and attached again; the host reads back what it wrote before"
 
+# p2p_export NQN SERIAL BDEV P2PMEM NAME SEED: BDEV exported alone with p2pmem P2PMEM; the
+# host connects with both digests and writes the pattern at 4 KiB, 128 KiB and 1 MiB
+# blocks (SEED, +1, +2) in NAME's upper 56 MiB, reads it back and checks it. No payload
+# byte may land in a host buffer and no command may be bounced; the backing file is
+# checked again after power-off, so a CMB transfer that returns zeros fails here.
+p2p_export() {
+    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 dev host_before
+    rpc nvmf_create_subsystem "$nqn" -a -s "$serial" >/dev/null
+    rpc nvmf_subsystem_add_ns "$nqn" "$bdev" --p2pmem "$p2pmem" >/dev/null
+    rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
+    host_before=$(payload host)
+    iomem_before=$(payload iomem)
+    nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" --hdr-digest --data-digest >/dev/null ||
+        fail "nvme connect to $nqn with digests"
+    dev=$(host_dev "$serial" 1)
+    pattern "$dev" "$name" $((176 << 20)) $((4 << 20)) "$seed" 4096
+    pattern "$dev" "$name" $((184 << 20)) $((16 << 20)) $((seed + 1)) 128K
+    pattern "$dev" "$name" $((200 << 20)) $((32 << 20)) $((seed + 2)) 1M
+    nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect from $nqn"
+    [ "$(payload host)" = "$host_before" ] || fail "$(($(payload host) - host_before)) payload bytes went through host buffers"
+    [ "$(bounced "$bdev")" = 0 ] || fail "$(bounced "$bdev") of $bdev's commands went through bounce buffers"
+    iomem_moved=$(($(payload iomem) - iomem_before))
+}
+
 step "P2P: ${names[0]}'s namespace in its own CMB, digests on"
-# A second subsystem exports Nvme0n1 with p2pmem auto: write data lands in the CMB from
-# the socket (through the I/O accessors, CRC32C on a staging chunk), the SSD takes it
-# from there by the CMB's bus address, and reads go the other way. No payload byte may
-# touch a host buffer; the bytes are checked in the guest and, after power-off, in the
-# backing file, so a CMB transfer that returns zeros (LAB.md's pitfall) fails here.
-nqn_p2p=nqn.2016-06.io.peerless:nvme-driver-p2p
+# Write data lands in the CMB from the socket (through the I/O accessors, CRC32C on a
+# staging chunk), the SSD takes it from there by the CMB's bus address, and reads go the
+# other way.
 rpc nvmf_subsystem_remove_ns "$nqn" 1 >/dev/null
-rpc nvmf_create_subsystem "$nqn_p2p" -a -s PEERLESSNVMEP2P1 >/dev/null
 # Whole outputs into variables: grep -q would stop reading early, and pipefail would then
 # count the writer's SIGPIPE as a failure.
 bdev_json=$(rpc bdev_get_bdevs -b Nvme0n1)
 grep -q '"bus_address"' <<<"$bdev_json" || fail "Nvme0n1 reports no CMB"
-rpc nvmf_subsystem_add_ns "$nqn_p2p" Nvme0n1 --p2pmem auto >/dev/null
-rpc nvmf_subsystem_add_listener "$nqn_p2p" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
-payload() { rpc mem_get_stats | python3 -c "import json,sys; print(json.load(sys.stdin)['payload_bytes']['$1'])"; }
-host_before=$(payload host)
-iomem_before=$(payload iomem)
-nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn_p2p" --hdr-digest --data-digest >/dev/null ||
-    fail "nvme connect with digests"
-p2p_dev=""
-for _ in $(seq 100); do
-    for blk in /sys/block/nvme*n1; do
-        [[ $(basename "$blk") =~ ^nvme[0-9]+n1$ ]] || continue
-        [ "$(tr -d ' ' 2>/dev/null <"$blk/device/serial")" = PEERLESSNVMEP2P1 ] && p2p_dev=/dev/$(basename "$blk")
-    done
-    [ -n "$p2p_dev" ] && break
-    sleep 0.1
-done
-[ -n "$p2p_dev" ] || fail "the P2P namespace did not appear on the host"
-pattern "$p2p_dev" "${names[0]}" $((176 << 20)) $((4 << 20)) 130 4096
-pattern "$p2p_dev" "${names[0]}" $((184 << 20)) $((16 << 20)) 131 128K
-pattern "$p2p_dev" "${names[0]}" $((200 << 20)) $((32 << 20)) 132 1M
-nvme disconnect -n "$nqn_p2p" >/dev/null || fail "nvme disconnect"
-host_after=$(payload host)
-iomem_after=$(payload iomem)
+p2p_export nqn.2016-06.io.peerless:nvme-driver-p2p PEERLESSNVMEP2P1 Nvme0n1 auto "${names[0]}" 130
 rpc mem_get_stats >"$out/mem-p2p.json"
-[ "$host_after" = "$host_before" ] || fail "$((host_after - host_before)) payload bytes went through host buffers"
-[ $((iomem_after - iomem_before)) -ge $((2 * (52 << 20))) ] ||
-    fail "only $((iomem_after - iomem_before)) payload bytes in the CMB for 52 MiB written and read"
-bounced=$(rpc bdev_get_bdevs -b Nvme0n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])')
-[ "$bounced" = 0 ] || fail "$bounced commands went through the driver's bounce buffers"
-echo "ok: 52 MiB written and read through ${names[0]}'s CMB: $((iomem_after - iomem_before)) payload bytes there, none in host buffers"
+[ "$iomem_moved" -ge $((2 * (52 << 20))) ] || fail "only $iomem_moved payload bytes in the CMB for 52 MiB written and read"
+echo "ok: 52 MiB written and read through ${names[0]}'s CMB: $iomem_moved payload bytes there, none in host buffers, none bounced"
 
 step "peer to peer: ${names[1]} reads into and writes out of ${names[0]}'s CMB"
 # The second SSD moves to uio_pci_generic (detached first: the driver lets go of the VFIO
@@ -218,30 +209,8 @@ nvme_bind_uio "$vfio_bdf"
 [ "$(rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf")" = Nvme1n1 ] || fail "attach Nvme1 over uio"
 ctrlr_json=$(rpc bdev_nvme_get_controllers -n Nvme1)
 grep -q '"route": "uio"' <<<"$ctrlr_json" || fail "Nvme1 is not on the uio route"
-rpc nvmf_create_subsystem "$nqn_peer" -a -s PEERLESSNVMEPEER >/dev/null
-rpc nvmf_subsystem_add_ns "$nqn_peer" Nvme1n1 --p2pmem "cmb $uio_bdf" >/dev/null
-rpc nvmf_subsystem_add_listener "$nqn_peer" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
-host_before=$(payload host)
-nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn_peer" --hdr-digest --data-digest >/dev/null ||
-    fail "nvme connect to the peer subsystem"
-peer_dev=""
-for _ in $(seq 100); do
-    for blk in /sys/block/nvme*n1; do
-        [[ $(basename "$blk") =~ ^nvme[0-9]+n1$ ]] || continue
-        [ "$(tr -d ' ' 2>/dev/null <"$blk/device/serial")" = PEERLESSNVMEPEER ] && peer_dev=/dev/$(basename "$blk")
-    done
-    [ -n "$peer_dev" ] && break
-    sleep 0.1
-done
-[ -n "$peer_dev" ] || fail "the peer namespace did not appear on the host"
-pattern "$peer_dev" "${names[1]}" $((176 << 20)) $((4 << 20)) 140 4096
-pattern "$peer_dev" "${names[1]}" $((184 << 20)) $((16 << 20)) 141 128K
-pattern "$peer_dev" "${names[1]}" $((200 << 20)) $((32 << 20)) 142 1M
-nvme disconnect -n "$nqn_peer" >/dev/null || fail "nvme disconnect"
-host_after=$(payload host)
-[ "$host_after" = "$host_before" ] || fail "$((host_after - host_before)) payload bytes went through host buffers"
-bounced=$(rpc bdev_get_bdevs -b Nvme1n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])')
-[ "$bounced" = 0 ] || fail "$bounced of ${names[1]}'s commands went through bounce buffers"
+p2p_export "$nqn_peer" PEERLESSNVMEPEER Nvme1n1 "cmb $uio_bdf" "${names[1]}" 140
+[ "$iomem_moved" -ge $((2 * (52 << 20))) ] || fail "only $iomem_moved payload bytes in the CMB for 52 MiB written and read"
 echo "ok: 52 MiB through ${names[0]}'s CMB to and from ${names[1]}, none in host buffers, none bounced"
 
 step "save_config, SIGTERM"

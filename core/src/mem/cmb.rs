@@ -261,20 +261,11 @@ impl P2pProvider for CmbInner {
     }
 
     fn allocate(&self, len: usize) -> Result<usize> {
-        match self.alloc.alloc(len) {
-            Ok(off) => Ok(self.seg_base + off),
-            Err(full) => Err(Error::ProviderFull {
-                provider: self.name.clone(),
-                requested: len,
-                available: full.available,
-                largest: full.largest,
-            }),
-        }
+        self.alloc.allocate_from(self.seg_base, len, &self.name)
     }
 
     fn free(&self, addr: usize, len: usize) {
-        let off = addr.checked_sub(self.seg_base).expect("freeing an address this CMB did not allocate");
-        self.alloc.free(off, len);
+        self.alloc.free_from(self.seg_base, addr, len, &self.name);
     }
 
     fn capacity_bytes(&self) -> usize {

@@ -170,20 +170,11 @@ impl P2pProvider for P2pMemInner {
     }
 
     fn allocate(&self, len: usize) -> Result<usize> {
-        match self.alloc.alloc(len) {
-            Ok(off) => Ok(self.map.addr() + off),
-            Err(full) => Err(Error::ProviderFull {
-                provider: self.name.clone(),
-                requested: len,
-                available: full.available,
-                largest: full.largest,
-            }),
-        }
+        self.alloc.allocate_from(self.map.addr(), len, &self.name)
     }
 
     fn free(&self, addr: usize, len: usize) {
-        let off = addr.checked_sub(self.map.addr()).expect("freeing an address this p2pmem region did not allocate");
-        self.alloc.free(off, len);
+        self.alloc.free_from(self.map.addr(), addr, len, &self.name);
     }
 
     fn capacity_bytes(&self) -> usize {

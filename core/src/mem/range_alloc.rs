@@ -71,6 +71,24 @@ impl RangeAlloc {
         self.free.lock().iter().map(|r| r.1).sum()
     }
 
+    /// A provider's `allocate` over this allocator: addresses from `base`, a full region
+    /// named in the error.
+    pub(crate) fn allocate_from(&self, base: usize, len: usize, provider: &str) -> super::Result<usize> {
+        self.alloc(len).map(|off| base + off).map_err(|full| super::Error::ProviderFull {
+            provider: provider.to_string(),
+            requested: len,
+            available: full.available,
+            largest: full.largest,
+        })
+    }
+
+    /// A provider's `free`: `addr` must be what `allocate_from(base, ..)` gave.
+    pub(crate) fn free_from(&self, base: usize, addr: usize, len: usize, provider: &str) {
+        let off =
+            addr.checked_sub(base).unwrap_or_else(|| panic!("freeing {addr:#x}, which {provider} did not allocate"));
+        self.free(off, len);
+    }
+
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }

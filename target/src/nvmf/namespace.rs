@@ -115,7 +115,9 @@ pub fn choose_provider(
                 Some(_) => {
                     Err(NvmfError::Invalid(format!("p2pmem: bdev '{name}' cannot DMA from P2P provider '{wanted}'")))
                 }
-                None => Err(NvmfError::Invalid(format!("p2pmem: no P2P provider is called '{wanted}'"))),
+                None => Err(NvmfError::Invalid(format!(
+                    "p2pmem: bdev '{name}' cannot DMA from P2P provider '{wanted}': no provider has that name"
+                ))),
             },
         },
     }

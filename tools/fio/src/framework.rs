@@ -3,12 +3,11 @@
 //! using it cleans up (SPDK's bdev plugin keeps an init thread the same way).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use peerless_bdev::{BdevManager, BdevSubsystem};
+use peerless_bdev::BdevManager;
 use peerless_core::config;
 use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask};
-use peerless_core::rpc::{framework, Registry};
 
 struct Running {
     app: App,
@@ -72,12 +71,8 @@ fn start(conf: &Path) -> Result<Running, String> {
     };
     let app = App::start(options).map_err(|err| format!("cannot start the framework: {err}"))?;
     let handle = app.handle();
-    let bdevs = BdevManager::new();
-    handle.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
     // The framework and bdev methods are all a bdev config may call here.
-    let mut registry = Registry::new();
-    framework::register(&mut registry);
-    peerless_bdev::register_rpcs(&mut registry, &bdevs);
+    let (bdevs, registry) = peerless_bdev::serve_in_app(&handle);
     if let Err(err) = config::load(conf, &registry, &handle, true) {
         handle.stop();
         app.wait();

@@ -11,9 +11,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use peerless_bdev::{BdevManager, BdevSubsystem};
 use peerless_core::reactor::{App, AppOptions, CoreMask};
-use peerless_core::rpc::{framework, Registry};
 
 use crate::perf::config::Workload;
 use crate::perf::report::{LatencyUs, Summary};
@@ -47,11 +45,7 @@ pub fn run(options: Options, out: &mut dyn Write, err: &mut dyn Write) -> Result
     let app = App::start(AppOptions { name: "bdevperf".into(), cpumask, ..AppOptions::default() })
         .map_err(|e| e.to_string())?;
     let handle = app.handle();
-    let bdevs = BdevManager::new();
-    handle.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
-    let mut registry = Registry::new();
-    framework::register(&mut registry);
-    peerless_bdev::register_rpcs(&mut registry, &bdevs);
+    let (bdevs, registry) = peerless_bdev::serve_in_app(&handle);
     let outcome = (|| {
         peerless_core::config::load(&options.config, &registry, &handle, true).map_err(|e| e.to_string())?;
         let names: Vec<String> = if options.bdevs.is_empty() {

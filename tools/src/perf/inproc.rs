@@ -6,10 +6,10 @@ use std::io::Write;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use peerless_bdev::{BdevManager, BdevSubsystem};
+use peerless_bdev::BdevManager;
 use peerless_core::mem::{IoBufPool, PoolConfig, DMA_ALIGN_BYTES, HUGEPAGE_BYTES};
 use peerless_core::reactor::{App, AppHandle, AppOptions, CoreMask};
-use peerless_core::rpc::{framework, Registry, Responder};
+use peerless_core::rpc::{Registry, Responder};
 use serde_json::Value;
 
 use super::bdev_job::{self, Event, JobSpec};
@@ -41,11 +41,7 @@ impl Session {
         let app = App::start(AppOptions { name: name.into(), cpumask, ..AppOptions::default() })
             .map_err(|e| Error::Config(format!("starting the reactors: {e}")))?;
         let handle = app.handle();
-        let bdevs = BdevManager::new();
-        handle.register_subsystem(Arc::new(BdevSubsystem { manager: bdevs.clone() }));
-        let mut registry = Registry::new();
-        framework::register(&mut registry);
-        peerless_bdev::register_rpcs(&mut registry, &bdevs);
+        let (bdevs, registry) = peerless_bdev::serve_in_app(&handle);
         let session = Session { app: Some(app), handle, registry, bdevs };
         let (tx, rx) = mpsc::channel();
         session.handle.start_init(move |_, result| {

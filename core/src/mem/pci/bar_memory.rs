@@ -161,20 +161,11 @@ impl P2pProvider for BarMemoryInner {
     }
 
     fn allocate(&self, len: usize) -> Result<usize> {
-        match self.alloc.alloc(len) {
-            Ok(off) => Ok(self.start + off),
-            Err(full) => Err(Error::ProviderFull {
-                provider: self.name.clone(),
-                requested: len,
-                available: full.available,
-                largest: full.largest,
-            }),
-        }
+        self.alloc.allocate_from(self.start, len, &self.name)
     }
 
     fn free(&self, addr: usize, len: usize) {
-        let off = addr.checked_sub(self.start).expect("freeing an address this BAR memory did not allocate");
-        self.alloc.free(off, len);
+        self.alloc.free_from(self.start, addr, len, &self.name);
     }
 
     fn capacity_bytes(&self) -> usize {
