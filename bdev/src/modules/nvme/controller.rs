@@ -358,6 +358,9 @@ impl Controller {
 
     /// Normal shutdown (CC.SHN), waiting for CSTS.SHST to report it complete.
     pub fn shutdown(&self) {
+        if self.is_gone() {
+            return;
+        }
         let bar = self.pci.bar0();
         let cc_value = bar.read32(reg::CC);
         if cc_value == u32::MAX {
@@ -485,6 +488,10 @@ fn admin_command_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str) -> Resu
         }
         if admin.queue.controller_gone() {
             return Err(format!("{bdf}: the device is gone"));
+        }
+        // A failed controller completes nothing more (§3.1.3.6): only a reset helps.
+        if admin.queue.controller_failed() {
+            return Err(format!("{bdf}: controller fatal status (CSTS.CFS)"));
         }
         if Instant::now() > deadline {
             return Err(format!("{bdf}: admin command {:#04x} timed out after {ADMIN_TIMEOUT:?}", sqe.opcode));

@@ -195,6 +195,13 @@ impl PciFunction {
         &self.bar0
     }
 
+    /// Whether the function is still on the bus: a removed one leaves sysfs, while its
+    /// BAR mapping may go on answering for a while (the kernel disables bus mastering,
+    /// and the controller then fails its completions with CSTS.CFS instead).
+    pub fn present(&self) -> bool {
+        sysfs(&self.bdf).exists()
+    }
+
     /// Over VFIO, an eventfd the kernel signals when it wants the device back (a remove
     /// or unbind waits until the device is closed); None over uio, where nothing waits.
     pub fn removal_request(&self) -> Option<Result<OwnedFd, String>> {

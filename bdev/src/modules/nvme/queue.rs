@@ -195,6 +195,12 @@ impl QueuePair {
         self.phase = true;
     }
 
+    /// Whether the controller reports a fatal status (CSTS.CFS, §3.1.3.6), not all ones.
+    pub fn controller_failed(&self) -> bool {
+        let status = self.bar.read32(super::spec::reg::CSTS);
+        status != u32::MAX && status & super::spec::csts::CFS != 0
+    }
+
     /// Whether the controller has gone (a surprise removal reads all ones, §3.1.3).
     pub fn controller_gone(&self) -> bool {
         self.bar.read32(super::spec::reg::CSTS) == u32::MAX

@@ -5,8 +5,8 @@
 //! Bringing a controller up polls registers and admin commands for milliseconds to
 //! seconds, so attach runs on a thread of its own and registers the bdevs back on the
 //! app thread. There a health poller watches each attached controller: one removed from
-//! the bus (its registers read all ones) is detached, its bdevs unregistered, which
-//! tells their openers; one reporting a fatal status is reset.
+//! the bus (gone from sysfs, or its registers reading all ones) is detached, its bdevs
+//! unregistered, which tells their openers; one reporting a fatal status is reset.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -339,10 +339,11 @@ fn watch_health(
     let poller = ctx.poller(&format!("nvme_health_{name}"), HEALTH_PERIOD_US, move |ctx| {
         let Some((ctrlr, names)) = watched.current() else { return PollStatus::Done };
         let Some(ctrlr) = ctrlr else { return PollStatus::Idle };
-        if ctrlr.is_resetting() {
-            return PollStatus::Idle;
-        }
-        if !ctrlr.is_gone() && !ctrlr.registers_gone() {
+        let removed = ctrlr.is_gone() || !ctrlr.pci().present() || ctrlr.registers_gone();
+        if !removed {
+            if ctrlr.is_resetting() {
+                return PollStatus::Idle;
+            }
             if ctrlr.fatal_status() {
                 peerless_core::log_error!(
                     "nvme {}: controller fatal status (CSTS.CFS); resetting it",
@@ -354,7 +355,7 @@ fn watch_health(
         }
         ctrlr.mark_gone();
         peerless_core::log_error!(
-            "nvme {}: hot-removed (its registers read all ones): removing controller {} and its bdevs {}",
+            "nvme {}: hot-removed (gone from the bus): removing controller {} and its bdevs {}",
             ctrlr.pci().bdf(),
             watched.name,
             names.join(", ")
