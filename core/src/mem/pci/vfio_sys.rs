@@ -173,7 +173,11 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
         assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
+        assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
+        // `struct vfio_irq_set` is 20 bytes; one eventfd follows as its data.
+        assert_eq!(size_of::<VfioIrqSetOne>(), 24);
+        assert_eq!(std::mem::offset_of!(VfioIrqSetOne, eventfd), 20);
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
     }

@@ -67,6 +67,8 @@ pub(super) struct Overdue {
 
 impl State {
     /// Takes back every slot and returns the I/O that was in flight.
+    // Boxed as the layer hands I/O over and takes it back: unboxing would move each one.
+    #[allow(clippy::vec_box)]
     fn take_in_flight(&mut self) -> Vec<Box<BdevIo>> {
         let ios: Vec<Box<BdevIo>> = self.parents.iter_mut().filter_map(Option::take).map(|parent| parent.io).collect();
         let usable = self.slots.len().saturating_sub(1);
@@ -77,6 +79,7 @@ impl State {
         ios
     }
 
+    #[allow(clippy::vec_box)]
     fn end_reset(&mut self, reenabled: bool) -> Vec<Box<BdevIo>> {
         if !self.resetting {
             // Created after the reset's first message passed this thread: its queue was
