@@ -146,7 +146,7 @@ env "${lab_nvme[@]}" bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
 # The driver's VFIO route maps DMA memory at IOVAs of its own: it runs on QEMU's default
 # 39-bit IOMMU, too narrow for IOVA = VA.
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
-# Its recovery: controller resets under verified I/O, then each SSD removed from the bus
+# Its recovery: 12 controller resets under verified I/O, then each SSD removed from the bus
 # under I/O (uio: registers read all ones; VFIO: the kernel's device request). About a minute.
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-faults.sh
 

@@ -410,6 +410,12 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         let Some(queue) = state_ref.queue.as_mut() else {
             return if state_ref.closed && !state_ref.resetting { PollStatus::Done } else { PollStatus::Idle };
         };
+        // As SPDK aborts a disconnected queue pair's commands: what is in flight when a
+        // reset begins is submitted again after it, whether or not it completes meanwhile,
+        // and the reset's last message wakes this thread.
+        if state_ref.resetting {
+            return PollStatus::Idle;
+        }
         let State { slots, free_cids, parents, free_parents, bounces, free_bounces, .. } = state_ref;
         let taken = queue.poll(COMPLETIONS_PER_POLL, |cqe| {
             let Some(slot) = slots.get_mut(usize::from(cqe.cid)) else {
@@ -450,9 +456,8 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         let waiting = taken == 0 && free_cids.len() + 1 < slots.len();
         stalled_polls = if waiting { stalled_polls + 1 } else { 0 };
         let qid = queue.qid();
-        let gone = waiting
-            && !guard.resetting
-            && (guard.ctrlr.is_gone() || stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue_gone(&guard));
+        let gone =
+            waiting && (guard.ctrlr.is_gone() || stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue_gone(&guard));
         if gone {
             // Surprise removal: nothing will complete; fail what is in flight.
             if guard.ctrlr.mark_gone() {

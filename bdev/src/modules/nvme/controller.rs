@@ -66,6 +66,8 @@ pub struct Controller {
     threads: IoDevice<ThreadChannels>,
     resetting: AtomicBool,
     resets: AtomicU64,
+    /// I/Os that were in flight at a reset and were submitted again after it.
+    resubmitted: AtomicU64,
     /// Set once the device is found removed: submissions fail at once from then on.
     gone: AtomicBool,
     timeouts: super::timeout::TimeoutSettings,
@@ -147,6 +149,7 @@ impl Controller {
             threads,
             resetting: AtomicBool::new(false),
             resets: AtomicU64::new(0),
+            resubmitted: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             timeouts: super::timeout::TimeoutSettings::default(),
         }))
@@ -224,6 +227,15 @@ impl Controller {
     /// Resets completed since attach.
     pub fn resets(&self) -> u64 {
         self.resets.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_resubmitted(&self, ios: usize) {
+        self.resubmitted.fetch_add(ios as u64, Ordering::Relaxed);
+    }
+
+    /// I/Os in flight at a reset and submitted again after it, since attach.
+    pub fn resubmitted(&self) -> u64 {
+        self.resubmitted.load(Ordering::Relaxed)
     }
 
     pub fn is_gone(&self) -> bool {

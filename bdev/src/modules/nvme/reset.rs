@@ -64,7 +64,10 @@ fn finish(ctx: &mut ThreadCtx, ctrlr: Arc<Controller>, result: Result<(), String
         move |ctx| {
             ctrlr.end_reset();
             if reenabled {
-                peerless_core::log_notice!("nvme {bdf}: reset done, I/O queues created again");
+                peerless_core::log_notice!(
+                    "nvme {bdf}: reset done, I/O queues created again ({} I/Os resubmitted since attach)",
+                    ctrlr.resubmitted()
+                );
             }
             if let Some(done) = done.lock().take() {
                 done(ctx, result);

@@ -530,6 +530,7 @@ fn controller_json(name: &str, attached: &Attached) -> Value {
                 "enabled"
             },
             "resets": attached.ctrlr.resets(),
+            "resubmitted_ios": attached.ctrlr.resubmitted(),
             "trid": {"trtype": "PCIe", "traddr": pci.bdf()},
             "cntlid": id.cntlid,
             "host": {"nqn": "", "addr": "", "svcid": ""},

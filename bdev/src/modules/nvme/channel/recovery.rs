@@ -30,8 +30,9 @@ impl ThreadChannels {
     }
 
     /// The reset's first step on this thread: new I/O waits (the bdev layer queues what
-    /// the channel refuses for resources), what is in flight stays until the controller
-    /// is disabled and can no longer touch its buffers.
+    /// the channel refuses for resources), and the poller stops taking completions: what
+    /// is in flight stays until the controller is disabled and can no longer touch its
+    /// buffers, and is then submitted again.
     pub(crate) fn begin_reset(&mut self) {
         for state in self.live() {
             state.borrow_mut().resetting = true;
@@ -45,6 +46,9 @@ impl ThreadChannels {
     pub(crate) fn end_reset(&mut self, reenabled: bool) {
         for state in self.live() {
             let again = state.borrow_mut().end_reset(reenabled);
+            if reenabled {
+                state.borrow().ctrlr.count_resubmitted(again.len());
+            }
             for io in again {
                 let outcome = state.borrow_mut().start(io);
                 match outcome {
