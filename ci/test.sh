@@ -193,5 +193,8 @@ env "${lab_nvme[@]}" bash ci/guest/run.sh ci/guest/jobs/nvme-pcie.sh
 # 39-bit IOMMU, too narrow for IOVA = VA.
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-driver.sh
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-perf.sh
+# Its recovery: 12 controller resets under verified I/O, then each SSD removed from the bus
+# under I/O (uio: gone from sysfs; VFIO: the kernel's device request). About a minute.
+env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-faults.sh
 
 step "done"

@@ -44,6 +44,16 @@ pub enum Command {
         #[arg(short = 'a', long)]
         traddr: Option<String>,
     },
+    /// Reset an NVMe controller: its I/O queues are created again and what was in flight
+    /// is submitted again
+    #[command(name = "bdev_nvme_reset_controller")]
+    BdevNvmeResetController {
+        /// Controller name
+        name: String,
+        /// Which of its controllers (by controller ID)
+        #[arg(short = 'c', long)]
+        cntlid: Option<u16>,
+    },
     /// List NVMe controllers
     #[command(name = "bdev_nvme_get_controllers")]
     BdevNvmeGetControllers {
@@ -83,6 +93,11 @@ impl Command {
                 let params = p().set("name", name.as_str()).opt("trtype", trtype.clone()).opt("traddr", traddr.clone());
                 call("bdev_nvme_detach_controller", params, Output::Nothing)
             }
+            Command::BdevNvmeResetController { name, cntlid } => call(
+                "bdev_nvme_reset_controller",
+                p().set("name", name.as_str()).opt("cntlid", *cntlid),
+                Output::Nothing,
+            ),
             Command::BdevNvmeGetControllers { name } => {
                 call("bdev_nvme_get_controllers", p().opt("name", name.clone()), Output::Json)
             }

@@ -225,6 +225,12 @@ fn bdev_queries_and_virtual_bdevs() {
     );
     check(&["bdev_nvme_detach_controller", "Nvme0"], "bdev_nvme_detach_controller", json!({"name": "Nvme0"}));
     check(&["bdev_nvme_get_controllers", "-n", "Nvme0"], "bdev_nvme_get_controllers", json!({"name": "Nvme0"}));
+    check(&["bdev_nvme_reset_controller", "Nvme0"], "bdev_nvme_reset_controller", json!({"name": "Nvme0"}));
+    check(
+        &["bdev_nvme_reset_controller", "Nvme0", "-c", "1"],
+        "bdev_nvme_reset_controller",
+        json!({"name": "Nvme0", "cntlid": 1}),
+    );
     check(
         &["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "20000", "--r_mbytes_per_sec", "100"],
         "bdev_set_qos_limit",

@@ -11,12 +11,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use peerless_core::mem::{copy, registry, DmaBuf, DomainId};
-use peerless_core::reactor::{PollStatus, Poller, ThreadCtx};
+use peerless_core::reactor::{IoChannel, PollStatus, Poller, ThreadCtx};
+
+mod recovery;
+
+pub(crate) use recovery::ThreadChannels;
 
 use super::controller::Controller;
 use super::prp::{self, PrpError};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
 use super::spec::{nvm, Sqe};
+use super::timeout::{CheckClock, CHECK_PERIOD};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, IoType};
 use crate::status::IoStatus;
@@ -40,6 +45,11 @@ struct Slot {
     /// Where the command's bytes sit in the parent's data: what a bounced read copies back.
     data_offset: usize,
     data_len: usize,
+    /// Placed in the queue and not completed yet.
+    active: bool,
+    /// The deadline clock's count when it was placed, and when its abort went out.
+    stamp: u32,
+    aborted_at: Option<u32>,
 }
 
 struct Parent {
@@ -63,6 +73,12 @@ struct State {
     /// Commands of one I/O, built before any is placed, so running out midway places none.
     staged: Vec<(u16, Sqe)>,
     closed: bool,
+    /// A controller reset is under way: new I/O waits for it.
+    resetting: bool,
+    clock: CheckClock,
+    /// This thread's entry in the controller's list of channels, held as long as the
+    /// poller may still need a reset to reach it.
+    _registered: IoChannel<ThreadChannels>,
 }
 
 pub(crate) struct NvmeChannel {
@@ -94,6 +110,7 @@ impl NvmeChannel {
         } else {
             Vec::new()
         };
+        let registered = ctx.get_io_channel(ctrlr.threads());
         let state = State {
             nsid,
             block_size: u64::from(block_size),
@@ -107,9 +124,13 @@ impl NvmeChannel {
             prp_list: Vec::with_capacity(PAGE_BYTES / 8),
             staged: Vec::with_capacity(usable),
             closed: false,
+            resetting: false,
+            clock: CheckClock::new(CHECK_PERIOD),
+            _registered: registered.clone(),
             ctrlr,
         };
         let state = Rc::new(RefCell::new(state));
+        registered.borrow_mut().add(&state);
         let poller = completion_poller(ctx, name, state.clone(), depth);
         NvmeChannel { state, poller: Some(poller) }
     }
@@ -127,43 +148,24 @@ impl Drop for NvmeChannel {
 
 impl BdevChannelOps for NvmeChannel {
     fn submit(&mut self, _ctx: &mut ThreadCtx, io: Box<BdevIo>) -> Result<(), SubmitError> {
-        let mut state = self.state.borrow_mut();
-        if state.queue.is_none() {
-            drop(state);
-            io.complete(IoStatus::INTERNAL_ERROR);
-            return Ok(());
-        }
-        match state.stage(&io) {
-            Ok(()) => {}
-            Err(Staging::NoResources) => return Err(SubmitError::NoResources(io)),
-            Err(Staging::Refused(status, why)) => {
-                drop(state);
-                peerless_core::log_error!("nvme: {:?} at block {}: {why}", io.io_type, io.offset_blocks);
+        let outcome = self.state.borrow_mut().start(io);
+        match outcome {
+            Start::Placed => Ok(()),
+            Start::Done(io, status) => {
                 io.complete(status);
-                return Ok(());
+                Ok(())
             }
+            Start::NoResources(io) => Err(SubmitError::NoResources(io)),
         }
-        let Some(parent) = state.free_parents.pop() else {
-            state.unstage();
-            return Err(SubmitError::NoResources(io));
-        };
-        let children = state.staged.len() as u32;
-        if children == 0 {
-            state.free_parents.push(parent);
-            drop(state);
-            io.complete(IoStatus::SUCCESS);
-            return Ok(());
-        }
-        let State { staged, slots, queue, parents, .. } = &mut *state;
-        let queue = queue.as_mut().expect("checked above");
-        for (cid, sqe) in staged.drain(..) {
-            slots[usize::from(cid)].parent = parent;
-            queue.push(&sqe);
-        }
-        queue.ring();
-        parents[usize::from(parent)] = Some(Parent { io, remaining: children, status: IoStatus::SUCCESS });
-        Ok(())
     }
+}
+
+/// What became of an I/O given to the channel; one that is done is completed by the
+/// caller once it has let go of the channel.
+enum Start {
+    Placed,
+    Done(Box<BdevIo>, IoStatus),
+    NoResources(Box<BdevIo>),
 }
 
 enum Staging {
@@ -172,6 +174,48 @@ enum Staging {
 }
 
 impl State {
+    fn start(&mut self, io: Box<BdevIo>) -> Start {
+        if self.resetting {
+            return Start::NoResources(io);
+        }
+        if self.ctrlr.is_gone() {
+            return Start::Done(io, IoStatus::ABORTED_SQ_DELETION);
+        }
+        if self.queue.is_none() {
+            return Start::Done(io, IoStatus::INTERNAL_ERROR);
+        }
+        match self.stage(&io) {
+            Ok(()) => {}
+            Err(Staging::NoResources) => return Start::NoResources(io),
+            Err(Staging::Refused(status, why)) => {
+                peerless_core::log_error!("nvme: {:?} at block {}: {why}", io.io_type, io.offset_blocks);
+                return Start::Done(io, status);
+            }
+        }
+        let Some(parent) = self.free_parents.pop() else {
+            self.unstage();
+            return Start::NoResources(io);
+        };
+        let children = self.staged.len() as u32;
+        if children == 0 {
+            self.free_parents.push(parent);
+            return Start::Done(io, IoStatus::SUCCESS);
+        }
+        let stamp = self.clock.stamp();
+        let State { staged, slots, queue, parents, .. } = self;
+        let queue = queue.as_mut().expect("checked above");
+        for (cid, sqe) in staged.drain(..) {
+            let slot = &mut slots[usize::from(cid)];
+            slot.parent = parent;
+            slot.active = true;
+            slot.stamp = stamp;
+            queue.push(&sqe);
+        }
+        queue.ring();
+        parents[usize::from(parent)] = Some(Parent { io, remaining: children, status: IoStatus::SUCCESS });
+        Start::Placed
+    }
+
     /// Builds every command of `io` into `staged`, taking their slots and bounce buffers;
     /// on failure gives back what it took.
     fn stage(&mut self, io: &BdevIo) -> Result<(), Staging> {
@@ -361,12 +405,18 @@ impl State {
 fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>, depth: usize) -> Poller {
     let mut finished: Vec<(Box<BdevIo>, IoStatus)> = Vec::with_capacity(depth);
     let mut stalled_polls = 0u64;
-    ctx.poller(&format!("nvme_{name}"), 0, move |_ctx| {
+    ctx.poller(&format!("nvme_{name}"), 0, move |ctx| {
         let mut guard = state.borrow_mut();
         let state_ref = &mut *guard;
         let Some(queue) = state_ref.queue.as_mut() else {
-            return if state_ref.closed { PollStatus::Done } else { PollStatus::Idle };
+            return if state_ref.closed && !state_ref.resetting { PollStatus::Done } else { PollStatus::Idle };
         };
+        // As SPDK aborts a disconnected queue pair's commands: what is in flight when a
+        // reset begins is submitted again after it, whether or not it completes meanwhile,
+        // and the reset's last message wakes this thread.
+        if state_ref.resetting {
+            return PollStatus::Idle;
+        }
         let State { slots, free_cids, parents, free_parents, bounces, free_bounces, .. } = state_ref;
         let taken = queue.poll(COMPLETIONS_PER_POLL, |cqe| {
             let Some(slot) = slots.get_mut(usize::from(cqe.cid)) else {
@@ -402,25 +452,27 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
             }
         });
         // A removed device completes nothing and reads all ones; look now and then
-        // while commands wait, not on every pass: a register read is dear.
+        // while commands wait, not on every pass: a register read is dear. Another
+        // channel may have seen it first.
         let waiting = taken == 0 && free_cids.len() + 1 < slots.len();
         stalled_polls = if waiting { stalled_polls + 1 } else { 0 };
-        let gone = waiting && stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue.controller_gone();
+        let qid = queue.qid();
+        let gone =
+            waiting && (guard.ctrlr.is_gone() || stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue_gone(&guard));
         if gone {
             // Surprise removal: nothing will complete; fail what is in flight.
-            for (index, parent) in parents.iter_mut().enumerate() {
-                if let Some(parent) = parent.take() {
-                    free_parents.push(index as u16);
-                    finished.push((parent.io, IoStatus::ABORTED_SQ_DELETION));
-                }
+            if guard.ctrlr.mark_gone() {
+                peerless_core::log_error!(
+                    "nvme {}: the device is gone (its registers read all ones); failing its I/O",
+                    guard.ctrlr.pci().bdf()
+                );
             }
-            free_cids.clear();
-            free_cids.extend((0..slots.len().saturating_sub(1) as u16).rev());
-            free_bounces.clear();
-            free_bounces.extend((0..bounces.len() as u8).rev());
+            guard.fail_in_flight(&mut finished);
         }
         let in_flight = guard.in_flight();
-        let finish_queue = guard.closed && in_flight == 0;
+        let overdue =
+            if in_flight > 0 && !guard.resetting { guard.check_deadlines(ctx.now()) } else { Default::default() };
+        let finish_queue = guard.closed && in_flight == 0 && !guard.resetting;
         let queue = if finish_queue { guard.queue.take() } else { None };
         let ctrlr = guard.ctrlr.clone();
         drop(guard);
@@ -428,8 +480,11 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         for (io, status) in finished.drain(..) {
             io.complete(status);
         }
+        act_on_overdue(ctx, &ctrlr, qid, overdue);
         if let Some(queue) = queue {
-            if !gone {
+            if ctrlr.is_gone() {
+                ctrlr.release_qid(queue.qid());
+            } else {
                 ctrlr.delete_io_queue(queue);
             }
             return PollStatus::Done;
@@ -438,6 +493,37 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         // reactor in interrupt mode would sleep past them.
         PollStatus::from_work(completed > 0 || in_flight > 0)
     })
+}
+
+fn queue_gone(state: &State) -> bool {
+    state.queue.as_ref().is_some_and(QueuePair::controller_gone)
+}
+
+/// Aborts commands past their deadline, or resets the controller (SPDK's
+/// action_on_timeout); an abort the controller cannot take leads to the reset too.
+fn act_on_overdue(ctx: &mut ThreadCtx, ctrlr: &Arc<Controller>, qid: u16, overdue: recovery::Overdue) {
+    let bdf = ctrlr.pci().bdf();
+    if overdue.reported > 0 {
+        peerless_core::log_warn!("nvme {bdf}: {} commands on queue {qid} are past their deadline", overdue.reported);
+    }
+    let mut reset = overdue.reset;
+    for cid in overdue.aborts {
+        peerless_core::log_warn!("nvme {bdf}: command {cid} on queue {qid} is past its deadline; aborting it");
+        match ctrlr.abort(qid, cid) {
+            Ok(true) => {}
+            Ok(false) => peerless_core::log_warn!("nvme {bdf}: the controller did not abort command {cid}"),
+            Err(err) => {
+                peerless_core::log_error!("nvme {bdf}: abort of command {cid}: {err}");
+                reset = true;
+            }
+        }
+    }
+    if reset && !ctrlr.is_resetting() {
+        peerless_core::log_error!(
+            "nvme {bdf}: a command on queue {qid} outlived its deadline; resetting the controller"
+        );
+        super::reset::reset_controller(ctx, ctrlr.clone(), |_, _| {});
+    }
 }
 
 /// The bus address of a byte of CMB memory, from its registered region.

@@ -5,18 +5,21 @@
 //! polled to completion by the caller (at attach, and when a bdev channel creates or
 //! deletes its I/O queue pair), as SPDK's driver does for queue creation.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use peerless_core::mem::pci::{is_bar_memory, BarMemory};
 use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
+use peerless_core::reactor::IoDevice;
 
+use super::channel::ThreadChannels;
 use super::pci::{PciFunction, Route};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
 use super::spec::{
-    admin, cc, cmbmsc, csts, reg, Cap, CmbLayout, Cqe, IdentifyController, IdentifyNamespace, Sqe, IDENTIFY_BYTES,
+    abort_cdw10, abort_left_command, admin, cc, cmbmsc, csts, reg, Cap, CmbLayout, Cqe, IdentifyController,
+    IdentifyNamespace, Sqe, IDENTIFY_BYTES,
 };
 
 /// Admin queue entries: a handful of commands are ever in flight.
@@ -58,6 +61,16 @@ pub struct Controller {
     /// Commands whose data went through a bounce buffer. Counted on that slow path
     /// only, where a shared counter costs nothing next to the copy.
     bounced_commands: AtomicU64,
+    /// Each reactor thread's channels on this controller, which a reset reaches by
+    /// message on their own threads.
+    threads: IoDevice<ThreadChannels>,
+    resetting: AtomicBool,
+    resets: AtomicU64,
+    /// I/Os that were in flight at a reset and were submitted again after it.
+    resubmitted: AtomicU64,
+    /// Set once the device is found removed: submissions fail at once from then on.
+    gone: AtomicBool,
+    timeouts: super::timeout::TimeoutSettings,
 }
 
 impl Controller {
@@ -120,6 +133,7 @@ impl Controller {
             }
         }
         let io_depth = DEFAULT_IO_DEPTH.min(cap.max_queue_entries().min(u32::from(QueuePair::max_depth())) as u16);
+        let threads = IoDevice::new(&format!("nvme_ctrlr_{}", pci.bdf()), |_| ThreadChannels::default());
         Ok(Arc::new(Controller {
             free_qids: Mutex::new((1..=granted).rev().collect()),
             pci,
@@ -132,6 +146,12 @@ impl Controller {
             admin,
             cmb,
             bounced_commands: AtomicU64::new(0),
+            threads,
+            resetting: AtomicBool::new(false),
+            resets: AtomicU64::new(0),
+            resubmitted: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
+            timeouts: super::timeout::TimeoutSettings::default(),
         }))
     }
 
@@ -190,6 +210,114 @@ impl Controller {
 
     /// Creates an I/O queue pair: its completion queue first, then its submission queue
     /// (§3.3.1.1). Interrupts stay off: the reactor polls it.
+    pub(crate) fn threads(&self) -> &IoDevice<ThreadChannels> {
+        &self.threads
+    }
+
+    pub fn timeouts(&self) -> &super::timeout::TimeoutSettings {
+        &self.timeouts
+    }
+
+    /// Claims the reset; false if one is under way already.
+    pub(crate) fn begin_reset(&self) -> bool {
+        !self.resetting.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn end_reset(&self) {
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        self.resetting.store(false, Ordering::Release);
+    }
+
+    pub fn is_resetting(&self) -> bool {
+        self.resetting.load(Ordering::Acquire)
+    }
+
+    /// Resets completed since attach.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_resubmitted(&self, ios: usize) {
+        self.resubmitted.fetch_add(ios as u64, Ordering::Relaxed);
+    }
+
+    /// I/Os in flight at a reset and submitted again after it, since attach.
+    pub fn resubmitted(&self) -> u64 {
+        self.resubmitted.load(Ordering::Relaxed)
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
+
+    /// Records that the device went away; true for the first caller.
+    pub fn mark_gone(&self) -> bool {
+        !self.gone.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the registers read all ones, as a removed device's do (§3.1.3).
+    pub fn registers_gone(&self) -> bool {
+        self.pci.bar0().read32(reg::CSTS) == u32::MAX
+    }
+
+    /// CSTS.CFS: the controller hit a fatal error and needs a reset (§3.1.3.6).
+    pub fn fatal_status(&self) -> bool {
+        let status = self.pci.bar0().read32(reg::CSTS);
+        status != u32::MAX && status & csts::CFS != 0
+    }
+
+    /// The middle of a controller reset, once every channel has stopped submitting:
+    /// CC.EN to 0 (which deletes every I/O queue and stops the controller's DMA, §3.7.2),
+    /// the admin queue from its start in the same memory, CC.EN to 1, the CMB's window
+    /// again and Number of Queues again. Blocks for the register waits: run it off the
+    /// reactors. The admin lock is held throughout, so no other admin command interleaves.
+    pub fn reenable(&self) -> Result<(), String> {
+        let mut admin = self.admin.lock();
+        disable(&self.pci, self.cap)?;
+        let bar = self.pci.bar0();
+        if let (Some(cmb), true) = (&self.cmb, self.cap.cmb_gated()) {
+            let value = cmb.bus_base() | cmbmsc::CMSE | cmbmsc::CRE;
+            bar.write32(reg::CMBMSC + 4, (value >> 32) as u32);
+            bar.write32(reg::CMBMSC, value as u32);
+        }
+        admin.queue.reset();
+        bar.write32(reg::AQA, u32::from(ADMIN_DEPTH - 1) << 16 | u32::from(ADMIN_DEPTH - 1));
+        bar.write64(reg::ASQ, admin.queue.sq_bus());
+        bar.write64(reg::ACQ, admin.queue.cq_bus());
+        bar.write32(reg::CC, cc::EN | cc::CSS_NVM | cc::mps(12) | cc::IOSQES_64 | cc::IOCQES_16);
+        wait_ready(&self.pci, self.cap, true)?;
+        let granted = set_queue_count_locked(&mut admin, self.io_queues_granted, self.pci.bdf())?;
+        if granted < self.io_queues_granted {
+            return Err(format!(
+                "{}: after the reset the controller grants {granted} I/O queues, fewer than the {} in use",
+                self.pci.bdf(),
+                self.io_queues_granted
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates a queue pair the reset took away again, in its own memory and under its
+    /// own identifier.
+    pub fn recreate_io_queue(&self, queue: &mut QueuePair) -> Result<(), String> {
+        queue.reset();
+        self.register_queue(queue)
+    }
+
+    /// Gives back the identifier of a queue pair that no longer exists on the controller.
+    pub fn release_qid(&self, qid: u16) {
+        self.free_qids.lock().push(qid);
+    }
+
+    /// Asks the controller to abort command `cid` of queue `sqid` (§5.1); true when it
+    /// says it did.
+    pub fn abort(&self, sqid: u16, cid: u16) -> Result<bool, String> {
+        let mut sqe = Sqe::new(admin::ABORT);
+        sqe.cdw10 = abort_cdw10(sqid, cid);
+        let cqe = self.admin_command(sqe)?;
+        Ok(!abort_left_command(cqe.result))
+    }
+
     pub fn create_io_queue(&self) -> Result<QueuePair, String> {
         let qid = self.free_qids.lock().pop().ok_or_else(|| {
             format!("{}: all {} I/O queues the controller granted are in use", self.pci.bdf(), self.io_queues_granted)
@@ -203,6 +331,12 @@ impl Controller {
 
     fn create_queue_pair(&self, qid: u16) -> Result<QueuePair, String> {
         let queue = QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
+        self.register_queue(&queue)?;
+        Ok(queue)
+    }
+
+    fn register_queue(&self, queue: &QueuePair) -> Result<(), String> {
+        let qid = queue.qid();
         let size = u32::from(self.io_depth - 1) << 16 | u32::from(qid);
         let mut create_cq = Sqe::new(admin::CREATE_IO_CQ);
         create_cq.prp1 = queue.cq_bus();
@@ -217,7 +351,7 @@ impl Controller {
             let _ = self.delete_queue(admin::DELETE_IO_CQ, qid);
             return Err(format!("create I/O submission queue {qid}: {err}"));
         }
-        Ok(queue)
+        Ok(())
     }
 
     /// Deletes a queue pair whose commands have all completed (§3.3.1.3).
@@ -244,6 +378,9 @@ impl Controller {
 
     /// Normal shutdown (CC.SHN), waiting for CSTS.SHST to report it complete.
     pub fn shutdown(&self) {
+        if self.is_gone() {
+            return;
+        }
         let bar = self.pci.bar0();
         let cc_value = bar.read32(reg::CC);
         if cc_value == u32::MAX {
@@ -351,8 +488,11 @@ fn wait_ready(pci: &PciFunction, cap: Cap, ready: bool) -> Result<(), String> {
     }
 }
 
-fn admin_command(admin: &Mutex<AdminQueue>, mut sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
-    let mut admin = admin.lock();
+fn admin_command(admin: &Mutex<AdminQueue>, sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
+    admin_command_locked(&mut admin.lock(), sqe, bdf)
+}
+
+fn admin_command_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
     sqe.cid = 0;
     admin.queue.submit(&sqe);
     let deadline = Instant::now() + ADMIN_TIMEOUT;
@@ -368,6 +508,10 @@ fn admin_command(admin: &Mutex<AdminQueue>, mut sqe: Sqe, bdf: &str) -> Result<C
         }
         if admin.queue.controller_gone() {
             return Err(format!("{bdf}: the device is gone"));
+        }
+        // A failed controller completes nothing more (§3.1.3.6): only a reset helps.
+        if admin.queue.controller_failed() {
+            return Err(format!("{bdf}: controller fatal status (CSTS.CFS)"));
         }
         if Instant::now() > deadline {
             return Err(format!("{bdf}: admin command {:#04x} timed out after {ADMIN_TIMEOUT:?}", sqe.opcode));
@@ -394,11 +538,15 @@ fn identify(admin: &Mutex<AdminQueue>, cns: u32, nsid: u32, bdf: &str) -> Result
 /// returns how many the controller granted: the lesser of its submission and
 /// completion queue counts.
 fn set_queue_count(admin: &Mutex<AdminQueue>, wanted: u16, bdf: &str) -> Result<u16, String> {
+    set_queue_count_locked(&mut admin.lock(), wanted, bdf)
+}
+
+fn set_queue_count_locked(admin: &mut AdminQueue, wanted: u16, bdf: &str) -> Result<u16, String> {
     let mut sqe = Sqe::new(admin::SET_FEATURES);
     sqe.cdw10 = admin::FEATURE_NUMBER_OF_QUEUES;
     let zero_based = u32::from(wanted - 1);
     sqe.cdw11 = zero_based << 16 | zero_based;
-    let cqe = admin_command(admin, sqe, bdf).map_err(|err| format!("set number of queues: {err}"))?;
+    let cqe = admin_command_locked(admin, sqe, bdf).map_err(|err| format!("set number of queues: {err}"))?;
     let granted = (cqe.result & 0xffff).min(cqe.result >> 16) + 1;
     Ok(granted.min(u32::from(wanted)) as u16)
 }

@@ -9,8 +9,10 @@ mod controller;
 mod pci;
 mod prp;
 mod queue;
+mod reset;
 mod rpc;
 mod spec;
+mod timeout;
 
 use std::sync::Arc;
 
@@ -23,7 +25,9 @@ use crate::io::IoType;
 use channel::NvmeChannel;
 pub use controller::Controller;
 pub use pci::canonical_bdf;
+pub use reset::reset_controller;
 pub use rpc::NvmeModule;
+pub use timeout::{TimeoutAction, Timeouts};
 
 pub const MODULE_NAME: &str = "nvme";
 

@@ -8,6 +8,7 @@
 //! (CAP_SYS_ADMIN).
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -224,6 +225,22 @@ impl PciFunction {
 
     pub fn bar0(&self) -> &Arc<Mmio> {
         &self.bar0
+    }
+
+    /// Whether the function is still on the bus: a removed one leaves sysfs, while its
+    /// BAR mapping may go on answering for a while (the kernel disables bus mastering,
+    /// and the controller then fails its completions with CSTS.CFS instead).
+    pub fn present(&self) -> bool {
+        sysfs(&self.bdf).exists()
+    }
+
+    /// Over VFIO, an eventfd the kernel signals when it wants the device back (a remove
+    /// or unbind waits until the device is closed); None over uio, where nothing waits.
+    pub fn removal_request(&self) -> Option<Result<OwnedFd, String>> {
+        match &self.access {
+            Access::Vfio { device, .. } => Some(device.request_notifier().map_err(|err| err.to_string())),
+            Access::Uio { .. } => None,
+        }
     }
 
     /// Maps BAR `index` (BAR0, the registers, is mapped at open: ask only for others).

@@ -184,6 +184,23 @@ impl QueuePair {
         taken
     }
 
+    /// Makes the pair as new for a controller that was reset, which forgot every queue
+    /// (NVMe Base 2.0 §3.7.2): the same memory is created again, so the completion ring's
+    /// stale phase tags must go and both indices start at 0.
+    pub fn reset(&mut self) {
+        let cq_bytes = usize::from(self.depth) * CQE_BYTES;
+        self.mem.write_bytes(self.cq_offset, &vec![0u8; cq_bytes]);
+        self.sq_tail = 0;
+        self.cq_head = 0;
+        self.phase = true;
+    }
+
+    /// Whether the controller reports a fatal status (CSTS.CFS, §3.1.3.6), not all ones.
+    pub fn controller_failed(&self) -> bool {
+        let status = self.bar.read32(super::spec::reg::CSTS);
+        status != u32::MAX && status & super::spec::csts::CFS != 0
+    }
+
     /// Whether the controller has gone (a surprise removal reads all ones, §3.1.3).
     pub fn controller_gone(&self) -> bool {
         self.bar.read32(super::spec::reg::CSTS) == u32::MAX

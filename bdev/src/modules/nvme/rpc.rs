@@ -1,22 +1,25 @@
-//! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller` and
-//! `bdev_nvme_get_controllers` for PCIe controllers, with SPDK's names and shapes.
+//! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
+//! `bdev_nvme_get_controllers` and `bdev_nvme_reset_controller` for PCIe controllers,
+//! with SPDK's names and shapes.
 //!
 //! Bringing a controller up polls registers and admin commands for milliseconds to
 //! seconds, so attach runs on a thread of its own and registers the bdevs back on the
-//! app thread.
+//! app thread. There a health poller watches each attached controller: one removed from
+//! the bus (gone from sysfs, or its registers reading all ones) is detached, its bdevs
+//! unregistered, which tells their openers; one reporting a fatal status is reset.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nix::errno::Errno;
 use parking_lot::Mutex;
-use peerless_core::reactor::ThreadCtx;
+use peerless_core::reactor::{PollStatus, ThreadCtx};
 use peerless_core::rpc::{Registry, RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::controller::{Controller, DEFAULT_IO_QUEUES};
-use super::{canonical_bdf, NvmeBdev, MODULE_NAME};
+use super::{canonical_bdf, reset_controller, NvmeBdev, MODULE_NAME};
 use crate::error::BdevError;
 use crate::manager::BdevManager;
 use crate::modules::BdevModule;
@@ -115,6 +118,18 @@ struct DetachParams {
     hostsvcid: Option<Value>,
 }
 
+/// SPDK's reset parameters: the controller, and optionally which of its controllers
+/// (a PCIe one has exactly one).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetParams {
+    name: String,
+    cntlid: Option<u16>,
+}
+
+/// How often the app thread looks at each controller's status register.
+const HEALTH_PERIOD_US: u64 = 500_000;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct GetParams {
@@ -183,11 +198,12 @@ impl BdevModule for NvmeModule {
                 let spawned = std::thread::Builder::new().name("nvme-attach".into()).spawn(move || {
                     let attached = Controller::attach(&attach.bdf, attach.io_queues);
                     let name = attach.name.clone();
-                    let finish = move |_: &mut ThreadCtx| match attached
+                    let finish = move |ctx: &mut ThreadCtx| match attached
                         .and_then(|ctrlr| register(&bdevs, &controllers, &attach, ctrlr))
                     {
                         Ok(done) => {
                             let names = done.bdevs.clone();
+                            watch_health(ctx, &bdevs, &controllers, &attach.name, &done.ctrlr);
                             controllers.lock().insert(attach.name.clone(), Some(done));
                             peerless_core::log_notice!(
                                 "nvme: attached {} at {}: {}",
@@ -222,6 +238,35 @@ impl BdevModule for NvmeModule {
             {
                 Ok(()) => responder.ok_true(),
                 Err(err) => responder.err(err),
+            },
+        );
+        let controllers = self.controllers.clone();
+        registry.method(
+            "bdev_nvme_reset_controller",
+            StateMask::RUNTIME,
+            move |ctx: &mut ThreadCtx, params: ResetParams, responder| {
+                let ctrlr = match controllers.lock().get(&params.name) {
+                    Some(Some(attached)) => attached.ctrlr.clone(),
+                    _ => {
+                        let why = format!("controller {} does not exist", params.name);
+                        return responder.err(RpcError::errno(Errno::ENODEV, why));
+                    }
+                };
+                if let Some(cntlid) = params.cntlid.filter(|cntlid| *cntlid != ctrlr.identity().cntlid) {
+                    let why = format!("controller {} has no controller with cntlid {cntlid}", params.name);
+                    return responder.err(RpcError::errno(Errno::ENODEV, why));
+                }
+                let refusal = if ctrlr.is_gone() {
+                    Some(Errno::ENODEV)
+                } else if ctrlr.is_resetting() {
+                    Some(Errno::EBUSY)
+                } else {
+                    None
+                };
+                reset_controller(ctx, ctrlr, move |_, result| match result {
+                    Ok(()) => responder.ok_true(),
+                    Err(err) => responder.err(RpcError::errno(refusal.unwrap_or(Errno::EIO), err)),
+                });
             },
         );
         let controllers = self.controllers.clone();
@@ -265,6 +310,133 @@ fn reserve(controllers: &Controllers, bdevs: &BdevManager, attach: &Attach) -> R
     }
     controllers.insert(attach.name.clone(), None);
     Ok(())
+}
+
+/// Watches an attached controller from the app thread until it is detached: a removed
+/// device is detached here (the NVMe-oF namespaces on its bdevs go with them), a fatal
+/// status reset. Over VFIO the kernel asks for the device first (its device request):
+/// the controller is detached while it still answers, so it shuts down cleanly and the
+/// descriptor closes, which lets the kernel's remove finish.
+fn watch_health(
+    ctx: &mut ThreadCtx,
+    bdevs: &BdevManager,
+    controllers: &Controllers,
+    name: &str,
+    ctrlr: &Arc<Controller>,
+) {
+    let watched = Watched {
+        ctrlr: Arc::downgrade(ctrlr),
+        bdevs: bdevs.downgrade(),
+        controllers: Arc::downgrade(controllers),
+        name: name.to_string(),
+    };
+    if let Some(request) = ctrlr.pci().removal_request() {
+        match request {
+            Ok(eventfd) => watch_removal_request(ctx, watched.clone(), std::fs::File::from(eventfd)),
+            Err(err) => peerless_core::log_warn!("nvme {name}: no removal notice from VFIO: {err}"),
+        }
+    }
+    let poller = ctx.poller(&format!("nvme_health_{name}"), HEALTH_PERIOD_US, move |ctx| {
+        let Some((ctrlr, names)) = watched.current() else { return PollStatus::Done };
+        let Some(ctrlr) = ctrlr else { return PollStatus::Idle };
+        let removed = ctrlr.is_gone() || !ctrlr.pci().present() || ctrlr.registers_gone();
+        if !removed {
+            if ctrlr.is_resetting() {
+                return PollStatus::Idle;
+            }
+            if ctrlr.fatal_status() {
+                peerless_core::log_error!(
+                    "nvme {}: controller fatal status (CSTS.CFS); resetting it",
+                    ctrlr.pci().bdf()
+                );
+                reset_controller(ctx, ctrlr, |_, _| {});
+            }
+            return PollStatus::Idle;
+        }
+        ctrlr.mark_gone();
+        peerless_core::log_error!(
+            "nvme {}: hot-removed (gone from the bus): removing controller {} and its bdevs {}",
+            ctrlr.pci().bdf(),
+            watched.name,
+            names.join(", ")
+        );
+        drop(ctrlr);
+        watched.remove(ctx, &names);
+        PollStatus::Done
+    });
+    poller.detach();
+}
+
+fn watch_removal_request(ctx: &mut ThreadCtx, watched: Watched, eventfd: std::fs::File) {
+    let eventfd = std::rc::Rc::new(eventfd);
+    let held = eventfd.clone();
+    let name = format!("nvme_removal_{}", watched.name);
+    let registered = ctx.fd_poller(&name, std::os::fd::AsFd::as_fd(&*eventfd), HEALTH_PERIOD_US, move |ctx| {
+        let Some((ctrlr, names)) = watched.current() else { return PollStatus::Done };
+        let Some(ctrlr) = ctrlr else { return PollStatus::Idle };
+        let mut count = [0u8; 8];
+        if std::io::Read::read(&mut &*held, &mut count).is_err() {
+            return PollStatus::Idle;
+        }
+        peerless_core::log_error!(
+            "nvme {}: hot-removed (the kernel asks for the device back): removing controller {} and its bdevs {}",
+            ctrlr.pci().bdf(),
+            watched.name,
+            names.join(", ")
+        );
+        drop(ctrlr);
+        watched.remove(ctx, &names);
+        PollStatus::Done
+    });
+    match registered {
+        Ok(poller) => {
+            poller.detach();
+        }
+        Err(err) => peerless_core::log_warn!("{name}: cannot watch for removal requests: {err}"),
+    }
+}
+
+/// What the app thread's watches of one controller hold: nothing that keeps it alive.
+#[derive(Clone)]
+struct Watched {
+    ctrlr: std::sync::Weak<Controller>,
+    bdevs: crate::manager::WeakBdevManager,
+    controllers: std::sync::Weak<Mutex<BTreeMap<String, Option<Attached>>>>,
+    name: String,
+}
+
+impl Watched {
+    /// The controller (None while its attach finishes) and its bdevs; None once it is
+    /// detached or its name taken by another.
+    #[allow(clippy::type_complexity)]
+    fn current(&self) -> Option<(Option<Arc<Controller>>, Vec<String>)> {
+        let (ctrlr, controllers) = (self.ctrlr.upgrade()?, self.controllers.upgrade()?);
+        let controllers = controllers.lock();
+        match controllers.get(&self.name) {
+            Some(Some(attached)) if Arc::ptr_eq(&attached.ctrlr, &ctrlr) => Some((Some(ctrlr), attached.bdevs.clone())),
+            // Its entry is filled in right after the watch starts.
+            Some(None) => Some((None, Vec::new())),
+            None | Some(Some(_)) => None,
+        }
+    }
+
+    /// Unregisters the controller's bdevs (their openers are told), which detaches it.
+    fn remove(&self, ctx: &mut ThreadCtx, names: &[String]) {
+        if let Some(bdevs) = self.bdevs.upgrade() {
+            for bdev in names {
+                match bdevs.unregister_by_name(Some(ctx), bdev, MODULE_NAME) {
+                    Ok(()) | Err(BdevError::NotFound(_)) => {}
+                    Err(err) => peerless_core::log_error!("nvme {}: unregister {bdev}: {err}", self.name),
+                }
+            }
+        }
+        if let Some(controllers) = self.controllers.upgrade() {
+            let mut controllers = controllers.lock();
+            if matches!(controllers.get(&self.name), Some(Some(attached)) if attached.bdevs.is_empty()) {
+                controllers.remove(&self.name);
+            }
+        }
+    }
 }
 
 fn register(
@@ -350,7 +522,15 @@ fn controller_json(name: &str, attached: &Attached) -> Value {
     json!({
         "name": name,
         "ctrlrs": [{
-            "state": "enabled",
+            "state": if attached.ctrlr.is_gone() {
+                "failed"
+            } else if attached.ctrlr.is_resetting() {
+                "resetting"
+            } else {
+                "enabled"
+            },
+            "resets": attached.ctrlr.resets(),
+            "resubmitted_ios": attached.ctrlr.resubmitted(),
             "trid": {"trtype": "PCIe", "traddr": pci.bdf()},
             "cntlid": id.cntlid,
             "host": {"nqn": "", "addr": "", "svcid": ""},
@@ -387,6 +567,15 @@ mod tests {
             attach(json!({"name": "Nvme0", "trtype": "PCIe", "traddr": "00:04.0", "num_io_queues": 0})).unwrap_err();
         assert!(err.contains("num_io_queues 0"), "{err}");
         assert!(attach(json!({"name": "a b", "trtype": "PCIe", "traddr": "00:04.0"})).is_err());
+    }
+
+    #[test]
+    fn reset_takes_spdks_parameters_and_refuses_others() {
+        let params: ResetParams = serde_json::from_value(json!({"name": "Nvme0", "cntlid": 1})).unwrap();
+        assert_eq!((params.name.as_str(), params.cntlid), ("Nvme0", Some(1)));
+        let err = serde_json::from_value::<ResetParams>(json!({"name": "Nvme0", "hard": true})).err().unwrap();
+        assert!(err.to_string().contains("hard"), "{err}");
+        assert!(serde_json::from_value::<ResetParams>(json!({"cntlid": 1})).is_err());
     }
 
     #[test]

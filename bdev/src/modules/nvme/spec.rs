@@ -125,6 +125,7 @@ pub mod admin {
     pub const DELETE_IO_CQ: u8 = 0x04;
     pub const CREATE_IO_CQ: u8 = 0x05;
     pub const IDENTIFY: u8 = 0x06;
+    pub const ABORT: u8 = 0x08;
     pub const SET_FEATURES: u8 = 0x09;
     /// Identify CNS values (§5.17.1).
     pub const CNS_NAMESPACE: u32 = 0x00;
@@ -132,6 +133,17 @@ pub mod admin {
     pub const CNS_ACTIVE_NAMESPACES: u32 = 0x02;
     /// Set Features identifiers (§5.27.1).
     pub const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
+}
+
+/// Abort's command dword 10 (§5.1): the command's identifier in bits 31:16, the
+/// submission queue it was placed in in bits 15:00.
+pub fn abort_cdw10(sqid: u16, cid: u16) -> u32 {
+    u32::from(cid) << 16 | u32::from(sqid)
+}
+
+/// Abort's completion dword 0, bit 0 (§5.1.1): set when the command was not aborted.
+pub fn abort_left_command(result: u32) -> bool {
+    result & 1 == 1
 }
 
 /// NVM command set opcodes (NVM Command Set 1.0 §3).
@@ -384,6 +396,14 @@ mod tests {
         assert_eq!(&bytes[40..44], &10u32.to_le_bytes());
         assert_eq!(&bytes[48..52], &12u32.to_le_bytes());
         assert_eq!(&bytes[60..64], &15u32.to_le_bytes());
+    }
+
+    #[test]
+    fn abort_names_the_command_and_its_queue() {
+        assert_eq!(abort_cdw10(3, 0x1234), 0x1234_0003);
+        assert_eq!(abort_cdw10(0xffff, 0), 0x0000_ffff);
+        assert_eq!(abort_cdw10(1, 0xffff), 0xffff_0001);
+        assert!(abort_left_command(1) && !abort_left_command(0) && !abort_left_command(2));
     }
 
     #[test]

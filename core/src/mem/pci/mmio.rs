@@ -19,6 +19,12 @@ pub struct Mmio {
     map: Mapping,
 }
 
+impl Drop for Mmio {
+    fn drop(&mut self) {
+        super::sigbus::unguard(self.map.addr());
+    }
+}
+
 impl Mmio {
     /// MAP_SHARED read/write of `len` bytes of `file` at `offset` (a sysfs `resourceN`
     /// file, or a VFIO device fd at its region offset). `offset` must be page-aligned.
@@ -40,6 +46,8 @@ impl Mmio {
             Error::Os { source, .. } => Error::File { path: fd_path(file), what: "mmap of an MMIO window", source },
             other => other,
         })?;
+        // A removed device's window reads all ones instead of ending the process.
+        super::sigbus::guard(map.addr(), map.len());
         Ok(Mmio { map })
     }
 
@@ -172,6 +180,21 @@ mod tests {
         file.seek(SeekFrom::Start(0)).expect("seek");
         file.read_exact(&mut bytes).expect("read back");
         bytes
+    }
+
+    /// A window whose backing goes away (here the file shrinks under a shared mapping, as
+    /// a removed device's BAR is zapped) reads all ones instead of killing the process.
+    #[test]
+    fn a_window_that_loses_its_backing_reads_all_ones() {
+        let (file, mmio) = window(8192);
+        mmio.write32(0x1004, 0x1234_5678);
+        assert_eq!(mmio.read32(0x1004), 0x1234_5678);
+        let before = super::super::sigbus::replaced_windows();
+        file.set_len(0).unwrap();
+        assert_eq!(mmio.read32(0x1004), u32::MAX);
+        assert_eq!(mmio.read64(0), u64::MAX);
+        mmio.write32(0, 7);
+        assert_eq!(super::super::sigbus::replaced_windows(), before + 1);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod mmio;
 mod page_table;
 mod pagemap;
 mod phys_table;
+mod sigbus;
 mod sysfs;
 mod vfio;
 mod vfio_sys;
@@ -29,6 +30,7 @@ pub use iova_table::{IovaTable, IOVA_WINDOW_END, IOVA_WINDOW_START};
 pub use mmio::Mmio;
 pub use pagemap::virt_to_phys;
 pub use phys_table::PhysTable;
+pub use sigbus::replaced_windows;
 pub use vfio::{VfioContainer, VfioDevice};
 pub use watch::{watch_host_memory, HostMemListener, HostMemWatch};
 
