@@ -246,6 +246,16 @@ def drive_bdevs(t, work):
     check(out(t, "bdev_split_create", "-s", "4", "Null1", "2") == "Null1p0 Null1p1", "split with a size")
     check(out(t, "bdev_nvmesim_create", "-b", "Sim0", "16", "512", "--cmb-size-mb", "8", plugin=True) == "Sim0",
           "nvmesim through the plugin")
+    # The NVMe PCIe driver's methods as rpc.py sends them: options before any attach, a
+    # controller list, and an attach of a function that is not there (no SSD here).
+    out(t, "bdev_nvme_set_options", "-t", "20000000", "-a", "reset")
+    check(js(t, "bdev_nvme_get_controllers") == [], "bdev_nvme_get_controllers lists nothing")
+    check(error_code(t, "bdev_nvme_attach_controller", "-b", "Nvme9", "-t", "PCIe", "-a", "0000:7f:1f.7") == -19,
+          "attach of a missing PCI function is ENODEV")
+    check(error_code(t, "bdev_nvme_set_options", "--keep-alive-timeout-ms", "10") == -32602,
+          "bdev_nvme_set_options refuses a field it does not implement")
+    check(error_code(t, "bdev_nvme_detach_controller", "Nvme9") == -19, "detach of a controller that is not there")
+    check(error_code(t, "bdev_nvme_reset_controller", "Nvme9") == -19, "reset of a controller that is not there")
     out(t, "bdev_set_qos_limit", "--rw-ios-per-sec", "20000", "--rw-mbytes-per-sec", "100", "Malloc1")
     out(t, "bdev_set_qos_limit", "--r-mbytes-per-sec", "50", "--w-mbytes-per-sec", "40", "Malloc1")
     out(t, "bdev_wait_for_examine")

@@ -29,6 +29,8 @@ impl Subsystem for BdevSubsystem {
         // Clusters first: the bdevs that name them replay after.
         #[cfg(feature = "rbd")]
         entries.extend(crate::modules::rbd::cluster_config_entries());
+        // Driver options before the attaches they apply to.
+        entries.extend(crate::modules::nvme::options_config_entry());
         entries.extend(self.manager.list().iter().filter_map(|bdev| bdev.config_entry()));
         for entry in self.manager.entries() {
             let limits = *entry.qos.lock();

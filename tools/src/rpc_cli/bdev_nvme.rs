@@ -54,6 +54,16 @@ pub enum Command {
         #[arg(short = 'c', long)]
         cntlid: Option<u16>,
     },
+    /// Set the driver's options for controllers attached afterwards
+    #[command(name = "bdev_nvme_set_options")]
+    BdevNvmeSetOptions {
+        /// What to do when a command times out: none, abort or reset
+        #[arg(short = 'a', long)]
+        action_on_timeout: Option<String>,
+        /// Command timeout in microseconds (0: none)
+        #[arg(short = 't', long)]
+        timeout_us: Option<u64>,
+    },
     /// List NVMe controllers
     #[command(name = "bdev_nvme_get_controllers")]
     BdevNvmeGetControllers {
@@ -98,6 +108,10 @@ impl Command {
                 p().set("name", name.as_str()).opt("cntlid", *cntlid),
                 Output::Nothing,
             ),
+            Command::BdevNvmeSetOptions { action_on_timeout, timeout_us } => {
+                let params = p().opt("action_on_timeout", action_on_timeout.clone()).opt("timeout_us", *timeout_us);
+                call("bdev_nvme_set_options", params, Output::Nothing)
+            }
             Command::BdevNvmeGetControllers { name } => {
                 call("bdev_nvme_get_controllers", p().opt("name", name.clone()), Output::Json)
             }

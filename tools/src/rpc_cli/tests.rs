@@ -224,6 +224,11 @@ fn bdev_queries_and_virtual_bdevs() {
         json!({"name": "Nvme0", "trtype": "PCIe", "traddr": "0000:00:04.0", "num_io_queues": 4}),
     );
     check(&["bdev_nvme_detach_controller", "Nvme0"], "bdev_nvme_detach_controller", json!({"name": "Nvme0"}));
+    check(
+        &["bdev_nvme_set_options", "-t", "2000000", "-a", "reset"],
+        "bdev_nvme_set_options",
+        json!({"timeout_us": 2000000, "action_on_timeout": "reset"}),
+    );
     check(&["bdev_nvme_get_controllers", "-n", "Nvme0"], "bdev_nvme_get_controllers", json!({"name": "Nvme0"}));
     check(&["bdev_nvme_reset_controller", "Nvme0"], "bdev_nvme_reset_controller", json!({"name": "Nvme0"}));
     check(

@@ -6,6 +6,7 @@
 
 mod channel;
 mod controller;
+mod options;
 mod pci;
 mod prp;
 mod queue;
@@ -24,6 +25,7 @@ use crate::bdev::{Bdev, BdevChannelOps, BdevInfo, Uuid};
 use crate::io::IoType;
 use channel::NvmeChannel;
 pub use controller::Controller;
+pub use options::config_entry as options_config_entry;
 pub use pci::canonical_bdf;
 pub use reset::reset_controller;
 pub use rpc::NvmeModule;

@@ -77,6 +77,8 @@ struct AttachParams {
     reconnect_delay_sec: Option<Value>,
     fast_io_fail_timeout_sec: Option<Value>,
     psk: Option<Value>,
+    allow_unrecognized_csi: Option<Value>,
+    disable_sq_flow_control: Option<Value>,
 }
 
 impl AttachParams {
@@ -99,9 +101,14 @@ impl AttachParams {
             ("reconnect_delay_sec", &self.reconnect_delay_sec),
             ("fast_io_fail_timeout_sec", &self.fast_io_fail_timeout_sec),
             ("psk", &self.psk),
+            ("allow_unrecognized_csi", &self.allow_unrecognized_csi),
+            ("disable_sq_flow_control", &self.disable_sq_flow_control),
         ]
         .into_iter()
-        .find_map(|(name, value)| value.as_ref().filter(|value| !value.is_null()).map(|_| name))
+        // rpc.py sends its flags switched off on every call: false asks for nothing.
+        .find_map(|(name, value)| {
+            value.as_ref().filter(|value| !value.is_null() && **value != Value::Bool(false)).map(|_| name)
+        })
     }
 }
 
@@ -181,6 +188,18 @@ impl BdevModule for NvmeModule {
     }
 
     fn register_rpcs(&self, registry: &mut Registry, manager: &BdevManager) {
+        let controllers = self.controllers.clone();
+        registry.method(
+            "bdev_nvme_set_options",
+            StateMask::ANY,
+            move |_: &mut ThreadCtx, params: super::options::SetOptionsParams, responder| match super::options::set(
+                params,
+                !controllers.lock().is_empty(),
+            ) {
+                Ok(()) => responder.ok_true(),
+                Err(err) => responder.err(err),
+            },
+        );
         let (bdevs, controllers) = (manager.clone(), self.controllers.clone());
         registry.method(
             "bdev_nvme_attach_controller",
@@ -196,7 +215,9 @@ impl BdevModule for NvmeModule {
                 let (name, reserved) = (attach.name.clone(), controllers.clone());
                 let (bdevs, controllers, app_thread) = (bdevs.clone(), controllers.clone(), ctx.handle());
                 let spawned = std::thread::Builder::new().name("nvme-attach".into()).spawn(move || {
-                    let attached = Controller::attach(&attach.bdf, attach.io_queues);
+                    let attached = Controller::attach(&attach.bdf, attach.io_queues).inspect(|ctrlr| {
+                        ctrlr.timeouts().set(super::options::timeouts());
+                    });
                     let name = attach.name.clone();
                     let finish = move |ctx: &mut ThreadCtx| match attached
                         .and_then(|ctrlr| register(&bdevs, &controllers, &attach, ctrlr))
