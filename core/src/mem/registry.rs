@@ -264,6 +264,15 @@ pub fn lookup(domain: DomainId, addr: usize) -> Option<RegionInfo> {
     with_snapshot(|s| s.find(domain, addr, 1).map(RegionInfo::from))
 }
 
+/// The bus address of byte `addr` of `domain`'s memory, when its region has one. Data
+/// path (a driver's PRPs, page by page): no allocation, unlike [`lookup`].
+pub fn bus_address(domain: DomainId, addr: usize) -> Option<u64> {
+    with_snapshot(|s| {
+        let region = s.find(domain, addr, 1)?;
+        Some(region.bus_base? + (addr - region.start) as u64)
+    })
+}
+
 /// The tag of registered memory at CPU address `addr` (DMA memory, IoMem mappings).
 pub fn classify(addr: usize) -> Option<MemTag> {
     with_snapshot(|s| s.find_cpu(addr).map(|r| r.tag))

@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use peerless_core::mem::{copy, registry, DmaBuf, DomainId};
+use peerless_core::mem::{copy, registry, DmaBuf};
 use peerless_core::reactor::{IoChannel, PollStatus, Poller, ThreadCtx};
 
 mod recovery;
@@ -295,7 +295,7 @@ impl State {
             } else if let Some(domain) = device {
                 // A CMB (its own, or a peer's) by its bus addresses; NVMe forbids mixing
                 // them with host addresses in one command.
-                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| cmb_bus_address(domain, addr))
+                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| registry::bus_address(domain, addr))
             } else {
                 Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
             };
@@ -524,12 +524,6 @@ fn act_on_overdue(ctx: &mut ThreadCtx, ctrlr: &Arc<Controller>, qid: u16, overdu
         );
         super::reset::reset_controller(ctx, ctrlr.clone(), |_, _| {});
     }
-}
-
-/// The bus address of a byte of CMB memory, from its registered region.
-fn cmb_bus_address(domain: DomainId, addr: usize) -> Option<u64> {
-    let region = registry::lookup(domain, addr)?;
-    Some(region.bus_base? + (addr - region.start) as u64)
 }
 
 fn copy_back(io: &mut BdevIo, bounce: &DmaBuf, offset: usize, len: usize, status: &mut IoStatus) {

@@ -216,6 +216,7 @@ mod tests {
         assert_eq!(back, data);
         let second = cmb.alloc(4096).unwrap();
         assert_eq!(registry::translate(&second.seg()).unwrap(), 0xfe00_4000 + 8192);
+        assert_eq!(registry::bus_address(cmb.domain(), second.seg().addr() + 100), Some(0xfe00_4000 + 8192 + 100));
         drop((buf, second));
         assert_eq!(cmb.available_bytes(), 32 * 1024);
         let domain = cmb.domain();
