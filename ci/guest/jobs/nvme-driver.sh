@@ -37,16 +37,6 @@ read -r -a names <<<"${NVME_NAMES:-}"
 uio_bdf=${bdfs[0]}
 vfio_bdf=${bdfs[1]}
 nqn=nqn.2016-06.io.peerless:nvme-driver
-rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
-# expect_refusal TEXT CMD...: CMD must fail and say TEXT.
-expect_refusal() {
-    local text=$1 rc=0
-    shift
-    "$@" >/tmp/refusal.out 2>&1 || rc=$?
-    [ "$rc" != 0 ] || fail "'$*' succeeded; it should have been refused"
-    grep -q -- "$text" /tmp/refusal.out || fail "'$*' was refused without saying '$text': $(cat /tmp/refusal.out)"
-    echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
-}
 
 # host_dev SERIAL NSID: the host's block device of that namespace of the subsystem with
 # that serial (the kernel may number them in any order), waited for up to 10 s.
