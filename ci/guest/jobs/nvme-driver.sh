@@ -11,21 +11,23 @@
 #      bdev_nvme_get_controllers, identify data in bdev_get_bdevs;
 #   3. both namespaces exported over NVMe/TCP: peerless-perf --verify from 4 KiB to 1 MiB
 #      (beyond the SSDs' 512 KiB MDTS, so commands split), random writes at queue depth 8;
-#   4. Linux's nvme-tcp host in the guest writes the lab's self-identifying pattern with dd
+#   4. completion interrupts: the target's sleeping reactors were woken by Nvme1's MSI-X
+#      vectors (bdev_nvme_get_controllers, /proc/interrupts); Nvme0 over uio is polled;
+#   5. Linux's nvme-tcp host in the guest writes the lab's self-identifying pattern with dd
 #      at 4 KiB, 128 KiB and 1 MiB blocks, reads it back and checks it; run.sh compares
 #      the backing files with it after power-off (out/nvme-expect);
-#   5. detach under no load, attach again (the queues and the controller come back; the
+#   6. detach under no load, attach again (the queues and the controller come back; the
 #      host reads back what it wrote before), and refusals of a second attach of one name
 #      or one address;
-#   6. P2P: cmb0's namespace exported with p2pmem auto and digests on; the host's pattern
+#   7. P2P: cmb0's namespace exported with p2pmem auto and digests on; the host's pattern
 #      goes socket -> CMB -> SSD and back, no payload byte in a host buffer (mem_get_stats),
 #      the bytes checked in the guest and in the backing file after power-off;
-#   7. peer to peer: peer0 detached from VFIO, moved to uio_pci_generic and attached again;
+#   8. peer to peer: peer0 detached from VFIO, moved to uio_pci_generic and attached again;
 #      its namespace exported with p2pmem naming cmb0's CMB: peer0 DMAs into and out of
 #      the other SSD's BAR, nothing in host buffers, nothing bounced;
-#   8. save_config, SIGTERM (the target stops cleanly and shuts the controllers down with
+#   9. save_config, SIGTERM (the target stops cleanly and shuts the controllers down with
 #      CC.SHN), the saved config replayed: both controllers and the P2P namespaces back;
-#   9. fio's peerless_bdev engine (the driver inside fio) with verify=crc32c over both
+#  10. fio's peerless_bdev engine (the driver inside fio) with verify=crc32c over both
 #      routes, 4 KiB to 1 MiB.
 # shellcheck source=/dev/null
 source /job/env
@@ -109,6 +111,23 @@ for ns in 1 2; do
         echo "ok: namespace $ns, $size B: $(json_number "$out/perf-$ns-$size.json" iops) IOPS, verified"
     done
 done
+
+step "completion interrupts: MSI-X over VFIO, polling over uio"
+# The target's reactors sleep when idle (interrupt mode): Nvme1's queues raise MSI-X
+# vectors whose eventfds wake them; Nvme0's, over uio (INTx only), are polled.
+ctrlr_json=$(rpc bdev_nvme_get_controllers)
+irq=$(python3 -c '
+import json, sys
+c = {c["name"]: c["ctrlrs"][0] for c in json.loads(sys.argv[1])}
+print(c["Nvme0"]["interrupt_vectors"], c["Nvme1"]["interrupt_vectors"], c["Nvme1"]["completion_interrupts"])
+' "$ctrlr_json")
+read -r uio_vectors vfio_vectors vfio_wakes <<<"$irq"
+[ "$uio_vectors" = 0 ] || fail "Nvme0 (uio) reports $uio_vectors interrupt vectors"
+[ "$vfio_vectors" -ge 2 ] || fail "Nvme1 (vfio) has $vfio_vectors interrupt vectors, not the admin one and at least one I/O one"
+[ "$vfio_wakes" -gt 0 ] || fail "Nvme1's reactors were never woken by a completion interrupt"
+kernel_msix=$(awk -v bdf="$vfio_bdf" 'index($0, "vfio-msix") && index($0, bdf) { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) n += $i } END { print n + 0 }' /proc/interrupts)
+[ "$kernel_msix" -gt 0 ] || fail "/proc/interrupts counts no vfio-msix interrupt of $vfio_bdf: $(grep vfio /proc/interrupts)"
+echo "ok: Nvme1: $vfio_vectors MSI-X vectors, $vfio_wakes wakes by completion interrupt ($kernel_msix in /proc/interrupts); Nvme0 polled"
 
 step "Linux's nvme-tcp host writes the pattern, reads it back"
 modprobe nvme-tcp

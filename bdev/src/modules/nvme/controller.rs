@@ -15,6 +15,7 @@ use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
 use peerless_core::reactor::IoDevice;
 
 use super::channel::ThreadChannels;
+use super::interrupts::CompletionInterrupts;
 use super::pci::{PciFunction, Route};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
 use super::spec::{
@@ -71,6 +72,8 @@ pub struct Controller {
     /// Set once the device is found removed: submissions fail at once from then on.
     gone: AtomicBool,
     timeouts: super::timeout::TimeoutSettings,
+    /// MSI-X vectors for the I/O queues of sleeping reactors (VFIO only).
+    interrupts: Option<CompletionInterrupts>,
 }
 
 impl Controller {
@@ -122,6 +125,7 @@ impl Controller {
             .min(PAGE_BYTES / 8 * PAGE_BYTES);
         let wanted = io_queues.clamp(1, u16::MAX - 1);
         let granted = set_queue_count(&admin, wanted, pci.bdf())?;
+        let interrupts = CompletionInterrupts::enable(&pci, granted)?;
         let mut namespaces = Vec::new();
         let active =
             super::spec::parse_active_namespaces(&identify(&admin, admin::CNS_ACTIVE_NAMESPACES, 0, pci.bdf())?);
@@ -152,6 +156,7 @@ impl Controller {
             resubmitted: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             timeouts: super::timeout::TimeoutSettings::default(),
+            interrupts,
         }))
     }
 
@@ -208,8 +213,6 @@ impl Controller {
         self.io_depth
     }
 
-    /// Creates an I/O queue pair: its completion queue first, then its submission queue
-    /// (§3.3.1.1). Interrupts stay off: the reactor polls it.
     pub(crate) fn threads(&self) -> &IoDevice<ThreadChannels> {
         &self.threads
     }
@@ -318,30 +321,45 @@ impl Controller {
         Ok(!abort_left_command(cqe.result))
     }
 
-    pub fn create_io_queue(&self) -> Result<QueuePair, String> {
+    pub fn interrupts(&self) -> Option<&CompletionInterrupts> {
+        self.interrupts.as_ref()
+    }
+
+    /// Creates an I/O queue pair; with `interrupts`, one that raises its MSI-X vector when
+    /// it has one (see `CompletionInterrupts`).
+    pub fn create_io_queue(&self, interrupts: bool) -> Result<QueuePair, String> {
         let qid = self.free_qids.lock().pop().ok_or_else(|| {
             format!("{}: all {} I/O queues the controller granted are in use", self.pci.bdf(), self.io_queues_granted)
         })?;
-        let created = self.create_queue_pair(qid);
+        let vector = if interrupts { self.interrupts.as_ref().and_then(|irq| irq.for_queue(qid)) } else { None };
+        let created = self.create_queue_pair(qid, vector.map(|(vector, _)| vector));
         if created.is_err() {
             self.free_qids.lock().push(qid);
         }
         created
     }
 
-    fn create_queue_pair(&self, qid: u16) -> Result<QueuePair, String> {
-        let queue = QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
+    fn create_queue_pair(&self, qid: u16, vector: Option<u16>) -> Result<QueuePair, String> {
+        let mut queue =
+            QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
+        queue.set_interrupt_vector(vector);
         self.register_queue(&queue)?;
         Ok(queue)
     }
 
+    /// Creates the pair on the controller: its completion queue first, then its submission
+    /// queue (§3.3.1.1).
     fn register_queue(&self, queue: &QueuePair) -> Result<(), String> {
         let qid = queue.qid();
         let size = u32::from(self.io_depth - 1) << 16 | u32::from(qid);
         let mut create_cq = Sqe::new(admin::CREATE_IO_CQ);
         create_cq.prp1 = queue.cq_bus();
         create_cq.cdw10 = size;
-        create_cq.cdw11 = 1; // physically contiguous, no interrupts
+        // Physically contiguous; interrupts enabled on the queue's vector, if it has one.
+        create_cq.cdw11 = match queue.interrupt_vector() {
+            Some(vector) => u32::from(vector) << 16 | 1 << 1 | 1,
+            None => 1,
+        };
         self.admin_command(create_cq).map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
         let mut create_sq = Sqe::new(admin::CREATE_IO_SQ);
         create_sq.prp1 = queue.sq_bus();
@@ -409,6 +427,9 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.shutdown();
+        if let (Some(interrupts), false) = (&self.interrupts, self.is_gone()) {
+            interrupts.disable(&self.pci);
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod channel;
 mod controller;
+mod interrupts;
 mod options;
 mod pci;
 mod prp;

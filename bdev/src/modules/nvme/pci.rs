@@ -243,6 +243,15 @@ impl PciFunction {
         }
     }
 
+    /// The VFIO device, which alone of the two routes offers MSI-X vectors as eventfds
+    /// (uio_pci_generic has INTx only, one line for every queue).
+    pub fn vfio_device(&self) -> Option<&VfioDevice> {
+        match &self.access {
+            Access::Vfio { device, .. } => Some(device),
+            Access::Uio { .. } => None,
+        }
+    }
+
     /// Maps BAR `index` (BAR0, the registers, is mapped at open: ask only for others).
     pub fn map_bar(&self, index: u32) -> Result<Mmio, String> {
         match &self.access {

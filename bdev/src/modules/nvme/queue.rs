@@ -38,6 +38,9 @@ pub struct QueuePair {
     sq_doorbell: usize,
     cq_doorbell: usize,
     bar: Arc<Mmio>,
+    /// The MSI-X vector the completion queue raises, or None when it raises none and is
+    /// only polled.
+    interrupt_vector: Option<u16>,
 }
 
 impl QueuePair {
@@ -100,6 +103,7 @@ impl QueuePair {
             sq_doorbell,
             cq_doorbell,
             bar,
+            interrupt_vector: None,
         })
     }
 
@@ -117,6 +121,15 @@ impl QueuePair {
 
     pub fn cq_bus(&self) -> u64 {
         self.cq_bus
+    }
+
+    pub fn interrupt_vector(&self) -> Option<u16> {
+        self.interrupt_vector
+    }
+
+    /// Takes effect when the controller next creates the queue.
+    pub fn set_interrupt_vector(&mut self, vector: Option<u16>) {
+        self.interrupt_vector = vector;
     }
 
     pub fn prp_list_bus(&self, slot: u16) -> u64 {
