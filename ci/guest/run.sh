@@ -32,7 +32,9 @@
 #                         line: 10.0.2.100:GUEST_PORT reaches 127.0.0.1:HOST_PORT) and
 #                         RUN_DIR/host.ready; the script serves the job's requests (see
 #                         ci/guest/README.md) and is sent SIGTERM when the guest is done
-#   PEERLESS_GUEST_NVME   emulated NVMe SSDs for the guest, space-separated NAME[:cmb=MB] specs
+#   PEERLESS_GUEST_NVME   emulated NVMe SSDs for the guest, space-separated NAME[:OPT,...] specs,
+#                         OPT cmb=MB (a Controller Memory Buffer) or iops=N (QEMU throttles the
+#                         backing drive to N I/Os a second, so commands outlive short deadlines)
 #                         (e.g. "cmb0:cmb=64 peer0"; NAME is also the serial). Each is backed
 #                         by $run/nvme-NAME.raw (sparse, zeros, kept after the run so the host
 #                         can compare bytes) at a fixed address, the Nth at 0000:00:1N.0 (the
@@ -181,12 +183,15 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
         [ "$n" != "$nvme_name" ] || { echo "PEERLESS_GUEST_NVME: '$nvme_name' named twice" >&2; exit 2; }
     done
     dev="nvme,serial=$nvme_name,drive=nvme-$nvme_name"
+    drive_opts=""
     IFS=, read -r -a kvs <<<"$opts"
     for kv in "${kvs[@]}"; do
         if [[ "$kv" =~ ^cmb=([1-9][0-9]{0,4})$ ]]; then
             dev+=",cmb_size_mb=${BASH_REMATCH[1]}"
+        elif [[ "$kv" =~ ^iops=([1-9][0-9]{0,5})$ ]]; then
+            drive_opts+=",throttling.iops-total=${BASH_REMATCH[1]}"
         else
-            echo "PEERLESS_GUEST_NVME: unknown option '$kv' in '$spec' (known: cmb=MB)" >&2
+            echo "PEERLESS_GUEST_NVME: unknown option '$kv' in '$spec' (known: cmb=MB, iops=N)" >&2
             exit 2
         fi
     done
@@ -194,7 +199,7 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
     [ "$slot" -le $((0x1e)) ] || { echo "PEERLESS_GUEST_NVME: at most 15 devices" >&2; exit 2; }
     truncate -s "${nvme_mb}M" "$run/nvme-$nvme_name.raw"
     # shellcheck disable=SC2054 # the commas belong to QEMU option values
-    nvme_devs+=(-drive "file=$run/nvme-$nvme_name.raw,if=none,id=nvme-$nvme_name,format=raw"
+    nvme_devs+=(-drive "file=$run/nvme-$nvme_name.raw,if=none,id=nvme-$nvme_name,format=raw$drive_opts"
         -device "$dev,addr=$(printf '%02x' "$slot").0")
     nvme_names+=("$nvme_name")
     nvme_bdfs+=("$(printf '0000:00:%02x.0' "$slot")")
