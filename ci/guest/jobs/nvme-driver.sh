@@ -22,9 +22,10 @@
 #   7. P2P: cmb0's namespace exported with p2pmem auto and digests on; the host's pattern
 #      goes socket -> CMB -> SSD and back, no payload byte in a host buffer (mem_get_stats),
 #      the bytes checked in the guest and in the backing file after power-off;
-#   8. peer to peer: peer0 detached from VFIO, moved to uio_pci_generic and attached again;
-#      its namespace exported with p2pmem naming cmb0's CMB: peer0 DMAs into and out of
-#      the other SSD's BAR, nothing in host buffers, nothing bounced;
+#   8. peer to peer: peer0's namespace exported with p2pmem naming cmb0's CMB, over VFIO
+#      (the CMB mapped into the IOMMU), then detached, moved to uio_pci_generic and
+#      attached again: peer0 DMAs into and out of the other SSD's BAR, nothing in host
+#      buffers, nothing bounced;
 #   9. save_config, SIGTERM (the target stops cleanly and shuts the controllers down with
 #      CC.SHN), the saved config replayed: both controllers and the P2P namespaces back;
 #  10. fio's peerless_bdev engine (the driver inside fio) with verify=crc32c over both
@@ -169,13 +170,16 @@ python3 /job/nvme_pattern.py check "$dev2" --offset $((80 << 20)) --len $((16 <<
 nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect"
 echo "ok: Nvme1 detached and attached again; the host reads back what it wrote before"
 
-# p2p_export NQN SERIAL BDEV P2PMEM NAME SEED: BDEV exported alone with p2pmem P2PMEM; the
-# host connects with both digests and writes the pattern at 4 KiB, 128 KiB and 1 MiB
-# blocks (SEED, +1, +2) in NAME's upper 56 MiB, reads it back and checks it. No payload
-# byte may land in a host buffer and no command may be bounced; the backing file is
-# checked again after power-off, so a CMB transfer that returns zeros fails here.
+# p2p_export NQN SERIAL BDEV P2PMEM NAME SEED [BASE UNIT]: BDEV exported alone with p2pmem
+# P2PMEM; the host connects with both digests and writes the pattern at 4 KiB, 128 KiB and
+# 1 MiB blocks (SEED, +1, +2; UNIT, 4 UNIT and 8 UNIT MiB from BASE MiB, by default 176
+# and 4: NAME's upper 56 MiB), reads it back and checks it. No payload byte may land in a
+# host buffer and no command may be bounced; the backing file is checked again after
+# power-off, so a CMB transfer that returns zeros fails here. $iomem_moved gets the
+# payload bytes moved through device memory, $p2p_bytes what the host wrote.
 p2p_export() {
-    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 dev host_before
+    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 base=${7:-176} unit=${8:-4} dev host_before
+    p2p_bytes=$(((13 * unit) << 20))
     rpc nvmf_create_subsystem "$nqn" -a -s "$serial" >/dev/null
     rpc nvmf_subsystem_add_ns "$nqn" "$bdev" --p2pmem "$p2pmem" >/dev/null
     rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
@@ -184,9 +188,9 @@ p2p_export() {
     nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" --hdr-digest --data-digest >/dev/null ||
         fail "nvme connect to $nqn with digests"
     dev=$(host_dev "$serial" 1)
-    pattern "$dev" "$name" $((176 << 20)) $((4 << 20)) "$seed" 4096
-    pattern "$dev" "$name" $((184 << 20)) $((16 << 20)) $((seed + 1)) 128K
-    pattern "$dev" "$name" $((200 << 20)) $((32 << 20)) $((seed + 2)) 1M
+    pattern "$dev" "$name" $((base << 20)) $((unit << 20)) "$seed" 4096
+    pattern "$dev" "$name" $(((base + 2 * unit) << 20)) $(((4 * unit) << 20)) $((seed + 1)) 128K
+    pattern "$dev" "$name" $(((base + 6 * unit) << 20)) $(((8 * unit) << 20)) $((seed + 2)) 1M
     nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect from $nqn"
     [ "$(payload host)" = "$host_before" ] || fail "$(($(payload host) - host_before)) payload bytes went through host buffers"
     [ "$(bounced "$bdev")" = 0 ] || fail "$(bounced "$bdev") of $bdev's commands went through bounce buffers"
@@ -207,12 +211,20 @@ rpc mem_get_stats >"$out/mem-p2p.json"
 [ "$iomem_moved" -ge $((2 * (52 << 20))) ] || fail "only $iomem_moved payload bytes in the CMB for 52 MiB written and read"
 echo "ok: 52 MiB written and read through ${names[0]}'s CMB: $iomem_moved payload bytes there, none in host buffers, none bounced"
 
-step "peer to peer: ${names[1]} reads into and writes out of ${names[0]}'s CMB"
+step "peer to peer over VFIO: ${names[1]} reads into and writes out of ${names[0]}'s CMB"
+# The CMB's BAR window is mapped into the VFIO container's IOMMU beside host memory: the
+# second SSD's PRPs carry IOVAs, which the IOMMU turns into the first SSD's BAR addresses.
+rpc nvmf_subsystem_remove_ns "$nqn" 2 >/dev/null
+p2p_export nqn.2016-06.io.peerless:nvme-driver-peer-vfio PEERLESSNVMEPEERV Nvme1n1 "cmb $uio_bdf" "${names[1]}" 150 96 2
+[ "$iomem_moved" -ge $((2 * p2p_bytes)) ] || fail "only $iomem_moved payload bytes in the CMB for $p2p_bytes written and read"
+rpc nvmf_delete_subsystem nqn.2016-06.io.peerless:nvme-driver-peer-vfio >/dev/null
+echo "ok: $((p2p_bytes >> 20)) MiB from ${names[1]} over VFIO through ${names[0]}'s CMB, none in host buffers, none bounced"
+
+step "peer to peer over uio: ${names[1]} reads into and writes out of ${names[0]}'s CMB"
 # The second SSD moves to uio_pci_generic (detached first: the driver lets go of the VFIO
 # device), where no IOMMU stands between it and the first SSD's BAR: it takes the CMB's
 # bus addresses in its PRPs. Its namespace is exported with p2pmem naming that CMB.
 nqn_peer=nqn.2016-06.io.peerless:nvme-driver-peer
-rpc nvmf_subsystem_remove_ns "$nqn" 2 >/dev/null
 rpc bdev_nvme_detach_controller Nvme1
 nvme_bind_uio "$vfio_bdf"
 [ "$(rpc bdev_nvme_attach_controller -b Nvme1 -t PCIe -a "$vfio_bdf")" = Nvme1n1 ] || fail "attach Nvme1 over uio"

@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use peerless_core::mem::{copy, registry, DmaBuf};
+use peerless_core::mem::{copy, DmaBuf};
 use peerless_core::reactor::{IoChannel, PollStatus, Poller, ThreadCtx};
 
 mod recovery;
@@ -336,9 +336,12 @@ impl State {
             let direct = if part.is_host_only() {
                 prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| pci.host_bus_address(addr))
             } else if let Some(domain) = device {
-                // A CMB (its own, or a peer's) by its bus addresses; NVMe forbids mixing
-                // them with host addresses in one command.
-                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| registry::bus_address(domain, addr))
+                // A CMB, its own or a peer's; NVMe forbids mixing them with host
+                // addresses in one command.
+                let ctrlr = &self.ctrlr;
+                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| {
+                    ctrlr.device_bus_address(domain, addr)
+                })
             } else {
                 Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
             };

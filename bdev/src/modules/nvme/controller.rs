@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use peerless_core::mem::pci::{is_bar_memory, BarMemory};
-use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
+use peerless_core::mem::{registry, DmaBuf, DomainId, P2pProvider};
 use peerless_core::reactor::IoDevice;
 
 use super::channel::ThreadChannels;
@@ -106,6 +106,9 @@ impl Controller {
         );
         disable(&pci, cap)?;
         let cmb = enable_cmb(&pci, cap)?;
+        if let Some(cmb) = &cmb {
+            super::pci::share_peer_window(cmb.cpu_window());
+        }
         let admin_queue = QueuePair::new(0, ADMIN_DEPTH, stride, bar.clone(), &pci)?;
         let data = DmaBuf::alloc_plain(IDENTIFY_BYTES).map_err(|err| format!("identify buffer: {err}"))?;
         let data_bus = pci.host_bus_address(data.addr()).ok_or("identify buffer has no bus address")?;
@@ -177,12 +180,21 @@ impl Controller {
         self.cmb.as_ref().map(BarMemory::domain)
     }
 
-    /// Whether this controller can DMA to and from device memory of `domain` by the bus
-    /// addresses the registry holds: its own CMB always; another device's BAR memory only
-    /// over uio, where no IOMMU stands between the two (over VFIO the peer's BAR would
-    /// first have to be mapped into this container's IOMMU).
+    /// Whether this controller can DMA to and from device memory of `domain`: its own CMB
+    /// by the bus addresses the registry holds, another SSD's by those too over uio, and
+    /// over VFIO by the IOVAs the peer window got in the container (`peer_bus_address`).
     pub fn reaches(&self, domain: DomainId) -> bool {
-        self.cmb_domain() == Some(domain) || (self.pci.route() == Route::Uio && is_bar_memory(domain))
+        self.cmb_domain() == Some(domain) || is_bar_memory(domain)
+    }
+
+    /// The address this controller DMAs to for `addr` in device memory of `domain`, which
+    /// it reaches.
+    pub fn device_bus_address(&self, domain: DomainId, addr: usize) -> Option<u64> {
+        if self.cmb_domain() == Some(domain) || self.pci.route() == Route::Uio {
+            registry::bus_address(domain, addr)
+        } else {
+            self.pci.host_bus_address(addr)
+        }
     }
 
     pub fn cmb_provider(&self) -> Option<Arc<dyn P2pProvider>> {
@@ -427,6 +439,9 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.shutdown();
+        if let Some(cmb) = &self.cmb {
+            super::pci::unshare_peer_window(cmb.cpu_window());
+        }
         if let (Some(interrupts), false) = (&self.interrupts, self.is_gone()) {
             interrupts.disable(&self.pci);
         }
