@@ -74,6 +74,9 @@ pub struct Controller {
     timeouts: super::timeout::TimeoutSettings,
     /// MSI-X vectors for the I/O queues of sleeping reactors (VFIO only).
     interrupts: Option<CompletionInterrupts>,
+    /// Bumped under the admin lock as each reset disables the controller: a queue pair
+    /// created under an older value was deleted by that reset.
+    queue_generation: AtomicU64,
 }
 
 impl Controller {
@@ -160,6 +163,7 @@ impl Controller {
             gone: AtomicBool::new(false),
             timeouts: super::timeout::TimeoutSettings::default(),
             interrupts,
+            queue_generation: AtomicU64::new(0),
         }))
     }
 
@@ -288,6 +292,7 @@ impl Controller {
     /// reactors. The admin lock is held throughout, so no other admin command interleaves.
     pub fn reenable(&self) -> Result<(), String> {
         let mut admin = self.admin.lock();
+        self.queue_generation.fetch_add(1, Ordering::AcqRel);
         disable(&self.pci, self.cap)?;
         let bar = self.pci.bar0();
         if let (Some(cmb), true) = (&self.cmb, self.cap.cmb_gated()) {
@@ -310,6 +315,13 @@ impl Controller {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `queue` still exists on the controller: false once a reset that began
+    /// after its creation has disabled the controller (a channel created while a reset
+    /// was on its way, after the reset's first message passed its thread).
+    pub fn queue_is_current(&self, queue: &QueuePair) -> bool {
+        queue.generation() == self.queue_generation.load(Ordering::Acquire)
     }
 
     /// Creates a queue pair the reset took away again, in its own memory and under its
@@ -355,15 +367,20 @@ impl Controller {
         let mut queue =
             QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
         queue.set_interrupt_vector(vector);
-        self.register_queue(&queue)?;
+        self.register_queue(&mut queue)?;
         Ok(queue)
     }
 
     /// Creates the pair on the controller: its completion queue first, then its submission
     /// queue (§3.3.1.1).
-    fn register_queue(&self, queue: &QueuePair) -> Result<(), String> {
+    fn register_queue(&self, queue: &mut QueuePair) -> Result<(), String> {
         let qid = queue.qid();
         let size = u32::from(self.io_depth - 1) << 16 | u32::from(qid);
+        // Both creations and the generation under one hold of the admin lock, which a
+        // reset keeps from its disable to its enable: the pair is created wholly before a
+        // reset's disable (and carries the old generation) or wholly after its enable.
+        let mut admin = self.admin.lock();
+        queue.set_generation(self.queue_generation.load(Ordering::Acquire));
         let mut create_cq = Sqe::new(admin::CREATE_IO_CQ);
         create_cq.prp1 = queue.cq_bus();
         create_cq.cdw10 = size;
@@ -372,13 +389,16 @@ impl Controller {
             Some(vector) => u32::from(vector) << 16 | 1 << 1 | 1,
             None => 1,
         };
-        self.admin_command(create_cq).map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
+        admin_command_locked(&mut admin, create_cq, self.pci.bdf())
+            .map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
         let mut create_sq = Sqe::new(admin::CREATE_IO_SQ);
         create_sq.prp1 = queue.sq_bus();
         create_sq.cdw10 = size;
         create_sq.cdw11 = u32::from(qid) << 16 | 1;
-        if let Err(err) = self.admin_command(create_sq) {
-            let _ = self.delete_queue(admin::DELETE_IO_CQ, qid);
+        if let Err(err) = admin_command_locked(&mut admin, create_sq, self.pci.bdf()) {
+            let mut delete_cq = Sqe::new(admin::DELETE_IO_CQ);
+            delete_cq.cdw10 = u32::from(qid);
+            let _ = admin_command_locked(&mut admin, delete_cq, self.pci.bdf());
             return Err(format!("create I/O submission queue {qid}: {err}"));
         }
         Ok(())

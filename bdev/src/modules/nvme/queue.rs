@@ -41,6 +41,8 @@ pub struct QueuePair {
     /// The MSI-X vector the completion queue raises, or None when it raises none and is
     /// only polled.
     interrupt_vector: Option<u16>,
+    /// The controller's queue generation when the pair was created on it.
+    generation: u64,
 }
 
 impl QueuePair {
@@ -104,6 +106,7 @@ impl QueuePair {
             cq_doorbell,
             bar,
             interrupt_vector: None,
+            generation: 0,
         })
     }
 
@@ -130,6 +133,14 @@ impl QueuePair {
     /// Takes effect when the controller next creates the queue.
     pub fn set_interrupt_vector(&mut self, vector: Option<u16>) {
         self.interrupt_vector = vector;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     pub fn prp_list_bus(&self, slot: u16) -> u64 {

@@ -97,9 +97,11 @@ impl State {
 
     #[allow(clippy::vec_box)]
     fn end_reset(&mut self, reenabled: bool) -> Vec<Box<BdevIo>> {
-        if !self.resetting {
-            // Created after the reset's first message passed this thread: its queue was
-            // made on the reset controller, or will fail and say so.
+        // A channel created after the reset's first message passed this thread has a
+        // queue made either on the reset controller, which stands, or before the
+        // disable, which deleted it: that one is made again like the others.
+        let deleted = self.queue.as_ref().is_some_and(|queue| !self.ctrlr.queue_is_current(queue));
+        if !self.resetting && !deleted {
             return Vec::new();
         }
         let ios = self.take_in_flight();
