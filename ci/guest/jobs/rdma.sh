@@ -9,7 +9,8 @@
 #   4. nvme connect -t rdma, nvme list, id-ctrl (serial, subnqn, keyed SGLs), id-ns;
 #   5. data: a random pattern written with dd at several block sizes and read back with
 #      others (cmp), then fio verify (crc32c), 4 KiB to 128 KiB at QD1 and QD32; then
-#      the RDMA device counters of nvmf_get_stats are nonzero and agree (check_rdma_counters);
+#      no heap allocation per I/O under steady fio (framework_get_reactors); the RDMA
+#      device counters of nvmf_get_stats are nonzero and agree (check_rdma_counters);
 #   6. a second namespace with its data in an emulated CMB (p2pmem auto): the provider is
 #      probed once on rxe0 and logged; data is placed where the NIC can reach it, or
 #      falls back to host memory and is counted (rxe cannot register device memory);
@@ -189,6 +190,36 @@ fio_verify() {
     grep -E 'write:|read:' "$out/fio-$1.txt"
 }
 
+# steady_allocations: no heap allocation per I/O on the RDMA data path (DESIGN: none on
+# the data path). fio keeps 4 KiB to 128 KiB random reads and writes going at QD16; over
+# 3 s of it the reactors' allocation count (framework_get_reactors) grows by less than 1
+# per 100 I/Os beyond what 3 idle seconds add (mostly the reading RPC's own).
+reactor_allocations() {
+    rpc framework_get_reactors | python3 -c 'import json, sys; print(sum(r["allocations"] for r in json.load(sys.stdin)["reactors"]))'
+}
+steady_allocations() {
+    step "no heap allocation per I/O on the RDMA data path"
+    local idle_before idle before after ios extra fio_pid
+    idle_before=$(reactor_allocations)
+    sleep 3
+    idle=$(($(reactor_allocations) - idle_before))
+    fio --name=rdma-allocations --filename="$dev" --direct=1 --ioengine=libaio --iodepth=16 \
+        --rw=randrw --bssplit=4k/60:16k/20:128k/20 --offset=8M --size=16M --time_based --runtime=9 \
+        --output-format=json --output="$out/fio-allocations.json" &
+    fio_pid=$!
+    # Warm-up: the pooled I/O objects' lists grow to the largest command they carry.
+    sleep 4
+    before=$(reactor_allocations)
+    sleep 3
+    after=$(reactor_allocations)
+    wait "$fio_pid" || fail "fio for the allocation count failed"
+    ios=$(python3 -c 'import json, sys; j = json.load(open(sys.argv[1]))["jobs"][0]; print((j["read"]["total_ios"] + j["write"]["total_ios"]) * 3 // 9)' "$out/fio-allocations.json")
+    [ "$ios" -gt 1000 ] || fail "only $ios I/Os in the window"
+    extra=$((after - before - idle))
+    [ $((extra * 100)) -lt "$ios" ] || fail "$extra allocations on the reactors beyond idle for about $ios I/Os"
+    echo "ok: $extra allocations beyond idle ($idle idle) for about $ios I/Os"
+}
+
 # mem_field NAME: a number of the RDMA pool in mem_get_stats.
 mem_field() { rpc mem_get_stats | tr -d ' \n' | grep -o "\"$1\":[0-9]*" | cut -d: -f2; }
 
@@ -254,6 +285,7 @@ expect_eq "id-ns nsze" "$(($(field "$out/id-ns.txt" nsze)))" "$num_blocks"
 patterns 4K:128K 128K:4K 64K:16K 1M:8K
 fio_verify qd1 1
 fio_verify qd32 32
+steady_allocations
 check_rdma_counters srq
 
 # all_released WHY: every queue gone on the target within 20 s, and both data buffer

@@ -12,8 +12,10 @@ use std::marker::PhantomData;
 use super::tag::{DomainId, KindSet, MemKind, MemTag};
 use super::{Error, Result};
 
-/// Segments held without a heap allocation; most NVMe commands name one to four buffers.
-pub const SGL_INLINE_SEGS: usize = 4;
+/// Segments held without a heap allocation: as many data buffers as one NVMe-oF command
+/// spans at most (16, as SPDK's transports allow: 128 KiB in 8 KiB RDMA units), so a
+/// command's list never spills to the heap, which the data path must not touch per I/O.
+pub const SGL_INLINE_SEGS: usize = 16;
 /// Upper bound on segments in one list (an NVMe SGL or a bdev I/O never needs more).
 pub const SGL_MAX_SEGS: usize = 256;
 /// A segment's length is a `u32`, as in NVMe SGL descriptors.

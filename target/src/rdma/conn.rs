@@ -21,6 +21,7 @@ use crate::nvme::{Cqe, Sqe, Status, CQE_BYTES, SQE_BYTES};
 use crate::nvmf::buffers;
 use crate::nvmf::qpair::{Action, Qpair};
 use crate::nvmf::transport::GroupCtx;
+use spdk_sys::rdma::MAX_SGE;
 
 /// Send work requests per command: the response SEND, an RDMA WRITE and an RDMA READ.
 pub const SEND_WRS_PER_COMMAND: u32 = 3;
@@ -57,7 +58,9 @@ impl Keyed {
     }
 }
 
-/// A read's data waiting for its completion, to go out in one chain with it.
+/// A read's data waiting for its completion, to go out in one chain with it. Kept for
+/// the next read once sent, lists and all, so holding one allocates nothing.
+#[derive(Default)]
 struct HeldWrite {
     writes: Vec<WriteSeg>,
     /// The memory the WRITEs read (the command's buffers, or pool buffers it was copied
@@ -114,6 +117,12 @@ pub struct Conn {
     pub recvs_in_flight: u32,
     /// Reads' data by CID, waiting for the command's completion to be chained behind.
     held: HashMap<u16, HeldWrite>,
+    /// Held writes sent, their lists emptied, for the next reads.
+    spare_held: Vec<HeldWrite>,
+    /// A command's local entries, rebuilt for each transfer.
+    scratch_sges: Vec<Sge>,
+    /// A command's RDMA READs, built and copied into work requests at once.
+    scratch_reads: Vec<WriteSeg>,
     /// By response slot: the data buffers its chained WRITEs read, freed when its SEND
     /// completes (successfully or flushed).
     response_buffers: Vec<Vec<DataBuf>>,
@@ -177,7 +186,10 @@ impl Conn {
             sends_in_flight: 0,
             send_capacity: send_queue_wrs(u32::from(depth)),
             recvs_in_flight: 0,
-            held: HashMap::new(),
+            held: HashMap::with_capacity(usize::from(depth)),
+            spare_held: Vec::with_capacity(usize::from(depth)),
+            scratch_sges: Vec::with_capacity(MAX_SGE),
+            scratch_reads: Vec::with_capacity(sgl::MSDBD),
             response_buffers: (0..slots).map(|_| Vec::new()).collect(),
             chained: vec![0; slots],
             batch: Vec::with_capacity(usize::from(depth)),
@@ -360,17 +372,23 @@ impl Conn {
             }
             _ => Err("a response slot out of its region".to_string()),
         };
-        let mut buffers = held.map(|held| held.buffers).unwrap_or_default();
         if let Err(why) = built {
             self.batch.truncate(start);
-            buffers::give_back(group.buffers, &mut buffers);
+            if let Some(held) = held {
+                self.recycle_held(group, held);
+            }
             self.free_responses.push(slot);
             return self.fail(&why);
         }
         let chain = self.batch.len() - start;
         self.sends_in_flight += chain as u32;
         self.chained[usize::from(slot)] = (chain - 1) as u8;
-        self.response_buffers[usize::from(slot)] = buffers;
+        if let Some(mut held) = held {
+            // The slot's list was emptied when its last SEND completed; the two trade
+            // places, so both keep their capacity.
+            std::mem::swap(&mut self.response_buffers[usize::from(slot)], &mut held.buffers);
+            self.recycle_held(group, held);
+        }
         if !self.batch_wrs {
             self.flush_sends(ctx, group);
         }
@@ -399,7 +417,7 @@ impl Conn {
             self.stats.posted_sends(posted);
         }
         for wr in &batch[posted..] {
-            self.on_send_completion(ctx, group, WrId::decode(wr.wr_id()), WcStatus::Flushed, "never posted");
+            self.on_send_completion(ctx, group, WrId::decode(wr.wr_id()), WcStatus::Flushed, &|| "never posted".into());
         }
         batch.clear();
         self.batch = batch;
@@ -412,47 +430,50 @@ impl Conn {
         if keyed.len < len {
             return Err(Status::DATA_TRANSFER_ERROR);
         }
+        let mut held = self.spare_held.pop().unwrap_or_default();
         let data = self.qpair.data(slot)?;
-        let (sges, mut buffers) = match sges_of(&self.device, &data) {
-            Some(sges) => (sges, Vec::new()),
-            None => {
-                // Memory the device was not given (an admin command's reply): copied into
-                // pool buffers, which it was.
-                let mut bounce = Vec::new();
-                if !buffers::take(self.qpair_pool(), group.buffers, len as usize, &mut bounce) {
+        if !sges_of(&self.device, &data, &mut self.scratch_sges) {
+            // Memory the device was not given (an admin command's reply): copied into
+            // pool buffers, which it was.
+            if !buffers::take(self.qpair.pool(), group.buffers, len as usize, &mut held.buffers) {
+                self.spare_held.push(held);
+                return Err(Status::DATA_TRANSFER_ERROR);
+            }
+            let copied = copy_into(&mut held.buffers, &data, len as usize);
+            match copied.ok().and_then(|()| bounce_sges(&self.device, &held.buffers, len as usize)) {
+                Some(sges) => self.scratch_sges = sges,
+                None => {
+                    self.recycle_held(group, held);
                     return Err(Status::DATA_TRANSFER_ERROR);
                 }
-                let copied = copy_into(&mut bounce, &data, len as usize);
-                match copied.ok().and_then(|()| bounce_sges(&self.device, &bounce, len as usize)) {
-                    Some(sges) => (sges, bounce),
-                    None => {
-                        buffers::give_back(group.buffers, &mut bounce);
-                        return Err(Status::DATA_TRANSFER_ERROR);
-                    }
-                }
             }
-        };
-        let Some(writes) = sgl::split(&sges, keyed.parts(), len) else {
-            buffers::give_back(group.buffers, &mut buffers);
+        }
+        if !sgl::split(&self.scratch_sges, keyed.parts(), len, &mut held.writes) {
+            self.recycle_held(group, held);
             return Err(Status::DATA_TRANSFER_ERROR);
-        };
-        buffers.append(&mut self.qpair.take_data_buffers(slot)?);
-        let held = HeldWrite { writes, buffers };
-        if let Some(mut replaced) = self.held.insert(cid, held) {
-            buffers::give_back(group.buffers, &mut replaced.buffers);
+        }
+        if let Err(status) = self.qpair.move_data_buffers(slot, &mut held.buffers) {
+            self.recycle_held(group, held);
+            return Err(status);
+        }
+        if let Some(replaced) = self.held.insert(cid, held) {
+            self.recycle_held(group, replaced);
         }
         Ok(())
     }
 
-    /// Frees a read's data that will not be sent (its queue is going).
-    fn release_held(&mut self, group: &mut GroupCtx<'_>, cid: u16) {
-        if let Some(mut held) = self.held.remove(&cid) {
-            buffers::give_back(group.buffers, &mut held.buffers);
-        }
+    /// Gives a held write's buffers back to the pool and keeps its lists for the next.
+    fn recycle_held(&mut self, group: &mut GroupCtx<'_>, mut held: HeldWrite) {
+        buffers::give_back(group.buffers, &mut held.buffers);
+        held.writes.clear();
+        self.spare_held.push(held);
     }
 
-    fn qpair_pool(&self) -> &'static crate::nvmf::buffers::DataPool {
-        self.qpair.pool()
+    /// Frees a read's data that will not be sent (its queue is going).
+    fn release_held(&mut self, group: &mut GroupCtx<'_>, cid: u16) {
+        if let Some(held) = self.held.remove(&cid) {
+            self.recycle_held(group, held);
+        }
     }
 
     /// Posts the RDMA READs waiting, up to the read depth.
@@ -495,11 +516,15 @@ impl Conn {
         }
         let into = self.qpair.fetch_buffers(slot)?;
         // The engine places host data in pool buffers, which every device was given.
-        let sges = sges_of(&self.device, &into).ok_or(Status::DATA_TRANSFER_ERROR)?;
-        let reads = sgl::split(&sges, keyed.parts(), len).filter(|reads| !reads.is_empty());
-        let reads = reads.ok_or(Status::DATA_TRANSFER_ERROR)?;
+        if !sges_of(&self.device, &into, &mut self.scratch_sges) {
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
+        let reads = &mut self.scratch_reads;
+        if !sgl::split(&self.scratch_sges, keyed.parts(), len, reads) || reads.is_empty() {
+            return Err(Status::DATA_TRANSFER_ERROR);
+        }
         let start = self.batch.len();
-        if read_chain(slot, cid, &reads, &mut self.batch).is_err() {
+        if read_chain(slot, cid, reads, &mut self.batch).is_err() {
             self.batch.truncate(start);
             return Err(Status::DATA_TRANSFER_ERROR);
         }
@@ -516,12 +541,13 @@ impl Conn {
         group: &mut GroupCtx<'_>,
         id: WrId,
         status: WcStatus,
-        what: &str,
+        // Formatted only for a failure: a completion's path allocates nothing.
+        what: &dyn Fn() -> String,
     ) {
         self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
         let ok = status == WcStatus::Success;
         if !ok && status != WcStatus::Flushed {
-            self.fail(what);
+            self.fail(&what());
         }
         let (slot, cid) = ((id.tag & 0xffff) as u16, (id.tag >> 16) as u16);
         match id.kind {

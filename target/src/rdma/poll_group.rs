@@ -279,7 +279,7 @@ impl RdmaPollGroup {
         let conn = self.conns.get_mut(&c.qp_num());
         if id.kind != WrKind::Recv {
             let Some(conn) = conn else { return };
-            let what = format!("{:?} completed with {}", id.kind, c.status_str());
+            let what = || format!("{:?} completed with {}", id.kind, c.status_str());
             return conn.on_send_completion(ctx, group, id, c.status(), &what);
         }
         let shared = srq.as_ref();

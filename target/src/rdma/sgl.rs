@@ -29,10 +29,31 @@ pub struct KeyedPart {
 }
 
 /// One RDMA READ or WRITE of a command's data: its local entries and where it lands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// The entries are inline, as many as a work request takes, so building one allocates
+/// nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriteSeg {
-    pub sges: Vec<Sge>,
+    entries: [Sge; MAX_SGE],
+    count: u8,
     pub remote: RemoteKey,
+}
+
+impl WriteSeg {
+    pub fn new(remote: RemoteKey) -> WriteSeg {
+        WriteSeg { entries: [Sge::default(); MAX_SGE], count: 0, remote }
+    }
+
+    pub fn sges(&self) -> &[Sge] {
+        &self.entries[..usize::from(self.count)]
+    }
+
+    /// Appends an entry; false when the work request would take no more.
+    pub fn push(&mut self, sge: Sge) -> bool {
+        let Some(entry) = self.entries.get_mut(usize::from(self.count)) else { return false };
+        *entry = sge;
+        self.count += 1;
+        true
+    }
 }
 
 /// The keyed data blocks of the descriptor list a Last Segment descriptor names in
@@ -75,11 +96,12 @@ pub fn parse_last_segment(sqe: &Sqe, in_capsule: &[u8], max_io_bytes: u32) -> Re
 }
 
 /// Splits the local entries `sges` (which hold at least `len` bytes) into one transfer
-/// per keyed part, in order, covering the first `len` bytes of the parts; None when the
-/// parts hold fewer than `len` bytes or a transfer would need more entries than a work
-/// request takes.
-pub fn split(sges: &[Sge], parts: &[KeyedPart], len: u32) -> Option<Vec<WriteSeg>> {
-    let mut segs = Vec::with_capacity(parts.len());
+/// per keyed part, in order, covering the first `len` bytes of the parts, into `out`
+/// (cleared first; its capacity is kept from command to command). False when the parts
+/// hold fewer than `len` bytes or a transfer would need more entries than a work request
+/// takes.
+pub fn split(sges: &[Sge], parts: &[KeyedPart], len: u32, out: &mut Vec<WriteSeg>) -> bool {
+    out.clear();
     let mut local = sges.iter().copied();
     let mut current: Option<Sge> = None;
     let mut left = len;
@@ -89,32 +111,40 @@ pub fn split(sges: &[Sge], parts: &[KeyedPart], len: u32) -> Option<Vec<WriteSeg
         }
         let mut want = part.len.min(left);
         left -= want;
-        let mut pieces = Vec::new();
+        let mut seg = WriteSeg::new(part.remote);
         while want > 0 {
             let mut sge = match current.take() {
                 Some(sge) => sge,
-                None => local.next()?,
+                None => match local.next() {
+                    Some(sge) => sge,
+                    None => return false,
+                },
             };
             if sge.len > want {
                 current = Some(Sge { addr: sge.addr + u64::from(want), len: sge.len - want, lkey: sge.lkey });
                 sge.len = want;
             }
             want -= sge.len;
-            if sge.len > 0 {
-                pieces.push(sge);
+            if sge.len > 0 && !seg.push(sge) {
+                return false;
             }
         }
-        if pieces.len() > MAX_SGE {
-            return None;
-        }
-        segs.push(WriteSeg { sges: pieces, remote: part.remote });
+        out.push(seg);
     }
-    (left == 0).then_some(segs)
+    left == 0
 }
 
-/// The SGEs of a command's buffers, None when some memory is not the device's.
-pub(super) fn sges_of(device: &Device, sgl: &Sgl<'_>) -> Option<Vec<Sge>> {
-    sgl.iter().map(|seg| device.sge(&seg)).collect()
+/// The SGEs of a command's buffers into `out` (cleared first); false when some memory
+/// is not the device's.
+pub(super) fn sges_of(device: &Device, sgl: &Sgl<'_>, out: &mut Vec<Sge>) -> bool {
+    out.clear();
+    for seg in sgl.iter() {
+        match device.sge(&seg) {
+            Some(sge) => out.push(sge),
+            None => return false,
+        }
+    }
+    true
 }
 
 pub(super) fn bounce_sges(device: &Device, bounce: &[DataBuf], len: usize) -> Option<Vec<Sge>> {
@@ -233,6 +263,11 @@ mod tests {
         Sge { addr, len, lkey: 7 }
     }
 
+    fn split_vec(sges: &[Sge], parts: &[KeyedPart], len: u32) -> Option<Vec<WriteSeg>> {
+        let mut out = Vec::new();
+        split(sges, parts, len, &mut out).then_some(out)
+    }
+
     fn part(addr: u64, len: u32) -> KeyedPart {
         KeyedPart { remote: RemoteKey { addr, rkey: 9 }, len }
     }
@@ -242,34 +277,50 @@ mod tests {
         // Two 8 KiB pool buffers, three descriptors of 4, 10 and 2 KiB.
         let sges = [sge(0x10000, 8192), sge(0x40000, 8192)];
         let parts = [part(0xa000, 4096), part(0xb000, 10240), part(0xc000, 2048)];
-        let segs = split(&sges, &parts, 16384).unwrap();
+        let segs = split_vec(&sges, &parts, 16384).unwrap();
         assert_eq!(segs.len(), 3);
-        assert_eq!(segs[0].sges, vec![sge(0x10000, 4096)]);
-        assert_eq!(segs[1].sges, vec![sge(0x11000, 4096), sge(0x40000, 6144)]);
-        assert_eq!(segs[2].sges, vec![sge(0x41800, 2048)]);
+        assert_eq!(segs[0].sges(), [sge(0x10000, 4096)]);
+        assert_eq!(segs[1].sges(), [sge(0x11000, 4096), sge(0x40000, 6144)]);
+        assert_eq!(segs[2].sges(), [sge(0x41800, 2048)]);
         for (seg, part) in segs.iter().zip(&parts) {
             assert_eq!(seg.remote, part.remote);
-            assert_eq!(seg.sges.iter().map(|s| s.len).sum::<u32>(), part.len);
+            assert_eq!(seg.sges().iter().map(|s| s.len).sum::<u32>(), part.len);
         }
     }
 
     #[test]
     fn one_descriptor_takes_every_buffer_and_a_short_transfer_stops_early() {
         let sges = [sge(0x10000, 4096), sge(0x20000, 4096), sge(0x30000, 4096)];
-        let one = split(&sges, &[part(0xa000, 12288)], 12288).unwrap();
-        assert_eq!(one, vec![WriteSeg { sges: sges.to_vec(), remote: part(0xa000, 0).remote }]);
+        let one = split_vec(&sges, &[part(0xa000, 12288)], 12288).unwrap();
+        assert_eq!((one.len(), one[0].sges(), one[0].remote), (1, &sges[..], part(0xa000, 0).remote));
         // Data shorter than the descriptors name (an admin reply): the first bytes only.
-        let short = split(&sges, &[part(0xa000, 2048), part(0xb000, 8192)], 5000).unwrap();
+        let short = split_vec(&sges, &[part(0xa000, 2048), part(0xb000, 8192)], 5000).unwrap();
         assert_eq!(short.len(), 2);
-        assert_eq!(short[1].sges, vec![sge(0x10800, 2048), sge(0x20000, 904)]);
+        assert_eq!(short[1].sges(), [sge(0x10800, 2048), sge(0x20000, 904)]);
+    }
+
+    /// The list keeps its capacity: a second split of fewer parts reuses it.
+    #[test]
+    fn a_reused_list_is_cleared_first() {
+        let sges = [sge(0x10000, 8192)];
+        let mut out = Vec::new();
+        assert!(split(&sges, &[part(0xa000, 4096), part(0xb000, 4096)], 8192, &mut out));
+        assert_eq!(out.len(), 2);
+        let capacity = out.capacity();
+        assert!(split(&sges, &[part(0xc000, 8192)], 8192, &mut out));
+        assert_eq!((out.len(), out[0].sges(), out.capacity()), (1, &[sge(0x10000, 8192)][..], capacity));
     }
 
     #[test]
     fn too_little_memory_or_too_many_entries_is_refused() {
         let sges = [sge(0x10000, 4096)];
-        assert_eq!(split(&sges, &[part(0xa000, 8192)], 8192), None, "buffers shorter than the transfer");
-        assert_eq!(split(&sges, &[part(0xa000, 1024)], 4096), None, "descriptors shorter than the transfer");
+        assert_eq!(split_vec(&sges, &[part(0xa000, 8192)], 8192), None, "buffers shorter than the transfer");
+        assert_eq!(split_vec(&sges, &[part(0xa000, 1024)], 4096), None, "descriptors shorter than the transfer");
         let tiny: Vec<Sge> = (0..MAX_SGE as u64 + 1).map(|i| sge(0x10000 + i * 0x1000, 16)).collect();
-        assert_eq!(split(&tiny, &[part(0xa000, 16 * (MAX_SGE as u32 + 1))], 16 * (MAX_SGE as u32 + 1)), None);
+        assert_eq!(split_vec(&tiny, &[part(0xa000, 16 * (MAX_SGE as u32 + 1))], 16 * (MAX_SGE as u32 + 1)), None);
+        // Exactly as many entries as a work request takes still goes.
+        let full = &tiny[..MAX_SGE];
+        let segs = split_vec(full, &[part(0xa000, 16 * MAX_SGE as u32)], 16 * MAX_SGE as u32).unwrap();
+        assert_eq!(segs[0].sges(), full);
     }
 }

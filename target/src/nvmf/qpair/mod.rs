@@ -386,17 +386,19 @@ impl Qpair {
         buffer.host_bytes()?.get(..request.data_len)
     }
 
-    /// Takes the buffers holding the data of the command in `slot` that the transport is
-    /// sending, for a transport whose NIC reads them after the engine hears the data was
-    /// sent: an RDMA WRITE posted in one chain with the response SEND behind it (RC
-    /// ordering puts the data first, NVMe/RDMA 1.0 §3.6), so the buffers are the
-    /// transport's until that SEND completes. [`Qpair::data_sent`] then has none to free.
-    pub fn take_data_buffers(&mut self, slot: u16) -> Result<Vec<DataBuf>, Status> {
+    /// Moves the buffers holding the data of the command in `slot` that the transport is
+    /// sending to the end of `into`, for a transport whose NIC reads them after the engine
+    /// hears the data was sent: an RDMA WRITE posted in one chain with the response SEND
+    /// behind it (RC ordering puts the data first, NVMe/RDMA 1.0 §3.6), so the buffers are
+    /// the transport's until that SEND completes. [`Qpair::data_sent`] then has none to
+    /// free. Both lists keep their capacity: nothing is allocated.
+    pub fn move_data_buffers(&mut self, slot: u16, into: &mut Vec<DataBuf>) -> Result<(), Status> {
         let request = self.requests.get_mut(usize::from(slot)).ok_or(Status::INTERNAL_ERROR)?;
         if request.state != ReqState::SendingData {
             return Err(Status::INTERNAL_ERROR);
         }
-        Ok(std::mem::take(&mut request.buffers))
+        into.append(&mut request.buffers);
+        Ok(())
     }
 
     /// The transport sent a command's data (or could not): the command goes on.

@@ -503,9 +503,10 @@ fn a_transport_takes_sent_data_until_its_nic_is_done() {
     // The transport takes the buffers (an RDMA WRITE still to read them), then says the
     // data went: the completion follows at once, and the buffer is the transport's.
     let taken = fixture.step(queue, move |qpair, _, group| {
-        let taken = qpair.take_data_buffers(slot).unwrap();
+        let mut taken = Vec::with_capacity(4);
+        qpair.move_data_buffers(slot, &mut taken).unwrap();
         qpair.data_sent(group.buffers, slot, Ok(()));
-        (taken, qpair.take_data_buffers(slot).is_err())
+        (taken, qpair.move_data_buffers(slot, &mut Vec::new()).is_err())
     });
     let (mut taken, second_take_refused) = taken;
     assert!(second_take_refused, "the command is done: nothing more to take");
