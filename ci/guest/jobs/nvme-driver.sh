@@ -221,12 +221,13 @@ echo "ok: Nvme1 detached and attached again; the host reads back what it wrote b
 # power-off, so a CMB transfer that returns zeros fails here. $iomem_moved gets the
 # payload bytes moved through device memory, $p2p_bytes what the host wrote.
 p2p_export() {
-    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 base=${7:-176} unit=${8:-4} dev host_before
+    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 base=${7:-176} unit=${8:-4} dev host_before sgl_before
     p2p_bytes=$(((13 * unit) << 20))
     rpc nvmf_create_subsystem "$nqn" -a -s "$serial" >/dev/null
     rpc nvmf_subsystem_add_ns "$nqn" "$bdev" --p2pmem "$p2pmem" >/dev/null
     rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
     host_before=$(payload host)
+    sgl_before=$(nvme_stat "$bdev" sgl_commands)
     iomem_before=$(payload iomem)
     nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" --hdr-digest --data-digest >/dev/null ||
         fail "nvme connect to $nqn with digests"
@@ -237,7 +238,7 @@ p2p_export() {
     nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect from $nqn"
     [ "$(payload host)" = "$host_before" ] || fail "$(($(payload host) - host_before)) payload bytes went through host buffers"
     [ "$(bounced "$bdev")" = 0 ] || fail "$(bounced "$bdev") of $bdev's commands went through bounce buffers"
-    echo "ok: $bdev: $(nvme_stat "$bdev" sgl_commands) commands with SGLs since attach"
+    echo "ok: $bdev: $(($(nvme_stat "$bdev" sgl_commands) - sgl_before)) commands with SGLs in this step"
     iomem_moved=$(($(payload iomem) - iomem_before))
 }
 
