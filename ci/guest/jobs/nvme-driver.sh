@@ -8,9 +8,11 @@
 # Each step is checked, the first failure ending the job:
 #   1. attach refusals name the problem: no such function, a function bound to no driver;
 #   2. attach over both routes (cmb0 on uio_pci_generic, peer0 on vfio-pci):
-#      bdev_nvme_get_controllers, identify data in bdev_get_bdevs;
+#      bdev_nvme_get_controllers, identify data in bdev_get_bdevs (SGL support included);
 #   3. both namespaces exported over NVMe/TCP: peerless-perf --verify from 4 KiB to 1 MiB
 #      (beyond the SSDs' 512 KiB MDTS, so commands split), random writes at queue depth 8;
+#      writes beyond one 128 KiB transport buffer reach the driver in several segments,
+#      which go to the SSDs as SGLs (sgl_commands > 0), nothing bounced;
 #   4. completion interrupts: the target's sleeping reactors were woken by Nvme1's MSI-X
 #      vectors (bdev_nvme_get_controllers, /proc/interrupts); Nvme0 over uio is polled;
 #      and no heap allocation per I/O on either route (framework_get_reactors);
@@ -60,7 +62,9 @@ host_dev() {
     fail "no namespace $2 of subsystem $1 on the host"
 }
 payload() { rpc mem_get_stats | python3 -c "import json,sys; print(json.load(sys.stdin)['payload_bytes']['$1'])"; }
-bounced() { rpc bdev_get_bdevs -b "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["driver_specific"]["nvme"][0]["bounced_commands"])'; }
+# nvme_stat BDEV FIELD: a counter of BDEV's driver_specific.nvme.
+nvme_stat() { rpc bdev_get_bdevs -b "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['driver_specific']['nvme'][0]['$2'])"; }
+bounced() { nvme_stat "$1" bounced_commands; }
 
 step "huge pages and the target"
 hugepages_setup 256
@@ -88,6 +92,7 @@ ctrlrs = {c["name"]: c["ctrlrs"][0] for c in json.load(open(sys.argv[1]))}
 assert ctrlrs["Nvme0"]["trid"] == {"trtype": "PCIe", "traddr": sys.argv[2]}, ctrlrs
 assert ctrlrs["Nvme0"]["route"] == "uio" and ctrlrs["Nvme1"]["route"] == "vfio", ctrlrs
 assert ctrlrs["Nvme1"]["bdevs"] == ["Nvme1n1"], ctrlrs
+assert ctrlrs["Nvme0"]["sgl"] == "supported" and ctrlrs["Nvme1"]["sgl"] == "supported", ctrlrs
 EOF
 rpc bdev_get_bdevs -b Nvme0n1 | tee "$out/bdev-Nvme0n1.json"
 python3 - "$out/bdev-Nvme0n1.json" <<'EOF' || fail "identify data in bdev_get_bdevs"
@@ -97,6 +102,8 @@ assert (b["block_size"], b["num_blocks"]) == (512, 256 * 2048), b
 nvme = b["driver_specific"]["nvme"][0]
 assert nvme["ctrlr_data"]["serial_number"] == "cmb0", nvme
 assert nvme["max_transfer_bytes"] == 512 * 1024, nvme
+# QEMU's controller takes SGLs for NVM commands at any byte alignment (SGLS 01b).
+assert nvme["sgl"] == "supported" and nvme["sgl_commands"] == 0, nvme
 EOF
 echo "ok: both controllers attached, identify data as the lab set it up"
 
@@ -112,6 +119,14 @@ for ns in 1 2; do
             fail "peerless-perf --verify, namespace $ns, $size B (see $out/perf-$ns-$size.log)"
         echo "ok: namespace $ns, $size B: $(json_number "$out/perf-$ns-$size.json" iops) IOPS, verified"
     done
+done
+# The transport's buffers are 128 KiB (io_unit_size): a 512 KiB or 1 MiB write reaches the
+# driver as several segments, which go as SGL Data Blocks, not PRPs or a bounce.
+for bdev in Nvme0n1 Nvme1n1; do
+    sgl=$(nvme_stat "$bdev" sgl_commands)
+    [ "$sgl" -gt 0 ] || fail "none of $bdev's commands carried SGLs after writes of several transport buffers"
+    [ "$(bounced "$bdev")" = 0 ] || fail "$(bounced "$bdev") of $bdev's commands went through bounce buffers"
+    echo "ok: $bdev: $sgl commands carried SGLs, none bounced, every write verified"
 done
 
 step "completion interrupts: MSI-X over VFIO, polling over uio"
@@ -206,12 +221,13 @@ echo "ok: Nvme1 detached and attached again; the host reads back what it wrote b
 # power-off, so a CMB transfer that returns zeros fails here. $iomem_moved gets the
 # payload bytes moved through device memory, $p2p_bytes what the host wrote.
 p2p_export() {
-    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 base=${7:-176} unit=${8:-4} dev host_before
+    local nqn=$1 serial=$2 bdev=$3 p2pmem=$4 name=$5 seed=$6 base=${7:-176} unit=${8:-4} dev host_before sgl_before
     p2p_bytes=$(((13 * unit) << 20))
     rpc nvmf_create_subsystem "$nqn" -a -s "$serial" >/dev/null
     rpc nvmf_subsystem_add_ns "$nqn" "$bdev" --p2pmem "$p2pmem" >/dev/null
     rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
     host_before=$(payload host)
+    sgl_before=$(nvme_stat "$bdev" sgl_commands)
     iomem_before=$(payload iomem)
     nvme connect -t tcp -a 127.0.0.1 -s 4420 -n "$nqn" --hdr-digest --data-digest >/dev/null ||
         fail "nvme connect to $nqn with digests"
@@ -222,6 +238,7 @@ p2p_export() {
     nvme disconnect -n "$nqn" >/dev/null || fail "nvme disconnect from $nqn"
     [ "$(payload host)" = "$host_before" ] || fail "$(($(payload host) - host_before)) payload bytes went through host buffers"
     [ "$(bounced "$bdev")" = 0 ] || fail "$(bounced "$bdev") of $bdev's commands went through bounce buffers"
+    echo "ok: $bdev: $(($(nvme_stat "$bdev" sgl_commands) - sgl_before)) commands with SGLs in this step"
     iomem_moved=$(($(payload iomem) - iomem_before))
 }
 

@@ -9,7 +9,8 @@
 # It checks, each step failing the job:
 #   1. identify over uio_pci_generic (first SSD) and over vfio-pci (second SSD): the
 #      serial is the SSD's name, the route is the one bound, the first has a 64 MiB CMB and
-#      the second none, namespace 1 is the backing file's size in 512-byte blocks;
+#      the second none, both take SGLs, namespace 1 is the backing file's size in 512-byte
+#      blocks;
 #   2. --verify runs (write a self-describing pattern, read it back, compare) at 4 KiB QD32
 #      random, 128 KiB QD8 sequential and 1 MiB QD4 random (twice the SSD's 512 KiB MDTS:
 #      the driver splits each I/O) over both routes, and a two-core mixed run: no I/O
@@ -50,6 +51,8 @@ identify() {
     grep -Eq "^Size \(in LBAs\): +$((mb * 2048)) \(${mb}MiB\)\$" "$file" || fail "identify $bdf: namespace 1 is not $mb MiB of 512-byte blocks"
     grep -Eq '^Max Data Transfer Size: +[0-9]+$' "$file" || fail "identify $bdf: no transfer limit"
     grep -Eq "^Controller Memory Buffer: +$cmb" "$file" || fail "identify $bdf: the CMB is not '$cmb'"
+    # QEMU's controller takes SGLs for NVM commands at any byte alignment (SGLS 01b).
+    grep -Eq "^SGL Command Set: +Supported\$" "$file" || fail "identify $bdf: SGLs are not reported supported"
     echo "ok: identify over $route: $name, ${mb} MiB namespace, MDTS $(grep -Eo '^Max Data Transfer Size: +[0-9]+' "$file" | grep -Eo '[0-9]+$') bytes"
 }
 

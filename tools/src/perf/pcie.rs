@@ -75,6 +75,13 @@ pub fn run(config: &PerfConfig, pcie: &PcieAddress, out: &mut dyn Write) -> Resu
         let bounced = targets.first().map(|target| driver_data(&session, &target.bdev)["bounced_commands"].as_u64());
         let bounced = bounced.flatten().map_or("not reported".to_string(), |count| count.to_string());
         writeln!(out, "NVMe commands bounced by the driver: {bounced}")?;
+        // Commands whose data was in several buffers go as SGLs where the SSD takes them.
+        let sgl = targets.first().and_then(|target| driver_data(&session, &target.bdev)["sgl_commands"].as_u64());
+        writeln!(
+            out,
+            "NVMe commands with SGLs: {}",
+            sgl.map_or("not reported".to_string(), |count| count.to_string())
+        )?;
     }
     let detached = detach(&session);
     session.stop();
@@ -117,6 +124,13 @@ fn print(session: &Session, pcie: &PcieAddress, targets: &[Target], out: &mut dy
     field(out, "NVMe Specification Version (VS)", text(&data["vs"]["nvme_version"]))?;
     field(out, "I/O Queue Pairs", ctrlr["io_queues"].as_u64().map_or("Not Reported".into(), |n| n.to_string()))?;
     field(out, "User-space Access", text(&ctrlr["route"]))?;
+    let sgl = match ctrlr["sgl"].as_str() {
+        Some("supported") => "Supported",
+        Some("dword_aligned") => "Supported (Dword aligned)",
+        Some("unsupported") => "Not Supported",
+        _ => "Not Reported",
+    };
+    field(out, "SGL Command Set", sgl)?;
     let cmb = &data["cmb"];
     let cmb = match (cmb["size"].as_u64(), cmb["bus_address"].as_str()) {
         (Some(size), Some(bus)) => format!("{} MiB at bus address {bus}", size >> 20),

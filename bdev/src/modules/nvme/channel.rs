@@ -1,10 +1,10 @@
-//! One thread's I/O queue pair on a namespace: commands built from bdev I/O, PRPs from
-//! its buffers, completions polled by the thread's poller.
+//! One thread's I/O queue pair on a namespace: commands built from bdev I/O, PRPs or
+//! SGLs from its buffers (`data_pointer`), completions polled by the thread's poller.
 //!
 //! An I/O larger than the controller's transfer limit (MDTS) goes as several commands and
 //! completes when the last does, with the first error any of them saw. A buffer list
-//! PRPs cannot describe (segments off page boundaries, memory the controller cannot
-//! reach) goes through one of a few bounce buffers of the channel's own.
+//! neither can describe (segments off page boundaries without SGLs, memory the controller
+//! cannot reach) goes through one of a few bounce buffers of the channel's own.
 
 use std::cell::RefCell;
 use std::os::fd::AsFd;
@@ -14,14 +14,15 @@ use std::sync::Arc;
 use peerless_core::mem::{copy, DmaBuf};
 use peerless_core::reactor::{IoChannel, PollStatus, Poller, ThreadCtx};
 
+mod data_pointer;
 mod recovery;
 
 pub(crate) use recovery::ThreadChannels;
 
 use super::controller::Controller;
-use super::prp::{self, PrpError};
+use super::prp;
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
-use super::spec::{nvm, Cqe, Sqe};
+use super::spec::{nvm, psdt, Cqe, SglSupport, Sqe};
 use super::timeout::{CheckClock, CHECK_PERIOD};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, IoType};
@@ -70,7 +71,12 @@ struct State {
     free_parents: Vec<u16>,
     bounces: Vec<DmaBuf>,
     free_bounces: Vec<u8>,
+    /// A command's PRP list entries or SGL descriptors before they go to its list page.
     prp_list: Vec<u64>,
+    /// Whether and how the controller takes SGLs for NVM commands (Identify SGLS).
+    sgl_support: SglSupport,
+    /// Commands placed with SGLs that the controller's counter has not been told of.
+    sgl_unreported: u64,
     /// Commands of one I/O, built before any is placed, so running out midway places none.
     staged: Vec<(u16, Sqe)>,
     closed: bool,
@@ -130,6 +136,8 @@ impl NvmeChannel {
             free_bounces: (0..bounces.len() as u8).rev().collect(),
             bounces,
             prp_list: Vec::with_capacity(PAGE_BYTES / 8),
+            sgl_support: ctrlr.identity().sgl_support(),
+            sgl_unreported: 0,
             staged: Vec::with_capacity(usable),
             closed: false,
             interrupt_driven,
@@ -245,9 +253,10 @@ impl State {
             return Start::Done(io, IoStatus::SUCCESS);
         }
         let stamp = self.clock.stamp();
-        let State { staged, slots, queue, parents, .. } = self;
+        let State { staged, slots, queue, parents, sgl_unreported, .. } = self;
         let queue = queue.as_mut().expect("checked above");
         for (cid, sqe) in staged.drain(..) {
+            *sgl_unreported += u64::from(sqe.psdt == psdt::SGL);
             let slot = &mut slots[usize::from(cid)];
             slot.parent = parent;
             slot.active = true;
@@ -324,40 +333,17 @@ impl State {
             sqe.cdw12 = (blocks - 1) as u32;
             self.slots[usize::from(cid)].data_offset = offset;
             self.slots[usize::from(cid)].data_len = len;
-            // The list page goes in only once every command has been built.
+            // Pushed before its data is mapped, so a failure below gives the slot back.
             self.staged.push((cid, sqe));
-            let queue = self.queue.as_ref().expect("a channel without a queue stages nothing");
-            let list_bus = queue.prp_list_bus(cid);
-            let pci = self.ctrlr.pci();
-            let segs = part.iter().map(|seg| (seg.addr(), seg.len()));
-            let device = part
-                .domain()
-                .filter(|domain| self.ctrlr.reaches(*domain) && part.iter().all(|seg| seg.tag().domain() == *domain));
-            let direct = if part.is_host_only() {
-                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| pci.host_bus_address(addr))
-            } else if let Some(domain) = device {
-                // A CMB, its own or a peer's; NVMe forbids mixing them with host
-                // addresses in one command.
-                let ctrlr = &self.ctrlr;
-                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| {
-                    ctrlr.device_bus_address(domain, addr)
-                })
-            } else {
-                Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
-            };
-            let (prp1, prp2) = match direct {
-                Ok(prps) => {
-                    let queue = self.queue.as_mut().expect("checked above");
-                    queue.write_prp_list(cid, &self.prp_list);
-                    prps
+            let (psdt, prp1, prp2) = match self.data_pointer(cid, &part)? {
+                Some(pointer) => pointer,
+                None => {
+                    let (prp1, prp2) = self.stage_bounce(cid, io.io_type, &part)?;
+                    (psdt::PRP, prp1, prp2)
                 }
-                Err(PrpError::TooManyPages(pages)) => {
-                    let why = format!("{pages} pages in one command exceed the transfer limit");
-                    return Err(Staging::Refused(IoStatus::INVALID_FIELD, why));
-                }
-                Err(PrpError::Unaligned | PrpError::Untranslatable(_)) => self.stage_bounce(cid, io.io_type, &part)?,
             };
             let entry = self.staged.last_mut().expect("pushed above");
+            entry.1.psdt = psdt;
             entry.1.prp1 = prp1;
             entry.1.prp2 = prp2;
             done_blocks += blocks;
@@ -511,6 +497,10 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         let waiting = taken == 0 && free_cids.len() + 1 < slots.len();
         stalled_polls = if waiting { stalled_polls + 1 } else { 0 };
         let qid = queue.qid();
+        if guard.sgl_unreported > 0 {
+            let placed = std::mem::take(&mut guard.sgl_unreported);
+            guard.ctrlr.count_sgl(placed);
+        }
         // A sleeping reactor passes here only when woken (at least every check period):
         // look each time.
         let look = guard.interrupt_driven || stalled_polls.is_multiple_of(GONE_CHECK_POLLS);

@@ -62,6 +62,9 @@ pub struct Controller {
     /// Commands whose data went through a bounce buffer. Counted on that slow path
     /// only, where a shared counter costs nothing next to the copy.
     bounced_commands: AtomicU64,
+    /// Commands that carried SGLs. Each channel adds its count once per poll, not per
+    /// command: this line is shared by every thread.
+    sgl_commands: AtomicU64,
     /// Each reactor thread's channels on this controller, which a reset reaches by
     /// message on their own threads.
     threads: IoDevice<ThreadChannels>,
@@ -156,6 +159,7 @@ impl Controller {
             admin,
             cmb,
             bounced_commands: AtomicU64::new(0),
+            sgl_commands: AtomicU64::new(0),
             threads,
             resetting: AtomicBool::new(false),
             resets: AtomicU64::new(0),
@@ -173,6 +177,14 @@ impl Controller {
 
     pub fn bounced_commands(&self) -> u64 {
         self.bounced_commands.load(Ordering::Relaxed)
+    }
+
+    pub fn count_sgl(&self, commands: u64) {
+        self.sgl_commands.fetch_add(commands, Ordering::Relaxed);
+    }
+
+    pub fn sgl_commands(&self) -> u64 {
+        self.sgl_commands.load(Ordering::Relaxed)
     }
 
     pub fn cmb(&self) -> Option<&BarMemory> {

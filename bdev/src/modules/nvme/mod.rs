@@ -2,7 +2,8 @@
 //! or uio_pci_generic (`pci`), the controller brought up and its namespaces identified
 //! (`controller`), and each namespace becomes a bdev `NAMEnNSID` whose channels each own
 //! an I/O queue pair polled by their thread (`channel`, `queue`). Commands carry PRPs
-//! (`prp`) built from the I/O's buffers.
+//! (`prp`) built from the I/O's buffers, or SGLs (`sgl`) for buffer lists of several
+//! segments when the controller takes them.
 
 mod channel;
 mod controller;
@@ -13,6 +14,7 @@ mod prp;
 mod queue;
 mod reset;
 mod rpc;
+mod sgl;
 mod spec;
 mod timeout;
 
@@ -122,6 +124,8 @@ impl Bdev for NvmeBdev {
             "route": pci.route().as_str(),
             "max_transfer_bytes": self.ctrlr.max_transfer_bytes(),
             "bounced_commands": self.ctrlr.bounced_commands(),
+            "sgl": self.ctrlr.identity().sgl_support().as_str(),
+            "sgl_commands": self.ctrlr.sgl_commands(),
             "cmb": self.ctrlr.cmb().map(|cmb| json!({
                 "size": cmb.size_bytes(),
                 "free": cmb.available_bytes(),

@@ -1,6 +1,6 @@
 //! One submission/completion queue pair in host DMA memory (NVMe Base 2.0 §3.3.1 and
-//! §4.1): the admin queue or an I/O queue. The rings, and one PRP list page per command
-//! slot, live in a single 2 MiB buffer, a hugepage where the system has them, so the
+//! §4.1): the admin queue or an I/O queue. The rings, and one list page per command slot
+//! (its PRP list, or its SGL segment when the command carries SGLs), live in a single 2 MiB buffer, a hugepage where the system has them, so the
 //! rings are physically contiguous as CAP.CQR asks. A command's slot index is its CID;
 //! the owner hands out slots and never has more than `depth - 1` in flight, so the
 //! submission ring cannot overflow (§4.1.2: a full queue keeps one entry empty).
@@ -28,7 +28,7 @@ pub struct QueuePair {
     sq_bus: u64,
     cq_bus: u64,
     cq_offset: usize,
-    /// Bus address of each slot's PRP list page.
+    /// Bus address of each slot's list page (PRP entries or SGL descriptors).
     prp_list_bus: Vec<u64>,
     prp_offset: usize,
     sq_tail: u16,
@@ -147,7 +147,7 @@ impl QueuePair {
         self.prp_list_bus[usize::from(slot)]
     }
 
-    /// Writes a slot's PRP list entries into its page.
+    /// Writes a slot's PRP list entries, or its SGL descriptors as qword pairs, into its page.
     pub fn write_prp_list(&mut self, slot: u16, entries: &[u64]) {
         debug_assert!(entries.len() * 8 <= PAGE_BYTES);
         let mut offset = self.prp_offset + usize::from(slot) * PAGE_BYTES;

@@ -560,6 +560,7 @@ fn controller_json(name: &str, attached: &Attached) -> Value {
             // MSI-X vectors (the admin queue's among them) and wakes that found one raised.
             "interrupt_vectors": attached.ctrlr.interrupts().map_or(0, |irq| irq.vectors()),
             "completion_interrupts": attached.ctrlr.interrupts().map_or(0, |irq| irq.signalled()),
+            "sgl": id.sgl_support().as_str(),
             "bdevs": attached.bdevs,
         }],
     })

@@ -160,12 +160,22 @@ pub const CQE_BYTES: usize = 16;
 /// Identify data structures are one 4 KiB page.
 pub const IDENTIFY_BYTES: usize = 4096;
 
+/// PSDT values (§4.2, Figure 88).
+pub mod psdt {
+    pub const PRP: u32 = 0b00;
+    /// SGLs for data; MPTR names a contiguous metadata buffer (unused: no metadata).
+    pub const SGL: u32 = 0b01;
+}
+
 /// A submission queue entry (§4.2), as the controller reads it: little-endian dwords.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Sqe {
     pub opcode: u8,
     pub cid: u16,
     pub nsid: u32,
+    /// PRP or SGL for Data Transfer (PSDT, command dword 0 bits 15:14, §4.2): `psdt::PRP`,
+    /// or `psdt::SGL` when `prp1` and `prp2` hold the 16 bytes of an SGL descriptor.
+    pub psdt: u32,
     pub prp1: u64,
     pub prp2: u64,
     pub cdw10: u32,
@@ -181,10 +191,10 @@ impl Sqe {
         Sqe { opcode, ..Sqe::default() }
     }
 
-    /// The 64 wire bytes. FUSE = 0 and PSDT = 00b: data pointers are PRPs.
+    /// The 64 wire bytes. FUSE = 0.
     pub fn encode(&self) -> [u8; SQE_BYTES] {
         let mut bytes = [0u8; SQE_BYTES];
-        let dw0 = u32::from(self.opcode) | u32::from(self.cid) << 16;
+        let dw0 = u32::from(self.opcode) | (self.psdt & 3) << 14 | u32::from(self.cid) << 16;
         bytes[0..4].copy_from_slice(&dw0.to_le_bytes());
         bytes[4..8].copy_from_slice(&self.nsid.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.prp1.to_le_bytes());
@@ -249,6 +259,29 @@ pub struct IdentifyController {
     pub oncs: u16,
     /// Volatile Write Cache present.
     pub vwc: bool,
+    /// SGL Support (SGLS, bytes 539:536).
+    pub sgls: u32,
+}
+
+/// Whether NVM commands may carry SGLs, and what Data Blocks must respect (SGLS bits 1:0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SglSupport {
+    /// 00b (and the reserved 11b): PRPs only.
+    None,
+    /// 01b: any byte address and length.
+    Unaligned,
+    /// 10b: Data Block addresses and lengths in whole dwords.
+    DwordAligned,
+}
+
+impl SglSupport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SglSupport::None => "unsupported",
+            SglSupport::Unaligned => "supported",
+            SglSupport::DwordAligned => "dword_aligned",
+        }
+    }
 }
 
 impl IdentifyController {
@@ -267,6 +300,7 @@ impl IdentifyController {
             nn: u32::from_le_bytes(data[516..520].try_into().unwrap_or_default()),
             oncs: u16::from_le_bytes([data[520], data[521]]),
             vwc: data[525] & 1 == 1,
+            sgls: u32::from_le_bytes(data[536..540].try_into().unwrap_or_default()),
         })
     }
 
@@ -276,6 +310,14 @@ impl IdentifyController {
 
     pub fn supports_write_zeroes(&self) -> bool {
         self.oncs >> 3 & 1 == 1
+    }
+
+    pub fn sgl_support(&self) -> SglSupport {
+        match self.sgls & 3 {
+            0b01 => SglSupport::Unaligned,
+            0b10 => SglSupport::DwordAligned,
+            _ => SglSupport::None,
+        }
     }
 
     /// Largest transfer in bytes given the page size in use; None: no limit.
@@ -396,6 +438,9 @@ mod tests {
         assert_eq!(&bytes[40..44], &10u32.to_le_bytes());
         assert_eq!(&bytes[48..52], &12u32.to_le_bytes());
         assert_eq!(&bytes[60..64], &15u32.to_le_bytes());
+        // PSDT 01b lands in bits 15:14 of dword 0, beside the opcode and under the CID.
+        let bytes = Sqe { psdt: psdt::SGL, ..sqe }.encode();
+        assert_eq!(&bytes[0..4], &[0x01, 0x40, 0x34, 0x12]);
     }
 
     #[test]
@@ -430,6 +475,8 @@ mod tests {
         data[516..520].copy_from_slice(&256u32.to_le_bytes());
         data[520] = 0b1100;
         data[525] = 1;
+        // SGLs without alignment and Bit Bucket descriptors, as QEMU's controller reports.
+        data[536..540].copy_from_slice(&(1u32 | 1 << 16).to_le_bytes());
         let id = IdentifyController::parse(&data).unwrap();
         assert_eq!(
             (id.vid, id.serial.as_str(), id.model.as_str(), id.firmware.as_str()),
@@ -438,6 +485,10 @@ mod tests {
         assert_eq!((id.cntlid, id.nn), (1, 256));
         assert!(id.supports_dataset_management() && id.supports_write_zeroes() && id.vwc);
         assert_eq!(id.max_transfer_bytes(4096), Some(512 * 1024));
+        assert_eq!(id.sgl_support(), SglSupport::Unaligned);
+        assert_eq!(IdentifyController { sgls: 0b10, ..id.clone() }.sgl_support(), SglSupport::DwordAligned);
+        assert_eq!(IdentifyController { sgls: 0b11, ..id.clone() }.sgl_support(), SglSupport::None);
+        assert_eq!(IdentifyController { sgls: 0, ..id.clone() }.sgl_support(), SglSupport::None);
         assert_eq!(IdentifyController { mdts: 0, ..id }.max_transfer_bytes(4096), None);
         assert!(IdentifyController::parse(&data[..100]).is_err());
     }
