@@ -1,7 +1,8 @@
 //! One submission/completion queue pair in host DMA memory (NVMe Base 2.0 §3.3.1 and
 //! §4.1): the admin queue or an I/O queue. The rings, and one list page per command slot
-//! (its PRP list, or its SGL segment when the command carries SGLs), live in a single 2 MiB buffer, a hugepage where the system has them, so the
-//! rings are physically contiguous as CAP.CQR asks. A command's slot index is its CID;
+//! (its PRP list, or its SGL segment when the command carries SGLs), live in a single
+//! 2 MiB buffer, a hugepage where the system has them, so the rings are physically
+//! contiguous as CAP.CQR asks. A command's slot index is its CID;
 //! the owner hands out slots and never has more than `depth - 1` in flight, so the
 //! submission ring cannot overflow (§4.1.2: a full queue keeps one entry empty).
 
