@@ -127,6 +127,8 @@ fn seg_len(len: usize) -> Result<u32> {
 }
 
 /// Segment storage: an array for the common case, a `Vec` beyond [`SGL_INLINE_SEGS`].
+// The inline array is the point: boxing it would put an allocation back on every list.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Segs {
     Inline { buf: [Seg; SGL_INLINE_SEGS], len: u8 },

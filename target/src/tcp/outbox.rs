@@ -56,6 +56,9 @@ struct GatherStorage {
 }
 
 /// What one queued segment's slices come from in a gather.
+// The list is held inline (its segments too): boxing it would allocate on every send of
+// one, and the vector of these is kept from gather to gather.
+#[allow(clippy::large_enum_variant)]
 enum Queued<'q> {
     /// Bytes of the outbox's own buffer.
     Own,

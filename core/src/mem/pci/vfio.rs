@@ -273,25 +273,6 @@ impl VfioDevice {
         })
     }
 
-    /// An eventfd the kernel signals when it wants the device back (VFIO's device
-    /// request: `remove` or an unbind blocks until the user closes the device). Nonblocking;
-    /// read it to clear it.
-    pub fn request_notifier(&self) -> Result<OwnedFd> {
-        let eventfd = super::vfio_irq::eventfd(&self.bdf)?;
-        let mut set = VfioIrqSetOne {
-            argsz: argsz::<VfioIrqSetOne>(),
-            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: VFIO_PCI_REQ_IRQ_INDEX,
-            start: 0,
-            count: 1,
-            eventfd: eventfd.as_raw_fd(),
-        };
-        // SAFETY: SET_IRQS reads `argsz` bytes: the header and one eventfd, all in `set`.
-        unsafe { ioctl_ptr(self.fd.as_fd(), VFIO_DEVICE_SET_IRQS, &mut set) }
-            .map_err(|e| Error::Pci(format!("{}: VFIO_DEVICE_SET_IRQS (device request): {e}", self.bdf)))?;
-        Ok(eventfd)
-    }
-
     pub fn bdf(&self) -> &str {
         &self.bdf
     }

@@ -35,9 +35,24 @@ impl VfioDevice {
     /// the Nth eventfd, or nothing where that is None. Linux 6.1 sizes the vector table
     /// when MSI-X is switched on, so every vector the driver will use is named here.
     pub fn enable_msix(&self, eventfds: &[Option<BorrowedFd<'_>>]) -> Result<()> {
+        self.set_irq_eventfds(VFIO_PCI_MSIX_IRQ_INDEX, "MSI-X", eventfds)
+    }
+
+    /// An eventfd the kernel signals when it wants the device back (VFIO's device
+    /// request: `remove` or an unbind blocks until the user closes the device). Nonblocking;
+    /// read it to clear it.
+    pub fn request_notifier(&self) -> Result<OwnedFd> {
+        let eventfd = eventfd(&self.bdf)?;
+        self.set_irq_eventfds(VFIO_PCI_REQ_IRQ_INDEX, "device request", &[Some(eventfd.as_fd())])?;
+        Ok(eventfd)
+    }
+
+    /// Triggers interrupts `0..eventfds.len()` of `index` by those eventfds (-1 for None:
+    /// no trigger).
+    fn set_irq_eventfds(&self, index: u32, what: &str, eventfds: &[Option<BorrowedFd<'_>>]) -> Result<()> {
         let count = u32::try_from(eventfds.len()).map_err(|_| Error::Pci(format!("{}: too many vectors", self.bdf)))?;
         if count == 0 {
-            return Err(Error::Pci(format!("{}: MSI-X with no vectors", self.bdf)));
+            return Err(Error::Pci(format!("{}: {what} with no vectors", self.bdf)));
         }
         // The header, then one i32 per vector: built in u32 words so the header is aligned.
         let header_words = size_of::<VfioIrqSetHeader>() / 4;
@@ -45,19 +60,18 @@ impl VfioDevice {
         let header = VfioIrqSetHeader {
             argsz: (words.len() * 4) as u32,
             flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
-            index: VFIO_PCI_MSIX_IRQ_INDEX,
+            index,
             start: 0,
             count,
         };
         words[..header_words].copy_from_slice(&[header.argsz, header.flags, header.index, header.start, header.count]);
         for (word, fd) in words[header_words..].iter_mut().zip(eventfds) {
-            // -1 leaves the vector without a trigger.
             *word = fd.map_or(-1, |fd| fd.as_raw_fd()) as u32;
         }
         // SAFETY: SET_IRQS reads argsz bytes: the header and `count` eventfds, all of them
         // in `words`, which is exactly argsz long.
         unsafe { ioctl_ptr(self.fd.as_fd(), VFIO_DEVICE_SET_IRQS, words.as_mut_slice()) }
-            .map_err(|e| Error::Pci(format!("{}: VFIO_DEVICE_SET_IRQS (MSI-X, {count} vectors): {e}", self.bdf)))?;
+            .map_err(|e| Error::Pci(format!("{}: VFIO_DEVICE_SET_IRQS ({what}, {count} vectors): {e}", self.bdf)))?;
         Ok(())
     }
 

@@ -50,18 +50,6 @@ pub(super) const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
 pub(super) const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 pub(super) const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 
-/// `struct vfio_irq_set` carrying one eventfd.
-#[repr(C)]
-#[derive(Debug, Default)]
-pub(super) struct VfioIrqSetOne {
-    pub(super) argsz: u32,
-    pub(super) flags: u32,
-    pub(super) index: u32,
-    pub(super) start: u32,
-    pub(super) count: u32,
-    pub(super) eventfd: i32,
-}
-
 /// `struct vfio_irq_set` with no data (disabling an index), or the header that a list of
 /// eventfds follows.
 #[repr(C)]
@@ -203,9 +191,6 @@ mod tests {
         assert_eq!(size_of::<VfioIrqSetHeader>(), 20);
         assert_eq!(size_of::<VfioIrqInfo>(), 16);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
-        // `struct vfio_irq_set` is 20 bytes; one eventfd follows as its data.
-        assert_eq!(size_of::<VfioIrqSetOne>(), 24);
-        assert_eq!(std::mem::offset_of!(VfioIrqSetOne, eventfd), 20);
         assert_eq!(VFIO_IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA, 0x3b72);
     }
