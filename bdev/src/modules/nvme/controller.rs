@@ -14,6 +14,7 @@ use peerless_core::mem::pci::{is_bar_memory, BarMemory};
 use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
 use peerless_core::reactor::IoDevice;
 
+use super::async_event::{aer_command, get_log_page_command, CONFIG_NAMESPACE_NOTICES, MAX_OUTSTANDING};
 use super::channel::ThreadChannels;
 use super::pci::{PciFunction, Route};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
@@ -35,11 +36,55 @@ pub const DEFAULT_IO_DEPTH: u16 = 256;
 
 struct AdminQueue {
     queue: QueuePair,
-    /// One page for identify data.
+    /// One page for identify and log page data, and a passthrough command's data.
     data: DmaBuf,
     data_bus: u64,
+    /// Asynchronous Event Requests outstanding, by command identifier (bit n: CID n).
+    /// Synchronous admin commands take CID 0, so an AER's completion is told apart from
+    /// theirs whoever polls the queue.
+    aers: u32,
+    /// How many AERs to keep outstanding: AERL + 1, at most `MAX_OUTSTANDING`; 0 until
+    /// they are armed.
+    aer_target: u16,
+    /// AER completions reaped while waiting for a synchronous command, for the poller.
+    events: Vec<Cqe>,
 }
 
+impl AdminQueue {
+    fn new(queue: QueuePair, data: DmaBuf, data_bus: u64) -> AdminQueue {
+        AdminQueue { queue, data, data_bus, aers: 0, aer_target: 0, events: Vec::new() }
+    }
+
+    /// Takes every completion there is: an AER's is kept in `events`, a synchronous
+    /// command's (CID 0) handed to `on_sync`.
+    fn reap(&mut self, mut on_sync: impl FnMut(Cqe)) {
+        let AdminQueue { queue, aers, events, .. } = self;
+        queue.poll(usize::from(ADMIN_DEPTH), |cqe| {
+            if (1..32).contains(&cqe.cid) && *aers >> cqe.cid & 1 == 1 {
+                *aers &= !(1 << cqe.cid);
+                events.push(cqe);
+            } else {
+                on_sync(cqe);
+            }
+        });
+    }
+
+    /// Posts AERs until `aer_target` are outstanding.
+    fn post_aers(&mut self) {
+        let mut posted = false;
+        while (self.aers.count_ones() as u16) < self.aer_target {
+            let cid = (1..=MAX_OUTSTANDING).find(|cid| self.aers >> cid & 1 == 0).unwrap_or(1);
+            self.aers |= 1 << cid;
+            self.queue.push(&aer_command(cid));
+            posted = true;
+        }
+        if posted {
+            self.queue.ring();
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub nsid: u32,
     pub id: IdentifyNamespace,
@@ -52,7 +97,8 @@ pub struct Controller {
     max_transfer_bytes: usize,
     io_depth: u16,
     io_queues_granted: u16,
-    namespaces: Vec<Namespace>,
+    /// The active namespaces the driver serves, kept current by namespace change events.
+    namespaces: Mutex<Vec<Namespace>>,
     admin: Mutex<AdminQueue>,
     /// Free I/O queue identifiers.
     free_qids: Mutex<Vec<u16>>,
@@ -112,7 +158,7 @@ impl Controller {
         bar.write64(reg::ACQ, admin_queue.cq_bus());
         bar.write32(reg::CC, cc::EN | cc::CSS_NVM | cc::mps(12) | cc::IOSQES_64 | cc::IOCQES_16);
         wait_ready(&pci, cap, true)?;
-        let admin = Mutex::new(AdminQueue { queue: admin_queue, data, data_bus });
+        let admin = Mutex::new(AdminQueue::new(admin_queue, data, data_bus));
 
         let id = IdentifyController::parse(&identify(&admin, admin::CNS_CONTROLLER, 0, pci.bdf())?)?;
         let max_transfer_bytes = id
@@ -134,6 +180,9 @@ impl Controller {
         }
         let io_depth = DEFAULT_IO_DEPTH.min(cap.max_queue_entries().min(u32::from(QueuePair::max_depth())) as u16);
         let threads = IoDevice::new(&format!("nvme_ctrlr_{}", pci.bdf()), |_| ThreadChannels::default());
+        if let Err(err) = arm_async_events(&mut admin.lock(), &id, pci.bdf()) {
+            peerless_core::log_warn!("nvme {}: no asynchronous events: {err}", pci.bdf());
+        }
         Ok(Arc::new(Controller {
             free_qids: Mutex::new((1..=granted).rev().collect()),
             pci,
@@ -142,7 +191,7 @@ impl Controller {
             max_transfer_bytes,
             io_depth,
             io_queues_granted: granted,
-            namespaces,
+            namespaces: Mutex::new(namespaces),
             admin,
             cmb,
             bounced_commands: AtomicU64::new(0),
@@ -192,8 +241,13 @@ impl Controller {
         &self.id
     }
 
-    pub fn namespaces(&self) -> &[Namespace] {
-        &self.namespaces
+    /// The namespaces served now.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.namespaces.lock().clone()
+    }
+
+    pub(crate) fn namespaces_mut(&self) -> parking_lot::MutexGuard<'_, Vec<Namespace>> {
+        self.namespaces.lock()
     }
 
     pub fn max_transfer_bytes(&self) -> usize {
@@ -294,6 +348,12 @@ impl Controller {
                 self.io_queues_granted
             ));
         }
+        // The reset dropped the AERs outstanding and the event configuration with them
+        // (features are not saved across a Controller Level Reset, §3.7.2).
+        admin.aers = 0;
+        if let Err(err) = arm_async_events(&mut admin, &self.id, self.pci.bdf()) {
+            peerless_core::log_warn!("nvme {}: no asynchronous events after the reset: {err}", self.pci.bdf());
+        }
         Ok(())
     }
 
@@ -374,6 +434,110 @@ impl Controller {
 
     fn admin_command(&self, sqe: Sqe) -> Result<Cqe, String> {
         admin_command(&self.admin, sqe, self.pci.bdf())
+    }
+
+    /// The AER completions that came in since the last call, each AER now no longer
+    /// outstanding. Never waits: when a synchronous command holds the queue, its own
+    /// polling keeps what arrives for the next call.
+    pub fn take_async_events(&self) -> Vec<Cqe> {
+        let Some(mut admin) = self.admin.try_lock() else { return Vec::new() };
+        if self.is_resetting() || self.is_gone() {
+            return Vec::new();
+        }
+        let bdf = self.pci.bdf();
+        admin.reap(|stray| {
+            peerless_core::log_warn!("nvme {bdf}: admin completion for no command outstanding (CID {})", stray.cid)
+        });
+        std::mem::take(&mut admin.events)
+    }
+
+    /// Posts AERs again up to the number kept outstanding, once an event is handled
+    /// (the controller reports the next event of a type only after its log page is read).
+    pub fn repost_async_events(&self) {
+        if self.is_resetting() || self.is_gone() {
+            return;
+        }
+        self.admin.lock().post_aers();
+    }
+
+    /// Reads `bytes` of log page `log_page` (up to one page), which clears the
+    /// asynchronous event that named it (§5.16, RAE clear).
+    pub fn read_log_page(&self, log_page: u8, bytes: usize) -> Result<Vec<u8>, String> {
+        let bytes = bytes.clamp(4, IDENTIFY_BYTES);
+        let mut admin = self.admin.lock();
+        let sqe = get_log_page_command(log_page, bytes, admin.data_bus);
+        admin_command_locked(&mut admin, sqe, self.pci.bdf(), ADMIN_TIMEOUT)
+            .map_err(|err| format!("get log page {log_page:#04x}: {err}"))?;
+        let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
+        let view = sgl.cpu_view().map_err(|err| err.to_string())?;
+        let mut data = view.to_vec();
+        data.truncate(bytes);
+        Ok(data)
+    }
+
+    /// Identify Namespace for `nsid`: None when it is not an active namespace (a zeroed
+    /// structure, or the NSID refused as invalid, §5.17.2.1).
+    pub fn identify_namespace(&self, nsid: u32) -> Result<Option<IdentifyNamespace>, String> {
+        let data = match identify(&self.admin, admin::CNS_NAMESPACE, nsid, self.pci.bdf()) {
+            Ok(data) => data,
+            // Invalid Field in Command, Invalid Namespace or Format.
+            Err(err) if err.contains("status type 0x0 code 0xb") || err.contains("status type 0x0 code 0x2") => {
+                return Ok(None)
+            }
+            Err(err) => return Err(err),
+        };
+        let ns = IdentifyNamespace::parse(&data).map_err(|err| format!("namespace {nsid}: {err}"))?;
+        Ok((ns.size_blocks > 0).then_some(ns))
+    }
+
+    /// The active namespace list (Identify CNS 02h): the first 1024 NSIDs.
+    pub fn active_namespaces(&self) -> Result<Vec<u32>, String> {
+        let data = identify(&self.admin, admin::CNS_ACTIVE_NAMESPACES, 0, self.pci.bdf())?;
+        Ok(super::spec::parse_active_namespaces(&data).into_iter().filter(|nsid| *nsid <= self.id.nn).collect())
+    }
+
+    /// An admin command from outside the driver (bdev_nvme_send_cmd): `data`, up to one
+    /// page, goes to the controller before (host to controller) or comes back after it
+    /// (controller to host, `data_len` bytes). The queue's own fields (CID, PRPs) are
+    /// the driver's. Returns the completion whatever its status, and the data read.
+    pub fn passthrough_admin(
+        &self,
+        mut sqe: Sqe,
+        data: Passthrough<'_>,
+        timeout: Duration,
+    ) -> Result<(Cqe, Vec<u8>), String> {
+        if self.is_gone() {
+            return Err(format!("{}: the device is gone", self.pci.bdf()));
+        }
+        if self.is_resetting() {
+            return Err(format!("{}: a reset is under way; try again", self.pci.bdf()));
+        }
+        let mut admin = self.admin.lock();
+        let bus = admin.data_bus;
+        match data {
+            Passthrough::None => {}
+            Passthrough::ToController(bytes) => {
+                admin.data.zero();
+                admin.data.write_bytes(0, bytes);
+                sqe.prp1 = bus;
+            }
+            Passthrough::FromController(_) => {
+                admin.data.zero();
+                sqe.prp1 = bus;
+            }
+        }
+        let cqe = admin_completion_locked(&mut admin, sqe, self.pci.bdf(), timeout)?;
+        let read = match data {
+            Passthrough::FromController(len) => {
+                let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
+                let view = sgl.cpu_view().map_err(|err| err.to_string())?;
+                let mut data = view.to_vec();
+                data.truncate(len);
+                data
+            }
+            _ => Vec::new(),
+        };
+        Ok((cqe, read))
     }
 
     /// Normal shutdown (CC.SHN), waiting for CSTS.SHST to report it complete.
@@ -488,23 +652,40 @@ fn wait_ready(pci: &PciFunction, cap: Cap, ready: bool) -> Result<(), String> {
     }
 }
 
-fn admin_command(admin: &Mutex<AdminQueue>, sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
-    admin_command_locked(&mut admin.lock(), sqe, bdf)
+/// Where a passthrough admin command's data goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Passthrough<'a> {
+    None,
+    ToController(&'a [u8]),
+    /// This many bytes come back.
+    FromController(usize),
 }
 
-fn admin_command_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
+fn admin_command(admin: &Mutex<AdminQueue>, sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
+    admin_command_locked(&mut admin.lock(), sqe, bdf, ADMIN_TIMEOUT)
+}
+
+fn admin_command_locked(admin: &mut AdminQueue, sqe: Sqe, bdf: &str, timeout: Duration) -> Result<Cqe, String> {
+    let cqe = admin_completion_locked(admin, sqe, bdf, timeout)?;
+    if cqe.is_success() {
+        Ok(cqe)
+    } else {
+        Err(format!("status type {:#x} code {:#x}", cqe.sct, cqe.sc))
+    }
+}
+
+/// Submits one synchronous command (CID 0) and polls for its completion, keeping the
+/// completions of AERs that come in meanwhile. Only these commands have a deadline:
+/// an AER is outstanding until an event happens, which may be never (§5.2).
+fn admin_completion_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str, timeout: Duration) -> Result<Cqe, String> {
     sqe.cid = 0;
     admin.queue.submit(&sqe);
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
         let mut done = None;
-        admin.queue.poll(1, |cqe| done = Some(cqe));
+        admin.reap(|cqe| done = Some(cqe));
         if let Some(cqe) = done {
-            return if cqe.is_success() {
-                Ok(cqe)
-            } else {
-                Err(format!("status type {:#x} code {:#x}", cqe.sct, cqe.sc))
-            };
+            return Ok(cqe);
         }
         if admin.queue.controller_gone() {
             return Err(format!("{bdf}: the device is gone"));
@@ -514,7 +695,7 @@ fn admin_command_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str) -> Resu
             return Err(format!("{bdf}: controller fatal status (CSTS.CFS)"));
         }
         if Instant::now() > deadline {
-            return Err(format!("{bdf}: admin command {:#04x} timed out after {ADMIN_TIMEOUT:?}", sqe.opcode));
+            return Err(format!("{bdf}: admin command {:#04x} timed out after {timeout:?}", sqe.opcode));
         }
         std::hint::spin_loop();
     }
@@ -546,7 +727,26 @@ fn set_queue_count_locked(admin: &mut AdminQueue, wanted: u16, bdf: &str) -> Res
     sqe.cdw10 = admin::FEATURE_NUMBER_OF_QUEUES;
     let zero_based = u32::from(wanted - 1);
     sqe.cdw11 = zero_based << 16 | zero_based;
-    let cqe = admin_command_locked(admin, sqe, bdf).map_err(|err| format!("set number of queues: {err}"))?;
+    let cqe =
+        admin_command_locked(admin, sqe, bdf, ADMIN_TIMEOUT).map_err(|err| format!("set number of queues: {err}"))?;
     let granted = (cqe.result & 0xffff).min(cqe.result >> 16) + 1;
     Ok(granted.min(u32::from(wanted)) as u16)
+}
+
+/// Turns on Namespace Attribute Notices when the controller has them (Set Features 0Bh,
+/// §5.27.1.7; error events need no enabling) and posts AERL + 1 AERs, at most
+/// `MAX_OUTSTANDING` (§5.2).
+fn arm_async_events(admin: &mut AdminQueue, id: &IdentifyController, bdf: &str) -> Result<(), String> {
+    if id.supports_namespace_notices() {
+        let mut sqe = Sqe::new(admin::SET_FEATURES);
+        sqe.cdw10 = admin::FEATURE_ASYNC_EVENT_CONFIG;
+        sqe.cdw11 = CONFIG_NAMESPACE_NOTICES;
+        admin_command_locked(admin, sqe, bdf, ADMIN_TIMEOUT)
+            .map_err(|err| format!("set asynchronous event configuration: {err}"))?;
+    } else {
+        peerless_core::log_notice!("nvme {bdf}: the controller does not report namespace changes (OAES bit 8 clear)");
+    }
+    admin.aer_target = (u16::from(id.aerl) + 1).min(MAX_OUTSTANDING);
+    admin.post_aers();
+    Ok(())
 }

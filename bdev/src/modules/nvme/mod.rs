@@ -2,8 +2,12 @@
 //! or uio_pci_generic (`pci`), the controller brought up and its namespaces identified
 //! (`controller`), and each namespace becomes a bdev `NAMEnNSID` whose channels each own
 //! an I/O queue pair polled by their thread (`channel`, `queue`). Commands carry PRPs
-//! (`prp`) built from the I/O's buffers.
+//! (`prp`) built from the I/O's buffers. Asynchronous events (`async_event`, `aer`)
+//! add, remove and resize namespace bdevs as the controller's namespaces change;
+//! `send_cmd` passes an admin command through from an RPC.
 
+mod aer;
+mod async_event;
 mod channel;
 mod controller;
 mod options;
@@ -12,6 +16,7 @@ mod prp;
 mod queue;
 mod reset;
 mod rpc;
+mod send_cmd;
 mod spec;
 mod timeout;
 
@@ -46,10 +51,9 @@ impl NvmeBdev {
     fn new(
         ctrlr_name: &str,
         ctrlr: Arc<Controller>,
-        index: usize,
+        ns: &controller::Namespace,
         controllers: rpc::Controllers,
     ) -> Result<NvmeBdev, String> {
-        let ns = &ctrlr.namespaces()[index];
         if ns.id.metadata_bytes != 0 {
             return Err(format!(
                 "namespace {} has {} bytes of metadata per block, which the driver does not serve",
@@ -135,7 +139,7 @@ impl Bdev for NvmeBdev {
 
     /// The controller's attach call recreates every namespace: only the first one writes it.
     fn config_entry(&self) -> Option<Value> {
-        let first = self.ctrlr.namespaces().first().map(|ns| ns.nsid);
+        let first = self.ctrlr.namespaces().iter().map(|ns| ns.nsid).min();
         (first == Some(self.nsid)).then(|| {
             json!({"method": "bdev_nvme_attach_controller", "params": {
                 "name": self.ctrlr_name, "trtype": "PCIe", "traddr": self.ctrlr.pci().bdf(),
