@@ -158,7 +158,7 @@ fn rescan(ctrlr: &Controller, changed: ChangedNamespaces) -> Vec<Change> {
     for nsid in nsids.into_iter().filter(|nsid| (1..=ctrlr.identity().nn).contains(nsid)) {
         match ctrlr.identify_namespace(nsid) {
             Ok(now) => changes.extend(update(&mut ctrlr.namespaces_mut(), nsid, now)),
-            Err(err) => peerless_core::log_error!("nvme {bdf}: namespace {nsid}: {err}; left as it was"),
+            Err(err) => peerless_core::log_error!("nvme {bdf}: {err}; namespace {nsid} left as it was"),
         }
     }
     changes

@@ -486,8 +486,11 @@ impl Controller {
             }
             Err(err) => return Err(err),
         };
-        let ns = IdentifyNamespace::parse(&data).map_err(|err| format!("namespace {nsid}: {err}"))?;
-        Ok((ns.size_blocks > 0).then_some(ns))
+        // An inactive NSID's structure is all zeros: no size, and no valid format either.
+        if data.iter().take(8).all(|byte| *byte == 0) {
+            return Ok(None);
+        }
+        IdentifyNamespace::parse(&data).map(Some).map_err(|err| format!("namespace {nsid}: {err}"))
     }
 
     /// The active namespace list (Identify CNS 02h): the first 1024 NSIDs.
