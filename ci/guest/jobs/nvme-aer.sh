@@ -14,7 +14,8 @@
 #      appears; peerless-perf --verify on it over NVMe/TCP;
 #   3. under verified I/O on Aer0n1, namespace 2 detached (select 1): Aer0n2 goes away
 #      (and with it its NVMe-oF namespace) while the I/O on Aer0n1 runs on unharmed;
-#   4. attached again: Aer0n2 back (the AERs were posted again after each event);
+#   4. a controller reset, then attached again: Aer0n2 back (the AERs are posted again
+#      after each event and armed again after a reset);
 #   5. detach and a clean stop.
 # shellcheck source=/dev/null
 source /job/env
@@ -126,10 +127,11 @@ echo "ok: Aer0n1: $(json_number "$out/perf-n1.json" iops) IOPS, verified, throug
 rpc bdev_nvme_get_controllers -n Aer0 | python3 -c 'import json, sys
 assert json.load(sys.stdin)[0]["ctrlrs"][0]["bdevs"] == ["Aer0n1"]' || fail "get_controllers after the detach"
 
-step "namespace 2 attached again: the AERs were posted again"
+step "controller reset, then namespace 2 attached again: the AERs were posted again after it"
+rpc bdev_nvme_reset_controller Aer0
 ns_attachment 0
 wait_bdev Aer0n2 present
-echo "ok: Aer0n2 back"
+echo "ok: Aer0n2 back after the reset"
 
 step "detach and stop"
 rpc nvmf_delete_subsystem "$nqn" >/dev/null
