@@ -6,6 +6,7 @@
 //! add, remove and resize namespace bdevs as the controller's namespaces change;
 //! `send_cmd` passes an admin command through from an RPC.
 
+mod admin;
 mod aer;
 mod async_event;
 mod channel;

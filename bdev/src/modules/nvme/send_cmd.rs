@@ -14,7 +14,7 @@ use peerless_core::rpc::{RpcError, StateMask};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::controller::Passthrough;
+use super::admin::Passthrough;
 use super::rpc::Controllers;
 use super::spec::{admin, Sqe, SQE_BYTES};
 
