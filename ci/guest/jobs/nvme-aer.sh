@@ -9,14 +9,17 @@
 # Each step is checked, the first failure ending the job:
 #   1. attach over vfio-pci: only Aer0n1; bdev_nvme_send_cmd's Identify Controller answers
 #      with the serial and a successful completion; its refusals name the problem;
-#   2. Namespace Attachment (admin 15h, select 0) of namespace 2 through bdev_nvme_send_cmd:
+#   2. a SMART temperature warning (Set Features Temperature Threshold through
+#      bdev_nvme_send_cmd) logged, its log page read so it clears;
+#   3. Namespace Attachment (admin 15h, select 0) of namespace 2 through bdev_nvme_send_cmd:
 #      QEMU raises Namespace Attribute Changed, the driver reads log page 04h and Aer0n2
 #      appears; peerless-perf --verify on it over NVMe/TCP;
-#   3. under verified I/O on Aer0n1, namespace 2 detached (select 1): Aer0n2 goes away
+#   4. under verified I/O on Aer0n1, namespace 2 detached (select 1): Aer0n2 goes away
 #      (and with it its NVMe-oF namespace) while the I/O on Aer0n1 runs on unharmed;
-#   4. a controller reset, then attached again: Aer0n2 back (the AERs are posted again
-#      after each event and armed again after a reset);
-#   5. detach and a clean stop.
+#   5. attached and detached again: five events on the four AERs QEMU allows, so each
+#      AER was posted again after its event; then a controller reset and attached again:
+#      Aer0n2 back (the AERs armed again after the reset);
+#   6. detach and a clean stop.
 # shellcheck source=/dev/null
 source /job/env
 # shellcheck source=ci/guest/jobs/target-lib.sh
@@ -39,6 +42,12 @@ sqe() {
     python3 -c 'import base64, struct, sys
 op, nsid, cdw10 = (int(a, 0) for a in sys.argv[1:])
 print(base64.urlsafe_b64encode(struct.pack("<BBHI32xI20x", op, 0, 0, nsid, cdw10)).decode())' "$@"
+}
+# sqe_cdw11 OPCODE CDW10 CDW11: one with no namespace.
+sqe_cdw11() {
+    python3 -c 'import base64, struct, sys
+op, cdw10, cdw11 = (int(a, 0) for a in sys.argv[1:])
+print(base64.urlsafe_b64encode(struct.pack("<BBHI32xII16x", op, 0, 0, 0, cdw10, cdw11)).decode())' "$@"
 }
 # cpl_status FILE: "SCT SC" of bdev_nvme_send_cmd's completion.
 cpl_status() {
@@ -85,7 +94,9 @@ nvme_bind_vfio "$bdf"
 has_bdev Aer0n2 && fail "Aer0n2 exists before namespace 2 is attached"
 rpc bdev_nvme_get_controllers -n Aer0 | tee "$out/controllers.json"
 cntlid=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[0]["ctrlrs"][0]["cntlid"])' "$out/controllers.json")
-if grep -E "no asynchronous events|does not report namespace changes" "$out/target.log"; then fail "AERs not armed"; fi
+if grep -E "no asynchronous events|does not report namespace changes|asynchronous event configuration" "$out/target.log"; then
+    fail "AERs not armed as asked"
+fi
 rpc bdev_nvme_send_cmd -n Aer0 -t admin -r c2h -c "$(sqe 0x06 0 1)" -D 4096 >"$out/identify.json"
 [ "$(cpl_status "$out/identify.json")" = "0 0" ] || fail "Identify Controller through bdev_nvme_send_cmd"
 python3 - "$out/identify.json" <<'EOF' || fail "Identify Controller's data"
@@ -99,6 +110,20 @@ expect_refusal "only admin commands" rpc bdev_nvme_send_cmd -n Aer0 -t io -r c2h
 expect_refusal "I/O queues are the driver's" rpc bdev_nvme_send_cmd -n Aer0 -t admin -r h2c -c "$(sqe 0x01 0 0)"
 expect_refusal "at most 4096" rpc bdev_nvme_send_cmd -n Aer0 -t admin -r c2h -c "$(sqe 0x06 0 1)" -D 8192
 expect_refusal "does not exist" rpc bdev_nvme_send_cmd -n Nope -t admin -r c2h -c "$(sqe 0x06 0 1)" -D 4096
+
+step "a SMART temperature warning: logged, its log page read"
+# Set Features Temperature Threshold (04h), the composite's over threshold: below QEMU's
+# 323 K the warning comes on and the controller raises a SMART / Health event; back to
+# its 343 K default after.
+rpc bdev_nvme_send_cmd -n Aer0 -t admin -r h2c -c "$(sqe_cdw11 0x09 0x04 0x100)" >"$out/temperature.json"
+[ "$(cpl_status "$out/temperature.json")" = "0 0" ] || fail "set temperature threshold: $(cat "$out/temperature.json")"
+deadline=$((SECONDS + 30))
+until grep -q "SMART: temperature threshold" "$out/target.log"; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "no SMART temperature event logged 30 s after the threshold went down"
+    sleep 0.2
+done
+grep -m1 "SMART: temperature threshold" "$out/target.log"
+rpc bdev_nvme_send_cmd -n Aer0 -t admin -r h2c -c "$(sqe_cdw11 0x09 0x04 0x157)" >/dev/null
 
 step "namespace 2 attached through bdev_nvme_send_cmd: Aer0n2 appears"
 rpc nvmf_create_subsystem "$nqn" -a -s PEERLESSAER00001 >/dev/null
@@ -127,7 +152,14 @@ echo "ok: Aer0n1: $(json_number "$out/perf-n1.json" iops) IOPS, verified, throug
 rpc bdev_nvme_get_controllers -n Aer0 | python3 -c 'import json, sys
 assert json.load(sys.stdin)[0]["ctrlrs"][0]["bdevs"] == ["Aer0n1"]' || fail "get_controllers after the detach"
 
-step "controller reset, then namespace 2 attached again: the AERs were posted again after it"
+step "namespace 2 attached and detached again: events 4 and 5 on 4 AERs, so each was posted again"
+ns_attachment 0
+wait_bdev Aer0n2 present
+ns_attachment 1
+wait_bdev Aer0n2 absent
+echo "ok: Aer0n2 came and went again"
+
+step "controller reset, then namespace 2 attached again: the AERs were armed again after it"
 rpc bdev_nvme_reset_controller Aer0
 ns_attachment 0
 wait_bdev Aer0n2 present

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use peerless_core::mem::DmaBuf;
 
-use super::async_event::{aer_command, CONFIG_NAMESPACE_NOTICES, MAX_OUTSTANDING};
+use super::async_event::{aer_command, event_config, CONFIG_NAMESPACE_NOTICES, MAX_OUTSTANDING};
 use super::queue::QueuePair;
 use super::spec::{admin, Cqe, IdentifyController, Sqe};
 
@@ -159,18 +159,25 @@ pub(super) fn set_queue_count_locked(admin: &mut AdminQueue, wanted: u16, bdf: &
     Ok(granted.min(u32::from(wanted)) as u16)
 }
 
-/// Turns on Namespace Attribute Notices when the controller has them (Set Features 0Bh,
-/// §5.27.1.7; error events need no enabling) and posts AERL + 1 AERs, at most
-/// `MAX_OUTSTANDING` (§5.2).
+/// Turns on the SMART / Health critical warnings and Namespace Attribute Notices when the
+/// controller has them (Set Features 0Bh, §5.27.1.7; error events need no enabling) and
+/// posts AERL + 1 AERs, at most `MAX_OUTSTANDING` (§5.2).
 pub(super) fn arm_async_events(admin: &mut AdminQueue, id: &IdentifyController, bdf: &str) -> Result<(), String> {
-    if id.supports_namespace_notices() {
-        let mut sqe = Sqe::new(admin::SET_FEATURES);
-        sqe.cdw10 = admin::FEATURE_ASYNC_EVENT_CONFIG;
-        sqe.cdw11 = CONFIG_NAMESPACE_NOTICES;
-        admin_command_locked(admin, sqe, bdf, ADMIN_TIMEOUT)
-            .map_err(|err| format!("set asynchronous event configuration: {err}"))?;
-    } else {
+    let notices = id.supports_namespace_notices();
+    if !notices {
         peerless_core::log_notice!("nvme {bdf}: the controller does not report namespace changes (OAES bit 8 clear)");
+    }
+    let mut sqe = Sqe::new(admin::SET_FEATURES);
+    sqe.cdw10 = admin::FEATURE_ASYNC_EVENT_CONFIG;
+    sqe.cdw11 = event_config(notices);
+    if let Err(err) = admin_command_locked(admin, sqe, bdf, ADMIN_TIMEOUT) {
+        // A controller may refuse a warning it cannot raise; the notices matter most.
+        peerless_core::log_warn!("nvme {bdf}: asynchronous event configuration {:#x}: {err}", sqe.cdw11);
+        if notices {
+            sqe.cdw11 = CONFIG_NAMESPACE_NOTICES;
+            admin_command_locked(admin, sqe, bdf, ADMIN_TIMEOUT)
+                .map_err(|err| format!("set asynchronous event configuration: {err}"))?;
+        }
     }
     admin.aer_target = (u16::from(id.aerl) + 1).min(MAX_OUTSTANDING);
     admin.post_aers();

@@ -15,6 +15,15 @@ pub mod log_page {
 /// Asynchronous Event Configuration (Set Features 0Bh, §5.27.1.7) bit 8: Namespace
 /// Attribute Notices.
 pub const CONFIG_NAMESPACE_NOTICES: u32 = 1 << 8;
+/// Bits 4:0: SMART / Health Critical Warnings (available spare, temperature, reliability,
+/// read only, volatile memory backup), each an event when its warning comes on.
+pub const CONFIG_CRITICAL_WARNINGS: u32 = 0x1f;
+
+/// The configuration to ask for: every critical warning, and namespace notices when the
+/// controller has them (OAES bit 8).
+pub fn event_config(namespace_notices: bool) -> u32 {
+    CONFIG_CRITICAL_WARNINGS | if namespace_notices { CONFIG_NAMESPACE_NOTICES } else { 0 }
+}
 
 /// Most AERs the driver keeps outstanding, whatever AERL allows: events are rare, and
 /// each one held is an admin queue slot.
@@ -175,6 +184,12 @@ mod tests {
         assert!(!firmware.is_namespace_change());
         assert_eq!(AsyncEvent::decode(5).kind, EventKind::Reserved(5));
         assert_eq!(AsyncEvent::decode(7).kind, EventKind::VendorSpecific);
+    }
+
+    #[test]
+    fn the_configuration_asks_for_warnings_and_namespace_notices_when_offered() {
+        assert_eq!(event_config(true), 0x11f);
+        assert_eq!(event_config(false), 0x1f);
     }
 
     #[test]
