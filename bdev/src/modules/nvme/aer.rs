@@ -128,8 +128,14 @@ fn read_event(ctrlr: &Controller, event: &AsyncEvent) -> Vec<Change> {
         }
         return Vec::new();
     }
-    let changed = match log {
-        Ok(data) => parse_changed_namespaces(&data),
+    let changed = match log.map(|data| parse_changed_namespaces(&data)) {
+        // Someone else read the list first (a Get Log Page through bdev_nvme_send_cmd,
+        // say): the event is real, the list lost.
+        Ok(ChangedNamespaces::Some(nsids)) if nsids.is_empty() => {
+            peerless_core::log_warn!("nvme {bdf}: the changed namespace list is empty; looking at every namespace");
+            ChangedNamespaces::All
+        }
+        Ok(changed) => changed,
         Err(err) => {
             peerless_core::log_error!("nvme {bdf}: changed namespace list: {err}; looking at every namespace");
             ChangedNamespaces::All
