@@ -196,6 +196,11 @@ env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/gue
 # Its recovery: 12 controller resets under verified I/O, then each SSD removed from the bus
 # under I/O (uio: gone from sysfs; VFIO: the kernel's device request). About a minute.
 env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/guest/jobs/nvme-faults.sh
+# Command deadlines on an SSD QEMU throttles to 10 I/Os a second: overdue commands reset
+# the controller (each I/O resubmitted at most 3 times) or are aborted, and with no
+# deadline every I/O completes, verified. About a minute.
+env PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="slow0:iops=10" PEERLESS_GUEST_IOMMU=1 PEERLESS_GUEST_IOMMU_AW_BITS=39 \
+    bash ci/guest/run.sh ci/guest/jobs/nvme-timeout.sh
 # Namespace changes through asynchronous events: an SSD in an NVM subsystem of its own with
 # a second, detached namespace, attached and detached through bdev_nvme_send_cmd (Namespace
 # Attachment) under verified I/O, the bdev appearing and going; again after a reset; and a

@@ -185,6 +185,10 @@ pub struct BdevIo {
     /// Payload bytes, set by the layer from the block count: buffers may be larger (pool
     /// buffers come in fixed sizes) and `sgl()` lends exactly this much of them.
     pub(crate) data_len: usize,
+    /// Times a driver took it back at a controller reset and submitted it again: the
+    /// driver gives up past a bound, or a controller that cannot finish it in time would
+    /// be reset for it forever.
+    pub(crate) resubmissions: u8,
 }
 
 /// Completion hops an I/O object keeps room for without reallocating.
@@ -203,6 +207,7 @@ impl BdevIo {
             submitted_ns: 0,
             bounced: None,
             data_len: 0,
+            resubmissions: 0,
         })
     }
 
@@ -217,6 +222,7 @@ impl BdevIo {
         self.tag = 0;
         self.submitted_ns = 0;
         self.bounced = None;
+        self.resubmissions = 0;
         self.data_len = 0;
     }
 

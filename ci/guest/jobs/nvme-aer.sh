@@ -28,15 +28,6 @@ read -r -a bdfs <<<"${NVME_BDFS:-}"
 [ "${#bdfs[@]}" -ge 1 ] || fail "this job needs an SSD with two namespaces: PEERLESS_GUEST_NVME=\"aer0:ns=2\""
 bdf=${bdfs[0]}
 nqn=nqn.2016-06.io.peerless:nvme-aer
-rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
-expect_refusal() {
-    local text=$1 rc=0
-    shift
-    "$@" >/tmp/refusal.out 2>&1 || rc=$?
-    [ "$rc" != 0 ] || fail "'$*' succeeded; it should have been refused"
-    grep -q -- "$text" /tmp/refusal.out || fail "'$*' was refused without saying '$text': $(cat /tmp/refusal.out)"
-    echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
-}
 # sqe OPCODE NSID CDW10: a submission queue entry, URL-safe base64.
 sqe() {
     python3 -c 'import base64, struct, sys

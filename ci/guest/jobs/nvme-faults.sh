@@ -33,15 +33,6 @@ read -r -a names <<<"${NVME_NAMES:-}"
 uio_bdf=${bdfs[0]}
 vfio_bdf=${bdfs[1]}
 nqn=nqn.2016-06.io.peerless:nvme-faults
-rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
-expect_refusal() {
-    local text=$1 rc=0
-    shift
-    "$@" >/tmp/refusal.out 2>&1 || rc=$?
-    [ "$rc" != 0 ] || fail "'$*' succeeded; it should have been refused"
-    grep -q -- "$text" /tmp/refusal.out || fail "'$*' was refused without saying '$text': $(cat /tmp/refusal.out)"
-    echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
-}
 # perf NS SIZE DEPTH SECONDS NAME [--verify]: peerless-perf random writes in the background; its pid in $perf_pid.
 perf() {
     local ns=$1 size=$2 depth=$3 secs=$4 name=$5

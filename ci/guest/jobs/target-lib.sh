@@ -6,6 +6,8 @@
 #   fail TEXT               the reason, the target's last log lines, the kernel's, exit 1
 #   json_number FILE KEY    a number from peerless-perf's one-line --json summary (the
 #                           guest has no jq; python3 came with fio)
+#   rpc ARGS, expect_refusal TEXT CMD...: the target's RPC, and a call that must fail
+#                           saying TEXT
 #   start_target CONFIG     peerless-tgt -c CONFIG in interrupt mode (the guest has two
 #                           emulated CPUs), its log in $out/target.log, waited for ready
 #   stop_target             SIGTERM; it must exit 0 within 20 s, log its orderly stop and
@@ -78,6 +80,19 @@ rxe_up() {
     done
     grep -q 'state:.*PORT_ACTIVE' "$out/ibv_devinfo.txt" || fail "rxe0's port is not active"
     echo "ok: rxe0 active on $1"
+}
+
+# rpc ARGS...: peerless-rpc against the job's target.
+rpc() { "$bin/peerless-rpc" -s "$sock" "$@"; }
+
+# expect_refusal TEXT CMD...: CMD must fail and say TEXT.
+expect_refusal() {
+    local text=$1 rc=0
+    shift
+    "$@" >/tmp/refusal.out 2>&1 || rc=$?
+    [ "$rc" != 0 ] || fail "'$*' succeeded; it should have been refused"
+    grep -q -- "$text" /tmp/refusal.out || fail "'$*' was refused without saying '$text': $(cat /tmp/refusal.out)"
+    echo "ok: refused, saying: $(grep -m1 -- "$text" /tmp/refusal.out)"
 }
 
 # --- Emulated NVMe SSDs (run.sh's PEERLESS_GUEST_NVME; /job/env's NVME_BDFS, NVME_NAMES)

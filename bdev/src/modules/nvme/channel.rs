@@ -7,10 +7,11 @@
 //! reach) goes through one of a few bounce buffers of the channel's own.
 
 use std::cell::RefCell;
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use peerless_core::mem::{copy, registry, DmaBuf};
+use peerless_core::mem::{copy, DmaBuf};
 use peerless_core::reactor::{IoChannel, PollStatus, Poller, ThreadCtx};
 
 mod recovery;
@@ -20,7 +21,7 @@ pub(crate) use recovery::ThreadChannels;
 use super::controller::Controller;
 use super::prp::{self, PrpError};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
-use super::spec::{nvm, Sqe};
+use super::spec::{nvm, Cqe, Sqe};
 use super::timeout::{CheckClock, CHECK_PERIOD};
 use crate::bdev::{BdevChannelOps, SubmitError};
 use crate::io::{BdevIo, IoType};
@@ -73,6 +74,9 @@ struct State {
     /// Commands of one I/O, built before any is placed, so running out midway places none.
     staged: Vec<(u16, Sqe)>,
     closed: bool,
+    /// The queue raises an MSI-X vector whose eventfd this thread's reactor watches, so
+    /// the reactor may sleep while commands are in flight.
+    interrupt_driven: bool,
     /// A controller reset is under way: new I/O waits for it.
     resetting: bool,
     clock: CheckClock,
@@ -84,6 +88,9 @@ struct State {
 pub(crate) struct NvmeChannel {
     state: Rc<RefCell<State>>,
     poller: Option<Poller>,
+    /// With completion interrupts: wakes the reactor now and then, so deadlines and a
+    /// removed device are noticed even when no interrupt comes.
+    watchdog: Option<Poller>,
 }
 
 impl NvmeChannel {
@@ -94,7 +101,7 @@ impl NvmeChannel {
         nsid: u32,
         block_size: u32,
     ) -> NvmeChannel {
-        let queue = match ctrlr.create_io_queue() {
+        let queue = match ctrlr.create_io_queue(ctx.reactor_sleeps()) {
             Ok(queue) => Some(queue),
             Err(err) => {
                 peerless_core::log_error!("nvme {name}: no I/O queue for this thread, its I/O will fail: {err}");
@@ -111,6 +118,7 @@ impl NvmeChannel {
             Vec::new()
         };
         let registered = ctx.get_io_channel(ctrlr.threads());
+        let interrupt_driven = queue.as_ref().is_some_and(|queue| watch_interrupts(ctx, name, &ctrlr, queue));
         let state = State {
             nsid,
             block_size: u64::from(block_size),
@@ -124,6 +132,7 @@ impl NvmeChannel {
             prp_list: Vec::with_capacity(PAGE_BYTES / 8),
             staged: Vec::with_capacity(usable),
             closed: false,
+            interrupt_driven,
             resetting: false,
             clock: CheckClock::new(CHECK_PERIOD),
             _registered: registered.clone(),
@@ -132,8 +141,39 @@ impl NvmeChannel {
         let state = Rc::new(RefCell::new(state));
         registered.borrow_mut().add(&state);
         let poller = completion_poller(ctx, name, state.clone(), depth);
-        NvmeChannel { state, poller: Some(poller) }
+        let watchdog = interrupt_driven.then(|| watchdog_poller(ctx, name, state.clone()));
+        NvmeChannel { state, poller: Some(poller), watchdog }
     }
+}
+
+/// Watches the queue's eventfd when it raises a vector; false (the queue is then polled
+/// while it has commands in flight) when it has none or the watch fails.
+fn watch_interrupts(ctx: &mut ThreadCtx, name: &str, ctrlr: &Controller, queue: &QueuePair) -> bool {
+    let Some(vector) = queue.interrupt_vector() else { return false };
+    let Some((_, eventfd)) = ctrlr.interrupts().and_then(|irq| irq.for_queue(queue.qid())) else { return false };
+    match ctx.watch_fd(eventfd.as_fd()) {
+        Ok(()) => true,
+        Err(err) => {
+            peerless_core::log_warn!(
+                "nvme {name}: cannot watch MSI-X vector {vector}'s eventfd, polling instead: {err}"
+            );
+            false
+        }
+    }
+}
+
+/// Runs every check period while the channel lives; the completion poller, which every
+/// pass runs, does the looking.
+fn watchdog_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>) -> Poller {
+    let period_us = CHECK_PERIOD.as_micros() as u64;
+    ctx.poller(&format!("nvme_{name}_watchdog"), period_us, move |_| {
+        let state = state.borrow();
+        if state.closed && state.queue.is_none() {
+            PollStatus::Done
+        } else {
+            PollStatus::Idle
+        }
+    })
 }
 
 impl Drop for NvmeChannel {
@@ -142,6 +182,9 @@ impl Drop for NvmeChannel {
         // The poller finishes what is in flight, then deletes the queue pair.
         if let Some(poller) = self.poller.take() {
             poller.detach();
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.detach();
         }
     }
 }
@@ -293,9 +336,12 @@ impl State {
             let direct = if part.is_host_only() {
                 prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| pci.host_bus_address(addr))
             } else if let Some(domain) = device {
-                // A CMB (its own, or a peer's) by its bus addresses; NVMe forbids mixing
-                // them with host addresses in one command.
-                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| registry::bus_address(domain, addr))
+                // A CMB, its own or a peer's; NVMe forbids mixing them with host
+                // addresses in one command.
+                let ctrlr = &self.ctrlr;
+                prp::build(segs, PAGE_BYTES, &mut self.prp_list, list_bus, |addr| {
+                    ctrlr.device_bus_address(domain, addr)
+                })
             } else {
                 Err(PrpError::Untranslatable(part.iter().next().map_or(0, |seg| seg.addr())))
             };
@@ -417,8 +463,9 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         if state_ref.resetting {
             return PollStatus::Idle;
         }
-        let State { slots, free_cids, parents, free_parents, bounces, free_bounces, .. } = state_ref;
-        let taken = queue.poll(COMPLETIONS_PER_POLL, |cqe| {
+        let State { slots, free_cids, parents, free_parents, bounces, free_bounces, interrupt_driven, ctrlr, .. } =
+            state_ref;
+        let mut on_completion = |cqe: Cqe| {
             let Some(slot) = slots.get_mut(usize::from(cqe.cid)) else {
                 peerless_core::log_error!("nvme: completion for unknown command {}", cqe.cid);
                 return;
@@ -450,15 +497,24 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
                 free_parents.push(slot.parent);
                 finished.push((done.io, done.status));
             }
-        });
+        };
+        let mut taken = queue.poll(COMPLETIONS_PER_POLL, &mut on_completion);
+        // Clear the vector before the reactor may sleep, or its eventfd would wake it
+        // again and again; a completion that raced in before the clear is taken now,
+        // and one after it signals afresh.
+        if *interrupt_driven && taken == 0 && ctrlr.interrupts().is_some_and(|irq| irq.clear(queue.qid())) {
+            taken = queue.poll(COMPLETIONS_PER_POLL, &mut on_completion);
+        }
         // A removed device completes nothing and reads all ones; look now and then
         // while commands wait, not on every pass: a register read is dear. Another
         // channel may have seen it first.
         let waiting = taken == 0 && free_cids.len() + 1 < slots.len();
         stalled_polls = if waiting { stalled_polls + 1 } else { 0 };
         let qid = queue.qid();
-        let gone =
-            waiting && (guard.ctrlr.is_gone() || stalled_polls.is_multiple_of(GONE_CHECK_POLLS) && queue_gone(&guard));
+        // A sleeping reactor passes here only when woken (at least every check period):
+        // look each time.
+        let look = guard.interrupt_driven || stalled_polls.is_multiple_of(GONE_CHECK_POLLS);
+        let gone = waiting && (guard.ctrlr.is_gone() || look && queue_gone(&guard));
         if gone {
             // Surprise removal: nothing will complete; fail what is in flight.
             if guard.ctrlr.mark_gone() {
@@ -475,6 +531,7 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         let finish_queue = guard.closed && in_flight == 0 && !guard.resetting;
         let queue = if finish_queue { guard.queue.take() } else { None };
         let ctrlr = guard.ctrlr.clone();
+        let interrupt_driven = guard.interrupt_driven;
         drop(guard);
         let completed = finished.len();
         for (io, status) in finished.drain(..) {
@@ -482,6 +539,13 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
         }
         act_on_overdue(ctx, &ctrlr, qid, overdue);
         if let Some(queue) = queue {
+            if let Some((_, eventfd)) =
+                ctrlr.interrupts().and_then(|irq| irq.for_queue(qid)).filter(|_| interrupt_driven)
+            {
+                if let Err(err) = ctx.unwatch_fd(eventfd.as_fd()) {
+                    peerless_core::log_warn!("nvme: queue {qid}'s eventfd: {err}");
+                }
+            }
             if ctrlr.is_gone() {
                 ctrlr.release_qid(queue.qid());
             } else {
@@ -489,9 +553,9 @@ fn completion_poller(ctx: &mut ThreadCtx, name: &str, state: Rc<RefCell<State>>,
             }
             return PollStatus::Done;
         }
-        // Busy while commands are in flight: completions raise no interrupt, and a
-        // reactor in interrupt mode would sleep past them.
-        PollStatus::from_work(completed > 0 || in_flight > 0)
+        // A polled queue is busy while commands are in flight: its completions raise no
+        // interrupt, and a reactor that sleeps would sleep past them.
+        PollStatus::from_work(completed > 0 || in_flight > 0 && !interrupt_driven)
     })
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use peerless_core::mem::pci::{is_bar_memory, BarMemory};
-use peerless_core::mem::{DmaBuf, DomainId, P2pProvider};
+use peerless_core::mem::{registry, DmaBuf, DomainId, P2pProvider};
 use peerless_core::reactor::IoDevice;
 
 use super::admin::{
@@ -19,6 +19,7 @@ use super::admin::{
 };
 use super::async_event::get_log_page_command;
 use super::channel::ThreadChannels;
+use super::interrupts::CompletionInterrupts;
 use super::pci::{PciFunction, Route};
 use super::queue::{BusTranslate, QueuePair, PAGE_BYTES};
 use super::spec::{
@@ -66,6 +67,11 @@ pub struct Controller {
     /// Set once the device is found removed: submissions fail at once from then on.
     gone: AtomicBool,
     timeouts: super::timeout::TimeoutSettings,
+    /// MSI-X vectors for the I/O queues of sleeping reactors (VFIO only).
+    interrupts: Option<CompletionInterrupts>,
+    /// Bumped under the admin lock as each reset disables the controller: a queue pair
+    /// created under an older value was deleted by that reset.
+    queue_generation: AtomicU64,
 }
 
 impl Controller {
@@ -98,6 +104,9 @@ impl Controller {
         );
         disable(&pci, cap)?;
         let cmb = enable_cmb(&pci, cap)?;
+        if let Some(cmb) = &cmb {
+            super::pci::share_peer_window(cmb.cpu_window());
+        }
         let admin_queue = QueuePair::new(0, ADMIN_DEPTH, stride, bar.clone(), &pci)?;
         let data = DmaBuf::alloc_plain(IDENTIFY_BYTES).map_err(|err| format!("identify buffer: {err}"))?;
         let data_bus = pci.host_bus_address(data.addr()).ok_or("identify buffer has no bus address")?;
@@ -117,6 +126,7 @@ impl Controller {
             .min(PAGE_BYTES / 8 * PAGE_BYTES);
         let wanted = io_queues.clamp(1, u16::MAX - 1);
         let granted = set_queue_count(&admin, wanted, pci.bdf())?;
+        let interrupts = CompletionInterrupts::enable(&pci, granted)?;
         let mut namespaces = Vec::new();
         let active =
             super::spec::parse_active_namespaces(&identify(&admin, admin::CNS_ACTIVE_NAMESPACES, 0, pci.bdf())?);
@@ -150,6 +160,8 @@ impl Controller {
             resubmitted: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             timeouts: super::timeout::TimeoutSettings::default(),
+            interrupts,
+            queue_generation: AtomicU64::new(0),
         }))
     }
 
@@ -170,12 +182,21 @@ impl Controller {
         self.cmb.as_ref().map(BarMemory::domain)
     }
 
-    /// Whether this controller can DMA to and from device memory of `domain` by the bus
-    /// addresses the registry holds: its own CMB always; another device's BAR memory only
-    /// over uio, where no IOMMU stands between the two (over VFIO the peer's BAR would
-    /// first have to be mapped into this container's IOMMU).
+    /// Whether this controller can DMA to and from device memory of `domain`: its own CMB
+    /// by the bus addresses the registry holds, another SSD's by those too over uio, and
+    /// over VFIO by the IOVAs the peer window got in the container (`peer_bus_address`).
     pub fn reaches(&self, domain: DomainId) -> bool {
-        self.cmb_domain() == Some(domain) || (self.pci.route() == Route::Uio && is_bar_memory(domain))
+        self.cmb_domain() == Some(domain) || is_bar_memory(domain)
+    }
+
+    /// The address this controller DMAs to for `addr` in device memory of `domain`, which
+    /// it reaches.
+    pub fn device_bus_address(&self, domain: DomainId, addr: usize) -> Option<u64> {
+        if self.cmb_domain() == Some(domain) || self.pci.route() == Route::Uio {
+            registry::bus_address(domain, addr)
+        } else {
+            self.pci.host_bus_address(addr)
+        }
     }
 
     pub fn cmb_provider(&self) -> Option<Arc<dyn P2pProvider>> {
@@ -211,8 +232,6 @@ impl Controller {
         self.io_depth
     }
 
-    /// Creates an I/O queue pair: its completion queue first, then its submission queue
-    /// (§3.3.1.1). Interrupts stay off: the reactor polls it.
     pub(crate) fn threads(&self) -> &IoDevice<ThreadChannels> {
         &self.threads
     }
@@ -276,6 +295,7 @@ impl Controller {
     /// reactors. The admin lock is held throughout, so no other admin command interleaves.
     pub fn reenable(&self) -> Result<(), String> {
         let mut admin = self.admin.lock();
+        self.queue_generation.fetch_add(1, Ordering::AcqRel);
         disable(&self.pci, self.cap)?;
         let bar = self.pci.bar0();
         if let (Some(cmb), true) = (&self.cmb, self.cap.cmb_gated()) {
@@ -306,6 +326,13 @@ impl Controller {
         Ok(())
     }
 
+    /// Whether `queue` still exists on the controller: false once a reset that began
+    /// after its creation has disabled the controller (a channel created while a reset
+    /// was on its way, after the reset's first message passed its thread).
+    pub fn queue_is_current(&self, queue: &QueuePair) -> bool {
+        queue.generation() == self.queue_generation.load(Ordering::Acquire)
+    }
+
     /// Creates a queue pair the reset took away again, in its own memory and under its
     /// own identifier.
     pub fn recreate_io_queue(&self, queue: &mut QueuePair) -> Result<(), String> {
@@ -327,37 +354,60 @@ impl Controller {
         Ok(!abort_left_command(cqe.result))
     }
 
-    pub fn create_io_queue(&self) -> Result<QueuePair, String> {
+    pub fn interrupts(&self) -> Option<&CompletionInterrupts> {
+        self.interrupts.as_ref()
+    }
+
+    /// Creates an I/O queue pair; with `interrupts`, one that raises its MSI-X vector when
+    /// it has one (see `CompletionInterrupts`).
+    pub fn create_io_queue(&self, interrupts: bool) -> Result<QueuePair, String> {
         let qid = self.free_qids.lock().pop().ok_or_else(|| {
             format!("{}: all {} I/O queues the controller granted are in use", self.pci.bdf(), self.io_queues_granted)
         })?;
-        let created = self.create_queue_pair(qid);
+        let vector = if interrupts { self.interrupts.as_ref().and_then(|irq| irq.for_queue(qid)) } else { None };
+        let created = self.create_queue_pair(qid, vector.map(|(vector, _)| vector));
         if created.is_err() {
             self.free_qids.lock().push(qid);
         }
         created
     }
 
-    fn create_queue_pair(&self, qid: u16) -> Result<QueuePair, String> {
-        let queue = QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
-        self.register_queue(&queue)?;
+    fn create_queue_pair(&self, qid: u16, vector: Option<u16>) -> Result<QueuePair, String> {
+        let mut queue =
+            QueuePair::new(qid, self.io_depth, self.cap.doorbell_stride(), self.pci.bar0().clone(), &self.pci)?;
+        queue.set_interrupt_vector(vector);
+        self.register_queue(&mut queue)?;
         Ok(queue)
     }
 
-    fn register_queue(&self, queue: &QueuePair) -> Result<(), String> {
+    /// Creates the pair on the controller: its completion queue first, then its submission
+    /// queue (§3.3.1.1).
+    fn register_queue(&self, queue: &mut QueuePair) -> Result<(), String> {
         let qid = queue.qid();
         let size = u32::from(self.io_depth - 1) << 16 | u32::from(qid);
+        // Both creations and the generation under one hold of the admin lock, which a
+        // reset keeps from its disable to its enable: the pair is created wholly before a
+        // reset's disable (and carries the old generation) or wholly after its enable.
+        let mut admin = self.admin.lock();
+        queue.set_generation(self.queue_generation.load(Ordering::Acquire));
         let mut create_cq = Sqe::new(admin::CREATE_IO_CQ);
         create_cq.prp1 = queue.cq_bus();
         create_cq.cdw10 = size;
-        create_cq.cdw11 = 1; // physically contiguous, no interrupts
-        self.admin_command(create_cq).map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
+        // Physically contiguous; interrupts enabled on the queue's vector, if it has one.
+        create_cq.cdw11 = match queue.interrupt_vector() {
+            Some(vector) => u32::from(vector) << 16 | 1 << 1 | 1,
+            None => 1,
+        };
+        admin_command_locked(&mut admin, create_cq, self.pci.bdf(), ADMIN_TIMEOUT)
+            .map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
         let mut create_sq = Sqe::new(admin::CREATE_IO_SQ);
         create_sq.prp1 = queue.sq_bus();
         create_sq.cdw10 = size;
         create_sq.cdw11 = u32::from(qid) << 16 | 1;
-        if let Err(err) = self.admin_command(create_sq) {
-            let _ = self.delete_queue(admin::DELETE_IO_CQ, qid);
+        if let Err(err) = admin_command_locked(&mut admin, create_sq, self.pci.bdf(), ADMIN_TIMEOUT) {
+            let mut delete_cq = Sqe::new(admin::DELETE_IO_CQ);
+            delete_cq.cdw10 = u32::from(qid);
+            let _ = admin_command_locked(&mut admin, delete_cq, self.pci.bdf(), ADMIN_TIMEOUT);
             return Err(format!("create I/O submission queue {qid}: {err}"));
         }
         Ok(())
@@ -525,6 +575,12 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.shutdown();
+        if let Some(cmb) = &self.cmb {
+            super::pci::unshare_peer_window(cmb.cpu_window());
+        }
+        if let (Some(interrupts), false) = (&self.interrupts, self.is_gone()) {
+            interrupts.disable(&self.pci);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ mod aer;
 mod async_event;
 mod channel;
 mod controller;
+mod interrupts;
 mod options;
 mod pci;
 mod prp;

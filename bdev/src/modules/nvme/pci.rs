@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
-use peerless_core::mem::pci::{watch_host_memory, HostMemWatch, IovaTable, Mmio, PhysTable, VfioContainer, VfioDevice};
+use peerless_core::mem::pci::{
+    watch_host_memory, HostMemListener, HostMemWatch, IovaTable, Mmio, PhysTable, VfioContainer, VfioDevice,
+};
 
 use super::queue::BusTranslate;
 
@@ -149,7 +151,7 @@ impl Drop for VfioUser {
 }
 
 /// The container's IOVA table, started once a group has set the IOMMU type: VFIO maps
-/// nothing before that.
+/// nothing before that. It maps every peer window too.
 fn vfio_iovas() -> Result<Arc<IovaTable>, String> {
     let mut shared = SHARED_VFIO.lock();
     let shared = shared.as_mut().ok_or("no VFIO container")?;
@@ -158,8 +160,48 @@ fn vfio_iovas() -> Result<Arc<IovaTable>, String> {
     }
     let table = IovaTable::new(shared.container.clone());
     let watch = watch_host_memory(table.clone()).map_err(|err| format!("VFIO DMA mapping: {err}"))?;
+    for &(start, len) in PEER_WINDOWS.lock().iter() {
+        map_peer_window(&table, start, len);
+    }
     shared.iovas = Some((table.clone(), watch));
     Ok(table)
+}
+
+/// Device memory windows (CMBs) in this process, by CPU address and length. Each is mapped
+/// into the VFIO container's IOMMU beside host memory, so that a function behind it DMAs
+/// to another SSD's CMB peer to peer: its PRPs carry an IOVA, which the IOMMU turns into
+/// that BAR's bus address, as SPDK registers a CMB in its memory maps. (Over uio no IOMMU
+/// stands between the two, and PRPs carry the bus address itself.) Lock order:
+/// `SHARED_VFIO`, then this.
+static PEER_WINDOWS: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+/// Offers a CMB window to the functions behind the VFIO container, now and later.
+pub fn share_peer_window(window: (usize, usize)) {
+    let shared = SHARED_VFIO.lock();
+    PEER_WINDOWS.lock().push(window);
+    if let Some((table, _)) = shared.as_ref().and_then(|shared| shared.iovas.as_ref()) {
+        map_peer_window(table, window.0, window.1);
+    }
+}
+
+/// Withdraws a window before its BAR mapping may go.
+pub fn unshare_peer_window(window: (usize, usize)) {
+    let shared = SHARED_VFIO.lock();
+    PEER_WINDOWS.lock().retain(|shared_window| *shared_window != window);
+    if let Some((table, _)) = shared.as_ref().and_then(|shared| shared.iovas.as_ref()) {
+        table.host_region_removed(window.0, window.1);
+    }
+}
+
+fn map_peer_window(table: &IovaTable, start: usize, len: usize) {
+    // Not fatal: a peer then reaches that CMB through bounce buffers, and says so in its
+    // bounced_commands.
+    match table.host_region_added(start, len) {
+        Ok(()) => peerless_core::log_notice!("nvme: a CMB window of {} MiB mapped for VFIO peers", len >> 20),
+        Err(err) => {
+            peerless_core::log_warn!("nvme: a CMB window of {} MiB is not mapped for VFIO peers: {err}", len >> 20)
+        }
+    }
 }
 
 fn shared_phys_table() -> Result<Arc<PhysTable>, String> {
@@ -239,6 +281,15 @@ impl PciFunction {
     pub fn removal_request(&self) -> Option<Result<OwnedFd, String>> {
         match &self.access {
             Access::Vfio { device, .. } => Some(device.request_notifier().map_err(|err| err.to_string())),
+            Access::Uio { .. } => None,
+        }
+    }
+
+    /// The VFIO device, which alone of the two routes offers MSI-X vectors as eventfds
+    /// (uio_pci_generic has INTx only, one line for every queue).
+    pub fn vfio_device(&self) -> Option<&VfioDevice> {
+        match &self.access {
+            Access::Vfio { device, .. } => Some(device),
             Access::Uio { .. } => None,
         }
     }

@@ -38,6 +38,11 @@ pub struct QueuePair {
     sq_doorbell: usize,
     cq_doorbell: usize,
     bar: Arc<Mmio>,
+    /// The MSI-X vector the completion queue raises, or None when it raises none and is
+    /// only polled.
+    interrupt_vector: Option<u16>,
+    /// The controller's queue generation when the pair was created on it.
+    generation: u64,
 }
 
 impl QueuePair {
@@ -100,6 +105,8 @@ impl QueuePair {
             sq_doorbell,
             cq_doorbell,
             bar,
+            interrupt_vector: None,
+            generation: 0,
         })
     }
 
@@ -117,6 +124,23 @@ impl QueuePair {
 
     pub fn cq_bus(&self) -> u64 {
         self.cq_bus
+    }
+
+    pub fn interrupt_vector(&self) -> Option<u16> {
+        self.interrupt_vector
+    }
+
+    /// Takes effect when the controller next creates the queue.
+    pub fn set_interrupt_vector(&mut self, vector: Option<u16>) {
+        self.interrupt_vector = vector;
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     pub fn prp_list_bus(&self, slot: u16) -> u64 {

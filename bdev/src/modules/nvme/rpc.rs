@@ -564,6 +564,9 @@ fn controller_json(name: &str, attached: &Attached) -> Value {
             "host": {"nqn": "", "addr": "", "svcid": ""},
             "route": pci.route().as_str(),
             "io_queues": attached.ctrlr.io_queues_granted(),
+            // MSI-X vectors (the admin queue's among them) and wakes that found one raised.
+            "interrupt_vectors": attached.ctrlr.interrupts().map_or(0, |irq| irq.vectors()),
+            "completion_interrupts": attached.ctrlr.interrupts().map_or(0, |irq| irq.signalled()),
             "bdevs": attached.bdevs,
         }],
     })

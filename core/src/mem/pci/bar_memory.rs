@@ -123,6 +123,12 @@ impl BarMemory {
         self.bus_base
     }
 
+    /// Where the window sits in this process (start, bytes): what an IOMMU maps for a
+    /// peer device to reach it.
+    pub fn cpu_window(&self) -> (usize, usize) {
+        (self.inner.start, self.inner.alloc.capacity())
+    }
+
     pub fn size_bytes(&self) -> usize {
         self.inner.alloc.capacity()
     }

@@ -22,6 +22,7 @@ mod phys_table;
 mod sigbus;
 mod sysfs;
 mod vfio;
+mod vfio_irq;
 mod vfio_sys;
 pub(crate) mod watch;
 
@@ -32,6 +33,7 @@ pub use pagemap::virt_to_phys;
 pub use phys_table::PhysTable;
 pub use sigbus::replaced_windows;
 pub use vfio::{VfioContainer, VfioDevice};
+pub use vfio_irq::eventfd;
 pub use watch::{watch_host_memory, HostMemListener, HostMemWatch};
 
 /// The system page size (4096 on x86-64).

@@ -223,10 +223,10 @@ impl HostMemListener for VfioContainer {
 /// One PCI function bound to vfio-pci.
 #[derive(Debug)]
 pub struct VfioDevice {
-    bdf: String,
+    pub(super) bdf: String,
     group: u32,
     /// The device descriptor: regions are read, written and mapped at their offsets in it.
-    fd: File,
+    pub(super) fd: File,
     flags: u32,
     num_regions: u32,
     // Dropped after the device fd: a group stays open while a device of it is.
@@ -277,13 +277,7 @@ impl VfioDevice {
     /// request: `remove` or an unbind blocks until the user closes the device). Nonblocking;
     /// read it to clear it.
     pub fn request_notifier(&self) -> Result<OwnedFd> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a fresh descriptor.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(Error::Pci(format!("{}: eventfd: {}", self.bdf, std::io::Error::last_os_error())));
-        }
-        // SAFETY: `raw` is the descriptor eventfd just returned; nothing else owns it.
-        let eventfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let eventfd = super::vfio_irq::eventfd(&self.bdf)?;
         let mut set = VfioIrqSetOne {
             argsz: argsz::<VfioIrqSetOne>(),
             flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,

@@ -21,6 +21,7 @@ pub(super) const VFIO_GROUP_SET_CONTAINER: u64 = vfio_io(4);
 pub(super) const VFIO_GROUP_GET_DEVICE_FD: u64 = vfio_io(6);
 pub(super) const VFIO_DEVICE_GET_INFO: u64 = vfio_io(7);
 pub(super) const VFIO_DEVICE_GET_REGION_INFO: u64 = vfio_io(8);
+pub(super) const VFIO_DEVICE_GET_IRQ_INFO: u64 = vfio_io(9);
 pub(super) const VFIO_DEVICE_SET_IRQS: u64 = vfio_io(10);
 pub(super) const VFIO_DEVICE_RESET: u64 = vfio_io(11);
 pub(super) const VFIO_IOMMU_MAP_DMA: u64 = vfio_io(13);
@@ -43,7 +44,9 @@ pub(super) const VFIO_PCI_BAR5_REGION_INDEX: u32 = 5;
 pub(super) const VFIO_PCI_CONFIG_REGION_INDEX: u32 = 7;
 /// vfio-pci's interrupt indexes: INTx, MSI, MSI-X, error, then the device request, which
 /// the kernel signals when it wants the device back (an unbind or a remove).
+pub(super) const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
 pub(super) const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+pub(super) const VFIO_IRQ_SET_DATA_NONE: u32 = 1 << 0;
 pub(super) const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
 pub(super) const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 
@@ -57,6 +60,28 @@ pub(super) struct VfioIrqSetOne {
     pub(super) start: u32,
     pub(super) count: u32,
     pub(super) eventfd: i32,
+}
+
+/// `struct vfio_irq_set` with no data (disabling an index), or the header that a list of
+/// eventfds follows.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct VfioIrqSetHeader {
+    pub(super) argsz: u32,
+    pub(super) flags: u32,
+    pub(super) index: u32,
+    pub(super) start: u32,
+    pub(super) count: u32,
+}
+
+/// `struct vfio_irq_info`: how many interrupts an index has.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(super) struct VfioIrqInfo {
+    pub(super) argsz: u32,
+    pub(super) flags: u32,
+    pub(super) index: u32,
+    pub(super) count: u32,
 }
 
 #[repr(C)]
@@ -173,7 +198,10 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD, 0x3b6a);
         assert_eq!(VFIO_DEVICE_GET_INFO, 0x3b6b);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO, 0x3b6c);
+        assert_eq!(VFIO_DEVICE_GET_IRQ_INFO, 0x3b6d);
         assert_eq!(VFIO_DEVICE_SET_IRQS, 0x3b6e);
+        assert_eq!(size_of::<VfioIrqSetHeader>(), 20);
+        assert_eq!(size_of::<VfioIrqInfo>(), 16);
         assert_eq!(VFIO_DEVICE_RESET, 0x3b6f);
         // `struct vfio_irq_set` is 20 bytes; one eventfd follows as its data.
         assert_eq!(size_of::<VfioIrqSetOne>(), 24);

@@ -11,6 +11,12 @@ use crate::io::BdevIo;
 use crate::modules::nvme::timeout::{judge, Verdict};
 use crate::status::IoStatus;
 
+/// Resets an I/O may be in flight at and still be submitted again, as SPDK's default
+/// `bdev_retry_count`; at the next it fails with a status the host may retry. Without a
+/// bound, a command that outlives its deadline on every try (a controller slower than
+/// the deadline, under load) would have the controller reset for it forever.
+const MAX_RESUBMISSIONS: u8 = 3;
+
 /// One thread's channels on a controller: the controller's io device keeps one per
 /// thread, which a reset's message visits. Weak: a channel's life is its own.
 #[derive(Default)]
@@ -41,15 +47,20 @@ impl ThreadChannels {
 
     /// The reset's last step: the queue pair created again (when the controller came
     /// back) and what was in flight submitted on it again, as SPDK's bdev_nvme retries
-    /// I/O aborted by SQ deletion; the host never sees it. After a failed reset that I/O
-    /// fails with a status the host may retry on another path.
+    /// I/O aborted by SQ deletion; the host never sees it, unless it has been through
+    /// `MAX_RESUBMISSIONS` resets already. After a failed reset that I/O fails with a
+    /// status the host may retry on another path.
     pub(crate) fn end_reset(&mut self, reenabled: bool) {
         for state in self.live() {
             let again = state.borrow_mut().end_reset(reenabled);
-            if reenabled {
-                state.borrow().ctrlr.count_resubmitted(again.len());
-            }
-            for io in again {
+            let mut resubmitted = 0;
+            for mut io in again {
+                if io.resubmissions >= MAX_RESUBMISSIONS {
+                    io.complete(IoStatus::ABORTED_SQ_DELETION);
+                    continue;
+                }
+                io.resubmissions += 1;
+                resubmitted += usize::from(reenabled);
                 let outcome = state.borrow_mut().start(io);
                 match outcome {
                     super::Start::Placed => {}
@@ -57,6 +68,7 @@ impl ThreadChannels {
                     super::Start::NoResources(io) => io.complete(IoStatus::ABORTED_SQ_DELETION),
                 }
             }
+            state.borrow().ctrlr.count_resubmitted(resubmitted);
         }
     }
 }
@@ -85,9 +97,11 @@ impl State {
 
     #[allow(clippy::vec_box)]
     fn end_reset(&mut self, reenabled: bool) -> Vec<Box<BdevIo>> {
-        if !self.resetting {
-            // Created after the reset's first message passed this thread: its queue was
-            // made on the reset controller, or will fail and say so.
+        // A channel created after the reset's first message passed this thread has a
+        // queue made either on the reset controller, which stands, or before the
+        // disable, which deleted it: that one is made again like the others.
+        let deleted = self.queue.as_ref().is_some_and(|queue| !self.ctrlr.queue_is_current(queue));
+        if !self.resetting && !deleted {
             return Vec::new();
         }
         let ios = self.take_in_flight();
