@@ -14,6 +14,7 @@ Usage: spdk_clients.py --tgt build/release/peerless-tgt [--perf build/release/pe
 """
 import argparse
 import atexit
+import base64
 import importlib.metadata
 import json
 import os
@@ -256,6 +257,14 @@ def drive_bdevs(t, work):
           "bdev_nvme_set_options refuses a field it does not implement")
     check(error_code(t, "bdev_nvme_detach_controller", "Nvme9") == -19, "detach of a controller that is not there")
     check(error_code(t, "bdev_nvme_reset_controller", "Nvme9") == -19, "reset of a controller that is not there")
+    # An Identify Controller (opcode 06h, CNS 01h) as rpc.py's users build it: 64 bytes, URL-safe base64.
+    identify = base64.urlsafe_b64encode(bytes([6]) + bytes(39) + (1).to_bytes(4, "little") + bytes(20)).decode()
+    check(error_code(t, "bdev_nvme_send_cmd", "-n", "Nvme9", "-t", "admin", "-r", "c2h", "-c", identify,
+                     "-D", "4096") == -19, "bdev_nvme_send_cmd to a controller that is not there")
+    check(error_code(t, "bdev_nvme_send_cmd", "-n", "Nvme9", "-t", "admin", "-r", "c2h", "-c", "AAAA") == -32602,
+          "bdev_nvme_send_cmd refuses a cmdbuf that is not 64 bytes")
+    check(error_code(t, "bdev_nvme_send_cmd", "-n", "Nvme9", "-t", "io", "-r", "c2h", "-c", identify) == -32602,
+          "bdev_nvme_send_cmd refuses I/O commands")
     out(t, "bdev_set_qos_limit", "--rw-ios-per-sec", "20000", "--rw-mbytes-per-sec", "100", "Malloc1")
     out(t, "bdev_set_qos_limit", "--r-mbytes-per-sec", "50", "--w-mbytes-per-sec", "40", "Malloc1")
     out(t, "bdev_wait_for_examine")

@@ -201,5 +201,11 @@ env "${lab_nvme[@]}" PEERLESS_GUEST_IOMMU_AW_BITS=39 bash ci/guest/run.sh ci/gue
 # deadline every I/O completes, verified. About a minute.
 env PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="slow0:iops=10" PEERLESS_GUEST_IOMMU=1 PEERLESS_GUEST_IOMMU_AW_BITS=39 \
     bash ci/guest/run.sh ci/guest/jobs/nvme-timeout.sh
+# Namespace changes through asynchronous events: an SSD in an NVM subsystem of its own with
+# a second, detached namespace, attached and detached through bdev_nvme_send_cmd (Namespace
+# Attachment) under verified I/O, the bdev appearing and going; again after a reset; and a
+# SMART temperature warning logged. Under a minute.
+env PEERLESS_GUEST_TARGET=guest PEERLESS_GUEST_NVME="aer0:ns=2" PEERLESS_GUEST_IOMMU=1 PEERLESS_GUEST_IOMMU_AW_BITS=39 \
+    bash ci/guest/run.sh ci/guest/jobs/nvme-aer.sh
 
 step "done"

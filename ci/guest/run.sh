@@ -44,7 +44,11 @@
 #                         uio_pci_generic or vfio-pci. After the guest powers off, every
 #                         "NAME OFFSET LEN SEED" line of out/nvme-expect is checked with
 #                         ci/guest/nvme_pattern.py against nvme-NAME.raw; a mismatch fails
-#                         the run
+#                         the run. OPT ns=N (1..8) puts the controller in an NVM subsystem
+#                         of its own (nvme-subsys) with N namespaces (nvme-ns): NSID 1
+#                         attached and backed by nvme-NAME.raw, NSIDs 2..N detached (a job
+#                         attaches them with Namespace Attachment, which raises a namespace
+#                         change event), each backed by nvme-NAME-nsK.raw
 #   PEERLESS_GUEST_NVME_MB size of each backing file in MiB (default: 256)
 #   PEERLESS_GUEST_IOMMU  set to 1 for a virtual Intel IOMMU (intel-iommu with interrupt
 #                         remapping, aw-bits=48: IOVAs below 2^48, as IOVA = VA needs) and
@@ -182,7 +186,8 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
     for n in "${nvme_names[@]}"; do
         [ "$n" != "$nvme_name" ] || { echo "PEERLESS_GUEST_NVME: '$nvme_name' named twice" >&2; exit 2; }
     done
-    dev="nvme,serial=$nvme_name,drive=nvme-$nvme_name"
+    dev="nvme,serial=$nvme_name"
+    namespaces=0
     drive_opts=""
     IFS=, read -r -a kvs <<<"$opts"
     for kv in "${kvs[@]}"; do
@@ -190,8 +195,10 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
             dev+=",cmb_size_mb=${BASH_REMATCH[1]}"
         elif [[ "$kv" =~ ^iops=([1-9][0-9]{0,5})$ ]]; then
             drive_opts+=",throttling.iops-total=${BASH_REMATCH[1]}"
+        elif [[ "$kv" =~ ^ns=([1-8])$ ]]; then
+            namespaces=${BASH_REMATCH[1]}
         else
-            echo "PEERLESS_GUEST_NVME: unknown option '$kv' in '$spec' (known: cmb=MB, iops=N)" >&2
+            echo "PEERLESS_GUEST_NVME: unknown option '$kv' in '$spec' (known: cmb=MB, iops=N, ns=N)" >&2
             exit 2
         fi
     done
@@ -199,8 +206,20 @@ for spec in ${PEERLESS_GUEST_NVME:-}; do
     [ "$slot" -le $((0x1e)) ] || { echo "PEERLESS_GUEST_NVME: at most 15 devices" >&2; exit 2; }
     truncate -s "${nvme_mb}M" "$run/nvme-$nvme_name.raw"
     # shellcheck disable=SC2054 # the commas belong to QEMU option values
-    nvme_devs+=(-drive "file=$run/nvme-$nvme_name.raw,if=none,id=nvme-$nvme_name,format=raw$drive_opts"
-        -device "$dev,addr=$(printf '%02x' "$slot").0")
+    nvme_devs+=(-drive "file=$run/nvme-$nvme_name.raw,if=none,id=nvme-$nvme_name,format=raw$drive_opts")
+    if [ "$namespaces" = 0 ]; then
+        nvme_devs+=(-device "$dev,drive=nvme-$nvme_name,addr=$(printf '%02x' "$slot").0")
+    else
+        # The namespaces plug into the controller's bus, which QEMU names after its id.
+        nvme_devs+=(-device "nvme-subsys,id=subsys-$nvme_name,nqn=$nvme_name"
+            -device "$dev,id=ctrl-$nvme_name,subsys=subsys-$nvme_name,addr=$(printf '%02x' "$slot").0"
+            -device "nvme-ns,bus=ctrl-$nvme_name,drive=nvme-$nvme_name,nsid=1")
+        for ((k = 2; k <= namespaces; k++)); do
+            truncate -s "${nvme_mb}M" "$run/nvme-$nvme_name-ns$k.raw"
+            nvme_devs+=(-drive "file=$run/nvme-$nvme_name-ns$k.raw,if=none,id=nvme-$nvme_name-ns$k,format=raw$drive_opts"
+                -device "nvme-ns,bus=ctrl-$nvme_name,drive=nvme-$nvme_name-ns$k,nsid=$k,detached=on")
+        done
+    fi
     nvme_names+=("$nvme_name")
     nvme_bdfs+=("$(printf '0000:00:%02x.0' "$slot")")
 done

@@ -64,6 +64,38 @@ pub enum Command {
         #[arg(short = 't', long)]
         timeout_us: Option<u64>,
     },
+    /// Send an admin command to a controller and print its completion (and data), all
+    /// base64 (URL-safe) as rpc.py's are
+    #[command(name = "bdev_nvme_send_cmd")]
+    BdevNvmeSendCmd {
+        /// Controller name
+        #[arg(short = 'n', long = "nvme-name")]
+        name: String,
+        /// admin (io is refused: I/O goes through the bdev)
+        #[arg(short = 't', long)]
+        cmd_type: String,
+        /// c2h (data comes back) or h2c (data goes to the controller)
+        #[arg(short = 'r', long)]
+        data_direction: String,
+        /// The 64-byte submission queue entry, base64
+        #[arg(short = 'c', long)]
+        cmdbuf: String,
+        /// Data for the controller (h2c), base64, up to 4096 bytes
+        #[arg(short = 'd', long)]
+        data: Option<String>,
+        /// Metadata (refused: the driver serves none)
+        #[arg(short = 'm', long)]
+        metadata: Option<String>,
+        /// Bytes of data to read back (c2h)
+        #[arg(short = 'D', long = "data-length")]
+        data_len: Option<u32>,
+        /// Metadata bytes (refused)
+        #[arg(short = 'M', long = "metadata-length")]
+        metadata_len: Option<u32>,
+        /// How long the command may take (0 or none: 30 s)
+        #[arg(short = 'T', long)]
+        timeout_ms: Option<u32>,
+    },
     /// List NVMe controllers
     #[command(name = "bdev_nvme_get_controllers")]
     BdevNvmeGetControllers {
@@ -111,6 +143,29 @@ impl Command {
             Command::BdevNvmeSetOptions { action_on_timeout, timeout_us } => {
                 let params = p().opt("action_on_timeout", action_on_timeout.clone()).opt("timeout_us", *timeout_us);
                 call("bdev_nvme_set_options", params, Output::Nothing)
+            }
+            Command::BdevNvmeSendCmd {
+                name,
+                cmd_type,
+                data_direction,
+                cmdbuf,
+                data,
+                metadata,
+                data_len,
+                metadata_len,
+                timeout_ms,
+            } => {
+                let params = p()
+                    .set("name", name.as_str())
+                    .set("cmd_type", cmd_type.as_str())
+                    .set("data_direction", data_direction.as_str())
+                    .set("cmdbuf", cmdbuf.as_str())
+                    .opt("data", data.clone())
+                    .opt("metadata", metadata.clone())
+                    .opt("data_len", *data_len)
+                    .opt("metadata_len", *metadata_len)
+                    .opt("timeout_ms", *timeout_ms);
+                call("bdev_nvme_send_cmd", params, Output::Json)
             }
             Command::BdevNvmeGetControllers { name } => {
                 call("bdev_nvme_get_controllers", p().opt("name", name.clone()), Output::Json)

@@ -237,6 +237,17 @@ fn bdev_queries_and_virtual_bdevs() {
         json!({"name": "Nvme0", "cntlid": 1}),
     );
     check(
+        &["bdev_nvme_send_cmd", "-n", "Nvme0", "-t", "admin", "-r", "c2h", "-c", "BgAA", "-D", "4096", "-T", "500"],
+        "bdev_nvme_send_cmd",
+        json!({"name": "Nvme0", "cmd_type": "admin", "data_direction": "c2h", "cmdbuf": "BgAA", "data_len": 4096,
+            "timeout_ms": 500}),
+    );
+    check(
+        &["bdev_nvme_send_cmd", "--nvme-name", "Nvme0", "-t", "admin", "-r", "h2c", "-c", "FQ", "-d", "AQA"],
+        "bdev_nvme_send_cmd",
+        json!({"name": "Nvme0", "cmd_type": "admin", "data_direction": "h2c", "cmdbuf": "FQ", "data": "AQA"}),
+    );
+    check(
         &["bdev_set_qos_limit", "Malloc0", "--rw-ios-per-sec", "20000", "--r_mbytes_per_sec", "100"],
         "bdev_set_qos_limit",
         json!({"name": "Malloc0", "rw_ios_per_sec": 20000, "r_mbytes_per_sec": 100}),

@@ -1,9 +1,8 @@
-//! An NVMe controller over PCIe: bring-up (NVMe Base 2.0 §3.5.1), the admin queue,
-//! identify, I/O queue creation and deletion, and shutdown (§3.6.1).
+//! An NVMe controller over PCIe: bring-up (NVMe Base 2.0 §3.5.1), identify, I/O queue
+//! creation and deletion, asynchronous events and log pages, and shutdown (§3.6.1).
 //!
-//! Admin commands are control plane: they run one at a time under a lock and are
-//! polled to completion by the caller (at attach, and when a bdev channel creates or
-//! deletes its I/O queue pair), as SPDK's driver does for queue creation.
+//! Admin commands are control plane (`admin`): they run one at a time under a lock and
+//! are polled to completion by the caller, as SPDK's driver does for queue creation.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +13,11 @@ use peerless_core::mem::pci::{is_bar_memory, BarMemory};
 use peerless_core::mem::{registry, DmaBuf, DomainId, P2pProvider};
 use peerless_core::reactor::IoDevice;
 
+use super::admin::{
+    admin_command, admin_command_locked, admin_completion_locked, arm_async_events, identify, set_queue_count,
+    set_queue_count_locked, AdminQueue, Passthrough, ADMIN_DEPTH, ADMIN_TIMEOUT,
+};
+use super::async_event::get_log_page_command;
 use super::channel::ThreadChannels;
 use super::interrupts::CompletionInterrupts;
 use super::pci::{PciFunction, Route};
@@ -23,10 +27,6 @@ use super::spec::{
     IdentifyNamespace, Sqe, IDENTIFY_BYTES,
 };
 
-/// Admin queue entries: a handful of commands are ever in flight.
-const ADMIN_DEPTH: u16 = 32;
-/// Longest an admin command may take. Emulated controllers under TCG are slow.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shutdown takes at most this long (RTD3E is often 0, meaning unreported).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the driver asks for at most; the controller may grant fewer.
@@ -34,13 +34,7 @@ pub const DEFAULT_IO_QUEUES: u16 = 64;
 /// Entries per I/O queue when the controller allows that many.
 pub const DEFAULT_IO_DEPTH: u16 = 256;
 
-struct AdminQueue {
-    queue: QueuePair,
-    /// One page for identify data.
-    data: DmaBuf,
-    data_bus: u64,
-}
-
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Namespace {
     pub nsid: u32,
     pub id: IdentifyNamespace,
@@ -53,7 +47,8 @@ pub struct Controller {
     max_transfer_bytes: usize,
     io_depth: u16,
     io_queues_granted: u16,
-    namespaces: Vec<Namespace>,
+    /// The active namespaces the driver serves, kept current by namespace change events.
+    namespaces: Mutex<Vec<Namespace>>,
     admin: Mutex<AdminQueue>,
     /// Free I/O queue identifiers.
     free_qids: Mutex<Vec<u16>>,
@@ -124,7 +119,7 @@ impl Controller {
         bar.write64(reg::ACQ, admin_queue.cq_bus());
         bar.write32(reg::CC, cc::EN | cc::CSS_NVM | cc::mps(12) | cc::IOSQES_64 | cc::IOCQES_16);
         wait_ready(&pci, cap, true)?;
-        let admin = Mutex::new(AdminQueue { queue: admin_queue, data, data_bus });
+        let admin = Mutex::new(AdminQueue::new(admin_queue, data, data_bus));
 
         let id = IdentifyController::parse(&identify(&admin, admin::CNS_CONTROLLER, 0, pci.bdf())?)?;
         let max_transfer_bytes = id
@@ -147,6 +142,9 @@ impl Controller {
         }
         let io_depth = DEFAULT_IO_DEPTH.min(cap.max_queue_entries().min(u32::from(QueuePair::max_depth())) as u16);
         let threads = IoDevice::new(&format!("nvme_ctrlr_{}", pci.bdf()), |_| ThreadChannels::default());
+        if let Err(err) = arm_async_events(&mut admin.lock(), &id, pci.bdf()) {
+            peerless_core::log_warn!("nvme {}: no asynchronous events: {err}", pci.bdf());
+        }
         Ok(Arc::new(Controller {
             free_qids: Mutex::new((1..=granted).rev().collect()),
             pci,
@@ -155,7 +153,7 @@ impl Controller {
             max_transfer_bytes,
             io_depth,
             io_queues_granted: granted,
-            namespaces,
+            namespaces: Mutex::new(namespaces),
             admin,
             cmb,
             bounced_commands: AtomicU64::new(0),
@@ -225,8 +223,13 @@ impl Controller {
         &self.id
     }
 
-    pub fn namespaces(&self) -> &[Namespace] {
-        &self.namespaces
+    /// The namespaces served now.
+    pub fn namespaces(&self) -> Vec<Namespace> {
+        self.namespaces.lock().clone()
+    }
+
+    pub(crate) fn namespaces_mut(&self) -> parking_lot::MutexGuard<'_, Vec<Namespace>> {
+        self.namespaces.lock()
     }
 
     pub fn max_transfer_bytes(&self) -> usize {
@@ -326,6 +329,12 @@ impl Controller {
                 self.io_queues_granted
             ));
         }
+        // The reset dropped the AERs outstanding and the event configuration with them
+        // (features are not saved across a Controller Level Reset, §3.7.2).
+        admin.aers = 0;
+        if let Err(err) = arm_async_events(&mut admin, &self.id, self.pci.bdf()) {
+            peerless_core::log_warn!("nvme {}: no asynchronous events after the reset: {err}", self.pci.bdf());
+        }
         Ok(())
     }
 
@@ -401,16 +410,16 @@ impl Controller {
             Some(vector) => u32::from(vector) << 16 | 1 << 1 | 1,
             None => 1,
         };
-        admin_command_locked(&mut admin, create_cq, self.pci.bdf())
+        admin_command_locked(&mut admin, create_cq, self.pci.bdf(), ADMIN_TIMEOUT)
             .map_err(|err| format!("create I/O completion queue {qid}: {err}"))?;
         let mut create_sq = Sqe::new(admin::CREATE_IO_SQ);
         create_sq.prp1 = queue.sq_bus();
         create_sq.cdw10 = size;
         create_sq.cdw11 = u32::from(qid) << 16 | 1;
-        if let Err(err) = admin_command_locked(&mut admin, create_sq, self.pci.bdf()) {
+        if let Err(err) = admin_command_locked(&mut admin, create_sq, self.pci.bdf(), ADMIN_TIMEOUT) {
             let mut delete_cq = Sqe::new(admin::DELETE_IO_CQ);
             delete_cq.cdw10 = u32::from(qid);
-            let _ = admin_command_locked(&mut admin, delete_cq, self.pci.bdf());
+            let _ = admin_command_locked(&mut admin, delete_cq, self.pci.bdf(), ADMIN_TIMEOUT);
             return Err(format!("create I/O submission queue {qid}: {err}"));
         }
         Ok(())
@@ -436,6 +445,113 @@ impl Controller {
 
     fn admin_command(&self, sqe: Sqe) -> Result<Cqe, String> {
         admin_command(&self.admin, sqe, self.pci.bdf())
+    }
+
+    /// The AER completions that came in since the last call, each AER now no longer
+    /// outstanding. Never waits: when a synchronous command holds the queue, its own
+    /// polling keeps what arrives for the next call.
+    pub fn take_async_events(&self) -> Vec<Cqe> {
+        let Some(mut admin) = self.admin.try_lock() else { return Vec::new() };
+        if self.is_resetting() || self.is_gone() {
+            return Vec::new();
+        }
+        let bdf = self.pci.bdf();
+        admin.reap(|stray| {
+            peerless_core::log_warn!("nvme {bdf}: admin completion for no command outstanding (CID {})", stray.cid)
+        });
+        std::mem::take(&mut admin.events)
+    }
+
+    /// Posts AERs again up to the number kept outstanding, once an event is handled
+    /// (the controller reports the next event of a type only after its log page is read).
+    pub fn repost_async_events(&self) {
+        if self.is_resetting() || self.is_gone() {
+            return;
+        }
+        self.admin.lock().post_aers();
+    }
+
+    /// Reads `bytes` of log page `log_page` (up to one page), which clears the
+    /// asynchronous event that named it (§5.16, RAE clear).
+    pub fn read_log_page(&self, log_page: u8, bytes: usize) -> Result<Vec<u8>, String> {
+        let bytes = bytes.clamp(4, IDENTIFY_BYTES);
+        let mut admin = self.admin.lock();
+        let sqe = get_log_page_command(log_page, bytes, admin.data_bus);
+        admin_command_locked(&mut admin, sqe, self.pci.bdf(), ADMIN_TIMEOUT)
+            .map_err(|err| format!("get log page {log_page:#04x}: {err}"))?;
+        let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
+        let view = sgl.cpu_view().map_err(|err| err.to_string())?;
+        let mut data = view.to_vec();
+        data.truncate(bytes);
+        Ok(data)
+    }
+
+    /// Identify Namespace for `nsid`: None when it is not an active namespace (a zeroed
+    /// structure, or the NSID refused as invalid, §5.17.2.1).
+    pub fn identify_namespace(&self, nsid: u32) -> Result<Option<IdentifyNamespace>, String> {
+        let data = match identify(&self.admin, admin::CNS_NAMESPACE, nsid, self.pci.bdf()) {
+            Ok(data) => data,
+            // Invalid Field in Command, Invalid Namespace or Format.
+            Err(err) if err.contains("status type 0x0 code 0xb") || err.contains("status type 0x0 code 0x2") => {
+                return Ok(None)
+            }
+            Err(err) => return Err(err),
+        };
+        // An inactive NSID's structure is all zeros: no size, and no valid format either.
+        if data.iter().take(8).all(|byte| *byte == 0) {
+            return Ok(None);
+        }
+        IdentifyNamespace::parse(&data).map(Some).map_err(|err| format!("namespace {nsid}: {err}"))
+    }
+
+    /// The active namespace list (Identify CNS 02h): the first 1024 NSIDs.
+    pub fn active_namespaces(&self) -> Result<Vec<u32>, String> {
+        let data = identify(&self.admin, admin::CNS_ACTIVE_NAMESPACES, 0, self.pci.bdf())?;
+        Ok(super::spec::parse_active_namespaces(&data).into_iter().filter(|nsid| *nsid <= self.id.nn).collect())
+    }
+
+    /// An admin command from outside the driver (bdev_nvme_send_cmd): `data`, up to one
+    /// page, goes to the controller before (host to controller) or comes back after it
+    /// (controller to host, `data_len` bytes). The queue's own fields (CID, PRPs) are
+    /// the driver's. Returns the completion whatever its status, and the data read.
+    pub fn passthrough_admin(
+        &self,
+        mut sqe: Sqe,
+        data: Passthrough<'_>,
+        timeout: Duration,
+    ) -> Result<(Cqe, Vec<u8>), String> {
+        if self.is_gone() {
+            return Err(format!("{}: the device is gone", self.pci.bdf()));
+        }
+        if self.is_resetting() {
+            return Err(format!("{}: a reset is under way; try again", self.pci.bdf()));
+        }
+        let mut admin = self.admin.lock();
+        let bus = admin.data_bus;
+        match data {
+            Passthrough::None => {}
+            Passthrough::ToController(bytes) => {
+                admin.data.zero();
+                admin.data.write_bytes(0, bytes);
+                sqe.prp1 = bus;
+            }
+            Passthrough::FromController(_) => {
+                admin.data.zero();
+                sqe.prp1 = bus;
+            }
+        }
+        let cqe = admin_completion_locked(&mut admin, sqe, self.pci.bdf(), timeout)?;
+        let read = match data {
+            Passthrough::FromController(len) => {
+                let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
+                let view = sgl.cpu_view().map_err(|err| err.to_string())?;
+                let mut data = view.to_vec();
+                data.truncate(len);
+                data
+            }
+            _ => Vec::new(),
+        };
+        Ok((cqe, read))
     }
 
     /// Normal shutdown (CC.SHN), waiting for CSTS.SHST to report it complete.
@@ -554,67 +670,4 @@ fn wait_ready(pci: &PciFunction, cap: Cap, ready: bool) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_micros(100));
     }
-}
-
-fn admin_command(admin: &Mutex<AdminQueue>, sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
-    admin_command_locked(&mut admin.lock(), sqe, bdf)
-}
-
-fn admin_command_locked(admin: &mut AdminQueue, mut sqe: Sqe, bdf: &str) -> Result<Cqe, String> {
-    sqe.cid = 0;
-    admin.queue.submit(&sqe);
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let mut done = None;
-        admin.queue.poll(1, |cqe| done = Some(cqe));
-        if let Some(cqe) = done {
-            return if cqe.is_success() {
-                Ok(cqe)
-            } else {
-                Err(format!("status type {:#x} code {:#x}", cqe.sct, cqe.sc))
-            };
-        }
-        if admin.queue.controller_gone() {
-            return Err(format!("{bdf}: the device is gone"));
-        }
-        // A failed controller completes nothing more (§3.1.3.6): only a reset helps.
-        if admin.queue.controller_failed() {
-            return Err(format!("{bdf}: controller fatal status (CSTS.CFS)"));
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{bdf}: admin command {:#04x} timed out after {ADMIN_TIMEOUT:?}", sqe.opcode));
-        }
-        std::hint::spin_loop();
-    }
-}
-
-/// One Identify data structure (§5.17).
-fn identify(admin: &Mutex<AdminQueue>, cns: u32, nsid: u32, bdf: &str) -> Result<Vec<u8>, String> {
-    let data_bus = admin.lock().data_bus;
-    let mut sqe = Sqe::new(admin::IDENTIFY);
-    sqe.nsid = nsid;
-    sqe.prp1 = data_bus;
-    sqe.cdw10 = cns;
-    admin_command(admin, sqe, bdf).map_err(|err| format!("identify (CNS {cns}, namespace {nsid}): {err}"))?;
-    let admin = admin.lock();
-    let sgl = admin.data.sgl().map_err(|err| err.to_string())?;
-    let view = sgl.cpu_view().map_err(|err| err.to_string())?;
-    Ok(view.to_vec())
-}
-
-/// Asks for `wanted` I/O queue pairs (Set Features, Number of Queues, §5.27.1.5) and
-/// returns how many the controller granted: the lesser of its submission and
-/// completion queue counts.
-fn set_queue_count(admin: &Mutex<AdminQueue>, wanted: u16, bdf: &str) -> Result<u16, String> {
-    set_queue_count_locked(&mut admin.lock(), wanted, bdf)
-}
-
-fn set_queue_count_locked(admin: &mut AdminQueue, wanted: u16, bdf: &str) -> Result<u16, String> {
-    let mut sqe = Sqe::new(admin::SET_FEATURES);
-    sqe.cdw10 = admin::FEATURE_NUMBER_OF_QUEUES;
-    let zero_based = u32::from(wanted - 1);
-    sqe.cdw11 = zero_based << 16 | zero_based;
-    let cqe = admin_command_locked(admin, sqe, bdf).map_err(|err| format!("set number of queues: {err}"))?;
-    let granted = (cqe.result & 0xffff).min(cqe.result >> 16) + 1;
-    Ok(granted.min(u32::from(wanted)) as u16)
 }

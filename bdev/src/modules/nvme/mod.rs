@@ -3,8 +3,13 @@
 //! (`controller`), and each namespace becomes a bdev `NAMEnNSID` whose channels each own
 //! an I/O queue pair polled by their thread (`channel`, `queue`). Commands carry PRPs
 //! (`prp`) built from the I/O's buffers, or SGLs (`sgl`) for buffer lists of several
-//! segments when the controller takes them.
+//! segments when the controller takes them. Asynchronous events (`async_event`, `aer`)
+//! add, remove and resize namespace bdevs as the controller's namespaces change;
+//! `send_cmd` passes an admin command through from an RPC.
 
+mod admin;
+mod aer;
+mod async_event;
 mod channel;
 mod controller;
 mod interrupts;
@@ -14,6 +19,7 @@ mod prp;
 mod queue;
 mod reset;
 mod rpc;
+mod send_cmd;
 mod sgl;
 mod spec;
 mod timeout;
@@ -49,10 +55,9 @@ impl NvmeBdev {
     fn new(
         ctrlr_name: &str,
         ctrlr: Arc<Controller>,
-        index: usize,
+        ns: &controller::Namespace,
         controllers: rpc::Controllers,
     ) -> Result<NvmeBdev, String> {
-        let ns = &ctrlr.namespaces()[index];
         if ns.id.metadata_bytes != 0 {
             return Err(format!(
                 "namespace {} has {} bytes of metadata per block, which the driver does not serve",
@@ -140,7 +145,7 @@ impl Bdev for NvmeBdev {
 
     /// The controller's attach call recreates every namespace: only the first one writes it.
     fn config_entry(&self) -> Option<Value> {
-        let first = self.ctrlr.namespaces().first().map(|ns| ns.nsid);
+        let first = self.ctrlr.namespaces().iter().map(|ns| ns.nsid).min();
         (first == Some(self.nsid)).then(|| {
             json!({"method": "bdev_nvme_attach_controller", "params": {
                 "name": self.ctrlr_name, "trtype": "PCIe", "traddr": self.ctrlr.pci().bdf(),

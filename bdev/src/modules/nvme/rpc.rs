@@ -1,11 +1,11 @@
 //! `bdev_nvme_attach_controller`, `bdev_nvme_detach_controller`,
 //! `bdev_nvme_get_controllers` and `bdev_nvme_reset_controller` for PCIe controllers,
-//! with SPDK's names and shapes.
+//! with SPDK's names and shapes (`bdev_nvme_send_cmd` is in `send_cmd`).
 //!
 //! Bringing a controller up polls registers and admin commands for milliseconds to
 //! seconds, so attach runs on a thread of its own and registers the bdevs back on the
-//! app thread. There a health poller watches each attached controller: one removed from
-//! the bus (gone from sysfs, or its registers reading all ones) is detached, its bdevs
+//! app thread. There a health poller watches each attached controller: it reaps its
+//! asynchronous events (`aer`); one removed from the bus (gone from sysfs, or its registers reading all ones) is detached, its bdevs
 //! unregistered, which tells their openers; one reporting a fatal status is reset.
 
 use std::collections::BTreeMap;
@@ -25,8 +25,10 @@ use crate::manager::BdevManager;
 use crate::modules::BdevModule;
 
 pub(super) struct Attached {
-    ctrlr: Arc<Controller>,
-    bdevs: Vec<String>,
+    pub(super) ctrlr: Arc<Controller>,
+    pub(super) bdevs: Vec<String>,
+    /// The attach's max_bdevs, which namespaces that appear later count against too.
+    pub(super) max_bdevs: usize,
 }
 
 /// The attached controllers by name; None while an attach is under way. A controller
@@ -35,11 +37,14 @@ pub(super) struct Attached {
 pub(super) type Controllers = Arc<Mutex<BTreeMap<String, Option<Attached>>>>;
 
 /// A namespace bdev's destruct: its controller forgets it, and is forgotten with its last.
+/// A bdev whose namespace went away was taken off the list before, and leaves the
+/// controller attached.
 pub(super) fn forget_bdev(controllers: &Controllers, ctrlr_name: &str, bdev: &str) {
     let mut controllers = controllers.lock();
     let Some(Some(attached)) = controllers.get_mut(ctrlr_name) else { return };
+    let listed = attached.bdevs.len();
     attached.bdevs.retain(|name| name != bdev);
-    if attached.bdevs.is_empty() {
+    if attached.bdevs.len() < listed && attached.bdevs.is_empty() {
         controllers.remove(ctrlr_name);
     }
 }
@@ -290,6 +295,7 @@ impl BdevModule for NvmeModule {
                 });
             },
         );
+        super::send_cmd::register(registry, self.controllers.clone());
         let controllers = self.controllers.clone();
         registry.method(
             "bdev_nvme_get_controllers",
@@ -365,6 +371,7 @@ fn watch_health(
             if ctrlr.is_resetting() {
                 return PollStatus::Idle;
             }
+            super::aer::handle_events(ctx, &watched, &ctrlr);
             if ctrlr.fatal_status() {
                 peerless_core::log_error!(
                     "nvme {}: controller fatal status (CSTS.CFS); resetting it",
@@ -419,18 +426,18 @@ fn watch_removal_request(ctx: &mut ThreadCtx, watched: Watched, eventfd: std::fs
 
 /// What the app thread's watches of one controller hold: nothing that keeps it alive.
 #[derive(Clone)]
-struct Watched {
+pub(super) struct Watched {
     ctrlr: std::sync::Weak<Controller>,
-    bdevs: crate::manager::WeakBdevManager,
-    controllers: std::sync::Weak<Mutex<BTreeMap<String, Option<Attached>>>>,
-    name: String,
+    pub(super) bdevs: crate::manager::WeakBdevManager,
+    pub(super) controllers: std::sync::Weak<Mutex<BTreeMap<String, Option<Attached>>>>,
+    pub(super) name: String,
 }
 
 impl Watched {
     /// The controller (None while its attach finishes) and its bdevs; None once it is
     /// detached or its name taken by another.
     #[allow(clippy::type_complexity)]
-    fn current(&self) -> Option<(Option<Arc<Controller>>, Vec<String>)> {
+    pub(super) fn current(&self) -> Option<(Option<Arc<Controller>>, Vec<String>)> {
         let (ctrlr, controllers) = (self.ctrlr.upgrade()?, self.controllers.upgrade()?);
         let controllers = controllers.lock();
         match controllers.get(&self.name) {
@@ -467,8 +474,8 @@ fn register(
     ctrlr: Arc<Controller>,
 ) -> Result<Attached, String> {
     let mut names: Vec<String> = Vec::new();
-    for index in 0..ctrlr.namespaces().len().min(attach.max_bdevs) {
-        let bdev = match NvmeBdev::new(&attach.name, ctrlr.clone(), index, controllers.clone()) {
+    for ns in ctrlr.namespaces().iter().take(attach.max_bdevs) {
+        let bdev = match NvmeBdev::new(&attach.name, ctrlr.clone(), ns, controllers.clone()) {
             Ok(bdev) => bdev,
             Err(err) => {
                 peerless_core::log_error!("nvme {}: {err}; it gets no bdev", attach.name);
@@ -484,7 +491,7 @@ fn register(
         }
         names.push(name);
     }
-    Ok(Attached { ctrlr, bdevs: names })
+    Ok(Attached { ctrlr, bdevs: names, max_bdevs: attach.max_bdevs })
 }
 
 fn detach(

@@ -122,17 +122,20 @@ pub mod cmbmsc {
 pub mod admin {
     pub const DELETE_IO_SQ: u8 = 0x00;
     pub const CREATE_IO_SQ: u8 = 0x01;
+    pub const GET_LOG_PAGE: u8 = 0x02;
     pub const DELETE_IO_CQ: u8 = 0x04;
     pub const CREATE_IO_CQ: u8 = 0x05;
     pub const IDENTIFY: u8 = 0x06;
     pub const ABORT: u8 = 0x08;
     pub const SET_FEATURES: u8 = 0x09;
+    pub const ASYNC_EVENT_REQUEST: u8 = 0x0c;
     /// Identify CNS values (§5.17.1).
     pub const CNS_NAMESPACE: u32 = 0x00;
     pub const CNS_CONTROLLER: u32 = 0x01;
     pub const CNS_ACTIVE_NAMESPACES: u32 = 0x02;
     /// Set Features identifiers (§5.27.1).
     pub const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
+    pub const FEATURE_ASYNC_EVENT_CONFIG: u32 = 0x0b;
 }
 
 /// Abort's command dword 10 (§5.1): the command's identifier in bits 31:16, the
@@ -212,6 +215,8 @@ impl Sqe {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Cqe {
     pub result: u32,
+    /// Dword 1, command specific (most commands leave it 0).
+    pub dw1: u32,
     pub sq_head: u16,
     pub sq_id: u16,
     pub cid: u16,
@@ -228,6 +233,7 @@ impl Cqe {
         let status = dwords[3] >> 16;
         Cqe {
             result: dwords[0],
+            dw1: dwords[1],
             sq_head: dwords[2] as u16,
             sq_id: (dwords[2] >> 16) as u16,
             cid: dwords[3] as u16,
@@ -240,6 +246,25 @@ impl Cqe {
 
     pub fn is_success(&self) -> bool {
         self.sct == 0 && self.sc == 0
+    }
+
+    /// The 16 wire bytes, as `decode` read them.
+    pub fn encode(&self) -> [u8; CQE_BYTES] {
+        let status = u32::from(self.phase)
+            | u32::from(self.sc) << 1
+            | u32::from(self.sct & 0x7) << 9
+            | u32::from(self.dnr) << 15;
+        let dwords = [
+            self.result,
+            self.dw1,
+            u32::from(self.sq_id) << 16 | u32::from(self.sq_head),
+            status << 16 | u32::from(self.cid),
+        ];
+        let mut bytes = [0u8; CQE_BYTES];
+        for (index, dword) in dwords.iter().enumerate() {
+            bytes[index * 4..index * 4 + 4].copy_from_slice(&dword.to_le_bytes());
+        }
+        bytes
     }
 }
 
@@ -261,6 +286,10 @@ pub struct IdentifyController {
     pub vwc: bool,
     /// SGL Support (SGLS, bytes 539:536).
     pub sgls: u32,
+    /// Asynchronous Event Request Limit, 0-based: AERL + 1 may be outstanding.
+    pub aerl: u8,
+    /// Optional Asynchronous Events Supported (OAES); bit 8: Namespace Attribute Notices.
+    pub oaes: u32,
 }
 
 /// Whether NVM commands may carry SGLs, and what Data Blocks must respect (SGLS bits 1:0).
@@ -301,6 +330,8 @@ impl IdentifyController {
             oncs: u16::from_le_bytes([data[520], data[521]]),
             vwc: data[525] & 1 == 1,
             sgls: u32::from_le_bytes(data[536..540].try_into().unwrap_or_default()),
+            aerl: data[259],
+            oaes: u32::from_le_bytes(data[92..96].try_into().unwrap_or_default()),
         })
     }
 
@@ -318,6 +349,11 @@ impl IdentifyController {
             0b10 => SglSupport::DwordAligned,
             _ => SglSupport::None,
         }
+    }
+
+    /// Whether the controller can report Namespace Attribute Changed events (OAES bit 8).
+    pub fn supports_namespace_notices(&self) -> bool {
+        self.oaes >> 8 & 1 == 1
     }
 
     /// Largest transfer in bytes given the page size in use; None: no limit.
@@ -459,8 +495,16 @@ mod tests {
         assert_eq!((cqe.result, cqe.sq_id, cqe.sq_head, cqe.cid), (0xdead, 3, 9, 7));
         assert!(cqe.phase && cqe.dnr && !cqe.is_success());
         assert_eq!((cqe.sct, cqe.sc), (2, 0x81));
+        assert_eq!(Cqe::decode(u32s(&cqe.encode())), cqe, "encode gives back what decode read");
         let ok = Cqe::decode([0, 0, 0, 0]);
         assert!(ok.is_success() && !ok.phase);
+        let with_dw1 = Cqe::decode([1, 0x1234, 0, 0]);
+        assert_eq!(with_dw1.dw1, 0x1234);
+        assert_eq!(&with_dw1.encode()[4..8], &0x1234u32.to_le_bytes());
+    }
+
+    fn u32s(bytes: &[u8; CQE_BYTES]) -> [u32; 4] {
+        std::array::from_fn(|index| u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().unwrap()))
     }
 
     #[test]
@@ -477,7 +521,12 @@ mod tests {
         data[525] = 1;
         // SGLs without alignment and Bit Bucket descriptors, as QEMU's controller reports.
         data[536..540].copy_from_slice(&(1u32 | 1 << 16).to_le_bytes());
+        data[259] = 3;
+        data[92..96].copy_from_slice(&(1u32 << 8).to_le_bytes());
         let id = IdentifyController::parse(&data).unwrap();
+        assert_eq!(id.aerl, 3);
+        assert!(id.supports_namespace_notices());
+        assert!(!IdentifyController { oaes: 1 << 9, ..id.clone() }.supports_namespace_notices());
         assert_eq!(
             (id.vid, id.serial.as_str(), id.model.as_str(), id.firmware.as_str()),
             (0x1b36, "cmb0", "QEMU NVMe Ctrl", "7.2.0")

@@ -3,7 +3,10 @@
 //! does not free it within a second deadline the controller is reset; or it is reset at
 //! once. Submitting costs no clock read: a channel stamps each command with a count of
 //! its deadline checks, which its poller advances when a check is due (reading the
-//! reactor's cached loop time), so a command's age is known to a check period.
+//! reactor's cached loop time), so a command's age is known to a check period. Asynchronous
+//! Event Requests have none: they sit on the admin queue until an event happens, which
+//! may be never (NVMe Base 2.0 §5.2), and only the admin queue's synchronous commands
+//! (CID 0) are waited for there.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
