@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 /// What the NVMe/TCP driver needs of a connected stream socket.
@@ -43,6 +43,25 @@ pub trait Socket {
     /// does not show it (TLS records decrypted but not yet read).
     fn has_buffered_input(&self) -> bool {
         false
+    }
+
+    /// Lets sends pin the memory they send (SO_ZEROCOPY); Unsupported for a socket that
+    /// has no such sends.
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        Err(ErrorKind::Unsupported.into())
+    }
+
+    /// Like `write_vectored`, with MSG_ZEROCOPY: the memory behind `bufs` stays lent to
+    /// the kernel until a notification read by `zerocopy_notifications` names this send.
+    /// Only called once `enable_zerocopy` succeeded.
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored(bufs)
+    }
+
+    /// Reads the zero-copy notifications waiting on the error queue, each an inclusive
+    /// range of send numbers and whether the kernel copied after all.
+    fn zerocopy_notifications(&mut self, _found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        Ok(())
     }
 
     /// Who a TLS handshake proved the peer to be; None for plain TCP.
@@ -89,7 +108,45 @@ impl Socket for TcpStream {
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.as_fd())
     }
+
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        peerless_core::mem::zerocopy::enable_send_zerocopy(self.as_fd())
+    }
+
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use nix::sys::socket::{sendmsg, MsgFlags};
+        let flags =
+            MsgFlags::from_bits_retain(nix::libc::MSG_ZEROCOPY) | MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        sendmsg::<()>(self.as_raw_fd(), bufs, &[], flags, None).map_err(io::Error::from)
+    }
+
+    fn zerocopy_notifications(&mut self, found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        loop {
+            let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let message = match recvmsg::<()>(self.as_raw_fd(), &mut [], Some(&mut space), flags) {
+                Ok(message) => message,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            for control in message.cmsgs().map_err(io::Error::from)? {
+                let error = match control {
+                    ControlMessageOwned::Ipv4RecvErr(error, _) | ControlMessageOwned::Ipv6RecvErr(error, _) => error,
+                    _ => continue,
+                };
+                if error.ee_errno == 0 && error.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
+                    found(error.ee_info, error.ee_data, error.ee_code & SO_EE_CODE_ZEROCOPY_COPIED != 0);
+                }
+            }
+        }
+    }
 }
+
+/// linux/errqueue.h: a zero-copy completion, and its "the kernel copied" code.
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 
 /// The state both ends of an in-memory socket share.
 #[derive(Debug)]
