@@ -406,7 +406,7 @@ impl<S: Socket> Conn<S> {
     /// Hands back the slots whose zero-copy sends the kernel let go of (their readiness
     /// shows as EPOLLERR, which wakes a sleeping poll group).
     fn reap_zerocopy_notifications(&mut self, group: &mut GroupCtx<'_>) -> bool {
-        match self.out.reap_notifications(&mut self.stream, &mut self.qpair, group.buffers) {
+        match self.out.reap_notifications(&mut self.stream, group.buffers) {
             Ok(released) => released,
             Err(err) => {
                 log_warn!("conn {} from {}: reading zero-copy notifications: {err}", self.id(), self.peer());

@@ -15,6 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice};
 
+use peerless_bdev::DataBuf;
 use peerless_core::mem::{IoBufCache, Sgl};
 
 use super::socket::Socket;
@@ -65,14 +66,22 @@ const MAX_OUTSTANDING_ZEROCOPY_SENDS: usize = 1024;
 /// Retired byte buffers kept for reuse once the kernel lets go of them.
 const SPARE_BYTE_BUFFERS: usize = 4;
 
+impl Drop for ZeroCopySends {
+    /// Only a connection dropped at shutdown goes with slots still held.
+    fn drop(&mut self) {
+        zerocopy::count_held(-(self.held.len() as i64));
+    }
+}
+
 #[derive(Default)]
 struct ZeroCopySends {
     /// Writes carrying fewer command data bytes than this copy.
     threshold: usize,
     notifications: Notifications,
-    /// Slots fully written whose data went, at least in part, in zero-copy sends: each
-    /// with the last such send and how its transfer ended, in send order.
-    held: VecDeque<(u16, u32, Result<(), Status>)>,
+    /// The data buffers of commands whose data went, at least in part, in zero-copy
+    /// sends, each with the last such send, in send order. The commands themselves are
+    /// complete: the host may reuse their CIDs once it has the data.
+    held: VecDeque<(u32, DataBuf)>,
     /// Byte buffers zero-copy sends gathered from, with the last send that did.
     retired: VecDeque<(u32, Vec<u8>)>,
     spare: Vec<Vec<u8>>,
@@ -140,7 +149,9 @@ impl Outbox {
     /// Sends writes carrying at least `threshold` bytes of command data with MSG_ZEROCOPY
     /// (the socket's `enable_zerocopy` succeeded).
     pub(super) fn enable_zerocopy(&mut self, threshold: usize) {
-        self.zerocopy = Some(ZeroCopySends { threshold, ..ZeroCopySends::default() });
+        let mut sends = ZeroCopySends::default();
+        sends.threshold = threshold;
+        self.zerocopy = Some(sends);
     }
 
     /// Whether zero-copy sends still hold slots or byte buffers.
@@ -153,23 +164,23 @@ impl Outbox {
     pub(super) fn reap_notifications<S: Socket>(
         &mut self,
         stream: &mut S,
-        qpair: &mut Qpair,
         buffers: &mut IoBufCache<'static>,
     ) -> io::Result<bool> {
         let Some(zc) = self.zerocopy.as_mut() else { return Ok(false) };
-        if zc.notifications.is_idle() {
-            return Ok(false);
-        }
-        let notifications = &mut zc.notifications;
-        let read =
-            stream.zerocopy_notifications(&mut |first, last, copied| notifications.complete(first, last, copied));
+        // Buffers may be held for a send already released: the rest of a segment that
+        // send carried in part went later, by copy or not at all (a broken connection).
+        let read = if zc.notifications.is_idle() {
+            Ok(())
+        } else {
+            let notifications = &mut zc.notifications;
+            stream.zerocopy_notifications(&mut |first, last, copied| notifications.complete(first, last, copied))
+        };
         let mut released = false;
-        while let Some(&(slot, number, outcome)) = zc.held.front() {
-            if !zc.notifications.released_through(number) {
-                break;
+        while zc.held.front().is_some_and(|&(number, _)| zc.notifications.released_through(number)) {
+            if let Some((_, DataBuf::Pool(buffer))) = zc.held.pop_front() {
+                buffers.put(buffer);
             }
-            zc.held.pop_front();
-            qpair.data_sent(buffers, slot, outcome);
+            zerocopy::count_held(-1);
             released = true;
         }
         while zc.retired.front().is_some_and(|&(number, _)| zc.notifications.released_through(number)) {
@@ -332,8 +343,10 @@ impl Outbox {
                 return stream.write_vectored(&iov).map(|written| (written, false));
             }
             match stream.write_vectored_zerocopy(&iov) {
-                // The kernel could not lend (optmem spent on notifications): copy.
-                Err(err) if err.raw_os_error() == Some(nix::libc::ENOBUFS) => {
+                // The kernel could not lend (ENOBUFS: optmem spent on notifications) or
+                // lends only on an established connection (EINVAL: the host half-closed,
+                // CLOSE_WAIT): copy.
+                Err(err) if matches!(err.raw_os_error(), Some(nix::libc::ENOBUFS | nix::libc::EINVAL)) => {
                     zerocopy::count_fallback();
                     stream.write_vectored(&iov).map(|written| (written, false))
                 }
@@ -381,11 +394,31 @@ impl Outbox {
             self.segments.pop_front();
             let lent = self.zerocopy.as_mut().and_then(|zc| zc.front.take()).or(zerocopy_send);
             if let Segment::Data { slot, .. } = front {
-                match (lent, self.zerocopy.as_mut()) {
-                    (Some(number), Some(zc)) => zc.held.push_back((slot, number, Ok(()))),
-                    _ => qpair.data_sent(buffers, slot, Ok(())),
-                }
+                self.data_sent(qpair, buffers, slot, Ok(()), lent);
             }
+        }
+    }
+
+    /// Ends a slot's transfer; when zero-copy send `lent` carried its data, its buffers
+    /// stay held until the kernel lets go of that send.
+    fn data_sent(
+        &mut self,
+        qpair: &mut Qpair,
+        buffers: &mut IoBufCache<'static>,
+        slot: u16,
+        sent: Result<(), Status>,
+        lent: Option<u32>,
+    ) {
+        match (lent, self.zerocopy.as_mut()) {
+            (Some(number), Some(zc)) => {
+                let held = &mut zc.held;
+                let mut hold = |buffer: DataBuf| {
+                    zerocopy::count_held(1);
+                    held.push_back((number, buffer));
+                };
+                qpair.data_sent_lending(buffers, slot, sent, Some(&mut hold));
+            }
+            _ => qpair.data_sent(buffers, slot, sent),
         }
     }
 
@@ -397,10 +430,7 @@ impl Outbox {
         for segment in std::mem::take(&mut self.segments) {
             let lent = lent_front.take();
             if let Segment::Data { slot, .. } = segment {
-                match (lent, self.zerocopy.as_mut()) {
-                    (Some(number), Some(zc)) => zc.held.push_back((slot, number, Err(Status::DATA_TRANSFER_ERROR))),
-                    _ => qpair.data_sent(buffers, slot, Err(Status::DATA_TRANSFER_ERROR)),
-                }
+                self.data_sent(qpair, buffers, slot, Err(Status::DATA_TRANSFER_ERROR), lent);
             }
         }
         self.pending = 0;

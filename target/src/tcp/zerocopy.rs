@@ -25,6 +25,7 @@ static THRESHOLD: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
 static SENDS: AtomicU64 = AtomicU64::new(0);
 static COPIED: AtomicU64 = AtomicU64::new(0);
 static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static HELD: AtomicU64 = AtomicU64::new(0);
 
 fn index(sock_impl: SockImpl) -> usize {
     match sock_impl {
@@ -55,12 +56,14 @@ pub fn threshold_for(sock_impl: SockImpl) -> Option<u32> {
 }
 
 /// Counts since start: zero-copy sends, the ones the kernel reported it copied anyway,
-/// and the sends that fell back to copying (the kernel refused: ENOBUFS, optmem).
+/// and the sends that fell back to copying (the kernel refused: ENOBUFS, optmem); and
+/// the data buffers lent to the kernel now.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ZeroCopyStats {
     pub sends: u64,
     pub copied: u64,
     pub fallbacks: u64,
+    pub held: u64,
 }
 
 pub fn stats() -> ZeroCopyStats {
@@ -68,6 +71,16 @@ pub fn stats() -> ZeroCopyStats {
         sends: SENDS.load(Ordering::Relaxed),
         copied: COPIED.load(Ordering::Relaxed),
         fallbacks: FALLBACKS.load(Ordering::Relaxed),
+        held: HELD.load(Ordering::Relaxed),
+    }
+}
+
+/// Data buffers were lent to the kernel (`count` > 0) or given back (< 0).
+pub(super) fn count_held(count: i64) {
+    if count >= 0 {
+        HELD.fetch_add(count as u64, Ordering::Relaxed);
+    } else {
+        HELD.fetch_sub(count.unsigned_abs(), Ordering::Relaxed);
     }
 }
 
