@@ -154,6 +154,12 @@ impl Outbox {
         self.zerocopy = Some(sends);
     }
 
+    /// How many data buffers zero-copy sends hold.
+    #[cfg(test)]
+    pub(super) fn lent_buffers(&self) -> usize {
+        self.zerocopy.as_ref().map_or(0, |zc| zc.held.len())
+    }
+
     /// Whether zero-copy sends still hold slots or byte buffers.
     pub(super) fn awaiting_notifications(&self) -> bool {
         self.zerocopy.as_ref().is_some_and(|zc| !zc.held.is_empty() || !zc.retired.is_empty())

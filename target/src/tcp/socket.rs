@@ -164,6 +164,12 @@ struct Pipe {
     reset: bool,
     /// The owner shut the socket down.
     shut_down: bool,
+    /// Zero-copy sends, as the kernel numbers them: on, the next number, how many more
+    /// to refuse (ENOBUFS), and the notifications waiting on the error queue.
+    zerocopy: bool,
+    next_zerocopy_send: u32,
+    zerocopy_refusals: usize,
+    notifications: VecDeque<(u32, u32, bool)>,
 }
 
 /// One end of an in-memory stream; its far end is a [`MemPeer`]. Single-threaded: both
@@ -193,6 +199,10 @@ impl MemSocket {
             far_closed: false,
             reset: false,
             shut_down: false,
+            zerocopy: false,
+            next_zerocopy_send: 0,
+            zerocopy_refusals: 0,
+            notifications: VecDeque::new(),
         }));
         (MemSocket { pipe: pipe.clone(), peer, local }, MemPeer { pipe })
     }
@@ -250,6 +260,37 @@ impl Socket for MemSocket {
 
     fn shutdown(&mut self) {
         self.pipe.borrow_mut().shut_down = true;
+    }
+
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        self.pipe.borrow_mut().zerocopy = true;
+        Ok(())
+    }
+
+    /// Copies like every write here, but numbers the send as the kernel would; the far
+    /// end says when it is released (`MemPeer::notify`).
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        {
+            let mut pipe = self.pipe.borrow_mut();
+            if pipe.zerocopy_refusals > 0 {
+                pipe.zerocopy_refusals -= 1;
+                return Err(io::Error::from_raw_os_error(nix::libc::ENOBUFS));
+            }
+        }
+        let written = self.write_vectored(bufs)?;
+        if written > 0 {
+            let mut pipe = self.pipe.borrow_mut();
+            pipe.next_zerocopy_send = pipe.next_zerocopy_send.wrapping_add(1);
+        }
+        Ok(written)
+    }
+
+    fn zerocopy_notifications(&mut self, found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        let waiting = std::mem::take(&mut self.pipe.borrow_mut().notifications);
+        for (first, last, copied) in waiting {
+            found(first, last, copied);
+        }
+        Ok(())
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -317,6 +358,21 @@ impl MemPeer {
 
     pub fn is_reset(&self) -> bool {
         self.pipe.borrow().reset
+    }
+
+    /// How many zero-copy sends the owner has made.
+    pub fn zerocopy_sends(&self) -> u32 {
+        self.pipe.borrow().next_zerocopy_send
+    }
+
+    /// The kernel lets go of zero-copy sends `first..=last`.
+    pub fn notify(&self, first: u32, last: u32, copied: bool) {
+        self.pipe.borrow_mut().notifications.push_back((first, last, copied));
+    }
+
+    /// The next `count` zero-copy sends fail with ENOBUFS (optmem spent).
+    pub fn refuse_zerocopy(&self, count: usize) {
+        self.pipe.borrow_mut().zerocopy_refusals = count;
     }
 
     /// Sets the send buffer the owner's writes fill; 0 stops them all.
