@@ -108,20 +108,30 @@ fn reads_at_depth(queue: &mut IoQueue, count: u64) {
 
 #[test]
 fn reads_of_every_size_at_depth_come_back_and_every_buffer_is_returned() {
-    let target = tgt().start("zerocopy-reads", &[]);
-    let addr = serve(&target, 0);
+    reads_come_back_and_every_buffer_is_returned(&tgt().start("zerocopy-reads", &[]));
+}
+
+/// The same in poll mode: notifications are read on the connection's polls rather than
+/// after an EPOLLERR wake.
+#[test]
+fn reads_come_back_in_poll_mode() {
+    reads_come_back_and_every_buffer_is_returned(&tgt().launch("zerocopy-poll").poll_mode().start());
+}
+
+fn reads_come_back_and_every_buffer_is_returned(target: &Target) {
+    let addr = serve(target, 0);
     assert_eq!(
         target.call("sock_impl_get_options", Some(json!({"impl_name": "posix"}))),
         json!({"enable_zerocopy_send_server": true, "zerocopy_threshold": 0})
     );
-    let saved = support::saved_config(&target);
+    let saved = support::saved_config(target);
     let sock = saved["subsystems"].as_array().unwrap().iter().find(|entry| entry["subsystem"] == "sock").unwrap();
     assert!(
         sock["config"].as_array().unwrap().iter().any(|call| call["params"]
             == json!({"impl_name": "posix", "enable_zerocopy_send_server": true, "zerocopy_threshold": 0})),
         "save_config: {sock}"
     );
-    let before = zerocopy_stats(&target);
+    let before = zerocopy_stats(target);
     for round in 0..2 {
         let mut controller =
             Controller::connect(addr, NQN, HOSTNQN, &Options::default()).unwrap_or_else(|err| panic!("connect: {err}"));
@@ -130,12 +140,12 @@ fn reads_of_every_size_at_depth_come_back_and_every_buffer_is_returned() {
             fill(&mut queue);
         }
         reads_at_depth(&mut queue, 400);
-        wait_until_everything_is_back(&target);
+        wait_until_everything_is_back(target);
         drop(queue);
         drop(controller);
-        wait_until_everything_is_back(&target);
+        wait_until_everything_is_back(target);
     }
-    let after = zerocopy_stats(&target);
+    let after = zerocopy_stats(target);
     assert!(after["sends"].as_u64() > before["sends"].as_u64(), "no send went zero-copy: {after}");
 }
 

@@ -63,8 +63,10 @@ pub(super) struct Outbox {
 /// rather than lend more memory (the kernel's option memory, optmem, bounds the
 /// notifications it can queue too: it answers ENOBUFS, and the send copies).
 const MAX_OUTSTANDING_ZEROCOPY_SENDS: usize = 1024;
-/// Retired byte buffers kept for reuse once the kernel lets go of them.
-const SPARE_BYTE_BUFFERS: usize = 4;
+/// Retired byte buffers kept, with their capacity, for reuse once the kernel lets go of
+/// them: about as many as flushes wait for notifications at a busy queue depth, so a
+/// fresh buffer seldom starts empty and grows again.
+const SPARE_BYTE_BUFFERS: usize = 64;
 
 impl Drop for ZeroCopySends {
     /// Only a connection dropped at shutdown goes with slots still held.
