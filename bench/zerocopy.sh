@@ -84,5 +84,10 @@ done
         on=$(median ${IOPS["on|$name"]})
         printf '%-18s %12.0f %12.0f %8.3f\n' "$name" "$off" "$on" "$(python3 -c "print($on / $off)")"
     done
+    # Every run, in order: the spread says how far a shared machine moved the medians.
+    for workload in "${WORKLOADS[@]}"; do
+        name=${workload%%|*}
+        echo "$name samples: off${IOPS["off|$name"]}; on${IOPS["on|$name"]}"
+    done
     echo "zero-copy counters after the last 'on' target: $COUNTERS"
 }
