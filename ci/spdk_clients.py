@@ -460,8 +460,9 @@ def drive_nvmf(t, perf, work):
 
 
 def drive_sock(t):
-    """The ssl implementation's options: kTLS off and on again, TLS 1.3 only, and the
-    other implementations' options refused rather than ignored."""
+    """The ssl implementation's options: kTLS off and on again, TLS 1.3 only; posix's
+    zero-copy sends on and off again; options no implementation has refused rather than
+    ignored."""
     # SPDK 26 renamed the switches: --ktls/--no-ktls, --zerocopy-send-server.
     ktls_on, ktls_off = ("--ktls", "--no-ktls") if MAJOR >= 26 else ("--enable-ktls", "--disable-ktls")
     zerocopy = "--zerocopy-send-server" if MAJOR >= 26 else "--enable-zerocopy-send-server"
@@ -470,8 +471,19 @@ def drive_sock(t):
     check(options == {"enable_ktls": False, "tls_version": 13}, f"sock_impl_get_options ssl {options}")
     check(error_code(t, "sock_impl_set_options", "-i", "ssl", "--tls-version", "12") == -32602,
           "sock_impl_set_options: TLS 1.2 refused")
-    check(error_code(t, "sock_impl_set_options", "-i", "posix", zerocopy) == -32602,
-          "sock_impl_set_options: a posix option refused")
+    zerocopy_off = "--no-zerocopy-send-server" if MAJOR >= 26 else "--disable-zerocopy-send-server"
+    zerocopy_client = "--zerocopy-send-client" if MAJOR >= 26 else "--enable-zerocopy-send-client"
+    out(t, "sock_impl_set_options", "-i", "posix", zerocopy, "--zerocopy-threshold", "65536")
+    options = js(t, "sock_impl_get_options", "-i", "posix")
+    check(options == {"enable_zerocopy_send_server": True, "zerocopy_threshold": 65536},
+          f"sock_impl_get_options posix {options}")
+    out(t, "sock_impl_set_options", "-i", "posix", zerocopy_off, "--zerocopy-threshold", "0")
+    check(js(t, "sock_impl_get_options", "-i", "posix")["enable_zerocopy_send_server"] is False,
+          f"sock_impl_set_options {zerocopy_off}")
+    check(error_code(t, "sock_impl_set_options", "-i", "posix", zerocopy_client) == -32602,
+          "sock_impl_set_options: the initiator's zero-copy option refused")
+    check(error_code(t, "sock_impl_set_options", "-i", "ssl", zerocopy) == -32602,
+          "sock_impl_set_options: zero-copy refused for ssl")
     check(error_code(t, "sock_impl_get_options", "-i", "vpp") == -32602, "sock_impl_get_options: unknown impl")
     out(t, "sock_impl_set_options", "-i", "ssl", ktls_on)
     check(js(t, "sock_impl_get_options", "-i", "ssl")["enable_ktls"] is True, f"sock_impl_set_options {ktls_on}")

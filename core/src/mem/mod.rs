@@ -47,6 +47,7 @@ pub mod stats;
 mod tag;
 mod udmabuf;
 mod view;
+pub mod zerocopy;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -141,9 +141,23 @@ impl<S: Socket> Conn<S> {
         self.stream.fd()
     }
 
+    /// Sends C2HData with MSG_ZEROCOPY from now on when a write carries at least
+    /// `threshold` bytes of command data; a socket that refuses keeps copying.
+    pub fn enable_zerocopy_sends(&mut self, threshold: u32) {
+        match self.stream.enable_zerocopy() {
+            Ok(()) => self.out.enable_zerocopy(threshold as usize),
+            Err(err) => {
+                log_warn!("conn {} from {}: SO_ZEROCOPY refused ({err}); its sends copy", self.id(), self.peer())
+            }
+        }
+    }
+
     /// Whether the connection is finished and can be dropped.
     pub fn is_done(&self) -> bool {
-        self.phase == Phase::Closing && self.qpair.is_drained() && self.out.is_empty()
+        self.phase == Phase::Closing
+            && self.qpair.is_drained()
+            && self.out.is_empty()
+            && !self.out.awaiting_notifications()
     }
 
     /// One timeslice: read and handle PDUs (when the socket is `readable`, PDUs are left
@@ -152,7 +166,8 @@ impl<S: Socket> Conn<S> {
     /// At most `pdu_budget` PDUs are handled: the poll group's share for this connection.
     pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, readable: bool, pdu_budget: usize) -> bool {
         let read = readable || self.input_backlog || self.qpair.needs_poll();
-        let mut busy = self.qpair.poll(ctx, group, group.now_ns);
+        let mut busy = self.reap_zerocopy_notifications(group);
+        busy |= self.qpair.poll(ctx, group, group.now_ns);
         // Once the engine has ended the queue (a reset, keep-alive expiry), what the host
         // still sends was in flight before it could know: read no more of it.
         if self.phase != Phase::Closing && !self.qpair.is_closing() && read {
@@ -388,6 +403,18 @@ impl<S: Socket> Conn<S> {
         Ok(())
     }
 
+    /// Hands back the slots whose zero-copy sends the kernel let go of (their readiness
+    /// shows as EPOLLERR, which wakes a sleeping poll group).
+    fn reap_zerocopy_notifications(&mut self, group: &mut GroupCtx<'_>) -> bool {
+        match self.out.reap_notifications(&mut self.stream, group.buffers) {
+            Ok(released) => released,
+            Err(err) => {
+                log_warn!("conn {} from {}: reading zero-copy notifications: {err}", self.id(), self.peer());
+                false
+            }
+        }
+    }
+
     /// Sends what is queued; returns whether anything moved.
     fn flush(&mut self, group: &mut GroupCtx<'_>) -> bool {
         let moved = match self.out.flush(&mut self.stream, &mut self.qpair, group.buffers) {
@@ -431,7 +458,11 @@ impl<S: Socket> Conn<S> {
     /// socket reports nothing: output the socket would not take yet, PDUs left over,
     /// work in the engine, or a close still draining.
     pub fn wants_poll(&self) -> bool {
-        self.has_pending_output() || self.input_backlog || self.phase == Phase::Closing || self.qpair.needs_poll()
+        self.has_pending_output()
+            || self.input_backlog
+            || self.phase == Phase::Closing
+            || self.qpair.needs_poll()
+            || self.out.awaiting_notifications()
     }
 
     /// Whether ICReq has been answered.
@@ -483,6 +514,13 @@ impl<S: Socket> Drop for Conn<S> {
         // A poll group lets a connection go only once its I/O is back, except at shutdown
         // when a backend never answers (an RBD image whose OSD is down): the process is
         // ending then, and what comes back later finds no queue and is dropped.
+        if self.out.awaiting_notifications() {
+            log_warn!(
+                "conn {} from {}: dropped with zero-copy sends the kernel has not released",
+                self.id(),
+                self.peer()
+            );
+        }
         let outstanding = self.qpair.outstanding();
         if outstanding > 0 {
             log_warn!(

@@ -239,7 +239,10 @@ fn accept(
         }
         // A connection is built on its poll group's thread: it owns thread-local state.
         let _ = group.send(move |ctx| {
-            let conn = Conn::new(id, stream, &target, &transport, &options);
+            let mut conn = Conn::new(id, stream, &target, &transport, &options);
+            if let (Ok(conn), Some(threshold)) = (conn.as_mut(), super::zerocopy::threshold_for(sock_impl)) {
+                conn.enable_zerocopy_sends(threshold);
+            }
             match conn {
                 Ok(conn) => poll_group::with(&target, ctx, |group, ctx| {
                     let tcp = group.transport_group(ctx, &transport);

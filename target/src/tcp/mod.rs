@@ -15,5 +15,6 @@ pub mod sock_rpc;
 pub mod socket;
 pub mod tls;
 pub mod transport;
+pub mod zerocopy;
 
 pub use transport::{TcpTransport, TRTYPE};

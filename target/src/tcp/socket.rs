@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 /// What the NVMe/TCP driver needs of a connected stream socket.
@@ -43,6 +43,25 @@ pub trait Socket {
     /// does not show it (TLS records decrypted but not yet read).
     fn has_buffered_input(&self) -> bool {
         false
+    }
+
+    /// Lets sends pin the memory they send (SO_ZEROCOPY); Unsupported for a socket that
+    /// has no such sends.
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        Err(ErrorKind::Unsupported.into())
+    }
+
+    /// Like `write_vectored`, with MSG_ZEROCOPY: the memory behind `bufs` stays lent to
+    /// the kernel until a notification read by `zerocopy_notifications` names this send.
+    /// Only called once `enable_zerocopy` succeeded.
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.write_vectored(bufs)
+    }
+
+    /// Reads the zero-copy notifications waiting on the error queue, each an inclusive
+    /// range of send numbers and whether the kernel copied after all.
+    fn zerocopy_notifications(&mut self, _found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        Ok(())
     }
 
     /// Who a TLS handshake proved the peer to be; None for plain TCP.
@@ -89,7 +108,45 @@ impl Socket for TcpStream {
     fn fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.as_fd())
     }
+
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        peerless_core::mem::zerocopy::enable_send_zerocopy(self.as_fd())
+    }
+
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        use nix::sys::socket::{sendmsg, MsgFlags};
+        let flags =
+            MsgFlags::from_bits_retain(nix::libc::MSG_ZEROCOPY) | MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        sendmsg::<()>(self.as_raw_fd(), bufs, &[], flags, None).map_err(io::Error::from)
+    }
+
+    fn zerocopy_notifications(&mut self, found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        loop {
+            let mut space = nix::cmsg_space!(nix::libc::sock_extended_err, nix::libc::sockaddr_in6);
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let message = match recvmsg::<()>(self.as_raw_fd(), &mut [], Some(&mut space), flags) {
+                Ok(message) => message,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            };
+            for control in message.cmsgs().map_err(io::Error::from)? {
+                let error = match control {
+                    ControlMessageOwned::Ipv4RecvErr(error, _) | ControlMessageOwned::Ipv6RecvErr(error, _) => error,
+                    _ => continue,
+                };
+                if error.ee_errno == 0 && error.ee_origin == SO_EE_ORIGIN_ZEROCOPY {
+                    found(error.ee_info, error.ee_data, error.ee_code & SO_EE_CODE_ZEROCOPY_COPIED != 0);
+                }
+            }
+        }
+    }
 }
+
+/// linux/errqueue.h: a zero-copy completion, and its "the kernel copied" code.
+const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
+const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 
 /// The state both ends of an in-memory socket share.
 #[derive(Debug)]
@@ -107,6 +164,12 @@ struct Pipe {
     reset: bool,
     /// The owner shut the socket down.
     shut_down: bool,
+    /// Zero-copy sends, as the kernel numbers them: on, the next number, how many more
+    /// to refuse (ENOBUFS), and the notifications waiting on the error queue.
+    zerocopy: bool,
+    next_zerocopy_send: u32,
+    zerocopy_refusals: usize,
+    notifications: VecDeque<(u32, u32, bool)>,
 }
 
 /// One end of an in-memory stream; its far end is a [`MemPeer`]. Single-threaded: both
@@ -136,6 +199,10 @@ impl MemSocket {
             far_closed: false,
             reset: false,
             shut_down: false,
+            zerocopy: false,
+            next_zerocopy_send: 0,
+            zerocopy_refusals: 0,
+            notifications: VecDeque::new(),
         }));
         (MemSocket { pipe: pipe.clone(), peer, local }, MemPeer { pipe })
     }
@@ -193,6 +260,37 @@ impl Socket for MemSocket {
 
     fn shutdown(&mut self) {
         self.pipe.borrow_mut().shut_down = true;
+    }
+
+    fn enable_zerocopy(&mut self) -> io::Result<()> {
+        self.pipe.borrow_mut().zerocopy = true;
+        Ok(())
+    }
+
+    /// Copies like every write here, but numbers the send as the kernel would; the far
+    /// end says when it is released (`MemPeer::notify`).
+    fn write_vectored_zerocopy(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        {
+            let mut pipe = self.pipe.borrow_mut();
+            if pipe.zerocopy_refusals > 0 {
+                pipe.zerocopy_refusals -= 1;
+                return Err(io::Error::from_raw_os_error(nix::libc::ENOBUFS));
+            }
+        }
+        let written = self.write_vectored(bufs)?;
+        if written > 0 {
+            let mut pipe = self.pipe.borrow_mut();
+            pipe.next_zerocopy_send = pipe.next_zerocopy_send.wrapping_add(1);
+        }
+        Ok(written)
+    }
+
+    fn zerocopy_notifications(&mut self, found: &mut dyn FnMut(u32, u32, bool)) -> io::Result<()> {
+        let waiting = std::mem::take(&mut self.pipe.borrow_mut().notifications);
+        for (first, last, copied) in waiting {
+            found(first, last, copied);
+        }
+        Ok(())
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
@@ -260,6 +358,21 @@ impl MemPeer {
 
     pub fn is_reset(&self) -> bool {
         self.pipe.borrow().reset
+    }
+
+    /// How many zero-copy sends the owner has made.
+    pub fn zerocopy_sends(&self) -> u32 {
+        self.pipe.borrow().next_zerocopy_send
+    }
+
+    /// The kernel lets go of zero-copy sends `first..=last`.
+    pub fn notify(&self, first: u32, last: u32, copied: bool) {
+        self.pipe.borrow_mut().notifications.push_back((first, last, copied));
+    }
+
+    /// The next `count` zero-copy sends fail with ENOBUFS (optmem spent).
+    pub fn refuse_zerocopy(&self, count: usize) {
+        self.pipe.borrow_mut().zerocopy_refusals = count;
     }
 
     /// Sets the send buffer the owner's writes fill; 0 stops them all.

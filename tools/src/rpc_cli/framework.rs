@@ -104,7 +104,8 @@ pub enum Command {
     /// List the keys: names, paths and use, never their contents
     #[command(name = "keyring_get_keys")]
     KeyringGetKeys,
-    /// Set options of a sock implementation (only ssl has any: kTLS and the TLS version)
+    /// Set options of a sock implementation (ssl: kTLS and the TLS version; posix and
+    /// uring: zero-copy sends)
     #[command(name = "sock_impl_set_options")]
     SockImplSetOptions {
         /// Name of the sock implementation, e.g. ssl
@@ -120,6 +121,20 @@ pub enum Command {
         /// Keep TLS records in user space (rpc.py 26: --no-ktls)
         #[arg(long = "disable-ktls", visible_alias = "no-ktls")]
         disable_ktls: bool,
+        /// Send C2HData with MSG_ZEROCOPY on connections accepted from now on (posix,
+        /// uring; rpc.py 26: --zerocopy-send-server)
+        #[arg(
+            long = "enable-zerocopy-send-server",
+            visible_alias = "zerocopy-send-server",
+            conflicts_with = "disable_zerocopy_send_server"
+        )]
+        enable_zerocopy_send_server: bool,
+        /// Copy every send (rpc.py 26: --no-zerocopy-send-server)
+        #[arg(long = "disable-zerocopy-send-server", visible_alias = "no-zerocopy-send-server")]
+        disable_zerocopy_send_server: bool,
+        /// Sends carrying fewer data bytes than this copy (posix, uring)
+        #[arg(long = "zerocopy-threshold")]
+        zerocopy_threshold: Option<u32>,
     },
     /// Show options of a sock implementation
     #[command(name = "sock_impl_get_options")]
@@ -170,10 +185,24 @@ impl Command {
                 call("keyring_file_remove_key", none().set("name", name.as_str()), Nothing)
             }
             Command::KeyringGetKeys => call("keyring_get_keys", none(), Json),
-            Command::SockImplSetOptions { impl_name, tls_version, enable_ktls, disable_ktls } => {
+            Command::SockImplSetOptions {
+                impl_name,
+                tls_version,
+                enable_ktls,
+                disable_ktls,
+                enable_zerocopy_send_server,
+                disable_zerocopy_send_server,
+                zerocopy_threshold,
+            } => {
                 let ktls = (*enable_ktls || *disable_ktls).then_some(*enable_ktls);
+                let zerocopy = (*enable_zerocopy_send_server || *disable_zerocopy_send_server)
+                    .then_some(*enable_zerocopy_send_server);
                 let params = none().set("impl_name", impl_name.as_str()).opt("tls_version", *tls_version);
-                call("sock_impl_set_options", params.opt("enable_ktls", ktls), Nothing)
+                let params = params
+                    .opt("enable_ktls", ktls)
+                    .opt("enable_zerocopy_send_server", zerocopy)
+                    .opt("zerocopy_threshold", *zerocopy_threshold);
+                call("sock_impl_set_options", params, Nothing)
             }
             Command::SockImplGetOptions { impl_name } => {
                 call("sock_impl_get_options", none().set("impl_name", impl_name.as_str()), Json)

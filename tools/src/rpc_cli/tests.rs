@@ -85,6 +85,16 @@ fn framework_and_log() {
         json!({"impl_name": "ssl", "enable_ktls": true}),
     );
     check(&["sock_impl_set_options", "-i", "ssl"], "sock_impl_set_options", json!({"impl_name": "ssl"}));
+    check(
+        &["sock_impl_set_options", "-i", "posix", "--enable-zerocopy-send-server", "--zerocopy-threshold", "65536"],
+        "sock_impl_set_options",
+        json!({"impl_name": "posix", "enable_zerocopy_send_server": true, "zerocopy_threshold": 65536}),
+    );
+    check(
+        &["sock_impl_set_options", "-i", "uring", "--no-zerocopy-send-server"],
+        "sock_impl_set_options",
+        json!({"impl_name": "uring", "enable_zerocopy_send_server": false}),
+    );
     // rpc.py 26's spellings.
     check(
         &["sock_impl_set_options", "-i", "ssl", "--no-ktls"],

@@ -403,13 +403,30 @@ impl Qpair {
 
     /// The transport sent a command's data (or could not): the command goes on.
     pub fn data_sent(&mut self, cache: &mut IoBufCache<'static>, slot: u16, sent: Result<(), Status>) {
+        self.data_sent_lending(cache, slot, sent, None);
+    }
+
+    /// `data_sent`, except that with `lend` the command's buffers go there instead of
+    /// back to the cache: a zero-copy send still reads them, so the transport keeps them
+    /// until the kernel lets go, while the command completes now and its CID is free for
+    /// the host to reuse (it may have seen the data's SUCCESS flag already).
+    pub fn data_sent_lending(
+        &mut self,
+        cache: &mut IoBufCache<'static>,
+        slot: u16,
+        sent: Result<(), Status>,
+        lend: Option<&mut dyn FnMut(DataBuf)>,
+    ) {
         let index = usize::from(slot);
         let Some(request) = self.requests.get_mut(index).filter(|r| r.state == ReqState::SendingData) else {
             debug_assert!(false, "data_sent for slot {slot} that sent nothing");
             return;
         };
         let (status, result, completes) = (request.status, request.result, request.data_completes);
-        buffers::give_back(cache, &mut request.buffers);
+        match lend {
+            Some(lend) => request.buffers.drain(..).for_each(lend),
+            None => buffers::give_back(cache, &mut request.buffers),
+        }
         match sent {
             Ok(()) if completes => {
                 self.stats.completed += 1;

@@ -258,9 +258,18 @@ pub(super) fn mem_get_stats(ctx: &mut ThreadCtx, target: &NvmfTarget, responder:
                 "refused": cpu.refusals,
                 "providers": providers,
                 "heap_bytes": peerless_core::mem::alloc_count::live_bytes(),
+                "zerocopy": zerocopy_json(),
             }))
         },
     );
+}
+
+/// MSG_ZEROCOPY sends of NVMe/TCP (`sock_impl_set_options`): how many, how many the
+/// kernel copied anyway, how many fell back to copying, and the data buffers lent to
+/// the kernel now.
+fn zerocopy_json() -> Value {
+    let zerocopy = crate::tcp::zerocopy::stats();
+    json!({"sends": zerocopy.sends, "copied": zerocopy.copied, "fallbacks": zerocopy.fallbacks, "held": zerocopy.held})
 }
 
 #[cfg(test)]

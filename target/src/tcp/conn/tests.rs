@@ -20,6 +20,7 @@ use crate::tcp::socket::{MemPeer, MemSocket};
 use crate::tcp::TcpTransport;
 
 mod h2c_direct;
+mod zerocopy;
 
 const NQN: &str = "nqn.2016-06.io.spdk:cnode1";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
