@@ -16,7 +16,7 @@ use peerless_core::reactor::ThreadCtx;
 
 use super::async_event::{aer_aborted, parse_changed_namespaces, AsyncEvent, ChangedNamespaces, EventKind};
 use super::controller::{Controller, Namespace};
-use super::rpc::Watched;
+use super::health::Watched;
 use super::spec::{Cqe, IdentifyNamespace};
 use super::{NvmeBdev, MODULE_NAME};
 use crate::error::BdevError;
