@@ -200,7 +200,8 @@ check(ok(c, "nvmf_subsystem_get_listeners", {"nqn": NQN})[0]["address"]["trsvcid
 stats = ok(c, "nvmf_get_stats")
 check(stats["poll_groups"][0]["name"] == "nvmf_tgt_poll_group_000", f"stats {stats}")
 mem = ok(c, "mem_get_stats")
-check(set(mem.keys()) == {"payload_bytes", "cpu_bytes", "p2p_fallbacks", "buffer_waits", "data_buffers", "refused", "providers", "heap_bytes"}, f"mem {mem}")
+check(set(mem.keys()) == {"payload_bytes", "cpu_bytes", "p2p_fallbacks", "buffer_waits", "data_buffers", "refused", "providers", "heap_bytes", "zerocopy"}, f"mem {mem}")
+check(mem["zerocopy"] == {"sends": 0, "copied": 0, "fallbacks": 0, "held": 0}, f"zerocopy off by default sends nothing: {mem}")
 # The buffer pool is DMA memory, not heap; the heap holds at least the transport's tables.
 check(isinstance(mem["heap_bytes"], int) and 0 < mem["heap_bytes"] < (1 << 30), f"heap_bytes {mem}")
 check(mem["data_buffers"][0]["buffers_per_class"] == 511 and mem["data_buffers"][0]["small_free"] <= 511, f"data buffers {mem}")

@@ -62,14 +62,7 @@ pub(super) fn watch_health(
             return PollStatus::Idle;
         }
         ctrlr.mark_gone();
-        peerless_core::log_error!(
-            "nvme {}: hot-removed (gone from the bus): removing controller {} and its bdevs {}",
-            ctrlr.pci().bdf(),
-            watched.name,
-            names.join(", ")
-        );
-        drop(ctrlr);
-        watched.remove(ctx, &names);
+        watched.hot_removed(ctx, ctrlr, &names, "gone from the bus");
         PollStatus::Done
     });
     poller.detach();
@@ -86,14 +79,7 @@ fn watch_removal_request(ctx: &mut ThreadCtx, watched: Watched, eventfd: std::fs
         if std::io::Read::read(&mut &*held, &mut count).is_err() {
             return PollStatus::Idle;
         }
-        peerless_core::log_error!(
-            "nvme {}: hot-removed (the kernel asks for the device back): removing controller {} and its bdevs {}",
-            ctrlr.pci().bdf(),
-            watched.name,
-            names.join(", ")
-        );
-        drop(ctrlr);
-        watched.remove(ctx, &names);
+        watched.hot_removed(ctx, ctrlr, &names, "the kernel asks for the device back");
         PollStatus::Done
     });
     match registered {
@@ -126,6 +112,18 @@ impl Watched {
             Some(None) => Some((None, Vec::new())),
             None | Some(Some(_)) => None,
         }
+    }
+
+    /// Logs the removal and detaches the controller, letting go of it first.
+    fn hot_removed(&self, ctx: &mut ThreadCtx, ctrlr: Arc<Controller>, names: &[String], why: &str) {
+        peerless_core::log_error!(
+            "nvme {}: hot-removed ({why}): removing controller {} and its bdevs {}",
+            ctrlr.pci().bdf(),
+            self.name,
+            names.join(", ")
+        );
+        drop(ctrlr);
+        self.remove(ctx, names);
     }
 
     /// Unregisters the controller's bdevs (their openers are told), which detaches it.
