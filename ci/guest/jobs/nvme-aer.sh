@@ -123,7 +123,10 @@ rpc nvmf_subsystem_add_listener "$nqn" -t tcp -a 127.0.0.1 -s 4420 >/dev/null
 ns_attachment 0
 wait_bdev Aer0n2 present
 grep -m1 "namespace 2 appeared" "$out/target.log" || fail "no log line for namespace 2"
-rpc bdev_nvme_get_controllers -n Aer0 | grep -q '"Aer0n2"' || fail "get_controllers does not list Aer0n2"
+# Into a file first: under pipefail, grep -q leaving at its first match can end rpc with
+# SIGPIPE mid-output and fail the step though the name was there.
+rpc bdev_nvme_get_controllers -n Aer0 >"$out/controllers-n2.json"
+grep -q '"Aer0n2"' "$out/controllers-n2.json" || fail "get_controllers does not list Aer0n2: $(cat "$out/controllers-n2.json")"
 rpc nvmf_subsystem_add_ns "$nqn" Aer0n2 -n 2 >/dev/null
 perf 2 2 131072 "$out/perf-n2" || fail "peerless-perf --verify on Aer0n2 (see $out/perf-n2.log)"
 echo "ok: Aer0n2: $(json_number "$out/perf-n2.json" iops) IOPS, verified"

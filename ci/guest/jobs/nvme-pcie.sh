@@ -42,7 +42,7 @@ for i in 0 1; do
     # The firmware (SeaBIOS) may have enabled it: a driver must expect CC.EN=1.
     echo "   as found at boot: $(nvme_regs "${bdfs[$i]}" sysfs | grep -E '^(CC|CSTS)=' | tr '\n' ' ')"
 done
-lsmod | grep -q '^nvme ' && fail "the kernel nvme driver is loaded"
+grep -q '^nvme ' /proc/modules && fail "the kernel nvme driver is loaded"
 echo "ok: the kernel nvme driver is not loaded"
 if [ -d /sys/class/iommu ] && [ -n "$(ls /sys/class/iommu)" ]; then
     for u in /sys/class/iommu/*; do

@@ -317,7 +317,7 @@ probes=$(grep -c "P2P provider 'Sim0" "$log" || true)
 [ "$probes" = 1 ] || fail "the CMB was probed $probes times on rxe0, not once"
 grep "P2P provider 'Sim0" "$log"
 rpc mem_get_stats >"$out/mem-p2p.json"
-in_cmb=$(tr -d ' \n' <"$out/mem-p2p.json" | grep -o '"iomem":[0-9]*' | head -1 | cut -d: -f2)
+in_cmb=$(tr -d ' \n' <"$out/mem-p2p.json" | grep -o '"iomem":[0-9]*' | sed -n '1s/.*://p')
 fallbacks=$(mem_field p2p_fallbacks)
 if grep -q "P2P provider 'Sim0.*registered; the NIC places" "$log"; then
     [ "$in_cmb" -gt 0 ] && [ "$fallbacks" = 0 ] || fail "registered, yet $in_cmb bytes in the CMB and $fallbacks fallbacks"

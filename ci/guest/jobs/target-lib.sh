@@ -39,7 +39,8 @@ fail() {
     exit 1
 }
 trap 'fail "line $LINENO: $BASH_COMMAND exited $?"' ERR
-json_number() { grep -o "\"$2\":[0-9.e+-]*" "$1" | head -1 | cut -d: -f2; }
+# sed, not head: head leaving early could end grep with SIGPIPE, which pipefail reports.
+json_number() { grep -o "\"$2\":[0-9.e+-]*" "$1" | sed -n '1s/.*://p'; }
 
 start_target() {
     cp "$1" "$out/target.json"
