@@ -235,17 +235,7 @@ impl LayerChannel {
 
     /// Finishes what the module completed, retries what waited, runs QoS timeslices.
     fn poll(&mut self, ctx: &mut ThreadCtx) -> PollStatus {
-        let mut did_work = false;
-        for _ in 0..COMPLETIONS_PER_POLL {
-            let Some(mut io) = self.own.borrow_mut().pop_front() else { break };
-            did_work = true;
-            self.in_flight -= 1;
-            Self::bounce_out(&mut io);
-            let latency_ns = ctx.now_ns().saturating_sub(io.submitted_ns);
-            let bytes = io.num_blocks * u64::from(self.info.block_size);
-            self.stats.record(io.io_type, bytes, latency_ns, io.status);
-            io.pass_up();
-        }
+        let mut did_work = self.reap(ctx);
         // Something finished, or the module may have room again: retry oldest first, and
         // stop at the first refusal, so what waits behind it stays behind it.
         for _ in 0..self.retry.len() {
@@ -263,6 +253,22 @@ impl LayerChannel {
         // some unrelated event came along.
         did_work |= !self.qos_waiting.is_empty();
         PollStatus::from_work(did_work)
+    }
+
+    /// Passes up what the module completed: bounced back, counted, to the submitter's queue.
+    fn reap(&mut self, ctx: &mut ThreadCtx) -> bool {
+        let mut did_work = false;
+        for _ in 0..COMPLETIONS_PER_POLL {
+            let Some(mut io) = self.own.borrow_mut().pop_front() else { break };
+            did_work = true;
+            self.in_flight -= 1;
+            Self::bounce_out(&mut io);
+            let latency_ns = ctx.now_ns().saturating_sub(io.submitted_ns);
+            let bytes = io.num_blocks * u64::from(self.info.block_size);
+            self.stats.record(io.io_type, bytes, latency_ns, io.status);
+            io.pass_up();
+        }
+        did_work
     }
 
     /// Starts a new timeslice when one is due and releases what its budget admits.
@@ -301,7 +307,13 @@ impl BdevHandle {
             let poller = channel_poller(ctx, weak, &self.channel.borrow().info.name);
             self.channel.borrow_mut().poller = Some(poller);
         }
-        self.channel.borrow_mut().submit(ctx, io, self.writable);
+        let mut channel = self.channel.borrow_mut();
+        channel.submit(ctx, io, self.writable);
+        // A module that completed in its submit (null, malloc, an error injected at once)
+        // reaches the submitter's queue now, not at the channel poller's next turn: a
+        // submitter that reaps its queue after submitting answers within the same pass.
+        // Only queues are touched, no callback runs, so nothing re-enters the submitter.
+        channel.reap(ctx);
     }
 
     pub fn info(&self) -> BdevInfo {

@@ -170,8 +170,13 @@ impl<S: Socket> Conn<S> {
         busy |= self.qpair.poll(ctx, group, group.now_ns);
         // Once the engine has ended the queue (a reset, keep-alive expiry), what the host
         // still sends was in flight before it could know: read no more of it.
-        if self.phase != Phase::Closing && !self.qpair.is_closing() && read {
-            busy |= self.receive(ctx, group, pdu_budget);
+        if self.phase != Phase::Closing && !self.qpair.is_closing() && read && self.receive(ctx, group, pdu_budget) {
+            busy = true;
+            // A bdev that completes in its submit (null, malloc, a cache hit) has answered
+            // already: its responses go out in this pass's flush. Left for the next pass,
+            // each would cost a pass more latency and, commands being in flight, a read
+            // of the socket that finds nothing.
+            self.qpair.poll(ctx, group, group.now_ns);
         }
         busy |= self.send_actions(group);
         if self.qpair.is_closing() && self.phase != Phase::Closing {

@@ -304,6 +304,42 @@ fn a_write_fetches_its_data_with_r2t_and_a_read_returns_it_in_c2h_data() {
     }
 }
 
+#[test]
+fn commands_the_bdev_completes_at_once_are_answered_in_the_poll_that_read_them() {
+    // Malloc completes in its submit: the response must go out in the same poll, not wait
+    // for the next one (a pass of latency and, with the command in flight, a read of the
+    // socket that finds nothing).
+    let mut rig = Rig::new();
+    let (admin, mut io) = rig.controller(NONE);
+    let data = pattern(2 * BLOCK, 8);
+    let write = SqeBuilder::new(io::WRITE, 3).rw(1, 20, 2).transport_data(data.len() as u32).build();
+    let capsule = io.capsule(&write, &[]);
+    let r2t = rig.exchange(&mut io, &capsule);
+    assert_eq!(r2t[0], pdu_type::R2T);
+    io.peer.deliver(&io.h2c(3, DataHeader::parse(&r2t).ttag, 0, &data, true));
+    rig.turn(&mut io);
+    let done = io.next_pdu().expect("no CapsuleResp from the poll that read the write's data");
+    assert_eq!(done[0], pdu_type::CAPSULE_RESP);
+    for depth in [1u16, 4, 16] {
+        let mut capsules = Vec::new();
+        for cid in 0..depth {
+            let read = SqeBuilder::new(io::READ, 100 + cid).rw(1, 20, 2).transport_data(data.len() as u32).build();
+            capsules.extend(io.capsule(&read, &[]));
+        }
+        io.peer.deliver(&capsules);
+        rig.turn(&mut io);
+        for cid in 0..depth {
+            let c2h = io.next_pdu().unwrap_or_else(|| panic!("read {cid} of {depth} not answered in the same poll"));
+            assert_eq!(c2h[0], pdu_type::C2H_DATA);
+            let header = DataHeader::parse(&c2h);
+            assert_eq!(header.cccid, 100 + cid);
+            let start = usize::from(c2h[3]);
+            assert_eq!(&c2h[start..start + data.len()], &data[..]);
+        }
+    }
+    rig.hang_up((admin, io));
+}
+
 /// Sets up a connection in `phase`, sends `bad`, and checks the C2HTermReq it earns and
 /// that the connection then ends.
 fn check_fatal(phase: Phase, digests: Digests, bad: impl Fn(&Wire) -> Vec<u8>, expected: (u16, u32)) {
