@@ -176,7 +176,7 @@ impl<S: Socket> Conn<S> {
             // already: its responses go out in this pass's flush. Left for the next pass,
             // each would cost a pass more latency and, commands being in flight, a read
             // of the socket that finds nothing.
-            self.qpair.poll(ctx, group, group.now_ns);
+            self.qpair.take_completions(ctx, group);
         }
         busy |= self.send_actions(group);
         if self.qpair.is_closing() && self.phase != Phase::Closing {

@@ -184,11 +184,19 @@ impl Qpair {
 
     /// One timeslice: finished bdev I/O, commands whose buffers came, liveness.
     pub fn poll(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>, now_ns: u64) -> bool {
-        let mut busy = self.reap_completions(group.buffers);
-        busy |= self.serve_waiting(ctx, group);
+        let busy = self.take_completions(ctx, group);
         if !self.closing {
             self.check_liveness(now_ns);
         }
+        busy
+    }
+
+    /// Finished bdev I/O becomes actions, and the buffers it gave back go to commands
+    /// waiting for them: for a transport that just handed commands to bdevs which may
+    /// have completed them in their submit.
+    pub fn take_completions(&mut self, ctx: &mut ThreadCtx, group: &mut GroupCtx<'_>) -> bool {
+        let mut busy = self.reap_completions(group.buffers);
+        busy |= self.serve_waiting(ctx, group);
         busy
     }
 
